@@ -1,0 +1,294 @@
+//! The JSON types of the HTTP API (`/v1/...`), shared by the server and the typed client.
+//!
+//! Responses are views built from the replicated model: they never carry secrets
+//! (write-only custom headers are redacted) and add the texts a human needs (state and
+//! code names, error descriptions).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::codes::{BitsCode, ErrorContext};
+use crate::command::JobAction;
+use crate::file::{FileProgress, FileRange, JobFile, NewFile};
+use crate::ids::{JobId, NodeId, Principal};
+use crate::job::{
+    Job, JobError, JobProgress, JobProperties, JobState, JobTimes, JobType, Priority,
+};
+use crate::limits::QueuePolicy;
+
+/// A job as the API shows it (`GET /v1/jobs/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobInfo {
+    /// Job id.
+    pub id: JobId,
+    /// Display name.
+    pub display_name: String,
+    /// Download, upload or upload-reply.
+    #[serde(rename = "type")]
+    pub job_type: JobType,
+    /// Priority.
+    pub priority: Priority,
+    /// State.
+    pub state: JobState,
+    /// Owner principal.
+    pub owner: Principal,
+    /// Bytes and files so far.
+    pub progress: JobProgress,
+    /// Creation, modification, completion.
+    pub times: JobTimes,
+    /// Number of errors so far.
+    pub error_count: u32,
+    /// The error, while the job is in ERROR or TRANSIENT_ERROR.
+    pub error: Option<ErrorInfo>,
+    /// The node that holds the job's files.
+    pub home_node: NodeId,
+    /// Every property (write-only custom headers are redacted).
+    pub properties: JobProperties,
+}
+
+impl From<&Job> for JobInfo {
+    fn from(job: &Job) -> Self {
+        let mut properties = job.props.clone();
+        if properties.custom_headers_write_only {
+            properties.custom_headers.clear();
+        }
+        Self {
+            id: job.id,
+            display_name: job.props.display_name.clone(),
+            job_type: job.job_type,
+            priority: job.props.priority,
+            state: job.state,
+            owner: job.owner.clone(),
+            progress: job.progress(),
+            times: job.times,
+            error_count: job.error_count,
+            error: job.error.as_ref().map(ErrorInfo::from),
+            home_node: job.home_node,
+            properties,
+        }
+    }
+}
+
+/// `GET /v1/jobs` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    /// The jobs, in id order.
+    pub jobs: Vec<JobInfo>,
+}
+
+/// A file as the API shows it (`GET /v1/jobs/{id}/files`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    /// Position in the job.
+    pub index: u32,
+    /// Remote URL.
+    pub remote_url: String,
+    /// Local path on the home node.
+    pub local_path: String,
+    /// Requested ranges (empty: whole file).
+    pub ranges: Vec<FileRange>,
+    /// Hidden temporary file that receives the bytes.
+    pub temporary_name: String,
+    /// Bytes so far and availability.
+    pub progress: FileProgress,
+    /// All bytes transferred.
+    pub transferred: bool,
+    /// Validation state.
+    pub validated: bool,
+}
+
+impl FileInfo {
+    /// The view of file `index`.
+    pub fn new(index: usize, file: &JobFile) -> Self {
+        Self {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            remote_url: file.remote_url.clone(),
+            local_path: file.local_path.clone(),
+            ranges: file.ranges.clone(),
+            temporary_name: file.temporary_name.clone(),
+            progress: file.progress,
+            transferred: file.transferred,
+            validated: file.validated,
+        }
+    }
+}
+
+/// `GET /v1/jobs/{id}/files` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileList {
+    /// Files in job order.
+    pub files: Vec<FileInfo>,
+}
+
+/// `POST /v1/jobs/{id}/files` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddFiles {
+    /// Files to append, in order.
+    pub files: Vec<NewFile>,
+}
+
+/// `PATCH /v1/jobs/{id}/files/{index}` body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileChanges {
+    /// New remote URL (`SetRemoteName`).
+    #[serde(default)]
+    pub remote_url: Option<String>,
+    /// Validation state (`SetValidationState`).
+    #[serde(default)]
+    pub valid: Option<bool>,
+}
+
+/// The answer to a lifecycle call (`POST /v1/jobs/{id}/{action}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ActionResult {
+    /// What was done.
+    pub action: JobAction,
+    /// Success code: `S_OK`, or e.g. `BG_S_PARTIAL_COMPLETE`.
+    pub code: BitsCode,
+    /// The code's name.
+    pub code_name: String,
+    /// The job after the call.
+    pub job: JobInfo,
+}
+
+/// A job's error as `IBackgroundCopyError` describes it (`GET /v1/jobs/{id}/error`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorInfo {
+    /// Where it happened.
+    pub context: ErrorContext,
+    /// `GetErrorContextDescription`.
+    pub context_description: String,
+    /// The BITS code.
+    pub code: BitsCode,
+    /// The code's symbolic name.
+    pub name: String,
+    /// `GetErrorDescription`.
+    pub description: String,
+    /// What Ferry observed.
+    pub detail: String,
+    /// The file concerned, if any.
+    pub file_index: Option<u32>,
+    /// The protocol in use, if any.
+    pub protocol: Option<String>,
+}
+
+impl From<&JobError> for ErrorInfo {
+    fn from(e: &JobError) -> Self {
+        Self {
+            context: e.context,
+            context_description: e.context.description().into_owned(),
+            code: e.code,
+            name: e.code.name().unwrap_or_default().into_owned(),
+            description: e.code.description().unwrap_or_default().into_owned(),
+            detail: e.detail.clone(),
+            file_index: e.file_index,
+            protocol: e.protocol.clone(),
+        }
+    }
+}
+
+/// `GET /v1/errors/{code}` answer (`GetErrorDescription`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDescription {
+    /// The code.
+    pub code: BitsCode,
+    /// Its symbolic name.
+    pub name: String,
+    /// Its English description.
+    pub description: String,
+}
+
+impl ErrorDescription {
+    /// The description of `code`, if it is known.
+    pub fn of(code: BitsCode) -> Option<Self> {
+        Some(Self {
+            code,
+            name: code.name()?.into_owned(),
+            description: code.description()?.into_owned(),
+        })
+    }
+}
+
+/// An RFC 9457 problem (`application/problem+json`) carrying the BITS code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// `urn:ferry:error:<NAME>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// Short summary: the code's name.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong and what to do.
+    pub detail: String,
+    /// The BITS code.
+    pub code: BitsCode,
+    /// The BITS description of the code.
+    pub description: String,
+}
+
+impl Problem {
+    /// A problem for `code` with HTTP `status` and `detail`.
+    pub fn new(status: u16, code: BitsCode, detail: impl Into<String>) -> Self {
+        let name = code.name().map(|n| n.into_owned()).unwrap_or_else(|| code.to_string());
+        Self {
+            problem_type: format!("urn:ferry:error:{name}"),
+            title: name,
+            status,
+            detail: detail.into(),
+            code,
+            description: code.description().unwrap_or_default().into_owned(),
+        }
+    }
+}
+
+/// A member of the cluster as `GET /v1/cluster` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MemberInfo {
+    /// Raft node id.
+    pub node_id: NodeId,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// API address.
+    pub api_addr: String,
+}
+
+/// `GET /v1/cluster` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: NodeId,
+    /// The current leader, if one is known.
+    pub leader: Option<NodeId>,
+    /// The answering node's Raft role: `leader`, `follower`, `candidate`, `learner`.
+    pub role: String,
+    /// Current Raft term.
+    pub term: u64,
+    /// Index of the last log entry.
+    pub last_log_index: Option<u64>,
+    /// Index of the last applied entry.
+    pub last_applied: Option<u64>,
+    /// Members.
+    pub members: Vec<MemberInfo>,
+    /// The queue policy in force.
+    pub policy: QueuePolicy,
+    /// Unfinished jobs in the queue.
+    pub jobs: u64,
+    /// Commands applied since the cluster started.
+    pub commands_applied: u64,
+    /// Raft entries written that carried commands: commands per entry shows batching.
+    pub command_batches: u64,
+}
+
+/// `GET /healthz` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` when the node has a leader and applies commands, else `degraded`.
+    pub status: String,
+    /// The answering node.
+    pub node_id: NodeId,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+}

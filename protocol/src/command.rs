@@ -1,0 +1,306 @@
+//! Commands: every mutation of the job queue, as proposed to Raft and applied by every
+//! node. A [`Batch`] is one Raft entry: the leader groups concurrent proposals so that
+//! they share one log write and one fsync, and stamps the batch with its time.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use crate::codes::BitsCode;
+use crate::file::NewFile;
+use crate::ids::{Caller, JobId, NodeId, RequestId};
+use crate::job::{JobType, NotifyCmdLine, Priority, ProxySettings};
+use crate::limits::QueuePolicy;
+use crate::time::Timestamp;
+
+/// One Raft entry's payload: proposals applied in order, all at `time`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The leader's wall-clock time when it formed the batch.
+    pub time: Timestamp,
+    /// The proposals, applied in this order.
+    pub proposals: Vec<Proposal>,
+}
+
+/// One client's command with who sent it and its idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Key under which a retry of the same request finds the first answer.
+    pub request_id: Option<RequestId>,
+    /// The authenticated sender; apply checks ownership against it.
+    pub caller: Caller,
+    /// What to do.
+    pub command: Command,
+}
+
+/// A mutation of the job queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `CreateJob` (+ optional properties and files in the same step).
+    CreateJob {
+        /// Id chosen by the accepting node.
+        id: JobId,
+        /// The node that will hold the job's files.
+        home_node: NodeId,
+        /// Name, type, properties and files.
+        spec: NewJob,
+    },
+    /// `AddFile` / `AddFileSet` / `AddFileWithRanges`.
+    AddFiles {
+        /// Target job.
+        job: JobId,
+        /// Files to append, in order.
+        files: Vec<NewFile>,
+    },
+    /// Property setters, all-or-nothing.
+    SetProperties {
+        /// Target job.
+        job: JobId,
+        /// Changes to make.
+        changes: PropertyChanges,
+    },
+    /// `IBackgroundCopyFile2::SetRemoteName`.
+    SetRemoteName {
+        /// Target job.
+        job: JobId,
+        /// File index.
+        index: u32,
+        /// The new remote URL.
+        remote_url: String,
+    },
+    /// `IBackgroundCopyFile3::SetValidationState`.
+    SetValidationState {
+        /// Target job.
+        job: JobId,
+        /// File index.
+        index: u32,
+        /// `false` marks the content as bad.
+        valid: bool,
+    },
+    /// Resume, suspend, cancel, complete or take ownership.
+    Lifecycle {
+        /// Target job.
+        job: JobId,
+        /// Which call.
+        action: JobAction,
+    },
+    /// Replace the queue policy (administrators only).
+    SetPolicy(QueuePolicy),
+}
+
+/// The state-changing job calls of `IBackgroundCopyJob`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobAction {
+    /// `Resume`.
+    Resume,
+    /// `Suspend`.
+    Suspend,
+    /// `Cancel`.
+    Cancel,
+    /// `Complete`.
+    Complete,
+    /// `TakeOwnership` (administrators).
+    TakeOwnership,
+}
+
+impl JobAction {
+    /// Every action.
+    pub const ALL: [Self; 5] =
+        [Self::Resume, Self::Suspend, Self::Cancel, Self::Complete, Self::TakeOwnership];
+
+    /// The action's path segment and CLI verb.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resume => "resume",
+            Self::Suspend => "suspend",
+            Self::Cancel => "cancel",
+            Self::Complete => "complete",
+            Self::TakeOwnership => "take-ownership",
+        }
+    }
+}
+
+/// A new job: `POST /v1/jobs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// Display name (not unique).
+    pub display_name: String,
+    /// Download (default), upload or upload-reply.
+    #[serde(rename = "type", default)]
+    pub job_type: JobType,
+    /// Properties to set at creation; unset ones take BITS's defaults.
+    #[serde(default)]
+    pub properties: PropertyChanges,
+    /// Files to add at creation, in order.
+    #[serde(default)]
+    pub files: Vec<NewFile>,
+}
+
+/// Property changes: every field is optional; a field that is present is set. For the
+/// nullable ones (`notify_cmdline`, `reply_file_name`, `custom_headers`,
+/// `max_download_size`) an explicit JSON `null` clears the property.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PropertyChanges {
+    /// Display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Description (at most 1,024 characters).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Priority.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// `BG_NOTIFY_*` flags.
+    #[serde(default)]
+    pub notify_flags: Option<u32>,
+    /// Program to run on TRANSFERRED/ERROR; `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(nullable)]
+    pub notify_cmdline: Option<Option<NotifyCmdLine>>,
+    /// Retry delay after a transient error, seconds (raised to at least 5).
+    #[serde(default)]
+    pub minimum_retry_delay_secs: Option<u32>,
+    /// No-progress timeout, seconds (0: every error is fatal).
+    #[serde(default)]
+    pub no_progress_timeout_secs: Option<u32>,
+    /// Maximum active transfer time, seconds.
+    #[serde(default)]
+    pub max_download_time_secs: Option<u32>,
+    /// Proxy usage and lists.
+    #[serde(default)]
+    pub proxy: Option<ProxySettings>,
+    /// Reply file of an upload-reply job; `null` lets Ferry choose.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(nullable)]
+    pub reply_file_name: Option<Option<String>>,
+    /// `Name: value` header lines; `null` removes them.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(nullable)]
+    pub custom_headers: Option<Option<Vec<String>>>,
+    /// `true` hides the custom headers for good (it cannot be undone).
+    #[serde(default)]
+    pub custom_headers_write_only: Option<bool>,
+    /// Allow dynamic content (download jobs, before the first resume).
+    #[serde(default)]
+    pub dynamic_content: Option<bool>,
+    /// Cap on downloaded bytes; `null` removes it (download jobs, before the first resume).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(nullable)]
+    pub max_download_size: Option<Option<u64>>,
+    /// `BG_JOB_ENABLE_PEERCACHING_*` flags.
+    #[serde(default)]
+    pub peer_caching_flags: Option<u32>,
+    /// `BG_COPY_FILE_*` flags.
+    #[serde(default)]
+    pub acl_flags: Option<u32>,
+    /// Minimum interval between modification events, milliseconds.
+    #[serde(default)]
+    pub minimum_notification_interval_ms: Option<u32>,
+}
+
+impl PropertyChanges {
+    /// True if nothing would change.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// True if the changes touch what `TakeOwnership` strips or only the owner may set.
+    pub fn touches_owner_secrets(&self) -> bool {
+        self.custom_headers.is_some() || self.notify_cmdline.is_some()
+    }
+}
+
+/// Reads a present-but-null JSON field as `Some(None)` and an absent one (via
+/// `#[serde(default)]`) as `None`. Binary formats store the nested options as they are.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    if d.is_human_readable() {
+        Option::<T>::deserialize(d).map(Some)
+    } else {
+        Option::<Option<T>>::deserialize(d)
+    }
+}
+
+/// What a successful command returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The job was created with this id.
+    Created(JobId),
+    /// Done; the code is `S_OK` or an informational success such as
+    /// `BG_S_PARTIAL_COMPLETE`.
+    Done(BitsCode),
+}
+
+/// Why a command was refused: the BITS code and a sentence saying what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandError {
+    /// The BITS code (`BG_E_NOT_FOUND`, `E_INVALIDARG`, ...).
+    pub code: BitsCode,
+    /// What was wrong, for a human.
+    pub detail: String,
+}
+
+impl CommandError {
+    /// A refusal with this code and explanation.
+    pub fn new(code: BitsCode, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into() }
+    }
+
+    /// `BG_E_NOT_FOUND` for a job that does not exist or that the caller may not see.
+    pub fn job_not_found(job: JobId) -> Self {
+        Self::new(BitsCode::BG_E_NOT_FOUND, format!("job {job} was not found"))
+    }
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.code.name().unwrap_or_default();
+        write!(f, "{name} ({}): {}", self.code, self.detail)
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// The outcome of one proposal.
+pub type CommandResult = Result<Reply, CommandError>;
+
+/// The outcome of one Raft entry: one result per proposal of the batch (empty for
+/// blank and membership entries).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchReply(pub Vec<CommandResult>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_null_clears_and_absent_leaves_alone() {
+        let clear: PropertyChanges =
+            serde_json::from_str(r#"{"notify_cmdline": null}"#).expect("json");
+        assert_eq!(clear.notify_cmdline, Some(None));
+        let leave: PropertyChanges = serde_json::from_str(r#"{"priority": "high"}"#).expect("json");
+        assert_eq!(leave.notify_cmdline, None);
+        assert_eq!(leave.priority, Some(Priority::High));
+        assert!(serde_json::from_str::<PropertyChanges>(r#"{"colour": "red"}"#).is_err());
+    }
+
+    #[test]
+    fn nullable_fields_round_trip_through_the_codec() {
+        let changes = PropertyChanges {
+            notify_cmdline: Some(None),
+            max_download_size: Some(Some(7)),
+            custom_headers: None,
+            ..PropertyChanges::default()
+        };
+        let bytes = crate::codec::encode(&changes).expect("encode");
+        let back: PropertyChanges = crate::codec::decode(&bytes).expect("decode");
+        assert_eq!(back, changes);
+    }
+}

@@ -1,0 +1,421 @@
+//! The BITS job model: types, states, priorities, properties, times, progress and the
+//! error object, as the replicated state stores them.
+//!
+//! The JSON forms of these types are part of the HTTP API; their binary forms go through
+//! [`crate::codec`]. Nothing here may use serde attributes that need a self-describing
+//! format (`flatten`, `untagged`, internally tagged enums, `skip_serializing_if`).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::codes::{BitsCode, ErrorContext};
+use crate::file::JobFile;
+use crate::ids::{JobId, NodeId, Principal};
+use crate::time::Timestamp;
+
+/// `BG_JOB_TYPE`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobType {
+    /// Server to client; any number of files.
+    #[default]
+    Download,
+    /// Client to server over the BITS upload protocol; exactly one file.
+    Upload,
+    /// Upload one file, then download the server's reply.
+    UploadReply,
+}
+
+impl JobType {
+    /// All job types.
+    pub const ALL: [Self; 3] = [Self::Download, Self::Upload, Self::UploadReply];
+
+    /// True for upload and upload-reply jobs.
+    pub fn is_upload(self) -> bool {
+        !matches!(self, Self::Download)
+    }
+
+    /// The name bitsadmin prints.
+    pub fn bits_name(self) -> &'static str {
+        match self {
+            Self::Download => "DOWNLOAD",
+            Self::Upload => "UPLOAD",
+            Self::UploadReply => "UPLOAD_REPLY",
+        }
+    }
+}
+
+/// `BG_JOB_STATE`: the nine BITS job states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// 0: ready, waiting for the scheduler.
+    Queued,
+    /// 1: connecting to the server.
+    Connecting,
+    /// 2: data is moving.
+    Transferring,
+    /// 3: paused; every new job starts here.
+    Suspended,
+    /// 4: a non-recoverable error; not retried until `Resume`.
+    Error,
+    /// 5: a recoverable error; retried after the minimum retry delay.
+    TransientError,
+    /// 6: all files transferred; waits for `Complete`.
+    Transferred,
+    /// 7: `Complete` was called (final).
+    Acknowledged,
+    /// 8: `Cancel` was called (final).
+    Cancelled,
+}
+
+impl JobState {
+    /// All nine states in `BG_JOB_STATE` order.
+    pub const ALL: [Self; 9] = [
+        Self::Queued,
+        Self::Connecting,
+        Self::Transferring,
+        Self::Suspended,
+        Self::Error,
+        Self::TransientError,
+        Self::Transferred,
+        Self::Acknowledged,
+        Self::Cancelled,
+    ];
+
+    /// The `BG_JOB_STATE` value.
+    pub fn value(self) -> u32 {
+        match self {
+            Self::Queued => 0,
+            Self::Connecting => 1,
+            Self::Transferring => 2,
+            Self::Suspended => 3,
+            Self::Error => 4,
+            Self::TransientError => 5,
+            Self::Transferred => 6,
+            Self::Acknowledged => 7,
+            Self::Cancelled => 8,
+        }
+    }
+
+    /// ACKNOWLEDGED and CANCELLED: no state-changing calls, hidden from enumerations.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Acknowledged | Self::Cancelled)
+    }
+
+    /// QUEUED, CONNECTING, TRANSFERRING: the job wants or holds transfer time.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Queued | Self::Connecting | Self::Transferring)
+    }
+
+    /// The name bitsadmin prints (`TRANSIENT_ERROR`).
+    pub fn bits_name(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Connecting => "CONNECTING",
+            Self::Transferring => "TRANSFERRING",
+            Self::Suspended => "SUSPENDED",
+            Self::Error => "ERROR",
+            Self::TransientError => "TRANSIENT_ERROR",
+            Self::Transferred => "TRANSFERRED",
+            Self::Acknowledged => "ACKNOWLEDGED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// `BG_JOB_PRIORITY`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// 0: foreground; all foreground jobs run at once.
+    Foreground,
+    /// 1: highest background priority.
+    High,
+    /// 2: the default.
+    #[default]
+    Normal,
+    /// 3: lowest.
+    Low,
+}
+
+impl Priority {
+    /// All priorities, highest first.
+    pub const ALL: [Self; 4] = [Self::Foreground, Self::High, Self::Normal, Self::Low];
+
+    /// The name bitsadmin prints.
+    pub fn bits_name(self) -> &'static str {
+        match self {
+            Self::Foreground => "FOREGROUND",
+            Self::High => "HIGH",
+            Self::Normal => "NORMAL",
+            Self::Low => "LOW",
+        }
+    }
+}
+
+/// `BG_NOTIFY_*` flags.
+pub mod notify {
+    /// All files transferred.
+    pub const JOB_TRANSFERRED: u32 = 0x0001;
+    /// The job entered ERROR.
+    pub const JOB_ERROR: u32 = 0x0002;
+    /// Disable all notifications.
+    pub const DISABLE: u32 = 0x0004;
+    /// Progress, property or state changed.
+    pub const JOB_MODIFICATION: u32 = 0x0008;
+    /// A file finished.
+    pub const FILE_TRANSFERRED: u32 = 0x0010;
+    /// Ranges arrived (on-demand jobs).
+    pub const FILE_RANGES_TRANSFERRED: u32 = 0x0020;
+    /// Every defined flag; others are refused with `E_NOTIMPL`.
+    pub const VALID: u32 = 0x003F;
+    /// BITS's default: `JOB_TRANSFERRED | JOB_ERROR`.
+    pub const DEFAULT: u32 = JOB_TRANSFERRED | JOB_ERROR;
+}
+
+/// `BG_JOB_ENABLE_PEERCACHING_*` flags.
+pub mod peer_caching {
+    /// The job may download from peers.
+    pub const CLIENT: u32 = 0x1;
+    /// The job's content may be served to peers.
+    pub const SERVER: u32 = 0x2;
+    /// Do not use BranchCache.
+    pub const DISABLE_BRANCH_CACHE: u32 = 0x4;
+    /// Every defined flag.
+    pub const VALID: u32 = 0x7;
+}
+
+/// `BG_COPY_FILE_*` ACL flags.
+pub mod acl {
+    /// Every defined flag (`BG_COPY_FILE_ALL`).
+    pub const VALID: u32 = 0xF;
+}
+
+/// The program run when the job enters TRANSFERRED or ERROR (`SetNotifyCmdLine`).
+/// Ferry runs it without a shell: `program` is an absolute path, `args` are passed as is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyCmdLine {
+    /// Absolute path of the program.
+    pub program: String,
+    /// Arguments, not expanded and not split.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// `BG_JOB_PROXY_USAGE`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyUsage {
+    /// The node's configured proxy (environment), the default.
+    #[default]
+    Preconfig,
+    /// Connect directly.
+    NoProxy,
+    /// Use the job's explicit proxy and bypass lists.
+    Override,
+    /// Detect the proxy automatically.
+    Autodetect,
+}
+
+/// `SetProxySettings`: usage plus space-delimited proxy and bypass lists (OVERRIDE only).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// How the proxy is chosen.
+    pub usage: ProxyUsage,
+    /// Proxies, space-delimited (`host:port` or URLs); required with OVERRIDE.
+    #[serde(default)]
+    pub list: Option<String>,
+    /// Hosts that bypass the proxy, space-delimited; OVERRIDE only.
+    #[serde(default)]
+    pub bypass: Option<String>,
+}
+
+/// Every settable property of a job, with BITS's defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobProperties {
+    /// Free text, not unique.
+    pub display_name: String,
+    /// Free text, at most 1,024 characters.
+    pub description: String,
+    /// Scheduling priority.
+    pub priority: Priority,
+    /// `BG_NOTIFY_*` flags; default `0x3`.
+    pub notify_flags: u32,
+    /// Program run on TRANSFERRED/ERROR.
+    pub notify_cmdline: Option<NotifyCmdLine>,
+    /// Seconds to wait before retrying after a transient error; default 600, at least 5.
+    pub minimum_retry_delay_secs: u32,
+    /// Seconds without progress before a transient error becomes fatal; default 14 days.
+    pub no_progress_timeout_secs: u32,
+    /// Seconds of active transfer allowed; default 90 days.
+    pub max_download_time_secs: u32,
+    /// Proxy usage and lists.
+    pub proxy: ProxySettings,
+    /// Where an upload-reply job stores the reply.
+    pub reply_file_name: Option<String>,
+    /// `Name: value` lines sent with every HTTP request of the job.
+    pub custom_headers: Vec<String>,
+    /// Once set, custom headers are never returned again (BITS `MakeCustomHeadersWriteOnly`).
+    pub custom_headers_write_only: bool,
+    /// Allow servers without HEAD/Content-Length/ranges (`BITS_JOB_PROPERTY_DYNAMIC_CONTENT`).
+    pub dynamic_content: bool,
+    /// Cap on the bytes downloaded (`BITS_JOB_PROPERTY_MAX_DOWNLOAD_SIZE`).
+    pub max_download_size: Option<u64>,
+    /// `BG_JOB_ENABLE_PEERCACHING_*` flags.
+    pub peer_caching_flags: u32,
+    /// `BG_COPY_FILE_*` flags.
+    pub acl_flags: u32,
+    /// Minimum interval between modification events, in milliseconds; default 500.
+    pub minimum_notification_interval_ms: u32,
+}
+
+/// BITS defaults for job properties.
+pub mod defaults {
+    /// `SetMinimumRetryDelay` default, seconds.
+    pub const MINIMUM_RETRY_DELAY_SECS: u32 = 600;
+    /// `SetMinimumRetryDelay` floor, seconds: smaller values are raised to this.
+    pub const MINIMUM_RETRY_DELAY_FLOOR_SECS: u32 = 5;
+    /// `SetNoProgressTimeout` default: 14 days.
+    pub const NO_PROGRESS_TIMEOUT_SECS: u32 = 1_209_600;
+    /// `SetMaximumDownloadTime` default: 90 days.
+    pub const MAX_DOWNLOAD_TIME_SECS: u32 = 7_776_000;
+    /// `BITS_JOB_PROPERTY_MINIMUM_NOTIFICATION_INTERVAL_MS` default.
+    pub const MINIMUM_NOTIFICATION_INTERVAL_MS: u32 = 500;
+}
+
+impl JobProperties {
+    /// BITS's defaults for a new job with this display name and priority.
+    pub fn new(display_name: String, priority: Priority) -> Self {
+        Self {
+            display_name,
+            description: String::new(),
+            priority,
+            notify_flags: notify::DEFAULT,
+            notify_cmdline: None,
+            minimum_retry_delay_secs: defaults::MINIMUM_RETRY_DELAY_SECS,
+            no_progress_timeout_secs: defaults::NO_PROGRESS_TIMEOUT_SECS,
+            max_download_time_secs: defaults::MAX_DOWNLOAD_TIME_SECS,
+            proxy: ProxySettings::default(),
+            reply_file_name: None,
+            custom_headers: Vec::new(),
+            custom_headers_write_only: false,
+            dynamic_content: false,
+            max_download_size: None,
+            peer_caching_flags: 0,
+            acl_flags: 0,
+            minimum_notification_interval_ms: defaults::MINIMUM_NOTIFICATION_INTERVAL_MS,
+        }
+    }
+}
+
+/// `BG_JOB_TIMES`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobTimes {
+    /// When the job was created.
+    pub created: Timestamp,
+    /// Last change of state, properties or files (resets the inactivity timer).
+    pub modified: Timestamp,
+    /// When the job entered TRANSFERRED.
+    pub transfer_completed: Option<Timestamp>,
+}
+
+/// `BG_JOB_PROGRESS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobProgress {
+    /// Total bytes of all files; `null` (`BG_SIZE_UNKNOWN`) until every size is known.
+    pub bytes_total: Option<u64>,
+    /// Bytes transferred so far.
+    pub bytes_transferred: u64,
+    /// Number of files.
+    pub files_total: u32,
+    /// Number of files completely transferred.
+    pub files_transferred: u32,
+}
+
+/// The job's last error (`IBackgroundCopyError`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobError {
+    /// Where the error happened.
+    pub context: ErrorContext,
+    /// The BITS code.
+    pub code: BitsCode,
+    /// What Ferry observed, in one sentence (request, status, path...).
+    pub detail: String,
+    /// The file the error concerns, if any (`GetFile`).
+    pub file_index: Option<u32>,
+    /// The protocol in use (`GetProtocol`), e.g. `http`.
+    pub protocol: Option<String>,
+}
+
+/// A job as the replicated queue holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Identity.
+    pub id: JobId,
+    /// The principal that owns the job.
+    pub owner: Principal,
+    /// Download, upload or upload-reply.
+    pub job_type: JobType,
+    /// One of the nine BITS states.
+    pub state: JobState,
+    /// Settable properties.
+    pub props: JobProperties,
+    /// Files in order; transferred one after another.
+    pub files: Vec<JobFile>,
+    /// Creation, modification and completion times.
+    pub times: JobTimes,
+    /// The last error; kept while the job is in ERROR or TRANSIENT_ERROR.
+    pub error: Option<JobError>,
+    /// Number of errors so far (`GetErrorCount`).
+    pub error_count: u32,
+    /// True once the job has been resumed: some properties are read-only afterwards.
+    pub ever_resumed: bool,
+    /// The node whose disk holds the job's local files.
+    pub home_node: NodeId,
+}
+
+impl Job {
+    /// `BG_JOB_PROGRESS` computed from the files.
+    pub fn progress(&self) -> JobProgress {
+        let mut bytes_total = Some(0u64);
+        let mut bytes_transferred = 0u64;
+        let mut files_transferred = 0u32;
+        for file in &self.files {
+            bytes_total = match (bytes_total, file.progress.bytes_total) {
+                (Some(sum), Some(size)) => Some(sum.saturating_add(size)),
+                _ => None,
+            };
+            bytes_transferred = bytes_transferred.saturating_add(file.progress.bytes_transferred);
+            if file.transferred {
+                files_transferred += 1;
+            }
+        }
+        JobProgress {
+            bytes_total,
+            bytes_transferred,
+            files_total: u32::try_from(self.files.len()).unwrap_or(u32::MAX),
+            files_transferred,
+        }
+    }
+
+    /// Number of files not yet completely transferred.
+    pub fn pending_files(&self) -> usize {
+        self.files.iter().filter(|f| !f.transferred).count()
+    }
+}

@@ -1,0 +1,382 @@
+//! Applying commands to the queue: ownership, BITS state rules, limits, and the
+//! recent-request table.
+
+use super::{Queue, RequestKey, RequestRecord};
+use crate::codec;
+use crate::codes::{BitsCode, ErrorContext};
+use crate::command::{
+    Batch, BatchReply, Command, CommandError, CommandResult, JobAction, NewJob, PropertyChanges,
+    Proposal, Reply,
+};
+use crate::file::{JobFile, NewFile};
+use crate::ids::{Caller, JobId, NodeId};
+use crate::job::{Job, JobError, JobProperties, JobState, JobTimes, Priority};
+use crate::limits::{MAX_DISPLAY_NAME_CHARS, MAX_FILES_PER_REQUEST};
+use crate::state::{JobFacts, Operation, transition};
+use crate::validate;
+
+impl Queue {
+    /// Applies one Raft entry's batch. Deterministic: the same queue and batch give the
+    /// same queue and replies on every node.
+    pub fn apply_batch(&mut self, batch: &Batch) -> BatchReply {
+        self.meta.clock = self.meta.clock.max(batch.time);
+        let results = batch.proposals.iter().map(|p| self.apply_proposal(p)).collect();
+        self.expire();
+        BatchReply(results)
+    }
+
+    fn apply_proposal(&mut self, proposal: &Proposal) -> CommandResult {
+        self.meta.seq += 1;
+        let Some(id) = &proposal.request_id else {
+            return self.execute(&proposal.caller, &proposal.command);
+        };
+        let key = RequestKey { principal: proposal.caller.principal.clone(), id: id.clone() };
+        let fingerprint = fingerprint(&proposal.command);
+        if let Some(record) = self.requests.get(&key) {
+            if record.fingerprint != fingerprint {
+                return Err(CommandError::new(
+                    BitsCode::E_INVALIDARG,
+                    format!(
+                        "request id {id} was already used for a different request; use a new id"
+                    ),
+                ));
+            }
+            return record.result.clone();
+        }
+        let result = self.execute(&proposal.caller, &proposal.command);
+        let record = RequestRecord {
+            seq: self.meta.seq,
+            time: self.meta.clock,
+            fingerprint,
+            result: result.clone(),
+        };
+        self.request_order.insert(record.seq, key.clone());
+        self.requests.insert(key.clone(), record);
+        self.changes.requests.insert(key);
+        result
+    }
+
+    fn execute(&mut self, caller: &Caller, command: &Command) -> CommandResult {
+        match command {
+            Command::CreateJob { id, home_node, spec } => {
+                self.create_job(caller, *id, *home_node, spec)
+            }
+            Command::AddFiles { job, files } => self.add_files(caller, *job, files),
+            Command::SetProperties { job, changes } => self.set_properties(caller, *job, changes),
+            Command::SetRemoteName { job, index, remote_url } => {
+                self.set_remote_name(caller, *job, *index, remote_url)
+            }
+            Command::SetValidationState { job, index, valid } => {
+                self.set_validation_state(caller, *job, *index, *valid)
+            }
+            Command::Lifecycle { job, action } => self.lifecycle(caller, *job, *action),
+            Command::SetPolicy(policy) => {
+                if !caller.is_admin() {
+                    return Err(CommandError::new(
+                        BitsCode::E_ACCESSDENIED,
+                        "only administrators may change the queue policy",
+                    ));
+                }
+                self.meta.policy = *policy;
+                Ok(Reply::Done(BitsCode::S_OK))
+            }
+        }
+    }
+
+    /// The job if the caller may act on it; `BG_E_NOT_FOUND` otherwise.
+    fn accessible(&self, caller: &Caller, id: JobId) -> Result<&Job, CommandError> {
+        self.visible_job(caller, &id)
+    }
+
+    /// Replaces a job after a successful change, keeping the indexes and change set true.
+    fn store(&mut self, mut job: Job) {
+        job.times.modified = self.meta.clock;
+        if !matches!(job.state, JobState::Error | JobState::TransientError) {
+            job.error = None;
+        }
+        if let Some(old) = self.jobs.remove(&job.id) {
+            self.unindex_job(&old);
+        }
+        self.index_job(&job);
+        self.changes.jobs.insert(job.id);
+        self.jobs.insert(job.id, job);
+    }
+
+    fn create_job(
+        &mut self,
+        caller: &Caller,
+        id: JobId,
+        home_node: NodeId,
+        spec: &NewJob,
+    ) -> CommandResult {
+        if self.jobs.contains_key(&id) {
+            return Err(CommandError::new(
+                BitsCode::E_INVALIDARG,
+                format!("job id {id} is already in use"),
+            ));
+        }
+        if spec.properties.display_name.is_some() {
+            return Err(CommandError::new(
+                BitsCode::E_INVALIDARG,
+                "give the display name once, as display_name, not again in properties",
+            ));
+        }
+        validate::text("display name", &spec.display_name, MAX_DISPLAY_NAME_CHARS)?;
+        if !caller.is_admin() {
+            let policy = self.meta.policy;
+            if self.unfinished_jobs_of(&caller.principal) >= policy.max_jobs_per_user {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_TOO_MANY_JOBS_PER_USER,
+                    format!(
+                        "{} already has {} unfinished jobs",
+                        caller.principal, policy.max_jobs_per_user
+                    ),
+                ));
+            }
+            if self.unfinished >= policy.max_jobs {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_TOO_MANY_JOBS_PER_MACHINE,
+                    format!("the cluster already holds {} unfinished jobs", policy.max_jobs),
+                ));
+            }
+        }
+        let now = self.meta.clock;
+        let mut job = Job {
+            id,
+            owner: caller.principal.clone(),
+            job_type: spec.job_type,
+            state: JobState::Suspended,
+            props: JobProperties::new(spec.display_name.clone(), Priority::default()),
+            files: Vec::new(),
+            times: JobTimes { created: now, modified: now, transfer_completed: None },
+            error: None,
+            error_count: 0,
+            ever_resumed: false,
+            home_node,
+        };
+        job.props = self.changed_properties(&job, &spec.properties)?;
+        if !spec.files.is_empty() {
+            self.append_files(caller, &mut job, &spec.files)?;
+        }
+        self.store(job);
+        Ok(Reply::Created(id))
+    }
+
+    fn add_files(&mut self, caller: &Caller, id: JobId, files: &[NewFile]) -> CommandResult {
+        let mut job = self.accessible(caller, id)?.clone();
+        self.append_files(caller, &mut job, files)?;
+        self.store(job);
+        Ok(Reply::Done(BitsCode::S_OK))
+    }
+
+    fn append_files(
+        &self,
+        caller: &Caller,
+        job: &mut Job,
+        files: &[NewFile],
+    ) -> Result<(), CommandError> {
+        if files.is_empty() {
+            return Err(CommandError::new(BitsCode::E_INVALIDARG, "no files were given"));
+        }
+        if files.len() > MAX_FILES_PER_REQUEST {
+            return Err(CommandError::new(
+                BitsCode::E_INVALIDARG,
+                format!("at most {MAX_FILES_PER_REQUEST} files can be added in one request"),
+            ));
+        }
+        check(job, Operation::AddFiles, None)?;
+        if job.job_type.is_upload() && job.files.len() + files.len() > 1 {
+            return Err(CommandError::new(
+                BitsCode::BG_E_TOO_MANY_FILES,
+                "an upload job holds exactly one file",
+            ));
+        }
+        let policy = self.meta.policy;
+        if !caller.is_admin() && job.files.len() + files.len() > policy.max_files_per_job as usize {
+            return Err(CommandError::new(
+                BitsCode::BG_E_TOO_MANY_FILES_IN_JOB,
+                format!(
+                    "the job would hold {} files; the policy allows {} per job",
+                    job.files.len() + files.len(),
+                    policy.max_files_per_job
+                ),
+            ));
+        }
+        let max_ranges = (!caller.is_admin()).then_some(policy.max_ranges_per_file);
+        for file in files {
+            validate::new_file(file, job.job_type, job.props.dynamic_content, max_ranges)?;
+        }
+        for file in files {
+            let index = job.files.len();
+            job.files.push(JobFile::new(job.id, index, file.clone()));
+        }
+        Ok(())
+    }
+
+    fn set_properties(
+        &mut self,
+        caller: &Caller,
+        id: JobId,
+        changes: &PropertyChanges,
+    ) -> CommandResult {
+        let mut job = self.accessible(caller, id)?.clone();
+        check(&job, Operation::SetProperties, None)?;
+        if changes.is_empty() {
+            return Ok(Reply::Done(BitsCode::S_OK));
+        }
+        job.props = self.changed_properties(&job, changes)?;
+        self.store(job);
+        Ok(Reply::Done(BitsCode::S_OK))
+    }
+
+    fn set_remote_name(
+        &mut self,
+        caller: &Caller,
+        id: JobId,
+        index: u32,
+        url: &str,
+    ) -> CommandResult {
+        let mut job = self.accessible(caller, id)?.clone();
+        check(&job, Operation::SetRemoteName, None)?;
+        let job_type = job.job_type;
+        let file = file_mut(&mut job, index)?;
+        if file.transferred {
+            return Err(CommandError::new(
+                BitsCode::BG_E_INVALID_STATE,
+                format!(
+                    "file {index} is already transferred; its remote name can no longer change"
+                ),
+            ));
+        }
+        validate::remote_url(url, job_type)?;
+        if file.remote_url != url {
+            // Bytes of two remote files must never be combined: start this file over.
+            file.remote_url = url.to_owned();
+            file.progress.bytes_transferred = 0;
+            file.progress.bytes_total = None;
+        }
+        self.store(job);
+        Ok(Reply::Done(BitsCode::S_OK))
+    }
+
+    fn set_validation_state(
+        &mut self,
+        caller: &Caller,
+        id: JobId,
+        index: u32,
+        valid: bool,
+    ) -> CommandResult {
+        let mut job = self.accessible(caller, id)?.clone();
+        let op = if valid { Operation::ValidateFile } else { Operation::InvalidateFile };
+        let transferred = file_mut(&mut job, index)?.transferred;
+        let outcome = check(&job, op, Some(transferred))?;
+        let file = file_mut(&mut job, index)?;
+        if valid {
+            file.validated = true;
+        } else {
+            file.validated = false;
+            file.transferred = false;
+            file.progress.bytes_transferred = 0;
+            job.state = outcome.next;
+            job.error_count = job.error_count.saturating_add(1);
+            job.error = Some(JobError {
+                context: ErrorContext::RemoteFile,
+                code: BitsCode::BG_E_VALIDATION_FAILED,
+                detail: format!("the owner marked the content of file {index} as not valid"),
+                file_index: Some(index),
+                protocol: None,
+            });
+        }
+        self.store(job);
+        Ok(Reply::Done(BitsCode::S_OK))
+    }
+
+    fn lifecycle(&mut self, caller: &Caller, id: JobId, action: JobAction) -> CommandResult {
+        let mut job = self.accessible(caller, id)?.clone();
+        let op = match action {
+            JobAction::Resume => Operation::Resume,
+            JobAction::Suspend => Operation::Suspend,
+            JobAction::Cancel => Operation::Cancel,
+            JobAction::Complete => Operation::Complete,
+            JobAction::TakeOwnership => Operation::TakeOwnership,
+        };
+        let outcome = check(&job, op, None)?;
+        match action {
+            JobAction::Resume => job.ever_resumed = true,
+            JobAction::Complete => {
+                for file in job.files.iter_mut().filter(|f| f.transferred) {
+                    file.progress.completed = true;
+                }
+            }
+            JobAction::TakeOwnership => {
+                if !caller.is_admin() {
+                    return Err(CommandError::new(
+                        BitsCode::E_ACCESSDENIED,
+                        "only administrators may take ownership of a job",
+                    ));
+                }
+                // BITS strips what belonged to the previous owner.
+                job.owner = caller.principal.clone();
+                job.props.notify_cmdline = None;
+                job.props.custom_headers.clear();
+                job.props.custom_headers_write_only = false;
+            }
+            JobAction::Suspend | JobAction::Cancel => {}
+        }
+        let unchanged = outcome.next == job.state && action == JobAction::Resume;
+        job.state = outcome.next;
+        if !unchanged {
+            self.store(job);
+        }
+        Ok(Reply::Done(outcome.code))
+    }
+}
+
+/// Asks the state machine about `op` for `job`.
+fn check(
+    job: &Job,
+    op: Operation,
+    target_file_transferred: Option<bool>,
+) -> Result<crate::state::Outcome, CommandError> {
+    let facts = JobFacts {
+        job_type: job.job_type,
+        files: job.files.len(),
+        pending_files: job.pending_files(),
+        target_file_transferred: target_file_transferred.unwrap_or(false),
+    };
+    transition(job.state, op, facts).map_err(|code| {
+        let detail = match code {
+            BitsCode::BG_E_EMPTY => {
+                format!("job {} has no files; add files before resuming it", job.id)
+            }
+            BitsCode::BG_E_TOO_MANY_FILES => "an upload job holds exactly one file".to_owned(),
+            BitsCode::E_PENDING => "the file is not transferred yet".to_owned(),
+            _ => format!("{op:?} is not allowed while job {} is {}", job.id, job.state.bits_name()),
+        };
+        CommandError::new(code, detail)
+    })
+}
+
+fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, CommandError> {
+    let count = job.files.len();
+    job.files.get_mut(index as usize).ok_or_else(|| {
+        CommandError::new(
+            BitsCode::E_INVALIDARG,
+            format!("file index {index} is out of range; the job has {count} files"),
+        )
+    })
+}
+
+/// Digest of what a request asks for. The job id and home node of a create are chosen by
+/// the node that accepted the request, so a retry through another node differs there:
+/// they are left out.
+fn fingerprint(command: &Command) -> [u8; 16] {
+    let encoded = match command {
+        Command::CreateJob { spec, .. } => codec::encode(spec),
+        other => codec::encode(other),
+    };
+    let digest = blake3::hash(&encoded.unwrap_or_default());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest.as_bytes()[..16]);
+    out
+}

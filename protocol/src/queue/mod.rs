@@ -1,0 +1,245 @@
+//! The replicated job queue: the table of jobs, the recent-request table that makes
+//! retried commands apply once, and the queue policy, with the deterministic `apply`
+//! every node runs on each Raft entry.
+//!
+//! Apply reads no clock and no randomness: time comes from the batch, ids from the
+//! command. The queue records what each apply touched ([`Changes`]) so the node can write
+//! exactly those rows to disk in the same transaction as its applied index.
+
+mod apply;
+mod properties;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codes::BitsCode;
+use crate::command::{CommandError, CommandResult};
+use crate::ids::{Caller, JobId, Principal, RequestId};
+use crate::job::Job;
+use crate::limits::QueuePolicy;
+use crate::time::Timestamp;
+
+/// How long a request id is remembered (a retry after this is a new request).
+pub const REQUEST_ID_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Most request ids remembered; the oldest are forgotten first.
+pub const MAX_REMEMBERED_REQUESTS: usize = 100_000;
+/// How long a job in a final state (acknowledged, cancelled) stays readable by id before
+/// it is removed. BITS forgets such jobs at once; Ferry keeps them a day for operators.
+pub const FINAL_JOB_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// A request id is scoped to the principal that sent it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestKey {
+    /// Who sent the request.
+    pub principal: Principal,
+    /// The client's idempotency key.
+    pub id: RequestId,
+}
+
+/// The remembered outcome of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Apply sequence number: orders records for eviction.
+    pub seq: u64,
+    /// When it was applied (batch time).
+    pub time: Timestamp,
+    /// Digest of the command, to refuse a reused id carrying a different request.
+    pub fingerprint: [u8; 16],
+    /// The answer a retry gets.
+    pub result: CommandResult,
+}
+
+/// Scalar state that is not a job or a request record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueMeta {
+    /// The limits in force.
+    pub policy: QueuePolicy,
+    /// The largest batch time applied so far; apply's notion of "now".
+    pub clock: Timestamp,
+    /// Number of proposals applied so far.
+    pub seq: u64,
+}
+
+/// The whole queue as one value: the snapshot format, and what the node loads from disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueImage {
+    /// Scalars.
+    pub meta: QueueMeta,
+    /// Every job.
+    pub jobs: Vec<Job>,
+    /// Every remembered request.
+    pub requests: Vec<(RequestKey, RequestRecord)>,
+}
+
+/// What an apply touched, for the node to persist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Jobs written or removed (a key absent from the table after apply was removed).
+    pub jobs: BTreeSet<JobId>,
+    /// Request records written or removed, likewise.
+    pub requests: BTreeSet<RequestKey>,
+}
+
+/// The job queue.
+#[derive(Clone, Debug, Default)]
+pub struct Queue {
+    meta: QueueMeta,
+    jobs: BTreeMap<JobId, Job>,
+    requests: BTreeMap<RequestKey, RequestRecord>,
+    /// Request keys by sequence number, oldest first: the eviction order.
+    request_order: BTreeMap<u64, RequestKey>,
+    /// Final jobs by the time they became final: the removal order.
+    finished: BTreeSet<(Timestamp, JobId)>,
+    /// Unfinished jobs per owner, for `MaxJobsPerUser`.
+    unfinished_per_owner: HashMap<Principal, u32>,
+    /// Unfinished jobs in all, for `MaxJobsPerMachine`.
+    unfinished: u32,
+    changes: Changes,
+}
+
+impl Queue {
+    /// An empty queue with this policy.
+    pub fn new(policy: QueuePolicy) -> Self {
+        Self { meta: QueueMeta { policy, ..QueueMeta::default() }, ..Self::default() }
+    }
+
+    /// Rebuilds the queue (and its derived indexes) from an image.
+    pub fn from_image(image: QueueImage) -> Self {
+        let mut queue = Self { meta: image.meta, ..Self::default() };
+        for job in image.jobs {
+            queue.index_job(&job);
+            queue.jobs.insert(job.id, job);
+        }
+        for (key, record) in image.requests {
+            queue.request_order.insert(record.seq, key.clone());
+            queue.requests.insert(key, record);
+        }
+        queue
+    }
+
+    /// The whole queue as one value (for snapshots).
+    pub fn to_image(&self) -> QueueImage {
+        QueueImage {
+            meta: self.meta.clone(),
+            jobs: self.jobs.values().cloned().collect(),
+            requests: self.requests.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
+        }
+    }
+
+    /// Returns and clears what applies since the last call touched.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Scalar state.
+    pub fn meta(&self) -> &QueueMeta {
+        &self.meta
+    }
+
+    /// The limits in force.
+    pub fn policy(&self) -> &QueuePolicy {
+        &self.meta.policy
+    }
+
+    /// A job by id, whoever owns it.
+    pub fn job(&self, id: &JobId) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    /// Every job, in id order.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    /// A remembered request.
+    pub fn request(&self, key: &RequestKey) -> Option<&RequestRecord> {
+        self.requests.get(key)
+    }
+
+    /// Number of remembered requests.
+    pub fn remembered_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// `GetJob`: the job if the caller may see it, else `BG_E_NOT_FOUND` (whether or not
+    /// it exists, so that users cannot learn about other users' jobs).
+    pub fn visible_job(&self, caller: &Caller, id: &JobId) -> Result<&Job, CommandError> {
+        self.jobs
+            .get(id)
+            .filter(|job| caller.may_access(&job.owner))
+            .ok_or_else(|| CommandError::job_not_found(*id))
+    }
+
+    /// `EnumJobs`: the caller's unfinished jobs, or everyone's with `all_users`
+    /// (administrators only, else `E_ACCESSDENIED`). Final-state jobs are not listed.
+    pub fn list(&self, caller: &Caller, all_users: bool) -> Result<Vec<&Job>, CommandError> {
+        if all_users && !caller.is_admin() {
+            return Err(CommandError::new(
+                BitsCode::E_ACCESSDENIED,
+                "only administrators may list the jobs of all users",
+            ));
+        }
+        Ok(self
+            .jobs
+            .values()
+            .filter(|job| !job.state.is_final())
+            .filter(|job| all_users || job.owner == caller.principal)
+            .collect())
+    }
+
+    fn index_job(&mut self, job: &Job) {
+        if job.state.is_final() {
+            self.finished.insert((job.times.modified, job.id));
+        } else {
+            *self.unfinished_per_owner.entry(job.owner.clone()).or_default() += 1;
+            self.unfinished += 1;
+        }
+    }
+
+    fn unindex_job(&mut self, job: &Job) {
+        if job.state.is_final() {
+            self.finished.remove(&(job.times.modified, job.id));
+        } else {
+            if let Some(count) = self.unfinished_per_owner.get_mut(&job.owner) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.unfinished_per_owner.remove(&job.owner);
+                }
+            }
+            self.unfinished = self.unfinished.saturating_sub(1);
+        }
+    }
+
+    /// Unfinished jobs `owner` has.
+    pub fn unfinished_jobs_of(&self, owner: &Principal) -> u32 {
+        self.unfinished_per_owner.get(owner).copied().unwrap_or(0)
+    }
+
+    /// Forgets request ids past their time or beyond the cap, and removes final jobs past
+    /// their retention. Deterministic: driven by the batch clock only.
+    fn expire(&mut self) {
+        let now = self.meta.clock;
+        while let Some((&seq, key)) = self.request_order.first_key_value() {
+            let expired = self.requests.get(key).is_none_or(|r| now.since(r.time) > REQUEST_ID_TTL);
+            if !expired && self.requests.len() <= MAX_REMEMBERED_REQUESTS {
+                break;
+            }
+            let key = key.clone();
+            self.request_order.remove(&seq);
+            self.requests.remove(&key);
+            self.changes.requests.insert(key);
+        }
+        while let Some(&(finished_at, id)) = self.finished.first() {
+            if now.since(finished_at) <= FINAL_JOB_RETENTION {
+                break;
+            }
+            self.finished.remove(&(finished_at, id));
+            self.jobs.remove(&id);
+            self.changes.jobs.insert(id);
+        }
+    }
+}

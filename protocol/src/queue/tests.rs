@@ -1,0 +1,364 @@
+//! Behaviour of apply: ownership, BITS rules, limits, request ids, expiry, determinism.
+
+use super::*;
+use crate::command::{Batch, Command, JobAction, NewJob, PropertyChanges, Proposal, Reply};
+use crate::file::{FileRange, NewFile};
+use crate::ids::{Caller, Role};
+use crate::job::{JobState, JobType, Priority};
+
+fn caller(name: &str, role: Role) -> Caller {
+    Caller { principal: Principal::new(name).expect("name"), role }
+}
+
+fn alice() -> Caller {
+    caller("alice", Role::User)
+}
+
+fn bob() -> Caller {
+    caller("bob", Role::User)
+}
+
+fn admin() -> Caller {
+    caller("root", Role::Admin)
+}
+
+fn file(n: usize) -> NewFile {
+    NewFile {
+        remote_url: format!("https://origin.example/f{n}"),
+        local_path: format!("/srv/out/f{n}"),
+        ranges: vec![],
+    }
+}
+
+fn new_job(job_type: JobType, files: usize) -> NewJob {
+    NewJob {
+        display_name: "job".into(),
+        job_type,
+        properties: PropertyChanges::default(),
+        files: (0..files).map(file).collect(),
+    }
+}
+
+struct Harness {
+    queue: Queue,
+    time: u64,
+    next_id: u128,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self { queue: Queue::new(QueuePolicy::default()), time: 1_000, next_id: 1 }
+    }
+
+    fn run(&mut self, who: &Caller, request_id: Option<&str>, command: Command) -> CommandResult {
+        self.time += 10;
+        let batch = Batch {
+            time: Timestamp(self.time),
+            proposals: vec![Proposal {
+                request_id: request_id.map(|r| RequestId::new(r).expect("id")),
+                caller: who.clone(),
+                command,
+            }],
+        };
+        let mut reply = self.queue.apply_batch(&batch);
+        reply.0.pop().expect("one result per proposal")
+    }
+
+    fn create(&mut self, who: &Caller, spec: NewJob) -> CommandResult {
+        let id = JobId(uuid::Uuid::from_u128(self.next_id));
+        self.next_id += 1;
+        self.run(who, None, Command::CreateJob { id, home_node: 1, spec })
+    }
+
+    fn created(&mut self, who: &Caller, spec: NewJob) -> JobId {
+        match self.create(who, spec) {
+            Ok(Reply::Created(id)) => id,
+            other => panic!("create failed: {other:?}"),
+        }
+    }
+
+    fn act(&mut self, who: &Caller, job: JobId, action: JobAction) -> CommandResult {
+        self.run(who, None, Command::Lifecycle { job, action })
+    }
+
+    fn state(&self, job: JobId) -> JobState {
+        self.queue.job(&job).expect("job exists").state
+    }
+}
+
+fn code(result: CommandResult) -> BitsCode {
+    match result {
+        Ok(Reply::Done(code)) => code,
+        Ok(Reply::Created(_)) => BitsCode::S_OK,
+        Err(e) => e.code,
+    }
+}
+
+#[test]
+fn new_jobs_start_suspended_with_bits_defaults() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    let job = h.queue.job(&id).expect("job");
+    assert_eq!(job.state, JobState::Suspended);
+    assert_eq!(job.props.priority, Priority::Normal);
+    assert_eq!(job.props.notify_flags, 0x3);
+    assert_eq!(job.props.minimum_retry_delay_secs, 600);
+    assert_eq!(job.props.no_progress_timeout_secs, 1_209_600);
+    assert_eq!(job.props.max_download_time_secs, 7_776_000);
+    assert_eq!(job.owner.as_str(), "alice");
+    assert_eq!(job.files[0].temporary_name.rsplit_once('/').map(|(d, _)| d), Some("/srv/out"));
+}
+
+#[test]
+fn resume_without_files_is_empty_then_lifecycle_runs() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 0));
+    assert_eq!(code(h.act(&alice(), id, JobAction::Resume)), BitsCode::BG_E_EMPTY);
+    assert_eq!(h.state(id), JobState::Suspended);
+    h.run(&alice(), None, Command::AddFiles { job: id, files: vec![file(1)] }).expect("add");
+    assert_eq!(code(h.act(&alice(), id, JobAction::Resume)), BitsCode::S_OK);
+    assert_eq!(h.state(id), JobState::Queued);
+    assert_eq!(code(h.act(&alice(), id, JobAction::Complete)), BitsCode::BG_S_PARTIAL_COMPLETE);
+    assert_eq!(h.state(id), JobState::Acknowledged);
+    assert_eq!(code(h.act(&alice(), id, JobAction::Cancel)), BitsCode::BG_E_INVALID_STATE);
+}
+
+#[test]
+fn users_cannot_see_or_touch_other_users_jobs() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    let before = h.queue.job(&id).cloned();
+    for action in JobAction::ALL {
+        assert_eq!(code(h.act(&bob(), id, action)), BitsCode::BG_E_NOT_FOUND, "{action:?}");
+    }
+    let set = Command::SetProperties {
+        job: id,
+        changes: PropertyChanges { priority: Some(Priority::High), ..Default::default() },
+    };
+    assert_eq!(code(h.run(&bob(), None, set)), BitsCode::BG_E_NOT_FOUND);
+    assert_eq!(h.queue.job(&id).cloned(), before, "nothing changed");
+    assert!(h.queue.visible_job(&bob(), &id).is_err());
+    assert_eq!(h.queue.list(&bob(), false).expect("list").len(), 0);
+    assert_eq!(code_of(h.queue.list(&bob(), true)), BitsCode::E_ACCESSDENIED);
+    assert_eq!(h.queue.list(&admin(), true).expect("list").len(), 1);
+}
+
+fn code_of<T>(r: Result<T, CommandError>) -> BitsCode {
+    r.err().map(|e| e.code).unwrap_or(BitsCode::S_OK)
+}
+
+#[test]
+fn take_ownership_is_for_admins_and_strips_owner_secrets() {
+    let mut h = Harness::new();
+    let mut spec = new_job(JobType::Download, 1);
+    spec.properties.custom_headers = Some(Some(vec!["Authorization: secret".into()]));
+    spec.properties.notify_cmdline =
+        Some(Some(crate::job::NotifyCmdLine { program: "/bin/true".into(), args: vec![] }));
+    let id = h.created(&alice(), spec);
+    assert_eq!(code(h.act(&alice(), id, JobAction::TakeOwnership)), BitsCode::E_ACCESSDENIED);
+    assert_eq!(code(h.act(&admin(), id, JobAction::TakeOwnership)), BitsCode::S_OK);
+    let job = h.queue.job(&id).expect("job");
+    assert_eq!(job.owner.as_str(), "root");
+    assert!(job.props.custom_headers.is_empty());
+    assert!(job.props.notify_cmdline.is_none());
+    assert_eq!(code(h.act(&alice(), id, JobAction::Cancel)), BitsCode::BG_E_NOT_FOUND);
+    assert_eq!(h.queue.unfinished_jobs_of(&alice().principal), 0);
+}
+
+#[test]
+fn policy_limits_apply_to_users_not_admins() {
+    let mut h = Harness::new();
+    h.queue.meta.policy = QueuePolicy {
+        max_jobs_per_user: 2,
+        max_jobs: 3,
+        max_files_per_job: 2,
+        max_ranges_per_file: 1,
+    };
+    h.created(&alice(), new_job(JobType::Download, 0));
+    h.created(&alice(), new_job(JobType::Download, 0));
+    assert_eq!(
+        code(h.create(&alice(), new_job(JobType::Download, 0))),
+        BitsCode::BG_E_TOO_MANY_JOBS_PER_USER
+    );
+    h.created(&bob(), new_job(JobType::Download, 0));
+    assert_eq!(
+        code(h.create(&bob(), new_job(JobType::Download, 0))),
+        BitsCode::BG_E_TOO_MANY_JOBS_PER_MACHINE
+    );
+    h.created(&admin(), new_job(JobType::Download, 5));
+    assert_eq!(code(h.create(&admin(), new_job(JobType::Download, 0))), BitsCode::S_OK);
+    let id = h.created(&admin(), new_job(JobType::Download, 0));
+    assert_eq!(code(h.act(&admin(), id, JobAction::Cancel)), BitsCode::S_OK);
+    // A cancelled job no longer counts: bob may create again once alice's are gone.
+    let mut h = Harness::new();
+    h.queue.meta.policy.max_files_per_job = 2;
+    let id = h.created(&alice(), new_job(JobType::Download, 2));
+    let add = Command::AddFiles { job: id, files: vec![file(9)] };
+    assert_eq!(code(h.run(&alice(), None, add)), BitsCode::BG_E_TOO_MANY_FILES_IN_JOB);
+    assert_eq!(h.queue.job(&id).expect("job").files.len(), 2);
+}
+
+#[test]
+fn upload_jobs_take_exactly_one_file_without_ranges() {
+    let mut h = Harness::new();
+    assert_eq!(
+        code(h.create(&alice(), new_job(JobType::Upload, 2))),
+        BitsCode::BG_E_TOO_MANY_FILES
+    );
+    let id = h.created(&alice(), new_job(JobType::Upload, 1));
+    let add = Command::AddFiles { job: id, files: vec![file(2)] };
+    assert_eq!(code(h.run(&alice(), None, add)), BitsCode::BG_E_TOO_MANY_FILES);
+    let mut ranged = new_job(JobType::UploadReply, 0);
+    ranged.files = vec![NewFile { ranges: vec![FileRange { offset: 0, length: 5 }], ..file(1) }];
+    assert_eq!(code(h.create(&alice(), ranged)), BitsCode::E_NOTIMPL);
+    assert_eq!(code(h.act(&alice(), id, JobAction::Complete)), BitsCode::BG_E_INVALID_STATE);
+}
+
+#[test]
+fn property_rules() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    let set = |changes: PropertyChanges| Command::SetProperties { job: id, changes };
+    let clamp = PropertyChanges { minimum_retry_delay_secs: Some(1), ..Default::default() };
+    assert_eq!(code(h.run(&alice(), None, set(clamp))), BitsCode::S_OK);
+    assert_eq!(h.queue.job(&id).expect("job").props.minimum_retry_delay_secs, 5);
+    let reply =
+        PropertyChanges { reply_file_name: Some(Some("/tmp/r".into())), ..Default::default() };
+    assert_eq!(code(h.run(&alice(), None, set(reply))), BitsCode::E_NOTIMPL);
+    let wo = PropertyChanges { custom_headers_write_only: Some(true), ..Default::default() };
+    assert_eq!(code(h.run(&alice(), None, set(wo))), BitsCode::S_OK);
+    let undo = PropertyChanges { custom_headers_write_only: Some(false), ..Default::default() };
+    assert_eq!(code(h.run(&alice(), None, set(undo))), BitsCode::E_INVALIDARG);
+    h.act(&alice(), id, JobAction::Resume).expect("resume");
+    let dynamic = PropertyChanges { dynamic_content: Some(true), ..Default::default() };
+    assert_eq!(
+        code(h.run(&alice(), None, set(dynamic))),
+        BitsCode::BG_E_READ_ONLY_PROPERTY_AFTER_RESUME
+    );
+    // A failed change changes nothing, even when other fields were valid.
+    let mixed = PropertyChanges {
+        priority: Some(Priority::Low),
+        notify_flags: Some(0x80),
+        ..Default::default()
+    };
+    assert_eq!(code(h.run(&alice(), None, set(mixed))), BitsCode::E_NOTIMPL);
+    assert_eq!(h.queue.job(&id).expect("job").props.priority, Priority::Normal);
+}
+
+#[test]
+fn a_retried_request_is_applied_once() {
+    let mut h = Harness::new();
+    let spec = new_job(JobType::Download, 1);
+    let first_id = JobId(uuid::Uuid::from_u128(77));
+    let second_id = JobId(uuid::Uuid::from_u128(78));
+    let first = h.run(
+        &alice(),
+        Some("req-1"),
+        Command::CreateJob { id: first_id, home_node: 1, spec: spec.clone() },
+    );
+    // The retry reached another node, which picked another id: it still gets the first job.
+    let retry = h.run(
+        &alice(),
+        Some("req-1"),
+        Command::CreateJob { id: second_id, home_node: 2, spec: spec.clone() },
+    );
+    assert_eq!(first, Ok(Reply::Created(first_id)));
+    assert_eq!(retry, first);
+    assert_eq!(h.queue.jobs().count(), 1);
+    // Same id from another principal is another request.
+    let bobs =
+        h.run(&bob(), Some("req-1"), Command::CreateJob { id: second_id, home_node: 1, spec });
+    assert_eq!(bobs, Ok(Reply::Created(second_id)));
+    // Same id with a different request is refused, and applies nothing.
+    let other = h.run(
+        &alice(),
+        Some("req-1"),
+        Command::Lifecycle { job: first_id, action: JobAction::Cancel },
+    );
+    assert_eq!(code(other), BitsCode::E_INVALIDARG);
+    assert_eq!(h.state(first_id), JobState::Suspended);
+}
+
+#[test]
+fn request_ids_and_final_jobs_expire_by_batch_time() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    h.run(&alice(), Some("r"), Command::Lifecycle { job: id, action: JobAction::Cancel })
+        .expect("cancel");
+    assert_eq!(h.queue.remembered_requests(), 1);
+    h.time += REQUEST_ID_TTL.as_millis() as u64 + FINAL_JOB_RETENTION.as_millis() as u64;
+    h.created(&alice(), new_job(JobType::Download, 0));
+    assert_eq!(h.queue.remembered_requests(), 0);
+    assert!(h.queue.job(&id).is_none(), "the cancelled job is gone after its retention");
+    let changes = h.queue.take_changes();
+    assert!(changes.jobs.contains(&id));
+}
+
+#[test]
+fn image_round_trip_rebuilds_indexes() {
+    let mut h = Harness::new();
+    h.queue.meta.policy.max_jobs_per_user = 1;
+    h.created(&alice(), new_job(JobType::Download, 1));
+    let restored = Queue::from_image(h.queue.to_image());
+    assert_eq!(restored.to_image(), h.queue.to_image());
+    let mut h2 = Harness { queue: restored, time: h.time, next_id: 100 };
+    assert_eq!(
+        code(h2.create(&alice(), new_job(JobType::Download, 0))),
+        BitsCode::BG_E_TOO_MANY_JOBS_PER_USER
+    );
+}
+
+mod determinism {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_command(jobs: Vec<JobId>) -> impl Strategy<Value = (usize, Command)> {
+        let job = proptest::sample::select(jobs);
+        (0usize..3, job, 0u8..8, any::<u64>()).prop_map(|(who, job, kind, n)| {
+            let command = match kind {
+                0 => Command::CreateJob {
+                    id: JobId(uuid::Uuid::from_u64_pair(n, 1)),
+                    home_node: 1,
+                    spec: new_job(JobType::ALL[(n % 3) as usize], (n % 3) as usize),
+                },
+                1 => Command::AddFiles { job, files: vec![file(n as usize % 7)] },
+                2 => Command::SetProperties {
+                    job,
+                    changes: PropertyChanges {
+                        priority: Some(Priority::ALL[(n % 4) as usize]),
+                        ..Default::default()
+                    },
+                },
+                3 => Command::SetValidationState { job, index: (n % 2) as u32, valid: n % 2 == 0 },
+                4 => Command::SetRemoteName { job, index: 0, remote_url: format!("http://o/{n}") },
+                _ => Command::Lifecycle { job, action: JobAction::ALL[(n % 5) as usize] },
+            };
+            (who, command)
+        })
+    }
+
+    proptest! {
+        /// Two replicas applying the same batches end identical, also when one of them
+        /// restarts from an image half-way (as a restarted node or a snapshot does).
+        #[test]
+        fn replicas_agree(commands in proptest::collection::vec(any_command((1..5u128).map(|n| JobId(uuid::Uuid::from_u128(n))).collect()), 1..60)) {
+            let callers = [alice(), bob(), admin()];
+            let mut a = Queue::new(QueuePolicy::default());
+            let mut b = Queue::new(QueuePolicy::default());
+            let half = commands.len() / 2;
+            for (i, (who, command)) in commands.into_iter().enumerate() {
+                let batch = Batch {
+                    time: Timestamp(1_000 + i as u64),
+                    proposals: vec![Proposal { request_id: None, caller: callers[who].clone(), command }],
+                };
+                let ra = a.apply_batch(&batch);
+                let rb = b.apply_batch(&batch);
+                prop_assert_eq!(ra, rb);
+                if i == half {
+                    b = Queue::from_image(crate::codec::decode_snapshot(&crate::codec::encode(&b.to_image()).expect("encode")).expect("decode"));
+                }
+            }
+            prop_assert_eq!(a.to_image(), b.to_image());
+        }
+    }
+}

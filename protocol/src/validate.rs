@@ -1,0 +1,361 @@
+//! Checks of user-supplied job data: URLs, local paths, ranges and properties.
+//!
+//! Pure functions called by apply, so every node reaches the same verdict. Each returns
+//! the BITS code the matching BITS method returns and a sentence saying what to fix.
+
+use crate::codes::BitsCode;
+use crate::command::CommandError;
+use crate::file::{FileRange, NewFile};
+use crate::job::{JobType, NotifyCmdLine, ProxySettings, ProxyUsage, acl, notify, peer_caching};
+use crate::limits::*;
+
+fn invalid(detail: impl Into<String>) -> CommandError {
+    CommandError::new(BitsCode::E_INVALIDARG, detail)
+}
+
+/// A remote URL: at most 2,200 characters, each path segment at most 260, scheme http
+/// or https (and `file` for downloads), with a host for http(s).
+pub fn remote_url(url: &str, job_type: JobType) -> Result<(), CommandError> {
+    let chars = url.chars().count();
+    if chars > MAX_REMOTE_URL_CHARS {
+        return Err(invalid(format!(
+            "the remote URL has {chars} characters; BITS allows at most {MAX_REMOTE_URL_CHARS}"
+        )));
+    }
+    let parsed = url::Url::parse(url)
+        .map_err(|e| invalid(format!("the remote URL {url:?} is not a valid URL: {e}")))?;
+    match (parsed.scheme(), job_type) {
+        ("http" | "https", _) => {
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(invalid(format!("the remote URL {url:?} has no host")));
+            }
+        }
+        ("file", JobType::Download) => {}
+        (scheme, JobType::Download) => {
+            return Err(invalid(format!(
+                "the remote URL scheme {scheme:?} is not supported; use http, https or file"
+            )));
+        }
+        (scheme, _) => {
+            return Err(invalid(format!(
+                "upload jobs need an http or https remote URL, not {scheme:?}"
+            )));
+        }
+    }
+    if let Some(segment) = url.split(['/', '?']).find(|s| s.chars().count() > MAX_URL_SEGMENT_CHARS)
+    {
+        return Err(invalid(format!(
+            "a segment of the remote URL has {} characters; at most {MAX_URL_SEGMENT_CHARS} are allowed",
+            segment.chars().count()
+        )));
+    }
+    Ok(())
+}
+
+/// A local path: absolute, naming a file, no `.`/`..` components, no NUL, bounded.
+pub fn local_path(path: &str) -> Result<(), CommandError> {
+    if !path.starts_with('/') {
+        return Err(invalid(format!(
+            "the local name {path:?} must be an absolute path (it starts with '/')"
+        )));
+    }
+    if path.len() > MAX_LOCAL_PATH_BYTES {
+        return Err(invalid(format!("the local name is longer than {MAX_LOCAL_PATH_BYTES} bytes")));
+    }
+    if path.contains('\0') {
+        return Err(invalid("the local name contains a NUL character"));
+    }
+    if path.ends_with('/') {
+        return Err(invalid(format!("the local name {path:?} names a directory, not a file")));
+    }
+    if path.split('/').any(|c| c == "." || c == "..") {
+        return Err(invalid(format!(
+            "the local name {path:?} contains '.' or '..'; give the canonical path"
+        )));
+    }
+    Ok(())
+}
+
+/// `AddFileWithRanges` rules: a range may not start at `BG_LENGTH_TO_EOF` or overflow;
+/// ranges sorted by offset may not overlap or repeat an offset (a zero-length range at
+/// the same offset as another counts as a duplicate, as in BITS).
+pub fn ranges(ranges: &[FileRange], max: Option<u32>) -> Result<(), CommandError> {
+    if let Some(max) = max
+        && ranges.len() > max as usize
+    {
+        return Err(CommandError::new(
+            BitsCode::BG_E_TOO_MANY_RANGES_IN_FILE,
+            format!("{} ranges given; the policy allows {max} per file", ranges.len()),
+        ));
+    }
+    for r in ranges {
+        if r.offset == crate::file::LENGTH_TO_EOF || (!r.to_eof() && r.end().is_none()) {
+            return Err(CommandError::new(
+                BitsCode::BG_E_INVALID_RANGE,
+                format!("the range at offset {} is not valid", r.offset),
+            ));
+        }
+    }
+    let mut sorted: Vec<&FileRange> = ranges.iter().collect();
+    sorted.sort_by_key(|r| (r.offset, r.length));
+    for pair in sorted.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let overlaps = a.offset == b.offset || a.end().is_none_or(|end| end > b.offset);
+        if overlaps {
+            return Err(CommandError::new(
+                BitsCode::BG_E_OVERLAPPING_RANGES,
+                format!("the ranges at offsets {} and {} overlap", a.offset, b.offset),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One file to add to a job of `job_type`.
+pub fn new_file(
+    file: &NewFile,
+    job_type: JobType,
+    dynamic_content: bool,
+    max_ranges: Option<u32>,
+) -> Result<(), CommandError> {
+    remote_url(&file.remote_url, job_type)?;
+    local_path(&file.local_path)?;
+    if !file.ranges.is_empty() {
+        if job_type.is_upload() {
+            return Err(CommandError::new(
+                BitsCode::E_NOTIMPL,
+                "byte ranges can only be requested for download jobs",
+            ));
+        }
+        if dynamic_content {
+            return Err(CommandError::new(
+                BitsCode::BG_E_UNSUPPORTED_JOB_CONFIGURATION,
+                "a job with dynamic content cannot download byte ranges",
+            ));
+        }
+        ranges(&file.ranges, max_ranges)?;
+    }
+    Ok(())
+}
+
+/// Display name and description lengths.
+pub fn text(what: &str, value: &str, max_chars: usize) -> Result<(), CommandError> {
+    let chars = value.chars().count();
+    if chars > max_chars {
+        return Err(CommandError::new(
+            BitsCode::BG_E_STRING_TOO_LONG,
+            format!("the {what} has {chars} characters; at most {max_chars} are allowed"),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(invalid(format!("the {what} contains control characters")));
+    }
+    Ok(())
+}
+
+/// `SetNotifyFlags`: unknown bits are `E_NOTIMPL`, as in BITS.
+pub fn notify_flags(flags: u32) -> Result<(), CommandError> {
+    if flags & !notify::VALID != 0 {
+        return Err(CommandError::new(
+            BitsCode::E_NOTIMPL,
+            format!(
+                "notify flags 0x{flags:X} contain undefined bits (valid: 0x{:X})",
+                notify::VALID
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `SetNotifyCmdLine`: an absolute program path and bounded arguments.
+pub fn notify_cmdline(cmd: &NotifyCmdLine) -> Result<(), CommandError> {
+    if !cmd.program.starts_with('/') || cmd.program.contains('\0') {
+        return Err(invalid(format!(
+            "the notify program {:?} must be an absolute path (no search path is used)",
+            cmd.program
+        )));
+    }
+    if cmd.program.len() > MAX_NOTIFY_PROGRAM_BYTES {
+        return Err(CommandError::new(
+            BitsCode::BG_E_STRING_TOO_LONG,
+            "the notify program path is too long",
+        ));
+    }
+    let chars: usize = cmd.args.iter().map(|a| a.chars().count() + 1).sum();
+    if chars > MAX_NOTIFY_ARGS_CHARS || cmd.args.len() > MAX_NOTIFY_ARGS {
+        return Err(CommandError::new(
+            BitsCode::BG_E_STRING_TOO_LONG,
+            format!(
+                "the notify arguments have {chars} characters; at most {MAX_NOTIFY_ARGS_CHARS} are allowed"
+            ),
+        ));
+    }
+    if cmd.args.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("a notify argument contains a NUL character"));
+    }
+    Ok(())
+}
+
+/// `SetProxySettings`: lists only with OVERRIDE (where the proxy list is required),
+/// each list at most 32 KB.
+pub fn proxy(proxy: &ProxySettings) -> Result<(), CommandError> {
+    for (list, code) in [
+        (&proxy.list, BitsCode::BG_E_PROXY_LIST_TOO_LARGE),
+        (&proxy.bypass, BitsCode::BG_E_PROXY_BYPASS_LIST_TOO_LARGE),
+    ] {
+        if list.as_ref().is_some_and(|l| l.len() > MAX_PROXY_LIST_BYTES) {
+            return Err(CommandError::new(code, "the list is longer than 32 KB"));
+        }
+    }
+    match proxy.usage {
+        ProxyUsage::Override if proxy.list.as_deref().is_none_or(|l| l.trim().is_empty()) => {
+            Err(invalid("proxy usage 'override' needs a proxy list"))
+        }
+        ProxyUsage::Override => Ok(()),
+        _ if proxy.list.is_some() || proxy.bypass.is_some() => {
+            Err(invalid("proxy and bypass lists are only allowed with proxy usage 'override'"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `SetCustomHeaders`: `Name: value` lines with a token name and no CR/LF inside, at
+/// most 16 KB in all.
+pub fn custom_headers(lines: &[String]) -> Result<(), CommandError> {
+    let chars: usize = lines.iter().map(|l| l.chars().count() + 2).sum();
+    if chars > MAX_CUSTOM_HEADERS_CHARS {
+        return Err(CommandError::new(
+            BitsCode::BG_E_STRING_TOO_LONG,
+            format!(
+                "the custom headers have {chars} characters; at most {MAX_CUSTOM_HEADERS_CHARS} are allowed"
+            ),
+        ));
+    }
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(invalid(format!(
+                "custom header {line:?} is not of the form 'Name: value'"
+            )));
+        };
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(token) {
+            return Err(invalid(format!("custom header name {name:?} is not a valid HTTP token")));
+        }
+        if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+            return Err(invalid(format!("custom header {name:?} has a line break in its value")));
+        }
+    }
+    Ok(())
+}
+
+/// Peer caching and ACL flags: only defined bits.
+pub fn flag_bits(what: &str, flags: u32, valid: u32) -> Result<(), CommandError> {
+    if flags & !valid != 0 {
+        return Err(invalid(format!(
+            "{what} 0x{flags:X} contain undefined bits (valid: 0x{valid:X})"
+        )));
+    }
+    Ok(())
+}
+
+/// Valid peer-caching flags.
+pub fn peer_caching_flags(flags: u32) -> Result<(), CommandError> {
+    flag_bits("peer caching flags", flags, peer_caching::VALID)
+}
+
+/// Valid ACL flags.
+pub fn acl_flags(flags: u32) -> Result<(), CommandError> {
+    flag_bits("ACL flags", flags, acl::VALID)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(r: Result<(), CommandError>) -> Option<BitsCode> {
+        r.err().map(|e| e.code)
+    }
+
+    #[test]
+    fn remote_urls() {
+        let dl = JobType::Download;
+        assert_eq!(code(remote_url("https://example.com/a.iso", dl)), None);
+        assert_eq!(code(remote_url("file:///srv/a.iso", dl)), None);
+        assert_eq!(
+            code(remote_url("file:///srv/a.iso", JobType::Upload)),
+            Some(BitsCode::E_INVALIDARG)
+        );
+        assert_eq!(code(remote_url("ftp://example.com/a", dl)), Some(BitsCode::E_INVALIDARG));
+        assert_eq!(code(remote_url("not a url", dl)), Some(BitsCode::E_INVALIDARG));
+        let long = format!("http://example.com/{}", "a/".repeat(1100));
+        assert_eq!(code(remote_url(&long, dl)), Some(BitsCode::E_INVALIDARG));
+        let long_segment = format!("http://example.com/{}", "a".repeat(261));
+        assert_eq!(code(remote_url(&long_segment, dl)), Some(BitsCode::E_INVALIDARG));
+    }
+
+    #[test]
+    fn local_paths() {
+        assert_eq!(code(local_path("/srv/file")), None);
+        for bad in ["relative/file", "./file", "/srv/../etc/passwd", "/srv/dir/", "", "/a\0b"] {
+            assert_eq!(code(local_path(bad)), Some(BitsCode::E_INVALIDARG), "{bad:?}");
+        }
+    }
+
+    fn r(offset: u64, length: u64) -> FileRange {
+        FileRange { offset, length }
+    }
+
+    #[test]
+    fn range_rules_follow_add_file_with_ranges() {
+        use crate::file::LENGTH_TO_EOF as EOF;
+        assert_eq!(code(ranges(&[r(100, 100), r(900, 100), r(400, 100)], None)), None);
+        assert_eq!(code(ranges(&[r(0, 10), r(10, EOF)], None)), None);
+        assert_eq!(code(ranges(&[r(EOF, 1)], None)), Some(BitsCode::BG_E_INVALID_RANGE));
+        assert_eq!(code(ranges(&[r(u64::MAX - 1, 5)], None)), Some(BitsCode::BG_E_INVALID_RANGE));
+        assert_eq!(
+            code(ranges(&[r(0, 10), r(5, 10)], None)),
+            Some(BitsCode::BG_E_OVERLAPPING_RANGES)
+        );
+        assert_eq!(
+            code(ranges(&[r(5, 0), r(5, 10)], None)),
+            Some(BitsCode::BG_E_OVERLAPPING_RANGES)
+        );
+        assert_eq!(
+            code(ranges(&[r(0, EOF), r(50, 1)], None)),
+            Some(BitsCode::BG_E_OVERLAPPING_RANGES)
+        );
+        let many: Vec<FileRange> = (0..501).map(|i| r(i * 10, 5)).collect();
+        assert_eq!(code(ranges(&many, Some(500))), Some(BitsCode::BG_E_TOO_MANY_RANGES_IN_FILE));
+        assert_eq!(code(ranges(&many, None)), None);
+    }
+
+    #[test]
+    fn properties() {
+        assert_eq!(code(notify_flags(0x3F)), None);
+        assert_eq!(code(notify_flags(0x40)), Some(BitsCode::E_NOTIMPL));
+        let over = ProxySettings { usage: ProxyUsage::Override, list: None, bypass: None };
+        assert_eq!(code(proxy(&over)), Some(BitsCode::E_INVALIDARG));
+        let huge = ProxySettings {
+            usage: ProxyUsage::Override,
+            list: Some("p ".repeat(20_000)),
+            bypass: None,
+        };
+        assert_eq!(code(proxy(&huge)), Some(BitsCode::BG_E_PROXY_LIST_TOO_LARGE));
+        assert_eq!(code(custom_headers(&["X-A: 1".into()])), None);
+        assert_eq!(code(custom_headers(&["X-A 1".into()])), Some(BitsCode::E_INVALIDARG));
+        assert_eq!(
+            code(custom_headers(&["X-A: 1\r\nX-B: 2".into()])),
+            Some(BitsCode::E_INVALIDARG)
+        );
+        assert_eq!(
+            code(custom_headers(&["X: ".to_string() + &"v".repeat(16_400)])),
+            Some(BitsCode::BG_E_STRING_TOO_LONG)
+        );
+        let rel = NotifyCmdLine { program: "notify.sh".into(), args: vec![] };
+        assert_eq!(code(notify_cmdline(&rel)), Some(BitsCode::E_INVALIDARG));
+        assert_eq!(
+            code(text("description", &"d".repeat(1025), MAX_DESCRIPTION_CHARS)),
+            Some(BitsCode::BG_E_STRING_TOO_LONG)
+        );
+    }
+}
