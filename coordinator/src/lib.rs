@@ -1,1 +1,20 @@
-//! placeholder
+//! Ferry's public API contract: the HTTP routes of DESIGN §7 with authentication,
+//! request validation and OpenAPI, and the typed Rust client that the CLI and services
+//! use. The routes reach the cluster through the [`Cluster`] trait that the node
+//! implements; this crate never touches Raft or disks itself.
+
+pub mod auth;
+pub mod client;
+pub mod cluster;
+mod extract;
+pub mod problem;
+pub mod routes;
+
+pub use auth::{Auth, TokenEntry};
+pub use client::{Client, ClientError};
+pub use cluster::{BoxFuture, Cluster, ClusterError, Consistency, ReadAt, Written};
+pub use problem::ApiError;
+pub use routes::{ApiState, openapi, router};
+
+/// Header carrying the client's idempotency key for a mutating request.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

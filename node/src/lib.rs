@@ -1,1 +1,12 @@
-//! placeholder
+//! The Ferry daemon: configuration, the Raft-replicated job queue on redb, the proposal
+//! batcher, and the HTTP API server. `ferryd` (in `main.rs`) is a thin shell over
+//! [`run`].
+
+pub mod config;
+pub mod data_dir;
+mod node;
+mod proposer;
+pub mod raft;
+mod service;
+
+pub use node::run;

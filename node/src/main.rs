@@ -1,1 +1,110 @@
-fn main() {}
+//! `ferryd`: one Ferry node. With no arguments it is a complete one-node cluster with
+//! data in `./ferry-data` and the API on `127.0.0.1:7070`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ferry_node::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Ferry node: BITS-style background transfers as a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "ferryd", version)]
+struct Args {
+    /// Data directory (Raft log, state, node id, generated token).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP API address (port 0 picks a free port; see <data-dir>/api.addr).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// QUIC address for peers and the event bus.
+    #[arg(long, value_name = "ADDR:PORT")]
+    peer_listen: Option<SocketAddr>,
+    /// TOML configuration file (see deploy/ferryd.toml for every field).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferryd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.api.listen = listen;
+    }
+    if let Some(listen) = args.peer_listen {
+        config.peer.listen = listen;
+    }
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    let settings = config.validate()?;
+    init_tracing(&settings.config.log);
+    // ring is the only TLS crypto provider in the build; make it the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let system = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("ferryd-worker")
+            .build()
+            .expect("the tokio runtime can be built")
+    });
+    system.block_on(ferry_node::run(settings, shutdown_signal()))
+}
+
+fn init_tracing(log: &ferry_node::config::LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

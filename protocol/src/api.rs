@@ -270,6 +270,10 @@ pub struct ClusterStatus {
     pub last_log_index: Option<u64>,
     /// Index of the last applied entry.
     pub last_applied: Option<u64>,
+    /// Last index covered by the newest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last index removed from the log (covered by a snapshot).
+    pub purged_index: Option<u64>,
     /// Members.
     pub members: Vec<MemberInfo>,
     /// The queue policy in force.

@@ -142,8 +142,11 @@ pub struct NewJob {
 /// Property changes: every field is optional; a field that is present is set. For the
 /// nullable ones (`notify_cmdline`, `reply_file_name`, `custom_headers`,
 /// `max_download_size`) an explicit JSON `null` clears the property.
+///
+/// In JSON, absent fields are left out (never written as `null`, which would mean
+/// "clear"); the binary codec writes every field positionally. See the `Serialize` impl.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct PropertyChanges {
     /// Display name.
     #[serde(default)]
@@ -200,6 +203,53 @@ pub struct PropertyChanges {
     /// Minimum interval between modification events, milliseconds.
     #[serde(default)]
     pub minimum_notification_interval_ms: Option<u32>,
+}
+
+/// Writes the present fields of `changes` as map entries.
+macro_rules! present_fields {
+    ($map:ident, $changes:ident, $($field:ident),* $(,)?) => {
+        $( if let Some(value) = &$changes.$field {
+            serde::ser::SerializeMap::serialize_entry(&mut $map, stringify!($field), value)?;
+        } )*
+    };
+}
+
+impl Serialize for PropertyChanges {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            // The derived, positional form (`remote = "Self"` makes it an inherent fn).
+            return Self::serialize(self, s);
+        }
+        let mut map = s.serialize_map(None)?;
+        present_fields!(
+            map,
+            self,
+            display_name,
+            description,
+            priority,
+            notify_flags,
+            notify_cmdline,
+            minimum_retry_delay_secs,
+            no_progress_timeout_secs,
+            max_download_time_secs,
+            proxy,
+            reply_file_name,
+            custom_headers,
+            custom_headers_write_only,
+            dynamic_content,
+            max_download_size,
+            peer_caching_flags,
+            acl_flags,
+            minimum_notification_interval_ms,
+        );
+        serde::ser::SerializeMap::end(map)
+    }
+}
+
+impl<'de> Deserialize<'de> for PropertyChanges {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::deserialize(d)
+    }
 }
 
 impl PropertyChanges {
@@ -289,6 +339,20 @@ mod tests {
         assert_eq!(leave.notify_cmdline, None);
         assert_eq!(leave.priority, Some(Priority::High));
         assert!(serde_json::from_str::<PropertyChanges>(r#"{"colour": "red"}"#).is_err());
+    }
+
+    #[test]
+    fn json_leaves_out_absent_fields_and_keeps_explicit_clears() {
+        let changes = PropertyChanges {
+            priority: Some(Priority::Low),
+            notify_cmdline: Some(None),
+            ..PropertyChanges::default()
+        };
+        let json = serde_json::to_string(&changes).expect("json");
+        assert_eq!(json, r#"{"priority":"low","notify_cmdline":null}"#);
+        let back: PropertyChanges = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, changes);
+        assert_eq!(serde_json::to_string(&PropertyChanges::default()).expect("json"), "{}");
     }
 
     #[test]

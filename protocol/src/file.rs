@@ -46,6 +46,27 @@ impl FileRange {
     }
 }
 
+impl std::str::FromStr for FileRange {
+    type Err = String;
+
+    /// `OFFSET:LENGTH` as bitsadmin takes it, `LENGTH` a byte count or `eof`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (offset, length) =
+            text.split_once(':').ok_or_else(|| format!("range {text:?} is not OFFSET:LENGTH"))?;
+        let offset = offset
+            .trim()
+            .parse()
+            .map_err(|_| format!("range {text:?}: the offset is not a byte count"))?;
+        let length = match length.trim() {
+            l if l.eq_ignore_ascii_case("eof") => LENGTH_TO_EOF,
+            l => l
+                .parse()
+                .map_err(|_| format!("range {text:?}: the length is not a byte count or eof"))?,
+        };
+        Ok(Self { offset, length })
+    }
+}
+
 fn ser_length<S: Serializer>(length: &u64, s: S) -> Result<S::Ok, S::Error> {
     if s.is_human_readable() && *length == LENGTH_TO_EOF {
         s.serialize_str("eof")
@@ -163,6 +184,15 @@ mod tests {
         assert_eq!(r.end(), Some(6));
         assert!(serde_json::from_str::<FileRange>(r#"{"offset":1,"length":-5}"#).is_err());
         assert!(serde_json::from_str::<FileRange>(r#"{"offset":1,"length":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn ranges_parse_like_bitsadmin() {
+        assert_eq!("100:200".parse(), Ok(FileRange { offset: 100, length: 200 }));
+        assert_eq!("900:eof".parse(), Ok(FileRange { offset: 900, length: LENGTH_TO_EOF }));
+        assert!("900".parse::<FileRange>().is_err());
+        assert!("-1:5".parse::<FileRange>().is_err());
+        assert!("1:x".parse::<FileRange>().is_err());
     }
 
     #[test]

@@ -121,6 +121,13 @@ impl Principal {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The principal of the nodes themselves, for commands they issue (policy updates,
+    /// scheduler decisions). Not reachable through an API token unless one is
+    /// configured with this name.
+    pub fn system() -> Self {
+        Self("ferryd".to_owned())
+    }
 }
 
 impl fmt::Display for Principal {

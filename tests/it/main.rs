@@ -1,1 +1,10 @@
-//! it
+//! End-to-end tests: real `ferryd` processes on loopback, driven through the HTTP API,
+//! the typed client and the `ferry` CLI.
+
+mod bad_input;
+mod cli;
+mod idempotency;
+mod openapi;
+mod ownership;
+mod restart;
+mod support;

@@ -1,1 +1,314 @@
-//! harness
+//! The process harness for Ferry's end-to-end tests and benchmarks: real `ferryd`
+//! processes on loopback addresses, each with its own data directory and
+//! configuration, that tests start, query, `kill -9`, pause and restart.
+//!
+//! Binaries are taken from the same target directory as the running test or benchmark
+//! (`target/<profile>/ferryd`), and refused if older than their sources.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use ferry_coordinator::{Client, TokenEntry};
+use ferry_protocol::Role;
+use ferry_protocol::limits::QueuePolicy;
+use tokio::process::{Child, Command};
+
+/// Tokens every harness node is configured with, unless the test gives its own.
+pub mod tokens {
+    /// A user.
+    pub const ALICE: &str = "alice-token-0123456789";
+    /// Another user.
+    pub const BOB: &str = "bob-token-0123456789ab";
+    /// An administrator.
+    pub const ADMIN: &str = "admin-token-0123456789";
+}
+
+/// The default token table: alice and bob (users) and root (admin).
+pub fn default_tokens() -> Vec<TokenEntry> {
+    vec![
+        TokenEntry { token: tokens::ALICE.into(), principal: "alice".into(), role: Role::User },
+        TokenEntry { token: tokens::BOB.into(), principal: "bob".into(), role: Role::User },
+        TokenEntry { token: tokens::ADMIN.into(), principal: "root".into(), role: Role::Admin },
+    ]
+}
+
+/// The directory holding the binaries of the current build profile.
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the running executable")?;
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// Crates whose sources each binary is built from.
+fn sources_of(name: &str) -> &'static [&'static str] {
+    match name {
+        "ferryd" => &["protocol", "coordinator", "node"],
+        "ferry" => &["protocol", "coordinator", "cli"],
+        _ => &[],
+    }
+}
+
+/// The path of workspace binary `name`, checked to be at least as new as its sources.
+///
+/// Testing only this package does not make cargo rebuild other packages' binaries, so
+/// a stale `ferryd` could silently be tested. Rather than building from inside tests,
+/// the harness refuses a binary older than any of its crates' sources and says how to
+/// build it; the workspace-wide test command builds every binary first.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = target_dir()?;
+    let path = dir.join(name);
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .map_err(|_| anyhow::anyhow!("{} is missing: {}", path.display(), build_hint(&dir)))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for krate in sources_of(name) {
+        if let Some(newer) = newer_than(&root.join(krate), built) {
+            bail!("{} is older than {}: {}", path.display(), newer.display(), build_hint(&dir));
+        }
+    }
+    Ok(path)
+}
+
+fn build_hint(dir: &Path) -> &'static str {
+    if dir.ends_with("release") {
+        "run `cargo build --release --workspace --bins` first"
+    } else {
+        "run the whole suite (`cargo nextest run --workspace`) or `cargo build --workspace` first"
+    }
+}
+
+/// The first file under `dir` (`src/` and `Cargo.toml`) modified after `time`.
+fn newer_than(dir: &Path, time: std::time::SystemTime) -> Option<PathBuf> {
+    let mut stack = vec![dir.join("src"), dir.join("Cargo.toml")];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.modified().is_ok_and(|m| m > time) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// How to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Loopback address to bind (127.0.0.x); the port is chosen by the node.
+    pub ip: Ipv4Addr,
+    /// API tokens; empty means the node generates an admin token.
+    pub tokens: Vec<TokenEntry>,
+    /// Queue policy.
+    pub policy: QueuePolicy,
+    /// Snapshot after this many log entries.
+    pub snapshot_after_entries: u64,
+    /// Extra lines appended to the TOML config.
+    pub extra_config: String,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            ip: Ipv4Addr::LOCALHOST,
+            tokens: default_tokens(),
+            policy: QueuePolicy::default(),
+            snapshot_after_entries: 5_000,
+            extra_config: String::new(),
+        }
+    }
+}
+
+/// A running (or stopped) `ferryd` process with its own data directory.
+pub struct Node {
+    /// The options it was started with.
+    pub options: NodeOptions,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    api: Option<SocketAddr>,
+}
+
+impl Node {
+    /// Starts a node with a fresh data directory and waits until it serves.
+    pub async fn start(options: NodeOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ferry-node-").tempdir()?;
+        let mut node = Self { options, dir, child: None, api: None };
+        node.write_config()?;
+        node.spawn().await?;
+        Ok(node)
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ferryd.toml")
+    }
+
+    /// The node's log file (stderr of every run, appended).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("ferryd.log")
+    }
+
+    /// The last lines of the node's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn write_config(&self) -> anyhow::Result<()> {
+        #[derive(serde::Serialize)]
+        struct Api<'a> {
+            listen: SocketAddr,
+            tokens: &'a [TokenEntry],
+        }
+        #[derive(serde::Serialize)]
+        struct Raft {
+            snapshot_after_entries: u64,
+            keep_entries_after_snapshot: u64,
+        }
+        #[derive(serde::Serialize)]
+        struct Config<'a> {
+            data_dir: PathBuf,
+            api: Api<'a>,
+            raft: Raft,
+            policy: QueuePolicy,
+        }
+        let o = &self.options;
+        let config = Config {
+            data_dir: self.data_dir(),
+            api: Api { listen: SocketAddr::new(IpAddr::V4(o.ip), 0), tokens: &o.tokens },
+            raft: Raft {
+                snapshot_after_entries: o.snapshot_after_entries,
+                keep_entries_after_snapshot: (o.snapshot_after_entries / 2).max(1),
+            },
+            policy: o.policy,
+        };
+        let text = format!("{}\n{}", toml::to_string(&config)?, o.extra_config);
+        std::fs::write(self.config_path(), text)?;
+        Ok(())
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let addr_file = self.data_dir().join("api.addr");
+        // A node killed with -9 leaves its old address behind.
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let child = Command::new(binary("ferryd")?)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start ferryd")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("ferryd exited with {status} during start:\n{}", self.log_tail());
+            }
+            if let Ok(text) = std::fs::read_to_string(&addr_file)
+                && let Ok(addr) = text.trim().parse::<SocketAddr>()
+            {
+                self.api = Some(addr);
+                let client = self.client(None)?;
+                if matches!(client.health().await, Ok(h) if h.status == "ok") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("ferryd did not become ready within 30 s:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The API address.
+    pub fn addr(&self) -> anyhow::Result<SocketAddr> {
+        self.api.context("the node is not running")
+    }
+
+    /// The API base URL.
+    pub fn url(&self) -> anyhow::Result<String> {
+        Ok(format!("http://{}", self.addr()?))
+    }
+
+    /// A typed client authenticating with `token`.
+    pub fn client(&self, token: Option<&str>) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.url()?, token.map(str::to_owned))?)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child.as_ref().and_then(Child::id).context("the node is not running")
+    }
+
+    /// `kill -9`: no chance to flush or shut down.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        self.api = None;
+        Ok(())
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`) with `kill(1)`.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid()?.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} failed");
+        }
+        Ok(())
+    }
+
+    /// Starts the node again on its data directory (after [`Node::kill9`] or a stop).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await?;
+        self.spawn().await
+    }
+
+    /// Stops the node with SIGTERM and waits for it to exit.
+    pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal("TERM")?;
+        let mut child = self.child.take().context("the node is not running")?;
+        self.api = None;
+        Ok(tokio::time::timeout(Duration::from_secs(20), child.wait()).await??)
+    }
+}
+
+/// Runs a CLI command against a node; returns (exit code, stdout, stderr).
+pub async fn ferry(
+    node: &Node,
+    token: &str,
+    args: &[&str],
+) -> anyhow::Result<(i32, String, String)> {
+    let output = Command::new(binary("ferry")?)
+        .args(args)
+        .env("FERRY_NODE", node.url()?)
+        .env("FERRY_TOKEN", token)
+        .env("FERRY_DATA_DIR", node.data_dir())
+        .output()
+        .await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}

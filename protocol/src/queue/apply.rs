@@ -20,6 +20,7 @@ impl Queue {
     /// same queue and replies on every node.
     pub fn apply_batch(&mut self, batch: &Batch) -> BatchReply {
         self.meta.clock = self.meta.clock.max(batch.time);
+        self.meta.batches += 1;
         let results = batch.proposals.iter().map(|p| self.apply_proposal(p)).collect();
         self.expire();
         BatchReply(results)

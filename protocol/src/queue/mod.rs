@@ -62,6 +62,9 @@ pub struct QueueMeta {
     pub clock: Timestamp,
     /// Number of proposals applied so far.
     pub seq: u64,
+    /// Number of batches (Raft entries carrying commands) applied so far; `seq / batches`
+    /// is how many commands shared one log write.
+    pub batches: u64,
 }
 
 /// The whole queue as one value: the snapshot format, and what the node loads from disk.

@@ -1,1 +1,177 @@
-fn main() {}
+//! `ferry-bench`: Ferry's benchmarks, printed as tables. Speed targets live here, not
+//! in timed unit tests: numbers from one run on one machine, compared side by side.
+//!
+//! `ferry-bench submit` creates N jobs through the HTTP API with C concurrent clients
+//! against a fresh node (durable: fsync on every commit) and prints jobs/s and latency
+//! percentiles for each C. Build in release first: `cargo build --release --workspace`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ferry_coordinator::Client;
+use ferry_protocol::command::{NewJob, PropertyChanges};
+use ferry_protocol::job::{JobType, Priority};
+use ferry_protocol::{FileRange, NewFile};
+use ferry_tests::{Node, NodeOptions, tokens};
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry-bench", about = "Ferry benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Job submission throughput and latency through the HTTP API.
+    Submit {
+        /// Jobs created per run.
+        #[arg(long, default_value_t = 5_000)]
+        jobs: usize,
+        /// Concurrent clients, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+        /// Number of nodes (this release: 1).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+    },
+}
+
+/// One run's figures.
+struct Run {
+    clients: usize,
+    jobs: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    commands_per_entry: f64,
+}
+
+impl Run {
+    fn percentile(&self, p: f64) -> f64 {
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(index).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    }
+}
+
+fn job_spec(i: usize) -> NewJob {
+    let job_type = JobType::ALL[i % 3];
+    let ranges = if job_type == JobType::Download && i.is_multiple_of(2) {
+        vec![FileRange { offset: 0, length: 4096 }, FileRange { offset: 65_536, length: u64::MAX }]
+    } else {
+        vec![]
+    };
+    NewJob {
+        display_name: format!("bench-{i}"),
+        job_type,
+        properties: PropertyChanges {
+            priority: Some(Priority::ALL[i % 4]),
+            ..PropertyChanges::default()
+        },
+        files: vec![NewFile {
+            remote_url: format!("https://origin.example/files/{i}.bin"),
+            local_path: format!("/srv/ferry/bench/{i}.bin"),
+            ranges,
+        }],
+    }
+}
+
+async fn submit_run(
+    client: Client,
+    jobs: usize,
+    clients: usize,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= jobs {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let t = Instant::now();
+                client
+                    .create_job(&job_spec(i))
+                    .await
+                    .with_context(|| format!("creating job {i}"))?;
+                latencies.push(t.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(jobs);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok((elapsed, latencies))
+}
+
+async fn submit(jobs: usize, clients: &[usize]) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for &c in clients {
+        let node = Node::start(NodeOptions::default()).await?;
+        let client = node.client(Some(tokens::ADMIN))?;
+        // Warm up connections and the node's caches; not measured.
+        submit_run(client.clone(), (jobs / 20).max(c), c).await?;
+        let before = client.cluster().await?;
+        let (elapsed, latencies) = submit_run(client.clone(), jobs, c).await?;
+        let after = client.cluster().await?;
+        let commands = after.commands_applied - before.commands_applied;
+        let batches = (after.command_batches - before.command_batches).max(1);
+        runs.push(Run {
+            clients: c,
+            jobs,
+            elapsed,
+            latencies,
+            commands_per_entry: commands as f64 / batches as f64,
+        });
+        eprintln!("  {c} clients: done");
+    }
+    Ok(runs)
+}
+
+fn print_submit(runs: &[Run]) {
+    println!();
+    println!(
+        "ferry-bench submit — one fresh node per run, durable (fsync before every acknowledgement)"
+    );
+    println!(
+        "{:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>15}",
+        "clients", "jobs", "jobs/s", "p50 ms", "p99 ms", "max ms", "commands/entry"
+    );
+    for r in runs {
+        println!(
+            "{:>8} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>15.1}",
+            r.clients,
+            r.jobs,
+            r.jobs as f64 / r.elapsed.as_secs_f64(),
+            r.percentile(0.50),
+            r.percentile(0.99),
+            r.percentile(1.0),
+            r.commands_per_entry,
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ferry_coordinator::client::ensure_crypto_provider();
+    match Cli::parse().bench {
+        Bench::Submit { jobs, clients, nodes } => {
+            anyhow::ensure!(
+                nodes == 1,
+                "multi-node clusters arrive with the peer transport; use --nodes 1"
+            );
+            let runs = submit(jobs, &clients).await?;
+            print_submit(&runs);
+        }
+    }
+    Ok(())
+}

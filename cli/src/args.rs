@@ -1,0 +1,304 @@
+//! The command line: nouns then verbs, as DESIGN §7 fixes them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry_protocol::job::{JobType, Priority, ProxyUsage};
+
+/// Operate a Ferry cluster: BITS jobs, errors, cluster status.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Node API URL [default: $FERRY_NODE, else <data-dir>/api.addr, else http://127.0.0.1:7070]
+    #[arg(long, global = true, env = "FERRY_NODE", value_name = "URL")]
+    pub(crate) node: Option<String>,
+    /// API token [default: $FERRY_TOKEN, else <data-dir>/admin.token]
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub(crate) token: Option<String>,
+    /// Data directory of a local node, to find its token and address.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_DATA_DIR",
+        default_value = "./ferry-data",
+        value_name = "DIR"
+    )]
+    pub(crate) data_dir: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Noun,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Noun {
+    /// Jobs: create, add files, inspect, change, resume, complete...
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// BITS error codes.
+    #[command(subcommand)]
+    Error(ErrorCommand),
+    /// The cluster: leader, members, indexes.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// A job, by id or by display name (unique among the caller's jobs).
+pub(crate) type JobRef = String;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobCommand {
+    /// Create a job (it starts SUSPENDED); prints its id.
+    Create {
+        /// Display name.
+        name: String,
+        /// Job type.
+        #[arg(long = "type", value_enum, default_value = "download")]
+        job_type: TypeArg,
+        /// Priority.
+        #[arg(long, value_enum)]
+        priority: Option<PriorityArg>,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Add a file, optionally only some byte ranges of it (`AddFileWithRanges`).
+    AddFile {
+        /// The job.
+        job: JobRef,
+        /// Remote URL.
+        remote: String,
+        /// Absolute local path on the job's home node.
+        local: String,
+        /// OFFSET:LENGTH, LENGTH a byte count or `eof`; repeat or separate with commas.
+        #[arg(long = "range", value_name = "OFFSET:LENGTH", value_delimiter = ',')]
+        ranges: Vec<String>,
+    },
+    /// Add the files listed in a text file: one "REMOTE LOCAL" pair per line, `#` comments.
+    AddFileSet {
+        /// The job.
+        job: JobRef,
+        /// The list file.
+        list: PathBuf,
+    },
+    /// Show a job.
+    Info {
+        /// The job.
+        job: JobRef,
+    },
+    /// List your jobs (all users' with --all-users, administrators only).
+    List {
+        /// Every user's jobs.
+        #[arg(long)]
+        all_users: bool,
+    },
+    /// List a job's files with their progress.
+    Files {
+        /// The job.
+        job: JobRef,
+    },
+    /// Show a job's error.
+    Error {
+        /// The job.
+        job: JobRef,
+    },
+    /// Change job properties.
+    Set(Box<SetArgs>),
+    /// Change one file: remote URL and/or validation state.
+    SetFile {
+        /// The job.
+        job: JobRef,
+        /// File index.
+        index: u32,
+        /// New remote URL (`SetRemoteName`).
+        #[arg(long)]
+        remote_url: Option<String>,
+        /// Validation state (`SetValidationState`).
+        #[arg(long)]
+        valid: Option<bool>,
+    },
+    /// Queue the job for transfer.
+    Resume {
+        /// The job.
+        job: JobRef,
+    },
+    /// Pause the job.
+    Suspend {
+        /// The job.
+        job: JobRef,
+    },
+    /// Cancel the job and delete its temporary files.
+    Cancel {
+        /// The job.
+        job: JobRef,
+    },
+    /// Make the transferred files visible and end the job.
+    Complete {
+        /// The job.
+        job: JobRef,
+    },
+    /// Take ownership of a job (administrators).
+    TakeOwnership {
+        /// The job.
+        job: JobRef,
+    },
+}
+
+/// `ferry job set` options.
+#[derive(Debug, Args)]
+pub(crate) struct SetArgs {
+    /// The job.
+    pub(crate) job: JobRef,
+    /// Display name.
+    #[arg(long)]
+    pub(crate) display_name: Option<String>,
+    /// Description.
+    #[arg(long)]
+    pub(crate) description: Option<String>,
+    /// Priority.
+    #[arg(long, value_enum)]
+    pub(crate) priority: Option<PriorityArg>,
+    /// Minimum retry delay after a transient error, seconds (at least 5).
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) min_retry_delay: Option<u32>,
+    /// No-progress timeout, seconds (0: every error is fatal).
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) no_progress_timeout: Option<u32>,
+    /// Maximum active download time, seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) max_download_time: Option<u32>,
+    /// BG_NOTIFY_* flags, decimal or 0x-hex.
+    #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]
+    pub(crate) notify_flags: Option<u32>,
+    /// Program (absolute path) run when the job enters TRANSFERRED or ERROR; no shell.
+    #[arg(long, value_name = "PROGRAM")]
+    pub(crate) notify_cmdline: Option<String>,
+    /// An argument for the notify program; repeat for more, in order.
+    #[arg(
+        long = "notify-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        requires = "notify_cmdline"
+    )]
+    pub(crate) notify_args: Vec<String>,
+    /// Remove the notify command line.
+    #[arg(long, conflicts_with = "notify_cmdline")]
+    pub(crate) clear_notify_cmdline: bool,
+    /// "Name: value" header sent with every request of the job; repeat for more.
+    #[arg(long = "custom-header", value_name = "NAME: VALUE")]
+    pub(crate) custom_headers: Vec<String>,
+    /// Remove all custom headers.
+    #[arg(long, conflicts_with = "custom_headers")]
+    pub(crate) clear_custom_headers: bool,
+    /// Hide the custom headers for good.
+    #[arg(long)]
+    pub(crate) custom_headers_write_only: bool,
+    /// Proxy usage.
+    #[arg(long, value_enum)]
+    pub(crate) proxy_usage: Option<ProxyUsageArg>,
+    /// Proxy list (with --proxy-usage override).
+    #[arg(long)]
+    pub(crate) proxy_list: Option<String>,
+    /// Proxy bypass list (with --proxy-usage override).
+    #[arg(long)]
+    pub(crate) proxy_bypass: Option<String>,
+    /// Reply file of an upload-reply job.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) reply_file_name: Option<String>,
+    /// Allow dynamic content (download jobs, before the first resume).
+    #[arg(long)]
+    pub(crate) dynamic_content: Option<bool>,
+    /// Cap on downloaded bytes (download jobs, before the first resume).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_download_size: Option<u64>,
+    /// BG_JOB_ENABLE_PEERCACHING_* flags.
+    #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]
+    pub(crate) peer_caching_flags: Option<u32>,
+    /// BG_COPY_FILE_* flags.
+    #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]
+    pub(crate) acl_flags: Option<u32>,
+    /// Minimum interval between modification notifications, milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub(crate) min_notification_interval: Option<u32>,
+}
+
+fn parse_flags(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("{text:?} is not a number (decimal or 0x-hex)"))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ErrorCommand {
+    /// Describe a BITS code given in hex (0x80200001) or by name (BG_E_NOT_FOUND).
+    Describe {
+        /// The code.
+        code: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Leader, term, this node's role, indexes and the queue policy.
+    Status,
+    /// The members and their roles.
+    Members,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum TypeArg {
+    Download,
+    Upload,
+    UploadReply,
+}
+
+impl From<TypeArg> for JobType {
+    fn from(t: TypeArg) -> Self {
+        match t {
+            TypeArg::Download => Self::Download,
+            TypeArg::Upload => Self::Upload,
+            TypeArg::UploadReply => Self::UploadReply,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum PriorityArg {
+    Foreground,
+    High,
+    Normal,
+    Low,
+}
+
+impl From<PriorityArg> for Priority {
+    fn from(p: PriorityArg) -> Self {
+        match p {
+            PriorityArg::Foreground => Self::Foreground,
+            PriorityArg::High => Self::High,
+            PriorityArg::Normal => Self::Normal,
+            PriorityArg::Low => Self::Low,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ProxyUsageArg {
+    Preconfig,
+    NoProxy,
+    Override,
+    Autodetect,
+}
+
+impl From<ProxyUsageArg> for ProxyUsage {
+    fn from(p: ProxyUsageArg) -> Self {
+        match p {
+            ProxyUsageArg::Preconfig => Self::Preconfig,
+            ProxyUsageArg::NoProxy => Self::NoProxy,
+            ProxyUsageArg::Override => Self::Override,
+            ProxyUsageArg::Autodetect => Self::Autodetect,
+        }
+    }
+}

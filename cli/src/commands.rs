@@ -1,0 +1,236 @@
+//! Executing a command line against the API.
+
+use anyhow::{Context as _, bail};
+use ferry_coordinator::Client;
+use ferry_protocol::api::FileChanges;
+use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
+use ferry_protocol::job::{NotifyCmdLine, ProxySettings};
+use ferry_protocol::{FileRange, JobId, NewFile};
+
+use crate::args::{ClusterCommand, ErrorCommand, JobCommand, Noun, SetArgs};
+use crate::{output, target};
+
+/// Prints `value` as JSON with `--json`, else the human rendering.
+fn show<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        output::json(value)
+    } else {
+        human(value);
+        Ok(())
+    }
+}
+
+/// Runs the parsed command line.
+pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
+    let client = Client::new(&target::node_url(cli), target::token(cli))?;
+    match &cli.command {
+        Noun::Job(command) => job(&client, cli.json, command).await,
+        Noun::Error(ErrorCommand::Describe { code }) => {
+            show(cli.json, &client.describe_error(code).await?, output::description)
+        }
+        Noun::Cluster(command) => {
+            let status = client.cluster().await?;
+            match command {
+                ClusterCommand::Status => show(cli.json, &status, output::cluster),
+                ClusterCommand::Members if cli.json => output::json(&status.members),
+                ClusterCommand::Members => show(false, &status, output::members),
+            }
+        }
+    }
+}
+
+/// Resolves a job given by id or by display name (unique among the caller's jobs).
+async fn resolve(client: &Client, job: &str) -> anyhow::Result<JobId> {
+    if let Ok(id) = job.parse() {
+        return Ok(id);
+    }
+    let matches: Vec<JobId> = client
+        .list_jobs(false)
+        .await?
+        .into_iter()
+        .filter(|j| j.display_name == job)
+        .map(|j| j.id)
+        .collect();
+    match matches.as_slice() {
+        [id] => Ok(*id),
+        [] => bail!("no job of yours has the id or display name {job:?}"),
+        many => bail!("{} of your jobs are named {job:?}; give the job id", many.len()),
+    }
+}
+
+async fn job(client: &Client, json: bool, command: &JobCommand) -> anyhow::Result<()> {
+    match command {
+        JobCommand::Create { name, job_type, priority, description } => {
+            let spec = NewJob {
+                display_name: name.clone(),
+                job_type: (*job_type).into(),
+                properties: PropertyChanges {
+                    priority: priority.map(Into::into),
+                    description: description.clone(),
+                    ..PropertyChanges::default()
+                },
+                files: Vec::new(),
+            };
+            let job = client.create_job(&spec).await?;
+            show(json, &job, |job| println!("Created job {}.", job.id))
+        }
+        JobCommand::AddFile { job, remote, local, ranges } => {
+            let ranges = ranges
+                .iter()
+                .map(|r| r.parse::<FileRange>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let file = NewFile { remote_url: remote.clone(), local_path: local.clone(), ranges };
+            let id = resolve(client, job).await?;
+            let files = client.add_files(id, vec![file]).await?;
+            show(json, &files, |f| println!("Added 1 file to job {id} ({} in all).", f.files.len()))
+        }
+        JobCommand::AddFileSet { job, list } => {
+            let text = std::fs::read_to_string(list)
+                .with_context(|| format!("cannot read {}", list.display()))?;
+            let files = parse_file_set(&text)?;
+            let count = files.len();
+            let id = resolve(client, job).await?;
+            let files = client.add_files(id, files).await?;
+            show(json, &files, |f| {
+                println!("Added {count} files to job {id} ({} in all).", f.files.len())
+            })
+        }
+        JobCommand::Info { job } => {
+            let info = client.job(resolve(client, job).await?).await?;
+            show(json, &info, output::job)
+        }
+        JobCommand::List { all_users } => {
+            let jobs = client.list_jobs(*all_users).await?;
+            show(json, &jobs, |j| output::jobs(j))
+        }
+        JobCommand::Files { job } => {
+            let files = client.files(resolve(client, job).await?).await?;
+            show(json, &files, |f| output::files(&f.files))
+        }
+        JobCommand::Error { job } => {
+            let error = client.job_error(resolve(client, job).await?).await?;
+            show(json, &error, output::error)
+        }
+        JobCommand::Set(set) => {
+            let changes = property_changes(set)?;
+            let info = client.set_properties(resolve(client, &set.job).await?, &changes).await?;
+            show(json, &info, |i| println!("Job {} updated.", i.id))
+        }
+        JobCommand::SetFile { job, index, remote_url, valid } => {
+            let changes = FileChanges { remote_url: remote_url.clone(), valid: *valid };
+            if changes == FileChanges::default() {
+                bail!("give --remote-url and/or --valid");
+            }
+            let file = client.set_file(resolve(client, job).await?, *index, &changes).await?;
+            show(json, &file, |f| output::files(std::slice::from_ref(f)))
+        }
+        JobCommand::Resume { job } => act(client, json, job, JobAction::Resume).await,
+        JobCommand::Suspend { job } => act(client, json, job, JobAction::Suspend).await,
+        JobCommand::Cancel { job } => act(client, json, job, JobAction::Cancel).await,
+        JobCommand::Complete { job } => act(client, json, job, JobAction::Complete).await,
+        JobCommand::TakeOwnership { job } => act(client, json, job, JobAction::TakeOwnership).await,
+    }
+}
+
+async fn act(client: &Client, json: bool, job: &str, action: JobAction) -> anyhow::Result<()> {
+    let result = client.act(resolve(client, job).await?, action).await?;
+    if json {
+        return output::json(&result);
+    }
+    let done = match action {
+        JobAction::Resume => "resumed",
+        JobAction::Suspend => "suspended",
+        JobAction::Cancel => "cancelled",
+        JobAction::Complete => "completed",
+        JobAction::TakeOwnership => "taken over",
+    };
+    println!("Job {} {done}; it is now {}.", result.job.id, result.job.state.bits_name());
+    if result.code.0 != 0 {
+        println!("{} ({})", result.code_name, result.code);
+    }
+    Ok(())
+}
+
+/// bitsadmin `/addfileset` format: "REMOTE LOCAL" per line, blank lines and `#` comments
+/// ignored.
+fn parse_file_set(text: &str) -> anyhow::Result<Vec<NewFile>> {
+    let mut files = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((remote, local)) = line.split_once(char::is_whitespace) else {
+            bail!("line {}: expected \"REMOTE LOCAL\"", n + 1);
+        };
+        files.push(NewFile {
+            remote_url: remote.to_owned(),
+            local_path: local.trim().to_owned(),
+            ranges: vec![],
+        });
+    }
+    if files.is_empty() {
+        bail!("the list names no files");
+    }
+    Ok(files)
+}
+
+fn property_changes(set: &SetArgs) -> anyhow::Result<PropertyChanges> {
+    let notify_cmdline = match (&set.notify_cmdline, set.clear_notify_cmdline) {
+        (_, true) => Some(None),
+        (Some(program), false) => {
+            Some(Some(NotifyCmdLine { program: program.clone(), args: set.notify_args.clone() }))
+        }
+        (None, false) => None,
+    };
+    let custom_headers = match (set.custom_headers.is_empty(), set.clear_custom_headers) {
+        (_, true) => Some(None),
+        (false, false) => Some(Some(set.custom_headers.clone())),
+        (true, false) => None,
+    };
+    let proxy = match (set.proxy_usage, &set.proxy_list, &set.proxy_bypass) {
+        (None, None, None) => None,
+        (None, _, _) => bail!("--proxy-list and --proxy-bypass need --proxy-usage override"),
+        (Some(usage), list, bypass) => {
+            Some(ProxySettings { usage: usage.into(), list: list.clone(), bypass: bypass.clone() })
+        }
+    };
+    let changes = PropertyChanges {
+        display_name: set.display_name.clone(),
+        description: set.description.clone(),
+        priority: set.priority.map(Into::into),
+        notify_flags: set.notify_flags,
+        notify_cmdline,
+        minimum_retry_delay_secs: set.min_retry_delay,
+        no_progress_timeout_secs: set.no_progress_timeout,
+        max_download_time_secs: set.max_download_time,
+        proxy,
+        reply_file_name: set.reply_file_name.clone().map(Some),
+        custom_headers,
+        custom_headers_write_only: set.custom_headers_write_only.then_some(true),
+        dynamic_content: set.dynamic_content,
+        max_download_size: set.max_download_size.map(Some),
+        peer_caching_flags: set.peer_caching_flags,
+        acl_flags: set.acl_flags,
+        minimum_notification_interval_ms: set.min_notification_interval,
+    };
+    if changes.is_empty() {
+        bail!("nothing to change: give at least one property option (see ferry job set --help)");
+    }
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sets_parse_like_bitsadmin() {
+        let files = parse_file_set("# list\nhttp://o/a /tmp/a\n\n  http://o/b   /tmp/b c  \n")
+            .expect("parses");
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[1].local_path, "/tmp/b c");
+        assert!(parse_file_set("http://o/a\n").is_err());
+        assert!(parse_file_set("# nothing\n").is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! Bearer tokens mapped to principals. Tokens are looked up by their BLAKE3 digest, so a
+//! lookup does not compare secret bytes and the table holds no plaintext.
+
+use std::collections::HashMap;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use ferry_protocol::{BitsCode, Caller, Principal, Role};
+use serde::{Deserialize, Serialize};
+
+use crate::problem::ApiError;
+use crate::routes::ApiState;
+
+/// A configured token.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// The secret the client sends as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// The principal it authenticates.
+    pub principal: String,
+    /// `user` or `admin`.
+    pub role: Role,
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("token", &"<redacted>")
+            .field("principal", &self.principal)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// Why a token table could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// A token is shorter than 16 characters.
+    #[error("the token of principal {0:?} is shorter than 16 characters")]
+    WeakToken(String),
+    /// The same token appears twice.
+    #[error("a token is configured twice (principal {0:?})")]
+    DuplicateToken(String),
+    /// A principal name is not valid.
+    #[error("principal {0:?}: {1}")]
+    BadPrincipal(String, ferry_protocol::ids::InvalidId),
+    /// One principal is configured with two roles.
+    #[error("principal {0:?} is configured with two different roles")]
+    ConflictingRoles(String),
+}
+
+/// Token digests to callers.
+#[derive(Clone, Default)]
+pub struct Auth {
+    callers: HashMap<[u8; 32], Caller>,
+}
+
+impl Auth {
+    /// Builds the table, refusing weak or duplicate tokens and conflicting roles.
+    pub fn new(entries: &[TokenEntry]) -> Result<Self, AuthConfigError> {
+        let mut callers = HashMap::new();
+        let mut roles: HashMap<&str, Role> = HashMap::new();
+        for entry in entries {
+            if entry.token.len() < 16 {
+                return Err(AuthConfigError::WeakToken(entry.principal.clone()));
+            }
+            let principal = Principal::new(entry.principal.clone())
+                .map_err(|e| AuthConfigError::BadPrincipal(entry.principal.clone(), e))?;
+            if *roles.entry(&entry.principal).or_insert(entry.role) != entry.role {
+                return Err(AuthConfigError::ConflictingRoles(entry.principal.clone()));
+            }
+            let digest = *blake3::hash(entry.token.as_bytes()).as_bytes();
+            if callers.insert(digest, Caller { principal, role: entry.role }).is_some() {
+                return Err(AuthConfigError::DuplicateToken(entry.principal.clone()));
+            }
+        }
+        Ok(Self { callers })
+    }
+
+    /// The caller a token authenticates.
+    pub fn caller(&self, token: &str) -> Option<&Caller> {
+        self.callers.get(blake3::hash(token.as_bytes()).as_bytes())
+    }
+
+    /// Number of configured tokens.
+    pub fn len(&self) -> usize {
+        self.callers.len()
+    }
+
+    /// True if no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.callers.is_empty()
+    }
+}
+
+/// The authenticated caller of a request (extractor).
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<ApiState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized(
+                "this request needs an API token: send 'Authorization: Bearer <token>'",
+            )
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be 'Bearer <token>'")
+            })?;
+        state
+            .auth
+            .caller(token)
+            .cloned()
+            .map(Authenticated)
+            .ok_or_else(|| ApiError::unauthorized("the API token is not valid"))
+    }
+}
+
+impl ApiError {
+    /// 401 with `E_ACCESSDENIED`.
+    pub fn unauthorized(detail: &str) -> Self {
+        Self::new(401, BitsCode::E_ACCESSDENIED, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(token: &str, principal: &str, role: Role) -> TokenEntry {
+        TokenEntry { token: token.into(), principal: principal.into(), role }
+    }
+
+    #[test]
+    fn tokens_map_to_callers() {
+        let auth = Auth::new(&[
+            entry("alice-token-0123456789", "alice", Role::User),
+            entry("admin-token-0123456789", "root", Role::Admin),
+        ])
+        .expect("valid");
+        assert_eq!(
+            auth.caller("alice-token-0123456789").map(|c| c.principal.as_str()),
+            Some("alice")
+        );
+        assert!(auth.caller("alice-token-012345678").is_none());
+        assert!(
+            format!("{:?}", entry("secret-secret-secret", "a", Role::User)).contains("redacted")
+        );
+    }
+
+    #[test]
+    fn weak_duplicate_and_conflicting_tokens_are_refused() {
+        assert!(Auth::new(&[entry("short", "a", Role::User)]).is_err());
+        let t = "abcdefghijklmnopqrstuvwxyz";
+        assert!(Auth::new(&[entry(t, "a", Role::User), entry(t, "b", Role::User)]).is_err());
+        let u = "0123456789abcdefghij";
+        assert!(Auth::new(&[entry(t, "a", Role::User), entry(u, "a", Role::Admin)]).is_err());
+    }
+}

@@ -1,0 +1,264 @@
+//! The typed async Rust client of the HTTP API, used by the CLI and by services.
+//!
+//! Every mutating call carries an `Idempotency-Key`; when a call fails on the way
+//! (connection refused or reset, timeout, 503) it is retried with the same key, so a
+//! retry never applies twice.
+
+use std::time::Duration;
+
+use ferry_protocol::api::{
+    ActionResult, AddFiles, ClusterStatus, ErrorDescription, ErrorInfo, FileChanges, FileInfo,
+    FileList, Health, JobInfo, JobList, Problem,
+};
+use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
+use ferry_protocol::{BitsCode, JobId, NewFile, RequestId};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::IDEMPOTENCY_KEY;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a problem document.
+    #[error("{}: {} ({})", .0.title, .0.detail, .0.code)]
+    Api(Problem),
+    /// The request did not complete (connection, TLS, timeout).
+    #[error("cannot reach {url}: {source}")]
+    Transport {
+        /// Where the request went.
+        url: String,
+        /// What failed.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from the server (HTTP {status}): {body}")]
+    Unexpected {
+        /// HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The base URL is not usable.
+    #[error("invalid node URL {0:?}: {1}")]
+    BadUrl(String, String),
+}
+
+impl ClientError {
+    /// The BITS code of an API error.
+    pub fn code(&self) -> Option<BitsCode> {
+        match self {
+            Self::Api(problem) => Some(problem.code),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one node's API.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: url::Url,
+    token: Option<String>,
+    attempts: u32,
+}
+
+/// Installs ring as the process's TLS crypto provider if none is installed yet
+/// (reqwest is built without a provider, and panics without one).
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Client {
+    /// A client for the node at `base` (e.g. `http://127.0.0.1:7070`), authenticating
+    /// with `token` if given.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        ensure_crypto_provider();
+        let base =
+            url::Url::parse(base).map_err(|e| ClientError::BadUrl(base.into(), e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(ClientError::BadUrl(base.to_string(), "use http:// or https://".into()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?;
+        Ok(Self { http, base, token, attempts: 4 })
+    }
+
+    /// How many times a call is tried before its error is returned (default 4).
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// The node's base URL.
+    pub fn base(&self) -> &url::Url {
+        &self.base
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        mutating: bool,
+    ) -> Result<T, ClientError> {
+        let url =
+            self.base.join(path).map_err(|e| ClientError::BadUrl(path.into(), e.to_string()))?;
+        let key = mutating.then(RequestId::new_random);
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(key) = &key {
+                request = request.header(IDEMPOTENCY_KEY, key.as_str());
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let last = attempt >= self.attempts;
+            match request.send().await {
+                Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && !last => {}
+                Ok(response) => return decode(response).await,
+                Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {}
+                Err(source) => return Err(ClientError::Transport { url: url.to_string(), source }),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            attempt += 1;
+        }
+    }
+
+    /// `POST /v1/jobs`.
+    pub async fn create_job(&self, spec: &NewJob) -> Result<JobInfo, ClientError> {
+        self.call(Method::POST, "/v1/jobs", Some(spec), true).await
+    }
+
+    /// `GET /v1/jobs[?all_users=true]`.
+    pub async fn list_jobs(&self, all_users: bool) -> Result<Vec<JobInfo>, ClientError> {
+        let path = if all_users { "/v1/jobs?all_users=true" } else { "/v1/jobs" };
+        let list: JobList = self.call::<(), _>(Method::GET, path, None, false).await?;
+        Ok(list.jobs)
+    }
+
+    /// `GET /v1/jobs/{id}`.
+    pub async fn job(&self, id: JobId) -> Result<JobInfo, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/jobs/{id}"), None, false).await
+    }
+
+    /// `PATCH /v1/jobs/{id}`.
+    pub async fn set_properties(
+        &self,
+        id: JobId,
+        changes: &PropertyChanges,
+    ) -> Result<JobInfo, ClientError> {
+        self.call(Method::PATCH, &format!("/v1/jobs/{id}"), Some(changes), true).await
+    }
+
+    /// `POST /v1/jobs/{id}/files`.
+    pub async fn add_files(&self, id: JobId, files: Vec<NewFile>) -> Result<FileList, ClientError> {
+        self.call(Method::POST, &format!("/v1/jobs/{id}/files"), Some(&AddFiles { files }), true)
+            .await
+    }
+
+    /// `GET /v1/jobs/{id}/files`.
+    pub async fn files(&self, id: JobId) -> Result<FileList, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/jobs/{id}/files"), None, false).await
+    }
+
+    /// `PATCH /v1/jobs/{id}/files/{index}`.
+    pub async fn set_file(
+        &self,
+        id: JobId,
+        index: u32,
+        changes: &FileChanges,
+    ) -> Result<FileInfo, ClientError> {
+        self.call(Method::PATCH, &format!("/v1/jobs/{id}/files/{index}"), Some(changes), true).await
+    }
+
+    /// `POST /v1/jobs/{id}/{resume|suspend|cancel|complete|take-ownership}`.
+    pub async fn act(&self, id: JobId, action: JobAction) -> Result<ActionResult, ClientError> {
+        let path = format!("/v1/jobs/{id}/{}", action.as_str());
+        self.call::<(), _>(Method::POST, &path, None, true).await
+    }
+
+    /// `GET /v1/jobs/{id}/error`.
+    pub async fn job_error(&self, id: JobId) -> Result<ErrorInfo, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/jobs/{id}/error"), None, false).await
+    }
+
+    /// `GET /v1/errors/{code}`.
+    pub async fn describe_error(&self, code: &str) -> Result<ErrorDescription, ClientError> {
+        let path = format!("/v1/errors/{}", urlencode(code));
+        self.call::<(), _>(Method::GET, &path, None, false).await
+    }
+
+    /// `GET /v1/cluster`.
+    pub async fn cluster(&self) -> Result<ClusterStatus, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/cluster", None, false).await
+    }
+
+    /// `GET /healthz` (200 or 503, both with a body).
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        let url = self
+            .base
+            .join("/healthz")
+            .map_err(|e| ClientError::BadUrl("/healthz".into(), e.to_string()))?;
+        let response = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        serde_json::from_str(&body)
+            .map_err(|_| ClientError::Unexpected { status, body: truncate(body) })
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn truncate(mut body: String) -> String {
+    if body.len() > 512 {
+        let mut end = 512;
+        while !body.is_char_boundary(end) {
+            end -= 1;
+        }
+        body.truncate(end);
+        body.push('…');
+    }
+    body
+}
+
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        return serde_json::from_str(&body).map_err(|_| ClientError::Unexpected {
+            status: status.as_u16(),
+            body: truncate(body),
+        });
+    }
+    match serde_json::from_str::<Problem>(&body) {
+        Ok(problem) => Err(ClientError::Api(problem)),
+        Err(_) => Err(ClientError::Unexpected { status: status.as_u16(), body: truncate(body) }),
+    }
+}

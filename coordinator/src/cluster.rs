@@ -1,0 +1,91 @@
+//! The seam between the API and the replicated queue: what the routes need from a node.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use ferry_protocol::api::ClusterStatus;
+use ferry_protocol::command::{CommandResult, Proposal};
+
+use ferry_protocol::{NodeId, Queue};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A boxed, sendable future (the trait is used as `dyn Cluster`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started (Raft read index).
+    #[default]
+    Linearizable,
+    /// Whatever this node has applied; may be stale on a follower.
+    Local,
+}
+
+/// Where a read must start from: the API's [`Consistency`], or after a write this node
+/// just made (read-your-writes without another Raft round).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadAt {
+    /// Linearizable: confirm leadership and wait for the read index to be applied.
+    Linearizable,
+    /// Whatever is applied locally.
+    Local,
+    /// Once this log index is applied locally.
+    Applied(u64),
+}
+
+impl From<Consistency> for ReadAt {
+    fn from(c: Consistency) -> Self {
+        match c {
+            Consistency::Linearizable => Self::Linearizable,
+            Consistency::Local => Self::Local,
+        }
+    }
+}
+
+/// The result of a write and the log index at which it was applied.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// What apply returned for the command.
+    pub result: CommandResult,
+    /// The index of the Raft entry that carried it.
+    pub index: u64,
+}
+
+/// Why the cluster could not serve a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader is known right now (election in progress, or no quorum).
+    #[error("the cluster has no leader right now; retry shortly")]
+    NoLeader,
+    /// This node is not the leader and cannot forward yet.
+    #[error("node {leader} is the leader; send writes there")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: NodeId,
+    },
+    /// The node is shutting down or its Raft stopped.
+    #[error("the node is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the API needs from a node.
+pub trait Cluster: Send + Sync + 'static {
+    /// This node's id: the home node of jobs created through it.
+    fn node_id(&self) -> NodeId;
+
+    /// Proposes a command through Raft and returns its result once it is applied, which
+    /// means durable on a quorum.
+    fn write(&self, proposal: Proposal) -> BoxFuture<'_, Result<Written, ClusterError>>;
+
+    /// Waits until a read at `at` may start (a no-op for [`ReadAt::Local`]).
+    fn read_barrier(&self, at: ReadAt) -> BoxFuture<'_, Result<(), ClusterError>>;
+
+    /// Runs `f` on the applied queue. Call [`Cluster::read_barrier`] first.
+    fn with_queue(&self, f: &mut dyn FnMut(&Queue));
+
+    /// Leader, term, members, indexes.
+    fn status(&self) -> BoxFuture<'_, Result<ClusterStatus, ClusterError>>;
+}

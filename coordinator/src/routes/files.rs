@@ -1,0 +1,120 @@
+//! `/v1/jobs/{id}/files`: add (single, set, with ranges), list, change one.
+
+use axum::extract::{Path, State};
+use ferry_protocol::api::{AddFiles, FileChanges, FileInfo, FileList, Problem};
+use ferry_protocol::command::Command;
+use ferry_protocol::{Caller, JobId};
+
+use super::{ApiState, read, write};
+use crate::auth::Authenticated;
+use crate::cluster::ReadAt;
+use crate::extract::{IdempotencyKey, Json, Query, job_id};
+use crate::problem::ApiError;
+use crate::routes::jobs::ReadQuery;
+
+async fn file_list(
+    state: &ApiState,
+    caller: &Caller,
+    id: JobId,
+    at: ReadAt,
+) -> Result<FileList, ApiError> {
+    let files = read(state, at, |q| {
+        q.visible_job(caller, &id)
+            .map(|job| job.files.iter().enumerate().map(|(i, f)| FileInfo::new(i, f)).collect())
+    })
+    .await??;
+    Ok(FileList { files })
+}
+
+/// Add files (`AddFile`, `AddFileSet`, `AddFileWithRanges`), all or nothing.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/files", tag = "files", request_body = AddFiles,
+    params(("id" = String, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    responses(
+        (status = 200, description = "The job's files after the addition", body = FileList),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Too many files", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn add_files(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    IdempotencyKey(request_id): IdempotencyKey,
+    Path(id): Path<String>,
+    Json(body): Json<AddFiles>,
+) -> Result<axum::Json<FileList>, ApiError> {
+    let id = job_id(&id)?;
+    let (_, index) =
+        write(&state, &caller, request_id, Command::AddFiles { job: id, files: body.files })
+            .await?;
+    Ok(axum::Json(file_list(&state, &caller, id, ReadAt::Applied(index)).await?))
+}
+
+/// List the job's files with their progress (`EnumFiles`).
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/files", tag = "files",
+    params(("id" = String, Path, description = "Job id"), ReadQuery),
+    responses((status = 200, body = FileList), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub(super) async fn list_files(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<axum::Json<FileList>, ApiError> {
+    Ok(axum::Json(file_list(&state, &caller, job_id(&id)?, query.consistency.into()).await?))
+}
+
+/// Change one file: its remote name (`SetRemoteName`) and/or validation state
+/// (`SetValidationState`).
+#[utoipa::path(
+    patch, path = "/v1/jobs/{id}/files/{index}", tag = "files", request_body = FileChanges,
+    params(("id" = String, Path, description = "Job id"), ("index" = u32, Path, description = "File index"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    responses(
+        (status = 200, body = FileInfo),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn set_file(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    IdempotencyKey(request_id): IdempotencyKey,
+    Path((id, index)): Path<(String, String)>,
+    Json(changes): Json<FileChanges>,
+) -> Result<axum::Json<FileInfo>, ApiError> {
+    let id = job_id(&id)?;
+    let index: u32 = index
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("{index:?} is not a file index")))?;
+    if changes == FileChanges::default() {
+        return Err(ApiError::bad_request("give remote_url and/or valid"));
+    }
+    let mut at = ReadAt::Linearizable;
+    // One request id cannot cover two commands: the second gets a derived id.
+    let mut ids = [
+        request_id.clone(),
+        request_id.and_then(|r| ferry_protocol::RequestId::new(format!("{r}/valid")).ok()),
+    ]
+    .into_iter();
+    if let Some(remote_url) = changes.remote_url {
+        let command = Command::SetRemoteName { job: id, index, remote_url };
+        at = ReadAt::Applied(write(&state, &caller, ids.next().flatten(), command).await?.1);
+    } else {
+        ids.next();
+    }
+    if let Some(valid) = changes.valid {
+        let command = Command::SetValidationState { job: id, index, valid };
+        at = ReadAt::Applied(write(&state, &caller, ids.next().flatten(), command).await?.1);
+    }
+    let list = file_list(&state, &caller, id, at).await?;
+    list.files
+        .into_iter()
+        .nth(index as usize)
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::bad_request(format!("file index {index} is out of range")))
+}

@@ -1,0 +1,247 @@
+//! `/v1/jobs`: create, enumerate, read, set properties, state changes, error.
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use ferry_protocol::api::{ActionResult, ErrorInfo, JobInfo, JobList, Problem};
+use ferry_protocol::command::{Command, JobAction, NewJob, PropertyChanges, Reply};
+use ferry_protocol::{BitsCode, JobId};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{ApiState, read, write};
+use crate::auth::Authenticated;
+use crate::cluster::{Consistency, ReadAt};
+use crate::extract::{IdempotencyKey, Json, Query, job_id};
+use crate::problem::ApiError;
+
+/// `?consistency=` on reads.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReadQuery {
+    /// `linearizable` (default) or `local`.
+    #[serde(default)]
+    pub(super) consistency: Consistency,
+}
+
+/// `GET /v1/jobs` parameters.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// List every user's jobs (administrators only).
+    #[serde(default)]
+    all_users: bool,
+    /// `linearizable` (default) or `local`.
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+/// The job as `caller` may see it, read at `at`.
+pub(super) async fn job_info(
+    state: &ApiState,
+    caller: &ferry_protocol::Caller,
+    id: JobId,
+    at: ReadAt,
+) -> Result<JobInfo, ApiError> {
+    read(state, at, |q| q.visible_job(caller, &id).map(JobInfo::from))
+        .await?
+        .map_err(ApiError::from)
+}
+
+/// Create a job (`CreateJob`), optionally with properties and files. Jobs start SUSPENDED.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs", request_body = NewJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    responses(
+        (status = 201, description = "Created", body = JobInfo),
+        (status = 400, description = "Invalid job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A limit was reached", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn create_job(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    IdempotencyKey(request_id): IdempotencyKey,
+    Json(spec): Json<NewJob>,
+) -> Result<(StatusCode, [(header::HeaderName, String); 1], axum::Json<JobInfo>), ApiError> {
+    let command =
+        Command::CreateJob { id: JobId::new_random(), home_node: state.cluster.node_id(), spec };
+    let (reply, index) = write(&state, &caller, request_id, command).await?;
+    let Reply::Created(id) = reply else {
+        return Err(ApiError::new(500, BitsCode::E_UNEXPECTED, "create returned no job id"));
+    };
+    let info = job_info(&state, &caller, id, ReadAt::Applied(index)).await?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/jobs/{id}"))], axum::Json(info)))
+}
+
+/// Enumerate jobs (`EnumJobs`): the caller's, or everyone's with `all_users=true`
+/// (administrators). Jobs in a final state are not listed.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+    responses(
+        (status = 200, body = JobList),
+        (status = 403, description = "all_users without admin role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn list_jobs(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<JobList>, ApiError> {
+    let jobs = read(&state, query.consistency.into(), |q| {
+        q.list(&caller, query.all_users).map(|jobs| jobs.into_iter().map(JobInfo::from).collect())
+    })
+    .await??;
+    Ok(axum::Json(JobList { jobs }))
+}
+
+/// Read a job (`GetJob`).
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id"), ReadQuery),
+    responses(
+        (status = 200, body = JobInfo),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get_job(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<axum::Json<JobInfo>, ApiError> {
+    Ok(axum::Json(job_info(&state, &caller, job_id(&id)?, query.consistency.into()).await?))
+}
+
+/// Set properties, all or nothing.
+#[utoipa::path(
+    patch, path = "/v1/jobs/{id}", tag = "jobs", request_body = PropertyChanges,
+    params(("id" = String, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    responses(
+        (status = 200, body = JobInfo),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn set_properties(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    IdempotencyKey(request_id): IdempotencyKey,
+    Path(id): Path<String>,
+    Json(changes): Json<PropertyChanges>,
+) -> Result<axum::Json<JobInfo>, ApiError> {
+    let id = job_id(&id)?;
+    let (_, index) =
+        write(&state, &caller, request_id, Command::SetProperties { job: id, changes }).await?;
+    Ok(axum::Json(job_info(&state, &caller, id, ReadAt::Applied(index)).await?))
+}
+
+async fn act(
+    state: ApiState,
+    caller: ferry_protocol::Caller,
+    request_id: Option<ferry_protocol::RequestId>,
+    id: &str,
+    action: JobAction,
+) -> Result<axum::Json<ActionResult>, ApiError> {
+    let id = job_id(id)?;
+    let (reply, index) =
+        write(&state, &caller, request_id, Command::Lifecycle { job: id, action }).await?;
+    let code = match reply {
+        Reply::Done(code) => code,
+        Reply::Created(_) => BitsCode::S_OK,
+    };
+    // After take-ownership the caller is the owner; after cancel/complete the job is
+    // still readable by id until its retention ends.
+    let job = job_info(&state, &caller, id, ReadAt::Applied(index)).await?;
+    Ok(axum::Json(ActionResult {
+        action,
+        code,
+        code_name: code.name().unwrap_or_default().into_owned(),
+        job,
+    }))
+}
+
+macro_rules! action_route {
+    ($name:ident, $path:literal, $action:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(
+            post, path = $path, tag = "jobs",
+            params(("id" = String, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+            responses(
+                (status = 200, body = ActionResult),
+                (status = 404, body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "Not allowed in the job's state", body = Problem, content_type = "application/problem+json"),
+            ),
+            security(("bearer" = []))
+        )]
+        pub(super) async fn $name(
+            State(state): State<ApiState>,
+            Authenticated(caller): Authenticated,
+            IdempotencyKey(request_id): IdempotencyKey,
+            Path(id): Path<String>,
+        ) -> Result<axum::Json<ActionResult>, ApiError> {
+            act(state, caller, request_id, &id, $action).await
+        }
+    };
+}
+
+action_route!(
+    resume,
+    "/v1/jobs/{id}/resume",
+    JobAction::Resume,
+    "`Resume`: queue the job (needs at least one file)."
+);
+action_route!(
+    suspend,
+    "/v1/jobs/{id}/suspend",
+    JobAction::Suspend,
+    "`Suspend`: stop transferring."
+);
+action_route!(
+    cancel,
+    "/v1/jobs/{id}/cancel",
+    JobAction::Cancel,
+    "`Cancel`: stop and delete temporary files."
+);
+action_route!(
+    complete,
+    "/v1/jobs/{id}/complete",
+    JobAction::Complete,
+    "`Complete`: make transferred files visible; `BG_S_PARTIAL_COMPLETE` if some were not."
+);
+action_route!(
+    take_ownership,
+    "/v1/jobs/{id}/take-ownership",
+    JobAction::TakeOwnership,
+    "`TakeOwnership` (administrators): strips credentials, custom headers and notify command line."
+);
+
+/// The job's error (`GetError`), while it is in ERROR or TRANSIENT_ERROR.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/error", tag = "jobs",
+    params(("id" = String, Path, description = "Job id"), ReadQuery),
+    responses(
+        (status = 200, body = ErrorInfo),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "BG_E_ERROR_INFORMATION_UNAVAILABLE", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get_error(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<axum::Json<ErrorInfo>, ApiError> {
+    let info = job_info(&state, &caller, job_id(&id)?, query.consistency.into()).await?;
+    info.error.map(axum::Json).ok_or_else(|| {
+        ApiError::new(
+            409,
+            BitsCode::BG_E_ERROR_INFORMATION_UNAVAILABLE,
+            format!("job {} is {} and has no error", info.id, info.state.bits_name()),
+        )
+    })
+}

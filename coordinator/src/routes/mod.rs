@@ -1,0 +1,118 @@
+//! The HTTP API router (DESIGN §7) and its OpenAPI document.
+
+// utoipa's `path`/`IntoParams` expansions qualify paths that are already in scope.
+#![allow(unused_qualifications)]
+
+mod files;
+mod jobs;
+mod system;
+
+use std::sync::Arc;
+
+use ferry_protocol::command::{Command, Proposal, Reply};
+use ferry_protocol::{BitsCode, Caller, Queue, RequestId};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Auth;
+use crate::cluster::{Cluster, ReadAt};
+use crate::problem::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The node's view of the replicated queue.
+    pub cluster: Arc<dyn Cluster>,
+    /// Token table.
+    pub auth: Arc<Auth>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Ferry", description = "BITS as a cluster: jobs, files, errors, cluster status."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "jobs", description = "BITS jobs: create, enumerate, properties, state changes"),
+        (name = "files", description = "The files of a job"),
+        (name = "system", description = "Error descriptions, cluster status, health")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+fn api_router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(jobs::create_job, jobs::list_jobs))
+        .routes(routes!(jobs::get_job, jobs::set_properties))
+        .routes(routes!(jobs::resume))
+        .routes(routes!(jobs::suspend))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::complete))
+        .routes(routes!(jobs::take_ownership))
+        .routes(routes!(jobs::get_error))
+        .routes(routes!(files::add_files, files::list_files))
+        .routes(routes!(files::set_file))
+        .routes(routes!(system::describe_error))
+        .routes(routes!(system::cluster_status))
+        .routes(routes!(system::health))
+}
+
+/// The OpenAPI document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The API router, with `GET /v1/openapi.json` serving [`openapi`].
+pub fn router(state: ApiState, max_body_bytes: usize) -> axum::Router {
+    let (router, doc) = api_router().split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::new(404, BitsCode::E_INVALIDARG, "no such API route") })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Proposes `command` and returns its reply and the log index it was applied at.
+async fn write(
+    state: &ApiState,
+    caller: &Caller,
+    request_id: Option<RequestId>,
+    command: Command,
+) -> Result<(Reply, u64), ApiError> {
+    let written =
+        state.cluster.write(Proposal { request_id, caller: caller.clone(), command }).await?;
+    Ok((written.result?, written.index))
+}
+
+/// Reads from the queue once a read at `at` may start.
+async fn read<T>(state: &ApiState, at: ReadAt, f: impl FnOnce(&Queue) -> T) -> Result<T, ApiError> {
+    state.cluster.read_barrier(at).await?;
+    let mut f = Some(f);
+    let mut out = None;
+    state.cluster.with_queue(&mut |queue| {
+        if let Some(f) = f.take() {
+            out = Some(f(queue));
+        }
+    });
+    out.ok_or_else(|| ApiError::new(500, BitsCode::E_UNEXPECTED, "the queue could not be read"))
+}

@@ -1,0 +1,63 @@
+//! Error descriptions, cluster status, health.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use ferry_protocol::BitsCode;
+use ferry_protocol::api::{ClusterStatus, ErrorDescription, Health, Problem};
+
+use super::ApiState;
+use crate::auth::Authenticated;
+use crate::problem::ApiError;
+
+/// Describe a BITS code (`GetErrorDescription`): hex (`0x80200001`) or name.
+#[utoipa::path(
+    get, path = "/v1/errors/{code}", tag = "system",
+    params(("code" = String, Path, description = "Code in hex or by name")),
+    responses((status = 200, body = ErrorDescription), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub(super) async fn describe_error(
+    Authenticated(_caller): Authenticated,
+    Path(code): Path<String>,
+) -> Result<axum::Json<ErrorDescription>, ApiError> {
+    let parsed: BitsCode = code.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{code:?} is not a code: give hex such as 0x80200001 or a name"
+        ))
+    })?;
+    ErrorDescription::of(parsed).map(axum::Json).ok_or_else(|| {
+        ApiError::new(404, BitsCode::E_INVALIDARG, format!("no description is known for {parsed}"))
+    })
+}
+
+/// Leader, term, members, indexes and the queue policy.
+#[utoipa::path(
+    get, path = "/v1/cluster", tag = "system",
+    responses((status = 200, body = ClusterStatus), (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = []))
+)]
+pub(super) async fn cluster_status(
+    State(state): State<ApiState>,
+    Authenticated(_caller): Authenticated,
+) -> Result<axum::Json<ClusterStatus>, ApiError> {
+    Ok(axum::Json(state.cluster.status().await?))
+}
+
+/// Liveness and readiness: 200 when a leader is known, 503 otherwise. No token needed.
+#[utoipa::path(
+    get, path = "/healthz", tag = "system",
+    responses((status = 200, body = Health), (status = 503, body = Health))
+)]
+pub(super) async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<Health>) {
+    let node_id = state.cluster.node_id();
+    match state.cluster.status().await {
+        Ok(status) if status.leader.is_some() => (
+            StatusCode::OK,
+            axum::Json(Health { status: "ok".into(), node_id, leader: status.leader }),
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Health { status: "degraded".into(), node_id, leader: None }),
+        ),
+    }
+}

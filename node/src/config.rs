@@ -1,0 +1,288 @@
+//! `ferryd` configuration: one TOML document (every field optional, documented and
+//! defaulted), overridden by command-line flags, validated at start into [`Settings`].
+//!
+//! `deploy/ferryd.toml` shows every field with its default; a test keeps it parseable
+//! and equal to the defaults here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ferry_coordinator::TokenEntry;
+use ferry_protocol::limits::QueuePolicy;
+use serde::{Deserialize, Serialize};
+
+use crate::raft::RaftSettings;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the Raft log (`raft-log.redb`), the state (`state.redb`), the node
+    /// id and generated credentials. Created if missing. Default `./ferry-data`.
+    pub data_dir: PathBuf,
+    /// The HTTP API.
+    pub api: ApiConfig,
+    /// The QUIC endpoint for peers and the event bus.
+    pub peer: PeerConfig,
+    /// Raft timing and log compaction.
+    pub raft: RaftConfig,
+    /// Grouping of concurrent writes into one Raft entry.
+    pub proposals: ProposalConfig,
+    /// BITS group-policy limits, replicated to every node (the leader proposes the
+    /// configured values when they differ from the cluster's).
+    pub policy: QueuePolicy,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./ferry-data"),
+            api: ApiConfig::default(),
+            peer: PeerConfig::default(),
+            raft: RaftConfig::default(),
+            proposals: ProposalConfig::default(),
+            policy: QueuePolicy::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[api]`: the HTTP API (and later the BITS upload endpoint).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to listen on. Default `127.0.0.1:7070`. Port 0 picks a free port; the
+    /// bound address is written to `<data_dir>/api.addr` either way.
+    pub listen: SocketAddr,
+    /// Bearer tokens and the principals they authenticate. With none configured,
+    /// ferryd creates an admin token in `<data_dir>/admin.token` and refuses to listen
+    /// on anything but loopback.
+    pub tokens: Vec<TokenEntry>,
+    /// Largest request body accepted, in bytes. Default 4 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tokens: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[peer]`: the QUIC endpoint (peer transport and event bus, later releases).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerConfig {
+    /// UDP address for QUIC. Default `127.0.0.1:7071`. Recorded in the Raft membership.
+    pub listen: SocketAddr,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 7071)) }
+    }
+}
+
+/// `[raft]`: timing and compaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat interval, milliseconds. Default 250.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout, milliseconds. Default 1000.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout, milliseconds. Default 2000.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one. Default 5000.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, for followers that lag. Default 1000.
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        let d = RaftSettings::default();
+        Self {
+            heartbeat_ms: d.heartbeat_ms,
+            election_timeout_min_ms: d.election_timeout_ms.0,
+            election_timeout_max_ms: d.election_timeout_ms.1,
+            snapshot_after_entries: d.snapshot_after_entries,
+            keep_entries_after_snapshot: d.keep_entries_after_snapshot,
+        }
+    }
+}
+
+/// `[proposals]`: group commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProposalConfig {
+    /// Most commands in one Raft entry. While one entry is being written, new commands
+    /// wait and go out together in the next. Default 512.
+    pub max_batch: usize,
+}
+
+impl Default for ProposalConfig {
+    fn default() -> Self {
+        Self { max_batch: 512 }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+    /// A tracing filter (`RUST_LOG` syntax); `RUST_LOG` overrides it. Default
+    /// `info,openraft=warn`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, filter: "info,openraft=warn".into() }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this structure.
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    }
+
+    /// Checks the values and turns them into [`Settings`].
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.api.tokens.is_empty() && !self.api.listen.ip().is_loopback() {
+            return invalid(format!(
+                "no API tokens are configured, so ferryd only listens on loopback, not {}; \
+                 add [[api.tokens]] entries to listen there",
+                self.api.listen
+            ));
+        }
+        let auth = ferry_coordinator::Auth::new(&self.api.tokens)
+            .map_err(|e| ConfigError::Invalid(format!("api.tokens: {e}")))?;
+        if self.api.max_body_bytes < 1024 {
+            return invalid("api.max_body_bytes must be at least 1024".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
+            return invalid("raft: the election timeout must exceed a non-zero heartbeat".into());
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return invalid(
+                "raft.election_timeout_max_ms must exceed election_timeout_min_ms".into(),
+            );
+        }
+        if self.proposals.max_batch == 0 {
+            return invalid("proposals.max_batch must be at least 1".into());
+        }
+        let p = &self.policy;
+        if p.max_jobs_per_user == 0
+            || p.max_jobs == 0
+            || p.max_files_per_job == 0
+            || p.max_ranges_per_file == 0
+        {
+            return invalid("policy limits must be at least 1".into());
+        }
+        let raft = RaftSettings {
+            heartbeat_ms: r.heartbeat_ms,
+            election_timeout_ms: (r.election_timeout_min_ms, r.election_timeout_max_ms),
+            snapshot_after_entries: r.snapshot_after_entries.max(1),
+            keep_entries_after_snapshot: r.keep_entries_after_snapshot,
+        };
+        Ok(Settings { auth, raft, config: self })
+    }
+}
+
+/// A checked configuration.
+#[derive(Clone)]
+pub struct Settings {
+    /// The configuration as given.
+    pub config: Config,
+    /// The token table (empty: a generated admin token will be added at start).
+    pub auth: ferry_coordinator::Auth,
+    /// Raft settings.
+    pub raft: RaftSettings,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_sample_is_the_default() {
+        let sample = include_str!("../../deploy/ferryd.toml");
+        let parsed: Config = toml::from_str(sample).expect("deploy/ferryd.toml parses");
+        assert_eq!(parsed, Config::default(), "deploy/ferryd.toml must show the defaults");
+    }
+
+    #[test]
+    fn an_empty_file_is_the_default() {
+        let parsed: Config = toml::from_str("").expect("empty parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        assert!(toml::from_str::<Config>("[api]\nlisten_on = \"x\"").is_err());
+    }
+
+    #[test]
+    fn no_tokens_means_loopback_only() {
+        let mut config = Config::default();
+        config.api.listen = "0.0.0.0:7070".parse().expect("addr");
+        assert!(matches!(config.clone().validate(), Err(ConfigError::Invalid(_))));
+        config.api.tokens.push(TokenEntry {
+            token: "0123456789abcdef0123".into(),
+            principal: "ops".into(),
+            role: ferry_protocol::Role::Admin,
+        });
+        assert!(config.validate().is_ok());
+    }
+}

@@ -1,0 +1,133 @@
+//! The node's data directory: created private (0700), holding the node id, the
+//! generated admin token (0600) when no tokens are configured, and the address the API
+//! is bound to. The redb files live here too (see [`crate::raft`]).
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// File names inside the data directory.
+pub mod files {
+    /// The Raft log database.
+    pub const RAFT_LOG: &str = "raft-log.redb";
+    /// The state-machine database.
+    pub const STATE: &str = "state.redb";
+    /// This node's Raft id, decimal.
+    pub const NODE_ID: &str = "node.id";
+    /// The generated admin token (only when no tokens are configured).
+    pub const ADMIN_TOKEN: &str = "admin.token";
+    /// The address the API is bound to, while the node runs.
+    pub const API_ADDR: &str = "api.addr";
+}
+
+/// An opened data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Creates the directory (mode 0700) if needed.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .with_context(|| format!("cannot create data directory {}", root.display()))?;
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The node id: read from `node.id`, or `first` written there on first start.
+    pub fn node_id(&self, first: u64) -> anyhow::Result<u64> {
+        let path = self.path(files::NODE_ID);
+        match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .with_context(|| format!("{} does not hold a node id", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_new(&path, format!("{first}\n").as_bytes(), 0o600)?;
+                Ok(first)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// The generated admin token: read from `admin.token`, or created there (0600).
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        let path = self.path(files::ADMIN_TOKEN);
+        match fs::read_to_string(&path) {
+            Ok(text) if text.trim().len() >= 16 => Ok(text.trim().to_owned()),
+            Ok(_) => anyhow::bail!(
+                "{} holds no usable token; delete it to get a new one",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut secret = [0u8; 32];
+                getrandom::fill(&mut secret)
+                    .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+                let token = hex::encode(secret);
+                write_new(&path, format!("{token}\n").as_bytes(), 0o600)?;
+                tracing::info!(path = %path.display(), "created an admin token (no API tokens are configured)");
+                Ok(token)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Records the bound API address (replaced atomically).
+    pub fn write_api_addr(&self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        let path = self.path(files::API_ADDR);
+        let tmp = self.path(".api.addr.tmp");
+        let _ = fs::remove_file(&tmp);
+        write_new(&tmp, format!("{addr}\n").as_bytes(), 0o644)?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Removes the recorded API address (the node is stopping).
+    pub fn clear_api_addr(&self) {
+        let _ = fs::remove_file(self.path(files::API_ADDR));
+    }
+}
+
+/// Creates `path` exclusively with `mode` and writes `bytes`, durably.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn node_id_and_token_persist_with_private_modes() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = DataDir::open(&tmp.path().join("d")).expect("open");
+        assert_eq!(dir.node_id(1).expect("id"), 1);
+        assert_eq!(dir.node_id(7).expect("id"), 1, "the first id sticks");
+        let token = dir.admin_token().expect("token");
+        assert_eq!(token.len(), 64);
+        assert_eq!(dir.admin_token().expect("again"), token);
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path(files::ADMIN_TOKEN)), 0o600);
+        assert_eq!(mode(&tmp.path().join("d")), 0o700);
+    }
+}

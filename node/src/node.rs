@@ -1,0 +1,117 @@
+//! Starting and stopping a node: open the data directory and stores, start Raft
+//! (bootstrapping a one-node cluster on first start), the proposer and the API server;
+//! on shutdown, drain the server and stop Raft.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use anyhow::Context as _;
+use ferry_coordinator::{ApiState, Auth, Cluster, TokenEntry};
+use ferry_protocol::{Caller, Command, Principal, Proposal, Role};
+
+use crate::config::Settings;
+use crate::data_dir::{DataDir, files};
+use crate::proposer::Proposer;
+use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
+use crate::service::NodeCluster;
+
+/// The id the first node of a cluster takes.
+const FIRST_NODE_ID: u64 = 1;
+
+/// Runs a node until `shutdown` resolves. Must run inside an actix `System` (the
+/// proposer is an actor).
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let config = &settings.config;
+    let dir = DataDir::open(&config.data_dir)?;
+    let node_id = dir.node_id(FIRST_NODE_ID)?;
+    let auth = if settings.auth.is_empty() {
+        let token = dir.admin_token()?;
+        Auth::new(&[TokenEntry { token, principal: "admin".into(), role: Role::Admin }])?
+    } else {
+        settings.auth.clone()
+    };
+
+    let log = LogStore::open(&dir.path(files::RAFT_LOG)).with_context(|| {
+        format!(
+            "cannot open {} (is another ferryd using this data directory?)",
+            dir.path(files::RAFT_LOG).display()
+        )
+    })?;
+    let state = StateMachineStore::open(&dir.path(files::STATE))
+        .with_context(|| format!("cannot open {}", dir.path(files::STATE).display()))?;
+    let jobs_on_disk = state.read().queue.jobs().count();
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.api.listen))?;
+    let api_addr = listener.local_addr()?;
+
+    let raft_config = raft::raft_config(&settings.raft)?;
+    let raft = raft::Raft::new(node_id, raft_config, Network, log, state.clone()).await?;
+    if !raft.is_initialized().await? {
+        let me =
+            NodeAddr { api_addr: api_addr.to_string(), peer_addr: config.peer.listen.to_string() };
+        raft.initialize(BTreeMap::from([(node_id, me)])).await?;
+        tracing::info!(node_id, "bootstrapped a new one-node cluster");
+    }
+
+    let proposer = Proposer::new(raft.clone(), config.proposals.max_batch).start();
+    let cluster = NodeCluster { node_id, raft: raft.clone(), state, proposer };
+    tokio::spawn(reconcile_policy(cluster.clone(), config.policy));
+
+    let app = ferry_coordinator::router(
+        ApiState { cluster: Arc::new(cluster), auth: Arc::new(auth) },
+        config.api.max_body_bytes,
+    );
+    dir.write_api_addr(api_addr)?;
+    tracing::info!(node_id, %api_addr, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");
+
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = server_stopped.await;
+            })
+            .await
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    dir.clear_api_addr();
+    let _ = stop_server.send(());
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "API server task failed"),
+        Err(_) => tracing::warn!("API server did not drain within 10 s"),
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not stop cleanly");
+    }
+    Ok(())
+}
+
+/// Once this node leads, proposes the configured queue policy if the cluster's differs.
+async fn reconcile_policy(cluster: NodeCluster, wanted: ferry_protocol::limits::QueuePolicy) {
+    let leading = cluster
+        .raft
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.current_leader == Some(cluster.node_id), "leadership")
+        .await;
+    if leading.is_err() || cluster.state.read().queue.policy() == &wanted {
+        return;
+    }
+    let system = Caller { principal: Principal::system(), role: Role::Admin };
+    let proposal =
+        Proposal { request_id: None, caller: system, command: Command::SetPolicy(wanted) };
+    match cluster.write(proposal).await {
+        Ok(written) if written.result.is_ok() => {
+            tracing::info!(?wanted, "queue policy updated from the configuration")
+        }
+        Ok(written) => tracing::warn!(result = ?written.result, "queue policy not updated"),
+        Err(e) => tracing::warn!(error = %e, "queue policy not updated"),
+    }
+}

@@ -1,0 +1,122 @@
+//! Everything openraft: the type configuration, the redb log store and state machine,
+//! the network, and starting a node. Nothing outside this folder names an openraft type
+//! except through the aliases here, so a later openraft bump touches one folder.
+
+// openraft's `StorageError` (224 bytes) is the error type its storage traits require;
+// helpers here return it so that `?` works without conversions.
+#![allow(clippy::result_large_err)]
+
+mod errors;
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use ferry_protocol::{Batch, BatchReply};
+use serde::{Deserialize, Serialize};
+
+pub use errors::{ReadError, WriteError, read_error, role_name, write_error};
+pub use log_store::LogStore;
+pub use network::Network;
+pub use state_machine::{Machine, StateMachineStore};
+
+/// Where a member can be reached. Replicated in Raft membership entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// The HTTP API address (`host:port`).
+    pub api_addr: String,
+    /// The QUIC peer address (`host:port`).
+    pub peer_addr: String,
+}
+
+openraft::declare_raft_types!(
+    /// Ferry's openraft types: entries carry command batches, replies carry one result per
+    /// command, snapshots are in-memory byte buffers of the encoded queue.
+    pub TypeConfig:
+        D = Batch,
+        R = BatchReply,
+        NodeId = u64,
+        Node = NodeAddr,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// The Raft handle of a Ferry node.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// Raft metrics as the watch channel publishes them.
+pub type RaftMetrics = openraft::RaftMetrics<u64, NodeAddr>;
+/// A log id.
+pub type LogId = openraft::LogId<u64>;
+/// Storage errors as openraft wants them.
+pub type StorageError = openraft::StorageError<u64>;
+/// Membership as stored with the state.
+pub type StoredMembership = openraft::StoredMembership<u64, NodeAddr>;
+
+/// The timing and snapshot settings of a node.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    /// Heartbeat interval, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, milliseconds.
+    pub election_timeout_ms: (u64, u64),
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot (for slow followers).
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 250,
+            election_timeout_ms: (1_000, 2_000),
+            snapshot_after_entries: 5_000,
+            keep_entries_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// Builds openraft's validated configuration from Ferry's settings.
+pub fn raft_config(
+    settings: &RaftSettings,
+) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let config = openraft::Config {
+        cluster_name: "ferry".into(),
+        heartbeat_interval: settings.heartbeat_ms,
+        election_timeout_min: settings.election_timeout_ms.0,
+        election_timeout_max: settings.election_timeout_ms.1,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: settings.keep_entries_after_snapshot,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+/// Maps any error into an openraft storage error about `subject`.
+fn io_error<E: std::error::Error + 'static>(
+    verb: openraft::ErrorVerb,
+    subject: openraft::ErrorSubject<u64>,
+    e: &E,
+) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(e)).into()
+}
+
+/// A blocking task failed to run to completion (it panicked or was cancelled).
+#[derive(Debug, thiserror::Error)]
+#[error("storage task did not finish: {0}")]
+struct TaskFailed(String);
+
+/// Runs blocking redb work off the async workers.
+async fn blocking<T, F>(subject: openraft::ErrorSubject<u64>, f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(io_error(openraft::ErrorVerb::Write, subject, &TaskFailed(e.to_string()))),
+    }
+}

@@ -1,0 +1,326 @@
+//! The Raft state machine on redb (`state.redb`): the job queue held in memory for
+//! reads, every job and request record also stored as a row, written in the same
+//! transaction as the applied log id; plus snapshot build and install.
+//!
+//! Apply is the pure [`Queue::apply_batch`] from `ferry-protocol`; this file only
+//! persists what it touched and keeps the applied id and membership beside it.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ferry_protocol::codec;
+use ferry_protocol::queue::{Changes, Queue, QueueImage, QueueMeta, RequestKey, RequestRecord};
+use ferry_protocol::{BatchReply, Job};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::{LogId, NodeAddr, StorageError, StoredMembership, TypeConfig, blocking, io_error};
+
+const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
+const REQUESTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("requests");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+const APPLIED: &str = "applied";
+const MEMBERSHIP: &str = "membership";
+const QUEUE_META: &str = "queue";
+const SNAPSHOT: &str = "snapshot";
+
+fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {
+    io_error(ErrorVerb::Read, ErrorSubject::StateMachine, &e)
+}
+
+fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError {
+    io_error(ErrorVerb::Write, ErrorSubject::StateMachine, &e)
+}
+
+/// Reads and decodes one row of the meta table.
+fn meta_row<T: serde::de::DeserializeOwned>(
+    meta: &redb::ReadOnlyTable<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
+    match meta.get(key).map_err(read_err)? {
+        Some(value) => codec::decode(value.value()).map(Some).map_err(read_err),
+        None => Ok(None),
+    }
+}
+
+/// The applied state: the queue plus the Raft position it reflects. One lock guards all
+/// three so that a snapshot or a read never sees a queue and an applied id that disagree.
+#[derive(Debug, Default)]
+pub struct Machine {
+    /// The job queue.
+    pub queue: Queue,
+    /// The last applied log id.
+    pub applied: Option<LogId>,
+    /// The last applied membership.
+    pub membership: StoredMembership,
+}
+
+/// The last snapshot built or installed, as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<u64, NodeAddr>,
+    data: Vec<u8>,
+}
+
+/// Rows to write after an apply.
+#[derive(Default)]
+struct Rows {
+    jobs: Vec<(u128, Option<Vec<u8>>)>,
+    requests: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    meta: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Rows {
+    fn collect(machine: &Machine, changes: Changes) -> Result<Self, StorageError> {
+        let mut rows = Self::default();
+        for id in changes.jobs {
+            let value = machine.queue.job(&id).map(codec::encode).transpose().map_err(write_err)?;
+            rows.jobs.push((id.0.as_u128(), value));
+        }
+        for key in changes.requests {
+            let value =
+                machine.queue.request(&key).map(codec::encode).transpose().map_err(write_err)?;
+            rows.requests.push((codec::encode(&key).map_err(write_err)?, value));
+        }
+        rows.meta.push((APPLIED, codec::encode(&machine.applied).map_err(write_err)?));
+        rows.meta.push((MEMBERSHIP, codec::encode(&machine.membership).map_err(write_err)?));
+        rows.meta.push((QUEUE_META, codec::encode(machine.queue.meta()).map_err(write_err)?));
+        Ok(rows)
+    }
+
+    fn write(self, db: &Database) -> Result<(), StorageError> {
+        let txn = db.begin_write().map_err(write_err)?;
+        self.write_in(&txn)?;
+        // Durability::Immediate (redb's default): on disk before the reply leaves.
+        txn.commit().map_err(write_err)
+    }
+
+    fn write_in(&self, txn: &WriteTransaction) -> Result<(), StorageError> {
+        {
+            let mut jobs = txn.open_table(JOBS).map_err(write_err)?;
+            for (key, value) in &self.jobs {
+                match value {
+                    Some(bytes) => jobs.insert(*key, bytes.as_slice()).map(drop),
+                    None => jobs.remove(*key).map(drop),
+                }
+                .map_err(write_err)?;
+            }
+            let mut requests = txn.open_table(REQUESTS).map_err(write_err)?;
+            for (key, value) in &self.requests {
+                match value {
+                    Some(bytes) => requests.insert(key.as_slice(), bytes.as_slice()).map(drop),
+                    None => requests.remove(key.as_slice()).map(drop),
+                }
+                .map_err(write_err)?;
+            }
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            for (key, bytes) in &self.meta {
+                meta.insert(*key, bytes.as_slice()).map_err(write_err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The redb-backed state machine. Clones share the database and the in-memory machine.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    machine: Arc<RwLock<Machine>>,
+}
+
+impl StateMachineStore {
+    /// Opens (or creates) the state database at `path` and loads the queue from it.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let db = Database::create(path).map_err(write_err)?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(JOBS).map_err(write_err)?;
+        txn.open_table(REQUESTS).map_err(write_err)?;
+        txn.open_table(META).map_err(write_err)?;
+        txn.commit().map_err(write_err)?;
+        let machine = Self::load(&db)?;
+        Ok(Self { db: Arc::new(db), machine: Arc::new(RwLock::new(machine)) })
+    }
+
+    fn load(db: &Database) -> Result<Machine, StorageError> {
+        let txn = db.begin_read().map_err(read_err)?;
+        let meta = txn.open_table(META).map_err(read_err)?;
+        let applied: Option<Option<LogId>> = meta_row(&meta, APPLIED)?;
+        let membership: Option<StoredMembership> = meta_row(&meta, MEMBERSHIP)?;
+        let queue_meta: Option<QueueMeta> = meta_row(&meta, QUEUE_META)?;
+        let mut image =
+            QueueImage { meta: queue_meta.unwrap_or_default(), ..QueueImage::default() };
+        for row in txn.open_table(JOBS).map_err(read_err)?.iter().map_err(read_err)? {
+            let (_, value) = row.map_err(read_err)?;
+            image.jobs.push(codec::decode::<Job>(value.value()).map_err(read_err)?);
+        }
+        for row in txn.open_table(REQUESTS).map_err(read_err)?.iter().map_err(read_err)? {
+            let (key, value) = row.map_err(read_err)?;
+            let key: RequestKey = codec::decode(key.value()).map_err(read_err)?;
+            let record: RequestRecord = codec::decode(value.value()).map_err(read_err)?;
+            image.requests.push((key, record));
+        }
+        Ok(Machine {
+            queue: Queue::from_image(image),
+            applied: applied.flatten(),
+            membership: membership.unwrap_or_default(),
+        })
+    }
+
+    /// Read access to the applied state (held briefly: writers wait).
+    pub fn read(&self) -> RwLockReadGuard<'_, Machine> {
+        self.machine.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Machine> {
+        self.machine.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn store_snapshot(&self, stored: StoredSnapshot) -> Result<(), StorageError> {
+        let bytes = codec::encode(&stored).map_err(write_err)?;
+        let db = self.db.clone();
+        blocking(ErrorSubject::StateMachine, move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(META)
+                .map_err(write_err)?
+                .insert(SNAPSHOT, bytes.as_slice())
+                .map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (image, meta) = {
+            let machine = self.read();
+            let last = machine.applied;
+            let snapshot_id = match last {
+                Some(id) => {
+                    format!("{}-{}-{}", id.leader_id.term, id.index, machine.queue.meta().seq)
+                }
+                None => "empty".to_owned(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: machine.membership.clone(),
+                snapshot_id,
+            };
+            (machine.queue.to_image(), meta)
+        };
+        let data = codec::encode(&image).map_err(write_err)?;
+        self.store_snapshot(StoredSnapshot { meta: meta.clone(), data: data.clone() }).await?;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let machine = self.read();
+        Ok((machine.applied, machine.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchReply>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let (replies, rows) = {
+            let mut machine = self.write();
+            let mut replies = Vec::new();
+            for entry in entries {
+                machine.applied = Some(entry.log_id);
+                let reply = match entry.payload {
+                    EntryPayload::Blank => BatchReply::default(),
+                    EntryPayload::Normal(batch) => machine.queue.apply_batch(&batch),
+                    EntryPayload::Membership(membership) => {
+                        machine.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        BatchReply::default()
+                    }
+                };
+                replies.push(reply);
+            }
+            let changes = machine.queue.take_changes();
+            (replies, Rows::collect(&machine, changes)?)
+        };
+        let db = self.db.clone();
+        blocking(ErrorSubject::StateMachine, move || rows.write(&db)).await?;
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, NodeAddr>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let image: QueueImage = codec::decode_snapshot(&data).map_err(read_err)?;
+        let machine = Machine {
+            queue: Queue::from_image(image.clone()),
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        let mut rows = Rows::default();
+        for job in &image.jobs {
+            rows.jobs.push((job.id.0.as_u128(), Some(codec::encode(job).map_err(write_err)?)));
+        }
+        for (key, record) in &image.requests {
+            rows.requests.push((
+                codec::encode(key).map_err(write_err)?,
+                Some(codec::encode(record).map_err(write_err)?),
+            ));
+        }
+        rows.meta.push((APPLIED, codec::encode(&machine.applied).map_err(write_err)?));
+        rows.meta.push((MEMBERSHIP, codec::encode(&machine.membership).map_err(write_err)?));
+        rows.meta.push((QUEUE_META, codec::encode(&image.meta).map_err(write_err)?));
+        let stored =
+            codec::encode(&StoredSnapshot { meta: meta.clone(), data }).map_err(write_err)?;
+        rows.meta.push((SNAPSHOT, stored));
+        let db = self.db.clone();
+        blocking(ErrorSubject::StateMachine, move || {
+            // Replace the tables wholesale, in the same transaction as the new rows, so a
+            // crash leaves either the old state or the new one.
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.delete_table(JOBS).map_err(write_err)?;
+            txn.delete_table(REQUESTS).map_err(write_err)?;
+            rows.write_in(&txn)?;
+            txn.commit().map_err(write_err)
+        })
+        .await?;
+        *self.write() = machine;
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let db = self.db.clone();
+        let stored: Option<StoredSnapshot> = blocking(ErrorSubject::StateMachine, move || {
+            let txn = db.begin_read().map_err(read_err)?;
+            let meta = txn.open_table(META).map_err(read_err)?;
+            let Some(value) = meta.get(SNAPSHOT).map_err(read_err)? else {
+                return Ok(None);
+            };
+            codec::decode_snapshot(value.value()).map(Some).map_err(read_err)
+        })
+        .await?;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
