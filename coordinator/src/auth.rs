@@ -104,26 +104,38 @@ impl FromRequestParts<ApiState> for Authenticated {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
+        let refused = |detail: &str| {
+            // Refused before the body is read: a body still in flight ends the connection.
+            let error = ApiError::unauthorized(detail);
+            if has_body(parts) { error.closing_connection() } else { error }
+        };
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized(
-                "this request needs an API token: send 'Authorization: Bearer <token>'",
-            )
+            refused("this request needs an API token: send 'Authorization: Bearer <token>'")
         })?;
         let token = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be 'Bearer <token>'")
-            })?;
+            .ok_or_else(|| refused("the Authorization header must be 'Bearer <token>'"))?;
         state
             .auth
             .caller(token)
             .cloned()
             .map(Authenticated)
-            .ok_or_else(|| ApiError::unauthorized("the API token is not valid"))
+            .ok_or_else(|| refused("the API token is not valid"))
     }
+}
+
+/// True if the request announces a body.
+fn has_body(parts: &Parts) -> bool {
+    use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    parts.headers.contains_key(TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 impl ApiError {

@@ -38,12 +38,14 @@ fn json_problem(rejection: &JsonRejection) -> ApiError {
             "the body does not match the expected fields: {}",
             rejection.body_text()
         )),
-        // E.g. 413 for a body over the limit: keep the status axum chose.
+        // E.g. 413 for a body over the limit: keep the status axum chose. The rest of the
+        // body is still on the connection, so it cannot be reused.
         _ => ApiError::new(
             rejection.status().as_u16(),
             ferry_protocol::BitsCode::E_INVALIDARG,
             format!("the body could not be read: {}", rejection.body_text()),
-        ),
+        )
+        .closing_connection(),
     }
 }
 

@@ -13,12 +13,21 @@ use crate::cluster::ClusterError;
 pub struct ApiError {
     /// The problem document.
     pub problem: Problem,
+    /// The request's body was not (fully) read: the connection cannot carry another
+    /// request, so the response says `Connection: close` and clients do not reuse it.
+    pub close_connection: bool,
 }
 
 impl ApiError {
     /// A problem with an explicit status.
     pub fn new(status: u16, code: BitsCode, detail: impl Into<String>) -> Self {
-        Self { problem: Problem::new(status, code, detail) }
+        Self { problem: Problem::new(status, code, detail), close_connection: false }
+    }
+
+    /// Marks the response as the last on its connection (see `close_connection`).
+    pub fn closing_connection(mut self) -> Self {
+        self.close_connection = true;
+        self
     }
 
     /// 400 `E_INVALIDARG`.
@@ -73,6 +82,9 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"ferry\""),
             );
+        }
+        if self.close_connection {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

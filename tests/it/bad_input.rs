@@ -82,6 +82,7 @@ async fn bad_requests_are_refused_and_change_nothing() -> anyhow::Result<()> {
         Case { what: "body over the size limit", method: post.clone(), path: "/v1/jobs".into(), token: Some(tokens::ALICE), body: Some(format!(r#"{{"display_name": "{}"}}"#, "x".repeat(5 * 1024 * 1024))), status: 413, code: BitsCode::E_INVALIDARG },
         Case { what: "description too long", method: reqwest::Method::PATCH, path: format!("/v1/jobs/{}", full.id), token: Some(tokens::ALICE), body: Some(json!({"description": "d".repeat(1025)}).to_string()), status: 400, code: BitsCode::BG_E_STRING_TOO_LONG },
         Case { what: "undefined notify flags", method: reqwest::Method::PATCH, path: format!("/v1/jobs/{}", full.id), token: Some(tokens::ALICE), body: Some(r#"{"notify_flags": 128}"#.into()), status: 400, code: BitsCode::E_NOTIMPL },
+        Case { what: "wrong method", method: reqwest::Method::DELETE, path: "/v1/jobs".into(), token: Some(tokens::ALICE), body: None, status: 405, code: BitsCode::E_INVALIDARG },
         Case { what: "unknown route", method: reqwest::Method::GET, path: "/v1/nothing".into(), token: Some(tokens::ALICE), body: None, status: 404, code: BitsCode::E_INVALIDARG },
     ];
 
@@ -95,17 +96,19 @@ async fn bad_requests_are_refused_and_change_nothing() -> anyhow::Result<()> {
         if let Some(body) = case.body {
             request = request.header("content-type", "application/json").body(body);
         }
-        let response = request.send().await?;
+        let response = request.send().await.map_err(|e| anyhow::anyhow!("{}: {e:?}", case.what))?;
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let header = |name: &str| {
+            response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+        };
+        let (content_type, connection) = (header("content-type"), header("connection"));
         let text = response.text().await?;
         assert_eq!(status, case.status, "{}: {text}", case.what);
         assert_eq!(content_type, "application/problem+json", "{}", case.what);
+        if status == 413 {
+            // The unread body is still on the connection: the client must not reuse it.
+            assert_eq!(connection, "close", "{}", case.what);
+        }
         let problem: Problem = serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}: {text}", case.what))?;
         assert_eq!(problem.code, case.code, "{}: {}", case.what, problem.detail);

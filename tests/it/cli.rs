@@ -75,6 +75,32 @@ async fn cli_tour() -> anyhow::Result<()> {
     assert_eq!(info.properties.custom_headers, vec!["X-Trace: 1".to_owned()]);
     assert_eq!(info.properties.minimum_retry_delay_secs, 5, "BITS raises the retry delay to 5 s");
 
+    // SetRemoteName on a file, then SetValidationState before it is transferred.
+    let (code, out, err) = ferry(
+        &node,
+        tokens::ALICE,
+        &[
+            "--json",
+            "job",
+            "set-file",
+            "nightly",
+            "0",
+            "--remote-url",
+            "https://mirror.example/a.iso",
+        ],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let file: ferry_protocol::api::FileInfo = serde_json::from_str(&out)?;
+    assert_eq!(file.remote_url, "https://mirror.example/a.iso");
+    let (code, _, err) = run(&["job", "set-file", "nightly", "0", "--valid", "false"]).await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("E_PENDING"), "validation needs a transferred file: {err}");
+    let (code, _, err) =
+        run(&["job", "set-file", "nightly", "7", "--remote-url", "https://o.example/x"]).await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("out of range"), "{err}");
+
     // Failures: the BITS name, code and detail on stderr, exit code 1.
     let (code, _, err) = run(&["job", "error", "nightly"]).await?;
     assert_eq!(code, 1);

@@ -161,3 +161,17 @@ async fn five_hundred_jobs_survive_kill_9() -> anyhow::Result<()> {
     assert_eq!(admin.job(job.id).await?.display_name, "job-501");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_restart_resumes() -> anyhow::Result<()> {
+    let mut node = Node::start(NodeOptions::default()).await?;
+    let alice = node.client(Some(tokens::ALICE))?;
+    let job = alice.create_job(&spec(3)).await?;
+    let status = node.stop().await?;
+    assert!(status.success(), "SIGTERM ends ferryd with success: {status}\n{}", node.log_tail());
+    assert!(!node.data_dir().join("api.addr").exists(), "a stopped node withdraws its address");
+    node.restart().await?;
+    let alice = node.client(Some(tokens::ALICE))?;
+    assert_eq!(alice.job(job.id).await?.display_name, job.display_name);
+    Ok(())
+}

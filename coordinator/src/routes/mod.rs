@@ -88,6 +88,9 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> axum::Router {
             }),
         )
         .fallback(|| async { ApiError::new(404, BitsCode::E_INVALIDARG, "no such API route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(405, BitsCode::E_INVALIDARG, "this route does not take that HTTP method")
+        })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
