@@ -3,11 +3,11 @@
 
 use ferry_protocol::api::Problem;
 use ferry_protocol::limits::QueuePolicy;
-use ferry_protocol::{BitsCode, JobId};
+use ferry_protocol::{BitsCode, JobId, JobType};
 use ferry_tests::{Node, NodeOptions, tokens};
 use serde_json::json;
 
-use crate::support::{queue_view, raw};
+use crate::support::{new_job, queue_view, raw};
 
 struct Case {
     what: &'static str,
@@ -27,30 +27,10 @@ async fn bad_requests_are_refused_and_change_nothing() -> anyhow::Result<()> {
     let alice = node.client(Some(tokens::ALICE))?;
     // A job with 200 files: the policy's limit.
     let files: Vec<_> = (0..200).map(crate::support::file).collect();
-    let full = alice
-        .create_job(&ferry_protocol::NewJob {
-            display_name: "full".into(),
-            job_type: Default::default(),
-            properties: Default::default(),
-            files,
-        })
-        .await?;
-    let upload = alice
-        .create_job(&ferry_protocol::NewJob {
-            display_name: "up".into(),
-            job_type: ferry_protocol::JobType::Upload,
-            properties: Default::default(),
-            files: vec![crate::support::file(1)],
-        })
-        .await?;
-    let empty = alice
-        .create_job(&ferry_protocol::NewJob {
-            display_name: "empty".into(),
-            job_type: Default::default(),
-            properties: Default::default(),
-            files: vec![],
-        })
-        .await?;
+    let full = alice.create_job(&new_job("full", JobType::Download, files)).await?;
+    let upload =
+        alice.create_job(&new_job("up", JobType::Upload, vec![crate::support::file(1)])).await?;
+    let empty = alice.create_job(&new_job("empty", JobType::Download, vec![])).await?;
     let before = queue_view(&node).await?;
 
     let file = |remote: &str, local: &str| {

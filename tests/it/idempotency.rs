@@ -9,35 +9,47 @@ use serde_json::json;
 
 use crate::support::raw;
 
+/// `POST /v1/jobs` with `Idempotency-Key: create-once-1`.
+async fn create(
+    node: &Node,
+    token: &str,
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<reqwest::Response> {
+    let url = format!("{}/v1/jobs", node.url()?);
+    Ok(raw()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "create-once-1")
+        .timeout(timeout)
+        .body(body.to_owned())
+        .send()
+        .await?)
+}
+
+const PATIENT: Duration = Duration::from_secs(10);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_retried_after_a_timeout_yields_one_job() -> anyhow::Result<()> {
-    let node = Node::start(NodeOptions::default()).await?;
-    let url = format!("{}/v1/jobs", node.url()?);
+    let mut node = Node::start(NodeOptions::default()).await?;
     let body = json!({"display_name": "once", "files": [{"remote_url": "https://o.example/a", "local_path": "/srv/a"}]}).to_string();
-    let send = |timeout: Duration| {
-        raw()
-            .post(&url)
-            .bearer_auth(tokens::ALICE)
-            .header("content-type", "application/json")
-            .header("idempotency-key", "create-once-1")
-            .timeout(timeout)
-            .body(body.clone())
-            .send()
-    };
 
     // The node is paused: the request reaches its socket, the client gives up waiting.
     node.signal("STOP")?;
-    let first = send(Duration::from_millis(500)).await;
-    assert!(
-        first.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "the first attempt times out: {first:?}"
-    );
+    let first = create(&node, tokens::ALICE, &body, Duration::from_millis(500)).await;
+    let timed_out = first
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<reqwest::Error>())
+        .is_some_and(reqwest::Error::is_timeout);
+    assert!(timed_out, "the first attempt times out: {first:?}");
     node.signal("CONT")?;
     // The node now processes the abandoned request; the retry carries the same id.
-    let retry = send(Duration::from_secs(10)).await?;
+    let retry = create(&node, tokens::ALICE, &body, PATIENT).await?;
     assert_eq!(retry.status().as_u16(), 201);
     let created: JobInfo = retry.json().await?;
-    let again: JobInfo = send(Duration::from_secs(10)).await?.json().await?;
+    let again: JobInfo = create(&node, tokens::ALICE, &body, PATIENT).await?.json().await?;
     assert_eq!(again.id, created.id);
 
     let alice = node.client(Some(tokens::ALICE))?;
@@ -46,44 +58,21 @@ async fn a_create_retried_after_a_timeout_yields_one_job() -> anyhow::Result<()>
     assert_eq!(jobs[0].id, created.id);
 
     // The same id with a different request is refused and applies nothing.
-    let other = raw()
-        .post(&url)
-        .bearer_auth(tokens::ALICE)
-        .header("content-type", "application/json")
-        .header("idempotency-key", "create-once-1")
-        .body(json!({"display_name": "different"}).to_string())
-        .send()
-        .await?;
+    let other =
+        create(&node, tokens::ALICE, &json!({"display_name": "different"}).to_string(), PATIENT)
+            .await?;
     assert_eq!(other.status().as_u16(), 400);
     assert_eq!(other.json::<Problem>().await?.code, BitsCode::E_INVALIDARG);
     assert_eq!(alice.list_jobs(false).await?.len(), 1);
     // Ids are per principal: Bob may use the same key for his own request.
-    let bobs = raw()
-        .post(&url)
-        .bearer_auth(tokens::BOB)
-        .header("content-type", "application/json")
-        .header("idempotency-key", "create-once-1")
-        .body(body.clone())
-        .send()
-        .await?;
+    let bobs = create(&node, tokens::BOB, &body, PATIENT).await?;
     assert_eq!(bobs.status().as_u16(), 201);
     assert_ne!(bobs.json::<JobInfo>().await?.id, created.id);
 
     // Survives a restart too: the request table is replicated state.
-    let mut node = node;
     node.kill9().await?;
     node.restart().await?;
-    let url = format!("{}/v1/jobs", node.url()?);
-    let after: JobInfo = raw()
-        .post(&url)
-        .bearer_auth(tokens::ALICE)
-        .header("content-type", "application/json")
-        .header("idempotency-key", "create-once-1")
-        .body(body.clone())
-        .send()
-        .await?
-        .json()
-        .await?;
+    let after: JobInfo = create(&node, tokens::ALICE, &body, PATIENT).await?.json().await?;
     assert_eq!(after.id, created.id);
     assert_eq!(node.client(Some(tokens::ALICE))?.list_jobs(false).await?.len(), 1);
     Ok(())

@@ -1,12 +1,12 @@
 //! G8: users see and change only their own jobs; admins see all and take ownership.
 
-use ferry_protocol::BitsCode;
 use ferry_protocol::api::FileChanges;
 use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
 use ferry_protocol::job::Priority;
+use ferry_protocol::{BitsCode, JobType};
 use ferry_tests::{Node, NodeOptions, tokens};
 
-use crate::support::{file, queue_view};
+use crate::support::{file, new_job, queue_view};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_isolated_and_admins_take_over() -> anyhow::Result<()> {
@@ -26,14 +26,7 @@ async fn users_are_isolated_and_admins_take_over() -> anyhow::Result<()> {
             files: vec![file(1)],
         })
         .await?;
-    let bobs = bob
-        .create_job(&NewJob {
-            display_name: "bob's".into(),
-            job_type: Default::default(),
-            properties: Default::default(),
-            files: vec![],
-        })
-        .await?;
+    let bobs = bob.create_job(&new_job("bob's", JobType::Download, vec![])).await?;
     let before = queue_view(&node).await?;
 
     // Bob cannot list, read, change or cancel Alice's job: it does not exist for him.

@@ -2,7 +2,7 @@
 
 use ferry_coordinator::Client;
 use ferry_protocol::api::{FileInfo, JobInfo};
-use ferry_protocol::{JobId, NewFile};
+use ferry_protocol::{JobId, JobType, NewFile, NewJob};
 use ferry_tests::{Node, tokens};
 
 /// A download file on the harness's fictional origin.
@@ -12,6 +12,11 @@ pub(crate) fn file(n: usize) -> NewFile {
         local_path: format!("/srv/ferry/{n}.bin"),
         ranges: vec![],
     }
+}
+
+/// A job of `job_type` with default properties and `files`.
+pub(crate) fn new_job(name: &str, job_type: JobType, files: Vec<NewFile>) -> NewJob {
+    NewJob { display_name: name.into(), job_type, properties: Default::default(), files }
 }
 
 /// Everything a node knows about its jobs, as the admin sees it: every job with its

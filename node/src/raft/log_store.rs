@@ -15,12 +15,11 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{LogId, StorageError, TypeConfig, blocking, io_error};
+use super::{LogId, META, StorageError, TypeConfig, blocking, io_error, put_meta};
 
 type Entry = openraft::Entry<TypeConfig>;
 
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
-const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
@@ -61,29 +60,6 @@ impl LogStore {
             return Ok(None);
         };
         codec::decode(value.value()).map(Some).map_err(read_err)
-    }
-
-    async fn write_meta<T>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), StorageError>
-    where
-        T: serde::Serialize,
-    {
-        let bytes = codec::encode(value).map_err(write_err)?;
-        let db = self.db.clone();
-        blocking(ErrorSubject::Logs, move || {
-            let mut txn = db.begin_write().map_err(write_err)?;
-            txn.set_durability(durability).map_err(write_err)?;
-            txn.open_table(META)
-                .map_err(write_err)?
-                .insert(key, bytes.as_slice())
-                .map_err(write_err)?;
-            txn.commit().map_err(write_err)
-        })
-        .await
     }
 }
 
@@ -133,7 +109,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.write_meta(VOTE, vote, Durability::Immediate).await
+        put_meta(&self.db, ErrorSubject::Vote, VOTE, vote, Durability::Immediate).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -142,7 +118,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(COMMITTED, &committed, Durability::None).await
+        put_meta(&self.db, ErrorSubject::Logs, COMMITTED, &committed, Durability::None).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

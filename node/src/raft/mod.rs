@@ -104,9 +104,38 @@ fn io_error<E: std::error::Error + 'static>(
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(e)).into()
 }
 
-/// A blocking task failed to run to completion (it panicked or was cancelled).
+/// The small named values both databases keep (vote, applied id, snapshot...).
+const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+
+/// Encodes `value` and stores it under `key` in `db`'s meta table, in a transaction of
+/// its own with `durability`.
+async fn put_meta<T: Serialize + ?Sized>(
+    db: &Arc<redb::Database>,
+    subject: openraft::ErrorSubject<u64>,
+    key: &'static str,
+    value: &T,
+    durability: redb::Durability,
+) -> Result<(), StorageError> {
+    let err = move |e: &dyn std::fmt::Display| {
+        io_error(openraft::ErrorVerb::Write, subject.clone(), &TaskFailed(e.to_string()))
+    };
+    let bytes = ferry_protocol::codec::encode(value).map_err(|e| err(&e))?;
+    let db = db.clone();
+    blocking(openraft::ErrorSubject::Store, move || {
+        let mut txn = db.begin_write().map_err(|e| err(&e))?;
+        txn.set_durability(durability).map_err(|e| err(&e))?;
+        txn.open_table(META)
+            .map_err(|e| err(&e))?
+            .insert(key, bytes.as_slice())
+            .map_err(|e| err(&e))?;
+        txn.commit().map_err(|e| err(&e))
+    })
+    .await
+}
+
+/// A storage operation failed; the text says which and why.
 #[derive(Debug, thiserror::Error)]
-#[error("storage task did not finish: {0}")]
+#[error("storage operation failed: {0}")]
 struct TaskFailed(String);
 
 /// Runs blocking redb work off the async workers.

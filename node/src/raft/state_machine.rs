@@ -16,14 +16,17 @@ use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
-use super::{LogId, NodeAddr, StorageError, StoredMembership, TypeConfig, blocking, io_error};
+use super::{
+    LogId, META, NodeAddr, StorageError, StoredMembership, TypeConfig, blocking, io_error, put_meta,
+};
 
 const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
 const REQUESTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("requests");
-const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
@@ -181,20 +184,6 @@ impl StateMachineStore {
     fn write(&self) -> RwLockWriteGuard<'_, Machine> {
         self.machine.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-
-    async fn store_snapshot(&self, stored: StoredSnapshot) -> Result<(), StorageError> {
-        let bytes = codec::encode(&stored).map_err(write_err)?;
-        let db = self.db.clone();
-        blocking(ErrorSubject::StateMachine, move || {
-            let txn = db.begin_write().map_err(write_err)?;
-            txn.open_table(META)
-                .map_err(write_err)?
-                .insert(SNAPSHOT, bytes.as_slice())
-                .map_err(write_err)?;
-            txn.commit().map_err(write_err)
-        })
-        .await
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
@@ -216,7 +205,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (machine.queue.to_image(), meta)
         };
         let data = codec::encode(&image).map_err(write_err)?;
-        self.store_snapshot(StoredSnapshot { meta: meta.clone(), data: data.clone() }).await?;
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        put_meta(&self.db, ErrorSubject::StateMachine, SNAPSHOT, &stored, Durability::Immediate)
+            .await?;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
