@@ -26,13 +26,6 @@ const FIRST_NODE_ID: u64 = 1;
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let config = &settings.config;
     let dir = DataDir::open(&config.data_dir)?;
-    let node_id = dir.node_id(FIRST_NODE_ID)?;
-    let auth = if settings.auth.is_empty() {
-        let token = dir.admin_token()?;
-        Auth::new(&[TokenEntry { token, principal: "admin".into(), role: Role::Admin }])?
-    } else {
-        settings.auth.clone()
-    };
 
     let log = LogStore::open(&dir.path(files::RAFT_LOG)).with_context(|| {
         format!(
@@ -43,6 +36,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let state = StateMachineStore::open(&dir.path(files::STATE))
         .with_context(|| format!("cannot open {}", dir.path(files::STATE).display()))?;
     let jobs_on_disk = state.read().queue.jobs().count();
+    // The databases are locked now: nothing else writes into this directory.
+    let node_id = dir.node_id(FIRST_NODE_ID)?;
+    let auth = if settings.auth.is_empty() {
+        let token = dir.admin_token()?;
+        Auth::new(&[TokenEntry { token, principal: "admin".into(), role: Role::Admin }])?
+    } else {
+        settings.auth.clone()
+    };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

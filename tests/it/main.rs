@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod daemon;
 mod idempotency;
 mod openapi;
 mod ownership;

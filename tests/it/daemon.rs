@@ -1,0 +1,101 @@
+//! `ferryd` as a program: flags without a config file, `--print-config`, and clear
+//! failures for bad configurations and a data directory already in use.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ferry_tests::{Node, NodeOptions, binary};
+use tokio::process::Command;
+
+async fn run_to_end(args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(binary("ferryd")?).args(args).stdin(Stdio::null()).output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    Ok((output.status.code().unwrap_or(-1), text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_alone_start_a_node() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("d");
+    let mut child = Command::new(binary("ferryd")?)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        if let Ok(text) = std::fs::read_to_string(data.join("api.addr")) {
+            break text.trim().to_owned();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "ferryd did not write api.addr");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let token = std::fs::read_to_string(data.join("admin.token"))?;
+    let client =
+        ferry_coordinator::Client::new(&format!("http://{addr}"), Some(token.trim().into()))?;
+    let mut healthy = false;
+    while !healthy && Instant::now() < deadline {
+        healthy = client.health().await.is_ok_and(|h| h.status == "ok");
+    }
+    assert!(healthy);
+    assert_eq!(client.cluster().await?.members.len(), 1);
+    child.start_kill()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn print_config_shows_the_effective_configuration() -> anyhow::Result<()> {
+    let (code, out) = run_to_end(&["--print-config", "--listen", "127.0.0.9:7999"]).await?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("listen = \"127.0.0.9:7999\"") && out.contains("[policy]"), "{out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_configurations_are_refused_with_the_reason() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("ferryd.toml");
+    std::fs::write(&config, "[api]\nlisten_on = \"127.0.0.1:1\"\n")?;
+    let (code, out) = run_to_end(&["--config", config.to_str().unwrap_or_default()]).await?;
+    assert_eq!(code, 1);
+    assert!(out.contains("listen_on"), "names the unknown field: {out}");
+
+    let (code, out) = run_to_end(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--data-dir",
+        tmp.path().to_str().unwrap_or_default(),
+    ])
+    .await?;
+    assert_eq!(code, 1);
+    assert!(out.contains("loopback"), "without tokens only loopback is allowed: {out}");
+
+    let (code, out) = run_to_end(&["--config", "/nonexistent/ferryd.toml"]).await?;
+    assert_eq!(code, 1);
+    assert!(out.contains("cannot read config file"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_serves_one_node_at_a_time() -> anyhow::Result<()> {
+    let node = Node::start(NodeOptions::default()).await?;
+    let data = node.data_dir();
+    let (code, out) =
+        run_to_end(&["--data-dir", data.to_str().unwrap_or_default(), "--listen", "127.0.0.1:0"])
+            .await?;
+    assert_eq!(code, 1);
+    assert!(out.contains("another ferryd"), "{out}");
+    assert!(!data.join("admin.token").exists(), "the refused node wrote nothing there");
+    // The first node is unharmed.
+    assert_eq!(node.client(None)?.health().await?.status, "ok");
+    Ok(())
+}
