@@ -69,6 +69,14 @@ pub enum ClusterError {
     /// The node is shutting down or its Raft stopped.
     #[error("the node is unavailable: {0}")]
     Unavailable(String),
+    /// The command is too large to be written as one log entry.
+    #[error("the request takes {bytes} bytes as a command; at most {limit} fit in one log entry")]
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// The largest accepted.
+        limit: usize,
+    },
 }
 
 /// What the API needs from a node.

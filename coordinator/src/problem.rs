@@ -66,7 +66,10 @@ impl From<CommandError> for ApiError {
 
 impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> Self {
-        Self::new(503, BitsCode::ERROR_RETRY, e.to_string())
+        match e {
+            ClusterError::TooLarge { .. } => Self::new(413, BitsCode::E_INVALIDARG, e.to_string()),
+            _ => Self::new(503, BitsCode::ERROR_RETRY, e.to_string()),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -30,13 +30,16 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Creates the directory (mode 0700) if needed.
+    /// Creates the directory if needed and makes it private (0700): it holds the job
+    /// queue and credentials.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(root)
             .with_context(|| format!("cannot create data directory {}", root.display()))?;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make data directory {} private", root.display()))?;
         Ok(Self { root: root.to_path_buf() })
     }
 
@@ -113,8 +116,6 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
 
     #[test]
@@ -127,6 +128,9 @@ mod tests {
         assert_eq!(token.len(), 64);
         assert_eq!(dir.admin_token().expect("again"), token);
         let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        fs::set_permissions(tmp.path().join("d"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        DataDir::open(&tmp.path().join("d")).expect("reopen");
         assert_eq!(mode(&dir.path(files::ADMIN_TOKEN)), 0o600);
         assert_eq!(mode(&tmp.path().join("d")), 0o700);
     }

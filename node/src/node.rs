@@ -61,7 +61,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let proposer = Proposer::new(raft.clone(), config.proposals.max_batch).start();
     let cluster = NodeCluster { node_id, raft: raft.clone(), state, proposer };
-    tokio::spawn(reconcile_policy(cluster.clone(), config.policy));
+    let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: config.peer.listen.to_string() };
+    tokio::spawn(reconcile(cluster.clone(), config.policy, me));
 
     let app = ferry_coordinator::router(
         ApiState { cluster: Arc::new(cluster), auth: Arc::new(auth) },
@@ -79,7 +80,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             .await
     });
 
-    shutdown.await;
+    let outcome = tokio::select! {
+        () = shutdown => Ok(()),
+        error = raft::stopped_on_error(&raft) => {
+            tracing::error!(%error, "raft stopped on a fatal error; exiting");
+            Err(anyhow::anyhow!("raft stopped on a fatal error: {error}"))
+        }
+    };
     tracing::info!("shutting down");
     dir.clear_api_addr();
     let _ = stop_server.send(());
@@ -92,17 +99,31 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not stop cleanly");
     }
-    Ok(())
+    outcome
 }
 
-/// Once this node leads, proposes the configured queue policy if the cluster's differs.
-async fn reconcile_policy(cluster: NodeCluster, wanted: ferry_protocol::limits::QueuePolicy) {
+/// Once this node leads: records its current address in the membership (it may have
+/// restarted on another port) and proposes the configured queue policy if the cluster's
+/// differs.
+async fn reconcile(
+    cluster: NodeCluster,
+    wanted: ferry_protocol::limits::QueuePolicy,
+    me: NodeAddr,
+) {
     let leading = cluster
         .raft
         .wait(Some(Duration::from_secs(30)))
         .metrics(|m| m.current_leader == Some(cluster.node_id), "leadership")
         .await;
-    if leading.is_err() || cluster.state.read().queue.policy() == &wanted {
+    if leading.is_err() {
+        return;
+    }
+    match raft::refresh_address(&cluster.raft, cluster.node_id, me).await {
+        Ok(true) => tracing::info!("recorded this node's new address in the membership"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not record this node's address"),
+    }
+    if cluster.state.read().queue.policy() == &wanted {
         return;
     }
     let system = Caller { principal: Principal::system(), role: Role::Admin };
@@ -110,7 +131,7 @@ async fn reconcile_policy(cluster: NodeCluster, wanted: ferry_protocol::limits::
         Proposal { request_id: None, caller: system, command: Command::SetPolicy(wanted) };
     match cluster.write(proposal).await {
         Ok(written) if written.result.is_ok() => {
-            tracing::info!(?wanted, "queue policy updated from the configuration")
+            tracing::info!(?wanted, "queue policy updated from the configuration");
         }
         Ok(written) => tracing::warn!(result = ?written.result, "queue policy not updated"),
         Err(e) => tracing::warn!(error = %e, "queue policy not updated"),

@@ -16,6 +16,11 @@ use crate::raft::{Raft, write_error};
 /// Most proposals waiting at once; beyond this, new ones are refused as overload
 /// (clients retry with the same request id).
 const MAX_PENDING: usize = 65_536;
+/// Most encoded bytes waiting at once (memory bound of the queue).
+const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Most encoded bytes in one batch: a Raft entry must stay well inside the decode limit
+/// (`codec::FRAME_LIMIT`), or no node could read the log back.
+pub(crate) const MAX_BATCH_BYTES: usize = ferry_protocol::codec::FRAME_LIMIT / 2;
 
 /// The answer channel of one proposal.
 pub(crate) type ReplyTo = oneshot::Sender<Result<Written, ClusterError>>;
@@ -26,8 +31,17 @@ pub(crate) type ReplyTo = oneshot::Sender<Result<Written, ClusterError>>;
 pub(crate) struct Propose {
     /// The command with its caller and request id.
     pub(crate) proposal: Proposal,
+    /// Its encoded size, at most [`MAX_BATCH_BYTES`].
+    pub(crate) bytes: usize,
     /// Where the result goes.
     pub(crate) reply: ReplyTo,
+}
+
+/// A proposal waiting for its batch.
+struct Waiting {
+    proposal: Proposal,
+    bytes: usize,
+    reply: ReplyTo,
 }
 
 /// The batching actor.
@@ -35,7 +49,9 @@ pub(crate) struct Proposer {
     /// Raft handle; writes go through `client_write` on the leader.
     raft: Raft,
     /// Proposals waiting for the next batch, oldest first.
-    pending: VecDeque<(Proposal, ReplyTo)>,
+    pending: VecDeque<Waiting>,
+    /// Encoded bytes in `pending`.
+    pending_bytes: usize,
     /// True while a batch is being written: new proposals wait for it to finish.
     in_flight: bool,
     /// Most proposals in one batch.
@@ -45,16 +61,32 @@ pub(crate) struct Proposer {
 impl Proposer {
     /// A proposer writing through `raft`, at most `max_batch` commands per entry.
     pub(crate) fn new(raft: Raft, max_batch: usize) -> Self {
-        Self { raft, pending: VecDeque::new(), in_flight: false, max_batch: max_batch.max(1) }
+        Self {
+            raft,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            in_flight: false,
+            max_batch: max_batch.max(1),
+        }
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let count = self.pending.len().min(self.max_batch);
+        // Take proposals while the batch stays within both bounds (always at least one).
+        let mut count = 0;
+        let mut bytes = 0;
+        for waiting in self.pending.iter().take(self.max_batch) {
+            if count > 0 && bytes + waiting.bytes > MAX_BATCH_BYTES {
+                break;
+            }
+            count += 1;
+            bytes += waiting.bytes;
+        }
         if count == 0 {
             return;
         }
+        self.pending_bytes -= bytes;
         let (proposals, replies): (Vec<Proposal>, Vec<ReplyTo>) =
-            self.pending.drain(..count).unzip();
+            self.pending.drain(..count).map(|w| (w.proposal, w.reply)).unzip();
         self.in_flight = true;
         let raft = self.raft.clone();
         // The write runs on the worker pool; only its result comes back to the actor.
@@ -115,13 +147,18 @@ impl Handler<Propose> for Proposer {
     type Result = ();
 
     fn handle(&mut self, msg: Propose, ctx: &mut Self::Context) {
-        if self.pending.len() >= MAX_PENDING {
+        if self.pending.len() >= MAX_PENDING || self.pending_bytes + msg.bytes > MAX_PENDING_BYTES {
             let _ = msg.reply.send(Err(ClusterError::Unavailable(
                 "too many writes are waiting; retry shortly".into(),
             )));
             return;
         }
-        self.pending.push_back((msg.proposal, msg.reply));
+        self.pending_bytes += msg.bytes;
+        self.pending.push_back(Waiting {
+            proposal: msg.proposal,
+            bytes: msg.bytes,
+            reply: msg.reply,
+        });
         if !self.in_flight {
             self.flush(ctx);
         }

@@ -7,10 +7,10 @@ use std::time::Duration;
 use actix::Addr;
 use ferry_coordinator::{BoxFuture, Cluster, ClusterError, ReadAt, Written};
 use ferry_protocol::api::{ClusterStatus, MemberInfo};
-use ferry_protocol::{NodeId, Proposal, Queue};
+use ferry_protocol::{NodeId, Proposal, Queue, codec};
 use tokio::sync::oneshot;
 
-use crate::proposer::{Propose, Proposer};
+use crate::proposer::{MAX_BATCH_BYTES, Propose, Proposer};
 use crate::raft::{Raft, StateMachineStore, read_error, role_name};
 
 /// How long a read waits for its barrier before giving up.
@@ -36,9 +36,26 @@ impl Cluster for NodeCluster {
 
     fn write(&self, proposal: Proposal) -> BoxFuture<'_, Result<Written, ClusterError>> {
         Box::pin(async move {
+            let bytes = match codec::encode(&proposal) {
+                Ok(encoded) if encoded.len() <= MAX_BATCH_BYTES => encoded.len(),
+                Ok(encoded) => {
+                    return Err(ClusterError::TooLarge {
+                        bytes: encoded.len(),
+                        limit: MAX_BATCH_BYTES,
+                    });
+                }
+                Err(codec::CodecError::TooLarge { len, .. }) => {
+                    return Err(ClusterError::TooLarge { bytes: len, limit: MAX_BATCH_BYTES });
+                }
+                Err(e) => {
+                    return Err(ClusterError::Unavailable(format!(
+                        "cannot encode the command: {e}"
+                    )));
+                }
+            };
             let (reply, answer) = oneshot::channel();
             self.proposer
-                .send(Propose { proposal, reply })
+                .send(Propose { proposal, bytes, reply })
                 .await
                 .map_err(|_| ClusterError::Unavailable("the proposer has stopped".into()))?;
             answer.await.map_err(|_| ClusterError::Unavailable("the write was dropped".into()))?

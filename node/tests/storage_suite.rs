@@ -23,3 +23,80 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
 fn redb_store_passes_openraft_suite() {
     Suite::test_all(RedbStores).expect("the redb store conforms to openraft's storage contract");
 }
+
+mod snapshot {
+    use std::collections::BTreeSet;
+
+    use ferry_node::raft::{NodeAddr, StateMachineStore, TypeConfig};
+    use ferry_protocol::command::{Batch, Command, JobAction, NewJob, Proposal};
+    use ferry_protocol::{Caller, JobId, NewFile, Principal, Role, Timestamp};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{
+        CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftSnapshotBuilder,
+    };
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn batch(index: u64) -> Entry<TypeConfig> {
+        let caller = Caller { principal: Principal::new("alice").expect("name"), role: Role::User };
+        let id = JobId(uuid::Uuid::from_u128(u128::from(index)));
+        let create = Command::CreateJob {
+            id,
+            home_node: 1,
+            spec: NewJob {
+                display_name: format!("job {index}"),
+                job_type: Default::default(),
+                properties: Default::default(),
+                files: vec![NewFile {
+                    remote_url: format!("https://o.example/{index}"),
+                    local_path: format!("/srv/{index}"),
+                    ranges: vec![],
+                }],
+            },
+        };
+        let resume = Command::Lifecycle { job: id, action: JobAction::Resume };
+        let proposals = [create, resume]
+            .into_iter()
+            .map(|command| Proposal { request_id: None, caller: caller.clone(), command })
+            .collect();
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(Batch { time: Timestamp(index * 1000), proposals }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_installed_snapshot_survives_reopening() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut leader = StateMachineStore::open(&dir.path().join("a.redb"))?;
+        let membership = Membership::new(vec![BTreeSet::from([1u64])], ());
+        let mut entries =
+            vec![Entry { log_id: log_id(1), payload: EntryPayload::Membership(membership) }];
+        entries.extend((2..40).map(batch));
+        leader.apply(entries).await?;
+        let built = leader.get_snapshot_builder().await.build_snapshot().await?;
+        assert_eq!(built.meta.last_log_id, Some(log_id(39)));
+
+        // A fresh store installs it...
+        let follower_path = dir.path().join("b.redb");
+        let mut follower = StateMachineStore::open(&follower_path)?;
+        follower.apply([batch(100)]).await?; // state the snapshot must replace
+        follower.install_snapshot(&built.meta, built.snapshot).await?;
+        let expected = leader.read().queue.to_image();
+        assert_eq!(follower.read().queue.to_image(), expected);
+        drop(follower);
+
+        // ...and has it after reopening from disk: rows, applied id, membership, snapshot.
+        let mut reopened = StateMachineStore::open(&follower_path)?;
+        assert_eq!(reopened.read().queue.to_image(), expected);
+        let (applied, members) = reopened.applied_state().await?;
+        assert_eq!(applied, Some(log_id(39)));
+        assert_eq!(members.membership().voter_ids().collect::<Vec<_>>(), vec![1]);
+        let current = reopened.get_current_snapshot().await?.expect("stored");
+        assert_eq!(current.meta, built.meta);
+        let _: Option<NodeAddr> = members.membership().get_node(&1).cloned();
+        Ok(())
+    }
+}

@@ -52,11 +52,24 @@ pub enum CodecError {
     Encode(String),
 }
 
-/// Encodes `value` with the version byte in front.
+/// Encodes `value` with the version byte in front; refuses a value larger than
+/// [`FRAME_LIMIT`], which [`decode`] could not read back.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_within(value, FRAME_LIMIT)
+}
+
+/// Encodes a snapshot; refuses one larger than [`SNAPSHOT_LIMIT`].
+pub fn encode_snapshot<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_within(value, SNAPSHOT_LIMIT)
+}
+
+fn encode_within<T: Serialize + ?Sized>(value: &T, limit: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![FORMAT_VERSION];
     bincode::serde::encode_into_std_write(value, &mut out, FRAME)
         .map_err(|e| CodecError::Encode(e.to_string()))?;
+    if out.len() > limit.saturating_add(1) {
+        return Err(CodecError::TooLarge { len: out.len(), limit });
+    }
     Ok(out)
 }
 
@@ -121,6 +134,14 @@ mod tests {
         let forged = [FORMAT_VERSION, 253, 0, 0, 0, 0, 0, 1, 0, 0];
         assert!(decode::<String>(&forged).is_err());
         assert!(decode::<Vec<u64>>(&forged).is_err());
+    }
+
+    #[test]
+    fn what_cannot_be_decoded_is_not_encoded() {
+        let big = vec![7u8; FRAME_LIMIT + 1];
+        assert!(matches!(encode(&big), Err(CodecError::TooLarge { .. })));
+        let bytes = encode_snapshot(&big).expect("a snapshot may be larger");
+        assert_eq!(decode_snapshot::<Vec<u8>>(&bytes).expect("decodes"), big);
     }
 
     #[test]

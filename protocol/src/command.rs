@@ -257,11 +257,6 @@ impl PropertyChanges {
     pub fn is_empty(&self) -> bool {
         self == &Self::default()
     }
-
-    /// True if the changes touch what `TakeOwnership` strips or only the owner may set.
-    pub fn touches_owner_secrets(&self) -> bool {
-        self.custom_headers.is_some() || self.notify_cmdline.is_some()
-    }
 }
 
 /// Reads a present-but-null JSON field as `Some(None)` and an absent one (via

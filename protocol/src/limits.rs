@@ -28,6 +28,13 @@ pub const MAX_PROXY_LIST_BYTES: usize = 32 * 1_024;
 /// Most files one request may add, whatever the policy (a bound on request size).
 pub const MAX_FILES_PER_REQUEST: usize = 10_000;
 
+/// Largest encoded job, in bytes, whoever owns it: every job must fit comfortably in a
+/// stored row and a Raft entry (see `codec::FRAME_LIMIT`).
+pub const MAX_JOB_BYTES: usize = 4 * 1024 * 1024;
+/// Most unfinished jobs in the cluster, administrators included (the policy's
+/// `max_jobs` binds users only, as in BITS; this bounds everyone).
+pub const HARD_MAX_JOBS: u32 = 100_000;
+
 /// The queue policy: BITS's group-policy limits. Like BITS, they do not apply to
 /// administrators. Replicated, so that every node's apply enforces the same numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

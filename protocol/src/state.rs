@@ -98,6 +98,16 @@ pub struct JobFacts {
     pub pending_files: usize,
     /// For file operations: whether the target file is completely transferred.
     pub target_file_transferred: bool,
+    /// False when the no-progress timeout is 0 or shorter than the minimum retry delay:
+    /// BITS then never retries, and a recoverable error puts the job in ERROR.
+    pub retries_allowed: bool,
+}
+
+impl JobFacts {
+    /// Whether BITS would retry a job with these timeouts (bits-spec §1.3).
+    pub fn retries_allowed(no_progress_timeout_secs: u32, minimum_retry_delay_secs: u32) -> bool {
+        no_progress_timeout_secs > 0 && minimum_retry_delay_secs <= no_progress_timeout_secs
+    }
 }
 
 /// A legal transition.
@@ -174,7 +184,9 @@ pub fn transition(state: JobState, op: Operation, facts: JobFacts) -> Result<Out
             _ => Err(BitsCode::BG_E_INVALID_STATE),
         },
         TransientFailure | FatalFailure | MaxDownloadTimeExceeded => match state {
-            Connecting | Transferring if op == TransientFailure => to(TransientError),
+            Connecting | Transferring if op == TransientFailure && facts.retries_allowed => {
+                to(TransientError)
+            }
             Connecting | Transferring => to(Error),
             _ => Err(BitsCode::BG_E_INVALID_STATE),
         },

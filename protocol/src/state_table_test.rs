@@ -28,6 +28,7 @@ const DOWNLOAD: JobFacts = JobFacts {
     files: 2,
     pending_files: 1,
     target_file_transferred: true,
+    retries_allowed: true,
 };
 
 #[rustfmt::skip]
@@ -62,8 +63,15 @@ const DOWNLOAD_TABLE: [(Operation, [Expected; 9]); 22] = {
 
 fn check(facts: JobFacts, op: Operation, row: &[Expected; 9]) {
     for (state, expected) in STATES.iter().zip(row) {
-        let got = transition(*state, op, facts).map(|o| o.next);
-        assert_eq!(&got, expected, "{op:?} in {state:?} with {facts:?}");
+        let outcome = transition(*state, op, facts);
+        assert_eq!(&outcome.map(|o| o.next), expected, "{op:?} in {state:?} with {facts:?}");
+        // Every legal transition succeeds with S_OK, except a Complete that leaves files
+        // behind (BG_S_PARTIAL_COMPLETE).
+        if let Ok(o) = outcome {
+            let partial = op == Operation::Complete && facts.pending_files > 0;
+            let code = if partial { BitsCode::BG_S_PARTIAL_COMPLETE } else { BitsCode::S_OK };
+            assert_eq!(o.code, code, "{op:?} in {state:?}");
+        }
     }
 }
 
@@ -74,6 +82,34 @@ fn every_state_and_operation_of_a_download_job() {
     for (op, row) in &DOWNLOAD_TABLE {
         check(DOWNLOAD, *op, row);
     }
+}
+
+#[test]
+fn upload_jobs_follow_the_same_table_except_complete_and_add_files() {
+    for job_type in [JobType::Upload, JobType::UploadReply] {
+        let facts = JobFacts { job_type, files: 1, pending_files: 1, ..DOWNLOAD };
+        for (op, row) in DOWNLOAD_TABLE
+            .iter()
+            .filter(|(op, _)| !matches!(op, Operation::Complete | Operation::AddFiles))
+        {
+            check(facts, *op, row);
+        }
+    }
+}
+
+#[test]
+fn without_retries_a_recoverable_error_is_fatal() {
+    // No-progress timeout 0, or a retry delay longer than it: BITS does not retry.
+    assert!(!JobFacts::retries_allowed(0, 600));
+    assert!(!JobFacts::retries_allowed(300, 600));
+    assert!(JobFacts::retries_allowed(600, 600));
+    let no_retry = JobFacts { retries_allowed: false, ..DOWNLOAD };
+    let row = [INV, s(Error), s(Error), INV, INV, INV, INV, INV, INV];
+    check(no_retry, Operation::TransientFailure, &row);
+    // Losing the network still waits for it to return (no retry timer involved).
+    let row =
+        [s(TransientError), s(TransientError), s(TransientError), INV, INV, INV, INV, INV, INV];
+    check(no_retry, Operation::NetworkLost, &row);
 }
 
 #[test]
@@ -115,8 +151,13 @@ fn complete_reports_partial_completion_for_downloads() {
 #[test]
 fn upload_jobs_complete_only_when_transferred_and_hold_one_file() {
     for job_type in [JobType::Upload, JobType::UploadReply] {
-        let one_file =
-            JobFacts { job_type, files: 1, pending_files: 1, target_file_transferred: false };
+        let one_file = JobFacts {
+            job_type,
+            files: 1,
+            pending_files: 1,
+            target_file_transferred: false,
+            retries_allowed: true,
+        };
         let complete = [INV, INV, INV, INV, INV, INV, s(Acknowledged), INV, INV];
         check(one_file, Operation::Complete, &complete);
         let add = [TOO_MANY, TOO_MANY, TOO_MANY, TOO_MANY, TOO_MANY, TOO_MANY, TOO_MANY, INV, INV];

@@ -4,10 +4,108 @@
 //! the BITS code the matching BITS method returns and a sentence saying what to fix.
 
 use crate::codes::BitsCode;
-use crate::command::CommandError;
+use crate::command::{Command, CommandError, PropertyChanges};
 use crate::file::{FileRange, NewFile};
 use crate::job::{JobType, NotifyCmdLine, ProxySettings, ProxyUsage, acl, notify, peer_caching};
 use crate::limits::*;
+
+/// Every check of a command that needs no state: what the API runs before proposing
+/// (so bad input costs no Raft write) and apply runs again before its stateful rules.
+/// Checks that depend on the job (its type for `file://` and ranges, the policy for
+/// counts) are apply's.
+pub fn command_input(command: &Command) -> Result<(), CommandError> {
+    match command {
+        Command::CreateJob { spec, .. } => {
+            text("display name", &spec.display_name, MAX_DISPLAY_NAME_CHARS)?;
+            if spec.properties.display_name.is_some() {
+                return Err(invalid(
+                    "give the display name once, as display_name, not again in properties",
+                ));
+            }
+            property_changes(&spec.properties)?;
+            if spec.job_type.is_upload() && spec.files.len() > 1 {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_TOO_MANY_FILES,
+                    "an upload job holds exactly one file",
+                ));
+            }
+            let dynamic = spec.properties.dynamic_content == Some(true);
+            files(&spec.files, spec.job_type, dynamic, true)
+        }
+        Command::AddFiles { files: list, .. } => files(list, JobType::Download, false, false),
+        Command::SetProperties { changes, .. } => property_changes(changes),
+        Command::SetRemoteName { remote_url: url, .. } => remote_url(url, JobType::Download),
+        Command::SetValidationState { .. } | Command::Lifecycle { .. } => Ok(()),
+        Command::SetPolicy(policy) => {
+            let p = policy;
+            if p.max_jobs_per_user == 0
+                || p.max_jobs == 0
+                || p.max_files_per_job == 0
+                || p.max_ranges_per_file == 0
+            {
+                return Err(invalid("policy limits must be at least 1"));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A list of files to add: bounded, each valid for `job_type` (for a job whose type is
+/// not known here, the download rules, the most permissive).
+fn files(
+    list: &[NewFile],
+    job_type: JobType,
+    dynamic: bool,
+    may_be_empty: bool,
+) -> Result<(), CommandError> {
+    if list.is_empty() && !may_be_empty {
+        return Err(invalid("no files were given"));
+    }
+    if list.len() > MAX_FILES_PER_REQUEST {
+        return Err(invalid(format!(
+            "at most {MAX_FILES_PER_REQUEST} files can be added in one request"
+        )));
+    }
+    list.iter().try_for_each(|file| new_file(file, job_type, dynamic, None))
+}
+
+/// The property values themselves: lengths, flag bits, paths, header syntax.
+pub fn property_changes(c: &PropertyChanges) -> Result<(), CommandError> {
+    if let Some(name) = &c.display_name {
+        text("display name", name, MAX_DISPLAY_NAME_CHARS)?;
+    }
+    if let Some(description) = &c.description {
+        text("description", description, MAX_DESCRIPTION_CHARS)?;
+    }
+    if let Some(flags) = c.notify_flags {
+        notify_flags(flags)?;
+    }
+    if let Some(Some(cmd)) = &c.notify_cmdline {
+        notify_cmdline(cmd)?;
+    }
+    if let Some(settings) = &c.proxy {
+        proxy(settings)?;
+    }
+    if let Some(Some(path)) = &c.reply_file_name {
+        local_path(path)?;
+    }
+    if let Some(Some(lines)) = &c.custom_headers {
+        custom_headers(lines)?;
+    }
+    if c.max_download_size == Some(Some(0)) {
+        return Err(CommandError::new(
+            BitsCode::BG_E_MAX_DOWNLOAD_SIZE_INVALID_VALUE,
+            "the maximum download size must be at least one byte",
+        ));
+    }
+    if let Some(flags) = c.peer_caching_flags {
+        peer_caching_flags(flags)?;
+    }
+    if let Some(flags) = c.acl_flags {
+        acl_flags(flags)?;
+    }
+    Ok(())
+}
 
 fn invalid(detail: impl Into<String>) -> CommandError {
     CommandError::new(BitsCode::E_INVALIDARG, detail)

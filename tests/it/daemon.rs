@@ -48,6 +48,19 @@ async fn flags_alone_start_a_node() -> anyhow::Result<()> {
     }
     assert!(healthy);
     assert_eq!(client.cluster().await?.members.len(), 1);
+    // The queue and the token are private to the node's user.
+    use std::os::unix::fs::PermissionsExt;
+    for (name, mode) in
+        [("", 0o700), ("raft-log.redb", 0o600), ("state.redb", 0o600), ("admin.token", 0o600)]
+    {
+        let path = if name.is_empty() { data.clone() } else { data.join(name) };
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            mode,
+            "{}",
+            path.display()
+        );
+    }
     child.start_kill()?;
     Ok(())
 }

@@ -173,5 +173,154 @@ async fn sigterm_stops_cleanly_and_restart_resumes() -> anyhow::Result<()> {
     node.restart().await?;
     let alice = node.client(Some(tokens::ALICE))?;
     assert_eq!(alice.job(job.id).await?.display_name, job.display_name);
+    // It came back on another port: the membership learns the new address.
+    let addr = node.addr()?.to_string();
+    let admin = node.client(Some(tokens::ADMIN))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while admin.cluster().await?.members[0].api_addr != addr {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "membership still shows the old address"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// One writer's outcome: acknowledged (key, job id) pairs and the key in flight when the
+/// node died, if any.
+struct Written {
+    acknowledged: Vec<(String, JobId)>,
+    in_flight: Option<String>,
+}
+
+async fn create_with_key(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+) -> anyhow::Result<reqwest::Response> {
+    let body = serde_json::json!({"display_name": key, "files": [{"remote_url": "https://o.example/x", "local_path": "/srv/x"}]});
+    Ok(http
+        .post(url)
+        .bearer_auth(tokens::ALICE)
+        .header("idempotency-key", key)
+        .timeout(std::time::Duration::from_secs(10))
+        .json(&body)
+        .send()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_writes_loses_no_acknowledged_job_and_duplicates_none() -> anyhow::Result<()>
+{
+    let policy =
+        QueuePolicy { max_jobs_per_user: 100_000, max_jobs: 100_000, ..QueuePolicy::default() };
+    let mut node = Node::start(NodeOptions { policy, ..NodeOptions::default() }).await?;
+    let url = format!("{}/v1/jobs", node.url()?);
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let url = url.clone();
+        writers.push(tokio::spawn(async move {
+            let http = crate::support::raw();
+            let mut written = Written { acknowledged: Vec::new(), in_flight: None };
+            for n in 0..100_000 {
+                let key = format!("w{w}-{n}");
+                match create_with_key(&http, &url, &key).await {
+                    Ok(response) if response.status().as_u16() == 201 => {
+                        let job: ferry_protocol::api::JobInfo = response.json().await?;
+                        written.acknowledged.push((key, job.id));
+                    }
+                    _ => {
+                        written.in_flight = Some(key);
+                        break;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(written)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    node.kill9().await?;
+    let mut acknowledged = Vec::new();
+    let mut in_flight = Vec::new();
+    for writer in writers {
+        let written = writer.await??;
+        acknowledged.extend(written.acknowledged);
+        in_flight.extend(written.in_flight);
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "the writers made progress before the kill: {}",
+        acknowledged.len()
+    );
+
+    node.restart().await?;
+    let alice = node.client(Some(tokens::ALICE))?;
+    let jobs = alice.list_jobs(false).await?;
+    let mut by_name: std::collections::HashMap<String, Vec<JobId>> =
+        std::collections::HashMap::new();
+    for job in &jobs {
+        by_name.entry(job.display_name.clone()).or_default().push(job.id);
+    }
+    // Every acknowledged create is there, exactly once, with the id it was given.
+    for (key, id) in &acknowledged {
+        assert_eq!(by_name.get(key), Some(&vec![*id]), "acknowledged job {key} after kill -9");
+    }
+    // Requests in flight at the kill may or may not have been applied; retrying them
+    // with their keys yields exactly one job each.
+    let http = crate::support::raw();
+    let url = format!("{}/v1/jobs", node.url()?);
+    for key in &in_flight {
+        let first: ferry_protocol::api::JobInfo =
+            create_with_key(&http, &url, key).await?.json().await?;
+        let again: ferry_protocol::api::JobInfo =
+            create_with_key(&http, &url, key).await?.json().await?;
+        assert_eq!(first.id, again.id);
+        if let Some(ids) = by_name.get(key) {
+            assert_eq!(ids, &vec![first.id], "the retry found the job applied before the kill");
+        }
+    }
+    let jobs = alice.list_jobs(false).await?;
+    let names: std::collections::HashSet<&str> =
+        jobs.iter().map(|j| j.display_name.as_str()).collect();
+    assert_eq!(names.len(), jobs.len(), "no request produced two jobs");
+    assert_eq!(jobs.len(), acknowledged.len() + in_flight.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_concurrent_commands_never_make_the_log_unreadable() -> anyhow::Result<()> {
+    // 30 users' jobs of 200 files with the longest names BITS allows: about 1.3 MB each as
+    // a command, 40 MB in all if one log entry took them together.
+    let mut node = Node::start(NodeOptions::default()).await?;
+    let big_file = |n: usize| NewFile {
+        remote_url: format!("https://origin.example/{}{n:06}", "segment-0123456789/".repeat(113)),
+        local_path: format!("/srv/{}/{n:06}", "d/".repeat(2_030)),
+        ranges: vec![],
+    };
+    let mut tasks = Vec::new();
+    for j in 0..30 {
+        let alice = node.client(Some(tokens::ALICE))?;
+        tasks.push(tokio::spawn(async move {
+            let files = (0..200).map(|i| big_file(j * 1_000 + i)).collect();
+            let spec = NewJob {
+                display_name: format!("big-{j}"),
+                job_type: JobType::Download,
+                properties: Default::default(),
+                files,
+            };
+            alice.create_job(&spec).await.map(|job| job.id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await??);
+    }
+    node.kill9().await?;
+    node.restart().await?;
+    let alice = node.client(Some(tokens::ALICE))?;
+    for id in ids {
+        assert_eq!(alice.files(id).await?.files.len(), 200);
+    }
     Ok(())
 }

@@ -45,31 +45,23 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Crates whose sources each binary is built from.
-fn sources_of(name: &str) -> &'static [&'static str] {
-    match name {
-        "ferryd" => &["protocol", "coordinator", "node"],
-        "ferry" => &["protocol", "coordinator", "cli"],
-        _ => &[],
-    }
-}
-
 /// The path of workspace binary `name`, checked to be at least as new as its sources.
 ///
 /// Testing only this package does not make cargo rebuild other packages' binaries, so
 /// a stale `ferryd` could silently be tested. Rather than building from inside tests,
-/// the harness refuses a binary older than any of its crates' sources and says how to
-/// build it; the workspace-wide test command builds every binary first.
+/// the harness refuses a binary older than any source it was built from (cargo lists
+/// them in `<name>.d` beside the binary) and says how to build it; the workspace-wide
+/// test command builds every binary first.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = target_dir()?;
     let path = dir.join(name);
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .map_err(|_| anyhow::anyhow!("{} is missing: {}", path.display(), build_hint(&dir)))?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for krate in sources_of(name) {
-        if let Some(newer) = newer_than(&root.join(krate), built) {
-            bail!("{} is older than {}: {}", path.display(), newer.display(), build_hint(&dir));
+    let deps = std::fs::read_to_string(dir.join(format!("{name}.d"))).unwrap_or_default();
+    for source in dep_info_sources(&deps) {
+        if std::fs::metadata(&source).and_then(|m| m.modified()).is_ok_and(|m| m > built) {
+            bail!("{} is older than {}: {}", path.display(), source.display(), build_hint(&dir));
         }
     }
     Ok(path)
@@ -83,20 +75,44 @@ fn build_hint(dir: &Path) -> &'static str {
     }
 }
 
-/// The first file under `dir` (`src/` and `Cargo.toml`) modified after `time`.
-fn newer_than(dir: &Path, time: std::time::SystemTime) -> Option<PathBuf> {
-    let mut stack = vec![dir.join("src"), dir.join("Cargo.toml")];
-    while let Some(path) = stack.pop() {
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        if meta.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                stack.extend(entries.flatten().map(|e| e.path()));
+/// The sources listed in a make-style dep-info file (`target: a.rs b.rs`, spaces in
+/// paths escaped as `\ `).
+fn dep_info_sources(text: &str) -> Vec<PathBuf> {
+    let Some(first) = text.lines().next() else { return Vec::new() };
+    let Some((_, list)) = first.split_once(": ") else { return Vec::new() };
+    let mut sources = Vec::new();
+    let mut current = String::new();
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => {
+                if !current.is_empty() {
+                    sources.push(PathBuf::from(std::mem::take(&mut current)));
+                }
             }
-        } else if meta.modified().is_ok_and(|m| m > time) {
-            return Some(path);
+            c => current.push(c),
         }
     }
-    None
+    if !current.is_empty() {
+        sources.push(PathBuf::from(current));
+    }
+    sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dep_info_lists_sources_with_escaped_spaces() {
+        let text = "/t/ferryd: /w/a.rs /w/my\\ dir/b.rs\n\n/w/a.rs:\n";
+        assert_eq!(
+            dep_info_sources(text),
+            vec![PathBuf::from("/w/a.rs"), PathBuf::from("/w/my dir/b.rs")]
+        );
+        assert!(dep_info_sources("").is_empty());
+    }
 }
 
 /// How to start a node.

@@ -102,6 +102,8 @@ async fn write(
     request_id: Option<RequestId>,
     command: Command,
 ) -> Result<(Reply, u64), ApiError> {
+    // Input that is wrong whatever the state costs no log entry.
+    ferry_protocol::validate::command_input(&command)?;
     let written =
         state.cluster.write(Proposal { request_id, caller: caller.clone(), command }).await?;
     Ok((written.result?, written.index))

@@ -43,7 +43,8 @@ pub(super) async fn cluster_status(
     Ok(axum::Json(state.cluster.status().await?))
 }
 
-/// Liveness and readiness: 200 when a leader is known, 503 otherwise. No token needed.
+/// Liveness and readiness: 200 when Raft runs and a leader is known, 503 otherwise. No
+/// token needed.
 #[utoipa::path(
     get, path = "/healthz", tag = "system",
     responses((status = 200, body = Health), (status = 503, body = Health))
@@ -51,7 +52,7 @@ pub(super) async fn cluster_status(
 pub(super) async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<Health>) {
     let node_id = state.cluster.node_id();
     match state.cluster.status().await {
-        Ok(status) if status.leader.is_some() => (
+        Ok(status) if status.leader.is_some() && status.role != "shutdown" => (
             StatusCode::OK,
             axum::Json(Health { status: "ok".into(), node_id, leader: status.leader }),
         ),

@@ -15,7 +15,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{LogId, META, StorageError, TypeConfig, blocking, io_error, put_meta};
+use super::{LogId, META, StorageError, TypeConfig, blocking, io_error, open_database, put_meta};
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -42,7 +42,7 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (or creates) the log database at `path`.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(write_err)?;
+        let db = open_database(path).map_err(write_err)?;
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(ENTRIES).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;

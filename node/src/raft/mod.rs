@@ -95,6 +95,34 @@ pub fn raft_config(
     Ok(Arc::new(config.validate()?))
 }
 
+/// Records `addr` as this node's address in the membership when it changed (the node
+/// restarted on another port). Call on the leader.
+pub async fn refresh_address(raft: &Raft, node_id: u64, addr: NodeAddr) -> Result<bool, String> {
+    let known = raft.metrics().borrow().membership_config.membership().get_node(&node_id).cloned();
+    if known.as_ref() == Some(&addr) {
+        return Ok(false);
+    }
+    let nodes = std::collections::BTreeMap::from([(node_id, addr)]);
+    raft.change_membership(openraft::ChangeMembers::SetNodes(nodes), false)
+        .await
+        .map(|_| true)
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves when Raft has stopped on a fatal error (storage failure, panic), with the
+/// error. A node in that state can serve nothing and should exit so that it restarts.
+pub async fn stopped_on_error(raft: &Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft stopped".to_owned();
+        }
+    }
+}
+
 /// Maps any error into an openraft storage error about `subject`.
 fn io_error<E: std::error::Error + 'static>(
     verb: openraft::ErrorVerb,
@@ -102,6 +130,19 @@ fn io_error<E: std::error::Error + 'static>(
     e: &E,
 ) -> StorageError {
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(e)).into()
+}
+
+/// Opens (or creates) a redb database file readable by its owner only (0600).
+fn open_database(path: &std::path::Path) -> Result<redb::Database, redb::DatabaseError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    redb::Database::builder().create_with_backend(redb::backends::FileBackend::new(file)?)
 }
 
 /// The small named values both databases keep (vote, applied id, snapshot...).

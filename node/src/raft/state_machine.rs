@@ -16,13 +16,12 @@ use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
 };
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    LogId, META, NodeAddr, StorageError, StoredMembership, TypeConfig, blocking, io_error, put_meta,
+    LogId, META, NodeAddr, StorageError, StoredMembership, TypeConfig, blocking, io_error,
+    open_database,
 };
 
 const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
@@ -50,6 +49,44 @@ fn meta_row<T: serde::de::DeserializeOwned>(
         Some(value) => codec::decode(value.value()).map(Some).map_err(read_err),
         None => Ok(None),
     }
+}
+
+/// The durable state as of `txn`: the queue image, the applied id and membership.
+fn read_state(
+    txn: &redb::ReadTransaction,
+) -> Result<(QueueImage, Option<LogId>, StoredMembership), StorageError> {
+    let meta = txn.open_table(META).map_err(read_err)?;
+    let applied: Option<Option<LogId>> = meta_row(&meta, APPLIED)?;
+    let membership: Option<StoredMembership> = meta_row(&meta, MEMBERSHIP)?;
+    let queue_meta: Option<QueueMeta> = meta_row(&meta, QUEUE_META)?;
+    let mut image = QueueImage { meta: queue_meta.unwrap_or_default(), ..QueueImage::default() };
+    for row in txn.open_table(JOBS).map_err(read_err)?.iter().map_err(read_err)? {
+        let (_, value) = row.map_err(read_err)?;
+        image.jobs.push(codec::decode::<Job>(value.value()).map_err(read_err)?);
+    }
+    for row in txn.open_table(REQUESTS).map_err(read_err)?.iter().map_err(read_err)? {
+        let (key, value) = row.map_err(read_err)?;
+        let key: RequestKey = codec::decode(key.value()).map_err(read_err)?;
+        let record: RequestRecord = codec::decode(value.value()).map_err(read_err)?;
+        image.requests.push((key, record));
+    }
+    Ok((image, applied.flatten(), membership.unwrap_or_default()))
+}
+
+/// Stores `snapshot` as the current one unless a newer one is already stored (a build
+/// that started before an install may finish after it).
+fn store_snapshot(txn: &WriteTransaction, snapshot: &StoredSnapshot) -> Result<bool, StorageError> {
+    let mut meta = txn.open_table(META).map_err(write_err)?;
+    let current: Option<StoredSnapshot> = match meta.get(SNAPSHOT).map_err(write_err)? {
+        Some(value) => Some(codec::decode_snapshot(value.value()).map_err(read_err)?),
+        None => None,
+    };
+    if current.is_some_and(|c| c.meta.last_log_id > snapshot.meta.last_log_id) {
+        return Ok(false);
+    }
+    let bytes = codec::encode_snapshot(snapshot).map_err(write_err)?;
+    meta.insert(SNAPSHOT, bytes.as_slice()).map_err(write_err)?;
+    Ok(true)
 }
 
 /// The applied state: the queue plus the Raft position it reflects. One lock guards all
@@ -141,7 +178,7 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Opens (or creates) the state database at `path` and loads the queue from it.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(write_err)?;
+        let db = open_database(path).map_err(write_err)?;
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(JOBS).map_err(write_err)?;
         txn.open_table(REQUESTS).map_err(write_err)?;
@@ -153,27 +190,8 @@ impl StateMachineStore {
 
     fn load(db: &Database) -> Result<Machine, StorageError> {
         let txn = db.begin_read().map_err(read_err)?;
-        let meta = txn.open_table(META).map_err(read_err)?;
-        let applied: Option<Option<LogId>> = meta_row(&meta, APPLIED)?;
-        let membership: Option<StoredMembership> = meta_row(&meta, MEMBERSHIP)?;
-        let queue_meta: Option<QueueMeta> = meta_row(&meta, QUEUE_META)?;
-        let mut image =
-            QueueImage { meta: queue_meta.unwrap_or_default(), ..QueueImage::default() };
-        for row in txn.open_table(JOBS).map_err(read_err)?.iter().map_err(read_err)? {
-            let (_, value) = row.map_err(read_err)?;
-            image.jobs.push(codec::decode::<Job>(value.value()).map_err(read_err)?);
-        }
-        for row in txn.open_table(REQUESTS).map_err(read_err)?.iter().map_err(read_err)? {
-            let (key, value) = row.map_err(read_err)?;
-            let key: RequestKey = codec::decode(key.value()).map_err(read_err)?;
-            let record: RequestRecord = codec::decode(value.value()).map_err(read_err)?;
-            image.requests.push((key, record));
-        }
-        Ok(Machine {
-            queue: Queue::from_image(image),
-            applied: applied.flatten(),
-            membership: membership.unwrap_or_default(),
-        })
+        let (image, applied, membership) = read_state(&txn)?;
+        Ok(Machine { queue: Queue::from_image(image), applied, membership })
     }
 
     /// Read access to the applied state (held briefly: writers wait).
@@ -187,29 +205,30 @@ impl StateMachineStore {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    /// Builds the snapshot from the *durable* state (a redb read transaction: one
+    /// consistent view of what is on disk), never from memory, which may be ahead of the
+    /// disk while an apply commits. The log may then be purged up to it safely.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (image, meta) = {
-            let machine = self.read();
-            let last = machine.applied;
-            let snapshot_id = match last {
-                Some(id) => {
-                    format!("{}-{}-{}", id.leader_id.term, id.index, machine.queue.meta().seq)
-                }
+        let db = self.db.clone();
+        let snapshot = blocking(ErrorSubject::StateMachine, move || {
+            let (image, applied, membership) = read_state(&db.begin_read().map_err(read_err)?)?;
+            let snapshot_id = match applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, image.meta.seq),
                 None => "empty".to_owned(),
             };
-            let meta = SnapshotMeta {
-                last_log_id: last,
-                last_membership: machine.membership.clone(),
-                snapshot_id,
-            };
-            (machine.queue.to_image(), meta)
-        };
-        let data = codec::encode(&image).map_err(write_err)?;
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        put_meta(&self.db, ErrorSubject::StateMachine, SNAPSHOT, &stored, Durability::Immediate)
-            .await?;
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+            let meta =
+                SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+            let data = codec::encode_snapshot(&image).map_err(write_err)?;
+            let snapshot = StoredSnapshot { meta, data };
+            let txn = db.begin_write().map_err(write_err)?;
+            if store_snapshot(&txn, &snapshot)? {
+                txn.commit().map_err(write_err)?;
+            }
+            Ok(snapshot)
+        })
+        .await?;
+        tracing::info!(last_log_id = ?snapshot.meta.last_log_id, bytes = snapshot.data.len(), "built snapshot");
+        Ok(Snapshot { meta: snapshot.meta, snapshot: Box::new(Cursor::new(snapshot.data)) })
     }
 }
 
@@ -282,9 +301,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         rows.meta.push((APPLIED, codec::encode(&machine.applied).map_err(write_err)?));
         rows.meta.push((MEMBERSHIP, codec::encode(&machine.membership).map_err(write_err)?));
         rows.meta.push((QUEUE_META, codec::encode(&image.meta).map_err(write_err)?));
-        let stored =
-            codec::encode(&StoredSnapshot { meta: meta.clone(), data }).map_err(write_err)?;
-        rows.meta.push((SNAPSHOT, stored));
+        let snapshot = StoredSnapshot { meta: meta.clone(), data };
         let db = self.db.clone();
         blocking(ErrorSubject::StateMachine, move || {
             // Replace the tables wholesale, in the same transaction as the new rows, so a
@@ -293,6 +310,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             txn.delete_table(JOBS).map_err(write_err)?;
             txn.delete_table(REQUESTS).map_err(write_err)?;
             rows.write_in(&txn)?;
+            store_snapshot(&txn, &snapshot)?;
             txn.commit().map_err(write_err)
         })
         .await?;

@@ -11,7 +11,7 @@ use crate::command::{
 use crate::file::{JobFile, NewFile};
 use crate::ids::{Caller, JobId, NodeId};
 use crate::job::{Job, JobError, JobProperties, JobState, JobTimes, Priority};
-use crate::limits::{MAX_DISPLAY_NAME_CHARS, MAX_FILES_PER_REQUEST};
+use crate::limits::{HARD_MAX_JOBS, MAX_JOB_BYTES};
 use crate::state::{JobFacts, Operation, transition};
 use crate::validate;
 
@@ -51,13 +51,12 @@ impl Queue {
             fingerprint,
             result: result.clone(),
         };
-        self.request_order.insert(record.seq, key.clone());
-        self.requests.insert(key.clone(), record);
-        self.changes.requests.insert(key);
+        self.remember(key, record);
         result
     }
 
     fn execute(&mut self, caller: &Caller, command: &Command) -> CommandResult {
+        validate::command_input(command)?;
         match command {
             Command::CreateJob { id, home_node, spec } => {
                 self.create_job(caller, *id, *home_node, spec)
@@ -116,13 +115,14 @@ impl Queue {
                 format!("job id {id} is already in use"),
             ));
         }
-        if spec.properties.display_name.is_some() {
+        if self.unfinished >= HARD_MAX_JOBS {
             return Err(CommandError::new(
-                BitsCode::E_INVALIDARG,
-                "give the display name once, as display_name, not again in properties",
+                BitsCode::BG_E_TOO_MANY_JOBS_PER_MACHINE,
+                format!(
+                    "the cluster already holds {HARD_MAX_JOBS} unfinished jobs, its hard limit"
+                ),
             ));
         }
-        validate::text("display name", &spec.display_name, MAX_DISPLAY_NAME_CHARS)?;
         if !caller.is_admin() {
             let policy = self.meta.policy;
             if self.unfinished_jobs_of(&caller.principal) >= policy.max_jobs_per_user {
@@ -155,10 +155,11 @@ impl Queue {
             ever_resumed: false,
             home_node,
         };
-        job.props = self.changed_properties(&job, &spec.properties)?;
+        job.props = self.changed_properties(caller, &job, &spec.properties)?;
         if !spec.files.is_empty() {
             self.append_files(caller, &mut job, &spec.files)?;
         }
+        fits(&job)?;
         self.store(job);
         Ok(Reply::Created(id))
     }
@@ -166,6 +167,7 @@ impl Queue {
     fn add_files(&mut self, caller: &Caller, id: JobId, files: &[NewFile]) -> CommandResult {
         let mut job = self.accessible(caller, id)?.clone();
         self.append_files(caller, &mut job, files)?;
+        fits(&job)?;
         self.store(job);
         Ok(Reply::Done(BitsCode::S_OK))
     }
@@ -176,15 +178,6 @@ impl Queue {
         job: &mut Job,
         files: &[NewFile],
     ) -> Result<(), CommandError> {
-        if files.is_empty() {
-            return Err(CommandError::new(BitsCode::E_INVALIDARG, "no files were given"));
-        }
-        if files.len() > MAX_FILES_PER_REQUEST {
-            return Err(CommandError::new(
-                BitsCode::E_INVALIDARG,
-                format!("at most {MAX_FILES_PER_REQUEST} files can be added in one request"),
-            ));
-        }
         check(job, Operation::AddFiles, None)?;
         if job.job_type.is_upload() && job.files.len() + files.len() > 1 {
             return Err(CommandError::new(
@@ -225,7 +218,8 @@ impl Queue {
         if changes.is_empty() {
             return Ok(Reply::Done(BitsCode::S_OK));
         }
-        job.props = self.changed_properties(&job, changes)?;
+        job.props = self.changed_properties(caller, &job, changes)?;
+        fits(&job)?;
         self.store(job);
         Ok(Reply::Done(BitsCode::S_OK))
     }
@@ -256,6 +250,7 @@ impl Queue {
             file.progress.bytes_transferred = 0;
             file.progress.bytes_total = None;
         }
+        fits(&job)?;
         self.store(job);
         Ok(Reply::Done(BitsCode::S_OK))
     }
@@ -304,11 +299,6 @@ impl Queue {
         let outcome = check(&job, op, None)?;
         match action {
             JobAction::Resume => job.ever_resumed = true,
-            JobAction::Complete => {
-                for file in job.files.iter_mut().filter(|f| f.transferred) {
-                    file.progress.completed = true;
-                }
-            }
             JobAction::TakeOwnership => {
                 if !caller.is_admin() {
                     return Err(CommandError::new(
@@ -322,7 +312,8 @@ impl Queue {
                 job.props.custom_headers.clear();
                 job.props.custom_headers_write_only = false;
             }
-            JobAction::Suspend | JobAction::Cancel => {}
+            // Complete's renames happen on the home node, which marks the files completed.
+            JobAction::Suspend | JobAction::Cancel | JobAction::Complete => {}
         }
         let unchanged = outcome.next == job.state && action == JobAction::Resume;
         job.state = outcome.next;
@@ -344,6 +335,10 @@ fn check(
         files: job.files.len(),
         pending_files: job.pending_files(),
         target_file_transferred: target_file_transferred.unwrap_or(false),
+        retries_allowed: JobFacts::retries_allowed(
+            job.props.no_progress_timeout_secs,
+            job.props.minimum_retry_delay_secs,
+        ),
     };
     transition(job.state, op, facts).map_err(|code| {
         let detail = match code {
@@ -356,6 +351,28 @@ fn check(
         };
         CommandError::new(code, detail)
     })
+}
+
+/// Refuses a job that would no longer fit in a stored row (whoever owns it: the policy's
+/// count limits exempt administrators, this does not).
+fn fits(job: &Job) -> Result<(), CommandError> {
+    let too_big = |len: usize| {
+        CommandError::new(
+            BitsCode::E_INVALIDARG,
+            format!(
+                "the job would take {len} bytes; a job holds at most {MAX_JOB_BYTES} bytes (use fewer files or ranges, or several jobs)"
+            ),
+        )
+    };
+    match codec::encode(job) {
+        Ok(bytes) if bytes.len() <= MAX_JOB_BYTES => Ok(()),
+        Ok(bytes) => Err(too_big(bytes.len())),
+        Err(codec::CodecError::TooLarge { len, .. }) => Err(too_big(len)),
+        Err(e) => Err(CommandError::new(
+            BitsCode::E_UNEXPECTED,
+            format!("the job cannot be encoded: {e}"),
+        )),
+    }
 }
 
 fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, CommandError> {

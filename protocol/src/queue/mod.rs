@@ -25,8 +25,14 @@ use crate::time::Timestamp;
 
 /// How long a request id is remembered (a retry after this is a new request).
 pub const REQUEST_ID_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Most request ids remembered; the oldest are forgotten first.
+/// Most request ids remembered in all; the oldest are forgotten first.
 pub const MAX_REMEMBERED_REQUESTS: usize = 100_000;
+/// Most request ids remembered per principal, so that one busy client cannot push
+/// everyone else's out before their retries arrive.
+pub const MAX_REMEMBERED_REQUESTS_PER_PRINCIPAL: usize = 10_000;
+/// Most final-state jobs kept for reading by id; the oldest go first. Retention of
+/// finished jobs is a courtesy, so a create-and-cancel loop must not grow it unbounded.
+pub const MAX_RETAINED_FINAL_JOBS: usize = 10_000;
 /// How long a job in a final state (acknowledged, cancelled) stays readable by id before
 /// it is removed. BITS forgets such jobs at once; Ferry keeps them a day for operators.
 pub const FINAL_JOB_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -95,6 +101,8 @@ pub struct Queue {
     requests: BTreeMap<RequestKey, RequestRecord>,
     /// Request keys by sequence number, oldest first: the eviction order.
     request_order: BTreeMap<u64, RequestKey>,
+    /// Each principal's remembered requests, by sequence number.
+    requests_of: HashMap<Principal, BTreeSet<u64>>,
     /// Final jobs by the time they became final: the removal order.
     finished: BTreeSet<(Timestamp, JobId)>,
     /// Unfinished jobs per owner, for `MaxJobsPerUser`.
@@ -118,7 +126,7 @@ impl Queue {
             queue.jobs.insert(job.id, job);
         }
         for (key, record) in image.requests {
-            queue.request_order.insert(record.seq, key.clone());
+            queue.index_request(&key, record.seq);
             queue.requests.insert(key, record);
         }
         queue
@@ -222,8 +230,42 @@ impl Queue {
         self.unfinished_per_owner.get(owner).copied().unwrap_or(0)
     }
 
+    fn index_request(&mut self, key: &RequestKey, seq: u64) {
+        self.request_order.insert(seq, key.clone());
+        self.requests_of.entry(key.principal.clone()).or_default().insert(seq);
+    }
+
+    /// Remembers `record` under `key`; a principal over its quota forgets its oldest.
+    fn remember(&mut self, key: RequestKey, record: RequestRecord) {
+        self.index_request(&key, record.seq);
+        let oldest_of_principal = self
+            .requests_of
+            .get(&key.principal)
+            .filter(|seqs| seqs.len() > MAX_REMEMBERED_REQUESTS_PER_PRINCIPAL)
+            .and_then(|seqs| seqs.first().copied());
+        self.changes.requests.insert(key.clone());
+        self.requests.insert(key, record);
+        if let Some(seq) = oldest_of_principal {
+            self.forget_request(seq);
+        }
+    }
+
+    fn forget_request(&mut self, seq: u64) {
+        let Some(key) = self.request_order.remove(&seq) else {
+            return;
+        };
+        if let Some(seqs) = self.requests_of.get_mut(&key.principal) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.requests_of.remove(&key.principal);
+            }
+        }
+        self.requests.remove(&key);
+        self.changes.requests.insert(key);
+    }
+
     /// Forgets request ids past their time or beyond the cap, and removes final jobs past
-    /// their retention. Deterministic: driven by the batch clock only.
+    /// their retention or beyond theirs. Deterministic: driven by the batch clock only.
     fn expire(&mut self) {
         let now = self.meta.clock;
         while let Some((&seq, key)) = self.request_order.first_key_value() {
@@ -231,13 +273,11 @@ impl Queue {
             if !expired && self.requests.len() <= MAX_REMEMBERED_REQUESTS {
                 break;
             }
-            let key = key.clone();
-            self.request_order.remove(&seq);
-            self.requests.remove(&key);
-            self.changes.requests.insert(key);
+            self.forget_request(seq);
         }
         while let Some(&(finished_at, id)) = self.finished.first() {
-            if now.since(finished_at) <= FINAL_JOB_RETENTION {
+            let expired = now.since(finished_at) > FINAL_JOB_RETENTION;
+            if !expired && self.finished.len() <= MAX_RETAINED_FINAL_JOBS {
                 break;
             }
             self.finished.remove(&(finished_at, id));

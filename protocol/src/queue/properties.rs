@@ -4,79 +4,41 @@
 use super::Queue;
 use crate::codes::BitsCode;
 use crate::command::{CommandError, PropertyChanges};
+use crate::ids::Caller;
 use crate::job::{Job, JobProperties, JobType, defaults};
-use crate::limits::{MAX_DESCRIPTION_CHARS, MAX_DISPLAY_NAME_CHARS};
+#[cfg(doc)]
 use crate::validate;
 
 impl Queue {
-    /// The job's properties with `changes` applied, or the first rule they break.
+    /// The job's properties with `changes` applied, or the first rule they break. The
+    /// values were checked by [`validate::command_input`]; these are the rules that
+    /// depend on the job and the caller.
     pub(super) fn changed_properties(
         &self,
+        caller: &Caller,
         job: &Job,
         changes: &PropertyChanges,
     ) -> Result<JobProperties, CommandError> {
-        let mut props = job.props.clone();
-        if let Some(name) = &changes.display_name {
-            validate::text("display name", name, MAX_DISPLAY_NAME_CHARS)?;
-            props.display_name = name.clone();
+        let headers =
+            changes.custom_headers.is_some() || changes.custom_headers_write_only.is_some();
+        if headers && caller.principal != job.owner {
+            // SetCustomHeaders and MakeCustomHeadersWriteOnly are the owner's alone.
+            return Err(CommandError::new(
+                BitsCode::E_ACCESSDENIED,
+                "only the job's owner may set its custom headers",
+            ));
         }
-        if let Some(description) = &changes.description {
-            validate::text("description", description, MAX_DESCRIPTION_CHARS)?;
-            props.description = description.clone();
+        if changes.reply_file_name.is_some() && job.job_type != JobType::UploadReply {
+            return Err(CommandError::new(
+                BitsCode::E_NOTIMPL,
+                "a reply file name can only be set on upload-reply jobs",
+            ));
         }
-        if let Some(priority) = changes.priority {
-            props.priority = priority;
-        }
-        if let Some(flags) = changes.notify_flags {
-            validate::notify_flags(flags)?;
-            props.notify_flags = flags;
-        }
-        if let Some(cmdline) = &changes.notify_cmdline {
-            if let Some(cmd) = cmdline {
-                validate::notify_cmdline(cmd)?;
-            }
-            props.notify_cmdline = cmdline.clone();
-        }
-        if let Some(delay) = changes.minimum_retry_delay_secs {
-            // BITS clamps rather than refuses.
-            props.minimum_retry_delay_secs = delay.max(defaults::MINIMUM_RETRY_DELAY_FLOOR_SECS);
-        }
-        if let Some(timeout) = changes.no_progress_timeout_secs {
-            props.no_progress_timeout_secs = timeout;
-        }
-        if let Some(limit) = changes.max_download_time_secs {
-            props.max_download_time_secs = limit;
-        }
-        if let Some(proxy) = &changes.proxy {
-            validate::proxy(proxy)?;
-            props.proxy = proxy.clone();
-        }
-        if let Some(reply) = &changes.reply_file_name {
-            if job.job_type != JobType::UploadReply {
-                return Err(CommandError::new(
-                    BitsCode::E_NOTIMPL,
-                    "a reply file name can only be set on upload-reply jobs",
-                ));
-            }
-            if let Some(path) = reply {
-                validate::local_path(path)?;
-            }
-            props.reply_file_name = reply.clone();
-        }
-        if let Some(headers) = &changes.custom_headers {
-            let lines = headers.clone().unwrap_or_default();
-            validate::custom_headers(&lines)?;
-            props.custom_headers = lines;
-        }
-        match changes.custom_headers_write_only {
-            Some(true) => props.custom_headers_write_only = true,
-            Some(false) if props.custom_headers_write_only => {
-                return Err(CommandError::new(
-                    BitsCode::E_INVALIDARG,
-                    "custom headers made write-only cannot be made readable again",
-                ));
-            }
-            _ => {}
+        if changes.custom_headers_write_only == Some(false) && job.props.custom_headers_write_only {
+            return Err(CommandError::new(
+                BitsCode::E_INVALIDARG,
+                "custom headers made write-only cannot be made readable again",
+            ));
         }
         if let Some(dynamic) = changes.dynamic_content {
             download_only_before_resume(job, "dynamic content")?;
@@ -86,30 +48,40 @@ impl Queue {
                     "dynamic content cannot be enabled on a job with byte ranges",
                 ));
             }
-            props.dynamic_content = dynamic;
         }
-        if let Some(size) = changes.max_download_size {
+        if changes.max_download_size.is_some() {
             download_only_before_resume(job, "maximum download size")?;
-            if size == Some(0) {
-                return Err(CommandError::new(
-                    BitsCode::BG_E_MAX_DOWNLOAD_SIZE_INVALID_VALUE,
-                    "the maximum download size must be at least one byte",
-                ));
-            }
-            props.max_download_size = size;
         }
-        if let Some(flags) = changes.peer_caching_flags {
-            validate::peer_caching_flags(flags)?;
-            props.peer_caching_flags = flags;
-        }
-        if let Some(flags) = changes.acl_flags {
-            validate::acl_flags(flags)?;
-            props.acl_flags = flags;
-        }
-        if let Some(interval) = changes.minimum_notification_interval_ms {
-            props.minimum_notification_interval_ms = interval;
-        }
-        Ok(props)
+
+        let mut p = job.props.clone();
+        let c = changes.clone();
+        set(&mut p.display_name, c.display_name);
+        set(&mut p.description, c.description);
+        set(&mut p.priority, c.priority);
+        set(&mut p.notify_flags, c.notify_flags);
+        set(&mut p.notify_cmdline, c.notify_cmdline);
+        // BITS raises a short retry delay to its floor rather than refusing it.
+        let floor = defaults::MINIMUM_RETRY_DELAY_FLOOR_SECS;
+        set(&mut p.minimum_retry_delay_secs, c.minimum_retry_delay_secs.map(|d| d.max(floor)));
+        set(&mut p.no_progress_timeout_secs, c.no_progress_timeout_secs);
+        set(&mut p.max_download_time_secs, c.max_download_time_secs);
+        set(&mut p.proxy, c.proxy);
+        set(&mut p.reply_file_name, c.reply_file_name);
+        set(&mut p.custom_headers, c.custom_headers.map(Option::unwrap_or_default));
+        p.custom_headers_write_only |= c.custom_headers_write_only == Some(true);
+        set(&mut p.dynamic_content, c.dynamic_content);
+        set(&mut p.max_download_size, c.max_download_size);
+        set(&mut p.peer_caching_flags, c.peer_caching_flags);
+        set(&mut p.acl_flags, c.acl_flags);
+        set(&mut p.minimum_notification_interval_ms, c.minimum_notification_interval_ms);
+        Ok(p)
+    }
+}
+
+/// Replaces `field` when a new value is given.
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
     }
 }
 

@@ -189,7 +189,20 @@ fn policy_limits_apply_to_users_not_admins() {
     assert_eq!(code(h.create(&admin(), new_job(JobType::Download, 0))), BitsCode::S_OK);
     let id = h.created(&admin(), new_job(JobType::Download, 0));
     assert_eq!(code(h.act(&admin(), id, JobAction::Cancel)), BitsCode::S_OK);
-    // A cancelled job no longer counts: bob may create again once alice's are gone.
+    // Finished jobs no longer count toward the limits (the admin's count toward the
+    // cluster's total while unfinished).
+    assert_eq!(
+        code(h.create(&bob(), new_job(JobType::Download, 0))),
+        BitsCode::BG_E_TOO_MANY_JOBS_PER_MACHINE
+    );
+    let admins: Vec<JobId> =
+        h.queue.list(&admin(), false).expect("list").iter().map(|j| j.id).collect();
+    for id in admins {
+        h.act(&admin(), id, JobAction::Cancel).expect("cancel");
+    }
+    let alices = h.queue.list(&alice(), false).expect("list")[0].id;
+    h.act(&alice(), alices, JobAction::Cancel).expect("cancel");
+    assert_eq!(code(h.create(&bob(), new_job(JobType::Download, 0))), BitsCode::S_OK);
     let mut h = Harness::new();
     h.queue.meta.policy.max_files_per_job = 2;
     let id = h.created(&alice(), new_job(JobType::Download, 2));
@@ -361,4 +374,95 @@ mod determinism {
             prop_assert_eq!(a.to_image(), b.to_image());
         }
     }
+}
+
+#[test]
+fn one_principal_cannot_push_out_anothers_request_ids() {
+    let mut h = Harness::new();
+    let bobs = h.created(&bob(), new_job(JobType::Download, 1));
+    h.run(&bob(), Some("bob-1"), Command::Lifecycle { job: bobs, action: JobAction::Suspend })
+        .expect("bob");
+    let job = h.created(&alice(), new_job(JobType::Download, 1));
+    let suspend = Command::Lifecycle { job, action: JobAction::Suspend };
+    for n in 0..=MAX_REMEMBERED_REQUESTS_PER_PRINCIPAL {
+        h.run(&alice(), Some(&format!("a-{n}")), suspend.clone()).expect("alice");
+    }
+    let key = |who: &Caller, id: &str| RequestKey {
+        principal: who.principal.clone(),
+        id: RequestId::new(id).expect("id"),
+    };
+    assert!(h.queue.request(&key(&alice(), "a-0")).is_none(), "alice's oldest id was forgotten");
+    assert!(h.queue.request(&key(&alice(), "a-1")).is_some());
+    assert!(h.queue.request(&key(&bob(), "bob-1")).is_some(), "bob's id survives alice's burst");
+    assert_eq!(h.queue.remembered_requests(), MAX_REMEMBERED_REQUESTS_PER_PRINCIPAL + 1);
+}
+
+#[test]
+fn retained_final_jobs_are_bounded() {
+    let mut h = Harness::new();
+    for _ in 0..MAX_RETAINED_FINAL_JOBS + 5 {
+        let id = h.created(&admin(), new_job(JobType::Download, 0));
+        h.act(&admin(), id, JobAction::Cancel).expect("cancel");
+    }
+    assert_eq!(h.queue.jobs().count(), MAX_RETAINED_FINAL_JOBS);
+}
+
+#[test]
+fn no_job_outgrows_a_stored_row_even_for_admins() {
+    let mut h = Harness::new();
+    let id = h.created(&admin(), new_job(JobType::Download, 0));
+    let long = |n: usize| NewFile {
+        remote_url: format!("https://origin.example/{}/{n}", "p".repeat(200)),
+        local_path: format!("/srv/{}/{n}", "d/".repeat(1_000)),
+        ranges: vec![],
+    };
+    let mut refused = None;
+    for round in 0..20 {
+        let files = (0..200).map(|i| long(round * 200 + i)).collect();
+        if let Err(e) = h.run(&admin(), None, Command::AddFiles { job: id, files }) {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("an admin cannot grow a job without bound");
+    assert_eq!(e.code, BitsCode::E_INVALIDARG, "{e}");
+    let job = h.queue.job(&id).expect("job");
+    assert!(crate::codec::encode(job).expect("encodes").len() <= crate::limits::MAX_JOB_BYTES);
+}
+
+#[test]
+fn custom_headers_are_the_owners_alone() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    let headers =
+        PropertyChanges { custom_headers: Some(Some(vec!["X-A: 1".into()])), ..Default::default() };
+    let by_admin =
+        h.run(&admin(), None, Command::SetProperties { job: id, changes: headers.clone() });
+    assert_eq!(code(by_admin), BitsCode::E_ACCESSDENIED);
+    assert_eq!(
+        code(h.run(&alice(), None, Command::SetProperties { job: id, changes: headers })),
+        BitsCode::S_OK
+    );
+    // The notify command line may be set by the owner or an administrator.
+    let notify = PropertyChanges {
+        notify_cmdline: Some(Some(crate::job::NotifyCmdLine {
+            program: "/bin/true".into(),
+            args: vec![],
+        })),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(h.run(&admin(), None, Command::SetProperties { job: id, changes: notify })),
+        BitsCode::S_OK
+    );
+}
+
+#[test]
+fn complete_leaves_the_completed_flag_to_the_home_node() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    h.act(&alice(), id, JobAction::Complete).expect("complete");
+    let job = h.queue.job(&id).expect("job");
+    assert_eq!(job.state, JobState::Acknowledged);
+    assert!(!job.files[0].progress.completed, "nothing was renamed into place");
 }
