@@ -246,6 +246,17 @@ pub(crate) enum ClusterCommand {
     Status,
     /// The members and their roles.
     Members,
+    /// Join the node to a cluster (needs the peer transport: not in this release).
+    Join {
+        /// A member's peer (QUIC) address.
+        addr: String,
+    },
+    /// Remove a member (administrators; the last voter cannot leave).
+    Leave {
+        /// Node id.
+        #[arg(value_name = "NODE")]
+        node_id: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -300,5 +311,18 @@ impl From<ProxyUsageArg> for ProxyUsage {
             ProxyUsageArg::Override => Self::Override,
             ProxyUsageArg::Autodetect => Self::Autodetect,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap's own consistency checks of the definitions (conflicting ids, bad defaults).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }

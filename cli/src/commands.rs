@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, bail};
 use ferry_coordinator::Client;
-use ferry_protocol::api::FileChanges;
+use ferry_protocol::api::{FileChanges, JobList};
 use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
 use ferry_protocol::job::{NotifyCmdLine, ProxySettings};
 use ferry_protocol::{FileRange, JobId, NewFile};
@@ -22,18 +22,28 @@ fn show<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> a
 
 /// Runs the parsed command line.
 pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
-    let client = Client::new(&target::node_url(cli), target::token(cli))?;
+    let url = target::node_url(cli);
+    let client = Client::new(&url, target::token(cli, &url))?;
     match &cli.command {
         Noun::Job(command) => job(&client, cli.json, command).await,
         Noun::Error(ErrorCommand::Describe { code }) => {
             show(cli.json, &client.describe_error(code).await?, output::description)
         }
+        Noun::Cluster(ClusterCommand::Join { addr }) => bail!(
+            "joining a cluster needs the QUIC peer transport, which this release does not have yet; \
+             {addr} cannot be joined (a later release starts the new node with `ferryd --join {addr} --join-token TOKEN`)"
+        ),
+        Noun::Cluster(ClusterCommand::Leave { node_id }) => {
+            client.remove_member(*node_id).await?;
+            let removed = serde_json::json!({ "removed": node_id });
+            show(cli.json, &removed, |_| println!("Node {node_id} left the cluster."))
+        }
         Noun::Cluster(command) => {
             let status = client.cluster().await?;
             match command {
-                ClusterCommand::Status => show(cli.json, &status, output::cluster),
                 ClusterCommand::Members if cli.json => output::json(&status.members),
                 ClusterCommand::Members => show(false, &status, output::members),
+                _ => show(cli.json, &status, output::cluster),
             }
         }
     }
@@ -100,8 +110,8 @@ async fn job(client: &Client, json: bool, command: &JobCommand) -> anyhow::Resul
             show(json, &info, output::job)
         }
         JobCommand::List { all_users } => {
-            let jobs = client.list_jobs(*all_users).await?;
-            show(json, &jobs, |j| output::jobs(j))
+            let list = JobList { jobs: client.list_jobs(*all_users).await? };
+            show(json, &list, |l| output::jobs(&l.jobs))
         }
         JobCommand::Files { job } => {
             let files = client.files(resolve(client, job).await?).await?;

@@ -206,6 +206,26 @@ impl Client {
         self.call::<(), _>(Method::GET, "/v1/cluster", None, false).await
     }
 
+    /// `DELETE /v1/cluster/members/{node}`.
+    pub async fn remove_member(&self, node: u64) -> Result<(), ClientError> {
+        let url = self
+            .base
+            .join(&format!("/v1/cluster/members/{node}"))
+            .map_err(|e| ClientError::BadUrl(node.to_string(), e.to_string()))?;
+        let mut request = self.http.delete(url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        decode::<()>(response).await
+    }
+
     /// `GET /healthz` (200 or 503, both with a body).
     pub async fn health(&self) -> Result<Health, ClientError> {
         let url = self

@@ -69,6 +69,12 @@ pub enum ClusterError {
     /// The node is shutting down or its Raft stopped.
     #[error("the node is unavailable: {0}")]
     Unavailable(String),
+    /// The node is not a member of the cluster.
+    #[error("node {0} is not a member of the cluster")]
+    NotMember(NodeId),
+    /// The membership change is not allowed.
+    #[error("{0}")]
+    MembershipRefused(String),
     /// The command is too large to be written as one log entry.
     #[error("the request takes {bytes} bytes as a command; at most {limit} fit in one log entry")]
     TooLarge {
@@ -93,6 +99,9 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Runs `f` on the applied queue. Call [`Cluster::read_barrier`] first.
     fn with_queue(&self, f: &mut dyn FnMut(&Queue));
+
+    /// Removes a member (joint consensus; refused for the last voter).
+    fn remove_member(&self, node: NodeId) -> BoxFuture<'_, Result<(), ClusterError>>;
 
     /// Leader, term, members, indexes.
     fn status(&self) -> BoxFuture<'_, Result<ClusterStatus, ClusterError>>;

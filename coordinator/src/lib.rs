@@ -14,7 +14,7 @@ pub use auth::{Auth, TokenEntry};
 pub use client::{Client, ClientError};
 pub use cluster::{BoxFuture, Cluster, ClusterError, Consistency, ReadAt, Written};
 pub use problem::ApiError;
-pub use routes::{ApiState, openapi, router};
+pub use routes::{ApiState, Limits, openapi, router};
 
 /// Header carrying the client's idempotency key for a mutating request.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

@@ -68,6 +68,10 @@ impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> Self {
         match e {
             ClusterError::TooLarge { .. } => Self::new(413, BitsCode::E_INVALIDARG, e.to_string()),
+            ClusterError::NotMember(_) => Self::new(404, BitsCode::E_INVALIDARG, e.to_string()),
+            ClusterError::MembershipRefused(_) => {
+                Self::new(409, BitsCode::E_INVALIDARG, e.to_string())
+            }
             _ => Self::new(503, BitsCode::ERROR_RETRY, e.to_string()),
         }
     }

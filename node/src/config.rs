@@ -62,6 +62,9 @@ pub struct ApiConfig {
     pub tokens: Vec<TokenEntry>,
     /// Largest request body accepted, in bytes. Default 4 MiB.
     pub max_body_bytes: usize,
+    /// Requests handled at once; further ones wait for a slot. Bounds the memory held
+    /// by requests to about this times `max_body_bytes`. Default 256.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +73,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             tokens: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 256,
         }
     }
 }
@@ -209,6 +213,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("api.tokens: {e}")))?;
         if self.api.max_body_bytes < 1024 {
             return invalid("api.max_body_bytes must be at least 1024".into());
+        }
+        if self.api.max_concurrent_requests == 0 {
+            return invalid("api.max_concurrent_requests must be at least 1".into());
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {

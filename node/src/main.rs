@@ -56,7 +56,11 @@ fn start(args: Args) -> anyhow::Result<()> {
         config.peer.listen = listen;
     }
     if args.print_config {
-        print!("{}", toml::to_string_pretty(&config)?);
+        let mut shown = config.clone();
+        for entry in &mut shown.api.tokens {
+            entry.token = "<redacted>".into();
+        }
+        print!("{}", toml::to_string_pretty(&shown)?);
         return Ok(());
     }
     let settings = config.validate()?;

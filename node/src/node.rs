@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::Actor;
 use anyhow::Context as _;
-use ferry_coordinator::{ApiState, Auth, Cluster, TokenEntry};
+use ferry_coordinator::{ApiState, Auth, Cluster, Limits, TokenEntry};
 use ferry_protocol::{Caller, Command, Principal, Proposal, Role};
 
 use crate::config::Settings;
@@ -64,9 +64,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: config.peer.listen.to_string() };
     tokio::spawn(reconcile(cluster.clone(), config.policy, me));
 
+    let limits = Limits {
+        max_body_bytes: config.api.max_body_bytes,
+        max_concurrent_requests: config.api.max_concurrent_requests,
+    };
     let app = ferry_coordinator::router(
         ApiState { cluster: Arc::new(cluster), auth: Arc::new(auth) },
-        config.api.max_body_bytes,
+        limits,
     );
     dir.write_api_addr(api_addr)?;
     tracing::info!(node_id, %api_addr, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");

@@ -11,7 +11,7 @@ use ferry_protocol::{NodeId, Proposal, Queue, codec};
 use tokio::sync::oneshot;
 
 use crate::proposer::{MAX_BATCH_BYTES, Propose, Proposer};
-use crate::raft::{Raft, StateMachineStore, read_error, role_name};
+use crate::raft::{self, Raft, StateMachineStore, read_error, role_name};
 
 /// How long a read waits for its barrier before giving up.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +95,10 @@ impl Cluster for NodeCluster {
 
     fn with_queue(&self, f: &mut dyn FnMut(&Queue)) {
         f(&self.state.read().queue);
+    }
+
+    fn remove_member(&self, node: NodeId) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(raft::remove_member(&self.raft, node))
     }
 
     fn status(&self) -> BoxFuture<'_, Result<ClusterStatus, ClusterError>> {

@@ -246,8 +246,13 @@ pub struct ProxySettings {
     pub bypass: Option<String>,
 }
 
+/// The names of `Name: value` header lines, for showing headers without their values.
+pub fn header_names(lines: &[String]) -> Vec<&str> {
+    lines.iter().map(|line| line.split_once(':').map_or("?", |(name, _)| name.trim())).collect()
+}
+
 /// Every settable property of a job, with BITS's defaults.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobProperties {
     /// Free text, not unique.
     pub display_name: String,
@@ -297,6 +302,31 @@ pub mod defaults {
     pub const MAX_DOWNLOAD_TIME_SECS: u32 = 7_776_000;
     /// `BITS_JOB_PROPERTY_MINIMUM_NOTIFICATION_INTERVAL_MS` default.
     pub const MINIMUM_NOTIFICATION_INTERVAL_MS: u32 = 500;
+}
+
+/// Header values may carry secrets: `Debug` shows the header names only.
+impl std::fmt::Debug for JobProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobProperties")
+            .field("display_name", &self.display_name)
+            .field("description", &self.description)
+            .field("priority", &self.priority)
+            .field("notify_flags", &self.notify_flags)
+            .field("notify_cmdline", &self.notify_cmdline)
+            .field("minimum_retry_delay_secs", &self.minimum_retry_delay_secs)
+            .field("no_progress_timeout_secs", &self.no_progress_timeout_secs)
+            .field("max_download_time_secs", &self.max_download_time_secs)
+            .field("proxy", &self.proxy)
+            .field("reply_file_name", &self.reply_file_name)
+            .field("custom_headers", &header_names(&self.custom_headers))
+            .field("custom_headers_write_only", &self.custom_headers_write_only)
+            .field("dynamic_content", &self.dynamic_content)
+            .field("max_download_size", &self.max_download_size)
+            .field("peer_caching_flags", &self.peer_caching_flags)
+            .field("acl_flags", &self.acl_flags)
+            .field("minimum_notification_interval_ms", &self.minimum_notification_interval_ms)
+            .finish()
+    }
 }
 
 impl JobProperties {

@@ -62,6 +62,8 @@ async fn bad_requests_are_refused_and_change_nothing() -> anyhow::Result<()> {
         Case { what: "body over the size limit", method: post.clone(), path: "/v1/jobs".into(), token: Some(tokens::ALICE), body: Some(format!(r#"{{"display_name": "{}"}}"#, "x".repeat(5 * 1024 * 1024))), status: 413, code: BitsCode::E_INVALIDARG },
         Case { what: "description too long", method: reqwest::Method::PATCH, path: format!("/v1/jobs/{}", full.id), token: Some(tokens::ALICE), body: Some(json!({"description": "d".repeat(1025)}).to_string()), status: 400, code: BitsCode::BG_E_STRING_TOO_LONG },
         Case { what: "undefined notify flags", method: reqwest::Method::PATCH, path: format!("/v1/jobs/{}", full.id), token: Some(tokens::ALICE), body: Some(r#"{"notify_flags": 128}"#.into()), status: 400, code: BitsCode::E_NOTIMPL },
+        Case { what: "invalid UTF-8 in the path", method: reqwest::Method::GET, path: "/v1/jobs/%FF".into(), token: Some(tokens::ALICE), body: None, status: 400, code: BitsCode::E_INVALIDARG },
+        Case { what: "node id that is not a number", method: reqwest::Method::DELETE, path: "/v1/cluster/members/one".into(), token: Some(tokens::ADMIN), body: None, status: 400, code: BitsCode::E_INVALIDARG },
         Case { what: "wrong method", method: reqwest::Method::DELETE, path: "/v1/jobs".into(), token: Some(tokens::ALICE), body: None, status: 405, code: BitsCode::E_INVALIDARG },
         Case { what: "unknown route", method: reqwest::Method::GET, path: "/v1/nothing".into(), token: Some(tokens::ALICE), body: None, status: 404, code: BitsCode::E_INVALIDARG },
     ];

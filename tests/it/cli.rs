@@ -140,6 +140,25 @@ async fn cli_tour() -> anyhow::Result<()> {
     let (_, out, _) = run(&["cluster", "members"]).await?;
     assert!(out.contains("voter"), "{out}");
 
+    // Membership: the only voter cannot leave, unknown nodes are not members, users may
+    // not remove anyone, and joining needs the peer transport of a later release.
+    let (code, _, err) = ferry(&node, tokens::ADMIN, &["cluster", "leave", "1"]).await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("last voter"), "{err}");
+    let (code, _, err) = ferry(&node, tokens::ADMIN, &["cluster", "leave", "9"]).await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("not a member"), "{err}");
+    let (code, _, err) = run(&["cluster", "leave", "1"]).await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("E_ACCESSDENIED"), "{err}");
+    let (code, _, err) = run(&["cluster", "join", "127.0.0.1:7071"]).await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("peer transport"), "{err}");
+
+    let (_, out, _) = run(&["--json", "job", "list"]).await?;
+    let list: ferry_protocol::api::JobList = serde_json::from_str(&out)?;
+    assert_eq!(list.jobs.len(), 1, "--json prints the API's own shape");
+
     let (code, out, _) = run(&["job", "complete", "nightly"]).await?;
     assert_eq!(code, 0);
     assert!(out.contains("ACKNOWLEDGED") && out.contains("BG_S_PARTIAL_COMPLETE"), "{out}");

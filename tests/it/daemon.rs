@@ -70,6 +70,17 @@ async fn print_config_shows_the_effective_configuration() -> anyhow::Result<()> 
     let (code, out) = run_to_end(&["--print-config", "--listen", "127.0.0.9:7999"]).await?;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("listen = \"127.0.0.9:7999\"") && out.contains("[policy]"), "{out}");
+    // Tokens from a config file are not printed.
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("ferryd.toml");
+    std::fs::write(
+        &config,
+        "[[api.tokens]]\ntoken = \"very-secret-token-value\"\nprincipal = \"ops\"\nrole = \"admin\"\n",
+    )?;
+    let (code, out) =
+        run_to_end(&["--print-config", "--config", config.to_str().unwrap_or_default()]).await?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ops") && !out.contains("very-secret-token-value"), "{out}");
     Ok(())
 }
 

@@ -24,6 +24,7 @@ async fn openapi_document_lists_the_routes() -> anyhow::Result<()> {
         ("/v1/jobs/{id}/error", &["get"]),
         ("/v1/errors/{code}", &["get"]),
         ("/v1/cluster", &["get"]),
+        ("/v1/cluster/members/{node}", &["delete"]),
         ("/healthz", &["get"]),
     ] {
         for method in methods {

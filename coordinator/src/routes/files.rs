@@ -1,6 +1,6 @@
 //! `/v1/jobs/{id}/files`: add (single, set, with ranges), list, change one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ferry_protocol::api::{AddFiles, FileChanges, FileInfo, FileList, Problem};
 use ferry_protocol::command::Command;
 use ferry_protocol::{Caller, JobId};
@@ -8,7 +8,7 @@ use ferry_protocol::{Caller, JobId};
 use super::{ApiState, read, write};
 use crate::auth::Authenticated;
 use crate::cluster::ReadAt;
-use crate::extract::{IdempotencyKey, Json, Query, job_id};
+use crate::extract::{IdempotencyKey, Json, Path, Query, job_id};
 use crate::problem::ApiError;
 use crate::routes::jobs::ReadQuery;
 

@@ -1,6 +1,6 @@
 //! `/v1/jobs`: create, enumerate, read, set properties, state changes, error.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use ferry_protocol::api::{ActionResult, ErrorInfo, JobInfo, JobList, Problem};
 use ferry_protocol::command::{Command, JobAction, NewJob, PropertyChanges, Reply};
@@ -11,7 +11,7 @@ use utoipa::IntoParams;
 use super::{ApiState, read, write};
 use crate::auth::Authenticated;
 use crate::cluster::{Consistency, ReadAt};
-use crate::extract::{IdempotencyKey, Json, Query, job_id};
+use crate::extract::{IdempotencyKey, Json, Path, Query, job_id};
 use crate::problem::ApiError;
 
 /// `?consistency=` on reads.

@@ -67,6 +67,7 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(files::set_file))
         .routes(routes!(system::describe_error))
         .routes(routes!(system::cluster_status))
+        .routes(routes!(system::remove_member))
         .routes(routes!(system::health))
 }
 
@@ -75,8 +76,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api_router().split_for_parts().1
 }
 
+/// Bounds of the HTTP server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more wait for a slot (their bodies unread), so memory
+    /// held by requests is at most about `max_concurrent_requests * max_body_bytes`.
+    pub max_concurrent_requests: usize,
+}
+
 /// The API router, with `GET /v1/openapi.json` serving [`openapi`].
-pub fn router(state: ApiState, max_body_bytes: usize) -> axum::Router {
+pub fn router(state: ApiState, limits: Limits) -> axum::Router {
     let (router, doc) = api_router().split_for_parts();
     let doc = Arc::new(doc);
     router
@@ -91,7 +102,10 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> axum::Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(405, BitsCode::E_INVALIDARG, "this route does not take that HTTP method")
         })
-        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests.max(1),
+        ))
         .with_state(state)
 }
 

@@ -1,12 +1,13 @@
 //! Error descriptions, cluster status, health.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use ferry_protocol::BitsCode;
 use ferry_protocol::api::{ClusterStatus, ErrorDescription, Health, Problem};
 
 use super::ApiState;
 use crate::auth::Authenticated;
+use crate::extract::Path;
 use crate::problem::ApiError;
 
 /// Describe a BITS code (`GetErrorDescription`): hex (`0x80200001`) or name.
@@ -41,6 +42,35 @@ pub(super) async fn cluster_status(
     Authenticated(_caller): Authenticated,
 ) -> Result<axum::Json<ClusterStatus>, ApiError> {
     Ok(axum::Json(state.cluster.status().await?))
+}
+
+/// Remove a node from the cluster (administrators). Removal goes through joint
+/// consensus; the last voter cannot leave.
+#[utoipa::path(
+    delete, path = "/v1/cluster/members/{node}", tag = "system",
+    params(("node" = u64, Path, description = "Node id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not a member", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Refused, e.g. the last voter", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn remove_member(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    Path(node): Path<u64>,
+) -> Result<StatusCode, ApiError> {
+    if !caller.is_admin() {
+        return Err(ApiError::new(
+            403,
+            BitsCode::E_ACCESSDENIED,
+            "only administrators may remove members",
+        ));
+    }
+    state.cluster.remove_member(node).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Liveness and readiness: 200 when Raft runs and a leader is known, 503 otherwise. No

@@ -109,6 +109,37 @@ pub async fn refresh_address(raft: &Raft, node_id: u64, addr: NodeAddr) -> Resul
         .map_err(|e| e.to_string())
 }
 
+/// Removes `node` from the membership: a voter through joint consensus, then its address.
+/// The last voter cannot leave.
+pub async fn remove_member(raft: &Raft, node: u64) -> Result<(), ferry_coordinator::ClusterError> {
+    use std::collections::BTreeSet;
+
+    use ferry_coordinator::ClusterError;
+    use openraft::ChangeMembers;
+
+    let (known, voters) = {
+        let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        (membership.get_node(&node).is_some(), membership.voter_ids().collect::<BTreeSet<u64>>())
+    };
+    if !known {
+        return Err(ClusterError::NotMember(node));
+    }
+    if voters.len() == 1 && voters.contains(&node) {
+        return Err(ClusterError::MembershipRefused(format!(
+            "node {node} is the last voter; a cluster keeps at least one"
+        )));
+    }
+    if voters.contains(&node) {
+        let change = ChangeMembers::RemoveVoters(BTreeSet::from([node]));
+        raft.change_membership(change, false).await.map_err(write_error)?;
+    }
+    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node])), false)
+        .await
+        .map_err(write_error)?;
+    Ok(())
+}
+
 /// Resolves when Raft has stopped on a fatal error (storage failure, panic), with the
 /// error. A node in that state can serve nothing and should exit so that it restarts.
 pub async fn stopped_on_error(raft: &Raft) -> String {
