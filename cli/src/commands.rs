@@ -195,7 +195,7 @@ fn property_changes(set: &SetArgs) -> anyhow::Result<PropertyChanges> {
     };
     let custom_headers = match (set.custom_headers.is_empty(), set.clear_custom_headers) {
         (_, true) => Some(None),
-        (false, false) => Some(Some(set.custom_headers.clone())),
+        (false, false) => Some(Some(set.custom_headers.clone().into())),
         (true, false) => None,
     };
     let proxy = match (set.proxy_usage, &set.proxy_list, &set.proxy_bypass) {

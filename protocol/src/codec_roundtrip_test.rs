@@ -80,7 +80,7 @@ prop_compose! {
         delays in (proptest::option::of(any::<u32>()), proptest::option::of(any::<u32>()), proptest::option::of(any::<u32>())),
         proxy in proptest::option::of(proxy()),
         reply_file_name in proptest::option::of(proptest::option::of(text())),
-        custom_headers in proptest::option::of(proptest::option::of(proptest::collection::vec(text(), 0..3))),
+        custom_headers in proptest::option::of(proptest::option::of(proptest::collection::vec(text(), 0..3).prop_map(HeaderLines))),
         flags in (proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>()), proptest::option::of(proptest::option::of(any::<u64>()))),
         bits in (proptest::option::of(any::<u32>()), proptest::option::of(any::<u32>()), proptest::option::of(any::<u32>())),
     ) -> PropertyChanges {

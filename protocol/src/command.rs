@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::codes::BitsCode;
 use crate::file::NewFile;
 use crate::ids::{Caller, JobId, NodeId, RequestId};
-use crate::job::{JobType, NotifyCmdLine, Priority, ProxySettings};
+use crate::job::{HeaderLines, JobType, NotifyCmdLine, Priority, ProxySettings};
 use crate::limits::QueuePolicy;
 use crate::time::Timestamp;
 
@@ -145,7 +145,7 @@ pub struct NewJob {
 ///
 /// In JSON, absent fields are left out (never written as `null`, which would mean
 /// "clear"); the binary codec writes every field positionally. See the `Serialize` impl.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct PropertyChanges {
     /// Display name.
@@ -183,7 +183,8 @@ pub struct PropertyChanges {
     /// `Name: value` header lines; `null` removes them.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(nullable)]
-    pub custom_headers: Option<Option<Vec<String>>>,
+    #[schema(value_type = Option<Vec<String>>)]
+    pub custom_headers: Option<Option<HeaderLines>>,
     /// `true` hides the custom headers for good (it cannot be undone).
     #[serde(default)]
     pub custom_headers_write_only: Option<bool>,
@@ -249,35 +250,6 @@ impl Serialize for PropertyChanges {
 impl<'de> Deserialize<'de> for PropertyChanges {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Self::deserialize(d)
-    }
-}
-
-/// Header values may carry secrets: `Debug` shows the header names only.
-impl fmt::Debug for PropertyChanges {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let headers = self
-            .custom_headers
-            .as_ref()
-            .map(|h| h.as_ref().map(|lines| crate::job::header_names(lines)));
-        f.debug_struct("PropertyChanges")
-            .field("display_name", &self.display_name)
-            .field("description", &self.description)
-            .field("priority", &self.priority)
-            .field("notify_flags", &self.notify_flags)
-            .field("notify_cmdline", &self.notify_cmdline)
-            .field("minimum_retry_delay_secs", &self.minimum_retry_delay_secs)
-            .field("no_progress_timeout_secs", &self.no_progress_timeout_secs)
-            .field("max_download_time_secs", &self.max_download_time_secs)
-            .field("proxy", &self.proxy)
-            .field("reply_file_name", &self.reply_file_name)
-            .field("custom_headers", &headers)
-            .field("custom_headers_write_only", &self.custom_headers_write_only)
-            .field("dynamic_content", &self.dynamic_content)
-            .field("max_download_size", &self.max_download_size)
-            .field("peer_caching_flags", &self.peer_caching_flags)
-            .field("acl_flags", &self.acl_flags)
-            .field("minimum_notification_interval_ms", &self.minimum_notification_interval_ms)
-            .finish()
     }
 }
 
@@ -382,10 +354,14 @@ mod tests {
     #[test]
     fn debug_shows_header_names_not_values() {
         let changes = PropertyChanges {
-            custom_headers: Some(Some(vec!["Authorization: Bearer s3cret".into()])),
+            custom_headers: Some(Some(vec!["Authorization: Bearer s3cret".to_owned()].into())),
             ..PropertyChanges::default()
         };
         let text = format!("{changes:?}");
+        assert!(text.contains("Authorization") && !text.contains("s3cret"), "{text}");
+        let mut props = crate::job::JobProperties::new("j".into(), Priority::Normal);
+        props.custom_headers = vec!["Authorization: Bearer s3cret".to_owned()].into();
+        let text = format!("{props:?}");
         assert!(text.contains("Authorization") && !text.contains("s3cret"), "{text}");
     }
 

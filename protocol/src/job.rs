@@ -246,13 +246,43 @@ pub struct ProxySettings {
     pub bypass: Option<String>,
 }
 
-/// The names of `Name: value` header lines, for showing headers without their values.
-pub fn header_names(lines: &[String]) -> Vec<&str> {
-    lines.iter().map(|line| line.split_once(':').map_or("?", |(name, _)| name.trim())).collect()
+/// Custom header lines (`Name: value`). Values may be secrets (`Authorization`), so
+/// `Debug` shows the names only; the API hides them all once they are write-only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Vec<String>)]
+pub struct HeaderLines(pub Vec<String>);
+
+impl std::fmt::Debug for HeaderLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names =
+            self.0.iter().map(|line| line.split_once(':').map_or("?", |(name, _)| name.trim()));
+        f.debug_list().entries(names).finish()
+    }
+}
+
+impl std::ops::Deref for HeaderLines {
+    type Target = Vec<String>;
+
+    fn deref(&self) -> &Vec<String> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HeaderLines {
+    fn deref_mut(&mut self) -> &mut Vec<String> {
+        &mut self.0
+    }
+}
+
+impl From<Vec<String>> for HeaderLines {
+    fn from(lines: Vec<String>) -> Self {
+        Self(lines)
+    }
 }
 
 /// Every settable property of a job, with BITS's defaults.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobProperties {
     /// Free text, not unique.
     pub display_name: String,
@@ -275,7 +305,7 @@ pub struct JobProperties {
     /// Where an upload-reply job stores the reply.
     pub reply_file_name: Option<String>,
     /// `Name: value` lines sent with every HTTP request of the job.
-    pub custom_headers: Vec<String>,
+    pub custom_headers: HeaderLines,
     /// Once set, custom headers are never returned again (BITS `MakeCustomHeadersWriteOnly`).
     pub custom_headers_write_only: bool,
     /// Allow servers without HEAD/Content-Length/ranges (`BITS_JOB_PROPERTY_DYNAMIC_CONTENT`).
@@ -304,31 +334,6 @@ pub mod defaults {
     pub const MINIMUM_NOTIFICATION_INTERVAL_MS: u32 = 500;
 }
 
-/// Header values may carry secrets: `Debug` shows the header names only.
-impl std::fmt::Debug for JobProperties {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobProperties")
-            .field("display_name", &self.display_name)
-            .field("description", &self.description)
-            .field("priority", &self.priority)
-            .field("notify_flags", &self.notify_flags)
-            .field("notify_cmdline", &self.notify_cmdline)
-            .field("minimum_retry_delay_secs", &self.minimum_retry_delay_secs)
-            .field("no_progress_timeout_secs", &self.no_progress_timeout_secs)
-            .field("max_download_time_secs", &self.max_download_time_secs)
-            .field("proxy", &self.proxy)
-            .field("reply_file_name", &self.reply_file_name)
-            .field("custom_headers", &header_names(&self.custom_headers))
-            .field("custom_headers_write_only", &self.custom_headers_write_only)
-            .field("dynamic_content", &self.dynamic_content)
-            .field("max_download_size", &self.max_download_size)
-            .field("peer_caching_flags", &self.peer_caching_flags)
-            .field("acl_flags", &self.acl_flags)
-            .field("minimum_notification_interval_ms", &self.minimum_notification_interval_ms)
-            .finish()
-    }
-}
-
 impl JobProperties {
     /// BITS's defaults for a new job with this display name and priority.
     pub fn new(display_name: String, priority: Priority) -> Self {
@@ -343,7 +348,7 @@ impl JobProperties {
             max_download_time_secs: defaults::MAX_DOWNLOAD_TIME_SECS,
             proxy: ProxySettings::default(),
             reply_file_name: None,
-            custom_headers: Vec::new(),
+            custom_headers: HeaderLines::default(),
             custom_headers_write_only: false,
             dynamic_content: false,
             max_download_size: None,

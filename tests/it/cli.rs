@@ -72,7 +72,7 @@ async fn cli_tour() -> anyhow::Result<()> {
     let info: JobInfo = serde_json::from_str(&out)?;
     let cmd = info.properties.notify_cmdline.expect("set");
     assert_eq!((cmd.program.as_str(), cmd.args.len()), ("/usr/bin/logger", 2));
-    assert_eq!(info.properties.custom_headers, vec!["X-Trace: 1".to_owned()]);
+    assert_eq!(*info.properties.custom_headers, vec!["X-Trace: 1".to_owned()]);
     assert_eq!(info.properties.minimum_retry_delay_secs, 5, "BITS raises the retry delay to 5 s");
 
     // SetRemoteName on a file, then SetValidationState before it is transferred.

@@ -20,7 +20,7 @@ async fn users_are_isolated_and_admins_take_over() -> anyhow::Result<()> {
             display_name: "alice's".into(),
             job_type: Default::default(),
             properties: PropertyChanges {
-                custom_headers: Some(Some(vec!["Authorization: Bearer s3cret".into()])),
+                custom_headers: Some(Some(vec!["Authorization: Bearer s3cret".to_owned()].into())),
                 ..Default::default()
             },
             files: vec![file(1)],

@@ -33,7 +33,7 @@ fn spec(i: usize) -> NewJob {
             program: "/usr/bin/logger".into(),
             args: vec!["-t".into(), format!("job-{i}")],
         }));
-        properties.custom_headers = Some(Some(vec![format!("X-Job: {i}")]));
+        properties.custom_headers = Some(Some(vec![format!("X-Job: {i}")].into()));
     }
     if i.is_multiple_of(7) {
         properties.proxy = Some(ProxySettings {

@@ -151,7 +151,7 @@ fn code_of<T>(r: Result<T, CommandError>) -> BitsCode {
 fn take_ownership_is_for_admins_and_strips_owner_secrets() {
     let mut h = Harness::new();
     let mut spec = new_job(JobType::Download, 1);
-    spec.properties.custom_headers = Some(Some(vec!["Authorization: secret".into()]));
+    spec.properties.custom_headers = Some(Some(vec!["Authorization: secret".to_owned()].into()));
     spec.properties.notify_cmdline =
         Some(Some(crate::job::NotifyCmdLine { program: "/bin/true".into(), args: vec![] }));
     let id = h.created(&alice(), spec);
@@ -434,8 +434,10 @@ fn no_job_outgrows_a_stored_row_even_for_admins() {
 fn custom_headers_are_the_owners_alone() {
     let mut h = Harness::new();
     let id = h.created(&alice(), new_job(JobType::Download, 1));
-    let headers =
-        PropertyChanges { custom_headers: Some(Some(vec!["X-A: 1".into()])), ..Default::default() };
+    let headers = PropertyChanges {
+        custom_headers: Some(Some(vec!["X-A: 1".to_owned()].into())),
+        ..Default::default()
+    };
     let by_admin =
         h.run(&admin(), None, Command::SetProperties { job: id, changes: headers.clone() });
     assert_eq!(code(by_admin), BitsCode::E_ACCESSDENIED);
