@@ -83,11 +83,6 @@ impl Auth {
         self.callers.get(blake3::hash(token.as_bytes()).as_bytes())
     }
 
-    /// Number of configured tokens.
-    pub fn len(&self) -> usize {
-        self.callers.len()
-    }
-
     /// True if no token is configured.
     pub fn is_empty(&self) -> bool {
         self.callers.is_empty()

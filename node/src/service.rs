@@ -127,7 +127,7 @@ impl Cluster for NodeCluster {
                 purged_index: metrics.purged.map(|id| id.index),
                 members,
                 policy: meta.policy,
-                jobs: machine.queue.jobs().filter(|j| !j.state.is_final()).count() as u64,
+                jobs: u64::from(machine.queue.unfinished_jobs()),
                 commands_applied: meta.seq,
                 command_batches: meta.batches,
             })

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::codes::{BitsCode, ErrorContext};
+pub use crate::command::FileChanges;
 use crate::command::JobAction;
 use crate::file::{FileProgress, FileRange, JobFile, NewFile};
 use crate::ids::{JobId, NodeId, Principal};
@@ -126,18 +127,6 @@ pub struct FileList {
 pub struct AddFiles {
     /// Files to append, in order.
     pub files: Vec<NewFile>,
-}
-
-/// `PATCH /v1/jobs/{id}/files/{index}` body.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileChanges {
-    /// New remote URL (`SetRemoteName`).
-    #[serde(default)]
-    pub remote_url: Option<String>,
-    /// Validation state (`SetValidationState`).
-    #[serde(default)]
-    pub valid: Option<bool>,
 }
 
 /// The answer to a lifecycle call (`POST /v1/jobs/{id}/{action}`).

@@ -123,10 +123,12 @@ fn command() -> impl Strategy<Value = Command> {
         (job_id(), proptest::collection::vec(new_file(), 0..3))
             .prop_map(|(job, files)| Command::AddFiles { job, files }),
         (job_id(), changes()).prop_map(|(job, changes)| Command::SetProperties { job, changes }),
-        (job_id(), any::<u32>(), text())
-            .prop_map(|(job, index, remote_url)| Command::SetRemoteName { job, index, remote_url }),
-        (job_id(), any::<u32>(), any::<bool>())
-            .prop_map(|(job, index, valid)| Command::SetValidationState { job, index, valid }),
+        (job_id(), any::<u32>(), proptest::option::of(text()), proptest::option::of(any::<bool>()))
+            .prop_map(|(job, index, remote_url, valid)| Command::ChangeFile {
+                job,
+                index,
+                changes: FileChanges { remote_url, valid }
+            }),
         (job_id(), proptest::sample::select(JobAction::ALL.to_vec()))
             .prop_map(|(job, action)| Command::Lifecycle { job, action }),
         policy().prop_map(Command::SetPolicy),

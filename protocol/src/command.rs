@@ -60,23 +60,15 @@ pub enum Command {
         /// Changes to make.
         changes: PropertyChanges,
     },
-    /// `IBackgroundCopyFile2::SetRemoteName`.
-    SetRemoteName {
+    /// `IBackgroundCopyFile2::SetRemoteName` and/or
+    /// `IBackgroundCopyFile3::SetValidationState`, all or nothing.
+    ChangeFile {
         /// Target job.
         job: JobId,
         /// File index.
         index: u32,
-        /// The new remote URL.
-        remote_url: String,
-    },
-    /// `IBackgroundCopyFile3::SetValidationState`.
-    SetValidationState {
-        /// Target job.
-        job: JobId,
-        /// File index.
-        index: u32,
-        /// `false` marks the content as bad.
-        valid: bool,
+        /// What to change.
+        changes: FileChanges,
     },
     /// Resume, suspend, cancel, complete or take ownership.
     Lifecycle {
@@ -272,6 +264,19 @@ where
     } else {
         Option::<Option<T>>::deserialize(d)
     }
+}
+
+/// Changes to one file (`PATCH /v1/jobs/{id}/files/{index}`): the remote name first,
+/// then the validation state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileChanges {
+    /// New remote URL (`SetRemoteName`).
+    #[serde(default)]
+    pub remote_url: Option<String>,
+    /// Validation state (`SetValidationState`); `false` marks the content as bad.
+    #[serde(default)]
+    pub valid: Option<bool>,
 }
 
 /// What a successful command returns.

@@ -23,11 +23,6 @@ impl JobId {
     pub fn new_random() -> Self {
         Self(uuid::Uuid::new_v4())
     }
-
-    /// The 16 raw bytes, used as a storage key.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        self.0.as_bytes()
-    }
 }
 
 impl fmt::Display for JobId {

@@ -34,8 +34,13 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
         }
         Command::AddFiles { files: list, .. } => files(list, JobType::Download, false, false),
         Command::SetProperties { changes, .. } => property_changes(changes),
-        Command::SetRemoteName { remote_url: url, .. } => remote_url(url, JobType::Download),
-        Command::SetValidationState { .. } | Command::Lifecycle { .. } => Ok(()),
+        Command::ChangeFile { changes, .. } => {
+            if changes.remote_url.is_none() && changes.valid.is_none() {
+                return Err(invalid("give remote_url and/or valid"));
+            }
+            changes.remote_url.as_deref().map_or(Ok(()), |url| remote_url(url, JobType::Download))
+        }
+        Command::Lifecycle { .. } => Ok(()),
         Command::SetPolicy(policy) => {
             let p = policy;
             if p.max_jobs_per_user == 0

@@ -69,7 +69,7 @@ pub(super) async fn list_files(
 }
 
 /// Change one file: its remote name (`SetRemoteName`) and/or validation state
-/// (`SetValidationState`).
+/// (`SetValidationState`), all or nothing.
 #[utoipa::path(
     patch, path = "/v1/jobs/{id}/files/{index}", tag = "files", request_body = FileChanges,
     params(("id" = String, Path, description = "Job id"), ("index" = u32, Path, description = "File index"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
@@ -91,26 +91,9 @@ pub(super) async fn set_file(
     let index: u32 = index
         .parse()
         .map_err(|_| ApiError::bad_request(format!("{index:?} is not a file index")))?;
-    if changes == FileChanges::default() {
-        return Err(ApiError::bad_request("give remote_url and/or valid"));
-    }
-    let mut at = ReadAt::Linearizable;
-    // One request id cannot cover two commands: the second gets a derived id.
-    let mut ids = [
-        request_id.clone(),
-        request_id.and_then(|r| ferry_protocol::RequestId::new(format!("{r}/valid")).ok()),
-    ]
-    .into_iter();
-    if let Some(remote_url) = changes.remote_url {
-        let command = Command::SetRemoteName { job: id, index, remote_url };
-        at = ReadAt::Applied(write(&state, &caller, ids.next().flatten(), command).await?.1);
-    } else {
-        ids.next();
-    }
-    if let Some(valid) = changes.valid {
-        let command = Command::SetValidationState { job: id, index, valid };
-        at = ReadAt::Applied(write(&state, &caller, ids.next().flatten(), command).await?.1);
-    }
+    let (_, index_applied) =
+        write(&state, &caller, request_id, Command::ChangeFile { job: id, index, changes }).await?;
+    let at = ReadAt::Applied(index_applied);
     let list = file_list(&state, &caller, id, at).await?;
     list.files
         .into_iter()

@@ -5,8 +5,8 @@ use super::{Queue, RequestKey, RequestRecord};
 use crate::codec;
 use crate::codes::{BitsCode, ErrorContext};
 use crate::command::{
-    Batch, BatchReply, Command, CommandError, CommandResult, JobAction, NewJob, PropertyChanges,
-    Proposal, Reply,
+    Batch, BatchReply, Command, CommandError, CommandResult, FileChanges, JobAction, NewJob,
+    PropertyChanges, Proposal, Reply,
 };
 use crate::file::{JobFile, NewFile};
 use crate::ids::{Caller, JobId, NodeId};
@@ -63,11 +63,8 @@ impl Queue {
             }
             Command::AddFiles { job, files } => self.add_files(caller, *job, files),
             Command::SetProperties { job, changes } => self.set_properties(caller, *job, changes),
-            Command::SetRemoteName { job, index, remote_url } => {
-                self.set_remote_name(caller, *job, *index, remote_url)
-            }
-            Command::SetValidationState { job, index, valid } => {
-                self.set_validation_state(caller, *job, *index, *valid)
+            Command::ChangeFile { job, index, changes } => {
+                self.change_file(caller, *job, *index, changes)
             }
             Command::Lifecycle { job, action } => self.lifecycle(caller, *job, *action),
             Command::SetPolicy(policy) => {
@@ -224,65 +221,22 @@ impl Queue {
         Ok(Reply::Done(BitsCode::S_OK))
     }
 
-    fn set_remote_name(
+    fn change_file(
         &mut self,
         caller: &Caller,
         id: JobId,
         index: u32,
-        url: &str,
+        changes: &FileChanges,
     ) -> CommandResult {
         let mut job = self.accessible(caller, id)?.clone();
-        check(&job, Operation::SetRemoteName, None)?;
-        let job_type = job.job_type;
-        let file = file_mut(&mut job, index)?;
-        if file.transferred {
-            return Err(CommandError::new(
-                BitsCode::BG_E_INVALID_STATE,
-                format!(
-                    "file {index} is already transferred; its remote name can no longer change"
-                ),
-            ));
+        file_mut(&mut job, index)?;
+        if let Some(url) = &changes.remote_url {
+            set_remote_name(&mut job, index, url)?;
         }
-        validate::remote_url(url, job_type)?;
-        if file.remote_url != url {
-            // Bytes of two remote files must never be combined: start this file over.
-            file.remote_url = url.to_owned();
-            file.progress.bytes_transferred = 0;
-            file.progress.bytes_total = None;
+        if let Some(valid) = changes.valid {
+            set_validation_state(&mut job, index, valid)?;
         }
         fits(&job)?;
-        self.store(job);
-        Ok(Reply::Done(BitsCode::S_OK))
-    }
-
-    fn set_validation_state(
-        &mut self,
-        caller: &Caller,
-        id: JobId,
-        index: u32,
-        valid: bool,
-    ) -> CommandResult {
-        let mut job = self.accessible(caller, id)?.clone();
-        let op = if valid { Operation::ValidateFile } else { Operation::InvalidateFile };
-        let transferred = file_mut(&mut job, index)?.transferred;
-        let outcome = check(&job, op, Some(transferred))?;
-        let file = file_mut(&mut job, index)?;
-        if valid {
-            file.validated = true;
-        } else {
-            file.validated = false;
-            file.transferred = false;
-            file.progress.bytes_transferred = 0;
-            job.state = outcome.next;
-            job.error_count = job.error_count.saturating_add(1);
-            job.error = Some(JobError {
-                context: ErrorContext::RemoteFile,
-                code: BitsCode::BG_E_VALIDATION_FAILED,
-                detail: format!("the owner marked the content of file {index} as not valid"),
-                file_index: Some(index),
-                protocol: None,
-            });
-        }
         self.store(job);
         Ok(Reply::Done(BitsCode::S_OK))
     }
@@ -322,6 +276,51 @@ impl Queue {
         }
         Ok(Reply::Done(outcome.code))
     }
+}
+
+/// `SetRemoteName` on file `index` (known to exist).
+fn set_remote_name(job: &mut Job, index: u32, url: &str) -> Result<(), CommandError> {
+    check(job, Operation::SetRemoteName, None)?;
+    let job_type = job.job_type;
+    let file = file_mut(job, index)?;
+    if file.transferred {
+        return Err(CommandError::new(
+            BitsCode::BG_E_INVALID_STATE,
+            format!("file {index} is already transferred; its remote name can no longer change"),
+        ));
+    }
+    validate::remote_url(url, job_type)?;
+    if file.remote_url != url {
+        // Bytes of two remote files must never be combined: start this file over.
+        file.remote_url = url.to_owned();
+        file.progress.bytes_transferred = 0;
+        file.progress.bytes_total = None;
+    }
+    Ok(())
+}
+
+/// `SetValidationState` on file `index` (known to exist): `false` puts the job in ERROR
+/// with `BG_E_VALIDATION_FAILED` and resets the file's progress.
+fn set_validation_state(job: &mut Job, index: u32, valid: bool) -> Result<(), CommandError> {
+    let op = if valid { Operation::ValidateFile } else { Operation::InvalidateFile };
+    let transferred = file_mut(job, index)?.transferred;
+    let outcome = check(job, op, Some(transferred))?;
+    let file = file_mut(job, index)?;
+    file.validated = valid;
+    if !valid {
+        file.transferred = false;
+        file.progress.bytes_transferred = 0;
+        job.state = outcome.next;
+        job.error_count = job.error_count.saturating_add(1);
+        job.error = Some(JobError {
+            context: ErrorContext::RemoteFile,
+            code: BitsCode::BG_E_VALIDATION_FAILED,
+            detail: format!("the owner marked the content of file {index} as not valid"),
+            file_index: Some(index),
+            protocol: None,
+        });
+    }
+    Ok(())
 }
 
 /// Asks the state machine about `op` for `job`.

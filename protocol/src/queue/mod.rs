@@ -225,6 +225,11 @@ impl Queue {
         }
     }
 
+    /// Unfinished jobs in all.
+    pub fn unfinished_jobs(&self) -> u32 {
+        self.unfinished
+    }
+
     /// Unfinished jobs `owner` has.
     pub fn unfinished_jobs_of(&self, owner: &Principal) -> u32 {
         self.unfinished_per_owner.get(owner).copied().unwrap_or(0)

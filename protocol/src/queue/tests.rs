@@ -1,7 +1,9 @@
 //! Behaviour of apply: ownership, BITS rules, limits, request ids, expiry, determinism.
 
 use super::*;
-use crate::command::{Batch, Command, JobAction, NewJob, PropertyChanges, Proposal, Reply};
+use crate::command::{
+    Batch, Command, FileChanges, JobAction, NewJob, PropertyChanges, Proposal, Reply,
+};
 use crate::file::{FileRange, NewFile};
 use crate::ids::{Caller, Role};
 use crate::job::{JobState, JobType, Priority};
@@ -342,8 +344,19 @@ mod determinism {
                         ..Default::default()
                     },
                 },
-                3 => Command::SetValidationState { job, index: (n % 2) as u32, valid: n % 2 == 0 },
-                4 => Command::SetRemoteName { job, index: 0, remote_url: format!("http://o/{n}") },
+                3 => Command::ChangeFile {
+                    job,
+                    index: (n % 2) as u32,
+                    changes: FileChanges { remote_url: None, valid: Some(n % 2 == 0) },
+                },
+                4 => Command::ChangeFile {
+                    job,
+                    index: 0,
+                    changes: FileChanges {
+                        remote_url: Some(format!("http://o/{n}")),
+                        valid: (n % 3 == 0).then_some(false),
+                    },
+                },
                 _ => Command::Lifecycle { job, action: JobAction::ALL[(n % 5) as usize] },
             };
             (who, command)
@@ -467,4 +480,24 @@ fn complete_leaves_the_completed_flag_to_the_home_node() {
     let job = h.queue.job(&id).expect("job");
     assert_eq!(job.state, JobState::Acknowledged);
     assert!(!job.files[0].progress.completed, "nothing was renamed into place");
+}
+
+#[test]
+fn a_file_change_is_all_or_nothing() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    let both =
+        FileChanges { remote_url: Some("https://mirror.example/f1".into()), valid: Some(false) };
+    let result =
+        h.run(&alice(), Some("one-key"), Command::ChangeFile { job: id, index: 0, changes: both });
+    assert_eq!(code(result), BitsCode::E_PENDING, "the file is not transferred yet");
+    assert_eq!(h.queue.job(&id).expect("job").files[0].remote_url, "https://origin.example/f0");
+    let rename = FileChanges { remote_url: Some("https://mirror.example/f1".into()), valid: None };
+    assert_eq!(
+        code(h.run(&alice(), None, Command::ChangeFile { job: id, index: 0, changes: rename })),
+        BitsCode::S_OK
+    );
+    assert_eq!(h.queue.job(&id).expect("job").files[0].remote_url, "https://mirror.example/f1");
+    let nothing = Command::ChangeFile { job: id, index: 0, changes: FileChanges::default() };
+    assert_eq!(code(h.run(&alice(), None, nothing)), BitsCode::E_INVALIDARG);
 }
