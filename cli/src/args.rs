@@ -33,6 +33,8 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Noun {
+    /// Download files now (`bitsadmin /transfer`): create a job, show progress, complete it.
+    Transfer(TransferArgs),
     /// Jobs: create, add files, inspect, change, resume, complete...
     #[command(subcommand)]
     Job(JobCommand),
@@ -42,6 +44,29 @@ pub(crate) enum Noun {
     /// The cluster: leader, members, indexes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+}
+
+/// `ferry transfer` options.
+#[derive(Debug, Args)]
+pub(crate) struct TransferArgs {
+    /// Priority (BITS default: normal).
+    #[arg(long, value_enum)]
+    pub(crate) priority: Option<PriorityArg>,
+    /// Parallel range connections per file (1-16; default: the node's setting).
+    #[arg(long, value_name = "N")]
+    pub(crate) connections: Option<u32>,
+    /// Display name of the job.
+    #[arg(long)]
+    pub(crate) display_name: Option<String>,
+    /// Allow servers that give no size or ranges (no resume; restarts from zero).
+    #[arg(long)]
+    pub(crate) dynamic: bool,
+    /// Do not draw the progress line.
+    #[arg(long)]
+    pub(crate) no_progress: bool,
+    /// REMOTE LOCAL [REMOTE LOCAL ...]: URLs and where to put them.
+    #[arg(required = true, num_args = 2.., value_name = "REMOTE LOCAL")]
+    pub(crate) pairs: Vec<String>,
 }
 
 /// A job, by id or by display name (unique among the caller's jobs).
@@ -143,6 +168,40 @@ pub(crate) enum JobCommand {
         /// The job.
         job: JobRef,
     },
+    /// Server or proxy credentials of a job.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+}
+
+/// `ferry job credentials`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CredentialsCommand {
+    /// Set the credential for (target, scheme); the password is read from stdin (or a
+    /// prompt), never from the command line.
+    Set {
+        /// The job.
+        job: JobRef,
+        /// server or proxy.
+        #[arg(long)]
+        target: ferry_protocol::credentials::AuthTarget,
+        /// basic or digest.
+        #[arg(long)]
+        scheme: ferry_protocol::credentials::AuthScheme,
+        /// User name.
+        #[arg(long)]
+        user: String,
+    },
+    /// Remove the credential for (target, scheme).
+    Remove {
+        /// The job.
+        job: JobRef,
+        /// server or proxy.
+        #[arg(long)]
+        target: ferry_protocol::credentials::AuthTarget,
+        /// basic, digest, ntlm, negotiate or passport.
+        #[arg(long)]
+        scheme: ferry_protocol::credentials::AuthScheme,
+    },
 }
 
 /// `ferry job set` options.
@@ -221,6 +280,9 @@ pub(crate) struct SetArgs {
     /// Minimum interval between modification notifications, milliseconds.
     #[arg(long, value_name = "MS")]
     pub(crate) min_notification_interval: Option<u32>,
+    /// Parallel range connections per file (1-16).
+    #[arg(long, value_name = "N")]
+    pub(crate) connections: Option<u32>,
 }
 
 fn parse_flags(text: &str) -> Result<u32, String> {

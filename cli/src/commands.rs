@@ -7,7 +7,7 @@ use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
 use ferry_protocol::job::{NotifyCmdLine, ProxySettings};
 use ferry_protocol::{FileRange, JobId, NewFile};
 
-use crate::args::{ClusterCommand, ErrorCommand, JobCommand, Noun, SetArgs};
+use crate::args::{ClusterCommand, CredentialsCommand, ErrorCommand, JobCommand, Noun, SetArgs};
 use crate::{output, target};
 
 /// Prints `value` as JSON with `--json`, else the human rendering.
@@ -26,6 +26,7 @@ pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
     let client = Client::new(&url, target::token(cli, &url))?;
     match &cli.command {
         Noun::Job(command) => job(&client, cli.json, command).await,
+        Noun::Transfer(args) => crate::transfer::run(&client, cli.json, args).await,
         Noun::Error(ErrorCommand::Describe { code }) => {
             show(cli.json, &client.describe_error(code).await?, output::description)
         }
@@ -104,6 +105,17 @@ async fn job(client: &Client, json: bool, command: &JobCommand) -> anyhow::Resul
             show(json, &files, |f| {
                 println!("Added {count} files to job {id} ({} in all).", f.files.len())
             })
+        }
+        JobCommand::Credentials(CredentialsCommand::Set { job, target, scheme, user }) => {
+            let password = read_password()?;
+            let id = resolve(client, job).await?;
+            let set = client.set_credentials(id, *target, *scheme, user, &password).await?;
+            show(json, &set, |_| println!("Credentials set on job {id}."))
+        }
+        JobCommand::Credentials(CredentialsCommand::Remove { job, target, scheme }) => {
+            let id = resolve(client, job).await?;
+            let left = client.remove_credentials(id, *target, *scheme).await?;
+            show(json, &left, |_| println!("Credentials removed from job {id}."))
         }
         JobCommand::Info { job } => {
             let info = client.job(resolve(client, job).await?).await?;
@@ -185,6 +197,24 @@ fn parse_file_set(text: &str) -> anyhow::Result<Vec<NewFile>> {
     Ok(files)
 }
 
+/// The password: one line from stdin (a prompt first when stdin is a terminal). Never
+/// an argument, which other users could read from the process table.
+fn read_password() -> anyhow::Result<ferry_protocol::credentials::Secret> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password (echoed; pipe it in to avoid that): ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        bail!("no password on stdin");
+    }
+    Ok(ferry_protocol::credentials::Secret::new(password))
+}
+
 fn property_changes(set: &SetArgs) -> anyhow::Result<PropertyChanges> {
     let notify_cmdline = match (&set.notify_cmdline, set.clear_notify_cmdline) {
         (_, true) => Some(None),
@@ -223,6 +253,7 @@ fn property_changes(set: &SetArgs) -> anyhow::Result<PropertyChanges> {
         peer_caching_flags: set.peer_caching_flags,
         acl_flags: set.acl_flags,
         minimum_notification_interval_ms: set.min_notification_interval,
+        max_connections: set.connections.map(Some),
     };
     if changes.is_empty() {
         bail!("nothing to change: give at least one property option (see ferry job set --help)");

@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod output;
 mod target;
+mod transfer;
 
 use std::process::ExitCode;
 

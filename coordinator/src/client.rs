@@ -11,6 +11,7 @@ use ferry_protocol::api::{
     FileList, Health, JobInfo, JobList, Problem,
 };
 use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
+use ferry_protocol::credentials::{AuthScheme, AuthTarget, CredentialInfo, Secret};
 use ferry_protocol::{BitsCode, JobId, NewFile, RequestId};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -190,6 +191,36 @@ impl Client {
         self.call::<(), _>(Method::POST, &path, None, true).await
     }
 
+    /// `PUT /v1/jobs/{id}/credentials` (`SetCredentials`). The password goes in the
+    /// request body only.
+    pub async fn set_credentials(
+        &self,
+        id: JobId,
+        target: AuthTarget,
+        scheme: AuthScheme,
+        user_name: &str,
+        password: &Secret,
+    ) -> Result<Vec<CredentialInfo>, ClientError> {
+        let body = serde_json::json!({
+            "target": target,
+            "scheme": scheme,
+            "user_name": user_name,
+            "password": password.expose(),
+        });
+        self.call(Method::PUT, &format!("/v1/jobs/{id}/credentials"), Some(&body), true).await
+    }
+
+    /// `DELETE /v1/jobs/{id}/credentials/{target}/{scheme}` (`RemoveCredentials`).
+    pub async fn remove_credentials(
+        &self,
+        id: JobId,
+        target: AuthTarget,
+        scheme: AuthScheme,
+    ) -> Result<Vec<CredentialInfo>, ClientError> {
+        let path = format!("/v1/jobs/{id}/credentials/{}/{}", target_name(target), scheme.as_str());
+        self.call::<(), _>(Method::DELETE, &path, None, true).await
+    }
+
     /// `GET /v1/jobs/{id}/error`.
     pub async fn job_error(&self, id: JobId) -> Result<ErrorInfo, ClientError> {
         self.call::<(), _>(Method::GET, &format!("/v1/jobs/{id}/error"), None, false).await
@@ -280,5 +311,12 @@ async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, C
     match serde_json::from_str::<Problem>(&body) {
         Ok(problem) => Err(ClientError::Api(problem)),
         Err(_) => Err(ClientError::Unexpected { status: status.as_u16(), body: truncate(body) }),
+    }
+}
+
+fn target_name(target: AuthTarget) -> &'static str {
+    match target {
+        AuthTarget::Server => "server",
+        AuthTarget::Proxy => "proxy",
     }
 }

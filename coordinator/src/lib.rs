@@ -9,12 +9,14 @@ pub mod cluster;
 mod extract;
 pub mod problem;
 pub mod routes;
+pub mod secrets;
 
 pub use auth::{Auth, TokenEntry};
 pub use client::{Client, ClientError};
 pub use cluster::{BoxFuture, Cluster, ClusterError, Consistency, ReadAt, Written};
 pub use problem::ApiError;
 pub use routes::{ApiState, Limits, openapi, router};
+pub use secrets::SecretKey;
 
 /// Header carrying the client's idempotency key for a mutating request.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

@@ -31,6 +31,8 @@ pub struct Config {
     /// BITS group-policy limits, replicated to every node (the leader proposes the
     /// configured values when they differ from the cluster's).
     pub policy: QueuePolicy,
+    /// The transfer engine and the scheduler.
+    pub transfer: TransferConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -44,6 +46,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             proposals: ProposalConfig::default(),
             policy: QueuePolicy::default(),
+            transfer: TransferConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -133,6 +136,50 @@ pub struct ProposalConfig {
 impl Default for ProposalConfig {
     fn default() -> Self {
         Self { max_batch: 512 }
+    }
+}
+
+/// `[transfer]`: how this node downloads, and how the scheduler (when this node leads)
+/// shares transfer time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Bytes per chunk: the unit of progress, integrity and resume (a file is never
+    /// split into more than 2,048 chunks; larger files get larger ones). Default 8 MiB.
+    pub chunk_size_bytes: u64,
+    /// Range connections per file for jobs that do not set `max_connections`. Several
+    /// help only against a per-connection limit. Default 1.
+    pub connections: u32,
+    /// Jobs transferring at once per home node (BITS priority rules decide which).
+    /// Default 4.
+    pub max_active_jobs: usize,
+    /// How long a background job keeps its slot while a job of the same priority
+    /// waits (round robin), milliseconds. Default 60000.
+    pub time_slice_ms: u64,
+    /// Seconds to establish a connection. Default 30.
+    pub connect_timeout_secs: u64,
+    /// Seconds without a byte from the server before the request fails
+    /// (`BG_E_TIMEOUT`, retried). Default 60.
+    pub read_timeout_secs: u64,
+    /// Allow `file://` sources (read with this daemon's permissions). Default false.
+    pub allow_file_urls: bool,
+    /// Send Basic credentials over plain http before the server asks (they are
+    /// always sent first over https). Default false: wait for the challenge.
+    pub preemptive_basic_over_http: bool,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size_bytes: ferry_protocol::transfer::DEFAULT_CHUNK_SIZE,
+            connections: 1,
+            max_active_jobs: 4,
+            time_slice_ms: 60_000,
+            connect_timeout_secs: 30,
+            read_timeout_secs: 60,
+            allow_file_urls: false,
+            preemptive_basic_over_http: false,
+        }
     }
 }
 
@@ -236,6 +283,22 @@ impl Config {
             || p.max_ranges_per_file == 0
         {
             return invalid("policy limits must be at least 1".into());
+        }
+        let t = &self.transfer;
+        if t.chunk_size_bytes < ferry_protocol::transfer::MIN_CHUNK_SIZE {
+            return invalid(format!(
+                "transfer.chunk_size_bytes must be at least {}",
+                ferry_protocol::transfer::MIN_CHUNK_SIZE
+            ));
+        }
+        if !(1..=ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE).contains(&t.connections) {
+            return invalid("transfer.connections must be 1 to 16".into());
+        }
+        if t.max_active_jobs == 0 || t.time_slice_ms == 0 {
+            return invalid("transfer.max_active_jobs and time_slice_ms must be at least 1".into());
+        }
+        if t.connect_timeout_secs == 0 || t.read_timeout_secs == 0 {
+            return invalid("transfer timeouts must be at least 1 second".into());
         }
         let raft = RaftSettings {
             heartbeat_ms: r.heartbeat_ms,

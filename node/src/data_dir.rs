@@ -21,6 +21,8 @@ pub mod files {
     pub const ADMIN_TOKEN: &str = "admin.token";
     /// The address the API is bound to, while the node runs.
     pub const API_ADDR: &str = "api.addr";
+    /// The key that seals job passwords (32 bytes, 0600).
+    pub const SECRET_KEY: &str = "secret.key";
 }
 
 /// An opened data directory.
@@ -84,6 +86,22 @@ impl DataDir {
             }
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
+    }
+
+    /// The key that seals secrets at rest: read from `secret.key`, or created there.
+    pub fn secret_key(&self) -> anyhow::Result<ferry_coordinator::SecretKey> {
+        let path = self.path(files::SECRET_KEY);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = ferry_coordinator::SecretKey::generate()?;
+                write_new(&path, &key, 0o600)?;
+                key.to_vec()
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        ferry_coordinator::SecretKey::from_bytes(&bytes)
+            .with_context(|| format!("{} does not hold a secret key", path.display()))
     }
 
     /// Records the bound API address (replaced atomically).

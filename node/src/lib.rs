@@ -7,6 +7,8 @@ pub mod data_dir;
 mod node;
 mod proposer;
 pub mod raft;
+mod scheduler;
 mod service;
+mod transfer;
 
 pub use node::run;

@@ -16,7 +16,9 @@ use crate::config::Settings;
 use crate::data_dir::{DataDir, files};
 use crate::proposer::Proposer;
 use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
+use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
 use crate::service::NodeCluster;
+use crate::transfer::{EngineSettings, HttpTimeouts, Tick, Transfers};
 
 /// The id the first node of a cluster takes.
 const FIRST_NODE_ID: u64 = 1;
@@ -64,12 +66,36 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: config.peer.listen.to_string() };
     tokio::spawn(reconcile(cluster.clone(), config.policy, me));
 
+    let secrets = Arc::new(dir.secret_key()?);
+    let t = &config.transfer;
+    let engine = EngineSettings {
+        chunk_size: t.chunk_size_bytes,
+        connections: t.connections,
+        timeouts: HttpTimeouts {
+            connect: Duration::from_secs(t.connect_timeout_secs),
+            read: Duration::from_secs(t.read_timeout_secs),
+        },
+        allow_file_urls: t.allow_file_urls,
+        preemptive_basic_over_http: t.preemptive_basic_over_http,
+    };
+    let transfers = Transfers::new(node_id, cluster.clone(), engine, secrets.clone()).start();
+    let scheduler = Scheduler::new(
+        node_id,
+        cluster.clone(),
+        SchedulerSettings {
+            max_active_jobs: t.max_active_jobs,
+            time_slice: Duration::from_millis(t.time_slice_ms),
+        },
+    )
+    .start();
+    tokio::spawn(watch_queue(raft.clone(), transfers.recipient(), scheduler.recipient()));
+
     let limits = Limits {
         max_body_bytes: config.api.max_body_bytes,
         max_concurrent_requests: config.api.max_concurrent_requests,
     };
     let app = ferry_coordinator::router(
-        ApiState { cluster: Arc::new(cluster), auth: Arc::new(auth) },
+        ApiState { cluster: Arc::new(cluster), auth: Arc::new(auth), secrets },
         limits,
     );
     dir.write_api_addr(api_addr)?;
@@ -104,6 +130,33 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         tracing::warn!(error = %e, "raft did not stop cleanly");
     }
     outcome
+}
+
+/// Tells the transfer engine and the scheduler when the applied state moved on (at most
+/// every 10 ms; they look at the whole queue each time).
+async fn watch_queue(
+    raft: raft::Raft,
+    transfers: actix::Recipient<Tick>,
+    scheduler: actix::Recipient<Schedule>,
+) {
+    let mut metrics = raft.metrics();
+    let mut seen = None;
+    loop {
+        let (applied, leader) = {
+            let m = metrics.borrow_and_update();
+            (m.last_applied, m.current_leader)
+        };
+        if seen != Some((applied, leader)) {
+            seen = Some((applied, leader));
+            // A full mailbox already holds a wake-up: dropping this one loses nothing.
+            let _ = transfers.try_send(Tick);
+            let _ = scheduler.try_send(Schedule);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Once this node leads: records its current address in the membership (it may have

@@ -10,12 +10,14 @@ use utoipa::ToSchema;
 use crate::codes::{BitsCode, ErrorContext};
 pub use crate::command::FileChanges;
 use crate::command::JobAction;
+use crate::credentials::CredentialInfo;
 use crate::file::{FileProgress, FileRange, JobFile, NewFile};
 use crate::ids::{JobId, NodeId, Principal};
 use crate::job::{
     Job, JobError, JobProgress, JobProperties, JobState, JobTimes, JobType, Priority,
 };
 use crate::limits::QueuePolicy;
+use crate::transfer::RemoteInfo;
 
 /// A job as the API shows it (`GET /v1/jobs/{id}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -45,6 +47,8 @@ pub struct JobInfo {
     pub home_node: NodeId,
     /// Every property (write-only custom headers are redacted).
     pub properties: JobProperties,
+    /// Credentials set (targets and schemes only; never names or passwords).
+    pub credentials: Vec<CredentialInfo>,
 }
 
 impl From<&Job> for JobInfo {
@@ -66,6 +70,11 @@ impl From<&Job> for JobInfo {
             error: job.error.as_ref().map(ErrorInfo::from),
             home_node: job.home_node,
             properties,
+            credentials: job
+                .credentials
+                .iter()
+                .map(|c| CredentialInfo { target: c.target, scheme: c.scheme })
+                .collect(),
         }
     }
 }
@@ -96,6 +105,10 @@ pub struct FileInfo {
     pub transferred: bool,
     /// Validation state.
     pub validated: bool,
+    /// What the server said about the remote file (size, ETag, Last-Modified, ranges).
+    pub remote: Option<RemoteInfo>,
+    /// Headers of the last response for this file (`Name: value` lines).
+    pub response_headers: Vec<String>,
 }
 
 impl FileInfo {
@@ -110,6 +123,8 @@ impl FileInfo {
             progress: file.progress,
             transferred: file.transferred,
             validated: file.validated,
+            remote: file.remote.clone(),
+            response_headers: file.response_headers.clone(),
         }
     }
 }

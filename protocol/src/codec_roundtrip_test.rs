@@ -1,6 +1,8 @@
 //! Property tests: every type that crosses the codec (Raft entries, replies, stored
 //! jobs, request records, snapshots) decodes to what was encoded.
 
+use crate::credentials::{AuthScheme, AuthTarget, SealedCredential};
+use crate::transfer::{ChunkRecord, EngineReport, RemoteInfo, Severity};
 use proptest::prelude::*;
 
 use crate::codec;
@@ -90,16 +92,18 @@ prop_compose! {
             proxy, reply_file_name, custom_headers,
             custom_headers_write_only: flags.0, dynamic_content: flags.1, max_download_size: flags.2,
             peer_caching_flags: bits.0, acl_flags: bits.1, minimum_notification_interval_ms: bits.2,
+            max_connections: flags.2.map(|o| o.map(|n| n as u32)),
         }
     }
 }
 
 fn policy() -> impl Strategy<Value = QueuePolicy> {
-    any::<(u32, u32, u32, u32)>().prop_map(|(a, b, c, d)| QueuePolicy {
+    any::<(u32, u32, u32, u32, u64)>().prop_map(|(a, b, c, d, e)| QueuePolicy {
         max_jobs_per_user: a,
         max_jobs: b,
         max_files_per_job: c,
         max_ranges_per_file: d,
+        job_inactivity_timeout_secs: e,
     })
 }
 
@@ -132,6 +136,40 @@ fn command() -> impl Strategy<Value = Command> {
         (job_id(), proptest::sample::select(JobAction::ALL.to_vec()))
             .prop_map(|(job, action)| Command::Lifecycle { job, action }),
         policy().prop_map(Command::SetPolicy),
+        (job_id(), any::<u64>(), report()).prop_map(|(job, run, report)| Command::Engine { job, run, report }),
+        (job_id(), text(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(job, user_name, sealed)| {
+            Command::SetCredentials {
+                job,
+                credential: SealedCredential { target: AuthTarget::Proxy, scheme: AuthScheme::Digest, user_name, sealed },
+            }
+        }),
+    ]
+}
+
+fn remote() -> impl Strategy<Value = RemoteInfo> {
+    (proptest::option::of(any::<u64>()), proptest::option::of(text()), proptest::option::of(text()), any::<bool>())
+        .prop_map(|(size, etag, last_modified, ranges)| RemoteInfo { size, etag, last_modified, ranges })
+}
+
+fn report() -> impl Strategy<Value = EngineReport> {
+    prop_oneof![
+        Just(EngineReport::Activate),
+        Just(EngineReport::RetryDelayElapsed),
+        (any::<u32>(), remote(), any::<u64>())
+            .prop_map(|(file, remote, chunk_size)| EngineReport::Probed { file, remote, chunk_size }),
+        (any::<u32>(), proptest::collection::vec((any::<u32>(), any::<u64>(), any::<[u8; 32]>()), 0..4)).prop_map(
+            |(file, chunks)| EngineReport::Chunks {
+                file,
+                chunks: chunks.into_iter().map(|(index, len, digest)| ChunkRecord { index, len, digest }).collect(),
+            }
+        ),
+        (any::<u32>(), any::<u64>(), proptest::collection::vec(text(), 0..3))
+            .prop_map(|(file, size, headers)| EngineReport::FileTransferred { file, size, headers }),
+        (code(), text(), any::<bool>()).prop_map(|(code, detail, fatal)| EngineReport::Failed {
+            error: JobError { context: ErrorContext::GeneralTransport, code, detail, file_index: None, protocol: None },
+            severity: if fatal { Severity::Fatal } else { Severity::Transient },
+        }),
+        proptest::collection::vec(any::<u32>(), 0..4).prop_map(|completed| EngineReport::FilesFinished { completed }),
     ]
 }
 
@@ -194,6 +232,9 @@ fn job() -> impl Strategy<Value = Job> {
                     .map(|(i, (spec, (transferred, validated, completed), total, done))| {
                         let mut f = JobFile::new(id, i, spec);
                         f.transferred = transferred;
+                        f.chunk_size = done;
+                        f.chunks = vec![ChunkRecord { index: 1, len: done, digest: [7; 32] }];
+                        f.remote = Some(RemoteInfo { size: total, etag: Some("\"e\"".into()), last_modified: None, ranges: true });
                         f.validated = validated;
                         f.progress =
                             FileProgress { bytes_total: total, bytes_transferred: done, completed };
@@ -215,6 +256,14 @@ fn job() -> impl Strategy<Value = Job> {
                 error_count,
                 ever_resumed,
                 home_node,
+                run: times.0 / 3,
+                state_since: Timestamp(times.1),
+                no_progress_since: times.2.map(Timestamp),
+                active_ms: times.0 / 7,
+                active_since: times.2.map(Timestamp),
+                last_activated: Some(Timestamp(times.0)),
+                files_finished: ever_resumed,
+                credentials: Vec::new(),
             },
         )
 }

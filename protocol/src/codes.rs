@@ -158,6 +158,12 @@ code_table! {
     E_UNEXPECTED = 0x8000_FFFF, "Catastrophic failure.";
     E_ACCESSDENIED = 0x8007_0005, "Access is denied.";
     E_INVALIDARG = 0x8007_0057, "One or more arguments are not valid.";
+    ERROR_FILE_NOT_FOUND = 0x8007_0002, "The system cannot find the file specified.";
+    ERROR_PATH_NOT_FOUND = 0x8007_0003, "The system cannot find the path specified.";
+    ERROR_FILE_EXISTS = 0x8007_0050, "The file exists.";
+    ERROR_DISK_FULL = 0x8007_0070, "There is not enough space on the disk.";
+    ERROR_WRITE_FAULT = 0x8007_001D, "The system cannot write to the specified device.";
+    ERROR_NOT_SUPPORTED = 0x8007_0032, "The request is not supported.";
     ERROR_RETRY = 0x8007_04D5, "The operation could not be completed. A retry should be performed.";
 }
 

@@ -8,11 +8,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use crate::codes::BitsCode;
+use crate::credentials::{AuthScheme, AuthTarget, SealedCredential};
 use crate::file::NewFile;
 use crate::ids::{Caller, JobId, NodeId, RequestId};
 use crate::job::{HeaderLines, JobType, NotifyCmdLine, Priority, ProxySettings};
 use crate::limits::QueuePolicy;
 use crate::time::Timestamp;
+use crate::transfer::EngineReport;
 
 /// One Raft entry's payload: proposals applied in order, all at `time`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +72,22 @@ pub enum Command {
         /// What to change.
         changes: FileChanges,
     },
+    /// `SetCredentials`: add or replace the credential for its (target, scheme).
+    SetCredentials {
+        /// Target job.
+        job: JobId,
+        /// The credential, password sealed by the accepting node.
+        credential: SealedCredential,
+    },
+    /// `RemoveCredentials`.
+    RemoveCredentials {
+        /// Target job.
+        job: JobId,
+        /// Server or proxy.
+        target: AuthTarget,
+        /// The scheme.
+        scheme: AuthScheme,
+    },
     /// Resume, suspend, cancel, complete or take ownership.
     Lifecycle {
         /// Target job.
@@ -79,6 +97,16 @@ pub enum Command {
     },
     /// Replace the queue policy (administrators only).
     SetPolicy(QueuePolicy),
+    /// A report of the scheduler or the transfer engine (the node itself only).
+    Engine {
+        /// Target job.
+        job: JobId,
+        /// The transfer run the report belongs to (see [`crate::Job::run`]); ignored by
+        /// reports that are not about a run.
+        run: u64,
+        /// What happened.
+        report: EngineReport,
+    },
 }
 
 /// The state-changing job calls of `IBackgroundCopyJob`.
@@ -196,6 +224,10 @@ pub struct PropertyChanges {
     /// Minimum interval between modification events, milliseconds.
     #[serde(default)]
     pub minimum_notification_interval_ms: Option<u32>,
+    /// Parallel range connections per file (1 to 16); `null` takes the node's setting.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(nullable)]
+    pub max_connections: Option<Option<u32>>,
 }
 
 /// Writes the present fields of `changes` as map entries.
@@ -234,6 +266,7 @@ impl Serialize for PropertyChanges {
             peer_caching_flags,
             acl_flags,
             minimum_notification_interval_ms,
+            max_connections,
         );
         serde::ser::SerializeMap::end(map)
     }

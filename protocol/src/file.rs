@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use utoipa::ToSchema;
 
 use crate::ids::JobId;
+use crate::transfer::{ChunkRecord, RemoteInfo};
 
 /// `BG_LENGTH_TO_EOF`: a range length meaning "to the end of the remote file".
 pub const LENGTH_TO_EOF: u64 = u64::MAX;
@@ -143,6 +144,17 @@ pub struct JobFile {
     pub transferred: bool,
     /// `SetValidationState`: the owner declared the content valid.
     pub validated: bool,
+    /// What the last probe learned about the remote file (size, validators).
+    pub remote: Option<RemoteInfo>,
+    /// Chunk size of the file's plan; 0 until the file is probed.
+    pub chunk_size: u64,
+    /// Chunks durable in the temporary file, by plan index. Cleared when the file is
+    /// transferred (its [`content_digest`](Self::content_digest) remains).
+    pub chunks: Vec<ChunkRecord>,
+    /// Hash list of the finished file (see [`crate::transfer::content_digest`]).
+    pub content_digest: Option<[u8; 32]>,
+    /// The last response's headers (`BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS`).
+    pub response_headers: Vec<String>,
 }
 
 impl JobFile {
@@ -157,7 +169,23 @@ impl JobFile {
             progress: FileProgress::default(),
             transferred: false,
             validated: false,
+            remote: None,
+            chunk_size: 0,
+            chunks: Vec::new(),
+            content_digest: None,
+            response_headers: Vec::new(),
         }
+    }
+
+    /// Forgets every byte: the remote changed, or the content was declared invalid.
+    pub fn restart(&mut self) {
+        self.progress.bytes_transferred = 0;
+        self.progress.bytes_total = None;
+        self.transferred = false;
+        self.remote = None;
+        self.chunk_size = 0;
+        self.chunks.clear();
+        self.content_digest = None;
     }
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::codes::{BitsCode, ErrorContext};
+use crate::credentials::SealedCredential;
 use crate::file::JobFile;
 use crate::ids::{JobId, NodeId, Principal};
 use crate::time::Timestamp;
@@ -318,6 +319,9 @@ pub struct JobProperties {
     pub acl_flags: u32,
     /// Minimum interval between modification events, in milliseconds; default 500.
     pub minimum_notification_interval_ms: u32,
+    /// Parallel range connections per file; `None` takes the node's setting. Several
+    /// connections help only against a per-connection bottleneck.
+    pub max_connections: Option<u32>,
 }
 
 /// BITS defaults for job properties.
@@ -355,6 +359,7 @@ impl JobProperties {
             peer_caching_flags: 0,
             acl_flags: 0,
             minimum_notification_interval_ms: defaults::MINIMUM_NOTIFICATION_INTERVAL_MS,
+            max_connections: None,
         }
     }
 }
@@ -423,6 +428,25 @@ pub struct Job {
     pub ever_resumed: bool,
     /// The node whose disk holds the job's local files.
     pub home_node: NodeId,
+    /// Transfer runs so far: each activation starts a new one, and engine reports name
+    /// the run they belong to, so a report from a stopped run is recognised and dropped.
+    pub run: u64,
+    /// When the job entered its current state (the retry delay counts from here).
+    pub state_since: Timestamp,
+    /// Start of the no-progress period: the first transient error since the last
+    /// progress. `None` while the job makes progress.
+    pub no_progress_since: Option<Timestamp>,
+    /// Milliseconds spent in CONNECTING or TRANSFERRING before the current activation
+    /// (for the maximum download time).
+    pub active_ms: u64,
+    /// Start of the current activation, while the job is active.
+    pub active_since: Option<Timestamp>,
+    /// The last activation's time: equal-priority jobs take turns oldest first.
+    pub last_activated: Option<Timestamp>,
+    /// After Complete or Cancel: the home node has renamed or deleted the files.
+    pub files_finished: bool,
+    /// Server and proxy credentials, passwords sealed.
+    pub credentials: Vec<SealedCredential>,
 }
 
 impl Job {
@@ -452,5 +476,13 @@ impl Job {
     /// Number of files not yet completely transferred.
     pub fn pending_files(&self) -> usize {
         self.files.iter().filter(|f| !f.transferred).count()
+    }
+
+    /// Active time in milliseconds up to `now`, the current activation included.
+    pub fn active_ms_at(&self, now: Timestamp) -> u64 {
+        let current = self
+            .active_since
+            .map_or(0, |since| u64::try_from(now.since(since).as_millis()).unwrap_or(u64::MAX));
+        self.active_ms.saturating_add(current)
     }
 }

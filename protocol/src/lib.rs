@@ -11,6 +11,7 @@ pub mod api;
 pub mod codec;
 pub mod codes;
 pub mod command;
+pub mod credentials;
 pub mod file;
 pub mod ids;
 pub mod job;
@@ -18,6 +19,7 @@ pub mod limits;
 pub mod queue;
 pub mod state;
 pub mod time;
+pub mod transfer;
 pub mod validate;
 
 pub use codes::{BitsCode, ErrorContext};

@@ -28,6 +28,9 @@ pub const MAX_PROXY_LIST_BYTES: usize = 32 * 1_024;
 /// Most files one request may add, whatever the policy (a bound on request size).
 pub const MAX_FILES_PER_REQUEST: usize = 10_000;
 
+/// Most parallel range connections for one file.
+pub const MAX_CONNECTIONS_PER_FILE: u32 = 16;
+
 /// Largest encoded job, in bytes, whoever owns it: every job must fit comfortably in a
 /// stored row and a Raft entry (see `codec::FRAME_LIMIT`).
 pub const MAX_JOB_BYTES: usize = 4 * 1024 * 1024;
@@ -48,6 +51,9 @@ pub struct QueuePolicy {
     pub max_files_per_job: u32,
     /// Most ranges per file (`MaxRangesPerFile`, default 500).
     pub max_ranges_per_file: u32,
+    /// Seconds without any change after which a job is cancelled
+    /// (`JobInactivityTimeout`, default 90 days).
+    pub job_inactivity_timeout_secs: u64,
 }
 
 impl Default for QueuePolicy {
@@ -57,6 +63,7 @@ impl Default for QueuePolicy {
             max_jobs: 300,
             max_files_per_job: 200,
             max_ranges_per_file: 500,
+            job_inactivity_timeout_secs: 90 * 24 * 3600,
         }
     }
 }

@@ -40,13 +40,23 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
             }
             changes.remote_url.as_deref().map_or(Ok(()), |url| remote_url(url, JobType::Download))
         }
-        Command::Lifecycle { .. } => Ok(()),
+        Command::Lifecycle { .. } | Command::Engine { .. } | Command::RemoveCredentials { .. } => {
+            Ok(())
+        }
+        Command::SetCredentials { credential, .. } => {
+            credential.scheme.supported()?;
+            if credential.sealed.len() > 2 * crate::credentials::MAX_PASSWORD_CHARS * 4 {
+                return Err(invalid("the sealed password is too large"));
+            }
+            Ok(())
+        }
         Command::SetPolicy(policy) => {
             let p = policy;
             if p.max_jobs_per_user == 0
                 || p.max_jobs == 0
                 || p.max_files_per_job == 0
                 || p.max_ranges_per_file == 0
+                || p.job_inactivity_timeout_secs == 0
             {
                 return Err(invalid("policy limits must be at least 1"));
             }
@@ -108,6 +118,13 @@ pub fn property_changes(c: &PropertyChanges) -> Result<(), CommandError> {
     }
     if let Some(flags) = c.acl_flags {
         acl_flags(flags)?;
+    }
+    if let Some(Some(n)) = c.max_connections {
+        if !(1..=MAX_CONNECTIONS_PER_FILE).contains(&n) {
+            return Err(invalid(format!(
+                "max_connections must be 1 to {MAX_CONNECTIONS_PER_FILE}"
+            )));
+        }
     }
     Ok(())
 }

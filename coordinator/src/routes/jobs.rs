@@ -153,6 +153,9 @@ async fn act(
         Reply::Done(code) => code,
         Reply::Created(_) => BitsCode::S_OK,
     };
+    if matches!(action, JobAction::Complete | JobAction::Cancel) {
+        wait_for_files(&state, &caller, id).await;
+    }
     // After take-ownership the caller is the owner; after cancel/complete the job is
     // still readable by id until its retention ends.
     let job = job_info(&state, &caller, id, ReadAt::Applied(index)).await?;
@@ -162,6 +165,32 @@ async fn act(
         code_name: code.name().unwrap_or_default().into_owned(),
         job,
     }))
+}
+
+/// How long Complete and Cancel wait for the home node to rename or delete the files.
+const FILES_FINISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits (bounded) until the home node has renamed the files of a completed job into
+/// place, or deleted those of a cancelled one, so that the files are there when the
+/// call returns, as with BITS.
+async fn wait_for_files(
+    state: &ApiState,
+    caller: &ferry_protocol::Caller,
+    id: ferry_protocol::JobId,
+) {
+    let deadline = tokio::time::Instant::now() + FILES_FINISH_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        let done = read(state, ReadAt::Local, |q| {
+            q.visible_job(caller, &id).map_or(true, |job| job.files_finished)
+        })
+        .await
+        .unwrap_or(true);
+        if done {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tracing::warn!(job = %id, "the home node has not finished the job's files yet");
 }
 
 macro_rules! action_route {

@@ -3,6 +3,7 @@
 // utoipa's `path`/`IntoParams` expansions qualify paths that are already in scope.
 #![allow(unused_qualifications)]
 
+mod credentials;
 mod files;
 mod jobs;
 mod system;
@@ -19,6 +20,7 @@ use utoipa_axum::routes;
 use crate::auth::Auth;
 use crate::cluster::{Cluster, ReadAt};
 use crate::problem::ApiError;
+use crate::secrets::SecretKey;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -27,6 +29,8 @@ pub struct ApiState {
     pub cluster: Arc<dyn Cluster>,
     /// Token table.
     pub auth: Arc<Auth>,
+    /// Seals passwords before they are proposed.
+    pub secrets: Arc<SecretKey>,
 }
 
 #[derive(OpenApi)]
@@ -63,6 +67,8 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::complete))
         .routes(routes!(jobs::take_ownership))
         .routes(routes!(jobs::get_error))
+        .routes(routes!(credentials::set_credentials))
+        .routes(routes!(credentials::remove_credentials))
         .routes(routes!(files::add_files, files::list_files))
         .routes(routes!(files::set_file))
         .routes(routes!(system::describe_error))

@@ -77,6 +77,25 @@ impl Queue {
                 self.meta.policy = *policy;
                 Ok(Reply::Done(BitsCode::S_OK))
             }
+            Command::Engine { job, run, report } => self.engine_report(caller, *job, *run, report),
+            Command::SetCredentials { job, credential } => {
+                let mut job = self.accessible(caller, *job)?.clone();
+                check(&job, Operation::SetProperties, None)?;
+                job.credentials
+                    .retain(|c| (c.target, c.scheme) != (credential.target, credential.scheme));
+                job.credentials.push(credential.clone());
+                job.credentials.sort_by_key(|c| (c.target, c.scheme));
+                fits(&job)?;
+                self.store(job);
+                Ok(Reply::Done(BitsCode::S_OK))
+            }
+            Command::RemoveCredentials { job, target, scheme } => {
+                let mut job = self.accessible(caller, *job)?.clone();
+                check(&job, Operation::SetProperties, None)?;
+                job.credentials.retain(|c| (c.target, c.scheme) != (*target, *scheme));
+                self.store(job);
+                Ok(Reply::Done(BitsCode::S_OK))
+            }
         }
     }
 
@@ -85,11 +104,29 @@ impl Queue {
         self.visible_job(caller, &id)
     }
 
-    /// Replaces a job after a successful change, keeping the indexes and change set true.
-    fn store(&mut self, mut job: Job) {
-        job.times.modified = self.meta.clock;
+    /// Replaces a job after a successful change, keeping the indexes, the change set
+    /// and the job's state clocks (state entry, active time, completion) true.
+    pub(super) fn store(&mut self, mut job: Job) {
+        let now = self.meta.clock;
+        job.times.modified = now;
         if !matches!(job.state, JobState::Error | JobState::TransientError) {
             job.error = None;
+        }
+        let old_state = self.jobs.get(&job.id).map(|old| old.state);
+        if old_state != Some(job.state) {
+            job.state_since = now;
+            let active = |s: Option<JobState>| {
+                matches!(s, Some(JobState::Connecting | JobState::Transferring))
+            };
+            if active(old_state) && !active(Some(job.state)) {
+                job.active_ms = job.active_ms_at(now);
+                job.active_since = None;
+            } else if !active(old_state) && active(Some(job.state)) {
+                job.active_since = Some(now);
+            }
+            if job.state == JobState::Transferred {
+                job.times.transfer_completed = Some(now);
+            }
         }
         if let Some(old) = self.jobs.remove(&job.id) {
             self.unindex_job(&old);
@@ -151,6 +188,14 @@ impl Queue {
             error_count: 0,
             ever_resumed: false,
             home_node,
+            run: 0,
+            state_since: now,
+            no_progress_since: None,
+            active_ms: 0,
+            active_since: None,
+            last_activated: None,
+            files_finished: false,
+            credentials: Vec::new(),
         };
         job.props = self.changed_properties(caller, &job, &spec.properties)?;
         if !spec.files.is_empty() {
@@ -252,7 +297,12 @@ impl Queue {
         };
         let outcome = check(&job, op, None)?;
         match action {
-            JobAction::Resume => job.ever_resumed = true,
+            JobAction::Resume => {
+                job.ever_resumed = true;
+                if matches!(job.state, JobState::Error | JobState::TransientError) {
+                    job.no_progress_since = None;
+                }
+            }
             JobAction::TakeOwnership => {
                 if !caller.is_admin() {
                     return Err(CommandError::new(
@@ -265,6 +315,7 @@ impl Queue {
                 job.props.notify_cmdline = None;
                 job.props.custom_headers.clear();
                 job.props.custom_headers_write_only = false;
+                job.credentials.clear();
             }
             // Complete's renames happen on the home node, which marks the files completed.
             JobAction::Suspend | JobAction::Cancel | JobAction::Complete => {}
@@ -293,8 +344,7 @@ fn set_remote_name(job: &mut Job, index: u32, url: &str) -> Result<(), CommandEr
     if file.remote_url != url {
         // Bytes of two remote files must never be combined: start this file over.
         file.remote_url = url.to_owned();
-        file.progress.bytes_transferred = 0;
-        file.progress.bytes_total = None;
+        file.restart();
     }
     Ok(())
 }
@@ -308,8 +358,7 @@ fn set_validation_state(job: &mut Job, index: u32, valid: bool) -> Result<(), Co
     let file = file_mut(job, index)?;
     file.validated = valid;
     if !valid {
-        file.transferred = false;
-        file.progress.bytes_transferred = 0;
+        file.restart();
         job.state = outcome.next;
         job.error_count = job.error_count.saturating_add(1);
         job.error = Some(JobError {
@@ -324,7 +373,7 @@ fn set_validation_state(job: &mut Job, index: u32, valid: bool) -> Result<(), Co
 }
 
 /// Asks the state machine about `op` for `job`.
-fn check(
+pub(super) fn check(
     job: &Job,
     op: Operation,
     target_file_transferred: Option<bool>,
@@ -374,7 +423,7 @@ fn fits(job: &Job) -> Result<(), CommandError> {
     }
 }
 
-fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, CommandError> {
+pub(super) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, CommandError> {
     let count = job.files.len();
     job.files.get_mut(index as usize).ok_or_else(|| {
         CommandError::new(

@@ -7,6 +7,7 @@
 //! exactly those rows to disk in the same transaction as its applied index.
 
 mod apply;
+mod engine;
 mod properties;
 #[cfg(test)]
 mod tests;

@@ -74,6 +74,7 @@ impl Queue {
         set(&mut p.peer_caching_flags, c.peer_caching_flags);
         set(&mut p.acl_flags, c.acl_flags);
         set(&mut p.minimum_notification_interval_ms, c.minimum_notification_interval_ms);
+        set(&mut p.max_connections, c.max_connections);
         Ok(p)
     }
 }

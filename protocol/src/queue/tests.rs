@@ -175,6 +175,7 @@ fn policy_limits_apply_to_users_not_admins() {
         max_jobs: 3,
         max_files_per_job: 2,
         max_ranges_per_file: 1,
+        ..QueuePolicy::default()
     };
     h.created(&alice(), new_job(JobType::Download, 0));
     h.created(&alice(), new_job(JobType::Download, 0));

@@ -1,0 +1,136 @@
+//! How a failed transfer is reported: the BITS code, context and severity of HTTP
+//! statuses, transport errors and local file errors.
+
+use std::error::Error as _;
+
+use ferry_protocol::job::JobError;
+pub(crate) use ferry_protocol::transfer::transport_error as transport;
+use ferry_protocol::transfer::{Severity, code_severity, http_status_severity};
+use ferry_protocol::{BitsCode, ErrorContext};
+
+/// Why a run stopped.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The queue no longer wants this run (suspended, pre-empted, cancelled): quietly end.
+    Stale,
+    /// The transfer failed; the failure is reported.
+    Failed(Failure),
+    /// The remote file changed (or the temporary file was lost): start the file over.
+    RestartFile(String),
+}
+
+impl From<Failure> for Stop {
+    fn from(failure: Failure) -> Self {
+        Self::Failed(failure)
+    }
+}
+
+/// A failure with its BITS error and whether BITS would retry it.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// What the job's error will say.
+    pub(crate) error: JobError,
+    /// Retry or not.
+    pub(crate) severity: Severity,
+}
+
+impl Failure {
+    /// A failure whose severity follows its code.
+    pub(crate) fn new(error: JobError) -> Self {
+        let severity = code_severity(error.code);
+        Self { error, severity }
+    }
+
+    /// A failure that is never retried.
+    pub(crate) fn fatal(error: JobError) -> Self {
+        Self { error, severity: Severity::Fatal }
+    }
+
+    /// An HTTP status that is an error: `BG_E_HTTP_ERROR_<status>`, severity by class.
+    pub(crate) fn status(status: u16, url: &str, file: u32) -> Self {
+        Self {
+            error: JobError {
+                context: ErrorContext::RemoteFile,
+                code: BitsCode::http(status),
+                detail: format!("the server answered {status} for {url}"),
+                file_index: Some(file),
+                protocol: Some("http".into()),
+            },
+            severity: http_status_severity(status),
+        }
+    }
+
+    /// A server answer that breaks the protocol (bad Content-Range, wrong length...).
+    pub(crate) fn protocol(code: BitsCode, detail: String, file: u32) -> Self {
+        Self::new(JobError {
+            context: ErrorContext::RemoteFile,
+            code,
+            detail,
+            file_index: Some(file),
+            protocol: Some("http".into()),
+        })
+    }
+
+    /// A transport error of reqwest: connect, timeout, reset...
+    pub(crate) fn request(error: &reqwest::Error, url: &str, file: u32) -> Self {
+        let code = if error.is_timeout() {
+            BitsCode::BG_E_TIMEOUT
+        } else if error.is_connect() {
+            connect_code(error)
+        } else if error.is_redirect() {
+            BitsCode::BG_E_PROTOCOL_ERROR
+        } else if error.is_body() || error.is_decode() {
+            BitsCode::BG_E_CONNECTION_CLOSED
+        } else if error.is_builder() {
+            BitsCode::E_INVALIDARG
+        } else {
+            BitsCode::BG_E_SEND_FAILURE
+        };
+        Self::new(transport(code, format!("{url}: {}", chain(error)), Some(file)))
+    }
+
+    /// A local file error (the temporary file or the destination).
+    pub(crate) fn local(error: &std::io::Error, what: &str, file: Option<u32>) -> Self {
+        use std::io::ErrorKind::*;
+        let code = match error.kind() {
+            NotFound => BitsCode::ERROR_PATH_NOT_FOUND,
+            PermissionDenied | ReadOnlyFilesystem => BitsCode::E_ACCESSDENIED,
+            StorageFull | QuotaExceeded => BitsCode::ERROR_DISK_FULL,
+            AlreadyExists => BitsCode::ERROR_FILE_EXISTS,
+            _ => BitsCode::ERROR_WRITE_FAULT,
+        };
+        Self::fatal(JobError {
+            context: ErrorContext::LocalFile,
+            code,
+            detail: format!("{what}: {error}"),
+            file_index: file,
+            protocol: None,
+        })
+    }
+}
+
+/// Connect errors: name resolution, TLS trust, or refused/unreachable.
+fn connect_code(error: &reqwest::Error) -> BitsCode {
+    let text = chain(error).to_ascii_lowercase();
+    if text.contains("dns") || text.contains("resolve") || text.contains("lookup") {
+        BitsCode::BG_E_NAME_RESOLUTION_FAILURE
+    } else if text.contains("certificate") || text.contains("unknownissuer") {
+        BitsCode::BG_E_TRUST_FAILURE
+    } else if text.contains("tls") || text.contains("handshake") {
+        BitsCode::BG_E_SECURE_CHANNEL_FAILURE
+    } else {
+        BitsCode::BG_E_CONNECT_FAILURE
+    }
+}
+
+/// The error and its sources in one line (reqwest hides the cause in the chain).
+fn chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,266 @@
+//! The HTTP side of a transfer run: one `reqwest` client per run, built from the job's
+//! proxy settings and custom headers, and [`HttpSession::send`], which answers `401`
+//! and `407` challenges with the job's Basic or Digest credentials (Basic is sent
+//! before any challenge only over https, or when the node is configured to).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_protocol::credentials::{AuthScheme, AuthTarget};
+use ferry_protocol::job::JobError;
+use ferry_protocol::job::{Job, ProxyUsage};
+use ferry_protocol::{BitsCode, ErrorContext};
+use http_auth::{PasswordClient, PasswordParams};
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+
+use super::failure::{Failure, transport};
+
+/// A credential opened for this run.
+pub(crate) struct OpenCredential {
+    /// Server or proxy.
+    pub(crate) target: AuthTarget,
+    /// Basic or Digest.
+    pub(crate) scheme: AuthScheme,
+    /// User name.
+    pub(crate) user: String,
+    /// Password, plaintext in memory for the run only.
+    pub(crate) password: String,
+}
+
+impl std::fmt::Debug for OpenCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenCredential")
+            .field("target", &self.target)
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timeouts of the HTTP client.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HttpTimeouts {
+    /// To establish a connection.
+    pub(crate) connect: Duration,
+    /// Longest wait for the next bytes of a response.
+    pub(crate) read: Duration,
+}
+
+/// The client and the authentication state of one run, shared by its connections.
+pub(crate) struct HttpSession {
+    client: reqwest::Client,
+    credentials: Vec<OpenCredential>,
+    /// Answer to the server's last challenge, reused (Digest counts its nonce uses).
+    server: Mutex<Option<PasswordClient>>,
+    /// Likewise for the proxy.
+    proxy: Mutex<Option<PasswordClient>>,
+    /// Send Basic credentials before the server asks (https, or configured).
+    preemptive_basic_over_http: bool,
+}
+
+impl HttpSession {
+    /// A session for `job`.
+    pub(crate) fn new(
+        job: &Job,
+        credentials: Vec<OpenCredential>,
+        timeouts: HttpTimeouts,
+        parallel: bool,
+        preemptive_basic_over_http: bool,
+    ) -> Result<Arc<Self>, Failure> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.read)
+            .default_headers(custom_headers(job)?)
+            .user_agent(concat!("Ferry/", env!("CARGO_PKG_VERSION"), " (BITS)"))
+            .pool_max_idle_per_host(32);
+        if parallel {
+            // Several connections are the point; HTTP/2 would multiplex them onto one.
+            builder = builder.http1_only();
+        }
+        builder = match job.props.proxy.usage {
+            ProxyUsage::NoProxy => builder.no_proxy(),
+            ProxyUsage::Override => builder.no_proxy().proxy(override_proxy(job, &credentials)?),
+            // The node's environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY). WPAD discovery
+            // is not implemented, so autodetect uses the same configuration.
+            ProxyUsage::Preconfig | ProxyUsage::Autodetect => builder,
+        };
+        let client = builder.build().map_err(|e| {
+            Failure::fatal(transport(
+                BitsCode::BG_E_INVALID_PROXY_INFO,
+                format!("cannot set up the HTTP client: {e}"),
+                None,
+            ))
+        })?;
+        Ok(Arc::new(Self {
+            client,
+            credentials,
+            server: Mutex::new(None),
+            proxy: Mutex::new(None),
+            preemptive_basic_over_http,
+        }))
+    }
+
+    /// Sends the request `build` makes, answering up to two rounds of `401`/`407`
+    /// challenges with the job's credentials. A challenge that cannot be answered is
+    /// returned as is (the caller maps the status to `BG_E_HTTP_ERROR_401`/`407`).
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, reqwest::Error> {
+        let mut rounds = 0;
+        loop {
+            let mut request = build(self.client.request(method.clone(), url));
+            if let Some(value) = self.authorization(AuthTarget::Server, &method, url) {
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            if let Some(value) = self.authorization(AuthTarget::Proxy, &method, url) {
+                request = request.header(header::PROXY_AUTHORIZATION, value);
+            }
+            let response = request.send().await?;
+            let target = match response.status() {
+                StatusCode::UNAUTHORIZED => AuthTarget::Server,
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED => AuthTarget::Proxy,
+                _ => return Ok(response),
+            };
+            if rounds >= 2 || !self.accept_challenge(target, response.headers()) {
+                return Ok(response);
+            }
+            rounds += 1;
+        }
+    }
+
+    /// Learns from a challenge; false if no credential of ours answers it.
+    fn accept_challenge(&self, target: AuthTarget, headers: &HeaderMap) -> bool {
+        let name = match target {
+            AuthTarget::Server => header::WWW_AUTHENTICATE,
+            AuthTarget::Proxy => header::PROXY_AUTHENTICATE,
+        };
+        let mut builder = PasswordClient::builder();
+        for value in headers.get_all(name) {
+            if let Ok(text) = value.to_str() {
+                builder = builder.challenges(text);
+            }
+        }
+        let Ok(client) = builder.build() else {
+            return false;
+        };
+        let scheme = match client {
+            PasswordClient::Basic(_) => AuthScheme::Basic,
+            PasswordClient::Digest(_) => AuthScheme::Digest,
+            _ => return false,
+        };
+        if self.credential(target, scheme).is_none() {
+            return false;
+        }
+        let slot = self.slot(target);
+        let mut slot = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale = slot.as_ref().is_some_and(|old| *old == client);
+        *slot = Some(client);
+        // The same challenge again means our answer was refused: give up.
+        !stale
+    }
+
+    /// The `Authorization`/`Proxy-Authorization` value for a request, if any.
+    fn authorization(&self, target: AuthTarget, method: &Method, url: &str) -> Option<String> {
+        let slot = self.slot(target);
+        let mut slot = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() && target == AuthTarget::Server {
+            let https = url.starts_with("https://");
+            if https || self.preemptive_basic_over_http {
+                let basic = self.credential(target, AuthScheme::Basic)?;
+                return Some(http_auth::basic::encode_credentials(&basic.user, &basic.password));
+            }
+        }
+        let client = slot.as_mut()?;
+        let scheme = match client {
+            PasswordClient::Basic(_) => AuthScheme::Basic,
+            _ => AuthScheme::Digest,
+        };
+        let credential = self.credential(target, scheme)?;
+        let uri = request_uri(url, target);
+        client
+            .respond(&PasswordParams {
+                username: &credential.user,
+                password: &credential.password,
+                uri: &uri,
+                method: method.as_str(),
+                body: None,
+            })
+            .ok()
+    }
+
+    fn slot(&self, target: AuthTarget) -> &Mutex<Option<PasswordClient>> {
+        match target {
+            AuthTarget::Server => &self.server,
+            AuthTarget::Proxy => &self.proxy,
+        }
+    }
+
+    fn credential(&self, target: AuthTarget, scheme: AuthScheme) -> Option<&OpenCredential> {
+        self.credentials.iter().find(|c| c.target == target && c.scheme == scheme)
+    }
+}
+
+/// The request-URI a Digest response covers: the path and query, or the absolute URL
+/// when the request goes through a proxy (then it is absolute-form on the wire).
+fn request_uri(url: &str, target: AuthTarget) -> String {
+    if target == AuthTarget::Proxy {
+        return url.to_owned();
+    }
+    match url::Url::parse(url) {
+        Ok(parsed) => match parsed.query() {
+            Some(query) => format!("{}?{query}", parsed.path()),
+            None => parsed.path().to_owned(),
+        },
+        Err(_) => url.to_owned(),
+    }
+}
+
+/// The job's custom headers as a header map (sent with every request).
+fn custom_headers(job: &Job) -> Result<HeaderMap, Failure> {
+    let mut map = HeaderMap::new();
+    for line in job.props.custom_headers.iter() {
+        let bad = || {
+            Failure::fatal(JobError {
+                context: ErrorContext::GeneralQueueManager,
+                code: BitsCode::E_INVALIDARG,
+                detail: "a custom header is not a valid `Name: value` line".into(),
+                file_index: None,
+                protocol: Some("http".into()),
+            })
+        };
+        let (name, value) = line.split_once(':').ok_or_else(bad)?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
+        let mut value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+        value.set_sensitive(true);
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// The OVERRIDE proxy: the first entry of the job's list, bypassing its bypass list,
+/// with the job's Basic proxy credential if it has one.
+fn override_proxy(job: &Job, credentials: &[OpenCredential]) -> Result<reqwest::Proxy, Failure> {
+    let invalid =
+        |detail: String| Failure::fatal(transport(BitsCode::BG_E_INVALID_PROXY_INFO, detail, None));
+    let list = job.props.proxy.list.as_deref().unwrap_or_default();
+    let first = list
+        .split_whitespace()
+        .next()
+        .ok_or_else(|| invalid("the job's proxy list is empty".into()))?;
+    let url = if first.contains("://") { first.to_owned() } else { format!("http://{first}") };
+    let mut proxy =
+        reqwest::Proxy::all(&url).map_err(|e| invalid(format!("proxy {first:?}: {e}")))?;
+    if let Some(bypass) = job.props.proxy.bypass.as_deref() {
+        let hosts = bypass.split_whitespace().collect::<Vec<_>>().join(",");
+        proxy = proxy.no_proxy(reqwest::NoProxy::from_string(&hosts));
+    }
+    if let Some(basic) =
+        credentials.iter().find(|c| c.target == AuthTarget::Proxy && c.scheme == AuthScheme::Basic)
+    {
+        proxy = proxy.basic_auth(&basic.user, &basic.password);
+    }
+    Ok(proxy)
+}

@@ -1,0 +1,123 @@
+//! Local files of a download: the hidden temporary file beside the destination
+//! (created exclusively, mode 0600, written with positioned writes, fsynced before a
+//! chunk is reported), and what Complete and Cancel do to it (rename into place with
+//! the server's modification time, or delete).
+//!
+//! Blocking file system calls; callers run them on the blocking pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ferry_protocol::{Job, JobState};
+
+/// A temporary file being written by one run, shared by its connections.
+#[derive(Clone)]
+pub(crate) struct TempFile {
+    file: Arc<File>,
+}
+
+impl TempFile {
+    /// Starts the file over: removes what is there and creates it exclusively (0600).
+    pub(crate) fn create(path: &Path) -> io::Result<Self> {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path)?;
+        Ok(Self { file: Arc::new(file) })
+    }
+
+    /// Opens the file an earlier run left; `None` if it is gone (the run starts over).
+    pub(crate) fn reopen(path: &Path) -> io::Result<Option<Self>> {
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) if file.metadata()?.is_file() => Ok(Some(Self { file: Arc::new(file) })),
+            Ok(_) => Err(io::Error::other("the temporary name is not a regular file")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `bytes` at `offset`.
+    pub(crate) fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(bytes, offset)
+    }
+
+    /// Makes written bytes durable.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Sets the final length (dynamic content, or a plan smaller than what is there).
+    pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    /// Sets the modification time (from the server's Last-Modified) and syncs.
+    pub(crate) fn finish(&self, modified: Option<SystemTime>) -> io::Result<()> {
+        if let Some(time) = modified {
+            self.file.set_modified(time)?;
+        }
+        self.file.sync_all()
+    }
+}
+
+/// What finishing a final job did.
+pub(crate) struct Finished {
+    /// Files renamed into place.
+    pub(crate) completed: Vec<u32>,
+    /// Files whose rename or removal failed (the reason, for the log).
+    pub(crate) problems: Vec<String>,
+}
+
+/// Complete: renames every transferred file into place and deletes the other temporary
+/// files. Cancel: deletes every temporary file. Safe to repeat after a crash: a file
+/// already renamed (temporary gone, destination present) counts as completed.
+pub(crate) fn finish_job(job: &Job) -> Finished {
+    let mut done = Finished { completed: Vec::new(), problems: Vec::new() };
+    let keep = job.state == JobState::Acknowledged;
+    let mut dirs = Vec::new();
+    for (index, file) in job.files.iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let temp = Path::new(&file.temporary_name);
+        let dest = Path::new(&file.local_path);
+        if keep && file.transferred {
+            // The temporary file was private while incomplete; the result is an ordinary file.
+            let _ = fs::set_permissions(temp, fs::Permissions::from_mode(0o644));
+            match fs::rename(temp, dest) {
+                Ok(()) => done.completed.push(index),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && dest.exists() => {
+                    done.completed.push(index);
+                }
+                Err(e) => {
+                    done.problems.push(format!("file {index}: cannot rename into place: {e}"))
+                }
+            }
+        } else {
+            match fs::remove_file(temp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => done
+                    .problems
+                    .push(format!("file {index}: cannot delete {}: {e}", temp.display())),
+            }
+        }
+        if let Some(dir) = dest.parent() {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    // The renames are durable once their directories are.
+    for dir in dirs {
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            done.problems.push(format!("cannot sync {}: {e}", dir.display()));
+        }
+    }
+    done
+}

@@ -1,0 +1,354 @@
+//! The transfer engine of a home node. The [`Transfers`] actor owns which runs are
+//! going: on every change of the replicated queue it starts a run task for each active
+//! job whose files live here (a new run number means a new task), stops tasks whose
+//! job is no longer active, and after Complete or Cancel renames or deletes the job's
+//! files. The tasks own the I/O ([`download`]) and report through Raft ([`Reporter`]).
+
+mod download;
+mod failure;
+mod http;
+mod local;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use ferry_coordinator::{Cluster, ClusterError, ReadAt, SecretKey};
+use ferry_protocol::command::Command;
+use ferry_protocol::credentials::SealedCredential;
+use ferry_protocol::transfer::EngineReport;
+use ferry_protocol::{BitsCode, Caller, Job, JobId, JobState, NodeId, Principal, Proposal, Role};
+use tokio::task::AbortHandle;
+
+use self::failure::{Failure, Stop};
+pub(crate) use self::http::HttpTimeouts;
+use self::http::{HttpSession, OpenCredential};
+use crate::service::NodeCluster;
+
+/// How long a run whose task ended without moving its job waits before a new task.
+const ORPHAN_RESTART_DELAY: Duration = Duration::from_secs(2);
+/// How often a failed write of a report is retried before the run gives up.
+const REPORT_ATTEMPTS: u32 = 5;
+
+/// The engine's settings (from `[transfer]` in the configuration).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EngineSettings {
+    /// Default chunk size, bytes.
+    pub(crate) chunk_size: u64,
+    /// Default connections per file.
+    pub(crate) connections: u32,
+    /// HTTP client timeouts.
+    pub(crate) timeouts: HttpTimeouts,
+    /// Whether `file://` sources may be read.
+    pub(crate) allow_file_urls: bool,
+    /// Send Basic credentials over plain http before the server asks.
+    pub(crate) preemptive_basic_over_http: bool,
+}
+
+/// The node itself as a caller: engine reports are only accepted from it.
+pub(crate) fn system_caller() -> Caller {
+    Caller { principal: Principal::system(), role: Role::Admin }
+}
+
+/// Sends engine reports through Raft and reads the job back after them.
+#[derive(Clone)]
+pub(crate) struct Reporter {
+    cluster: NodeCluster,
+}
+
+impl Reporter {
+    /// A reporter writing through `cluster`.
+    pub(crate) fn new(cluster: NodeCluster) -> Self {
+        Self { cluster }
+    }
+
+    /// The job as applied here, if run `run` is still its current, active run.
+    pub(crate) fn job(&self, id: JobId, run: u64) -> Result<Job, Stop> {
+        let machine = self.cluster.state.read();
+        match machine.queue.job(&id) {
+            Some(job) if job.run == run && job.state.is_active() => Ok(job.clone()),
+            _ => Err(Stop::Stale),
+        }
+    }
+
+    /// Proposes `report` for run `run` of job `id` and waits until it is applied here.
+    /// A refusal (the run is stale) is [`Stop::Stale`].
+    pub(crate) async fn report(
+        &self,
+        id: JobId,
+        run: u64,
+        report: EngineReport,
+    ) -> Result<(), Stop> {
+        let command = Command::Engine { job: id, run, report };
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=REPORT_ATTEMPTS {
+            let proposal =
+                Proposal { request_id: None, caller: system_caller(), command: command.clone() };
+            match self.cluster.write(proposal).await {
+                Ok(written) => {
+                    if let Err(e) = written.result {
+                        if e.code != BitsCode::BG_E_INVALID_STATE {
+                            tracing::warn!(job = %id, run, error = %e, "engine report refused");
+                        }
+                        return Err(Stop::Stale);
+                    }
+                    self.cluster
+                        .read_barrier(ReadAt::Applied(written.index))
+                        .await
+                        .map_err(|_| Stop::Stale)?;
+                    return Ok(());
+                }
+                Err(ClusterError::TooLarge { .. }) => return Err(Stop::Stale),
+                Err(e) => {
+                    tracing::warn!(job = %id, run, attempt, error = %e, "cannot write an engine report; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        Err(Stop::Stale)
+    }
+}
+
+/// Opens the job's sealed credentials for a run.
+fn open_credentials(job: &Job, key: &SecretKey) -> Result<Vec<OpenCredential>, Failure> {
+    job.credentials
+        .iter()
+        .map(|c| {
+            let associated =
+                SealedCredential::associated_data(job.id, c.target, c.scheme, &c.user_name);
+            let plain = key.open(&c.sealed, &associated).map_err(|e| {
+                Failure::fatal(failure::transport(
+                    BitsCode::BG_E_INVALID_CREDENTIALS,
+                    format!("the stored {:?} {:?} password cannot be opened ({e}); set the credentials again", c.target, c.scheme),
+                    None,
+                ))
+            })?;
+            let password = String::from_utf8(plain).map_err(|_| {
+                Failure::fatal(failure::transport(
+                    BitsCode::BG_E_INVALID_CREDENTIALS,
+                    "a stored password is not UTF-8; set the credentials again".into(),
+                    None,
+                ))
+            })?;
+            Ok(OpenCredential { target: c.target, scheme: c.scheme, user: c.user_name.clone(), password })
+        })
+        .collect()
+}
+
+/// One run of a job: set up HTTP, transfer, report how it ended.
+async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets: Arc<SecretKey>) {
+    let id = job.id;
+    let run = job.run;
+    let outcome = async {
+        let credentials = open_credentials(&job, &secrets)?;
+        let parallel = job.props.max_connections.unwrap_or(settings.connections) > 1;
+        let http = HttpSession::new(
+            &job,
+            credentials,
+            settings.timeouts,
+            parallel,
+            settings.preemptive_basic_over_http,
+        )?;
+        download::Run { job, run, reporter: reporter.clone(), settings, http }.transfer().await
+    }
+    .await;
+    let failure = match outcome {
+        Ok(()) | Err(Stop::Stale) => return,
+        Err(Stop::Failed(failure)) => failure,
+        Err(Stop::RestartFile(why)) => {
+            Failure::new(failure::transport(BitsCode::BG_E_REMOTE_FILE_CHANGED, why, None))
+        }
+    };
+    tracing::info!(job = %id, run, code = %failure.error.code, severity = ?failure.severity, detail = %failure.error.detail, "transfer failed");
+    let report = EngineReport::Failed { error: failure.error, severity: failure.severity };
+    let _ = reporter.report(id, run, report).await;
+}
+
+/// Check the queue again (it changed, or time passed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Tick;
+
+/// A run's task ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RunEnded {
+    job: JobId,
+    run: u64,
+}
+
+/// A final job's files were renamed or deleted (or that failed and may be retried).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FinishEnded {
+    job: JobId,
+}
+
+/// A run in progress.
+struct RunningTask {
+    run: u64,
+    abort: AbortHandle,
+    /// When the task ended, if it did while its job still holds the same run.
+    ended: Option<Instant>,
+}
+
+/// The home node's transfer actor.
+pub(crate) struct Transfers {
+    node_id: NodeId,
+    cluster: NodeCluster,
+    settings: EngineSettings,
+    secrets: Arc<SecretKey>,
+    running: HashMap<JobId, RunningTask>,
+    /// Final jobs whose files are being finished (`None`) or whose last attempt ended
+    /// at that time without being recorded (retried after a pause).
+    finishing: HashMap<JobId, Option<Instant>>,
+}
+
+impl Transfers {
+    /// The engine of node `node_id`.
+    pub(crate) fn new(
+        node_id: NodeId,
+        cluster: NodeCluster,
+        settings: EngineSettings,
+        secrets: Arc<SecretKey>,
+    ) -> Self {
+        Self {
+            node_id,
+            cluster,
+            settings,
+            secrets,
+            running: HashMap::new(),
+            finishing: HashMap::new(),
+        }
+    }
+
+    fn start_run(&mut self, job: Job, ctx: &mut Context<Self>) {
+        let (id, run) = (job.id, job.run);
+        let reporter = Reporter::new(self.cluster.clone());
+        let me = ctx.address();
+        let handle = tokio::spawn({
+            let settings = self.settings;
+            let secrets = self.secrets.clone();
+            async move {
+                run_job(job, reporter, settings, secrets).await;
+                me.do_send(RunEnded { job: id, run });
+            }
+        });
+        tracing::debug!(job = %id, run, "transfer run started");
+        if let Some(old) =
+            self.running.insert(id, RunningTask { run, abort: handle.abort_handle(), ended: None })
+        {
+            old.abort.abort();
+        }
+    }
+
+    fn start_finish(&mut self, job: Job, ctx: &mut Context<Self>) {
+        let id = job.id;
+        self.finishing.insert(id, None);
+        let reporter = Reporter::new(self.cluster.clone());
+        let me = ctx.address();
+        tokio::spawn(async move {
+            let finished = tokio::task::spawn_blocking(move || local::finish_job(&job)).await;
+            match finished {
+                Ok(done) => {
+                    for problem in &done.problems {
+                        tracing::warn!(job = %id, %problem, "finishing the job's files");
+                    }
+                    let report = EngineReport::FilesFinished { completed: done.completed };
+                    let command = Command::Engine { job: id, run: 0, report };
+                    let proposal = Proposal { request_id: None, caller: system_caller(), command };
+                    if let Err(e) = reporter.cluster.write(proposal).await {
+                        tracing::warn!(job = %id, error = %e, "cannot record the finished files");
+                    }
+                }
+                Err(e) => tracing::warn!(job = %id, error = %e, "finishing the job's files failed"),
+            }
+            me.do_send(FinishEnded { job: id });
+        });
+    }
+}
+
+impl Actor for Transfers {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(64);
+        // Orphaned runs (a report could not be written) are retried on this beat.
+        ctx.run_interval(Duration::from_secs(1), |_, ctx| ctx.notify(Tick));
+    }
+}
+
+impl Handler<Tick> for Transfers {
+    type Result = ();
+
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        let mut to_start = Vec::new();
+        let mut to_finish = Vec::new();
+        let mut wanted = HashSet::new();
+        {
+            let machine = self.cluster.state.read();
+            for job in machine.queue.jobs().filter(|j| j.home_node == self.node_id) {
+                if matches!(job.state, JobState::Connecting | JobState::Transferring) {
+                    wanted.insert(job.id);
+                    let start = match self.running.get(&job.id) {
+                        Some(task) if task.run == job.run => {
+                            task.ended.is_some_and(|ended| ended.elapsed() >= ORPHAN_RESTART_DELAY)
+                        }
+                        _ => true,
+                    };
+                    if start {
+                        to_start.push(job.clone());
+                    }
+                } else if job.state.is_final() && !job.files_finished {
+                    let due = match self.finishing.get(&job.id) {
+                        None => true,
+                        Some(None) => false,
+                        Some(Some(ended)) => ended.elapsed() >= ORPHAN_RESTART_DELAY,
+                    };
+                    if due {
+                        to_finish.push(job.clone());
+                    }
+                }
+            }
+        }
+        self.running.retain(|id, task| {
+            let keep = wanted.contains(id);
+            if !keep {
+                task.abort.abort();
+            }
+            keep
+        });
+        for job in to_start {
+            self.start_run(job, ctx);
+        }
+        for job in to_finish {
+            self.start_finish(job, ctx);
+        }
+    }
+}
+
+impl Handler<RunEnded> for Transfers {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunEnded, _: &mut Context<Self>) {
+        if let Some(task) = self.running.get_mut(&msg.job).filter(|t| t.run == msg.run) {
+            task.ended = Some(Instant::now());
+        }
+    }
+}
+
+impl Handler<FinishEnded> for Transfers {
+    type Result = ();
+
+    fn handle(&mut self, msg: FinishEnded, _: &mut Context<Self>) {
+        let finished =
+            self.cluster.state.read().queue.job(&msg.job).is_none_or(|job| job.files_finished);
+        if finished {
+            self.finishing.remove(&msg.job);
+        } else {
+            self.finishing.insert(msg.job, Some(Instant::now()));
+        }
+    }
+}
