@@ -4,6 +4,8 @@
 //!
 //! Binaries are taken from the same target directory as the running test or benchmark
 //! (`target/<profile>/ferryd`), and refused if older than their sources.
+//!
+//! [`origin`] is the test origin server that downloads are made from.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ use ferry_coordinator::{Client, TokenEntry};
 use ferry_protocol::Role;
 use ferry_protocol::limits::QueuePolicy;
 use tokio::process::{Child, Command};
+
+pub mod origin;
 
 /// Tokens every harness node is configured with, unless the test gives its own.
 pub mod tokens {
