@@ -151,7 +151,7 @@ pub struct TransferConfig {
     /// help only against a per-connection limit. Default 1.
     pub connections: u32,
     /// Jobs transferring at once per home node (BITS priority rules decide which).
-    /// Default 4.
+    /// 0 pauses transfers: jobs are queued but never started. Default 4.
     pub max_active_jobs: usize,
     /// How long a background job keeps its slot while a job of the same priority
     /// waits (round robin), milliseconds. Default 60000.
@@ -294,8 +294,8 @@ impl Config {
         if !(1..=ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE).contains(&t.connections) {
             return invalid("transfer.connections must be 1 to 16".into());
         }
-        if t.max_active_jobs == 0 || t.time_slice_ms == 0 {
-            return invalid("transfer.max_active_jobs and time_slice_ms must be at least 1".into());
+        if t.time_slice_ms == 0 {
+            return invalid("transfer.time_slice_ms must be at least 1".into());
         }
         if t.connect_timeout_secs == 0 || t.read_timeout_secs == 0 {
             return invalid("transfer timeouts must be at least 1 second".into());

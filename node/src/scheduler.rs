@@ -28,7 +28,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(5);
 /// Scheduling settings (from `[transfer]` in the configuration).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SchedulerSettings {
-    /// Jobs transferring at once per home node.
+    /// Jobs transferring at once per home node (0: none, transfers are paused).
     pub(crate) max_active_jobs: usize,
     /// How long a background job keeps its slot while an equal-priority job waits.
     pub(crate) time_slice: Duration,
@@ -183,7 +183,7 @@ impl Scheduler {
         candidates.sort_by_key(|job| {
             (job.props.priority, !holds(job), job.last_activated, job.times.created, job.id)
         });
-        let cap = self.settings.max_active_jobs.max(1);
+        let cap = self.settings.max_active_jobs;
         let mut reports = Vec::new();
         let mut wake = None;
         for (rank, job) in candidates.iter().enumerate() {

@@ -136,40 +136,75 @@ fn command() -> impl Strategy<Value = Command> {
         (job_id(), proptest::sample::select(JobAction::ALL.to_vec()))
             .prop_map(|(job, action)| Command::Lifecycle { job, action }),
         policy().prop_map(Command::SetPolicy),
-        (job_id(), any::<u64>(), report()).prop_map(|(job, run, report)| Command::Engine { job, run, report }),
-        (job_id(), text(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(job, user_name, sealed)| {
-            Command::SetCredentials {
-                job,
-                credential: SealedCredential { target: AuthTarget::Proxy, scheme: AuthScheme::Digest, user_name, sealed },
-            }
+        (job_id(), any::<u64>(), report()).prop_map(|(job, run, report)| Command::Engine {
+            job,
+            run,
+            report
         }),
+        (job_id(), text(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(
+            |(job, user_name, sealed)| {
+                Command::SetCredentials {
+                    job,
+                    credential: SealedCredential {
+                        target: AuthTarget::Proxy,
+                        scheme: AuthScheme::Digest,
+                        user_name,
+                        sealed,
+                    },
+                }
+            }
+        ),
     ]
 }
 
 fn remote() -> impl Strategy<Value = RemoteInfo> {
-    (proptest::option::of(any::<u64>()), proptest::option::of(text()), proptest::option::of(text()), any::<bool>())
-        .prop_map(|(size, etag, last_modified, ranges)| RemoteInfo { size, etag, last_modified, ranges })
+    (
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(text()),
+        proptest::option::of(text()),
+        any::<bool>(),
+    )
+        .prop_map(|(size, etag, last_modified, ranges)| RemoteInfo {
+            size,
+            etag,
+            last_modified,
+            ranges,
+        })
 }
 
 fn report() -> impl Strategy<Value = EngineReport> {
     prop_oneof![
         Just(EngineReport::Activate),
         Just(EngineReport::RetryDelayElapsed),
-        (any::<u32>(), remote(), any::<u64>())
-            .prop_map(|(file, remote, chunk_size)| EngineReport::Probed { file, remote, chunk_size }),
-        (any::<u32>(), proptest::collection::vec((any::<u32>(), any::<u64>(), any::<[u8; 32]>()), 0..4)).prop_map(
-            |(file, chunks)| EngineReport::Chunks {
+        (any::<u32>(), remote(), any::<u64>()).prop_map(|(file, remote, chunk_size)| {
+            EngineReport::Probed { file, remote, chunk_size }
+        }),
+        (
+            any::<u32>(),
+            proptest::collection::vec((any::<u32>(), any::<u64>(), any::<[u8; 32]>()), 0..4)
+        )
+            .prop_map(|(file, chunks)| EngineReport::Chunks {
                 file,
-                chunks: chunks.into_iter().map(|(index, len, digest)| ChunkRecord { index, len, digest }).collect(),
-            }
+                chunks: chunks
+                    .into_iter()
+                    .map(|(index, len, digest)| ChunkRecord { index, len, digest })
+                    .collect(),
+            }),
+        (any::<u32>(), any::<u64>(), proptest::collection::vec(text(), 0..3)).prop_map(
+            |(file, size, headers)| EngineReport::FileTransferred { file, size, headers }
         ),
-        (any::<u32>(), any::<u64>(), proptest::collection::vec(text(), 0..3))
-            .prop_map(|(file, size, headers)| EngineReport::FileTransferred { file, size, headers }),
         (code(), text(), any::<bool>()).prop_map(|(code, detail, fatal)| EngineReport::Failed {
-            error: JobError { context: ErrorContext::GeneralTransport, code, detail, file_index: None, protocol: None },
+            error: JobError {
+                context: ErrorContext::GeneralTransport,
+                code,
+                detail,
+                file_index: None,
+                protocol: None
+            },
             severity: if fatal { Severity::Fatal } else { Severity::Transient },
         }),
-        proptest::collection::vec(any::<u32>(), 0..4).prop_map(|completed| EngineReport::FilesFinished { completed }),
+        proptest::collection::vec(any::<u32>(), 0..4)
+            .prop_map(|completed| EngineReport::FilesFinished { completed }),
     ]
 }
 
@@ -234,7 +269,12 @@ fn job() -> impl Strategy<Value = Job> {
                         f.transferred = transferred;
                         f.chunk_size = done;
                         f.chunks = vec![ChunkRecord { index: 1, len: done, digest: [7; 32] }];
-                        f.remote = Some(RemoteInfo { size: total, etag: Some("\"e\"".into()), last_modified: None, ranges: true });
+                        f.remote = Some(RemoteInfo {
+                            size: total,
+                            etag: Some("\"e\"".into()),
+                            last_modified: None,
+                            ranges: true,
+                        });
                         f.validated = validated;
                         f.progress =
                             FileProgress { bytes_total: total, bytes_transferred: done, completed };

@@ -22,7 +22,7 @@ struct Case {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_change_nothing() -> anyhow::Result<()> {
     let node =
-        Node::start(NodeOptions { policy: QueuePolicy::default(), ..NodeOptions::default() })
+        Node::start(NodeOptions { policy: QueuePolicy::default(), ..NodeOptions::queue_only() })
             .await?;
     let alice = node.client(Some(tokens::ALICE))?;
     // A job with 200 files: the policy's limit.

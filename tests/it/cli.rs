@@ -7,7 +7,7 @@ use ferry_tests::{Node, NodeOptions, ferry, tokens};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_tour() -> anyhow::Result<()> {
-    let node = Node::start(NodeOptions::default()).await?;
+    let node = Node::start(NodeOptions::queue_only()).await?;
     let run = |args: &'static [&'static str]| ferry(&node, tokens::ALICE, args);
 
     let (code, out, err) = run(&["job", "create", "nightly", "--priority", "high"]).await?;
@@ -169,7 +169,7 @@ async fn cli_tour() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_tokens_generates_an_admin_token_the_cli_finds() -> anyhow::Result<()> {
-    let node = Node::start(NodeOptions { tokens: vec![], ..NodeOptions::default() }).await?;
+    let node = Node::start(NodeOptions { tokens: vec![], ..NodeOptions::queue_only() }).await?;
     let token_file = node.data_dir().join("admin.token");
     assert!(token_file.exists());
     // No --token and no FERRY_TOKEN: the CLI reads <data-dir>/admin.token.

@@ -111,7 +111,7 @@ async fn bad_configurations_are_refused_with_the_reason() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_serves_one_node_at_a_time() -> anyhow::Result<()> {
-    let node = Node::start(NodeOptions::default()).await?;
+    let node = Node::start(NodeOptions::queue_only()).await?;
     let data = node.data_dir();
     let (code, out) =
         run_to_end(&["--data-dir", data.to_str().unwrap_or_default(), "--listen", "127.0.0.1:0"])

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod daemon;
+mod download;
 mod idempotency;
 mod openapi;
 mod ownership;

@@ -6,7 +6,7 @@ use crate::support::raw;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_lists_the_routes() -> anyhow::Result<()> {
-    let node = Node::start(NodeOptions::default()).await?;
+    let node = Node::start(NodeOptions::queue_only()).await?;
     let doc: serde_json::Value =
         raw().get(format!("{}/v1/openapi.json", node.url()?)).send().await?.json().await?;
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));

@@ -10,7 +10,7 @@ use crate::support::{file, new_job, queue_view};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_isolated_and_admins_take_over() -> anyhow::Result<()> {
-    let node = Node::start(NodeOptions::default()).await?;
+    let node = Node::start(NodeOptions::queue_only()).await?;
     let alice = node.client(Some(tokens::ALICE))?;
     let bob = node.client(Some(tokens::BOB))?;
     let admin = node.client(Some(tokens::ADMIN))?;

@@ -54,7 +54,7 @@ async fn five_hundred_jobs_survive_kill_9() -> anyhow::Result<()> {
     let options = NodeOptions {
         snapshot_after_entries: 100,
         policy: QueuePolicy { max_jobs_per_user: 1_000, max_jobs: 2_000, ..QueuePolicy::default() },
-        ..NodeOptions::default()
+        ..NodeOptions::queue_only()
     };
     let mut node = Node::start(options).await?;
     let owners = [tokens::ALICE, tokens::BOB, tokens::ADMIN];
@@ -164,7 +164,7 @@ async fn five_hundred_jobs_survive_kill_9() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly_and_restart_resumes() -> anyhow::Result<()> {
-    let mut node = Node::start(NodeOptions::default()).await?;
+    let mut node = Node::start(NodeOptions::queue_only()).await?;
     let alice = node.client(Some(tokens::ALICE))?;
     let job = alice.create_job(&spec(3)).await?;
     let status = node.stop().await?;
@@ -215,7 +215,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_job_and_duplicates_none() ->
 {
     let policy =
         QueuePolicy { max_jobs_per_user: 100_000, max_jobs: 100_000, ..QueuePolicy::default() };
-    let mut node = Node::start(NodeOptions { policy, ..NodeOptions::default() }).await?;
+    let mut node = Node::start(NodeOptions { policy, ..NodeOptions::queue_only() }).await?;
     let url = format!("{}/v1/jobs", node.url()?);
     let mut writers = Vec::new();
     for w in 0..8 {
@@ -292,7 +292,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_job_and_duplicates_none() ->
 async fn large_concurrent_commands_never_make_the_log_unreadable() -> anyhow::Result<()> {
     // 30 users' jobs of 200 files with the longest names BITS allows: about 1.3 MB each as
     // a command, 40 MB in all if one log entry took them together.
-    let mut node = Node::start(NodeOptions::default()).await?;
+    let mut node = Node::start(NodeOptions::queue_only()).await?;
     let big_file = |n: usize| NewFile {
         remote_url: format!("https://origin.example/{}{n:06}", "segment-0123456789/".repeat(113)),
         local_path: format!("/srv/{}/{n:06}", "d/".repeat(2_030)),

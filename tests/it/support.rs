@@ -46,3 +46,65 @@ pub(crate) fn raw() -> reqwest::Client {
     ferry_coordinator::client::ensure_crypto_provider();
     reqwest::Client::builder().no_proxy().build().expect("a plain HTTP client builds")
 }
+
+/// A download node for transfer tests: 256 KiB chunks unless `transfer` says
+/// otherwise (later keys win in TOML? no: duplicates are errors, so give whole lines).
+pub(crate) async fn transfer_node(transfer: &str) -> anyhow::Result<Node> {
+    let mut lines = String::from(transfer);
+    if !transfer.contains("chunk_size_bytes") {
+        lines.push_str("\nchunk_size_bytes = 262144");
+    }
+    if !transfer.contains("read_timeout_secs") {
+        lines.push_str("\nread_timeout_secs = 10");
+    }
+    Node::start(ferry_tests::NodeOptions { transfer: lines, ..ferry_tests::NodeOptions::default() })
+        .await
+}
+
+/// Polls job `id` until its state is one of `states`; fails after `timeout` with the
+/// job and the node's log.
+pub(crate) async fn wait_for(
+    node: &Node,
+    client: &Client,
+    id: JobId,
+    states: &[ferry_protocol::JobState],
+    timeout: std::time::Duration,
+) -> anyhow::Result<JobInfo> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let job = client.job(id).await?;
+        if states.contains(&job.state) {
+            return Ok(job);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "job {id} is {:?} after {timeout:?}, wanted {states:?}; error {:?}\nnode log:\n{}",
+                job.state,
+                job.error,
+                node.log_tail()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates a download job of `files` (URL, local path) with `properties`, resumes it.
+pub(crate) async fn start_download(
+    client: &Client,
+    files: &[(String, std::path::PathBuf)],
+    properties: ferry_protocol::PropertyChanges,
+) -> anyhow::Result<JobId> {
+    let files = files
+        .iter()
+        .map(|(url, path)| NewFile {
+            remote_url: url.clone(),
+            local_path: path.to_string_lossy().into_owned(),
+            ranges: vec![],
+        })
+        .collect();
+    let spec =
+        NewJob { display_name: "download".into(), job_type: JobType::Download, properties, files };
+    let job = client.create_job(&spec).await?;
+    client.act(job.id, ferry_protocol::JobAction::Resume).await?;
+    Ok(job.id)
+}

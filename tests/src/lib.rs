@@ -130,8 +130,19 @@ pub struct NodeOptions {
     pub policy: QueuePolicy,
     /// Snapshot after this many log entries.
     pub snapshot_after_entries: u64,
+    /// Lines of the `[transfer]` table (e.g. `max_active_jobs = 0` for a node that
+    /// only queues: tests whose jobs name fictional origins must never reach out).
+    pub transfer: String,
     /// Extra lines appended to the TOML config.
     pub extra_config: String,
+}
+
+impl NodeOptions {
+    /// A node that never starts transfers (its scheduler activates nothing): for tests
+    /// of the queue whose files name fictional origins.
+    pub fn queue_only() -> Self {
+        Self { transfer: "max_active_jobs = 0".into(), ..Self::default() }
+    }
 }
 
 impl Default for NodeOptions {
@@ -141,6 +152,7 @@ impl Default for NodeOptions {
             tokens: default_tokens(),
             policy: QueuePolicy::default(),
             snapshot_after_entries: 5_000,
+            transfer: String::new(),
             extra_config: String::new(),
         }
     }
@@ -214,7 +226,11 @@ impl Node {
             },
             policy: o.policy,
         };
-        let text = format!("{}\n{}", toml::to_string(&config)?, o.extra_config);
+        let mut text = toml::to_string(&config)?;
+        if !o.transfer.is_empty() {
+            text.push_str(&format!("\n[transfer]\n{}\n", o.transfer));
+        }
+        text.push_str(&format!("\n{}", o.extra_config));
         std::fs::write(self.config_path(), text)?;
         Ok(())
     }

@@ -119,6 +119,15 @@ impl Run {
             Some(size) => chunk_size_for(size, self.settings.chunk_size),
             None => self.settings.chunk_size,
         };
+        if let Some(size) = probe.remote.size {
+            transfer::plan(&file.ranges, size, chunk_size).map_err(|code| {
+                Failure::protocol(
+                    code,
+                    format!("{url}: the file's ranges lie outside its {size} bytes"),
+                    index,
+                )
+            })?;
+        }
         // Dynamic content cannot resume: whatever an earlier run wrote is discarded.
         if probe.remote.size.is_none() && !file.chunks.is_empty() {
             return Err(Stop::RestartFile("dynamic content restarts from the beginning".into()));

@@ -87,11 +87,19 @@ impl Reporter {
                 Proposal { request_id: None, caller: system_caller(), command: command.clone() };
             match self.cluster.write(proposal).await {
                 Ok(written) => {
-                    if let Err(e) = written.result {
-                        if e.code != BitsCode::BG_E_INVALID_STATE {
-                            tracing::warn!(job = %id, run, error = %e, "engine report refused");
+                    match written.result {
+                        Ok(_) => {}
+                        Err(e) if e.code == BitsCode::BG_E_INVALID_STATE => {
+                            return Err(Stop::Stale);
                         }
-                        return Err(Stop::Stale);
+                        // Any other refusal means the report itself is wrong: fail the run
+                        // (a fatal error the owner sees) rather than retry it forever.
+                        Err(e) => {
+                            tracing::warn!(job = %id, run, error = %e, "engine report refused");
+                            return Err(Stop::Failed(Failure::fatal(failure::transport(
+                                e.code, e.detail, None,
+                            ))));
+                        }
                     }
                     self.cluster
                         .read_barrier(ReadAt::Applied(written.index))

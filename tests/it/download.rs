@@ -1,0 +1,264 @@
+//! Downloads end to end: a real `ferryd` fetching from the test origin, with resume
+//! after `kill -9`, ranges, remote name and validation changes, Complete and Cancel.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_protocol::command::JobAction;
+use ferry_protocol::{
+    BitsCode, FileRange, JobState, NewFile, PropertyChanges, file::LENGTH_TO_EOF,
+};
+use ferry_tests::origin::{
+    Content, Knobs, Origin, OriginConfig, file_matches_pattern, pattern_bytes,
+};
+use ferry_tests::tokens;
+
+use crate::support::{start_download, transfer_node, wait_for};
+
+const MIB: u64 = 1024 * 1024;
+
+/// True if `local` holds exactly what the origin serves at `path` now.
+pub(crate) fn same_as_origin(origin: &Origin, path: &str, local: &Path) -> anyhow::Result<bool> {
+    let info = origin.file(path).ok_or_else(|| anyhow::anyhow!("origin has no {path}"))?;
+    match info.content {
+        Content::Pattern { seed, len } => file_matches_pattern(local, seed, len),
+        Content::Bytes(bytes) => Ok(std::fs::read(local)? == bytes.as_ref()),
+    }
+}
+
+#[tokio::test]
+async fn kill_9_mid_transfer_resumes_from_durable_chunks() -> anyhow::Result<()> {
+    const SIZE: u64 = 1024 * MIB;
+    const CHUNK: u64 = 8 * MIB;
+    const CONNECTIONS: u64 = 4;
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/big.bin", Content::Pattern { seed: 11, len: SIZE });
+    // Slow enough to be caught in the middle, fast enough for CI: ~2 s per run-through.
+    origin.set_knobs(Knobs { rate_limit_per_connection: Some(128 * MIB), ..Knobs::default() });
+    let mut node =
+        transfer_node(&format!("chunk_size_bytes = {CHUNK}\nconnections = {CONNECTIONS}")).await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("big.bin");
+    let id = start_download(
+        &client,
+        &[(origin.url("/big.bin"), local.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+
+    // Wait until a good part is durable, then kill without warning.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let durable = loop {
+        let job = client.job(id).await?;
+        if job.progress.bytes_transferred >= SIZE / 3 {
+            break job.progress.bytes_transferred;
+        }
+        anyhow::ensure!(job.state != JobState::Transferred, "finished before the kill");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no progress: {:?}\n{}",
+            job,
+            node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    node.kill9().await?;
+    let sent_before_kill = origin.stats().body_bytes;
+    node.restart().await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let job =
+        wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(180)).await?;
+    assert_eq!(job.progress.bytes_transferred, SIZE);
+    let total_sent = origin.stats().body_bytes;
+    let refetched = total_sent.saturating_sub(SIZE);
+    println!(
+        "kill -9 after {:.0} MiB sent, at least {:.0} MiB durable; re-fetched {:.1} MiB (bound: chunk {} MiB x {} connections = {} MiB)",
+        sent_before_kill as f64 / MIB as f64,
+        durable as f64 / MIB as f64,
+        refetched as f64 / MIB as f64,
+        CHUNK / MIB,
+        CONNECTIONS,
+        CHUNK * CONNECTIONS / MIB
+    );
+    assert!(durable > 0, "chunks reported before the kill survive it");
+    assert!(refetched <= CHUNK * CONNECTIONS, "re-fetched {refetched} bytes");
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/big.bin", &local)?, "the result is byte-identical");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ranges_are_concatenated_in_order_and_eof_reads_to_the_end() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/r.bin", Content::Pattern { seed: 3, len: 1000 });
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("r.bin");
+    let ranges = vec![
+        FileRange { offset: 100, length: 100 },
+        FileRange { offset: 900, length: LENGTH_TO_EOF },
+        FileRange { offset: 400, length: 100 },
+    ];
+    let spec = crate::support::new_job(
+        "ranges",
+        ferry_protocol::JobType::Download,
+        vec![NewFile {
+            remote_url: origin.url("/r.bin"),
+            local_path: local.to_string_lossy().into(),
+            ranges,
+        }],
+    );
+    let id = client.create_job(&spec).await?.id;
+    client.act(id, JobAction::Resume).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
+    let done = client.act(id, JobAction::Complete).await?;
+    assert_eq!(done.code, BitsCode::S_OK);
+    let mut want = pattern_bytes(3, 100, 100);
+    want.extend(pattern_bytes(3, 900, 100));
+    want.extend(pattern_bytes(3, 400, 100));
+    assert_eq!(std::fs::read(&local)?, want);
+
+    // A range outside the remote file is BG_E_INVALID_RANGE, fatal.
+    let bad = crate::support::new_job(
+        "bad range",
+        ferry_protocol::JobType::Download,
+        vec![NewFile {
+            remote_url: origin.url("/r.bin"),
+            local_path: out.path().join("bad.bin").to_string_lossy().into(),
+            ranges: vec![FileRange { offset: 990, length: 20 }],
+        }],
+    );
+    let id = client.create_job(&bad).await?.id;
+    client.act(id, JobAction::Resume).await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::BG_E_INVALID_RANGE));
+    Ok(())
+}
+
+#[tokio::test]
+async fn complete_renames_cancel_deletes_and_partial_complete_keeps_finished_files()
+-> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/a.bin", Content::Pattern { seed: 1, len: 300_000 });
+    origin.add_file("/b.bin", Content::Pattern { seed: 2, len: 200_000 });
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let (a, b) = (out.path().join("a.bin"), out.path().join("b.bin"));
+    // b is missing on the origin at first: the job fails on it with a's bytes kept.
+    let id = start_download(
+        &client,
+        &[(origin.url("/a.bin"), a.clone()), (origin.url("/missing.bin"), b.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    let error = job.error.expect("an error");
+    assert_eq!(error.code, BitsCode::http(404));
+    assert_eq!(error.file_index, Some(1));
+    assert!(!a.exists(), "nothing is visible before Complete");
+    let files = client.files(id).await?.files;
+    assert!(files[0].transferred && !files[1].transferred);
+    assert_eq!(files[0].remote.as_ref().and_then(|r| r.size), Some(300_000));
+    assert!(files[0].response_headers.iter().any(|h| h.to_ascii_lowercase().starts_with("etag:")));
+    assert!(Path::new(&files[0].temporary_name).exists());
+
+    // SetRemoteName fixes the broken file; Resume from ERROR retries at once.
+    client
+        .set_file(
+            id,
+            1,
+            &ferry_protocol::api::FileChanges {
+                remote_url: Some(origin.url("/b.bin")),
+                valid: None,
+            },
+        )
+        .await?;
+    client.act(id, JobAction::Resume).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
+
+    // SetValidationState(false): ERROR with BG_E_VALIDATION_FAILED; Resume re-downloads.
+    client
+        .set_file(id, 0, &ferry_protocol::api::FileChanges { remote_url: None, valid: Some(false) })
+        .await?;
+    let job = client.job(id).await?;
+    assert_eq!(job.state, JobState::Error);
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::BG_E_VALIDATION_FAILED));
+    assert_eq!(client.files(id).await?.files[0].progress.bytes_transferred, 0);
+    client.act(id, JobAction::Resume).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
+    let done = client.act(id, JobAction::Complete).await?;
+    assert_eq!(done.code, BitsCode::S_OK);
+    assert!(same_as_origin(&origin, "/a.bin", &a)? && same_as_origin(&origin, "/b.bin", &b)?);
+    let files = client.files(id).await?.files;
+    assert!(files.iter().all(|f| f.progress.completed));
+    assert!(files.iter().all(|f| !Path::new(&f.temporary_name).exists()));
+    // mtime is the server's Last-Modified.
+    let modified = std::fs::metadata(&a)?.modified()?;
+    let last_modified = origin.file("/a.bin").map(|f| f.last_modified).unwrap_or_default();
+    assert_eq!(Some(modified), httpdate_parse(&last_modified));
+
+    // Partial Complete: the finished file is kept, the unfinished one deleted.
+    let (c, d) = (out.path().join("c.bin"), out.path().join("d.bin"));
+    let id = start_download(
+        &client,
+        &[(origin.url("/a.bin"), c.clone()), (origin.url("/missing.bin"), d.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    let done = client.act(id, JobAction::Complete).await?;
+    assert_eq!(done.code, BitsCode::BG_S_PARTIAL_COMPLETE);
+    assert!(same_as_origin(&origin, "/a.bin", &c)? && !d.exists());
+
+    // Cancel deletes the temporary files and makes nothing visible.
+    let e = out.path().join("e.bin");
+    let id = start_download(
+        &client,
+        &[(origin.url("/missing.bin"), e.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    let temp = client.files(id).await?.files[0].temporary_name.clone();
+    client.act(id, JobAction::Cancel).await?;
+    assert!(!e.exists() && !Path::new(&temp).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(out.path())?
+        .filter_map(Result::ok)
+        .filter(|f| f.file_name().to_string_lossy().starts_with(".ferry-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    Ok(())
+}
+
+fn httpdate_parse(text: &str) -> Option<std::time::SystemTime> {
+    httpdate::parse_http_date(text).ok()
+}
+
+#[tokio::test]
+async fn file_urls_only_where_the_node_allows_them() -> anyhow::Result<()> {
+    let src = tempfile::tempdir()?;
+    let source = src.path().join("src.bin");
+    std::fs::write(&source, pattern_bytes(5, 0, 700_000))?;
+    let url = format!("file://{}", source.display());
+    let out = tempfile::tempdir()?;
+
+    let closed = transfer_node("").await?;
+    let client = closed.client(Some(tokens::ALICE))?;
+    let id =
+        start_download(&client, &[(url.clone(), out.path().join("x"))], PropertyChanges::default())
+            .await?;
+    let job = wait_for(&closed, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::E_ACCESSDENIED));
+
+    let open = transfer_node("allow_file_urls = true").await?;
+    let client = open.client(Some(tokens::ALICE))?;
+    let local = out.path().join("copy.bin");
+    let id = start_download(&client, &[(url, local.clone())], PropertyChanges::default()).await?;
+    wait_for(&open, &client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert_eq!(std::fs::read(&local)?, std::fs::read(&source)?);
+    Ok(())
+}
