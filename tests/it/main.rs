@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod daemon;
 mod idempotency;
+mod nginx;
 mod openapi;
 mod ownership;
 mod restart;

@@ -16,6 +16,8 @@ use ferry_protocol::Role;
 use ferry_protocol::limits::QueuePolicy;
 use tokio::process::{Child, Command};
 
+pub mod nginx;
+
 /// Tokens every harness node is configured with, unless the test gives its own.
 pub mod tokens {
     /// A user.
