@@ -45,8 +45,9 @@ pub(crate) fn print(options: &Options, rows: &[Row]) {
 
     if rows.iter().any(|r| r.scenario == Scenario::Throttled) {
         println!(
-            "(nginx lets each connection send its first second's worth at full speed, so a \
-             small --size-mib flatters parallel clients in the throttled scenario)"
+            "(throttled: nginx sends each connection's first write, up to a second's worth \
+             and bounded by the socket buffer, at full speed; small sizes flatter clients \
+             with many connections)"
         );
     }
     println!();
