@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod download;
 mod idempotency;
+mod nginx;
 mod openapi;
 mod ownership;
 mod restart;

@@ -18,6 +18,7 @@ use ferry_protocol::Role;
 use ferry_protocol::limits::QueuePolicy;
 use tokio::process::{Child, Command};
 
+pub mod nginx;
 pub mod origin;
 
 /// Tokens every harness node is configured with, unless the test gives its own.

@@ -1,47 +1,20 @@
-//! `ferry-bench`: Ferry's benchmarks, printed as tables. Speed targets live here, not
-//! in timed unit tests: numbers from one run on one machine, compared side by side.
-//!
-//! `ferry-bench submit` creates N jobs through the HTTP API with C concurrent clients
+//! `ferry-bench submit`: creates N jobs through the HTTP API with C concurrent clients
 //! against a fresh node (durable: fsync on every commit) and prints jobs/s and latency
-//! percentiles for each C. Build in release first: `cargo build --release --workspace`.
+//! percentiles for each C.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
 use ferry_coordinator::Client;
 use ferry_protocol::command::{NewJob, PropertyChanges};
 use ferry_protocol::job::{JobType, Priority};
 use ferry_protocol::{FileRange, NewFile};
 use ferry_tests::{Node, NodeOptions, tokens};
 
-#[derive(Debug, Parser)]
-#[command(name = "ferry-bench", about = "Ferry benchmarks")]
-struct Cli {
-    #[command(subcommand)]
-    bench: Bench,
-}
-
-#[derive(Debug, Subcommand)]
-enum Bench {
-    /// Job submission throughput and latency through the HTTP API.
-    Submit {
-        /// Jobs created per run.
-        #[arg(long, default_value_t = 5_000)]
-        jobs: usize,
-        /// Concurrent clients, one run each.
-        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
-        clients: Vec<usize>,
-        /// Number of nodes (this release: 1).
-        #[arg(long, default_value_t = 1)]
-        nodes: usize,
-    },
-}
-
 /// One run's figures.
-struct Run {
+pub(crate) struct Run {
     clients: usize,
     jobs: usize,
     elapsed: Duration,
@@ -113,7 +86,8 @@ async fn submit_run(
     Ok((elapsed, latencies))
 }
 
-async fn submit(jobs: usize, clients: &[usize]) -> anyhow::Result<Vec<Run>> {
+/// One run per entry of `clients`, each on a fresh node, creating `jobs` jobs.
+pub(crate) async fn submit(jobs: usize, clients: &[usize]) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
     for &c in clients {
         let node = Node::start(NodeOptions::default()).await?;
@@ -137,7 +111,8 @@ async fn submit(jobs: usize, clients: &[usize]) -> anyhow::Result<Vec<Run>> {
     Ok(runs)
 }
 
-fn print_submit(runs: &[Run]) {
+/// Prints the runs as a table.
+pub(crate) fn print_submit(runs: &[Run]) {
     println!();
     println!(
         "ferry-bench submit — one fresh node per run, durable (fsync before every acknowledgement)"
@@ -158,20 +133,4 @@ fn print_submit(runs: &[Run]) {
             r.commands_per_entry,
         );
     }
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    ferry_coordinator::client::ensure_crypto_provider();
-    match Cli::parse().bench {
-        Bench::Submit { jobs, clients, nodes } => {
-            anyhow::ensure!(
-                nodes == 1,
-                "multi-node clusters arrive with the peer transport; use --nodes 1"
-            );
-            let runs = submit(jobs, &clients).await?;
-            print_submit(&runs);
-        }
-    }
-    Ok(())
 }

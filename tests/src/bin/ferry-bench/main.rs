@@ -1,0 +1,109 @@
+//! `ferry-bench`: Ferry's benchmarks, printed as tables. Speed targets live here, not
+//! in timed unit tests: numbers from one run on one machine, compared side by side.
+//!
+//! - `ferry-bench submit`: job submission through the HTTP API ([`submit`]).
+//! - `ferry-bench download`: `ferry transfer` against curl and aria2c, all fetching the
+//!   same files from the same local nginx ([`download`]).
+//!
+//! Build in release first: `cargo build --release --workspace`, then
+//! `cargo run --release -p ferry-tests --bin ferry-bench -- <bench>`.
+
+mod child;
+mod download;
+mod payload;
+mod report;
+mod submit;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry-bench", about = "Ferry benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Job submission throughput and latency through the HTTP API.
+    Submit {
+        /// Jobs created per run.
+        #[arg(long, default_value_t = 5_000)]
+        jobs: usize,
+        /// Concurrent clients, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+        /// Number of nodes (this release: 1).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+    },
+    /// Downloads from a local nginx: ferry transfer vs curl vs aria2c, side by side.
+    Download {
+        /// Size of the large file, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Per-connection limit of the throttled scenario, in MB/s (10^6 bytes/s).
+        #[arg(long, default_value_t = 25)]
+        rate_mbps: u64,
+        /// Number of small files (0 skips the small-files scenario).
+        #[arg(long, default_value_t = 1_000)]
+        small_files: usize,
+        /// Size of each small file, in KiB.
+        #[arg(long, default_value_t = 64)]
+        small_kib: u64,
+        /// Runs per client; the best is reported.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Longest any one client run may take before it is killed, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        /// Directory for the served files and the downloads [default: the system
+        /// temporary directory]; needs room for twice the large file.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ferry_coordinator::client::ensure_crypto_provider();
+    match Cli::parse().bench {
+        Bench::Submit { jobs, clients, nodes } => {
+            anyhow::ensure!(
+                nodes == 1,
+                "multi-node clusters arrive with the peer transport; use --nodes 1"
+            );
+            let runs = submit::submit(jobs, &clients).await?;
+            submit::print_submit(&runs);
+        }
+        Bench::Download {
+            size_mib,
+            rate_mbps,
+            small_files,
+            small_kib,
+            repeat,
+            timeout_secs,
+            work_dir,
+        } => {
+            anyhow::ensure!(size_mib > 0, "--size-mib must be at least 1");
+            anyhow::ensure!(rate_mbps > 0, "--rate-mbps must be at least 1");
+            anyhow::ensure!(small_kib > 0, "--small-kib must be at least 1");
+            anyhow::ensure!(repeat > 0, "--repeat must be at least 1");
+            let options = download::Options {
+                large_bytes: size_mib << 20,
+                rate: rate_mbps * 1_000_000,
+                small_files,
+                small_bytes: small_kib << 10,
+                repeat,
+                timeout: Duration::from_secs(timeout_secs),
+                work_dir,
+            };
+            let rows = download::download(&options).await?;
+            report::print(&options, &rows);
+        }
+    }
+    Ok(())
+}
