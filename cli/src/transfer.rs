@@ -96,7 +96,7 @@ async fn watch(
 /// REMOTE LOCAL pairs; relative local paths are made absolute against the current
 /// directory (the node needs full paths, as BITS does).
 fn file_pairs(pairs: &[String]) -> anyhow::Result<Vec<NewFile>> {
-    if pairs.is_empty() || pairs.len() % 2 != 0 {
+    if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
         bail!("give REMOTE LOCAL pairs (got {} arguments)", pairs.len());
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;

@@ -167,10 +167,11 @@ impl Scheduler {
         let slice = self.settings.time_slice;
         let mut slice_ends = HashMap::new();
         for job in &candidates {
-            if job.state != JobState::Queued && job.props.priority != Priority::Foreground {
-                if let Some(at) = job.last_activated {
-                    slice_ends.insert(job.id, self.anchor(job.id, at, now, wall) + slice);
-                }
+            if job.state != JobState::Queued
+                && job.props.priority != Priority::Foreground
+                && let Some(at) = job.last_activated
+            {
+                slice_ends.insert(job.id, self.anchor(job.id, at, now, wall) + slice);
             }
         }
         // Running jobs keep their slot while their slice lasts (foreground: always);

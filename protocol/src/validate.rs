@@ -119,12 +119,10 @@ pub fn property_changes(c: &PropertyChanges) -> Result<(), CommandError> {
     if let Some(flags) = c.acl_flags {
         acl_flags(flags)?;
     }
-    if let Some(Some(n)) = c.max_connections {
-        if !(1..=MAX_CONNECTIONS_PER_FILE).contains(&n) {
-            return Err(invalid(format!(
-                "max_connections must be 1 to {MAX_CONNECTIONS_PER_FILE}"
-            )));
-        }
+    if let Some(Some(n)) = c.max_connections
+        && !(1..=MAX_CONNECTIONS_PER_FILE).contains(&n)
+    {
+        return Err(invalid(format!("max_connections must be 1 to {MAX_CONNECTIONS_PER_FILE}")));
     }
     Ok(())
 }

@@ -1,13 +1,17 @@
 //! End-to-end tests: real `ferryd` processes on loopback, driven through the HTTP API,
 //! the typed client and the `ferry` CLI.
 
+mod auth;
 mod bad_input;
 mod cli;
 mod daemon;
 mod download;
+mod faults;
 mod idempotency;
 mod nginx;
 mod openapi;
 mod ownership;
+mod priority;
 mod restart;
 mod support;
+mod transfer_cli;

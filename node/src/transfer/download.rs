@@ -327,6 +327,7 @@ impl Run {
                             break Err(stop);
                         }
                     }
+                    // Every worker is gone: each ended with Ok or its error, collected below.
                     None => break Ok(()),
                 },
                 Some(joined) = tasks.join_next() => match joined {
@@ -337,6 +338,19 @@ impl Run {
                 },
             }
         };
+        if outcome.is_ok() {
+            // Workers that ended while their last record was being reported.
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(stop)) => return Err(stop),
+                    Err(e) => {
+                        let e = std::io::Error::other(format!("a download task failed: {e}"));
+                        return Err(Failure::local(&e, "internal error", Some(fetch.file)).into());
+                    }
+                }
+            }
+        }
         tasks.abort_all();
         outcome
     }
@@ -628,7 +642,7 @@ impl ChunkWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let buffer = std::mem::replace(&mut self.buffer, Vec::new());
+        let buffer = std::mem::take(&mut self.buffer);
         let temp = self.temp.clone();
         let offset = self.offset;
         let mut buffer = blocking(move || temp.write_at(&buffer, offset).map(|()| buffer)).await?;

@@ -107,10 +107,10 @@ pub(crate) fn finish_job(job: &Job) -> Finished {
                     .push(format!("file {index}: cannot delete {}: {e}", temp.display())),
             }
         }
-        if let Some(dir) = dest.parent() {
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
-            }
+        if let Some(dir) = dest.parent()
+            && !dirs.contains(&dir)
+        {
+            dirs.push(dir);
         }
     }
     // The renames are durable once their directories are.

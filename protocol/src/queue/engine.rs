@@ -86,6 +86,16 @@ impl Queue {
             EngineReport::FileTransferred { file, size, headers } => {
                 require_active(&job, run)?;
                 let entry = file_mut(&mut job, *file)?;
+                let durable: u64 = entry.chunks.iter().map(|c| c.len).sum();
+                if durable != *size || entry.progress.bytes_total.is_some_and(|t| t != *size) {
+                    // No file is ever reported whole with bytes missing (G4).
+                    return Err(CommandError::new(
+                        BitsCode::E_UNEXPECTED,
+                        format!(
+                            "file {file} cannot be transferred: {durable} of {size} bytes are durable"
+                        ),
+                    ));
+                }
                 entry.transferred = true;
                 entry.progress.bytes_total = Some(*size);
                 entry.progress.bytes_transferred = *size;

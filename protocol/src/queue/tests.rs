@@ -502,3 +502,191 @@ fn a_file_change_is_all_or_nothing() {
     let nothing = Command::ChangeFile { job: id, index: 0, changes: FileChanges::default() };
     assert_eq!(code(h.run(&alice(), None, nothing)), BitsCode::E_INVALIDARG);
 }
+
+mod engine_reports {
+    use super::*;
+    use crate::codes::ErrorContext;
+    use crate::job::JobError;
+    use crate::transfer::{ChunkRecord, EngineReport, RemoteInfo, Severity};
+
+    fn node() -> Caller {
+        Caller { principal: Principal::system(), role: Role::Admin }
+    }
+
+    fn report(h: &mut Harness, job: JobId, report: EngineReport) -> CommandResult {
+        let run = h.queue.job(&job).map_or(0, |j| j.run);
+        h.run(&node(), None, Command::Engine { job, run, report })
+    }
+
+    fn queued_job(h: &mut Harness) -> JobId {
+        let id = h.created(&alice(), new_job(JobType::Download, 1));
+        h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Resume })
+            .expect("resume");
+        id
+    }
+
+    fn probed(h: &mut Harness, id: JobId, size: u64) {
+        report(h, id, EngineReport::Activate).expect("activate");
+        report(h, id, EngineReport::Connected).expect("connected");
+        let remote = RemoteInfo {
+            size: Some(size),
+            etag: Some("\"v1\"".into()),
+            last_modified: None,
+            ranges: true,
+        };
+        report(h, id, EngineReport::Probed { file: 0, remote, chunk_size: 10 }).expect("probed");
+    }
+
+    fn chunk(index: u32, len: u64) -> ChunkRecord {
+        ChunkRecord { index, len, digest: [index as u8; 32] }
+    }
+
+    #[test]
+    fn only_the_node_may_report() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        let refused = h.run(
+            &admin(),
+            None,
+            Command::Engine { job: id, run: 0, report: EngineReport::Activate },
+        );
+        assert_eq!(refused.map_err(|e| e.code), Err(BitsCode::E_ACCESSDENIED));
+    }
+
+    #[test]
+    fn a_run_moves_the_job_and_counts_durable_bytes() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        probed(&mut h, id, 25);
+        let job = h.queue.job(&id).expect("job");
+        assert_eq!(
+            (job.state, job.run, job.files[0].progress.bytes_total),
+            (JobState::Transferring, 1, Some(25))
+        );
+        report(
+            &mut h,
+            id,
+            EngineReport::Chunks { file: 0, chunks: vec![chunk(2, 5), chunk(0, 10)] },
+        )
+        .expect("chunks");
+        // A duplicate report counts once.
+        report(&mut h, id, EngineReport::Chunks { file: 0, chunks: vec![chunk(0, 10)] })
+            .expect("again");
+        assert_eq!(h.queue.job(&id).expect("job").progress().bytes_transferred, 15);
+        // A file cannot be declared whole with a chunk missing (G4).
+        let early = report(
+            &mut h,
+            id,
+            EngineReport::FileTransferred { file: 0, size: 25, headers: vec![] },
+        );
+        assert_eq!(early.map_err(|e| e.code), Err(BitsCode::E_UNEXPECTED));
+        report(&mut h, id, EngineReport::Chunks { file: 0, chunks: vec![chunk(1, 10)] })
+            .expect("chunks");
+        report(
+            &mut h,
+            id,
+            EngineReport::FileTransferred {
+                file: 0,
+                size: 25,
+                headers: vec!["ETag: \"v1\"".into()],
+            },
+        )
+        .expect("transferred");
+        let job = h.queue.job(&id).expect("job");
+        assert_eq!(job.state, JobState::Transferred);
+        assert!(job.times.transfer_completed.is_some() && job.files[0].content_digest.is_some());
+        assert!(job.files[0].chunks.is_empty());
+    }
+
+    #[test]
+    fn a_changed_remote_restarts_the_file() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        probed(&mut h, id, 25);
+        report(&mut h, id, EngineReport::Chunks { file: 0, chunks: vec![chunk(0, 10)] })
+            .expect("chunks");
+        let remote = RemoteInfo {
+            size: Some(25),
+            etag: Some("\"v2\"".into()),
+            last_modified: None,
+            ranges: true,
+        };
+        report(&mut h, id, EngineReport::Probed { file: 0, remote, chunk_size: 10 })
+            .expect("probed");
+        let file = &h.queue.job(&id).expect("job").files[0];
+        assert!(file.chunks.is_empty() && file.progress.bytes_transferred == 0);
+    }
+
+    #[test]
+    fn reports_of_a_stopped_run_are_refused() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        probed(&mut h, id, 25);
+        h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Suspend })
+            .expect("suspend");
+        let late = h.run(
+            &node(),
+            None,
+            Command::Engine {
+                job: id,
+                run: 1,
+                report: EngineReport::Chunks { file: 0, chunks: vec![chunk(0, 10)] },
+            },
+        );
+        assert_eq!(late.map_err(|e| e.code), Err(BitsCode::BG_E_INVALID_STATE));
+        h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Resume })
+            .expect("resume");
+        report(&mut h, id, EngineReport::Activate).expect("activate");
+        let old_run = h.run(
+            &node(),
+            None,
+            Command::Engine { job: id, run: 1, report: EngineReport::Connected },
+        );
+        assert_eq!(old_run.map_err(|e| e.code), Err(BitsCode::BG_E_INVALID_STATE));
+    }
+
+    #[test]
+    fn transient_failures_count_and_start_the_no_progress_period() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        probed(&mut h, id, 25);
+        let error = JobError {
+            context: ErrorContext::GeneralTransport,
+            code: BitsCode::BG_E_CONNECTION_CLOSED,
+            detail: "cut".into(),
+            file_index: Some(0),
+            protocol: Some("http".into()),
+        };
+        report(
+            &mut h,
+            id,
+            EngineReport::Failed { error: error.clone(), severity: Severity::Transient },
+        )
+        .expect("failed");
+        let job = h.queue.job(&id).expect("job").clone();
+        assert_eq!((job.state, job.error_count), (JobState::TransientError, 1));
+        assert!(job.no_progress_since.is_some() && job.active_since.is_none() && job.active_ms > 0);
+        report(&mut h, id, EngineReport::RetryDelayElapsed).expect("retry");
+        report(&mut h, id, EngineReport::Activate).expect("activate");
+        report(&mut h, id, EngineReport::Failed { error, severity: Severity::Fatal })
+            .expect("fatal");
+        let job = h.queue.job(&id).expect("job");
+        assert_eq!((job.state, job.error_count), (JobState::Error, 2));
+        // Resume from ERROR clears the no-progress period.
+        h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Resume })
+            .expect("resume");
+        assert!(h.queue.job(&id).expect("job").no_progress_since.is_none());
+    }
+
+    #[test]
+    fn complete_is_finished_by_the_home_node_once() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Cancel })
+            .expect("cancel");
+        report(&mut h, id, EngineReport::FilesFinished { completed: vec![] }).expect("finished");
+        assert!(h.queue.job(&id).expect("job").files_finished);
+        let again = report(&mut h, id, EngineReport::FilesFinished { completed: vec![] });
+        assert_eq!(again.map_err(|e| e.code), Err(BitsCode::BG_E_INVALID_STATE));
+    }
+}

@@ -1,0 +1,328 @@
+//! Every fault knob of the test origin against a real `ferryd`: each test ends in the
+//! BITS-correct state and error code, with a correct file wherever recovery is possible.
+//! Retries wait for BITS's minimum retry delay, whose floor is 5 s.
+
+use std::time::Duration;
+
+use ferry_protocol::command::JobAction;
+use ferry_protocol::{BitsCode, JobState, Priority, PropertyChanges};
+use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig, ProxyMode};
+use ferry_tests::tokens;
+
+use crate::download::same_as_origin;
+use crate::support::{start_download, transfer_node, wait_for};
+
+const KIB: u64 = 1024;
+const SHORT: Duration = Duration::from_secs(30);
+
+/// Retry after the 5 s floor of the minimum retry delay.
+fn fast_retry() -> PropertyChanges {
+    PropertyChanges { minimum_retry_delay_secs: Some(5), ..PropertyChanges::default() }
+}
+
+async fn origin_with(path: &str, len: u64, knobs: Knobs) -> anyhow::Result<Origin> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file(path, Content::Pattern { seed: len, len });
+    origin.set_knobs(knobs);
+    Ok(origin)
+}
+
+#[tokio::test]
+async fn server_without_ranges_fails_background_jobs_and_streams_foreground_ones()
+-> anyhow::Result<()> {
+    let origin =
+        origin_with("/f.bin", 1000 * KIB, Knobs { no_ranges: true, ..Knobs::default() }).await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+
+    let id = start_download(
+        &client,
+        &[(origin.url("/f.bin"), out.path().join("bg"))],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT));
+
+    // BITS's documented recovery: foreground, one unranged GET (files up to 2 GB).
+    let local = out.path().join("fg");
+    let fg = PropertyChanges { priority: Some(Priority::Foreground), ..PropertyChanges::default() };
+    let id = start_download(&client, &[(origin.url("/f.bin"), local.clone())], fg).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/f.bin", &local)?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_size_needs_dynamic_content() -> anyhow::Result<()> {
+    let origin =
+        origin_with("/d.bin", 700 * KIB, Knobs { no_content_length: true, ..Knobs::default() })
+            .await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+
+    let id = start_download(
+        &client,
+        &[(origin.url("/d.bin"), out.path().join("x"))],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::BG_E_MISSING_FILE_SIZE));
+
+    // Dynamic content: no HEAD, one stream, size learned at the end.
+    let local = out.path().join("dyn");
+    let dynamic = PropertyChanges { dynamic_content: Some(true), ..PropertyChanges::default() };
+    let id =
+        start_download(&client, &[(origin.url("/d.bin"), local.clone())], dynamic.clone()).await?;
+    let job = wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    assert_eq!(job.progress.bytes_total, Some(700 * KIB));
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/d.bin", &local)?);
+    assert!(origin.requests().iter().filter(|r| r.path == "/d.bin").any(|r| r.method == "GET"));
+
+    // The maximum download size is enforced on dynamic content: fatal.
+    let capped = PropertyChanges { max_download_size: Some(Some(100 * KIB)), ..dynamic };
+    let id =
+        start_download(&client, &[(origin.url("/d.bin"), out.path().join("cap"))], capped).await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::BG_E_MAX_DOWNLOAD_SIZE_LIMIT_REACHED));
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropped_connections_are_transient_and_resume_from_durable_chunks() -> anyhow::Result<()> {
+    // 256 KiB chunks arriving at about one a second; once some are durable, every
+    // connection is cut mid-body.
+    let slow = Knobs { rate_limit_per_connection: Some(256 * KIB), ..Knobs::default() };
+    let origin = origin_with("/c.bin", 1024 * KIB, slow.clone()).await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("c.bin");
+    let id =
+        start_download(&client, &[(origin.url("/c.bin"), local.clone())], fast_retry()).await?;
+    let deadline = tokio::time::Instant::now() + SHORT;
+    while client.job(id).await?.progress.bytes_transferred == 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no progress\n{}", node.log_tail());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    origin.set_knobs(Knobs { drop_after_bytes: Some(1), ..slow });
+    let job =
+        wait_for(&node, &client, id, &[JobState::TransientError, JobState::Transferred], SHORT)
+            .await?;
+    if job.state == JobState::Transferred {
+        for r in origin.requests() {
+            println!("{r:?}");
+        }
+        println!("{}", std::fs::read_to_string(node.log_path())?);
+    }
+    let error = job.error.expect("an error");
+    assert_eq!(error.code, BitsCode::BG_E_CONNECTION_CLOSED, "{error:?}");
+    assert_eq!(job.error_count, 1);
+    let durable = job.progress.bytes_transferred;
+    assert!((256 * KIB..1024 * KIB).contains(&durable), "{durable}");
+
+    origin.set_knobs(Knobs::default());
+    let before = origin.requests().len();
+    let job = wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    assert_eq!(job.error_count, 1);
+    // The retry asked only for chunks that were not durable.
+    let retried: Vec<u64> = origin.requests()[before..]
+        .iter()
+        .filter_map(|r| r.range.as_deref()?.strip_prefix("bytes=")?.split('-').next()?.parse().ok())
+        .collect();
+    assert!(!retried.is_empty());
+    assert!(retried.iter().all(|offset| *offset >= durable), "{retried:?} vs {durable}");
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/c.bin", &local)?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_and_client_errors_are_fatal() -> anyhow::Result<()> {
+    let origin =
+        origin_with("/s.bin", 300 * KIB, Knobs { fail_first: Some((1, 503)), ..Knobs::default() })
+            .await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+
+    let local = out.path().join("s.bin");
+    let id =
+        start_download(&client, &[(origin.url("/s.bin"), local.clone())], fast_retry()).await?;
+    let job = wait_for(&node, &client, id, &[JobState::TransientError], SHORT).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(503)));
+    wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/s.bin", &local)?);
+
+    // 403 is fatal: ERROR at once, no retry; Resume after the fix retries at once.
+    origin.set_knobs(Knobs { force_status: Some(403), ..Knobs::default() });
+    let local = out.path().join("f.bin");
+    let id = start_download(
+        &client,
+        &[(origin.url("/s.bin"), local.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(403)));
+    origin.set_knobs(Knobs::default());
+    client.act(id, JobAction::Resume).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(4)).await?;
+
+    // No-progress timeout 0: every error is fatal, even a 503.
+    origin.set_knobs(Knobs { force_status: Some(503), ..Knobs::default() });
+    let no_retry =
+        PropertyChanges { no_progress_timeout_secs: Some(0), ..PropertyChanges::default() };
+    let id =
+        start_download(&client, &[(origin.url("/s.bin"), out.path().join("n"))], no_retry).await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(503)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_trickle_completes_and_the_max_download_time_stops_it() -> anyhow::Result<()> {
+    let origin = origin_with(
+        "/t.bin",
+        64 * KIB,
+        Knobs { trickle: Some((4096, Duration::from_millis(20))), ..Knobs::default() },
+    )
+    .await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("t.bin");
+    let id = start_download(
+        &client,
+        &[(origin.url("/t.bin"), local.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/t.bin", &local)?);
+
+    // A 1 s maximum download time against a ~10 s trickle: ERROR, BG_E_MAXDOWNLOAD_TIMEOUT.
+    origin.add_file("/long.bin", Content::Pattern { seed: 9, len: 2048 * KIB });
+    origin
+        .set_knobs(Knobs { trickle: Some((4096, Duration::from_millis(20))), ..Knobs::default() });
+    let limited = PropertyChanges { max_download_time_secs: Some(1), ..PropertyChanges::default() };
+    let id = start_download(&client, &[(origin.url("/long.bin"), out.path().join("l"))], limited)
+        .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::BG_E_MAXDOWNLOAD_TIMEOUT));
+    Ok(())
+}
+
+#[tokio::test]
+async fn content_changed_mid_download_restarts_the_file_never_mixing_versions() -> anyhow::Result<()>
+{
+    // The content changes once 1 MiB has been served: If-Range then gets 200s.
+    let origin = origin_with(
+        "/v.bin",
+        4096 * KIB,
+        Knobs { change_content_after_bytes: Some(1024 * KIB), ..Knobs::default() },
+    )
+    .await?;
+    let first = origin.file("/v.bin").map(|f| f.etag).unwrap_or_default();
+    let node = transfer_node("connections = 2").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("v.bin");
+    let id = start_download(
+        &client,
+        &[(origin.url("/v.bin"), local.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    client.act(id, JobAction::Complete).await?;
+    let now = origin.file("/v.bin").map(|f| f.etag).unwrap_or_default();
+    assert_ne!(first, now, "the content did change during the download");
+    assert!(same_as_origin(&origin, "/v.bin", &local)?, "the file is entirely the new version");
+    let files = client.files(id).await?.files;
+    assert_eq!(files[0].remote.as_ref().and_then(|r| r.etag.clone()), Some(now));
+    Ok(())
+}
+
+#[tokio::test]
+async fn per_connection_rate_cap_is_beaten_by_several_connections() -> anyhow::Result<()> {
+    let origin = origin_with(
+        "/r.bin",
+        2048 * KIB,
+        Knobs { rate_limit_per_connection: Some(1024 * KIB), ..Knobs::default() },
+    )
+    .await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("r.bin");
+    let four = PropertyChanges { max_connections: Some(Some(4)), ..PropertyChanges::default() };
+    let started = std::time::Instant::now();
+    let id = start_download(&client, &[(origin.url("/r.bin"), local.clone())], four).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    let took = started.elapsed();
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/r.bin", &local)?);
+    // One connection would need 2 s; the origin saw parallel connections.
+    assert!(origin.stats().connections >= 4, "{:?}", origin.stats());
+    println!("2 MiB at 1 MiB/s per connection with 4 connections: {took:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn proxy_override_with_and_without_proxy_credentials() -> anyhow::Result<()> {
+    let proxy = origin_with(
+        "/p.bin",
+        300 * KIB,
+        Knobs {
+            proxy: Some(ProxyMode { require_auth: Some(("pu".into(), "proxy-pw-77".into())) }),
+            ..Knobs::default()
+        },
+    )
+    .await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let settings = ferry_protocol::job::ProxySettings {
+        usage: ferry_protocol::job::ProxyUsage::Override,
+        list: Some(proxy.addr().to_string()),
+        bypass: None,
+    };
+    let props = PropertyChanges { proxy: Some(settings), ..PropertyChanges::default() };
+    // A host only the proxy can reach.
+    let url = "http://files.invalid/p.bin".to_owned();
+
+    let id =
+        start_download(&client, &[(url.clone(), out.path().join("no"))], props.clone()).await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(407)));
+
+    let local = out.path().join("yes");
+    let spec = ferry_protocol::NewJob {
+        display_name: "via proxy".into(),
+        job_type: ferry_protocol::JobType::Download,
+        properties: props,
+        files: vec![ferry_protocol::NewFile {
+            remote_url: url,
+            local_path: local.to_string_lossy().into(),
+            ranges: vec![],
+        }],
+    };
+    let id = client.create_job(&spec).await?.id;
+    let password = ferry_protocol::credentials::Secret::new("proxy-pw-77");
+    use ferry_protocol::credentials::{AuthScheme, AuthTarget};
+    client.set_credentials(id, AuthTarget::Proxy, AuthScheme::Basic, "pu", &password).await?;
+    client.act(id, JobAction::Resume).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&proxy, "/p.bin", &local)?);
+    assert!(proxy.requests().iter().any(|r| r.via_proxy && r.status == 206));
+    Ok(())
+}
