@@ -25,6 +25,47 @@ use crate::transfer::system_caller;
 /// Longest sleep between two looks at the queue.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
 
+/// What the scheduler needs of a job (copied out, so that a job with many files is
+/// never cloned on every look at the queue).
+#[derive(Clone, Copy, Debug)]
+struct JobView {
+    id: JobId,
+    run: u64,
+    state: JobState,
+    priority: Priority,
+    home_node: NodeId,
+    created: Timestamp,
+    state_since: Timestamp,
+    no_progress_since: Option<Timestamp>,
+    active_since: Option<Timestamp>,
+    active_ms: u64,
+    last_activated: Option<Timestamp>,
+    minimum_retry_delay_secs: u32,
+    no_progress_timeout_secs: u32,
+    max_download_time_secs: u32,
+}
+
+impl JobView {
+    fn of(job: &Job) -> Self {
+        Self {
+            id: job.id,
+            run: job.run,
+            state: job.state,
+            priority: job.props.priority,
+            home_node: job.home_node,
+            created: job.times.created,
+            state_since: job.state_since,
+            no_progress_since: job.no_progress_since,
+            active_since: job.active_since,
+            active_ms: job.active_ms,
+            last_activated: job.last_activated,
+            minimum_retry_delay_secs: job.props.minimum_retry_delay_secs,
+            no_progress_timeout_secs: job.props.no_progress_timeout_secs,
+            max_download_time_secs: job.props.max_download_time_secs,
+        }
+    }
+}
+
 /// Scheduling settings (from `[transfer]` in the configuration).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SchedulerSettings {
@@ -85,7 +126,7 @@ impl Scheduler {
         let wall = Timestamp::now();
         let mut next = now + MAX_SLEEP;
         let mut out = Vec::new();
-        let jobs: Vec<Job> = {
+        let jobs: Vec<JobView> = {
             let machine = self.cluster.state.read();
             let inactivity =
                 Duration::from_secs(machine.queue.policy().job_inactivity_timeout_secs);
@@ -101,7 +142,7 @@ impl Scheduler {
                         true
                     }
                 })
-                .cloned()
+                .map(JobView::of)
                 .collect()
         };
         let known: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
@@ -112,10 +153,10 @@ impl Scheduler {
                 JobState::TransientError => {
                     let entered = self.anchor(job.id, job.state_since, now, wall);
                     let retry_at =
-                        entered + Duration::from_secs(job.props.minimum_retry_delay_secs.into());
+                        entered + Duration::from_secs(job.minimum_retry_delay_secs.into());
                     let give_up_at = job.no_progress_since.map(|since| {
                         self.anchor(job.id, since, now, wall)
-                            + Duration::from_secs(job.props.no_progress_timeout_secs.into())
+                            + Duration::from_secs(job.no_progress_timeout_secs.into())
                     });
                     if give_up_at.is_some_and(|at| now >= at) {
                         out.push((job.id, job.run, EngineReport::NoProgressTimeout));
@@ -131,7 +172,7 @@ impl Scheduler {
                 JobState::Connecting | JobState::Transferring => {
                     let Some(since) = job.active_since else { continue };
                     let started = self.anchor(job.id, since, now, wall);
-                    let limit = Duration::from_secs(job.props.max_download_time_secs.into())
+                    let limit = Duration::from_secs(job.max_download_time_secs.into())
                         .saturating_sub(Duration::from_millis(job.active_ms));
                     if now >= started + limit {
                         out.push((job.id, job.run, EngineReport::MaxDownloadTimeExceeded));
@@ -143,7 +184,7 @@ impl Scheduler {
             }
         }
         let decided: HashSet<JobId> = out.iter().map(|(id, _, _)| *id).collect();
-        let mut by_node: HashMap<NodeId, Vec<&Job>> = HashMap::new();
+        let mut by_node: HashMap<NodeId, Vec<&JobView>> = HashMap::new();
         for job in jobs.iter().filter(|j| j.state.is_active() && !decided.contains(&j.id)) {
             by_node.entry(job.home_node).or_default().push(job);
         }
@@ -160,7 +201,7 @@ impl Scheduler {
     /// BITS's priority rules for the jobs of one home node.
     fn assign_slots(
         &mut self,
-        mut candidates: Vec<&Job>,
+        mut candidates: Vec<&JobView>,
         now: Instant,
         wall: Timestamp,
     ) -> (Vec<(JobId, u64, EngineReport)>, Option<Instant>) {
@@ -168,7 +209,7 @@ impl Scheduler {
         let mut slice_ends = HashMap::new();
         for job in &candidates {
             if job.state != JobState::Queued
-                && job.props.priority != Priority::Foreground
+                && job.priority != Priority::Foreground
                 && let Some(at) = job.last_activated
             {
                 slice_ends.insert(job.id, self.anchor(job.id, at, now, wall) + slice);
@@ -176,13 +217,13 @@ impl Scheduler {
         }
         // Running jobs keep their slot while their slice lasts (foreground: always);
         // then the job that waited longest since its last turn goes first.
-        let holds = |job: &Job| {
+        let holds = |job: &JobView| {
             job.state != JobState::Queued
-                && (job.props.priority == Priority::Foreground
+                && (job.priority == Priority::Foreground
                     || slice_ends.get(&job.id).is_none_or(|end| now < *end))
         };
         candidates.sort_by_key(|job| {
-            (job.props.priority, !holds(job), job.last_activated, job.times.created, job.id)
+            (job.priority, !holds(job), job.last_activated, job.created, job.id)
         });
         let cap = self.settings.max_active_jobs;
         let mut reports = Vec::new();
@@ -197,8 +238,7 @@ impl Scheduler {
         }
         // Wake when a running job's slice ends while someone of its priority waits.
         for job in candidates.iter().take(cap) {
-            let waiting =
-                candidates.iter().skip(cap).any(|other| other.props.priority == job.props.priority);
+            let waiting = candidates.iter().skip(cap).any(|other| other.priority == job.priority);
             if let Some(end) = slice_ends.get(&job.id).filter(|_| waiting) {
                 wake = Some(wake.map_or(*end, |w: Instant| w.min(*end)));
             }
@@ -244,7 +284,7 @@ impl Handler<Schedule> for Scheduler {
                 reports.sort_by_key(|(_, _, r)| !matches!(r, EngineReport::Preempt));
                 for (job, run, report) in reports {
                     tracing::debug!(%job, run, ?report, "scheduler");
-                    let command = Command::Engine { job, run, report };
+                    let command = Command::Engine { job, run, reports: vec![report] };
                     let proposal = Proposal { request_id: None, caller: system_caller(), command };
                     match cluster.write(proposal).await {
                         Ok(written) => {

@@ -136,11 +136,8 @@ fn command() -> impl Strategy<Value = Command> {
         (job_id(), proptest::sample::select(JobAction::ALL.to_vec()))
             .prop_map(|(job, action)| Command::Lifecycle { job, action }),
         policy().prop_map(Command::SetPolicy),
-        (job_id(), any::<u64>(), report()).prop_map(|(job, run, report)| Command::Engine {
-            job,
-            run,
-            report
-        }),
+        (job_id(), any::<u64>(), proptest::collection::vec(report(), 0..3))
+            .prop_map(|(job, run, reports)| Command::Engine { job, run, reports }),
         (job_id(), text(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(
             |(job, user_name, sealed)| {
                 Command::SetCredentials {

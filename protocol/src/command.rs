@@ -104,8 +104,8 @@ pub enum Command {
         /// The transfer run the report belongs to (see [`crate::Job::run`]); ignored by
         /// reports that are not about a run.
         run: u64,
-        /// What happened.
-        report: EngineReport,
+        /// What happened, applied in order, all or nothing.
+        reports: Vec<EngineReport>,
     },
 }
 

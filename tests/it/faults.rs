@@ -136,7 +136,11 @@ async fn dropped_connections_are_transient_and_resume_from_durable_chunks() -> a
         .filter_map(|r| r.range.as_deref()?.strip_prefix("bytes=")?.split('-').next()?.parse().ok())
         .collect();
     assert!(!retried.is_empty());
-    assert!(retried.iter().all(|offset| *offset >= durable), "{retried:?} vs {durable}");
+    assert!(
+        retried.iter().all(|offset| *offset >= durable),
+        "{retried:?} vs {durable}: {:#?}",
+        &origin.requests()[before..]
+    );
     client.act(id, JobAction::Complete).await?;
     assert!(same_as_origin(&origin, "/c.bin", &local)?);
     Ok(())

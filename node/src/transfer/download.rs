@@ -1,37 +1,43 @@
 //! One transfer run of a download job on its home node: for each untransferred file in
-//! order, probe the remote file, report what it is (a changed version restarts the
-//! file), then fetch the chunks not yet durable over one or more connections with
-//! `Range` + `If-Range`, writing each at its place in the temporary file, and report
-//! each chunk (with its BLAKE3 digest) once it is fsynced.
+//! order, probe the remote file, then fetch the chunks not yet durable over one or more
+//! connections ([`super::fetch`]) and report them, with their digests, once fsynced.
 //!
-//! BITS rules enforced here: a `200` where a range was asked, a changed validator or a
-//! mismatching `Content-Range` means the remote changed (restart the file) or the
-//! server lacks range support (`BG_E_INSUFFICIENT_RANGE_SUPPORT`, with the
-//! single-stream fallback for foreground jobs up to 2 GB); no size without dynamic
-//! content is `BG_E_MISSING_FILE_SIZE`; dynamic content streams from the start with the
-//! job's maximum download size enforced.
+//! The probe of a fresh file is a `GET` of its first chunk (the `206` carries size and
+//! validators), so a file of one chunk costs one request and one Raft write; a file
+//! with durable chunks is probed with `HEAD` (or a `bytes=0-0` GET where HEAD is
+//! refused). Reports that need not wait (connected, probed) travel with the next one.
+//!
+//! BITS rules enforced here: a changed validator, a `200` to a conditional range or a
+//! different size restarts the file (never mixing two versions); a server without range
+//! support gets `BG_E_INSUFFICIENT_RANGE_SUPPORT`, with the single-stream fallback for
+//! foreground jobs up to 2 GB; no size without dynamic content is
+//! `BG_E_MISSING_FILE_SIZE`; dynamic content streams from the start, its maximum
+//! download size enforced.
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ferry_protocol::file::JobFile;
 use ferry_protocol::transfer::{
     self, ChunkRecord, EngineReport, Piece, RemoteInfo, chunk_size_for,
 };
-use ferry_protocol::{BitsCode, Job, Priority};
+use ferry_protocol::{BitsCode, Job, JobState, Priority};
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::failure::{Failure, Stop};
+use super::fetch::{
+    ChunkWriter, Fetch, Probe, blocking, changed, content_length, content_range, header_lines,
+    probe_local, short_body, text, transport_error,
+};
 use super::http::HttpSession;
 use super::local::TempFile;
 use super::{EngineSettings, Reporter};
 
-/// Bytes buffered per connection before a positioned write.
-const WRITE_BUFFER: usize = 1024 * 1024;
 /// Largest file BITS fetches in one unranged GET when the server lacks ranges.
 const SINGLE_STREAM_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
 /// How often a file may be started over within one run before the run gives up.
@@ -39,7 +45,7 @@ const MAX_RESTARTS_PER_RUN: u32 = 3;
 
 /// Everything a run needs.
 pub(crate) struct Run {
-    /// The job, as it was when the run started.
+    /// The job, as it was when the run started (its properties are used throughout).
     pub(crate) job: Job,
     /// Which run this is.
     pub(crate) run: u64,
@@ -51,27 +57,79 @@ pub(crate) struct Run {
     pub(crate) http: Arc<HttpSession>,
 }
 
+/// Reports that may wait (connected, probed, a small file done): they go out with the
+/// next report that must, or once [`OUTBOX_REPORTS`] wait or the oldest has waited
+/// [`OUTBOX_DELAY`]. Their bytes are durable already; a crash before they are sent
+/// costs a re-fetch of those files, never a wrong file. Many small files thus share
+/// one Raft write.
+#[derive(Default)]
+struct Outbox {
+    reports: Vec<EngineReport>,
+    since: Option<Instant>,
+}
+
+/// Most reports waiting in the outbox.
+const OUTBOX_REPORTS: usize = 64;
+/// Longest wait of a report in the outbox (checked when reports are added).
+const OUTBOX_DELAY: Duration = Duration::from_millis(200);
+
+impl Outbox {
+    fn push(&mut self, report: EngineReport) {
+        self.since.get_or_insert_with(Instant::now);
+        self.reports.push(report);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.reports.is_empty()
+    }
+
+    fn due(&self) -> bool {
+        self.reports.len() >= OUTBOX_REPORTS
+            || self.since.is_some_and(|t| t.elapsed() >= OUTBOX_DELAY)
+    }
+}
+
+/// The first chunk, fetched by the probe of a fresh file.
+struct FirstPiece {
+    response: Response,
+    /// Bytes of the file the response covers from offset 0.
+    len: u64,
+}
+
 impl Run {
     /// Transfers every pending file; returns why it stopped if it did not finish.
     pub(crate) async fn transfer(&self) -> Result<(), Stop> {
-        let mut connected = self.job.state == ferry_protocol::JobState::Transferring;
+        let mut outbox = Outbox::default();
+        if self.job.state == JobState::Connecting {
+            // Told once the server answered (the first probe), or at once without files.
+            outbox.push(EngineReport::Connected);
+        }
+        // Files finished in this run may not be recorded yet (their reports wait in
+        // the outbox): the next file is searched after the last one done.
+        let mut after = 0;
         loop {
-            let job = self.reporter.job(self.job.id, self.run)?;
-            let Some(index) = job.files.iter().position(|f| !f.transferred) else {
-                if !connected {
-                    self.report(EngineReport::Connected).await?;
+            let next = self.reporter.read(self.job.id, self.run, |job| {
+                job.files.iter().skip(after).position(|f| !f.transferred).map(|i| i + after)
+            })?;
+            let Some(index) = next else {
+                if !outbox.is_empty() {
+                    self.send(&mut outbox, Vec::new()).await?;
                 }
                 return Ok(());
             };
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             let mut restarts = 0;
             loop {
-                match self.download_file(index, &mut connected).await {
-                    Ok(()) => break,
+                match self.download_file(index, &mut outbox).await {
+                    Ok(()) => {
+                        after = index as usize + 1;
+                        break;
+                    }
                     Err(Stop::RestartFile(why)) => {
                         restarts += 1;
                         tracing::info!(job = %self.job.id, file = index, %why, "starting the file over");
-                        self.report(EngineReport::RestartFile { file: index }).await?;
+                        self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
+                            .await?;
                         if restarts >= MAX_RESTARTS_PER_RUN {
                             return Err(Failure::protocol(
                                 BitsCode::BG_E_REMOTE_FILE_CHANGED,
@@ -83,22 +141,37 @@ impl Run {
                             .into());
                         }
                     }
-                    Err(other) => return Err(other),
+                    Err(other) => {
+                        // Keep what earlier files achieved before the failure is reported.
+                        if matches!(other, Stop::Failed(_)) && !outbox.is_empty() {
+                            self.send(&mut outbox, Vec::new()).await?;
+                        }
+                        return Err(other);
+                    }
                 }
             }
         }
     }
 
-    async fn report(&self, report: EngineReport) -> Result<(), Stop> {
-        self.reporter.report(self.job.id, self.run, report).await
+    /// Sends what waits in `outbox`, then `more`, as one command.
+    async fn send(&self, outbox: &mut Outbox, more: Vec<EngineReport>) -> Result<(), Stop> {
+        let mut reports = std::mem::take(outbox).reports;
+        reports.extend(more);
+        self.reporter.report(self.job.id, self.run, reports).await
+    }
+
+    fn file(&self, index: u32) -> Result<JobFile, Stop> {
+        self.reporter
+            .read(self.job.id, self.run, |job| job.files.get(index as usize).cloned())?
+            .ok_or(Stop::Stale)
     }
 
     /// Probe, plan, fetch what is missing, finish one file.
-    async fn download_file(&self, index: u32, connected: &mut bool) -> Result<(), Stop> {
-        let job = self.reporter.job(self.job.id, self.run)?;
-        let file = file_of(&job, index)?;
+    async fn download_file(&self, index: u32, outbox: &mut Outbox) -> Result<(), Stop> {
+        let file = self.file(index)?;
         let url = file.remote_url.clone();
-        if url.starts_with("file://") && !self.settings.allow_file_urls {
+        let local_source = url.starts_with("file://");
+        if local_source && !self.settings.allow_file_urls {
             return Err(Failure::fatal(transport_error(
                 BitsCode::E_ACCESSDENIED,
                 "file:// sources are disabled on this node (transfer.allow_file_urls)".into(),
@@ -106,69 +179,60 @@ impl Run {
             ))
             .into());
         }
-        let probe = if url.starts_with("file://") {
-            probe_local(&url, index).await?
+        let dynamic = self.job.props.dynamic_content;
+        // A fresh whole file is probed with a GET of its first chunk.
+        let probe_with_data = file.chunks.is_empty() && file.ranges.is_empty() && !dynamic;
+        let (probe, first) = if local_source {
+            (probe_local(&url, index).await?, None)
+        } else if dynamic {
+            // BITS sends no HEAD for dynamic content: size and validators are unknown.
+            (Probe { remote: RemoteInfo::default(), headers: Vec::new() }, None)
+        } else if probe_with_data {
+            self.probe_first_chunk(&url, index).await?
         } else {
-            self.probe(&job, &url, index).await?
+            (self.probe(&url, index).await?, None)
         };
-        if !*connected {
-            self.report(EngineReport::Connected).await?;
-            *connected = true;
-        }
         let chunk_size = match probe.remote.size {
             Some(size) => chunk_size_for(size, self.settings.chunk_size),
             None => self.settings.chunk_size,
         };
-        if let Some(size) = probe.remote.size {
-            transfer::plan(&file.ranges, size, chunk_size).map_err(|code| {
+        let pieces = match probe.remote.size {
+            Some(size) => Some(transfer::plan(&file.ranges, size, chunk_size).map_err(|code| {
                 Failure::protocol(
                     code,
                     format!("{url}: the file's ranges lie outside its {size} bytes"),
                     index,
                 )
-            })?;
-        }
-        // Dynamic content cannot resume: whatever an earlier run wrote is discarded.
+            })?),
+            None => None,
+        };
+        // What the Probed report will do to the recorded chunks: same version and plan
+        // keep them; anything else starts the file over (apply decides the same).
+        let keeps_chunks = !file.chunks.is_empty()
+            && file.remote.as_ref().is_some_and(|r| r.same_version(&probe.remote))
+            && file.chunk_size == chunk_size;
+        let durable = if keeps_chunks { file.chunks.clone() } else { Vec::new() };
         if probe.remote.size.is_none() && !file.chunks.is_empty() {
+            // Dynamic content cannot resume: what an earlier run wrote is discarded.
             return Err(Stop::RestartFile("dynamic content restarts from the beginning".into()));
         }
-        self.report(EngineReport::Probed { file: index, remote: probe.remote.clone(), chunk_size })
-            .await?;
-        let job = self.reporter.job(self.job.id, self.run)?;
-        let file = file_of(&job, index)?;
-        let temp_path = Path::new(&file.temporary_name).to_path_buf();
+        outbox.push(EngineReport::Probed { file: index, remote: probe.remote.clone(), chunk_size });
 
-        let temp = if file.chunks.is_empty() {
-            let path = temp_path.clone();
-            blocking(move || TempFile::create(&path))
-                .await
-                .map_err(|e| Failure::local(&e, "cannot create the temporary file", Some(index)))?
-        } else {
-            let path = temp_path.clone();
-            match blocking(move || TempFile::reopen(&path)).await {
-                Ok(Some(temp)) => temp,
-                Ok(None) => return Err(Stop::RestartFile("the temporary file is gone".into())),
-                Err(e) => {
-                    return Err(
-                        Failure::local(&e, "cannot open the temporary file", Some(index)).into()
-                    );
-                }
-            }
+        let temp = self.temp_file(&file, index, durable.is_empty()).await?;
+        let fetch = Fetch {
+            url: url.clone(),
+            file: index,
+            remote: probe.remote.clone(),
+            temp: temp.clone(),
+            http: self.http.clone(),
+            headers: Arc::new(Mutex::new(probe.headers.clone())),
         };
-
-        let Some(size) = probe.remote.size else {
-            let size = self.stream_dynamic(&job, file, index, &temp, chunk_size).await?;
-            return self.finish_file(index, &temp, size, &probe).await;
+        let Some(pieces) = pieces else {
+            let size = self.stream_dynamic(&fetch, chunk_size, outbox).await?;
+            return self.finish_file(&fetch, size, &probe, Vec::new(), outbox).await;
         };
-        let pieces = transfer::plan(&file.ranges, size, chunk_size).map_err(|code| {
-            Failure::protocol(
-                code,
-                format!("the file's ranges lie outside its {size} bytes"),
-                index,
-            )
-        })?;
         let total = transfer::planned_bytes(&pieces);
-        if let Some(cap) = job.props.max_download_size.filter(|cap| total > *cap) {
+        if let Some(cap) = self.job.props.max_download_size.filter(|cap| total > *cap) {
             return Err(Failure::fatal(transport_error(
                 BitsCode::BG_E_MAX_DOWNLOAD_SIZE_LIMIT_REACHED,
                 format!("the file has {total} bytes; the job allows {cap}"),
@@ -176,66 +240,155 @@ impl Run {
             ))
             .into());
         }
-        let missing: VecDeque<Piece> = pieces
+        let mut missing: VecDeque<Piece> = pieces
             .iter()
-            .filter(|p| file.chunks.binary_search_by_key(&p.index, |c| c.index).is_err())
+            .filter(|p| durable.binary_search_by_key(&p.index, |c| c.index).is_err())
             .copied()
             .collect();
+        let mut unreported = Vec::new();
+        if let Some(first) = first {
+            match missing.front() {
+                Some(piece) if piece.local_offset == 0 && piece.len == first.len => {
+                    let piece = *piece;
+                    missing.pop_front();
+                    // A file's last chunk is made durable by the file's final fsync.
+                    let record = fetch.receive(piece, first.response, !missing.is_empty()).await?;
+                    if missing.is_empty() {
+                        // A one-chunk file: reported whole in a single command.
+                        unreported.push(record);
+                    } else {
+                        let report = EngineReport::Chunks { file: index, chunks: vec![record] };
+                        self.send(outbox, vec![report]).await?;
+                    }
+                }
+                // The server ignored the range and sent the whole (larger) file.
+                _ if first.len == total && total > 0 => {
+                    if !single_stream_allowed(&self.job, &file, total) {
+                        return Err(no_range_support(&url, index));
+                    }
+                    tracing::info!(job = %self.job.id, file = index, "the server ignores ranges; fetching the file in one stream");
+                    self.stream_into(&fetch, first.response, chunk_size, Some(total), None, outbox)
+                        .await?;
+                    missing.clear();
+                }
+                _ => drop(first),
+            }
+        }
         if !missing.is_empty() {
-            let fetch = Fetch {
-                url: url.clone(),
-                file: index,
-                remote: probe.remote.clone(),
-                temp: temp.clone(),
-                http: self.http.clone(),
-                headers: Arc::new(Mutex::new(probe.headers.clone())),
-            };
-            match self.fetch_pieces(&job, &fetch, missing).await {
+            match self.fetch_pieces(&fetch, missing, outbox).await {
                 Err(Stop::Failed(f))
                     if f.error.code == BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT =>
                 {
-                    if !single_stream_allowed(&job, file, size) {
+                    if !single_stream_allowed(&self.job, &file, total) {
                         return Err(Stop::Failed(f));
                     }
-                    tracing::info!(job = %job.id, file = index, "the server ignores ranges; fetching the file in one stream");
-                    self.stream_whole(&fetch, chunk_size, size).await?;
+                    tracing::info!(job = %self.job.id, file = index, "the server ignores ranges; fetching the file in one stream");
+                    self.stream_whole(&fetch, chunk_size, total, outbox).await?;
                 }
                 other => other?,
             }
         }
-        self.finish_file(index, &temp, total, &probe).await
+        self.finish_file(&fetch, total, &probe, unreported, outbox).await
     }
 
+    /// The temporary file: created afresh, or reopened to add to its durable chunks.
+    async fn temp_file(&self, file: &JobFile, index: u32, fresh: bool) -> Result<TempFile, Stop> {
+        let path = Path::new(&file.temporary_name).to_path_buf();
+        if fresh {
+            return blocking(move || TempFile::create(&path)).await.map_err(|e| {
+                Failure::local(&e, "cannot create the temporary file", Some(index)).into()
+            });
+        }
+        match blocking(move || TempFile::reopen(&path)).await {
+            Ok(Some(temp)) => Ok(temp),
+            Ok(None) => Err(Stop::RestartFile("the temporary file is gone".into())),
+            Err(e) => Err(Failure::local(&e, "cannot open the temporary file", Some(index)).into()),
+        }
+    }
+
+    /// Sets the length and mtime, fsyncs, and reports the file with its last chunks.
     async fn finish_file(
         &self,
-        index: u32,
-        temp: &TempFile,
+        fetch: &Fetch,
         size: u64,
         probe: &Probe,
+        chunks: Vec<ChunkRecord>,
+        outbox: &mut Outbox,
     ) -> Result<(), Stop> {
         let modified = probe
             .remote
             .last_modified
             .as_deref()
             .and_then(|text| httpdate::parse_http_date(text).ok());
-        let t = temp.clone();
-        blocking(move || t.set_len(size).and_then(|()| t.finish(modified)))
-            .await
-            .map_err(|e| Failure::local(&e, "cannot finish the temporary file", Some(index)))?;
-        self.report(EngineReport::FileTransferred {
-            file: index,
-            size,
-            headers: probe.headers.clone(),
-        })
-        .await
+        let t = fetch.temp.clone();
+        blocking(move || t.set_len(size).and_then(|()| t.finish(modified))).await.map_err(|e| {
+            Failure::local(&e, "cannot finish the temporary file", Some(fetch.file))
+        })?;
+        let headers =
+            fetch.headers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut reports = Vec::new();
+        if !chunks.is_empty() {
+            reports.push(EngineReport::Chunks { file: fetch.file, chunks });
+        }
+        reports.push(EngineReport::FileTransferred { file: fetch.file, size, headers });
+        for report in reports {
+            outbox.push(report);
+        }
+        if outbox.due() { self.send(outbox, Vec::new()).await } else { Ok(()) }
     }
 
-    /// HEAD (or a `bytes=0-0` GET where HEAD is refused) for size and validators.
-    async fn probe(&self, job: &Job, url: &str, index: u32) -> Result<Probe, Stop> {
-        if job.props.dynamic_content {
-            // BITS sends no HEAD for dynamic content: size and validators are unknown.
-            return Ok(Probe { remote: RemoteInfo::default(), headers: Vec::new() });
-        }
+    /// `GET bytes=0-(chunk-1)` of a fresh file: the `206` tells size and validators and
+    /// carries the first chunk; a `200` is a server that ignores ranges (fine when the
+    /// whole file fits in a chunk); a `416` with size 0 is an empty file.
+    async fn probe_first_chunk(
+        &self,
+        url: &str,
+        index: u32,
+    ) -> Result<(Probe, Option<FirstPiece>), Stop> {
+        let asked = self.settings.chunk_size;
+        let response = self
+            .http
+            .send(Method::GET, url, |r| r.header(header::RANGE, format!("bytes=0-{}", asked - 1)))
+            .await
+            .map_err(|e| Failure::request(&e, url, index))?;
+        let headers = response.headers();
+        let validators = |size, ranges| RemoteInfo {
+            size: Some(size),
+            etag: text(headers, header::ETAG),
+            last_modified: text(headers, header::LAST_MODIFIED),
+            ranges,
+        };
+        let (remote, len) = match response.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let range = content_range(headers).filter(|r| r.first == 0);
+                let (Some(range), Some(total)) = (range, range.and_then(|r| r.total)) else {
+                    return Err(Failure::protocol(
+                        BitsCode::BG_E_INVALID_SERVER_RESPONSE,
+                        format!("{url}: a range answer without a usable Content-Range"),
+                        index,
+                    )
+                    .into());
+                };
+                (validators(total, true), range.last + 1)
+            }
+            StatusCode::OK => {
+                let Some(size) = content_length(headers) else {
+                    return Err(missing_size(url, index));
+                };
+                (validators(size, false), size)
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE if content_range_total(headers) == Some(0) => {
+                (validators(0, true), 0)
+            }
+            status => return Err(Failure::status(status.as_u16(), url, index).into()),
+        };
+        let probe = Probe { remote, headers: header_lines(headers) };
+        let first = (len > 0).then_some(FirstPiece { response, len });
+        Ok((probe, first))
+    }
+
+    /// `HEAD` (or a `bytes=0-0` GET where HEAD is refused) for size and validators.
+    async fn probe(&self, url: &str, index: u32) -> Result<Probe, Stop> {
         let head = self.http.send(Method::HEAD, url, |r| r).await;
         let response = match head {
             Ok(r)
@@ -263,12 +416,7 @@ impl Run {
             content_length(headers)
         };
         let Some(size) = size else {
-            return Err(Failure::fatal(transport_error(
-                BitsCode::BG_E_MISSING_FILE_SIZE,
-                format!("{url}: the server gave no Content-Length; enable dynamic content for such servers"),
-                index,
-            ))
-            .into());
+            return Err(missing_size(url, index));
         };
         let remote = RemoteInfo {
             size: Some(size),
@@ -280,15 +428,17 @@ impl Run {
         Ok(Probe { remote, headers: header_lines(headers) })
     }
 
-    /// Fetches `missing` over the job's connections; each chunk is reported once durable.
+    /// Fetches `missing` over the job's connections; chunks are reported as they
+    /// become durable (several per command when they finish together).
     async fn fetch_pieces(
         &self,
-        job: &Job,
         fetch: &Fetch,
         missing: VecDeque<Piece>,
+        outbox: &mut Outbox,
     ) -> Result<(), Stop> {
         let connections =
-            job.props
+            self.job
+                .props
                 .max_connections
                 .unwrap_or(self.settings.connections)
                 .clamp(1, ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE) as usize;
@@ -313,17 +463,16 @@ impl Run {
             });
         }
         drop(done_tx);
-        let mut batch = Vec::new();
         let outcome: Result<(), Stop> = loop {
             tokio::select! {
                 record = done_rx.recv() => match record {
                     Some(record) => {
-                        batch.push(record);
+                        let mut chunks = vec![record];
                         while let Ok(more) = done_rx.try_recv() {
-                            batch.push(more);
+                            chunks.push(more);
                         }
-                        let chunks = std::mem::take(&mut batch);
-                        if let Err(stop) = self.report(EngineReport::Chunks { file: fetch.file, chunks }).await {
+                        let report = EngineReport::Chunks { file: fetch.file, chunks };
+                        if let Err(stop) = self.send(outbox, vec![report]).await {
                             break Err(stop);
                         }
                     }
@@ -333,7 +482,7 @@ impl Run {
                 Some(joined) = tasks.join_next() => match joined {
                     Ok(Ok(())) => {}
                     Ok(Err(stop)) => break Err(stop),
-                    Err(e) if e.is_panic() => break Err(Failure::local(&std::io::Error::other("a download task panicked"), "internal error", Some(fetch.file)).into()),
+                    Err(e) if e.is_panic() => break Err(internal(fetch.file, "a download task panicked")),
                     Err(_) => {}
                 },
             }
@@ -344,10 +493,7 @@ impl Run {
                 match joined {
                     Ok(Ok(())) => {}
                     Ok(Err(stop)) => return Err(stop),
-                    Err(e) => {
-                        let e = std::io::Error::other(format!("a download task failed: {e}"));
-                        return Err(Failure::local(&e, "internal error", Some(fetch.file)).into());
-                    }
+                    Err(_) => return Err(internal(fetch.file, "a download task failed")),
                 }
             }
         }
@@ -357,7 +503,13 @@ impl Run {
 
     /// The single-stream fallback: one unranged GET of the whole file, reported in
     /// chunks as it arrives. An interruption fails the run (it restarts from zero).
-    async fn stream_whole(&self, fetch: &Fetch, chunk_size: u64, size: u64) -> Result<(), Stop> {
+    async fn stream_whole(
+        &self,
+        fetch: &Fetch,
+        chunk_size: u64,
+        size: u64,
+        outbox: &mut Outbox,
+    ) -> Result<(), Stop> {
         let response = fetch
             .http
             .send(Method::GET, &fetch.url, |r| r)
@@ -369,44 +521,31 @@ impl Run {
         if changed(&fetch.remote, response.headers()) {
             return Err(Stop::RestartFile("the remote file changed".into()));
         }
-        let received = self.stream_into(fetch, response, chunk_size, Some(size), None).await?;
-        if received != size {
-            return Err(short_body(&fetch.url, fetch.file, received, size));
-        }
-        Ok(())
+        self.stream_into(fetch, response, chunk_size, Some(size), None, outbox).await.map(drop)
     }
 
     /// Dynamic content: one GET from the start, the job's maximum download size
     /// enforced; returns the size received.
     async fn stream_dynamic(
         &self,
-        job: &Job,
-        file: &JobFile,
-        index: u32,
-        temp: &TempFile,
+        fetch: &Fetch,
         chunk_size: u64,
+        outbox: &mut Outbox,
     ) -> Result<u64, Stop> {
-        let fetch = Fetch {
-            url: file.remote_url.clone(),
-            file: index,
-            remote: RemoteInfo::default(),
-            temp: temp.clone(),
-            http: self.http.clone(),
-            headers: Arc::new(Mutex::new(Vec::new())),
-        };
         let response = fetch
             .http
             .send(Method::GET, &fetch.url, |r| r)
             .await
-            .map_err(|e| Failure::request(&e, &fetch.url, index))?;
+            .map_err(|e| Failure::request(&e, &fetch.url, fetch.file))?;
         if !response.status().is_success() {
-            return Err(Failure::status(response.status().as_u16(), &fetch.url, index).into());
+            return Err(Failure::status(response.status().as_u16(), &fetch.url, fetch.file).into());
         }
-        self.stream_into(&fetch, response, chunk_size, None, job.props.max_download_size).await
+        let cap = self.job.props.max_download_size;
+        self.stream_into(fetch, response, chunk_size, None, cap, outbox).await
     }
 
     /// Writes a whole-file response from offset 0, reporting a chunk at every
-    /// `chunk_size` boundary (and the tail).
+    /// `chunk_size` boundary (and the tail); returns the bytes written.
     async fn stream_into(
         &self,
         fetch: &Fetch,
@@ -414,14 +553,19 @@ impl Run {
         chunk_size: u64,
         size: Option<u64>,
         cap: Option<u64>,
+        outbox: &mut Outbox,
     ) -> Result<u64, Stop> {
+        let write_error = |e: std::io::Error| {
+            Failure::local(&e, "cannot write the temporary file", Some(fetch.file))
+        };
+        *fetch.headers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            header_lines(response.headers());
         let mut writer = ChunkWriter::new(fetch.temp.clone(), 0);
         let mut index = 0u32;
         let mut offset = 0u64;
-        loop {
-            let next =
-                response.chunk().await.map_err(|e| Failure::request(&e, &fetch.url, fetch.file))?;
-            let Some(mut bytes) = next else { break };
+        while let Some(mut bytes) =
+            response.chunk().await.map_err(|e| Failure::request(&e, &fetch.url, fetch.file))?
+        {
             while !bytes.is_empty() {
                 let room = chunk_size - (offset - u64::from(index) * chunk_size);
                 let take = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());
@@ -446,248 +590,26 @@ impl Run {
                     )
                     .into());
                 }
-                writer.push(&part).await.map_err(|e| {
-                    Failure::local(&e, "cannot write the temporary file", Some(fetch.file))
-                })?;
+                writer.push(&part).await.map_err(write_error)?;
                 if offset == (u64::from(index) + 1) * chunk_size {
-                    let record = writer.seal(index).await.map_err(|e| {
-                        Failure::local(&e, "cannot write the temporary file", Some(fetch.file))
-                    })?;
-                    self.report(EngineReport::Chunks { file: fetch.file, chunks: vec![record] })
-                        .await?;
+                    let record = writer.seal(index, true).await.map_err(write_error)?;
+                    let report = EngineReport::Chunks { file: fetch.file, chunks: vec![record] };
+                    self.send(outbox, vec![report]).await?;
                     writer = ChunkWriter::new(fetch.temp.clone(), offset);
                     index += 1;
                 }
             }
         }
+        if let Some(size) = size.filter(|size| offset != *size) {
+            return Err(short_body(&fetch.url, fetch.file, offset, size));
+        }
         if writer.len > 0 {
-            let record = writer.seal(index).await.map_err(|e| {
-                Failure::local(&e, "cannot write the temporary file", Some(fetch.file))
-            })?;
-            self.report(EngineReport::Chunks { file: fetch.file, chunks: vec![record] }).await?;
+            let record = writer.seal(index, true).await.map_err(write_error)?;
+            let report = EngineReport::Chunks { file: fetch.file, chunks: vec![record] };
+            self.send(outbox, vec![report]).await?;
         }
         Ok(offset)
     }
-}
-
-/// What a probe learned, with the headers of its response.
-struct Probe {
-    remote: RemoteInfo,
-    headers: Vec<String>,
-}
-
-/// One file's fetch, shared by its connections.
-#[derive(Clone)]
-struct Fetch {
-    url: String,
-    file: u32,
-    remote: RemoteInfo,
-    temp: TempFile,
-    http: Arc<HttpSession>,
-    /// Headers of the last response (reported with the finished file).
-    headers: Arc<Mutex<Vec<String>>>,
-}
-
-impl Fetch {
-    /// `GET` one piece with `Range` + `If-Range`, check the answer, write it, fsync.
-    async fn piece(&self, piece: Piece) -> Result<ChunkRecord, Stop> {
-        if self.url.starts_with("file://") {
-            return self.local_piece(piece).await;
-        }
-        let validator = self.remote.if_range().map(str::to_owned);
-        let response = self
-            .http
-            .send(Method::GET, &self.url, |r| {
-                let r = r.header(header::RANGE, piece.range_header());
-                match &validator {
-                    Some(v) => r.header(header::IF_RANGE, v),
-                    None => r,
-                }
-            })
-            .await
-            .map_err(|e| Failure::request(&e, &self.url, self.file))?;
-        match response.status() {
-            StatusCode::PARTIAL_CONTENT => {}
-            StatusCode::OK | StatusCode::RANGE_NOT_SATISFIABLE
-                if changed(&self.remote, response.headers()) =>
-            {
-                return Err(Stop::RestartFile("the remote file changed".into()));
-            }
-            StatusCode::OK => {
-                return Err(Failure::fatal(transport_error(
-                    BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT,
-                    format!("{}: the server ignored a range request (answered 200)", self.url),
-                    self.file,
-                ))
-                .into());
-            }
-            status => return Err(Failure::status(status.as_u16(), &self.url, self.file).into()),
-        }
-        let range = content_range(response.headers());
-        let expected_last = piece.remote_offset + piece.len - 1;
-        let fits = range.is_some_and(|r| {
-            r.first == piece.remote_offset
-                && r.last == expected_last
-                && r.total.is_none_or(|t| Some(t) == self.remote.size)
-        });
-        if !fits {
-            if range.and_then(|r| r.total).is_some_and(|t| Some(t) != self.remote.size) {
-                return Err(Stop::RestartFile("the remote file's size changed".into()));
-            }
-            return Err(Failure::protocol(
-                BitsCode::BG_E_INVALID_SERVER_RESPONSE,
-                format!(
-                    "{}: asked for {}, the server sent Content-Range {:?}",
-                    self.url,
-                    piece.range_header(),
-                    text(response.headers(), header::CONTENT_RANGE)
-                ),
-                self.file,
-            )
-            .into());
-        }
-        *self.headers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            header_lines(response.headers());
-        let mut response = response;
-        let mut writer = ChunkWriter::new(self.temp.clone(), piece.local_offset);
-        while let Some(bytes) =
-            response.chunk().await.map_err(|e| Failure::request(&e, &self.url, self.file))?
-        {
-            if writer.len + bytes.len() as u64 > piece.len {
-                return Err(Failure::protocol(
-                    BitsCode::BG_E_INVALID_SERVER_RESPONSE,
-                    format!(
-                        "{}: the server sent more than the {} bytes asked for",
-                        self.url, piece.len
-                    ),
-                    self.file,
-                )
-                .into());
-            }
-            writer.push(&bytes).await.map_err(|e| {
-                Failure::local(&e, "cannot write the temporary file", Some(self.file))
-            })?;
-        }
-        if writer.len != piece.len {
-            return Err(short_body(&self.url, self.file, writer.len, piece.len));
-        }
-        writer.seal(piece.index).await.map_err(|e| {
-            Failure::local(&e, "cannot write the temporary file", Some(self.file)).into()
-        })
-    }
-
-    /// A piece of a `file://` source: positioned reads from the source file.
-    async fn local_piece(&self, piece: Piece) -> Result<ChunkRecord, Stop> {
-        let path = local_source(&self.url, self.file)?;
-        let mut writer = ChunkWriter::new(self.temp.clone(), piece.local_offset);
-        let mut offset = piece.remote_offset;
-        let end = piece.remote_offset + piece.len;
-        while offset < end {
-            let len =
-                usize::try_from((end - offset).min(WRITE_BUFFER as u64)).unwrap_or(WRITE_BUFFER);
-            let path = path.clone();
-            let bytes = blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; len];
-                std::fs::File::open(&path)?.read_exact_at(&mut buf, offset)?;
-                Ok(buf)
-            })
-            .await
-            .map_err(|e| Failure::local(&e, "cannot read the source file", Some(self.file)))?;
-            writer.push(&bytes).await.map_err(|e| {
-                Failure::local(&e, "cannot write the temporary file", Some(self.file))
-            })?;
-            offset += len as u64;
-        }
-        writer.seal(piece.index).await.map_err(|e| {
-            Failure::local(&e, "cannot write the temporary file", Some(self.file)).into()
-        })
-    }
-}
-
-/// Accumulates one chunk's bytes: hashes them, writes them in [`WRITE_BUFFER`] pieces
-/// at their offset, and fsyncs at the end.
-struct ChunkWriter {
-    temp: TempFile,
-    /// Where the buffer goes in the temporary file.
-    offset: u64,
-    buffer: Vec<u8>,
-    hasher: blake3::Hasher,
-    /// Bytes pushed so far.
-    len: u64,
-}
-
-impl ChunkWriter {
-    fn new(temp: TempFile, offset: u64) -> Self {
-        Self {
-            temp,
-            offset,
-            buffer: Vec::with_capacity(WRITE_BUFFER),
-            hasher: blake3::Hasher::new(),
-            len: 0,
-        }
-    }
-
-    async fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.hasher.update(bytes);
-        self.len += bytes.len() as u64;
-        self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() >= WRITE_BUFFER {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let buffer = std::mem::take(&mut self.buffer);
-        let temp = self.temp.clone();
-        let offset = self.offset;
-        let mut buffer = blocking(move || temp.write_at(&buffer, offset).map(|()| buffer)).await?;
-        self.offset += buffer.len() as u64;
-        buffer.clear();
-        self.buffer = buffer;
-        Ok(())
-    }
-
-    /// Writes the rest, fsyncs, and returns the chunk's record.
-    async fn seal(mut self, index: u32) -> std::io::Result<ChunkRecord> {
-        self.flush().await?;
-        let temp = self.temp.clone();
-        blocking(move || temp.sync()).await?;
-        Ok(ChunkRecord { index, len: self.len, digest: *self.hasher.finalize().as_bytes() })
-    }
-}
-
-/// The probe of a `file://` source: its size and modification time.
-async fn probe_local(url: &str, index: u32) -> Result<Probe, Stop> {
-    let path = local_source(url, index)?;
-    let meta = blocking(move || std::fs::metadata(&path))
-        .await
-        .map_err(|e| Failure::local(&e, "cannot read the source file", Some(index)))?;
-    let modified = meta.modified().ok().map(httpdate::fmt_http_date);
-    Ok(Probe {
-        remote: RemoteInfo {
-            size: Some(meta.len()),
-            etag: None,
-            last_modified: modified,
-            ranges: true,
-        },
-        headers: Vec::new(),
-    })
-}
-
-fn local_source(url: &str, index: u32) -> Result<std::path::PathBuf, Stop> {
-    url::Url::parse(url).ok().and_then(|u| u.to_file_path().ok()).ok_or_else(|| {
-        Failure::fatal(transport_error(
-            BitsCode::E_INVALIDARG,
-            format!("{url} is not a local file URL"),
-            index,
-        ))
-        .into()
-    })
 }
 
 /// BITS allows one unranged GET for a foreground job's whole file up to 2 GB.
@@ -697,118 +619,31 @@ fn single_stream_allowed(job: &Job, file: &JobFile, size: u64) -> bool {
         && size <= SINGLE_STREAM_LIMIT
 }
 
-fn file_of(job: &Job, index: u32) -> Result<&JobFile, Stop> {
-    job.files.get(index as usize).ok_or(Stop::Stale)
-}
-
-fn transport_error(code: BitsCode, detail: String, file: u32) -> ferry_protocol::job::JobError {
-    let mut error = super::failure::transport(code, detail, Some(file));
-    if code == BitsCode::E_ACCESSDENIED || code == BitsCode::E_INVALIDARG {
-        error.context = ferry_protocol::ErrorContext::RemoteFile;
-    }
-    error
-}
-
-fn short_body(url: &str, file: u32, got: u64, wanted: u64) -> Stop {
-    Failure::new(super::failure::transport(
-        BitsCode::BG_E_CONNECTION_CLOSED,
-        format!("{url}: the connection closed after {got} of {wanted} bytes"),
-        Some(file),
+fn no_range_support(url: &str, index: u32) -> Stop {
+    Failure::fatal(transport_error(
+        BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT,
+        format!("{url}: the server ignores range requests; use foreground priority (files up to 2 GB) or dynamic content"),
+        index,
     ))
     .into()
 }
 
-/// True if a response's validators differ from the probed ones.
-fn changed(remote: &RemoteInfo, headers: &HeaderMap) -> bool {
-    let etag = text(headers, header::ETAG);
-    let modified = text(headers, header::LAST_MODIFIED);
-    (etag.is_some() && etag != remote.etag)
-        || (modified.is_some() && modified != remote.last_modified)
+fn missing_size(url: &str, index: u32) -> Stop {
+    Failure::fatal(transport_error(
+        BitsCode::BG_E_MISSING_FILE_SIZE,
+        format!(
+            "{url}: the server gave no Content-Length; enable dynamic content for such servers"
+        ),
+        index,
+    ))
+    .into()
 }
 
-/// A parsed `Content-Range: bytes first-last/total`.
-#[derive(Clone, Copy, Debug)]
-struct ContentRange {
-    first: u64,
-    last: u64,
-    total: Option<u64>,
+fn internal(file: u32, what: &str) -> Stop {
+    Failure::local(&std::io::Error::other(what.to_owned()), "internal error", Some(file)).into()
 }
 
-fn content_range(headers: &HeaderMap) -> Option<ContentRange> {
-    let value = text(headers, header::CONTENT_RANGE)?;
-    let rest = value.trim().strip_prefix("bytes ")?;
-    let (span, total) = rest.split_once('/')?;
-    let (first, last) = span.split_once('-')?;
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    let range =
-        ContentRange { first: first.trim().parse().ok()?, last: last.trim().parse().ok()?, total };
-    (range.first <= range.last).then_some(range)
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    text(headers, header::CONTENT_LENGTH)?.trim().parse().ok()
-}
-
-fn text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
-}
-
-/// Response headers as `Name: value` lines (BITS File5's raw header block).
-fn header_lines(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(name, _)| *name != header::SET_COOKIE)
-        .map(|(name, value)| format!("{}: {}", name, String::from_utf8_lossy(value.as_bytes())))
-        .collect()
-}
-
-/// Runs blocking file work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| std::io::Error::other(e.to_string()))?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_range_parses_and_rejects() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_RANGE, "bytes 10-19/100".parse().expect("value"));
-        let r = content_range(&h).expect("parsed");
-        assert_eq!((r.first, r.last, r.total), (10, 19, Some(100)));
-        h.insert(header::CONTENT_RANGE, "bytes 10-19/*".parse().expect("value"));
-        assert_eq!(content_range(&h).and_then(|r| r.total), None);
-        for bad in ["bytes 19-10/100", "items 1-2/3", "bytes x-1/2", "bytes 1-2"] {
-            h.insert(header::CONTENT_RANGE, bad.parse().expect("value"));
-            assert!(content_range(&h).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn validators_detect_a_changed_remote() {
-        let remote = RemoteInfo {
-            size: Some(1),
-            etag: Some("\"a\"".into()),
-            last_modified: None,
-            ranges: true,
-        };
-        let mut h = HeaderMap::new();
-        assert!(!changed(&remote, &h));
-        h.insert(header::ETAG, "\"a\"".parse().expect("value"));
-        assert!(!changed(&remote, &h));
-        h.insert(header::ETAG, "\"b\"".parse().expect("value"));
-        assert!(changed(&remote, &h));
-    }
-
-    #[test]
-    fn mtime_from_last_modified() {
-        let t = httpdate::parse_http_date("Sat, 01 Aug 2026 10:00:00 GMT").expect("date");
-        assert!(t > std::time::SystemTime::UNIX_EPOCH);
-    }
+/// The total of an unsatisfied range answer (`Content-Range: bytes */N`).
+fn content_range_total(headers: &HeaderMap) -> Option<u64> {
+    text(headers, header::CONTENT_RANGE)?.trim().strip_prefix("bytes */")?.parse().ok()
 }

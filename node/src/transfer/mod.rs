@@ -6,6 +6,7 @@
 
 mod download;
 mod failure;
+mod fetch;
 mod http;
 mod local;
 
@@ -63,24 +64,30 @@ impl Reporter {
         Self { cluster }
     }
 
-    /// The job as applied here, if run `run` is still its current, active run.
-    pub(crate) fn job(&self, id: JobId, run: u64) -> Result<Job, Stop> {
+    /// Reads job `id` as applied here, if run `run` is still its current, active run.
+    pub(crate) fn read<T>(
+        &self,
+        id: JobId,
+        run: u64,
+        f: impl FnOnce(&Job) -> T,
+    ) -> Result<T, Stop> {
         let machine = self.cluster.state.read();
         match machine.queue.job(&id) {
-            Some(job) if job.run == run && job.state.is_active() => Ok(job.clone()),
+            Some(job) if job.run == run && job.state.is_active() => Ok(f(job)),
             _ => Err(Stop::Stale),
         }
     }
 
-    /// Proposes `report` for run `run` of job `id` and waits until it is applied here.
-    /// A refusal (the run is stale) is [`Stop::Stale`].
+    /// Proposes `reports` (applied in order, all or nothing) for run `run` of job `id`
+    /// and waits until they are applied here. A refusal because the run is over is
+    /// [`Stop::Stale`].
     pub(crate) async fn report(
         &self,
         id: JobId,
         run: u64,
-        report: EngineReport,
+        reports: Vec<EngineReport>,
     ) -> Result<(), Stop> {
-        let command = Command::Engine { job: id, run, report };
+        let command = Command::Engine { job: id, run, reports };
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=REPORT_ATTEMPTS {
             let proposal =
@@ -171,7 +178,7 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
     };
     tracing::info!(job = %id, run, code = %failure.error.code, severity = ?failure.severity, detail = %failure.error.detail, "transfer failed");
     let report = EngineReport::Failed { error: failure.error, severity: failure.severity };
-    let _ = reporter.report(id, run, report).await;
+    let _ = reporter.report(id, run, vec![report]).await;
 }
 
 /// Check the queue again (it changed, or time passed).
@@ -265,7 +272,7 @@ impl Transfers {
                         tracing::warn!(job = %id, %problem, "finishing the job's files");
                     }
                     let report = EngineReport::FilesFinished { completed: done.completed };
-                    let command = Command::Engine { job: id, run: 0, report };
+                    let command = Command::Engine { job: id, run: 0, reports: vec![report] };
                     let proposal = Proposal { request_id: None, caller: system_caller(), command };
                     if let Err(e) = reporter.cluster.write(proposal).await {
                         tracing::warn!(job = %id, error = %e, "cannot record the finished files");

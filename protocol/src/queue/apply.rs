@@ -77,7 +77,9 @@ impl Queue {
                 self.meta.policy = *policy;
                 Ok(Reply::Done(BitsCode::S_OK))
             }
-            Command::Engine { job, run, report } => self.engine_report(caller, *job, *run, report),
+            Command::Engine { job, run, reports } => {
+                self.engine_reports(caller, *job, *run, reports)
+            }
             Command::SetCredentials { job, credential } => {
                 let mut job = self.accessible(caller, *job)?.clone();
                 check(&job, Operation::SetProperties, None)?;

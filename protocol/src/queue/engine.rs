@@ -14,15 +14,16 @@ use crate::command::{CommandError, CommandResult, Reply};
 use crate::ids::{Caller, JobId, Principal};
 use crate::job::{Job, JobError, JobState};
 use crate::state::Operation;
+use crate::time::Timestamp;
 use crate::transfer::{self, EngineReport, MAX_RESPONSE_HEADER_BYTES, Severity};
 
 impl Queue {
-    pub(super) fn engine_report(
+    pub(super) fn engine_reports(
         &mut self,
         caller: &Caller,
         id: JobId,
         run: u64,
-        report: &EngineReport,
+        reports: &[EngineReport],
     ) -> CommandResult {
         if caller.principal != Principal::system() || !caller.is_admin() {
             return Err(CommandError::new(
@@ -31,140 +32,170 @@ impl Queue {
             ));
         }
         let mut job = self.job(&id).cloned().ok_or_else(|| CommandError::job_not_found(id))?;
-        if report.belongs_to_run() && run != job.run {
-            return Err(stale(&job, run));
+        if let [EngineReport::FilesFinished { completed }] = reports {
+            if !job.state.is_final() || job.files_finished {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_INVALID_STATE,
+                    "files are finished only once, after Complete or Cancel",
+                ));
+            }
+            for index in completed {
+                file_mut(&mut job, *index)?.progress.completed = true;
+            }
+            job.files_finished = true;
+            // Final jobs keep their place in the retention order: no `store`.
+            self.changes.jobs.insert(id);
+            self.jobs.insert(id, job);
+            return Ok(Reply::Done(BitsCode::S_OK));
         }
+        if reports.is_empty() {
+            return Err(CommandError::new(
+                BitsCode::E_INVALIDARG,
+                "an engine command carries reports",
+            ));
+        }
+        // All or nothing, in order, on a working copy.
         let now = self.meta.clock;
-        match report {
-            EngineReport::Activate => {
-                transit(&mut job, Operation::Activate)?;
-                job.run += 1;
-                job.last_activated = Some(now);
+        for report in reports {
+            if report.belongs_to_run() && run != job.run {
+                return Err(stale(&job, run));
             }
-            EngineReport::Preempt => transit(&mut job, Operation::Preempt)?,
-            EngineReport::Connected => transit(&mut job, Operation::Connected)?,
-            EngineReport::Probed { file, remote, chunk_size } => {
-                require_active(&job, run)?;
-                let index = *file;
-                let entry = file_mut(&mut job, index)?;
-                if entry.transferred {
-                    return Err(CommandError::new(
-                        BitsCode::BG_E_INVALID_STATE,
-                        format!("file {index} is already transferred"),
-                    ));
-                }
-                let changed = entry.remote.as_ref().is_some_and(|old| !old.same_version(remote))
-                    || (entry.chunk_size != 0 && entry.chunk_size != *chunk_size);
-                if changed {
-                    entry.restart();
-                }
-                entry.remote = Some(remote.clone());
-                entry.chunk_size = *chunk_size;
-                entry.progress.bytes_total = planned_size(entry)?;
-            }
-            EngineReport::Chunks { file, chunks } => {
-                require_active(&job, run)?;
-                let entry = file_mut(&mut job, *file)?;
-                if entry.chunk_size == 0 || entry.transferred {
-                    return Err(CommandError::new(
-                        BitsCode::BG_E_INVALID_STATE,
-                        format!("file {file} is not being transferred"),
-                    ));
-                }
-                let mut added = false;
-                for chunk in chunks {
-                    if let Err(at) = entry.chunks.binary_search_by_key(&chunk.index, |c| c.index) {
-                        entry.chunks.insert(at, *chunk);
-                        added = true;
-                    }
-                }
-                entry.progress.bytes_transferred = entry.chunks.iter().map(|c| c.len).sum();
-                if added {
-                    job.no_progress_since = None;
-                }
-            }
-            EngineReport::FileTransferred { file, size, headers } => {
-                require_active(&job, run)?;
-                let entry = file_mut(&mut job, *file)?;
-                let durable: u64 = entry.chunks.iter().map(|c| c.len).sum();
-                if durable != *size || entry.progress.bytes_total.is_some_and(|t| t != *size) {
-                    // No file is ever reported whole with bytes missing (G4).
-                    return Err(CommandError::new(
-                        BitsCode::E_UNEXPECTED,
-                        format!(
-                            "file {file} cannot be transferred: {durable} of {size} bytes are durable"
-                        ),
-                    ));
-                }
-                entry.transferred = true;
-                entry.progress.bytes_total = Some(*size);
-                entry.progress.bytes_transferred = *size;
-                entry.content_digest =
-                    Some(transfer::content_digest(entry.chunk_size, &entry.chunks));
-                entry.chunks = Vec::new();
-                entry.response_headers = bounded_headers(headers);
-                job.no_progress_since = None;
-                if job.pending_files() == 0 && job.state == JobState::Transferring {
-                    transit(&mut job, Operation::AllFilesTransferred)?;
-                }
-            }
-            EngineReport::RestartFile { file } => {
-                require_active(&job, run)?;
-                file_mut(&mut job, *file)?.restart();
-            }
-            EngineReport::Failed { error, severity } => {
-                let op = match severity {
-                    Severity::Transient => Operation::TransientFailure,
-                    Severity::Fatal => Operation::FatalFailure,
-                };
-                transit(&mut job, op)?;
-                job.error_count = job.error_count.saturating_add(1);
-                job.error = Some(error.clone());
-                if job.state == JobState::TransientError {
-                    let since = *job.no_progress_since.get_or_insert(now);
-                    let timeout = u64::from(job.props.no_progress_timeout_secs) * 1000;
-                    if now.0.saturating_sub(since.0) >= timeout {
-                        job.state = JobState::Error;
-                    }
-                }
-            }
-            EngineReport::RetryDelayElapsed => transit(&mut job, Operation::RetryDelayElapsed)?,
-            EngineReport::NoProgressTimeout => transit(&mut job, Operation::NoProgressTimeout)?,
-            EngineReport::MaxDownloadTimeExceeded => {
-                transit(&mut job, Operation::MaxDownloadTimeExceeded)?;
-                job.error_count = job.error_count.saturating_add(1);
-                job.error = Some(JobError {
-                    context: ErrorContext::GeneralQueueManager,
-                    code: BitsCode::BG_E_MAXDOWNLOAD_TIMEOUT,
-                    detail: format!(
-                        "the job was active for longer than its maximum download time of {} s",
-                        job.props.max_download_time_secs
-                    ),
-                    file_index: None,
-                    protocol: None,
-                });
-            }
-            EngineReport::InactivityTimeout => transit(&mut job, Operation::InactivityTimeout)?,
-            EngineReport::FilesFinished { completed } => {
-                if !job.state.is_final() || job.files_finished {
-                    return Err(CommandError::new(
-                        BitsCode::BG_E_INVALID_STATE,
-                        "files are finished only once, after Complete or Cancel",
-                    ));
-                }
-                for index in completed {
-                    file_mut(&mut job, *index)?.progress.completed = true;
-                }
-                job.files_finished = true;
-                // Final jobs keep their place in the retention order: no `store`.
-                self.changes.jobs.insert(id);
-                self.jobs.insert(id, job);
-                return Ok(Reply::Done(BitsCode::S_OK));
-            }
+            apply_report(&mut job, run, report, now)?;
         }
         self.store(job);
         Ok(Reply::Done(BitsCode::S_OK))
     }
+}
+
+/// One report on the working copy of the job.
+fn apply_report(
+    job: &mut Job,
+    run: u64,
+    report: &EngineReport,
+    now: Timestamp,
+) -> Result<(), CommandError> {
+    match report {
+        EngineReport::Activate => {
+            transit(job, Operation::Activate)?;
+            job.run += 1;
+            job.last_activated = Some(now);
+        }
+        EngineReport::Preempt => transit(job, Operation::Preempt)?,
+        EngineReport::Connected => {
+            transit(job, Operation::Connected)?;
+            if job.pending_files() == 0 {
+                transit(job, Operation::AllFilesTransferred)?;
+            }
+        }
+        EngineReport::Probed { file, remote, chunk_size } => {
+            require_active(job, run)?;
+            let index = *file;
+            let entry = file_mut(job, index)?;
+            if entry.transferred {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_INVALID_STATE,
+                    format!("file {index} is already transferred"),
+                ));
+            }
+            let changed = entry.remote.as_ref().is_some_and(|old| !old.same_version(remote))
+                || (entry.chunk_size != 0 && entry.chunk_size != *chunk_size);
+            if changed {
+                entry.restart();
+            }
+            entry.remote = Some(remote.clone());
+            entry.chunk_size = *chunk_size;
+            entry.progress.bytes_total = planned_size(entry)?;
+        }
+        EngineReport::Chunks { file, chunks } => {
+            require_active(job, run)?;
+            let entry = file_mut(job, *file)?;
+            if entry.chunk_size == 0 || entry.transferred {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_INVALID_STATE,
+                    format!("file {file} is not being transferred"),
+                ));
+            }
+            let mut added = false;
+            for chunk in chunks {
+                if let Err(at) = entry.chunks.binary_search_by_key(&chunk.index, |c| c.index) {
+                    entry.chunks.insert(at, *chunk);
+                    added = true;
+                }
+            }
+            entry.progress.bytes_transferred = entry.chunks.iter().map(|c| c.len).sum();
+            if added {
+                job.no_progress_since = None;
+            }
+        }
+        EngineReport::FileTransferred { file, size, headers } => {
+            require_active(job, run)?;
+            let entry = file_mut(job, *file)?;
+            let durable: u64 = entry.chunks.iter().map(|c| c.len).sum();
+            if durable != *size || entry.progress.bytes_total.is_some_and(|t| t != *size) {
+                // No file is ever reported whole with bytes missing (G4).
+                return Err(CommandError::new(
+                    BitsCode::E_UNEXPECTED,
+                    format!(
+                        "file {file} cannot be transferred: {durable} of {size} bytes are durable"
+                    ),
+                ));
+            }
+            entry.transferred = true;
+            entry.progress.bytes_total = Some(*size);
+            entry.progress.bytes_transferred = *size;
+            entry.content_digest = Some(transfer::content_digest(entry.chunk_size, &entry.chunks));
+            entry.chunks = Vec::new();
+            entry.response_headers = bounded_headers(headers);
+            job.no_progress_since = None;
+            if job.pending_files() == 0 && job.state == JobState::Transferring {
+                transit(job, Operation::AllFilesTransferred)?;
+            }
+        }
+        EngineReport::RestartFile { file } => {
+            require_active(job, run)?;
+            file_mut(job, *file)?.restart();
+        }
+        EngineReport::Failed { error, severity } => {
+            let op = match severity {
+                Severity::Transient => Operation::TransientFailure,
+                Severity::Fatal => Operation::FatalFailure,
+            };
+            transit(job, op)?;
+            job.error_count = job.error_count.saturating_add(1);
+            job.error = Some(error.clone());
+            if job.state == JobState::TransientError {
+                let since = *job.no_progress_since.get_or_insert(now);
+                let timeout = u64::from(job.props.no_progress_timeout_secs) * 1000;
+                if now.0.saturating_sub(since.0) >= timeout {
+                    job.state = JobState::Error;
+                }
+            }
+        }
+        EngineReport::RetryDelayElapsed => transit(job, Operation::RetryDelayElapsed)?,
+        EngineReport::NoProgressTimeout => transit(job, Operation::NoProgressTimeout)?,
+        EngineReport::MaxDownloadTimeExceeded => {
+            transit(job, Operation::MaxDownloadTimeExceeded)?;
+            job.error_count = job.error_count.saturating_add(1);
+            job.error = Some(JobError {
+                context: ErrorContext::GeneralQueueManager,
+                code: BitsCode::BG_E_MAXDOWNLOAD_TIMEOUT,
+                detail: format!(
+                    "the job was active for longer than its maximum download time of {} s",
+                    job.props.max_download_time_secs
+                ),
+                file_index: None,
+                protocol: None,
+            });
+        }
+        EngineReport::InactivityTimeout => transit(job, Operation::InactivityTimeout)?,
+        EngineReport::FilesFinished { .. } => {
+            return Err(CommandError::new(
+                BitsCode::E_INVALIDARG,
+                "files are finished by a report of their own",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Moves the job through the state machine.

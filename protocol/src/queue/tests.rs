@@ -515,7 +515,7 @@ mod engine_reports {
 
     fn report(h: &mut Harness, job: JobId, report: EngineReport) -> CommandResult {
         let run = h.queue.job(&job).map_or(0, |j| j.run);
-        h.run(&node(), None, Command::Engine { job, run, report })
+        h.run(&node(), None, Command::Engine { job, run, reports: vec![report] })
     }
 
     fn queued_job(h: &mut Harness) -> JobId {
@@ -548,7 +548,7 @@ mod engine_reports {
         let refused = h.run(
             &admin(),
             None,
-            Command::Engine { job: id, run: 0, report: EngineReport::Activate },
+            Command::Engine { job: id, run: 0, reports: vec![EngineReport::Activate] },
         );
         assert_eq!(refused.map_err(|e| e.code), Err(BitsCode::E_ACCESSDENIED));
     }
@@ -630,7 +630,7 @@ mod engine_reports {
             Command::Engine {
                 job: id,
                 run: 1,
-                report: EngineReport::Chunks { file: 0, chunks: vec![chunk(0, 10)] },
+                reports: vec![EngineReport::Chunks { file: 0, chunks: vec![chunk(0, 10)] }],
             },
         );
         assert_eq!(late.map_err(|e| e.code), Err(BitsCode::BG_E_INVALID_STATE));
@@ -640,7 +640,7 @@ mod engine_reports {
         let old_run = h.run(
             &node(),
             None,
-            Command::Engine { job: id, run: 1, report: EngineReport::Connected },
+            Command::Engine { job: id, run: 1, reports: vec![EngineReport::Connected] },
         );
         assert_eq!(old_run.map_err(|e| e.code), Err(BitsCode::BG_E_INVALID_STATE));
     }

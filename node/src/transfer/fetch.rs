@@ -1,0 +1,369 @@
+//! Fetching one piece of a file: `GET` with `Range` + `If-Range` (or a positioned read
+//! of a `file://` source), checking the answer (`206`, the exact `Content-Range`, the
+//! length), writing the bytes at their place in the temporary file with their BLAKE3
+//! digest, and fsyncing before the chunk is reported. Also the response parsing shared
+//! with the probe.
+
+use std::sync::{Arc, Mutex};
+
+use ferry_protocol::BitsCode;
+use ferry_protocol::transfer::{ChunkRecord, Piece, RemoteInfo};
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, Response, StatusCode};
+
+use super::failure::{Failure, Stop};
+use super::http::HttpSession;
+use super::local::TempFile;
+
+/// Bytes buffered per connection before a positioned write.
+pub(super) const WRITE_BUFFER: usize = 1024 * 1024;
+
+/// One file's fetch, shared by its connections.
+#[derive(Clone)]
+pub(super) struct Fetch {
+    pub(super) url: String,
+    pub(super) file: u32,
+    pub(super) remote: RemoteInfo,
+    pub(super) temp: TempFile,
+    pub(super) http: Arc<HttpSession>,
+    /// Headers of the last response (reported with the finished file).
+    pub(super) headers: Arc<Mutex<Vec<String>>>,
+}
+
+impl Fetch {
+    /// `GET` one piece with `Range` + `If-Range`, check the answer, write it, fsync.
+    pub(super) async fn piece(&self, piece: Piece) -> Result<ChunkRecord, Stop> {
+        if self.url.starts_with("file://") {
+            return self.local_piece(piece).await;
+        }
+        let validator = self.remote.if_range().map(str::to_owned);
+        let response = self
+            .http
+            .send(Method::GET, &self.url, |r| {
+                let r = r.header(header::RANGE, piece.range_header());
+                match &validator {
+                    Some(v) => r.header(header::IF_RANGE, v),
+                    None => r,
+                }
+            })
+            .await
+            .map_err(|e| Failure::request(&e, &self.url, self.file))?;
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT => {}
+            StatusCode::OK | StatusCode::RANGE_NOT_SATISFIABLE
+                if changed(&self.remote, response.headers()) =>
+            {
+                return Err(Stop::RestartFile("the remote file changed".into()));
+            }
+            StatusCode::OK => {
+                return Err(Failure::fatal(transport_error(
+                    BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT,
+                    format!("{}: the server ignored a range request (answered 200)", self.url),
+                    self.file,
+                ))
+                .into());
+            }
+            status => return Err(Failure::status(status.as_u16(), &self.url, self.file).into()),
+        }
+        let range = content_range(response.headers());
+        let expected_last = piece.remote_offset + piece.len - 1;
+        let fits = range.is_some_and(|r| {
+            r.first == piece.remote_offset
+                && r.last == expected_last
+                && r.total.is_none_or(|t| Some(t) == self.remote.size)
+        });
+        if !fits {
+            if range.and_then(|r| r.total).is_some_and(|t| Some(t) != self.remote.size) {
+                return Err(Stop::RestartFile("the remote file's size changed".into()));
+            }
+            return Err(Failure::protocol(
+                BitsCode::BG_E_INVALID_SERVER_RESPONSE,
+                format!(
+                    "{}: asked for {}, the server sent Content-Range {:?}",
+                    self.url,
+                    piece.range_header(),
+                    text(response.headers(), header::CONTENT_RANGE)
+                ),
+                self.file,
+            )
+            .into());
+        }
+        self.receive(piece, response, true).await
+    }
+
+    /// Writes the body of a checked response for `piece`, then (with `sync`) fsyncs:
+    /// the chunk's record.
+    pub(super) async fn receive(
+        &self,
+        piece: Piece,
+        mut response: Response,
+        sync: bool,
+    ) -> Result<ChunkRecord, Stop> {
+        *self.headers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            header_lines(response.headers());
+        let mut writer = ChunkWriter::new(self.temp.clone(), piece.local_offset);
+        while let Some(bytes) =
+            response.chunk().await.map_err(|e| Failure::request(&e, &self.url, self.file))?
+        {
+            if writer.len + bytes.len() as u64 > piece.len {
+                return Err(Failure::protocol(
+                    BitsCode::BG_E_INVALID_SERVER_RESPONSE,
+                    format!(
+                        "{}: the server sent more than the {} bytes asked for",
+                        self.url, piece.len
+                    ),
+                    self.file,
+                )
+                .into());
+            }
+            writer.push(&bytes).await.map_err(|e| {
+                Failure::local(&e, "cannot write the temporary file", Some(self.file))
+            })?;
+        }
+        if writer.len != piece.len {
+            return Err(short_body(&self.url, self.file, writer.len, piece.len));
+        }
+        writer.seal(piece.index, sync).await.map_err(|e| {
+            Failure::local(&e, "cannot write the temporary file", Some(self.file)).into()
+        })
+    }
+
+    /// A piece of a `file://` source: positioned reads from the source file.
+    async fn local_piece(&self, piece: Piece) -> Result<ChunkRecord, Stop> {
+        let path = local_source(&self.url, self.file)?;
+        let mut writer = ChunkWriter::new(self.temp.clone(), piece.local_offset);
+        let mut offset = piece.remote_offset;
+        let end = piece.remote_offset + piece.len;
+        while offset < end {
+            let len =
+                usize::try_from((end - offset).min(WRITE_BUFFER as u64)).unwrap_or(WRITE_BUFFER);
+            let path = path.clone();
+            let bytes = blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                std::fs::File::open(&path)?.read_exact_at(&mut buf, offset)?;
+                Ok(buf)
+            })
+            .await
+            .map_err(|e| Failure::local(&e, "cannot read the source file", Some(self.file)))?;
+            writer.push(&bytes).await.map_err(|e| {
+                Failure::local(&e, "cannot write the temporary file", Some(self.file))
+            })?;
+            offset += len as u64;
+        }
+        writer.seal(piece.index, true).await.map_err(|e| {
+            Failure::local(&e, "cannot write the temporary file", Some(self.file)).into()
+        })
+    }
+}
+
+/// What a probe learned, with the headers of its response.
+pub(super) struct Probe {
+    /// Size and validators.
+    pub(super) remote: RemoteInfo,
+    /// The response's headers.
+    pub(super) headers: Vec<String>,
+}
+
+/// Accumulates one chunk's bytes: hashes them, writes them in [`WRITE_BUFFER`] pieces
+/// at their offset, and fsyncs at the end.
+pub(super) struct ChunkWriter {
+    temp: TempFile,
+    /// Where the buffer goes in the temporary file.
+    offset: u64,
+    buffer: Vec<u8>,
+    hasher: blake3::Hasher,
+    /// Bytes pushed so far.
+    pub(super) len: u64,
+}
+
+impl ChunkWriter {
+    pub(super) fn new(temp: TempFile, offset: u64) -> Self {
+        Self {
+            temp,
+            offset,
+            buffer: Vec::with_capacity(WRITE_BUFFER),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    pub(super) async fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= WRITE_BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let buffer = std::mem::take(&mut self.buffer);
+        let temp = self.temp.clone();
+        let offset = self.offset;
+        let mut buffer = blocking(move || temp.write_at(&buffer, offset).map(|()| buffer)).await?;
+        self.offset += buffer.len() as u64;
+        buffer.clear();
+        self.buffer = buffer;
+        Ok(())
+    }
+
+    /// Writes the rest, fsyncs (unless the caller will), and returns the chunk's record.
+    pub(super) async fn seal(mut self, index: u32, sync: bool) -> std::io::Result<ChunkRecord> {
+        self.flush().await?;
+        if sync {
+            let temp = self.temp.clone();
+            blocking(move || temp.sync()).await?;
+        }
+        Ok(ChunkRecord { index, len: self.len, digest: *self.hasher.finalize().as_bytes() })
+    }
+}
+
+/// The probe of a `file://` source: its size and modification time.
+pub(super) async fn probe_local(url: &str, index: u32) -> Result<Probe, Stop> {
+    let path = local_source(url, index)?;
+    let meta = blocking(move || std::fs::metadata(&path))
+        .await
+        .map_err(|e| Failure::local(&e, "cannot read the source file", Some(index)))?;
+    let modified = meta.modified().ok().map(httpdate::fmt_http_date);
+    Ok(Probe {
+        remote: RemoteInfo {
+            size: Some(meta.len()),
+            etag: None,
+            last_modified: modified,
+            ranges: true,
+        },
+        headers: Vec::new(),
+    })
+}
+
+fn local_source(url: &str, index: u32) -> Result<std::path::PathBuf, Stop> {
+    url::Url::parse(url).ok().and_then(|u| u.to_file_path().ok()).ok_or_else(|| {
+        Failure::fatal(transport_error(
+            BitsCode::E_INVALIDARG,
+            format!("{url} is not a local file URL"),
+            index,
+        ))
+        .into()
+    })
+}
+
+pub(super) fn transport_error(
+    code: BitsCode,
+    detail: String,
+    file: u32,
+) -> ferry_protocol::job::JobError {
+    let mut error = super::failure::transport(code, detail, Some(file));
+    if code == BitsCode::E_ACCESSDENIED || code == BitsCode::E_INVALIDARG {
+        error.context = ferry_protocol::ErrorContext::RemoteFile;
+    }
+    error
+}
+
+pub(super) fn short_body(url: &str, file: u32, got: u64, wanted: u64) -> Stop {
+    Failure::new(super::failure::transport(
+        BitsCode::BG_E_CONNECTION_CLOSED,
+        format!("{url}: the connection closed after {got} of {wanted} bytes"),
+        Some(file),
+    ))
+    .into()
+}
+
+/// True if a response's validators differ from the probed ones.
+pub(super) fn changed(remote: &RemoteInfo, headers: &HeaderMap) -> bool {
+    let etag = text(headers, header::ETAG);
+    let modified = text(headers, header::LAST_MODIFIED);
+    (etag.is_some() && etag != remote.etag)
+        || (modified.is_some() && modified != remote.last_modified)
+}
+
+/// A parsed `Content-Range: bytes first-last/total`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ContentRange {
+    pub(super) first: u64,
+    pub(super) last: u64,
+    pub(super) total: Option<u64>,
+}
+
+pub(super) fn content_range(headers: &HeaderMap) -> Option<ContentRange> {
+    let value = text(headers, header::CONTENT_RANGE)?;
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    let range =
+        ContentRange { first: first.trim().parse().ok()?, last: last.trim().parse().ok()?, total };
+    (range.first <= range.last).then_some(range)
+}
+
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    text(headers, header::CONTENT_LENGTH)?.trim().parse().ok()
+}
+
+pub(super) fn text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Response headers as `Name: value` lines (BITS File5's raw header block).
+pub(super) fn header_lines(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(name, _)| *name != header::SET_COOKIE)
+        .map(|(name, value)| format!("{}: {}", name, String::from_utf8_lossy(value.as_bytes())))
+        .collect()
+}
+
+/// Runs blocking file work on the blocking pool.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parses_and_rejects() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_RANGE, "bytes 10-19/100".parse().expect("value"));
+        let r = content_range(&h).expect("parsed");
+        assert_eq!((r.first, r.last, r.total), (10, 19, Some(100)));
+        h.insert(header::CONTENT_RANGE, "bytes 10-19/*".parse().expect("value"));
+        assert_eq!(content_range(&h).and_then(|r| r.total), None);
+        for bad in ["bytes 19-10/100", "items 1-2/3", "bytes x-1/2", "bytes 1-2"] {
+            h.insert(header::CONTENT_RANGE, bad.parse().expect("value"));
+            assert!(content_range(&h).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validators_detect_a_changed_remote() {
+        let remote = RemoteInfo {
+            size: Some(1),
+            etag: Some("\"a\"".into()),
+            last_modified: None,
+            ranges: true,
+        };
+        let mut h = HeaderMap::new();
+        assert!(!changed(&remote, &h));
+        h.insert(header::ETAG, "\"a\"".parse().expect("value"));
+        assert!(!changed(&remote, &h));
+        h.insert(header::ETAG, "\"b\"".parse().expect("value"));
+        assert!(changed(&remote, &h));
+    }
+
+    #[test]
+    fn mtime_from_last_modified() {
+        let t = httpdate::parse_http_date("Sat, 01 Aug 2026 10:00:00 GMT").expect("date");
+        assert!(t > std::time::SystemTime::UNIX_EPOCH);
+    }
+}
