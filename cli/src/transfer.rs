@@ -16,7 +16,7 @@ use crate::args::TransferArgs;
 use crate::output;
 
 /// How often the job is polled.
-const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(100);
 
 /// Runs `ferry transfer`.
 pub(crate) async fn run(client: &Client, json: bool, args: &TransferArgs) -> anyhow::Result<()> {
