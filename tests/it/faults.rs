@@ -330,3 +330,92 @@ async fn proxy_override_with_and_without_proxy_credentials() -> anyhow::Result<(
     assert!(proxy.requests().iter().any(|r| r.via_proxy && r.status == 206));
     Ok(())
 }
+
+#[tokio::test]
+async fn no_progress_for_the_timeout_turns_retries_into_error() -> anyhow::Result<()> {
+    let origin =
+        origin_with("/np.bin", 100 * KIB, Knobs { force_status: Some(503), ..Knobs::default() })
+            .await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    // Retry every 5 s, give up after 6 s without progress: one retry, then ERROR.
+    let props = PropertyChanges {
+        minimum_retry_delay_secs: Some(5),
+        no_progress_timeout_secs: Some(6),
+        ..PropertyChanges::default()
+    };
+    let started = std::time::Instant::now();
+    let id =
+        start_download(&client, &[(origin.url("/np.bin"), out.path().join("np"))], props).await?;
+    let job = wait_for(&node, &client, id, &[JobState::TransientError], SHORT).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(503)));
+    let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
+    let took = started.elapsed();
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(503)), "the last error is kept");
+    assert!(job.error_count >= 2, "retried once before giving up: {}", job.error_count);
+    assert!(took >= Duration::from_secs(6), "gave up after {took:?}, before the timeout");
+    println!("ERROR after {took:?} and {} errors", job.error_count);
+    Ok(())
+}
+
+#[tokio::test]
+async fn servers_refusing_head_are_probed_with_a_one_byte_range() -> anyhow::Result<()> {
+    // Ranges of the file make the engine probe (HEAD) rather than fetch a first chunk.
+    let origin =
+        origin_with("/h.bin", 300 * KIB, Knobs { no_head: true, ..Knobs::default() }).await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("h.bin");
+    let spec = ferry_protocol::NewJob {
+        display_name: "no head".into(),
+        job_type: ferry_protocol::JobType::Download,
+        properties: PropertyChanges::default(),
+        files: vec![ferry_protocol::NewFile {
+            remote_url: origin.url("/h.bin"),
+            local_path: local.to_string_lossy().into(),
+            ranges: vec![ferry_protocol::FileRange {
+                offset: 1000,
+                length: ferry_protocol::file::LENGTH_TO_EOF,
+            }],
+        }],
+    };
+    let id = client.create_job(&spec).await?.id;
+    client.act(id, JobAction::Resume).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert_eq!(
+        std::fs::read(&local)?,
+        ferry_tests::origin::pattern_bytes(300 * KIB, 1000, 300 * KIB - 1000)
+    );
+    let requests = origin.requests();
+    assert!(requests.iter().any(|r| r.method == "HEAD" && r.status == 405));
+    assert!(requests.iter().any(|r| r.range.as_deref() == Some("bytes=0-0") && r.status == 206));
+    Ok(())
+}
+
+#[tokio::test]
+async fn custom_headers_go_with_every_request() -> anyhow::Result<()> {
+    let origin = origin_with("/x.bin", 600 * KIB, Knobs::default()).await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let props = PropertyChanges {
+        custom_headers: Some(Some(vec!["X-Ferry-Tenant: blue".to_owned()].into())),
+        custom_headers_write_only: Some(true),
+        ..PropertyChanges::default()
+    };
+    let id =
+        start_download(&client, &[(origin.url("/x.bin"), out.path().join("x"))], props).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    let requests = origin.requests();
+    assert!(requests.len() >= 3, "several chunk requests: {}", requests.len());
+    assert!(requests.iter().all(|r| r.x_headers == ["x-ferry-tenant: blue"]), "{requests:#?}");
+    assert!(
+        requests.iter().all(|r| r.user_agent.as_deref().is_some_and(|ua| ua.starts_with("Ferry/")))
+    );
+    // Write-only: never read back.
+    assert!(client.job(id).await?.properties.custom_headers.is_empty());
+    Ok(())
+}

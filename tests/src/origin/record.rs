@@ -22,6 +22,10 @@ pub struct RequestRecord {
     pub authorization: Option<String>,
     /// The scheme of the `Proxy-Authorization` header, if one came.
     pub proxy_authorization: Option<String>,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// Headers whose names start with `x-` (custom headers under test), `name: value`.
+    pub x_headers: Vec<String>,
     /// The status code sent.
     pub status: u16,
     /// File content bytes of the body handed to the connection (error pages excluded);

@@ -87,6 +87,13 @@ fn respond(
         if_range: header(header::IF_RANGE).map(str::to_owned),
         authorization: header(header::AUTHORIZATION).map(auth::scheme),
         proxy_authorization: header(header::PROXY_AUTHORIZATION).map(auth::scheme),
+        user_agent: header(header::USER_AGENT).map(str::to_owned),
+        x_headers: request
+            .headers()
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("x-"))
+            .map(|(name, value)| format!("{name}: {}", String::from_utf8_lossy(value.as_bytes())))
+            .collect(),
         status: 0,
         body_bytes: 0,
     };
