@@ -283,6 +283,17 @@ pub(crate) struct SetArgs {
     /// Parallel range connections per file (1-16).
     #[arg(long, value_name = "N")]
     pub(crate) connections: Option<u32>,
+    /// BG_SSL_* flags and redirect policy (0x100 report, 0x200 disallow, 0x800 allow
+    /// https to http), decimal or 0x-hex.
+    #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]
+    pub(crate) security_flags: Option<u32>,
+    /// PEM file (certificate and private key) for TLS client authentication, on the
+    /// job's home node.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) client_certificate: Option<String>,
+    /// Remove the client certificate.
+    #[arg(long, conflicts_with = "client_certificate")]
+    pub(crate) clear_client_certificate: bool,
 }
 
 fn parse_flags(text: &str) -> Result<u32, String> {

@@ -254,6 +254,12 @@ fn property_changes(set: &SetArgs) -> anyhow::Result<PropertyChanges> {
         acl_flags: set.acl_flags,
         minimum_notification_interval_ms: set.min_notification_interval,
         max_connections: set.connections.map(Some),
+        security_flags: set.security_flags,
+        client_certificate: match (&set.client_certificate, set.clear_client_certificate) {
+            (_, true) => Some(None),
+            (Some(path), false) => Some(Some(path.clone())),
+            (None, false) => None,
+        },
     };
     if changes.is_empty() {
         bail!("nothing to change: give at least one property option (see ferry job set --help)");

@@ -166,6 +166,9 @@ pub struct TransferConfig {
     /// Send Basic credentials over plain http before the server asks (they are
     /// always sent first over https). Default false: wait for the challenge.
     pub preemptive_basic_over_http: bool,
+    /// PEM bundle of certificate authorities trusted for https origins besides the
+    /// system's. Default none.
+    pub trusted_ca_file: Option<PathBuf>,
 }
 
 impl Default for TransferConfig {
@@ -179,6 +182,7 @@ impl Default for TransferConfig {
             read_timeout_secs: 60,
             allow_file_urls: false,
             preemptive_basic_over_http: false,
+            trusted_ca_file: None,
         }
     }
 }

@@ -68,7 +68,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let secrets = Arc::new(dir.secret_key()?);
     let t = &config.transfer;
+    let extra_roots = match &t.trusted_ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| {
+                format!("cannot read transfer.trusted_ca_file {}", path.display())
+            })?;
+            reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM certificate bundle", path.display()))?
+        }
+        None => Vec::new(),
+    };
     let engine = EngineSettings {
+        extra_roots: Arc::new(extra_roots),
         chunk_size: t.chunk_size_bytes,
         connections: t.connections,
         timeouts: HttpTimeouts {

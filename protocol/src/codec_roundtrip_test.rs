@@ -89,10 +89,12 @@ prop_compose! {
         PropertyChanges {
             display_name, description, priority, notify_flags, notify_cmdline,
             minimum_retry_delay_secs: delays.0, no_progress_timeout_secs: delays.1, max_download_time_secs: delays.2,
-            proxy, reply_file_name, custom_headers,
+            proxy, reply_file_name: reply_file_name.clone(), custom_headers,
             custom_headers_write_only: flags.0, dynamic_content: flags.1, max_download_size: flags.2,
             peer_caching_flags: bits.0, acl_flags: bits.1, minimum_notification_interval_ms: bits.2,
             max_connections: flags.2.map(|o| o.map(|n| n as u32)),
+            security_flags: bits.0,
+            client_certificate: reply_file_name,
         }
     }
 }

@@ -228,6 +228,13 @@ pub struct PropertyChanges {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(nullable)]
     pub max_connections: Option<Option<u32>>,
+    /// `BG_SSL_*` flags and redirect policy bits.
+    #[serde(default)]
+    pub security_flags: Option<u32>,
+    /// PEM file (certificate and key) for TLS client authentication; `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(nullable)]
+    pub client_certificate: Option<Option<String>>,
 }
 
 /// Writes the present fields of `changes` as map entries.
@@ -267,6 +274,8 @@ impl Serialize for PropertyChanges {
             acl_flags,
             minimum_notification_interval_ms,
             max_connections,
+            security_flags,
+            client_certificate,
         );
         serde::ser::SerializeMap::end(map)
     }

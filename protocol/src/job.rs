@@ -200,6 +200,33 @@ pub mod peer_caching {
     pub const VALID: u32 = 0x7;
 }
 
+/// `BG_SSL_*` security flags and the `BG_HTTP_REDIRECT_POLICY_*` bits
+/// (`IBackgroundCopyJobHttpOptions::SetSecurityFlags`).
+pub mod security {
+    /// Check certificate revocation (not supported by this build: refused).
+    pub const ENABLE_CRL_CHECK: u32 = 0x1;
+    /// Accept a certificate whose name does not match the host.
+    pub const IGNORE_CERT_CN_INVALID: u32 = 0x2;
+    /// Accept an expired or not yet valid certificate.
+    pub const IGNORE_CERT_DATE_INVALID: u32 = 0x4;
+    /// Accept a certificate from an unknown authority.
+    pub const IGNORE_UNKNOWN_CA: u32 = 0x8;
+    /// Accept a certificate meant for another use.
+    pub const IGNORE_CERT_WRONG_USAGE: u32 = 0x10;
+    /// The redirect policy bits.
+    pub const REDIRECT_POLICY_MASK: u32 = 0x700;
+    /// Follow redirects silently (default).
+    pub const REDIRECT_ALLOW_SILENT: u32 = 0x000;
+    /// Follow redirects and record the final URL as the file's remote name.
+    pub const REDIRECT_ALLOW_REPORT: u32 = 0x100;
+    /// A redirect fails the job.
+    pub const REDIRECT_DISALLOW: u32 = 0x200;
+    /// Allow a redirect from https to http (refused otherwise).
+    pub const REDIRECT_ALLOW_HTTPS_TO_HTTP: u32 = 0x800;
+    /// Every defined bit.
+    pub const VALID: u32 = 0x1F | REDIRECT_POLICY_MASK | REDIRECT_ALLOW_HTTPS_TO_HTTP;
+}
+
 /// `BG_COPY_FILE_*` ACL flags.
 pub mod acl {
     /// Every defined flag (`BG_COPY_FILE_ALL`).
@@ -322,6 +349,11 @@ pub struct JobProperties {
     /// Parallel range connections per file; `None` takes the node's setting. Several
     /// connections help only against a per-connection bottleneck.
     pub max_connections: Option<u32>,
+    /// `BG_SSL_*` flags and redirect policy (see [`security`]); default 0.
+    pub security_flags: u32,
+    /// TLS client certificate: absolute path of a PEM file (certificate chain and
+    /// private key) on the home node. Removed by TakeOwnership.
+    pub client_certificate: Option<String>,
 }
 
 /// BITS defaults for job properties.
@@ -360,6 +392,8 @@ impl JobProperties {
             acl_flags: 0,
             minimum_notification_interval_ms: defaults::MINIMUM_NOTIFICATION_INTERVAL_MS,
             max_connections: None,
+            security_flags: 0,
+            client_certificate: None,
         }
     }
 }

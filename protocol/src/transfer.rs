@@ -242,6 +242,14 @@ pub enum EngineReport {
     MaxDownloadTimeExceeded,
     /// Scheduler: no activity for the inactivity timeout (→ CANCELLED).
     InactivityTimeout,
+    /// Engine: the file's server redirected it for good and the job's redirect policy
+    /// is "report": the final URL becomes the remote name (progress is kept).
+    RemoteMoved {
+        /// File index.
+        file: u32,
+        /// The URL the redirects ended at.
+        url: String,
+    },
     /// Home node: after Complete or Cancel, these files were renamed into place (and
     /// every other temporary file deleted).
     FilesFinished {
@@ -261,6 +269,7 @@ impl EngineReport {
                 | Self::Chunks { .. }
                 | Self::FileTransferred { .. }
                 | Self::RestartFile { .. }
+                | Self::RemoteMoved { .. }
                 | Self::Failed { .. }
         )
     }

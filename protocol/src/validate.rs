@@ -119,10 +119,40 @@ pub fn property_changes(c: &PropertyChanges) -> Result<(), CommandError> {
     if let Some(flags) = c.acl_flags {
         acl_flags(flags)?;
     }
+    if let Some(flags) = c.security_flags {
+        security_flags(flags)?;
+    }
+    if let Some(Some(path)) = &c.client_certificate {
+        local_path(path)?;
+    }
     if let Some(Some(n)) = c.max_connections
         && !(1..=MAX_CONNECTIONS_PER_FILE).contains(&n)
     {
         return Err(invalid(format!("max_connections must be 1 to {MAX_CONNECTIONS_PER_FILE}")));
+    }
+    Ok(())
+}
+
+/// `SetSecurityFlags`: defined bits only, one redirect policy, no CRL checking.
+fn security_flags(flags: u32) -> Result<(), CommandError> {
+    use crate::job::security::*;
+    if flags & !VALID != 0 {
+        return Err(CommandError::new(
+            BitsCode::E_INVALIDARG,
+            format!("security flags 0x{flags:X} include undefined bits (defined: 0x{VALID:X})"),
+        ));
+    }
+    let policy = flags & REDIRECT_POLICY_MASK;
+    if ![REDIRECT_ALLOW_SILENT, REDIRECT_ALLOW_REPORT, REDIRECT_DISALLOW].contains(&policy) {
+        return Err(invalid(format!(
+            "0x{policy:X} is not a redirect policy (0x0, 0x100 or 0x200)"
+        )));
+    }
+    if flags & ENABLE_CRL_CHECK != 0 {
+        return Err(CommandError::new(
+            BitsCode::E_NOTIMPL,
+            "this build of Ferry does not check certificate revocation (BG_SSL_ENABLE_CRL_CHECK)",
+        ));
     }
     Ok(())
 }

@@ -14,4 +14,5 @@ mod ownership;
 mod priority;
 mod restart;
 mod support;
+mod tls;
 mod transfer_cli;

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_protocol::file::JobFile;
+use ferry_protocol::job::security;
 use ferry_protocol::transfer::{
     self, ChunkRecord, EngineReport, Piece, RemoteInfo, chunk_size_for,
 };
@@ -186,7 +187,7 @@ impl Run {
             (probe_local(&url, index).await?, None)
         } else if dynamic {
             // BITS sends no HEAD for dynamic content: size and validators are unknown.
-            (Probe { remote: RemoteInfo::default(), headers: Vec::new() }, None)
+            (Probe { remote: RemoteInfo::default(), headers: Vec::new(), moved_to: None }, None)
         } else if probe_with_data {
             self.probe_first_chunk(&url, index).await?
         } else {
@@ -217,6 +218,18 @@ impl Run {
             return Err(Stop::RestartFile("dynamic content restarts from the beginning".into()));
         }
         outbox.push(EngineReport::Probed { file: index, remote: probe.remote.clone(), chunk_size });
+        // Redirected: pieces go straight to where the redirects led; with the "report"
+        // policy that URL also becomes the file's remote name.
+        let url = match &probe.moved_to {
+            Some(moved) => {
+                let policy = self.job.props.security_flags & security::REDIRECT_POLICY_MASK;
+                if policy == security::REDIRECT_ALLOW_REPORT {
+                    outbox.push(EngineReport::RemoteMoved { file: index, url: moved.clone() });
+                }
+                moved.clone()
+            }
+            None => url,
+        };
 
         let temp = self.temp_file(&file, index, durable.is_empty()).await?;
         let fetch = Fetch {
@@ -382,7 +395,7 @@ impl Run {
             }
             status => return Err(Failure::status(status.as_u16(), url, index).into()),
         };
-        let probe = Probe { remote, headers: header_lines(headers) };
+        let probe = Probe::new(remote, url, &response);
         let first = (len > 0).then_some(FirstPiece { response, len });
         Ok((probe, first))
     }
@@ -425,7 +438,7 @@ impl Run {
             ranges: status == StatusCode::PARTIAL_CONTENT
                 || text(headers, header::ACCEPT_RANGES).is_some_and(|v| v.contains("bytes")),
         };
-        Ok(Probe { remote, headers: header_lines(headers) })
+        Ok(Probe::new(remote, url, &response))
     }
 
     /// Fetches `missing` over the job's connections; chunks are reported as they

@@ -78,7 +78,12 @@ impl Failure {
         } else if error.is_connect() {
             connect_code(error)
         } else if error.is_redirect() {
-            BitsCode::BG_E_PROTOCOL_ERROR
+            // Refused by the redirect policy: the owner must change the job or URL.
+            return Self::fatal(transport(
+                BitsCode::BG_E_PROTOCOL_ERROR,
+                format!("{url}: {}", chain(error)),
+                Some(file),
+            ));
         } else if error.is_body() || error.is_decode() {
             BitsCode::BG_E_CONNECTION_CLOSED
         } else if error.is_builder() {

@@ -163,6 +163,20 @@ pub(super) struct Probe {
     pub(super) remote: RemoteInfo,
     /// The response's headers.
     pub(super) headers: Vec<String>,
+    /// Where redirects led, if the answer came from another URL.
+    pub(super) moved_to: Option<String>,
+}
+
+impl Probe {
+    /// A probe of `asked` answered by `response`.
+    pub(super) fn new(remote: RemoteInfo, asked: &str, response: &Response) -> Self {
+        let final_url = response.url().as_str();
+        Self {
+            remote,
+            headers: header_lines(response.headers()),
+            moved_to: (final_url != asked).then(|| final_url.to_owned()),
+        }
+    }
 }
 
 /// Accumulates one chunk's bytes: hashes them, writes them in [`WRITE_BUFFER`] pieces
@@ -238,6 +252,7 @@ pub(super) async fn probe_local(url: &str, index: u32) -> Result<Probe, Stop> {
             ranges: true,
         },
         headers: Vec::new(),
+        moved_to: None,
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferry_protocol::credentials::{AuthScheme, AuthTarget};
 use ferry_protocol::job::JobError;
-use ferry_protocol::job::{Job, ProxyUsage};
+use ferry_protocol::job::{Job, ProxyUsage, security};
 use ferry_protocol::{BitsCode, ErrorContext};
 use http_auth::{PasswordClient, PasswordParams};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -58,21 +58,48 @@ pub(crate) struct HttpSession {
     preemptive_basic_over_http: bool,
 }
 
+/// TLS settings of a run: the node's extra trusted roots and the job's client
+/// certificate.
+#[derive(Clone, Default)]
+pub(crate) struct TlsSettings {
+    /// Authorities trusted besides the system's (`transfer.trusted_ca_file`).
+    pub(crate) extra_roots: Arc<Vec<reqwest::Certificate>>,
+    /// The job's client certificate and key.
+    pub(crate) identity: Option<reqwest::Identity>,
+}
+
 impl HttpSession {
     /// A session for `job`.
     pub(crate) fn new(
         job: &Job,
         credentials: Vec<OpenCredential>,
         timeouts: HttpTimeouts,
+        tls: TlsSettings,
         parallel: bool,
         preemptive_basic_over_http: bool,
     ) -> Result<Arc<Self>, Failure> {
+        let flags = job.props.security_flags;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.read)
+            .redirect(redirect_policy(flags))
+            .tls_certs_merge(tls.extra_roots.iter().cloned())
+            // rustls cannot relax one check alone: ignoring date, authority or usage
+            // problems turns certificate validation off for the job.
+            .tls_danger_accept_invalid_certs(
+                flags
+                    & (security::IGNORE_CERT_DATE_INVALID
+                        | security::IGNORE_UNKNOWN_CA
+                        | security::IGNORE_CERT_WRONG_USAGE)
+                    != 0,
+            )
+            .tls_danger_accept_invalid_hostnames(flags & security::IGNORE_CERT_CN_INVALID != 0)
             .default_headers(custom_headers(job)?)
             .user_agent(concat!("Ferry/", env!("CARGO_PKG_VERSION"), " (BITS)"))
             .pool_max_idle_per_host(32);
+        if let Some(identity) = tls.identity {
+            builder = builder.identity(identity);
+        }
         if parallel {
             // Several connections are the point; HTTP/2 would multiplex them onto one.
             builder = builder.http1_only();
@@ -201,6 +228,54 @@ impl HttpSession {
     fn credential(&self, target: AuthTarget, scheme: AuthScheme) -> Option<&OpenCredential> {
         self.credentials.iter().find(|c| c.target == target && c.scheme == scheme)
     }
+}
+
+/// BITS's redirect policies: follow silently or reporting the new name (at most 10
+/// hops, never from https to http unless allowed), or refuse (the `3xx` fails the job).
+fn redirect_policy(flags: u32) -> reqwest::redirect::Policy {
+    let policy = flags & security::REDIRECT_POLICY_MASK;
+    if policy == security::REDIRECT_DISALLOW {
+        return reqwest::redirect::Policy::none();
+    }
+    let downgrade = flags & security::REDIRECT_ALLOW_HTTPS_TO_HTTP != 0;
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let from_https = attempt.previous().last().is_some_and(|url| url.scheme() == "https");
+        if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else if from_https && attempt.url().scheme() == "http" && !downgrade {
+            attempt.error("a redirect from https to http is not allowed by the job's security flags (0x800 allows it)")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Loads the job's client certificate (PEM: certificate chain and private key).
+pub(crate) async fn load_identity(job: &Job) -> Result<Option<reqwest::Identity>, Failure> {
+    let Some(path) = job.props.client_certificate.as_deref() else {
+        return Ok(None);
+    };
+    let bad = |detail: String| {
+        Failure::fatal(JobError {
+            context: ErrorContext::LocalFile,
+            code: BitsCode::E_INVALIDARG,
+            detail,
+            file_index: None,
+            protocol: Some("https".into()),
+        })
+    };
+    let lower = path.to_ascii_lowercase();
+    if lower.ends_with(".p12") || lower.ends_with(".pfx") {
+        return Err(bad(format!(
+            "{path}: PKCS#12 client certificates are not supported by this build; convert it to PEM (openssl pkcs12 -in {path} -nodes -out cert.pem)"
+        )));
+    }
+    let pem = tokio::fs::read(path).await.map_err(|e| {
+        Failure::local(&e, &format!("cannot read the client certificate {path}"), None)
+    })?;
+    reqwest::Identity::from_pem(&pem)
+        .map(Some)
+        .map_err(|e| bad(format!("{path} is not a PEM certificate with its private key: {e}")))
 }
 
 /// The request-URI a Digest response covers: the path and query, or the absolute URL

@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 
 use self::failure::{Failure, Stop};
 pub(crate) use self::http::HttpTimeouts;
-use self::http::{HttpSession, OpenCredential};
+use self::http::{HttpSession, OpenCredential, TlsSettings};
 use crate::service::NodeCluster;
 
 /// How long a run whose task ended without moving its job waits before a new task.
@@ -33,8 +33,10 @@ const ORPHAN_RESTART_DELAY: Duration = Duration::from_secs(2);
 const REPORT_ATTEMPTS: u32 = 5;
 
 /// The engine's settings (from `[transfer]` in the configuration).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub(crate) struct EngineSettings {
+    /// Authorities trusted besides the system's.
+    pub(crate) extra_roots: Arc<Vec<reqwest::Certificate>>,
     /// Default chunk size, bytes.
     pub(crate) chunk_size: u64,
     /// Default connections per file.
@@ -159,10 +161,15 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
     let outcome = async {
         let credentials = open_credentials(&job, &secrets)?;
         let parallel = job.props.max_connections.unwrap_or(settings.connections) > 1;
+        let tls = TlsSettings {
+            extra_roots: settings.extra_roots.clone(),
+            identity: http::load_identity(&job).await?,
+        };
         let http = HttpSession::new(
             &job,
             credentials,
             settings.timeouts,
+            tls,
             parallel,
             settings.preemptive_basic_over_http,
         )?;
@@ -244,7 +251,7 @@ impl Transfers {
         let reporter = Reporter::new(self.cluster.clone());
         let me = ctx.address();
         let handle = tokio::spawn({
-            let settings = self.settings;
+            let settings = self.settings.clone();
             let secrets = self.secrets.clone();
             async move {
                 run_job(job, reporter, settings, secrets).await;

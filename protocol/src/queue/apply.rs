@@ -318,6 +318,7 @@ impl Queue {
                 job.props.custom_headers.clear();
                 job.props.custom_headers_write_only = false;
                 job.credentials.clear();
+                job.props.client_certificate = None;
             }
             // Complete's renames happen on the home node, which marks the files completed.
             JobAction::Suspend | JobAction::Cancel | JobAction::Complete => {}

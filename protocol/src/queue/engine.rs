@@ -151,6 +151,11 @@ fn apply_report(
                 transit(job, Operation::AllFilesTransferred)?;
             }
         }
+        EngineReport::RemoteMoved { file, url } => {
+            require_active(job, run)?;
+            crate::validate::remote_url(url, job.job_type)?;
+            file_mut(job, *file)?.remote_url = url.clone();
+        }
         EngineReport::RestartFile { file } => {
             require_active(job, run)?;
             file_mut(job, *file)?.restart();

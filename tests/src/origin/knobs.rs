@@ -40,6 +40,8 @@ pub struct Knobs {
     pub auth: Option<Auth>,
     /// Act as a forward HTTP proxy for requests in absolute form.
     pub proxy: Option<ProxyMode>,
+    /// `302 Found` from a path to a URL (any origin), checked before files are served.
+    pub redirects: Vec<(String, String)>,
 }
 
 /// Credentials the origin requires (`401 Unauthorized` without them).

@@ -161,6 +161,11 @@ fn decide(state: &mut State, request: &Request<Incoming>, via_proxy: bool) -> Re
     if let Some(refusal) = check_auth(state, request) {
         return refusal;
     }
+    if let Some((_, to)) =
+        state.knobs.redirects.iter().find(|(from, _)| from == request.uri().path())
+    {
+        return Reply::text(StatusCode::FOUND, "moved\n").with(header::LOCATION, to);
+    }
     let head = method == Method::HEAD;
     if !(head || method == Method::GET) || (head && state.knobs.no_head) {
         let allow = if state.knobs.no_head { "GET" } else { "GET, HEAD" };
