@@ -169,6 +169,11 @@ pub struct TransferConfig {
     /// PEM bundle of certificate authorities trusted for https origins besides the
     /// system's. Default none.
     pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse origins (and proxies) at loopback, private (RFC 1918, CGNAT) and
+    /// unique-local addresses, besides the always-refused link-local (cloud metadata),
+    /// multicast and unspecified ones. Applies to DNS answers and redirects too.
+    /// Default false.
+    pub refuse_private_addresses: bool,
 }
 
 impl Default for TransferConfig {
@@ -183,6 +188,7 @@ impl Default for TransferConfig {
             allow_file_urls: false,
             preemptive_basic_over_http: false,
             trusted_ca_file: None,
+            refuse_private_addresses: false,
         }
     }
 }

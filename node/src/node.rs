@@ -18,7 +18,7 @@ use crate::proposer::Proposer;
 use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
 use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
 use crate::service::NodeCluster;
-use crate::transfer::{EngineSettings, HttpTimeouts, Tick, Transfers};
+use crate::transfer::{EgressPolicy, EngineSettings, HttpTimeouts, Tick, Transfers};
 
 /// The id the first node of a cluster takes.
 const FIRST_NODE_ID: u64 = 1;
@@ -87,6 +87,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             read: Duration::from_secs(t.read_timeout_secs),
         },
         allow_file_urls: t.allow_file_urls,
+        egress: EgressPolicy { refuse_private: t.refuse_private_addresses },
         preemptive_basic_over_http: t.preemptive_basic_over_http,
     };
     let transfers = Transfers::new(node_id, cluster.clone(), engine, secrets.clone()).start();

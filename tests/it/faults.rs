@@ -419,3 +419,28 @@ async fn custom_headers_go_with_every_request() -> anyhow::Result<()> {
     assert!(client.job(id).await?.properties.custom_headers.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn the_egress_policy_refuses_addresses_before_connecting() -> anyhow::Result<()> {
+    let origin = origin_with("/e.bin", 100 * KIB, Knobs::default()).await?;
+    let node = transfer_node("refuse_private_addresses = true").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let port = origin.addr().port();
+    // An IP literal (checked before any request) and a name that resolves to loopback
+    // (checked on the DNS answer).
+    for url in [origin.url("/e.bin"), format!("http://localhost:{port}/e.bin")] {
+        let id = start_download(
+            &client,
+            &[(url.clone(), out.path().join("x"))],
+            PropertyChanges::default(),
+        )
+        .await?;
+        let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
+        let error = job.error.expect("an error");
+        assert_eq!(error.code, BitsCode::BG_E_BLOCKED_BY_POLICY, "{url}: {error:?}");
+        assert!(error.detail.contains("egress policy"), "{}", error.detail);
+    }
+    assert_eq!(origin.stats().connections, 0, "nothing reached the refused origin");
+    Ok(())
+}

@@ -30,6 +30,7 @@ use reqwest::{Method, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::egress;
 use super::failure::{Failure, Stop};
 use super::fetch::{
     ChunkWriter, Fetch, Probe, blocking, changed, content_length, content_range, header_lines,
@@ -179,6 +180,17 @@ impl Run {
                 index,
             ))
             .into());
+        }
+        if !local_source {
+            let parsed = url::Url::parse(&url).map_err(|e| {
+                Failure::fatal(transport_error(
+                    BitsCode::E_INVALIDARG,
+                    format!("{url}: {e}"),
+                    index,
+                ))
+            })?;
+            egress::check_url(self.settings.egress, &parsed)
+                .map_err(|why| Failure::blocked(format!("{url}: egress policy: {why}"), index))?;
         }
         let dynamic = self.job.props.dynamic_content;
         // A fresh whole file is probed with a GET of its first chunk.

@@ -73,6 +73,10 @@ impl Failure {
 
     /// A transport error of reqwest: connect, timeout, reset...
     pub(crate) fn request(error: &reqwest::Error, url: &str, file: u32) -> Self {
+        let text = chain(error);
+        if text.contains("egress policy") {
+            return Self::blocked(format!("{url}: {text}"), file);
+        }
         let code = if error.is_timeout() {
             BitsCode::BG_E_TIMEOUT
         } else if error.is_connect() {
@@ -92,6 +96,11 @@ impl Failure {
             BitsCode::BG_E_SEND_FAILURE
         };
         Self::new(transport(code, format!("{url}: {}", chain(error)), Some(file)))
+    }
+
+    /// A connection the egress policy refuses (G10): fatal, nothing was sent.
+    pub(crate) fn blocked(detail: String, file: u32) -> Self {
+        Self::fatal(transport(BitsCode::BG_E_BLOCKED_BY_POLICY, detail, Some(file)))
     }
 
     /// A local file error (the temporary file or the destination).

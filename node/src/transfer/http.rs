@@ -14,6 +14,7 @@ use http_auth::{PasswordClient, PasswordParams};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
+use super::egress::{EgressPolicy, PolicyResolver, check_url};
 use super::failure::{Failure, transport};
 
 /// A credential opened for this run.
@@ -74,6 +75,7 @@ impl HttpSession {
         job: &Job,
         credentials: Vec<OpenCredential>,
         timeouts: HttpTimeouts,
+        egress: EgressPolicy,
         tls: TlsSettings,
         parallel: bool,
         preemptive_basic_over_http: bool,
@@ -82,7 +84,8 @@ impl HttpSession {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.read)
-            .redirect(redirect_policy(flags))
+            .redirect(redirect_policy(flags, egress))
+            .dns_resolver(PolicyResolver::new(egress))
             .tls_certs_merge(tls.extra_roots.iter().cloned())
             // rustls cannot relax one check alone: ignoring date, authority or usage
             // problems turns certificate validation off for the job.
@@ -232,7 +235,7 @@ impl HttpSession {
 
 /// BITS's redirect policies: follow silently or reporting the new name (at most 10
 /// hops, never from https to http unless allowed), or refuse (the `3xx` fails the job).
-fn redirect_policy(flags: u32) -> reqwest::redirect::Policy {
+fn redirect_policy(flags: u32, egress: EgressPolicy) -> reqwest::redirect::Policy {
     let policy = flags & security::REDIRECT_POLICY_MASK;
     if policy == security::REDIRECT_DISALLOW {
         return reqwest::redirect::Policy::none();
@@ -242,6 +245,8 @@ fn redirect_policy(flags: u32) -> reqwest::redirect::Policy {
         let from_https = attempt.previous().last().is_some_and(|url| url.scheme() == "https");
         if attempt.previous().len() > 10 {
             attempt.error("more than 10 redirects")
+        } else if let Err(why) = check_url(egress, attempt.url()) {
+            attempt.error(format!("egress policy: the redirect target {why}"))
         } else if from_https && attempt.url().scheme() == "http" && !downgrade {
             attempt.error("a redirect from https to http is not allowed by the job's security flags (0x800 allows it)")
         } else {

@@ -5,6 +5,7 @@
 //! files. The tasks own the I/O ([`download`]) and report through Raft ([`Reporter`]).
 
 mod download;
+mod egress;
 mod failure;
 mod fetch;
 mod http;
@@ -22,6 +23,7 @@ use ferry_protocol::transfer::EngineReport;
 use ferry_protocol::{BitsCode, Caller, Job, JobId, JobState, NodeId, Principal, Proposal, Role};
 use tokio::task::AbortHandle;
 
+pub(crate) use self::egress::EgressPolicy;
 use self::failure::{Failure, Stop};
 pub(crate) use self::http::HttpTimeouts;
 use self::http::{HttpSession, OpenCredential, TlsSettings};
@@ -45,6 +47,8 @@ pub(crate) struct EngineSettings {
     pub(crate) timeouts: HttpTimeouts,
     /// Whether `file://` sources may be read.
     pub(crate) allow_file_urls: bool,
+    /// Addresses transfers may not connect to.
+    pub(crate) egress: EgressPolicy,
     /// Send Basic credentials over plain http before the server asks.
     pub(crate) preemptive_basic_over_http: bool,
 }
@@ -169,6 +173,7 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
             &job,
             credentials,
             settings.timeouts,
+            settings.egress,
             tls,
             parallel,
             settings.preemptive_basic_over_http,
