@@ -35,7 +35,20 @@ pub(crate) fn size(bytes: Option<u64>) -> String {
 }
 
 fn progress(job: &JobInfo) -> String {
-    format!("{} / {}", size(Some(job.progress.bytes_transferred)), size(job.progress.bytes_total))
+    bytes_of(job.progress.bytes_transferred, job.progress.bytes_total)
+}
+
+/// `done / total (percent)`.
+fn bytes_of(done: u64, total: Option<u64>) -> String {
+    match total.filter(|t| *t > 0) {
+        Some(t) => format!(
+            "{} / {} ({:.0}%)",
+            size(Some(done)),
+            size(Some(t)),
+            done as f64 * 100.0 / t as f64
+        ),
+        None => format!("{} / {}", size(Some(done)), size(total)),
+    }
 }
 
 /// `ferry job list`.
@@ -115,6 +128,18 @@ pub(crate) fn job(job: &JobInfo) {
         p.custom_headers.join("; ")
     };
     row("custom headers", headers);
+    row(
+        "connections",
+        p.max_connections.map_or_else(|| "node default".to_owned(), |n| n.to_string()),
+    );
+    row("security flags", format!("0x{:X}", p.security_flags));
+    row("client certificate", p.client_certificate.clone().unwrap_or_else(|| "-".into()));
+    let credentials: Vec<String> =
+        job.credentials.iter().map(|c| format!("{:?}/{:?}", c.target, c.scheme)).collect();
+    row(
+        "credentials",
+        if credentials.is_empty() { "-".into() } else { credentials.join(", ").to_lowercase() },
+    );
     row("home node", job.home_node.to_string());
     println!("{t}");
 }
@@ -151,11 +176,7 @@ pub(crate) fn files(files: &[FileInfo]) {
         t.add_row(vec![
             f.index.to_string(),
             state.to_owned(),
-            format!(
-                "{} / {}",
-                size(Some(f.progress.bytes_transferred)),
-                size(f.progress.bytes_total)
-            ),
+            bytes_of(f.progress.bytes_transferred, f.progress.bytes_total),
             f.remote_url.clone(),
             f.local_path.clone(),
             range_text(f),
