@@ -174,6 +174,10 @@ pub struct TransferConfig {
     /// multicast and unspecified ones. Applies to DNS answers and redirects too.
     /// Default false.
     pub refuse_private_addresses: bool,
+    /// Directories destinations must lie in (symlinks resolved); empty: anywhere
+    /// ferryd may write. Set this on any node that serves more than one user.
+    /// Default none.
+    pub destination_roots: Vec<PathBuf>,
 }
 
 impl Default for TransferConfig {
@@ -189,6 +193,7 @@ impl Default for TransferConfig {
             preemptive_basic_over_http: false,
             trusted_ca_file: None,
             refuse_private_addresses: false,
+            destination_roots: Vec::new(),
         }
     }
 }

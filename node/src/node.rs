@@ -88,6 +88,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         },
         allow_file_urls: t.allow_file_urls,
         egress: EgressPolicy { refuse_private: t.refuse_private_addresses },
+        destination_roots: Arc::new(
+            t.destination_roots
+                .iter()
+                .map(|root| {
+                    root.canonicalize().with_context(|| {
+                        format!("transfer.destination_roots: {} cannot be used", root.display())
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        ),
         preemptive_basic_over_http: t.preemptive_basic_over_http,
     };
     let transfers = Transfers::new(node_id, cluster.clone(), engine, secrets.clone()).start();

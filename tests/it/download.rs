@@ -262,3 +262,48 @@ async fn file_urls_only_where_the_node_allows_them() -> anyhow::Result<()> {
     assert_eq!(std::fs::read(&local)?, std::fs::read(&source)?);
     Ok(())
 }
+
+#[tokio::test]
+async fn destinations_are_confined_to_the_configured_roots() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/c.bin", Content::Pattern { seed: 6, len: 10_000 });
+    let inside = tempfile::tempdir()?;
+    let outside = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(outside.path(), inside.path().join("escape"))?;
+    let node =
+        transfer_node(&format!("destination_roots = [{:?}]", inside.path().display().to_string()))
+            .await?;
+    let client = node.client(Some(tokens::ALICE))?;
+
+    let ok = inside.path().join("ok.bin");
+    let id =
+        start_download(&client, &[(origin.url("/c.bin"), ok.clone())], PropertyChanges::default())
+            .await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
+
+    for refused in [outside.path().join("x.bin"), inside.path().join("escape").join("x.bin")] {
+        let id = start_download(
+            &client,
+            &[(origin.url("/c.bin"), refused.clone())],
+            PropertyChanges::default(),
+        )
+        .await?;
+        let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+        let error = job.error.expect("an error");
+        assert_eq!(error.code, BitsCode::E_ACCESSDENIED, "{}: {error:?}", refused.display());
+        assert!(error.detail.contains("destination_roots"), "{}", error.detail);
+    }
+    assert_eq!(std::fs::read_dir(outside.path())?.count(), 0, "nothing was written outside");
+
+    // A destination that is not a regular file is refused everywhere.
+    std::fs::create_dir(inside.path().join("a-dir"))?;
+    let id = start_download(
+        &client,
+        &[(origin.url("/c.bin"), inside.path().join("a-dir"))],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::E_ACCESSDENIED));
+    Ok(())
+}

@@ -37,7 +37,7 @@ use super::fetch::{
     probe_local, short_body, text, transport_error,
 };
 use super::http::HttpSession;
-use super::local::TempFile;
+use super::local::{self, TempFile};
 use super::{EngineSettings, Reporter};
 
 /// Largest file BITS fetches in one unranged GET when the server lacks ranges.
@@ -192,6 +192,19 @@ impl Run {
             egress::check_url(self.settings.egress, &parsed)
                 .map_err(|why| Failure::blocked(format!("{url}: egress policy: {why}"), index))?;
         }
+        let (dest, roots) =
+            (Path::new(&file.local_path).to_path_buf(), self.settings.destination_roots.clone());
+        blocking(move || local::check_destination(&dest, &roots).map_err(std::io::Error::other))
+            .await
+            .map_err(|e| {
+                Failure::fatal(ferry_protocol::job::JobError {
+                    context: ferry_protocol::ErrorContext::LocalFile,
+                    code: BitsCode::E_ACCESSDENIED,
+                    detail: e.to_string(),
+                    file_index: Some(index),
+                    protocol: None,
+                })
+            })?;
         let dynamic = self.job.props.dynamic_content;
         // A fresh whole file is probed with a GET of its first chunk.
         let probe_with_data = file.chunks.is_empty() && file.ranges.is_empty() && !dynamic;

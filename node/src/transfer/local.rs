@@ -67,6 +67,32 @@ impl TempFile {
     }
 }
 
+/// Filesystem confinement (G11): the destination's directory, with every symlink
+/// resolved, must lie under one of `roots` (none: anywhere), and an existing
+/// destination must be a regular file. The temporary file lives in the same directory.
+pub(crate) fn check_destination(path: &Path, roots: &[std::path::PathBuf]) -> Result<(), String> {
+    let name = path.file_name().ok_or_else(|| format!("{} names no file", path.display()))?;
+    if name == ".." || name == "." {
+        return Err(format!("{} names no file", path.display()));
+    }
+    let dir = path.parent().ok_or_else(|| format!("{} has no directory", path.display()))?;
+    let real = dir
+        .canonicalize()
+        .map_err(|e| format!("the directory {} cannot be used: {e}", dir.display()))?;
+    if !roots.is_empty() && !roots.iter().any(|root| real.starts_with(root)) {
+        return Err(format!(
+            "{} is outside the directories this node writes to (transfer.destination_roots)",
+            real.display()
+        ));
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            Err(format!("{} exists and is not a regular file", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What finishing a final job did.
 pub(crate) struct Finished {
     /// Files renamed into place.

@@ -49,6 +49,8 @@ pub(crate) struct EngineSettings {
     pub(crate) allow_file_urls: bool,
     /// Addresses transfers may not connect to.
     pub(crate) egress: EgressPolicy,
+    /// Directories destinations must lie in (canonical; empty: anywhere).
+    pub(crate) destination_roots: Arc<Vec<std::path::PathBuf>>,
     /// Send Basic credentials over plain http before the server asks.
     pub(crate) preemptive_basic_over_http: bool,
 }
