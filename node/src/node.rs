@@ -68,6 +68,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let secrets = Arc::new(dir.secret_key()?);
     let t = &config.transfer;
+    let has_users = config.api.tokens.iter().any(|entry| entry.role == Role::User);
+    if has_users && t.destination_roots.is_empty() {
+        tracing::warn!(
+            "users may name any destination ferryd can write; set transfer.destination_roots to confine them"
+        );
+    }
     let extra_roots = match &t.trusted_ca_file {
         Some(path) => {
             let pem = std::fs::read(path).with_context(|| {
