@@ -307,3 +307,34 @@ async fn destinations_are_confined_to_the_configured_roots() -> anyhow::Result<(
     assert_eq!(job.error.map(|e| e.code), Some(BitsCode::E_ACCESSDENIED));
     Ok(())
 }
+
+#[tokio::test]
+async fn cancel_during_a_transfer_leaves_nothing_behind() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/slow.bin", Content::Pattern { seed: 12, len: 8 * MIB });
+    origin.set_knobs(Knobs { rate_limit_per_connection: Some(MIB), ..Knobs::default() });
+    let node = transfer_node("connections = 4").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let id = start_download(
+        &client,
+        &[(origin.url("/slow.bin"), out.path().join("s"))],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client.job(id).await?.progress.bytes_transferred == 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no progress\n{}", node.log_tail());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = client.act(id, JobAction::Cancel).await?;
+    assert_eq!(cancelled.job.state, JobState::Cancelled);
+    // Cancel returns once the home node deleted the files; check again a moment later.
+    for _ in 0..2 {
+        let left: Vec<_> =
+            std::fs::read_dir(out.path())?.filter_map(Result::ok).map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    Ok(())
+}

@@ -31,6 +31,8 @@ use crate::service::NodeCluster;
 
 /// How long a run whose task ended without moving its job waits before a new task.
 const ORPHAN_RESTART_DELAY: Duration = Duration::from_secs(2);
+/// Pause between stopping a run and deleting or renaming its files.
+const SETTLE_AFTER_ABORT: Duration = Duration::from_millis(500);
 /// How often a failed write of a report is retried before the run gives up.
 const REPORT_ATTEMPTS: u32 = 5;
 
@@ -273,12 +275,15 @@ impl Transfers {
         }
     }
 
-    fn start_finish(&mut self, job: Job, ctx: &mut Context<Self>) {
+    fn start_finish(&mut self, job: Job, settle: Option<Duration>, ctx: &mut Context<Self>) {
         let id = job.id;
         self.finishing.insert(id, None);
         let reporter = Reporter::new(self.cluster.clone());
         let me = ctx.address();
         tokio::spawn(async move {
+            if let Some(pause) = settle {
+                tokio::time::sleep(pause).await;
+            }
             let finished = tokio::task::spawn_blocking(move || local::finish_job(&job)).await;
             match finished {
                 Ok(done) => {
@@ -342,10 +347,12 @@ impl Handler<Tick> for Transfers {
                 }
             }
         }
+        let mut stopped = HashSet::new();
         self.running.retain(|id, task| {
             let keep = wanted.contains(id);
             if !keep {
                 task.abort.abort();
+                stopped.insert(*id);
             }
             keep
         });
@@ -353,7 +360,10 @@ impl Handler<Tick> for Transfers {
             self.start_run(job, ctx);
         }
         for job in to_finish {
-            self.start_finish(job, ctx);
+            // A run stopped just now may still have a file operation in flight on the
+            // blocking pool (abort cannot cancel it): let it land before deleting.
+            let settle = stopped.contains(&job.id).then_some(SETTLE_AFTER_ABORT);
+            self.start_finish(job, settle, ctx);
         }
     }
 }
