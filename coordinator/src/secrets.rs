@@ -1,8 +1,15 @@
-//! Sealing secrets at rest (DESIGN §8, G9): job passwords are encrypted with the
-//! cluster's secret key (ChaCha20-Poly1305 from ring, random nonce per seal) before
-//! they are proposed, so the Raft log, snapshots and state rows only hold ciphertext.
-//! The key lives in `<data-dir>/secret.key` (mode 0600).
+//! Sealing secrets at rest (DESIGN §8, G9): job passwords and custom header values are
+//! encrypted with the cluster's secret key (ChaCha20-Poly1305 from ring) before they are
+//! proposed, so the Raft log, snapshots and state rows only hold ciphertext. The key
+//! lives in `<data-dir>/secret.key` (mode 0600).
+//!
+//! Sealing is deterministic: the nonce is a keyed BLAKE3 hash of the associated data
+//! and the plaintext (a synthetic IV). The same secret for the same purpose seals to the
+//! same bytes, so a retried request carries the same command and its idempotency key
+//! still matches; different secrets never share a nonce.
 
+use ferry_protocol::Principal;
+use ferry_protocol::job::SEALED_PREFIX;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -18,6 +25,9 @@ pub enum SealError {
     /// No randomness for a nonce.
     #[error("the system random generator failed")]
     Random,
+    /// The plaintext cannot be sealed (too large).
+    #[error("the secret cannot be sealed")]
+    Seal,
     /// The ciphertext is damaged, or was sealed with another key or for another use.
     #[error("the sealed secret cannot be opened (wrong key or damaged data)")]
     Open,
@@ -26,7 +36,8 @@ pub enum SealError {
 /// The cluster's secret key.
 pub struct SecretKey {
     key: LessSafeKey,
-    rng: SystemRandom,
+    /// Derived from the key; makes the synthetic nonces.
+    nonce_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -40,7 +51,8 @@ impl SecretKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SealError> {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, bytes)
             .map_err(|_| SealError::KeyLength(bytes.len()))?;
-        Ok(Self { key: LessSafeKey::new(unbound), rng: SystemRandom::new() })
+        let nonce_key = blake3::derive_key("ferry secret seal nonce v1", bytes);
+        Ok(Self { key: LessSafeKey::new(unbound), nonce_key })
     }
 
     /// Fresh random key bytes.
@@ -52,8 +64,12 @@ impl SecretKey {
 
     /// Encrypts `plaintext`, binding `associated` (which must be given again to open).
     pub fn seal(&self, plaintext: &[u8], associated: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut hasher = blake3::Hasher::new_keyed(&self.nonce_key);
+        hasher.update(&(associated.len() as u64).to_le_bytes());
+        hasher.update(associated);
+        hasher.update(plaintext);
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| SealError::Random)?;
+        nonce.copy_from_slice(&hasher.finalize().as_bytes()[..NONCE_LEN]);
         let mut out = plaintext.to_vec();
         self.key
             .seal_in_place_append_tag(
@@ -61,7 +77,7 @@ impl SecretKey {
                 Aad::from(associated),
                 &mut out,
             )
-            .map_err(|_| SealError::Random)?;
+            .map_err(|_| SealError::Seal)?;
         let mut sealed = nonce.to_vec();
         sealed.extend_from_slice(&out);
         Ok(sealed)
@@ -83,6 +99,60 @@ impl SecretKey {
     }
 }
 
+/// The associated data of a custom header value: its owner and header name.
+fn header_purpose(owner: &Principal, name: &str) -> Vec<u8> {
+    format!("ferry-header/1|{owner}|{}", name.trim().to_ascii_lowercase()).into_bytes()
+}
+
+impl SecretKey {
+    /// Seals the value of every `Name: value` line (lines already sealed stay as they
+    /// are). The owner, not the job, is bound: a retried create (with a new job id)
+    /// seals to the same bytes.
+    pub fn seal_headers(
+        &self,
+        owner: &Principal,
+        lines: &[String],
+    ) -> Result<Vec<String>, SealError> {
+        lines
+            .iter()
+            .map(|line| {
+                let Some((name, value)) = line.split_once(':') else {
+                    return Ok(line.clone());
+                };
+                let value = value.trim();
+                if value.starts_with(SEALED_PREFIX) {
+                    return Ok(line.clone());
+                }
+                let sealed = self.seal(value.as_bytes(), &header_purpose(owner, name))?;
+                Ok(format!("{name}: {SEALED_PREFIX}{}", hex::encode(sealed)))
+            })
+            .collect()
+    }
+
+    /// Opens what [`seal_headers`](Self::seal_headers) sealed; other lines pass as they are.
+    pub fn open_headers(
+        &self,
+        owner: &Principal,
+        lines: &[String],
+    ) -> Result<Vec<String>, SealError> {
+        lines
+            .iter()
+            .map(|line| {
+                let Some((name, value)) = line.split_once(':') else {
+                    return Ok(line.clone());
+                };
+                let Some(hex_text) = value.trim().strip_prefix(SEALED_PREFIX) else {
+                    return Ok(line.clone());
+                };
+                let sealed = hex::decode(hex_text).map_err(|_| SealError::Open)?;
+                let plain = self.open(&sealed, &header_purpose(owner, name))?;
+                let value = String::from_utf8(plain).map_err(|_| SealError::Open)?;
+                Ok(format!("{name}: {value}"))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +169,32 @@ mod tests {
         assert!(key.open(&bad, b"job-1").is_err());
         assert!(key.open(&[1, 2], b"job-1").is_err());
         assert!(SecretKey::from_bytes(&[0; 5]).is_err());
+    }
+
+    #[test]
+    fn header_values_seal_and_open() {
+        let key = SecretKey::from_bytes(&[9; KEY_LEN]).expect("key");
+        let owner = Principal::new("alice").expect("name");
+        let lines = vec!["Authorization: Bearer s3cret".to_owned(), "X-Plain: 1".to_owned()];
+        let sealed = key.seal_headers(&owner, &lines).expect("seal");
+        assert!(sealed.iter().all(|l| !l.contains("s3cret") && l.contains(SEALED_PREFIX)));
+        assert!(sealed[0].starts_with("Authorization: "));
+        assert_eq!(
+            key.seal_headers(&owner, &sealed).expect("again"),
+            sealed,
+            "sealing twice is a no-op"
+        );
+        assert_eq!(key.open_headers(&owner, &sealed).expect("open"), lines);
+        let bob = Principal::new("bob").expect("name");
+        assert!(key.open_headers(&bob, &sealed).is_err(), "bound to the owner");
+    }
+
+    #[test]
+    fn sealing_is_deterministic_per_secret_and_purpose() {
+        let key = SecretKey::from_bytes(&[7; KEY_LEN]).expect("key");
+        let seal = |p: &[u8], a: &[u8]| key.seal(p, a).expect("seal");
+        assert_eq!(seal(b"pw", b"a"), seal(b"pw", b"a"));
+        assert_ne!(seal(b"pw", b"a"), seal(b"pw", b"b"));
+        assert_ne!(seal(b"pw", b"a")[..NONCE_LEN], seal(b"pv", b"a")[..NONCE_LEN]);
     }
 }

@@ -274,6 +274,10 @@ pub struct ProxySettings {
     pub bypass: Option<String>,
 }
 
+/// Marks a custom header value sealed at rest (`Name: ferry-sealed:<hex>`): the API
+/// node seals values before proposing them; readers open them with the cluster key.
+pub const SEALED_PREFIX: &str = "ferry-sealed:";
+
 /// Custom header lines (`Name: value`). Values may be secrets (`Authorization`), so
 /// `Debug` shows the names only; the API hides them all once they are write-only.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -157,6 +157,18 @@ fn security_flags(flags: u32) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// Characters of a header line as the owner wrote it: a sealed value counts as its
+/// plaintext (hex of nonce, ciphertext and tag: 2 × (12 + n + 16) characters).
+fn header_line_chars(line: &str) -> usize {
+    match line.split_once(':') {
+        Some((name, value)) => match value.trim().strip_prefix(crate::job::SEALED_PREFIX) {
+            Some(hex) => name.chars().count() + 2 + (hex.len() / 2).saturating_sub(28),
+            None => line.chars().count(),
+        },
+        None => line.chars().count(),
+    }
+}
+
 fn invalid(detail: impl Into<String>) -> CommandError {
     CommandError::new(BitsCode::E_INVALIDARG, detail)
 }
@@ -370,7 +382,7 @@ pub fn proxy(proxy: &ProxySettings) -> Result<(), CommandError> {
 /// `SetCustomHeaders`: `Name: value` lines with a token name and no CR/LF inside, at
 /// most 16 KB in all.
 pub fn custom_headers(lines: &[String]) -> Result<(), CommandError> {
-    let chars: usize = lines.iter().map(|l| l.chars().count() + 2).sum();
+    let chars: usize = lines.iter().map(|l| header_line_chars(l) + 2).sum();
     if chars > MAX_CUSTOM_HEADERS_CHARS {
         return Err(CommandError::new(
             BitsCode::BG_E_STRING_TOO_LONG,

@@ -120,6 +120,23 @@ async fn basic_and_digest_against_the_test_origin() -> anyhow::Result<()> {
             "a password at rest"
         );
     }
+    // A retried SetCredentials (same Idempotency-Key) gets the first answer: sealing is
+    // deterministic, so the retry is the same command.
+    let id =
+        client.create_job(&new_job("retry", ferry_protocol::JobType::Download, vec![])).await?.id;
+    let http = crate::support::raw();
+    let url = format!("{}/v1/jobs/{id}/credentials", node.url()?);
+    let body = serde_json::json!({"target": "server", "scheme": "basic", "user_name": "u", "password": PASSWORD});
+    for _ in 0..2 {
+        let response = http
+            .put(&url)
+            .bearer_auth(tokens::ALICE)
+            .header("Idempotency-Key", "set-credentials-once")
+            .json(&body)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200, "{}", response.text().await?);
+    }
     // Unsupported schemes are refused with a clear BITS error.
     let id =
         client.create_job(&new_job("ntlm", ferry_protocol::JobType::Download, vec![])).await?.id;

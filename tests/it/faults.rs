@@ -402,7 +402,7 @@ async fn custom_headers_go_with_every_request() -> anyhow::Result<()> {
     let client = node.client(Some(tokens::ALICE))?;
     let out = tempfile::tempdir()?;
     let props = PropertyChanges {
-        custom_headers: Some(Some(vec!["X-Ferry-Tenant: blue".to_owned()].into())),
+        custom_headers: Some(Some(vec!["X-Ferry-Tenant: blue-0f7c9e".to_owned()].into())),
         custom_headers_write_only: Some(true),
         ..PropertyChanges::default()
     };
@@ -411,12 +411,38 @@ async fn custom_headers_go_with_every_request() -> anyhow::Result<()> {
     wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
     let requests = origin.requests();
     assert!(requests.len() >= 3, "several chunk requests: {}", requests.len());
-    assert!(requests.iter().all(|r| r.x_headers == ["x-ferry-tenant: blue"]), "{requests:#?}");
+    assert!(
+        requests.iter().all(|r| r.x_headers == ["x-ferry-tenant: blue-0f7c9e"]),
+        "{requests:#?}"
+    );
     assert!(
         requests.iter().all(|r| r.user_agent.as_deref().is_some_and(|ua| ua.starts_with("Ferry/")))
     );
     // Write-only: never read back.
     assert!(client.job(id).await?.properties.custom_headers.is_empty());
+    // Readable headers read back as set; either way they are sealed at rest.
+    let readable = PropertyChanges {
+        custom_headers: Some(Some(vec!["X-Team: red-51aa".to_owned()].into())),
+        ..PropertyChanges::default()
+    };
+    let other = client
+        .create_job(&ferry_protocol::NewJob {
+            display_name: "readable".into(),
+            job_type: ferry_protocol::JobType::Download,
+            properties: readable,
+            files: vec![],
+        })
+        .await?;
+    assert_eq!(other.properties.custom_headers.0, vec!["X-Team: red-51aa".to_owned()]);
+    for file in std::fs::read_dir(node.data_dir())? {
+        let bytes = std::fs::read(file?.path())?;
+        for secret in ["blue-0f7c9e", "red-51aa"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} at rest"
+            );
+        }
+    }
     Ok(())
 }
 

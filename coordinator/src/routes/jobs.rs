@@ -42,9 +42,48 @@ pub(super) async fn job_info(
     id: JobId,
     at: ReadAt,
 ) -> Result<JobInfo, ApiError> {
-    read(state, at, |q| q.visible_job(caller, &id).map(JobInfo::from))
+    let info = read(state, at, |q| q.visible_job(caller, &id).map(JobInfo::from))
         .await?
-        .map_err(ApiError::from)
+        .map_err(ApiError::from)?;
+    Ok(reveal_headers(state, info))
+}
+
+/// Opens sealed custom header values for the response (write-only headers are not
+/// in it at all). A value that cannot be opened is shown as `<sealed>`.
+fn reveal_headers(state: &ApiState, mut info: JobInfo) -> JobInfo {
+    let lines = &mut info.properties.custom_headers;
+    if lines.is_empty() {
+        return info;
+    }
+    let opened = state.secrets.open_headers(&info.owner, lines).unwrap_or_else(|_| {
+        lines
+            .iter()
+            .map(|l| format!("{}: <sealed>", l.split_once(':').map_or(l.as_str(), |(n, _)| n)))
+            .collect()
+    });
+    *lines = opened.into();
+    info
+}
+
+/// Seals custom header values before they are proposed (G9): the Raft log and the
+/// state hold them encrypted, whether or not they are write-only.
+fn seal_headers(
+    state: &ApiState,
+    caller: &ferry_protocol::Caller,
+    changes: &mut PropertyChanges,
+) -> Result<(), ApiError> {
+    if let Some(Some(lines)) = &mut changes.custom_headers {
+        ferry_protocol::validate::custom_headers(lines)?;
+        let sealed = state.secrets.seal_headers(&caller.principal, lines).map_err(|e| {
+            ApiError::new(
+                500,
+                BitsCode::E_UNEXPECTED,
+                format!("cannot seal the custom headers: {e}"),
+            )
+        })?;
+        *lines = sealed.into();
+    }
+    Ok(())
 }
 
 /// Create a job (`CreateJob`), optionally with properties and files. Jobs start SUSPENDED.
@@ -62,8 +101,9 @@ pub(super) async fn create_job(
     State(state): State<ApiState>,
     Authenticated(caller): Authenticated,
     IdempotencyKey(request_id): IdempotencyKey,
-    Json(spec): Json<NewJob>,
+    Json(mut spec): Json<NewJob>,
 ) -> Result<(StatusCode, [(header::HeaderName, String); 1], axum::Json<JobInfo>), ApiError> {
+    seal_headers(&state, &caller, &mut spec.properties)?;
     let command =
         Command::CreateJob { id: JobId::new_random(), home_node: state.cluster.node_id(), spec };
     let (reply, index) = write(&state, &caller, request_id, command).await?;
@@ -90,9 +130,11 @@ pub(super) async fn list_jobs(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<JobList>, ApiError> {
     let jobs = read(&state, query.consistency.into(), |q| {
-        q.list(&caller, query.all_users).map(|jobs| jobs.into_iter().map(JobInfo::from).collect())
+        q.list(&caller, query.all_users)
+            .map(|jobs| jobs.into_iter().map(JobInfo::from).collect::<Vec<_>>())
     })
     .await??;
+    let jobs = jobs.into_iter().map(|info| reveal_headers(&state, info)).collect();
     Ok(axum::Json(JobList { jobs }))
 }
 
@@ -131,9 +173,10 @@ pub(super) async fn set_properties(
     Authenticated(caller): Authenticated,
     IdempotencyKey(request_id): IdempotencyKey,
     Path(id): Path<String>,
-    Json(changes): Json<PropertyChanges>,
+    Json(mut changes): Json<PropertyChanges>,
 ) -> Result<axum::Json<JobInfo>, ApiError> {
     let id = job_id(&id)?;
+    seal_headers(&state, &caller, &mut changes)?;
     let (_, index) =
         write(&state, &caller, request_id, Command::SetProperties { job: id, changes }).await?;
     Ok(axum::Json(job_info(&state, &caller, id, ReadAt::Applied(index)).await?))

@@ -14,6 +14,9 @@ use http_auth::{PasswordClient, PasswordParams};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
+use ferry_coordinator::SecretKey;
+
+use super::EngineSettings;
 use super::egress::{EgressPolicy, PolicyResolver, check_url};
 use super::failure::{Failure, transport};
 
@@ -59,34 +62,31 @@ pub(crate) struct HttpSession {
     preemptive_basic_over_http: bool,
 }
 
-/// TLS settings of a run: the node's extra trusted roots and the job's client
-/// certificate.
-#[derive(Clone, Default)]
-pub(crate) struct TlsSettings {
-    /// Authorities trusted besides the system's (`transfer.trusted_ca_file`).
-    pub(crate) extra_roots: Arc<Vec<reqwest::Certificate>>,
+/// What a run's HTTP session is made of besides the job.
+pub(crate) struct SessionParts<'a> {
+    /// The job's credentials, opened.
+    pub(crate) credentials: Vec<OpenCredential>,
     /// The job's client certificate and key.
     pub(crate) identity: Option<reqwest::Identity>,
+    /// Opens sealed custom header values.
+    pub(crate) secrets: &'a SecretKey,
+    /// The node's settings.
+    pub(crate) settings: &'a EngineSettings,
 }
 
 impl HttpSession {
     /// A session for `job`.
-    pub(crate) fn new(
-        job: &Job,
-        credentials: Vec<OpenCredential>,
-        timeouts: HttpTimeouts,
-        egress: EgressPolicy,
-        tls: TlsSettings,
-        parallel: bool,
-        preemptive_basic_over_http: bool,
-    ) -> Result<Arc<Self>, Failure> {
+    pub(crate) fn new(job: &Job, parts: SessionParts<'_>) -> Result<Arc<Self>, Failure> {
+        let SessionParts { credentials, identity, secrets, settings } = parts;
+        let (timeouts, egress) = (settings.timeouts, settings.egress);
+        let parallel = job.props.max_connections.unwrap_or(settings.connections) > 1;
         let flags = job.props.security_flags;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.read)
             .redirect(redirect_policy(flags, egress))
             .dns_resolver(PolicyResolver::new(egress))
-            .tls_certs_merge(tls.extra_roots.iter().cloned())
+            .tls_certs_merge(settings.extra_roots.iter().cloned())
             // rustls cannot relax one check alone: ignoring date, authority or usage
             // problems turns certificate validation off for the job.
             .tls_danger_accept_invalid_certs(
@@ -97,10 +97,10 @@ impl HttpSession {
                     != 0,
             )
             .tls_danger_accept_invalid_hostnames(flags & security::IGNORE_CERT_CN_INVALID != 0)
-            .default_headers(custom_headers(job)?)
+            .default_headers(custom_headers(job, secrets)?)
             .user_agent(concat!("Ferry/", env!("CARGO_PKG_VERSION"), " (BITS)"))
             .pool_max_idle_per_host(32);
-        if let Some(identity) = tls.identity {
+        if let Some(identity) = identity {
             builder = builder.identity(identity);
         }
         if parallel {
@@ -126,7 +126,7 @@ impl HttpSession {
             credentials,
             server: Mutex::new(None),
             proxy: Mutex::new(None),
-            preemptive_basic_over_http,
+            preemptive_basic_over_http: settings.preemptive_basic_over_http,
         }))
     }
 
@@ -298,10 +298,20 @@ fn request_uri(url: &str, target: AuthTarget) -> String {
     }
 }
 
-/// The job's custom headers as a header map (sent with every request).
-fn custom_headers(job: &Job) -> Result<HeaderMap, Failure> {
+/// The job's custom headers as a header map (sent with every request), their sealed
+/// values opened.
+fn custom_headers(job: &Job, secrets: &SecretKey) -> Result<HeaderMap, Failure> {
+    let lines = secrets.open_headers(&job.owner, &job.props.custom_headers).map_err(|e| {
+        Failure::fatal(JobError {
+            context: ErrorContext::GeneralQueueManager,
+            code: BitsCode::E_INVALIDARG,
+            detail: format!("the job's custom headers cannot be opened ({e}); set them again"),
+            file_index: None,
+            protocol: Some("http".into()),
+        })
+    })?;
     let mut map = HeaderMap::new();
-    for line in job.props.custom_headers.iter() {
+    for line in &lines {
         let bad = || {
             Failure::fatal(JobError {
                 context: ErrorContext::GeneralQueueManager,

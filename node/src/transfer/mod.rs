@@ -26,7 +26,7 @@ use tokio::task::AbortHandle;
 pub(crate) use self::egress::EgressPolicy;
 use self::failure::{Failure, Stop};
 pub(crate) use self::http::HttpTimeouts;
-use self::http::{HttpSession, OpenCredential, TlsSettings};
+use self::http::{HttpSession, OpenCredential, SessionParts};
 use crate::service::NodeCluster;
 
 /// How long a run whose task ended without moving its job waits before a new task.
@@ -167,21 +167,13 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
     let id = job.id;
     let run = job.run;
     let outcome = async {
-        let credentials = open_credentials(&job, &secrets)?;
-        let parallel = job.props.max_connections.unwrap_or(settings.connections) > 1;
-        let tls = TlsSettings {
-            extra_roots: settings.extra_roots.clone(),
+        let parts = SessionParts {
+            credentials: open_credentials(&job, &secrets)?,
             identity: http::load_identity(&job).await?,
+            secrets: &secrets,
+            settings: &settings,
         };
-        let http = HttpSession::new(
-            &job,
-            credentials,
-            settings.timeouts,
-            settings.egress,
-            tls,
-            parallel,
-            settings.preemptive_basic_over_http,
-        )?;
+        let http = HttpSession::new(&job, parts)?;
         download::Run { job, run, reporter: reporter.clone(), settings, http }.transfer().await
     }
     .await;
