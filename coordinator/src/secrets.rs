@@ -113,20 +113,13 @@ impl SecretKey {
         owner: &Principal,
         lines: &[String],
     ) -> Result<Vec<String>, SealError> {
-        lines
-            .iter()
-            .map(|line| {
-                let Some((name, value)) = line.split_once(':') else {
-                    return Ok(line.clone());
-                };
-                let value = value.trim();
-                if value.starts_with(SEALED_PREFIX) {
-                    return Ok(line.clone());
-                }
-                let sealed = self.seal(value.as_bytes(), &header_purpose(owner, name))?;
-                Ok(format!("{name}: {SEALED_PREFIX}{}", hex::encode(sealed)))
-            })
-            .collect()
+        map_values(lines, |name, value| {
+            if value.starts_with(SEALED_PREFIX) {
+                return Ok(None);
+            }
+            let sealed = self.seal(value.as_bytes(), &header_purpose(owner, name))?;
+            Ok(Some(format!("{SEALED_PREFIX}{}", hex::encode(sealed))))
+        })
     }
 
     /// Opens what [`seal_headers`](Self::seal_headers) sealed; other lines pass as they are.
@@ -135,22 +128,31 @@ impl SecretKey {
         owner: &Principal,
         lines: &[String],
     ) -> Result<Vec<String>, SealError> {
-        lines
-            .iter()
-            .map(|line| {
-                let Some((name, value)) = line.split_once(':') else {
-                    return Ok(line.clone());
-                };
-                let Some(hex_text) = value.trim().strip_prefix(SEALED_PREFIX) else {
-                    return Ok(line.clone());
-                };
-                let sealed = hex::decode(hex_text).map_err(|_| SealError::Open)?;
-                let plain = self.open(&sealed, &header_purpose(owner, name))?;
-                let value = String::from_utf8(plain).map_err(|_| SealError::Open)?;
-                Ok(format!("{name}: {value}"))
-            })
-            .collect()
+        map_values(lines, |name, value| {
+            let Some(hex_text) = value.strip_prefix(SEALED_PREFIX) else {
+                return Ok(None);
+            };
+            let sealed = hex::decode(hex_text).map_err(|_| SealError::Open)?;
+            let plain = self.open(&sealed, &header_purpose(owner, name))?;
+            String::from_utf8(plain).map(Some).map_err(|_| SealError::Open)
+        })
     }
+}
+
+/// Rewrites the values of `Name: value` lines with `f` (`None`: keep the line).
+fn map_values(
+    lines: &[String],
+    f: impl Fn(&str, &str) -> Result<Option<String>, SealError>,
+) -> Result<Vec<String>, SealError> {
+    lines
+        .iter()
+        .map(|line| match line.split_once(':') {
+            Some((name, value)) => {
+                Ok(f(name, value.trim())?.map_or_else(|| line.clone(), |v| format!("{name}: {v}")))
+            }
+            None => Ok(line.clone()),
+        })
+        .collect()
 }
 
 #[cfg(test)]
