@@ -5,6 +5,7 @@
 pub mod config;
 pub mod data_dir;
 mod node;
+mod peer;
 mod proposer;
 pub mod raft;
 mod scheduler;

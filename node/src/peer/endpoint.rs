@@ -1,0 +1,368 @@
+//! The QUIC peer endpoint (DESIGN §8, G13): one quinn endpoint per node, server and
+//! client at once, mutual TLS with the cluster CA both ways. A request is one
+//! bidirectional stream carrying one frame each way (versioned, size-limited by
+//! `protocol::codec`); connections are cached per peer and re-established lazily.
+//!
+//! Who calls is proven, not claimed: the client's certificate must be signed by the
+//! cluster CA (rustls refuses the handshake otherwise) and must name the node id the
+//! request says it comes from.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferry_coordinator::BoxFuture;
+use ferry_protocol::codec;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::identity::{NodeIdentity, node_name};
+
+/// The ALPN of the peer protocol.
+pub(crate) const ALPN: &[u8] = b"ferry-peer/1";
+/// Largest request or answer frame.
+pub(crate) const MAX_FRAME: usize = codec::FRAME_LIMIT;
+/// Keep-alives keep idle cluster connections open (quinn's idle timeout is 30 s).
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves requests: (verified caller id, request body) → answer body.
+pub(crate) type Handler = Arc<dyn Fn(u64, Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerError {
+    /// No connection could be made (unreachable, or the TLS handshake failed).
+    #[error("cannot connect to node {node} at {addr}: {reason}")]
+    Connect {
+        /// The node called.
+        node: u64,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke during the call.
+    #[error("the call to node {node} failed: {0}", node = .1)]
+    Stream(String, u64),
+    /// The peer refused the request.
+    #[error("node {node} refused the request: {reason}")]
+    Refused {
+        /// The node called.
+        node: u64,
+        /// Its reason.
+        reason: String,
+    },
+    /// A frame could not be encoded or decoded.
+    #[error("bad frame: {0}")]
+    Frame(#[from] codec::CodecError),
+}
+
+/// A request as it travels: who sends it (checked against the certificate) and what.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    from: u64,
+    body: Vec<u8>,
+}
+
+/// An answer as it travels.
+#[derive(Serialize, Deserialize)]
+enum Answer {
+    Ok(Vec<u8>),
+    Refused(String),
+}
+
+/// This node's QUIC endpoint.
+pub(crate) struct PeerEndpoint {
+    endpoint: quinn::Endpoint,
+    node_id: u64,
+    /// Open connections by peer node id.
+    connections: Mutex<HashMap<u64, quinn::Connection>>,
+}
+
+impl PeerEndpoint {
+    /// Binds `addr` (UDP) with `identity`.
+    pub(crate) fn bind(addr: SocketAddr, identity: &NodeIdentity) -> anyhow::Result<Arc<Self>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(identity.ca.clone()).context("the cluster CA certificate is not usable")?;
+        let roots = Arc::new(roots);
+        let chain = vec![identity.cert.clone()];
+
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .context("cannot build the peer certificate verifier")?;
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), identity.private_key())
+            .context("the node certificate or key is not usable")?;
+        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, identity.private_key())
+            .context("the node certificate or key is not usable")?;
+        client_tls.alpn_protocols = vec![ALPN.to_vec()];
+
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
+        transport.max_concurrent_bidi_streams(256u32.into());
+        let transport = Arc::new(transport);
+
+        let mut server =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
+        server.transport_config(transport.clone());
+        let mut client =
+            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
+        client.transport_config(transport);
+        let mut endpoint = quinn::Endpoint::server(server, addr)
+            .with_context(|| format!("cannot listen on {addr}/udp"))?;
+        endpoint.set_default_client_config(client);
+        Ok(Arc::new(Self {
+            endpoint,
+            node_id: identity.node_id,
+            connections: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Sends `body` to node `node` at `addr` and returns its answer.
+    pub(crate) async fn call(
+        &self,
+        node: u64,
+        addr: SocketAddr,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, PeerError> {
+        let frame = codec::encode(&Envelope { from: self.node_id, body })?;
+        let connection = self.connection(node, addr).await?;
+        let result = exchange(&connection, &frame).await;
+        if result.is_err() {
+            // Reconnect on the next call.
+            self.connections.lock().await.remove(&node);
+        }
+        let answer: Answer = codec::decode(&result.map_err(|e| PeerError::Stream(e, node))?)?;
+        match answer {
+            Answer::Ok(body) => Ok(body),
+            Answer::Refused(reason) => Err(PeerError::Refused { node, reason }),
+        }
+    }
+
+    async fn connection(
+        &self,
+        node: u64,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, PeerError> {
+        let mut connections = self.connections.lock().await;
+        if let Some(open) = connections.get(&node).filter(|c| c.close_reason().is_none()) {
+            return Ok(open.clone());
+        }
+        let connect_error = |reason: String| PeerError::Connect { node, addr, reason };
+        let connecting = self
+            .endpoint
+            .connect(addr, &node_name(node))
+            .map_err(|e| connect_error(e.to_string()))?;
+        let connection = connecting.await.map_err(|e| connect_error(e.to_string()))?;
+        connections.insert(node, connection.clone());
+        Ok(connection)
+    }
+
+    /// Accepts connections and serves each request with `handler` until the endpoint
+    /// is closed.
+    pub(crate) fn serve(self: &Arc<Self>, handler: Handler) -> tokio::task::JoinHandle<()> {
+        let endpoint = self.endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(connection) => serve_connection(connection, handler).await,
+                        Err(e) => tracing::debug!(error = %e, "a peer connection failed to open"),
+                    }
+                });
+            }
+        })
+    }
+
+    /// Closes every connection and waits until the peers know (streams are flushed).
+    pub(crate) async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// One request/answer exchange on a new stream.
+async fn exchange(connection: &quinn::Connection, frame: &[u8]) -> Result<Vec<u8>, String> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(frame).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    recv.read_to_end(MAX_FRAME + 64).await.map_err(|e| e.to_string())
+}
+
+/// Serves the streams of one authenticated connection.
+async fn serve_connection(connection: quinn::Connection, handler: Handler) {
+    let certificate = connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned());
+    let Some(certificate) = certificate else {
+        // rustls requires a client certificate; this cannot happen, but never serve one.
+        connection.close(1u32.into(), b"a certificate is required");
+        return;
+    };
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        let handler = handler.clone();
+        let certificate = certificate.clone();
+        tokio::spawn(async move {
+            let answer = match recv.read_to_end(MAX_FRAME + 64).await {
+                Ok(frame) => answer(&certificate, &frame, &handler).await,
+                Err(e) => Answer::Refused(format!("cannot read the request: {e}")),
+            };
+            if let Ok(bytes) = codec::encode(&answer) {
+                let _ = send.write_all(&bytes).await;
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            }
+        });
+    }
+}
+
+/// Checks the sender against its certificate, then runs the handler.
+async fn answer(certificate: &CertificateDer<'static>, frame: &[u8], handler: &Handler) -> Answer {
+    let envelope: Envelope = match codec::decode(frame) {
+        Ok(envelope) => envelope,
+        Err(e) => return Answer::Refused(format!("bad request frame: {e}")),
+    };
+    if let Err(why) = names_node(certificate, envelope.from) {
+        return Answer::Refused(why);
+    }
+    Answer::Ok(handler(envelope.from, envelope.body).await)
+}
+
+/// True if `certificate` (already verified against the CA by rustls) names node `id`.
+fn names_node(certificate: &CertificateDer<'_>, id: u64) -> Result<(), String> {
+    let cert = webpki::EndEntityCert::try_from(certificate)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let name = ServerName::try_from(node_name(id)).map_err(|e| e.to_string())?;
+    cert.verify_is_valid_for_subject_name(&name)
+        .map_err(|_| format!("the caller's certificate does not belong to node {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::identity::ClusterCa;
+    use super::*;
+
+    fn identity(ca: &ClusterCa, id: u64) -> NodeIdentity {
+        let key = NodeIdentity::new_key().expect("key");
+        let cert = ca.issue(id, key.public_key_raw()).expect("issue");
+        NodeIdentity::new(id, &key, cert, ca.cert().clone())
+    }
+
+    fn echo() -> Handler {
+        Arc::new(|from: u64, body: Vec<u8>| {
+            Box::pin(async move {
+                let mut out = format!("from {from}: ").into_bytes();
+                out.extend(body);
+                out
+            })
+        })
+    }
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[tokio::test]
+    async fn members_of_one_cluster_call_each_other() -> anyhow::Result<()> {
+        let ca = ClusterCa::generate()?;
+        let one = PeerEndpoint::bind(loopback(), &identity(&ca, 1))?;
+        let two = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
+        let _served = two.serve(echo());
+        for _ in 0..3 {
+            let answer = one.call(2, two.local_addr()?, b"hello".to_vec()).await?;
+            assert_eq!(answer, b"from 1: hello");
+        }
+        one.close().await;
+        two.close().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn strangers_and_impostors_are_refused() -> anyhow::Result<()> {
+        let ca = ClusterCa::generate()?;
+        let member = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
+        let _served = member.serve(echo());
+        let addr = member.local_addr()?;
+
+        // A node with a certificate from another CA cannot connect.
+        let other_ca = ClusterCa::generate()?;
+        let stranger = PeerEndpoint::bind(loopback(), &identity(&other_ca, 5))?;
+        let refused = stranger.call(2, addr, b"let me in".to_vec()).await;
+        assert!(
+            matches!(refused, Err(PeerError::Connect { .. }) | Err(PeerError::Stream(..))),
+            "{refused:?}"
+        );
+
+        // A member claiming another node's id is refused.
+        let mut impostor_identity = identity(&ca, 3);
+        impostor_identity.node_id = 4;
+        let impostor = PeerEndpoint::bind(loopback(), &impostor_identity)?;
+        let refused = impostor.call(2, addr, b"i am 4".to_vec()).await;
+        assert!(matches!(refused, Err(PeerError::Refused { .. })), "{refused:?}");
+
+        // A server whose certificate names another node is not trusted as that node.
+        let one = PeerEndpoint::bind(loopback(), &identity(&ca, 1))?;
+        let wrong = one.call(9, addr, b"are you 9?".to_vec()).await;
+        assert!(matches!(wrong, Err(PeerError::Connect { .. })), "{wrong:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_client_without_a_certificate_is_refused() -> anyhow::Result<()> {
+        let ca = ClusterCa::generate()?;
+        let member = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = served.clone();
+        let _serving = member.serve(Arc::new(move |_, _| {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Vec::new() })
+        }));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert().clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut endpoint = quinn::Endpoint::client(loopback())?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(tls)?,
+        )));
+        let outcome = async {
+            let connection = endpoint.connect(member.local_addr()?, &node_name(2))?.await?;
+            let (mut send, mut recv) = connection.open_bi().await?;
+            send.write_all(b"anything").await?;
+            send.finish()?;
+            anyhow::Ok(recv.read_to_end(1024).await?)
+        }
+        .await;
+        // TLS 1.3 lets the client finish first; the server then aborts the connection.
+        assert!(outcome.is_err(), "served a client without a certificate: {outcome:?}");
+        assert!(!served.load(std::sync::atomic::Ordering::SeqCst), "the handler ran");
+        Ok(())
+    }
+}
