@@ -45,6 +45,11 @@ impl DataDir {
         Ok(Self { root: root.to_path_buf() })
     }
 
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// A path inside the directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)

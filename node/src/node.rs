@@ -14,8 +14,10 @@ use ferry_protocol::{Caller, Command, Principal, Proposal, Role};
 
 use crate::config::Settings;
 use crate::data_dir::{DataDir, files};
+use crate::peer::endpoint::PeerEndpoint;
+use crate::peer::identity::{ClusterCa, NodeIdentity};
 use crate::proposer::Proposer;
-use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
+use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore, raft_handler};
 use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
 use crate::service::NodeCluster;
 use crate::transfer::{EgressPolicy, EngineSettings, HttpTimeouts, Tick, Transfers};
@@ -52,18 +54,23 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .with_context(|| format!("cannot listen on {}", config.api.listen))?;
     let api_addr = listener.local_addr()?;
 
+    let identity = peer_identity(&dir, node_id)?;
+    let endpoint = PeerEndpoint::bind(config.peer.listen, &identity)?;
+    let peer_addr = endpoint.local_addr()?;
     let raft_config = raft::raft_config(&settings.raft)?;
-    let raft = raft::Raft::new(node_id, raft_config, Network, log, state.clone()).await?;
+    let raft =
+        raft::Raft::new(node_id, raft_config, Network::new(endpoint.clone()), log, state.clone())
+            .await?;
+    let peer_server = endpoint.serve(raft_handler(raft.clone()));
     if !raft.is_initialized().await? {
-        let me =
-            NodeAddr { api_addr: api_addr.to_string(), peer_addr: config.peer.listen.to_string() };
+        let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
         raft.initialize(BTreeMap::from([(node_id, me)])).await?;
         tracing::info!(node_id, "bootstrapped a new one-node cluster");
     }
 
     let proposer = Proposer::new(raft.clone(), config.proposals.max_batch).start();
     let cluster = NodeCluster { node_id, raft: raft.clone(), state, proposer };
-    let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: config.peer.listen.to_string() };
+    let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
     tokio::spawn(reconcile(cluster.clone(), config.policy, me));
 
     let secrets = Arc::new(dir.secret_key()?);
@@ -157,7 +164,31 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not stop cleanly");
     }
+    if tokio::time::timeout(Duration::from_secs(5), endpoint.close()).await.is_err() {
+        tracing::warn!("peer connections did not close within 5 s");
+    }
+    peer_server.abort();
     outcome
+}
+
+/// This node's certificate: read from the data directory, or — on the first start of
+/// a new cluster — issued by a new cluster CA created here.
+fn peer_identity(dir: &DataDir, node_id: u64) -> anyhow::Result<NodeIdentity> {
+    if let Some(identity) = NodeIdentity::load(dir.root(), node_id)? {
+        return Ok(identity);
+    }
+    let ca = ClusterCa::generate()?;
+    ca.save(dir.root())?;
+    let key = NodeIdentity::new_key()?;
+    let identity = NodeIdentity::new(
+        node_id,
+        &key,
+        ca.issue(node_id, key.public_key_raw())?,
+        ca.cert().clone(),
+    );
+    identity.save(dir.root())?;
+    tracing::info!(node_id, ca = %ca.fingerprint(), "created the cluster CA and this node's certificate");
+    Ok(identity)
 }
 
 /// Tells the transfer engine and the scheduler when the applied state moved on (at most

@@ -211,9 +211,14 @@ impl Node {
             keep_entries_after_snapshot: u64,
         }
         #[derive(serde::Serialize)]
+        struct Peer {
+            listen: SocketAddr,
+        }
+        #[derive(serde::Serialize)]
         struct Config<'a> {
             data_dir: PathBuf,
             api: Api<'a>,
+            peer: Peer,
             raft: Raft,
             policy: QueuePolicy,
         }
@@ -221,6 +226,7 @@ impl Node {
         let config = Config {
             data_dir: self.data_dir(),
             api: Api { listen: SocketAddr::new(IpAddr::V4(o.ip), 0), tokens: &o.tokens },
+            peer: Peer { listen: SocketAddr::new(IpAddr::V4(o.ip), 0) },
             raft: Raft {
                 snapshot_after_entries: o.snapshot_after_entries,
                 keep_entries_after_snapshot: (o.snapshot_after_entries / 2).max(1),
