@@ -61,7 +61,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let raft =
         raft::Raft::new(node_id, raft_config, Network::new(endpoint.clone()), log, state.clone())
             .await?;
-    let peer_server = endpoint.serve(raft_handler(raft.clone()));
+    let peer_server = endpoint.serve(raft_handler(raft.clone()), None);
     if !raft.is_initialized().await? {
         let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
         raft.initialize(BTreeMap::from([(node_id, me)])).await?;

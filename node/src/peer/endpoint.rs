@@ -22,8 +22,10 @@ use tokio::sync::Mutex;
 
 use super::identity::{NodeIdentity, node_name};
 
-/// The ALPN of the peer protocol.
+/// The ALPN of the peer protocol (client certificate required).
 pub(crate) const ALPN: &[u8] = b"ferry-peer/1";
+/// The ALPN of joining (no client certificate yet; only a join request is served).
+pub(crate) const JOIN_ALPN: &[u8] = b"ferry-join/1";
 /// Largest request or answer frame.
 pub(crate) const MAX_FRAME: usize = codec::FRAME_LIMIT;
 /// Keep-alives keep idle cluster connections open (quinn's idle timeout is 30 s).
@@ -87,24 +89,42 @@ pub(crate) struct PeerEndpoint {
 impl PeerEndpoint {
     /// Binds `addr` (UDP) with `identity`.
     pub(crate) fn bind(addr: SocketAddr, identity: &NodeIdentity) -> anyhow::Result<Arc<Self>> {
+        let socket = std::net::UdpSocket::bind(addr)
+            .with_context(|| format!("cannot listen on {addr}/udp"))?;
+        Self::from_socket(socket, identity)
+    }
+
+    /// Serves on an already bound socket (a joining node binds first, to tell the
+    /// cluster its address, and gets its identity after).
+    pub(crate) fn from_socket(
+        socket: std::net::UdpSocket,
+        identity: &NodeIdentity,
+    ) -> anyhow::Result<Arc<Self>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.ca.clone()).context("the cluster CA certificate is not usable")?;
         let roots = Arc::new(roots);
         let chain = vec![identity.cert.clone()];
 
+        // Clients without a certificate may connect for one thing only: joining
+        // (`serve_connection` enforces it). The server also sends the CA certificate, so
+        // that a joining node can check it against its token's fingerprint.
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             roots.clone(),
             provider.clone(),
         )
+        .allow_unauthenticated()
         .build()
         .context("cannot build the peer certificate verifier")?;
         let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), identity.private_key())
+            .with_single_cert(
+                vec![identity.cert.clone(), identity.ca.clone()],
+                identity.private_key(),
+            )
             .context("the node certificate or key is not usable")?;
-        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        server_tls.alpn_protocols = vec![ALPN.to_vec(), JOIN_ALPN.to_vec()];
         let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
@@ -124,8 +144,10 @@ impl PeerEndpoint {
         let mut client =
             quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
         client.transport_config(transport);
-        let mut endpoint = quinn::Endpoint::server(server, addr)
-            .with_context(|| format!("cannot listen on {addr}/udp"))?;
+        let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+        let mut endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+                .context("cannot start the QUIC endpoint")?;
         endpoint.set_default_client_config(client);
         Ok(Arc::new(Self {
             endpoint,
@@ -181,14 +203,19 @@ impl PeerEndpoint {
 
     /// Accepts connections and serves each request with `handler` until the endpoint
     /// is closed.
-    pub(crate) fn serve(self: &Arc<Self>, handler: Handler) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn serve(
+        self: &Arc<Self>,
+        handler: Handler,
+        join: Option<Handler>,
+    ) -> tokio::task::JoinHandle<()> {
         let endpoint = self.endpoint.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let handler = handler.clone();
+                let join = join.clone();
                 tokio::spawn(async move {
                     match incoming.await {
-                        Ok(connection) => serve_connection(connection, handler).await,
+                        Ok(connection) => serve_connection(connection, handler, join).await,
                         Err(e) => tracing::debug!(error = %e, "a peer connection failed to open"),
                     }
                 });
@@ -212,14 +239,24 @@ async fn exchange(connection: &quinn::Connection, frame: &[u8]) -> Result<Vec<u8
 }
 
 /// Serves the streams of one authenticated connection.
-async fn serve_connection(connection: quinn::Connection, handler: Handler) {
+async fn serve_connection(connection: quinn::Connection, handler: Handler, join: Option<Handler>) {
+    let alpn = connection
+        .handshake_data()
+        .and_then(|any| any.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    if alpn.as_deref() == Some(JOIN_ALPN) {
+        match join {
+            Some(join) => serve_joins(connection, join).await,
+            None => connection.close(2u32.into(), b"this node does not admit new nodes"),
+        }
+        return;
+    }
     let certificate = connection
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
         .and_then(|chain| chain.first().cloned());
     let Some(certificate) = certificate else {
-        // rustls requires a client certificate; this cannot happen, but never serve one.
-        connection.close(1u32.into(), b"a certificate is required");
+        connection.close(1u32.into(), b"a cluster certificate is required");
         return;
     };
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
@@ -235,6 +272,20 @@ async fn serve_connection(connection: quinn::Connection, handler: Handler) {
                 let _ = send.finish();
                 let _ = send.stopped().await;
             }
+        });
+    }
+}
+
+/// Serves join requests (unauthenticated callers: the handler checks the token).
+async fn serve_joins(connection: quinn::Connection, join: Handler) {
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        let join = join.clone();
+        tokio::spawn(async move {
+            let Ok(frame) = recv.read_to_end(super::join::MAX_JOIN_FRAME).await else { return };
+            let answer = join(0, frame).await;
+            let _ = send.write_all(&answer).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
         });
     }
 }
@@ -290,7 +341,7 @@ mod tests {
         let ca = ClusterCa::generate()?;
         let one = PeerEndpoint::bind(loopback(), &identity(&ca, 1))?;
         let two = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
-        let _served = two.serve(echo());
+        let _served = two.serve(echo(), None);
         for _ in 0..3 {
             let answer = one.call(2, two.local_addr()?, b"hello".to_vec()).await?;
             assert_eq!(answer, b"from 1: hello");
@@ -304,7 +355,7 @@ mod tests {
     async fn strangers_and_impostors_are_refused() -> anyhow::Result<()> {
         let ca = ClusterCa::generate()?;
         let member = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
-        let _served = member.serve(echo());
+        let _served = member.serve(echo(), None);
         let addr = member.local_addr()?;
 
         // A node with a certificate from another CA cannot connect.
@@ -336,10 +387,13 @@ mod tests {
         let member = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
         let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = served.clone();
-        let _serving = member.serve(Arc::new(move |_, _| {
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            Box::pin(async { Vec::new() })
-        }));
+        let _serving = member.serve(
+            Arc::new(move |_, _| {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async { Vec::new() })
+            }),
+            None,
+        );
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert().clone())?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -8,3 +8,4 @@
 
 pub(crate) mod endpoint;
 pub(crate) mod identity;
+pub(crate) mod join;

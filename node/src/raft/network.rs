@@ -202,7 +202,7 @@ mod tests {
             state.clone(),
         )
         .await?;
-        endpoint.serve(raft_handler(raft.clone()));
+        endpoint.serve(raft_handler(raft.clone()), None);
         let addr =
             NodeAddr { api_addr: String::new(), peer_addr: endpoint.local_addr()?.to_string() };
         Ok(Member { raft, state, endpoint, addr, _dir: dir })

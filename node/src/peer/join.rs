@@ -1,0 +1,252 @@
+//! Joining a cluster (DESIGN §8): the join token carries the cluster CA's fingerprint,
+//! the id of the node that holds the CA key, and a secret. The joining node connects to
+//! that node over QUIC with the join ALPN, checks the server's certificate against the
+//! pinned CA (so it trusts the cluster before sending anything), proves the secret, and
+//! sends its public key; it receives its node id and certificate. Its private key never
+//! leaves it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use ferry_protocol::codec;
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
+
+use super::endpoint::JOIN_ALPN;
+use super::identity::{fingerprint, node_name};
+
+/// Largest join request or answer.
+pub(crate) const MAX_JOIN_FRAME: usize = 64 * 1024;
+
+/// `ferry-join-1.<ca fingerprint>.<issuing node>.<secret>`.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct JoinToken {
+    /// Hex SHA-256 of the cluster CA certificate.
+    pub(crate) ca_fingerprint: String,
+    /// The node that holds the CA key and answers joins.
+    pub(crate) issuer: u64,
+    /// Proves the joiner was invited.
+    pub(crate) secret: String,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinToken").field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ferry-join-1.{}.{}.{}", self.ca_fingerprint, self.issuer, self.secret)
+    }
+}
+
+impl std::str::FromStr for JoinToken {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        let parts: Vec<&str> = text.trim().split('.').collect();
+        let [prefix, ca, issuer, secret] = parts.as_slice() else {
+            bail!("a join token has four parts: ferry-join-1.<fingerprint>.<node>.<secret>");
+        };
+        if *prefix != "ferry-join-1" || ca.len() != 64 || !ca.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            bail!("this is not a Ferry join token");
+        }
+        if secret.len() < 32 {
+            bail!("the join token's secret is too short");
+        }
+        Ok(Self {
+            ca_fingerprint: ca.to_ascii_lowercase(),
+            issuer: issuer.parse().context("the join token names no node")?,
+            secret: (*secret).to_owned(),
+        })
+    }
+}
+
+impl JoinToken {
+    /// A new token for the CA with `ca_fingerprint`, answered by node `issuer`.
+    pub(crate) fn generate(ca_fingerprint: String, issuer: u64) -> anyhow::Result<Self> {
+        let mut secret = [0u8; 24];
+        getrandom::fill(&mut secret)
+            .map_err(|e| anyhow::anyhow!("no randomness for the join token: {e}"))?;
+        Ok(Self { ca_fingerprint, issuer, secret: hex::encode(secret) })
+    }
+
+    /// Checks a presented secret (blake3's `Hash` compares in constant time).
+    pub(crate) fn admits(&self, secret: &str) -> bool {
+        blake3::hash(self.secret.as_bytes()) == blake3::hash(secret.as_bytes())
+    }
+}
+
+/// What a joining node sends.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct JoinRequest {
+    /// The token's secret.
+    pub(crate) secret: String,
+    /// Its raw P-256 public key, to be certified.
+    pub(crate) public_key: Vec<u8>,
+    /// Where peers reach it (QUIC).
+    pub(crate) peer_addr: String,
+    /// Its HTTP API address.
+    pub(crate) api_addr: String,
+}
+
+/// What it gets back.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct JoinAnswer {
+    /// Its node id (never used before in this cluster).
+    pub(crate) node_id: u64,
+    /// Its certificate (DER).
+    pub(crate) cert: Vec<u8>,
+    /// The cluster CA certificate (DER).
+    pub(crate) ca: Vec<u8>,
+}
+
+/// Asks the token's issuer, at `seed`, to admit this node.
+pub(crate) async fn request_join(
+    seed: SocketAddr,
+    token: &JoinToken,
+    request: &JoinRequest,
+) -> anyhow::Result<JoinAnswer> {
+    let verifier = Arc::new(PinnedCa::new(token.ca_fingerprint.clone()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![JOIN_ALPN.to_vec()];
+    let local = SocketAddr::new(
+        if seed.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        },
+        0,
+    );
+    let mut endpoint = quinn::Endpoint::client(local)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls)?,
+    )));
+    let outcome = async {
+        let connection = endpoint
+            .connect(seed, &node_name(token.issuer))?
+            .await
+            .with_context(|| format!("cannot reach the cluster at {seed}"))?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_all(&codec::encode(request)?).await?;
+        send.finish()?;
+        let bytes = recv
+            .read_to_end(MAX_JOIN_FRAME)
+            .await
+            .context("the cluster did not answer the join")?;
+        connection.close(0u32.into(), b"joined");
+        let answer: Result<JoinAnswer, String> = codec::decode(&bytes)?;
+        answer.map_err(|refusal| anyhow::anyhow!("the cluster refused the join: {refusal}"))
+    }
+    .await;
+    endpoint.wait_idle().await;
+    outcome
+}
+
+/// Trusts a server whose chain includes the pinned CA and whose certificate that CA
+/// signed for the expected node name.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PinnedCa {
+    fn new(fingerprint: String) -> Self {
+        Self { fingerprint, provider: Arc::new(rustls::crypto::ring::default_provider()) }
+    }
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|cert| fingerprint(cert) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server is not part of the cluster the join token names".into(),
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned()).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let token = JoinToken::generate("ab".repeat(32), 1).expect("token");
+        let parsed: JoinToken = token.to_string().parse().expect("parses");
+        assert_eq!(parsed, token);
+        assert!(parsed.admits(&token.secret) && !parsed.admits("nope"));
+        assert!(!format!("{parsed:?}").contains(&token.secret));
+        for bad in [
+            "",
+            "ferry-join-1.xx.1.secret",
+            "other.abab.1.0123456789abcdef0123456789abcdef",
+            &format!("ferry-join-1.{}.x.{}", "ab".repeat(32), "0".repeat(32)),
+        ] {
+            assert!(bad.parse::<JoinToken>().is_err(), "{bad}");
+        }
+    }
+}
