@@ -31,8 +31,8 @@ pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
             show(cli.json, &client.describe_error(code).await?, output::description)
         }
         Noun::Cluster(ClusterCommand::Join { addr }) => bail!(
-            "joining a cluster needs the QUIC peer transport, which this release does not have yet; \
-             {addr} cannot be joined (a later release starts the new node with `ferryd --join {addr} --join-token TOKEN`)"
+            "a node joins when it starts: run `ferryd --join {addr} --join-token TOKEN` on the new \
+             machine (TOKEN is in the first node's <data-dir>/join.token); this command cannot join a running node"
         ),
         Noun::Cluster(ClusterCommand::Leave { node_id }) => {
             client.remove_member(*node_id).await?;

@@ -33,6 +33,8 @@ pub struct Config {
     pub policy: QueuePolicy,
     /// The transfer engine and the scheduler.
     pub transfer: TransferConfig,
+    /// Joining a cluster.
+    pub cluster: ClusterConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -47,6 +49,7 @@ impl Default for Config {
             proposals: ProposalConfig::default(),
             policy: QueuePolicy::default(),
             transfer: TransferConfig::default(),
+            cluster: ClusterConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -195,6 +198,27 @@ impl Default for TransferConfig {
             refuse_private_addresses: false,
             destination_roots: Vec::new(),
         }
+    }
+}
+
+/// `[cluster]`: joining. A node with no identity in its data directory founds a new
+/// cluster unless `join` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Peer (QUIC) addresses of members to join through, `host:port`; a name may
+    /// resolve to several. Used only on the first start. Default none.
+    pub join: Vec<String>,
+    /// The join token printed by the first node (its `join.token`). Default none.
+    pub join_token: Option<String>,
+    /// Voters the cluster grows to as nodes join; later nodes stay learners (they still
+    /// run transfers). Default 3.
+    pub voters: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { join: Vec::new(), join_token: None, voters: 3 }
     }
 }
 

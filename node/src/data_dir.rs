@@ -21,6 +21,8 @@ pub mod files {
     pub const ADMIN_TOKEN: &str = "admin.token";
     /// The address the API is bound to, while the node runs.
     pub const API_ADDR: &str = "api.addr";
+    /// The peer (QUIC) address, while the node runs.
+    pub const PEER_ADDR: &str = "peer.addr";
     /// The key that seals job passwords (32 bytes, 0600).
     pub const SECRET_KEY: &str = "secret.key";
 }
@@ -111,16 +113,26 @@ impl DataDir {
 
     /// Records the bound API address (replaced atomically).
     pub fn write_api_addr(&self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
-        let path = self.path(files::API_ADDR);
-        let tmp = self.path(".api.addr.tmp");
+        self.write_addr(files::API_ADDR, addr)
+    }
+
+    /// Records the bound peer address (replaced atomically).
+    pub fn write_peer_addr(&self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        self.write_addr(files::PEER_ADDR, addr)
+    }
+
+    fn write_addr(&self, name: &str, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
         let _ = fs::remove_file(&tmp);
         write_new(&tmp, format!("{addr}\n").as_bytes(), 0o644)?;
         fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 
-    /// Removes the recorded API address (the node is stopping).
+    /// Removes the recorded addresses (the node is stopping).
     pub fn clear_api_addr(&self) {
         let _ = fs::remove_file(self.path(files::API_ADDR));
+        let _ = fs::remove_file(self.path(files::PEER_ADDR));
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod data_dir;
+mod membership;
 mod node;
 mod peer;
 mod proposer;

@@ -22,6 +22,13 @@ struct Args {
     /// QUIC address for peers and the event bus.
     #[arg(long, value_name = "ADDR:PORT")]
     peer_listen: Option<SocketAddr>,
+    /// Join a cluster through these peer addresses (first start only; a name may
+    /// resolve to several).
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    join: Vec<String>,
+    /// The cluster's join token (the first node's <data-dir>/join.token).
+    #[arg(long, value_name = "TOKEN", env = "FERRY_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
     /// TOML configuration file (see deploy/ferryd.toml for every field).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -55,10 +62,19 @@ fn start(args: Args) -> anyhow::Result<()> {
     if let Some(listen) = args.peer_listen {
         config.peer.listen = listen;
     }
+    if !args.join.is_empty() {
+        config.cluster.join = args.join;
+    }
+    if let Some(token) = args.join_token {
+        config.cluster.join_token = Some(token);
+    }
     if args.print_config {
         let mut shown = config.clone();
         for entry in &mut shown.api.tokens {
             entry.token = "<redacted>".into();
+        }
+        if shown.cluster.join_token.is_some() {
+            shown.cluster.join_token = Some("<redacted>".into());
         }
         print!("{}", toml::to_string_pretty(&shown)?);
         return Ok(());

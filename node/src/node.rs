@@ -14,16 +14,13 @@ use ferry_protocol::{Caller, Command, Principal, Proposal, Role};
 
 use crate::config::Settings;
 use crate::data_dir::{DataDir, files};
+use crate::membership;
 use crate::peer::endpoint::PeerEndpoint;
-use crate::peer::identity::{ClusterCa, NodeIdentity};
 use crate::proposer::Proposer;
 use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore, raft_handler};
 use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
 use crate::service::NodeCluster;
 use crate::transfer::{EgressPolicy, EngineSettings, HttpTimeouts, Tick, Transfers};
-
-/// The id the first node of a cluster takes.
-const FIRST_NODE_ID: u64 = 1;
 
 /// Runs a node until `shutdown` resolves. Must run inside an actix `System` (the
 /// proposer is an actor).
@@ -41,7 +38,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .with_context(|| format!("cannot open {}", dir.path(files::STATE).display()))?;
     let jobs_on_disk = state.read().queue.jobs().count();
     // The databases are locked now: nothing else writes into this directory.
-    let node_id = dir.node_id(FIRST_NODE_ID)?;
+    membership::check(config)?;
     let auth = if settings.auth.is_empty() {
         let token = dir.admin_token()?;
         Auth::new(&[TokenEntry { token, principal: "admin".into(), role: Role::Admin }])?
@@ -54,15 +51,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .with_context(|| format!("cannot listen on {}", config.api.listen))?;
     let api_addr = listener.local_addr()?;
 
-    let identity = peer_identity(&dir, node_id)?;
-    let endpoint = PeerEndpoint::bind(config.peer.listen, &identity)?;
+    let start = membership::establish(&dir, config, api_addr).await?;
+    let node_id = start.node_id;
+    let endpoint = PeerEndpoint::from_socket(start.socket, &start.identity)?;
     let peer_addr = endpoint.local_addr()?;
     let raft_config = raft::raft_config(&settings.raft)?;
     let raft =
         raft::Raft::new(node_id, raft_config, Network::new(endpoint.clone()), log, state.clone())
             .await?;
-    let peer_server = endpoint.serve(raft_handler(raft.clone()), None);
-    if !raft.is_initialized().await? {
+    let admission = start.admission.map(|(ca, token)| {
+        membership::admission_handler(
+            raft.clone(),
+            ca,
+            token,
+            config.cluster.voters,
+            dir.root().to_path_buf(),
+        )
+    });
+    let peer_server = endpoint.serve(raft_handler(raft.clone()), admission);
+    if start.founder && !raft.is_initialized().await? {
         let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
         raft.initialize(BTreeMap::from([(node_id, me)])).await?;
         tracing::info!(node_id, "bootstrapped a new one-node cluster");
@@ -133,6 +140,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         ApiState { cluster: Arc::new(cluster), auth: Arc::new(auth), secrets },
         limits,
     );
+    dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;
     tracing::info!(node_id, %api_addr, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");
 
@@ -169,26 +177,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
     peer_server.abort();
     outcome
-}
-
-/// This node's certificate: read from the data directory, or — on the first start of
-/// a new cluster — issued by a new cluster CA created here.
-fn peer_identity(dir: &DataDir, node_id: u64) -> anyhow::Result<NodeIdentity> {
-    if let Some(identity) = NodeIdentity::load(dir.root(), node_id)? {
-        return Ok(identity);
-    }
-    let ca = ClusterCa::generate()?;
-    ca.save(dir.root())?;
-    let key = NodeIdentity::new_key()?;
-    let identity = NodeIdentity::new(
-        node_id,
-        &key,
-        ca.issue(node_id, key.public_key_raw())?,
-        ca.cert().clone(),
-    );
-    identity.save(dir.root())?;
-    tracing::info!(node_id, ca = %ca.fingerprint(), "created the cluster CA and this node's certificate");
-    Ok(identity)
 }
 
 /// Tells the transfer engine and the scheduler when the applied state moved on (at most

@@ -153,7 +153,7 @@ async fn cli_tour() -> anyhow::Result<()> {
     assert!(err.contains("E_ACCESSDENIED"), "{err}");
     let (code, _, err) = run(&["cluster", "join", "127.0.0.1:7071"]).await?;
     assert_eq!(code, 1);
-    assert!(err.contains("peer transport"), "{err}");
+    assert!(err.contains("ferryd --join 127.0.0.1:7071 --join-token"), "{err}");
 
     let (_, out, _) = run(&["--json", "job", "list"]).await?;
     let list: ferry_protocol::api::JobList = serde_json::from_str(&out)?;

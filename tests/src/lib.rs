@@ -284,6 +284,30 @@ impl Node {
         self.api.context("the node is not running")
     }
 
+    /// The peer (QUIC) address, while the node runs.
+    pub fn peer_addr(&self) -> anyhow::Result<SocketAddr> {
+        let text = std::fs::read_to_string(self.data_dir().join("peer.addr"))
+            .context("the node has not written peer.addr")?;
+        Ok(text.trim().parse()?)
+    }
+
+    /// The cluster's join token, on the node that founded it.
+    pub fn join_token(&self) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(self.data_dir().join("join.token"))
+            .context("this node holds no join token")?;
+        Ok(text.trim().to_owned())
+    }
+
+    /// Options for a node on `ip` that joins the cluster of `self` with `token`.
+    pub fn joiner(&self, ip: Ipv4Addr, token: &str) -> anyhow::Result<NodeOptions> {
+        let seed = self.peer_addr()?;
+        Ok(NodeOptions {
+            ip,
+            extra_config: format!("[cluster]\njoin = [\"{seed}\"]\njoin_token = \"{token}\"\n"),
+            ..self.options.clone()
+        })
+    }
+
     /// The API base URL.
     pub fn url(&self) -> anyhow::Result<String> {
         Ok(format!("http://{}", self.addr()?))

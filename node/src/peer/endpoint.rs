@@ -88,6 +88,7 @@ pub(crate) struct PeerEndpoint {
 
 impl PeerEndpoint {
     /// Binds `addr` (UDP) with `identity`.
+    #[cfg(test)]
     pub(crate) fn bind(addr: SocketAddr, identity: &NodeIdentity) -> anyhow::Result<Arc<Self>> {
         let socket = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("cannot listen on {addr}/udp"))?;

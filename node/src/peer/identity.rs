@@ -208,7 +208,8 @@ fn read_cert(path: &Path) -> anyhow::Result<CertificateDer<'static>> {
         .with_context(|| format!("{} holds no PEM certificate", path.display()))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes `path` atomically, readable by this user only (0600).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_with_mode(path, bytes, 0o600)
 }
 

@@ -1,0 +1,250 @@
+//! How a node takes its place in a cluster at start (DESIGN §8, issue 4): restart with
+//! the identity in its data directory; join with `--join` and a token; or found a new
+//! cluster (create the CA, the join token and its own certificate). Also the admission
+//! of joining nodes on the node that holds the CA key: check the token, give the next
+//! node id, certify the node's key, add it as a learner and promote it to voter while
+//! the cluster has fewer voters than configured.
+
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use ferry_protocol::codec;
+
+use crate::config::Config;
+use crate::data_dir::DataDir;
+use crate::peer::endpoint::Handler;
+use crate::peer::identity::{ClusterCa, NodeIdentity, write_private};
+use crate::peer::join::{JoinAnswer, JoinRequest, JoinToken, request_join};
+use crate::raft::{NodeAddr, Raft};
+
+/// The id the first node of a cluster takes.
+const FIRST_NODE_ID: u64 = 1;
+/// The join token of the cluster (0600), on the node holding the CA key.
+const JOIN_TOKEN_FILE: &str = "join.token";
+/// The last node id this CA issued (ids are never reused).
+const LAST_NODE_ID_FILE: &str = "last-node.id";
+
+/// What a node starts with.
+pub(crate) struct Start {
+    /// This node's id.
+    pub(crate) node_id: u64,
+    /// Its certificate and key.
+    pub(crate) identity: NodeIdentity,
+    /// The bound peer (QUIC) socket.
+    pub(crate) socket: UdpSocket,
+    /// True when this start founded the cluster (it must bootstrap Raft).
+    pub(crate) founder: bool,
+    /// The CA and join token, on the node that admits new nodes.
+    pub(crate) admission: Option<(ClusterCa, JoinToken)>,
+}
+
+/// Finds or makes this node's identity (see the module doc).
+pub(crate) async fn establish(
+    dir: &DataDir,
+    config: &Config,
+    api_addr: SocketAddr,
+) -> anyhow::Result<Start> {
+    let socket = UdpSocket::bind(config.peer.listen)
+        .with_context(|| format!("cannot listen on {}/udp", config.peer.listen))?;
+    let peer_addr = socket.local_addr()?;
+    let root = dir.root();
+    let known_id = read_id(&root.join(crate::data_dir::files::NODE_ID))?;
+    if let Some(id) = known_id
+        && let Some(identity) = NodeIdentity::load(root, id)?
+    {
+        return Ok(Start {
+            node_id: id,
+            identity,
+            socket,
+            founder: false,
+            admission: admission(root)?,
+        });
+    }
+    if !config.cluster.join.is_empty() {
+        let token: JoinToken = config
+            .cluster
+            .join_token
+            .as_deref()
+            .context("--join needs --join-token (printed by the first node, in its data directory's join.token)")?
+            .parse()?;
+        let key = NodeIdentity::new_key()?;
+        let request = JoinRequest {
+            secret: token.secret.clone(),
+            public_key: key.public_key_raw().to_vec(),
+            peer_addr: peer_addr.to_string(),
+            api_addr: api_addr.to_string(),
+        };
+        let answer = join_any(&config.cluster.join, &token, &request).await?;
+        let identity =
+            NodeIdentity::new(answer.node_id, &key, answer.cert.into(), answer.ca.into());
+        identity.save(root)?;
+        dir.node_id(answer.node_id)?;
+        tracing::info!(node_id = answer.node_id, "joined the cluster");
+        return Ok(Start {
+            node_id: answer.node_id,
+            identity,
+            socket,
+            founder: false,
+            admission: None,
+        });
+    }
+    let node_id = known_id.unwrap_or(FIRST_NODE_ID);
+    let ca = ClusterCa::generate()?;
+    ca.save(root)?;
+    let key = NodeIdentity::new_key()?;
+    let identity = NodeIdentity::new(
+        node_id,
+        &key,
+        ca.issue(node_id, key.public_key_raw())?,
+        ca.cert().clone(),
+    );
+    identity.save(root)?;
+    dir.node_id(node_id)?;
+    let token = JoinToken::generate(ca.fingerprint(), node_id)?;
+    write_private(&root.join(JOIN_TOKEN_FILE), format!("{token}\n").as_bytes())?;
+    tracing::info!(node_id, ca = %ca.fingerprint(), "founded a new cluster; other nodes join with --join {peer_addr} --join-token {token}");
+    Ok(Start { node_id, identity, socket, founder: true, admission: Some((ca, token)) })
+}
+
+/// Tries each seed (addresses or names resolving to several) until one admits us.
+async fn join_any(
+    seeds: &[String],
+    token: &JoinToken,
+    request: &JoinRequest,
+) -> anyhow::Result<JoinAnswer> {
+    let mut last = None;
+    for seed in seeds {
+        let addrs: Vec<SocketAddr> = match seed.to_socket_addrs() {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => {
+                last = Some(anyhow::anyhow!("cannot resolve {seed}: {e}"));
+                continue;
+            }
+        };
+        for addr in addrs {
+            match request_join(addr, token, request).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => last = Some(e.context(format!("joining through {addr}"))),
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no --join address given")))
+}
+
+/// The CA and token, if this node holds the CA key.
+fn admission(root: &Path) -> anyhow::Result<Option<(ClusterCa, JoinToken)>> {
+    if !root.join(crate::peer::identity::files::CA_KEY).exists() {
+        return Ok(None);
+    }
+    let ca = ClusterCa::load(root)?;
+    let token = std::fs::read_to_string(root.join(JOIN_TOKEN_FILE))
+        .context("the join token is missing beside the CA key")?
+        .parse()?;
+    Ok(Some((ca, token)))
+}
+
+/// Serves join requests on the node that holds the CA key.
+pub(crate) fn admission_handler(
+    raft: Raft,
+    ca: ClusterCa,
+    token: JoinToken,
+    voters: usize,
+    root: PathBuf,
+) -> Handler {
+    let admit =
+        Arc::new(Admit { raft, ca, token, voters, root, lock: tokio::sync::Mutex::new(()) });
+    Arc::new(move |_, body: Vec<u8>| {
+        let admit = admit.clone();
+        Box::pin(async move {
+            let answer = match codec::decode::<JoinRequest>(&body) {
+                Ok(request) => admit.admit(request).await,
+                Err(e) => Err(format!("unreadable join request: {e}")),
+            };
+            if let Err(refusal) = &answer {
+                tracing::warn!(%refusal, "a join was refused");
+            }
+            codec::encode(&answer).unwrap_or_default()
+        })
+    })
+}
+
+struct Admit {
+    raft: Raft,
+    ca: ClusterCa,
+    token: JoinToken,
+    voters: usize,
+    root: PathBuf,
+    /// Serializes admissions: one node id, one membership change at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Admit {
+    async fn admit(&self, request: JoinRequest) -> Result<JoinAnswer, String> {
+        if !self.token.admits(&request.secret) {
+            return Err("the join token is not valid for this cluster".into());
+        }
+        if request.public_key.len() != 65 || request.public_key[0] != 4 {
+            return Err("the public key is not an uncompressed P-256 point".into());
+        }
+        let peer_addr: SocketAddr = request
+            .peer_addr
+            .parse()
+            .map_err(|_| "the peer address is not an address".to_owned())?;
+        let _serial = self.lock.lock().await;
+        let members: Vec<u64> = {
+            let metrics = self.raft.metrics().borrow().clone();
+            metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+        };
+        let last_file = self.root.join(LAST_NODE_ID_FILE);
+        let last = read_id(&last_file).map_err(|e| e.to_string())?.unwrap_or(0);
+        let node_id = members.iter().copied().max().unwrap_or(0).max(last) + 1;
+        write_private(&last_file, format!("{node_id}\n").as_bytes()).map_err(|e| e.to_string())?;
+        let cert = self.ca.issue(node_id, &request.public_key).map_err(|e| e.to_string())?;
+        let addr = NodeAddr { api_addr: request.api_addr, peer_addr: peer_addr.to_string() };
+        self.raft
+            .add_learner(node_id, addr.clone(), false)
+            .await
+            .map_err(|e| format!("cannot add node {node_id}: {e} (join through the leader)"))?;
+        tracing::info!(node_id, %peer_addr, "admitted a node as a learner");
+        let raft = self.raft.clone();
+        let voters = self.voters;
+        tokio::spawn(async move {
+            // Promote once it has caught up, while the cluster wants more voters.
+            if let Err(e) = raft.add_learner(node_id, addr, true).await {
+                tracing::warn!(node_id, error = %e, "the new node did not catch up");
+                return;
+            }
+            let current: std::collections::BTreeSet<u64> =
+                raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            if current.len() < voters {
+                let mut next = current;
+                next.insert(node_id);
+                match raft.change_membership(next, true).await {
+                    Ok(_) => tracing::info!(node_id, "promoted to voter"),
+                    Err(e) => tracing::warn!(node_id, error = %e, "cannot promote to voter"),
+                }
+            }
+        });
+        Ok(JoinAnswer { node_id, cert: cert.to_vec(), ca: self.ca.cert().to_vec() })
+    }
+}
+
+fn read_id(path: &Path) -> anyhow::Result<Option<u64>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(
+            text.trim().parse().with_context(|| format!("{} holds no node id", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Refuses a configuration that cannot join.
+pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
+    if config.cluster.voters == 0 {
+        bail!("cluster.voters must be at least 1");
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Forming a cluster over QUIC with `--join` (issue 4): three nodes on distinct
+//! loopback addresses, one leader and two followers at the same applied index; a node
+//! without the cluster's token or trust cannot join.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ferry_protocol::api::ClusterStatus;
+use ferry_tests::{Node, NodeOptions, ferry, tokens};
+
+async fn statuses(nodes: &[&Node]) -> anyhow::Result<Vec<ClusterStatus>> {
+    let mut out = Vec::new();
+    for node in nodes {
+        out.push(node.client(Some(tokens::ADMIN))?.cluster().await?);
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_join_and_agree() -> anyhow::Result<()> {
+    let first =
+        Node::start(NodeOptions { ip: Ipv4Addr::new(127, 0, 0, 1), ..NodeOptions::queue_only() })
+            .await?;
+    let token = first.join_token()?;
+    assert!(token.starts_with("ferry-join-1."), "{token}");
+    let second = Node::start(first.joiner(Ipv4Addr::new(127, 0, 0, 2), &token)?).await?;
+    let third = Node::start(first.joiner(Ipv4Addr::new(127, 0, 0, 3), &token)?).await?;
+    let nodes = [&first, &second, &third];
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let agreed = loop {
+        let all = statuses(&nodes).await?;
+        let voters = all[0].members.iter().filter(|m| m.role == "voter").count();
+        let applied: Vec<_> = all.iter().map(|s| s.last_applied).collect();
+        let leaders: Vec<_> = all.iter().map(|s| s.leader).collect();
+        if voters == 3
+            && applied.windows(2).all(|w| w[0] == w[1])
+            && leaders.iter().all(|l| *l == leaders[0] && l.is_some())
+        {
+            break all;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no agreement: {all:#?}\n{}\n{}\n{}",
+            first.log_tail(),
+            second.log_tail(),
+            third.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let roles: Vec<&str> = agreed.iter().map(|s| s.role.as_str()).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{roles:?}");
+    assert_eq!(roles.iter().filter(|r| **r == "follower").count(), 2, "{roles:?}");
+    let ids: Vec<u64> = agreed.iter().map(|s| s.node_id).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+
+    let (code, out, err) = ferry(&third, tokens::ADMIN, &["cluster", "status"]).await?;
+    assert_eq!(code, 0, "{err}");
+    println!("{out}");
+    assert!(out.contains("follower") && out.contains("leader             1"), "{out}");
+    let (code, out, err) = ferry(&third, tokens::ADMIN, &["cluster", "members"]).await?;
+    assert_eq!(code, 0, "{err}");
+    println!("{out}");
+    for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+        assert!(out.contains(ip), "{ip} missing: {out}");
+    }
+
+    // A wrong secret is refused by the cluster, and the node does not start.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[3] = "0".repeat(parts[3].len());
+    let forged = parts.join(".");
+    let refused = Node::start(first.joiner(Ipv4Addr::new(127, 0, 0, 4), &forged)?).await;
+    let error = refused.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(error.contains("join token is not valid"), "{error}");
+
+    // A token pinning another CA: the node refuses to trust the cluster.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[1] = "ab".repeat(32);
+    let foreign = parts.join(".");
+    let refused = Node::start(first.joiner(Ipv4Addr::new(127, 0, 0, 5), &foreign)?).await;
+    let error = refused.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(
+        error.contains("not part of the cluster") || error.contains("cannot reach the cluster"),
+        "{error}"
+    );
+    let members = statuses(&[&first]).await?[0].members.len();
+    assert_eq!(members, 3, "nobody else became a member");
+    Ok(())
+}
