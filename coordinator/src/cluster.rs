@@ -46,7 +46,7 @@ impl From<Consistency> for ReadAt {
 }
 
 /// The result of a write and the log index at which it was applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Written {
     /// What apply returned for the command.
     pub result: CommandResult,
@@ -55,7 +55,7 @@ pub struct Written {
 }
 
 /// Why the cluster could not serve a request.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ClusterError {
     /// No leader is known right now (election in progress, or no quorum).
     #[error("the cluster has no leader right now; retry shortly")]

@@ -17,9 +17,9 @@ use crate::data_dir::{DataDir, files};
 use crate::membership;
 use crate::peer::endpoint::PeerEndpoint;
 use crate::proposer::Proposer;
-use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore, raft_handler};
+use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
 use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
-use crate::service::NodeCluster;
+use crate::service::{NodeCluster, peer_handler};
 use crate::transfer::{EgressPolicy, EngineSettings, HttpTimeouts, Tick, Transfers};
 
 /// Runs a node until `shutdown` resolves. Must run inside an actix `System` (the
@@ -68,7 +68,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             dir.root().to_path_buf(),
         )
     });
-    let peer_server = endpoint.serve(raft_handler(raft.clone()), admission);
     if start.founder && !raft.is_initialized().await? {
         let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
         raft.initialize(BTreeMap::from([(node_id, me)])).await?;
@@ -76,7 +75,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
 
     let proposer = Proposer::new(raft.clone(), config.proposals.max_batch).start();
-    let cluster = NodeCluster { node_id, raft: raft.clone(), state, proposer };
+    let cluster =
+        NodeCluster { node_id, raft: raft.clone(), state, proposer, peers: endpoint.clone() };
+    let peer_server = endpoint.serve(peer_handler(cluster.clone()), admission);
     let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
     tokio::spawn(reconcile(cluster.clone(), config.policy, me));
 

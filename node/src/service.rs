@@ -1,7 +1,11 @@
 //! [`NodeCluster`]: the node's implementation of the API's [`Cluster`] trait — writes
-//! through the proposer, reads from the applied state after the requested barrier,
-//! status from Raft metrics.
+//! through the proposer (forwarded to the leader when another node leads), reads from
+//! the applied state after the requested barrier (a follower asks the leader for its
+//! read index), status from Raft metrics; and [`peer_handler`], which serves the same
+//! for other members.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
@@ -10,8 +14,10 @@ use ferry_protocol::api::{ClusterStatus, MemberInfo};
 use ferry_protocol::{NodeId, Proposal, Queue, codec};
 use tokio::sync::oneshot;
 
+use crate::peer::endpoint::{Handler, PeerEndpoint};
+use crate::peer::requests::PeerRequest;
 use crate::proposer::{MAX_BATCH_BYTES, Propose, Proposer};
-use crate::raft::{self, Raft, StateMachineStore, read_error, role_name};
+use crate::raft::{self, Raft, StateMachineStore, read_error, role_name, serve_raft};
 
 /// How long a read waits for its barrier before giving up.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +33,116 @@ pub(crate) struct NodeCluster {
     pub(crate) state: StateMachineStore,
     /// The group-commit actor all writes go through.
     pub(crate) proposer: Addr<Proposer>,
+    /// The peer endpoint: writes and read indexes go to the leader through it.
+    pub(crate) peers: Arc<PeerEndpoint>,
+}
+
+impl NodeCluster {
+    /// Proposes through this node's proposer (it must lead).
+    async fn write_here(&self, proposal: Proposal) -> Result<Written, ClusterError> {
+        let bytes = match codec::encode(&proposal) {
+            Ok(encoded) if encoded.len() <= MAX_BATCH_BYTES => encoded.len(),
+            Ok(encoded) => {
+                return Err(ClusterError::TooLarge {
+                    bytes: encoded.len(),
+                    limit: MAX_BATCH_BYTES,
+                });
+            }
+            Err(codec::CodecError::TooLarge { len, .. }) => {
+                return Err(ClusterError::TooLarge { bytes: len, limit: MAX_BATCH_BYTES });
+            }
+            Err(e) => {
+                return Err(ClusterError::Unavailable(format!("cannot encode the command: {e}")));
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        self.proposer
+            .send(Propose { proposal, bytes, reply })
+            .await
+            .map_err(|_| ClusterError::Unavailable("the proposer has stopped".into()))?;
+        answer.await.map_err(|_| ClusterError::Unavailable("the write was dropped".into()))?
+    }
+
+    /// The leader this node knows of.
+    fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The peer address of member `node`.
+    fn peer_addr(&self, node: NodeId) -> Result<SocketAddr, ClusterError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let addr =
+            metrics.membership_config.membership().get_node(&node).map(|n| n.peer_addr.clone());
+        addr.and_then(|a| a.parse().ok()).ok_or_else(|| {
+            ClusterError::Unavailable(format!("node {node} has no usable peer address"))
+        })
+    }
+
+    /// Asks `leader` over the peer link and decodes its answer.
+    async fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        leader: NodeId,
+        request: &PeerRequest,
+    ) -> Result<T, ClusterError> {
+        let addr = self.peer_addr(leader)?;
+        let body = codec::encode(request).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let answer = self.peers.call(leader, addr, body).await.map_err(|e| {
+            ClusterError::Unavailable(format!("cannot reach the leader (node {leader}): {e}"))
+        })?;
+        let decoded: Result<T, ClusterError> =
+            codec::decode(&answer).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        decoded
+    }
+
+    /// Forwards a write to the leader.
+    async fn forward_write(
+        &self,
+        leader: NodeId,
+        proposal: Proposal,
+    ) -> Result<Written, ClusterError> {
+        self.ask(leader, &PeerRequest::Write(Box::new(proposal))).await
+    }
+
+    /// The index a linearizable read must wait for: the leader's read index (ReadIndex,
+    /// asked over the peer link when another node leads).
+    async fn read_index(&self) -> Result<u64, ClusterError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |id| id.index)),
+            Err(e) => match read_error(e) {
+                ClusterError::NotLeader { leader } if leader != self.node_id => {
+                    self.ask(leader, &PeerRequest::ReadIndex).await
+                }
+                other => Err(other),
+            },
+        }
+    }
+}
+
+/// Serves the requests of other members: Raft RPCs, forwarded writes, read indexes.
+pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
+    Arc::new(move |from: NodeId, body: Vec<u8>| {
+        let cluster = cluster.clone();
+        Box::pin(async move {
+            match codec::decode::<PeerRequest>(&body) {
+                Ok(PeerRequest::Raft(rpc)) => serve_raft(&cluster.raft, from, &rpc).await,
+                Ok(PeerRequest::Write(proposal)) => {
+                    let written = cluster.write_here(*proposal).await;
+                    codec::encode(&written).unwrap_or_default()
+                }
+                Ok(PeerRequest::ReadIndex) => {
+                    let index = match cluster.raft.ensure_linearizable().await {
+                        Ok(log_id) => Ok(log_id.map_or(0, |id| id.index)),
+                        Err(e) => Err(read_error(e)),
+                    };
+                    codec::encode(&index).unwrap_or_default()
+                }
+                Err(e) => {
+                    tracing::warn!(from, error = %e, "an unreadable peer request");
+                    Vec::new()
+                }
+            }
+        })
+    })
 }
 
 impl Cluster for NodeCluster {
@@ -36,29 +152,18 @@ impl Cluster for NodeCluster {
 
     fn write(&self, proposal: Proposal) -> BoxFuture<'_, Result<Written, ClusterError>> {
         Box::pin(async move {
-            let bytes = match codec::encode(&proposal) {
-                Ok(encoded) if encoded.len() <= MAX_BATCH_BYTES => encoded.len(),
-                Ok(encoded) => {
-                    return Err(ClusterError::TooLarge {
-                        bytes: encoded.len(),
-                        limit: MAX_BATCH_BYTES,
-                    });
+            // Writes go to the leader: here if this node leads, else over the peer link.
+            match self.leader() {
+                Some(leader) if leader != self.node_id => {
+                    self.forward_write(leader, proposal).await
                 }
-                Err(codec::CodecError::TooLarge { len, .. }) => {
-                    return Err(ClusterError::TooLarge { bytes: len, limit: MAX_BATCH_BYTES });
-                }
-                Err(e) => {
-                    return Err(ClusterError::Unavailable(format!(
-                        "cannot encode the command: {e}"
-                    )));
-                }
-            };
-            let (reply, answer) = oneshot::channel();
-            self.proposer
-                .send(Propose { proposal, bytes, reply })
-                .await
-                .map_err(|_| ClusterError::Unavailable("the proposer has stopped".into()))?;
-            answer.await.map_err(|_| ClusterError::Unavailable("the write was dropped".into()))?
+                _ => match self.write_here(proposal.clone()).await {
+                    Err(ClusterError::NotLeader { leader }) if leader != self.node_id => {
+                        self.forward_write(leader, proposal).await
+                    }
+                    other => other,
+                },
+            }
         })
     }
 
@@ -78,14 +183,9 @@ impl Cluster for NodeCluster {
                         .map_err(|e| ClusterError::Unavailable(e.to_string()))
                 }
                 ReadAt::Linearizable => {
-                    match tokio::time::timeout(
-                        READ_BARRIER_TIMEOUT,
-                        self.raft.ensure_linearizable(),
-                    )
-                    .await
-                    {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(read_error(e)),
+                    match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.read_index()).await {
+                        Ok(Ok(index)) => self.read_barrier(ReadAt::Applied(index)).await,
+                        Ok(Err(e)) => Err(e),
                         Err(_) => Err(ClusterError::NoLeader),
                     }
                 }

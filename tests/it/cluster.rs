@@ -17,7 +17,7 @@ async fn statuses(nodes: &[&Node]) -> anyhow::Result<Vec<ClusterStatus>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_join_and_agree() -> anyhow::Result<()> {
+async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()> {
     let first =
         Node::start(NodeOptions { ip: Ipv4Addr::new(127, 0, 0, 1), ..NodeOptions::queue_only() })
             .await?;
@@ -64,6 +64,23 @@ async fn three_nodes_join_and_agree() -> anyhow::Result<()> {
     for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
         assert!(out.contains(ip), "{ip} missing: {out}");
     }
+
+    // Any node serves the API: a job created through a follower is read back on the
+    // other follower (linearizable by default: it waits for the leader's read index).
+    let followers: Vec<&Node> =
+        nodes.iter().zip(&agreed).filter(|(_, s)| s.role == "follower").map(|(n, _)| *n).collect();
+    let alice = followers[0].client(Some(tokens::ALICE))?;
+    let spec = ferry_protocol::NewJob {
+        display_name: "through a follower".into(),
+        job_type: ferry_protocol::JobType::Download,
+        properties: Default::default(),
+        files: vec![],
+    };
+    let created = alice.create_job(&spec).await?;
+    let elsewhere = followers[1].client(Some(tokens::ALICE))?.job(created.id).await?;
+    assert_eq!(elsewhere.display_name, "through a follower");
+    let on_leader = first.client(Some(tokens::ALICE))?.job(created.id).await?;
+    assert_eq!(on_leader.id, created.id);
 
     // A wrong secret is refused by the cluster, and the node does not start.
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();

@@ -5,3 +5,4 @@
 pub(crate) mod endpoint;
 pub(crate) mod identity;
 pub(crate) mod join;
+pub(crate) mod requests;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use errors::{ReadError, WriteError, read_error, role_name, write_error};
 pub use log_store::LogStore;
 pub use network::Network;
-pub(crate) use network::raft_handler;
+pub(crate) use network::serve_raft;
 pub use state_machine::{Machine, StateMachineStore};
 
 /// Where a member can be reached. Replicated in Raft membership entries.

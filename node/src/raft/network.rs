@@ -1,7 +1,7 @@
 //! The Raft network over the QUIC peer endpoint (DESIGN §3): each openraft RPC is one
 //! request/answer on the caller's cached connection to the target, framed by
 //! `protocol::codec` (versioned, size-limited), authenticated by the cluster
-//! certificates. [`raft_handler`] is the serving side.
+//! certificates. [`serve_raft`] is the serving side.
 //!
 //! Errors of the remote Raft travel as text and come back as "unreachable", which
 //! openraft answers by backing off and retrying; only transport facts are reported.
@@ -20,7 +20,8 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use super::{NodeAddr, Raft, TypeConfig};
-use crate::peer::endpoint::{Handler, PeerEndpoint, PeerError};
+use crate::peer::endpoint::{PeerEndpoint, PeerError};
+use crate::peer::requests::PeerRequest;
 
 /// A Raft RPC as it travels.
 #[derive(Serialize, Deserialize)]
@@ -67,7 +68,9 @@ impl PeerClient {
     async fn call(&self, rpc: &RaftRpc) -> Result<RaftAnswer, Unreachable> {
         let unreachable = |text: String| Unreachable::new(&PeerFault(text));
         let addr = self.addr.clone().map_err(unreachable)?;
-        let body = codec::encode(rpc).map_err(|e| unreachable(e.to_string()))?;
+        let rpc = codec::encode(rpc).map_err(|e| unreachable(e.to_string()))?;
+        let body =
+            codec::encode(&PeerRequest::Raft(rpc)).map_err(|e| unreachable(e.to_string()))?;
         let answer = self
             .endpoint
             .call(self.target, addr, body)
@@ -136,29 +139,22 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// Serves Raft RPCs from other members with `raft`.
-pub(crate) fn raft_handler(raft: Raft) -> Handler {
-    Arc::new(move |from: u64, body: Vec<u8>| {
-        let raft = raft.clone();
-        Box::pin(async move {
-            let answer = match codec::decode::<RaftRpc>(&body) {
-                Ok(RaftRpc::AppendEntries(rpc)) => RaftAnswer::AppendEntries(
-                    raft.append_entries(rpc).await.map_err(|e| e.to_string()),
-                ),
-                Ok(RaftRpc::InstallSnapshot(rpc)) => RaftAnswer::InstallSnapshot(
-                    raft.install_snapshot(rpc).await.map_err(|e| e.to_string()),
-                ),
-                Ok(RaftRpc::Vote(rpc)) => {
-                    RaftAnswer::Vote(raft.vote(rpc).await.map_err(|e| e.to_string()))
-                }
-                Err(e) => {
-                    tracing::warn!(from, error = %e, "an unreadable Raft RPC");
-                    RaftAnswer::Vote(Err(format!("unreadable RPC: {e}")))
-                }
-            };
-            codec::encode(&answer).unwrap_or_default()
-        })
-    })
+/// Serves one Raft RPC from member `from` with `raft`; returns the encoded answer.
+pub(crate) async fn serve_raft(raft: &Raft, from: u64, body: &[u8]) -> Vec<u8> {
+    let answer = match codec::decode::<RaftRpc>(body) {
+        Ok(RaftRpc::AppendEntries(rpc)) => {
+            RaftAnswer::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+        }
+        Ok(RaftRpc::InstallSnapshot(rpc)) => {
+            RaftAnswer::InstallSnapshot(raft.install_snapshot(rpc).await.map_err(|e| e.to_string()))
+        }
+        Ok(RaftRpc::Vote(rpc)) => RaftAnswer::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
+        Err(e) => {
+            tracing::warn!(from, error = %e, "an unreadable Raft RPC");
+            RaftAnswer::Vote(Err(format!("unreadable RPC: {e}")))
+        }
+    };
+    codec::encode(&answer).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -202,7 +198,19 @@ mod tests {
             state.clone(),
         )
         .await?;
-        endpoint.serve(raft_handler(raft.clone()), None);
+        let served = raft.clone();
+        endpoint.serve(
+            Arc::new(move |from, body| {
+                let raft = served.clone();
+                Box::pin(async move {
+                    match codec::decode::<PeerRequest>(&body) {
+                        Ok(PeerRequest::Raft(rpc)) => serve_raft(&raft, from, &rpc).await,
+                        _ => Vec::new(),
+                    }
+                })
+            }),
+            None,
+        );
         let addr =
             NodeAddr { api_addr: String::new(), peer_addr: endpoint.local_addr()?.to_string() };
         Ok(Member { raft, state, endpoint, addr, _dir: dir })

@@ -1,0 +1,18 @@
+//! What nodes ask each other over the peer endpoint: Raft's RPCs, writes forwarded to
+//! the leader by a node that received them through its API, and the leader's read index
+//! for linearizable reads served by followers.
+
+use ferry_protocol::Proposal;
+use serde::{Deserialize, Serialize};
+
+/// A request between members.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum PeerRequest {
+    /// An openraft RPC (encoded by `raft::network`).
+    Raft(Vec<u8>),
+    /// A client's write, forwarded to the leader. Answered with
+    /// `Result<Written, ClusterError>`.
+    Write(Box<Proposal>),
+    /// The leader's read index (ReadIndex): answered with `Result<u64, ClusterError>`.
+    ReadIndex,
+}
