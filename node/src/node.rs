@@ -215,6 +215,10 @@ async fn reconcile(
     wanted: ferry_protocol::limits::QueuePolicy,
     me: NodeAddr,
 ) {
+    tokio::spawn({
+        let (cluster, me) = (cluster.clone(), me.clone());
+        async move { cluster.announce_address(me).await }
+    });
     let leading = cluster
         .raft
         .wait(Some(Duration::from_secs(30)))

@@ -17,8 +17,13 @@ use tokio::sync::oneshot;
 use crate::peer::endpoint::{Handler, PeerEndpoint};
 use crate::peer::requests::PeerRequest;
 use crate::proposer::{MAX_BATCH_BYTES, Propose, Proposer};
-use crate::raft::{self, Raft, StateMachineStore, read_error, role_name, serve_raft};
+use crate::raft::{self, NodeAddr, Raft, StateMachineStore, read_error, role_name, serve_raft};
 
+/// How long one forwarded write or read index may take before the leader is presumed
+/// gone (a dead peer does not answer).
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a write with a request id keeps looking for a leader.
+const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a read waits for its barrier before giving up.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,12 +91,42 @@ impl NodeCluster {
     ) -> Result<T, ClusterError> {
         let addr = self.peer_addr(leader)?;
         let body = codec::encode(request).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let answer = self.peers.call(leader, addr, body).await.map_err(|e| {
+        let answer = self.peers.call(leader, addr, body, FORWARD_TIMEOUT).await.map_err(|e| {
             ClusterError::Unavailable(format!("cannot reach the leader (node {leader}): {e}"))
         })?;
         let decoded: Result<T, ClusterError> =
             codec::decode(&answer).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
         decoded
+    }
+
+    /// After a restart on new addresses, tells the members until the leader has
+    /// recorded them (it cannot reach this node at the old ones).
+    pub(crate) async fn announce_address(&self, me: NodeAddr) {
+        for _ in 0..120 {
+            let (known, others) = {
+                let metrics = self.raft.metrics().borrow().clone();
+                let membership = metrics.membership_config.membership();
+                let known = membership.get_node(&self.node_id).cloned();
+                let others: Vec<NodeId> = membership
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .filter(|id| *id != self.node_id)
+                    .collect();
+                (known, others)
+            };
+            if known.as_ref().is_none_or(|k| *k == me) || others.is_empty() {
+                return;
+            }
+            for node in others {
+                let asked: Result<bool, ClusterError> =
+                    self.ask(node, &PeerRequest::UpdateAddress(me.clone())).await;
+                if asked.is_ok() {
+                    tracing::info!(leader = node, "the leader recorded this node's new address");
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Forwards a write to the leader.
@@ -129,6 +164,17 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                     let written = cluster.write_here(*proposal).await;
                     codec::encode(&written).unwrap_or_default()
                 }
+                Ok(PeerRequest::UpdateAddress(addr)) => {
+                    let leading = cluster.leader() == Some(cluster.node_id);
+                    let answer = if leading {
+                        raft::refresh_address(&cluster.raft, from, addr)
+                            .await
+                            .map_err(ClusterError::Unavailable)
+                    } else {
+                        Err(ClusterError::NoLeader)
+                    };
+                    codec::encode(&answer).unwrap_or_default()
+                }
                 Ok(PeerRequest::ReadIndex) => {
                     let index = match cluster.raft.ensure_linearizable().await {
                         Ok(log_id) => Ok(log_id.map_or(0, |id| id.index)),
@@ -153,16 +199,42 @@ impl Cluster for NodeCluster {
     fn write(&self, proposal: Proposal) -> BoxFuture<'_, Result<Written, ClusterError>> {
         Box::pin(async move {
             // Writes go to the leader: here if this node leads, else over the peer link.
-            match self.leader() {
-                Some(leader) if leader != self.node_id => {
-                    self.forward_write(leader, proposal).await
-                }
-                _ => match self.write_here(proposal.clone()).await {
-                    Err(ClusterError::NotLeader { leader }) if leader != self.node_id => {
-                        self.forward_write(leader, proposal).await
+            // While leadership moves (the leader died, an election runs), a write with a
+            // request id is tried again at whoever leads next: apply answers a repeat
+            // from its request table, so nothing is applied twice. Without a request id
+            // the first failure is the answer.
+            let deadline = tokio::time::Instant::now() + FORWARD_DEADLINE;
+            loop {
+                let leader = self.leader();
+                let attempt = match leader {
+                    Some(leader) if leader != self.node_id => {
+                        self.forward_write(leader, proposal.clone()).await
                     }
-                    other => other,
-                },
+                    _ => self.write_here(proposal.clone()).await,
+                };
+                if matches!(attempt, Err(ClusterError::Unavailable(_)))
+                    && let Some(silent) = leader.filter(|l| *l != self.node_id)
+                {
+                    // The leader did not answer: it is probably gone. Wait for the
+                    // election rather than asking it again.
+                    let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let _ = self
+                        .raft
+                        .wait(Some(wait.min(Duration::from_secs(3))))
+                        .metrics(|m| m.current_leader != Some(silent), "a new leader")
+                        .await;
+                }
+                let retry = matches!(
+                    attempt,
+                    Err(ClusterError::NotLeader { .. }
+                        | ClusterError::NoLeader
+                        | ClusterError::Unavailable(_))
+                ) && proposal.request_id.is_some()
+                    && tokio::time::Instant::now() < deadline;
+                if !retry {
+                    return attempt;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     }

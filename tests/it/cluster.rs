@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferry_protocol::api::ClusterStatus;
 use ferry_tests::{Node, NodeOptions, ferry, tokens};
 
-async fn statuses(nodes: &[&Node]) -> anyhow::Result<Vec<ClusterStatus>> {
+pub(crate) async fn statuses(nodes: &[&Node]) -> anyhow::Result<Vec<ClusterStatus>> {
     let mut out = Vec::new();
     for node in nodes {
         out.push(node.client(Some(tokens::ADMIN))?.cluster().await?);
@@ -16,49 +16,56 @@ async fn statuses(nodes: &[&Node]) -> anyhow::Result<Vec<ClusterStatus>> {
     Ok(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()> {
-    let first =
-        Node::start(NodeOptions { ip: Ipv4Addr::new(127, 0, 0, 1), ..NodeOptions::queue_only() })
-            .await?;
+/// Three nodes on 127.0.0.1-3 formed with `--join` from `options`, once they agree:
+/// one leader, three voters, equal applied indexes. Returns the nodes and their status.
+pub(crate) async fn form_cluster(
+    options: NodeOptions,
+) -> anyhow::Result<(Vec<Node>, Vec<ClusterStatus>)> {
+    let first = Node::start(NodeOptions { ip: Ipv4Addr::new(127, 0, 0, 1), ..options }).await?;
     let token = first.join_token()?;
-    assert!(token.starts_with("ferry-join-1."), "{token}");
     let second = Node::start(first.joiner(Ipv4Addr::new(127, 0, 0, 2), &token)?).await?;
     let third = Node::start(first.joiner(Ipv4Addr::new(127, 0, 0, 3), &token)?).await?;
-    let nodes = [&first, &second, &third];
-
+    let nodes = vec![first, second, third];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let agreed = loop {
-        let all = statuses(&nodes).await?;
-        let voters = all[0].members.iter().filter(|m| m.role == "voter").count();
-        let applied: Vec<_> = all.iter().map(|s| s.last_applied).collect();
-        let leaders: Vec<_> = all.iter().map(|s| s.leader).collect();
-        if voters == 3
-            && applied.windows(2).all(|w| w[0] == w[1])
-            && leaders.iter().all(|l| *l == leaders[0] && l.is_some())
-        {
-            break all;
+    loop {
+        let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
+        if agree(&all) {
+            return Ok((nodes, all));
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "no agreement: {all:#?}\n{}\n{}\n{}",
-            first.log_tail(),
-            second.log_tail(),
-            third.log_tail()
+            "no agreement: {all:#?}\n{}",
+            nodes.iter().map(Node::log_tail).collect::<Vec<_>>().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+}
+
+/// One leader known to all, three voters, the same applied index everywhere.
+pub(crate) fn agree(all: &[ClusterStatus]) -> bool {
+    let voters = all[0].members.iter().filter(|m| m.role == "voter").count();
+    let applied_equal = all.windows(2).all(|w| w[0].last_applied == w[1].last_applied);
+    let leader = all[0].leader;
+    voters == 3 && applied_equal && leader.is_some() && all.iter().all(|s| s.leader == leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()> {
+    let (nodes, agreed) = form_cluster(NodeOptions::queue_only()).await?;
+    let (first, third) = (&nodes[0], &nodes[2]);
+    let token = first.join_token()?;
+    assert!(token.starts_with("ferry-join-1."), "{token}");
     let roles: Vec<&str> = agreed.iter().map(|s| s.role.as_str()).collect();
     assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{roles:?}");
     assert_eq!(roles.iter().filter(|r| **r == "follower").count(), 2, "{roles:?}");
     let ids: Vec<u64> = agreed.iter().map(|s| s.node_id).collect();
     assert_eq!(ids, vec![1, 2, 3]);
 
-    let (code, out, err) = ferry(&third, tokens::ADMIN, &["cluster", "status"]).await?;
+    let (code, out, err) = ferry(third, tokens::ADMIN, &["cluster", "status"]).await?;
     assert_eq!(code, 0, "{err}");
     println!("{out}");
     assert!(out.contains("follower") && out.contains("leader             1"), "{out}");
-    let (code, out, err) = ferry(&third, tokens::ADMIN, &["cluster", "members"]).await?;
+    let (code, out, err) = ferry(third, tokens::ADMIN, &["cluster", "members"]).await?;
     assert_eq!(code, 0, "{err}");
     println!("{out}");
     for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
@@ -68,7 +75,7 @@ async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()
     // Any node serves the API: a job created through a follower is read back on the
     // other follower (linearizable by default: it waits for the leader's read index).
     let followers: Vec<&Node> =
-        nodes.iter().zip(&agreed).filter(|(_, s)| s.role == "follower").map(|(n, _)| *n).collect();
+        nodes.iter().zip(&agreed).filter(|(_, s)| s.role == "follower").map(|(n, _)| n).collect();
     let alice = followers[0].client(Some(tokens::ALICE))?;
     let spec = ferry_protocol::NewJob {
         display_name: "through a follower".into(),
@@ -100,7 +107,7 @@ async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()
         error.contains("not part of the cluster") || error.contains("cannot reach the cluster"),
         "{error}"
     );
-    let members = statuses(&[&first]).await?[0].members.len();
+    let members = statuses(&[first]).await?[0].members.len();
     assert_eq!(members, 3, "nobody else became a member");
     Ok(())
 }

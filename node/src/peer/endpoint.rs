@@ -29,8 +29,8 @@ pub(crate) const JOIN_ALPN: &[u8] = b"ferry-join/1";
 /// Largest request or answer frame.
 pub(crate) const MAX_FRAME: usize = codec::FRAME_LIMIT;
 /// Keep-alives keep idle cluster connections open (quinn's idle timeout is 30 s).
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves requests: (verified caller id, request body) → answer body.
 pub(crate) type Handler = Arc<dyn Fn(u64, Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
@@ -162,8 +162,25 @@ impl PeerEndpoint {
         Ok(self.endpoint.local_addr()?)
     }
 
-    /// Sends `body` to node `node` at `addr` and returns its answer.
+    /// Sends `body` to node `node` at `addr` and returns its answer, giving up after
+    /// `timeout` (a dead peer does not answer; QUIC would wait for its idle timeout).
     pub(crate) async fn call(
+        &self,
+        node: u64,
+        addr: SocketAddr,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        match tokio::time::timeout(timeout, self.call_unbounded(node, addr, body)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.connections.lock().await.remove(&node);
+                Err(PeerError::Stream(format!("no answer within {timeout:?}"), node))
+            }
+        }
+    }
+
+    async fn call_unbounded(
         &self,
         node: u64,
         addr: SocketAddr,
@@ -188,17 +205,19 @@ impl PeerEndpoint {
         node: u64,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, PeerError> {
-        let mut connections = self.connections.lock().await;
-        if let Some(open) = connections.get(&node).filter(|c| c.close_reason().is_none()) {
+        if let Some(open) =
+            self.connections.lock().await.get(&node).filter(|c| c.close_reason().is_none())
+        {
             return Ok(open.clone());
         }
+        // Connect without holding the cache: a dead peer must not delay calls to others.
         let connect_error = |reason: String| PeerError::Connect { node, addr, reason };
         let connecting = self
             .endpoint
             .connect(addr, &node_name(node))
             .map_err(|e| connect_error(e.to_string()))?;
         let connection = connecting.await.map_err(|e| connect_error(e.to_string()))?;
-        connections.insert(node, connection.clone());
+        self.connections.lock().await.insert(node, connection.clone());
         Ok(connection)
     }
 
@@ -333,6 +352,8 @@ mod tests {
         })
     }
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     fn loopback() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 0))
     }
@@ -344,7 +365,7 @@ mod tests {
         let two = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
         let _served = two.serve(echo(), None);
         for _ in 0..3 {
-            let answer = one.call(2, two.local_addr()?, b"hello".to_vec()).await?;
+            let answer = one.call(2, two.local_addr()?, b"hello".to_vec(), SECOND).await?;
             assert_eq!(answer, b"from 1: hello");
         }
         one.close().await;
@@ -362,7 +383,7 @@ mod tests {
         // A node with a certificate from another CA cannot connect.
         let other_ca = ClusterCa::generate()?;
         let stranger = PeerEndpoint::bind(loopback(), &identity(&other_ca, 5))?;
-        let refused = stranger.call(2, addr, b"let me in".to_vec()).await;
+        let refused = stranger.call(2, addr, b"let me in".to_vec(), SECOND).await;
         assert!(
             matches!(refused, Err(PeerError::Connect { .. }) | Err(PeerError::Stream(..))),
             "{refused:?}"
@@ -372,12 +393,12 @@ mod tests {
         let mut impostor_identity = identity(&ca, 3);
         impostor_identity.node_id = 4;
         let impostor = PeerEndpoint::bind(loopback(), &impostor_identity)?;
-        let refused = impostor.call(2, addr, b"i am 4".to_vec()).await;
+        let refused = impostor.call(2, addr, b"i am 4".to_vec(), SECOND).await;
         assert!(matches!(refused, Err(PeerError::Refused { .. })), "{refused:?}");
 
         // A server whose certificate names another node is not trusted as that node.
         let one = PeerEndpoint::bind(loopback(), &identity(&ca, 1))?;
-        let wrong = one.call(9, addr, b"are you 9?".to_vec()).await;
+        let wrong = one.call(9, addr, b"are you 9?".to_vec(), SECOND).await;
         assert!(matches!(wrong, Err(PeerError::Connect { .. })), "{wrong:?}");
         Ok(())
     }

@@ -3,6 +3,8 @@
 //! for linearizable reads served by followers.
 
 use ferry_protocol::Proposal;
+
+use crate::raft::NodeAddr;
 use serde::{Deserialize, Serialize};
 
 /// A request between members.
@@ -15,4 +17,7 @@ pub(crate) enum PeerRequest {
     Write(Box<Proposal>),
     /// The leader's read index (ReadIndex): answered with `Result<u64, ClusterError>`.
     ReadIndex,
+    /// The sender restarted on other addresses: the leader records them in the
+    /// membership. Answered with `Result<bool, ClusterError>` (true: changed).
+    UpdateAddress(NodeAddr),
 }

@@ -65,7 +65,11 @@ pub struct PeerClient {
 struct PeerFault(String);
 
 impl PeerClient {
-    async fn call(&self, rpc: &RaftRpc) -> Result<RaftAnswer, Unreachable> {
+    async fn call(
+        &self,
+        rpc: &RaftRpc,
+        timeout: std::time::Duration,
+    ) -> Result<RaftAnswer, Unreachable> {
         let unreachable = |text: String| Unreachable::new(&PeerFault(text));
         let addr = self.addr.clone().map_err(unreachable)?;
         let rpc = codec::encode(rpc).map_err(|e| unreachable(e.to_string()))?;
@@ -73,7 +77,7 @@ impl PeerClient {
             codec::encode(&PeerRequest::Raft(rpc)).map_err(|e| unreachable(e.to_string()))?;
         let answer = self
             .endpoint
-            .call(self.target, addr, body)
+            .call(self.target, addr, body, timeout)
             .await
             .map_err(|e: PeerError| unreachable(e.to_string()))?;
         codec::decode(&answer)
@@ -105,9 +109,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
-        match self.call(&RaftRpc::AppendEntries(rpc)).await.map_err(RPCError::Unreachable)? {
+        match self
+            .call(&RaftRpc::AppendEntries(rpc), option.hard_ttl())
+            .await
+            .map_err(RPCError::Unreachable)?
+        {
             RaftAnswer::AppendEntries(answer) => answer.map_err(|e| remote(self.target, e)),
             _ => Err(mismatch(self.target)),
         }
@@ -116,12 +124,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
         RPCError<u64, NodeAddr, RaftError<u64, InstallSnapshotError>>,
     > {
-        match self.call(&RaftRpc::InstallSnapshot(rpc)).await.map_err(RPCError::Unreachable)? {
+        match self
+            .call(&RaftRpc::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+            .map_err(RPCError::Unreachable)?
+        {
             RaftAnswer::InstallSnapshot(answer) => answer.map_err(|e| remote(self.target, e)),
             _ => Err(mismatch(self.target)),
         }
@@ -130,9 +142,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     async fn vote(
         &mut self,
         rpc: VoteRequest<u64>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
-        match self.call(&RaftRpc::Vote(rpc)).await.map_err(RPCError::Unreachable)? {
+        match self
+            .call(&RaftRpc::Vote(rpc), option.hard_ttl())
+            .await
+            .map_err(RPCError::Unreachable)?
+        {
             RaftAnswer::Vote(answer) => answer.map_err(|e| remote(self.target, e)),
             _ => Err(mismatch(self.target)),
         }
