@@ -126,3 +126,115 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_follower_catches_up_without_duplicates() -> anyhow::Result<()> {
+    let (nodes, agreed) = form_cluster(NodeOptions::queue_only()).await?;
+    let follower = agreed
+        .iter()
+        .position(|s| s.role == "follower")
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let leader = agreed
+        .iter()
+        .position(|s| s.role == "leader")
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    nodes[follower].signal("STOP")?;
+    let paused_at = Instant::now();
+    let client = nodes[leader].client(Some(tokens::ADMIN))?;
+    for n in 0..200 {
+        let spec = NewJob {
+            display_name: format!("while-paused-{n}"),
+            job_type: JobType::Download,
+            properties: Default::default(),
+            files: vec![],
+        };
+        client.create_job(&spec).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(paused_at.elapsed())).await;
+    nodes[follower].signal("CONT")?;
+    let resumed_at = Instant::now();
+    let deadline = resumed_at + Duration::from_secs(30);
+    loop {
+        let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
+        if agree(&all) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the follower did not catch up: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("caught up {:?} after a 20 s pause", resumed_at.elapsed());
+    let local = nodes[follower].client(Some(tokens::ADMIN))?;
+    let jobs = local.list_jobs(true).await?;
+    let mut names: Vec<&str> = jobs.iter().map(|j| j.display_name.as_str()).collect();
+    names.sort_unstable();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(before, names.len(), "a job is duplicated");
+    assert_eq!(names.iter().filter(|n| n.starts_with("while-paused-")).count(), 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_on_a_follower_survives_a_leader_kill() -> anyhow::Result<()> {
+    use ferry_protocol::command::JobAction;
+    use ferry_protocol::{JobState, PropertyChanges};
+    use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig};
+
+    const MIB: u64 = 1024 * 1024;
+    const SIZE: u64 = 512 * MIB;
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/big.bin", Content::Pattern { seed: 77, len: SIZE });
+    origin.set_knobs(Knobs { rate_limit_per_connection: Some(48 * MIB), ..Knobs::default() });
+    let options = NodeOptions {
+        transfer: "chunk_size_bytes = 8388608\nconnections = 4\nread_timeout_secs = 10".into(),
+        ..NodeOptions::default()
+    };
+    let (mut nodes, agreed) = form_cluster(options).await?;
+    let home = agreed
+        .iter()
+        .position(|s| s.role == "follower")
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let leader = agreed
+        .iter()
+        .position(|s| s.role == "leader")
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let client = nodes[home].client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("big.bin");
+    let id = crate::support::start_download(
+        &client,
+        &[(origin.url("/big.bin"), local.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    assert_eq!(
+        client.job(id).await?.home_node,
+        agreed[home].node_id,
+        "the job lives on the follower"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.job(id).await?.progress.bytes_transferred < SIZE / 5 {
+        anyhow::ensure!(Instant::now() < deadline, "no progress\n{}", nodes[home].log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes[leader].kill9().await?;
+    let job = crate::support::wait_for(
+        &nodes[home],
+        &client,
+        id,
+        &[JobState::Transferred],
+        Duration::from_secs(120),
+    )
+    .await?;
+    assert_eq!(job.progress.bytes_transferred, SIZE);
+    client.act(id, JobAction::Complete).await?;
+    assert!(ferry_tests::origin::file_matches_pattern(&local, 77, SIZE)?, "byte-identical");
+    println!(
+        "{} MiB downloaded on node {} through the loss of leader {}",
+        SIZE / MIB,
+        agreed[home].node_id,
+        agreed[leader].node_id
+    );
+    Ok(())
+}
