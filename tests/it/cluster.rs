@@ -3,7 +3,6 @@
 //! without the cluster's token or trust cannot join.
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use ferry_protocol::api::ClusterStatus;
 use ferry_tests::{Node, NodeOptions, ferry, tokens};
@@ -16,29 +15,14 @@ pub(crate) async fn statuses(nodes: &[&Node]) -> anyhow::Result<Vec<ClusterStatu
     Ok(out)
 }
 
-/// Three nodes on 127.0.0.1-3 formed with `--join` from `options`, once they agree:
-/// one leader, three voters, equal applied indexes. Returns the nodes and their status.
+/// Three nodes on 127.0.0.1-3 formed with `--join` from `options`, once they agree
+/// (see [`ferry_tests::start_cluster`]), with their status.
 pub(crate) async fn form_cluster(
     options: NodeOptions,
 ) -> anyhow::Result<(Vec<Node>, Vec<ClusterStatus>)> {
-    let first = Node::start(NodeOptions { ip: Ipv4Addr::new(127, 0, 0, 1), ..options }).await?;
-    let token = first.join_token()?;
-    let second = Node::start(first.joiner(Ipv4Addr::new(127, 0, 0, 2), &token)?).await?;
-    let third = Node::start(first.joiner(Ipv4Addr::new(127, 0, 0, 3), &token)?).await?;
-    let nodes = vec![first, second, third];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
-        if agree(&all) {
-            return Ok((nodes, all));
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no agreement: {all:#?}\n{}",
-            nodes.iter().map(Node::log_tail).collect::<Vec<_>>().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let nodes = ferry_tests::start_cluster(options, 3).await?;
+    let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
+    Ok((nodes, all))
 }
 
 /// One leader known to all, three voters, the same applied index everywhere.

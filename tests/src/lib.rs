@@ -379,3 +379,38 @@ pub async fn ferry(
         String::from_utf8_lossy(&output.stderr).into_owned(),
     ))
 }
+
+/// Starts `n` nodes on 127.0.0.1, .2, ... with `options`, the first founding the cluster
+/// and the others joining it with `--join`, and waits (up to 30 s) until every node
+/// knows the same leader, `min(n, 3)` members are voters and all have applied the same
+/// index.
+pub async fn start_cluster(options: NodeOptions, n: usize) -> anyhow::Result<Vec<Node>> {
+    anyhow::ensure!((1..=250).contains(&n), "a cluster of 1 to 250 nodes");
+    let first = Node::start(NodeOptions { ip: Ipv4Addr::new(127, 0, 0, 1), ..options }).await?;
+    let token = first.join_token()?;
+    let mut nodes = vec![first];
+    for i in 2..=n {
+        let ip = Ipv4Addr::new(127, 0, 0, u8::try_from(i)?);
+        let joiner = nodes[0].joiner(ip, &token)?;
+        nodes.push(Node::start(joiner).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = Vec::new();
+        for node in &nodes {
+            all.push(node.client(Some(tokens::ADMIN))?.cluster().await?);
+        }
+        let voters = all[0].members.iter().filter(|m| m.role == "voter").count();
+        let leader = all[0].leader;
+        let agreed = voters == n.min(3)
+            && leader.is_some()
+            && all.iter().all(|s| s.leader == leader && s.last_applied == all[0].last_applied);
+        if agreed {
+            return Ok(nodes);
+        }
+        if Instant::now() >= deadline {
+            bail!("the cluster did not form within 30 s: {all:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -36,7 +36,7 @@ enum Bench {
         /// Concurrent clients, one run each.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
         clients: Vec<usize>,
-        /// Number of nodes (this release: 1).
+        /// Nodes in the cluster (joined over QUIC); clients are spread over all.
         #[arg(long, default_value_t = 1)]
         nodes: usize,
     },
@@ -72,12 +72,8 @@ async fn main() -> anyhow::Result<()> {
     ferry_coordinator::client::ensure_crypto_provider();
     match Cli::parse().bench {
         Bench::Submit { jobs, clients, nodes } => {
-            anyhow::ensure!(
-                nodes == 1,
-                "multi-node clusters arrive with the peer transport; use --nodes 1"
-            );
-            let runs = submit::submit(jobs, &clients).await?;
-            submit::print_submit(&runs);
+            let runs = submit::submit(jobs, &clients, nodes).await?;
+            submit::print_submit(&runs, nodes);
         }
         Bench::Download {
             size_mib,

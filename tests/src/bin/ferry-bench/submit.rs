@@ -11,7 +11,7 @@ use ferry_coordinator::Client;
 use ferry_protocol::command::{NewJob, PropertyChanges};
 use ferry_protocol::job::{JobType, Priority};
 use ferry_protocol::{FileRange, NewFile};
-use ferry_tests::{Node, NodeOptions, tokens};
+use ferry_tests::{NodeOptions, tokens};
 
 /// One run's figures.
 pub(crate) struct Run {
@@ -51,16 +51,18 @@ fn job_spec(i: usize) -> NewJob {
     }
 }
 
+/// Creates `jobs` jobs with `clients` concurrent clients, spread over `targets` (one
+/// client per node in turn).
 async fn submit_run(
-    client: Client,
+    targets: &[Client],
     jobs: usize,
     clients: usize,
 ) -> anyhow::Result<(Duration, Vec<Duration>)> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (client, next) = (client.clone(), next.clone());
+    for c in 0..clients {
+        let (client, next) = (targets[c % targets.len()].clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -86,16 +88,25 @@ async fn submit_run(
     Ok((elapsed, latencies))
 }
 
-/// One run per entry of `clients`, each on a fresh node, creating `jobs` jobs.
-pub(crate) async fn submit(jobs: usize, clients: &[usize]) -> anyhow::Result<Vec<Run>> {
+/// One run per entry of `clients`, each on a fresh cluster of `nodes` nodes, creating
+/// `jobs` jobs.
+pub(crate) async fn submit(
+    jobs: usize,
+    clients: &[usize],
+    nodes: usize,
+) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
     for &c in clients {
-        let node = Node::start(NodeOptions::default()).await?;
-        let client = node.client(Some(tokens::ADMIN))?;
-        // Warm up connections and the node's caches; not measured.
-        submit_run(client.clone(), (jobs / 20).max(c), c).await?;
+        let cluster = ferry_tests::start_cluster(NodeOptions::queue_only(), nodes).await?;
+        let targets = cluster
+            .iter()
+            .map(|node| node.client(Some(tokens::ADMIN)))
+            .collect::<anyhow::Result<Vec<Client>>>()?;
+        let client = targets[0].clone();
+        // Warm up connections and the nodes' caches; not measured.
+        submit_run(&targets, (jobs / 20).max(c), c).await?;
         let before = client.cluster().await?;
-        let (elapsed, latencies) = submit_run(client.clone(), jobs, c).await?;
+        let (elapsed, latencies) = submit_run(&targets, jobs, c).await?;
         let after = client.cluster().await?;
         let commands = after.commands_applied - before.commands_applied;
         let batches = (after.command_batches - before.command_batches).max(1);
@@ -112,11 +123,14 @@ pub(crate) async fn submit(jobs: usize, clients: &[usize]) -> anyhow::Result<Vec
 }
 
 /// Prints the runs as a table.
-pub(crate) fn print_submit(runs: &[Run]) {
+pub(crate) fn print_submit(runs: &[Run], nodes: usize) {
     println!();
-    println!(
-        "ferry-bench submit — one fresh node per run, durable (fsync before every acknowledgement)"
-    );
+    let shape = if nodes == 1 {
+        "one fresh node per run".to_owned()
+    } else {
+        format!("a fresh {nodes}-node cluster per run, clients spread over all nodes")
+    };
+    println!("ferry-bench submit — {shape}, durable (fsync before every acknowledgement)");
     println!(
         "{:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>15}",
         "clients", "jobs", "jobs/s", "p50 ms", "p99 ms", "max ms", "commands/entry"
