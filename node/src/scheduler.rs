@@ -11,6 +11,7 @@
 //! derives its anchors from the same replicated timestamps.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -43,6 +44,8 @@ struct JobView {
     minimum_retry_delay_secs: u32,
     no_progress_timeout_secs: u32,
     max_download_time_secs: u32,
+    /// In TRANSIENT_ERROR because its home node is gone.
+    home_lost: bool,
 }
 
 impl JobView {
@@ -62,6 +65,7 @@ impl JobView {
             minimum_retry_delay_secs: job.props.minimum_retry_delay_secs,
             no_progress_timeout_secs: job.props.no_progress_timeout_secs,
             max_download_time_secs: job.props.max_download_time_secs,
+            home_lost: job.error.as_ref().is_some_and(ferry_protocol::transfer::is_home_node_lost),
         }
     }
 }
@@ -86,6 +90,40 @@ pub(crate) struct Scheduler {
     in_flight: HashSet<JobId>,
     /// The pending wake-up.
     wake: Option<SpawnHandle>,
+    /// When each member last answered a ping.
+    liveness: Arc<Liveness>,
+    /// The ping task.
+    pinger: Option<tokio::task::AbortHandle>,
+}
+
+/// How long a home node may stay silent before its jobs wait for it.
+const HOME_NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the leader pings the members.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// Last answers of the members to the leader's pings.
+struct Liveness {
+    started: Instant,
+    seen: std::sync::Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Self { started: Instant::now(), seen: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    fn alive(&self, node: NodeId, now: Instant) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = seen.get(&node).copied().unwrap_or(self.started).max(self.started);
+        now.saturating_duration_since(last) < HOME_NODE_TIMEOUT
+    }
+
+    fn saw(&self, node: NodeId) {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node, Instant::now());
+    }
 }
 
 /// A proposal of the scheduler was answered.
@@ -105,7 +143,15 @@ impl Scheduler {
             anchors: HashMap::new(),
             in_flight: HashSet::new(),
             wake: None,
+            liveness: Arc::new(Liveness::new()),
+            pinger: None,
         }
+    }
+
+    /// True if `node` answered a ping lately (this node always counts as alive; every
+    /// node gets the grace period after this scheduler started).
+    fn alive(&self, node: NodeId, now: Instant) -> bool {
+        node == self.node_id || self.liveness.alive(node, now)
     }
 
     fn leading(&self) -> bool {
@@ -150,6 +196,16 @@ impl Scheduler {
 
         for job in &jobs {
             match job.state {
+                // Waits for its home node, not for a retry delay.
+                JobState::TransientError if job.home_lost && self.alive(job.home_node, now) => {
+                    out.push((job.id, job.run, EngineReport::HomeNodeBack));
+                }
+                JobState::TransientError if job.home_lost => {}
+                JobState::Queued | JobState::Connecting | JobState::Transferring
+                    if !self.alive(job.home_node, now) =>
+                {
+                    out.push((job.id, job.run, EngineReport::HomeNodeLost));
+                }
                 JobState::TransientError => {
                     let entered = self.anchor(job.id, job.state_since, now, wall);
                     let retry_at =
@@ -252,6 +308,29 @@ impl Actor for Scheduler {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(64);
+        // While leading, ping the members so that jobs of a lost home node can wait
+        // for it (and go on when it answers again).
+        let (cluster, liveness, me) = (self.cluster.clone(), self.liveness.clone(), self.node_id);
+        let pinger = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PING_EVERY).await;
+                if cluster.raft.metrics().borrow().current_leader != Some(me) {
+                    continue;
+                }
+                for node in cluster.member_ids().into_iter().filter(|n| *n != me) {
+                    if cluster.ping(node).await {
+                        liveness.saw(node);
+                    }
+                }
+            }
+        });
+        self.pinger = Some(pinger.abort_handle());
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(pinger) = self.pinger.take() {
+            pinger.abort();
+        }
     }
 }
 

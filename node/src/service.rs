@@ -99,6 +99,17 @@ impl NodeCluster {
         decoded
     }
 
+    /// Members of the cluster, voters and learners.
+    pub(crate) fn member_ids(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+    }
+
+    /// True if `node` answers a ping.
+    pub(crate) async fn ping(&self, node: NodeId) -> bool {
+        self.ask::<()>(node, &PeerRequest::Ping).await.is_ok()
+    }
+
     /// After a restart on new addresses, tells the members until the leader has
     /// recorded them (it cannot reach this node at the old ones).
     pub(crate) async fn announce_address(&self, me: NodeAddr) {
@@ -163,6 +174,9 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                 Ok(PeerRequest::Write(proposal)) => {
                     let written = cluster.write_here(*proposal).await;
                     codec::encode(&written).unwrap_or_default()
+                }
+                Ok(PeerRequest::Ping) => {
+                    codec::encode(&Ok::<(), ClusterError>(())).unwrap_or_default()
                 }
                 Ok(PeerRequest::UpdateAddress(addr)) => {
                     let leading = cluster.leader() == Some(cluster.node_id);

@@ -234,6 +234,11 @@ pub enum EngineReport {
         /// Transient or fatal.
         severity: Severity,
     },
+    /// Scheduler: the job's home node stopped answering (→ TRANSIENT_ERROR with
+    /// `BG_E_NETWORK_DISCONNECTED`, "home node unavailable"); the job waits for it.
+    HomeNodeLost,
+    /// Scheduler: the home node answers again (TRANSIENT_ERROR → QUEUED).
+    HomeNodeBack,
     /// Scheduler: the minimum retry delay elapsed (TRANSIENT_ERROR → QUEUED).
     RetryDelayElapsed,
     /// Scheduler: no progress for the no-progress timeout (TRANSIENT_ERROR → ERROR).
@@ -273,6 +278,13 @@ impl EngineReport {
                 | Self::Failed { .. }
         )
     }
+}
+
+/// True if `error` is the scheduler's "home node unavailable" (the job waits for the
+/// node, not for its retry delay).
+pub fn is_home_node_lost(error: &JobError) -> bool {
+    error.code == BitsCode::BG_E_NETWORK_DISCONNECTED
+        && error.context == ErrorContext::GeneralQueueManager
 }
 
 /// A transport error as BITS reports it.

@@ -238,3 +238,75 @@ async fn a_download_on_a_follower_survives_a_leader_kill() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waits_for_its_killed_home_node_and_completes_after_it_returns() -> anyhow::Result<()>
+{
+    use ferry_protocol::command::JobAction;
+    use ferry_protocol::{JobState, PropertyChanges};
+    use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig};
+
+    const MIB: u64 = 1024 * 1024;
+    const SIZE: u64 = 64 * MIB;
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/f.bin", Content::Pattern { seed: 5, len: SIZE });
+    origin.set_knobs(Knobs { rate_limit_per_connection: Some(8 * MIB), ..Knobs::default() });
+    let options = NodeOptions {
+        transfer: "chunk_size_bytes = 4194304\nconnections = 2\nread_timeout_secs = 10".into(),
+        ..NodeOptions::default()
+    };
+    let (mut nodes, agreed) = form_cluster(options).await?;
+    let home = agreed
+        .iter()
+        .position(|s| s.role == "follower")
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let leader = agreed
+        .iter()
+        .position(|s| s.role == "leader")
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let on_home = nodes[home].client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("f.bin");
+    let id = crate::support::start_download(
+        &on_home,
+        &[(origin.url("/f.bin"), local.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while on_home.job(id).await?.progress.bytes_transferred == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "no progress\n{}", nodes[home].log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes[home].kill9().await?;
+
+    let on_leader = nodes[leader].client(Some(tokens::ALICE))?;
+    let job = crate::support::wait_for(
+        &nodes[leader],
+        &on_leader,
+        id,
+        &[JobState::TransientError],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let error = job.error.ok_or_else(|| anyhow::anyhow!("no error"))?;
+    assert_eq!(error.code, ferry_protocol::BitsCode::BG_E_NETWORK_DISCONNECTED);
+    assert!(error.detail.contains("home node"), "{}", error.detail);
+    // It waits: still waiting a few seconds later, with no retry in between.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(on_leader.job(id).await?.state, JobState::TransientError);
+
+    nodes[home].restart().await?;
+    let on_home = nodes[home].client(Some(tokens::ALICE))?;
+    crate::support::wait_for(
+        &nodes[home],
+        &on_home,
+        id,
+        &[JobState::Transferred],
+        Duration::from_secs(90),
+    )
+    .await?;
+    on_home.act(id, JobAction::Complete).await?;
+    assert!(ferry_tests::origin::file_matches_pattern(&local, 5, SIZE)?, "byte-identical");
+    Ok(())
+}

@@ -15,6 +15,8 @@ pub(crate) enum PeerRequest {
     /// A client's write, forwarded to the leader. Answered with
     /// `Result<Written, ClusterError>`.
     Write(Box<Proposal>),
+    /// Are you there? Answered with `Result<(), ClusterError>`.
+    Ping,
     /// The leader's read index (ReadIndex): answered with `Result<u64, ClusterError>`.
     ReadIndex,
     /// The sender restarted on other addresses: the leader records them in the

@@ -176,6 +176,29 @@ fn apply_report(
                 }
             }
         }
+        EngineReport::HomeNodeLost => {
+            transit(job, Operation::NetworkLost)?;
+            job.error_count = job.error_count.saturating_add(1);
+            job.error = Some(JobError {
+                context: ErrorContext::GeneralQueueManager,
+                code: BitsCode::BG_E_NETWORK_DISCONNECTED,
+                detail: format!(
+                    "the job's home node {} is unavailable; it resumes when the node returns",
+                    job.home_node
+                ),
+                file_index: None,
+                protocol: None,
+            });
+        }
+        EngineReport::HomeNodeBack => {
+            if !job.error.as_ref().is_some_and(transfer::is_home_node_lost) {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_INVALID_STATE,
+                    "the job is not waiting for its home node",
+                ));
+            }
+            transit(job, Operation::NetworkRestored)?;
+        }
         EngineReport::RetryDelayElapsed => transit(job, Operation::RetryDelayElapsed)?,
         EngineReport::NoProgressTimeout => transit(job, Operation::NoProgressTimeout)?,
         EngineReport::MaxDownloadTimeExceeded => {
