@@ -24,6 +24,8 @@ use crate::raft::{self, NodeAddr, Raft, StateMachineStore, read_error, role_name
 const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a write with a request id keeps looking for a leader.
 const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a write may wait to be committed.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read waits for its barrier before giving up.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,7 +67,15 @@ impl NodeCluster {
             .send(Propose { proposal, bytes, reply })
             .await
             .map_err(|_| ClusterError::Unavailable("the proposer has stopped".into()))?;
-        answer.await.map_err(|_| ClusterError::Unavailable("the write was dropped".into()))?
+        // A leader cut off from its quorum cannot commit: answer (503) rather than hang.
+        match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
+            Ok(answer) => {
+                answer.map_err(|_| ClusterError::Unavailable("the write was dropped".into()))?
+            }
+            Err(_) => Err(ClusterError::Unavailable(format!(
+                "the write was not committed within {COMMIT_TIMEOUT:?}; the cluster may have lost its quorum"
+            ))),
+        }
     }
 
     /// The leader this node knows of.

@@ -13,6 +13,7 @@ mod idempotency;
 mod nginx;
 mod openapi;
 mod ownership;
+mod partition;
 mod priority;
 mod restart;
 mod support;

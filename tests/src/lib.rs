@@ -380,17 +380,18 @@ pub async fn ferry(
     ))
 }
 
-/// Starts `n` nodes on 127.0.0.1, .2, ... with `options`, the first founding the cluster
+/// Starts `n` nodes on `options.ip`, the next addresses up, ... with `options`, the first founding the cluster
 /// and the others joining it with `--join`, and waits (up to 30 s) until every node
 /// knows the same leader, `min(n, 3)` members are voters and all have applied the same
 /// index.
 pub async fn start_cluster(options: NodeOptions, n: usize) -> anyhow::Result<Vec<Node>> {
     anyhow::ensure!((1..=250).contains(&n), "a cluster of 1 to 250 nodes");
-    let first = Node::start(NodeOptions { ip: Ipv4Addr::new(127, 0, 0, 1), ..options }).await?;
+    let base = options.ip.octets();
+    let first = Node::start(options).await?;
     let token = first.join_token()?;
     let mut nodes = vec![first];
-    for i in 2..=n {
-        let ip = Ipv4Addr::new(127, 0, 0, u8::try_from(i)?);
+    for i in 1..n {
+        let ip = Ipv4Addr::new(base[0], base[1], base[2], base[3].wrapping_add(u8::try_from(i)?));
         let joiner = nodes[0].joiner(ip, &token)?;
         nodes.push(Node::start(joiner).await?);
     }
@@ -413,4 +414,51 @@ pub async fn start_cluster(options: NodeOptions, n: usize) -> anyhow::Result<Vec
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A network partition made of real dropped packets: iptables rules on the loopback
+/// addresses of nodes, dropping their UDP (QUIC) traffic; the HTTP API (TCP) stays
+/// reachable for the test. The rules are removed when the value is dropped.
+pub struct Partition {
+    rules: Vec<[String; 2]>,
+}
+
+impl Partition {
+    /// True if partitions can be made here (iptables present and usable).
+    pub fn available() -> bool {
+        std::process::Command::new("iptables")
+            .args(["-L", "INPUT", "-n"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Cuts `node` off from each of `others`, both ways.
+    pub fn isolate(node: Ipv4Addr, others: &[Ipv4Addr]) -> anyhow::Result<Self> {
+        let mut partition = Self { rules: Vec::new() };
+        for other in others {
+            for (src, dst) in [(node, *other), (*other, node)] {
+                let rule = [src.to_string(), dst.to_string()];
+                iptables("-I", &rule)?;
+                partition.rules.push(rule);
+            }
+        }
+        Ok(partition)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = iptables("-D", rule);
+        }
+    }
+}
+
+fn iptables(action: &str, [src, dst]: &[String; 2]) -> anyhow::Result<()> {
+    let status = std::process::Command::new("iptables")
+        .args([action, "INPUT", "-p", "udp", "-s", src, "-d", dst, "-j", "DROP"])
+        .status()
+        .context("cannot run iptables")?;
+    anyhow::ensure!(status.success(), "iptables {action} {src} -> {dst} failed");
+    Ok(())
 }
