@@ -77,9 +77,16 @@ pub(crate) async fn establish(
             api_addr: api_addr.to_string(),
         };
         let answer = join_any(&config.cluster.join, &token, &request).await?;
+        anyhow::ensure!(
+            answer.secret_key.len() == ferry_coordinator::secrets::KEY_LEN,
+            "the cluster sent no usable secret key"
+        );
         let identity =
             NodeIdentity::new(answer.node_id, &key, answer.cert.into(), answer.ca.into());
         identity.save(root)?;
+        // The cluster's key replaces any this data directory had: sealed secrets must
+        // open on every member.
+        write_private(&root.join(crate::data_dir::files::SECRET_KEY), &answer.secret_key)?;
         dir.node_id(answer.node_id)?;
         tracing::info!(node_id = answer.node_id, "joined the cluster");
         return Ok(Start {
@@ -202,6 +209,8 @@ impl Admit {
         let node_id = members.iter().copied().max().unwrap_or(0).max(last) + 1;
         write_private(&last_file, format!("{node_id}\n").as_bytes()).map_err(|e| e.to_string())?;
         let cert = self.ca.issue(node_id, &request.public_key).map_err(|e| e.to_string())?;
+        let secret_key = std::fs::read(self.root.join(crate::data_dir::files::SECRET_KEY))
+            .map_err(|e| format!("cannot read the cluster secret key: {e}"))?;
         let addr = NodeAddr { api_addr: request.api_addr, peer_addr: peer_addr.to_string() };
         self.raft
             .add_learner(node_id, addr.clone(), false)
@@ -227,7 +236,7 @@ impl Admit {
                 }
             }
         });
-        Ok(JoinAnswer { node_id, cert: cert.to_vec(), ca: self.ca.cert().to_vec() })
+        Ok(JoinAnswer { node_id, cert: cert.to_vec(), ca: self.ca.cert().to_vec(), secret_key })
     }
 }
 

@@ -73,6 +73,13 @@ async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()
     let on_leader = first.client(Some(tokens::ALICE))?.job(created.id).await?;
     assert_eq!(on_leader.id, created.id);
 
+    // Every member holds the cluster's secret key: what one node seals, any can open.
+    let keys: Vec<Vec<u8>> = nodes
+        .iter()
+        .map(|n| std::fs::read(n.data_dir().join("secret.key")))
+        .collect::<Result<_, _>>()?;
+    assert!(keys.windows(2).all(|w| w[0] == w[1]), "the secret key differs between members");
+
     // A wrong secret is refused by the cluster, and the node does not start.
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     parts[3] = "0".repeat(parts[3].len());

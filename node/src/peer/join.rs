@@ -105,6 +105,9 @@ pub(crate) struct JoinAnswer {
     pub(crate) cert: Vec<u8>,
     /// The cluster CA certificate (DER).
     pub(crate) ca: Vec<u8>,
+    /// The cluster's secret key (seals job passwords and header values), so that any
+    /// member can open what another sealed. Sent over the pinned TLS connection only.
+    pub(crate) secret_key: Vec<u8>,
 }
 
 /// Asks the token's issuer, at `seed`, to admit this node.
