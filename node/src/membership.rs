@@ -17,7 +17,8 @@ use crate::data_dir::DataDir;
 use crate::peer::endpoint::Handler;
 use crate::peer::identity::{ClusterCa, NodeIdentity, write_private};
 use crate::peer::join::{JoinAnswer, JoinRequest, JoinToken, request_join};
-use crate::raft::{NodeAddr, Raft};
+use crate::raft::NodeAddr;
+use crate::service::NodeCluster;
 
 /// The id the first node of a cluster takes.
 const FIRST_NODE_ID: u64 = 1;
@@ -154,14 +155,14 @@ fn admission(root: &Path) -> anyhow::Result<Option<(ClusterCa, JoinToken)>> {
 
 /// Serves join requests on the node that holds the CA key.
 pub(crate) fn admission_handler(
-    raft: Raft,
+    cluster: NodeCluster,
     ca: ClusterCa,
     token: JoinToken,
     voters: usize,
     root: PathBuf,
 ) -> Handler {
     let admit =
-        Arc::new(Admit { raft, ca, token, voters, root, lock: tokio::sync::Mutex::new(()) });
+        Arc::new(Admit { cluster, ca, token, voters, root, lock: tokio::sync::Mutex::new(()) });
     Arc::new(move |_, body: Vec<u8>| {
         let admit = admit.clone();
         Box::pin(async move {
@@ -178,7 +179,7 @@ pub(crate) fn admission_handler(
 }
 
 struct Admit {
-    raft: Raft,
+    cluster: NodeCluster,
     ca: ClusterCa,
     token: JoinToken,
     voters: usize,
@@ -200,10 +201,7 @@ impl Admit {
             .parse()
             .map_err(|_| "the peer address is not an address".to_owned())?;
         let _serial = self.lock.lock().await;
-        let members: Vec<u64> = {
-            let metrics = self.raft.metrics().borrow().clone();
-            metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
-        };
+        let members = self.cluster.member_ids();
         let last_file = self.root.join(LAST_NODE_ID_FILE);
         let last = read_id(&last_file).map_err(|e| e.to_string())?.unwrap_or(0);
         let node_id = members.iter().copied().max().unwrap_or(0).max(last) + 1;
@@ -212,30 +210,11 @@ impl Admit {
         let secret_key = std::fs::read(self.root.join(crate::data_dir::files::SECRET_KEY))
             .map_err(|e| format!("cannot read the cluster secret key: {e}"))?;
         let addr = NodeAddr { api_addr: request.api_addr, peer_addr: peer_addr.to_string() };
-        self.raft
-            .add_learner(node_id, addr.clone(), false)
+        self.cluster
+            .add_member(node_id, addr, self.voters)
             .await
-            .map_err(|e| format!("cannot add node {node_id}: {e} (join through the leader)"))?;
+            .map_err(|e| format!("cannot add node {node_id}: {e}"))?;
         tracing::info!(node_id, %peer_addr, "admitted a node as a learner");
-        let raft = self.raft.clone();
-        let voters = self.voters;
-        tokio::spawn(async move {
-            // Promote once it has caught up, while the cluster wants more voters.
-            if let Err(e) = raft.add_learner(node_id, addr, true).await {
-                tracing::warn!(node_id, error = %e, "the new node did not catch up");
-                return;
-            }
-            let current: std::collections::BTreeSet<u64> =
-                raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-            if current.len() < voters {
-                let mut next = current;
-                next.insert(node_id);
-                match raft.change_membership(next, true).await {
-                    Ok(_) => tracing::info!(node_id, "promoted to voter"),
-                    Err(e) => tracing::warn!(node_id, error = %e, "cannot promote to voter"),
-                }
-            }
-        });
         Ok(JoinAnswer { node_id, cert: cert.to_vec(), ca: self.ca.cert().to_vec(), secret_key })
     }
 }

@@ -59,15 +59,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let raft =
         raft::Raft::new(node_id, raft_config, Network::new(endpoint.clone()), log, state.clone())
             .await?;
-    let admission = start.admission.map(|(ca, token)| {
-        membership::admission_handler(
-            raft.clone(),
-            ca,
-            token,
-            config.cluster.voters,
-            dir.root().to_path_buf(),
-        )
-    });
     if start.founder && !raft.is_initialized().await? {
         let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
         raft.initialize(BTreeMap::from([(node_id, me)])).await?;
@@ -77,6 +68,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let proposer = Proposer::new(raft.clone(), config.proposals.max_batch).start();
     let cluster =
         NodeCluster { node_id, raft: raft.clone(), state, proposer, peers: endpoint.clone() };
+    let admission = start.admission.map(|(ca, token)| {
+        membership::admission_handler(
+            cluster.clone(),
+            ca,
+            token,
+            config.cluster.voters,
+            dir.root().to_path_buf(),
+        )
+    });
     let peer_server = endpoint.serve(peer_handler(cluster.clone()), admission);
     let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
     tokio::spawn(reconcile(cluster.clone(), config.policy, me));

@@ -109,6 +109,58 @@ impl NodeCluster {
         decoded
     }
 
+    /// Adds `node` as a learner (on the leader: here, or asked over the peer link) and,
+    /// once it caught up, promotes it to voter while there are fewer than `voters`.
+    pub(crate) async fn add_member(
+        &self,
+        node: NodeId,
+        addr: NodeAddr,
+        voters: usize,
+    ) -> Result<(), ClusterError> {
+        match self.leader() {
+            Some(leader) if leader != self.node_id => {
+                self.ask(leader, &PeerRequest::AddMember { node, addr, voters }).await
+            }
+            _ => self.add_member_here(node, addr, voters).await,
+        }
+    }
+
+    /// [`add_member`](Self::add_member) on the leader.
+    async fn add_member_here(
+        &self,
+        node: NodeId,
+        addr: NodeAddr,
+        voters: usize,
+    ) -> Result<(), ClusterError> {
+        self.raft.add_learner(node, addr.clone(), false).await.map_err(|e| match e {
+            openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            ) => f
+                .leader_id
+                .map_or(ClusterError::NoLeader, |leader| ClusterError::NotLeader { leader }),
+            other => ClusterError::MembershipRefused(other.to_string()),
+        })?;
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            // Promote once it has caught up, while the cluster wants more voters.
+            if let Err(e) = raft.add_learner(node, addr, true).await {
+                tracing::warn!(node, error = %e, "the new node did not catch up");
+                return;
+            }
+            let current: std::collections::BTreeSet<NodeId> =
+                raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+            if current.len() < voters {
+                let mut next = current;
+                next.insert(node);
+                match raft.change_membership(next, true).await {
+                    Ok(_) => tracing::info!(node, "promoted to voter"),
+                    Err(e) => tracing::warn!(node, error = %e, "cannot promote to voter"),
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// Members of the cluster, voters and learners.
     pub(crate) fn member_ids(&self) -> Vec<NodeId> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -184,6 +236,14 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                 Ok(PeerRequest::Write(proposal)) => {
                     let written = cluster.write_here(*proposal).await;
                     codec::encode(&written).unwrap_or_default()
+                }
+                Ok(PeerRequest::AddMember { node, addr, voters }) => {
+                    let added = if cluster.leader() == Some(cluster.node_id) {
+                        cluster.add_member_here(node, addr, voters).await
+                    } else {
+                        Err(ClusterError::NoLeader)
+                    };
+                    codec::encode(&added).unwrap_or_default()
                 }
                 Ok(PeerRequest::Ping) => {
                     codec::encode(&Ok::<(), ClusterError>(())).unwrap_or_default()

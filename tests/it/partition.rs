@@ -88,3 +88,50 @@ async fn minority_leader_stops_majority_goes_on_and_all_converge() -> anyhow::Re
     let _ = written;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_through_the_ca_node_while_another_node_leads() -> anyhow::Result<()> {
+    if !Partition::available() {
+        eprintln!("skipped: iptables is not usable here");
+        return Ok(());
+    }
+    let ip = |i: u8| Ipv4Addr::new(127, 0, 4, i);
+    let options = NodeOptions { ip: ip(1), ..NodeOptions::queue_only() };
+    let nodes = start_cluster(options, 3).await?;
+    // Make sure the founder (the CA holder) does not lead: cut it off until another
+    // node leads, then heal.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
+        if agree(&all) && all[0].leader != Some(all[0].node_id) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the founder kept leading: {all:#?}");
+        if all[0].leader == Some(all[0].node_id) {
+            let cut = Partition::isolate(ip(1), &[ip(2), ip(3)])?;
+            let others = [&nodes[1], &nodes[2]];
+            while statuses(&others).await?.iter().all(|s| s.leader.is_none_or(|l| l == 1)) {
+                anyhow::ensure!(Instant::now() < deadline, "no other leader");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drop(cut);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let token = nodes[0].join_token()?;
+    let fourth = ferry_tests::Node::start(nodes[0].joiner(ip(4), &token)?).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = fourth.client(Some(tokens::ADMIN))?.cluster().await?;
+        let roles: Vec<(u64, &str)> =
+            status.members.iter().map(|m| (m.node_id, m.role.as_str())).collect();
+        if status.node_id == 4 && roles.contains(&(4, "learner")) && status.last_applied.is_some() {
+            let voters = roles.iter().filter(|(_, r)| *r == "voter").count();
+            assert_eq!(voters, 3, "the fourth node stays a learner: {roles:?}");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the fourth node did not join: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

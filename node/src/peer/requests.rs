@@ -15,6 +15,16 @@ pub(crate) enum PeerRequest {
     /// A client's write, forwarded to the leader. Answered with
     /// `Result<Written, ClusterError>`.
     Write(Box<Proposal>),
+    /// Add a node admitted by the CA holder (sent to the leader). Answered with
+    /// `Result<(), ClusterError>`.
+    AddMember {
+        /// The new node's id.
+        node: u64,
+        /// Its addresses.
+        addr: NodeAddr,
+        /// Voters the cluster grows to.
+        voters: usize,
+    },
     /// Are you there? Answered with `Result<(), ClusterError>`.
     Ping,
     /// The leader's read index (ReadIndex): answered with `Result<u64, ClusterError>`.
