@@ -129,7 +129,10 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_follower_catches_up_without_duplicates() -> anyhow::Result<()> {
-    let (nodes, agreed) = form_cluster(NodeOptions::queue_only()).await?;
+    // Snapshots every 50 entries: the leader purges its log past the paused follower,
+    // which must then catch up by installing a snapshot over QUIC.
+    let options = NodeOptions { snapshot_after_entries: 50, ..NodeOptions::queue_only() };
+    let (nodes, agreed) = form_cluster(options).await?;
     let follower = agreed
         .iter()
         .position(|s| s.role == "follower")
@@ -163,6 +166,8 @@ async fn a_paused_follower_catches_up_without_duplicates() -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("caught up {:?} after a 20 s pause", resumed_at.elapsed());
+    let caught_up = nodes[follower].client(Some(tokens::ADMIN))?.cluster().await?;
+    assert!(caught_up.snapshot_index.is_some(), "the follower installed or built a snapshot");
     let local = nodes[follower].client(Some(tokens::ADMIN))?;
     let jobs = local.list_jobs(true).await?;
     let mut names: Vec<&str> = jobs.iter().map(|j| j.display_name.as_str()).collect();
