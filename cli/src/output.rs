@@ -238,14 +238,21 @@ pub(crate) fn cluster(s: &ClusterStatus) {
 
 /// `ferry cluster members`.
 pub(crate) fn members(s: &ClusterStatus) {
-    let mut t = table(&["NODE", "ROLE", "API", "LEADER"]);
+    let mut t = table(&["NODE", "ROLE", "API", "PEER", "LEADER", "MATCHED", "BEHIND"]);
     for m in &s.members {
         let leads = if s.leader == Some(m.node_id) { "*" } else { "" };
+        let behind = match (m.matched_index, s.last_log_index) {
+            (Some(matched), Some(last)) => last.saturating_sub(matched).to_string(),
+            _ => "-".to_owned(),
+        };
         t.add_row(vec![
             m.node_id.to_string(),
             m.role.clone(),
             m.api_addr.clone(),
+            m.peer_addr.clone(),
             leads.to_owned(),
+            m.matched_index.map_or_else(|| "-".to_owned(), |i| i.to_string()),
+            behind,
         ]);
     }
     println!("{t}");

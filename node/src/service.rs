@@ -362,12 +362,18 @@ impl Cluster for NodeCluster {
             let metrics = self.raft.metrics().borrow().clone();
             let membership = metrics.membership_config.membership();
             let voters: Vec<NodeId> = membership.voter_ids().collect();
+            let matched = |id: &NodeId| {
+                let replication = metrics.replication.as_ref()?;
+                replication.get(id).copied().flatten().map(|log_id| log_id.index)
+            };
             let members = membership
                 .nodes()
                 .map(|(id, node)| MemberInfo {
                     node_id: *id,
                     role: if voters.contains(id) { "voter" } else { "learner" }.into(),
                     api_addr: node.api_addr.clone(),
+                    peer_addr: node.peer_addr.clone(),
+                    matched_index: matched(id),
                 })
                 .collect();
             let machine = self.state.read();

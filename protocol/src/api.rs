@@ -257,6 +257,11 @@ pub struct MemberInfo {
     pub role: String,
     /// API address.
     pub api_addr: String,
+    /// Peer (QUIC) address.
+    pub peer_addr: String,
+    /// The last log index known to be replicated to it, as the leader sees it (`null`
+    /// when the answering node does not lead, or before the first acknowledgement).
+    pub matched_index: Option<u64>,
 }
 
 /// `GET /v1/cluster` answer.

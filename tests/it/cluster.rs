@@ -55,6 +55,10 @@ async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()
     for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
         assert!(out.contains(ip), "{ip} missing: {out}");
     }
+    // The leader knows how far each member has replicated.
+    let leader_index = agreed.iter().position(|s| s.role == "leader").unwrap_or(0);
+    let seen = nodes[leader_index].client(Some(tokens::ADMIN))?.cluster().await?;
+    assert!(seen.members.iter().all(|m| m.matched_index.is_some()), "{seen:#?}");
 
     // Any node serves the API: a job created through a follower is read back on the
     // other follower (linearizable by default: it waits for the leader's read index).
