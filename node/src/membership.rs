@@ -112,7 +112,7 @@ pub(crate) async fn establish(
     dir.node_id(node_id)?;
     let token = JoinToken::generate(ca.fingerprint(), node_id)?;
     write_private(&root.join(JOIN_TOKEN_FILE), format!("{token}\n").as_bytes())?;
-    tracing::info!(node_id, ca = %ca.fingerprint(), "founded a new cluster; other nodes join with --join {peer_addr} --join-token {token}");
+    tracing::info!(node_id, ca = %ca.fingerprint(), token_file = %root.join(JOIN_TOKEN_FILE).display(), "founded a new cluster; other nodes join with --join {peer_addr} --join-token <the token in token_file>");
     Ok(Start { node_id, identity, socket, founder: true, admission: Some((ca, token)) })
 }
 

@@ -17,7 +17,7 @@ use crate::data_dir::{DataDir, files};
 use crate::membership;
 use crate::peer::endpoint::PeerEndpoint;
 use crate::proposer::Proposer;
-use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
+use crate::raft::{self, AddressBook, LogStore, Network, NodeAddr, StateMachineStore};
 use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
 use crate::service::{NodeCluster, peer_handler};
 use crate::transfer::{EgressPolicy, EngineSettings, HttpTimeouts, Tick, Transfers};
@@ -56,9 +56,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let endpoint = PeerEndpoint::from_socket(start.socket, &start.identity)?;
     let peer_addr = endpoint.local_addr()?;
     let raft_config = raft::raft_config(&settings.raft)?;
-    let raft =
-        raft::Raft::new(node_id, raft_config, Network::new(endpoint.clone()), log, state.clone())
-            .await?;
+    let book = Arc::new(AddressBook::default());
+    let raft = raft::Raft::new(
+        node_id,
+        raft_config,
+        Network::new(endpoint.clone(), book.clone()),
+        log,
+        state.clone(),
+    )
+    .await?;
+    tokio::spawn(track_addresses(raft.clone(), book));
     if start.founder && !raft.is_initialized().await? {
         let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
         raft.initialize(BTreeMap::from([(node_id, me)])).await?;
@@ -178,6 +185,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
     peer_server.abort();
     outcome
+}
+
+/// Keeps the Raft network's address book equal to the membership's addresses.
+async fn track_addresses(raft: raft::Raft, book: Arc<AddressBook>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let nodes: Vec<(u64, String)> = {
+            let m = metrics.borrow_and_update();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.peer_addr.clone()))
+                .collect()
+        };
+        book.update(nodes.into_iter());
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Tells the transfer engine and the scheduler when the applied state moved on (at most

@@ -187,8 +187,13 @@ impl NodeCluster {
                     .collect();
                 (known, others)
             };
-            if known.as_ref().is_none_or(|k| *k == me) || others.is_empty() {
+            if known.as_ref() == Some(&me) {
                 return;
+            }
+            if known.is_none() || others.is_empty() {
+                // Raft has not loaded the membership yet (or this node is alone).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
             for node in others {
                 let asked: Result<bool, ClusterError> =

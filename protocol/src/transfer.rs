@@ -287,6 +287,19 @@ pub fn is_home_node_lost(error: &JobError) -> bool {
         && error.context == ErrorContext::GeneralQueueManager
 }
 
+/// Response headers cut to [`MAX_RESPONSE_HEADER_BYTES`].
+pub fn bounded_headers(headers: &[String]) -> Vec<String> {
+    let mut total = 0;
+    headers
+        .iter()
+        .take_while(|line| {
+            total += line.len() + 2;
+            total <= MAX_RESPONSE_HEADER_BYTES
+        })
+        .cloned()
+        .collect()
+}
+
 /// A transport error as BITS reports it.
 pub fn transport_error(code: BitsCode, detail: String, file: Option<u32>) -> JobError {
     JobError {

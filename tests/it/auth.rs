@@ -209,3 +209,56 @@ async fn basic_against_nginx_with_the_password_from_stdin() -> anyhow::Result<()
     assert!(!log.contains(PASSWORD));
     Ok(())
 }
+
+#[tokio::test]
+async fn credentials_never_follow_a_redirect_to_another_server() -> anyhow::Result<()> {
+    // The job names server A, which redirects to server B; B asks for a password.
+    let b = Origin::start(OriginConfig::default()).await?;
+    b.add_file("/secret.bin", Content::Pattern { seed: 2, len: 1000 });
+    b.set_knobs(Knobs {
+        auth: Some(Auth::Basic { user: "ferry".into(), password: PASSWORD.into() }),
+        ..Knobs::default()
+    });
+    let a = Origin::start(OriginConfig::default()).await?;
+    a.set_knobs(Knobs {
+        redirects: vec![("/moved.bin".into(), b.url("/secret.bin"))],
+        ..Knobs::default()
+    });
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let id = job_with_credentials(
+        &node,
+        &a.url("/moved.bin"),
+        &out.path().join("x"),
+        AuthScheme::Basic,
+        PASSWORD,
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(401)));
+    assert!(b.requests().iter().all(|r| r.authorization.is_none()), "B received the credentials");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_job_proxy_is_subject_to_the_egress_policy() -> anyhow::Result<()> {
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let settings = ferry_protocol::job::ProxySettings {
+        usage: ferry_protocol::job::ProxyUsage::Override,
+        list: Some("169.254.169.254:80".into()),
+        bypass: None,
+    };
+    let props = PropertyChanges { proxy: Some(settings), ..PropertyChanges::default() };
+    let id = crate::support::start_download(
+        &client,
+        &[("http://files.invalid/x".into(), out.path().join("x"))],
+        props,
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::BG_E_BLOCKED_BY_POLICY));
+    Ok(())
+}

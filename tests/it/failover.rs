@@ -100,7 +100,11 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
         if agree(&all) {
             break all;
         }
-        anyhow::ensure!(Instant::now() < deadline, "no agreement after the restart: {all:#?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no agreement after the restart: {all:#?}\n{}",
+            nodes.iter().map(ferry_tests::Node::log_tail).collect::<Vec<_>>().join("\n----\n")
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let rejoined = &all[leader_index];

@@ -32,6 +32,12 @@ pub(crate) const MAX_FRAME: usize = codec::FRAME_LIMIT;
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection attempt in progress: its outcome once known.
+type Pending = tokio::sync::watch::Receiver<Option<Result<quinn::Connection, String>>>;
+
 /// Serves requests: (verified caller id, request body) → answer body.
 pub(crate) type Handler = Arc<dyn Fn(u64, Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
 
@@ -83,7 +89,11 @@ pub(crate) struct PeerEndpoint {
     endpoint: quinn::Endpoint,
     node_id: u64,
     /// Open connections by peer node id.
-    connections: Mutex<HashMap<u64, quinn::Connection>>,
+    connections: Arc<Mutex<HashMap<u64, quinn::Connection>>>,
+    /// Connection attempts in progress, by peer node id. An attempt runs as its own
+    /// task, so a call that times out does not cancel it: the next call finds the
+    /// connection made (a handshake may take longer than one short RPC deadline).
+    pending: Arc<Mutex<HashMap<u64, Pending>>>,
 }
 
 impl PeerEndpoint {
@@ -153,7 +163,8 @@ impl PeerEndpoint {
         Ok(Arc::new(Self {
             endpoint,
             node_id: identity.node_id,
-            connections: Mutex::new(HashMap::new()),
+            connections: Arc::new(Mutex::new(HashMap::new())),
+            pending: Arc::new(Mutex::new(HashMap::new())),
         }))
     }
 
@@ -173,10 +184,9 @@ impl PeerEndpoint {
     ) -> Result<Vec<u8>, PeerError> {
         match tokio::time::timeout(timeout, self.call_unbounded(node, addr, body)).await {
             Ok(result) => result,
-            Err(_) => {
-                self.connections.lock().await.remove(&node);
-                Err(PeerError::Stream(format!("no answer within {timeout:?}"), node))
-            }
+            // The connection stays: a slow answer is not a dead peer (QUIC's idle
+            // timeout and stateless resets tell those).
+            Err(_) => Err(PeerError::Stream(format!("no answer within {timeout:?}"), node)),
         }
     }
 
@@ -205,20 +215,60 @@ impl PeerEndpoint {
         node: u64,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, PeerError> {
-        if let Some(open) =
-            self.connections.lock().await.get(&node).filter(|c| c.close_reason().is_none())
-        {
-            return Ok(open.clone());
+        let cached = self.connections.lock().await.get(&node).cloned();
+        if let Some(open) = cached {
+            if open.close_reason().is_none() && open.remote_address() == addr {
+                return Ok(open);
+            }
+            // Closed, or the peer moved to another address.
+            self.connections.lock().await.remove(&node);
         }
-        // Connect without holding the cache: a dead peer must not delay calls to others.
-        let connect_error = |reason: String| PeerError::Connect { node, addr, reason };
-        let connecting = self
-            .endpoint
-            .connect(addr, &node_name(node))
-            .map_err(|e| connect_error(e.to_string()))?;
-        let connection = connecting.await.map_err(|e| connect_error(e.to_string()))?;
-        self.connections.lock().await.insert(node, connection.clone());
-        Ok(connection)
+        // Start or join an attempt. It runs on its own (see `pending`) and never holds
+        // the cache while it connects: a dead peer must not delay calls to others.
+        let mut attempt = {
+            let mut pending = self.pending.lock().await;
+            match pending.get(&node) {
+                Some(attempt) => attempt.clone(),
+                None => {
+                    let attempt = self.start_connecting(node, addr);
+                    pending.insert(node, attempt.clone());
+                    attempt
+                }
+            }
+        };
+        let outcome = attempt
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| PeerError::Connect { node, addr, reason: "the attempt was lost".into() })?
+            .clone();
+        match outcome {
+            Some(Ok(connection)) => Ok(connection),
+            Some(Err(reason)) => Err(PeerError::Connect { node, addr, reason }),
+            None => Err(PeerError::Connect { node, addr, reason: "no outcome".into() }),
+        }
+    }
+
+    /// Connects to `node` at `addr` in a task of its own, caching the connection.
+    fn start_connecting(&self, node: u64, addr: SocketAddr) -> Pending {
+        let (done, attempt) = tokio::sync::watch::channel(None);
+        let (endpoint, connections, pending) =
+            (self.endpoint.clone(), self.connections.clone(), self.pending.clone());
+        tokio::spawn(async move {
+            let outcome = match endpoint.connect(addr, &node_name(node)) {
+                Ok(connecting) => match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                    Ok(Ok(connection)) => Ok(connection),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no handshake within {CONNECT_TIMEOUT:?}")),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Ok(connection) = &outcome {
+                connections.lock().await.insert(node, connection.clone());
+            }
+            pending.lock().await.remove(&node);
+            let _ = done.send(Some(outcome));
+        });
+        attempt
     }
 
     /// Accepts connections and serves each request with `handler` until the endpoint

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use errors::{ReadError, WriteError, read_error, role_name, write_error};
 pub use log_store::LogStore;
+pub(crate) use network::AddressBook;
 pub use network::Network;
 pub(crate) use network::serve_raft;
 pub use state_machine::{Machine, StateMachineStore};

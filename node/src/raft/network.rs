@@ -39,22 +39,45 @@ enum RaftAnswer {
     Vote(Result<VoteResponse<u64>, String>),
 }
 
+/// The members' current peer addresses, kept up to date from the membership: openraft
+/// may keep a client for a member across a change of its address (a restart on another
+/// port), so clients look the address up on every call.
+#[derive(Default)]
+pub(crate) struct AddressBook {
+    addrs: std::sync::RwLock<std::collections::HashMap<u64, SocketAddr>>,
+}
+
+impl AddressBook {
+    /// Records the addresses of `membership`'s nodes.
+    pub(crate) fn update(&self, nodes: impl Iterator<Item = (u64, String)>) {
+        let fresh: std::collections::HashMap<u64, SocketAddr> =
+            nodes.filter_map(|(id, addr)| Some((id, addr.parse().ok()?))).collect();
+        *self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+    }
+
+    fn get(&self, node: u64) -> Option<SocketAddr> {
+        self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&node).copied()
+    }
+}
+
 /// Creates clients for other members.
 #[derive(Clone)]
 pub struct Network {
     endpoint: Arc<PeerEndpoint>,
+    book: Arc<AddressBook>,
 }
 
 impl Network {
-    /// Raft RPCs go out through `endpoint`.
-    pub(crate) fn new(endpoint: Arc<PeerEndpoint>) -> Self {
-        Self { endpoint }
+    /// Raft RPCs go out through `endpoint`, to the addresses in `book`.
+    pub(crate) fn new(endpoint: Arc<PeerEndpoint>, book: Arc<AddressBook>) -> Self {
+        Self { endpoint, book }
     }
 }
 
 /// A client for one member.
 pub struct PeerClient {
     endpoint: Arc<PeerEndpoint>,
+    book: Arc<AddressBook>,
     target: u64,
     addr: Result<SocketAddr, String>,
 }
@@ -71,7 +94,10 @@ impl PeerClient {
         timeout: std::time::Duration,
     ) -> Result<RaftAnswer, Unreachable> {
         let unreachable = |text: String| Unreachable::new(&PeerFault(text));
-        let addr = self.addr.clone().map_err(unreachable)?;
+        let addr = match self.book.get(self.target) {
+            Some(current) => current,
+            None => self.addr.clone().map_err(unreachable)?,
+        };
         let rpc = codec::encode(rpc).map_err(|e| unreachable(e.to_string()))?;
         let body =
             codec::encode(&PeerRequest::Raft(rpc)).map_err(|e| unreachable(e.to_string()))?;
@@ -101,7 +127,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             .peer_addr
             .parse()
             .map_err(|_| format!("node {target} has no usable peer address {:?}", node.peer_addr));
-        PeerClient { endpoint: self.endpoint.clone(), target, addr }
+        PeerClient { endpoint: self.endpoint.clone(), book: self.book.clone(), target, addr }
     }
 }
 
@@ -209,7 +235,7 @@ mod tests {
         let raft = Raft::new(
             id,
             raft_config(&settings)?,
-            Network::new(endpoint.clone()),
+            Network::new(endpoint.clone(), Arc::default()),
             log,
             state.clone(),
         )

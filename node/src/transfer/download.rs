@@ -333,7 +333,20 @@ impl Run {
     async fn temp_file(&self, file: &JobFile, index: u32, fresh: bool) -> Result<TempFile, Stop> {
         let path = Path::new(&file.temporary_name).to_path_buf();
         if fresh {
-            return blocking(move || TempFile::create(&path)).await.map_err(|e| {
+            // Checked again right before the create: the directory may have been
+            // swapped for a symlink while the probe ran.
+            let (dest, roots) = (
+                Path::new(&file.local_path).to_path_buf(),
+                self.settings.destination_roots.clone(),
+            );
+            return blocking(move || {
+                local::check_destination(&dest, &roots).map_err(|why| {
+                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)
+                })?;
+                TempFile::create(&path)
+            })
+            .await
+            .map_err(|e| {
                 Failure::local(&e, "cannot create the temporary file", Some(index)).into()
             });
         }
@@ -368,6 +381,7 @@ impl Run {
         if !chunks.is_empty() {
             reports.push(EngineReport::Chunks { file: fetch.file, chunks });
         }
+        let headers = transfer::bounded_headers(&headers);
         reports.push(EngineReport::FileTransferred { file: fetch.file, size, headers });
         for report in reports {
             outbox.push(report);

@@ -60,6 +60,11 @@ pub(crate) struct HttpSession {
     proxy: Mutex<Option<PasswordClient>>,
     /// Send Basic credentials before the server asks (https, or configured).
     preemptive_basic_over_http: bool,
+    /// Origins (`scheme://host:port`) of the job's files: the only servers its server
+    /// credentials are ever sent to, whatever redirects say.
+    origins: Vec<String>,
+    /// The origin whose challenge `server` answers.
+    challenger: Mutex<Option<String>>,
 }
 
 /// What a run's HTTP session is made of besides the job.
@@ -109,7 +114,9 @@ impl HttpSession {
         }
         builder = match job.props.proxy.usage {
             ProxyUsage::NoProxy => builder.no_proxy(),
-            ProxyUsage::Override => builder.no_proxy().proxy(override_proxy(job, &credentials)?),
+            ProxyUsage::Override => {
+                builder.no_proxy().proxy(override_proxy(job, &credentials, egress)?)
+            }
             // The node's environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY). WPAD discovery
             // is not implemented, so autodetect uses the same configuration.
             ProxyUsage::Preconfig | ProxyUsage::Autodetect => builder,
@@ -126,6 +133,8 @@ impl HttpSession {
             credentials,
             server: Mutex::new(None),
             proxy: Mutex::new(None),
+            origins: job.files.iter().filter_map(|f| origin(&f.remote_url)).collect(),
+            challenger: Mutex::new(None),
             preemptive_basic_over_http: settings.preemptive_basic_over_http,
         }))
     }
@@ -154,7 +163,7 @@ impl HttpSession {
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED => AuthTarget::Proxy,
                 _ => return Ok(response),
             };
-            if rounds >= 2 || !self.accept_challenge(target, response.headers()) {
+            if rounds >= 2 || !self.accept_challenge(target, response.headers(), url) {
                 return Ok(response);
             }
             rounds += 1;
@@ -162,7 +171,15 @@ impl HttpSession {
     }
 
     /// Learns from a challenge; false if no credential of ours answers it.
-    fn accept_challenge(&self, target: AuthTarget, headers: &HeaderMap) -> bool {
+    fn accept_challenge(&self, target: AuthTarget, headers: &HeaderMap, url: &str) -> bool {
+        let challenger = origin(url);
+        if target == AuthTarget::Server {
+            // Only the servers the owner named get the server credentials.
+            if !challenger.as_ref().is_some_and(|o| self.origins.contains(o)) {
+                return false;
+            }
+            *self.challenger.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = challenger;
+        }
         let name = match target {
             AuthTarget::Server => header::WWW_AUTHENTICATE,
             AuthTarget::Proxy => header::PROXY_AUTHENTICATE,
@@ -196,6 +213,18 @@ impl HttpSession {
     fn authorization(&self, target: AuthTarget, method: &Method, url: &str) -> Option<String> {
         let slot = self.slot(target);
         let mut slot = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if target == AuthTarget::Server {
+            let here = origin(url);
+            if !here.as_ref().is_some_and(|o| self.origins.contains(o)) {
+                return None;
+            }
+            let challenger =
+                self.challenger.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            if slot.is_some() && challenger != here {
+                // Answer a challenge only on the origin that made it.
+                return None;
+            }
+        }
         if slot.is_none() && target == AuthTarget::Server {
             let https = url.starts_with("https://");
             if https || self.preemptive_basic_over_http {
@@ -283,6 +312,17 @@ pub(crate) async fn load_identity(job: &Job) -> Result<Option<reqwest::Identity>
         .map_err(|e| bad(format!("{path} is not a PEM certificate with its private key: {e}")))
 }
 
+/// `scheme://host:port` of a URL (the port made explicit).
+fn origin(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    Some(format!(
+        "{}://{}:{}",
+        parsed.scheme(),
+        parsed.host_str()?,
+        parsed.port_or_known_default()?
+    ))
+}
+
 /// The request-URI a Digest response covers: the path and query, or the absolute URL
 /// when the request goes through a proxy (then it is absolute-form on the wire).
 fn request_uri(url: &str, target: AuthTarget) -> String {
@@ -332,7 +372,11 @@ fn custom_headers(job: &Job, secrets: &SecretKey) -> Result<HeaderMap, Failure> 
 
 /// The OVERRIDE proxy: the first entry of the job's list, bypassing its bypass list,
 /// with the job's Basic proxy credential if it has one.
-fn override_proxy(job: &Job, credentials: &[OpenCredential]) -> Result<reqwest::Proxy, Failure> {
+fn override_proxy(
+    job: &Job,
+    credentials: &[OpenCredential],
+    egress: EgressPolicy,
+) -> Result<reqwest::Proxy, Failure> {
     let invalid =
         |detail: String| Failure::fatal(transport(BitsCode::BG_E_INVALID_PROXY_INFO, detail, None));
     let list = job.props.proxy.list.as_deref().unwrap_or_default();
@@ -341,6 +385,14 @@ fn override_proxy(job: &Job, credentials: &[OpenCredential]) -> Result<reqwest::
         .next()
         .ok_or_else(|| invalid("the job's proxy list is empty".into()))?;
     let url = if first.contains("://") { first.to_owned() } else { format!("http://{first}") };
+    let parsed = url::Url::parse(&url).map_err(|e| invalid(format!("proxy {first:?}: {e}")))?;
+    check_url(egress, &parsed).map_err(|why| {
+        Failure::fatal(transport(
+            BitsCode::BG_E_BLOCKED_BY_POLICY,
+            format!("proxy {first}: egress policy: {why}"),
+            None,
+        ))
+    })?;
     let mut proxy =
         reqwest::Proxy::all(&url).map_err(|e| invalid(format!("proxy {first:?}: {e}")))?;
     if let Some(bypass) = job.props.proxy.bypass.as_deref() {

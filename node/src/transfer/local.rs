@@ -104,7 +104,7 @@ pub(crate) struct Finished {
 /// Complete: renames every transferred file into place and deletes the other temporary
 /// files. Cancel: deletes every temporary file. Safe to repeat after a crash: a file
 /// already renamed (temporary gone, destination present) counts as completed.
-pub(crate) fn finish_job(job: &Job) -> Finished {
+pub(crate) fn finish_job(job: &Job, roots: &[std::path::PathBuf]) -> Finished {
     let mut done = Finished { completed: Vec::new(), problems: Vec::new() };
     let keep = job.state == JobState::Acknowledged;
     let mut dirs = Vec::new();
@@ -112,7 +112,15 @@ pub(crate) fn finish_job(job: &Job) -> Finished {
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         let temp = Path::new(&file.temporary_name);
         let dest = Path::new(&file.local_path);
-        if keep && file.transferred {
+        if keep
+            && file.transferred
+            && let Err(why) = check_destination(dest, roots)
+        {
+            // The directory changed since the download (a symlink swapped in): keep
+            // nothing there.
+            done.problems.push(format!("file {index}: not renamed into place: {why}"));
+            let _ = fs::remove_file(temp);
+        } else if keep && file.transferred {
             // The temporary file was private while incomplete; the result is an ordinary file.
             let _ = fs::set_permissions(temp, fs::Permissions::from_mode(0o644));
             match fs::rename(temp, dest) {

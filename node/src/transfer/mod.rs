@@ -98,10 +98,16 @@ impl Reporter {
         reports: Vec<EngineReport>,
     ) -> Result<(), Stop> {
         let command = Command::Engine { job: id, run, reports };
+        // One request id for all attempts: a retry of a report that was applied after
+        // all (its answer was lost) is answered from the request table, not re-applied.
+        let request_id = Some(ferry_protocol::RequestId::new_random());
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=REPORT_ATTEMPTS {
-            let proposal =
-                Proposal { request_id: None, caller: system_caller(), command: command.clone() };
+            let proposal = Proposal {
+                request_id: request_id.clone(),
+                caller: system_caller(),
+                command: command.clone(),
+            };
             match self.cluster.write(proposal).await {
                 Ok(written) => {
                     match written.result {
@@ -124,7 +130,13 @@ impl Reporter {
                         .map_err(|_| Stop::Stale)?;
                     return Ok(());
                 }
-                Err(ClusterError::TooLarge { .. }) => return Err(Stop::Stale),
+                Err(e @ ClusterError::TooLarge { .. }) => {
+                    return Err(Stop::Failed(Failure::fatal(failure::transport(
+                        BitsCode::E_UNEXPECTED,
+                        format!("a transfer report cannot be written: {e}"),
+                        None,
+                    ))));
+                }
                 Err(e) => {
                     tracing::warn!(job = %id, run, attempt, error = %e, "cannot write an engine report; retrying");
                     tokio::time::sleep(delay).await;
@@ -272,11 +284,13 @@ impl Transfers {
         self.finishing.insert(id, None);
         let reporter = Reporter::new(self.cluster.clone());
         let me = ctx.address();
+        let roots = self.settings.destination_roots.clone();
         tokio::spawn(async move {
             if let Some(pause) = settle {
                 tokio::time::sleep(pause).await;
             }
-            let finished = tokio::task::spawn_blocking(move || local::finish_job(&job)).await;
+            let finished =
+                tokio::task::spawn_blocking(move || local::finish_job(&job, &roots)).await;
             match finished {
                 Ok(done) => {
                     for problem in &done.problems {

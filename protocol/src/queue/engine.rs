@@ -15,7 +15,7 @@ use crate::ids::{Caller, JobId, Principal};
 use crate::job::{Job, JobError, JobState};
 use crate::state::Operation;
 use crate::time::Timestamp;
-use crate::transfer::{self, EngineReport, MAX_RESPONSE_HEADER_BYTES, Severity};
+use crate::transfer::{self, EngineReport, Severity};
 
 impl Queue {
     pub(super) fn engine_reports(
@@ -145,7 +145,7 @@ fn apply_report(
             entry.progress.bytes_transferred = *size;
             entry.content_digest = Some(transfer::content_digest(entry.chunk_size, &entry.chunks));
             entry.chunks = Vec::new();
-            entry.response_headers = bounded_headers(headers);
+            entry.response_headers = transfer::bounded_headers(headers);
             job.no_progress_since = None;
             if job.pending_files() == 0 && job.state == JobState::Transferring {
                 transit(job, Operation::AllFilesTransferred)?;
@@ -265,17 +265,4 @@ fn planned_size(file: &crate::file::JobFile) -> Result<Option<u64>, CommandError
         )
     })?;
     Ok(Some(transfer::planned_bytes(&pieces)))
-}
-
-/// Response headers cut to [`MAX_RESPONSE_HEADER_BYTES`].
-fn bounded_headers(headers: &[String]) -> Vec<String> {
-    let mut total = 0;
-    headers
-        .iter()
-        .take_while(|line| {
-            total += line.len() + 2;
-            total <= MAX_RESPONSE_HEADER_BYTES
-        })
-        .cloned()
-        .collect()
 }
