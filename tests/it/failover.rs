@@ -94,7 +94,7 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
 
     // The old leader comes back as a follower and catches up.
     nodes[leader_index].restart().await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let all = loop {
         let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
         if agree(&all) {

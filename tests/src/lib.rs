@@ -166,13 +166,16 @@ pub struct Node {
     dir: tempfile::TempDir,
     child: Option<Child>,
     api: Option<SocketAddr>,
+    /// The API and peer addresses of the first start: a restart keeps them, as a
+    /// deployed node does (its ports are configured).
+    bound: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl Node {
     /// Starts a node with a fresh data directory and waits until it serves.
     pub async fn start(options: NodeOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-node-").tempdir()?;
-        let mut node = Self { options, dir, child: None, api: None };
+        let mut node = Self { options, dir, child: None, api: None, bound: None };
         node.write_config()?;
         node.spawn().await?;
         Ok(node)
@@ -225,8 +228,13 @@ impl Node {
         let o = &self.options;
         let config = Config {
             data_dir: self.data_dir(),
-            api: Api { listen: SocketAddr::new(IpAddr::V4(o.ip), 0), tokens: &o.tokens },
-            peer: Peer { listen: SocketAddr::new(IpAddr::V4(o.ip), 0) },
+            api: Api {
+                listen: self.bound.map_or(SocketAddr::new(IpAddr::V4(o.ip), 0), |(api, _)| api),
+                tokens: &o.tokens,
+            },
+            peer: Peer {
+                listen: self.bound.map_or(SocketAddr::new(IpAddr::V4(o.ip), 0), |(_, peer)| peer),
+            },
             raft: Raft {
                 snapshot_after_entries: o.snapshot_after_entries,
                 keep_entries_after_snapshot: (o.snapshot_after_entries / 2).max(1),
@@ -347,7 +355,13 @@ impl Node {
 
     /// Starts the node again on its data directory (after [`Node::kill9`] or a stop).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.bound.is_none()
+            && let (Some(api), Ok(peer)) = (self.api, self.peer_addr())
+        {
+            self.bound = Some((api, peer));
+        }
         self.kill9().await?;
+        self.write_config()?;
         self.spawn().await
     }
 

@@ -92,6 +92,9 @@ pub fn raft_config(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
         max_in_snapshot_log_to_keep: settings.keep_entries_after_snapshot,
         install_snapshot_timeout: 10_000,
+        // Small enough that a lagging follower stores and acknowledges one batch within
+        // the RPC deadline (a heartbeat interval), even on a loaded machine.
+        max_payload_entries: 64,
         ..Default::default()
     };
     Ok(Arc::new(config.validate()?))
