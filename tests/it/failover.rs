@@ -183,115 +183,106 @@ async fn a_paused_follower_catches_up_without_duplicates() -> anyhow::Result<()>
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_download_on_a_follower_survives_a_leader_kill() -> anyhow::Result<()> {
-    use ferry_protocol::command::JobAction;
-    use ferry_protocol::{JobState, PropertyChanges};
-    use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig};
+/// A download running on a follower of a fresh 3-node cluster, already under way.
+struct FollowerDownload {
+    origin: ferry_tests::origin::Origin,
+    nodes: Vec<ferry_tests::Node>,
+    agreed: Vec<ferry_protocol::api::ClusterStatus>,
+    home: usize,
+    leader: usize,
+    id: ferry_protocol::JobId,
+    local: std::path::PathBuf,
+    _out: tempfile::TempDir,
+}
 
-    const MIB: u64 = 1024 * 1024;
-    const SIZE: u64 = 512 * MIB;
+/// Serves `size` bytes (pattern `seed`) at `rate` per connection, forms a cluster with
+/// `transfer` settings, downloads on a follower (its home node) and returns once
+/// `at_least` bytes are durable.
+async fn download_on_follower(
+    size: u64,
+    seed: u64,
+    rate: u64,
+    transfer: &str,
+    at_least: u64,
+) -> anyhow::Result<FollowerDownload> {
+    use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig};
     let origin = Origin::start(OriginConfig::default()).await?;
-    origin.add_file("/big.bin", Content::Pattern { seed: 77, len: SIZE });
-    origin.set_knobs(Knobs { rate_limit_per_connection: Some(48 * MIB), ..Knobs::default() });
-    let options = NodeOptions {
-        transfer: "chunk_size_bytes = 8388608\nconnections = 4\nread_timeout_secs = 10".into(),
-        ..NodeOptions::default()
+    origin.add_file("/f.bin", Content::Pattern { seed, len: size });
+    origin.set_knobs(Knobs { rate_limit_per_connection: Some(rate), ..Knobs::default() });
+    let options = NodeOptions { transfer: transfer.into(), ..NodeOptions::default() };
+    let (nodes, agreed) = form_cluster(options).await?;
+    let role = |name: &str| {
+        agreed.iter().position(|s| s.role == name).ok_or_else(|| anyhow::anyhow!("no {name}"))
     };
-    let (mut nodes, agreed) = form_cluster(options).await?;
-    let home = agreed
-        .iter()
-        .position(|s| s.role == "follower")
-        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
-    let leader = agreed
-        .iter()
-        .position(|s| s.role == "leader")
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let (home, leader) = (role("follower")?, role("leader")?);
     let client = nodes[home].client(Some(tokens::ALICE))?;
     let out = tempfile::tempdir()?;
-    let local = out.path().join("big.bin");
-    let id = crate::support::start_download(
-        &client,
-        &[(origin.url("/big.bin"), local.clone())],
-        PropertyChanges::default(),
-    )
-    .await?;
+    let local = out.path().join("f.bin");
+    let props = ferry_protocol::PropertyChanges::default();
+    let id =
+        crate::support::start_download(&client, &[(origin.url("/f.bin"), local.clone())], props)
+            .await?;
     assert_eq!(
         client.job(id).await?.home_node,
         agreed[home].node_id,
         "the job lives on the follower"
     );
-
     let deadline = Instant::now() + Duration::from_secs(60);
-    while client.job(id).await?.progress.bytes_transferred < SIZE / 5 {
+    while client.job(id).await?.progress.bytes_transferred < at_least.max(1) {
         anyhow::ensure!(Instant::now() < deadline, "no progress\n{}", nodes[home].log_tail());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    nodes[leader].kill9().await?;
+    Ok(FollowerDownload { origin, nodes, agreed, home, leader, id, local, _out: out })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_on_a_follower_survives_a_leader_kill() -> anyhow::Result<()> {
+    use ferry_protocol::JobState;
+    use ferry_protocol::command::JobAction;
+
+    const MIB: u64 = 1024 * 1024;
+    const SIZE: u64 = 512 * MIB;
+    let transfer = "chunk_size_bytes = 8388608\nconnections = 4\nread_timeout_secs = 10";
+    let mut run = download_on_follower(SIZE, 77, 48 * MIB, transfer, SIZE / 5).await?;
+    run.nodes[run.leader].kill9().await?;
+    let client = run.nodes[run.home].client(Some(tokens::ALICE))?;
     let job = crate::support::wait_for(
-        &nodes[home],
+        &run.nodes[run.home],
         &client,
-        id,
+        run.id,
         &[JobState::Transferred],
         Duration::from_secs(120),
     )
     .await?;
     assert_eq!(job.progress.bytes_transferred, SIZE);
-    client.act(id, JobAction::Complete).await?;
-    assert!(ferry_tests::origin::file_matches_pattern(&local, 77, SIZE)?, "byte-identical");
+    client.act(run.id, JobAction::Complete).await?;
+    assert!(ferry_tests::origin::file_matches_pattern(&run.local, 77, SIZE)?, "byte-identical");
     println!(
         "{} MiB downloaded on node {} through the loss of leader {}",
         SIZE / MIB,
-        agreed[home].node_id,
-        agreed[leader].node_id
+        run.agreed[run.home].node_id,
+        run.agreed[run.leader].node_id
     );
+    drop(run.origin);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_waits_for_its_killed_home_node_and_completes_after_it_returns() -> anyhow::Result<()>
 {
+    use ferry_protocol::JobState;
     use ferry_protocol::command::JobAction;
-    use ferry_protocol::{JobState, PropertyChanges};
-    use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig};
 
     const MIB: u64 = 1024 * 1024;
     const SIZE: u64 = 64 * MIB;
-    let origin = Origin::start(OriginConfig::default()).await?;
-    origin.add_file("/f.bin", Content::Pattern { seed: 5, len: SIZE });
-    origin.set_knobs(Knobs { rate_limit_per_connection: Some(8 * MIB), ..Knobs::default() });
-    let options = NodeOptions {
-        transfer: "chunk_size_bytes = 4194304\nconnections = 2\nread_timeout_secs = 10".into(),
-        ..NodeOptions::default()
-    };
-    let (mut nodes, agreed) = form_cluster(options).await?;
-    let home = agreed
-        .iter()
-        .position(|s| s.role == "follower")
-        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
-    let leader = agreed
-        .iter()
-        .position(|s| s.role == "leader")
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
-    let on_home = nodes[home].client(Some(tokens::ALICE))?;
-    let out = tempfile::tempdir()?;
-    let local = out.path().join("f.bin");
-    let id = crate::support::start_download(
-        &on_home,
-        &[(origin.url("/f.bin"), local.clone())],
-        PropertyChanges::default(),
-    )
-    .await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while on_home.job(id).await?.progress.bytes_transferred == 0 {
-        anyhow::ensure!(Instant::now() < deadline, "no progress\n{}", nodes[home].log_tail());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    nodes[home].kill9().await?;
+    let transfer = "chunk_size_bytes = 4194304\nconnections = 2\nread_timeout_secs = 10";
+    let mut run = download_on_follower(SIZE, 5, 8 * MIB, transfer, 1).await?;
+    let (home, leader, id) = (run.home, run.leader, run.id);
+    run.nodes[home].kill9().await?;
 
-    let on_leader = nodes[leader].client(Some(tokens::ALICE))?;
+    let on_leader = run.nodes[leader].client(Some(tokens::ALICE))?;
     let job = crate::support::wait_for(
-        &nodes[leader],
+        &run.nodes[leader],
         &on_leader,
         id,
         &[JobState::TransientError],
@@ -305,10 +296,10 @@ async fn a_job_waits_for_its_killed_home_node_and_completes_after_it_returns() -
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(on_leader.job(id).await?.state, JobState::TransientError);
 
-    nodes[home].restart().await?;
-    let on_home = nodes[home].client(Some(tokens::ALICE))?;
+    run.nodes[home].restart().await?;
+    let on_home = run.nodes[home].client(Some(tokens::ALICE))?;
     crate::support::wait_for(
-        &nodes[home],
+        &run.nodes[home],
         &on_home,
         id,
         &[JobState::Transferred],
@@ -316,6 +307,6 @@ async fn a_job_waits_for_its_killed_home_node_and_completes_after_it_returns() -
     )
     .await?;
     on_home.act(id, JobAction::Complete).await?;
-    assert!(ferry_tests::origin::file_matches_pattern(&local, 5, SIZE)?, "byte-identical");
+    assert!(ferry_tests::origin::file_matches_pattern(&run.local, 5, SIZE)?, "byte-identical");
     Ok(())
 }
