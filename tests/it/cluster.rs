@@ -27,10 +27,7 @@ pub(crate) async fn form_cluster(
 
 /// One leader known to all, three voters, the same applied index everywhere.
 pub(crate) fn agree(all: &[ClusterStatus]) -> bool {
-    let voters = all[0].members.iter().filter(|m| m.role == "voter").count();
-    let applied_equal = all.windows(2).all(|w| w[0].last_applied == w[1].last_applied);
-    let leader = all[0].leader;
-    voters == 3 && applied_equal && leader.is_some() && all.iter().all(|s| s.leader == leader)
+    ferry_tests::agree(all, 3)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

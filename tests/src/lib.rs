@@ -415,12 +415,7 @@ pub async fn start_cluster(options: NodeOptions, n: usize) -> anyhow::Result<Vec
         for node in &nodes {
             all.push(node.client(Some(tokens::ADMIN))?.cluster().await?);
         }
-        let voters = all[0].members.iter().filter(|m| m.role == "voter").count();
-        let leader = all[0].leader;
-        let agreed = voters == n.min(3)
-            && leader.is_some()
-            && all.iter().all(|s| s.leader == leader && s.last_applied == all[0].last_applied);
-        if agreed {
+        if agree(&all, n.min(3)) {
             return Ok(nodes);
         }
         if Instant::now() >= deadline {
@@ -428,6 +423,16 @@ pub async fn start_cluster(options: NodeOptions, n: usize) -> anyhow::Result<Vec
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// True if the statuses agree: every node knows the same leader, `voters` members are
+/// voters, and all have applied the same index.
+pub fn agree(all: &[ferry_protocol::api::ClusterStatus], voters: usize) -> bool {
+    let Some(first) = all.first() else { return false };
+    let voting = first.members.iter().filter(|m| m.role == "voter").count();
+    voting == voters
+        && first.leader.is_some()
+        && all.iter().all(|s| s.leader == first.leader && s.last_applied == first.last_applied)
 }
 
 /// A network partition made of real dropped packets: iptables rules on the loopback

@@ -80,12 +80,12 @@ impl Failure {
         let code = if error.is_timeout() {
             BitsCode::BG_E_TIMEOUT
         } else if error.is_connect() {
-            connect_code(error)
+            connect_code(&text)
         } else if error.is_redirect() {
             // Refused by the redirect policy: the owner must change the job or URL.
             return Self::fatal(transport(
                 BitsCode::BG_E_PROTOCOL_ERROR,
-                format!("{url}: {}", chain(error)),
+                format!("{url}: {text}"),
                 Some(file),
             ));
         } else if error.is_body() || error.is_decode() {
@@ -95,7 +95,7 @@ impl Failure {
         } else {
             BitsCode::BG_E_SEND_FAILURE
         };
-        Self::new(transport(code, format!("{url}: {}", chain(error)), Some(file)))
+        Self::new(transport(code, format!("{url}: {text}"), Some(file)))
     }
 
     /// A connection the egress policy refuses (G10): fatal, nothing was sent.
@@ -124,8 +124,8 @@ impl Failure {
 }
 
 /// Connect errors: name resolution, TLS trust, or refused/unreachable.
-fn connect_code(error: &reqwest::Error) -> BitsCode {
-    let text = chain(error).to_ascii_lowercase();
+fn connect_code(chain: &str) -> BitsCode {
+    let text = chain.to_ascii_lowercase();
     if text.contains("dns") || text.contains("resolve") || text.contains("lookup") {
         BitsCode::BG_E_NAME_RESOLUTION_FAILURE
     } else if text.contains("certificate") || text.contains("unknownissuer") {
