@@ -176,21 +176,26 @@ impl NodeCluster {
     /// recorded them (it cannot reach this node at the old ones).
     pub(crate) async fn announce_address(&self, me: NodeAddr) {
         for _ in 0..120 {
-            let (known, others) = {
+            let (member, known, others) = {
                 let metrics = self.raft.metrics().borrow().clone();
                 let membership = metrics.membership_config.membership();
+                // Only an applied membership counts: a restarted leader may append its
+                // new address to its own log, an entry the real leader then truncates.
+                let applied = metrics.membership_config.log_id() <= &metrics.last_applied;
                 let known = membership.get_node(&self.node_id).cloned();
+                let member = known.is_some();
+                let known = known.filter(|_| applied);
                 let others: Vec<NodeId> = membership
                     .nodes()
                     .map(|(id, _)| *id)
                     .filter(|id| *id != self.node_id)
                     .collect();
-                (known, others)
+                (member, known, others)
             };
             if known.as_ref() == Some(&me) {
                 return;
             }
-            if known.is_none() || others.is_empty() {
+            if !member || others.is_empty() {
                 // Raft has not loaded the membership yet (or this node is alone).
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
@@ -198,9 +203,15 @@ impl NodeCluster {
             for node in others {
                 let asked: Result<bool, ClusterError> =
                     self.ask(node, &PeerRequest::UpdateAddress(me.clone())).await;
-                if asked.is_ok() {
-                    tracing::info!(leader = node, "the leader recorded this node's new address");
-                    return;
+                match asked {
+                    Ok(_) => {
+                        tracing::info!(
+                            leader = node,
+                            "the leader recorded this node's new address"
+                        );
+                        return;
+                    }
+                    Err(e) => tracing::debug!(node, error = %e, "could not announce the address"),
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

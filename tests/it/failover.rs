@@ -92,21 +92,10 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
     }
     let succeeded = succeeded.lock().await.clone();
 
-    // The old leader comes back as a follower and catches up.
+    // The old leader comes back (on its ports, as a deployed node does) as a follower
+    // and catches up.
     nodes[leader_index].restart().await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let all = loop {
-        let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
-        if agree(&all) {
-            break all;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no agreement after the restart: {all:#?}\n{}",
-            nodes.iter().map(ferry_tests::Node::log_tail).collect::<Vec<_>>().join("\n----\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let all = agreement(&nodes).await?;
     let rejoined = &all[leader_index];
     assert_eq!(rejoined.node_id, old_leader);
     assert_eq!(rejoined.role, "follower", "{rejoined:#?}");
@@ -128,6 +117,85 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
         "{} of {JOBS} creates succeeded through three nodes; all present once on every node",
         succeeded.len()
     );
+    Ok(())
+}
+
+/// Waits (up to 30 s) until all `nodes` agree on the leader and the applied index.
+async fn agreement(
+    nodes: &[ferry_tests::Node],
+) -> anyhow::Result<Vec<ferry_protocol::api::ClusterStatus>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
+        if agree(&all) {
+            return Ok(all);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no agreement after the restart: {all:#?}\n{}",
+            nodes.iter().map(ferry_tests::Node::log_tail).collect::<Vec<_>>().join("\n----\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A killed leader that comes back on other ports first believes it still leads and
+/// records its new address in its own log; the entry is never committed. It must still
+/// tell the real leader, or nobody can reach it and it campaigns forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restarted_on_new_ports_rejoins_as_a_follower() -> anyhow::Result<()> {
+    let (mut nodes, agreed) = form_cluster(NodeOptions::queue_only()).await?;
+    let leader = agreed
+        .iter()
+        .position(|s| s.role == "leader")
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let client = nodes[leader].client(Some(tokens::ADMIN))?;
+    for n in 0..20 {
+        let spec = NewJob {
+            display_name: format!("before-{n}"),
+            job_type: JobType::Download,
+            properties: Default::default(),
+            files: vec![],
+        };
+        client.create_job(&spec).await?;
+    }
+    let old_peer = nodes[leader].peer_addr()?;
+    nodes[leader].kill9().await?;
+    let survivor = (leader + 1) % nodes.len();
+    let probe = nodes[survivor].client(Some(tokens::ADMIN))?.with_attempts(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spec = NewJob {
+            display_name: "after".into(),
+            job_type: JobType::Download,
+            properties: Default::default(),
+            files: vec![],
+        };
+        if probe.create_job(&spec).await.is_ok() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no new leader within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    nodes[leader].restart_on_new_ports().await?;
+    let new_peer = nodes[leader].peer_addr()?;
+    assert_ne!(old_peer, new_peer, "the restart should have moved the peer port");
+    let all = agreement(&nodes).await?;
+    assert_eq!(all[leader].role, "follower", "{:#?}", all[leader]);
+    for status in &all {
+        let me = status.members.iter().find(|m| m.node_id == agreed[leader].node_id);
+        assert_eq!(
+            me.map(|m| m.peer_addr.as_str()),
+            Some(new_peer.to_string().as_str()),
+            "node {} does not know the new address",
+            status.node_id
+        );
+    }
+    let jobs = nodes[leader].client(Some(tokens::ADMIN))?.list_jobs(true).await?;
+    let before = jobs.iter().filter(|j| j.display_name.starts_with("before-")).count();
+    let after = jobs.iter().filter(|j| j.display_name == "after").count();
+    assert_eq!((before, after >= 1), (20, true), "every job reached the restarted node");
     Ok(())
 }
 

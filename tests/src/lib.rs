@@ -195,11 +195,14 @@ impl Node {
         self.dir.path().join("ferryd.log")
     }
 
-    /// The last lines of the node's log, for failure messages.
+    /// The last lines of the node's log, for failure messages: 40, or `FERRY_TAIL` lines.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        lines[lines.len().saturating_sub(
+            std::env::var("FERRY_TAIL").ok().and_then(|v| v.parse().ok()).unwrap_or(40),
+        )..]
+            .join("\n")
     }
 
     fn write_config(&self) -> anyhow::Result<()> {
@@ -277,6 +280,9 @@ impl Node {
                 self.api = Some(addr);
                 let client = self.client(None)?;
                 if matches!(client.health().await, Ok(h) if h.status == "ok") {
+                    if self.bound.is_none() {
+                        self.bound = Some((addr, self.peer_addr()?));
+                    }
                     return Ok(());
                 }
             }
@@ -355,14 +361,16 @@ impl Node {
 
     /// Starts the node again on its data directory (after [`Node::kill9`] or a stop).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        if self.bound.is_none()
-            && let (Some(api), Ok(peer)) = (self.api, self.peer_addr())
-        {
-            self.bound = Some((api, peer));
-        }
         self.kill9().await?;
         self.write_config()?;
         self.spawn().await
+    }
+
+    /// Like [`Node::restart`], but on new ports (a node whose ports are not configured):
+    /// the node must announce its new peer address to the cluster.
+    pub async fn restart_on_new_ports(&mut self) -> anyhow::Result<()> {
+        self.bound = None;
+        self.restart().await
     }
 
     /// Stops the node with SIGTERM and waits for it to exit.

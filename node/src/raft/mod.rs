@@ -73,7 +73,7 @@ impl Default for RaftSettings {
     fn default() -> Self {
         Self {
             heartbeat_ms: 250,
-            election_timeout_ms: (1_000, 2_000),
+            election_timeout_ms: (750, 1_500),
             snapshot_after_entries: 5_000,
             keep_entries_after_snapshot: 1_000,
         }
