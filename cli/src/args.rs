@@ -44,6 +44,29 @@ pub(crate) enum Noun {
     /// The cluster: leader, members, indexes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Print job events as they happen, one line each (NDJSON with --json); follows the
+    /// cluster: on the loss of its node, resumes at another from the last cursor.
+    Watch(WatchArgs),
+}
+
+/// `ferry watch` options.
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// Only this job (id or display name).
+    pub(crate) job: Option<String>,
+    /// Replay from this cursor (`INDEX[.SUB]`; `0` for all the history held) instead of
+    /// starting now.
+    #[arg(long, value_name = "CURSOR")]
+    pub(crate) from: Option<String>,
+    /// Every user's jobs (administrators).
+    #[arg(long)]
+    pub(crate) all_users: bool,
+    /// Only these kinds, comma-separated (e.g. JobTransferred,JobError).
+    #[arg(long, value_delimiter = ',', value_name = "KIND,...")]
+    pub(crate) kinds: Vec<String>,
+    /// Stop after this many events (default: run until interrupted).
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
 }
 
 /// `ferry transfer` options.

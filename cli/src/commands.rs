@@ -7,7 +7,9 @@ use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
 use ferry_protocol::job::{NotifyCmdLine, ProxySettings};
 use ferry_protocol::{FileRange, JobId, NewFile};
 
-use crate::args::{ClusterCommand, CredentialsCommand, ErrorCommand, JobCommand, Noun, SetArgs};
+use crate::args::{
+    ClusterCommand, CredentialsCommand, ErrorCommand, JobCommand, Noun, SetArgs, WatchArgs,
+};
 use crate::{output, target};
 
 /// Prints `value` as JSON with `--json`, else the human rendering.
@@ -27,6 +29,7 @@ pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
     match &cli.command {
         Noun::Job(command) => job(&client, cli.json, command).await,
         Noun::Transfer(args) => crate::transfer::run(&client, cli.json, args).await,
+        Noun::Watch(args) => watch(&client, cli.json, args).await,
         Noun::Error(ErrorCommand::Describe { code }) => {
             show(cli.json, &client.describe_error(code).await?, output::description)
         }
@@ -48,6 +51,53 @@ pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `ferry watch`: events until interrupted (or `--count`), across node losses.
+async fn watch(client: &Client, json: bool, args: &WatchArgs) -> anyhow::Result<()> {
+    use ferry_coordinator::bus::{Watched, Watcher};
+    use ferry_protocol::event::{Delivery, EventFilter, StartAt};
+
+    let jobs = match &args.job {
+        Some(job) => vec![resolve(client, job).await?],
+        None => Vec::new(),
+    };
+    let kinds = args
+        .kinds
+        .iter()
+        .map(|k| k.parse())
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let from = match args.from.as_deref() {
+        None | Some("now") => StartAt::Now,
+        Some(cursor) => StartAt::Cursor(cursor.parse().map_err(anyhow::Error::msg)?),
+    };
+    let token = client.token().unwrap_or_default().to_owned();
+    let filter = EventFilter { jobs, kinds, all_users: args.all_users };
+    let mut watcher = Watcher::new(client.base().clone(), token, filter, from);
+    let mut printed = 0u64;
+    while args.count.is_none_or(|n| printed < n) {
+        match watcher.next().await? {
+            Watched::Connected { node, position } => {
+                eprintln!("ferry: watching events on node {node} from cursor {position}");
+            }
+            Watched::Delivery(Delivery::Event(event)) => {
+                if json {
+                    println!("{}", event.to_json());
+                } else {
+                    println!("{}", output::event_line(&event));
+                }
+                printed += 1;
+            }
+            Watched::Delivery(Delivery::Gap { from, oldest }) => {
+                eprintln!(
+                    "ferry: events {from} up to {oldest} are no longer held by the node; \
+                     going on from {oldest}"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Resolves a job given by id or by display name (unique among the caller's jobs).

@@ -257,3 +257,26 @@ pub(crate) fn members(s: &ClusterStatus) {
     }
     println!("{t}");
 }
+
+/// One event as a line: cursor, time, kind, job, state, progress, and the file or the
+/// error when there is one.
+pub(crate) fn event_line(event: &ferry_protocol::event::Event) -> String {
+    let e = &event.event;
+    let mut line = format!(
+        "{:<10} {} {:<22} {} {:<16} {:<14} {}",
+        event.cursor.to_string(),
+        e.time,
+        e.kind.as_str(),
+        e.job,
+        e.display_name,
+        e.state.bits_name(),
+        bytes_of(e.progress.bytes_transferred, e.progress.bytes_total),
+    );
+    if let Some(file) = e.file_index {
+        line.push_str(&format!(" file {file}"));
+    }
+    if let Some(error) = &e.error {
+        line.push_str(&format!(" {}: {}", error.code, error.detail));
+    }
+    line
+}

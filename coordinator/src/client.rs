@@ -102,6 +102,11 @@ impl Client {
         &self.base
     }
 
+    /// The API token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -235,6 +240,29 @@ impl Client {
     /// `GET /v1/cluster`.
     pub async fn cluster(&self) -> Result<ClusterStatus, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/cluster", None, false).await
+    }
+
+    /// `GET /v1/cluster/ca`: the cluster CA certificate, PEM.
+    pub async fn cluster_ca(&self) -> Result<String, ClientError> {
+        let url = self
+            .base
+            .join("/v1/cluster/ca")
+            .map_err(|e| ClientError::BadUrl("/v1/cluster/ca".into(), e.to_string()))?;
+        let mut request = self.http.get(url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        if !response.status().is_success() {
+            return decode(response).await;
+        }
+        response
+            .text()
+            .await
+            .map_err(|source| ClientError::Transport { url: url.to_string(), source })
     }
 
     /// `DELETE /v1/cluster/members/{node}`.

@@ -4,9 +4,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use ferry_protocol::api::ClusterStatus;
-use ferry_protocol::command::{CommandResult, Proposal};
+use ferry_protocol::command::{CommandError, CommandResult, Proposal};
+use ferry_protocol::event::{Delivery, EventFilter, StartAt};
 
-use ferry_protocol::{NodeId, Queue};
+use ferry_protocol::{Caller, NodeId, Queue};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -85,6 +86,23 @@ pub enum ClusterError {
     },
 }
 
+/// An open subscription to the job event stream (see `ferry_protocol::event`).
+pub trait EventStream: Send {
+    /// The next delivery, waiting for one; `Ok(None)` when the node shuts down.
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SubscribeError>>;
+}
+
+/// Why a subscription cannot be opened or go on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubscribeError {
+    /// The filter is not allowed for this caller.
+    #[error("{0}")]
+    Refused(CommandError),
+    /// The history could not be read.
+    #[error("the event history cannot be read: {0}")]
+    Storage(String),
+}
+
 /// What the API needs from a node.
 pub trait Cluster: Send + Sync + 'static {
     /// This node's id: the home node of jobs created through it.
@@ -105,4 +123,16 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Leader, term, members, indexes.
     fn status(&self) -> BoxFuture<'_, Result<ClusterStatus, ClusterError>>;
+
+    /// Opens a subscription to the job events `caller` may see: replay from `from`, then
+    /// live events.
+    fn subscribe(
+        &self,
+        caller: Caller,
+        filter: EventFilter,
+        from: StartAt,
+    ) -> BoxFuture<'_, Result<Box<dyn EventStream>, SubscribeError>>;
+
+    /// The cluster CA certificate (PEM): event bus clients verify nodes against it.
+    fn cluster_ca(&self) -> String;
 }

@@ -4,6 +4,7 @@
 //! implements; this crate never touches Raft or disks itself.
 
 pub mod auth;
+pub mod bus;
 pub mod client;
 pub mod cluster;
 mod extract;
@@ -13,7 +14,9 @@ pub mod secrets;
 
 pub use auth::{Auth, TokenEntry};
 pub use client::{Client, ClientError};
-pub use cluster::{BoxFuture, Cluster, ClusterError, Consistency, ReadAt, Written};
+pub use cluster::{
+    BoxFuture, Cluster, ClusterError, Consistency, EventStream, ReadAt, SubscribeError, Written,
+};
 pub use problem::ApiError;
 pub use routes::{ApiState, Limits, openapi, router};
 pub use secrets::SecretKey;

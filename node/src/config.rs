@@ -35,6 +35,10 @@ pub struct Config {
     pub transfer: TransferConfig,
     /// Joining a cluster.
     pub cluster: ClusterConfig,
+    /// The job event history behind the notification bus.
+    pub events: EventsConfig,
+    /// The notify command line (`SetNotifyCmdLine`).
+    pub notify: NotifyConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -50,6 +54,8 @@ impl Default for Config {
             policy: QueuePolicy::default(),
             transfer: TransferConfig::default(),
             cluster: ClusterConfig::default(),
+            events: EventsConfig::default(),
+            notify: NotifyConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -222,6 +228,42 @@ impl Default for ClusterConfig {
     }
 }
 
+/// `[events]`: the event history each node keeps for subscribers to replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Most events kept; a subscriber asking for older ones is told of the gap.
+    /// Default 100000.
+    pub history_max_events: u64,
+    /// Events older than this are dropped, seconds. Default 604800 (7 days).
+    pub history_max_age_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let d = crate::events::Retention::default();
+        Self { history_max_events: d.max_events, history_max_age_secs: d.max_age.as_secs() }
+    }
+}
+
+/// `[notify]`: running a job's notify command line on its home node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// A program still running after this is killed (and the run counts as failed),
+    /// seconds. Default 300.
+    pub timeout_secs: u64,
+    /// Wait before starting a program, milliseconds. Tests use it to crash a node
+    /// between the commit of TRANSFERRED and the run. Default 0.
+    pub start_delay_ms: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self { timeout_secs: 300, start_delay_ms: 0 }
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -339,6 +381,12 @@ impl Config {
         if t.connect_timeout_secs == 0 || t.read_timeout_secs == 0 {
             return invalid("transfer timeouts must be at least 1 second".into());
         }
+        if self.events.history_max_events == 0 || self.events.history_max_age_secs == 0 {
+            return invalid("events: the history must keep at least 1 event for 1 second".into());
+        }
+        if self.notify.timeout_secs == 0 {
+            return invalid("notify.timeout_secs must be at least 1".into());
+        }
         let raft = RaftSettings {
             heartbeat_ms: r.heartbeat_ms,
             election_timeout_ms: (r.election_timeout_min_ms, r.election_timeout_max_ms),
@@ -358,6 +406,16 @@ pub struct Settings {
     pub auth: ferry_coordinator::Auth,
     /// Raft settings.
     pub raft: RaftSettings,
+}
+
+impl Settings {
+    /// How much event history the node keeps.
+    pub fn retention(&self) -> crate::events::Retention {
+        crate::events::Retention {
+            max_events: self.config.events.history_max_events,
+            max_age: std::time::Duration::from_secs(self.config.events.history_max_age_secs),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! batcher, and the HTTP API server. `ferryd` (in `main.rs`) is a thin shell over
 //! [`run`].
 
+mod bus;
 pub mod config;
 pub mod data_dir;
+pub mod events;
 mod membership;
 mod node;
 mod peer;

@@ -34,17 +34,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             dir.path(files::RAFT_LOG).display()
         )
     })?;
-    let state = StateMachineStore::open(&dir.path(files::STATE))
+    let state = StateMachineStore::open(&dir.path(files::STATE), settings.retention())
         .with_context(|| format!("cannot open {}", dir.path(files::STATE).display()))?;
     let jobs_on_disk = state.read().queue.jobs().count();
     // The databases are locked now: nothing else writes into this directory.
     membership::check(config)?;
-    let auth = if settings.auth.is_empty() {
+    let auth = Arc::new(if settings.auth.is_empty() {
         let token = dir.admin_token()?;
         Auth::new(&[TokenEntry { token, principal: "admin".into(), role: Role::Admin }])?
     } else {
         settings.auth.clone()
-    };
+    });
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -73,8 +73,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
 
     let proposer = Proposer::new(raft.clone(), config.proposals.max_batch).start();
-    let cluster =
-        NodeCluster { node_id, raft: raft.clone(), state, proposer, peers: endpoint.clone() };
+    let cluster = NodeCluster {
+        node_id,
+        raft: raft.clone(),
+        state: state.clone(),
+        proposer,
+        peers: endpoint.clone(),
+        ca_pem: start.identity.ca_pem().into(),
+    };
     let admission = start.admission.map(|(ca, token)| {
         membership::admission_handler(
             cluster.clone(),
@@ -84,7 +90,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             dir.root().to_path_buf(),
         )
     });
-    let peer_server = endpoint.serve(peer_handler(cluster.clone()), admission);
+    let events = crate::bus::handler(state.events().clone(), auth.clone(), node_id);
+    let peer_server = endpoint.serve(peer_handler(cluster.clone()), admission, Some(events));
     let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
     tokio::spawn(reconcile(cluster.clone(), config.policy, me));
 
@@ -144,10 +151,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         max_body_bytes: config.api.max_body_bytes,
         max_concurrent_requests: config.api.max_concurrent_requests,
     };
-    let app = ferry_coordinator::router(
-        ApiState { cluster: Arc::new(cluster), auth: Arc::new(auth), secrets },
-        limits,
-    );
+    let app =
+        ferry_coordinator::router(ApiState { cluster: Arc::new(cluster), auth, secrets }, limits);
     dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;
     tracing::info!(node_id, %api_addr, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use ferry_coordinator::{BoxFuture, Cluster, ClusterError, ReadAt, Written};
+use ferry_coordinator::{
+    BoxFuture, Cluster, ClusterError, EventStream, ReadAt, SubscribeError, Written,
+};
 use ferry_protocol::api::{ClusterStatus, MemberInfo};
+use ferry_protocol::event::{EventFilter, StartAt};
 use ferry_protocol::{NodeId, Proposal, Queue, codec};
 use tokio::sync::oneshot;
 
@@ -42,6 +45,8 @@ pub(crate) struct NodeCluster {
     pub(crate) proposer: Addr<Proposer>,
     /// The peer endpoint: writes and read indexes go to the leader through it.
     pub(crate) peers: Arc<PeerEndpoint>,
+    /// The cluster CA certificate, PEM.
+    pub(crate) ca_pem: Arc<str>,
 }
 
 impl NodeCluster {
@@ -410,5 +415,21 @@ impl Cluster for NodeCluster {
                 command_batches: meta.batches,
             })
         })
+    }
+
+    fn subscribe(
+        &self,
+        caller: ferry_protocol::Caller,
+        filter: EventFilter,
+        from: StartAt,
+    ) -> BoxFuture<'_, Result<Box<dyn EventStream>, SubscribeError>> {
+        Box::pin(async move {
+            let subscription = self.state.events().subscribe(caller, filter, from).await?;
+            Ok(Box::new(subscription) as Box<dyn EventStream>)
+        })
+    }
+
+    fn cluster_ca(&self) -> String {
+        self.ca_pem.to_string()
     }
 }

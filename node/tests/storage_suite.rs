@@ -14,7 +14,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
         let dir = TempDir::new()
             .map_err(|e| openraft::StorageIOError::write(openraft::AnyError::new(&e)))?;
         let log = LogStore::open(&dir.path().join("raft-log.redb"))?;
-        let sm = StateMachineStore::open(&dir.path().join("state.redb"))?;
+        let sm = StateMachineStore::open(&dir.path().join("state.redb"), Default::default())?;
         Ok((dir, log, sm))
     }
 }
@@ -70,7 +70,7 @@ mod snapshot {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_installed_snapshot_survives_reopening() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut leader = StateMachineStore::open(&dir.path().join("a.redb"))?;
+        let mut leader = StateMachineStore::open(&dir.path().join("a.redb"), Default::default())?;
         let membership = Membership::new(vec![BTreeSet::from([1u64])], ());
         let mut entries =
             vec![Entry { log_id: log_id(1), payload: EntryPayload::Membership(membership) }];
@@ -81,7 +81,7 @@ mod snapshot {
 
         // A fresh store installs it...
         let follower_path = dir.path().join("b.redb");
-        let mut follower = StateMachineStore::open(&follower_path)?;
+        let mut follower = StateMachineStore::open(&follower_path, Default::default())?;
         follower.apply([batch(100)]).await?; // state the snapshot must replace
         follower.install_snapshot(&built.meta, built.snapshot).await?;
         let expected = leader.read().queue.to_image();
@@ -89,7 +89,7 @@ mod snapshot {
         drop(follower);
 
         // ...and has it after reopening from disk: rows, applied id, membership, snapshot.
-        let mut reopened = StateMachineStore::open(&follower_path)?;
+        let mut reopened = StateMachineStore::open(&follower_path, Default::default())?;
         assert_eq!(reopened.read().queue.to_image(), expected);
         let (applied, members) = reopened.applied_state().await?;
         assert_eq!(applied, Some(log_id(39)));

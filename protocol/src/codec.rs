@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 /// The version byte written in front of every encoded value. Version 2 (the download
 /// engine: runs, chunks, credentials) does not read version 1 data: no release shipped it.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Largest value [`decode`] accepts: control messages, log entries, stored rows.
 pub const FRAME_LIMIT: usize = 16 * 1024 * 1024;

@@ -303,6 +303,9 @@ fn job() -> impl Strategy<Value = Job> {
                 last_activated: Some(Timestamp(times.0)),
                 files_finished: ever_resumed,
                 credentials: Vec::new(),
+                modification_notified: None,
+                notify_entries: 0,
+                notify_run: None,
             },
         )
 }

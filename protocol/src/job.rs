@@ -485,6 +485,25 @@ pub struct Job {
     pub files_finished: bool,
     /// Server and proxy credentials, passwords sealed.
     pub credentials: Vec<SealedCredential>,
+    /// When the last `JobModification` event was published (they are coalesced by the
+    /// minimum notification interval).
+    pub modification_notified: Option<Timestamp>,
+    /// How many times the job entered TRANSFERRED or ERROR with a notify command line
+    /// (numbers the runs, so each entry runs the program once).
+    pub notify_entries: u64,
+    /// The notify command line run owed to the job's home node, if any.
+    pub notify_run: Option<NotifyRun>,
+}
+
+/// A run of the notify command line that the job's home node owes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyRun {
+    /// Which entry into TRANSFERRED or ERROR (see [`Job::notify_entries`]).
+    pub entry: u64,
+    /// Attempts so far (a non-zero exit is retried after the retry delay, as BITS does).
+    pub attempt: u32,
+    /// Not before this time.
+    pub not_before: Timestamp,
 }
 
 impl Job {

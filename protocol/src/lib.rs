@@ -12,6 +12,7 @@ pub mod codec;
 pub mod codes;
 pub mod command;
 pub mod credentials;
+pub mod event;
 pub mod file;
 pub mod ids;
 pub mod job;

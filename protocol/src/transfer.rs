@@ -261,6 +261,16 @@ pub enum EngineReport {
         /// Indexes of the files now at their destination.
         completed: Vec<u32>,
     },
+    /// Home node: the notify command line of this entry ran (or, after a crash, had
+    /// been started before it); a failure is retried after the retry delay.
+    NotifyRan {
+        /// The entry ([`crate::job::NotifyRun::entry`]).
+        entry: u64,
+        /// The attempt ([`crate::job::NotifyRun::attempt`]).
+        attempt: u32,
+        /// The program exited with status 0.
+        success: bool,
+    },
 }
 
 impl EngineReport {

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod daemon;
 mod download;
+mod events;
 mod failover;
 mod faults;
 mod idempotency;

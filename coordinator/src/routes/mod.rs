@@ -4,6 +4,7 @@
 #![allow(unused_qualifications)]
 
 mod credentials;
+mod events;
 mod files;
 mod jobs;
 mod system;
@@ -40,6 +41,7 @@ pub struct ApiState {
     tags(
         (name = "jobs", description = "BITS jobs: create, enumerate, properties, state changes"),
         (name = "files", description = "The files of a job"),
+        (name = "events", description = "Job events: replay from a cursor, then live"),
         (name = "system", description = "Error descriptions, cluster status, health")
     )
 )]
@@ -75,6 +77,8 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(system::cluster_status))
         .routes(routes!(system::remove_member))
         .routes(routes!(system::health))
+        .routes(routes!(events::events))
+        .routes(routes!(events::cluster_ca))
 }
 
 /// The OpenAPI document of the API.

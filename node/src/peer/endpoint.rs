@@ -40,6 +40,9 @@ type Pending = tokio::sync::watch::Receiver<Option<Result<quinn::Connection, Str
 
 /// Serves requests: (verified caller id, request body) → answer body.
 pub(crate) type Handler = Arc<dyn Fn(u64, Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
+/// Serves a whole connection of another protocol (the event bus).
+pub(crate) type ConnectionHandler =
+    Arc<dyn Fn(quinn::Connection) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,8 +120,8 @@ impl PeerEndpoint {
         let roots = Arc::new(roots);
         let chain = vec![identity.cert.clone()];
 
-        // Clients without a certificate may connect for one thing only: joining
-        // (`serve_connection` enforces it). The server also sends the CA certificate, so
+        // Clients without a certificate may connect for joining and for the event bus
+        // only (`serve_connection` enforces it). The server also sends the CA certificate, so
         // that a joining node can check it against its token's fingerprint.
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             roots.clone(),
@@ -135,7 +138,8 @@ impl PeerEndpoint {
                 identity.private_key(),
             )
             .context("the node certificate or key is not usable")?;
-        server_tls.alpn_protocols = vec![ALPN.to_vec(), JOIN_ALPN.to_vec()];
+        server_tls.alpn_protocols =
+            vec![ALPN.to_vec(), JOIN_ALPN.to_vec(), ferry_coordinator::bus::ALPN.to_vec()];
         let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
@@ -277,15 +281,19 @@ impl PeerEndpoint {
         self: &Arc<Self>,
         handler: Handler,
         join: Option<Handler>,
+        events: Option<ConnectionHandler>,
     ) -> tokio::task::JoinHandle<()> {
         let endpoint = self.endpoint.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let handler = handler.clone();
                 let join = join.clone();
+                let events = events.clone();
                 tokio::spawn(async move {
                     match incoming.await {
-                        Ok(connection) => serve_connection(connection, handler, join).await,
+                        Ok(connection) => {
+                            serve_connection(connection, handler, join, events).await;
+                        }
                         Err(e) => tracing::debug!(error = %e, "a peer connection failed to open"),
                     }
                 });
@@ -309,11 +317,23 @@ async fn exchange(connection: &quinn::Connection, frame: &[u8]) -> Result<Vec<u8
 }
 
 /// Serves the streams of one authenticated connection.
-async fn serve_connection(connection: quinn::Connection, handler: Handler, join: Option<Handler>) {
+async fn serve_connection(
+    connection: quinn::Connection,
+    handler: Handler,
+    join: Option<Handler>,
+    events: Option<ConnectionHandler>,
+) {
     let alpn = connection
         .handshake_data()
         .and_then(|any| any.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
+    if alpn.as_deref() == Some(ferry_coordinator::bus::ALPN) {
+        match events {
+            Some(events) => events(connection).await,
+            None => connection.close(3u32.into(), b"this node serves no event bus"),
+        }
+        return;
+    }
     if alpn.as_deref() == Some(JOIN_ALPN) {
         match join {
             Some(join) => serve_joins(connection, join).await,
@@ -413,7 +433,7 @@ mod tests {
         let ca = ClusterCa::generate()?;
         let one = PeerEndpoint::bind(loopback(), &identity(&ca, 1))?;
         let two = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
-        let _served = two.serve(echo(), None);
+        let _served = two.serve(echo(), None, None);
         for _ in 0..3 {
             let answer = one.call(2, two.local_addr()?, b"hello".to_vec(), SECOND).await?;
             assert_eq!(answer, b"from 1: hello");
@@ -427,7 +447,7 @@ mod tests {
     async fn strangers_and_impostors_are_refused() -> anyhow::Result<()> {
         let ca = ClusterCa::generate()?;
         let member = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
-        let _served = member.serve(echo(), None);
+        let _served = member.serve(echo(), None, None);
         let addr = member.local_addr()?;
 
         // A node with a certificate from another CA cannot connect.
@@ -464,6 +484,7 @@ mod tests {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 Box::pin(async { Vec::new() })
             }),
+            None,
             None,
         );
         let mut roots = rustls::RootCertStore::empty();

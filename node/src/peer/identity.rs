@@ -150,6 +150,11 @@ impl std::fmt::Debug for NodeIdentity {
 }
 
 impl NodeIdentity {
+    /// The cluster CA certificate as PEM (what `GET /v1/cluster/ca` serves).
+    pub(crate) fn ca_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("CERTIFICATE", self.ca.to_vec()))
+    }
+
     /// A fresh key pair for a node that is about to ask for its certificate.
     pub(crate) fn new_key() -> anyhow::Result<KeyPair> {
         Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?)

@@ -182,7 +182,7 @@ fn open_database(path: &std::path::Path) -> Result<redb::Database, redb::Databas
 }
 
 /// The small named values both databases keep (vote, applied id, snapshot...).
-const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+pub(crate) const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
 
 /// Encodes `value` and stores it under `key` in `db`'s meta table, in a transaction of
 /// its own with `durability`.

@@ -226,7 +226,7 @@ mod tests {
             NodeIdentity::new(id, &key, ca.issue(id, key.public_key_raw())?, ca.cert().clone());
         let endpoint = PeerEndpoint::bind(SocketAddr::from(([127, 0, 0, 1], 0)), &identity)?;
         let log = LogStore::open(&dir.path().join("log.redb"))?;
-        let state = StateMachineStore::open(&dir.path().join("state.redb"))?;
+        let state = StateMachineStore::open(&dir.path().join("state.redb"), Default::default())?;
         let settings = RaftSettings {
             heartbeat_ms: 50,
             election_timeout_ms: (300, 600),
@@ -251,6 +251,7 @@ mod tests {
                     }
                 })
             }),
+            None,
             None,
         );
         let addr =

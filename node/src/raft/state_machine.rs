@@ -10,14 +10,17 @@ use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ferry_protocol::codec;
+use ferry_protocol::event::{Cursor as EventCursor, Event};
 use ferry_protocol::queue::{Changes, Queue, QueueImage, QueueMeta, RequestKey, RequestRecord};
-use ferry_protocol::{BatchReply, Job};
+use ferry_protocol::{BatchReply, Job, Timestamp};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
+
+use crate::events::{self, EventLog, Retention};
 
 use super::{
     LogId, META, NodeAddr, StorageError, StoredMembership, TypeConfig, blocking, io_error,
@@ -114,6 +117,10 @@ struct Rows {
     jobs: Vec<(u128, Option<Vec<u8>>)>,
     requests: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     meta: Vec<(&'static str, Vec<u8>)>,
+    /// The applied entries' events, encoded, in cursor order.
+    events: Vec<(EventCursor, Vec<u8>)>,
+    /// Batch time of the newest event (the history's age limit counts back from it).
+    newest: Option<Timestamp>,
 }
 
 impl Rows {
@@ -134,9 +141,10 @@ impl Rows {
         Ok(rows)
     }
 
-    fn write(self, db: &Database) -> Result<(), StorageError> {
+    fn write(self, db: &Database, retention: Retention) -> Result<(), StorageError> {
         let txn = db.begin_write().map_err(write_err)?;
         self.write_in(&txn)?;
+        events::append(&txn, &self.events, self.newest, retention).map_err(write_err)?;
         // Durability::Immediate (redb's default): on disk before the reply leaves.
         txn.commit().map_err(write_err)
     }
@@ -173,19 +181,34 @@ impl Rows {
 pub struct StateMachineStore {
     db: Arc<Database>,
     machine: Arc<RwLock<Machine>>,
+    events: EventLog,
+    retention: Retention,
 }
 
 impl StateMachineStore {
-    /// Opens (or creates) the state database at `path` and loads the queue from it.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
+    /// Opens (or creates) the state database at `path` and loads the queue from it; the
+    /// event history keeps what `retention` allows.
+    pub fn open(path: &Path, retention: Retention) -> Result<Self, StorageError> {
         let db = open_database(path).map_err(write_err)?;
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(JOBS).map_err(write_err)?;
         txn.open_table(REQUESTS).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;
+        txn.open_table(events::EVENTS).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
         let machine = Self::load(&db)?;
-        Ok(Self { db: Arc::new(db), machine: Arc::new(RwLock::new(machine)) })
+        let db = Arc::new(db);
+        Ok(Self {
+            events: EventLog::new(db.clone()),
+            db,
+            machine: Arc::new(RwLock::new(machine)),
+            retention,
+        })
+    }
+
+    /// The job event stream this state machine produces.
+    pub fn events(&self) -> &EventLog {
+        &self.events
     }
 
     fn load(db: &Database) -> Result<Machine, StorageError> {
@@ -245,9 +268,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let (replies, rows) = {
+        let (replies, rows, published) = {
             let mut machine = self.write();
             let mut replies = Vec::new();
+            let mut published = Vec::new();
             for entry in entries {
                 machine.applied = Some(entry.log_id);
                 let reply = match entry.payload {
@@ -259,12 +283,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 };
                 replies.push(reply);
+                // The entry's events, numbered: the cursor is (log index, position).
+                for (sub, event) in machine.queue.take_events().into_iter().enumerate() {
+                    let sub = u32::try_from(sub).unwrap_or(u32::MAX);
+                    let cursor = EventCursor { index: entry.log_id.index, sub };
+                    published.push(Event { cursor, event });
+                }
             }
             let changes = machine.queue.take_changes();
-            (replies, Rows::collect(&machine, changes)?)
+            let mut rows = Rows::collect(&machine, changes)?;
+            for event in &published {
+                rows.events.push((event.cursor, codec::encode(event).map_err(write_err)?));
+            }
+            rows.newest = published.last().map(|e| e.event.time);
+            (replies, rows, published)
         };
         let db = self.db.clone();
-        blocking(ErrorSubject::StateMachine, move || rows.write(&db)).await?;
+        let retention = self.retention;
+        blocking(ErrorSubject::StateMachine, move || rows.write(&db, retention)).await?;
+        if !published.is_empty() {
+            self.events.publish(published.into());
+        }
         Ok(replies)
     }
 
@@ -302,6 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         rows.meta.push((MEMBERSHIP, codec::encode(&machine.membership).map_err(write_err)?));
         rows.meta.push((QUEUE_META, codec::encode(&image.meta).map_err(write_err)?));
         let snapshot = StoredSnapshot { meta: meta.clone(), data };
+        let floor = EventCursor { index: meta.last_log_id.map_or(0, |id| id.index + 1), sub: 0 };
         let db = self.db.clone();
         blocking(ErrorSubject::StateMachine, move || {
             // Replace the tables wholesale, in the same transaction as the new rows, so a
@@ -309,6 +349,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let txn = db.begin_write().map_err(write_err)?;
             txn.delete_table(JOBS).map_err(write_err)?;
             txn.delete_table(REQUESTS).map_err(write_err)?;
+            // The events the snapshot skips over were never seen here: the history
+            // starts again after it, and older cursors get a gap.
+            txn.delete_table(events::EVENTS).map_err(write_err)?;
+            events::set_floor(&txn, floor).map_err(write_err)?;
             rows.write_in(&txn)?;
             store_snapshot(&txn, &snapshot)?;
             txn.commit().map_err(write_err)

@@ -1,7 +1,7 @@
 //! Applying commands to the queue: ownership, BITS state rules, limits, and the
 //! recent-request table.
 
-use super::{Queue, RequestKey, RequestRecord};
+use super::{Queue, RequestKey, RequestRecord, events};
 use crate::codec;
 use crate::codes::{BitsCode, ErrorContext};
 use crate::command::{
@@ -130,7 +130,9 @@ impl Queue {
                 job.times.transfer_completed = Some(now);
             }
         }
-        if let Some(old) = self.jobs.remove(&job.id) {
+        let old = self.jobs.remove(&job.id);
+        self.events.extend(events::derive(old.as_ref(), &mut job, now));
+        if let Some(old) = old {
             self.unindex_job(&old);
         }
         self.index_job(&job);
@@ -198,6 +200,9 @@ impl Queue {
             last_activated: None,
             files_finished: false,
             credentials: Vec::new(),
+            modification_notified: None,
+            notify_entries: 0,
+            notify_run: None,
         };
         job.props = self.changed_properties(caller, &job, &spec.properties)?;
         if !spec.files.is_empty() {

@@ -48,6 +48,30 @@ impl Queue {
             self.jobs.insert(id, job);
             return Ok(Reply::Done(BitsCode::S_OK));
         }
+        if let [EngineReport::NotifyRan { entry, attempt, success }] = reports {
+            let owed = job.notify_run.filter(|r| (r.entry, r.attempt) == (*entry, *attempt));
+            let Some(mut owed) = owed else {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_INVALID_STATE,
+                    format!("no notify run {entry}/{attempt} is owed (already recorded)"),
+                ));
+            };
+            // BITS runs a failed command line again after the retry delay while the job
+            // stays in the state that caused it.
+            let entered = matches!(job.state, JobState::Transferred | JobState::Error);
+            job.notify_run = if *success || !entered {
+                None
+            } else {
+                owed.attempt += 1;
+                let delay = u64::from(job.props.minimum_retry_delay_secs);
+                owed.not_before = self.meta.clock.plus(std::time::Duration::from_secs(delay));
+                Some(owed)
+            };
+            // Not a change the owner made or sees: no `store`, no event.
+            self.changes.jobs.insert(id);
+            self.jobs.insert(id, job);
+            return Ok(Reply::Done(BitsCode::S_OK));
+        }
         if reports.is_empty() {
             return Err(CommandError::new(
                 BitsCode::E_INVALIDARG,
@@ -216,10 +240,10 @@ fn apply_report(
             });
         }
         EngineReport::InactivityTimeout => transit(job, Operation::InactivityTimeout)?,
-        EngineReport::FilesFinished { .. } => {
+        EngineReport::FilesFinished { .. } | EngineReport::NotifyRan { .. } => {
             return Err(CommandError::new(
                 BitsCode::E_INVALIDARG,
-                "files are finished by a report of their own",
+                "files finished and notify runs are reported on their own",
             ));
         }
     }

@@ -8,6 +8,7 @@
 
 mod apply;
 mod engine;
+mod events;
 mod properties;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codes::BitsCode;
 use crate::command::{CommandError, CommandResult};
+use crate::event::JobEvent;
 use crate::ids::{Caller, JobId, Principal, RequestId};
 use crate::job::Job;
 use crate::limits::QueuePolicy;
@@ -111,6 +113,8 @@ pub struct Queue {
     /// Unfinished jobs in all, for `MaxJobsPerMachine`.
     unfinished: u32,
     changes: Changes,
+    /// Events produced since the last [`Queue::take_events`], in order.
+    events: Vec<JobEvent>,
 }
 
 impl Queue {
@@ -145,6 +149,12 @@ impl Queue {
     /// Returns and clears what applies since the last call touched.
     pub fn take_changes(&mut self) -> Changes {
         std::mem::take(&mut self.changes)
+    }
+
+    /// Returns and clears the events applies produced since the last call, in order
+    /// (the node calls it after each log entry: the entry's index is their cursor).
+    pub fn take_events(&mut self) -> Vec<JobEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Scalar state.

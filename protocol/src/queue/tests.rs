@@ -689,4 +689,114 @@ mod engine_reports {
         let again = report(&mut h, id, EngineReport::FilesFinished { completed: vec![] });
         assert_eq!(again.map_err(|e| e.code), Err(BitsCode::BG_E_INVALID_STATE));
     }
+
+    mod events {
+        use super::*;
+        use crate::event::EventKind;
+        use crate::job::{NotifyCmdLine, notify};
+
+        fn kinds(h: &mut Harness) -> Vec<(EventKind, Option<u32>)> {
+            h.queue.take_events().iter().map(|e| (e.kind, e.file_index)).collect()
+        }
+
+        fn set_flags(h: &mut Harness, id: JobId, flags: u32, interval_ms: u32) {
+            let changes = PropertyChanges {
+                notify_flags: Some(flags),
+                minimum_notification_interval_ms: Some(interval_ms),
+                ..Default::default()
+            };
+            h.run(&alice(), None, Command::SetProperties { job: id, changes }).expect("flags");
+        }
+
+        /// Runs a job to TRANSFERRED; the events of every step, in order.
+        fn transfer(h: &mut Harness, id: JobId) -> Vec<(EventKind, Option<u32>)> {
+            h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Resume })
+                .expect("resume");
+            probed(h, id, 20);
+            let chunks = vec![chunk(0, 10), chunk(1, 10)];
+            report(h, id, EngineReport::Chunks { file: 0, chunks }).expect("chunks");
+            report(h, id, EngineReport::FileTransferred { file: 0, size: 20, headers: vec![] })
+                .expect("transferred");
+            kinds(h)
+        }
+
+        #[test]
+        fn default_flags_publish_creation_and_the_outcome_only() {
+            let mut h = Harness::new();
+            let id = h.created(&alice(), new_job(JobType::Download, 1));
+            assert_eq!(kinds(&mut h), vec![(EventKind::JobCreated, None)]);
+            assert_eq!(transfer(&mut h, id), vec![(EventKind::JobTransferred, None)]);
+            h.act(&alice(), id, JobAction::Complete).expect("complete");
+            assert_eq!(kinds(&mut h), vec![(EventKind::JobAcknowledged, None)]);
+            let event = h.queue.take_events();
+            assert!(event.is_empty());
+        }
+
+        #[test]
+        fn all_flags_publish_files_then_the_job_and_disable_silences_everything() {
+            let mut h = Harness::new();
+            let id = h.created(&alice(), new_job(JobType::Download, 1));
+            set_flags(&mut h, id, notify::VALID & !notify::DISABLE, 0);
+            h.queue.take_events();
+            let seen = transfer(&mut h, id);
+            assert_eq!(seen.first(), Some(&(EventKind::JobModification, None)), "{seen:?}");
+            assert_eq!(
+                &seen[seen.len() - 2..],
+                [(EventKind::FileTransferred, Some(0)), (EventKind::JobTransferred, None)],
+                "no modification for the entry into TRANSFERRED: {seen:?}"
+            );
+
+            let quiet = h.created(&alice(), new_job(JobType::Download, 1));
+            set_flags(&mut h, quiet, notify::VALID, 0);
+            h.queue.take_events();
+            assert_eq!(transfer(&mut h, quiet), vec![]);
+            h.act(&alice(), quiet, JobAction::Cancel).expect("cancel");
+            assert_eq!(kinds(&mut h), vec![]);
+        }
+
+        #[test]
+        fn modifications_are_coalesced_by_the_minimum_interval() {
+            let mut h = Harness::new();
+            let id = queued_job(&mut h);
+            set_flags(&mut h, id, notify::DEFAULT | notify::JOB_MODIFICATION, 500);
+            probed(&mut h, id, 100_000);
+            h.queue.take_events();
+            // 1,000 progress steps 2 ms apart (batch time) over 2 s.
+            for step in 0..1_000u32 {
+                h.time -= 8; // `run` adds 10 ms: 2 ms steps
+                report(&mut h, id, EngineReport::Chunks { file: 0, chunks: vec![chunk(step, 10)] })
+                    .expect("chunks");
+            }
+            let modifications =
+                kinds(&mut h).into_iter().filter(|(k, _)| *k == EventKind::JobModification).count();
+            assert!((4..=5).contains(&modifications), "{modifications} modification events");
+        }
+
+        #[test]
+        fn an_entry_into_transferred_owes_one_notify_run_and_failures_retry() {
+            let mut h = Harness::new();
+            let id = h.created(&alice(), new_job(JobType::Download, 1));
+            let cmd = NotifyCmdLine { program: "/bin/true".into(), args: vec![] };
+            let changes = PropertyChanges { notify_cmdline: Some(Some(cmd)), ..Default::default() };
+            h.run(&alice(), None, Command::SetProperties { job: id, changes }).expect("cmd");
+            assert_eq!(h.queue.job(&id).expect("job").notify_run, None);
+            transfer(&mut h, id);
+            let owed = h.queue.job(&id).expect("job").notify_run.expect("owed");
+            assert_eq!((owed.entry, owed.attempt), (1, 0));
+
+            let ran = |h: &mut Harness, attempt, success| {
+                let reports = vec![EngineReport::NotifyRan { entry: 1, attempt, success }];
+                h.run(&node(), None, Command::Engine { job: id, run: 0, reports })
+            };
+            ran(&mut h, 0, false).expect("failed run recorded");
+            let again = h.queue.job(&id).expect("job").notify_run.expect("retry owed");
+            assert_eq!(again.attempt, 1);
+            assert!(again.not_before > Timestamp(h.time));
+            assert_eq!(code_of(ran(&mut h, 0, true)), BitsCode::BG_E_INVALID_STATE, "stale");
+            ran(&mut h, 1, true).expect("success recorded");
+            assert_eq!(h.queue.job(&id).expect("job").notify_run, None);
+            assert_eq!(code_of(ran(&mut h, 1, true)), BitsCode::BG_E_INVALID_STATE, "once");
+            assert!(h.queue.take_events().iter().all(|e| e.kind != EventKind::JobModification));
+        }
+    }
 }

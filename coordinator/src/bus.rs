@@ -1,0 +1,313 @@
+//! The QUIC notification bus (ALPN `ferry-events/1`), client side and framing.
+//!
+//! A subscriber opens one bidirectional stream to any node, sends a [`Subscribe`]
+//! frame (API token, filter, start), reads a [`SubscribeAnswer`], then reads
+//! [`Delivery`] frames until it closes the stream. Every frame is a 4-byte big-endian
+//! length and a `ferry_protocol::codec` body, bounded in size. The node proves itself
+//! with a certificate from the cluster CA (`GET /v1/cluster/ca`) naming it
+//! `node-<id>.ferry`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::codec;
+use ferry_protocol::event::{Cursor, Delivery, EventFilter, StartAt, Subscribe, SubscribeAnswer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The bus's ALPN.
+pub const ALPN: &[u8] = b"ferry-events/1";
+/// Largest subscribe frame (a filter names at most 1,000 jobs).
+pub const MAX_SUBSCRIBE_FRAME: usize = 64 * 1024;
+/// Largest delivery frame.
+pub const MAX_DELIVERY_FRAME: usize = 256 * 1024;
+/// How long connecting and subscribing may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the bus could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// No connection (unreachable, TLS refused, timed out).
+    #[error("cannot connect to the event bus at {addr}: {reason}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The node refused the subscription.
+    #[error("the node refused the subscription ({status}): {detail}")]
+    Refused {
+        /// 401, 403 or 400.
+        status: u16,
+        /// Why.
+        detail: String,
+    },
+    /// The stream broke or carried a bad frame.
+    #[error("the event stream broke: {0}")]
+    Stream(String),
+}
+
+/// Writes one frame.
+pub async fn write_frame<W, T>(out: &mut W, value: &T) -> Result<(), BusError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let body = codec::encode(value).map_err(|e| BusError::Stream(e.to_string()))?;
+    let len = u32::try_from(body.len()).map_err(|_| BusError::Stream("frame too large".into()))?;
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    out.write_all(&frame).await.map_err(|e| BusError::Stream(e.to_string()))
+}
+
+/// Reads one frame of at most `limit` bytes; `None` at a clean end of stream.
+pub async fn read_frame<R, T>(input: &mut R, limit: usize) -> Result<Option<T>, BusError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(BusError::Stream(e.to_string())),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(BusError::Stream(format!("a frame of {len} bytes exceeds {limit}")));
+    }
+    let mut body = vec![0u8; len];
+    input.read_exact(&mut body).await.map_err(|e| BusError::Stream(e.to_string()))?;
+    codec::decode(&body).map(Some).map_err(|e| BusError::Stream(e.to_string()))
+}
+
+/// An open subscription on the bus.
+pub struct BusSubscription {
+    /// The node serving it.
+    pub node: u64,
+    /// Where delivery started.
+    pub position: Cursor,
+    recv: quinn::RecvStream,
+    // Kept open: closing them ends the subscription.
+    _send: quinn::SendStream,
+    _connection: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl BusSubscription {
+    /// Connects to node `node_id` at `addr`, verifying it against `ca_pem`, and
+    /// subscribes with `request`.
+    pub async fn open(
+        addr: SocketAddr,
+        node_id: u64,
+        ca_pem: &str,
+        request: &Subscribe,
+    ) -> Result<Self, BusError> {
+        let fail = |reason: String| BusError::Connect { addr, reason };
+        let opened = async {
+            let endpoint = client_endpoint(addr, ca_pem).map_err(fail)?;
+            let name = format!("node-{node_id}.ferry");
+            let connection = endpoint
+                .connect(addr, &name)
+                .map_err(|e| fail(e.to_string()))?
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let (mut send, mut recv) =
+                connection.open_bi().await.map_err(|e| fail(e.to_string()))?;
+            write_frame(&mut send, request).await?;
+            match read_frame(&mut recv, MAX_SUBSCRIBE_FRAME).await? {
+                Some(SubscribeAnswer::Accepted { node, position }) => Ok(Self {
+                    node,
+                    position,
+                    recv,
+                    _send: send,
+                    _connection: connection,
+                    _endpoint: endpoint,
+                }),
+                Some(SubscribeAnswer::Refused { status, detail }) => {
+                    Err(BusError::Refused { status, detail })
+                }
+                None => Err(BusError::Stream("the node closed the stream".into())),
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, opened)
+            .await
+            .unwrap_or_else(|_| Err(fail(format!("no answer within {CONNECT_TIMEOUT:?}"))))
+    }
+
+    /// The next delivery; `None` when the node ended the stream (it shut down).
+    pub async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
+        read_frame(&mut self.recv, MAX_DELIVERY_FRAME).await
+    }
+}
+
+/// A client endpoint trusting only the cluster CA in `ca_pem`.
+fn client_endpoint(addr: SocketAddr, ca_pem: &str) -> Result<quinn::Endpoint, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = pem::parse_many(ca_pem).map_err(|e| format!("bad cluster CA: {e}"))?;
+    for cert in certs.iter().filter(|c| c.tag() == "CERTIFICATE") {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(cert.contents().to_vec()))
+            .map_err(|e| format!("bad cluster CA: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the cluster CA PEM holds no certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(10)).map_err(|e| e.to_string())?,
+    ));
+    config.transport_config(Arc::new(transport));
+    let local: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|e: std::net::AddrParseError| e.to_string())?;
+    let mut endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// What [`Watcher::next`] yields.
+#[derive(Debug)]
+pub enum Watched {
+    /// A delivery from the stream.
+    Delivery(Delivery),
+    /// Now subscribed at `node` (first connection or after a loss), from `position`.
+    Connected {
+        /// The node serving the subscription.
+        node: u64,
+        /// The cursor delivery resumes at.
+        position: Cursor,
+    },
+}
+
+/// A subscription that survives the loss of its node: it reconnects to another member
+/// and resumes after the last event it delivered (`ferry watch`). Events may repeat
+/// across a reconnect only if the new node replays what the old one already sent;
+/// none are skipped without a [`Delivery::Gap`].
+pub struct Watcher {
+    token: String,
+    filter: EventFilter,
+    /// Where to resume: the first subscription's start, then after the last event.
+    resume: StartAt,
+    /// API URLs of the members, the one to try first at the front.
+    nodes: Vec<url::Url>,
+    current: Option<BusSubscription>,
+    /// Give up when no member takes the subscription for this long.
+    patience: Duration,
+}
+
+impl Watcher {
+    /// A watcher starting at `first` (an API URL), with `token`, `filter` and `from`.
+    pub fn new(first: url::Url, token: String, filter: EventFilter, from: StartAt) -> Self {
+        Self {
+            token,
+            filter,
+            resume: from,
+            nodes: vec![first],
+            current: None,
+            patience: Duration::from_secs(60),
+        }
+    }
+
+    /// The next delivery or connection change; an error once no member has taken the
+    /// subscription for a minute, or when a node refuses it.
+    pub async fn next(&mut self) -> Result<Watched, BusError> {
+        loop {
+            let Some(subscription) = self.current.as_mut() else {
+                let subscription = self.connect().await?;
+                let watched =
+                    Watched::Connected { node: subscription.node, position: subscription.position };
+                self.resume = StartAt::Cursor(subscription.position);
+                self.current = Some(subscription);
+                return Ok(watched);
+            };
+            match subscription.next().await {
+                Ok(Some(delivery)) => {
+                    match &delivery {
+                        Delivery::Event(event) => {
+                            self.resume = StartAt::Cursor(event.cursor.next());
+                        }
+                        Delivery::Gap { oldest, .. } => self.resume = StartAt::Cursor(*oldest),
+                    }
+                    return Ok(Watched::Delivery(delivery));
+                }
+                Ok(None) | Err(_) => {
+                    // The node went away: try the others first.
+                    self.current = None;
+                    self.nodes.rotate_left(1);
+                }
+            }
+        }
+    }
+
+    /// Subscribes at the first member that takes it, learning the members on the way.
+    async fn connect(&mut self) -> Result<BusSubscription, BusError> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut last = String::from("no member answered");
+        loop {
+            for index in 0..self.nodes.len() {
+                let url = self.nodes[index].clone();
+                match self.subscribe_at(&url).await {
+                    Ok(subscription) => {
+                        self.nodes.rotate_left(index);
+                        return Ok(subscription);
+                    }
+                    Err(e @ BusError::Refused { .. }) => return Err(e),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BusError::Stream(format!(
+                    "no member took the subscription for {:?}: {last}",
+                    self.patience
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn subscribe_at(&mut self, url: &url::Url) -> Result<BusSubscription, BusError> {
+        // The API's refusal (a bad token) is final; anything else may pass at another node.
+        let fail = |e: crate::ClientError| match e {
+            crate::ClientError::Api(p) if (400..500).contains(&p.status) => {
+                BusError::Refused { status: p.status, detail: p.detail }
+            }
+            e => BusError::Stream(format!("{url}: {e}")),
+        };
+        let client = crate::Client::new(url.as_str(), Some(self.token.clone()))
+            .map_err(fail)?
+            .with_attempts(1);
+        let status = client.cluster().await.map_err(fail)?;
+        let ca = client.cluster_ca().await.map_err(fail)?;
+        // Remember every member's API, so that a later loss can go elsewhere.
+        for member in &status.members {
+            if let Ok(api) = url::Url::parse(&format!("http://{}", member.api_addr))
+                && !self.nodes.contains(&api)
+            {
+                self.nodes.push(api);
+            }
+        }
+        let me = status.members.iter().find(|m| m.node_id == status.node_id);
+        let peer: SocketAddr = me
+            .and_then(|m| m.peer_addr.parse().ok())
+            .ok_or_else(|| BusError::Stream(format!("{url}: no usable peer address")))?;
+        let request =
+            Subscribe { token: self.token.clone(), filter: self.filter.clone(), from: self.resume };
+        BusSubscription::open(peer, status.node_id, &ca, &request).await
+    }
+}

@@ -1,0 +1,136 @@
+//! `GET /v1/events`: the job event stream as Server-Sent Events (the same stream the
+//! QUIC bus serves), and `GET /v1/cluster/ca`, which bus clients verify nodes against.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use ferry_protocol::JobId;
+use ferry_protocol::event::{Cursor, Delivery, EventFilter, EventKind, StartAt};
+use futures_util::Stream;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::ApiState;
+use crate::auth::Authenticated;
+use crate::cluster::{EventStream, SubscribeError};
+use crate::problem::ApiError;
+
+/// Which events, from where.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventsQuery {
+    /// `now` (the default), or a cursor `INDEX[.SUB]` to replay from (inclusive); `0`
+    /// replays all the history the node holds. A `Last-Event-ID` header resumes after
+    /// that event instead.
+    from: Option<String>,
+    /// Comma-separated job ids (default: every job the caller may see).
+    job: Option<String>,
+    /// Comma-separated kinds, e.g. `JobTransferred,JobError` (default: all).
+    kinds: Option<String>,
+    /// Every user's jobs (administrators only).
+    #[serde(default)]
+    all_users: bool,
+}
+
+impl EventsQuery {
+    fn parse(&self, headers: &HeaderMap) -> Result<(EventFilter, StartAt), ApiError> {
+        let list = |text: &Option<String>| -> Vec<String> {
+            text.iter()
+                .flat_map(|t| t.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let jobs = list(&self.job)
+            .iter()
+            .map(|j| j.parse::<JobId>().map_err(|_| format!("{j:?} is not a job id")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::bad_request)?;
+        let kinds = list(&self.kinds)
+            .iter()
+            .map(|k| k.parse::<EventKind>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::bad_request)?;
+        let last_seen = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+        let from = match (last_seen, self.from.as_deref()) {
+            (Some(id), _) => {
+                StartAt::Cursor(id.parse::<Cursor>().map_err(ApiError::bad_request)?.next())
+            }
+            (None, None | Some("now")) => StartAt::Now,
+            (None, Some(cursor)) => StartAt::Cursor(cursor.parse().map_err(ApiError::bad_request)?),
+        };
+        Ok((EventFilter { jobs, kinds, all_users: self.all_users }, from))
+    }
+}
+
+/// The job event stream (`text/event-stream`): replay from `from`, then live. Each
+/// event's `id` is its cursor and its `event` its kind; `event: gap` says the node no
+/// longer holds some events (`data` names the first missed and the oldest held).
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "Server-Sent Events", content_type = "text/event-stream"),
+        (status = 400, body = ferry_protocol::api::Problem, content_type = "application/problem+json"),
+        (status = 403, body = ferry_protocol::api::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn events(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let (filter, from) = query.parse(&headers)?;
+    let stream = state.cluster.subscribe(caller, filter, from).await.map_err(refusal)?;
+    let events = futures_util::stream::unfold(Some(stream), |stream| async move {
+        let mut stream: Box<dyn EventStream> = stream?;
+        match stream.next().await {
+            Ok(Some(delivery)) => Some((Ok(sse(&delivery)), Some(stream))),
+            Ok(None) => None,
+            // Say why the stream ends; the client resumes from its last id.
+            Err(e) => Some((Ok(SseEvent::default().event("error").data(e.to_string())), None)),
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn sse(delivery: &Delivery) -> SseEvent {
+    match delivery {
+        Delivery::Event(event) => SseEvent::default()
+            .id(event.cursor.to_string())
+            .event(event.event.kind.as_str())
+            .data(event.to_json().to_string()),
+        Delivery::Gap { from, oldest } => SseEvent::default()
+            .event("gap")
+            .data(serde_json::json!({ "from": from, "oldest": oldest }).to_string()),
+    }
+}
+
+fn refusal(e: SubscribeError) -> ApiError {
+    match e {
+        SubscribeError::Refused(e) => e.into(),
+        SubscribeError::Storage(detail) => {
+            ApiError::new(503, ferry_protocol::BitsCode::E_UNEXPECTED, detail)
+        }
+    }
+}
+
+/// The cluster CA certificate, PEM: clients of the QUIC event bus (ALPN
+/// `ferry-events/1`) verify the node they connect to against it.
+#[utoipa::path(
+    get, path = "/v1/cluster/ca", tag = "system",
+    responses((status = 200, description = "PEM certificate", content_type = "application/x-pem-file")),
+    security(("bearer" = []))
+)]
+pub(super) async fn cluster_ca(
+    State(state): State<ApiState>,
+    Authenticated(_caller): Authenticated,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], state.cluster.cluster_ca())
+}

@@ -1,0 +1,233 @@
+//! Job events: replay from a cursor and from "now" over the QUIC bus and as SSE,
+//! ownership of subscriptions, and coalescing of modification events.
+
+use std::time::Duration;
+
+use ferry_coordinator::bus::{BusError, Watched, Watcher};
+use ferry_protocol::event::{Cursor, Delivery, Event, EventFilter, EventKind, StartAt};
+use ferry_protocol::job::notify;
+use ferry_protocol::{JobAction, JobId, JobState, JobType, PropertyChanges};
+use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig};
+use ferry_tests::{Node, tokens};
+
+use crate::support::{new_job, raw, start_download, transfer_node, wait_for};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A watcher on `node` for `token`.
+fn watcher(
+    node: &Node,
+    token: &str,
+    filter: EventFilter,
+    from: StartAt,
+) -> anyhow::Result<Watcher> {
+    Ok(Watcher::new(node.url()?.parse()?, token.into(), filter, from))
+}
+
+/// Events from `watcher` until `done` says enough (or 30 s pass).
+async fn collect(
+    watcher: &mut Watcher,
+    mut done: impl FnMut(&[Event]) -> bool,
+) -> anyhow::Result<Vec<Event>> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&events) {
+        let next = tokio::time::timeout_at(deadline, watcher.next()).await;
+        match next {
+            Ok(Ok(Watched::Delivery(Delivery::Event(event)))) => events.push(event),
+            Ok(Ok(Watched::Delivery(gap))) => anyhow::bail!("unexpected {gap:?}"),
+            Ok(Ok(Watched::Connected { .. })) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => anyhow::bail!("timed out; so far: {events:#?}"),
+        }
+    }
+    Ok(events)
+}
+
+fn kinds_of(events: &[Event], job: JobId) -> Vec<EventKind> {
+    events.iter().filter(|e| e.event.job == job).map(|e| e.event.kind).collect()
+}
+
+/// A small download run to TRANSFERRED and completed; its id.
+async fn finished_job(
+    node: &Node,
+    origin: &Origin,
+    dir: &std::path::Path,
+) -> anyhow::Result<JobId> {
+    let client = node.client(Some(tokens::ALICE))?;
+    let id = start_download(
+        &client,
+        &[(origin.url("/small.bin"), dir.join("small.bin"))],
+        PropertyChanges::default(),
+    )
+    .await?;
+    wait_for(node, &client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
+    client.act(id, JobAction::Complete).await?;
+    Ok(id)
+}
+
+/// Reads Server-Sent Events from `GET /v1/events?{query}` until `n` events arrived.
+async fn sse(node: &Node, token: &str, query: &str, n: usize) -> anyhow::Result<Vec<Event>> {
+    let url = format!("{}/v1/events?{query}", node.url()?);
+    let mut response = raw().get(&url).bearer_auth(token).send().await?.error_for_status()?;
+    let mut text = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while events.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk()).await??;
+        let Some(chunk) = chunk else { anyhow::bail!("the stream ended: {events:?}") };
+        text.push_str(std::str::from_utf8(&chunk)?);
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let (mut id, mut data) = (None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().parse::<Cursor>().map_err(anyhow::Error::msg)?);
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(serde_json::from_str::<serde_json::Value>(v.trim())?);
+                }
+            }
+            if let (Some(cursor), Some(mut data)) = (id, data) {
+                let object =
+                    data.as_object_mut().ok_or_else(|| anyhow::anyhow!("not an object"))?;
+                anyhow::ensure!(object.remove("cursor") == Some(cursor.to_string().into()));
+                events.push(Event { cursor, event: serde_json::from_value(data)? });
+            }
+        }
+    }
+    Ok(events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_replays_in_order_from_zero_and_now_starts_fresh() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/small.bin", Content::Pattern { seed: 3, len: 200_000 });
+    let node = transfer_node("").await?;
+    let out = tempfile::tempdir()?;
+    let first = finished_job(&node, &origin, out.path()).await?;
+
+    // A subscriber that arrives afterwards, from cursor 0: the whole history in order.
+    let mut late =
+        watcher(&node, tokens::ALICE, EventFilter::default(), StartAt::Cursor(Cursor::START))?;
+    let history = collect(&mut late, |e| kinds_of(e, first).len() >= 3).await?;
+    assert_eq!(
+        kinds_of(&history, first),
+        [EventKind::JobCreated, EventKind::JobTransferred, EventKind::JobAcknowledged],
+        "default notify flags: creation, the outcome and the acknowledgement"
+    );
+    assert!(history.windows(2).all(|w| w[0].cursor < w[1].cursor), "cursor order");
+    let transferred = history.iter().find(|e| e.event.kind == EventKind::JobTransferred);
+    let transferred = transferred.ok_or_else(|| anyhow::anyhow!("no JobTransferred"))?;
+    assert_eq!(transferred.event.state, JobState::Transferred);
+    assert_eq!(transferred.event.progress.bytes_transferred, 200_000);
+
+    // The same history as Server-Sent Events.
+    let over_sse = sse(&node, tokens::ALICE, "from=0", history.len()).await?;
+    assert_eq!(over_sse, history, "SSE and the bus carry the same stream");
+
+    // From "now": only what happens next.
+    let mut fresh = watcher(&node, tokens::ALICE, EventFilter::default(), StartAt::Now)?;
+    let connected = fresh.next().await?;
+    assert!(matches!(connected, Watched::Connected { .. }), "{connected:?}");
+    let client = node.client(Some(tokens::ALICE))?;
+    let second = client.create_job(&new_job("second", JobType::Download, vec![])).await?.id;
+    let seen = collect(&mut fresh, |e| !e.is_empty()).await?;
+    assert_eq!(seen[0].event.job, second, "{seen:#?}");
+    assert_eq!(seen[0].event.kind, EventKind::JobCreated);
+    assert!(seen[0].cursor > history[history.len() - 1].cursor);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_subscription_never_carries_another_users_events() -> anyhow::Result<()> {
+    let node = Node::start(ferry_tests::NodeOptions::queue_only()).await?;
+    let alice = node.client(Some(tokens::ALICE))?;
+    let bob = node.client(Some(tokens::BOB))?;
+    let mut alices = Vec::new();
+    for n in 0..5 {
+        alices.push(
+            alice.create_job(&new_job(&format!("a{n}"), JobType::Download, vec![])).await?.id,
+        );
+        bob.create_job(&new_job(&format!("b{n}"), JobType::Download, vec![])).await?;
+        alice.act(alices[n], JobAction::Cancel).await?;
+    }
+    // Bob, from the start, even naming Alice's job in his filter: only his five jobs.
+    let filter = EventFilter { jobs: vec![], kinds: vec![], all_users: false };
+    let mut bobs = watcher(&node, tokens::BOB, filter, StartAt::Cursor(Cursor::START))?;
+    let seen = collect(&mut bobs, |e| e.len() >= 5).await?;
+    assert!(seen.iter().all(|e| e.event.owner.as_str() == "bob"), "{seen:#?}");
+    let named = EventFilter { jobs: alices.clone(), kinds: vec![], all_users: false };
+    let over_sse = format!("from=0&job={}", alices[0]);
+    let mut nosy = watcher(&node, tokens::BOB, named, StartAt::Cursor(Cursor::START))?;
+    let quiet =
+        tokio::time::timeout(Duration::from_secs(2), collect(&mut nosy, |e| !e.is_empty())).await;
+    assert!(quiet.is_err(), "bob received events of alice's jobs: {quiet:?}");
+    let url = format!("{}/v1/events?{over_sse}", node.url()?);
+    let mut response = raw().get(&url).bearer_auth(tokens::BOB).send().await?;
+    assert_eq!(response.status(), 200);
+    let mut body = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(until, response.chunk()).await {
+        body.extend_from_slice(&chunk);
+    }
+    assert!(!String::from_utf8_lossy(&body).contains("Job"), "bob saw alice's events over SSE");
+
+    // Every user's events are for administrators only, on the bus and over SSE.
+    let all = EventFilter { all_users: true, ..EventFilter::default() };
+    let refused = watcher(&node, tokens::ALICE, all.clone(), StartAt::Now)?.next().await;
+    assert!(matches!(refused, Err(BusError::Refused { status: 403, .. })), "{refused:?}");
+    let url = format!("{}/v1/events?all_users=true", node.url()?);
+    let response = raw().get(&url).bearer_auth(tokens::ALICE).send().await?;
+    assert_eq!(response.status(), 403);
+    let mut admin = watcher(&node, tokens::ADMIN, all, StartAt::Cursor(Cursor::START))?;
+    let everyone = collect(&mut admin, |e| e.len() >= 15).await?;
+    let owners: std::collections::BTreeSet<&str> =
+        everyone.iter().map(|e| e.event.owner.as_str()).collect();
+    assert_eq!(owners, ["alice", "bob"].into_iter().collect());
+
+    // A wrong token is refused outright.
+    let mut stranger =
+        watcher(&node, "not-a-token-at-all-0000", EventFilter::default(), StartAt::Now)?;
+    let refused = stranger.next().await;
+    assert!(matches!(refused, Err(BusError::Refused { status: 401, .. })), "{refused:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_progress_is_coalesced_but_the_outcome_is_not() -> anyhow::Result<()> {
+    const SIZE: u64 = 4 * MIB;
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/steady.bin", Content::Pattern { seed: 9, len: SIZE });
+    // About two seconds of transfer, in 64 KiB chunks: dozens of progress reports.
+    origin.set_knobs(Knobs { rate_limit_per_connection: Some(2 * MIB), ..Knobs::default() });
+    let node = transfer_node("chunk_size_bytes = 65536").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let mut events = watcher(&node, tokens::ALICE, EventFilter::default(), StartAt::Now)?;
+    assert!(matches!(events.next().await?, Watched::Connected { .. }));
+    let out = tempfile::tempdir()?;
+    let properties = PropertyChanges {
+        notify_flags: Some(notify::DEFAULT | notify::JOB_MODIFICATION),
+        minimum_notification_interval_ms: Some(500),
+        ..PropertyChanges::default()
+    };
+    let started = tokio::time::Instant::now();
+    let id = start_download(
+        &client,
+        &[(origin.url("/steady.bin"), out.path().join("s.bin"))],
+        properties,
+    )
+    .await?;
+    let seen =
+        collect(&mut events, |e| kinds_of(e, id).contains(&EventKind::JobTransferred)).await?;
+    let took = started.elapsed();
+    let kinds = kinds_of(&seen, id);
+    let modifications = kinds.iter().filter(|k| **k == EventKind::JobModification).count();
+    let transferred = kinds.iter().filter(|k| **k == EventKind::JobTransferred).count();
+    println!("a {took:?} download published {modifications} modification events");
+    // One per 500 ms at most, plus the first of the run.
+    let bound = (took.as_millis() / 500 + 1) as usize;
+    assert!(modifications <= bound, "{modifications} modifications in {took:?}: {kinds:?}");
+    assert!(modifications >= 2, "{kinds:?}");
+    assert_eq!(transferred, 1);
+    Ok(())
+}
