@@ -8,6 +8,7 @@ pub mod data_dir;
 pub mod events;
 mod membership;
 mod node;
+mod notify;
 mod peer;
 mod proposer;
 pub mod raft;

@@ -94,6 +94,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let peer_server = endpoint.serve(peer_handler(cluster.clone()), admission, Some(events));
     let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
     tokio::spawn(reconcile(cluster.clone(), config.policy, me));
+    tokio::spawn(crate::notify::run(
+        cluster.clone(),
+        config.notify.clone(),
+        dir.root().to_path_buf(),
+    ));
 
     let secrets = Arc::new(dir.secret_key()?);
     let t = &config.transfer;

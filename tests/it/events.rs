@@ -231,3 +231,128 @@ async fn fast_progress_is_coalesced_but_the_outcome_is_not() -> anyhow::Result<(
     assert_eq!(transferred, 1);
     Ok(())
 }
+
+/// `ferry watch --json` against `node`, its output into files in `dir`.
+fn spawn_watch(
+    node: &Node,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<std::process::Child> {
+    let stdout = std::fs::File::create(dir.join("watch.out"))?;
+    let stderr = std::fs::File::create(dir.join("watch.err"))?;
+    Ok(std::process::Command::new(ferry_tests::binary("ferry")?)
+        .args(["--json", "watch"])
+        .args(args)
+        .env("FERRY_NODE", node.url()?)
+        .env("FERRY_TOKEN", tokens::ADMIN)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()?)
+}
+
+/// (cursor, kind, job) of every line `ferry watch --json` printed so far.
+fn printed(dir: &std::path::Path) -> anyhow::Result<Vec<(Cursor, EventKind, JobId)>> {
+    let text = std::fs::read_to_string(dir.join("watch.out"))?;
+    let mut lines = Vec::new();
+    // The last line may still be being written.
+    for line in text.lines().filter(|l| l.ends_with('}')) {
+        let value: serde_json::Value = serde_json::from_str(line)?;
+        let field = |name: &str| value[name].as_str().map(str::to_owned).unwrap_or_default();
+        lines.push((
+            field("cursor").parse().map_err(anyhow::Error::msg)?,
+            field("kind").parse().map_err(anyhow::Error::msg)?,
+            field("job").parse()?,
+        ));
+    }
+    Ok(lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_the_cluster_when_its_node_is_killed() -> anyhow::Result<()> {
+    const JOBS: usize = 200;
+    const MISSING_EVERY: usize = 10;
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/ok.bin", Content::Pattern { seed: 4, len: 20_000 });
+    let options = ferry_tests::NodeOptions {
+        transfer: "max_active_jobs = 8\nread_timeout_secs = 10".into(),
+        ..ferry_tests::NodeOptions::default()
+    };
+    let (mut nodes, agreed) = crate::cluster::form_cluster(options).await?;
+    // Watch through a follower; submit through the other two (their jobs' home nodes
+    // stay up, so every job ends while the watched node is down).
+    let watched = agreed.iter().position(|s| s.role == "follower").unwrap_or(0);
+    let submitters: Vec<usize> = (0..3).filter(|i| *i != watched).collect();
+    let out = tempfile::tempdir()?;
+    let mut watch = spawn_watch(
+        &nodes[watched],
+        out.path(),
+        &["--all-users", "--from", "0", "--kinds", "JobTransferred,JobError"],
+    )?;
+
+    let mut ids = Vec::new();
+    for n in 0..JOBS {
+        let node = &nodes[submitters[n % 2]];
+        // An administrator: 200 unfinished jobs exceed a user's quota.
+        let client = node.client(Some(tokens::ADMIN))?;
+        let path = if n % MISSING_EVERY == 0 { "/missing.bin" } else { "/ok.bin" };
+        let file = ferry_protocol::NewFile {
+            remote_url: origin.url(path),
+            local_path: out.path().join(format!("f{n}")).to_string_lossy().into(),
+            ranges: vec![],
+        };
+        let id =
+            client.create_job(&new_job(&format!("j{n}"), JobType::Download, vec![file])).await?.id;
+        client.act(id, JobAction::Resume).await?;
+        ids.push(id);
+        if n == JOBS / 4 {
+            nodes[watched].kill9().await?;
+        }
+    }
+
+    // Every job ends (the watched node is down meanwhile).
+    let survivor = nodes[submitters[0]].client(Some(tokens::ADMIN))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            let state = survivor.job(*id).await?.state;
+            if matches!(state, JobState::Transferred | JobState::Error) {
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "job {id} is still {state:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Everything printed: one outcome per job, in cursor order.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines = printed(out.path())?;
+        let jobs: std::collections::HashSet<JobId> = lines.iter().map(|l| l.2).collect();
+        if ids.iter().all(|id| jobs.contains(id)) {
+            break lines;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = watch.kill();
+            anyhow::bail!(
+                "ferry watch printed {} of {JOBS} jobs' outcomes; stderr:\n{}",
+                jobs.len(),
+                std::fs::read_to_string(out.path().join("watch.err"))?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    watch.kill()?;
+    let _ = watch.wait();
+    let stderr = std::fs::read_to_string(out.path().join("watch.err"))?;
+    assert!(stderr.matches("watching events on node").count() >= 2, "no reconnect:\n{stderr}");
+    assert!(lines.windows(2).all(|w| w[0].0 < w[1].0), "not in cursor order (or repeated)");
+    for (n, id) in ids.iter().enumerate() {
+        let kinds: Vec<EventKind> = lines.iter().filter(|l| l.2 == *id).map(|l| l.1).collect();
+        let expected =
+            if n % MISSING_EVERY == 0 { EventKind::JobError } else { EventKind::JobTransferred };
+        assert_eq!(kinds, [expected], "job {n}");
+    }
+    println!("ferry watch printed {} outcomes across a kill of its node; {stderr}", lines.len());
+    nodes[watched].restart().await?;
+    Ok(())
+}

@@ -12,6 +12,7 @@ mod failover;
 mod faults;
 mod idempotency;
 mod nginx;
+mod notify;
 mod openapi;
 mod ownership;
 mod partition;
