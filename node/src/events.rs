@@ -227,8 +227,10 @@ impl Subscription {
             }
             let (events, floor) = self.log.read(self.next).await?;
             if self.next < floor {
-                self.ready.push_back(Delivery::Gap { from: self.next, oldest: floor });
-                self.next = floor;
+                // The oldest event held (the floor itself may fall between events).
+                let oldest = events.first().map_or(floor, |e| e.cursor.max(floor));
+                self.ready.push_back(Delivery::Gap { from: self.next, oldest });
+                self.next = oldest;
                 continue;
             }
             self.caught_up = events.is_empty();
@@ -257,5 +259,124 @@ impl Subscription {
 impl EventStream for Subscription {
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SubscribeError>> {
         Box::pin(Self::next(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_protocol::event::{EventKind, JobEvent};
+    use ferry_protocol::job::{JobProgress, JobState};
+    use ferry_protocol::{JobId, Principal, Role};
+
+    use super::*;
+
+    fn admin() -> Caller {
+        Caller { principal: Principal::new("root").expect("name"), role: Role::Admin }
+    }
+
+    fn everything() -> EventFilter {
+        EventFilter { all_users: true, ..EventFilter::default() }
+    }
+
+    fn event(index: u64) -> Event {
+        let event = JobEvent {
+            kind: EventKind::JobCreated,
+            job: JobId::new_random(),
+            owner: Principal::new("alice").expect("name"),
+            display_name: format!("job-{index}"),
+            state: JobState::Suspended,
+            progress: JobProgress {
+                bytes_total: Some(0),
+                bytes_transferred: 0,
+                files_total: 0,
+                files_transferred: 0,
+            },
+            error: None,
+            file_index: None,
+            time: Timestamp(1_000 + index),
+        };
+        Event { cursor: Cursor { index, sub: 0 }, event }
+    }
+
+    fn database() -> (tempfile::TempDir, Arc<Database>) {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = Database::create(dir.path().join("state.redb")).expect("db");
+        (dir, Arc::new(db))
+    }
+
+    /// Commits entries `range` (one event each) and publishes them, as apply does.
+    fn commit(db: &Database, log: &EventLog, range: std::ops::Range<u64>, retention: Retention) {
+        for index in range {
+            let event = event(index);
+            let txn = db.begin_write().expect("txn");
+            let bytes = codec::encode(&event).expect("encode");
+            append(&txn, &[(event.cursor, bytes)], Some(event.event.time), retention)
+                .expect("append");
+            txn.commit().expect("commit");
+            log.publish(vec![event].into());
+        }
+    }
+
+    async fn take(sub: &mut Subscription, n: usize) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let next = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
+            out.push(next.expect("in time").expect("readable").expect("open"));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_far_behind_the_live_channel_catches_up_from_the_history() {
+        let (_dir, db) = database();
+        let log = EventLog::new(db.clone());
+        let mut sub = log.subscribe(admin(), everything(), StartAt::Now).await.expect("sub");
+        // Three times what the live channel buffers, while the subscriber reads nothing.
+        let entries = 3 * LIVE_BUFFER as u64;
+        commit(&db, &log, 1..entries + 1, Retention::default());
+        let got = take(&mut sub, entries as usize).await;
+        for (n, delivery) in got.iter().enumerate() {
+            match delivery {
+                Delivery::Event(e) => assert_eq!(e.cursor, Cursor { index: n as u64 + 1, sub: 0 }),
+                Delivery::Gap { .. } => panic!("a gap although the history holds everything"),
+            }
+        }
+        // And it goes on live.
+        commit(&db, &log, entries + 1..entries + 2, Retention::default());
+        let live = take(&mut sub, 1).await;
+        assert!(matches!(&live[0], Delivery::Event(e) if e.cursor.index == entries + 1));
+    }
+
+    #[tokio::test]
+    async fn history_pruned_past_the_cursor_is_reported_as_a_gap() {
+        let (_dir, db) = database();
+        let log = EventLog::new(db.clone());
+        let retention = Retention { max_events: 100, max_age: Duration::from_secs(3600) };
+        commit(&db, &log, 1..301, retention);
+        let mut sub = log
+            .subscribe(admin(), everything(), StartAt::Cursor(Cursor::START))
+            .await
+            .expect("sub");
+        let got = take(&mut sub, 101).await;
+        assert_eq!(
+            got[0],
+            Delivery::Gap { from: Cursor::START, oldest: Cursor { index: 201, sub: 0 } }
+        );
+        assert!(matches!(&got[1], Delivery::Event(e) if e.cursor.index == 201));
+        assert!(matches!(&got[100], Delivery::Event(e) if e.cursor.index == 300));
+
+        // Age: events older than the limit (against the newest) go too.
+        let young = Retention { max_events: 1_000, max_age: Duration::from_millis(10) };
+        commit(&db, &log, 301..302, young);
+        let mut late = log
+            .subscribe(admin(), everything(), StartAt::Cursor(Cursor::START))
+            .await
+            .expect("sub");
+        let got = take(&mut late, 1).await;
+        assert!(
+            matches!(got[0], Delivery::Gap { oldest, .. } if oldest.index >= 291),
+            "{:?}",
+            got[0]
+        );
     }
 }
