@@ -113,8 +113,8 @@ async fn basic_and_digest_against_the_test_origin() -> anyhow::Result<()> {
     let log = std::fs::read_to_string(node.log_path())?;
     assert!(!log.contains(PASSWORD) && !log.contains("not-it"), "the node log shows a password");
     // Nor is it stored in plaintext.
-    for file in std::fs::read_dir(node.data_dir())? {
-        let bytes = std::fs::read(file?.path())?;
+    for file in crate::support::files_under(&node.data_dir())? {
+        let bytes = std::fs::read(file)?;
         assert!(
             !bytes.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()),
             "a password at rest"

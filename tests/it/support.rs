@@ -108,3 +108,17 @@ pub(crate) async fn start_download(
     client.act(job.id, ferry_protocol::JobAction::Resume).await?;
     Ok(job.id)
 }
+
+/// Every file under `dir`, in subdirectories too (for "no secret at rest" checks).
+pub(crate) fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(files_under(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
