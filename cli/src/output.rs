@@ -238,7 +238,9 @@ pub(crate) fn cluster(s: &ClusterStatus) {
 
 /// `ferry cluster members`.
 pub(crate) fn members(s: &ClusterStatus) {
-    let mut t = table(&["NODE", "ROLE", "API", "PEER", "LEADER", "MATCHED", "BEHIND"]);
+    let mut t = table(&[
+        "NODE", "ROLE", "STATE", "HEALTH", "APPLIED", "API", "PEER", "LEADER", "MATCHED", "BEHIND",
+    ]);
     for m in &s.members {
         let leads = if s.leader == Some(m.node_id) { "*" } else { "" };
         let behind = match (m.matched_index, s.last_log_index) {
@@ -248,6 +250,9 @@ pub(crate) fn members(s: &ClusterStatus) {
         t.add_row(vec![
             m.node_id.to_string(),
             m.role.clone(),
+            m.state.clone().unwrap_or_else(|| "-".to_owned()),
+            m.health.clone(),
+            m.applied_index.map_or_else(|| "-".to_owned(), |i| i.to_string()),
             m.api_addr.clone(),
             m.peer_addr.clone(),
             leads.to_owned(),

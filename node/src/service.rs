@@ -12,7 +12,7 @@ use actix::Addr;
 use ferry_coordinator::{
     BoxFuture, Cluster, ClusterError, EventStream, ReadAt, SubscribeError, Written,
 };
-use ferry_protocol::api::{ClusterStatus, MemberInfo};
+use ferry_protocol::api::{ClusterStatus, MemberInfo, MemberProbe};
 use ferry_protocol::event::{EventFilter, StartAt};
 use ferry_protocol::{NodeId, Proposal, Queue, codec};
 use tokio::sync::oneshot;
@@ -29,6 +29,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
 const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a write may wait to be committed.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the cluster status waits for each member to describe itself.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a read waits for its barrier before giving up.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -172,6 +174,41 @@ impl NodeCluster {
         metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
     }
 
+    /// What this node says of itself in a cluster status.
+    fn probe(&self) -> MemberProbe {
+        let metrics = self.raft.metrics().borrow().clone();
+        MemberProbe {
+            state: role_name(metrics.state).into(),
+            term: metrics.current_term,
+            applied_index: metrics.last_applied.map(|id| id.index),
+        }
+    }
+
+    /// Asks every other member for its probe at once, each bounded by [`PROBE_TIMEOUT`];
+    /// `None` for a member that did not answer.
+    async fn probe_members(&self, members: Vec<NodeId>) -> Vec<(NodeId, Option<MemberProbe>)> {
+        let mut asked = tokio::task::JoinSet::new();
+        for node in members {
+            let cluster = self.clone();
+            asked.spawn(async move {
+                if node == cluster.node_id {
+                    return (node, Some(cluster.probe()));
+                }
+                let answer = tokio::time::timeout(
+                    PROBE_TIMEOUT,
+                    cluster.ask::<MemberProbe>(node, &PeerRequest::Probe),
+                )
+                .await;
+                (node, answer.ok().and_then(Result::ok))
+            });
+        }
+        let mut probes = Vec::new();
+        while let Some(done) = asked.join_next().await {
+            probes.extend(done.ok());
+        }
+        probes
+    }
+
     /// True if `node` answers a ping.
     pub(crate) async fn ping(&self, node: NodeId) -> bool {
         self.ask::<()>(node, &PeerRequest::Ping).await.is_ok()
@@ -280,6 +317,9 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                     };
                     codec::encode(&answer).unwrap_or_default()
                 }
+                Ok(PeerRequest::Probe) => {
+                    codec::encode(&Ok::<_, ClusterError>(cluster.probe())).unwrap_or_default()
+                }
                 Ok(PeerRequest::ReadIndex) => {
                     let index = match cluster.raft.ensure_linearizable().await {
                         Ok(log_id) => Ok(log_id.map_or(0, |id| id.index)),
@@ -387,14 +427,23 @@ impl Cluster for NodeCluster {
                 let replication = metrics.replication.as_ref()?;
                 replication.get(id).copied().flatten().map(|log_id| log_id.index)
             };
+            let probes = self.probe_members(membership.nodes().map(|(id, _)| *id).collect()).await;
+            let probe =
+                |id: &NodeId| probes.iter().find(|(n, _)| n == id).and_then(|(_, p)| p.clone());
             let members = membership
                 .nodes()
-                .map(|(id, node)| MemberInfo {
-                    node_id: *id,
-                    role: if voters.contains(id) { "voter" } else { "learner" }.into(),
-                    api_addr: node.api_addr.clone(),
-                    peer_addr: node.peer_addr.clone(),
-                    matched_index: matched(id),
+                .map(|(id, node)| {
+                    let probe = probe(id);
+                    MemberInfo {
+                        node_id: *id,
+                        role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+                        api_addr: node.api_addr.clone(),
+                        peer_addr: node.peer_addr.clone(),
+                        matched_index: matched(id),
+                        health: if probe.is_some() { "ok" } else { "unreachable" }.into(),
+                        state: probe.as_ref().map(|p| p.state.clone()),
+                        applied_index: probe.and_then(|p| p.applied_index),
+                    }
                 })
                 .collect();
             let machine = self.state.read();

@@ -262,6 +262,25 @@ pub struct MemberInfo {
     /// The last log index known to be replicated to it, as the leader sees it (`null`
     /// when the answering node does not lead, or before the first acknowledgement).
     pub matched_index: Option<u64>,
+    /// `ok` if the member answered the answering node just now (or is that node),
+    /// `unreachable` if it did not answer within half a second.
+    pub health: String,
+    /// Its Raft state as it reports it (`leader`, `follower`, `candidate`, `learner`);
+    /// `null` when unreachable.
+    pub state: Option<String>,
+    /// Its last applied log index as it reports it; `null` when unreachable.
+    pub applied_index: Option<u64>,
+}
+
+/// What a member says of itself when asked for the cluster status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberProbe {
+    /// Its Raft state.
+    pub state: String,
+    /// Its current term.
+    pub term: u64,
+    /// Its last applied log index.
+    pub applied_index: Option<u64>,
 }
 
 /// `GET /v1/cluster` answer.

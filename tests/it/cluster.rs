@@ -56,6 +56,13 @@ async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()
     let leader_index = agreed.iter().position(|s| s.role == "leader").unwrap_or(0);
     let seen = nodes[leader_index].client(Some(tokens::ADMIN))?.cluster().await?;
     assert!(seen.members.iter().all(|m| m.matched_index.is_some()), "{seen:#?}");
+    // Any node reports every member's own state, applied index and health.
+    let from_follower = third.client(Some(tokens::ADMIN))?.cluster().await?;
+    let mut states: Vec<&str> =
+        from_follower.members.iter().filter_map(|m| m.state.as_deref()).collect();
+    states.sort_unstable();
+    assert_eq!(states, ["follower", "follower", "leader"], "{from_follower:#?}");
+    assert!(from_follower.members.iter().all(|m| m.health == "ok" && m.applied_index.is_some()));
 
     // Any node serves the API: a job created through a follower is read back on the
     // other follower (linearizable by default: it waits for the leader's read index).

@@ -86,6 +86,9 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
     };
     println!("a new leader served writes {failover:?} after the leader was killed");
     assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    let seen = nodes[survivors[0]].client(Some(tokens::ADMIN))?.cluster().await?;
+    let dead = seen.members.iter().find(|m| m.node_id == old_leader);
+    assert_eq!(dead.map(|m| m.health.as_str()), Some("unreachable"), "{seen:#?}");
 
     for task in tasks {
         task.await??;

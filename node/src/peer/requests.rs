@@ -32,4 +32,7 @@ pub(crate) enum PeerRequest {
     /// The sender restarted on other addresses: the leader records them in the
     /// membership. Answered with `Result<bool, ClusterError>` (true: changed).
     UpdateAddress(NodeAddr),
+    /// Your state, term and applied index, for the cluster status: answered with
+    /// `Result<MemberProbe, ClusterError>`.
+    Probe,
 }
