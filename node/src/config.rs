@@ -217,14 +217,15 @@ pub struct ClusterConfig {
     pub join: Vec<String>,
     /// The join token printed by the first node (its `join.token`). Default none.
     pub join_token: Option<String>,
-    /// Voters the cluster grows to as nodes join; later nodes stay learners (they still
-    /// run transfers). Default 3.
+    /// Most voters: the cluster grows one voter at a time to 3, then two at a time (odd
+    /// sizes only) up to this; later nodes stay learners (they still run transfers).
+    /// Default 5.
     pub voters: usize,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { join: Vec::new(), join_token: None, voters: 3 }
+        Self { join: Vec::new(), join_token: None, voters: 5 }
     }
 }
 

@@ -154,15 +154,18 @@ impl NodeCluster {
                 tracing::warn!(node, error = %e, "the new node did not catch up");
                 return;
             }
-            let current: std::collections::BTreeSet<NodeId> =
-                raft.metrics().borrow().membership_config.membership().voter_ids().collect();
-            if current.len() < voters {
-                let mut next = current;
-                next.insert(node);
-                match raft.change_membership(next, true).await {
-                    Ok(_) => tracing::info!(node, "promoted to voter"),
-                    Err(e) => tracing::warn!(node, error = %e, "cannot promote to voter"),
-                }
+            let (current, learners) = {
+                let metrics = raft.metrics().borrow().clone();
+                let membership = metrics.membership_config.membership();
+                let current: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+                let learners: Vec<NodeId> =
+                    membership.learner_ids().filter(|id| *id != node).collect();
+                (current, learners)
+            };
+            let Some(next) = promotion(&current, node, &learners, voters) else { return };
+            match raft.change_membership(next.clone(), true).await {
+                Ok(_) => tracing::info!(?next, "promoted to voters"),
+                Err(e) => tracing::warn!(node, error = %e, "cannot promote to voter"),
             }
         });
         Ok(())
@@ -282,6 +285,26 @@ impl NodeCluster {
             },
         }
     }
+}
+
+/// The voters after `node` caught up, or `None` to leave it a learner. The cluster grows
+/// one voter at a time up to three, then two at a time (the new node and a waiting
+/// learner) up to `max`: an even number of voters tolerates no more failures than one
+/// fewer, so past three the count stays odd.
+fn promotion(
+    current: &std::collections::BTreeSet<NodeId>,
+    node: NodeId,
+    learners: &[NodeId],
+    max: usize,
+) -> Option<std::collections::BTreeSet<NodeId>> {
+    let mut next = current.clone();
+    if current.len() < 3.min(max) {
+        next.insert(node);
+    } else if current.len() + 2 <= max {
+        next.insert(node);
+        next.insert(*learners.first()?);
+    }
+    (next != *current).then_some(next)
 }
 
 /// Serves the requests of other members: Raft RPCs, forwarded writes, read indexes.
@@ -480,5 +503,24 @@ impl Cluster for NodeCluster {
 
     fn cluster_ca(&self) -> String {
         self.ca_pem.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::promotion;
+
+    #[test]
+    fn voters_grow_to_three_then_in_pairs_to_the_maximum() {
+        let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+        assert_eq!(promotion(&set(&[1]), 2, &[], 5), Some(set(&[1, 2])));
+        assert_eq!(promotion(&set(&[1, 2]), 3, &[], 5), Some(set(&[1, 2, 3])));
+        assert_eq!(promotion(&set(&[1, 2, 3]), 4, &[], 5), None, "a fourth waits");
+        assert_eq!(promotion(&set(&[1, 2, 3]), 5, &[4], 5), Some(set(&[1, 2, 3, 4, 5])));
+        assert_eq!(promotion(&set(&[1, 2, 3, 4, 5]), 7, &[6], 5), None, "at the maximum");
+        assert_eq!(promotion(&set(&[1, 2, 3]), 5, &[4], 3), None, "max 3");
+        assert_eq!(promotion(&set(&[1]), 2, &[], 1), None, "max 1");
     }
 }

@@ -31,6 +31,18 @@ pub(crate) fn agree(all: &[ClusterStatus]) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_grow_to_five_voters_in_one_step_from_three() -> anyhow::Result<()> {
+    // start_cluster waits for 5 voters (see `default_voters`); a fourth node alone stays
+    // a learner (partition.rs shows it).
+    let nodes = ferry_tests::start_cluster(NodeOptions::queue_only(), 5).await?;
+    let status = nodes[4].client(Some(tokens::ADMIN))?.cluster().await?;
+    let voters = status.members.iter().filter(|m| m.role == "voter").count();
+    assert_eq!(voters, 5, "{status:#?}");
+    assert!(status.members.iter().all(|m| m.health == "ok"), "{status:#?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()> {
     let (nodes, agreed) = form_cluster(NodeOptions::queue_only()).await?;
     let (first, third) = (&nodes[0], &nodes[2]);

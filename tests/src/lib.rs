@@ -404,7 +404,7 @@ pub async fn ferry(
 
 /// Starts `n` nodes on `options.ip`, the next addresses up, ... with `options`, the first founding the cluster
 /// and the others joining it with `--join`, and waits (up to 30 s) until every node
-/// knows the same leader, `min(n, 3)` members are voters and all have applied the same
+/// knows the same leader, [`default_voters`] members are voters and all have applied the same
 /// index.
 pub async fn start_cluster(options: NodeOptions, n: usize) -> anyhow::Result<Vec<Node>> {
     anyhow::ensure!((1..=250).contains(&n), "a cluster of 1 to 250 nodes");
@@ -423,13 +423,23 @@ pub async fn start_cluster(options: NodeOptions, n: usize) -> anyhow::Result<Vec
         for node in &nodes {
             all.push(node.client(Some(tokens::ADMIN))?.cluster().await?);
         }
-        if agree(&all, n.min(3)) {
+        if agree(&all, default_voters(n)) {
             return Ok(nodes);
         }
         if Instant::now() >= deadline {
             bail!("the cluster did not form within 30 s: {all:#?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Voters a cluster of `n` nodes has with the default `cluster.voters` (5): all up to
+/// three, then odd sizes only.
+pub fn default_voters(n: usize) -> usize {
+    match n {
+        0..=3 => n,
+        4 => 3,
+        _ => 5,
     }
 }
 
