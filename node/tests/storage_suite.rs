@@ -83,7 +83,15 @@ mod snapshot {
         let follower_path = dir.path().join("b.redb");
         let mut follower = StateMachineStore::open(&follower_path, Default::default())?;
         follower.apply([batch(100)]).await?; // state the snapshot must replace
-        follower.install_snapshot(&built.meta, built.snapshot).await?;
+        // As openraft does: received into the file the store hands out, then installed.
+        let mut receiving = follower.begin_receiving_snapshot().await?;
+        let mut data = built.snapshot;
+        tokio::io::copy(&mut *data, &mut *receiving).await?;
+        follower.install_snapshot(&built.meta, receiving).await?;
+        let kept: Vec<String> = std::fs::read_dir(dir.path().join("b.snapshots"))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(kept, [format!("{}.snap", built.meta.snapshot_id)], "one file, no leftovers");
         let expected = leader.read().queue.to_image();
         assert_eq!(follower.read().queue.to_image(), expected);
         drop(follower);

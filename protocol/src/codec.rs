@@ -16,14 +16,9 @@ pub const FORMAT_VERSION: u8 = 3;
 /// Largest value [`decode`] accepts: control messages, log entries, stored rows.
 pub const FRAME_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Largest value [`decode_snapshot`] accepts: whole state-machine snapshots.
-pub const SNAPSHOT_LIMIT: usize = 1024 * 1024 * 1024;
-
 type FrameConfig = Configuration<LittleEndian, Varint, Limit<FRAME_LIMIT>>;
-type SnapshotConfig = Configuration<LittleEndian, Varint, Limit<SNAPSHOT_LIMIT>>;
 
 const FRAME: FrameConfig = bincode::config::standard().with_limit::<FRAME_LIMIT>();
-const SNAPSHOT: SnapshotConfig = bincode::config::standard().with_limit::<SNAPSHOT_LIMIT>();
 
 /// Why a value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +54,6 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     encode_within(value, FRAME_LIMIT)
 }
 
-/// Encodes a snapshot; refuses one larger than [`SNAPSHOT_LIMIT`].
-pub fn encode_snapshot<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    encode_within(value, SNAPSHOT_LIMIT)
-}
-
 fn encode_within<T: Serialize + ?Sized>(value: &T, limit: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![FORMAT_VERSION];
     bincode::serde::encode_into_std_write(value, &mut out, FRAME)
@@ -78,12 +68,6 @@ fn encode_within<T: Serialize + ?Sized>(value: &T, limit: usize) -> Result<Vec<u
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let body = body(bytes, FRAME_LIMIT)?;
     finish(bincode::serde::decode_from_slice(body, FRAME), body.len())
-}
-
-/// Decodes a snapshot of at most [`SNAPSHOT_LIMIT`] bytes.
-pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let body = body(bytes, SNAPSHOT_LIMIT)?;
-    finish(bincode::serde::decode_from_slice(body, SNAPSHOT), body.len())
 }
 
 fn body(bytes: &[u8], limit: usize) -> Result<&[u8], CodecError> {
@@ -141,8 +125,6 @@ mod tests {
     fn what_cannot_be_decoded_is_not_encoded() {
         let big = vec![7u8; FRAME_LIMIT + 1];
         assert!(matches!(encode(&big), Err(CodecError::TooLarge { .. })));
-        let bytes = encode_snapshot(&big).expect("a snapshot may be larger");
-        assert_eq!(decode_snapshot::<Vec<u8>>(&bytes).expect("decodes"), big);
     }
 
     #[test]

@@ -9,9 +9,9 @@
 mod errors;
 mod log_store;
 mod network;
+mod snapshot_file;
 mod state_machine;
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use ferry_protocol::{Batch, BatchReply};
@@ -35,14 +35,14 @@ pub struct NodeAddr {
 
 openraft::declare_raft_types!(
     /// Ferry's openraft types: entries carry command batches, replies carry one result per
-    /// command, snapshots are in-memory byte buffers of the encoded queue.
+    /// command, snapshots are files (streamed to and from disk, never held whole).
     pub TypeConfig:
         D = Batch,
         R = BatchReply,
         NodeId = u64,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 /// The Raft handle of a Ferry node.

@@ -5,8 +5,7 @@
 //! Apply is the pure [`Queue::apply_batch`] from `ferry-protocol`; this file only
 //! persists what it touched and keeps the applied id and membership beside it.
 
-use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ferry_protocol::codec;
@@ -22,13 +21,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{self, EventLog, Retention};
 
+use super::snapshot_file::{self, SnapshotDir};
 use super::{
     LogId, META, NodeAddr, StorageError, StoredMembership, TypeConfig, blocking, io_error,
     open_database,
 };
 
-const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
-const REQUESTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("requests");
+pub(super) const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
+pub(super) const REQUESTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("requests");
 
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
@@ -54,15 +54,23 @@ fn meta_row<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// The durable state as of `txn`: the queue image, the applied id and membership.
-fn read_state(
+/// The durable scalars as of `txn`: queue scalars, applied id and membership.
+fn read_scalars(
     txn: &redb::ReadTransaction,
-) -> Result<(QueueImage, Option<LogId>, StoredMembership), StorageError> {
+) -> Result<(QueueMeta, Option<LogId>, StoredMembership), StorageError> {
     let meta = txn.open_table(META).map_err(read_err)?;
     let applied: Option<Option<LogId>> = meta_row(&meta, APPLIED)?;
     let membership: Option<StoredMembership> = meta_row(&meta, MEMBERSHIP)?;
     let queue_meta: Option<QueueMeta> = meta_row(&meta, QUEUE_META)?;
-    let mut image = QueueImage { meta: queue_meta.unwrap_or_default(), ..QueueImage::default() };
+    Ok((queue_meta.unwrap_or_default(), applied.flatten(), membership.unwrap_or_default()))
+}
+
+/// The durable state as of `txn`: the queue image, the applied id and membership.
+fn read_state(
+    txn: &redb::ReadTransaction,
+) -> Result<(QueueImage, Option<LogId>, StoredMembership), StorageError> {
+    let (queue_meta, applied, membership) = read_scalars(txn)?;
+    let mut image = QueueImage { meta: queue_meta, ..QueueImage::default() };
     for row in txn.open_table(JOBS).map_err(read_err)?.iter().map_err(read_err)? {
         let (_, value) = row.map_err(read_err)?;
         image.jobs.push(codec::decode::<Job>(value.value()).map_err(read_err)?);
@@ -73,7 +81,7 @@ fn read_state(
         let record: RequestRecord = codec::decode(value.value()).map_err(read_err)?;
         image.requests.push((key, record));
     }
-    Ok((image, applied.flatten(), membership.unwrap_or_default()))
+    Ok((image, applied, membership))
 }
 
 /// Stores `snapshot` as the current one unless a newer one is already stored (a build
@@ -81,13 +89,13 @@ fn read_state(
 fn store_snapshot(txn: &WriteTransaction, snapshot: &StoredSnapshot) -> Result<bool, StorageError> {
     let mut meta = txn.open_table(META).map_err(write_err)?;
     let current: Option<StoredSnapshot> = match meta.get(SNAPSHOT).map_err(write_err)? {
-        Some(value) => Some(codec::decode_snapshot(value.value()).map_err(read_err)?),
+        Some(value) => Some(codec::decode(value.value()).map_err(read_err)?),
         None => None,
     };
     if current.is_some_and(|c| c.meta.last_log_id > snapshot.meta.last_log_id) {
         return Ok(false);
     }
-    let bytes = codec::encode_snapshot(snapshot).map_err(write_err)?;
+    let bytes = codec::encode(snapshot).map_err(write_err)?;
     meta.insert(SNAPSHOT, bytes.as_slice()).map_err(write_err)?;
     Ok(true)
 }
@@ -104,11 +112,19 @@ pub struct Machine {
     pub membership: StoredMembership,
 }
 
-/// The last snapshot built or installed, as stored.
+/// The last snapshot built or installed: its meta, and its file in the snapshot
+/// directory.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<u64, NodeAddr>,
-    data: Vec<u8>,
+    file: String,
+}
+
+/// The file name of snapshot `id` (ids come from members; only safe characters stay).
+fn snapshot_file_name(id: &str) -> String {
+    let safe: String =
+        id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    format!("{}.snap", &safe[..safe.len().min(100)])
 }
 
 /// Rows to write after an apply.
@@ -183,6 +199,9 @@ pub struct StateMachineStore {
     machine: Arc<RwLock<Machine>>,
     events: EventLog,
     retention: Retention,
+    snapshots: SnapshotDir,
+    /// The file a snapshot is being received into (openraft hands back only its handle).
+    receiving: Arc<std::sync::Mutex<Option<PathBuf>>>,
 }
 
 impl StateMachineStore {
@@ -203,6 +222,8 @@ impl StateMachineStore {
             db,
             machine: Arc::new(RwLock::new(machine)),
             retention,
+            snapshots: SnapshotDir::open(path).map_err(write_err)?,
+            receiving: Arc::default(),
         })
     }
 
@@ -232,26 +253,37 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     /// consistent view of what is on disk), never from memory, which may be ahead of the
     /// disk while an apply commits. The log may then be purged up to it safely.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let db = self.db.clone();
-        let snapshot = blocking(ErrorSubject::StateMachine, move || {
-            let (image, applied, membership) = read_state(&db.begin_read().map_err(read_err)?)?;
+        let (db, dir) = (self.db.clone(), self.snapshots.clone());
+        let (meta, path, bytes) = blocking(ErrorSubject::StateMachine, move || {
+            let txn = db.begin_read().map_err(read_err)?;
+            let (queue, applied, membership) = read_scalars(&txn)?;
             let snapshot_id = match applied {
-                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, image.meta.seq),
+                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, queue.seq),
                 None => "empty".to_owned(),
             };
+            let part = dir.part("building");
+            let bytes = snapshot_file::write(&txn, &queue, &part).map_err(write_err)?;
+            drop(txn);
+            let file = snapshot_file_name(&snapshot_id);
+            let path = dir.path(&file);
+            std::fs::rename(&part, &path).map_err(write_err)?;
+            dir.sync().map_err(write_err)?;
             let meta =
                 SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
-            let data = codec::encode_snapshot(&image).map_err(write_err)?;
-            let snapshot = StoredSnapshot { meta, data };
+            let stored = StoredSnapshot { meta: meta.clone(), file: file.clone() };
             let txn = db.begin_write().map_err(write_err)?;
-            if store_snapshot(&txn, &snapshot)? {
+            if store_snapshot(&txn, &stored)? {
                 txn.commit().map_err(write_err)?;
+                dir.remove_others(&file);
             }
-            Ok(snapshot)
+            Ok((meta, path, bytes))
         })
         .await?;
-        tracing::info!(last_log_id = ?snapshot.meta.last_log_id, bytes = snapshot.data.len(), "built snapshot");
-        Ok(Snapshot { meta: snapshot.meta, snapshot: Box::new(Cursor::new(snapshot.data)) })
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "built snapshot");
+        // Opened even if a newer snapshot replaced this one meanwhile (the open file
+        // outlives its removal).
+        let file = tokio::fs::File::open(&path).await.map_err(read_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
@@ -311,40 +343,68 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshots.part("receiving");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(write_err)?;
+        let old =
+            self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(path);
+        if let Some(old) = old {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, NodeAddr>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let image: QueueImage = codec::decode_snapshot(&data).map_err(read_err)?;
-        let machine = Machine {
-            queue: Queue::from_image(image.clone()),
-            applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        let mut rows = Rows::default();
-        for job in &image.jobs {
-            rows.jobs.push((job.id.0.as_u128(), Some(codec::encode(job).map_err(write_err)?)));
-        }
-        for (key, record) in &image.requests {
-            rows.requests.push((
-                codec::encode(key).map_err(write_err)?,
-                Some(codec::encode(record).map_err(write_err)?),
-            ));
-        }
-        rows.meta.push((APPLIED, codec::encode(&machine.applied).map_err(write_err)?));
-        rows.meta.push((MEMBERSHIP, codec::encode(&machine.membership).map_err(write_err)?));
-        rows.meta.push((QUEUE_META, codec::encode(&image.meta).map_err(write_err)?));
-        let snapshot = StoredSnapshot { meta: meta.clone(), data };
+        use tokio::io::AsyncWriteExt;
+        snapshot.flush().await.map_err(write_err)?;
+        let received = snapshot.into_std().await;
+        let part = self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let (db, dir, meta_owned) = (self.db.clone(), self.snapshots.clone(), meta.clone());
         let floor = EventCursor { index: meta.last_log_id.map_or(0, |id| id.index + 1), sub: 0 };
-        let db = self.db.clone();
-        blocking(ErrorSubject::StateMachine, move || {
-            // Replace the tables wholesale, in the same transaction as the new rows, so a
+        let image = blocking(ErrorSubject::StateMachine, move || {
+            let file = snapshot_file_name(&meta_owned.snapshot_id);
+            let path = dir.path(&file);
+            // Is the handle the file openraft received into (not some other snapshot)?
+            let same_file = |part: &PathBuf| {
+                use std::os::unix::fs::MetadataExt;
+                match (received.metadata(), std::fs::metadata(part)) {
+                    (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+                    _ => false,
+                }
+            };
+            match part {
+                // Already in place (a snapshot this store built).
+                _ if same_file(&path) => {}
+                // The file openraft wrote into: keep it as the stored snapshot.
+                Some(part) if same_file(&part) => {
+                    std::fs::rename(&part, &path).map_err(write_err)?;
+                }
+                // A snapshot handed over some other way: copy it, streaming.
+                other => {
+                    if let Some(unused) = other {
+                        let _ = std::fs::remove_file(unused);
+                    }
+                    let mut received = received;
+                    std::io::Seek::rewind(&mut received).map_err(read_err)?;
+                    let copy_path = dir.part("copy");
+                    let mut copy = std::fs::File::create(&copy_path).map_err(write_err)?;
+                    std::io::copy(&mut received, &mut copy).map_err(write_err)?;
+                    copy.sync_all().map_err(write_err)?;
+                    std::fs::rename(&copy_path, &path).map_err(write_err)?;
+                }
+            }
+            dir.sync().map_err(write_err)?;
+            // Replace the tables wholesale, in one transaction with the new rows, so a
             // crash leaves either the old state or the new one.
             let txn = db.begin_write().map_err(write_err)?;
             txn.delete_table(JOBS).map_err(write_err)?;
@@ -353,12 +413,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // starts again after it, and older cursors get a gap.
             txn.delete_table(events::EVENTS).map_err(write_err)?;
             events::set_floor(&txn, floor).map_err(write_err)?;
+            let image = snapshot_file::load(std::fs::File::open(&path).map_err(read_err)?, &txn)
+                .map_err(read_err)?;
+            let mut rows = Rows::default();
+            rows.meta.push((APPLIED, codec::encode(&meta_owned.last_log_id).map_err(write_err)?));
+            rows.meta
+                .push((MEMBERSHIP, codec::encode(&meta_owned.last_membership).map_err(write_err)?));
+            rows.meta.push((QUEUE_META, codec::encode(&image.meta).map_err(write_err)?));
             rows.write_in(&txn)?;
-            store_snapshot(&txn, &snapshot)?;
-            txn.commit().map_err(write_err)
+            store_snapshot(&txn, &StoredSnapshot { meta: meta_owned, file: file.clone() })?;
+            txn.commit().map_err(write_err)?;
+            dir.remove_others(&file);
+            Ok(image)
         })
         .await?;
-        *self.write() = machine;
+        *self.write() = Machine {
+            queue: Queue::from_image(image),
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
@@ -368,12 +441,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let stored: Option<StoredSnapshot> = blocking(ErrorSubject::StateMachine, move || {
             let txn = db.begin_read().map_err(read_err)?;
             let meta = txn.open_table(META).map_err(read_err)?;
-            let Some(value) = meta.get(SNAPSHOT).map_err(read_err)? else {
-                return Ok(None);
-            };
-            codec::decode_snapshot(value.value()).map(Some).map_err(read_err)
+            meta_row(&meta, SNAPSHOT)
         })
         .await?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        let Some(stored) = stored else { return Ok(None) };
+        let file =
+            tokio::fs::File::open(self.snapshots.path(&stored.file)).await.map_err(read_err)?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(file) }))
     }
 }
