@@ -2,6 +2,8 @@
 //! in timed unit tests: numbers from one run on one machine, compared side by side.
 //!
 //! - `ferry-bench submit`: job submission through the HTTP API ([`submit`]).
+//! - `ferry-bench events`: latency from a job event's commit to its receipt by
+//!   subscribers of the QUIC bus ([`events`]).
 //! - `ferry-bench download`: `ferry transfer` against curl and aria2c, all fetching the
 //!   same files from the same local nginx ([`download`]).
 //!
@@ -10,6 +12,7 @@
 
 mod child;
 mod download;
+mod events;
 mod payload;
 mod report;
 mod submit;
@@ -38,6 +41,23 @@ enum Bench {
         clients: Vec<usize>,
         /// Nodes in the cluster (joined over QUIC); clients are spread over all.
         #[arg(long, default_value_t = 1)]
+        nodes: usize,
+    },
+    /// Latency from a job's creation being committed to bus subscribers receiving it.
+    Events {
+        /// Jobs created per run.
+        #[arg(long, default_value_t = 2_000)]
+        jobs: usize,
+        /// Job creations per second, in all (paced, so that latency is measured on a
+        /// cluster that is not saturated).
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Subscribers, one run each (a fresh set per run).
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        subscribers: Vec<usize>,
+        /// Nodes in the cluster (joined over QUIC); subscribers and creators are spread
+        /// over all.
+        #[arg(long, default_value_t = 3)]
         nodes: usize,
     },
     /// Downloads from a local nginx: ferry transfer vs curl vs aria2c, side by side.
@@ -74,6 +94,16 @@ async fn main() -> anyhow::Result<()> {
         Bench::Submit { jobs, clients, nodes } => {
             let runs = submit::submit(jobs, &clients, nodes).await?;
             submit::print_submit(&runs, nodes);
+        }
+        Bench::Events { jobs, rate, subscribers, nodes } => {
+            anyhow::ensure!(jobs > 0, "--jobs must be at least 1");
+            anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
+            anyhow::ensure!(
+                subscribers.iter().all(|s| (1..=1_000).contains(s)),
+                "--subscribers: each count from 1 to 1,000"
+            );
+            let runs = events::events(jobs, rate, &subscribers, nodes).await?;
+            events::print_events(&runs, nodes, rate);
         }
         Bench::Download {
             size_mib,

@@ -180,3 +180,9 @@ fn best(rows: &[Row], scenario: Scenario, pick: impl Fn(Tool) -> bool) -> Option
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 20)
 }
+
+/// Nearest-rank percentile `p` (0 to 1) of sorted `values`, in milliseconds.
+pub(crate) fn percentile_ms(values: &[Duration], p: f64) -> f64 {
+    let index = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values.get(index).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}

@@ -24,8 +24,7 @@ pub(crate) struct Run {
 
 impl Run {
     fn percentile(&self, p: f64) -> f64 {
-        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies.get(index).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        crate::report::percentile_ms(&self.latencies, p)
     }
 }
 
