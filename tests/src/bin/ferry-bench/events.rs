@@ -303,10 +303,22 @@ pub(crate) async fn events(
     nodes: usize,
 ) -> anyhow::Result<Vec<Run>> {
     let cluster = ferry_tests::start_cluster(NodeOptions::queue_only(), nodes).await?;
-    let targets = cluster
+    // Creates go to the leader: its reply leaves right after the entry is committed and
+    // applied there, so receipt − reply is close to commit → receipt (slightly under, by
+    // the leader's apply and the reply's trip), also for subscribers on followers.
+    let status = cluster[0].client(Some(tokens::ADMIN))?.cluster().await?;
+    let leader_api = status
+        .members
         .iter()
-        .map(|node| node.client(Some(tokens::ADMIN)))
-        .collect::<anyhow::Result<Vec<Client>>>()?;
+        .find(|m| Some(m.node_id) == status.leader)
+        .map(|m| m.api_addr.clone())
+        .context("no leader")?;
+    let leader = cluster
+        .iter()
+        .find(|node| node.addr().is_ok_and(|a| a.to_string() == leader_api))
+        .context("the leader is not one of the bench's nodes")?;
+    let leader = leader.client(Some(tokens::ADMIN))?;
+    let targets = vec![leader];
     let urls = cluster
         .iter()
         .map(|node| Ok(Url::parse(&node.url()?)?))
@@ -330,10 +342,10 @@ pub(crate) fn print_events(runs: &[Run], nodes: usize, rate: f64) {
     println!();
     println!(
         "ferry-bench events — one {nodes}-node cluster, subscribers spread over all nodes \
-         (QUIC bus); {CREATORS} creators spread over all nodes, {rate:.0} creates/s in all. \
-         Per (subscriber, job): commit → receipt lies between \"reply\" (receipt − the \
-         create's HTTP reply, 0 when the event came first) and \"send\" (receipt − the \
-         create request's start: includes HTTP, forwarding and the Raft commit)."
+         (QUIC bus); {CREATORS} creators sending to the leader, {rate:.0} creates/s in all. \
+         Per (subscriber, job): \"reply\" = receipt − the leader's HTTP reply (sent right \
+         after commit and apply; 0 when the event came first) ≈ commit → receipt; \"send\" = \
+         receipt − the create request's start (an upper bound: adds HTTP and the Raft commit)."
     );
     println!(
         "{:>11} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>14}",
