@@ -101,6 +101,9 @@ pub enum SubscribeError {
     /// The history could not be read.
     #[error("the event history cannot be read: {0}")]
     Storage(String),
+    /// The node serves as many subscriptions as it may; another node may take it.
+    #[error("this node already serves {0} subscriptions; try another node or later")]
+    Busy(usize),
 }
 
 /// What the API needs from a node.

@@ -54,7 +54,7 @@ async fn serve(
                     403
                 }
                 SubscribeError::Refused(_) => 400,
-                SubscribeError::Storage(_) => 503,
+                SubscribeError::Storage(_) | SubscribeError::Busy(_) => 503,
             };
             return bus::write_frame(&mut send, &refuse(status, e.to_string())).await;
         }

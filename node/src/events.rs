@@ -29,6 +29,8 @@ pub(crate) const FLOOR: &str = "events_floor";
 const LIVE_BUFFER: usize = 1024;
 /// Events read from the history at a time.
 const REPLAY_BATCH: usize = 512;
+/// Most subscriptions one node serves at once (bus and SSE together).
+const MAX_SUBSCRIPTIONS: usize = 10_000;
 
 /// How much history a node keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,12 +93,25 @@ pub(crate) fn set_floor(txn: &redb::WriteTransaction, floor: Cursor) -> Result<(
 pub struct EventLog {
     db: Arc<Database>,
     live: broadcast::Sender<Arc<[Event]>>,
+    /// One permit per open subscription.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// How many permits there are.
+    limit: usize,
 }
 
 impl EventLog {
     /// The history in `db` (the state database) with a fresh live channel.
     pub(crate) fn new(db: Arc<Database>) -> Self {
-        Self { db, live: broadcast::channel(LIVE_BUFFER).0 }
+        Self::with_limit(db, MAX_SUBSCRIPTIONS)
+    }
+
+    fn with_limit(db: Arc<Database>, subscriptions: usize) -> Self {
+        Self {
+            db,
+            live: broadcast::channel(LIVE_BUFFER).0,
+            slots: Arc::new(tokio::sync::Semaphore::new(subscriptions)),
+            limit: subscriptions,
+        }
     }
 
     /// Hands an applied entry's events, already durable, to live subscribers.
@@ -113,6 +128,8 @@ impl EventLog {
         from: StartAt,
     ) -> Result<Subscription, SubscribeError> {
         filter.authorize(&caller).map_err(SubscribeError::Refused)?;
+        let slot =
+            self.slots.clone().try_acquire_owned().map_err(|_| SubscribeError::Busy(self.limit))?;
         // Subscribe before looking at the history: whatever commits after this point
         // arrives live, whatever committed before is in the history (duplicates of the
         // overlap are dropped by cursor).
@@ -129,6 +146,7 @@ impl EventLog {
             live,
             ready: VecDeque::new(),
             caught_up: false,
+            _slot: slot,
         })
     }
 
@@ -207,6 +225,8 @@ pub struct Subscription {
     ready: VecDeque<Delivery>,
     /// The history has nothing at or after `next`: wait on the live channel.
     caught_up: bool,
+    /// Its place among the node's subscriptions, freed when it is dropped.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Subscription {
@@ -345,6 +365,18 @@ mod tests {
         commit(&db, &log, entries + 1..entries + 2, Retention::default());
         let live = take(&mut sub, 1).await;
         assert!(matches!(&live[0], Delivery::Event(e) if e.cursor.index == entries + 1));
+    }
+
+    #[tokio::test]
+    async fn subscriptions_are_bounded_and_a_closed_one_frees_its_place() {
+        let (_dir, db) = database();
+        let log = EventLog::with_limit(db, 2);
+        let first = log.subscribe(admin(), everything(), StartAt::Now).await.expect("first");
+        let _second = log.subscribe(admin(), everything(), StartAt::Now).await.expect("second");
+        let third = log.subscribe(admin(), everything(), StartAt::Now).await;
+        assert!(matches!(third, Err(SubscribeError::Busy(_))), "a third was taken");
+        drop(first);
+        log.subscribe(admin(), everything(), StartAt::Now).await.expect("a place again");
     }
 
     #[tokio::test]

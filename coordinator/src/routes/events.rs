@@ -113,10 +113,10 @@ fn sse(delivery: &Delivery) -> SseEvent {
 }
 
 fn refusal(e: SubscribeError) -> ApiError {
-    match e {
-        SubscribeError::Refused(e) => e.into(),
-        SubscribeError::Storage(detail) => {
-            ApiError::new(503, ferry_protocol::BitsCode::E_UNEXPECTED, detail)
+    match &e {
+        SubscribeError::Refused(refused) => refused.clone().into(),
+        SubscribeError::Storage(_) | SubscribeError::Busy(_) => {
+            ApiError::new(503, ferry_protocol::BitsCode::E_UNEXPECTED, e.to_string())
         }
     }
 }
