@@ -27,6 +27,8 @@ use crate::transfer::system_caller;
 
 /// Most output bytes of a program kept for the log.
 const MAX_LOGGED_OUTPUT: usize = 4096;
+/// Shortest time between two looks at the queue.
+const RESCAN_PAUSE: Duration = Duration::from_millis(100);
 /// Attempts to record a run before leaving it to the next look.
 const RECORD_ATTEMPTS: u32 = 20;
 
@@ -59,11 +61,13 @@ pub(crate) async fn run(cluster: NodeCluster, config: NotifyConfig, root: PathBu
                 lock(&busy).remove(&key);
             });
         }
-        // Look again when something is applied, or every second (retry times pass).
+        // Look again when something is applied, or every second (retry times pass); at
+        // most every 100 ms, since each look reads the whole queue.
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+        tokio::time::sleep(RESCAN_PAUSE).await;
     }
 }
 
