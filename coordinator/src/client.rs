@@ -244,18 +244,7 @@ impl Client {
 
     /// `GET /v1/cluster/ca`: the cluster CA certificate, PEM.
     pub async fn cluster_ca(&self) -> Result<String, ClientError> {
-        let url = self
-            .base
-            .join("/v1/cluster/ca")
-            .map_err(|e| ClientError::BadUrl("/v1/cluster/ca".into(), e.to_string()))?;
-        let mut request = self.http.get(url.clone());
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        let (url, response) = self.send_once(Method::GET, "/v1/cluster/ca").await?;
         if !response.status().is_success() {
             return decode(response).await;
         }
@@ -267,11 +256,23 @@ impl Client {
 
     /// `DELETE /v1/cluster/members/{node}`.
     pub async fn remove_member(&self, node: u64) -> Result<(), ClientError> {
-        let url = self
-            .base
-            .join(&format!("/v1/cluster/members/{node}"))
-            .map_err(|e| ClientError::BadUrl(node.to_string(), e.to_string()))?;
-        let mut request = self.http.delete(url.clone());
+        let path = format!("/v1/cluster/members/{node}");
+        let (_, response) = self.send_once(Method::DELETE, &path).await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        decode::<()>(response).await
+    }
+
+    /// Sends one bodiless request with the token (no retry); the URL and the response.
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<(url::Url, reqwest::Response), ClientError> {
+        let url =
+            self.base.join(path).map_err(|e| ClientError::BadUrl(path.into(), e.to_string()))?;
+        let mut request = self.http.request(method, url.clone());
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -279,10 +280,7 @@ impl Client {
             .send()
             .await
             .map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
-        if response.status().is_success() {
-            return Ok(());
-        }
-        decode::<()>(response).await
+        Ok((url, response))
     }
 
     /// `GET /healthz` (200 or 503, both with a body).

@@ -19,10 +19,7 @@ const CLIENTS_PER_NODE: usize = 8;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     let (mut nodes, agreed) = form_cluster(NodeOptions::queue_only()).await?;
-    let leader_index = agreed
-        .iter()
-        .position(|s| s.role == "leader")
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let leader_index = leader_position(&agreed)?;
     let old_leader = agreed[leader_index].node_id;
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -40,12 +37,7 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
                     if n >= JOBS {
                         return anyhow::Ok(());
                     }
-                    let spec = NewJob {
-                        display_name: format!("job-{n}"),
-                        job_type: JobType::Download,
-                        properties: Default::default(),
-                        files: vec![],
-                    };
+                    let spec = empty_job(format!("job-{n}"));
                     // A failed create (its node died, or no leader yet) is simply not
                     // counted: the claim is about the ones that returned success.
                     if let Ok(job) = client.create_job(&spec).await {
@@ -65,12 +57,7 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader_index).collect();
     let probe = nodes[survivors[0]].client(Some(tokens::ADMIN))?.with_attempts(1);
     let failover = loop {
-        let spec = NewJob {
-            display_name: "probe".into(),
-            job_type: JobType::Download,
-            properties: Default::default(),
-            files: vec![],
-        };
+        let spec = empty_job("probe");
         if probe.create_job(&spec).await.is_ok() {
             break killed_at.elapsed();
         }
@@ -123,6 +110,21 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
     Ok(())
 }
 
+/// The position of the leader among `statuses`.
+fn leader_position(statuses: &[ferry_protocol::api::ClusterStatus]) -> anyhow::Result<usize> {
+    statuses.iter().position(|s| s.role == "leader").ok_or_else(|| anyhow::anyhow!("no leader"))
+}
+
+/// A download job without files, named `name` (it never transfers).
+fn empty_job(name: impl Into<String>) -> NewJob {
+    NewJob {
+        display_name: name.into(),
+        job_type: JobType::Download,
+        properties: Default::default(),
+        files: vec![],
+    }
+}
+
 /// Waits (up to 30 s) until all `nodes` agree on the leader and the applied index.
 async fn agreement(
     nodes: &[ferry_tests::Node],
@@ -148,18 +150,10 @@ async fn agreement(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_restarted_on_new_ports_rejoins_as_a_follower() -> anyhow::Result<()> {
     let (mut nodes, agreed) = form_cluster(NodeOptions::queue_only()).await?;
-    let leader = agreed
-        .iter()
-        .position(|s| s.role == "leader")
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let leader = leader_position(&agreed)?;
     let client = nodes[leader].client(Some(tokens::ADMIN))?;
     for n in 0..20 {
-        let spec = NewJob {
-            display_name: format!("before-{n}"),
-            job_type: JobType::Download,
-            properties: Default::default(),
-            files: vec![],
-        };
+        let spec = empty_job(format!("before-{n}"));
         client.create_job(&spec).await?;
     }
     let old_peer = nodes[leader].peer_addr()?;
@@ -168,12 +162,7 @@ async fn a_leader_restarted_on_new_ports_rejoins_as_a_follower() -> anyhow::Resu
     let probe = nodes[survivor].client(Some(tokens::ADMIN))?.with_attempts(1);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let spec = NewJob {
-            display_name: "after".into(),
-            job_type: JobType::Download,
-            properties: Default::default(),
-            files: vec![],
-        };
+        let spec = empty_job("after");
         if probe.create_job(&spec).await.is_ok() {
             break;
         }
@@ -212,20 +201,12 @@ async fn a_paused_follower_catches_up_without_duplicates() -> anyhow::Result<()>
         .iter()
         .position(|s| s.role == "follower")
         .ok_or_else(|| anyhow::anyhow!("no follower"))?;
-    let leader = agreed
-        .iter()
-        .position(|s| s.role == "leader")
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let leader = leader_position(&agreed)?;
     nodes[follower].signal("STOP")?;
     let paused_at = Instant::now();
     let client = nodes[leader].client(Some(tokens::ADMIN))?;
     for n in 0..200 {
-        let spec = NewJob {
-            display_name: format!("while-paused-{n}"),
-            job_type: JobType::Download,
-            properties: Default::default(),
-            files: vec![],
-        };
+        let spec = empty_job(format!("while-paused-{n}"));
         client.create_job(&spec).await?;
     }
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(paused_at.elapsed())).await;
