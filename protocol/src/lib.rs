@@ -21,6 +21,7 @@ pub mod queue;
 pub mod state;
 pub mod time;
 pub mod transfer;
+pub mod upload;
 pub mod validate;
 
 pub use codes::{BitsCode, ErrorContext};
