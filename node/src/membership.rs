@@ -1,9 +1,9 @@
 //! How a node takes its place in a cluster at start (DESIGN §8, issue 4): restart with
 //! the identity in its data directory; join with `--join` and a token; or found a new
 //! cluster (create the CA, the join token and its own certificate). Also the admission
-//! of joining nodes on the node that holds the CA key: check the token, give the next
-//! node id, certify the node's key, add it as a learner and promote it to voter while
-//! the cluster has fewer voters than configured.
+//! of joining nodes, on every member (each holds the CA key and the token from its own
+//! join): check the token, take the next node id through Raft, certify the node's key,
+//! add it as a learner and promote it to voter while the cluster wants more voters.
 
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -22,10 +22,8 @@ use crate::service::NodeCluster;
 
 /// The id the first node of a cluster takes.
 const FIRST_NODE_ID: u64 = 1;
-/// The join token of the cluster (0600), on the node holding the CA key.
+/// The join token of the cluster (0600), beside the CA key.
 const JOIN_TOKEN_FILE: &str = "join.token";
-/// The last node id this CA issued (ids are never reused).
-const LAST_NODE_ID_FILE: &str = "last-node.id";
 
 /// What a node starts with.
 pub(crate) struct Start {
@@ -37,7 +35,7 @@ pub(crate) struct Start {
     pub(crate) socket: UdpSocket,
     /// True when this start founded the cluster (it must bootstrap Raft).
     pub(crate) founder: bool,
-    /// The CA and join token, on the node that admits new nodes.
+    /// The CA and join token, with which this node admits new nodes.
     pub(crate) admission: Option<(ClusterCa, JoinToken)>,
 }
 
@@ -82,12 +80,21 @@ pub(crate) async fn establish(
             answer.secret_key.len() == ferry_coordinator::secrets::KEY_LEN,
             "the cluster sent no usable secret key"
         );
+        let ca = ClusterCa::from_parts(answer.ca.clone().into(), &answer.ca_key_pem)?;
+        anyhow::ensure!(
+            ca.fingerprint() == token.ca_fingerprint,
+            "the cluster sent a CA that its join token does not name"
+        );
         let identity =
             NodeIdentity::new(answer.node_id, &key, answer.cert.into(), answer.ca.into());
         identity.save(root)?;
         // The cluster's key replaces any this data directory had: sealed secrets must
         // open on every member.
         write_private(&root.join(crate::data_dir::files::SECRET_KEY), &answer.secret_key)?;
+        // With the CA key and the token, this node admits joins in its turn.
+        ca.save(root)?;
+        let token: JoinToken = answer.token.parse()?;
+        write_private(&root.join(JOIN_TOKEN_FILE), format!("{token}\n").as_bytes())?;
         dir.node_id(answer.node_id)?;
         tracing::info!(node_id = answer.node_id, "joined the cluster");
         return Ok(Start {
@@ -95,7 +102,7 @@ pub(crate) async fn establish(
             identity,
             socket,
             founder: false,
-            admission: None,
+            admission: Some((ca, token)),
         });
     }
     let node_id = known_id.unwrap_or(FIRST_NODE_ID);
@@ -141,7 +148,7 @@ async fn join_any(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no --join address given")))
 }
 
-/// The CA and token, if this node holds the CA key.
+/// The CA and token, if this node holds the CA key (every member since it joined).
 fn admission(root: &Path) -> anyhow::Result<Option<(ClusterCa, JoinToken)>> {
     if !root.join(crate::peer::identity::files::CA_KEY).exists() {
         return Ok(None);
@@ -153,7 +160,7 @@ fn admission(root: &Path) -> anyhow::Result<Option<(ClusterCa, JoinToken)>> {
     Ok(Some((ca, token)))
 }
 
-/// Serves join requests on the node that holds the CA key.
+/// Serves join requests (on every member that holds the CA key).
 pub(crate) fn admission_handler(
     cluster: NodeCluster,
     ca: ClusterCa,
@@ -201,11 +208,7 @@ impl Admit {
             .parse()
             .map_err(|_| "the peer address is not an address".to_owned())?;
         let _serial = self.lock.lock().await;
-        let members = self.cluster.member_ids();
-        let last_file = self.root.join(LAST_NODE_ID_FILE);
-        let last = read_id(&last_file).map_err(|e| e.to_string())?.unwrap_or(0);
-        let node_id = members.iter().copied().max().unwrap_or(0).max(last) + 1;
-        write_private(&last_file, format!("{node_id}\n").as_bytes()).map_err(|e| e.to_string())?;
+        let node_id = self.next_node_id().await?;
         let cert = self.ca.issue(node_id, &request.public_key).map_err(|e| e.to_string())?;
         let secret_key = std::fs::read(self.root.join(crate::data_dir::files::SECRET_KEY))
             .map_err(|e| format!("cannot read the cluster secret key: {e}"))?;
@@ -215,7 +218,35 @@ impl Admit {
             .await
             .map_err(|e| format!("cannot add node {node_id}: {e}"))?;
         tracing::info!(node_id, %peer_addr, "admitted a node as a learner");
-        Ok(JoinAnswer { node_id, cert: cert.to_vec(), ca: self.ca.cert().to_vec(), secret_key })
+        Ok(JoinAnswer {
+            node_id,
+            cert: cert.to_vec(),
+            ca: self.ca.cert().to_vec(),
+            secret_key,
+            ca_key_pem: self.ca.key_pem(),
+            token: self.token.to_string(),
+        })
+    }
+
+    /// The next node id, handed out through Raft (members admit concurrently; an id is
+    /// never given twice, not even after its node left).
+    async fn next_node_id(&self) -> Result<u64, String> {
+        use ferry_coordinator::Cluster;
+        use ferry_protocol::command::{Command, Proposal, Reply};
+
+        let at_least = self.cluster.member_ids().into_iter().max().unwrap_or(0);
+        let proposal = Proposal {
+            // A retry after a lost answer would hand out a second id: harmless (ids are
+            // only skipped), so no request id.
+            request_id: None,
+            caller: crate::transfer::system_caller(),
+            command: Command::AllocateNodeId { at_least },
+        };
+        match self.cluster.write(proposal).await.map_err(|e| e.to_string())?.result {
+            Ok(Reply::NodeId(id)) => Ok(id),
+            Ok(other) => Err(format!("unexpected answer to a node id request: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

@@ -97,6 +97,13 @@ pub enum Command {
     },
     /// Replace the queue policy (administrators only).
     SetPolicy(QueuePolicy),
+    /// Hand out the next node id for a joining node, above every id given so far and
+    /// above `at_least` (the node itself only): any member may admit joins, and ids
+    /// are never reused.
+    AllocateNodeId {
+        /// The largest id the admitting node knows of (members, older records).
+        at_least: NodeId,
+    },
     /// A report of the scheduler or the transfer engine (the node itself only).
     Engine {
         /// Target job.
@@ -329,6 +336,8 @@ pub enum Reply {
     /// Done; the code is `S_OK` or an informational success such as
     /// `BG_S_PARTIAL_COMPLETE`.
     Done(BitsCode),
+    /// A node id was handed out ([`Command::AllocateNodeId`]).
+    NodeId(NodeId),
 }
 
 /// Why a command was refused: the BITS code and a sentence saying what to do.

@@ -40,9 +40,10 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
             }
             changes.remote_url.as_deref().map_or(Ok(()), |url| remote_url(url, JobType::Download))
         }
-        Command::Lifecycle { .. } | Command::Engine { .. } | Command::RemoveCredentials { .. } => {
-            Ok(())
-        }
+        Command::Lifecycle { .. }
+        | Command::Engine { .. }
+        | Command::RemoveCredentials { .. }
+        | Command::AllocateNodeId { .. } => Ok(()),
         Command::SetCredentials { credential, .. } => {
             credential.scheme.supported()?;
             if credential.sealed.len() > 2 * crate::credentials::MAX_PASSWORD_CHARS * 4 {

@@ -3,6 +3,7 @@
 //! without the cluster's token or trust cannot join.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use ferry_protocol::api::ClusterStatus;
 use ferry_tests::{Node, NodeOptions, ferry, tokens};
@@ -120,5 +121,41 @@ async fn three_nodes_join_agree_and_serve_writes_anywhere() -> anyhow::Result<()
     );
     let members = statuses(&[first]).await?[0].members.len();
     assert_eq!(members, 3, "nobody else became a member");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_member_admits_a_join_while_the_founder_is_down() -> anyhow::Result<()> {
+    let (mut nodes, _) = form_cluster(NodeOptions::queue_only()).await?;
+    let token = nodes[0].join_token()?;
+    // The founder (the first CA holder) dies; node 2 and 3 still make a majority.
+    nodes[0].kill9().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = statuses(&[&nodes[1], &nodes[2]]).await?;
+        if all.iter().all(|s| s.leader.is_some_and(|l| l != 1)) {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no new leader: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new node joins through node 3 (which joined itself and got the CA key then).
+    let fourth = Node::start(nodes[2].joiner(Ipv4Addr::new(127, 0, 0, 4), &token)?).await?;
+    let status = fourth.client(Some(tokens::ADMIN))?.cluster().await?;
+    assert_eq!(status.node_id, 4, "ids continue after the highest: {status:#?}");
+    assert!(status.members.iter().any(|m| m.node_id == 4 && m.role == "learner"));
+    // And a fifth through the fourth; then both are promoted (three voters to five).
+    let fifth = Node::start(fourth.joiner(Ipv4Addr::new(127, 0, 0, 5), &token)?).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = fifth.client(Some(tokens::ADMIN))?.cluster().await?;
+        let voters: Vec<u64> =
+            status.members.iter().filter(|m| m.role == "voter").map(|m| m.node_id).collect();
+        if status.node_id == 5 && voters == [1, 2, 3, 4, 5] {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not promoted: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }

@@ -34,6 +34,10 @@ pub(crate) fn node_name(id: u64) -> String {
     format!("node-{id}.ferry")
 }
 
+/// The TLS name every member's certificate also carries: a joining node, which does
+/// not know which member answers, checks it (with the pinned CA) to trust any of them.
+pub(crate) const MEMBER_NAME: &str = "member.ferry";
+
 /// The CA's distinguished name: fixed, so that the issuer can be rebuilt from the
 /// stored key alone.
 fn ca_params() -> anyhow::Result<CertificateParams> {
@@ -75,6 +79,17 @@ impl ClusterCa {
         Ok(Self { key, cert })
     }
 
+    /// The CA key, PEM (handed to joining nodes, so that every member admits joins).
+    pub(crate) fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// The CA from its certificate and its key in PEM.
+    pub(crate) fn from_parts(cert: CertificateDer<'static>, key_pem: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::from_pem(key_pem).context("the CA key is not a PEM private key")?;
+        Ok(Self { key, cert })
+    }
+
     /// The CA certificate.
     pub(crate) fn cert(&self) -> &CertificateDer<'static> {
         &self.cert
@@ -92,7 +107,7 @@ impl ClusterCa {
         public_key: &[u8],
     ) -> anyhow::Result<CertificateDer<'static>> {
         let issuer = Issuer::new(ca_params()?, &self.key);
-        let mut params = CertificateParams::new(vec![node_name(id)])?;
+        let mut params = CertificateParams::new(vec![node_name(id), MEMBER_NAME.to_owned()])?;
         params.distinguished_name.push(DnType::CommonName, node_name(id));
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];

@@ -1,9 +1,10 @@
 //! Joining a cluster (DESIGN §8): the join token carries the cluster CA's fingerprint,
-//! the id of the node that holds the CA key, and a secret. The joining node connects to
-//! that node over QUIC with the join ALPN, checks the server's certificate against the
-//! pinned CA (so it trusts the cluster before sending anything), proves the secret, and
-//! sends its public key; it receives its node id and certificate. Its private key never
-//! leaves it.
+//! the id of the node that founded the cluster, and a secret. The joining node connects
+//! to any member over QUIC with the join ALPN, checks the server's certificate against
+//! the pinned CA and the name every member carries (so it trusts the cluster before
+//! sending anything), proves the secret, and sends its public key; it receives its node
+//! id and certificate, and what makes it an admitter in turn (the CA key and the
+//! token). Its private key never leaves it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::{Deserialize, Serialize};
 
 use super::endpoint::JOIN_ALPN;
-use super::identity::{fingerprint, node_name};
+use super::identity::{MEMBER_NAME, fingerprint};
 
 /// Largest join request or answer.
 pub(crate) const MAX_JOIN_FRAME: usize = 64 * 1024;
@@ -27,7 +28,7 @@ pub(crate) const MAX_JOIN_FRAME: usize = 64 * 1024;
 pub(crate) struct JoinToken {
     /// Hex SHA-256 of the cluster CA certificate.
     pub(crate) ca_fingerprint: String,
-    /// The node that holds the CA key and answers joins.
+    /// The node that founded the cluster (any member answers joins).
     pub(crate) issuer: u64,
     /// Proves the joiner was invited.
     pub(crate) secret: String,
@@ -108,6 +109,11 @@ pub(crate) struct JoinAnswer {
     /// The cluster's secret key (seals job passwords and header values), so that any
     /// member can open what another sealed. Sent over the pinned TLS connection only.
     pub(crate) secret_key: Vec<u8>,
+    /// The CA key (PEM) and the join token, so that this node admits joins too (the
+    /// cluster keeps admitting while any member is up). Pinned TLS connection only.
+    pub(crate) ca_key_pem: String,
+    /// The join token.
+    pub(crate) token: String,
 }
 
 /// Asks the token's issuer, at `seed`, to admit this node.
@@ -138,7 +144,7 @@ pub(crate) async fn request_join(
     )));
     let outcome = async {
         let connection = endpoint
-            .connect(seed, &node_name(token.issuer))?
+            .connect(seed, MEMBER_NAME)?
             .await
             .with_context(|| format!("cannot reach the cluster at {seed}"))?;
         let (mut send, mut recv) = connection.open_bi().await?;
@@ -158,7 +164,7 @@ pub(crate) async fn request_join(
 }
 
 /// Trusts a server whose chain includes the pinned CA and whose certificate that CA
-/// signed for the expected node name.
+/// signed for a member.
 #[derive(Debug)]
 struct PinnedCa {
     fingerprint: String,

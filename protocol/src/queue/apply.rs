@@ -77,6 +77,17 @@ impl Queue {
                 self.meta.policy = *policy;
                 Ok(Reply::Done(BitsCode::S_OK))
             }
+            Command::AllocateNodeId { at_least } => {
+                if caller.principal != crate::ids::Principal::system() {
+                    return Err(CommandError::new(
+                        BitsCode::E_ACCESSDENIED,
+                        "node ids are handed out by the nodes themselves",
+                    ));
+                }
+                let id = self.meta.last_node_id.max(*at_least).saturating_add(1);
+                self.meta.last_node_id = id;
+                Ok(Reply::NodeId(id))
+            }
             Command::Engine { job, run, reports } => {
                 self.engine_reports(caller, *job, *run, reports)
             }

@@ -74,6 +74,8 @@ pub struct QueueMeta {
     /// Number of batches (Raft entries carrying commands) applied so far; `seq / batches`
     /// is how many commands shared one log write.
     pub batches: u64,
+    /// The largest node id handed out so far (ids are never reused).
+    pub last_node_id: u64,
 }
 
 /// The whole queue as one value: the snapshot format, and what the node loads from disk.

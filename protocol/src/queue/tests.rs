@@ -91,7 +91,7 @@ impl Harness {
 fn code(result: CommandResult) -> BitsCode {
     match result {
         Ok(Reply::Done(code)) => code,
-        Ok(Reply::Created(_)) => BitsCode::S_OK,
+        Ok(Reply::Created(_) | Reply::NodeId(_)) => BitsCode::S_OK,
         Err(e) => e.code,
     }
 }
@@ -799,4 +799,18 @@ mod engine_reports {
             assert!(h.queue.take_events().iter().all(|e| e.kind != EventKind::JobModification));
         }
     }
+}
+
+#[test]
+fn node_ids_are_handed_out_once_by_the_nodes_only() {
+    let mut h = Harness::new();
+    let system = Caller { principal: Principal::system(), role: Role::Admin };
+    let allocate = |h: &mut Harness, who: &Caller, at_least| {
+        h.run(who, None, Command::AllocateNodeId { at_least })
+    };
+    assert_eq!(allocate(&mut h, &system, 3), Ok(Reply::NodeId(4)));
+    assert_eq!(allocate(&mut h, &system, 3), Ok(Reply::NodeId(5)), "never twice");
+    assert_eq!(allocate(&mut h, &system, 9), Ok(Reply::NodeId(10)));
+    assert_eq!(code(allocate(&mut h, &admin(), 0)), BitsCode::E_ACCESSDENIED);
+    assert_eq!(h.queue.meta().last_node_id, 10);
 }
