@@ -356,3 +356,40 @@ async fn watch_follows_the_cluster_when_its_node_is_killed() -> anyhow::Result<(
     nodes[watched].restart().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_ranges_publishes_its_ranges_then_the_file_then_the_job() -> anyhow::Result<()>
+{
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/r.bin", Content::Pattern { seed: 8, len: 1_000_000 });
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let mut events = watcher(&node, tokens::ALICE, EventFilter::default(), StartAt::Now)?;
+    assert!(matches!(events.next().await?, Watched::Connected { .. }));
+    let out = tempfile::tempdir()?;
+    let file = ferry_protocol::NewFile {
+        remote_url: origin.url("/r.bin"),
+        local_path: out.path().join("r.bin").to_string_lossy().into(),
+        ranges: vec![
+            ferry_protocol::FileRange { offset: 0, length: 300_000 },
+            ferry_protocol::FileRange { offset: 600_000, length: 300_000 },
+        ],
+    };
+    let mut spec = new_job("ranged", JobType::Download, vec![file]);
+    spec.properties.notify_flags =
+        Some(notify::JOB_TRANSFERRED | notify::FILE_TRANSFERRED | notify::FILE_RANGES_TRANSFERRED);
+    let id = client.create_job(&spec).await?.id;
+    client.act(id, JobAction::Resume).await?;
+    let seen =
+        collect(&mut events, |e| kinds_of(e, id).contains(&EventKind::JobTransferred)).await?;
+    let mine: Vec<&Event> = seen.iter().filter(|e| e.event.job == id).collect();
+    let kinds: Vec<EventKind> = mine.iter().map(|e| e.event.kind).collect();
+    let last_two = &kinds[kinds.len() - 2..];
+    assert_eq!(last_two, [EventKind::FileTransferred, EventKind::JobTransferred], "{kinds:?}");
+    let ranges: Vec<&&Event> =
+        mine.iter().filter(|e| e.event.kind == EventKind::FileRangesTransferred).collect();
+    assert!(!ranges.is_empty(), "no FileRangesTransferred: {kinds:?}");
+    assert!(ranges.iter().all(|e| e.event.file_index == Some(0)));
+    assert_eq!(kinds[0], EventKind::JobCreated);
+    Ok(())
+}
