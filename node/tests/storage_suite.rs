@@ -29,6 +29,7 @@ mod snapshot {
 
     use ferry_node::raft::{NodeAddr, StateMachineStore, TypeConfig};
     use ferry_protocol::command::{Batch, Command, JobAction, NewJob, Proposal};
+    use ferry_protocol::queue::UploadCommand;
     use ferry_protocol::{Caller, JobId, NewFile, Principal, Role, Timestamp};
     use openraft::storage::RaftStateMachine;
     use openraft::{
@@ -57,7 +58,12 @@ mod snapshot {
             },
         };
         let resume = Command::Lifecycle { job: id, action: JobAction::Resume };
-        let proposals = [create, resume]
+        // An upload session too: snapshots and reopening must carry them.
+        let upload = Command::Upload(UploadCommand::Create {
+            session: format!("{{session-{index}}}"),
+            path: format!("in/{index}.bin"),
+        });
+        let proposals = [create, resume, upload]
             .into_iter()
             .map(|command| Proposal { request_id: None, caller: caller.clone(), command })
             .collect();
@@ -93,6 +99,7 @@ mod snapshot {
             .collect::<Result<_, _>>()?;
         assert_eq!(kept, [format!("{}.snap", built.meta.snapshot_id)], "one file, no leftovers");
         let expected = leader.read().queue.to_image();
+        assert_eq!(expected.uploads.len(), 38, "the leader holds the upload sessions");
         assert_eq!(follower.read().queue.to_image(), expected);
         drop(follower);
 

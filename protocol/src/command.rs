@@ -97,6 +97,9 @@ pub enum Command {
     },
     /// Replace the queue policy (administrators only).
     SetPolicy(QueuePolicy),
+    /// A BITS upload session's Create, Fragment or End (the serving node proposes it for
+    /// the uploader).
+    Upload(crate::queue::UploadCommand),
     /// Hand out the next node id for a joining node, above every id given so far and
     /// above `at_least` (the node itself only): any member may admit joins, and ids
     /// are never reused.
@@ -338,6 +341,8 @@ pub enum Reply {
     Done(BitsCode),
     /// A node id was handed out ([`Command::AllocateNodeId`]).
     NodeId(NodeId),
+    /// An upload fragment was taken ([`crate::queue::UploadCommand::Fragment`]).
+    Fragment(crate::queue::FragmentAck),
 }
 
 /// Why a command was refused: the BITS code and a sentence saying what to do.

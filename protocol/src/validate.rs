@@ -43,7 +43,8 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
         Command::Lifecycle { .. }
         | Command::Engine { .. }
         | Command::RemoveCredentials { .. }
-        | Command::AllocateNodeId { .. } => Ok(()),
+        | Command::AllocateNodeId { .. }
+        | Command::Upload(_) => Ok(()),
         Command::SetCredentials { credential, .. } => {
             credential.scheme.supported()?;
             if credential.sealed.len() > 2 * crate::credentials::MAX_PASSWORD_CHARS * 4 {

@@ -194,7 +194,7 @@ async fn act(
         write(&state, &caller, request_id, Command::Lifecycle { job: id, action }).await?;
     let code = match reply {
         Reply::Done(code) => code,
-        Reply::Created(_) | Reply::NodeId(_) => BitsCode::S_OK,
+        Reply::Created(_) | Reply::NodeId(_) | Reply::Fragment(_) => BitsCode::S_OK,
     };
     if matches!(action, JobAction::Complete | JobAction::Cancel) {
         wait_for_files(&state, &caller, id).await;

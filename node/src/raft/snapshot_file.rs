@@ -3,7 +3,7 @@
 //! chunks read from and written to these files).
 //!
 //! A file is a header frame ([`Header`]: queue scalars and row counts), then one frame per
-//! job row, then two per request row (key, record). A frame is a 4-byte big-endian length
+//! job row, then two per request row (key, record), then one per upload session. A frame is a 4-byte big-endian length
 //! and a `ferry_protocol::codec` value; rows are copied as stored, and checked by
 //! decoding when loaded.
 
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_protocol::Job;
 use ferry_protocol::codec;
-use ferry_protocol::queue::{QueueImage, QueueMeta, RequestKey, RequestRecord};
+use ferry_protocol::queue::{QueueImage, QueueMeta, RequestKey, RequestRecord, UploadSession};
 use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,7 @@ struct Header {
     queue: QueueMeta,
     jobs: u64,
     requests: u64,
+    uploads: u64,
 }
 
 /// Why a snapshot file could not be written or read.
@@ -125,10 +126,12 @@ pub(crate) fn write(
 ) -> Result<u64, SnapshotFileError> {
     let jobs = txn.open_table(super::state_machine::JOBS).map_err(redb::Error::from)?;
     let requests = txn.open_table(super::state_machine::REQUESTS).map_err(redb::Error::from)?;
+    let uploads = txn.open_table(super::state_machine::UPLOADS).map_err(redb::Error::from)?;
     let header = Header {
         queue: queue.clone(),
         jobs: jobs.len().map_err(redb::Error::from)?,
         requests: requests.len().map_err(redb::Error::from)?,
+        uploads: uploads.len().map_err(redb::Error::from)?,
     };
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
     let mut out = BufWriter::new(file);
@@ -140,6 +143,10 @@ pub(crate) fn write(
     for row in requests.iter().map_err(redb::Error::from)? {
         let (key, value) = row.map_err(redb::Error::from)?;
         write_frame(&mut out, key.value())?;
+        write_frame(&mut out, value.value())?;
+    }
+    for row in uploads.iter().map_err(redb::Error::from)? {
+        let (_, value) = row.map_err(redb::Error::from)?;
         write_frame(&mut out, value.value())?;
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -174,6 +181,14 @@ pub(crate) fn load(
         let record: RequestRecord = codec::decode(&buf)?;
         requests.insert(key_bytes.as_slice(), buf.as_slice()).map_err(redb::Error::from)?;
         image.requests.push((key, record));
+    }
+    drop(requests);
+    let mut uploads = txn.open_table(super::state_machine::UPLOADS).map_err(redb::Error::from)?;
+    for _ in 0..header.uploads {
+        read_frame(&mut input, &mut buf)?;
+        let session: UploadSession = codec::decode(&buf)?;
+        uploads.insert(session.id.as_str(), buf.as_slice()).map_err(redb::Error::from)?;
+        image.uploads.push(session);
     }
     if input.read(&mut [0u8; 1])? != 0 {
         return Err(SnapshotFileError::Damaged("bytes after the last row".into()));

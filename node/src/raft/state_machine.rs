@@ -29,6 +29,7 @@ use super::{
 
 pub(super) const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
 pub(super) const REQUESTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("requests");
+pub(super) const UPLOADS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("uploads");
 
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
@@ -81,6 +82,10 @@ fn read_state(
         let record: RequestRecord = codec::decode(value.value()).map_err(read_err)?;
         image.requests.push((key, record));
     }
+    for row in txn.open_table(UPLOADS).map_err(read_err)?.iter().map_err(read_err)? {
+        let (_, value) = row.map_err(read_err)?;
+        image.uploads.push(codec::decode(value.value()).map_err(read_err)?);
+    }
     Ok((image, applied, membership))
 }
 
@@ -132,6 +137,7 @@ fn snapshot_file_name(id: &str) -> String {
 struct Rows {
     jobs: Vec<(u128, Option<Vec<u8>>)>,
     requests: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    uploads: Vec<(String, Option<Vec<u8>>)>,
     meta: Vec<(&'static str, Vec<u8>)>,
     /// The applied entries' events, encoded, in cursor order.
     events: Vec<(EventCursor, Vec<u8>)>,
@@ -150,6 +156,15 @@ impl Rows {
             let value =
                 machine.queue.request(&key).map(codec::encode).transpose().map_err(write_err)?;
             rows.requests.push((codec::encode(&key).map_err(write_err)?, value));
+        }
+        for id in changes.uploads {
+            let value = machine
+                .queue
+                .session_by_id(&id)
+                .map(codec::encode)
+                .transpose()
+                .map_err(write_err)?;
+            rows.uploads.push((id, value));
         }
         rows.meta.push((APPLIED, codec::encode(&machine.applied).map_err(write_err)?));
         rows.meta.push((MEMBERSHIP, codec::encode(&machine.membership).map_err(write_err)?));
@@ -183,6 +198,14 @@ impl Rows {
                 }
                 .map_err(write_err)?;
             }
+            let mut uploads = txn.open_table(UPLOADS).map_err(write_err)?;
+            for (key, value) in &self.uploads {
+                match value {
+                    Some(bytes) => uploads.insert(key.as_str(), bytes.as_slice()).map(drop),
+                    None => uploads.remove(key.as_str()).map(drop),
+                }
+                .map_err(write_err)?;
+            }
             let mut meta = txn.open_table(META).map_err(write_err)?;
             for (key, bytes) in &self.meta {
                 meta.insert(*key, bytes.as_slice()).map_err(write_err)?;
@@ -212,6 +235,7 @@ impl StateMachineStore {
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(JOBS).map_err(write_err)?;
         txn.open_table(REQUESTS).map_err(write_err)?;
+        txn.open_table(UPLOADS).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;
         txn.open_table(events::EVENTS).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
@@ -409,6 +433,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let txn = db.begin_write().map_err(write_err)?;
             txn.delete_table(JOBS).map_err(write_err)?;
             txn.delete_table(REQUESTS).map_err(write_err)?;
+            txn.delete_table(UPLOADS).map_err(write_err)?;
             // The events the snapshot skips over were never seen here: the history
             // starts again after it, and older cursors get a gap.
             txn.delete_table(events::EVENTS).map_err(write_err)?;

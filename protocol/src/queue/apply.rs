@@ -77,6 +77,7 @@ impl Queue {
                 self.meta.policy = *policy;
                 Ok(Reply::Done(BitsCode::S_OK))
             }
+            Command::Upload(upload) => self.upload(caller, upload),
             Command::AllocateNodeId { at_least } => {
                 if caller.principal != crate::ids::Principal::system() {
                     return Err(CommandError::new(

@@ -12,6 +12,7 @@ mod events;
 mod properties;
 #[cfg(test)]
 mod tests;
+mod uploads;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -25,6 +26,10 @@ use crate::ids::{Caller, JobId, Principal, RequestId};
 use crate::job::Job;
 use crate::limits::QueuePolicy;
 use crate::time::Timestamp;
+pub use uploads::{
+    FragmentAck, MAX_PIECES, MAX_SESSIONS_PER_USER, MAX_UPLOAD_PATH_LEN, SESSION_TIMEOUT,
+    UploadCommand, UploadPiece, UploadSession, check_upload_path,
+};
 
 /// How long a request id is remembered (a retry after this is a new request).
 pub const REQUEST_ID_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -87,6 +92,8 @@ pub struct QueueImage {
     pub jobs: Vec<Job>,
     /// Every remembered request.
     pub requests: Vec<(RequestKey, RequestRecord)>,
+    /// Every open upload session.
+    pub uploads: Vec<UploadSession>,
 }
 
 /// What an apply touched, for the node to persist.
@@ -96,6 +103,8 @@ pub struct Changes {
     pub jobs: BTreeSet<JobId>,
     /// Request records written or removed, likewise.
     pub requests: BTreeSet<RequestKey>,
+    /// Upload sessions written or removed, likewise.
+    pub uploads: BTreeSet<String>,
 }
 
 /// The job queue.
@@ -114,6 +123,8 @@ pub struct Queue {
     unfinished_per_owner: HashMap<Principal, u32>,
     /// Unfinished jobs in all, for `MaxJobsPerMachine`.
     unfinished: u32,
+    /// Upload sessions by id.
+    uploads: BTreeMap<String, UploadSession>,
     changes: Changes,
     /// Events produced since the last [`Queue::take_events`], in order.
     events: Vec<JobEvent>,
@@ -136,6 +147,9 @@ impl Queue {
             queue.index_request(&key, record.seq);
             queue.requests.insert(key, record);
         }
+        for session in image.uploads {
+            queue.uploads.insert(session.id.clone(), session);
+        }
         queue
     }
 
@@ -145,6 +159,7 @@ impl Queue {
             meta: self.meta.clone(),
             jobs: self.jobs.values().cloned().collect(),
             requests: self.requests.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
+            uploads: self.uploads.values().cloned().collect(),
         }
     }
 
@@ -285,6 +300,7 @@ impl Queue {
     /// Forgets request ids past their time or beyond the cap, and removes final jobs past
     /// their retention or beyond theirs. Deterministic: driven by the batch clock only.
     fn expire(&mut self) {
+        self.expire_uploads();
         let now = self.meta.clock;
         while let Some((&seq, key)) = self.request_order.first_key_value() {
             let expired = self.requests.get(key).is_none_or(|r| now.since(r.time) > REQUEST_ID_TTL);

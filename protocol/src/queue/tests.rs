@@ -91,7 +91,7 @@ impl Harness {
 fn code(result: CommandResult) -> BitsCode {
     match result {
         Ok(Reply::Done(code)) => code,
-        Ok(Reply::Created(_) | Reply::NodeId(_)) => BitsCode::S_OK,
+        Ok(Reply::Created(_) | Reply::NodeId(_) | Reply::Fragment(_)) => BitsCode::S_OK,
         Err(e) => e.code,
     }
 }
@@ -813,4 +813,113 @@ fn node_ids_are_handed_out_once_by_the_nodes_only() {
     assert_eq!(allocate(&mut h, &system, 9), Ok(Reply::NodeId(10)));
     assert_eq!(code(allocate(&mut h, &admin(), 0)), BitsCode::E_ACCESSDENIED);
     assert_eq!(h.queue.meta().last_node_id, 10);
+}
+
+mod uploads {
+    use super::*;
+    use crate::queue::{FragmentAck, MAX_SESSIONS_PER_USER, SESSION_TIMEOUT, UploadCommand};
+
+    fn create(h: &mut Harness, who: &Caller, session: &str) -> CommandResult {
+        let command = UploadCommand::Create { session: session.into(), path: "in/a.bin".into() };
+        h.run(who, None, Command::Upload(command))
+    }
+
+    fn fragment(h: &mut Harness, who: &Caller, start: u64, end: u64, node: u64) -> CommandResult {
+        let command = UploadCommand::Fragment {
+            session: "{s1}".into(),
+            start,
+            end,
+            total: 300,
+            node,
+            max_size: 1_000,
+        };
+        h.run(who, None, Command::Upload(command))
+    }
+
+    fn ack(next: u64, complete: bool) -> CommandResult {
+        Ok(Reply::Fragment(FragmentAck { next, complete }))
+    }
+
+    #[test]
+    fn a_session_takes_fragments_by_the_protocol_rules_on_any_node() {
+        let mut h = Harness::new();
+        create(&mut h, &alice(), "{s1}").expect("create");
+        assert_eq!(fragment(&mut h, &alice(), 0, 100, 1), ack(101, false));
+        // Overlap: only 101-150 is new; sent to another node (server farm).
+        assert_eq!(fragment(&mut h, &alice(), 50, 150, 2), ack(151, false));
+        // A gap is refused and changes nothing.
+        assert_eq!(code(fragment(&mut h, &alice(), 200, 299, 3)), BitsCode::BG_E_INVALID_RANGE);
+        // Another user cannot see the session.
+        assert_eq!(code(fragment(&mut h, &bob(), 151, 299, 3)), BitsCode::BG_E_SESSION_NOT_FOUND);
+        assert_eq!(fragment(&mut h, &alice(), 151, 299, 3), ack(300, true));
+        let session = h.queue.upload_session(&alice(), "{s1}").expect("session");
+        let pieces: Vec<(u64, u64, u64)> =
+            session.pieces.iter().map(|p| (p.offset, p.len, p.node)).collect();
+        assert_eq!(pieces, [(0, 101, 1), (101, 50, 2), (151, 149, 3)]);
+        assert!(session.complete());
+        // A resent final fragment gets the same answer and records nothing new.
+        assert_eq!(fragment(&mut h, &alice(), 151, 299, 1), ack(300, true));
+        assert_eq!(h.queue.upload_session(&alice(), "{s1}").expect("s").pieces.len(), 3);
+
+        // Another total, or too large, is refused.
+        let other = UploadCommand::Fragment {
+            session: "{s1}".into(),
+            start: 0,
+            end: 9,
+            total: 301,
+            node: 1,
+            max_size: 1_000,
+        };
+        assert_eq!(code(h.run(&alice(), None, Command::Upload(other))), BitsCode::E_INVALIDARG);
+        create(&mut h, &alice(), "{s2}").expect("create");
+        let big = UploadCommand::Fragment {
+            session: "{s2}".into(),
+            start: 0,
+            end: 9,
+            total: 5_000,
+            node: 1,
+            max_size: 1_000,
+        };
+        assert_eq!(code(h.run(&alice(), None, Command::Upload(big))), BitsCode::BG_E_TOO_LARGE);
+
+        // End removes it; a second End finds nothing.
+        let end = || Command::Upload(UploadCommand::End { session: "{s1}".into() });
+        assert_eq!(code(h.run(&bob(), None, end())), BitsCode::BG_E_SESSION_NOT_FOUND);
+        h.run(&alice(), None, end()).expect("end");
+        assert_eq!(code(h.run(&alice(), None, end())), BitsCode::BG_E_SESSION_NOT_FOUND);
+        assert!(h.queue.take_changes().uploads.contains("{s1}"));
+    }
+
+    #[test]
+    fn sessions_are_capped_per_user_checked_and_expire() {
+        let mut h = Harness::new();
+        for n in 0..MAX_SESSIONS_PER_USER {
+            create(&mut h, &alice(), &format!("{{a{n}}}")).expect("create");
+        }
+        assert_eq!(
+            code(create(&mut h, &alice(), "{one-more}")),
+            BitsCode::BG_E_TOO_MANY_JOBS_PER_USER
+        );
+        create(&mut h, &bob(), "{b}").expect("bob has his own quota");
+        assert_eq!(code(create(&mut h, &bob(), "{b}")), BitsCode::E_INVALIDARG, "ids are unique");
+        for bad in ["", "/abs", "a/../b", "a//b", "a/", "a\\b"] {
+            let command = UploadCommand::Create { session: "{x}".into(), path: bad.into() };
+            assert_eq!(
+                code(h.run(&bob(), None, Command::Upload(command))),
+                BitsCode::E_INVALIDARG,
+                "{bad}"
+            );
+        }
+        let image = h.queue.to_image();
+        assert_eq!(Queue::from_image(image).upload_sessions().count(), MAX_SESSIONS_PER_USER + 1);
+        // Two weeks without progress: gone.
+        h.time += SESSION_TIMEOUT.as_millis() as u64 + 1_000;
+        h.run(
+            &bob(),
+            None,
+            Command::Lifecycle { job: JobId(uuid::Uuid::nil()), action: JobAction::Cancel },
+        )
+        .ok();
+        assert_eq!(h.queue.upload_sessions().count(), 0);
+    }
 }
