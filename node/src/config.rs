@@ -39,6 +39,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// The notify command line (`SetNotifyCmdLine`).
     pub notify: NotifyConfig,
+    /// The BITS upload server (`BITS_POST /bits/<path>`).
+    pub upload: UploadConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -56,6 +58,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             events: EventsConfig::default(),
             notify: NotifyConfig::default(),
+            upload: UploadConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -262,6 +265,32 @@ pub struct NotifyConfig {
 impl Default for NotifyConfig {
     fn default() -> Self {
         Self { timeout_secs: 300, start_delay_ms: 0 }
+    }
+}
+
+/// `[upload]`: the BITS upload server on the API listener (`BITS_POST /bits/<path>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Where completed uploads go (`<root>/<path>`). Default `<data-dir>/uploads`.
+    pub root: Option<PathBuf>,
+    /// Largest file accepted, bytes (`BG_E_TOO_LARGE` beyond). Default 4 GiB.
+    pub max_size_bytes: u64,
+    /// Largest fragment (request body), bytes. Default 32 MiB.
+    pub max_fragment_bytes: usize,
+    /// Whether an upload may replace an existing file (else Create-Session gets 409).
+    /// Default false.
+    pub allow_overwrite: bool,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            root: None,
+            max_size_bytes: 4 * 1024 * 1024 * 1024,
+            max_fragment_bytes: 32 * 1024 * 1024,
+            allow_overwrite: false,
+        }
     }
 }
 

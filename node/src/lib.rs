@@ -15,5 +15,6 @@ pub mod raft;
 mod scheduler;
 mod service;
 mod transfer;
+mod upload_server;
 
 pub use node::run;

@@ -156,8 +156,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         max_body_bytes: config.api.max_body_bytes,
         max_concurrent_requests: config.api.max_concurrent_requests,
     };
+    let uploads = crate::upload_server::UploadServer {
+        cluster: cluster.clone(),
+        auth: auth.clone(),
+        root: config.upload.root.clone().unwrap_or_else(|| dir.path("uploads")),
+        pieces: dir.path("upload-pieces"),
+        max_size: config.upload.max_size_bytes,
+        allow_overwrite: config.upload.allow_overwrite,
+    };
     let app =
-        ferry_coordinator::router(ApiState { cluster: Arc::new(cluster), auth, secrets }, limits);
+        ferry_coordinator::router(ApiState { cluster: Arc::new(cluster), auth, secrets }, limits)
+            .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));
     dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;
     tracing::info!(node_id, %api_addr, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");

@@ -21,3 +21,4 @@ mod restart;
 mod support;
 mod tls;
 mod transfer_cli;
+mod upload;

@@ -1,0 +1,200 @@
+//! The BITS upload server, spoken to with raw requests as the spec writes them
+//! (bits-spec §5): Ping, Create-Session, Fragments (in order, overlapping, with a gap),
+//! Close-Session and Cancel-Session, and the refusals.
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+
+use ferry_protocol::upload::{PROTOCOL_GUID, header};
+use ferry_tests::{Node, NodeOptions, tokens};
+
+use crate::support::raw;
+
+struct Bits {
+    url: String,
+    token: &'static str,
+}
+
+impl Bits {
+    async fn send(
+        &self,
+        packet: &str,
+        extra: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<(StatusCode, HeaderMap)> {
+        let method = Method::from_bytes(b"BITS_POST")?;
+        let mut request = raw()
+            .request(method, &self.url)
+            .bearer_auth(self.token)
+            .header(header::PACKET_TYPE, packet)
+            .body(body);
+        for (name, value) in extra {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await?;
+        Ok((response.status(), response.headers().clone()))
+    }
+
+    async fn create(&self) -> anyhow::Result<String> {
+        let (status, headers) = self
+            .send("Create-Session", &[(header::SUPPORTED_PROTOCOLS, PROTOCOL_GUID.into())], vec![])
+            .await?;
+        anyhow::ensure!(status == StatusCode::OK, "create: {status} {headers:?}");
+        assert_eq!(value(&headers, header::PROTOCOL), PROTOCOL_GUID);
+        assert_eq!(value(&headers, header::PACKET_TYPE), "Ack");
+        assert_eq!(value(&headers, "content-length"), "0");
+        Ok(value(&headers, header::SESSION_ID))
+    }
+
+    async fn fragment(
+        &self,
+        session: &str,
+        data: &[u8],
+        start: usize,
+        end: usize,
+    ) -> anyhow::Result<(StatusCode, HeaderMap)> {
+        let range = format!("bytes {start}-{end}/{}", data.len());
+        self.send(
+            "Fragment",
+            &[(header::SESSION_ID, session.into()), (header::CONTENT_RANGE, range)],
+            data[start..=end].to_vec(),
+        )
+        .await
+    }
+}
+
+fn value(headers: &HeaderMap, name: &str) -> String {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_bits_client_uploads_with_overlaps_and_gaps_answered_by_the_spec()
+-> anyhow::Result<()> {
+    let node = Node::start(NodeOptions::queue_only()).await?;
+    let bits = Bits { url: format!("{}/bits/in/data.bin", node.url()?), token: tokens::ALICE };
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+
+    let (status, headers) = bits.send("Ping", &[], vec![]).await?;
+    assert_eq!((status, value(&headers, header::PACKET_TYPE)), (StatusCode::OK, "Ack".into()));
+
+    let session = bits.create().await?;
+    let (status, headers) = bits.fragment(&session, &data, 0, 99_999).await?;
+    assert_eq!(
+        (status, value(&headers, header::RECEIVED_CONTENT_RANGE)),
+        (StatusCode::OK, "100000".into())
+    );
+    // Overlap: only the new tail is kept (the overlapping bytes are not rewritten).
+    let (status, headers) = bits.fragment(&session, &data, 50_000, 199_999).await?;
+    assert_eq!(
+        (status, value(&headers, header::RECEIVED_CONTENT_RANGE)),
+        (StatusCode::OK, "200000".into())
+    );
+    // A gap: 416 naming the next byte expected.
+    let (status, headers) = bits.fragment(&session, &data, 250_000, 299_999).await?;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(value(&headers, header::RECEIVED_CONTENT_RANGE), "200000");
+    assert_eq!(value(&headers, header::ERROR_CODE), "0x8020002B");
+    let (status, _) = bits.fragment(&session, &data, 200_000, 299_999).await?;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) =
+        bits.send("Close-Session", &[(header::SESSION_ID, session.clone())], vec![]).await?;
+    assert_eq!(status, StatusCode::OK);
+    let stored = std::fs::read(node.data_dir().join("uploads/in/data.bin"))?;
+    assert!(stored == data, "the assembled file differs");
+
+    // The session is gone; the file exists and may not be overwritten.
+    let (status, headers) = bits.fragment(&session, &data, 0, 9).await?;
+    assert_eq!(
+        (status, value(&headers, header::ERROR_CODE)),
+        (StatusCode::BAD_REQUEST, "0x8020001F".into())
+    );
+    let (status, _) = bits
+        .send("Create-Session", &[(header::SUPPORTED_PROTOCOLS, PROTOCOL_GUID.into())], vec![])
+        .await?;
+    assert_eq!(status, StatusCode::CONFLICT);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bits_requests_are_refused_with_the_right_code() -> anyhow::Result<()> {
+    let node = Node::start(NodeOptions::queue_only()).await?;
+    let url = |path: &str| Ok::<_, anyhow::Error>(format!("{}/bits/{path}", node.url()?));
+    let alice = Bits { url: url("in/b.bin")?, token: tokens::ALICE };
+
+    // Another protocol only: refused, E_INVALIDARG from the remote file.
+    let other = "{00000000-0000-0000-0000-000000000000}".to_owned();
+    let (status, headers) =
+        alice.send("Create-Session", &[(header::SUPPORTED_PROTOCOLS, other)], vec![]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (value(&headers, header::ERROR_CODE), value(&headers, header::ERROR_CONTEXT)),
+        ("0x80070057".into(), "0x5".into())
+    );
+    // No packet type; an unknown one.
+    assert_eq!(alice.send("Gibberish", &[], vec![]).await?.0, StatusCode::BAD_REQUEST);
+    // Fragment without a session id, or a range that does not match the body.
+    let session = alice.create().await?;
+    let data = vec![1u8; 100];
+    let (status, _) = alice
+        .send("Fragment", &[(header::CONTENT_RANGE, "bytes 0-99/100".into())], data.clone())
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = alice
+        .send(
+            "Fragment",
+            &[
+                (header::SESSION_ID, session.clone()),
+                (header::CONTENT_RANGE, "bytes 0-49/100".into()),
+            ],
+            data.clone(),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "Content-Range and body disagree");
+    // Another user cannot use Alice's session.
+    let bob = Bits { url: url("in/b.bin")?, token: tokens::BOB };
+    let (status, headers) = bob.fragment(&session, &data, 0, 99).await?;
+    assert_eq!(
+        (status, value(&headers, header::ERROR_CODE)),
+        (StatusCode::BAD_REQUEST, "0x8020001F".into())
+    );
+    // Cancel discards it; nothing reaches the upload root.
+    alice.fragment(&session, &data, 0, 49).await?;
+    let (status, _) =
+        alice.send("Cancel-Session", &[(header::SESSION_ID, session)], vec![]).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!node.data_dir().join("uploads/in/b.bin").exists());
+    // No token, or a path escaping the root, or another method.
+    let anonymous = raw()
+        .request(Method::from_bytes(b"BITS_POST")?, url("x")?)
+        .header(header::PACKET_TYPE, "Ping")
+        .send()
+        .await?;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let escape = Bits { url: url("a%2F..%2F..%2Fetc%2Fpasswd")?, token: tokens::ALICE };
+    let (status, _) = escape
+        .send("Create-Session", &[(header::SUPPORTED_PROTOCOLS, PROTOCOL_GUID.into())], vec![])
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let get = raw().get(url("x")?).bearer_auth(tokens::ALICE).send().await?;
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // Too large (the node's maximum is lowered for the test below).
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_over_the_maximum_size_is_too_large() -> anyhow::Result<()> {
+    let options = NodeOptions {
+        extra_config: "[upload]\nmax_size_bytes = 1000\n".into(),
+        ..NodeOptions::queue_only()
+    };
+    let node = Node::start(options).await?;
+    let bits = Bits { url: format!("{}/bits/big.bin", node.url()?), token: tokens::ALICE };
+    let session = bits.create().await?;
+    let data = vec![0u8; 2000];
+    let (status, headers) = bits.fragment(&session, &data, 0, 99).await?;
+    assert_eq!(
+        (status, value(&headers, header::ERROR_CODE)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "0x80200020".into())
+    );
+    Ok(())
+}
