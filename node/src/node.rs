@@ -80,6 +80,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         proposer,
         peers: endpoint.clone(),
         ca_pem: start.identity.ca_pem().into(),
+        upload_pieces: dir.path("upload-pieces").into(),
     };
     let admission = start.admission.map(|(ca, token)| {
         membership::admission_handler(
@@ -164,6 +165,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         max_size: config.upload.max_size_bytes,
         allow_overwrite: config.upload.allow_overwrite,
     };
+    tokio::spawn(crate::upload_server::sweep_pieces(cluster.clone(), dir.path("upload-pieces")));
     let app =
         ferry_coordinator::router(ApiState { cluster: Arc::new(cluster), auth, secrets }, limits)
             .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));

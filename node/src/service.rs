@@ -49,6 +49,8 @@ pub(crate) struct NodeCluster {
     pub(crate) peers: Arc<PeerEndpoint>,
     /// The cluster CA certificate, PEM.
     pub(crate) ca_pem: Arc<str>,
+    /// Where this node keeps the upload pieces it received.
+    pub(crate) upload_pieces: Arc<std::path::Path>,
 }
 
 impl NodeCluster {
@@ -212,6 +214,19 @@ impl NodeCluster {
         probes
     }
 
+    /// Bytes of an upload piece held by `node` (see [`PeerRequest::UploadPiece`]).
+    pub(crate) async fn fetch_piece(
+        &self,
+        node: NodeId,
+        session: &str,
+        offset: u64,
+        from: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, ClusterError> {
+        let request = PeerRequest::UploadPiece { session: session.to_owned(), offset, from, len };
+        self.ask(node, &request).await
+    }
+
     /// True if `node` answers a ping.
     pub(crate) async fn ping(&self, node: NodeId) -> bool {
         self.ask::<()>(node, &PeerRequest::Ping).await.is_ok()
@@ -337,6 +352,19 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                             .map_err(ClusterError::Unavailable)
                     } else {
                         Err(ClusterError::NoLeader)
+                    };
+                    codec::encode(&answer).unwrap_or_default()
+                }
+                Ok(PeerRequest::UploadPiece { session, offset, from, len }) => {
+                    let pieces = cluster.upload_pieces.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        crate::upload_server::read_piece(&pieces, &session, offset, from, len)
+                    })
+                    .await;
+                    let answer = match read {
+                        Ok(Ok(bytes)) => Ok(bytes),
+                        Ok(Err(e)) => Err(ClusterError::Unavailable(format!("upload piece: {e}"))),
+                        Err(e) => Err(ClusterError::Unavailable(e.to_string())),
                     };
                     codec::encode(&answer).unwrap_or_default()
                 }

@@ -7,8 +7,9 @@
 //! recorded. Close-Session assembles the pieces into `<upload root>/<path>` (a temporary
 //! name, then a rename) when the file is complete, and discards them otherwise.
 //!
-//! Not yet: pieces held by *other* nodes (a session continued elsewhere) are not
-//! gathered over QUIC, so such a Close-Session answers 503; no back end (upload-reply).
+//! A session may go on at any node (server farm): Close-Session gathers the pieces other
+//! nodes hold over the peer link ([`GATHER_CHUNK`] bytes per call). Not yet: the back
+//! end (upload-reply).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +27,9 @@ use ferry_protocol::upload::{
 use ferry_protocol::{BitsCode, Caller, ErrorContext};
 
 use crate::service::NodeCluster;
+
+/// Most bytes of a piece fetched from another node in one call.
+pub(crate) const GATHER_CHUNK: u32 = 4 * 1024 * 1024;
 
 /// What the upload server needs.
 #[derive(Clone)]
@@ -265,14 +269,10 @@ impl UploadServer {
         };
         let echo = (header::SESSION_ID, session.id.clone());
         if close && session.complete() {
-            if session.pieces.iter().any(|p| p.node != self.cluster.node_id) {
-                // Pieces on other nodes are not gathered yet.
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, BitsCode::E_NOTIMPL, &[echo]);
-            }
-            let (pieces, root, s) = (self.pieces.clone(), self.root.clone(), session.clone());
-            let done = tokio::task::spawn_blocking(move || assemble(&pieces, &root, &s)).await;
-            if !matches!(done, Ok(Ok(()))) {
-                return refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_UNEXPECTED, &[echo]);
+            if let Err(e) = self.assemble(&session).await {
+                tracing::warn!(session = %session.id, error = %e, "cannot assemble an upload");
+                // Transient for the client (5xx): it sends Close-Session again.
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, BitsCode::E_UNEXPECTED, &[echo]);
             }
         }
         if let Err(refused) =
@@ -305,21 +305,88 @@ fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Joins a complete session's pieces into its destination under `root`.
-fn assemble(pieces: &Path, root: &Path, session: &UploadSession) -> std::io::Result<()> {
-    let destination = root.join(&session.path);
-    let dir = destination.parent().ok_or_else(|| std::io::Error::other("no parent"))?;
-    std::fs::create_dir_all(dir)?;
-    let temporary = dir.join(format!(".{}.ferry-upload", dir_name(&session.id)));
-    let mut out = std::fs::File::create(&temporary)?;
-    for piece in &session.pieces {
-        let mut input = std::fs::File::open(piece_path(pieces, &session.id, piece.offset))?;
-        let copied = std::io::copy(&mut input, &mut out)?;
-        if copied != piece.len {
-            return Err(std::io::Error::other("a piece has the wrong length"));
+/// Reads `len` bytes from `from` of the piece at `offset` of `session` (for a member
+/// gathering a session; the caller is authenticated by the peer transport).
+pub(crate) fn read_piece(
+    pieces: &Path,
+    session: &str,
+    offset: u64,
+    from: u64,
+    len: u32,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = len.min(GATHER_CHUNK);
+    let mut file = std::fs::File::open(piece_path(pieces, session, offset))?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(u64::from(len)).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+impl UploadServer {
+    /// Joins a complete session's pieces, local or held by other members, into its
+    /// destination under the upload root (a temporary name, then a rename).
+    async fn assemble(&self, session: &UploadSession) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let destination = self.root.join(&session.path);
+        let dir = destination.parent().ok_or_else(|| anyhow::anyhow!("no parent"))?.to_owned();
+        tokio::fs::create_dir_all(&dir).await?;
+        let temporary = dir.join(format!(".{}.ferry-upload", dir_name(&session.id)));
+        let mut out = tokio::fs::File::create(&temporary).await?;
+        for piece in &session.pieces {
+            if piece.node == self.cluster.node_id {
+                let mut input =
+                    tokio::fs::File::open(piece_path(&self.pieces, &session.id, piece.offset))
+                        .await?;
+                let copied = tokio::io::copy(&mut input, &mut out).await?;
+                anyhow::ensure!(
+                    copied == piece.len,
+                    "piece at {} has the wrong length",
+                    piece.offset
+                );
+                continue;
+            }
+            let mut from = 0u64;
+            while from < piece.len {
+                let want = u32::try_from((piece.len - from).min(u64::from(GATHER_CHUNK)))?;
+                let bytes = self
+                    .cluster
+                    .fetch_piece(piece.node, &session.id, piece.offset, from, want)
+                    .await?;
+                anyhow::ensure!(
+                    bytes.len() == want as usize,
+                    "node {} sent {} of {want} bytes of the piece at {}",
+                    piece.node,
+                    bytes.len(),
+                    piece.offset
+                );
+                out.write_all(&bytes).await?;
+                from += u64::from(want);
+            }
+        }
+        out.sync_all().await?;
+        drop(out);
+        tokio::fs::rename(&temporary, &destination).await?;
+        tokio::fs::File::open(&dir).await?.sync_all().await?;
+        Ok(())
+    }
+}
+
+/// Removes, every minute, the pieces of sessions that ended (closed, cancelled or timed
+/// out on any node): each node holds pieces only while their session lives.
+pub(crate) async fn sweep_pieces(cluster: NodeCluster, pieces: PathBuf) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let mut open = std::collections::HashSet::new();
+        cluster.with_queue(&mut |queue| {
+            open = queue.upload_sessions().map(|s| dir_name(&s.id)).collect();
+        });
+        let Ok(entries) = std::fs::read_dir(&pieces) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !open.contains(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
-    out.sync_all()?;
-    std::fs::rename(&temporary, &destination)?;
-    std::fs::File::open(dir)?.sync_all()
 }

@@ -198,3 +198,27 @@ async fn an_upload_over_the_maximum_size_is_too_large() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_goes_on_across_nodes_and_closes_on_a_third() -> anyhow::Result<()> {
+    let (nodes, _) = crate::cluster::form_cluster(NodeOptions::queue_only()).await?;
+    let at = |i: usize| -> anyhow::Result<Bits> {
+        Ok(Bits { url: format!("{}/bits/farm/f.bin", nodes[i].url()?), token: tokens::ALICE })
+    };
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    // Create on A, then fragments alternate A, B, C (a load balancer without affinity).
+    let session = at(0)?.create().await?;
+    let step = 250_000;
+    for (n, start) in (0..data.len()).step_by(step).enumerate() {
+        let end = (start + step).min(data.len()) - 1;
+        let (status, headers) = at(n % 3)?.fragment(&session, &data, start, end).await?;
+        assert_eq!(status, StatusCode::OK, "fragment {n}: {headers:?}");
+        assert_eq!(value(&headers, header::RECEIVED_CONTENT_RANGE), (end + 1).to_string());
+    }
+    let (status, headers) =
+        at(2)?.send("Close-Session", &[(header::SESSION_ID, session)], vec![]).await?;
+    assert_eq!(status, StatusCode::OK, "{headers:?}");
+    let stored = std::fs::read(nodes[2].data_dir().join("uploads/farm/f.bin"))?;
+    assert!(stored == data, "the file gathered from three nodes differs");
+    Ok(())
+}

@@ -35,4 +35,17 @@ pub(crate) enum PeerRequest {
     /// Your state, term and applied index, for the cluster status: answered with
     /// `Result<MemberProbe, ClusterError>`.
     Probe,
+    /// Bytes `from..from + len` of the upload piece at `offset` of `session` that this
+    /// node received (a Close-Session on another node gathers them): answered with
+    /// `Result<Vec<u8>, ClusterError>`.
+    UploadPiece {
+        /// The upload session.
+        session: String,
+        /// The piece's offset in the file.
+        offset: u64,
+        /// Where to start in the piece.
+        from: u64,
+        /// How many bytes (at most [`crate::upload_server::GATHER_CHUNK`]).
+        len: u32,
+    },
 }
