@@ -268,12 +268,13 @@ impl UploadServer {
             Err(refused) => return refused,
         };
         let echo = (header::SESSION_ID, session.id.clone());
-        if close && session.complete() {
-            if let Err(e) = self.assemble(&session).await {
-                tracing::warn!(session = %session.id, error = %e, "cannot assemble an upload");
-                // Transient for the client (5xx): it sends Close-Session again.
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, BitsCode::E_UNEXPECTED, &[echo]);
-            }
+        if close
+            && session.complete()
+            && let Err(e) = self.assemble(&session).await
+        {
+            tracing::warn!(session = %session.id, error = %e, "cannot assemble an upload");
+            // Transient for the client (5xx): it sends Close-Session again.
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, BitsCode::E_UNEXPECTED, &[echo]);
         }
         if let Err(refused) =
             self.propose(caller, UploadCommand::End { session: session.id.clone() }).await
