@@ -3,7 +3,8 @@
 //!
 //! Apply records the run a job owes ([`NotifyRun`]); this task, on the home node, runs
 //! the program (no shell: the program itself, with its arguments as given, under a
-//! timeout, its output to the node log) and records that it ran through Raft, so a
+//! timeout, its output to the node log) and records that it ran through Raft (an engine
+//! report, written like the transfer engine's), so a
 //! restart or a leader change does not run it again. Between the two, a marker file
 //! (`<data-dir>/notify/<job>-<entry>-<attempt>`, made durable before the program
 //! starts) tells a restarted node whether the program had been started: without it the
@@ -15,22 +16,19 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_coordinator::Cluster;
-use ferry_protocol::command::{Command, Proposal};
 use ferry_protocol::job::{NotifyCmdLine, NotifyRun};
 use ferry_protocol::transfer::EngineReport;
-use ferry_protocol::{BitsCode, JobId, RequestId, Timestamp};
+use ferry_protocol::{JobId, Timestamp};
 
 use crate::config::NotifyConfig;
 use crate::service::NodeCluster;
-use crate::transfer::system_caller;
+use crate::transfer::Reporter;
+use crate::transfer::failure::Stop;
 
 /// Most output bytes of a program kept for the log.
 const MAX_LOGGED_OUTPUT: usize = 4096;
 /// Shortest time between two looks at the queue.
 const RESCAN_PAUSE: Duration = Duration::from_millis(100);
-/// Attempts to record a run before leaving it to the next look.
-const RECORD_ATTEMPTS: u32 = 20;
 
 /// One owed run.
 struct Owed {
@@ -166,34 +164,22 @@ async fn execute(job: JobId, cmdline: &NotifyCmdLine, timeout: Duration) -> bool
     }
 }
 
-/// Records the run through Raft; true once recorded (or already recorded).
+/// Records the run through Raft (as an engine report); true once the applied queue no
+/// longer owes it. A refusal as stale may also mean "no leader within the attempts", so
+/// the queue decides: while the run is still owed the marker stays, and the next look
+/// records it without running the program again.
 async fn record(cluster: &NodeCluster, owed: &Owed, success: bool) -> bool {
     let NotifyRun { entry, attempt, .. } = owed.run;
     let reports = vec![EngineReport::NotifyRan { entry, attempt, success }];
-    let command = Command::Engine { job: owed.job, run: 0, reports };
-    let request_id = RequestId::new(format!("notify-{}-{entry}-{attempt}", owed.job)).ok();
-    let mut delay = Duration::from_millis(100);
-    for _ in 0..RECORD_ATTEMPTS {
-        let proposal = Proposal {
-            request_id: request_id.clone(),
-            caller: system_caller(),
-            command: command.clone(),
-        };
-        match cluster.write(proposal).await {
-            Ok(written) => match written.result {
-                Ok(_) => return true,
-                Err(e) if e.code == BitsCode::BG_E_INVALID_STATE => return true,
-                Err(e) => {
-                    tracing::warn!(job = %owed.job, error = %e, "the notify run was refused");
-                    return false;
-                }
-            },
-            Err(e) => {
-                tracing::debug!(job = %owed.job, error = %e, "cannot record the notify run yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
+    if let Err(Stop::Failed(e)) = Reporter::new(cluster.clone()).report(owed.job, 0, reports).await
+    {
+        tracing::warn!(job = %owed.job, error = ?e, "the notify run was refused");
     }
-    false
+    let machine = cluster.state.read();
+    let still_owed = machine
+        .queue
+        .job(&owed.job)
+        .and_then(|job| job.notify_run)
+        .is_some_and(|run| (run.entry, run.attempt) == (entry, attempt));
+    !still_owed
 }

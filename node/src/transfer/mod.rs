@@ -6,7 +6,7 @@
 
 mod download;
 mod egress;
-mod failure;
+pub(crate) mod failure;
 mod fetch;
 mod http;
 mod local;
