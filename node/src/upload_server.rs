@@ -144,6 +144,7 @@ impl UploadServer {
                 let status = match e.code {
                     BitsCode::BG_E_SESSION_NOT_FOUND => StatusCode::BAD_REQUEST,
                     BitsCode::BG_E_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                    BitsCode::BG_E_INVALID_RANGE => StatusCode::RANGE_NOT_SATISFIABLE,
                     BitsCode::BG_E_TOO_MANY_JOBS_PER_USER => StatusCode::FORBIDDEN,
                     _ => StatusCode::BAD_REQUEST,
                 };
@@ -249,6 +250,7 @@ impl UploadServer {
             end: range.end,
             total: range.total,
             node: self.cluster.node_id,
+            offset: plan.offset,
             max_size: self.max_size,
         };
         match self.propose(caller, command).await {
@@ -257,6 +259,15 @@ impl UploadServer {
                 &[echo, (header::RECEIVED_CONTENT_RANGE, done.next.to_string())],
             ),
             Ok(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_UNEXPECTED, &[echo]),
+            // Another fragment moved the session on meanwhile: say where it stands now.
+            Err(mut refused) if refused.status() == StatusCode::RANGE_NOT_SATISFIABLE => {
+                if let Ok(now) = self.session(caller, headers).await
+                    && let Ok(next) = HeaderValue::from_str(&now.next.to_string())
+                {
+                    refused.headers_mut().insert(header::RECEIVED_CONTENT_RANGE, next);
+                }
+                refused
+            }
             Err(refused) => refused,
         }
     }

@@ -825,12 +825,15 @@ mod uploads {
     }
 
     fn fragment(h: &mut Harness, who: &Caller, start: u64, end: u64, node: u64) -> CommandResult {
+        // The node writes at the next byte it saw expected.
+        let next = h.queue.upload_session(who, "{s1}").map_or(0, |s| s.next);
         let command = UploadCommand::Fragment {
             session: "{s1}".into(),
             start,
             end,
             total: 300,
             node,
+            offset: next.max(start),
             max_size: 1_000,
         };
         h.run(who, None, Command::Upload(command))
@@ -849,6 +852,20 @@ mod uploads {
         assert_eq!(fragment(&mut h, &alice(), 50, 150, 2), ack(151, false));
         // A gap is refused and changes nothing.
         assert_eq!(code(fragment(&mut h, &alice(), 200, 299, 3)), BitsCode::BG_E_INVALID_RANGE);
+        // A fragment planned before another moved the session on is not recorded.
+        let stale = UploadCommand::Fragment {
+            session: "{s1}".into(),
+            start: 100,
+            end: 250,
+            total: 300,
+            node: 2,
+            offset: 101,
+            max_size: 1_000,
+        };
+        assert_eq!(
+            code(h.run(&alice(), None, Command::Upload(stale))),
+            BitsCode::BG_E_INVALID_RANGE
+        );
         // Another user cannot see the session.
         assert_eq!(code(fragment(&mut h, &bob(), 151, 299, 3)), BitsCode::BG_E_SESSION_NOT_FOUND);
         assert_eq!(fragment(&mut h, &alice(), 151, 299, 3), ack(300, true));
@@ -868,6 +885,7 @@ mod uploads {
             end: 9,
             total: 301,
             node: 1,
+            offset: 0,
             max_size: 1_000,
         };
         assert_eq!(code(h.run(&alice(), None, Command::Upload(other))), BitsCode::E_INVALIDARG);
@@ -878,6 +896,7 @@ mod uploads {
             end: 9,
             total: 5_000,
             node: 1,
+            offset: 0,
             max_size: 1_000,
         };
         assert_eq!(code(h.run(&alice(), None, Command::Upload(big))), BitsCode::BG_E_TOO_LARGE);

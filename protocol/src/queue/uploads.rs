@@ -86,6 +86,9 @@ pub enum UploadCommand {
         total: u64,
         /// The node holding the bytes.
         node: NodeId,
+        /// Where the node wrote the fragment's new bytes (the next byte it saw expected):
+        /// if another fragment moved the session on meanwhile, these are not recorded.
+        offset: u64,
         /// The server's maximum upload size.
         max_size: u64,
     },
@@ -187,7 +190,7 @@ impl Queue {
                 self.changes.uploads.insert(session.clone());
                 Ok(Reply::Done(BitsCode::S_OK))
             }
-            UploadCommand::Fragment { session, start, end, total, node, max_size } => {
+            UploadCommand::Fragment { session, start, end, total, node, offset, max_size } => {
                 let range = FragmentRange::new(*start, end.saturating_sub(*start) + 1, *total)
                     .filter(|r| r.end == *end)
                     .ok_or_else(|| {
@@ -212,6 +215,12 @@ impl Queue {
                             format!("the file exceeds the maximum upload size of {max} bytes"),
                         ),
                     })?;
+                if plan.write > 0 && plan.offset != *offset {
+                    return Err(CommandError::new(
+                        BitsCode::BG_E_INVALID_RANGE,
+                        format!("the session moved on to byte {}; send from there", s.next),
+                    ));
+                }
                 if plan.write > 0 {
                     if s.pieces.len() >= MAX_PIECES {
                         return Err(CommandError::new(
