@@ -101,20 +101,31 @@ const HOME_NODE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the leader pings the members.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
-/// Last answers of the members to the leader's pings.
+/// Last answers of the members to the leader's pings, since this node began to lead
+/// (a node that just took over has heard from nobody yet: everyone gets the full timeout).
 struct Liveness {
-    started: Instant,
+    since: std::sync::Mutex<Instant>,
     seen: std::sync::Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Liveness {
     fn new() -> Self {
-        Self { started: Instant::now(), seen: std::sync::Mutex::new(HashMap::new()) }
+        Self {
+            since: std::sync::Mutex::new(Instant::now()),
+            seen: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This node (again) leads: answers from an earlier term no longer count.
+    fn restart(&self) {
+        *self.since.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
     fn alive(&self, node: NodeId, now: Instant) -> bool {
+        let since = *self.since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let last = seen.get(&node).copied().unwrap_or(self.started).max(self.started);
+        let last = seen.get(&node).copied().unwrap_or(since).max(since);
         now.saturating_duration_since(last) < HOME_NODE_TIMEOUT
     }
 
@@ -312,13 +323,25 @@ impl Actor for Scheduler {
         // for it (and go on when it answers again).
         let (cluster, liveness, me) = (self.cluster.clone(), self.liveness.clone(), self.node_id);
         let pinger = tokio::spawn(async move {
+            let mut leading = false;
             loop {
                 tokio::time::sleep(PING_EVERY).await;
                 if cluster.raft.metrics().borrow().current_leader != Some(me) {
+                    leading = false;
                     continue;
                 }
+                if !leading {
+                    liveness.restart();
+                    leading = true;
+                }
+                // All at once: a dead member's silence must not delay the others'.
+                let mut pings = tokio::task::JoinSet::new();
                 for node in cluster.member_ids().into_iter().filter(|n| *n != me) {
-                    if cluster.ping(node).await {
+                    let cluster = cluster.clone();
+                    pings.spawn(async move { (node, cluster.ping(node).await) });
+                }
+                while let Some(Ok((node, answered))) = pings.join_next().await {
+                    if answered {
                         liveness.saw(node);
                     }
                 }
