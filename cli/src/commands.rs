@@ -68,10 +68,8 @@ async fn watch(client: &Client, json: bool, args: &WatchArgs) -> anyhow::Result<
         .map(|k| k.parse())
         .collect::<Result<Vec<_>, String>>()
         .map_err(anyhow::Error::msg)?;
-    let from = match args.from.as_deref() {
-        None | Some("now") => StartAt::Now,
-        Some(cursor) => StartAt::Cursor(cursor.parse().map_err(anyhow::Error::msg)?),
-    };
+    let from: StartAt =
+        args.from.as_deref().unwrap_or("now").parse().map_err(anyhow::Error::msg)?;
     let token = client.token().unwrap_or_default().to_owned();
     let filter = EventFilter { jobs, kinds, all_users: args.all_users };
     let mut watcher = Watcher::new(client.base().clone(), token, filter, from);

@@ -106,6 +106,16 @@ pub enum SubscribeError {
     Busy(usize),
 }
 
+impl SubscribeError {
+    /// The HTTP status it answers with (SSE, and the bus's refusal frame).
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Refused(refused) => crate::problem::status_for(refused.code),
+            Self::Storage(_) | Self::Busy(_) => 503,
+        }
+    }
+}
+
 /// What the API needs from a node.
 pub trait Cluster: Send + Sync + 'static {
     /// This node's id: the home node of jobs created through it.

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use ferry_coordinator::Auth;
 use ferry_coordinator::bus::{self, BusError, MAX_SUBSCRIBE_FRAME};
-use ferry_coordinator::{Auth, SubscribeError};
 use ferry_protocol::event::{Subscribe, SubscribeAnswer};
 
 use crate::events::EventLog;
@@ -47,16 +47,7 @@ async fn serve(
     let mut subscription = match events.subscribe(caller, request.filter, request.from).await {
         Ok(subscription) => subscription,
         Err(e) => {
-            let status = match &e {
-                SubscribeError::Refused(c)
-                    if c.code == ferry_protocol::BitsCode::E_ACCESSDENIED =>
-                {
-                    403
-                }
-                SubscribeError::Refused(_) => 400,
-                SubscribeError::Storage(_) | SubscribeError::Busy(_) => 503,
-            };
-            return bus::write_frame(&mut send, &refuse(status, e.to_string())).await;
+            return bus::write_frame(&mut send, &refuse(e.status(), e.to_string())).await;
         }
     };
     let accepted = SubscribeAnswer::Accepted { node: node_id, position: subscription.position() };

@@ -25,6 +25,10 @@ pub mod files {
     pub const PEER_ADDR: &str = "peer.addr";
     /// The key that seals job passwords (32 bytes, 0600).
     pub const SECRET_KEY: &str = "secret.key";
+    /// BITS upload fragments received by this node, by session and offset.
+    pub const UPLOAD_PIECES: &str = "upload-pieces";
+    /// Completed uploads, unless `[upload] root` says otherwise.
+    pub const UPLOADS: &str = "uploads";
 }
 
 /// An opened data directory.

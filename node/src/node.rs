@@ -80,7 +80,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         proposer,
         peers: endpoint.clone(),
         ca_pem: start.identity.ca_pem().into(),
-        upload_pieces: dir.path("upload-pieces").into(),
+        upload_pieces: dir.path(files::UPLOAD_PIECES).into(),
     };
     let admission = start.admission.map(|(ca, token)| {
         membership::admission_handler(
@@ -160,12 +160,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let uploads = crate::upload_server::UploadServer {
         cluster: cluster.clone(),
         auth: auth.clone(),
-        root: config.upload.root.clone().unwrap_or_else(|| dir.path("uploads")),
-        pieces: dir.path("upload-pieces"),
+        root: config.upload.root.clone().unwrap_or_else(|| dir.path(files::UPLOADS)),
+        pieces: dir.path(files::UPLOAD_PIECES),
         max_size: config.upload.max_size_bytes,
         allow_overwrite: config.upload.allow_overwrite,
     };
-    tokio::spawn(crate::upload_server::sweep_pieces(cluster.clone(), dir.path("upload-pieces")));
+    tokio::spawn(crate::upload_server::sweep_pieces(
+        cluster.clone(),
+        dir.path(files::UPLOAD_PIECES),
+    ));
     let app =
         ferry_coordinator::router(ApiState { cluster: Arc::new(cluster), auth, secrets }, limits)
             .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));

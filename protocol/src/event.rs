@@ -125,14 +125,6 @@ impl Cursor {
             None => Self { index: self.index.saturating_add(1), sub: 0 },
         }
     }
-
-    /// Big-endian bytes, whose order is the cursor order (the history's key).
-    pub fn to_key(self) -> [u8; 12] {
-        let mut key = [0u8; 12];
-        key[..8].copy_from_slice(&self.index.to_be_bytes());
-        key[8..].copy_from_slice(&self.sub.to_be_bytes());
-        key
-    }
 }
 
 impl Serialize for Cursor {
@@ -288,6 +280,18 @@ pub enum StartAt {
     Now,
 }
 
+impl FromStr for StartAt {
+    type Err = String;
+
+    /// `now`, or a cursor (`INDEX[.SUB]`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "now" => Ok(Self::Now),
+            cursor => cursor.parse().map(Self::Cursor),
+        }
+    }
+}
+
 /// What a subscription delivers, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Delivery {
@@ -347,8 +351,7 @@ mod tests {
         assert!("x.1".parse::<Cursor>().is_err());
         assert!("1.2.3".parse::<Cursor>().is_err());
         assert!(c < c.next() && c.next() < Cursor { index: 1043, sub: 0 });
-        assert!(c.to_key() < c.next().to_key());
-        assert!(Cursor { index: 1, sub: u32::MAX }.to_key() < Cursor { index: 2, sub: 0 }.to_key());
+        assert!(Cursor { index: 1, sub: u32::MAX }.next() == Cursor { index: 2, sub: 0 });
     }
 
     #[test]

@@ -11,7 +11,7 @@ use ferry_protocol::{JobType, NewJob};
 use ferry_tests::{NodeOptions, tokens};
 use tokio::sync::Mutex;
 
-use crate::cluster::{agree, form_cluster, statuses};
+use crate::cluster::{form_cluster, statuses};
 
 const JOBS: usize = 2_000;
 const CLIENTS_PER_NODE: usize = 8;
@@ -85,7 +85,7 @@ async fn leader_killed_during_submissions_loses_and_duplicates_nothing() -> anyh
     // The old leader comes back (on its ports, as a deployed node does) as a follower
     // and catches up.
     nodes[leader_index].restart().await?;
-    let all = agreement(&nodes).await?;
+    let all = ferry_tests::await_agreement(&nodes, 3, "no agreement after the restart").await?;
     let rejoined = &all[leader_index];
     assert_eq!(rejoined.node_id, old_leader);
     assert_eq!(rejoined.role, "follower", "{rejoined:#?}");
@@ -125,25 +125,6 @@ fn empty_job(name: impl Into<String>) -> NewJob {
     }
 }
 
-/// Waits (up to 30 s) until all `nodes` agree on the leader and the applied index.
-async fn agreement(
-    nodes: &[ferry_tests::Node],
-) -> anyhow::Result<Vec<ferry_protocol::api::ClusterStatus>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
-        if agree(&all) {
-            return Ok(all);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no agreement after the restart: {all:#?}\n{}",
-            nodes.iter().map(ferry_tests::Node::log_tail).collect::<Vec<_>>().join("\n----\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// A killed leader that comes back on other ports first believes it still leads and
 /// records its new address in its own log; the entry is never committed. It must still
 /// tell the real leader, or nobody can reach it and it campaigns forever.
@@ -173,7 +154,7 @@ async fn a_leader_restarted_on_new_ports_rejoins_as_a_follower() -> anyhow::Resu
     nodes[leader].restart_on_new_ports().await?;
     let new_peer = nodes[leader].peer_addr()?;
     assert_ne!(old_peer, new_peer, "the restart should have moved the peer port");
-    let all = agreement(&nodes).await?;
+    let all = ferry_tests::await_agreement(&nodes, 3, "no agreement after the restart").await?;
     assert_eq!(all[leader].role, "follower", "{:#?}", all[leader]);
     for status in &all {
         let me = status.members.iter().find(|m| m.node_id == agreed[leader].node_id);
@@ -212,15 +193,7 @@ async fn a_paused_follower_catches_up_without_duplicates() -> anyhow::Result<()>
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(paused_at.elapsed())).await;
     nodes[follower].signal("CONT")?;
     let resumed_at = Instant::now();
-    let deadline = resumed_at + Duration::from_secs(30);
-    loop {
-        let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
-        if agree(&all) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the follower did not catch up: {all:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ferry_tests::await_agreement(&nodes, 3, "the follower did not catch up").await?;
     println!("caught up {:?} after a 20 s pause", resumed_at.elapsed());
     let caught_up = nodes[follower].client(Some(tokens::ADMIN))?.cluster().await?;
     assert!(caught_up.snapshot_index.is_some(), "the follower installed or built a snapshot");

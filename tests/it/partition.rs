@@ -60,15 +60,7 @@ async fn minority_leader_stops_majority_goes_on_and_all_converge() -> anyhow::Re
     assert!(refused.is_err(), "the isolated leader accepted a write: {refused:?}");
 
     drop(cut);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        let all = statuses(&nodes.iter().collect::<Vec<_>>()).await?;
-        if agree(&all) {
-            break all;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no convergence after healing: {all:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let after = ferry_tests::await_agreement(&nodes, 3, "no convergence after healing").await?;
     assert_eq!(after[leader].role, "follower", "the old leader follows");
     let mut views = Vec::new();
     for node in &nodes {

@@ -417,19 +417,31 @@ pub async fn start_cluster(options: NodeOptions, n: usize) -> anyhow::Result<Vec
         let joiner = nodes[0].joiner(ip, &token)?;
         nodes.push(Node::start(joiner).await?);
     }
+    await_agreement(&nodes, default_voters(n), "the cluster did not form").await?;
+    Ok(nodes)
+}
+
+/// Waits (up to 30 s) until `nodes` [`agree`] with `voters` voters; their statuses.
+/// Fails saying `what`, with the statuses and the nodes' log tails.
+pub async fn await_agreement(
+    nodes: &[Node],
+    voters: usize,
+    what: &str,
+) -> anyhow::Result<Vec<ferry_protocol::api::ClusterStatus>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut all = Vec::new();
-        for node in &nodes {
+        for node in nodes {
             all.push(node.client(Some(tokens::ADMIN))?.cluster().await?);
         }
-        if agree(&all, default_voters(n)) {
-            return Ok(nodes);
+        if agree(&all, voters) {
+            return Ok(all);
         }
         if Instant::now() >= deadline {
-            bail!("the cluster did not form within 30 s: {all:#?}");
+            let logs: Vec<String> = nodes.iter().map(Node::log_tail).collect();
+            bail!("{what} within 30 s: {all:#?}\n{}", logs.join("\n----\n"));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

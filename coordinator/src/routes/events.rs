@@ -60,8 +60,7 @@ impl EventsQuery {
             (Some(id), _) => {
                 StartAt::Cursor(id.parse::<Cursor>().map_err(ApiError::bad_request)?.next())
             }
-            (None, None | Some("now")) => StartAt::Now,
-            (None, Some(cursor)) => StartAt::Cursor(cursor.parse().map_err(ApiError::bad_request)?),
+            (None, from) => from.unwrap_or("now").parse().map_err(ApiError::bad_request)?,
         };
         Ok((EventFilter { jobs, kinds, all_users: self.all_users }, from))
     }
@@ -113,10 +112,10 @@ fn sse(delivery: &Delivery) -> SseEvent {
 }
 
 fn refusal(e: SubscribeError) -> ApiError {
-    match &e {
-        SubscribeError::Refused(refused) => refused.clone().into(),
-        SubscribeError::Storage(_) | SubscribeError::Busy(_) => {
-            ApiError::new(503, ferry_protocol::BitsCode::E_UNEXPECTED, e.to_string())
+    match e {
+        SubscribeError::Refused(refused) => refused.into(),
+        other => {
+            ApiError::new(other.status(), ferry_protocol::BitsCode::E_UNEXPECTED, other.to_string())
         }
     }
 }

@@ -201,18 +201,16 @@ fn apply_report(
             }
         }
         EngineReport::HomeNodeLost => {
-            transit(job, Operation::NetworkLost)?;
-            job.error_count = job.error_count.saturating_add(1);
-            job.error = Some(JobError {
-                context: ErrorContext::GeneralQueueManager,
-                code: BitsCode::BG_E_NETWORK_DISCONNECTED,
-                detail: format!(
-                    "the job's home node {} is unavailable; it resumes when the node returns",
-                    job.home_node
-                ),
-                file_index: None,
-                protocol: None,
-            });
+            let detail = format!(
+                "the job's home node {} is unavailable; it resumes when the node returns",
+                job.home_node
+            );
+            queue_manager_error(
+                job,
+                Operation::NetworkLost,
+                BitsCode::BG_E_NETWORK_DISCONNECTED,
+                detail,
+            )?;
         }
         EngineReport::HomeNodeBack => {
             if !job.error.as_ref().is_some_and(transfer::is_home_node_lost) {
@@ -226,18 +224,16 @@ fn apply_report(
         EngineReport::RetryDelayElapsed => transit(job, Operation::RetryDelayElapsed)?,
         EngineReport::NoProgressTimeout => transit(job, Operation::NoProgressTimeout)?,
         EngineReport::MaxDownloadTimeExceeded => {
-            transit(job, Operation::MaxDownloadTimeExceeded)?;
-            job.error_count = job.error_count.saturating_add(1);
-            job.error = Some(JobError {
-                context: ErrorContext::GeneralQueueManager,
-                code: BitsCode::BG_E_MAXDOWNLOAD_TIMEOUT,
-                detail: format!(
-                    "the job was active for longer than its maximum download time of {} s",
-                    job.props.max_download_time_secs
-                ),
-                file_index: None,
-                protocol: None,
-            });
+            let detail = format!(
+                "the job was active for longer than its maximum download time of {} s",
+                job.props.max_download_time_secs
+            );
+            queue_manager_error(
+                job,
+                Operation::MaxDownloadTimeExceeded,
+                BitsCode::BG_E_MAXDOWNLOAD_TIMEOUT,
+                detail,
+            )?;
         }
         EngineReport::InactivityTimeout => transit(job, Operation::InactivityTimeout)?,
         EngineReport::FilesFinished { .. } | EngineReport::NotifyRan { .. } => {
@@ -247,6 +243,25 @@ fn apply_report(
             ));
         }
     }
+    Ok(())
+}
+
+/// Moves the job through `op` with an error the queue manager raised (counted).
+fn queue_manager_error(
+    job: &mut Job,
+    op: Operation,
+    code: BitsCode,
+    detail: String,
+) -> Result<(), CommandError> {
+    transit(job, op)?;
+    job.error_count = job.error_count.saturating_add(1);
+    job.error = Some(JobError {
+        context: ErrorContext::GeneralQueueManager,
+        code,
+        detail,
+        file_index: None,
+        protocol: None,
+    });
     Ok(())
 }
 
