@@ -159,3 +159,31 @@ async fn any_member_admits_a_join_while_the_founder_is_down() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// A member restarted on its ports (after kill -9) is reachable by the others at their
+/// next call: its QUIC endpoint answers their old connections with a stateless reset
+/// (its reset key and connection ids survive restarts), and the call goes again on a
+/// new connection. Before, peers waited for QUIC's 10 s idle timeout: their calls,
+/// linearizable reads through the leader included, timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_on_its_ports_is_reachable_at_once() -> anyhow::Result<()> {
+    let mut nodes = ferry_tests::start_cluster(NodeOptions::queue_only(), 3).await?;
+    for round in 0..2 {
+        let restarted = nodes[round].options.ip;
+        nodes[round].restart().await?;
+        // Straight away, both others see every member healthy on their first probe.
+        for other in nodes.iter().filter(|n| n.options.ip != restarted) {
+            let status = other.client(Some(tokens::ADMIN))?.cluster().await?;
+            let unreachable: Vec<_> =
+                status.members.iter().filter(|m| m.health != "ok").map(|m| m.node_id).collect();
+            assert!(
+                unreachable.is_empty(),
+                "round {round}: node {} sees {unreachable:?} unreachable:\n{}",
+                other.options.ip,
+                other.log_tail()
+            );
+        }
+        ferry_tests::await_agreement(&nodes, 3, "after the restart").await?;
+    }
+    Ok(())
+}

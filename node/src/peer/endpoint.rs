@@ -160,9 +160,18 @@ impl PeerEndpoint {
             quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
         client.transport_config(transport);
         let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-        let mut endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
-                .context("cannot start the QUIC endpoint")?;
+        // The stateless reset key is derived from the node's private key, so it is the
+        // same after a restart: a peer still holding a connection to the node's previous
+        // run gets a valid reset at its first packet and reconnects at once, instead of
+        // waiting for the idle timeout while its calls go unanswered.
+        let reset_seed = ring::digest::digest(&ring::digest::SHA256, identity.key_der());
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_seed.as_ref());
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // quinn's default connection ids carry a per-run key, and packets whose ids fail
+        // it are dropped without a reset: random ids are never refused.
+        config.cid_generator(|| Box::new(RandomCids));
+        let mut endpoint = quinn::Endpoint::new(config, Some(server), socket, runtime)
+            .context("cannot start the QUIC endpoint")?;
         endpoint.set_default_client_config(client);
         Ok(Arc::new(Self {
             endpoint,
@@ -201,11 +210,20 @@ impl PeerEndpoint {
         body: Vec<u8>,
     ) -> Result<Vec<u8>, PeerError> {
         let frame = codec::encode(&Envelope { from: self.node_id, body })?;
-        let connection = self.connection(node, addr).await?;
-        let result = exchange(&connection, &frame).await;
+        let mut connection = self.connection(node, addr).await?;
+        let mut result = exchange(&connection, &frame).await;
         if result.is_err() {
             // Reconnect on the next call.
             self.connections.lock().await.remove(&node);
+            // A stateless reset means the peer restarted and holds no state of this
+            // connection: the request never reached it, so it goes once more, at once.
+            if matches!(connection.close_reason(), Some(quinn::ConnectionError::Reset)) {
+                connection = self.connection(node, addr).await?;
+                result = exchange(&connection, &frame).await;
+                if result.is_err() {
+                    self.connections.lock().await.remove(&node);
+                }
+            }
         }
         let answer: Answer = codec::decode(&result.map_err(|e| PeerError::Stream(e, node))?)?;
         match answer {
@@ -399,6 +417,29 @@ fn names_node(certificate: &CertificateDer<'_>, id: u64) -> Result<(), String> {
     let name = ServerName::try_from(node_name(id)).map_err(|e| e.to_string())?;
     cert.verify_is_valid_for_subject_name(&name)
         .map_err(|_| format!("the caller's certificate does not belong to node {id}"))
+}
+
+/// Random 8-byte connection ids, valid whichever run of the node issued them (so a
+/// packet for a connection of a previous run is answered with a stateless reset).
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use ring::rand::SecureRandom as _;
+        let mut bytes = [0u8; 8];
+        // The system generator does not fail on the platforms Ferry runs on; were it to,
+        // the id would still be unique enough for one endpoint's handful of peers.
+        let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -185,6 +185,11 @@ impl NodeIdentity {
         Self { node_id, key_der: key.serialize_der(), cert, ca }
     }
 
+    /// The private key's PKCS#8 bytes (also the seed of the QUIC reset key).
+    pub(crate) fn key_der(&self) -> &[u8] {
+        &self.key_der
+    }
+
     /// The private key for rustls.
     pub(crate) fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
