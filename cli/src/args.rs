@@ -87,6 +87,19 @@ pub(crate) struct TransferArgs {
     /// Do not draw the progress line.
     #[arg(long)]
     pub(crate) no_progress: bool,
+    /// An upload job: send LOCAL to the BITS upload server at REMOTE (one pair).
+    #[arg(long, conflicts_with = "upload_reply")]
+    pub(crate) upload: bool,
+    /// An upload-reply job: upload, then receive the server's reply (printed, and kept
+    /// in the reply file).
+    #[arg(long)]
+    pub(crate) upload_reply: bool,
+    /// Where the reply of --upload-reply goes (default: beside LOCAL).
+    #[arg(long, value_name = "PATH", requires = "upload_reply")]
+    pub(crate) reply_file: Option<String>,
+    /// Basic credentials for the server, this user; the password is read from stdin.
+    #[arg(long, value_name = "USER")]
+    pub(crate) server_user: Option<String>,
     /// REMOTE LOCAL [REMOTE LOCAL ...]: URLs and where to put them.
     #[arg(required = true, num_args = 2.., value_name = "REMOTE LOCAL")]
     pub(crate) pairs: Vec<String>,
@@ -194,6 +207,14 @@ pub(crate) enum JobCommand {
     /// Server or proxy credentials of a job.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
+    /// The reply of an upload-reply job (`GetReplyData`, up to 1 MiB).
+    Reply {
+        /// The job.
+        job: JobRef,
+        /// Write it to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `ferry job credentials`.

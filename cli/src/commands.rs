@@ -194,6 +194,27 @@ async fn job(client: &Client, json: bool, command: &JobCommand) -> anyhow::Resul
             let file = client.set_file(resolve(client, job).await?, *index, &changes).await?;
             show(json, &file, |f| output::files(std::slice::from_ref(f)))
         }
+        JobCommand::Reply { job, output } => {
+            let id = resolve(client, job).await?;
+            let reply = client.reply(id).await?;
+            match output {
+                Some(path) => {
+                    std::fs::write(path, &reply)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    if !json {
+                        println!("{} bytes of reply written to {}.", reply.len(), path.display());
+                    }
+                    Ok(())
+                }
+                None => {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&reply)
+                        .and_then(|()| out.flush())
+                        .context("cannot write the reply")
+                }
+            }
+        }
         JobCommand::Resume { job } => act(client, json, job, JobAction::Resume).await,
         JobCommand::Suspend { job } => act(client, json, job, JobAction::Suspend).await,
         JobCommand::Cancel { job } => act(client, json, job, JobAction::Cancel).await,
@@ -247,7 +268,7 @@ fn parse_file_set(text: &str) -> anyhow::Result<Vec<NewFile>> {
 
 /// The password: one line from stdin (a prompt first when stdin is a terminal). Never
 /// an argument, which other users could read from the process table.
-fn read_password() -> anyhow::Result<ferry_protocol::credentials::Secret> {
+pub(crate) fn read_password() -> anyhow::Result<ferry_protocol::credentials::Secret> {
     use std::io::{BufRead, IsTerminal, Write};
     let stdin = std::io::stdin();
     if stdin.is_terminal() {

@@ -1,7 +1,9 @@
-//! `ferry transfer`: `bitsadmin /transfer` — create a download job with the given
-//! files, resume it, show progress (bytes, rate, ETA) on stderr, complete it when it is
-//! transferred, and fail with the job's BITS error if it ends in ERROR (the job is then
-//! cancelled, as is a transfer interrupted with Ctrl-C).
+//! `ferry transfer`: `bitsadmin /transfer` — create a download (or, with `--upload` or
+//! `--upload-reply`, an upload) job with the given files, resume it, show progress
+//! (bytes, rate, ETA) on stderr, complete it when it is transferred, and fail with the
+//! job's BITS error if it ends in ERROR (the job is then cancelled, as is a transfer
+//! interrupted with Ctrl-C). An upload-reply prints the reply (up to 1 MiB) and where
+//! its file is.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -10,7 +12,8 @@ use anyhow::{Context as _, bail};
 use ferry_coordinator::Client;
 use ferry_protocol::api::JobInfo;
 use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
-use ferry_protocol::{JobState, NewFile};
+use ferry_protocol::credentials::{AuthScheme, AuthTarget};
+use ferry_protocol::{JobState, JobType, NewFile};
 
 use crate::args::TransferArgs;
 use crate::output;
@@ -21,19 +24,40 @@ const POLL: Duration = Duration::from_millis(100);
 /// Runs `ferry transfer`.
 pub(crate) async fn run(client: &Client, json: bool, args: &TransferArgs) -> anyhow::Result<()> {
     let files = file_pairs(&args.pairs)?;
+    let job_type = if args.upload_reply {
+        JobType::UploadReply
+    } else if args.upload {
+        JobType::Upload
+    } else {
+        JobType::Download
+    };
+    if job_type.is_upload() && files.len() != 1 {
+        bail!("an upload sends exactly one file: give one REMOTE LOCAL pair");
+    }
+    let password =
+        args.server_user.as_ref().map(|_| crate::commands::read_password()).transpose()?;
     let spec = NewJob {
         display_name: args.display_name.clone().unwrap_or_else(|| "ferry transfer".into()),
-        job_type: ferry_protocol::JobType::Download,
+        job_type,
         properties: PropertyChanges {
             priority: args.priority.map(Into::into),
             max_connections: args.connections.map(Some),
             dynamic_content: args.dynamic.then_some(true),
+            reply_file_name: args.reply_file.as_deref().map(absolute).transpose()?.map(Some),
             ..PropertyChanges::default()
         },
         files,
     };
     let job = client.create_job(&spec).await?;
     let id = job.id;
+    if let (Some(user), Some(password)) = (&args.server_user, &password) {
+        let set =
+            client.set_credentials(id, AuthTarget::Server, AuthScheme::Basic, user, password).await;
+        if let Err(e) = set {
+            let _ = client.act(id, JobAction::Cancel).await;
+            return Err(e.into());
+        }
+    }
     client.act(id, JobAction::Resume).await?;
     let mut bar = Progress::new(args.no_progress);
     let finished = tokio::select! {
@@ -60,9 +84,22 @@ pub(crate) async fn run(client: &Client, json: bool, args: &TransferArgs) -> any
         }
         bail!("transfer failed: {} ({}): {}", error.name, error.code, error.detail);
     }
+    // The reply is read before Complete renames its file (either works; this is one call).
+    let reply = if job_type == JobType::UploadReply { Some(client.reply(id).await) } else { None };
     let done = client.act(id, JobAction::Complete).await?;
     if json {
         output::json(&done.job)
+    } else if let Some(reply) = reply {
+        let file = done.job.reply.as_ref().map(|r| r.file_name.clone()).unwrap_or_default();
+        match reply {
+            Ok(bytes) => println!(
+                "Upload complete (job {id}); the reply ({} bytes, in {file}):\n{}",
+                bytes.len(),
+                String::from_utf8_lossy(&bytes)
+            ),
+            Err(e) => println!("Upload complete (job {id}); the reply is in {file} ({e})."),
+        }
+        Ok(())
     } else {
         let p = done.job.progress;
         println!(
@@ -99,19 +136,30 @@ fn file_pairs(pairs: &[String]) -> anyhow::Result<Vec<NewFile>> {
     if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
         bail!("give REMOTE LOCAL pairs (got {} arguments)", pairs.len());
     }
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
     pairs
         .chunks(2)
         .map(|pair| {
-            let local = std::path::Path::new(&pair[1]);
-            let local = if local.is_absolute() { local.to_path_buf() } else { cwd.join(local) };
-            let local = local
-                .to_str()
-                .with_context(|| format!("{} is not valid UTF-8", local.display()))?
-                .to_owned();
-            Ok(NewFile { remote_url: pair[0].clone(), local_path: local, ranges: Vec::new() })
+            Ok(NewFile {
+                remote_url: pair[0].clone(),
+                local_path: absolute(&pair[1])?,
+                ranges: Vec::new(),
+            })
         })
         .collect()
+}
+
+/// `path` made absolute against the current directory.
+fn absolute(path: &str) -> anyhow::Result<String> {
+    let local = std::path::Path::new(path);
+    let local = if local.is_absolute() {
+        local.to_path_buf()
+    } else {
+        std::env::current_dir().context("cannot read the current directory")?.join(local)
+    };
+    Ok(local
+        .to_str()
+        .with_context(|| format!("{} is not valid UTF-8", local.display()))?
+        .to_owned())
 }
 
 /// The progress line on stderr: bytes, percentage, rate and ETA.

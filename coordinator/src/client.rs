@@ -114,6 +114,17 @@ impl Client {
         body: Option<&B>,
         mutating: bool,
     ) -> Result<T, ClientError> {
+        decode(self.send(method, path, body, mutating).await?).await
+    }
+
+    /// Sends a request (retried while the node is unavailable) and returns the response.
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        mutating: bool,
+    ) -> Result<reqwest::Response, ClientError> {
         let url =
             self.base.join(path).map_err(|e| ClientError::BadUrl(path.into(), e.to_string()))?;
         let key = mutating.then(RequestId::new_random);
@@ -133,7 +144,7 @@ impl Client {
             let last = attempt >= self.attempts;
             match request.send().await {
                 Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && !last => {}
-                Ok(response) => return decode(response).await,
+                Ok(response) => return Ok(response),
                 Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {}
                 Err(source) => return Err(ClientError::Transport { url: url.to_string(), source }),
             }
@@ -229,6 +240,22 @@ impl Client {
     /// `GET /v1/jobs/{id}/error`.
     pub async fn job_error(&self, id: JobId) -> Result<ErrorInfo, ClientError> {
         self.call::<(), _>(Method::GET, &format!("/v1/jobs/{id}/error"), None, false).await
+    }
+
+    /// `GET /v1/jobs/{id}/reply`: the reply of an upload-reply job (`GetReplyData`).
+    pub async fn reply(&self, id: JobId) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/jobs/{id}/reply");
+        let response = self.send::<()>(Method::GET, &path, None, false).await?;
+        if !response.status().is_success() {
+            return Err(decode::<()>(response)
+                .await
+                .err()
+                .unwrap_or(ClientError::Unexpected { status: 200, body: String::new() }));
+        }
+        let url = response.url().to_string();
+        let bytes =
+            response.bytes().await.map_err(|source| ClientError::Transport { url, source })?;
+        Ok(bytes.to_vec())
     }
 
     /// `GET /v1/errors/{code}`.

@@ -7,7 +7,7 @@ use ferry_protocol::api::ClusterStatus;
 use ferry_protocol::command::{CommandError, CommandResult, Proposal};
 use ferry_protocol::event::{Delivery, EventFilter, StartAt};
 
-use ferry_protocol::{Caller, NodeId, Queue};
+use ferry_protocol::{Caller, JobId, NodeId, Queue};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -148,4 +148,9 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// The cluster CA certificate (PEM): event bus clients verify nodes against it.
     fn cluster_ca(&self) -> String;
+
+    /// The first bytes (at most [`ferry_protocol::job::MAX_REPLY_DATA`] + 1) of the reply
+    /// of upload-reply job `job`, read by its home node (from the reply file after
+    /// Complete, from its temporary file before).
+    fn reply_data(&self, job: JobId) -> BoxFuture<'_, Result<Vec<u8>, ClusterError>>;
 }

@@ -281,6 +281,33 @@ pub struct UploadConfig {
     /// Whether an upload may replace an existing file (else Create-Session gets 409).
     /// Default false.
     pub allow_overwrite: bool,
+    /// What receives a completed upload (IIS `BITSServerNotificationType`): `none` (the
+    /// file stays at `<root>/<path>`), `by_reference` or `by_value` (POSTed to
+    /// `backend_url`, whose answer becomes the reply). Default `none`.
+    pub backend: BackendMode,
+    /// The back end's URL (`BITSServerNotificationURL`, plain http); the upload URL's
+    /// query string is appended.
+    pub backend_url: Option<String>,
+    /// Seconds the back end has to answer (then the client retries). Default 300.
+    pub backend_timeout_secs: u64,
+    /// `BITS-Host-Id` sent on Create-Session: the host (and port) every later packet of
+    /// the session goes to. Default none.
+    pub host_id: Option<String>,
+    /// `BITS-Host-Id-Fallback-Timeout`, seconds. Default 86,400 (IIS's).
+    pub host_id_fallback_timeout_secs: u64,
+}
+
+/// How a completed upload is handed to the back end (bits-spec §5.6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendMode {
+    /// No notification: the file is placed at its upload path.
+    #[default]
+    None,
+    /// POST naming the uploaded file and the file the reply goes to.
+    ByReference,
+    /// POST carrying the uploaded file; the response body is the reply.
+    ByValue,
 }
 
 impl Default for UploadConfig {
@@ -290,6 +317,11 @@ impl Default for UploadConfig {
             max_size_bytes: 4 * 1024 * 1024 * 1024,
             max_fragment_bytes: 32 * 1024 * 1024,
             allow_overwrite: false,
+            backend: BackendMode::None,
+            backend_url: None,
+            backend_timeout_secs: 300,
+            host_id: None,
+            host_id_fallback_timeout_secs: 86_400,
         }
     }
 }
@@ -416,6 +448,25 @@ impl Config {
         }
         if self.notify.timeout_secs == 0 {
             return invalid("notify.timeout_secs must be at least 1".into());
+        }
+        let u = &self.upload;
+        match (&u.backend, u.backend_url.as_deref()) {
+            (BackendMode::None, _) => {}
+            (_, Some(url)) if url.starts_with("http://") && url::Url::parse(url).is_ok() => {}
+            (mode, url) => {
+                return invalid(format!(
+                    "upload.backend = {mode:?} needs upload.backend_url, a plain http URL (got {url:?})"
+                ));
+            }
+        }
+        if u.backend_timeout_secs == 0 {
+            return invalid("upload.backend_timeout_secs must be at least 1".into());
+        }
+        if u.host_id
+            .as_deref()
+            .is_some_and(|h| h.is_empty() || h.len() > 300 || h.contains(['/', ' ']))
+        {
+            return invalid("upload.host_id is a host name or address (with an optional port), at most 300 characters".into());
         }
         let raft = RaftSettings {
             heartbeat_ms: r.heartbeat_ms,

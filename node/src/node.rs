@@ -164,6 +164,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         pieces: dir.path(files::UPLOAD_PIECES),
         max_size: config.upload.max_size_bytes,
         allow_overwrite: config.upload.allow_overwrite,
+        backend: crate::upload_server::Backend {
+            mode: config.upload.backend,
+            url: config.upload.backend_url.clone().unwrap_or_default(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(config.upload.backend_timeout_secs))
+                .no_proxy()
+                .build()
+                .context("the upload back end's HTTP client")?,
+        },
+        host_id: config
+            .upload
+            .host_id
+            .clone()
+            .map(|host| (host, config.upload.host_id_fallback_timeout_secs)),
+        public: api_addr.to_string(),
     };
     tokio::spawn(crate::upload_server::sweep_pieces(
         cluster.clone(),

@@ -14,7 +14,8 @@ use ferry_coordinator::{
 };
 use ferry_protocol::api::{ClusterStatus, MemberInfo, MemberProbe};
 use ferry_protocol::event::{EventFilter, StartAt};
-use ferry_protocol::{NodeId, Proposal, Queue, codec};
+use ferry_protocol::job::MAX_REPLY_DATA;
+use ferry_protocol::{JobId, JobState, NodeId, Proposal, Queue, codec};
 use tokio::sync::oneshot;
 
 use crate::peer::endpoint::{Handler, PeerEndpoint};
@@ -227,6 +228,46 @@ impl NodeCluster {
         self.ask(node, &request).await
     }
 
+    /// The first bytes of job `job`'s reply, read here (this is its home node).
+    async fn local_reply_data(&self, job: JobId) -> Result<Vec<u8>, ClusterError> {
+        let path = {
+            let machine = self.state.read();
+            let job = machine
+                .queue
+                .job(&job)
+                .ok_or_else(|| ClusterError::Unavailable(format!("job {job} is not here")))?;
+            if job.home_node != self.node_id {
+                return Err(ClusterError::Unavailable(format!(
+                    "job {} lives on node {}",
+                    job.id, job.home_node
+                )));
+            }
+            // Complete renames the temporary file: before it is recorded, either may hold it.
+            let paths = [job.reply_temporary(), job.reply_path()];
+            if job.state == JobState::Acknowledged {
+                [paths[1].clone(), paths[0].clone()]
+            } else {
+                paths
+            }
+        };
+        let [Some(first), Some(second)] = path else {
+            return Err(ClusterError::Unavailable("the job has no reply".into()));
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let file = std::fs::File::open(&first).or_else(|_| std::fs::File::open(&second))?;
+            let mut bytes = Vec::new();
+            file.take(MAX_REPLY_DATA + 1).read_to_end(&mut bytes)?;
+            Ok::<_, std::io::Error>(bytes)
+        })
+        .await;
+        match read {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => Err(ClusterError::Unavailable(format!("the reply file: {e}"))),
+            Err(e) => Err(ClusterError::Unavailable(e.to_string())),
+        }
+    }
+
     /// True if `node` answers a ping.
     pub(crate) async fn ping(&self, node: NodeId) -> bool {
         self.ask::<()>(node, &PeerRequest::Ping).await.is_ok()
@@ -367,6 +408,9 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                         Err(e) => Err(ClusterError::Unavailable(e.to_string())),
                     };
                     codec::encode(&answer).unwrap_or_default()
+                }
+                Ok(PeerRequest::ReplyData { job }) => {
+                    codec::encode(&cluster.local_reply_data(job).await).unwrap_or_default()
                 }
                 Ok(PeerRequest::Probe) => {
                     codec::encode(&Ok::<_, ClusterError>(cluster.probe())).unwrap_or_default()
@@ -531,6 +575,18 @@ impl Cluster for NodeCluster {
 
     fn cluster_ca(&self) -> String {
         self.ca_pem.to_string()
+    }
+
+    fn reply_data(&self, job: JobId) -> BoxFuture<'_, Result<Vec<u8>, ClusterError>> {
+        Box::pin(async move {
+            let home = self.state.read().queue.job(&job).map(|j| j.home_node);
+            match home {
+                Some(home) if home != self.node_id => {
+                    self.ask(home, &PeerRequest::ReplyData { job }).await
+                }
+                _ => self.local_reply_data(job).await,
+            }
+        })
     }
 }
 

@@ -7,9 +7,15 @@
 //! recorded. Close-Session assembles the pieces into `<upload root>/<path>` (a temporary
 //! name, then a rename) when the file is complete, and discards them otherwise.
 //!
-//! A session may go on at any node (server farm): Close-Session gathers the pieces other
-//! nodes hold over the peer link ([`GATHER_CHUNK`] bytes per call). Not yet: the back
-//! end (upload-reply).
+//! A session may go on at any node (server farm): the node that receives the final
+//! fragment gathers the pieces other nodes hold over the peer link ([`GATHER_CHUNK`]
+//! bytes per call) and hands the file over (bits-spec §5.5 step 2): with no back end it
+//! is placed at `<upload root>/<path>`; otherwise it is POSTed to the back end by
+//! reference or by value (§5.6) and the back end's reply is kept on this node, served
+//! by every node at `GET /bits-reply/<session>` (the `BITS-Reply-URL`). What came of it
+//! is recorded in the session, so a repeated final fragment gets the same Ack. A back
+//! end failure is answered with its status and context `REMOTE_APPLICATION` (the client
+//! retries or gives up by that status). Close-Session releases everything.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,12 +26,15 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ferry_coordinator::{Auth, Cluster, ReadAt};
 use ferry_protocol::command::{Command, Proposal, Reply};
-use ferry_protocol::queue::{UploadCommand, UploadSession, check_upload_path};
+use ferry_protocol::queue::{
+    HeldReply, UploadCommand, UploadOutcome, UploadSession, check_upload_path,
+};
 use ferry_protocol::upload::{
     self, FragmentRange, FragmentRefusal, IDENTITY, METHOD, PacketType, header, plan_fragment,
 };
 use ferry_protocol::{BitsCode, Caller, ErrorContext};
 
+use crate::config::BackendMode;
 use crate::service::NodeCluster;
 
 /// Most bytes of a piece fetched from another node in one call.
@@ -44,12 +53,50 @@ pub(crate) struct UploadServer {
     pub(crate) max_size: u64,
     /// Whether an upload may replace an existing file.
     pub(crate) allow_overwrite: bool,
+    /// Who receives completed uploads.
+    pub(crate) backend: Backend,
+    /// `BITS-Host-Id` and its fallback timeout (seconds), if configured.
+    pub(crate) host_id: Option<(String, u64)>,
+    /// This node's API address, for reply URLs when a request names no `Host`.
+    pub(crate) public: String,
 }
+
+/// The back end of completed uploads (bits-spec §5.6).
+#[derive(Clone)]
+pub(crate) struct Backend {
+    /// How it is notified.
+    pub(crate) mode: BackendMode,
+    /// Its URL.
+    pub(crate) url: String,
+    /// Client with the back end's deadline.
+    pub(crate) client: reqwest::Client,
+}
+
+/// Request headers of a back-end notification (bits-spec §5.6).
+mod notification {
+    /// The job's remote name, as the client sent it.
+    pub(super) const ORIGINAL_REQUEST_URL: &str = "BITS-Original-Request-URL";
+    /// By reference: the uploaded file's full path.
+    pub(super) const REQUEST_DATA_FILE: &str = "BITS-Request-DataFile-Name";
+    /// By reference: where the application writes its reply.
+    pub(super) const RESPONSE_DATA_FILE: &str = "BITS-Response-DataFile-Name";
+    /// Application answer: a reply URL to use instead of a reply file.
+    pub(super) const STATIC_RESPONSE_URL: &str = "BITS-Static-Response-URL";
+    /// Application answer: also place the upload at its upload path.
+    pub(super) const COPY_FILE_TO_DESTINATION: &str = "BITS-Copy-File-To-Destination";
+}
+
+/// The piece "offset" under which a session's reply is kept (after every real piece,
+/// so the peer call that gathers pieces also fetches replies).
+const REPLY_PIECE: u64 = u64::MAX;
+/// The name of the assembled file handed to a back end, beside the pieces.
+const DATA_FILE: &str = "upload.data";
 
 /// The routes, with their own body limit (`max_fragment` bytes).
 pub(crate) fn router(server: UploadServer, max_fragment: usize) -> axum::Router {
     axum::Router::new()
         .route("/bits/{*path}", axum::routing::any(handle))
+        .route("/bits-reply/{session}", axum::routing::get(serve_reply))
         .layer(axum::extract::DefaultBodyLimit::max(max_fragment))
         .with_state(server)
 }
@@ -123,7 +170,7 @@ async fn handle(
     match packet {
         Some(PacketType::Ping) => ack(StatusCode::OK, &[]),
         Some(PacketType::CreateSession) => server.create(&caller, &path, &headers).await,
-        Some(PacketType::Fragment) => server.fragment(&caller, &headers, &body).await,
+        Some(PacketType::Fragment) => server.fragment(&caller, &path, &headers, &body).await,
         Some(PacketType::CloseSession) => server.end(&caller, &headers, true).await,
         Some(PacketType::CancelSession) => server.end(&caller, &headers, false).await,
         Some(PacketType::Ack) | None => {
@@ -150,7 +197,10 @@ impl UploadServer {
                 };
                 refuse(status, e.code, &[])
             }),
-            Err(_) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, BitsCode::E_UNEXPECTED, &[])),
+            Err(e) => {
+                tracing::warn!(error = %e, "an upload command cannot be written");
+                Err(refuse(StatusCode::SERVICE_UNAVAILABLE, BitsCode::E_UNEXPECTED, &[]))
+            }
         }
     }
 
@@ -164,7 +214,8 @@ impl UploadServer {
         let Some(id) = text(headers, header::SESSION_ID) else {
             return Err(refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[]));
         };
-        if self.cluster.read_barrier(ReadAt::Linearizable).await.is_err() {
+        if let Err(e) = self.cluster.read_barrier(ReadAt::Linearizable).await {
+            tracing::warn!(error = %e, "an upload session cannot be read");
             return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, BitsCode::E_UNEXPECTED, &[]));
         }
         let mut found = None;
@@ -191,17 +242,25 @@ impl UploadServer {
         if let Err(refused) = self.propose(caller, command).await {
             return refused;
         }
-        ack(
-            StatusCode::OK,
-            &[
-                (header::PROTOCOL, protocol.to_owned()),
-                (header::SESSION_ID, session),
-                (header::ACCEPT_ENCODING, IDENTITY.to_owned()),
-            ],
-        )
+        let mut answer = vec![
+            (header::PROTOCOL, protocol.to_owned()),
+            (header::SESSION_ID, session),
+            (header::ACCEPT_ENCODING, IDENTITY.to_owned()),
+        ];
+        if let Some((host, fallback)) = &self.host_id {
+            answer.push((header::HOST_ID, host.clone()));
+            answer.push((header::HOST_ID_FALLBACK_TIMEOUT, fallback.to_string()));
+        }
+        ack(StatusCode::OK, &answer)
     }
 
-    async fn fragment(&self, caller: &Caller, headers: &HeaderMap, body: &Bytes) -> Response {
+    async fn fragment(
+        &self,
+        caller: &Caller,
+        path: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Response {
         let session = match self.session(caller, headers).await {
             Ok(session) => session,
             Err(refused) => return refused,
@@ -254,10 +313,17 @@ impl UploadServer {
             max_size: self.max_size,
         };
         match self.propose(caller, command).await {
-            Ok(Reply::Fragment(done)) => ack(
-                StatusCode::OK,
-                &[echo, (header::RECEIVED_CONTENT_RANGE, done.next.to_string())],
-            ),
+            Ok(Reply::Fragment(done)) => {
+                let next = (header::RECEIVED_CONTENT_RANGE, done.next.to_string());
+                if !done.complete {
+                    return ack(StatusCode::OK, &[echo, next]);
+                }
+                match self.hand_over(caller, &session.id, path, headers).await {
+                    Ok(Some(url)) => ack(StatusCode::OK, &[echo, next, (header::REPLY_URL, url)]),
+                    Ok(None) => ack(StatusCode::OK, &[echo, next]),
+                    Err(refused) => refused,
+                }
+            }
             Ok(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_UNEXPECTED, &[echo]),
             // Another fragment moved the session on meanwhile: say where it stands now.
             Err(mut refused) if refused.status() == StatusCode::RANGE_NOT_SATISFIABLE => {
@@ -281,11 +347,11 @@ impl UploadServer {
         let echo = (header::SESSION_ID, session.id.clone());
         if close
             && session.complete()
-            && let Err(e) = self.assemble(&session).await
+            && session.outcome.is_none()
+            && let Err(refused) = self.hand_over(caller, &session.id, &session.path, headers).await
         {
-            tracing::warn!(session = %session.id, error = %e, "cannot assemble an upload");
-            // Transient for the client (5xx): it sends Close-Session again.
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, BitsCode::E_UNEXPECTED, &[echo]);
+            // Transient for the client (5xx) unless the back end refused for good.
+            return refused;
         }
         if let Err(refused) =
             self.propose(caller, UploadCommand::End { session: session.id.clone() }).await
@@ -336,11 +402,161 @@ pub(crate) fn read_piece(
 }
 
 impl UploadServer {
-    /// Joins a complete session's pieces, local or held by other members, into its
-    /// destination under the upload root (a temporary name, then a rename).
-    async fn assemble(&self, session: &UploadSession) -> anyhow::Result<()> {
+    /// Hands a complete session's file over, once: places it, or gives it to the back
+    /// end and keeps the reply. Returns the reply URL, if there is one.
+    async fn hand_over(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<String>, Response> {
+        let mut echo_headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(id) {
+            echo_headers.insert(header::SESSION_ID, value);
+        }
+        let session = self.session(caller, &echo_headers).await?;
+        let echo = (header::SESSION_ID, session.id.clone());
+        let outcome = match session.outcome.clone() {
+            Some(outcome) => outcome,
+            None => {
+                let outcome = self.deliver(&session, path, headers).await.map_err(|failure| {
+                    tracing::warn!(session = %session.id, error = %failure.detail, "cannot hand an upload over");
+                    let mut headers: Vec<(&'static str, String)> =
+                        upload::error_headers(failure.code, failure.context).into();
+                    headers.push(echo.clone());
+                    ack(failure.status, &headers)
+                })?;
+                let command =
+                    UploadCommand::Finish { session: session.id.clone(), outcome: outcome.clone() };
+                self.propose(caller, command).await?;
+                // Another node may have finished first: its outcome is the one.
+                self.session(caller, &echo_headers).await?.outcome.unwrap_or(outcome)
+            }
+        };
+        if let Some(url) = outcome.static_url {
+            return Ok(Some(url));
+        }
+        Ok(outcome.reply.map(|_| {
+            let host = text(headers, "host").map_or_else(|| self.public.clone(), str::to_owned);
+            format!("http://{host}/bits-reply/{}", url_encode(&session.id))
+        }))
+    }
+
+    /// Places the file, or notifies the back end; what came of it.
+    async fn deliver(
+        &self,
+        session: &UploadSession,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<UploadOutcome, HandOverError> {
+        let local = HandOverError::local;
+        if self.backend.mode == BackendMode::None {
+            self.assemble(session, &self.root.join(&session.path)).await.map_err(local)?;
+            return Ok(UploadOutcome { reply: None, static_url: None });
+        }
+        let dir = self.pieces.join(dir_name(&session.id));
+        let data = dir.join(DATA_FILE);
+        let have = tokio::fs::metadata(&data).await.map(|m| m.len()).ok();
+        if have != session.total {
+            // Gathered again after a crash or a failed attempt of the back end.
+            self.assemble(session, &data).await.map_err(local)?;
+        }
+        let reply = piece_path(&self.pieces, &session.id, REPLY_PIECE);
+        let _ = tokio::fs::remove_file(&reply).await;
+        let original = format!(
+            "http://{}/bits/{path}",
+            text(headers, "host").map_or_else(|| self.public.clone(), str::to_owned)
+        );
+        let answer = self.notify_backend(&original, &data, &reply, path).await?;
+        let answer_headers = answer.headers().clone();
+        let static_url = answer_headers
+            .get(notification::STATIC_RESPONSE_URL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned);
+        if self.backend.mode == BackendMode::ByValue && static_url.is_none() {
+            write_body(answer, &reply).await.map_err(local)?;
+        } else {
+            drop(answer);
+        }
+        if answer_headers.contains_key(notification::COPY_FILE_TO_DESTINATION) {
+            let destination = self.root.join(&session.path);
+            if let Some(parent) = destination.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| local(e.into()))?;
+            }
+            tokio::fs::rename(&data, &destination).await.map_err(|e| local(e.into()))?;
+        } else {
+            // BITS deletes the upload once the application answered.
+            let _ = tokio::fs::remove_file(&data).await;
+        }
+        let reply = match static_url {
+            Some(_) => None,
+            None => {
+                // An application may write no reply: an empty one.
+                let len = match tokio::fs::metadata(&reply).await {
+                    Ok(meta) => meta.len(),
+                    Err(_) => {
+                        durable_write_async(&reply, Vec::new()).await.map_err(local)?;
+                        0
+                    }
+                };
+                Some(HeldReply { node: self.cluster.node_id, len })
+            }
+        };
+        Ok(UploadOutcome { reply, static_url })
+    }
+
+    /// POSTs the notification; a non-2xx answer or no answer is a [`HandOverError`].
+    async fn notify_backend(
+        &self,
+        original: &str,
+        data: &Path,
+        reply: &Path,
+        path: &str,
+    ) -> Result<reqwest::Response, HandOverError> {
+        let mut url = self.backend.url.clone();
+        // The remote name's query string is appended to the notification URL.
+        if let Some((_, query)) = path.split_once('?') {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(query);
+        }
+        let request =
+            self.backend.client.post(&url).header(notification::ORIGINAL_REQUEST_URL, original);
+        let request = match self.backend.mode {
+            BackendMode::ByValue => {
+                let file = tokio::fs::File::open(data)
+                    .await
+                    .map_err(|e| HandOverError::local(e.into()))?;
+                let len = file.metadata().await.map_err(|e| HandOverError::local(e.into()))?.len();
+                request.header(reqwest::header::CONTENT_LENGTH, len).body(reqwest::Body::from(file))
+            }
+            _ => request
+                .header(notification::REQUEST_DATA_FILE, data.display().to_string())
+                .header(notification::RESPONSE_DATA_FILE, reply.display().to_string())
+                .header(reqwest::header::CONTENT_LENGTH, 0)
+                .body(Vec::new()),
+        };
+        let answer = request.send().await.map_err(|e| {
+            // Unreachable or too slow: the client tries again later.
+            let status = if e.is_timeout() { 504 } else { 502 };
+            HandOverError::application(status, format!("the back end at {url}: {e}"))
+        })?;
+        let status = answer.status();
+        if !status.is_success() {
+            return Err(HandOverError::application(
+                status.as_u16(),
+                format!("the back end at {url} answered {status}"),
+            ));
+        }
+        Ok(answer)
+    }
+
+    /// Joins a complete session's pieces, local or held by other members, into
+    /// `destination` (a temporary name beside it, then a rename).
+    async fn assemble(&self, session: &UploadSession, destination: &Path) -> anyhow::Result<()> {
         use tokio::io::AsyncWriteExt;
-        let destination = self.root.join(&session.path);
         let dir = destination.parent().ok_or_else(|| anyhow::anyhow!("no parent"))?.to_owned();
         tokio::fs::create_dir_all(&dir).await?;
         let temporary = dir.join(format!(".{}.ferry-upload", dir_name(&session.id)));
@@ -378,7 +594,7 @@ impl UploadServer {
         }
         out.sync_all().await?;
         drop(out);
-        tokio::fs::rename(&temporary, &destination).await?;
+        tokio::fs::rename(&temporary, destination).await?;
         tokio::fs::File::open(&dir).await?.sync_all().await?;
         Ok(())
     }
@@ -400,5 +616,213 @@ pub(crate) async fn sweep_pieces(cluster: NodeCluster, pieces: PathBuf) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+    }
+}
+
+/// Why a complete upload could not be handed over, as the client is told.
+struct HandOverError {
+    status: StatusCode,
+    code: BitsCode,
+    context: ErrorContext,
+    detail: String,
+}
+
+impl HandOverError {
+    /// This node failed (disk, peers): 503, the client tries again.
+    fn local(e: anyhow::Error) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: BitsCode::E_UNEXPECTED,
+            context: ErrorContext::RemoteFile,
+            detail: format!("{e:#}"),
+        }
+    }
+
+    /// The back end failed with `status` (the client retries or not by it).
+    fn application(status: u16, detail: String) -> Self {
+        let answered = StatusCode::from_u16(status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self {
+            status: answered,
+            code: BitsCode::http(status),
+            context: ErrorContext::RemoteApplication,
+            detail,
+        }
+    }
+}
+
+/// Streams a by-value answer's body into `path`, durably.
+async fn write_body(mut answer: reqwest::Response, path: &Path) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let mut out = tokio::fs::File::create(path).await?;
+    while let Some(bytes) = answer.chunk().await? {
+        out.write_all(&bytes).await?;
+    }
+    out.sync_all().await?;
+    Ok(())
+}
+
+async fn durable_write_async(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || durable_write(&path, &bytes)).await??;
+    Ok(())
+}
+
+/// A session id as one URL path segment.
+fn url_encode(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `GET /bits-reply/<session>`: the reply of a session, to its owner, from whichever
+/// node holds it; `Range: bytes=N-` or `bytes=N-M` answered with 206.
+async fn serve_reply(
+    State(server): State<UploadServer>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(caller) = caller(&server.auth, &headers) else {
+        let mut response = StatusCode::UNAUTHORIZED.into_response();
+        response
+            .headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Basic realm=\"ferry\""));
+        return response;
+    };
+    let mut lookup = HeaderMap::new();
+    let Ok(value) = HeaderValue::from_str(&id) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    lookup.insert(header::SESSION_ID, value);
+    let held = match server.session(&caller, &lookup).await {
+        Ok(session) => session.outcome.and_then(|o| o.reply),
+        Err(_) => None,
+    };
+    let Some(held) = held else {
+        return (StatusCode::NOT_FOUND, "no reply for this session").into_response();
+    };
+    let (start, end) = match text(&headers, "range").map(|r| reply_range(r, held.len)) {
+        None => (0, held.len),
+        Some(Some(range)) => range,
+        Some(None) => {
+            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{}", held.len)) {
+                response.headers_mut().insert("content-range", value);
+            }
+            return response;
+        }
+    };
+    let partial = text(&headers, "range").is_some();
+    let stream = futures_util::stream::unfold(start, move |at| {
+        let server = server.clone();
+        let id = id.clone();
+        async move {
+            if at >= end {
+                return None;
+            }
+            let want =
+                u32::try_from((end - at).min(u64::from(GATHER_CHUNK))).unwrap_or(GATHER_CHUNK);
+            let read = if held.node == server.cluster.node_id {
+                let pieces = server.pieces.clone();
+                let id = id.clone();
+                tokio::task::spawn_blocking(move || read_piece(&pieces, &id, REPLY_PIECE, at, want))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+            } else {
+                server
+                    .cluster
+                    .fetch_piece(held.node, &id, REPLY_PIECE, at, want)
+                    .await
+                    .map_err(std::io::Error::other)
+            };
+            let read = read.and_then(|bytes| {
+                if bytes.is_empty() {
+                    Err(std::io::Error::other("the reply is shorter than recorded"))
+                } else {
+                    Ok(bytes)
+                }
+            });
+            match read {
+                Ok(bytes) => {
+                    let next = at + bytes.len() as u64;
+                    Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), next))
+                }
+                // The error ends the body; the client sees a short reply and resumes.
+                Err(e) => Some((Err(e), end)),
+            }
+        }
+    });
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    *response.status_mut() = if partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let map = response.headers_mut();
+    map.insert("content-type", HeaderValue::from_static("application/octet-stream"));
+    map.insert("accept-ranges", HeaderValue::from_static("bytes"));
+    if let Ok(value) = HeaderValue::from_str(&(end - start).to_string()) {
+        map.insert("content-length", value);
+    }
+    if partial
+        && let Ok(value) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{}", end.saturating_sub(1), held.len))
+    {
+        map.insert("content-range", value);
+    }
+    response
+}
+
+/// `[start, end)` of a `Range: bytes=N-` or `bytes=N-M` header over `len` bytes.
+fn reply_range(header: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    let (first, last) = spec.split_once('-')?;
+    let first: u64 = first.trim().parse().ok()?;
+    let end = match last.trim() {
+        "" => len,
+        last => last.parse::<u64>().ok()?.saturating_add(1).min(len),
+    };
+    (first < end).then_some((first, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_ranges_are_read_as_http_says() {
+        assert_eq!(reply_range("bytes=0-", 10), Some((0, 10)));
+        assert_eq!(reply_range("bytes=4-", 10), Some((4, 10)));
+        assert_eq!(reply_range("bytes=2-5", 10), Some((2, 6)));
+        assert_eq!(reply_range("bytes=2-50", 10), Some((2, 10)));
+        assert_eq!(reply_range("bytes=10-", 10), None, "nothing left");
+        assert_eq!(reply_range("bytes=-5", 10), None, "suffix ranges are not served");
+        assert_eq!(reply_range("items=0-", 10), None);
+    }
+
+    #[test]
+    fn session_ids_become_one_path_segment() {
+        assert_eq!(url_encode("{ab-1}"), "%7Bab-1%7D");
+        assert_eq!(url_encode("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn back_end_statuses_reach_the_client_as_application_errors() {
+        let e = HandOverError::application(403, String::new());
+        assert_eq!(
+            (e.status, e.code, e.context),
+            (StatusCode::FORBIDDEN, BitsCode::http(403), ErrorContext::RemoteApplication)
+        );
+        // A redirect or a 2xx that is no answer is a server error for the client.
+        let e = HandOverError::application(302, String::new());
+        assert_eq!((e.status, e.code), (StatusCode::INTERNAL_SERVER_ERROR, BitsCode::http(302)));
     }
 }

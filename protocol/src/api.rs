@@ -14,7 +14,7 @@ use crate::credentials::CredentialInfo;
 use crate::file::{FileProgress, FileRange, JobFile, NewFile};
 use crate::ids::{JobId, NodeId, Principal};
 use crate::job::{
-    Job, JobError, JobProgress, JobProperties, JobState, JobTimes, JobType, Priority,
+    Job, JobError, JobProgress, JobProperties, JobState, JobTimes, JobType, Priority, ReplyProgress,
 };
 use crate::limits::QueuePolicy;
 use crate::transfer::RemoteInfo;
@@ -49,6 +49,17 @@ pub struct JobInfo {
     pub properties: JobProperties,
     /// Credentials set (targets and schemes only; never names or passwords).
     pub credentials: Vec<CredentialInfo>,
+    /// Upload-reply jobs: the reply file and `GetReplyProgress`.
+    pub reply: Option<ReplyInfo>,
+}
+
+/// The reply of an upload-reply job (`GetReplyFileName`, `GetReplyProgress`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplyInfo {
+    /// Where the reply is (readable there after Complete).
+    pub file_name: String,
+    /// Bytes of the reply so far; the total is `null` until the server named the reply.
+    pub progress: ReplyProgress,
 }
 
 impl From<&Job> for JobInfo {
@@ -75,6 +86,9 @@ impl From<&Job> for JobInfo {
                 .iter()
                 .map(|c| CredentialInfo { target: c.target, scheme: c.scheme })
                 .collect(),
+            reply: job
+                .reply_path()
+                .map(|file_name| ReplyInfo { file_name, progress: job.upload.reply }),
         }
     }
 }

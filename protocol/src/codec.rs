@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 
 /// The version byte written in front of every encoded value. Version 2 (the download
 /// engine: runs, chunks, credentials) does not read version 1 data: no release shipped it.
-pub const FORMAT_VERSION: u8 = 3;
+/// Version 4 added the upload client's state to jobs and back-end outcomes to upload
+/// sessions.
+pub const FORMAT_VERSION: u8 = 4;
 
 /// Largest value [`decode`] accepts: control messages, log entries, stored rows.
 pub const FRAME_LIMIT: usize = 16 * 1024 * 1024;

@@ -306,6 +306,7 @@ fn job() -> impl Strategy<Value = Job> {
                 modification_notified: None,
                 notify_entries: 0,
                 notify_run: None,
+                upload: Default::default(),
             },
         )
 }

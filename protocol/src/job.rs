@@ -493,7 +493,55 @@ pub struct Job {
     pub notify_entries: u64,
     /// The notify command line run owed to the job's home node, if any.
     pub notify_run: Option<NotifyRun>,
+    /// Upload jobs: the BITS upload session with the server and the reply.
+    pub upload: UploadState,
 }
+
+/// An upload job's side of its BITS upload session, recorded through Raft by the home
+/// node's upload client, so that a restarted run continues the same session from what
+/// the server acknowledged. The acknowledged bytes are the file's progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadState {
+    /// `BITS-Session-Id` of the open session.
+    pub session: Option<String>,
+    /// `BITS-Host-Id`: the host every later packet of the session goes to.
+    pub host_id: Option<String>,
+    /// `BITS-Host-Id-Fallback-Timeout`, seconds: how long the host id is tried after
+    /// its first connection failure before the original host (`None`: for ever).
+    pub host_fallback_secs: Option<u64>,
+    /// Size and modification time of the local file when the session began.
+    pub local: Option<LocalStamp>,
+    /// `BITS-Reply-URL` from the final Ack (upload-reply jobs).
+    pub reply_url: Option<String>,
+    /// `BG_JOB_REPLY_PROGRESS`.
+    pub reply: ReplyProgress,
+    /// Every byte of the reply is durable in its temporary file.
+    pub reply_done: bool,
+}
+
+/// What identifies the version of an upload's local file: a change during the upload is
+/// `BG_E_LOCAL_FILE_CHANGED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalStamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub modified_ns: u64,
+}
+
+/// `BG_JOB_REPLY_PROGRESS`: the reply of an upload-reply job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplyProgress {
+    /// Size of the reply; `null` (`BG_SIZE_UNKNOWN`) until the server gave it (an
+    /// error while it is unknown happened in the upload phase).
+    pub bytes_total: Option<u64>,
+    /// Bytes of the reply received.
+    pub bytes_transferred: u64,
+}
+
+/// Most reply bytes returned in memory (`GetReplyData`); a longer reply is read from
+/// the reply file.
+pub const MAX_REPLY_DATA: u64 = 1024 * 1024;
 
 /// A run of the notify command line that the job's home node owes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -528,6 +576,24 @@ impl Job {
             files_total: u32::try_from(self.files.len()).unwrap_or(u32::MAX),
             files_transferred,
         }
+    }
+
+    /// Where an upload-reply job's reply goes: the reply file name if set, else beside
+    /// the uploaded file, `<name>.<job id>.reply` (BITS, too, picks a name itself).
+    pub fn reply_path(&self) -> Option<String> {
+        if self.job_type != JobType::UploadReply {
+            return None;
+        }
+        if let Some(name) = &self.props.reply_file_name {
+            return Some(name.clone());
+        }
+        let file = self.files.first()?;
+        Some(format!("{}.{}.reply", file.local_path, self.id.0.simple()))
+    }
+
+    /// The hidden file that receives the reply until Complete.
+    pub fn reply_temporary(&self) -> Option<String> {
+        self.reply_path().map(|path| crate::file::temporary_name(&path, self.id, 1))
     }
 
     /// Number of files not yet completely transferred.

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use crate::codes::{BitsCode, ErrorContext};
 use crate::file::FileRange;
-use crate::job::JobError;
+use crate::job::{JobError, LocalStamp};
 
 /// Default chunk size: the unit of assignment, integrity and resume.
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
@@ -255,6 +255,38 @@ pub enum EngineReport {
         /// The URL the redirects ended at.
         url: String,
     },
+    /// Upload engine: the server opened session `session` for the job's file, which
+    /// had `local` as its size and time then; the upload starts from byte 0.
+    UploadSession {
+        /// `BITS-Session-Id`.
+        session: String,
+        /// `BITS-Host-Id`, if the server named one.
+        host_id: Option<String>,
+        /// `BITS-Host-Id-Fallback-Timeout`, seconds.
+        host_fallback_secs: Option<u64>,
+        /// The local file when the session began.
+        local: LocalStamp,
+    },
+    /// Upload engine: the server expects byte `next` (`BITS-Received-Content-Range`);
+    /// the final Ack of an upload-reply job also names the reply.
+    UploadAcked {
+        /// The next byte the server expects.
+        next: u64,
+        /// `BITS-Reply-URL`.
+        reply_url: Option<String>,
+    },
+    /// Upload engine: bytes of the reply are durable in its temporary file.
+    ReplyReceived {
+        /// The reply's size, once known.
+        total: Option<u64>,
+        /// Bytes durable.
+        received: u64,
+        /// Every byte is durable.
+        done: bool,
+    },
+    /// Upload engine: the server has the whole file (and the reply was received) and
+    /// the session was closed: the job is transferred.
+    UploadClosed,
     /// Home node: after Complete or Cancel, these files were renamed into place (and
     /// every other temporary file deleted).
     FilesFinished {
@@ -285,6 +317,10 @@ impl EngineReport {
                 | Self::FileTransferred { .. }
                 | Self::RestartFile { .. }
                 | Self::RemoteMoved { .. }
+                | Self::UploadSession { .. }
+                | Self::UploadAcked { .. }
+                | Self::ReplyReceived { .. }
+                | Self::UploadClosed
                 | Self::Failed { .. }
         )
     }

@@ -22,3 +22,4 @@ mod support;
 mod tls;
 mod transfer_cli;
 mod upload;
+mod upload_client;

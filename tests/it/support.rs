@@ -122,3 +122,34 @@ pub(crate) fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<std::path
     }
     Ok(files)
 }
+
+/// Writes `len` bytes of a xorshift stream, 1 MiB at a time.
+pub(crate) fn write_random(path: &std::path::Path, len: usize) -> anyhow::Result<blake3::Hash> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hasher = blake3::Hasher::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for word in buf.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(buf.len());
+        file.write_all(&buf[..n])?;
+        hasher.update(&buf[..n]);
+        left -= n;
+    }
+    file.flush()?;
+    Ok(hasher.finalize())
+}
+
+/// BLAKE3 of a file.
+pub(crate) fn hash_file(path: &std::path::Path) -> anyhow::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize())
+}

@@ -1,41 +1,10 @@
 //! `ferry transfer` (bitsadmin /transfer) against nginx: a 256 MiB file arrives
 //! byte-identical; a failing transfer exits non-zero with the BITS error.
 
-use std::io::Write;
-
 use ferry_tests::nginx::{Nginx, NginxOptions};
 use ferry_tests::{ferry, tokens};
 
-use crate::support::transfer_node;
-
-/// Writes `len` bytes of a xorshift stream, 1 MiB at a time.
-fn write_random(path: &std::path::Path, len: usize) -> anyhow::Result<blake3::Hash> {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut hasher = blake3::Hasher::new();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for word in buf.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let n = left.min(buf.len());
-        file.write_all(&buf[..n])?;
-        hasher.update(&buf[..n]);
-        left -= n;
-    }
-    file.flush()?;
-    Ok(hasher.finalize())
-}
-
-fn hash_file(path: &std::path::Path) -> anyhow::Result<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
-    Ok(hasher.finalize())
-}
+use crate::support::{hash_file, transfer_node, write_random};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_256_mib_from_nginx_is_byte_identical() -> anyhow::Result<()> {

@@ -18,6 +18,7 @@ use ferry_protocol::Role;
 use ferry_protocol::limits::QueuePolicy;
 use tokio::process::{Child, Command};
 
+pub mod backend;
 pub mod nginx;
 pub mod origin;
 

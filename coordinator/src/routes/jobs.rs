@@ -317,3 +317,52 @@ pub(super) async fn get_error(
         )
     })
 }
+
+/// The reply of an upload-reply job (`GetReplyData`): its bytes, up to 1 MiB (a longer
+/// reply is read from the reply file), once every byte of it arrived.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/reply", tag = "jobs",
+    params(("id" = String, Path, description = "Job id"), ReadQuery),
+    responses(
+        (status = 200, description = "The reply's bytes", content_type = "application/octet-stream"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not an upload-reply job, or its reply is not (or no longer) there", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "BG_E_TOO_LARGE: the reply is over 1 MiB", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get_reply(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    use ferry_protocol::job::MAX_REPLY_DATA;
+    let id = job_id(&id)?;
+    let job = read(&state, query.consistency.into(), |q| q.visible_job(&caller, &id).cloned())
+        .await?
+        .map_err(ApiError::from)?;
+    let invalid = |why: String| ApiError::new(409, BitsCode::BG_E_INVALID_STATE, why);
+    if job.job_type != ferry_protocol::JobType::UploadReply {
+        return Err(invalid(format!("job {id} is not an upload-reply job")));
+    }
+    if job.state == ferry_protocol::JobState::Cancelled {
+        return Err(invalid(format!("job {id} was cancelled: its reply is deleted")));
+    }
+    if !job.upload.reply_done {
+        return Err(invalid(format!("job {id} has not received its reply yet")));
+    }
+    let bytes = state.cluster.reply_data(id).await?;
+    if bytes.len() as u64 > MAX_REPLY_DATA {
+        return Err(ApiError::new(
+            413,
+            BitsCode::BG_E_TOO_LARGE,
+            format!(
+                "the reply is over {MAX_REPLY_DATA} bytes; read it from {}",
+                job.reply_path().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}

@@ -69,6 +69,7 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::complete))
         .routes(routes!(jobs::take_ownership))
         .routes(routes!(jobs::get_error))
+        .routes(routes!(jobs::get_reply))
         .routes(routes!(credentials::set_credentials))
         .routes(routes!(credentials::remove_credentials))
         .routes(routes!(files::add_files, files::list_files))

@@ -48,4 +48,10 @@ pub(crate) enum PeerRequest {
         /// How many bytes (at most [`crate::upload_server::GATHER_CHUNK`]).
         len: u32,
     },
+    /// The first bytes of the reply of an upload-reply job whose home node this is
+    /// (`GetReplyData` through another node): answered with `Result<Vec<u8>, ClusterError>`.
+    ReplyData {
+        /// The job.
+        job: ferry_protocol::JobId,
+    },
 }

@@ -30,34 +30,19 @@ use reqwest::{Method, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::Run;
 use super::egress;
 use super::failure::{Failure, Stop};
 use super::fetch::{
     ChunkWriter, Fetch, Probe, blocking, changed, content_length, content_range, header_lines,
     probe_local, short_body, text, transport_error,
 };
-use super::http::HttpSession;
 use super::local::{self, TempFile};
-use super::{EngineSettings, Reporter};
 
 /// Largest file BITS fetches in one unranged GET when the server lacks ranges.
 const SINGLE_STREAM_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
 /// How often a file may be started over within one run before the run gives up.
 const MAX_RESTARTS_PER_RUN: u32 = 3;
-
-/// Everything a run needs.
-pub(crate) struct Run {
-    /// The job, as it was when the run started (its properties are used throughout).
-    pub(crate) job: Job,
-    /// Which run this is.
-    pub(crate) run: u64,
-    /// Reports to the queue and fresh reads of it.
-    pub(crate) reporter: Reporter,
-    /// Node settings.
-    pub(crate) settings: EngineSettings,
-    /// HTTP client and credentials of the run.
-    pub(crate) http: Arc<HttpSession>,
-}
 
 /// Reports that may wait (connected, probed, a small file done): they go out with the
 /// next report that must, or once [`OUTBOX_REPORTS`] wait or the oldest has waited
@@ -100,7 +85,7 @@ struct FirstPiece {
 
 impl Run {
     /// Transfers every pending file; returns why it stopped if it did not finish.
-    pub(crate) async fn transfer(&self) -> Result<(), Stop> {
+    pub(crate) async fn download(&self) -> Result<(), Stop> {
         let mut outbox = Outbox::default();
         if self.job.state == JobState::Connecting {
             // Told once the server answered (the first probe), or at once without files.

@@ -62,7 +62,7 @@ pub(crate) struct HttpSession {
     preemptive_basic_over_http: bool,
     /// Origins (`scheme://host:port`) of the job's files: the only servers its server
     /// credentials are ever sent to, whatever redirects say.
-    origins: Vec<String>,
+    origins: Mutex<Vec<String>>,
     /// The origin whose challenge `server` answers.
     challenger: Mutex<Option<String>>,
 }
@@ -108,8 +108,9 @@ impl HttpSession {
         if let Some(identity) = identity {
             builder = builder.identity(identity);
         }
-        if parallel {
+        if parallel || job.job_type.is_upload() {
             // Several connections are the point; HTTP/2 would multiplex them onto one.
+            // The BITS upload protocol is HTTP/1.1 only.
             builder = builder.http1_only();
         }
         builder = match job.props.proxy.usage {
@@ -133,7 +134,7 @@ impl HttpSession {
             credentials,
             server: Mutex::new(None),
             proxy: Mutex::new(None),
-            origins: job.files.iter().filter_map(|f| origin(&f.remote_url)).collect(),
+            origins: Mutex::new(job.files.iter().filter_map(|f| origin(&f.remote_url)).collect()),
             challenger: Mutex::new(None),
             preemptive_basic_over_http: settings.preemptive_basic_over_http,
         }))
@@ -173,12 +174,17 @@ impl HttpSession {
     /// Learns from a challenge; false if no credential of ours answers it.
     fn accept_challenge(&self, target: AuthTarget, headers: &HeaderMap, url: &str) -> bool {
         let challenger = origin(url);
+        // A challenge from another origin than the last one is a new one, not a refusal.
+        let mut moved = false;
         if target == AuthTarget::Server {
             // Only the servers the owner named get the server credentials.
-            if !challenger.as_ref().is_some_and(|o| self.origins.contains(o)) {
+            if !challenger.as_ref().is_some_and(|o| self.trusts(o)) {
                 return false;
             }
-            *self.challenger.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = challenger;
+            let mut last =
+                self.challenger.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            moved = *last != challenger;
+            *last = challenger;
         }
         let name = match target {
             AuthTarget::Server => header::WWW_AUTHENTICATE,
@@ -203,7 +209,7 @@ impl HttpSession {
         }
         let slot = self.slot(target);
         let mut slot = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let stale = slot.as_ref().is_some_and(|old| *old == client);
+        let stale = !moved && slot.as_ref().is_some_and(|old| *old == client);
         *slot = Some(client);
         // The same challenge again means our answer was refused: give up.
         !stale
@@ -215,7 +221,7 @@ impl HttpSession {
         let mut slot = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if target == AuthTarget::Server {
             let here = origin(url);
-            if !here.as_ref().is_some_and(|o| self.origins.contains(o)) {
+            if !here.as_ref().is_some_and(|o| self.trusts(o)) {
                 return None;
             }
             let challenger =
@@ -248,6 +254,26 @@ impl HttpSession {
                 body: None,
             })
             .ok()
+    }
+
+    /// Server credentials may also go to `url`'s origin: the host an upload server
+    /// named for its session (`BITS-Host-Id`, the same server farm).
+    pub(crate) fn trust_origin_of(&self, url: &str) {
+        if let Some(o) = origin(url) {
+            let mut origins =
+                self.origins.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !origins.contains(&o) {
+                origins.push(o);
+            }
+        }
+    }
+
+    fn trusts(&self, origin: &str) -> bool {
+        self.origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|o| o == origin)
     }
 
     fn slot(&self, target: AuthTarget) -> &Mutex<Option<PasswordClient>> {

@@ -105,6 +105,9 @@ pub(crate) struct Finished {
 /// files. Cancel: deletes every temporary file. Safe to repeat after a crash: a file
 /// already renamed (temporary gone, destination present) counts as completed.
 pub(crate) fn finish_job(job: &Job, roots: &[std::path::PathBuf]) -> Finished {
+    if job.job_type.is_upload() {
+        return finish_upload(job, roots);
+    }
     let mut done = Finished { completed: Vec::new(), problems: Vec::new() };
     let keep = job.state == JobState::Acknowledged;
     let mut dirs = Vec::new();
@@ -152,6 +155,44 @@ pub(crate) fn finish_job(job: &Job, roots: &[std::path::PathBuf]) -> Finished {
         if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
             done.problems.push(format!("cannot sync {}: {e}", dir.display()));
         }
+    }
+    done
+}
+
+/// An upload job's file is the owner's and stays as it is; the reply of an upload-reply
+/// job is renamed into place by Complete and deleted by Cancel.
+fn finish_upload(job: &Job, roots: &[std::path::PathBuf]) -> Finished {
+    let keep = job.state == JobState::Acknowledged;
+    let uploaded = job.files.first().is_some_and(|f| f.transferred);
+    let mut done = Finished {
+        completed: if keep && uploaded { vec![0] } else { Vec::new() },
+        problems: Vec::new(),
+    };
+    let (Some(temp), Some(reply)) = (job.reply_temporary(), job.reply_path()) else {
+        return done;
+    };
+    let (temp, reply) = (Path::new(&temp), Path::new(&reply));
+    if keep && job.upload.reply_done {
+        if let Err(why) = check_destination(reply, roots) {
+            done.problems.push(format!("the reply is not renamed into place: {why}"));
+            let _ = fs::remove_file(temp);
+            return done;
+        }
+        let _ = fs::set_permissions(temp, fs::Permissions::from_mode(0o644));
+        match fs::rename(temp, reply) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && reply.exists() => {}
+            Err(e) => done.problems.push(format!("cannot rename the reply into place: {e}")),
+        }
+    } else if let Err(e) = fs::remove_file(temp)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        done.problems.push(format!("cannot delete {}: {e}", temp.display()));
+    }
+    if let Some(dir) = reply.parent()
+        && let Err(e) = File::open(dir).and_then(|d| d.sync_all())
+    {
+        done.problems.push(format!("cannot sync {}: {e}", dir.display()));
     }
     done
 }

@@ -10,6 +10,7 @@ pub(crate) mod failure;
 mod fetch;
 mod http;
 mod local;
+mod upload;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -148,6 +149,20 @@ impl Reporter {
     }
 }
 
+/// Everything a transfer run needs: [`download`] and [`upload`] implement its two kinds.
+pub(crate) struct Run {
+    /// The job, as it was when the run started (its properties are used throughout).
+    pub(crate) job: Job,
+    /// Which run this is.
+    pub(crate) run: u64,
+    /// Reports to the queue and fresh reads of it.
+    pub(crate) reporter: Reporter,
+    /// Node settings.
+    pub(crate) settings: EngineSettings,
+    /// HTTP client and credentials of the run.
+    pub(crate) http: Arc<HttpSession>,
+}
+
 /// Opens the job's sealed credentials for a run.
 fn open_credentials(job: &Job, key: &SecretKey) -> Result<Vec<OpenCredential>, Failure> {
     job.credentials
@@ -186,7 +201,11 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
             settings: &settings,
         };
         let http = HttpSession::new(&job, parts)?;
-        download::Run { job, run, reporter: reporter.clone(), settings, http }.transfer().await
+        if job.job_type.is_upload() {
+            Run { job, run, reporter: reporter.clone(), settings, http }.upload().await
+        } else {
+            Run { job, run, reporter: reporter.clone(), settings, http }.download().await
+        }
     }
     .await;
     let failure = match outcome {
@@ -199,6 +218,26 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
     tracing::info!(job = %id, run, code = %failure.error.code, severity = ?failure.severity, detail = %failure.error.detail, "transfer failed");
     let report = EngineReport::Failed { error: failure.error, severity: failure.severity };
     let _ = reporter.report(id, run, vec![report]).await;
+}
+
+/// Cancel-Session for a cancelled upload job's open session.
+async fn cancel_upload(job: &Job, settings: &EngineSettings, secrets: &SecretKey) {
+    let http = async {
+        let parts = SessionParts {
+            credentials: open_credentials(job, secrets)?,
+            identity: http::load_identity(job).await?,
+            secrets,
+            settings,
+        };
+        HttpSession::new(job, parts)
+    }
+    .await;
+    match http {
+        Ok(http) => upload::cancel_session(job, http).await,
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = ?e.error, "cannot cancel the upload session")
+        }
+    }
 }
 
 /// Check the queue again (it changed, or time passed).
@@ -285,9 +324,13 @@ impl Transfers {
         let reporter = Reporter::new(self.cluster.clone());
         let me = ctx.address();
         let roots = self.settings.destination_roots.clone();
+        let (settings, secrets) = (self.settings.clone(), self.secrets.clone());
         tokio::spawn(async move {
             if let Some(pause) = settle {
                 tokio::time::sleep(pause).await;
+            }
+            if job.state == JobState::Cancelled && job.upload.session.is_some() {
+                cancel_upload(&job, &settings, &secrets).await;
             }
             let finished =
                 tokio::task::spawn_blocking(move || local::finish_job(&job, &roots)).await;

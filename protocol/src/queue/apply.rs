@@ -215,6 +215,7 @@ impl Queue {
             modification_notified: None,
             notify_entries: 0,
             notify_run: None,
+            upload: Default::default(),
         };
         job.props = self.changed_properties(caller, &job, &spec.properties)?;
         if !spec.files.is_empty() {

@@ -12,7 +12,7 @@ use super::apply::{check, file_mut};
 use crate::codes::{BitsCode, ErrorContext};
 use crate::command::{CommandError, CommandResult, Reply};
 use crate::ids::{Caller, JobId, Principal};
-use crate::job::{Job, JobError, JobState};
+use crate::job::{Job, JobError, JobState, JobType, ReplyProgress, UploadState};
 use crate::state::Operation;
 use crate::time::Timestamp;
 use crate::transfer::{self, EngineReport, Severity};
@@ -183,6 +183,76 @@ fn apply_report(
         EngineReport::RestartFile { file } => {
             require_active(job, run)?;
             file_mut(job, *file)?.restart();
+            // An upload starts over with a new session.
+            job.upload = UploadState::default();
+        }
+        EngineReport::UploadSession { session, host_id, host_fallback_secs, local } => {
+            require_active(job, run)?;
+            require_upload(job)?;
+            job.upload = UploadState {
+                session: Some(session.clone()),
+                host_id: host_id.clone(),
+                host_fallback_secs: *host_fallback_secs,
+                local: Some(*local),
+                ..UploadState::default()
+            };
+            let entry = file_mut(job, 0)?;
+            entry.progress.bytes_total = Some(local.size);
+            entry.progress.bytes_transferred = 0;
+        }
+        EngineReport::UploadAcked { next, reply_url } => {
+            require_active(job, run)?;
+            let size = upload_size(job)?;
+            if *next > size {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_INVALID_SERVER_RESPONSE,
+                    format!("the server acknowledged byte {next} of a {size}-byte file"),
+                ));
+            }
+            let entry = file_mut(job, 0)?;
+            if *next > entry.progress.bytes_transferred {
+                job.no_progress_since = None;
+            }
+            file_mut(job, 0)?.progress.bytes_transferred = *next;
+            if let Some(url) = reply_url {
+                crate::validate::remote_url(url, JobType::Download)?;
+                job.upload.reply_url = Some(url.clone());
+            }
+        }
+        EngineReport::ReplyReceived { total, received, done } => {
+            require_active(job, run)?;
+            if job.job_type != JobType::UploadReply || job.upload.reply_url.is_none() {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_INVALID_STATE,
+                    "no reply is being received",
+                ));
+            }
+            if *received > job.upload.reply.bytes_transferred {
+                job.no_progress_since = None;
+            }
+            job.upload.reply = ReplyProgress { bytes_total: *total, bytes_transferred: *received };
+            job.upload.reply_done = *done;
+        }
+        EngineReport::UploadClosed => {
+            require_active(job, run)?;
+            let size = upload_size(job)?;
+            let sent = job.files.first().map_or(0, |f| f.progress.bytes_transferred);
+            let reply_missing = job.job_type == JobType::UploadReply && !job.upload.reply_done;
+            if sent != size || reply_missing {
+                return Err(CommandError::new(
+                    BitsCode::E_UNEXPECTED,
+                    format!(
+                        "the upload cannot end: {sent} of {size} bytes acknowledged, reply {}",
+                        if reply_missing { "missing" } else { "received" }
+                    ),
+                ));
+            }
+            file_mut(job, 0)?.transferred = true;
+            job.upload.session = None;
+            job.no_progress_since = None;
+            if job.state == JobState::Transferring {
+                transit(job, Operation::AllFilesTransferred)?;
+            }
         }
         EngineReport::Failed { error, severity } => {
             let op = match severity {
@@ -269,6 +339,30 @@ fn queue_manager_error(
 fn transit(job: &mut Job, op: Operation) -> Result<(), CommandError> {
     job.state = check(job, op, None)?.next;
     Ok(())
+}
+
+/// Upload reports are only taken for upload jobs.
+fn require_upload(job: &Job) -> Result<(), CommandError> {
+    if job.job_type.is_upload() && job.files.len() == 1 {
+        Ok(())
+    } else {
+        Err(CommandError::new(
+            BitsCode::BG_E_INVALID_STATE,
+            format!("job {} is not an upload job with its file", job.id),
+        ))
+    }
+}
+
+/// The size of an upload job's file, recorded when its session began.
+fn upload_size(job: &Job) -> Result<u64, CommandError> {
+    require_upload(job)?;
+    match (&job.upload.session, job.upload.local) {
+        (Some(_), Some(local)) => Ok(local.size),
+        _ => Err(CommandError::new(
+            BitsCode::BG_E_INVALID_STATE,
+            format!("job {} has no upload session", job.id),
+        )),
+    }
 }
 
 /// Reports about bytes are only taken from the current run of an active job.

@@ -27,8 +27,8 @@ use crate::job::Job;
 use crate::limits::QueuePolicy;
 use crate::time::Timestamp;
 pub use uploads::{
-    FragmentAck, MAX_PIECES, MAX_SESSIONS_PER_USER, MAX_UPLOAD_PATH_LEN, SESSION_TIMEOUT,
-    UploadCommand, UploadPiece, UploadSession, check_upload_path,
+    FragmentAck, HeldReply, MAX_PIECES, MAX_SESSIONS_PER_USER, MAX_UPLOAD_PATH_LEN,
+    SESSION_TIMEOUT, UploadCommand, UploadOutcome, UploadPiece, UploadSession, check_upload_path,
 };
 
 /// How long a request id is remembered (a retry after this is a new request).

@@ -542,6 +542,57 @@ mod engine_reports {
     }
 
     #[test]
+    fn an_upload_reply_run_records_session_acks_reply_and_close() {
+        use crate::job::LocalStamp;
+        let mut h = Harness::new();
+        let id = h.created(&alice(), new_job(JobType::UploadReply, 1));
+        h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Resume })
+            .expect("resume");
+        report(&mut h, id, EngineReport::Activate).expect("activate");
+        // Acks before a session, and sessions of download jobs, are refused.
+        let early = report(&mut h, id, EngineReport::UploadAcked { next: 1, reply_url: None });
+        assert_eq!(code(early), BitsCode::BG_E_INVALID_STATE);
+        let local = LocalStamp { size: 100, modified_ns: 7 };
+        let session = EngineReport::UploadSession {
+            session: "{s1}".into(),
+            host_id: None,
+            host_fallback_secs: None,
+            local,
+        };
+        report(&mut h, id, EngineReport::Connected).expect("connected");
+        report(&mut h, id, session.clone()).expect("session");
+        let job = h.queue.job(&id).expect("job").clone();
+        assert_eq!(job.files[0].progress.bytes_total, Some(100));
+        assert_eq!(job.upload.session.as_deref(), Some("{s1}"));
+        report(&mut h, id, EngineReport::UploadAcked { next: 60, reply_url: None }).expect("ack");
+        let beyond = report(&mut h, id, EngineReport::UploadAcked { next: 101, reply_url: None });
+        assert_eq!(code(beyond), BitsCode::BG_E_INVALID_SERVER_RESPONSE);
+        // No close before every byte is acknowledged and the reply is in.
+        assert_eq!(code(report(&mut h, id, EngineReport::UploadClosed)), BitsCode::E_UNEXPECTED);
+        let url = Some("http://server.example/bits-reply/s1".to_owned());
+        report(&mut h, id, EngineReport::UploadAcked { next: 100, reply_url: url.clone() })
+            .expect("final ack");
+        assert_eq!(code(report(&mut h, id, EngineReport::UploadClosed)), BitsCode::E_UNEXPECTED);
+        let reply = EngineReport::ReplyReceived { total: Some(9), received: 9, done: true };
+        report(&mut h, id, reply).expect("reply");
+        report(&mut h, id, EngineReport::UploadClosed).expect("closed");
+        let job = h.queue.job(&id).expect("job");
+        assert_eq!(job.state, JobState::Transferred);
+        assert_eq!(job.upload.reply_url, url);
+        assert_eq!(
+            (job.upload.reply.bytes_total, job.upload.reply.bytes_transferred),
+            (Some(9), 9)
+        );
+        assert_eq!(job.progress().bytes_transferred, 100);
+        assert!(job.reply_path().is_some_and(|p| p.ends_with(".reply")));
+
+        // A download job takes no upload reports; a restart forgets the session.
+        let download = queued_job(&mut h);
+        report(&mut h, download, EngineReport::Activate).expect("activate");
+        assert_eq!(code(report(&mut h, download, session)), BitsCode::BG_E_INVALID_STATE);
+    }
+
+    #[test]
     fn only_the_node_may_report() {
         let mut h = Harness::new();
         let id = queued_job(&mut h);

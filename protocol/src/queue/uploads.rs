@@ -44,6 +44,27 @@ pub struct UploadSession {
     pub created: Timestamp,
     /// The last progress.
     pub touched: Timestamp,
+    /// What became of the complete file, once it was handed over.
+    pub outcome: Option<UploadOutcome>,
+}
+
+/// What the server made of a complete upload (placed, or answered by the back end).
+/// Recorded once: a client that sends the final fragment again gets the same Ack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadOutcome {
+    /// The reply the back end gave, held by a node (served at the reply URL).
+    pub reply: Option<HeldReply>,
+    /// A reply URL the back end named instead (`BITS-Static-Response-URL`).
+    pub static_url: Option<String>,
+}
+
+/// A reply file on one node's disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldReply {
+    /// The node.
+    pub node: NodeId,
+    /// Its size in bytes.
+    pub len: u64,
 }
 
 impl UploadSession {
@@ -91,6 +112,13 @@ pub enum UploadCommand {
         offset: u64,
         /// The server's maximum upload size.
         max_size: u64,
+    },
+    /// The complete file was handed over (placed, or answered by the back end).
+    Finish {
+        /// The session.
+        session: String,
+        /// What came of it.
+        outcome: UploadOutcome,
     },
     /// Close-Session (after the file was handed over) or Cancel-Session.
     End {
@@ -185,6 +213,7 @@ impl Queue {
                     pieces: Vec::new(),
                     created: now,
                     touched: now,
+                    outcome: None,
                 };
                 self.uploads.insert(session.clone(), created);
                 self.changes.uploads.insert(session.clone());
@@ -240,6 +269,32 @@ impl Queue {
                 self.uploads.insert(session.clone(), s);
                 self.changes.uploads.insert(session.clone());
                 Ok(Reply::Fragment(FragmentAck { next: plan.next, complete: plan.complete }))
+            }
+            UploadCommand::Finish { session, outcome } => {
+                let mut s = self
+                    .upload_session(caller, session)
+                    .cloned()
+                    .ok_or_else(|| not_found(session))?;
+                if !s.complete() {
+                    return Err(CommandError::new(
+                        BitsCode::BG_E_INVALID_STATE,
+                        format!("upload session {session:?} is not complete"),
+                    ));
+                }
+                if outcome.static_url.as_ref().is_some_and(|u| u.len() > 2_200) {
+                    return Err(CommandError::new(
+                        BitsCode::E_INVALIDARG,
+                        "a reply URL over 2,200 characters",
+                    ));
+                }
+                // The first hand-over counts; a repeat (two nodes raced) keeps it.
+                if s.outcome.is_none() {
+                    s.outcome = Some(outcome.clone());
+                    s.touched = now;
+                    self.uploads.insert(session.clone(), s);
+                    self.changes.uploads.insert(session.clone());
+                }
+                Ok(Reply::Done(BitsCode::S_OK))
             }
             UploadCommand::End { session } => {
                 self.upload_session(caller, session).ok_or_else(|| not_found(session))?;
