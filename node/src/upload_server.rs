@@ -30,7 +30,8 @@ use ferry_protocol::queue::{
     HeldReply, UploadCommand, UploadOutcome, UploadSession, check_upload_path,
 };
 use ferry_protocol::upload::{
-    self, FragmentRange, FragmentRefusal, IDENTITY, METHOD, PacketType, header, plan_fragment,
+    self, FragmentRange, FragmentRefusal, IDENTITY, METHOD, PacketType, header, notification,
+    plan_fragment,
 };
 use ferry_protocol::{BitsCode, Caller, ErrorContext};
 
@@ -70,20 +71,6 @@ pub(crate) struct Backend {
     pub(crate) url: String,
     /// Client with the back end's deadline.
     pub(crate) client: reqwest::Client,
-}
-
-/// Request headers of a back-end notification (bits-spec §5.6).
-mod notification {
-    /// The job's remote name, as the client sent it.
-    pub(super) const ORIGINAL_REQUEST_URL: &str = "BITS-Original-Request-URL";
-    /// By reference: the uploaded file's full path.
-    pub(super) const REQUEST_DATA_FILE: &str = "BITS-Request-DataFile-Name";
-    /// By reference: where the application writes its reply.
-    pub(super) const RESPONSE_DATA_FILE: &str = "BITS-Response-DataFile-Name";
-    /// Application answer: a reply URL to use instead of a reply file.
-    pub(super) const STATIC_RESPONSE_URL: &str = "BITS-Static-Response-URL";
-    /// Application answer: also place the upload at its upload path.
-    pub(super) const COPY_FILE_TO_DESTINATION: &str = "BITS-Copy-File-To-Destination";
 }
 
 /// The piece "offset" under which a session's reply is kept (after every real piece,
@@ -149,9 +136,12 @@ async fn handle(
     State(server): State<UploadServer>,
     method: Method,
     UrlPath(path): UrlPath<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // The request's path and query: the remote name a back end is told.
+    let target = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.to_string());
     let overridden = method == Method::POST
         && text(&headers, header::METHOD_OVERRIDE).is_some_and(|m| m.eq_ignore_ascii_case(METHOD));
     if method.as_str() != METHOD && !overridden {
@@ -170,9 +160,9 @@ async fn handle(
     match packet {
         Some(PacketType::Ping) => ack(StatusCode::OK, &[]),
         Some(PacketType::CreateSession) => server.create(&caller, &path, &headers).await,
-        Some(PacketType::Fragment) => server.fragment(&caller, &path, &headers, &body).await,
-        Some(PacketType::CloseSession) => server.end(&caller, &headers, true).await,
-        Some(PacketType::CancelSession) => server.end(&caller, &headers, false).await,
+        Some(PacketType::Fragment) => server.fragment(&caller, &target, &headers, &body).await,
+        Some(PacketType::CloseSession) => server.end(&caller, &target, &headers, true).await,
+        Some(PacketType::CancelSession) => server.end(&caller, &target, &headers, false).await,
         Some(PacketType::Ack) | None => {
             refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[])
         }
@@ -257,7 +247,7 @@ impl UploadServer {
     async fn fragment(
         &self,
         caller: &Caller,
-        path: &str,
+        target: &str,
         headers: &HeaderMap,
         body: &Bytes,
     ) -> Response {
@@ -318,7 +308,7 @@ impl UploadServer {
                 if !done.complete {
                     return ack(StatusCode::OK, &[echo, next]);
                 }
-                match self.hand_over(caller, &session.id, path, headers).await {
+                match self.hand_over(caller, &session.id, target, headers).await {
                     Ok(Some(url)) => ack(StatusCode::OK, &[echo, next, (header::REPLY_URL, url)]),
                     Ok(None) => ack(StatusCode::OK, &[echo, next]),
                     Err(refused) => refused,
@@ -339,7 +329,13 @@ impl UploadServer {
     }
 
     /// Close-Session (`close`) or Cancel-Session.
-    async fn end(&self, caller: &Caller, headers: &HeaderMap, close: bool) -> Response {
+    async fn end(
+        &self,
+        caller: &Caller,
+        target: &str,
+        headers: &HeaderMap,
+        close: bool,
+    ) -> Response {
         let session = match self.session(caller, headers).await {
             Ok(session) => session,
             Err(refused) => return refused,
@@ -348,7 +344,7 @@ impl UploadServer {
         if close
             && session.complete()
             && session.outcome.is_none()
-            && let Err(refused) = self.hand_over(caller, &session.id, &session.path, headers).await
+            && let Err(refused) = self.hand_over(caller, &session.id, target, headers).await
         {
             // Transient for the client (5xx) unless the back end refused for good.
             return refused;
@@ -408,7 +404,7 @@ impl UploadServer {
         &self,
         caller: &Caller,
         id: &str,
-        path: &str,
+        target: &str,
         headers: &HeaderMap,
     ) -> Result<Option<String>, Response> {
         let mut echo_headers = HeaderMap::new();
@@ -420,7 +416,7 @@ impl UploadServer {
         let outcome = match session.outcome.clone() {
             Some(outcome) => outcome,
             None => {
-                let outcome = self.deliver(&session, path, headers).await.map_err(|failure| {
+                let outcome = self.deliver(&session, target, headers).await.map_err(|failure| {
                     tracing::warn!(session = %session.id, error = %failure.detail, "cannot hand an upload over");
                     let mut headers: Vec<(&'static str, String)> =
                         upload::error_headers(failure.code, failure.context).into();
@@ -447,7 +443,7 @@ impl UploadServer {
     async fn deliver(
         &self,
         session: &UploadSession,
-        path: &str,
+        target: &str,
         headers: &HeaderMap,
     ) -> Result<UploadOutcome, HandOverError> {
         let local = HandOverError::local;
@@ -464,11 +460,10 @@ impl UploadServer {
         }
         let reply = piece_path(&self.pieces, &session.id, REPLY_PIECE);
         let _ = tokio::fs::remove_file(&reply).await;
-        let original = format!(
-            "http://{}/bits/{path}",
-            text(headers, "host").map_or_else(|| self.public.clone(), str::to_owned)
-        );
-        let answer = self.notify_backend(&original, &data, &reply, path).await?;
+        let host = text(headers, "host").map_or_else(|| self.public.clone(), str::to_owned);
+        let original = format!("http://{host}{target}");
+        let query = target.split_once('?').map(|(_, query)| query);
+        let answer = self.notify_backend(&original, &data, &reply, query).await?;
         let answer_headers = answer.headers().clone();
         let static_url = answer_headers
             .get(notification::STATIC_RESPONSE_URL)
@@ -514,11 +509,11 @@ impl UploadServer {
         original: &str,
         data: &Path,
         reply: &Path,
-        path: &str,
+        query: Option<&str>,
     ) -> Result<reqwest::Response, HandOverError> {
         let mut url = self.backend.url.clone();
         // The remote name's query string is appended to the notification URL.
-        if let Some((_, query)) = path.split_once('?') {
+        if let Some(query) = query {
             url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(query);
         }

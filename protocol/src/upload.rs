@@ -56,6 +56,20 @@ pub mod header {
     pub const METHOD_OVERRIDE: &str = "X-Http-Method-Override";
 }
 
+/// Headers between the upload server and its back end (bits-spec §5.6).
+pub mod notification {
+    /// Request: the job's remote name, as the client sent it.
+    pub const ORIGINAL_REQUEST_URL: &str = "BITS-Original-Request-URL";
+    /// By reference: the uploaded file's full path.
+    pub const REQUEST_DATA_FILE: &str = "BITS-Request-DataFile-Name";
+    /// By reference: where the application writes its reply.
+    pub const RESPONSE_DATA_FILE: &str = "BITS-Response-DataFile-Name";
+    /// Answer: a reply URL to use instead of a reply file.
+    pub const STATIC_RESPONSE_URL: &str = "BITS-Static-Response-URL";
+    /// Answer (any value): also place the upload at its upload path.
+    pub const COPY_FILE_TO_DESTINATION: &str = "BITS-Copy-File-To-Destination";
+}
+
 /// `BITS-Packet-Type` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PacketType {
@@ -329,6 +343,22 @@ mod tests {
                 "BITS-Error-Code",
                 "BITS-Error-Context",
                 "X-Http-Method-Override",
+            ]
+        );
+        assert_eq!(
+            [
+                notification::ORIGINAL_REQUEST_URL,
+                notification::REQUEST_DATA_FILE,
+                notification::RESPONSE_DATA_FILE,
+                notification::STATIC_RESPONSE_URL,
+                notification::COPY_FILE_TO_DESTINATION,
+            ],
+            [
+                "BITS-Original-Request-URL",
+                "BITS-Request-DataFile-Name",
+                "BITS-Response-DataFile-Name",
+                "BITS-Static-Response-URL",
+                "BITS-Copy-File-To-Destination",
             ]
         );
         let packets: Vec<&str> = PacketType::ALL.iter().map(|p| p.as_str()).collect();

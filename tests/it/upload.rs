@@ -218,7 +218,72 @@ async fn a_session_goes_on_across_nodes_and_closes_on_a_third() -> anyhow::Resul
     let (status, headers) =
         at(2)?.send("Close-Session", &[(header::SESSION_ID, session)], vec![]).await?;
     assert_eq!(status, StatusCode::OK, "{headers:?}");
+    // The last fragment went to C, which gathered the pieces into its upload root.
     let stored = std::fs::read(nodes[2].data_dir().join("uploads/farm/f.bin"))?;
     assert!(stored == data, "the file gathered from three nodes differs");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_back_ends_reply_is_served_by_every_node_and_repeated_to_a_retry() -> anyhow::Result<()>
+{
+    let backend = ferry_tests::backend::Backend::start().await?;
+    let options = NodeOptions {
+        extra_config: format!(
+            "[upload]\nbackend = \"by_value\"\nbackend_url = \"{}\"\n",
+            backend.url()
+        ),
+        ..NodeOptions::queue_only()
+    };
+    let (nodes, _) = crate::cluster::form_cluster(options).await?;
+    let at = |i: usize| -> anyhow::Result<Bits> {
+        Ok(Bits { url: format!("{}/bits/in/r.bin?case=7", nodes[i].url()?), token: tokens::ALICE })
+    };
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let session = at(0)?.create().await?;
+    // Fragments on A, then the final one on B: B gathers, notifies, keeps the reply.
+    at(0)?.fragment(&session, &data, 0, 499_999).await?;
+    let (status, headers) = at(1)?.fragment(&session, &data, 500_000, 999_999).await?;
+    assert_eq!(status, StatusCode::OK, "{headers:?}");
+    let reply_url = value(&headers, header::REPLY_URL);
+    assert!(reply_url.starts_with(&nodes[1].url()?), "{reply_url} {headers:?}");
+    let notes = backend.notifications();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].original_url.as_deref(), Some(at(1)?.url.as_str()));
+    // The same final fragment again, at A: the recorded outcome, no second notification.
+    let (status, headers) = at(0)?.fragment(&session, &data, 999_000, 999_999).await?;
+    assert_eq!(status, StatusCode::OK);
+    let again = value(&headers, header::REPLY_URL);
+    assert_eq!(again.rsplit('/').next(), reply_url.rsplit('/').next());
+    assert_eq!(backend.notifications().len(), 1);
+    // The reply, from C (fetched from B over the peer link), whole and by range.
+    let on_c = reply_url.replace(&nodes[1].url()?, &nodes[2].url()?);
+    let expected = ferry_tests::backend::expected_reply(&data);
+    let get = |range: Option<&str>| {
+        let mut request = raw().get(&on_c).bearer_auth(tokens::ALICE);
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        request.send()
+    };
+    let whole = get(None).await?;
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert_eq!(whole.text().await?, expected);
+    let tail = get(Some("bytes=7-")).await?;
+    assert_eq!(tail.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(tail.text().await?, expected[7..]);
+    let other = raw().get(&on_c).bearer_auth(tokens::BOB).send().await?;
+    assert_eq!(other.status(), StatusCode::NOT_FOUND, "only the uploader reads the reply");
+    // Close-Session releases the reply.
+    let (status, _) =
+        at(2)?.send("Close-Session", &[(header::SESSION_ID, session)], vec![]).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(get(None).await?.status(), StatusCode::NOT_FOUND);
+
+    // A back end that names a reply URL of its own: that URL is the reply.
+    backend.set_static_response_url(Some("http://replies.example/r/1".into()));
+    let session = at(2)?.create().await?;
+    let (_, headers) = at(2)?.fragment(&session, &data, 0, 999_999).await?;
+    assert_eq!(value(&headers, header::REPLY_URL), "http://replies.example/r/1");
     Ok(())
 }

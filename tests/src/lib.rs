@@ -313,12 +313,17 @@ impl Node {
         Ok(text.trim().to_owned())
     }
 
-    /// Options for a node on `ip` that joins the cluster of `self` with `token`.
+    /// Options for a node on `ip` that joins the cluster of `self` with `token` (and
+    /// otherwise has `self`'s options, its extra configuration included).
     pub fn joiner(&self, ip: Ipv4Addr, token: &str) -> anyhow::Result<NodeOptions> {
         let seed = self.peer_addr()?;
+        // A joiner's own join table (always last) is replaced by this one.
+        let own = self.options.extra_config.split("[cluster]").next().unwrap_or_default();
         Ok(NodeOptions {
             ip,
-            extra_config: format!("[cluster]\njoin = [\"{seed}\"]\njoin_token = \"{token}\"\n"),
+            extra_config: format!(
+                "{own}\n[cluster]\njoin = [\"{seed}\"]\njoin_token = \"{token}\"\n"
+            ),
             ..self.options.clone()
         })
     }
