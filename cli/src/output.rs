@@ -89,6 +89,12 @@ pub(crate) fn job(job: &JobInfo) {
     row("owner", job.owner.to_string());
     row("files", format!("{} / {}", job.progress.files_transferred, job.progress.files_total));
     row("bytes", progress(job));
+    if let Some(reply) = &job.reply {
+        // `bitsadmin /getreplyfilename` and `/getreplyprogress`.
+        row("reply file", reply.file_name.clone());
+        let r = reply.progress;
+        row("reply", format!("{} / {}", size(Some(r.bytes_transferred)), size(r.bytes_total)));
+    }
     row("created", job.times.created.to_string());
     row("modified", job.times.modified.to_string());
     row(

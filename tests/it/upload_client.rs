@@ -360,6 +360,10 @@ async fn ferry_transfer_upload_reply_prints_the_reply() -> anyhow::Result<()> {
         ferry(node, &["job", "reply", &id_arg, "--output", &out_arg], "").await?;
     assert!(ok, "{stdout}\n{stderr}");
     assert_eq!(std::fs::read_to_string(&out)?, expected);
+    let (ok, stdout, stderr) = ferry(node, &["job", "info", &id_arg], "").await?;
+    assert!(ok, "{stdout}\n{stderr}");
+    let reply_file = format!("{}.{}.reply", up.local.display(), id.0.simple());
+    assert!(stdout.contains("reply file") && stdout.contains(&reply_file), "{stdout}");
     Ok(())
 }
 
@@ -449,5 +453,43 @@ async fn cancelling_an_upload_cancels_its_session_on_the_server() -> anyhow::Res
     }
     assert!(!s.uploaded("dropped.bin").exists());
     assert!(up.local.exists(), "the local file is the owner's");
+    Ok(())
+}
+
+/// A TCP relay on 127.0.0.1 to `to` that counts the connections it accepts.
+async fn counting_relay(
+    to: std::net::SocketAddr,
+) -> anyhow::Result<(std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    Ok((addr, accepted))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_one_http_connection() -> anyhow::Result<()> {
+    let s = Setup::start(None).await?;
+    let (relay, accepted) = counting_relay(s.server.addr()?).await?;
+    let local = s.dir.path().join("one.bin");
+    let sent = write_random(&local, 40 * MIB)?;
+    let remote = format!("http://{relay}/bits/in/one.bin");
+    let id = start_upload(&s.client, JobType::Upload, &remote, &local, Default::default()).await?;
+    wait_transferred(&s.node, &s.client, id, 60).await?;
+    assert_eq!(hash_file(&s.uploaded("one.bin"))?, sent);
+    // Ping, Create-Session, 5 fragments and Close-Session on one kept-alive connection.
+    let connections = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(connections, 1, "the session's requests used {connections} connections");
     Ok(())
 }
