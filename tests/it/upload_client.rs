@@ -164,7 +164,8 @@ async fn an_upload_reply_job_of_300_mib_gets_the_back_ends_reply() -> anyhow::Re
     let job = wait_transferred(&s.node, &s.client, up.id, 200).await?;
     let took = started.elapsed();
     println!(
-        "300 MiB upload-reply, Ferry client to Ferry server (debug build): {took:?}, {:.0} MiB/s",
+        "300 MiB upload-reply, Ferry client to Ferry server ({} build): {took:?}, {:.0} MiB/s",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
         300.0 / took.as_secs_f64()
     );
     // The back end computed the reply from the bytes it was given.
