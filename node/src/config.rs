@@ -190,6 +190,13 @@ pub struct TransferConfig {
     /// ferryd may write. Set this on any node that serves more than one user.
     /// Default none.
     pub destination_roots: Vec<PathBuf>,
+    /// Source address of connections to origins (`--source-addr`): nodes on one host
+    /// then appear as distinct clients to an origin. Default: the system's choice.
+    pub source_addr: Option<std::net::IpAddr>,
+    /// Most other members fetching chunks of one file for its home node (helpers); 0
+    /// keeps downloads on their home node. Default 0 for now: helpers have no
+    /// per-origin connection caps or liveness checks yet (issue 6).
+    pub max_helpers: u32,
 }
 
 impl Default for TransferConfig {
@@ -206,6 +213,8 @@ impl Default for TransferConfig {
             trusted_ca_file: None,
             refuse_private_addresses: false,
             destination_roots: Vec::new(),
+            source_addr: None,
+            max_helpers: 0,
         }
     }
 }

@@ -29,6 +29,9 @@ struct Args {
     /// The cluster's join token (the first node's <data-dir>/join.token).
     #[arg(long, value_name = "TOKEN", env = "FERRY_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// Source address of connections to origins (`transfer.source_addr`).
+    #[arg(long, value_name = "IP")]
+    source_addr: Option<std::net::IpAddr>,
     /// TOML configuration file (see deploy/ferryd.toml for every field).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -67,6 +70,9 @@ fn start(args: Args) -> anyhow::Result<()> {
     }
     if let Some(token) = args.join_token {
         config.cluster.join_token = Some(token);
+    }
+    if let Some(addr) = args.source_addr {
+        config.transfer.source_addr = Some(addr);
     }
     if args.print_config {
         let mut shown = config.clone();

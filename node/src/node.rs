@@ -81,6 +81,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         peers: endpoint.clone(),
         ca_pem: start.identity.ca_pem().into(),
         upload_pieces: dir.path(files::UPLOAD_PIECES).into(),
+        helper: Arc::new(std::sync::OnceLock::new()),
     };
     let admission = start.admission.map(|(ca, token)| {
         membership::admission_handler(
@@ -140,7 +141,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 .collect::<anyhow::Result<_>>()?,
         ),
         preemptive_basic_over_http: t.preemptive_basic_over_http,
+        source_addr: t.source_addr,
+        max_helpers: t.max_helpers,
     };
+    // From now on this node fetches pieces for other members' jobs.
+    let _ = cluster
+        .helper
+        .set(crate::transfer::helper::HelperContext::new(engine.clone(), secrets.clone()));
     let transfers = Transfers::new(node_id, cluster.clone(), engine, secrets.clone()).start();
     let scheduler = Scheduler::new(
         node_id,

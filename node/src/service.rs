@@ -52,6 +52,9 @@ pub(crate) struct NodeCluster {
     pub(crate) ca_pem: Arc<str>,
     /// Where this node keeps the upload pieces it received.
     pub(crate) upload_pieces: Arc<std::path::Path>,
+    /// What this node needs to fetch pieces for other members (set once its transfer
+    /// engine is configured; until then it refuses).
+    pub(crate) helper: Arc<std::sync::OnceLock<crate::transfer::helper::HelperContext>>,
 }
 
 impl NodeCluster {
@@ -109,11 +112,23 @@ impl NodeCluster {
         leader: NodeId,
         request: &PeerRequest,
     ) -> Result<T, ClusterError> {
+        self.ask_within(leader, request, FORWARD_TIMEOUT).await
+    }
+
+    /// Sends `request` to member `node` and decodes its answer, waiting `timeout` at most.
+    pub(crate) async fn ask_within<T: serde::de::DeserializeOwned>(
+        &self,
+        node: NodeId,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<T, ClusterError> {
+        let leader = node;
         let addr = self.peer_addr(leader)?;
         let body = codec::encode(request).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let answer = self.peers.call(leader, addr, body, FORWARD_TIMEOUT).await.map_err(|e| {
-            ClusterError::Unavailable(format!("cannot reach the leader (node {leader}): {e}"))
-        })?;
+        let answer =
+            self.peers.call(leader, addr, body, timeout).await.map_err(|e| {
+                ClusterError::Unavailable(format!("cannot reach node {leader}: {e}"))
+            })?;
         let decoded: Result<T, ClusterError> =
             codec::decode(&answer).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
         decoded
@@ -406,6 +421,15 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                         Ok(Ok(bytes)) => Ok(bytes),
                         Ok(Err(e)) => Err(ClusterError::Unavailable(format!("upload piece: {e}"))),
                         Err(e) => Err(ClusterError::Unavailable(e.to_string())),
+                    };
+                    codec::encode(&answer).unwrap_or_default()
+                }
+                Ok(PeerRequest::FetchChunk(request)) => {
+                    let answer = match cluster.helper.get() {
+                        Some(context) => {
+                            Ok(crate::transfer::helper::serve(&cluster, context, *request).await)
+                        }
+                        None => Err(ClusterError::Unavailable("not ready to help yet".into())),
                     };
                     codec::encode(&answer).unwrap_or_default()
                 }

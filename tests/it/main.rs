@@ -18,6 +18,7 @@ mod ownership;
 mod partition;
 mod priority;
 mod restart;
+mod shard;
 mod support;
 mod tls;
 mod transfer_cli;

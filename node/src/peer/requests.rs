@@ -48,6 +48,9 @@ pub(crate) enum PeerRequest {
         /// How many bytes (at most [`crate::upload_server::GATHER_CHUNK`]).
         len: u32,
     },
+    /// Fetch a piece of a job's file from its origin for its home node (a helper):
+    /// answered with `Result<ChunkAnswer, ClusterError>`.
+    FetchChunk(Box<crate::transfer::helper::ChunkRequest>),
     /// The first bytes of the reply of an upload-reply job whose home node this is
     /// (`GetReplyData` through another node): answered with `Result<Vec<u8>, ClusterError>`.
     ReplyData {

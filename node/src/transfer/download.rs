@@ -24,7 +24,7 @@ use ferry_protocol::job::security;
 use ferry_protocol::transfer::{
     self, ChunkRecord, EngineReport, Piece, RemoteInfo, chunk_size_for,
 };
-use ferry_protocol::{BitsCode, Job, JobState, Priority};
+use ferry_protocol::{BitsCode, Job, JobId, JobState, NodeId, Priority};
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, Response, StatusCode};
 use tokio::sync::mpsc;
@@ -37,7 +37,10 @@ use super::fetch::{
     ChunkWriter, Fetch, Probe, blocking, changed, content_length, content_range, header_lines,
     probe_local, short_body, text, transport_error,
 };
+use super::helper::{self, ChunkAnswer, ChunkRequest, MAX_HELPER_PIECE};
 use super::local::{self, TempFile};
+use crate::peer::requests::PeerRequest;
+use crate::service::NodeCluster;
 
 /// Largest file BITS fetches in one unranged GET when the server lacks ranges.
 const SINGLE_STREAM_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
@@ -479,27 +482,49 @@ impl Run {
                 .max_connections
                 .unwrap_or(self.settings.connections)
                 .clamp(1, ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE) as usize;
-        let workers = connections.min(missing.len());
         let queue = Arc::new(Mutex::new(missing));
-        let (done_tx, mut done_rx) = mpsc::channel::<ChunkRecord>(64);
-        let mut tasks = JoinSet::new();
-        for _ in 0..workers {
-            let queue = queue.clone();
-            let done = done_tx.clone();
-            let fetch = fetch.clone();
-            tasks.spawn(async move {
-                loop {
-                    let piece =
-                        queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front();
-                    let Some(piece) = piece else { return Ok(()) };
-                    let record = fetch.piece(piece).await?;
-                    if done.send(record).await.is_err() {
-                        return Ok(());
+        let mut helpers = self.helpers(fetch);
+        // A helper that fails gives its piece back, perhaps after the local workers
+        // found the queue empty and ended: then another round fetches what is left.
+        loop {
+            let left = lock(&queue).len();
+            if left == 0 {
+                return Ok(());
+            }
+            let (done_tx, done_rx) = mpsc::channel::<ChunkRecord>(64);
+            let mut tasks = JoinSet::new();
+            for _ in 0..connections.min(left) {
+                let (queue, done, fetch) = (queue.clone(), done_tx.clone(), fetch.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let Some(piece) = lock(&queue).pop_front() else { return Ok(()) };
+                        let record = fetch.piece(piece).await?;
+                        if done.send(record).await.is_err() {
+                            return Ok(());
+                        }
                     }
+                });
+            }
+            for helper in std::mem::take(&mut helpers) {
+                for _ in 0..connections {
+                    let (queue, done, helper) = (queue.clone(), done_tx.clone(), helper.clone());
+                    tasks.spawn(async move { helper.work(&queue, &done).await });
                 }
-            });
+            }
+            drop(done_tx);
+            self.collect(fetch, tasks, done_rx, outbox).await?;
         }
-        drop(done_tx);
+    }
+
+    /// Reports the chunks the workers make durable until every worker ended; the first
+    /// worker error stops the others.
+    async fn collect(
+        &self,
+        fetch: &Fetch,
+        mut tasks: JoinSet<Result<(), Stop>>,
+        mut done_rx: mpsc::Receiver<ChunkRecord>,
+        outbox: &mut Outbox,
+    ) -> Result<(), Stop> {
         let outcome: Result<(), Stop> = loop {
             tokio::select! {
                 record = done_rx.recv() => match record {
@@ -536,6 +561,31 @@ impl Run {
         }
         tasks.abort_all();
         outcome
+    }
+
+    /// The members that may fetch pieces of this file (none for local sources).
+    fn helpers(&self, fetch: &Fetch) -> Vec<Arc<Helper>> {
+        let cluster = &self.reporter.cluster;
+        if fetch.url.starts_with("file://") || self.settings.max_helpers == 0 {
+            return Vec::new();
+        }
+        let applied = cluster.state.read().applied.map_or(0, |id| id.index);
+        cluster
+            .member_ids()
+            .into_iter()
+            .filter(|node| *node != cluster.node_id)
+            .take(self.settings.max_helpers as usize)
+            .map(|node| {
+                Arc::new(Helper {
+                    node,
+                    cluster: cluster.clone(),
+                    fetch: fetch.clone(),
+                    job: self.job.id,
+                    run: self.run,
+                    applied,
+                })
+            })
+            .collect()
     }
 
     /// The single-stream fallback: one unranged GET of the whole file, reported in
@@ -647,6 +697,105 @@ impl Run {
         }
         Ok(offset)
     }
+}
+
+fn lock(queue: &Mutex<VecDeque<Piece>>) -> std::sync::MutexGuard<'_, VecDeque<Piece>> {
+    queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Another member fetching pieces of a file for this (its home) node.
+struct Helper {
+    node: NodeId,
+    cluster: NodeCluster,
+    fetch: Fetch,
+    job: JobId,
+    run: u64,
+    /// This node's applied index when the file started: the helper waits for it.
+    applied: u64,
+}
+
+impl Helper {
+    /// Takes pieces from `queue` until it is empty; a piece the helper cannot deliver
+    /// goes back to the queue and the helper stops (it is not asked again this round).
+    async fn work(
+        &self,
+        queue: &Mutex<VecDeque<Piece>>,
+        done: &mpsc::Sender<ChunkRecord>,
+    ) -> Result<(), Stop> {
+        loop {
+            let piece = {
+                let mut queue = lock(queue);
+                match queue.front() {
+                    Some(piece) if piece.len <= MAX_HELPER_PIECE => queue.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(piece) = piece else { return Ok(()) };
+            match self.piece(piece).await {
+                Ok(record) => {
+                    if done.send(record).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(HelperError::RemoteChanged(why)) => return Err(Stop::RestartFile(why)),
+                Err(HelperError::Lost(why)) => {
+                    tracing::info!(job = %self.job, helper = self.node, piece = piece.index, %why, "a helper gave its piece back");
+                    lock(queue).push_front(piece);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// One piece through the helper: checked (length, digest), written, made durable.
+    async fn piece(&self, piece: Piece) -> Result<ChunkRecord, HelperError> {
+        let request = ChunkRequest {
+            job: self.job,
+            run: self.run,
+            applied: self.applied,
+            file: self.fetch.file,
+            url: self.fetch.url.clone(),
+            remote: self.fetch.remote.clone(),
+            offset: piece.remote_offset,
+            len: piece.len,
+        };
+        let asked = PeerRequest::FetchChunk(Box::new(request));
+        let answer = self
+            .cluster
+            .ask_within::<ChunkAnswer>(self.node, &asked, helper::deadline(piece.len))
+            .await
+            .map_err(|e| HelperError::Lost(e.to_string()))?;
+        let (bytes, digest) = match answer {
+            ChunkAnswer::Bytes { bytes, digest } => (bytes, digest),
+            ChunkAnswer::Restart(why) => return Err(HelperError::RemoteChanged(why)),
+            ChunkAnswer::Stale => {
+                return Err(HelperError::Lost("the helper does not know the run".into()));
+            }
+            ChunkAnswer::Failed { error, .. } => {
+                return Err(HelperError::Lost(format!("{}: {}", error.code, error.detail)));
+            }
+        };
+        if bytes.len() as u64 != piece.len || *blake3::hash(&bytes).as_bytes() != digest {
+            return Err(HelperError::Lost(format!(
+                "{} bytes that do not match their digest (wanted {})",
+                bytes.len(),
+                piece.len
+            )));
+        }
+        let mut writer = ChunkWriter::new(self.fetch.temp.clone(), piece.local_offset);
+        let local = |e: std::io::Error| HelperError::Lost(format!("cannot write the piece: {e}"));
+        writer.push(&bytes).await.map_err(local)?;
+        let record = writer.seal(piece.index, true).await.map_err(local)?;
+        Ok(record)
+    }
+}
+
+/// Why a helper's piece did not arrive.
+enum HelperError {
+    /// The remote file changed (the whole run starts the file over).
+    RemoteChanged(String),
+    /// The helper failed, stalled or is gone: the piece goes back to the queue.
+    Lost(String),
 }
 
 /// BITS allows one unranged GET for a foreground job's whole file up to 2 GB.

@@ -36,58 +36,7 @@ impl Fetch {
         if self.url.starts_with("file://") {
             return self.local_piece(piece).await;
         }
-        let validator = self.remote.if_range().map(str::to_owned);
-        let response = self
-            .http
-            .send(Method::GET, &self.url, |r| {
-                let r = r.header(header::RANGE, piece.range_header());
-                match &validator {
-                    Some(v) => r.header(header::IF_RANGE, v),
-                    None => r,
-                }
-            })
-            .await
-            .map_err(|e| Failure::request(&e, &self.url, self.file))?;
-        match response.status() {
-            StatusCode::PARTIAL_CONTENT => {}
-            StatusCode::OK | StatusCode::RANGE_NOT_SATISFIABLE
-                if changed(&self.remote, response.headers()) =>
-            {
-                return Err(Stop::RestartFile("the remote file changed".into()));
-            }
-            StatusCode::OK => {
-                return Err(Failure::fatal(transport_error(
-                    BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT,
-                    format!("{}: the server ignored a range request (answered 200)", self.url),
-                    self.file,
-                ))
-                .into());
-            }
-            status => return Err(Failure::status(status.as_u16(), &self.url, self.file).into()),
-        }
-        let range = content_range(response.headers());
-        let expected_last = piece.remote_offset + piece.len - 1;
-        let fits = range.is_some_and(|r| {
-            r.first == piece.remote_offset
-                && r.last == expected_last
-                && r.total.is_none_or(|t| Some(t) == self.remote.size)
-        });
-        if !fits {
-            if range.and_then(|r| r.total).is_some_and(|t| Some(t) != self.remote.size) {
-                return Err(Stop::RestartFile("the remote file's size changed".into()));
-            }
-            return Err(Failure::protocol(
-                BitsCode::BG_E_INVALID_SERVER_RESPONSE,
-                format!(
-                    "{}: asked for {}, the server sent Content-Range {:?}",
-                    self.url,
-                    piece.range_header(),
-                    text(response.headers(), header::CONTENT_RANGE)
-                ),
-                self.file,
-            )
-            .into());
-        }
+        let response = request_piece(&self.http, &self.url, &self.remote, piece, self.file).await?;
         self.receive(piece, response, true).await
     }
 
@@ -155,6 +104,69 @@ impl Fetch {
             Failure::local(&e, "cannot write the temporary file", Some(self.file)).into()
         })
     }
+}
+
+/// `GET` `piece` of the file at `url` (file index `file`) with `Range` + `If-Range`
+/// and checks the answer: a `206` with exactly the range asked for, of the probed
+/// version. The body is the caller's to read.
+pub(super) async fn request_piece(
+    http: &HttpSession,
+    url: &str,
+    remote: &RemoteInfo,
+    piece: Piece,
+    file: u32,
+) -> Result<Response, Stop> {
+    let validator = remote.if_range().map(str::to_owned);
+    let response = http
+        .send(Method::GET, url, |r| {
+            let r = r.header(header::RANGE, piece.range_header());
+            match &validator {
+                Some(v) => r.header(header::IF_RANGE, v),
+                None => r,
+            }
+        })
+        .await
+        .map_err(|e| Failure::request(&e, url, file))?;
+    match response.status() {
+        StatusCode::PARTIAL_CONTENT => {}
+        StatusCode::OK | StatusCode::RANGE_NOT_SATISFIABLE
+            if changed(remote, response.headers()) =>
+        {
+            return Err(Stop::RestartFile("the remote file changed".into()));
+        }
+        StatusCode::OK => {
+            return Err(Failure::fatal(transport_error(
+                BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT,
+                format!("{url}: the server ignored a range request (answered 200)"),
+                file,
+            ))
+            .into());
+        }
+        status => return Err(Failure::status(status.as_u16(), url, file).into()),
+    }
+    let range = content_range(response.headers());
+    let expected_last = piece.remote_offset + piece.len - 1;
+    let fits = range.is_some_and(|r| {
+        r.first == piece.remote_offset
+            && r.last == expected_last
+            && r.total.is_none_or(|t| Some(t) == remote.size)
+    });
+    if !fits {
+        if range.and_then(|r| r.total).is_some_and(|t| Some(t) != remote.size) {
+            return Err(Stop::RestartFile("the remote file's size changed".into()));
+        }
+        return Err(Failure::protocol(
+            BitsCode::BG_E_INVALID_SERVER_RESPONSE,
+            format!(
+                "{url}: asked for {}, the server sent Content-Range {:?}",
+                piece.range_header(),
+                text(response.headers(), header::CONTENT_RANGE)
+            ),
+            file,
+        )
+        .into());
+    }
+    Ok(response)
 }
 
 /// What a probe learned, with the headers of its response.

@@ -104,7 +104,8 @@ impl HttpSession {
             .tls_danger_accept_invalid_hostnames(flags & security::IGNORE_CERT_CN_INVALID != 0)
             .default_headers(custom_headers(job, secrets)?)
             .user_agent(concat!("Ferry/", env!("CARGO_PKG_VERSION"), " (BITS)"))
-            .pool_max_idle_per_host(32);
+            .pool_max_idle_per_host(32)
+            .local_address(settings.source_addr);
         if let Some(identity) = identity {
             builder = builder.identity(identity);
         }

@@ -8,6 +8,7 @@ mod download;
 mod egress;
 pub(crate) mod failure;
 mod fetch;
+pub(crate) mod helper;
 mod http;
 mod local;
 mod upload;
@@ -56,6 +57,10 @@ pub(crate) struct EngineSettings {
     pub(crate) destination_roots: Arc<Vec<std::path::PathBuf>>,
     /// Send Basic credentials over plain http before the server asks.
     pub(crate) preemptive_basic_over_http: bool,
+    /// Source address of connections to origins.
+    pub(crate) source_addr: Option<std::net::IpAddr>,
+    /// Most helpers per file (0: none).
+    pub(crate) max_helpers: u32,
 }
 
 /// The node itself as a caller: engine reports are only accepted from it.

@@ -170,13 +170,13 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, share
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     // Out of file descriptors or similar: do not spin.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = shared.open_connection();
+                let conn = shared.open_connection(Some(peer.ip()));
                 let shared = Arc::clone(&shared);
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {

@@ -6,6 +6,8 @@
 pub struct RequestRecord {
     /// The connection it came on (1 for the first connection the origin accepted).
     pub connection: u64,
+    /// The client's address (which node fetched, when nodes have source addresses).
+    pub client: Option<std::net::IpAddr>,
     /// `GET`, `HEAD`, ...
     pub method: String,
     /// The URL path (no query), also for absolute-form requests through the proxy.

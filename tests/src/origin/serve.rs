@@ -72,13 +72,17 @@ fn respond(
     conn: &Arc<Mutex<ConnState>>,
     request: &Request<Incoming>,
 ) -> Response<OriginBody> {
-    let connection = super::state::lock(conn).id;
+    let (connection, client) = {
+        let conn = super::state::lock(conn);
+        (conn.id, conn.peer)
+    };
     let mut state = shared.lock();
     let uri = request.uri();
     let absolute = uri.scheme().is_some();
     let header = |name: HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok());
     let mut record = RequestRecord {
         connection,
+        client,
         method: request.method().to_string(),
         path: uri.path().to_owned(),
         proxied_host: if absolute { uri.authority().map(ToString::to_string) } else { None },

@@ -78,10 +78,10 @@ impl Shared {
     }
 
     /// Counts a newly accepted connection and returns its state.
-    pub(super) fn open_connection(&self) -> ConnState {
+    pub(super) fn open_connection(&self, peer: Option<std::net::IpAddr>) -> ConnState {
         let mut state = self.lock();
         state.stats.connections += 1;
-        ConnState { id: state.stats.connections, body_bytes: 0, next_free: None }
+        ConnState { id: state.stats.connections, peer, body_bytes: 0, next_free: None }
     }
 }
 
@@ -141,6 +141,8 @@ impl State {
 pub(super) struct ConnState {
     /// 1-based connection number, as in [`RequestRecord::connection`].
     pub(super) id: u64,
+    /// The client's address.
+    pub(super) peer: Option<std::net::IpAddr>,
     /// Body bytes sent on this connection (for `drop_after_bytes`).
     pub(super) body_bytes: u64,
     /// When the rate limit lets the next piece go (`None`: at once).

@@ -1,0 +1,195 @@
+//! Helpers (issue 6, first part): other members fetch chunks of a file for its home
+//! node, so a download spreads over the cluster's connections and source addresses.
+//!
+//! The home node asks a member for one piece ([`ChunkRequest`]) over the mutual-TLS
+//! peer link. The helper reads the job from its own applied copy of the queue (waiting
+//! until it has applied what the home node had), opens the job's sealed credentials with
+//! the cluster key every member holds, and fetches the piece from the origin with the
+//! job's headers, proxy, credentials and validators: no secret travels, and none is
+//! written to the helper's disk. It answers with the bytes and their BLAKE3 digest; the
+//! home node checks both, writes the bytes at their offset and records the chunk as if
+//! it had fetched it. A helper that fails, stalls (see [`deadline`]) or is gone gives
+//! its piece back to the home node's queue, and is not asked again for that file.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_coordinator::{Cluster, ReadAt, SecretKey};
+use ferry_protocol::job::JobError;
+use ferry_protocol::transfer::{Piece, RemoteInfo, Severity};
+use ferry_protocol::{BitsCode, JobId};
+use serde::{Deserialize, Serialize};
+
+use super::failure::{Failure, Stop};
+use super::fetch::request_piece;
+use super::http::{HttpSession, SessionParts};
+use super::{EngineSettings, egress, open_credentials};
+use crate::service::NodeCluster;
+
+/// Largest piece a helper is asked for: its answer is one peer frame.
+pub(crate) const MAX_HELPER_PIECE: u64 = 12 * 1024 * 1024;
+/// HTTP sessions a helper keeps for the runs it helps (one client each, connections
+/// kept alive between pieces).
+const KEPT_SESSIONS: usize = 64;
+
+/// A piece of a job's file, asked of a helper.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ChunkRequest {
+    /// The job.
+    pub(crate) job: JobId,
+    /// Its run: a helper refuses pieces of another run.
+    pub(crate) run: u64,
+    /// The home node's applied index when it asked: the helper waits for it.
+    pub(crate) applied: u64,
+    /// File index.
+    pub(crate) file: u32,
+    /// Where to fetch (the job's URL, or where its redirects led).
+    pub(crate) url: String,
+    /// The probed version.
+    pub(crate) remote: RemoteInfo,
+    /// The piece: offset in the remote file (`remote_offset`) and length.
+    pub(crate) offset: u64,
+    /// Bytes.
+    pub(crate) len: u64,
+}
+
+/// A helper's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ChunkAnswer {
+    /// The piece's bytes and their BLAKE3 digest.
+    Bytes {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// BLAKE3 of `bytes`.
+        digest: [u8; 32],
+    },
+    /// The run is over (or not known here yet).
+    Stale,
+    /// The remote file changed.
+    Restart(String),
+    /// The origin failed.
+    Failed {
+        /// As the job would record it.
+        error: JobError,
+        /// Retried or not.
+        severity: Severity,
+    },
+}
+
+/// What a member needs to help: the engine's settings and the cluster key.
+pub(crate) struct HelperContext {
+    settings: EngineSettings,
+    secrets: Arc<SecretKey>,
+    sessions: Mutex<HashMap<(JobId, u64), Arc<HttpSession>>>,
+}
+
+impl HelperContext {
+    /// A context with the node's engine settings and secret key.
+    pub(crate) fn new(settings: EngineSettings, secrets: Arc<SecretKey>) -> Self {
+        Self { settings, secrets, sessions: Mutex::new(HashMap::new()) }
+    }
+
+    /// The HTTP session of run `run` of `job`, made once and kept.
+    async fn session(&self, job: &ferry_protocol::Job) -> Result<Arc<HttpSession>, Failure> {
+        let key = (job.id, job.run);
+        if let Some(kept) = self.lock().get(&key) {
+            return Ok(kept.clone());
+        }
+        let parts = SessionParts {
+            credentials: open_credentials(job, &self.secrets)?,
+            identity: super::http::load_identity(job).await?,
+            secrets: &self.secrets,
+            settings: &self.settings,
+        };
+        let session = HttpSession::new(job, parts)?;
+        let mut sessions = self.lock();
+        if sessions.len() >= KEPT_SESSIONS {
+            sessions.clear();
+        }
+        sessions.insert(key, session.clone());
+        Ok(session)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(JobId, u64), Arc<HttpSession>>> {
+        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Serves a piece for another member's job.
+pub(crate) async fn serve(
+    cluster: &NodeCluster,
+    context: &HelperContext,
+    request: ChunkRequest,
+) -> ChunkAnswer {
+    if request.len == 0 || request.len > MAX_HELPER_PIECE {
+        return failed(Failure::protocol(
+            BitsCode::E_INVALIDARG,
+            format!("a helper takes pieces of 1 to {MAX_HELPER_PIECE} bytes"),
+            request.file,
+        ));
+    }
+    if cluster.read_barrier(ReadAt::Applied(request.applied)).await.is_err() {
+        return ChunkAnswer::Stale;
+    }
+    let job = cluster.state.read().queue.job(&request.job).cloned();
+    let Some(job) = job.filter(|j| j.run == request.run && j.state.is_active()) else {
+        return ChunkAnswer::Stale;
+    };
+    if let Err(why) = url::Url::parse(&request.url)
+        .map_err(|e| e.to_string())
+        .and_then(|u| egress::check_url(context.settings.egress, &u).map_err(|e| e.to_string()))
+    {
+        return failed(Failure::blocked(
+            format!("{}: egress policy: {why}", request.url),
+            request.file,
+        ));
+    }
+    let http = match context.session(&job).await {
+        Ok(http) => http,
+        Err(failure) => return failed(failure),
+    };
+    let piece =
+        Piece { index: 0, local_offset: 0, remote_offset: request.offset, len: request.len };
+    match fetch(&http, &request, piece).await {
+        Ok(bytes) => {
+            let digest = *blake3::hash(&bytes).as_bytes();
+            ChunkAnswer::Bytes { bytes, digest }
+        }
+        Err(Stop::Stale) => ChunkAnswer::Stale,
+        Err(Stop::RestartFile(why)) => ChunkAnswer::Restart(why),
+        Err(Stop::Failed(failure)) => failed(failure),
+    }
+}
+
+fn failed(failure: Failure) -> ChunkAnswer {
+    ChunkAnswer::Failed { error: failure.error, severity: failure.severity }
+}
+
+/// The piece's bytes from the origin, exactly `piece.len` of them.
+async fn fetch(http: &HttpSession, request: &ChunkRequest, piece: Piece) -> Result<Vec<u8>, Stop> {
+    let (url, file) = (&request.url, request.file);
+    let mut response = request_piece(http, url, &request.remote, piece, file).await?;
+    let mut bytes = Vec::with_capacity(usize::try_from(piece.len).unwrap_or(0));
+    while let Some(more) = response.chunk().await.map_err(|e| Failure::request(&e, url, file))? {
+        if (bytes.len() + more.len()) as u64 > piece.len {
+            return Err(Failure::protocol(
+                BitsCode::BG_E_INVALID_SERVER_RESPONSE,
+                format!("{url}: the server sent more than the {} bytes asked for", piece.len),
+                file,
+            )
+            .into());
+        }
+        bytes.extend_from_slice(&more);
+    }
+    if bytes.len() as u64 != piece.len {
+        return Err(super::fetch::short_body(url, file, bytes.len() as u64, piece.len));
+    }
+    Ok(bytes)
+}
+
+/// How long the home node waits for a helper's piece: a stalled or dead helper loses it
+/// after this (10 s, plus a second per 512 KiB).
+pub(crate) fn deadline(len: u64) -> Duration {
+    Duration::from_secs(10 + len / (512 * 1024))
+}
