@@ -41,12 +41,15 @@ pub struct NginxOptions {
     /// User and password required through HTTP basic authentication; `None` for open
     /// access.
     pub basic_auth: Option<(String, String)>,
+    /// Requests served at once per client address (nginx `limit_conn`; more get 503);
+    /// `None` for no limit.
+    pub limit_conn_per_ip: Option<u32>,
 }
 
 impl NginxOptions {
     /// Serves `root`, unthrottled and without authentication.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), limit_rate: None, basic_auth: None }
+        Self { root: root.into(), limit_rate: None, basic_auth: None, limit_conn_per_ip: None }
     }
 }
 
@@ -55,6 +58,7 @@ impl fmt::Debug for NginxOptions {
         f.debug_struct("NginxOptions")
             .field("root", &self.root)
             .field("limit_rate", &self.limit_rate)
+            .field("limit_conn_per_ip", &self.limit_conn_per_ip)
             .field("basic_auth", &self.basic_auth.as_ref().map(|(user, _)| (user, "<redacted>")))
             .finish()
     }
@@ -257,6 +261,13 @@ fn render_config(
     let path = |name: &str| quoted(&dir.join(name));
     let limit_rate =
         options.limit_rate.map(|r| format!("        limit_rate {r};\n")).unwrap_or_default();
+    let (conn_zone, limit_conn) = match options.limit_conn_per_ip {
+        Some(n) => (
+            "    limit_conn_zone $binary_remote_addr zone=perip:1m;\n".to_owned(),
+            format!("        limit_conn perip {n};\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     let auth = if options.basic_auth.is_some() {
         format!(
             "        auth_basic \"ferry\";\n        auth_basic_user_file {};\n",
@@ -285,10 +296,10 @@ http {{
     tcp_nopush on;
     keepalive_requests 100000;
     default_type application/octet-stream;
-    server {{
+{conn_zone}    server {{
         listen 127.0.0.1:{port};
         root {root};
-{limit_rate}{auth}    }}
+{limit_rate}{limit_conn}{auth}    }}
 }}
 ",
         pid = path("nginx.pid")?,

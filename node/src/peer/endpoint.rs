@@ -32,6 +32,9 @@ pub(crate) const MAX_FRAME: usize = codec::FRAME_LIMIT;
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Answers larger than this go at a lower priority than the rest.
+const BULK_ANSWER: usize = 64 * 1024;
+
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -376,6 +379,11 @@ async fn serve_connection(
                 Err(e) => Answer::Refused(format!("cannot read the request: {e}")),
             };
             if let Ok(bytes) = codec::encode(&answer) {
+                if bytes.len() > BULK_ANSWER {
+                    // Bulk bytes (pieces for a home node) yield to Raft's small messages
+                    // on the same connection, so heartbeats are never stuck behind them.
+                    let _ = send.set_priority(-1);
+                }
                 let _ = send.write_all(&bytes).await;
                 let _ = send.finish();
                 let _ = send.stopped().await;

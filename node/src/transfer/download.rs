@@ -476,12 +476,7 @@ impl Run {
         missing: VecDeque<Piece>,
         outbox: &mut Outbox,
     ) -> Result<(), Stop> {
-        let connections =
-            self.job
-                .props
-                .max_connections
-                .unwrap_or(self.settings.connections)
-                .clamp(1, ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE) as usize;
+        let connections = helper::connections(&self.job, &self.settings);
         let queue = Arc::new(Mutex::new(missing));
         let mut helpers = self.helpers(fetch);
         // A helper that fails gives its piece back, perhaps after the local workers
@@ -496,17 +491,41 @@ impl Run {
             for _ in 0..connections.min(left) {
                 let (queue, done, fetch) = (queue.clone(), done_tx.clone(), fetch.clone());
                 tasks.spawn(async move {
-                    loop {
-                        let Some(piece) = lock(&queue).pop_front() else { return Ok(()) };
-                        let record = fetch.piece(piece).await?;
-                        if done.send(record).await.is_err() {
-                            return Ok(());
+                    // A piece is made durable (and then reported) while the worker
+                    // already fetches the next one.
+                    let mut syncing: Option<tokio::task::JoinHandle<Result<(), Stop>>> = None;
+                    let outcome = loop {
+                        let Some(piece) = lock(&queue).pop_front() else { break Ok(()) };
+                        let record = match fetch.piece(piece).await {
+                            Ok(record) => record,
+                            Err(stop) => break Err(stop),
+                        };
+                        if let Some(previous) = syncing.take() {
+                            previous.await.map_err(|_| internal(fetch.file, "a sync failed"))??;
                         }
+                        let (temp, done, file) = (fetch.temp.clone(), done.clone(), fetch.file);
+                        syncing = Some(tokio::spawn(async move {
+                            blocking(move || temp.sync()).await.map_err(|e| {
+                                Stop::from(Failure::local(
+                                    &e,
+                                    "cannot write the temporary file",
+                                    Some(file),
+                                ))
+                            })?;
+                            let _ = done.send(record).await;
+                            Ok(())
+                        }));
+                    };
+                    if let Some(previous) = syncing.take() {
+                        previous.await.map_err(|_| internal(fetch.file, "a sync failed"))??;
                     }
+                    outcome
                 });
             }
+            // Twice the helper's connections: a piece travels here while the helper
+            // fetches the next (it fetches `connections` at a time).
             for helper in std::mem::take(&mut helpers) {
-                for _ in 0..connections {
+                for _ in 0..2 * connections {
                     let (queue, done, helper) = (queue.clone(), done_tx.clone(), helper.clone());
                     tasks.spawn(async move { helper.work(&queue, &done).await });
                 }
@@ -717,12 +736,15 @@ struct Helper {
 impl Helper {
     /// Takes pieces from `queue` until it is empty; a piece the helper cannot deliver
     /// goes back to the queue and the helper stops (it is not asked again this round).
+    /// A piece is written while the helper already fetches the next one.
     async fn work(
         &self,
         queue: &Mutex<VecDeque<Piece>>,
         done: &mpsc::Sender<ChunkRecord>,
     ) -> Result<(), Stop> {
-        loop {
+        let mut writing: Option<(Piece, tokio::task::JoinHandle<std::io::Result<ChunkRecord>>)> =
+            None;
+        let outcome = loop {
             let piece = {
                 let mut queue = lock(queue);
                 match queue.front() {
@@ -730,25 +752,53 @@ impl Helper {
                     _ => None,
                 }
             };
-            let Some(piece) = piece else { return Ok(()) };
-            match self.piece(piece).await {
-                Ok(record) => {
-                    if done.send(record).await.is_err() {
-                        return Ok(());
-                    }
+            let Some(piece) = piece else { break Ok(()) };
+            let asked = self.ask(piece).await;
+            if let Some((written, handle)) = writing.take() {
+                self.written(written, handle, queue, done).await;
+            }
+            match asked {
+                Ok(bytes) => {
+                    let writer = ChunkWriter::new(self.fetch.temp.clone(), piece.local_offset);
+                    writing = Some((piece, tokio::spawn(write_piece(writer, piece, bytes))));
                 }
-                Err(HelperError::RemoteChanged(why)) => return Err(Stop::RestartFile(why)),
+                Err(HelperError::RemoteChanged(why)) => break Err(Stop::RestartFile(why)),
                 Err(HelperError::Lost(why)) => {
                     tracing::info!(job = %self.job, helper = self.node, piece = piece.index, %why, "a helper gave its piece back");
                     lock(queue).push_front(piece);
-                    return Ok(());
+                    break Ok(());
                 }
             }
+        };
+        if let Some((written, handle)) = writing.take() {
+            self.written(written, handle, queue, done).await;
+        }
+        outcome
+    }
+
+    /// The end of a piece's write: its record goes to the reports, or (the write
+    /// failed) the piece goes back to the queue.
+    async fn written(
+        &self,
+        piece: Piece,
+        handle: tokio::task::JoinHandle<std::io::Result<ChunkRecord>>,
+        queue: &Mutex<VecDeque<Piece>>,
+        done: &mpsc::Sender<ChunkRecord>,
+    ) {
+        match handle.await {
+            Ok(Ok(record)) => {
+                let _ = done.send(record).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(job = %self.job, piece = piece.index, error = %e, "cannot write a helper's piece");
+                lock(queue).push_front(piece);
+            }
+            Err(_) => lock(queue).push_front(piece),
         }
     }
 
-    /// One piece through the helper: checked (length, digest), written, made durable.
-    async fn piece(&self, piece: Piece) -> Result<ChunkRecord, HelperError> {
+    /// One piece's bytes through the helper, checked (length, digest).
+    async fn ask(&self, piece: Piece) -> Result<Vec<u8>, HelperError> {
         let request = ChunkRequest {
             job: self.job,
             run: self.run,
@@ -782,12 +832,18 @@ impl Helper {
                 piece.len
             )));
         }
-        let mut writer = ChunkWriter::new(self.fetch.temp.clone(), piece.local_offset);
-        let local = |e: std::io::Error| HelperError::Lost(format!("cannot write the piece: {e}"));
-        writer.push(&bytes).await.map_err(local)?;
-        let record = writer.seal(piece.index, true).await.map_err(local)?;
-        Ok(record)
+        Ok(bytes)
     }
+}
+
+/// Writes a helper's piece at its offset and makes it durable: its record.
+async fn write_piece(
+    mut writer: ChunkWriter,
+    piece: Piece,
+    bytes: Vec<u8>,
+) -> std::io::Result<ChunkRecord> {
+    writer.push(&bytes).await?;
+    writer.seal(piece.index, true).await
 }
 
 /// Why a helper's piece did not arrive.

@@ -31,13 +31,14 @@ pub(super) struct Fetch {
 }
 
 impl Fetch {
-    /// `GET` one piece with `Range` + `If-Range`, check the answer, write it, fsync.
+    /// `GET` one piece with `Range` + `If-Range`, check the answer and write it; the
+    /// caller makes it durable ([`TempFile::sync`]) before reporting it.
     pub(super) async fn piece(&self, piece: Piece) -> Result<ChunkRecord, Stop> {
         if self.url.starts_with("file://") {
             return self.local_piece(piece).await;
         }
         let response = request_piece(&self.http, &self.url, &self.remote, piece, self.file).await?;
-        self.receive(piece, response, true).await
+        self.receive(piece, response, false).await
     }
 
     /// Writes the body of a checked response for `piece`, then (with `sync`) fsyncs:
@@ -100,7 +101,7 @@ impl Fetch {
             })?;
             offset += len as u64;
         }
-        writer.seal(piece.index, true).await.map_err(|e| {
+        writer.seal(piece.index, false).await.map_err(|e| {
             Failure::local(&e, "cannot write the temporary file", Some(self.file)).into()
         })
     }

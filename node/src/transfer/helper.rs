@@ -77,11 +77,20 @@ pub(crate) enum ChunkAnswer {
     },
 }
 
+/// A run this member helps: its HTTP client, and the permits for origin requests (the
+/// job's connections per file: a home node may keep more pieces asked than that, so
+/// that a piece travels to it while the next one is being fetched).
+#[derive(Clone)]
+struct Helped {
+    http: Arc<HttpSession>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
 /// What a member needs to help: the engine's settings and the cluster key.
 pub(crate) struct HelperContext {
     settings: EngineSettings,
     secrets: Arc<SecretKey>,
-    sessions: Mutex<HashMap<(JobId, u64), Arc<HttpSession>>>,
+    sessions: Mutex<HashMap<(JobId, u64), Helped>>,
 }
 
 impl HelperContext {
@@ -90,8 +99,8 @@ impl HelperContext {
         Self { settings, secrets, sessions: Mutex::new(HashMap::new()) }
     }
 
-    /// The HTTP session of run `run` of `job`, made once and kept.
-    async fn session(&self, job: &ferry_protocol::Job) -> Result<Arc<HttpSession>, Failure> {
+    /// The HTTP session and permits of the run of `job`, made once and kept.
+    async fn session(&self, job: &ferry_protocol::Job) -> Result<Helped, Failure> {
         let key = (job.id, job.run);
         if let Some(kept) = self.lock().get(&key) {
             return Ok(kept.clone());
@@ -102,16 +111,18 @@ impl HelperContext {
             secrets: &self.secrets,
             settings: &self.settings,
         };
-        let session = HttpSession::new(job, parts)?;
+        let helped = Helped {
+            http: HttpSession::new(job, parts)?,
+            permits: Arc::new(tokio::sync::Semaphore::new(connections(job, &self.settings))),
+        };
         let mut sessions = self.lock();
         if sessions.len() >= KEPT_SESSIONS {
             sessions.clear();
         }
-        sessions.insert(key, session.clone());
-        Ok(session)
+        Ok(sessions.entry(key).or_insert(helped).clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(JobId, u64), Arc<HttpSession>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(JobId, u64), Helped>> {
         self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -145,13 +156,15 @@ pub(crate) async fn serve(
             request.file,
         ));
     }
-    let http = match context.session(&job).await {
-        Ok(http) => http,
+    let helped = match context.session(&job).await {
+        Ok(helped) => helped,
         Err(failure) => return failed(failure),
     };
+    // At most the job's connections fetch from the origin at once.
+    let Ok(_permit) = helped.permits.acquire().await else { return ChunkAnswer::Stale };
     let piece =
         Piece { index: 0, local_offset: 0, remote_offset: request.offset, len: request.len };
-    match fetch(&http, &request, piece).await {
+    match fetch(&helped.http, &request, piece).await {
         Ok(bytes) => {
             let digest = *blake3::hash(&bytes).as_bytes();
             ChunkAnswer::Bytes { bytes, digest }
@@ -186,6 +199,14 @@ async fn fetch(http: &HttpSession, request: &ChunkRequest, piece: Piece) -> Resu
         return Err(super::fetch::short_body(url, file, bytes.len() as u64, piece.len));
     }
     Ok(bytes)
+}
+
+/// Range connections per file of `job` (its own setting or the node's).
+pub(crate) fn connections(job: &ferry_protocol::Job, settings: &EngineSettings) -> usize {
+    job.props
+        .max_connections
+        .unwrap_or(settings.connections)
+        .clamp(1, ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE) as usize
 }
 
 /// How long the home node waits for a helper's piece: a stalled or dead helper loses it

@@ -6,6 +6,8 @@
 //!   subscribers of the QUIC bus ([`events`]).
 //! - `ferry-bench download`: `ferry transfer` against curl and aria2c, all fetching the
 //!   same files from the same local nginx ([`download`]).
+//! - `ferry-bench shard`: one file from an nginx limiting each connection and each
+//!   client address: aria2c, Ferry on one node, Ferry on three helping nodes ([`shard`]).
 //!
 //! Build in release first: `cargo build --release --workspace`, then
 //! `cargo run --release -p ferry-tests --bin ferry-bench -- <bench>`.
@@ -15,6 +17,7 @@ mod download;
 mod events;
 mod payload;
 mod report;
+mod shard;
 mod submit;
 
 use std::path::PathBuf;
@@ -85,6 +88,22 @@ enum Bench {
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
     },
+    /// A file from an nginx limiting each connection's rate and each address's
+    /// connections: aria2c -x16 vs Ferry on 1 node vs Ferry on 3 helping nodes.
+    Shard {
+        /// Size of the file, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Per-connection limit, in MB/s (10^6 bytes/s).
+        #[arg(long, default_value_t = 25)]
+        rate_mbps: u64,
+        /// Requests at once per client address.
+        #[arg(long, default_value_t = 2)]
+        per_ip: u32,
+        /// Longest one run may take, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
 }
 
 #[tokio::main]
@@ -129,6 +148,20 @@ async fn main() -> anyhow::Result<()> {
             };
             let rows = download::download(&options).await?;
             report::print(&options, &rows);
+        }
+        Bench::Shard { size_mib, rate_mbps, per_ip, timeout_secs } => {
+            anyhow::ensure!(
+                size_mib > 0 && rate_mbps > 0,
+                "--size-mib and --rate-mbps: at least 1"
+            );
+            anyhow::ensure!((1..=16).contains(&per_ip), "--per-ip: 1 to 16");
+            let options = shard::Options {
+                bytes: size_mib << 20,
+                rate: rate_mbps * 1_000_000,
+                per_ip,
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            shard::shard(&options).await?;
         }
     }
     Ok(())
