@@ -127,8 +127,8 @@ async fn a_killed_helper_gives_its_pieces_back() -> anyhow::Result<()> {
     nodes[2].kill9().await?;
     let job = client.job(id).await?;
     anyhow::ensure!(job.state != JobState::Transferred, "finished before the kill");
-    // The home node gives the dead helper's piece back to its queue after the piece's
-    // deadline (10 s plus 2 s per MiB).
+    // The home node gives the dead helper's piece back to its queue once the helper
+    // missed two pings (one a second, 0.5 s each).
     let given_back = |node: &Node| {
         std::fs::read_to_string(node.log_path())
             .unwrap_or_default()

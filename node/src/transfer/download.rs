@@ -797,6 +797,26 @@ impl Helper {
         }
     }
 
+    /// Returns once the helper missed [`helper::MISSED_PINGS`] pings in a row (one
+    /// every [`helper::PING_EVERY`]): a dead helper loses its piece in seconds, not at
+    /// the piece's deadline.
+    async fn gone(&self) {
+        let mut missed = 0;
+        loop {
+            tokio::time::sleep(helper::PING_EVERY).await;
+            let ping =
+                self.cluster.ask_within::<()>(self.node, &PeerRequest::Ping, helper::PING_TIMEOUT);
+            if ping.await.is_ok() {
+                missed = 0;
+            } else {
+                missed += 1;
+                if missed >= helper::MISSED_PINGS {
+                    return;
+                }
+            }
+        }
+    }
+
     /// One piece's bytes through the helper, checked (length, digest).
     async fn ask(&self, piece: Piece) -> Result<Vec<u8>, HelperError> {
         let request = ChunkRequest {
@@ -810,11 +830,14 @@ impl Helper {
             len: piece.len,
         };
         let asked = PeerRequest::FetchChunk(Box::new(request));
-        let answer = self
-            .cluster
-            .ask_within::<ChunkAnswer>(self.node, &asked, helper::deadline(piece.len))
-            .await
-            .map_err(|e| HelperError::Lost(e.to_string()))?;
+        let asking =
+            self.cluster.ask_within::<ChunkAnswer>(self.node, &asked, helper::deadline(piece.len));
+        let answer = tokio::select! {
+            answer = asking => answer.map_err(|e| HelperError::Lost(e.to_string()))?,
+            () = self.gone() => {
+                return Err(HelperError::Lost("the helper stopped answering pings".into()));
+            }
+        };
         let (bytes, digest) = match answer {
             ChunkAnswer::Bytes { bytes, digest } => (bytes, digest),
             ChunkAnswer::Restart(why) => return Err(HelperError::RemoteChanged(why)),

@@ -8,8 +8,9 @@
 //! job's headers, proxy, credentials and validators: no secret travels, and none is
 //! written to the helper's disk. It answers with the bytes and their BLAKE3 digest; the
 //! home node checks both, writes the bytes at their offset and records the chunk as if
-//! it had fetched it. A helper that fails, stalls (see [`deadline`]) or is gone gives
-//! its piece back to the home node's queue, and is not asked again for that file.
+//! it had fetched it. A helper that fails, stalls (see [`deadline`]) or stops answering
+//! pings ([`MISSED_PINGS`]) gives its piece back to the home node's queue, and is not
+//! asked again for that file.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -200,6 +201,13 @@ async fn fetch(http: &HttpSession, request: &ChunkRequest, piece: Piece) -> Resu
     }
     Ok(bytes)
 }
+
+/// How often a home node pings a helper it waits for.
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
+/// How long a ping of a helper may take.
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pings a helper may miss in a row before its piece is given to others.
+pub(crate) const MISSED_PINGS: u32 = 2;
 
 /// Range connections per file of `job` (its own setting or the node's).
 pub(crate) fn connections(job: &ferry_protocol::Job, settings: &EngineSettings) -> usize {
