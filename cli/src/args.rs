@@ -78,6 +78,10 @@ pub(crate) struct TransferArgs {
     /// Parallel range connections per file (1-16; default: the node's setting).
     #[arg(long, value_name = "N")]
     pub(crate) connections: Option<u32>,
+    /// Most other nodes fetching pieces for this node (0-16; default: the node's
+    /// setting).
+    #[arg(long, value_name = "N")]
+    pub(crate) helpers: Option<u32>,
     /// Display name of the job.
     #[arg(long)]
     pub(crate) display_name: Option<String>,
@@ -327,6 +331,9 @@ pub(crate) struct SetArgs {
     /// Parallel range connections per file (1-16).
     #[arg(long, value_name = "N")]
     pub(crate) connections: Option<u32>,
+    /// Most other nodes fetching pieces for the job's home node (0-16; 0: none).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_helpers: Option<u32>,
     /// BG_SSL_* flags and redirect policy (0x100 report, 0x200 disallow, 0x800 allow
     /// https to http), decimal or 0x-hex.
     #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]

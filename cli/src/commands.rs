@@ -323,6 +323,7 @@ fn property_changes(set: &SetArgs) -> anyhow::Result<PropertyChanges> {
         acl_flags: set.acl_flags,
         minimum_notification_interval_ms: set.min_notification_interval,
         max_connections: set.connections.map(Some),
+        max_helpers: set.max_helpers.map(Some),
         security_flags: set.security_flags,
         client_certificate: match (&set.client_certificate, set.clear_client_certificate) {
             (_, true) => Some(None),

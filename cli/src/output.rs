@@ -138,6 +138,7 @@ pub(crate) fn job(job: &JobInfo) {
         "connections",
         p.max_connections.map_or_else(|| "node default".to_owned(), |n| n.to_string()),
     );
+    row("helpers", p.max_helpers.map_or_else(|| "node default".to_owned(), |n| n.to_string()));
     row("security flags", format!("0x{:X}", p.security_flags));
     row("client certificate", p.client_certificate.clone().unwrap_or_else(|| "-".into()));
     let credentials: Vec<String> =

@@ -42,6 +42,7 @@ pub(crate) async fn run(client: &Client, json: bool, args: &TransferArgs) -> any
         properties: PropertyChanges {
             priority: args.priority.map(Into::into),
             max_connections: args.connections.map(Some),
+            max_helpers: args.helpers.map(Some),
             dynamic_content: args.dynamic.then_some(true),
             reply_file_name: args.reply_file.as_deref().map(absolute).transpose()?.map(Some),
             ..PropertyChanges::default()

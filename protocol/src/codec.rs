@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 /// The version byte written in front of every encoded value. Version 2 (the download
 /// engine: runs, chunks, credentials) does not read version 1 data: no release shipped it.
 /// Version 4 added the upload client's state to jobs and back-end outcomes to upload
-/// sessions.
-pub const FORMAT_VERSION: u8 = 4;
+/// sessions; version 5 the jobs' helper cap.
+pub const FORMAT_VERSION: u8 = 5;
 
 /// Largest value [`decode`] accepts: control messages, log entries, stored rows.
 pub const FRAME_LIMIT: usize = 16 * 1024 * 1024;

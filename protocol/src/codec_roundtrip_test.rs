@@ -93,6 +93,7 @@ prop_compose! {
             custom_headers_write_only: flags.0, dynamic_content: flags.1, max_download_size: flags.2,
             peer_caching_flags: bits.0, acl_flags: bits.1, minimum_notification_interval_ms: bits.2,
             max_connections: flags.2.map(|o| o.map(|n| n as u32)),
+            max_helpers: flags.2.map(|o| o.map(|n| (n % 17) as u32)),
             security_flags: bits.0,
             client_certificate: reply_file_name,
         }

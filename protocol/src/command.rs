@@ -238,6 +238,11 @@ pub struct PropertyChanges {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(nullable)]
     pub max_connections: Option<Option<u32>>,
+    /// Most helpers (other members fetching pieces for the home node), 0 to 16; `null`
+    /// takes the node's setting.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(nullable)]
+    pub max_helpers: Option<Option<u32>>,
     /// `BG_SSL_*` flags and redirect policy bits.
     #[serde(default)]
     pub security_flags: Option<u32>,
@@ -284,6 +289,7 @@ impl Serialize for PropertyChanges {
             acl_flags,
             minimum_notification_interval_ms,
             max_connections,
+            max_helpers,
             security_flags,
             client_certificate,
         );

@@ -353,6 +353,9 @@ pub struct JobProperties {
     /// Parallel range connections per file; `None` takes the node's setting. Several
     /// connections help only against a per-connection bottleneck.
     pub max_connections: Option<u32>,
+    /// Other members that may fetch pieces of the job's files for its home node
+    /// (helpers); `None` takes the node's setting, 0 keeps the job on its home node.
+    pub max_helpers: Option<u32>,
     /// `BG_SSL_*` flags and redirect policy (see [`security`]); default 0.
     pub security_flags: u32,
     /// TLS client certificate: absolute path of a PEM file (certificate chain and
@@ -396,6 +399,7 @@ impl JobProperties {
             acl_flags: 0,
             minimum_notification_interval_ms: defaults::MINIMUM_NOTIFICATION_INTERVAL_MS,
             max_connections: None,
+            max_helpers: None,
             security_flags: 0,
             client_certificate: None,
         }

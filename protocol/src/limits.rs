@@ -30,6 +30,8 @@ pub const MAX_FILES_PER_REQUEST: usize = 10_000;
 
 /// Most parallel range connections for one file.
 pub const MAX_CONNECTIONS_PER_FILE: u32 = 16;
+/// Most helpers of one file (other members fetching pieces for its home node).
+pub const MAX_HELPERS_PER_FILE: u32 = 16;
 
 /// Largest encoded job, in bytes, whoever owns it: every job must fit comfortably in a
 /// stored row and a Raft entry (see `codec::FRAME_LIMIT`).

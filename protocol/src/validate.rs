@@ -132,6 +132,11 @@ pub fn property_changes(c: &PropertyChanges) -> Result<(), CommandError> {
     {
         return Err(invalid(format!("max_connections must be 1 to {MAX_CONNECTIONS_PER_FILE}")));
     }
+    if let Some(Some(n)) = c.max_helpers
+        && n > MAX_HELPERS_PER_FILE
+    {
+        return Err(invalid(format!("max_helpers must be 0 to {}", MAX_HELPERS_PER_FILE)));
+    }
     Ok(())
 }
 

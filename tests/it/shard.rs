@@ -17,12 +17,10 @@ use crate::support::{files_under, wait_for};
 const MIB: u64 = 1024 * 1024;
 
 /// Three nodes on 127.0.0.1-3, each connecting to origins from its own address, with
-/// 1 MiB chunks and helpers on.
+/// 1 MiB chunks (helpers off by default: jobs ask for them).
 async fn cluster() -> anyhow::Result<Vec<Node>> {
     let transfer = |ip: Ipv4Addr| {
-        format!(
-            "chunk_size_bytes = 1048576\nread_timeout_secs = 10\nsource_addr = \"{ip}\"\nmax_helpers = 2"
-        )
+        format!("chunk_size_bytes = 1048576\nread_timeout_secs = 10\nsource_addr = \"{ip}\"")
     };
     let first_ip = Ipv4Addr::new(127, 0, 0, 1);
     let first =
@@ -37,6 +35,37 @@ async fn cluster() -> anyhow::Result<Vec<Node>> {
     }
     ferry_tests::await_agreement(&nodes, 3, "the cluster did not form").await?;
     Ok(nodes)
+}
+
+/// Creates a download of `url` to `local` with Basic credentials `u`:`password` and
+/// `properties`, and resumes it.
+async fn start_with_password(
+    client: &ferry_coordinator::Client,
+    url: &str,
+    local: &std::path::Path,
+    properties: PropertyChanges,
+    password: &str,
+) -> anyhow::Result<ferry_protocol::JobId> {
+    let spec = ferry_protocol::NewJob {
+        display_name: "sharded".into(),
+        job_type: ferry_protocol::JobType::Download,
+        properties,
+        files: vec![ferry_protocol::NewFile {
+            remote_url: url.into(),
+            local_path: local.to_string_lossy().into_owned(),
+            ranges: vec![],
+        }],
+    };
+    let job = client.create_job(&spec).await?;
+    let secret = Secret::new(password);
+    client.set_credentials(job.id, AuthTarget::Server, AuthScheme::Basic, "u", &secret).await?;
+    client.act(job.id, JobAction::Resume).await?;
+    Ok(job.id)
+}
+
+/// Job properties asking for `n` helpers.
+fn helpers(n: u32) -> PropertyChanges {
+    PropertyChanges { max_helpers: Some(Some(n)), ..PropertyChanges::default() }
 }
 
 /// Clients the origin saw fetching ranges of `path`.
@@ -66,27 +95,23 @@ async fn helpers_fetch_pieces_from_their_own_addresses_and_never_keep_secrets() 
     let client = nodes[0].client(Some(tokens::ALICE))?;
     let dir = tempfile::tempdir()?;
     let local = dir.path().join("s.bin");
-    let spec = ferry_protocol::NewJob {
-        display_name: "sharded".into(),
-        job_type: ferry_protocol::JobType::Download,
-        properties: PropertyChanges::default(),
-        files: vec![ferry_protocol::NewFile {
-            remote_url: origin.url("/s.bin"),
-            local_path: local.to_string_lossy().into_owned(),
-            ranges: vec![],
-        }],
-    };
-    let job = client.create_job(&spec).await?;
-    client
-        .set_credentials(job.id, AuthTarget::Server, AuthScheme::Basic, "u", &Secret::new(password))
-        .await?;
-    client.act(job.id, JobAction::Resume).await?;
-    wait_for(&nodes[0], &client, job.id, &[JobState::Transferred], Duration::from_secs(60)).await?;
-    client.act(job.id, JobAction::Complete).await?;
+    let id =
+        start_with_password(&client, &origin.url("/s.bin"), &local, helpers(2), password).await?;
+    wait_for(&nodes[0], &client, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
+    client.act(id, JobAction::Complete).await?;
     assert!(same_as_origin(&origin, "/s.bin", &local)?, "the sharded file differs");
     let clients = range_clients(&origin, "/s.bin");
     assert!(clients.len() >= 2, "pieces came from {clients:?} only");
     println!("24 MiB in 1 MiB chunks fetched from {clients:?}");
+    // A job that does not ask for helpers stays on its home node (the node's default).
+    origin.add_file("/alone.bin", Content::Pattern { seed: 63, len: 8 * MIB });
+    let alone = dir.path().join("alone.bin");
+    let url = origin.url("/alone.bin");
+    let id =
+        start_with_password(&client, &url, &alone, PropertyChanges::default(), password).await?;
+    wait_for(&nodes[0], &client, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
+    let clients = range_clients(&origin, "/alone.bin");
+    assert_eq!(clients, BTreeSet::from(["127.0.0.1".parse::<IpAddr>()?]), "no helpers asked");
     // The helpers opened the password in memory only: not in their data or logs.
     for helper in &nodes[1..] {
         let mut places = files_under(&helper.data_dir())?;
@@ -115,7 +140,7 @@ async fn a_killed_helper_gives_its_pieces_back() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let local = dir.path().join("k.bin");
     let files = [(origin.url("/k.bin"), local.clone())];
-    let id = crate::support::start_download(&client, &files, PropertyChanges::default()).await?;
+    let id = crate::support::start_download(&client, &files, helpers(2)).await?;
     // Once a helper delivered, kill it (node 3) mid-transfer.
     let helper_ip: IpAddr = "127.0.0.3".parse()?;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -585,7 +585,8 @@ impl Run {
     /// The members that may fetch pieces of this file (none for local sources).
     fn helpers(&self, fetch: &Fetch) -> Vec<Arc<Helper>> {
         let cluster = &self.reporter.cluster;
-        if fetch.url.starts_with("file://") || self.settings.max_helpers == 0 {
+        let most = self.job.props.max_helpers.unwrap_or(self.settings.max_helpers);
+        if fetch.url.starts_with("file://") || most == 0 {
             return Vec::new();
         }
         let applied = cluster.state.read().applied.map_or(0, |id| id.index);
@@ -593,7 +594,7 @@ impl Run {
             .member_ids()
             .into_iter()
             .filter(|node| *node != cluster.node_id)
-            .take(self.settings.max_helpers as usize)
+            .take(most as usize)
             .map(|node| {
                 Arc::new(Helper {
                     node,

@@ -75,6 +75,7 @@ impl Queue {
         set(&mut p.acl_flags, c.acl_flags);
         set(&mut p.minimum_notification_interval_ms, c.minimum_notification_interval_ms);
         set(&mut p.max_connections, c.max_connections);
+        set(&mut p.max_helpers, c.max_helpers);
         set(&mut p.security_flags, c.security_flags);
         set(&mut p.client_certificate, c.client_certificate);
         Ok(p)
