@@ -193,9 +193,9 @@ pub struct TransferConfig {
     /// Source address of connections to origins (`--source-addr`): nodes on one host
     /// then appear as distinct clients to an origin. Default: the system's choice.
     pub source_addr: Option<std::net::IpAddr>,
-    /// Most other members fetching chunks of one file for its home node (helpers); 0
-    /// keeps downloads on their home node. Default 0 for now: helpers have no
-    /// per-origin connection caps or liveness checks yet (issue 6).
+    /// Most other members fetching chunks of one file for its home node (helpers), for
+    /// jobs that do not set `max_helpers`; 0 keeps downloads on their home node.
+    /// Default 4.
     pub max_helpers: u32,
 }
 
@@ -214,7 +214,7 @@ impl Default for TransferConfig {
             refuse_private_addresses: false,
             destination_roots: Vec::new(),
             source_addr: None,
-            max_helpers: 0,
+            max_helpers: 4,
         }
     }
 }

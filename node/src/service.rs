@@ -13,6 +13,7 @@ use ferry_coordinator::{
     BoxFuture, Cluster, ClusterError, EventStream, ReadAt, SubscribeError, Written,
 };
 use ferry_protocol::api::{ClusterStatus, MemberInfo, MemberProbe};
+use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::event::{EventFilter, StartAt};
 use ferry_protocol::job::MAX_REPLY_DATA;
 use ferry_protocol::{JobId, JobState, NodeId, Proposal, Queue, codec};
@@ -240,7 +241,7 @@ impl NodeCluster {
         len: u32,
     ) -> Result<Vec<u8>, ClusterError> {
         let request = PeerRequest::UploadPiece { session: session.to_owned(), offset, from, len };
-        self.ask(node, &request).await
+        self.ask::<ByteBuf>(node, &request).await.map(|b| b.0)
     }
 
     /// The first bytes of job `job`'s reply, read here (this is its home node).
@@ -384,7 +385,7 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
         let cluster = cluster.clone();
         Box::pin(async move {
             match codec::decode::<PeerRequest>(&body) {
-                Ok(PeerRequest::Raft(rpc)) => serve_raft(&cluster.raft, from, &rpc).await,
+                Ok(PeerRequest::Raft(rpc)) => serve_raft(&cluster.raft, from, &rpc.0).await,
                 Ok(PeerRequest::Write(proposal)) => {
                     let written = cluster.write_here(*proposal).await;
                     codec::encode(&written).unwrap_or_default()
@@ -418,7 +419,7 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                     })
                     .await;
                     let answer = match read {
-                        Ok(Ok(bytes)) => Ok(bytes),
+                        Ok(Ok(bytes)) => Ok(ByteBuf(bytes)),
                         Ok(Err(e)) => Err(ClusterError::Unavailable(format!("upload piece: {e}"))),
                         Err(e) => Err(ClusterError::Unavailable(e.to_string())),
                     };
@@ -434,7 +435,8 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                     codec::encode(&answer).unwrap_or_default()
                 }
                 Ok(PeerRequest::ReplyData { job }) => {
-                    codec::encode(&cluster.local_reply_data(job).await).unwrap_or_default()
+                    codec::encode(&cluster.local_reply_data(job).await.map(ByteBuf))
+                        .unwrap_or_default()
                 }
                 Ok(PeerRequest::Probe) => {
                     codec::encode(&Ok::<_, ClusterError>(cluster.probe())).unwrap_or_default()
@@ -606,7 +608,7 @@ impl Cluster for NodeCluster {
             let home = self.state.read().queue.job(&job).map(|j| j.home_node);
             match home {
                 Some(home) if home != self.node_id => {
-                    self.ask(home, &PeerRequest::ReplyData { job }).await
+                    self.ask::<ByteBuf>(home, &PeerRequest::ReplyData { job }).await.map(|b| b.0)
                 }
                 _ => self.local_reply_data(job).await,
             }

@@ -17,7 +17,7 @@ use crate::support::{files_under, wait_for};
 const MIB: u64 = 1024 * 1024;
 
 /// Three nodes on 127.0.0.1-3, each connecting to origins from its own address, with
-/// 1 MiB chunks (helpers off by default: jobs ask for them).
+/// 1 MiB chunks (and helpers, as by default).
 async fn cluster() -> anyhow::Result<Vec<Node>> {
     let transfer = |ip: Ipv4Addr| {
         format!("chunk_size_bytes = 1048576\nread_timeout_secs = 10\nsource_addr = \"{ip}\"")
@@ -103,12 +103,11 @@ async fn helpers_fetch_pieces_from_their_own_addresses_and_never_keep_secrets() 
     let clients = range_clients(&origin, "/s.bin");
     assert!(clients.len() >= 2, "pieces came from {clients:?} only");
     println!("24 MiB in 1 MiB chunks fetched from {clients:?}");
-    // A job that does not ask for helpers stays on its home node (the node's default).
+    // A job that asks for no helpers stays on its home node.
     origin.add_file("/alone.bin", Content::Pattern { seed: 63, len: 8 * MIB });
     let alone = dir.path().join("alone.bin");
     let url = origin.url("/alone.bin");
-    let id =
-        start_with_password(&client, &url, &alone, PropertyChanges::default(), password).await?;
+    let id = start_with_password(&client, &url, &alone, helpers(0), password).await?;
     wait_for(&nodes[0], &client, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
     let clients = range_clients(&origin, "/alone.bin");
     assert_eq!(clients, BTreeSet::from(["127.0.0.1".parse::<IpAddr>()?]), "no helpers asked");

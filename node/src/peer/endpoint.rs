@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry_coordinator::BoxFuture;
-use ferry_protocol::codec;
+use ferry_protocol::codec::{self, ByteBuf};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
@@ -80,13 +80,13 @@ pub(crate) enum PeerError {
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     from: u64,
-    body: Vec<u8>,
+    body: ByteBuf,
 }
 
 /// An answer as it travels.
 #[derive(Serialize, Deserialize)]
 enum Answer {
-    Ok(Vec<u8>),
+    Ok(ByteBuf),
     Refused(String),
 }
 
@@ -212,7 +212,7 @@ impl PeerEndpoint {
         addr: SocketAddr,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, PeerError> {
-        let frame = codec::encode(&Envelope { from: self.node_id, body })?;
+        let frame = codec::encode(&Envelope { from: self.node_id, body: ByteBuf(body) })?;
         let mut connection = self.connection(node, addr).await?;
         let mut result = exchange(&connection, &frame).await;
         if result.is_err() {
@@ -230,7 +230,7 @@ impl PeerEndpoint {
         }
         let answer: Answer = codec::decode(&result.map_err(|e| PeerError::Stream(e, node))?)?;
         match answer {
-            Answer::Ok(body) => Ok(body),
+            Answer::Ok(body) => Ok(body.0),
             Answer::Refused(reason) => Err(PeerError::Refused { node, reason }),
         }
     }
@@ -415,7 +415,7 @@ async fn answer(certificate: &CertificateDer<'static>, frame: &[u8], handler: &H
     if let Err(why) = names_node(certificate, envelope.from) {
         return Answer::Refused(why);
     }
-    Answer::Ok(handler(envelope.from, envelope.body).await)
+    Answer::Ok(ByteBuf(handler(envelope.from, envelope.body.0).await))
 }
 
 /// True if `certificate` (already verified against the CA by rustls) names node `id`.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize)]
 pub(crate) enum PeerRequest {
     /// An openraft RPC (encoded by `raft::network`).
-    Raft(Vec<u8>),
+    Raft(ferry_protocol::codec::ByteBuf),
     /// A client's write, forwarded to the leader. Answered with
     /// `Result<Written, ClusterError>`.
     Write(Box<Proposal>),

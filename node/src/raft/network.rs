@@ -99,8 +99,8 @@ impl PeerClient {
             None => self.addr.clone().map_err(unreachable)?,
         };
         let rpc = codec::encode(rpc).map_err(|e| unreachable(e.to_string()))?;
-        let body =
-            codec::encode(&PeerRequest::Raft(rpc)).map_err(|e| unreachable(e.to_string()))?;
+        let body = codec::encode(&PeerRequest::Raft(codec::ByteBuf(rpc)))
+            .map_err(|e| unreachable(e.to_string()))?;
         let answer = self
             .endpoint
             .call(self.target, addr, body, timeout)
@@ -246,7 +246,7 @@ mod tests {
                 let raft = served.clone();
                 Box::pin(async move {
                     match codec::decode::<PeerRequest>(&body) {
-                        Ok(PeerRequest::Raft(rpc)) => serve_raft(&raft, from, &rpc).await,
+                        Ok(PeerRequest::Raft(rpc)) => serve_raft(&raft, from, &rpc.0).await,
                         _ => Vec::new(),
                     }
                 })

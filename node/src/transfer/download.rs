@@ -840,7 +840,7 @@ impl Helper {
             }
         };
         let (bytes, digest) = match answer {
-            ChunkAnswer::Bytes { bytes, digest } => (bytes, digest),
+            ChunkAnswer::Bytes { bytes, digest } => (bytes.0, digest),
             ChunkAnswer::Restart(why) => return Err(HelperError::RemoteChanged(why)),
             ChunkAnswer::Stale => {
                 return Err(HelperError::Lost("the helper does not know the run".into()));
@@ -849,7 +849,14 @@ impl Helper {
                 return Err(HelperError::Lost(format!("{}: {}", error.code, error.detail)));
             }
         };
-        if bytes.len() as u64 != piece.len || *blake3::hash(&bytes).as_bytes() != digest {
+        // Hashing megabytes is CPU work: off the runtime threads Raft shares.
+        let (bytes, actual) = tokio::task::spawn_blocking(move || {
+            let actual = *blake3::hash(&bytes).as_bytes();
+            (bytes, actual)
+        })
+        .await
+        .map_err(|e| HelperError::Lost(e.to_string()))?;
+        if bytes.len() as u64 != piece.len || actual != digest {
             return Err(HelperError::Lost(format!(
                 "{} bytes that do not match their digest (wanted {})",
                 bytes.len(),

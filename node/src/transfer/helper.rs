@@ -61,7 +61,7 @@ pub(crate) enum ChunkAnswer {
     /// The piece's bytes and their BLAKE3 digest.
     Bytes {
         /// The bytes.
-        bytes: Vec<u8>,
+        bytes: ferry_protocol::codec::ByteBuf,
         /// BLAKE3 of `bytes`.
         digest: [u8; 32],
     },
@@ -167,8 +167,18 @@ pub(crate) async fn serve(
         Piece { index: 0, local_offset: 0, remote_offset: request.offset, len: request.len };
     match fetch(&helped.http, &request, piece).await {
         Ok(bytes) => {
-            let digest = *blake3::hash(&bytes).as_bytes();
-            ChunkAnswer::Bytes { bytes, digest }
+            // Hashing megabytes is CPU work: off the runtime threads Raft shares.
+            let hashed = tokio::task::spawn_blocking(move || {
+                let digest = *blake3::hash(&bytes).as_bytes();
+                (bytes, digest)
+            })
+            .await;
+            match hashed {
+                Ok((bytes, digest)) => {
+                    ChunkAnswer::Bytes { bytes: ferry_protocol::codec::ByteBuf(bytes), digest }
+                }
+                Err(_) => ChunkAnswer::Stale,
+            }
         }
         Err(Stop::Stale) => ChunkAnswer::Stale,
         Err(Stop::RestartFile(why)) => ChunkAnswer::Restart(why),
