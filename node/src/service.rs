@@ -123,13 +123,13 @@ impl NodeCluster {
         request: &PeerRequest,
         timeout: Duration,
     ) -> Result<T, ClusterError> {
-        let leader = node;
-        let addr = self.peer_addr(leader)?;
+        let addr = self.peer_addr(node)?;
         let body = codec::encode(request).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let answer =
-            self.peers.call(leader, addr, body, timeout).await.map_err(|e| {
-                ClusterError::Unavailable(format!("cannot reach node {leader}: {e}"))
-            })?;
+        let answer = self
+            .peers
+            .call(node, addr, body, timeout)
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("cannot reach node {node}: {e}")))?;
         let decoded: Result<T, ClusterError> =
             codec::decode(&answer).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
         decoded
@@ -241,7 +241,7 @@ impl NodeCluster {
         len: u32,
     ) -> Result<Vec<u8>, ClusterError> {
         let request = PeerRequest::UploadPiece { session: session.to_owned(), offset, from, len };
-        self.ask::<ByteBuf>(node, &request).await.map(|b| b.0)
+        self.ask::<ByteBuf>(node, &request).await.map(ByteBuf::into_vec)
     }
 
     /// The first bytes of job `job`'s reply, read here (this is its home node).
@@ -385,7 +385,7 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
         let cluster = cluster.clone();
         Box::pin(async move {
             match codec::decode::<PeerRequest>(&body) {
-                Ok(PeerRequest::Raft(rpc)) => serve_raft(&cluster.raft, from, &rpc.0).await,
+                Ok(PeerRequest::Raft(rpc)) => serve_raft(&cluster.raft, from, &rpc).await,
                 Ok(PeerRequest::Write(proposal)) => {
                     let written = cluster.write_here(*proposal).await;
                     codec::encode(&written).unwrap_or_default()
@@ -419,7 +419,7 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                     })
                     .await;
                     let answer = match read {
-                        Ok(Ok(bytes)) => Ok(ByteBuf(bytes)),
+                        Ok(Ok(bytes)) => Ok(ByteBuf::from(bytes)),
                         Ok(Err(e)) => Err(ClusterError::Unavailable(format!("upload piece: {e}"))),
                         Err(e) => Err(ClusterError::Unavailable(e.to_string())),
                     };
@@ -435,7 +435,7 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                     codec::encode(&answer).unwrap_or_default()
                 }
                 Ok(PeerRequest::ReplyData { job }) => {
-                    codec::encode(&cluster.local_reply_data(job).await.map(ByteBuf))
+                    codec::encode(&cluster.local_reply_data(job).await.map(ByteBuf::from))
                         .unwrap_or_default()
                 }
                 Ok(PeerRequest::Probe) => {
@@ -607,9 +607,10 @@ impl Cluster for NodeCluster {
         Box::pin(async move {
             let home = self.state.read().queue.job(&job).map(|j| j.home_node);
             match home {
-                Some(home) if home != self.node_id => {
-                    self.ask::<ByteBuf>(home, &PeerRequest::ReplyData { job }).await.map(|b| b.0)
-                }
+                Some(home) if home != self.node_id => self
+                    .ask::<ByteBuf>(home, &PeerRequest::ReplyData { job })
+                    .await
+                    .map(ByteBuf::into_vec),
                 _ => self.local_reply_data(job).await,
             }
         })

@@ -204,6 +204,11 @@ impl UploadServer {
         let Some(id) = text(headers, header::SESSION_ID) else {
             return Err(refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[]));
         };
+        self.session_named(caller, id).await
+    }
+
+    /// The caller's session `id`, as applied after a linearizable barrier.
+    async fn session_named(&self, caller: &Caller, id: &str) -> Result<UploadSession, Response> {
         if let Err(e) = self.cluster.read_barrier(ReadAt::Linearizable).await {
             tracing::warn!(error = %e, "an upload session cannot be read");
             return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, BitsCode::E_UNEXPECTED, &[]));
@@ -407,11 +412,7 @@ impl UploadServer {
         target: &str,
         headers: &HeaderMap,
     ) -> Result<Option<String>, Response> {
-        let mut echo_headers = HeaderMap::new();
-        if let Ok(value) = HeaderValue::from_str(id) {
-            echo_headers.insert(header::SESSION_ID, value);
-        }
-        let session = self.session(caller, &echo_headers).await?;
+        let session = self.session_named(caller, id).await?;
         let echo = (header::SESSION_ID, session.id.clone());
         let outcome = match session.outcome.clone() {
             Some(outcome) => outcome,
@@ -427,7 +428,7 @@ impl UploadServer {
                     UploadCommand::Finish { session: session.id.clone(), outcome: outcome.clone() };
                 self.propose(caller, command).await?;
                 // Another node may have finished first: its outcome is the one.
-                self.session(caller, &echo_headers).await?.outcome.unwrap_or(outcome)
+                self.session_named(caller, id).await?.outcome.unwrap_or(outcome)
             }
         };
         if let Some(url) = outcome.static_url {
@@ -695,12 +696,7 @@ async fn serve_reply(
             .insert("www-authenticate", HeaderValue::from_static("Basic realm=\"ferry\""));
         return response;
     };
-    let mut lookup = HeaderMap::new();
-    let Ok(value) = HeaderValue::from_str(&id) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    lookup.insert(header::SESSION_ID, value);
-    let held = match server.session(&caller, &lookup).await {
+    let held = match server.session_named(&caller, &id).await {
         Ok(session) => session.outcome.and_then(|o| o.reply),
         Err(_) => None,
     };

@@ -98,47 +98,7 @@ fn finish<T>(
 /// serde writes a `Vec<u8>` element by element, which costs a call per byte — for the
 /// megabytes of a piece travelling between nodes, tens of milliseconds of a runtime
 /// thread that Raft's heartbeats share.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ByteBuf(pub Vec<u8>);
-
-impl Serialize for ByteBuf {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ByteBuf {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = ByteBuf;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.to_vec()))
-            }
-
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v))
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<ByteBuf, A::Error> {
-                let mut bytes = Vec::new();
-                while let Some(b) = seq.next_element()? {
-                    bytes.push(b);
-                }
-                Ok(ByteBuf(bytes))
-            }
-        }
-        d.deserialize_byte_buf(Visitor)
-    }
-}
+pub use serde_bytes::ByteBuf;
 
 #[cfg(test)]
 mod tests {
@@ -156,7 +116,7 @@ mod tests {
 
     #[test]
     fn byte_bufs_round_trip_as_one_block() {
-        let bytes = ByteBuf((0..=255u8).cycle().take(100_000).collect());
+        let bytes = ByteBuf::from((0..=255u8).cycle().take(100_000).collect::<Vec<u8>>());
         let encoded = encode(&bytes).expect("encode");
         // Version byte, varint length (5 bytes here), then the bytes themselves.
         assert!(encoded.len() <= 100_000 + 6, "{} bytes", encoded.len());

@@ -15,7 +15,7 @@ use ferry_protocol::{
     BitsCode, ErrorContext, JobAction, JobId, JobState, JobType, NewFile, NewJob, PropertyChanges,
 };
 use ferry_tests::backend::{Backend, expected_reply_of_file};
-use ferry_tests::{Node, NodeOptions, binary, tokens};
+use ferry_tests::{Node, NodeOptions, ferry_with_input, tokens};
 
 use crate::support::{hash_file, wait_for, write_random};
 
@@ -298,24 +298,8 @@ async fn a_local_file_changed_during_the_upload_fails_the_job() -> anyhow::Resul
 
 /// Runs the CLI against `node` as alice with `stdin` as its input: (success, stdout, stderr).
 async fn ferry(node: &Node, args: &[&str], stdin: &str) -> anyhow::Result<(bool, String, String)> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(binary("ferry")?)
-        .args(args)
-        .env("FERRY_NODE", node.url()?)
-        .env("FERRY_TOKEN", tokens::ALICE)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.as_bytes()).await?;
-    }
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??;
-    Ok((
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    let (code, stdout, stderr) = ferry_with_input(node, tokens::ALICE, args, stdin).await?;
+    Ok((code == 0, stdout, stderr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

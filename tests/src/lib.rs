@@ -394,13 +394,31 @@ pub async fn ferry(
     token: &str,
     args: &[&str],
 ) -> anyhow::Result<(i32, String, String)> {
-    let output = Command::new(binary("ferry")?)
+    ferry_with_input(node, token, args, "").await
+}
+
+/// [`ferry`] with `input` on its standard input (a password, say); it may take 120 s.
+pub async fn ferry_with_input(
+    node: &Node,
+    token: &str,
+    args: &[&str],
+    input: &str,
+) -> anyhow::Result<(i32, String, String)> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(binary("ferry")?)
         .args(args)
         .env("FERRY_NODE", node.url()?)
         .env("FERRY_TOKEN", token)
         .env("FERRY_DATA_DIR", node.data_dir())
-        .output()
-        .await?;
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).await?;
+    }
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??;
     Ok((
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -212,7 +212,7 @@ impl PeerEndpoint {
         addr: SocketAddr,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, PeerError> {
-        let frame = codec::encode(&Envelope { from: self.node_id, body: ByteBuf(body) })?;
+        let frame = codec::encode(&Envelope { from: self.node_id, body: ByteBuf::from(body) })?;
         let mut connection = self.connection(node, addr).await?;
         let mut result = exchange(&connection, &frame).await;
         if result.is_err() {
@@ -230,7 +230,7 @@ impl PeerEndpoint {
         }
         let answer: Answer = codec::decode(&result.map_err(|e| PeerError::Stream(e, node))?)?;
         match answer {
-            Answer::Ok(body) => Ok(body.0),
+            Answer::Ok(body) => Ok(body.into_vec()),
             Answer::Refused(reason) => Err(PeerError::Refused { node, reason }),
         }
     }
@@ -415,7 +415,7 @@ async fn answer(certificate: &CertificateDer<'static>, frame: &[u8], handler: &H
     if let Err(why) = names_node(certificate, envelope.from) {
         return Answer::Refused(why);
     }
-    Answer::Ok(ByteBuf(handler(envelope.from, envelope.body.0).await))
+    Answer::Ok(ByteBuf::from(handler(envelope.from, envelope.body.into_vec()).await))
 }
 
 /// True if `certificate` (already verified against the CA by rustls) names node `id`.

@@ -99,7 +99,7 @@ impl PeerClient {
             None => self.addr.clone().map_err(unreachable)?,
         };
         let rpc = codec::encode(rpc).map_err(|e| unreachable(e.to_string()))?;
-        let body = codec::encode(&PeerRequest::Raft(codec::ByteBuf(rpc)))
+        let body = codec::encode(&PeerRequest::Raft(codec::ByteBuf::from(rpc)))
             .map_err(|e| unreachable(e.to_string()))?;
         let answer = self
             .endpoint
@@ -246,7 +246,7 @@ mod tests {
                 let raft = served.clone();
                 Box::pin(async move {
                     match codec::decode::<PeerRequest>(&body) {
-                        Ok(PeerRequest::Raft(rpc)) => serve_raft(&raft, from, &rpc.0).await,
+                        Ok(PeerRequest::Raft(rpc)) => serve_raft(&raft, from, &rpc).await,
                         _ => Vec::new(),
                     }
                 })

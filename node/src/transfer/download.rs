@@ -840,7 +840,7 @@ impl Helper {
             }
         };
         let (bytes, digest) = match answer {
-            ChunkAnswer::Bytes { bytes, digest } => (bytes.0, digest),
+            ChunkAnswer::Bytes { bytes, digest } => (bytes.into_vec(), digest),
             ChunkAnswer::Restart(why) => return Err(HelperError::RemoteChanged(why)),
             ChunkAnswer::Stale => {
                 return Err(HelperError::Lost("the helper does not know the run".into()));

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use super::failure::{Failure, Stop};
 use super::fetch::request_piece;
-use super::http::{HttpSession, SessionParts};
-use super::{EngineSettings, egress, open_credentials};
+use super::http::HttpSession;
+use super::{EngineSettings, egress, job_http};
 use crate::service::NodeCluster;
 
 /// Largest piece a helper is asked for: its answer is one peer frame.
@@ -106,14 +106,8 @@ impl HelperContext {
         if let Some(kept) = self.lock().get(&key) {
             return Ok(kept.clone());
         }
-        let parts = SessionParts {
-            credentials: open_credentials(job, &self.secrets)?,
-            identity: super::http::load_identity(job).await?,
-            secrets: &self.secrets,
-            settings: &self.settings,
-        };
         let helped = Helped {
-            http: HttpSession::new(job, parts)?,
+            http: job_http(job, &self.settings, &self.secrets).await?,
             permits: Arc::new(tokio::sync::Semaphore::new(connections(job, &self.settings))),
         };
         let mut sessions = self.lock();
@@ -174,9 +168,10 @@ pub(crate) async fn serve(
             })
             .await;
             match hashed {
-                Ok((bytes, digest)) => {
-                    ChunkAnswer::Bytes { bytes: ferry_protocol::codec::ByteBuf(bytes), digest }
-                }
+                Ok((bytes, digest)) => ChunkAnswer::Bytes {
+                    bytes: ferry_protocol::codec::ByteBuf::from(bytes),
+                    digest,
+                },
                 Err(_) => ChunkAnswer::Stale,
             }
         }

@@ -194,18 +194,28 @@ fn open_credentials(job: &Job, key: &SecretKey) -> Result<Vec<OpenCredential>, F
         .collect()
 }
 
+/// The HTTP session of `job` on this node: its credentials opened, its client
+/// certificate loaded, its proxy and headers applied.
+pub(crate) async fn job_http(
+    job: &Job,
+    settings: &EngineSettings,
+    secrets: &SecretKey,
+) -> Result<Arc<HttpSession>, Failure> {
+    let parts = SessionParts {
+        credentials: open_credentials(job, secrets)?,
+        identity: http::load_identity(job).await?,
+        secrets,
+        settings,
+    };
+    HttpSession::new(job, parts)
+}
+
 /// One run of a job: set up HTTP, transfer, report how it ended.
 async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets: Arc<SecretKey>) {
     let id = job.id;
     let run = job.run;
     let outcome = async {
-        let parts = SessionParts {
-            credentials: open_credentials(&job, &secrets)?,
-            identity: http::load_identity(&job).await?,
-            secrets: &secrets,
-            settings: &settings,
-        };
-        let http = HttpSession::new(&job, parts)?;
+        let http = job_http(&job, &settings, &secrets).await?;
         if job.job_type.is_upload() {
             Run { job, run, reporter: reporter.clone(), settings, http }.upload().await
         } else {
@@ -227,17 +237,7 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
 
 /// Cancel-Session for a cancelled upload job's open session.
 async fn cancel_upload(job: &Job, settings: &EngineSettings, secrets: &SecretKey) {
-    let http = async {
-        let parts = SessionParts {
-            credentials: open_credentials(job, secrets)?,
-            identity: http::load_identity(job).await?,
-            secrets,
-            settings,
-        };
-        HttpSession::new(job, parts)
-    }
-    .await;
-    match http {
+    match job_http(job, settings, secrets).await {
         Ok(http) => upload::cancel_session(job, http).await,
         Err(e) => {
             tracing::warn!(job = %job.id, error = ?e.error, "cannot cancel the upload session")

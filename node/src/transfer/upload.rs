@@ -220,30 +220,11 @@ impl Run {
             if let Some(host) = &target.host {
                 self.http.trust_origin_of(host);
             }
-            let session = match &state.session {
-                Some(session) => session.clone(),
-                None => {
-                    let (session, created) = self.create_session(&mut target, now).await?;
-                    if let EngineReport::UploadSession { host_id, host_fallback_secs, .. } =
-                        &created
-                    {
-                        target = Target::new(
-                            &file.remote_url,
-                            &UploadState {
-                                session: Some(session.clone()),
-                                host_id: host_id.clone(),
-                                host_fallback_secs: *host_fallback_secs,
-                                ..UploadState::default()
-                            },
-                        );
-                    }
-                    if let Some(host) = &target.host {
-                        self.http.trust_origin_of(host);
-                    }
-                    pending.push(created);
-                    self.send_reports(&mut pending, Vec::new()).await?;
-                    session
-                }
+            let Some(session) = state.session else {
+                // Recorded before any byte is sent; the next turn reads it back.
+                let created = self.create_session(&mut target, now).await?;
+                self.send_reports(&mut pending, vec![created]).await?;
+                continue;
             };
             let acked = self.reporter.read(self.job.id, self.run, |job| {
                 job.files.first().map_or(0, |f| f.progress.bytes_transferred)
@@ -295,22 +276,7 @@ impl Run {
         body: Bytes,
     ) -> Result<Ack, Stop> {
         let url = target.url().to_owned();
-        let method = Method::from_bytes(upload::METHOD.as_bytes())
-            .map_err(|e| protocol_error(format!("the BITS method: {e}")))?;
-        let length = body.len().to_string();
-        let sent = self
-            .http
-            .send(method, &url, |request| {
-                let mut request = request
-                    .header(bits::PACKET_TYPE, packet.as_str())
-                    .header(header::CONTENT_LENGTH, &length);
-                for (name, value) in &headers {
-                    request = request.header(*name, value);
-                }
-                request.body(body.clone())
-            })
-            .await;
-        let response: Response = match sent {
+        let response: Response = match send_packet(&self.http, &url, packet, &headers, body).await {
             Ok(response) => response,
             Err(e) => {
                 if e.is_connect() {
@@ -332,12 +298,12 @@ impl Run {
         Ok(ack)
     }
 
-    /// Ping, then Create-Session; the session and its report.
+    /// Ping, then Create-Session; the report that records the session.
     async fn create_session(
         &self,
         target: &mut Target,
         local: LocalStamp,
-    ) -> Result<(String, EngineReport), Stop> {
+    ) -> Result<EngineReport, Stop> {
         let url = target.url().to_owned();
         let ping = self.packet(target, PacketType::Ping, Vec::new(), Bytes::new()).await?;
         if !ping.ok() {
@@ -377,13 +343,7 @@ impl Run {
             .and_then(|t| t.trim().parse::<u64>().ok())
             .filter(|t| *t != u64::from(u32::MAX));
         tracing::info!(job = %self.job.id, %session, host = ?host_id, "upload session created");
-        let report = EngineReport::UploadSession {
-            session: session.clone(),
-            host_id,
-            host_fallback_secs,
-            local,
-        };
-        Ok((session, report))
+        Ok(EngineReport::UploadSession { session, host_id, host_fallback_secs, local })
     }
 
     /// Sends the file from `acked` on; every Ack is recorded.
@@ -627,6 +587,29 @@ impl Run {
     }
 }
 
+/// Sends one BITS packet (`BITS_POST`, its type, `headers`, `body` with its length).
+async fn send_packet(
+    http: &HttpSession,
+    url: &str,
+    packet: PacketType,
+    headers: &[(&'static str, String)],
+    body: Bytes,
+) -> reqwest::Result<Response> {
+    // `BITS_POST` is a valid method token: the fallback is never taken.
+    let method = Method::from_bytes(upload::METHOD.as_bytes()).unwrap_or(Method::POST);
+    let length = body.len().to_string();
+    http.send(method, url, |request| {
+        let mut request = request
+            .header(bits::PACKET_TYPE, packet.as_str())
+            .header(header::CONTENT_LENGTH, &length);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request.body(body.clone())
+    })
+    .await
+}
+
 /// `len` bytes of `file` at `offset`.
 async fn read_at(file: &Arc<File>, offset: u64, len: u64) -> Result<Bytes, Stop> {
     let file = file.clone();
@@ -645,17 +628,10 @@ async fn read_at(file: &Arc<File>, offset: u64, len: u64) -> Result<Bytes, Stop>
 pub(crate) async fn cancel_session(job: &Job, http: Arc<HttpSession>) {
     let (Some(session), Some(file)) = (&job.upload.session, job.files.first()) else { return };
     let target = Target::new(&file.remote_url, &job.upload);
-    let Ok(method) = Method::from_bytes(upload::METHOD.as_bytes()) else { return };
+    let headers = [(bits::SESSION_ID, session.clone())];
     for _ in 0..3 {
-        let sent = http
-            .send(method.clone(), target.url(), |r| {
-                r.header(bits::PACKET_TYPE, PacketType::CancelSession.as_str())
-                    .header(bits::SESSION_ID, session)
-                    .header(header::CONTENT_LENGTH, "0")
-                    .body(Bytes::new())
-            })
-            .await;
-        match sent {
+        let cancel = PacketType::CancelSession;
+        match send_packet(&http, target.url(), cancel, &headers, Bytes::new()).await {
             Ok(response) => {
                 let code = response
                     .headers()

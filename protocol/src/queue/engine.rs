@@ -209,11 +209,12 @@ fn apply_report(
                     format!("the server acknowledged byte {next} of a {size}-byte file"),
                 ));
             }
-            let entry = file_mut(job, 0)?;
-            if *next > entry.progress.bytes_transferred {
+            let progress = &mut file_mut(job, 0)?.progress;
+            let moved = *next > progress.bytes_transferred;
+            progress.bytes_transferred = *next;
+            if moved {
                 job.no_progress_since = None;
             }
-            file_mut(job, 0)?.progress.bytes_transferred = *next;
             if let Some(url) = reply_url {
                 crate::validate::remote_url(url, JobType::Download)?;
                 job.upload.reply_url = Some(url.clone());
