@@ -41,6 +41,10 @@ pub(crate) enum Noun {
     /// BITS error codes.
     #[command(subcommand)]
     Error(ErrorCommand),
+    /// One file to many nodes: each chunk fetched from the origin about once and
+    /// spread between the nodes.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// The cluster: leader, members, indexes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -67,6 +71,33 @@ pub(crate) struct WatchArgs {
     /// Stop after this many events (default: run until interrupted).
     #[arg(long, value_name = "N")]
     pub(crate) count: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FleetCommand {
+    /// Download URL to PATH on several nodes (one job per node, that node its home);
+    /// waits, showing progress, then completes every job (unless --no-wait).
+    Distribute {
+        /// The URL.
+        url: String,
+        /// Absolute path the file gets on every node (`{node}` in it becomes each
+        /// node's id, for nodes sharing a file system).
+        path: String,
+        /// `all` (default) or node ids, comma-separated.
+        #[arg(long, default_value = "all", value_name = "all|ID,...")]
+        nodes: String,
+        /// Priority of the jobs (BITS default: normal).
+        #[arg(long, value_enum)]
+        priority: Option<PriorityArg>,
+        /// Print the fleet id and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Each node's progress in fleet ID.
+    Status {
+        /// The fleet id printed by `distribute`.
+        id: String,
+    },
 }
 
 /// `ferry transfer` options.
@@ -319,7 +350,8 @@ pub(crate) struct SetArgs {
     /// Cap on downloaded bytes (download jobs, before the first resume).
     #[arg(long, value_name = "BYTES")]
     pub(crate) max_download_size: Option<u64>,
-    /// BG_JOB_ENABLE_PEERCACHING_* flags.
+    /// BG_JOB_ENABLE_PEERCACHING_* flags: 1 the job may use helpers and peers' copies,
+    /// 2 its files are offered to peers (default 3).
     #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]
     pub(crate) peer_caching_flags: Option<u32>,
     /// BG_COPY_FILE_* flags.

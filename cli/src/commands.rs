@@ -30,6 +30,7 @@ pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
         Noun::Job(command) => job(&client, cli.json, command).await,
         Noun::Transfer(args) => crate::transfer::run(&client, cli.json, args).await,
         Noun::Watch(args) => watch(&client, cli.json, args).await,
+        Noun::Fleet(command) => crate::fleet::run(&client, cli.json, command).await,
         Noun::Error(ErrorCommand::Describe { code }) => {
             show(cli.json, &client.describe_error(code).await?, output::description)
         }

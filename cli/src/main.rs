@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod fleet;
 mod output;
 mod target;
 mod transfer;

@@ -2,7 +2,9 @@
 
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
-use ferry_protocol::api::{ClusterStatus, ErrorDescription, ErrorInfo, FileInfo, JobInfo};
+use ferry_protocol::api::{
+    ClusterStatus, ErrorDescription, ErrorInfo, FileInfo, FleetInfo, JobInfo,
+};
 use ferry_protocol::file::LENGTH_TO_EOF;
 use serde::Serialize;
 
@@ -139,6 +141,10 @@ pub(crate) fn job(job: &JobInfo) {
         p.max_connections.map_or_else(|| "node default".to_owned(), |n| n.to_string()),
     );
     row("helpers", p.max_helpers.map_or_else(|| "node default".to_owned(), |n| n.to_string()));
+    row("peer caching", format!("0x{:X} (1: use peers, 2: serve peers)", p.peer_caching_flags));
+    if let Some(f) = job.fleet {
+        row("fleet", format!("{} (member {} of {})", f.fleet, f.member + 1, f.members));
+    }
     row("security flags", format!("0x{:X}", p.security_flags));
     row("client certificate", p.client_certificate.clone().unwrap_or_else(|| "-".into()));
     let credentials: Vec<String> =
@@ -171,7 +177,7 @@ pub(crate) fn files(files: &[FileInfo]) {
         println!("No files.");
         return;
     }
-    let mut t = table(&["#", "STATE", "BYTES", "REMOTE", "LOCAL", "RANGES"]);
+    let mut t = table(&["#", "STATE", "BYTES", "FROM PEERS", "REMOTE", "LOCAL", "RANGES"]);
     for f in files {
         let state = if f.progress.completed {
             "completed"
@@ -184,9 +190,28 @@ pub(crate) fn files(files: &[FileInfo]) {
             f.index.to_string(),
             state.to_owned(),
             bytes_of(f.progress.bytes_transferred, f.progress.bytes_total),
+            size(Some(f.peer_stats.from_peers)),
             f.remote_url.clone(),
             f.local_path.clone(),
             range_text(f),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// `ferry fleet status`: one row per node.
+pub(crate) fn fleet(fleet: &FleetInfo) {
+    println!("Fleet {}", fleet.id);
+    let mut t = table(&["NODE", "JOB", "STATE", "BYTES", "FROM ORIGIN", "FROM PEERS", "ERROR"]);
+    for m in &fleet.members {
+        t.add_row(vec![
+            m.node.to_string(),
+            m.job.to_string(),
+            m.state.bits_name().to_owned(),
+            bytes_of(m.progress.bytes_transferred, m.progress.bytes_total),
+            size(Some(m.peer_stats.from_origin)),
+            size(Some(m.peer_stats.from_peers)),
+            m.error.as_ref().map_or(String::new(), |e| format!("{} {}", e.name, e.detail)),
         ]);
     }
     println!("{t}");

@@ -150,7 +150,7 @@ fn file_pairs(pairs: &[String]) -> anyhow::Result<Vec<NewFile>> {
 }
 
 /// `path` made absolute against the current directory.
-fn absolute(path: &str) -> anyhow::Result<String> {
+pub(crate) fn absolute(path: &str) -> anyhow::Result<String> {
     let local = std::path::Path::new(path);
     let local = if local.is_absolute() {
         local.to_path_buf()

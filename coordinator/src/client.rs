@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferry_protocol::api::{
     ActionResult, AddFiles, ClusterStatus, ErrorDescription, ErrorInfo, FileChanges, FileInfo,
-    FileList, Health, JobInfo, JobList, Problem,
+    FileList, FleetInfo, Health, JobInfo, JobList, NewFleet, Problem,
 };
 use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
 use ferry_protocol::credentials::{AuthScheme, AuthTarget, CredentialInfo, Secret};
@@ -157,6 +157,16 @@ impl Client {
     /// `POST /v1/jobs`.
     pub async fn create_job(&self, spec: &NewJob) -> Result<JobInfo, ClientError> {
         self.call(Method::POST, "/v1/jobs", Some(spec), true).await
+    }
+
+    /// `POST /v1/fleets`: one download job per node, created and resumed together.
+    pub async fn create_fleet(&self, fleet: &NewFleet) -> Result<FleetInfo, ClientError> {
+        self.call(Method::POST, "/v1/fleets", Some(fleet), true).await
+    }
+
+    /// `GET /v1/fleets/{id}`.
+    pub async fn fleet(&self, id: JobId) -> Result<FleetInfo, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/fleets/{id}"), None, false).await
     }
 
     /// `GET /v1/jobs[?all_users=true]`.

@@ -41,6 +41,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// The BITS upload server (`BITS_POST /bits/<path>`).
     pub upload: UploadConfig,
+    /// What this node offers to other members' downloads (the peer cache).
+    pub peer_cache: PeerCacheConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -59,6 +61,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             notify: NotifyConfig::default(),
             upload: UploadConfig::default(),
+            peer_cache: PeerCacheConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -238,6 +241,41 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self { join: Vec::new(), join_token: None, voters: 5 }
+    }
+}
+
+/// `[peer_cache]`: this node's copies offered to other members' downloads. A copy is a
+/// download job's file on this node (no second copy is kept); jobs decide with their
+/// peer caching flags whether they offer and use copies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerCacheConfig {
+    /// Most bytes of copies offered; the oldest beyond it are withdrawn. Default none.
+    pub max_size_bytes: Option<u64>,
+    /// Copies older than this (since their file was transferred) are withdrawn,
+    /// seconds. Default 7776000 (90 days, BITS's `MaximumContentAge`).
+    pub max_age_secs: u64,
+    /// Chunks read for peers at once. Default 4.
+    pub max_serving: usize,
+    /// How often the limits are checked, seconds. Default 60.
+    pub check_every_secs: u64,
+    /// Test builds only (cargo feature `fault-injection`): serve wrong bytes, so that
+    /// tests can show receivers catch them. Default false.
+    #[cfg(feature = "fault-injection")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fault_serve_wrong_bytes: bool,
+}
+
+impl Default for PeerCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_size_bytes: None,
+            max_age_secs: 7_776_000,
+            max_serving: 4,
+            check_every_secs: 60,
+            #[cfg(feature = "fault-injection")]
+            fault_serve_wrong_bytes: false,
+        }
     }
 }
 

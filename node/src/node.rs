@@ -82,6 +82,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         ca_pem: start.identity.ca_pem().into(),
         upload_pieces: dir.path(files::UPLOAD_PIECES).into(),
         helper: Arc::new(std::sync::OnceLock::new()),
+        peer_cache: Arc::new(std::sync::OnceLock::new()),
     };
     let admission = start.admission.map(|(ca, token)| {
         membership::admission_handler(
@@ -148,6 +149,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let _ = cluster
         .helper
         .set(crate::transfer::helper::HelperContext::new(engine.clone(), secrets.clone()));
+    let _ = cluster.peer_cache.set(crate::transfer::peer_cache::Serving::new(&config.peer_cache));
+    tokio::spawn(crate::transfer::peer_cache::keep_limits(
+        cluster.clone(),
+        config.peer_cache.clone(),
+    ));
     let transfers = Transfers::new(node_id, cluster.clone(), engine, secrets.clone()).start();
     let scheduler = Scheduler::new(
         node_id,

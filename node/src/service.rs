@@ -56,6 +56,8 @@ pub(crate) struct NodeCluster {
     /// What this node needs to fetch pieces for other members (set once its transfer
     /// engine is configured; until then it refuses).
     pub(crate) helper: Arc<std::sync::OnceLock<crate::transfer::helper::HelperContext>>,
+    /// How this node serves its copies to peers (set with the transfer engine).
+    pub(crate) peer_cache: Arc<std::sync::OnceLock<crate::transfer::peer_cache::Serving>>,
 }
 
 impl NodeCluster {
@@ -431,6 +433,16 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                             Ok(crate::transfer::helper::serve(&cluster, context, *request).await)
                         }
                         None => Err(ClusterError::Unavailable("not ready to help yet".into())),
+                    };
+                    codec::encode(&answer).unwrap_or_default()
+                }
+                Ok(PeerRequest::PeerCopy(request)) => {
+                    let answer = match cluster.peer_cache.get() {
+                        Some(serving) => {
+                            Ok(crate::transfer::peer_cache::serve(&cluster, serving, &request)
+                                .await)
+                        }
+                        None => Err(ClusterError::Unavailable("not serving copies yet".into())),
                     };
                     codec::encode(&answer).unwrap_or_default()
                 }

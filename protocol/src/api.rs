@@ -17,6 +17,7 @@ use crate::job::{
     Job, JobError, JobProgress, JobProperties, JobState, JobTimes, JobType, Priority, ReplyProgress,
 };
 use crate::limits::QueuePolicy;
+use crate::peer_cache::FleetMember;
 use crate::transfer::RemoteInfo;
 
 /// A job as the API shows it (`GET /v1/jobs/{id}`).
@@ -51,6 +52,8 @@ pub struct JobInfo {
     pub credentials: Vec<CredentialInfo>,
     /// Upload-reply jobs: the reply file and `GetReplyProgress`.
     pub reply: Option<ReplyInfo>,
+    /// The job's place in a fleet (`ferry fleet distribute`), if any.
+    pub fleet: Option<FleetMember>,
 }
 
 /// The reply of an upload-reply job (`GetReplyFileName`, `GetReplyProgress`).
@@ -89,6 +92,7 @@ impl From<&Job> for JobInfo {
             reply: job
                 .reply_path()
                 .map(|file_name| ReplyInfo { file_name, progress: job.upload.reply }),
+            fleet: job.fleet,
         }
     }
 }
@@ -123,6 +127,20 @@ pub struct FileInfo {
     pub remote: Option<RemoteInfo>,
     /// Headers of the last response for this file (`Name: value` lines).
     pub response_headers: Vec<String>,
+    /// Where the bytes so far came from (`GetPeerDownloadStats`).
+    pub peer_stats: PeerStats,
+    /// `IsDownloadedFromPeer`: some of the file's bytes came from peers' copies.
+    pub downloaded_from_peer: bool,
+}
+
+/// `IBackgroundCopyFile4::GetPeerDownloadStats`: bytes from the origin (the job's home
+/// node or its helpers) and from peers' copies (the peer cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PeerStats {
+    /// Bytes fetched from the origin server.
+    pub from_origin: u64,
+    /// Bytes taken from peers' copies.
+    pub from_peers: u64,
 }
 
 impl FileInfo {
@@ -139,6 +157,11 @@ impl FileInfo {
             validated: file.validated,
             remote: file.remote.clone(),
             response_headers: file.response_headers.clone(),
+            peer_stats: PeerStats {
+                from_origin: file.progress.bytes_transferred.saturating_sub(file.bytes_from_peers),
+                from_peers: file.bytes_from_peers,
+            },
+            downloaded_from_peer: file.bytes_from_peers > 0,
         }
     }
 }
@@ -337,4 +360,71 @@ pub struct Health {
     pub node_id: NodeId,
     /// The leader it knows of.
     pub leader: Option<NodeId>,
+}
+
+/// `POST /v1/fleets`: bring one file to several nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewFleet {
+    /// The URL to download.
+    pub remote_url: String,
+    /// The absolute path it gets on every node; `{node}` in it is replaced by each
+    /// node's id (for nodes that share a file system).
+    pub local_path: String,
+    /// The member nodes; absent or empty: every member of the cluster.
+    #[serde(default)]
+    pub nodes: Vec<NodeId>,
+    /// Display name of the jobs (default `fleet`).
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Properties every job gets.
+    #[serde(default)]
+    pub properties: crate::command::PropertyChanges,
+}
+
+/// `GET /v1/fleets/{id}`: a fleet and each member's progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FleetInfo {
+    /// The fleet's id.
+    pub id: JobId,
+    /// One entry per member, in member order.
+    pub members: Vec<FleetMemberInfo>,
+}
+
+/// One node of a fleet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FleetMemberInfo {
+    /// The node the file goes to.
+    pub node: NodeId,
+    /// Its download job.
+    pub job: JobId,
+    /// The job's state.
+    pub state: JobState,
+    /// The file's progress.
+    pub progress: FileProgress,
+    /// Where its bytes came from.
+    pub peer_stats: PeerStats,
+    /// The job's error, if it has one.
+    pub error: Option<ErrorInfo>,
+}
+
+impl FleetInfo {
+    /// The view of fleet `id` from its jobs (in member order).
+    pub fn new(id: JobId, jobs: &[&Job]) -> Self {
+        let members = jobs
+            .iter()
+            .map(|job| {
+                let file = job.files.first().map(|f| FileInfo::new(0, f));
+                FleetMemberInfo {
+                    node: job.home_node,
+                    job: job.id,
+                    state: job.state,
+                    progress: file.as_ref().map(|f| f.progress).unwrap_or_default(),
+                    peer_stats: file.map(|f| f.peer_stats).unwrap_or_default(),
+                    error: job.error.as_ref().map(ErrorInfo::from),
+                }
+            })
+            .collect();
+        Self { id, members }
+    }
 }

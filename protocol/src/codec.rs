@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 /// engine: runs, chunks, credentials) does not read version 1 data: no release shipped it.
 /// Version 4 added the upload client's state to jobs and back-end outcomes to upload
 /// sessions; version 5 the jobs' helper cap.
-pub const FORMAT_VERSION: u8 = 5;
+pub const FORMAT_VERSION: u8 = 6;
 
 /// Largest value [`decode`] accepts: control messages, log entries, stored rows.
 pub const FRAME_LIMIT: usize = 16 * 1024 * 1024;

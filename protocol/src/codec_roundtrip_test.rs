@@ -187,7 +187,12 @@ fn report() -> impl Strategy<Value = EngineReport> {
                 file,
                 chunks: chunks
                     .into_iter()
-                    .map(|(index, len, digest)| ChunkRecord { index, len, digest })
+                    .map(|(index, len, digest)| ChunkRecord {
+                        index,
+                        len,
+                        digest,
+                        from_peer: index % 2 == 0
+                    })
                     .collect(),
             }),
         (any::<u32>(), any::<u64>(), proptest::collection::vec(text(), 0..3)).prop_map(
@@ -268,7 +273,14 @@ fn job() -> impl Strategy<Value = Job> {
                         let mut f = JobFile::new(id, i, spec);
                         f.transferred = transferred;
                         f.chunk_size = done;
-                        f.chunks = vec![ChunkRecord { index: 1, len: done, digest: [7; 32] }];
+                        f.chunks = vec![ChunkRecord {
+                            index: 1,
+                            len: done,
+                            digest: [7; 32],
+                            from_peer: true,
+                        }];
+                        f.bytes_from_peers = done;
+                        f.withdrawn = validated;
                         f.remote = Some(RemoteInfo {
                             size: total,
                             etag: Some("\"e\"".into()),
@@ -308,6 +320,11 @@ fn job() -> impl Strategy<Value = Job> {
                 notify_entries: 0,
                 notify_run: None,
                 upload: Default::default(),
+                fleet: ever_resumed.then_some(crate::peer_cache::FleetMember {
+                    fleet: id,
+                    member: error_count % 5,
+                    members: 5,
+                }),
             },
         )
 }

@@ -107,6 +107,25 @@ pub enum Command {
         /// The largest id the admitting node knows of (members, older records).
         at_least: NodeId,
     },
+    /// `ferry fleet distribute`: one download job per member node (the node is its
+    /// home), all with `spec`, created and resumed together, all or nothing.
+    CreateFleet {
+        /// The fleet's id, chosen by the accepting node.
+        fleet: JobId,
+        /// Each member's job id and home node, in member order.
+        members: Vec<(JobId, NodeId)>,
+        /// Name, properties and the one file every member downloads.
+        spec: NewJob,
+    },
+    /// Takes file `file` of `job` out of the peer cache: its copy served bytes that did
+    /// not match their digest, or its node's cache limits dropped it (the node itself
+    /// only).
+    WithdrawPeerCopy {
+        /// The job holding the copy.
+        job: JobId,
+        /// The file.
+        file: u32,
+    },
     /// A report of the scheduler or the transfer engine (the node itself only).
     Engine {
         /// Target job.

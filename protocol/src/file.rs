@@ -149,8 +149,15 @@ pub struct JobFile {
     /// Chunk size of the file's plan; 0 until the file is probed.
     pub chunk_size: u64,
     /// Chunks durable in the temporary file, by plan index. Cleared when the file is
-    /// transferred (its [`content_digest`](Self::content_digest) remains).
+    /// transferred (its [`content_digest`](Self::content_digest) remains), unless the
+    /// file is offered to peers ([`crate::peer_cache::keeps_chunks`]).
     pub chunks: Vec<ChunkRecord>,
+    /// Bytes of [`chunks`](Self::chunks) that came from peers' copies rather than the
+    /// origin (`GetPeerDownloadStats`).
+    pub bytes_from_peers: u64,
+    /// The copy was withdrawn from the peer cache (it served bytes that did not match
+    /// their digest, or its node's cache limits dropped it).
+    pub withdrawn: bool,
     /// Hash list of the finished file (see [`crate::transfer::content_digest`]).
     pub content_digest: Option<[u8; 32]>,
     /// The last response's headers (`BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS`).
@@ -172,6 +179,8 @@ impl JobFile {
             remote: None,
             chunk_size: 0,
             chunks: Vec::new(),
+            bytes_from_peers: 0,
+            withdrawn: false,
             content_digest: None,
             response_headers: Vec::new(),
         }
@@ -185,6 +194,8 @@ impl JobFile {
         self.remote = None;
         self.chunk_size = 0;
         self.chunks.clear();
+        self.bytes_from_peers = 0;
+        self.withdrawn = false;
         self.content_digest = None;
     }
 }

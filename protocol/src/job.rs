@@ -344,7 +344,8 @@ pub struct JobProperties {
     pub dynamic_content: bool,
     /// Cap on the bytes downloaded (`BITS_JOB_PROPERTY_MAX_DOWNLOAD_SIZE`).
     pub max_download_size: Option<u64>,
-    /// `BG_JOB_ENABLE_PEERCACHING_*` flags.
+    /// `BG_JOB_ENABLE_PEERCACHING_*` flags: `CLIENT` lets the job use helpers and peers'
+    /// copies, `SERVER` offers its files to peers. Ferry's default is both.
     pub peer_caching_flags: u32,
     /// `BG_COPY_FILE_*` flags.
     pub acl_flags: u32,
@@ -395,7 +396,9 @@ impl JobProperties {
             custom_headers_write_only: false,
             dynamic_content: false,
             max_download_size: None,
-            peer_caching_flags: 0,
+            // Unlike BITS (0), a Ferry job may use and serve peers' copies by default:
+            // a plain transfer on a cluster uses the cluster.
+            peer_caching_flags: peer_caching::CLIENT | peer_caching::SERVER,
             acl_flags: 0,
             minimum_notification_interval_ms: defaults::MINIMUM_NOTIFICATION_INTERVAL_MS,
             max_connections: None,
@@ -499,6 +502,8 @@ pub struct Job {
     pub notify_run: Option<NotifyRun>,
     /// Upload jobs: the BITS upload session with the server and the reply.
     pub upload: UploadState,
+    /// The job's place in a fleet (`ferry fleet distribute`), if it belongs to one.
+    pub fleet: Option<crate::peer_cache::FleetMember>,
 }
 
 /// An upload job's side of its BITS upload session, recorded through Raft by the home

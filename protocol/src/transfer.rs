@@ -61,6 +61,8 @@ pub struct ChunkRecord {
     pub len: u64,
     /// BLAKE3 of its bytes.
     pub digest: [u8; 32],
+    /// The bytes came from a peer's copy, not from the origin (`GetPeerDownloadStats`).
+    pub from_peer: bool,
 }
 
 /// One piece of a file's plan: `len` bytes at `remote_offset` of the remote file go to

@@ -15,6 +15,29 @@ use crate::limits::*;
 /// counts) are apply's.
 pub fn command_input(command: &Command) -> Result<(), CommandError> {
     match command {
+        Command::CreateFleet { members, spec, .. } => {
+            let nodes: std::collections::BTreeSet<_> = members.iter().map(|m| m.1).collect();
+            let ids: std::collections::BTreeSet<_> = members.iter().map(|m| m.0).collect();
+            if members.is_empty()
+                || members.len() > crate::peer_cache::MAX_FLEET_MEMBERS
+                || nodes.len() != members.len()
+                || ids.len() != members.len()
+            {
+                return Err(invalid(format!(
+                    "a fleet reaches 1 to {} distinct nodes",
+                    crate::peer_cache::MAX_FLEET_MEMBERS
+                )));
+            }
+            if spec.job_type != JobType::Download || spec.files.len() != 1 {
+                return Err(invalid("a fleet downloads exactly one file"));
+            }
+            let create = Command::CreateJob {
+                id: members[0].0,
+                home_node: members[0].1,
+                spec: spec.clone(),
+            };
+            command_input(&create)
+        }
         Command::CreateJob { spec, .. } => {
             text("display name", &spec.display_name, MAX_DISPLAY_NAME_CHARS)?;
             if spec.properties.display_name.is_some() {
@@ -44,6 +67,7 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
         | Command::Engine { .. }
         | Command::RemoveCredentials { .. }
         | Command::AllocateNodeId { .. }
+        | Command::WithdrawPeerCopy { .. }
         | Command::Upload(_) => Ok(()),
         Command::SetCredentials { credential, .. } => {
             credential.scheme.supported()?;

@@ -16,6 +16,7 @@ mod notify;
 mod openapi;
 mod ownership;
 mod partition;
+mod peer_cache;
 mod priority;
 mod restart;
 mod shard;

@@ -147,6 +147,19 @@ impl Nginx {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
+    /// Body bytes nginx sent for `path` (its URL path, `/name`) so far, from the access
+    /// log (a line is written when a request ends): the origin egress of a transfer.
+    pub fn body_bytes_sent(&self, path: &str) -> u64 {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| {
+                let mut fields = line.split(' ');
+                let (uri, _status, bytes) = (fields.next()?, fields.next()?, fields.next()?);
+                (uri == path).then(|| bytes.parse::<u64>().ok()).flatten()
+            })
+            .sum()
+    }
+
     /// Kills nginx and waits for it to exit; does nothing if it already was stopped.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -286,7 +299,8 @@ events {{
     worker_connections 1024;
 }}
 http {{
-    access_log off;
+    log_format sent '$request_uri $status $body_bytes_sent';
+    access_log {access_log} sent;
     client_body_temp_path {client_body};
     proxy_temp_path {proxy};
     fastcgi_temp_path {fastcgi};
@@ -304,6 +318,7 @@ http {{
 ",
         pid = path("nginx.pid")?,
         error_log = path("error.log")?,
+        access_log = path("access.log")?,
         client_body = path("client_body")?,
         proxy = path("proxy")?,
         fastcgi = path("fastcgi")?,

@@ -67,7 +67,7 @@ fn reveal_headers(state: &ApiState, mut info: JobInfo) -> JobInfo {
 
 /// Seals custom header values before they are proposed (G9): the Raft log and the
 /// state hold them encrypted, whether or not they are write-only.
-fn seal_headers(
+pub(super) fn seal_headers(
     state: &ApiState,
     caller: &ferry_protocol::Caller,
     changes: &mut PropertyChanges,

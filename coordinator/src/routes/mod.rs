@@ -6,6 +6,7 @@
 mod credentials;
 mod events;
 mod files;
+mod fleets;
 mod jobs;
 mod system;
 
@@ -70,6 +71,8 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::take_ownership))
         .routes(routes!(jobs::get_error))
         .routes(routes!(jobs::get_reply))
+        .routes(routes!(fleets::create_fleet))
+        .routes(routes!(fleets::get_fleet))
         .routes(routes!(credentials::set_credentials))
         .routes(routes!(credentials::remove_credentials))
         .routes(routes!(files::add_files, files::list_files))

@@ -51,6 +51,9 @@ pub(crate) enum PeerRequest {
     /// Fetch a piece of a job's file from its origin for its home node (a helper):
     /// answered with `Result<ChunkAnswer, ClusterError>`.
     FetchChunk(Box<crate::transfer::helper::ChunkRequest>),
+    /// A chunk of a copy this node holds (the peer cache): answered with
+    /// `Result<CopyAnswer, ClusterError>`.
+    PeerCopy(crate::transfer::peer_cache::CopyRequest),
     /// The first bytes of the reply of an upload-reply job whose home node this is
     /// (`GetReplyData` through another node): answered with `Result<Vec<u8>, ClusterError>`.
     ReplyData {

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_protocol::file::JobFile;
-use ferry_protocol::job::security;
+use ferry_protocol::job::{peer_caching, security};
+use ferry_protocol::peer_cache::ContentKey;
 use ferry_protocol::transfer::{
     self, ChunkRecord, EngineReport, Piece, RemoteInfo, chunk_size_for,
 };
@@ -39,6 +40,7 @@ use super::fetch::{
 };
 use super::helper::{self, ChunkAnswer, ChunkRequest, MAX_HELPER_PIECE};
 use super::local::{self, TempFile};
+use super::peer_cache::{self, CopyError, Next, PieceQueue, Sources};
 use crate::peer::requests::PeerRequest;
 use crate::service::NodeCluster;
 
@@ -194,8 +196,14 @@ impl Run {
                 })
             })?;
         let dynamic = self.job.props.dynamic_content;
-        // A fresh whole file is probed with a GET of its first chunk.
-        let probe_with_data = file.chunks.is_empty() && file.ranges.is_empty() && !dynamic;
+        // A fresh whole file is probed with a GET of its first chunk, unless its bytes
+        // are to come from peers: members hold copies of the URL, or another member of
+        // the job's fleet fetches the first chunk.
+        let from_peers = self.uses_cluster()
+            && (self.reporter.cluster.state.read().queue.offers_url(&url)
+                || self.job.fleet.is_some_and(|f| !f.fetches(0)));
+        let probe_with_data =
+            file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !from_peers;
         let (probe, first) = if local_source {
             (probe_local(&url, index).await?, None)
         } else if dynamic {
@@ -206,8 +214,13 @@ impl Run {
         } else {
             (self.probe(&url, index).await?, None)
         };
+        let same_version = file.remote.as_ref().is_some_and(|r| r.same_version(&probe.remote));
         let chunk_size = match probe.remote.size {
-            Some(size) => chunk_size_for(size, self.settings.chunk_size),
+            // A resumed file keeps its plan (perhaps one adopted from peers' copies).
+            Some(_) if same_version && file.chunk_size != 0 => file.chunk_size,
+            Some(size) => self
+                .copies_chunk_size(&file, &probe.remote, size)
+                .unwrap_or_else(|| chunk_size_for(size, self.settings.chunk_size)),
             None => self.settings.chunk_size,
         };
         let pieces = match probe.remote.size {
@@ -301,7 +314,7 @@ impl Run {
             }
         }
         if !missing.is_empty() {
-            match self.fetch_pieces(&fetch, missing, outbox).await {
+            match self.fetch_pieces(&fetch, chunk_size, missing, outbox).await {
                 Err(Stop::Failed(f))
                     if f.error.code == BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT =>
                 {
@@ -473,11 +486,13 @@ impl Run {
     async fn fetch_pieces(
         &self,
         fetch: &Fetch,
+        chunk_size: u64,
         missing: VecDeque<Piece>,
         outbox: &mut Outbox,
     ) -> Result<(), Stop> {
         let connections = helper::connections(&self.job, &self.settings);
-        let queue = Arc::new(Mutex::new(missing));
+        let sources = self.sources(fetch, chunk_size);
+        let queue = Arc::new(Mutex::new(PieceQueue::new(missing, sources)));
         let mut helpers = self.helpers(fetch);
         // A helper that fails gives its piece back, perhaps after the local workers
         // found the queue empty and ended: then another round fetches what is left.
@@ -495,7 +510,15 @@ impl Run {
                     // already fetches the next one.
                     let mut syncing: Option<tokio::task::JoinHandle<Result<(), Stop>>> = None;
                     let outcome = loop {
-                        let Some(piece) = lock(&queue).pop_front() else { break Ok(()) };
+                        let next = lock(&queue).next_origin(u64::MAX);
+                        let piece = match next {
+                            Next::Piece(piece) => piece,
+                            Next::Wait => {
+                                tokio::time::sleep(peer_cache::IDLE).await;
+                                continue;
+                            }
+                            Next::Done => break Ok(()),
+                        };
                         let record = match fetch.piece(piece).await {
                             Ok(record) => record,
                             Err(stop) => break Err(stop),
@@ -521,6 +544,13 @@ impl Run {
                     }
                     outcome
                 });
+            }
+            if lock(&queue).uses_peers() {
+                for _ in 0..PEER_WORKERS {
+                    let (queue, done, fetch) = (queue.clone(), done_tx.clone(), fetch.clone());
+                    let cluster = self.reporter.cluster.clone();
+                    tasks.spawn(async move { from_peers(&cluster, &fetch, &queue, &done).await });
+                }
             }
             // Twice the helper's connections: a piece travels here while the helper
             // fetches the next (it fetches `connections` at a time).
@@ -582,11 +612,52 @@ impl Run {
         outcome
     }
 
-    /// The members that may fetch pieces of this file (none for local sources).
+    /// The chunk size of members' copies of this content, so that their chunks fit
+    /// this file's plan (only a size a plan could have: within the chunk limits and
+    /// small enough to travel between members).
+    fn copies_chunk_size(&self, file: &JobFile, remote: &RemoteInfo, size: u64) -> Option<u64> {
+        if !self.uses_cluster() || !file.ranges.is_empty() || !file.chunks.is_empty() {
+            return None;
+        }
+        let key = ContentKey::of(&file.remote_url, remote)?;
+        let state = self.reporter.cluster.state.read();
+        let copies = state.queue.peer_copies(&key);
+        let chunk_size = copies.first()?.chunk_size;
+        let fits = (transfer::MIN_CHUNK_SIZE..=MAX_HELPER_PIECE).contains(&chunk_size)
+            && size.div_ceil(chunk_size) <= transfer::MAX_CHUNKS_PER_FILE;
+        fits.then_some(chunk_size)
+    }
+
+    /// Whether the job may use helpers and peers' copies (`BG_JOB_ENABLE_PEERCACHING_CLIENT`).
+    fn uses_cluster(&self) -> bool {
+        self.job.props.peer_caching_flags & peer_caching::CLIENT != 0
+    }
+
+    /// Where pieces of this file may come from besides the origin: members' copies of
+    /// the same content (none for local sources, ranges, or jobs that do not use peers).
+    fn sources(&self, fetch: &Fetch, chunk_size: u64) -> Option<Sources> {
+        let file = self.reporter.read(self.job.id, self.run, |job| {
+            job.files
+                .get(fetch.file as usize)
+                .filter(|f| f.ranges.is_empty())
+                .map(|f| f.remote_url.clone())
+        });
+        let Ok(Some(url)) = file else { return None };
+        if !self.uses_cluster() || fetch.url.starts_with("file://") {
+            return None;
+        }
+        let key = ContentKey::of(&url, &fetch.remote)?;
+        let cluster = self.reporter.cluster.clone();
+        Some(Sources::new(cluster, key, self.job.id, chunk_size, self.job.fleet))
+    }
+
+    /// The members that may fetch pieces of this file (none for local sources, fleet
+    /// members, or jobs that do not use the cluster).
     fn helpers(&self, fetch: &Fetch) -> Vec<Arc<Helper>> {
         let cluster = &self.reporter.cluster;
         let most = self.job.props.max_helpers.unwrap_or(self.settings.max_helpers);
-        if fetch.url.starts_with("file://") || most == 0 {
+        let fleet = self.job.fleet.is_some();
+        if fetch.url.starts_with("file://") || most == 0 || fleet || !self.uses_cluster() {
             return Vec::new();
         }
         let applied = cluster.state.read().applied.map_or(0, |id| id.index);
@@ -719,7 +790,7 @@ impl Run {
     }
 }
 
-fn lock(queue: &Mutex<VecDeque<Piece>>) -> std::sync::MutexGuard<'_, VecDeque<Piece>> {
+fn lock(queue: &Mutex<PieceQueue>) -> std::sync::MutexGuard<'_, PieceQueue> {
     queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -740,20 +811,21 @@ impl Helper {
     /// A piece is written while the helper already fetches the next one.
     async fn work(
         &self,
-        queue: &Mutex<VecDeque<Piece>>,
+        queue: &Mutex<PieceQueue>,
         done: &mpsc::Sender<ChunkRecord>,
     ) -> Result<(), Stop> {
         let mut writing: Option<(Piece, tokio::task::JoinHandle<std::io::Result<ChunkRecord>>)> =
             None;
         let outcome = loop {
-            let piece = {
-                let mut queue = lock(queue);
-                match queue.front() {
-                    Some(piece) if piece.len <= MAX_HELPER_PIECE => queue.pop_front(),
-                    _ => None,
+            let next = lock(queue).next_origin(MAX_HELPER_PIECE);
+            let piece = match next {
+                Next::Piece(piece) => piece,
+                Next::Wait => {
+                    tokio::time::sleep(peer_cache::IDLE).await;
+                    continue;
                 }
+                Next::Done => break Ok(()),
             };
-            let Some(piece) = piece else { break Ok(()) };
             let asked = self.ask(piece).await;
             if let Some((written, handle)) = writing.take() {
                 self.written(written, handle, queue, done).await;
@@ -766,7 +838,7 @@ impl Helper {
                 Err(HelperError::RemoteChanged(why)) => break Err(Stop::RestartFile(why)),
                 Err(HelperError::Lost(why)) => {
                     tracing::info!(job = %self.job, helper = self.node, piece = piece.index, %why, "a helper gave its piece back");
-                    lock(queue).push_front(piece);
+                    lock(queue).give_back(piece);
                     break Ok(());
                 }
             }
@@ -783,7 +855,7 @@ impl Helper {
         &self,
         piece: Piece,
         handle: tokio::task::JoinHandle<std::io::Result<ChunkRecord>>,
-        queue: &Mutex<VecDeque<Piece>>,
+        queue: &Mutex<PieceQueue>,
         done: &mpsc::Sender<ChunkRecord>,
     ) {
         match handle.await {
@@ -792,9 +864,9 @@ impl Helper {
             }
             Ok(Err(e)) => {
                 tracing::warn!(job = %self.job, piece = piece.index, error = %e, "cannot write a helper's piece");
-                lock(queue).push_front(piece);
+                lock(queue).give_back(piece);
             }
-            Err(_) => lock(queue).push_front(piece),
+            Err(_) => lock(queue).give_back(piece),
         }
     }
 
@@ -864,6 +936,60 @@ impl Helper {
             )));
         }
         Ok(bytes)
+    }
+}
+
+/// Peer fetches at once per file.
+const PEER_WORKERS: usize = 4;
+
+/// A peer worker: takes pieces from members' copies until none is left for peers. A
+/// piece a holder cannot deliver goes to another holder or the origin; a holder whose
+/// bytes do not match the recorded digest has its copy withdrawn.
+async fn from_peers(
+    cluster: &NodeCluster,
+    fetch: &Fetch,
+    queue: &Mutex<PieceQueue>,
+    done: &mpsc::Sender<ChunkRecord>,
+) -> Result<(), Stop> {
+    loop {
+        let next = lock(queue).next_peer();
+        let (piece, holders) = match next {
+            None => return Ok(()),
+            Some(Err(())) => {
+                tokio::time::sleep(peer_cache::IDLE).await;
+                continue;
+            }
+            Some(Ok(next)) => next,
+        };
+        let holder = holders[0];
+        match peer_cache::fetch_copy(cluster, holder, piece).await {
+            Ok(bytes) => {
+                let writer = ChunkWriter::new(fetch.temp.clone(), piece.local_offset);
+                match write_piece(writer, piece, bytes).await {
+                    Ok(mut record) => {
+                        record.from_peer = true;
+                        let _ = done.send(record).await;
+                    }
+                    Err(e) => {
+                        return Err(Failure::local(
+                            &e,
+                            "cannot write the temporary file",
+                            Some(fetch.file),
+                        )
+                        .into());
+                    }
+                }
+            }
+            Err(CopyError::Missing(why)) => {
+                tracing::debug!(node = holder.node, piece = piece.index, %why, "a peer's copy did not deliver");
+                lock(queue).peer_failed(piece, holder.node);
+            }
+            Err(CopyError::Wrong(why)) => {
+                tracing::warn!(node = holder.node, job = %holder.job, %why, "a peer's copy is corrupt; withdrawing it");
+                peer_cache::withdraw(cluster, holder.job, holder.file).await;
+                lock(queue).peer_failed(piece, holder.node);
+            }
+        }
     }
 }
 

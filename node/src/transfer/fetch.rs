@@ -246,7 +246,12 @@ impl ChunkWriter {
             let temp = self.temp.clone();
             blocking(move || temp.sync()).await?;
         }
-        Ok(ChunkRecord { index, len: self.len, digest: *self.hasher.finalize().as_bytes() })
+        Ok(ChunkRecord {
+            index,
+            len: self.len,
+            digest: *self.hasher.finalize().as_bytes(),
+            from_peer: false,
+        })
     }
 }
 

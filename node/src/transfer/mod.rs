@@ -11,6 +11,7 @@ mod fetch;
 pub(crate) mod helper;
 mod http;
 mod local;
+pub(crate) mod peer_cache;
 mod upload;
 
 use std::collections::{HashMap, HashSet};

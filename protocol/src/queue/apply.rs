@@ -12,6 +12,7 @@ use crate::file::{JobFile, NewFile};
 use crate::ids::{Caller, JobId, NodeId};
 use crate::job::{Job, JobError, JobProperties, JobState, JobTimes, Priority};
 use crate::limits::{HARD_MAX_JOBS, MAX_JOB_BYTES};
+use crate::peer_cache::{FLEET_NODE_PLACEHOLDER, FleetMember};
 use crate::state::{JobFacts, Operation, transition};
 use crate::validate;
 
@@ -59,8 +60,12 @@ impl Queue {
         validate::command_input(command)?;
         match command {
             Command::CreateJob { id, home_node, spec } => {
-                self.create_job(caller, *id, *home_node, spec)
+                self.create_job(caller, *id, *home_node, spec, None)
             }
+            Command::CreateFleet { fleet, members, spec } => {
+                self.create_fleet(caller, *fleet, members, spec)
+            }
+            Command::WithdrawPeerCopy { job, file } => self.withdraw_peer_copy(caller, *job, *file),
             Command::AddFiles { job, files } => self.add_files(caller, *job, files),
             Command::SetProperties { job, changes } => self.set_properties(caller, *job, changes),
             Command::ChangeFile { job, index, changes } => {
@@ -158,6 +163,7 @@ impl Queue {
         id: JobId,
         home_node: NodeId,
         spec: &NewJob,
+        fleet: Option<FleetMember>,
     ) -> CommandResult {
         if self.jobs.contains_key(&id) {
             return Err(CommandError::new(
@@ -216,6 +222,7 @@ impl Queue {
             notify_entries: 0,
             notify_run: None,
             upload: Default::default(),
+            fleet,
         };
         job.props = self.changed_properties(caller, &job, &spec.properties)?;
         if !spec.files.is_empty() {
@@ -224,6 +231,71 @@ impl Queue {
         fits(&job)?;
         self.store(job);
         Ok(Reply::Created(id))
+    }
+
+    /// Creates and resumes one job per member. Every check that could refuse a later
+    /// member (ids in use, job quotas) is made before the first is created, and the
+    /// members share one spec, so either all are created or none is.
+    fn create_fleet(
+        &mut self,
+        caller: &Caller,
+        fleet: JobId,
+        members: &[(JobId, NodeId)],
+        spec: &NewJob,
+    ) -> CommandResult {
+        let n = u32::try_from(members.len()).unwrap_or(u32::MAX);
+        if let Some((id, _)) = members.iter().find(|(id, _)| self.jobs.contains_key(id)) {
+            return Err(CommandError::new(
+                BitsCode::E_INVALIDARG,
+                format!("job id {id} is already in use"),
+            ));
+        }
+        if self.jobs.values().any(|j| j.fleet.is_some_and(|f| f.fleet == fleet)) {
+            return Err(CommandError::new(
+                BitsCode::E_INVALIDARG,
+                format!("fleet id {fleet} is already in use"),
+            ));
+        }
+        let policy = self.meta.policy;
+        let over_user = !caller.is_admin()
+            && self.unfinished_jobs_of(&caller.principal) + n > policy.max_jobs_per_user;
+        let over_machine = self.unfinished + n > HARD_MAX_JOBS
+            || (!caller.is_admin() && self.unfinished + n > policy.max_jobs);
+        if over_user || over_machine {
+            return Err(CommandError::new(
+                if over_user {
+                    BitsCode::BG_E_TOO_MANY_JOBS_PER_USER
+                } else {
+                    BitsCode::BG_E_TOO_MANY_JOBS_PER_MACHINE
+                },
+                format!("a fleet of {n} jobs does not fit in the job quotas"),
+            ));
+        }
+        let mut spec = spec.clone();
+        let template = spec.files.first().map(|f| f.local_path.clone()).unwrap_or_default();
+        for (member, (id, node)) in (0..n).zip(members) {
+            let tag = FleetMember { fleet, member, members: n };
+            if let Some(file) = spec.files.first_mut() {
+                file.local_path = template.replace(FLEET_NODE_PLACEHOLDER, &node.to_string());
+            }
+            self.create_job(caller, *id, *node, &spec, Some(tag))?;
+            self.lifecycle(caller, *id, JobAction::Resume)?;
+        }
+        Ok(Reply::Created(fleet))
+    }
+
+    fn withdraw_peer_copy(&mut self, caller: &Caller, id: JobId, file: u32) -> CommandResult {
+        if caller.principal != crate::ids::Principal::system() {
+            return Err(CommandError::new(
+                BitsCode::E_ACCESSDENIED,
+                "peer copies are withdrawn by the nodes themselves",
+            ));
+        }
+        let mut job = self.job(&id).cloned().ok_or_else(|| CommandError::job_not_found(id))?;
+        file_mut(&mut job, file)?.withdrawn = true;
+        // Not a change of the job the owner sees: no `store`, no event.
+        self.put_quietly(job);
+        Ok(Reply::Done(BitsCode::S_OK))
     }
 
     fn add_files(&mut self, caller: &Caller, id: JobId, files: &[NewFile]) -> CommandResult {

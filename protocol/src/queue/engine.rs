@@ -13,6 +13,7 @@ use crate::codes::{BitsCode, ErrorContext};
 use crate::command::{CommandError, CommandResult, Reply};
 use crate::ids::{Caller, JobId, Principal};
 use crate::job::{Job, JobError, JobState, JobType, ReplyProgress, UploadState};
+use crate::peer_cache;
 use crate::state::Operation;
 use crate::time::Timestamp;
 use crate::transfer::{self, EngineReport, Severity};
@@ -44,8 +45,7 @@ impl Queue {
             }
             job.files_finished = true;
             // Final jobs keep their place in the retention order: no `store`.
-            self.changes.jobs.insert(id);
-            self.jobs.insert(id, job);
+            self.put_quietly(job);
             return Ok(Reply::Done(BitsCode::S_OK));
         }
         if let [EngineReport::NotifyRan { entry, attempt, success }] = reports {
@@ -68,8 +68,7 @@ impl Queue {
                 Some(owed)
             };
             // Not a change the owner made or sees: no `store`, no event.
-            self.changes.jobs.insert(id);
-            self.jobs.insert(id, job);
+            self.put_quietly(job);
             return Ok(Reply::Done(BitsCode::S_OK));
         }
         if reports.is_empty() {
@@ -147,6 +146,8 @@ fn apply_report(
                 }
             }
             entry.progress.bytes_transferred = entry.chunks.iter().map(|c| c.len).sum();
+            entry.bytes_from_peers =
+                entry.chunks.iter().filter(|c| c.from_peer).map(|c| c.len).sum();
             if added {
                 job.no_progress_since = None;
             }
@@ -168,7 +169,10 @@ fn apply_report(
             entry.progress.bytes_total = Some(*size);
             entry.progress.bytes_transferred = *size;
             entry.content_digest = Some(transfer::content_digest(entry.chunk_size, &entry.chunks));
-            entry.chunks = Vec::new();
+            if !peer_cache::keeps_chunks(job, *file as usize) {
+                file_mut(job, *file)?.chunks = Vec::new();
+            }
+            let entry = file_mut(job, *file)?;
             entry.response_headers = transfer::bounded_headers(headers);
             job.no_progress_since = None;
             if job.pending_files() == 0 && job.state == JobState::Transferring {

@@ -25,6 +25,7 @@ use crate::event::JobEvent;
 use crate::ids::{Caller, JobId, Principal, RequestId};
 use crate::job::Job;
 use crate::limits::QueuePolicy;
+use crate::peer_cache::{self, ContentKey, PeerCopy};
 use crate::time::Timestamp;
 pub use uploads::{
     FragmentAck, HeldReply, MAX_PIECES, MAX_SESSIONS_PER_USER, MAX_UPLOAD_PATH_LEN,
@@ -125,6 +126,8 @@ pub struct Queue {
     unfinished: u32,
     /// Upload sessions by id.
     uploads: BTreeMap<String, UploadSession>,
+    /// Files offered to peers, by content (derived from the jobs; see [`crate::peer_cache`]).
+    content: BTreeMap<ContentKey, BTreeSet<(JobId, u32)>>,
     changes: Changes,
     /// Events produced since the last [`Queue::take_events`], in order.
     events: Vec<JobEvent>,
@@ -230,7 +233,76 @@ impl Queue {
             .collect())
     }
 
+    /// The copies members hold of `key`, in job order.
+    pub fn peer_copies(&self, key: &ContentKey) -> Vec<PeerCopy<'_>> {
+        let Some(files) = self.content.get(key) else { return Vec::new() };
+        files
+            .iter()
+            .filter_map(|(id, index)| {
+                let job = self.jobs.get(id)?;
+                let file = job.files.get(*index as usize)?;
+                Some(PeerCopy {
+                    node: job.home_node,
+                    job: *id,
+                    file: *index,
+                    chunk_size: file.chunk_size,
+                    chunks: &file.chunks,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether any member offers content fetched from `url` (any version).
+    pub fn offers_url(&self, url: &str) -> bool {
+        self.content
+            .range(ContentKey::first_of(url)..)
+            .next()
+            .is_some_and(|(key, _)| key.url == url)
+    }
+
+    /// Every job of fleet `fleet`, by member position.
+    pub fn fleet_jobs(&self, fleet: &JobId) -> Vec<&Job> {
+        let mut jobs: Vec<&Job> =
+            self.jobs.values().filter(|j| j.fleet.is_some_and(|f| f.fleet == *fleet)).collect();
+        jobs.sort_by_key(|j| j.fleet.map(|f| f.member));
+        jobs
+    }
+
+    fn index_content(&mut self, job: &Job) {
+        for index in 0..job.files.len() {
+            if let Some(key) = peer_cache::offered_key(job, index) {
+                let file = u32::try_from(index).unwrap_or(u32::MAX);
+                self.content.entry(key).or_default().insert((job.id, file));
+            }
+        }
+    }
+
+    fn unindex_content(&mut self, job: &Job) {
+        for index in 0..job.files.len() {
+            if let Some(key) = peer_cache::offered_key(job, index)
+                && let Some(files) = self.content.get_mut(&key)
+            {
+                files.remove(&(job.id, u32::try_from(index).unwrap_or(u32::MAX)));
+                if files.is_empty() {
+                    self.content.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Replaces job `job` in the table without the bookkeeping of [`Self::store`] (no
+    /// modification time, no event), keeping the content index right.
+    fn put_quietly(&mut self, job: Job) {
+        if let Some(old) = self.jobs.remove(&job.id) {
+            self.unindex_content(&old);
+        }
+        self.index_content(&job);
+        self.changes.jobs.insert(job.id);
+        self.jobs.insert(job.id, job);
+    }
+
     fn index_job(&mut self, job: &Job) {
+        self.index_content(job);
         if job.state.is_final() {
             self.finished.insert((job.times.modified, job.id));
         } else {
@@ -240,6 +312,7 @@ impl Queue {
     }
 
     fn unindex_job(&mut self, job: &Job) {
+        self.unindex_content(job);
         if job.state.is_final() {
             self.finished.remove(&(job.times.modified, job.id));
         } else {
@@ -315,7 +388,9 @@ impl Queue {
                 break;
             }
             self.finished.remove(&(finished_at, id));
-            self.jobs.remove(&id);
+            if let Some(job) = self.jobs.remove(&id) {
+                self.unindex_content(&job);
+            }
             self.changes.jobs.insert(id);
         }
     }

@@ -507,6 +507,7 @@ mod engine_reports {
     use super::*;
     use crate::codes::ErrorContext;
     use crate::job::JobError;
+    use crate::peer_cache::ContentKey;
     use crate::transfer::{ChunkRecord, EngineReport, RemoteInfo, Severity};
 
     fn node() -> Caller {
@@ -538,7 +539,7 @@ mod engine_reports {
     }
 
     fn chunk(index: u32, len: u64) -> ChunkRecord {
-        ChunkRecord { index, len, digest: [index as u8; 32] }
+        ChunkRecord { index, len, digest: [index as u8; 32], from_peer: false }
     }
 
     #[test]
@@ -646,7 +647,140 @@ mod engine_reports {
         let job = h.queue.job(&id).expect("job");
         assert_eq!(job.state, JobState::Transferred);
         assert!(job.times.transfer_completed.is_some() && job.files[0].content_digest.is_some());
-        assert!(job.files[0].chunks.is_empty());
+        // Offered to peers (Ferry's default flags): the chunk digests stay for receivers.
+        assert_eq!(job.files[0].chunks.len(), 3);
+    }
+
+    fn key(size: u64) -> ContentKey {
+        ContentKey { url: file(0).remote_url, size, validator: "\"v1\"".into() }
+    }
+
+    /// Probes, then records chunks 0 and 1 (of 25 bytes), chunk 1 from a peer.
+    fn half_done(h: &mut Harness, id: JobId) {
+        probed(h, id, 25);
+        two_chunks(h, id);
+    }
+
+    fn two_chunks(h: &mut Harness, id: JobId) {
+        let mut from_peer = chunk(1, 10);
+        from_peer.from_peer = true;
+        report(h, id, EngineReport::Chunks { file: 0, chunks: vec![chunk(0, 10), from_peer] })
+            .expect("chunks");
+    }
+
+    #[test]
+    fn durable_chunks_are_offered_to_peers_until_withdrawn_or_cancelled() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        assert!(h.queue.peer_copies(&key(25)).is_empty());
+        half_done(&mut h, id);
+        let entry = &h.queue.job(&id).expect("job").files[0];
+        assert_eq!((entry.progress.bytes_transferred, entry.bytes_from_peers), (20, 10));
+        let copies = h.queue.peer_copies(&key(25));
+        assert_eq!(copies.len(), 1);
+        assert_eq!((copies[0].node, copies[0].job, copies[0].file), (1, id, 0));
+        assert!(copies[0].chunk(1).is_some() && copies[0].chunk(2).is_none());
+        assert!(h.queue.offers_url(&file(0).remote_url) && !h.queue.offers_url("https://x/"));
+        assert!(h.queue.peer_copies(&key(26)).is_empty(), "another size is other content");
+        // Only the node withdraws a copy.
+        let withdraw = Command::WithdrawPeerCopy { job: id, file: 0 };
+        assert_eq!(code(h.run(&alice(), None, withdraw.clone())), BitsCode::E_ACCESSDENIED);
+        h.run(&node(), None, withdraw).expect("withdrawn");
+        assert!(h.queue.peer_copies(&key(25)).is_empty());
+        // A restarted file is offered again; a cancelled job is not.
+        report(&mut h, id, EngineReport::RestartFile { file: 0 }).expect("restart");
+        let remote = RemoteInfo {
+            size: Some(25),
+            etag: Some("\"v1\"".into()),
+            last_modified: None,
+            ranges: true,
+        };
+        report(&mut h, id, EngineReport::Probed { file: 0, remote, chunk_size: 10 })
+            .expect("probed");
+        two_chunks(&mut h, id);
+        assert_eq!(h.queue.peer_copies(&key(25)).len(), 1);
+        h.act(&alice(), id, JobAction::Cancel).expect("cancel");
+        assert!(h.queue.peer_copies(&key(25)).is_empty());
+        // The index is derived: an image rebuilds it.
+        let other = queued_job(&mut h);
+        half_done(&mut h, other);
+        let rebuilt = Queue::from_image(h.queue.to_image());
+        assert_eq!(rebuilt.peer_copies(&key(25)).len(), 1);
+    }
+
+    #[test]
+    fn a_job_that_does_not_serve_keeps_no_chunk_records_when_done() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        let flags = PropertyChanges {
+            peer_caching_flags: Some(crate::job::peer_caching::CLIENT),
+            ..PropertyChanges::default()
+        };
+        h.run(&alice(), None, Command::SetProperties { job: id, changes: flags }).expect("set");
+        half_done(&mut h, id);
+        assert!(h.queue.peer_copies(&key(25)).is_empty());
+        report(&mut h, id, EngineReport::Chunks { file: 0, chunks: vec![chunk(2, 5)] })
+            .expect("chunks");
+        let done = EngineReport::FileTransferred { file: 0, size: 25, headers: vec![] };
+        report(&mut h, id, done).expect("transferred");
+        assert!(h.queue.job(&id).expect("job").files[0].chunks.is_empty());
+    }
+
+    #[test]
+    fn a_fleet_creates_and_resumes_one_job_per_node_or_none() {
+        let mut h = Harness::new();
+        let fleet = JobId(uuid::Uuid::from_u128(900));
+        let members: Vec<(JobId, u64)> =
+            (1..=3).map(|n| (JobId(uuid::Uuid::from_u128(900 + n as u128)), n)).collect();
+        let mut spec = new_job(JobType::Download, 1);
+        spec.files[0].local_path = "/srv/out/{node}/f".into();
+        let create = |members: Vec<(JobId, u64)>, spec: NewJob| Command::CreateFleet {
+            fleet,
+            members,
+            spec,
+        };
+        // Two files, a repeated node, no node: refused before anything is created.
+        assert_eq!(
+            code(h.run(&alice(), None, create(members.clone(), new_job(JobType::Download, 2)))),
+            BitsCode::E_INVALIDARG
+        );
+        let twice = vec![members[0], (members[1].0, members[0].1)];
+        assert_eq!(
+            code(h.run(&alice(), None, create(twice, spec.clone()))),
+            BitsCode::E_INVALIDARG
+        );
+        assert_eq!(
+            code(h.run(&alice(), None, create(vec![], spec.clone()))),
+            BitsCode::E_INVALIDARG
+        );
+        assert_eq!(h.queue.jobs().count(), 0);
+        assert_eq!(
+            h.run(&alice(), None, create(members.clone(), spec.clone())),
+            Ok(Reply::Created(fleet))
+        );
+        let jobs = h.queue.fleet_jobs(&fleet);
+        let placed: Vec<(u64, u32, u32, JobState)> = jobs
+            .iter()
+            .map(|j| {
+                let tag = j.fleet.expect("member");
+                (j.home_node, tag.member, tag.members, j.state)
+            })
+            .collect();
+        assert_eq!(
+            placed,
+            vec![
+                (1, 0, 3, JobState::Queued),
+                (2, 1, 3, JobState::Queued),
+                (3, 2, 3, JobState::Queued)
+            ]
+        );
+        let paths: Vec<&str> = jobs.iter().map(|j| j.files[0].local_path.as_str()).collect();
+        assert_eq!(paths, vec!["/srv/out/1/f", "/srv/out/2/f", "/srv/out/3/f"]);
+        // The same fleet id again is refused.
+        let again: Vec<(JobId, u64)> =
+            (1..=3).map(|n| (JobId(uuid::Uuid::from_u128(950 + n as u128)), n)).collect();
+        assert_eq!(code(h.run(&alice(), None, create(again, spec))), BitsCode::E_INVALIDARG);
+        assert_eq!(h.queue.jobs().count(), 3);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   subscribers of the QUIC bus ([`events`]).
 //! - `ferry-bench download`: `ferry transfer` against curl and aria2c, all fetching the
 //!   same files from the same local nginx ([`download`]).
+//! - `ferry-bench fleet`: one file to every node, as a fleet and each node alone,
+//!   with origin egress from nginx's log ([`fleet`]).
 //! - `ferry-bench shard`: one file from an nginx limiting each connection and each
 //!   client address: aria2c, Ferry on one node, Ferry on three helping nodes ([`shard`]).
 //!
@@ -15,6 +17,7 @@
 mod child;
 mod download;
 mod events;
+mod fleet;
 mod payload;
 mod report;
 mod shard;
@@ -88,6 +91,22 @@ enum Bench {
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
     },
+    /// A file to every node of 3- and 5-node clusters: `ferry fleet distribute` vs every
+    /// node downloading on its own (time to the last copy, origin egress / file size).
+    Fleet {
+        /// Size of the file, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Per-connection limit, in MB/s (10^6 bytes/s).
+        #[arg(long, default_value_t = 25)]
+        rate_mbps: u64,
+        /// Cluster sizes, comma-separated (2 to 10 nodes each).
+        #[arg(long, value_delimiter = ',', default_value = "3,5")]
+        nodes: Vec<u8>,
+        /// Longest one run may take, in seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout_secs: u64,
+    },
     /// A file from an nginx limiting each connection's rate and each address's
     /// connections: aria2c -x16 vs Ferry on 1 node vs Ferry on 3 helping nodes.
     Shard {
@@ -148,6 +167,20 @@ async fn main() -> anyhow::Result<()> {
             };
             let rows = download::download(&options).await?;
             report::print(&options, &rows);
+        }
+        Bench::Fleet { size_mib, rate_mbps, nodes, timeout_secs } => {
+            anyhow::ensure!(
+                size_mib > 0 && rate_mbps > 0,
+                "--size-mib and --rate-mbps: at least 1"
+            );
+            anyhow::ensure!(nodes.iter().all(|n| (2..=10).contains(n)), "--nodes: 2 to 10 each");
+            let options = fleet::Options {
+                bytes: size_mib << 20,
+                rate: rate_mbps * 1_000_000,
+                sizes: nodes,
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            fleet::fleet(&options).await?;
         }
         Bench::Shard { size_mib, rate_mbps, per_ip, timeout_secs } => {
             anyhow::ensure!(

@@ -1,0 +1,115 @@
+//! `ferry fleet distribute` and `ferry fleet status`: one file brought to several nodes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use ferry_coordinator::Client;
+use ferry_protocol::api::{FleetInfo, NewFleet};
+use ferry_protocol::command::{JobAction, PropertyChanges};
+use ferry_protocol::{JobId, JobState};
+
+use crate::args::FleetCommand;
+use crate::output;
+
+/// How often a waiting `distribute` polls the fleet.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Runs a `ferry fleet` command.
+pub(crate) async fn run(client: &Client, json: bool, command: &FleetCommand) -> anyhow::Result<()> {
+    match command {
+        FleetCommand::Status { id } => {
+            let id: JobId = id.parse().with_context(|| format!("{id:?} is not a fleet id"))?;
+            let fleet = client.fleet(id).await?;
+            show(json, &fleet)
+        }
+        FleetCommand::Distribute { url, path, nodes, priority, no_wait } => {
+            let request = NewFleet {
+                remote_url: url.clone(),
+                local_path: crate::transfer::absolute(path)?,
+                nodes: node_list(nodes)?,
+                display_name: None,
+                properties: PropertyChanges {
+                    priority: priority.map(Into::into),
+                    ..PropertyChanges::default()
+                },
+            };
+            let started = Instant::now();
+            let fleet = client.create_fleet(&request).await?;
+            if *no_wait {
+                return show(json, &fleet);
+            }
+            eprintln!("ferry: fleet {} to {} node(s)", fleet.id, fleet.members.len());
+            let fleet = tokio::select! {
+                result = wait(client, fleet.id) => result?,
+                _ = tokio::signal::ctrl_c() => {
+                    for member in &fleet.members {
+                        let _ = client.act(member.job, JobAction::Cancel).await;
+                    }
+                    bail!("interrupted; the jobs of fleet {} were cancelled", fleet.id);
+                }
+            };
+            if let Some(failed) = fleet.members.iter().find(|m| m.state == JobState::Error) {
+                show(json, &fleet)?;
+                let detail = failed.error.as_ref().map_or(String::new(), |e| e.detail.clone());
+                bail!(
+                    "node {} failed: {detail}; see `ferry fleet status {}` (the other jobs go on)",
+                    failed.node,
+                    fleet.id
+                );
+            }
+            for member in &fleet.members {
+                client.act(member.job, JobAction::Complete).await?;
+            }
+            let fleet = client.fleet(fleet.id).await?;
+            if json {
+                return output::json(&fleet);
+            }
+            output::fleet(&fleet);
+            println!(
+                "Distributed to {} node(s) in {:.1} s (fleet {}).",
+                fleet.members.len(),
+                started.elapsed().as_secs_f64(),
+                fleet.id
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Prints the fleet as JSON or as a table.
+fn show(json: bool, fleet: &FleetInfo) -> anyhow::Result<()> {
+    if json {
+        output::json(fleet)
+    } else {
+        output::fleet(fleet);
+        Ok(())
+    }
+}
+
+/// `all` (every member) or comma-separated node ids.
+fn node_list(nodes: &str) -> anyhow::Result<Vec<u64>> {
+    if nodes.trim().eq_ignore_ascii_case("all") {
+        return Ok(Vec::new());
+    }
+    nodes
+        .split(',')
+        .map(|n| n.trim().parse().with_context(|| format!("{n:?} is not a node id")))
+        .collect()
+}
+
+/// Polls until every member is TRANSFERRED or one is in ERROR.
+async fn wait(client: &Client, id: JobId) -> anyhow::Result<FleetInfo> {
+    loop {
+        let fleet = client.fleet(id).await?;
+        let states = || fleet.members.iter().map(|m| m.state);
+        if states().all(|s| s == JobState::Transferred) || states().any(|s| s == JobState::Error) {
+            return Ok(fleet);
+        }
+        if let Some(gone) =
+            states().find(|s| matches!(s, JobState::Cancelled | JobState::Acknowledged))
+        {
+            bail!("a job of fleet {id} was {} by someone else", gone.bits_name().to_lowercase());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

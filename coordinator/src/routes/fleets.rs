@@ -1,0 +1,97 @@
+//! `/v1/fleets`: one file brought to several nodes (`ferry fleet distribute`), each
+//! chunk fetched from the origin about once and spread between the members.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use ferry_protocol::api::{FleetInfo, NewFleet, Problem};
+use ferry_protocol::command::{Command, NewJob, Reply};
+use ferry_protocol::{BitsCode, JobId, JobType, NewFile};
+
+use super::jobs::{ReadQuery, seal_headers};
+use super::{ApiState, read, write};
+use crate::auth::Authenticated;
+use crate::cluster::ReadAt;
+use crate::extract::{IdempotencyKey, Json, Path, Query, job_id};
+use crate::problem::ApiError;
+
+/// Distribute a file: one download job per member node (that node is its home), created
+/// and resumed together. Every chunk is fetched from the origin by one member and taken
+/// from it by the others. Without `nodes`, every member of the cluster gets the file.
+#[utoipa::path(
+    post, path = "/v1/fleets", tag = "jobs", request_body = NewFleet,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    responses(
+        (status = 201, description = "Created and resumed", body = FleetInfo),
+        (status = 400, description = "Invalid fleet", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A limit was reached", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn create_fleet(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    IdempotencyKey(request_id): IdempotencyKey,
+    Json(fleet): Json<NewFleet>,
+) -> Result<(StatusCode, [(header::HeaderName, String); 1], axum::Json<FleetInfo>), ApiError> {
+    let NewFleet { remote_url, local_path, nodes, display_name, mut properties } = fleet;
+    seal_headers(&state, &caller, &mut properties)?;
+    let members: Vec<u64> =
+        state.cluster.status().await?.members.iter().map(|m| m.node_id).collect();
+    let nodes = if nodes.is_empty() { members.clone() } else { nodes };
+    if let Some(stranger) = nodes.iter().find(|n| !members.contains(n)) {
+        return Err(ApiError::bad_request(format!(
+            "node {stranger} is not a member of the cluster (members: {members:?})"
+        )));
+    }
+    let spec = NewJob {
+        display_name: display_name.unwrap_or_else(|| "fleet".into()),
+        job_type: JobType::Download,
+        properties,
+        files: vec![NewFile { remote_url, local_path, ranges: Vec::new() }],
+    };
+    let members = nodes.into_iter().map(|node| (JobId::new_random(), node)).collect();
+    let command = Command::CreateFleet { fleet: JobId::new_random(), members, spec };
+    let (reply, index) = write(&state, &caller, request_id, command).await?;
+    let Reply::Created(id) = reply else {
+        return Err(ApiError::new(500, BitsCode::E_UNEXPECTED, "create returned no fleet id"));
+    };
+    let info = fleet_info(&state, &caller, id, ReadAt::Applied(index)).await?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/fleets/{id}"))], axum::Json(info)))
+}
+
+/// A fleet and each member's progress.
+#[utoipa::path(
+    get, path = "/v1/fleets/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Fleet id"), ReadQuery),
+    responses(
+        (status = 200, body = FleetInfo),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get_fleet(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<axum::Json<FleetInfo>, ApiError> {
+    Ok(axum::Json(fleet_info(&state, &caller, job_id(&id)?, query.consistency.into()).await?))
+}
+
+/// The fleet's jobs `caller` may see; none is `BG_E_NOT_FOUND`.
+async fn fleet_info(
+    state: &ApiState,
+    caller: &ferry_protocol::Caller,
+    id: JobId,
+    at: ReadAt,
+) -> Result<FleetInfo, ApiError> {
+    let info = read(state, at, |q| {
+        let jobs: Vec<_> =
+            q.fleet_jobs(&id).into_iter().filter(|j| caller.may_access(&j.owner)).collect();
+        (!jobs.is_empty()).then(|| FleetInfo::new(id, &jobs))
+    })
+    .await?;
+    info.ok_or_else(|| {
+        ApiError::new(404, BitsCode::BG_E_NOT_FOUND, format!("no fleet {id} is visible to you"))
+    })
+}

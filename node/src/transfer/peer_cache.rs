@@ -1,0 +1,457 @@
+//! The peer cache on a node (issue 6; model in [`ferry_protocol::peer_cache`]): this
+//! node serves chunks of its copies to other members ([`serve`]), a download takes
+//! chunks from other members' copies and checks each against the digest the holder
+//! recorded ([`PieceQueue`] routes pieces between the origin and peers; [`fetch_copy`]
+//! fetches one), a copy caught serving wrong bytes is withdrawn, and [`keep_limits`]
+//! keeps what this node offers within its size and age limits.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferry_coordinator::Cluster;
+use ferry_protocol::codec::ByteBuf;
+use ferry_protocol::command::Command;
+use ferry_protocol::peer_cache::{ContentKey, FleetMember, offered_key};
+use ferry_protocol::transfer::Piece;
+use ferry_protocol::{JobId, JobState, NodeId, Proposal, Queue, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::system_caller;
+use crate::config::PeerCacheConfig;
+use crate::peer::requests::PeerRequest;
+use crate::service::NodeCluster;
+
+/// A chunk of a member's copy: chunk `index` of file `file` of job `job`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct CopyRequest {
+    /// The job whose file holds the copy.
+    pub(crate) job: JobId,
+    /// The file.
+    pub(crate) file: u32,
+    /// The chunk, by plan index.
+    pub(crate) index: u32,
+}
+
+/// A holder's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum CopyAnswer {
+    /// The chunk's bytes (the receiver checks them against the recorded digest).
+    Bytes(ByteBuf),
+    /// The holder no longer has them (or never had), and why.
+    Missing(String),
+}
+
+/// How long a peer has to deliver a chunk: 5 s plus a second per 4 MiB.
+fn copy_deadline(len: u64) -> Duration {
+    Duration::from_secs(5 + len / (4 * 1024 * 1024))
+}
+
+/// How long pieces that another fleet member is to fetch wait for any copy to grow
+/// before this member fetches them from the origin itself.
+const FLEET_PATIENCE: Duration = Duration::from_secs(15);
+
+/// This node's side of serving copies: how many chunk reads run at once, and (test
+/// builds only) the switch that makes it serve wrong bytes.
+pub(crate) struct Serving {
+    permits: tokio::sync::Semaphore,
+    #[cfg(feature = "fault-injection")]
+    lie: bool,
+}
+
+impl Serving {
+    /// Serving as `[peer_cache]` configures it.
+    pub(crate) fn new(config: &PeerCacheConfig) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(config.max_serving.max(1)),
+            #[cfg(feature = "fault-injection")]
+            lie: config.fault_serve_wrong_bytes,
+        }
+    }
+
+    /// The fault switch: flips the first byte of what is served.
+    #[cfg(feature = "fault-injection")]
+    fn tamper(&self, bytes: &mut [u8]) {
+        if self.lie
+            && let Some(first) = bytes.first_mut()
+        {
+            *first ^= 0xFF;
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn tamper(&self, _bytes: &mut [u8]) {}
+}
+
+/// Serves a chunk of one of this node's copies.
+pub(crate) async fn serve(
+    cluster: &NodeCluster,
+    serving: &Serving,
+    request: &CopyRequest,
+) -> CopyAnswer {
+    let located = locate(&cluster.state.read().queue, cluster.node_id, request);
+    let (path, offset, len) = match located {
+        Ok(found) => found,
+        Err(why) => return CopyAnswer::Missing(why),
+    };
+    let Ok(_permit) = serving.permits.acquire().await else {
+        return CopyAnswer::Missing("the node is stopping".into());
+    };
+    let read = tokio::task::spawn_blocking(move || read_at(&path, offset, len)).await;
+    match read {
+        Ok(Ok(mut bytes)) => {
+            serving.tamper(&mut bytes);
+            CopyAnswer::Bytes(ByteBuf::from(bytes))
+        }
+        Ok(Err(e)) => CopyAnswer::Missing(format!("cannot read the copy: {e}")),
+        Err(e) => CopyAnswer::Missing(e.to_string()),
+    }
+}
+
+/// Where chunk `request.index` of a copy held here lies: path, offset and length.
+fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<(PathBuf, u64, u64), String> {
+    let job = queue.job(&request.job).ok_or("the job is gone")?;
+    let index = request.file as usize;
+    if job.home_node != me || offered_key(job, index).is_none() {
+        return Err("the copy is not offered here".into());
+    }
+    let file = &job.files[index];
+    let chunk = file
+        .chunks
+        .binary_search_by_key(&request.index, |c| c.index)
+        .map(|at| file.chunks[at])
+        .map_err(|_| format!("the copy does not hold chunk {}", request.index))?;
+    if chunk.len > super::helper::MAX_HELPER_PIECE {
+        return Err("the chunk is too large to serve".into());
+    }
+    // After Complete the bytes are at the destination; before, in the temporary file.
+    let path =
+        if job.state == JobState::Acknowledged { &file.local_path } else { &file.temporary_name };
+    Ok((PathBuf::from(path), u64::from(request.index) * file.chunk_size, chunk.len))
+}
+
+fn read_at(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
+    file.read_exact_at(&mut bytes, offset)?;
+    Ok(bytes)
+}
+
+/// Why a copy's chunk did not arrive.
+pub(crate) enum CopyError {
+    /// The holder is unreachable or no longer has it.
+    Missing(String),
+    /// The bytes do not match the digest the holder recorded: its copy is withdrawn.
+    Wrong(String),
+}
+
+/// A holder of a piece: member `node`'s copy in file `file` of job `job`, with the
+/// digest it recorded.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Holder {
+    pub(crate) node: NodeId,
+    pub(crate) job: JobId,
+    pub(crate) file: u32,
+    pub(crate) digest: [u8; 32],
+}
+
+/// Fetches `piece` from `holder` (through the peer link, or read here when this node
+/// holds it) and checks length and digest.
+pub(crate) async fn fetch_copy(
+    cluster: &NodeCluster,
+    holder: Holder,
+    piece: Piece,
+) -> Result<Vec<u8>, CopyError> {
+    let request = CopyRequest { job: holder.job, file: holder.file, index: piece.index };
+    let answer = if holder.node == cluster.node_id {
+        match cluster.peer_cache.get() {
+            Some(serving) => serve(cluster, serving, &request).await,
+            None => CopyAnswer::Missing("not serving yet".into()),
+        }
+    } else {
+        cluster
+            .ask_within::<CopyAnswer>(
+                holder.node,
+                &PeerRequest::PeerCopy(request),
+                copy_deadline(piece.len),
+            )
+            .await
+            .map_err(|e| CopyError::Missing(e.to_string()))?
+    };
+    let bytes = match answer {
+        CopyAnswer::Bytes(bytes) => bytes.into_vec(),
+        CopyAnswer::Missing(why) => return Err(CopyError::Missing(why)),
+    };
+    // Hashing megabytes is CPU work: off the runtime threads Raft shares.
+    let (bytes, actual) = tokio::task::spawn_blocking(move || {
+        let actual = *blake3::hash(&bytes).as_bytes();
+        (bytes, actual)
+    })
+    .await
+    .map_err(|e| CopyError::Missing(e.to_string()))?;
+    if bytes.len() as u64 != piece.len || actual != holder.digest {
+        return Err(CopyError::Wrong(format!(
+            "node {} sent {} bytes for chunk {} that do not match the recorded digest",
+            holder.node,
+            bytes.len(),
+            piece.index
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Takes a copy out of the peer cache (it served wrong bytes, or limits drop it).
+pub(crate) async fn withdraw(cluster: &NodeCluster, job: JobId, file: u32) {
+    let proposal = Proposal {
+        request_id: None,
+        caller: system_caller(),
+        command: Command::WithdrawPeerCopy { job, file },
+    };
+    if let Err(e) = cluster.write(proposal).await {
+        tracing::warn!(%job, file, error = %e, "cannot withdraw a peer copy");
+    }
+}
+
+/// Where a download's missing pieces come from: the origin (this node and its
+/// helpers), members' copies, or (fleet members) later, from the member that fetches
+/// them from the origin. Shared by the download's workers behind a mutex.
+pub(crate) struct PieceQueue {
+    origin: VecDeque<Piece>,
+    peers: VecDeque<Piece>,
+    waiting: Vec<Piece>,
+    sources: Option<Sources>,
+}
+
+/// What routes pieces to peers: the content, this job's place, the applied queue.
+pub(crate) struct Sources {
+    pub(crate) cluster: NodeCluster,
+    pub(crate) key: ContentKey,
+    pub(crate) job: JobId,
+    pub(crate) chunk_size: u64,
+    pub(crate) fleet: Option<FleetMember>,
+    /// Peers that failed a piece, by piece index: not asked for it again.
+    failed: HashMap<u32, Vec<NodeId>>,
+    /// Chunks the copies held when they last grew, and when that was.
+    grown: (usize, Instant),
+}
+
+impl Sources {
+    /// Sources for a job's file with content `key` and plan `chunk_size`.
+    pub(crate) fn new(
+        cluster: NodeCluster,
+        key: ContentKey,
+        job: JobId,
+        chunk_size: u64,
+        fleet: Option<FleetMember>,
+    ) -> Self {
+        Self {
+            cluster,
+            key,
+            job,
+            chunk_size,
+            fleet,
+            failed: HashMap::new(),
+            grown: (0, Instant::now()),
+        }
+    }
+
+    /// The holders of `piece` not yet failed for it, spread by piece index.
+    fn holders(&self, queue: &Queue, piece: &Piece) -> Vec<Holder> {
+        let failed = self.failed.get(&piece.index);
+        let mut holders: Vec<Holder> = queue
+            .peer_copies(&self.key)
+            .into_iter()
+            .filter(|copy| copy.job != self.job && copy.chunk_size == self.chunk_size)
+            .filter(|copy| failed.is_none_or(|nodes| !nodes.contains(&copy.node)))
+            .filter_map(|copy| {
+                let chunk = copy.chunk(piece.index).filter(|c| c.len == piece.len)?;
+                Some(Holder {
+                    node: copy.node,
+                    job: copy.job,
+                    file: copy.file,
+                    digest: chunk.digest,
+                })
+            })
+            .collect();
+        if !holders.is_empty() {
+            let turn = piece.index as usize % holders.len();
+            holders.rotate_left(turn);
+        }
+        holders
+    }
+
+    /// Chunks held by copies other than this job's.
+    fn held_chunks(&self, queue: &Queue) -> usize {
+        queue
+            .peer_copies(&self.key)
+            .iter()
+            .filter(|copy| copy.job != self.job)
+            .map(|copy| copy.chunks.len())
+            .sum()
+    }
+}
+
+/// The next piece for a worker.
+pub(crate) enum Next {
+    /// Fetch this one.
+    Piece(Piece),
+    /// Nothing now, but pieces may come: ask again shortly.
+    Wait,
+    /// Nothing is left for this kind of worker.
+    Done,
+}
+
+/// How long a worker with nothing to do waits before asking again.
+pub(crate) const IDLE: Duration = Duration::from_millis(100);
+
+impl PieceQueue {
+    /// The queue of `missing` pieces; without `sources` they all come from the origin.
+    pub(crate) fn new(missing: VecDeque<Piece>, sources: Option<Sources>) -> Self {
+        let mut queue =
+            Self { origin: VecDeque::new(), peers: VecDeque::new(), waiting: Vec::new(), sources };
+        match &queue.sources {
+            None => queue.origin = missing,
+            Some(sources) => {
+                let state = sources.cluster.state.read();
+                for piece in missing {
+                    if !sources.holders(&state.queue, &piece).is_empty() {
+                        queue.peers.push_back(piece);
+                    } else if sources.fleet.is_some_and(|f| !f.fetches(piece.index)) {
+                        queue.waiting.push(piece);
+                    } else {
+                        queue.origin.push_back(piece);
+                    }
+                }
+            }
+        }
+        queue
+    }
+
+    /// Pieces left, wherever they are to come from.
+    pub(crate) fn len(&self) -> usize {
+        self.origin.len() + self.peers.len() + self.waiting.len()
+    }
+
+    /// Whether pieces are (or may become) for peer workers.
+    pub(crate) fn uses_peers(&self) -> bool {
+        !self.peers.is_empty() || !self.waiting.is_empty()
+    }
+
+    /// The next piece to fetch from the origin, at most `max_len` bytes long.
+    pub(crate) fn next_origin(&mut self, max_len: u64) -> Next {
+        self.route();
+        match self.origin.front() {
+            Some(piece) if piece.len <= max_len => {
+                self.origin.pop_front().map_or(Next::Done, Next::Piece)
+            }
+            Some(_) => Next::Done,
+            None if self.uses_peers() => Next::Wait,
+            None => Next::Done,
+        }
+    }
+
+    /// The next piece to take from a peer, with its holders (best first).
+    pub(crate) fn next_peer(&mut self) -> Option<Result<(Piece, Vec<Holder>), ()>> {
+        self.route();
+        let Some(sources) = &self.sources else { return None };
+        let Some(piece) = self.peers.pop_front() else {
+            return (!self.waiting.is_empty()).then_some(Err(()));
+        };
+        let holders = sources.holders(&sources.cluster.state.read().queue, &piece);
+        if holders.is_empty() {
+            self.origin.push_back(piece);
+            return Some(Err(()));
+        }
+        Some(Ok((piece, holders)))
+    }
+
+    /// A piece an origin worker or helper could not deliver: to be fetched again.
+    pub(crate) fn give_back(&mut self, piece: Piece) {
+        self.origin.push_front(piece);
+    }
+
+    /// A piece `node` could not deliver: another holder or the origin gets it.
+    pub(crate) fn peer_failed(&mut self, piece: Piece, node: NodeId) {
+        if let Some(sources) = &mut self.sources {
+            sources.failed.entry(piece.index).or_default().push(node);
+        }
+        self.peers.push_back(piece);
+    }
+
+    /// Moves waiting pieces to peers once a copy holds them, or to the origin once the
+    /// copies stopped growing for [`FLEET_PATIENCE`].
+    fn route(&mut self) {
+        let Some(sources) = &mut self.sources else { return };
+        if self.waiting.is_empty() {
+            return;
+        }
+        let state = sources.cluster.state.read();
+        let held = sources.held_chunks(&state.queue);
+        if held > sources.grown.0 {
+            sources.grown = (held, Instant::now());
+        }
+        let stalled = sources.grown.1.elapsed() >= FLEET_PATIENCE;
+        let mut still = Vec::new();
+        for piece in std::mem::take(&mut self.waiting) {
+            if !sources.holders(&state.queue, &piece).is_empty() {
+                self.peers.push_back(piece);
+            } else if stalled {
+                self.origin.push_back(piece);
+            } else {
+                still.push(piece);
+            }
+        }
+        if stalled && !still.is_empty() {
+            tracing::info!(job = %sources.job, pieces = still.len(), "no copy grew for a while; fetching the rest from the origin");
+        }
+        self.waiting = still;
+    }
+}
+
+/// Keeps this node's offer within `[peer_cache]` limits: copies older than
+/// `max_age_secs`, and the oldest beyond `max_size_bytes` in all, are withdrawn (the
+/// files stay; they are only no longer offered). Runs every `check_every_secs`.
+pub(crate) async fn keep_limits(cluster: NodeCluster, config: PeerCacheConfig) {
+    let every = Duration::from_secs(config.check_every_secs.max(1));
+    loop {
+        tokio::time::sleep(every).await;
+        let over =
+            over_limits(&cluster.state.read().queue, cluster.node_id, &config, Timestamp::now());
+        for (job, file) in over {
+            tracing::info!(%job, file, "withdrawing a peer copy beyond this node's cache limits");
+            withdraw(&cluster, job, file).await;
+        }
+    }
+}
+
+/// This node's copies beyond its limits, newest kept first.
+fn over_limits(
+    queue: &Queue,
+    me: NodeId,
+    config: &PeerCacheConfig,
+    now: Timestamp,
+) -> Vec<(JobId, u32)> {
+    let mut copies: Vec<(Timestamp, JobId, u32, u64)> = queue
+        .jobs()
+        .filter(|job| job.home_node == me)
+        .flat_map(|job| {
+            let made = job.times.transfer_completed.unwrap_or(job.times.modified);
+            (0..job.files.len()).filter(|i| offered_key(job, *i).is_some()).map(move |i| {
+                let bytes = job.files[i].progress.bytes_transferred;
+                (made, job.id, u32::try_from(i).unwrap_or(u32::MAX), bytes)
+            })
+        })
+        .collect();
+    copies.sort_by_key(|copy| std::cmp::Reverse(copy.0));
+    let max_age = Duration::from_secs(config.max_age_secs);
+    let mut total = 0u64;
+    copies
+        .into_iter()
+        .filter(|(made, _, _, bytes)| {
+            total = total.saturating_add(*bytes);
+            now.since(*made) > max_age || config.max_size_bytes.is_some_and(|max| total > max)
+        })
+        .map(|(_, job, file, _)| (job, file))
+        .collect()
+}

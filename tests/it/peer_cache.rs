@@ -1,0 +1,266 @@
+//! The peer cache and fleet distribution (issue 6): a second job for the same content
+//! takes its bytes from members' copies, a copy that serves wrong bytes is caught by
+//! the digest and withdrawn, cache limits and peer caching flags are obeyed, and a
+//! fleet fetches each chunk from the origin about once.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_coordinator::Client;
+use ferry_protocol::api::{FileInfo, FleetInfo};
+use ferry_protocol::job::peer_caching;
+use ferry_protocol::{JobAction, JobId, JobState, PropertyChanges};
+use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig};
+use ferry_tests::{Node, NodeOptions, tokens};
+
+use crate::download::same_as_origin;
+use crate::support::{start_download, wait_for};
+
+const MIB: u64 = 1024 * 1024;
+
+/// `n` nodes on 127.0.0.1.., each with its own source address, 1 MiB chunks and the
+/// `[peer_cache]` section `cache(i)` (i from 1).
+async fn cluster(n: u8, cache: impl Fn(u8) -> String) -> anyhow::Result<Vec<Node>> {
+    let transfer = |ip: Ipv4Addr| {
+        format!("chunk_size_bytes = 1048576\nread_timeout_secs = 10\nsource_addr = \"{ip}\"")
+    };
+    let first_ip = Ipv4Addr::new(127, 0, 0, 1);
+    let first = Node::start(NodeOptions {
+        transfer: transfer(first_ip),
+        extra_config: cache(1),
+        ..NodeOptions::default()
+    })
+    .await?;
+    let token = first.join_token()?;
+    let mut nodes = vec![first];
+    for last in 2..=n {
+        let ip = Ipv4Addr::new(127, 0, 0, last);
+        let mut options = nodes[0].joiner(ip, &token)?;
+        options.transfer = transfer(ip);
+        // The founder's [peer_cache] is replaced by this node's; [cluster] stays.
+        let at = options.extra_config.find("[cluster]").unwrap_or_default();
+        options.extra_config = format!("{}\n{}", cache(last), &options.extra_config[at..]);
+        nodes.push(Node::start(options).await?);
+    }
+    let voters = ferry_tests::default_voters(nodes.len());
+    ferry_tests::await_agreement(&nodes, voters, "the cluster did not form").await?;
+    Ok(nodes)
+}
+
+fn no_cache_settings(_: u8) -> String {
+    String::new()
+}
+
+/// Origin body bytes of `path` sent since the request with index `from`.
+fn egress(origin: &Origin, path: &str, from: usize) -> u64 {
+    origin.requests()[from..].iter().filter(|r| r.path == path).map(|r| r.body_bytes).sum()
+}
+
+/// Downloads `url` to `local` through `node` with `properties`, to TRANSFERRED, then
+/// Complete; returns the file's view before Complete.
+async fn download(
+    node: &Node,
+    client: &Client,
+    url: &str,
+    local: &Path,
+    properties: PropertyChanges,
+) -> anyhow::Result<FileInfo> {
+    let files = [(url.to_owned(), local.to_path_buf())];
+    let id = start_download(client, &files, properties).await?;
+    wait_for(node, client, id, &[JobState::Transferred], Duration::from_secs(90)).await?;
+    let file = client.files(id).await?.files.remove(0);
+    client.act(id, JobAction::Complete).await?;
+    Ok(file)
+}
+
+fn log_has(node: &Node, text: &str) -> bool {
+    std::fs::read_to_string(node.log_path()).unwrap_or_default().contains(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_job_for_the_same_content_is_served_by_peers() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    let len = 24 * MIB + 77;
+    origin.add_file("/same.bin", Content::Pattern { seed: 71, len });
+    let nodes = cluster(3, no_cache_settings).await?;
+    let dir = tempfile::tempdir()?;
+    let url = origin.url("/same.bin");
+    let first = dir.path().join("first.bin");
+    let client1 = nodes[0].client(Some(tokens::ALICE))?;
+    let file = download(&nodes[0], &client1, &url, &first, PropertyChanges::default()).await?;
+    assert!(!file.downloaded_from_peer, "nobody held the content yet");
+    assert_eq!(file.peer_stats.from_origin, len);
+    // The same URL and validator from another node: the bytes come from node 1's copy
+    // (its destination file now), checked against the digests node 1 recorded.
+    let before = origin.requests().len();
+    let second = dir.path().join("second.bin");
+    let client2 = nodes[1].client(Some(tokens::ALICE))?;
+    let file = download(&nodes[1], &client2, &url, &second, PropertyChanges::default()).await?;
+    let from_origin = egress(&origin, "/same.bin", before);
+    println!(
+        "second job: {} bytes from peers, {} from the origin by its stats; origin egress {from_origin} bytes ({:.2} % of the file)",
+        file.peer_stats.from_peers,
+        file.peer_stats.from_origin,
+        100.0 * from_origin as f64 / len as f64
+    );
+    assert!(file.downloaded_from_peer, "IsDownloadedFromPeer is false");
+    assert_eq!((file.peer_stats.from_peers, file.peer_stats.from_origin), (len, 0));
+    assert!(from_origin * 20 <= len, "origin sent {from_origin} bytes for the second job");
+    assert!(same_as_origin(&origin, "/same.bin", &second)?, "the copy from peers differs");
+    // A job that does not use peers (no BG_JOB_ENABLE_PEERCACHING_CLIENT) takes nothing
+    // from them, and asks no helper either: only its own address fetches.
+    let before = origin.requests().len();
+    let third = dir.path().join("third.bin");
+    let client3 = nodes[2].client(Some(tokens::ALICE))?;
+    let alone = PropertyChanges {
+        peer_caching_flags: Some(peer_caching::SERVER),
+        ..PropertyChanges::default()
+    };
+    let file = download(&nodes[2], &client3, &url, &third, alone).await?;
+    assert_eq!(file.peer_stats.from_peers, 0);
+    assert!(egress(&origin, "/same.bin", before) >= len);
+    let clients: std::collections::BTreeSet<_> =
+        origin.requests()[before..].iter().filter_map(|r| r.client).collect();
+    assert_eq!(clients, [std::net::IpAddr::from([127, 0, 0, 3])].into(), "helpers were asked");
+    assert!(same_as_origin(&origin, "/same.bin", &third)?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_wrong_bytes_is_caught_and_its_copy_withdrawn() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    let len = 12 * MIB + 3;
+    origin.add_file("/lie.bin", Content::Pattern { seed: 72, len });
+    // Node 2 serves its copies with a flipped byte (the test-only fault switch).
+    let nodes = cluster(3, |i| {
+        if i == 2 { "[peer_cache]\nfault_serve_wrong_bytes = true".into() } else { String::new() }
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let url = origin.url("/lie.bin");
+    let liar = nodes[1].client(Some(tokens::ALICE))?;
+    download(&nodes[1], &liar, &url, &dir.path().join("liar.bin"), PropertyChanges::default())
+        .await?;
+    // Node 3 asks node 2's copy, catches the lie by the digest, withdraws the copy and
+    // takes the bytes from the origin: its file is right.
+    let before = origin.requests().len();
+    let honest = nodes[2].client(Some(tokens::ALICE))?;
+    let local = dir.path().join("honest.bin");
+    let file = download(&nodes[2], &honest, &url, &local, PropertyChanges::default()).await?;
+    assert!(same_as_origin(&origin, "/lie.bin", &local)?, "wrong bytes reached the file");
+    assert!(
+        log_has(&nodes[2], "a peer's copy is corrupt; withdrawing it"),
+        "the lie went unnoticed"
+    );
+    assert_eq!(file.peer_stats.from_peers, 0, "bytes of the lying copy were kept");
+    assert!(egress(&origin, "/lie.bin", before) >= len, "the origin did not send the chunks");
+    // Node 2's copy is withdrawn: node 1 takes everything from node 3's copy and never
+    // meets the liar.
+    let late = nodes[0].client(Some(tokens::ALICE))?;
+    let last = dir.path().join("last.bin");
+    let file = download(&nodes[0], &late, &url, &last, PropertyChanges::default()).await?;
+    assert_eq!(file.peer_stats.from_peers, len, "not served by the honest copy");
+    assert!(!log_has(&nodes[0], "a peer's copy is corrupt"), "the withdrawn copy was asked");
+    assert!(same_as_origin(&origin, "/lie.bin", &last)?);
+    println!("a lying copy was caught by its digests, withdrawn, and its chunks fetched again");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_beyond_a_nodes_cache_size_are_no_longer_offered() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/old.bin", Content::Pattern { seed: 73, len: 3 * MIB });
+    origin.add_file("/new.bin", Content::Pattern { seed: 74, len: 3 * MIB });
+    // Node 1 offers at most 4 MiB: of its two 3 MiB copies, the older is withdrawn.
+    let nodes = cluster(2, |i| {
+        if i == 1 {
+            "[peer_cache]\nmax_size_bytes = 4194304\ncheck_every_secs = 1".into()
+        } else {
+            String::new()
+        }
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let client1 = nodes[0].client(Some(tokens::ALICE))?;
+    let (old, new) = (origin.url("/old.bin"), origin.url("/new.bin"));
+    download(&nodes[0], &client1, &old, &dir.path().join("old1"), PropertyChanges::default())
+        .await?;
+    download(&nodes[0], &client1, &new, &dir.path().join("new1"), PropertyChanges::default())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_has(&nodes[0], "withdrawing a peer copy beyond this node's cache limits") {
+        anyhow::ensure!(Instant::now() < deadline, "no copy was withdrawn");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client2 = nodes[1].client(Some(tokens::ALICE))?;
+    let file =
+        download(&nodes[1], &client2, &new, &dir.path().join("new2"), PropertyChanges::default())
+            .await?;
+    assert_eq!(file.peer_stats.from_peers, 3 * MIB, "the newer copy is still offered");
+    let file =
+        download(&nodes[1], &client2, &old, &dir.path().join("old2"), PropertyChanges::default())
+            .await?;
+    assert_eq!(file.peer_stats.from_peers, 0, "the older copy is still offered");
+    assert!(same_as_origin(&origin, "/old.bin", &dir.path().join("old2"))?);
+    Ok(())
+}
+
+/// Runs `ferry fleet distribute` through node 1 and returns the fleet it printed.
+async fn distribute(node: &Node, url: &str, path: &str) -> anyhow::Result<FleetInfo> {
+    let args = ["--json", "fleet", "distribute", url, path];
+    let (code, stdout, stderr) = ferry_tests::ferry(node, tokens::ADMIN, &args).await?;
+    anyhow::ensure!(code == 0, "ferry fleet distribute failed ({code}): {stderr}");
+    Ok(serde_json::from_str(&stdout)?)
+}
+
+fn fleet_path(dir: &Path, node: u64) -> PathBuf {
+    dir.join(format!("fleet.bin.{node}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig {
+        // 8 MiB/s per connection: the members' shares arrive at about the same pace.
+        knobs: Knobs { rate_limit_per_connection: Some(8 * MIB), ..Knobs::default() },
+        ..OriginConfig::default()
+    })
+    .await?;
+    let len = 40 * MIB + 11;
+    origin.add_file("/fleet.bin", Content::Pattern { seed: 75, len });
+    let nodes = cluster(5, no_cache_settings).await?;
+    let dir = tempfile::tempdir()?;
+    let template = dir.path().join("fleet.bin.{node}");
+    let started = Instant::now();
+    let fleet =
+        distribute(&nodes[0], &origin.url("/fleet.bin"), &template.to_string_lossy()).await?;
+    let took = started.elapsed();
+    let sent = egress(&origin, "/fleet.bin", 0);
+    let ratio = sent as f64 / len as f64;
+    println!(
+        "fleet of {} nodes: {:.1} s, origin egress {sent} bytes = {ratio:.3} x the file",
+        fleet.members.len(),
+        took.as_secs_f64()
+    );
+    assert_eq!(fleet.members.len(), 5);
+    for member in &fleet.members {
+        assert_eq!(member.state, JobState::Acknowledged, "node {}", member.node);
+        let local = fleet_path(dir.path(), member.node);
+        assert!(same_as_origin(&origin, "/fleet.bin", &local)?, "node {} differs", member.node);
+        assert!(member.peer_stats.from_peers > 0, "node {} took nothing from peers", member.node);
+    }
+    assert!(ratio <= 1.2, "the origin sent {ratio:.2} x the file");
+    // `ferry fleet status` shows every node.
+    let id = fleet.id.to_string();
+    let (code, stdout, _) =
+        ferry_tests::ferry(&nodes[2], tokens::ADMIN, &["fleet", "status", &id]).await?;
+    assert_eq!(code, 0);
+    for member in &fleet.members {
+        assert!(stdout.contains(&member.job.to_string()), "status lacks node {}", member.node);
+    }
+    let unknown = JobId::new_random().to_string();
+    let (code, _, stderr) =
+        ferry_tests::ferry(&nodes[2], tokens::ADMIN, &["fleet", "status", &unknown]).await?;
+    assert!(code != 0 && stderr.contains("BG_E_NOT_FOUND"), "{stderr}");
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! `ferry-bench fleet`: one large file brought to every node of a cluster, by
+//! `ferry fleet distribute` (each chunk fetched from the origin about once, then spread
+//! between the nodes) and by every node downloading on its own (one job per node that
+//! neither uses nor offers peers' copies, no helpers). For each cluster size: the time
+//! until the last node holds the file, and the origin egress (from nginx's access log)
+//! divided by the file size. Every copy is checked (size and BLAKE3) after the clock.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ferry_coordinator::Client;
+use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
+use ferry_protocol::{JobState, JobType, NewFile};
+use ferry_tests::nginx::{Nginx, NginxOptions};
+use ferry_tests::{Node, NodeOptions, tokens};
+use tokio::process::Command;
+
+use crate::child::run_timed;
+use crate::payload::{Expected, verify, write_random};
+
+/// Options of `ferry-bench fleet`.
+#[derive(Debug)]
+pub(crate) struct Options {
+    /// Size of the file, bytes.
+    pub(crate) bytes: u64,
+    /// nginx `limit_rate`, bytes per second per connection.
+    pub(crate) rate: u64,
+    /// Cluster sizes to run.
+    pub(crate) sizes: Vec<u8>,
+    /// Longest one run may take.
+    pub(crate) timeout: Duration,
+}
+
+/// One measured run.
+struct Row {
+    nodes: u8,
+    how: &'static str,
+    outcome: anyhow::Result<(Duration, u64)>,
+}
+
+/// Runs both ways for every cluster size and prints the table.
+pub(crate) async fn fleet(options: &Options) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("ferry-bench-fleet-").tempdir()?;
+    let (root, out, logs) =
+        (work.path().join("www"), work.path().join("out"), work.path().join("logs"));
+    std::fs::create_dir_all(&logs)?;
+    eprintln!("writing {} MiB under {}", options.bytes >> 20, work.path().display());
+    let file = {
+        let (root, bytes) = (root.clone(), options.bytes);
+        tokio::task::spawn_blocking(move || write_random(&root, "fleet.bin", bytes, 11)).await??
+    };
+    let nginx =
+        Nginx::start(NginxOptions { limit_rate: Some(options.rate), ..NginxOptions::new(&root) })
+            .await
+            .context("starting nginx")?;
+    let mut rows = Vec::new();
+    for &nodes in &options.sizes {
+        for how in ["fleet distribute", "each node alone"] {
+            eprintln!("{how}: {nodes} nodes");
+            let run = Run {
+                nginx: &nginx,
+                file: &file,
+                out: &out,
+                logs: &logs,
+                nodes,
+                timeout: options.timeout,
+            };
+            let outcome =
+                tokio::time::timeout(options.timeout, run.measure(how == "fleet distribute"))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("timed out after {:?}", options.timeout))
+                    });
+            rows.push(Row { nodes, how, outcome });
+        }
+    }
+    print(options, &rows);
+    Ok(())
+}
+
+/// One run's surroundings.
+struct Run<'a> {
+    nginx: &'a Nginx,
+    file: &'a Expected,
+    out: &'a Path,
+    logs: &'a Path,
+    nodes: u8,
+    timeout: Duration,
+}
+
+impl Run<'_> {
+    /// Starts a fresh cluster, brings the file to every node, checks every copy:
+    /// (time to the last copy, origin egress in bytes).
+    async fn measure(&self, as_fleet: bool) -> anyhow::Result<(Duration, u64)> {
+        if self.out.exists() {
+            std::fs::remove_dir_all(self.out)?;
+        }
+        std::fs::create_dir_all(self.out)?;
+        let mut cluster = start(self.nodes).await?;
+        let url = self.nginx.url(&self.file.name);
+        let path = format!("/{}", self.file.name);
+        let before = self.nginx.body_bytes_sent(&path);
+        let outcome = if as_fleet {
+            self.fleet(&cluster, &url).await
+        } else {
+            self.alone(&cluster, &url).await
+        };
+        for node in &mut cluster {
+            let _ = node.kill9().await;
+        }
+        let elapsed = outcome?;
+        let egress = self.nginx.body_bytes_sent(&path) - before;
+        for node in 1..=u64::from(self.nodes) {
+            let expected = Expected { name: copy_name(node), ..self.file.clone() };
+            let out = self.out.to_path_buf();
+            tokio::task::spawn_blocking(move || verify(&out, &[expected])).await??;
+        }
+        Ok((elapsed, egress))
+    }
+
+    /// `ferry fleet distribute URL out/fleet.bin.{node}` (waits and completes).
+    async fn fleet(&self, cluster: &[Node], url: &str) -> anyhow::Result<Duration> {
+        let mut command = Command::new(ferry_tests::binary("ferry")?);
+        command
+            .arg("--node")
+            .arg(cluster[0].url()?)
+            .arg("--token")
+            .arg(tokens::ADMIN)
+            .args(["fleet", "distribute", "--priority", "foreground", url])
+            .arg(self.out.join("fleet.bin.{node}"));
+        let log = self.logs.join(format!("fleet-{}.log", self.nodes));
+        run_timed(command, &log, self.timeout).await
+    }
+
+    /// One job per node, created on that node, using and offering no peers' copies and
+    /// no helpers; timed from the first create to the last TRANSFERRED, then completed.
+    async fn alone(&self, cluster: &[Node], url: &str) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut jobs = Vec::new();
+        for (i, node) in (1u64..).zip(cluster) {
+            let client = node.client(Some(tokens::ADMIN))?;
+            let spec = NewJob {
+                display_name: "alone".into(),
+                job_type: JobType::Download,
+                properties: PropertyChanges {
+                    priority: Some(ferry_protocol::Priority::Foreground),
+                    peer_caching_flags: Some(0),
+                    max_helpers: Some(Some(0)),
+                    ..PropertyChanges::default()
+                },
+                files: vec![NewFile {
+                    remote_url: url.to_owned(),
+                    local_path: self.out.join(copy_name(i)).to_string_lossy().into_owned(),
+                    ranges: Vec::new(),
+                }],
+            };
+            let job = client.create_job(&spec).await?;
+            client.act(job.id, JobAction::Resume).await?;
+            jobs.push((client, job.id));
+        }
+        for (client, id) in &jobs {
+            wait_transferred(client, *id).await?;
+        }
+        let elapsed = started.elapsed();
+        for (client, id) in &jobs {
+            client.act(*id, JobAction::Complete).await?;
+        }
+        Ok(elapsed)
+    }
+}
+
+fn copy_name(node: u64) -> String {
+    format!("fleet.bin.{node}")
+}
+
+async fn wait_transferred(client: &Client, id: ferry_protocol::JobId) -> anyhow::Result<()> {
+    loop {
+        let job = client.job(id).await?;
+        match job.state {
+            JobState::Transferred => return Ok(()),
+            JobState::Error => anyhow::bail!("job {id} failed: {:?}", job.error),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// `n` fresh nodes on 127.0.0.1 up, each its own source address.
+async fn start(n: u8) -> anyhow::Result<Vec<Node>> {
+    let transfer = |ip: Ipv4Addr| format!("source_addr = \"{ip}\"");
+    let first = Node::start(NodeOptions {
+        transfer: transfer(Ipv4Addr::LOCALHOST),
+        ..NodeOptions::default()
+    })
+    .await?;
+    let token = first.join_token()?;
+    let mut cluster = vec![first];
+    for last in 2..=n {
+        let ip = Ipv4Addr::new(127, 0, 0, last);
+        let mut options = cluster[0].joiner(ip, &token)?;
+        options.transfer = transfer(ip);
+        cluster.push(Node::start(options).await?);
+    }
+    let voters = ferry_tests::default_voters(cluster.len());
+    ferry_tests::await_agreement(&cluster, voters, "the cluster did not form").await?;
+    Ok(cluster)
+}
+
+fn print(options: &Options, rows: &[Row]) {
+    println!(
+        "\nferry-bench fleet: {} MiB from nginx (limit_rate {} MB/s per connection) to every node",
+        options.bytes >> 20,
+        options.rate / 1_000_000
+    );
+    println!(
+        "{:<6} {:<18} {:>10} {:>16} {:>14}",
+        "nodes", "how", "time (s)", "origin egress", "egress/file"
+    );
+    for row in rows {
+        match &row.outcome {
+            Ok((elapsed, egress)) => println!(
+                "{:<6} {:<18} {:>10.1} {:>13} MiB {:>14.3}",
+                row.nodes,
+                row.how,
+                elapsed.as_secs_f64(),
+                egress >> 20,
+                *egress as f64 / options.bytes as f64
+            ),
+            Err(e) => println!("{:<6} {:<18} failed: {e:#}", row.nodes, row.how),
+        }
+    }
+    for &nodes in &options.sizes {
+        let of = |how: &str| {
+            rows.iter()
+                .find(|r| r.nodes == nodes && r.how == how)
+                .and_then(|r| r.outcome.as_ref().ok())
+        };
+        if let (Some(fleet), Some(alone)) = (of("fleet distribute"), of("each node alone")) {
+            println!(
+                "{nodes} nodes: fleet {:.2}x faster, {:.1}x less origin egress than each node alone",
+                alone.0.as_secs_f64() / fleet.0.as_secs_f64(),
+                alone.1 as f64 / fleet.1.max(1) as f64
+            );
+        }
+    }
+}
