@@ -200,6 +200,12 @@ pub struct TransferConfig {
     /// jobs that do not set `max_helpers`; 0 keeps downloads on their home node.
     /// Default 4.
     pub max_helpers: u32,
+    /// Range requests this node has in flight toward origins at once, for its own
+    /// jobs and for the members it helps together. Default 64.
+    pub max_origin_connections: usize,
+    /// Range requests this node has in flight toward one origin (scheme, host and
+    /// port) at once. Default 16.
+    pub max_connections_per_origin: usize,
 }
 
 impl Default for TransferConfig {
@@ -218,6 +224,8 @@ impl Default for TransferConfig {
             destination_roots: Vec::new(),
             source_addr: None,
             max_helpers: 4,
+            max_origin_connections: 64,
+            max_connections_per_origin: 16,
         }
     }
 }

@@ -144,6 +144,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         preemptive_basic_over_http: t.preemptive_basic_over_http,
         source_addr: t.source_addr,
         max_helpers: t.max_helpers,
+        caps: Arc::new(crate::transfer::ConnectionCaps::new(
+            t.max_origin_connections,
+            t.max_connections_per_origin,
+        )),
     };
     // From now on this node fetches pieces for other members' jobs.
     let _ = cluster

@@ -39,6 +39,8 @@ async fn nginx_serves_files_ranges_and_basic_auth() -> anyhow::Result<()> {
     assert_eq!(response.bytes().await?.as_ref(), &body[10..20]);
 
     assert_eq!(http.get(open.url("missing.bin")).send().await?.status(), StatusCode::NOT_FOUND);
+    // The access log counts the body bytes of each path (the origin egress benchmarks read).
+    assert_eq!(open.body_bytes_sent("/one.bin"), body.len() as u64 + 10);
     open.stop().await?;
     assert!(http.get(&url).send().await.is_err(), "nginx still answers after stop()");
 

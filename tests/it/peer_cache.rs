@@ -3,7 +3,6 @@
 //! the digest and withdrawn, cache limits and peer caching flags are obeyed, and a
 //! fleet fetches each chunk from the origin about once.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,35 +19,19 @@ use crate::support::{start_download, wait_for};
 const MIB: u64 = 1024 * 1024;
 
 /// `n` nodes on 127.0.0.1.., each with its own source address, 1 MiB chunks and the
-/// `[peer_cache]` section `cache(i)` (i from 1).
-async fn cluster(n: u8, cache: impl Fn(u8) -> String) -> anyhow::Result<Vec<Node>> {
-    let transfer = |ip: Ipv4Addr| {
-        format!("chunk_size_bytes = 1048576\nread_timeout_secs = 10\nsource_addr = \"{ip}\"")
-    };
-    let first_ip = Ipv4Addr::new(127, 0, 0, 1);
-    let first = Node::start(NodeOptions {
-        transfer: transfer(first_ip),
-        extra_config: cache(1),
-        ..NodeOptions::default()
+/// extra configuration `cache(i)` (i from 1).
+async fn cluster(n: usize, cache: impl Fn(usize) -> String) -> anyhow::Result<Vec<Node>> {
+    ferry_tests::start_cluster_each(NodeOptions::default(), n, |i, options| {
+        options.transfer = format!(
+            "chunk_size_bytes = 1048576\nread_timeout_secs = 10\n{}",
+            ferry_tests::source_addr(options.ip)
+        );
+        options.extra_config = cache(i + 1);
     })
-    .await?;
-    let token = first.join_token()?;
-    let mut nodes = vec![first];
-    for last in 2..=n {
-        let ip = Ipv4Addr::new(127, 0, 0, last);
-        let mut options = nodes[0].joiner(ip, &token)?;
-        options.transfer = transfer(ip);
-        // The founder's [peer_cache] is replaced by this node's; [cluster] stays.
-        let at = options.extra_config.find("[cluster]").unwrap_or_default();
-        options.extra_config = format!("{}\n{}", cache(last), &options.extra_config[at..]);
-        nodes.push(Node::start(options).await?);
-    }
-    let voters = ferry_tests::default_voters(nodes.len());
-    ferry_tests::await_agreement(&nodes, voters, "the cluster did not form").await?;
-    Ok(nodes)
+    .await
 }
 
-fn no_cache_settings(_: u8) -> String {
+fn no_cache_settings(_: usize) -> String {
     String::new()
 }
 

@@ -3,7 +3,7 @@
 //! for the home node.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ferry_protocol::credentials::{AuthScheme, AuthTarget, Secret};
@@ -19,22 +19,17 @@ const MIB: u64 = 1024 * 1024;
 /// Three nodes on 127.0.0.1-3, each connecting to origins from its own address, with
 /// 1 MiB chunks (and helpers, as by default).
 async fn cluster() -> anyhow::Result<Vec<Node>> {
-    let transfer = |ip: Ipv4Addr| {
-        format!("chunk_size_bytes = 1048576\nread_timeout_secs = 10\nsource_addr = \"{ip}\"")
-    };
-    let first_ip = Ipv4Addr::new(127, 0, 0, 1);
-    let first =
-        Node::start(NodeOptions { transfer: transfer(first_ip), ..NodeOptions::default() }).await?;
-    let token = first.join_token()?;
-    let mut nodes = vec![first];
-    for last in 2..=3 {
-        let ip = Ipv4Addr::new(127, 0, 0, last);
-        let mut options = nodes[0].joiner(ip, &token)?;
-        options.transfer = transfer(ip);
-        nodes.push(Node::start(options).await?);
-    }
-    ferry_tests::await_agreement(&nodes, 3, "the cluster did not form").await?;
-    Ok(nodes)
+    cluster_with("").await
+}
+
+/// [`cluster`] with more `[transfer]` settings.
+async fn cluster_with(more: &str) -> anyhow::Result<Vec<Node>> {
+    ferry_tests::start_cluster_each(NodeOptions::default(), 3, |_, options| {
+        let source = ferry_tests::source_addr(options.ip);
+        options.transfer =
+            format!("chunk_size_bytes = 1048576\nread_timeout_secs = 10\n{source}\n{more}");
+    })
+    .await
 }
 
 /// Creates a download of `url` to `local` with Basic credentials `u`:`password` and
@@ -172,5 +167,35 @@ async fn a_killed_helper_gives_its_pieces_back() -> anyhow::Result<()> {
         reassigned.as_secs_f64(),
         done.as_secs_f64()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_node_and_helpers_keep_to_their_connection_caps() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig {
+        // 4 MiB/s per connection: requests overlap, so the caps are what limits them.
+        knobs: Knobs { rate_limit_per_connection: Some(4 * MIB), ..Knobs::default() },
+        ..OriginConfig::default()
+    })
+    .await?;
+    origin.add_file("/capped.bin", Content::Pattern { seed: 64, len: 16 * MIB });
+    // Every node: at most 2 requests to one origin, whatever the job asks for.
+    let nodes = cluster_with("max_connections_per_origin = 2").await?;
+    let client = nodes[0].client(Some(tokens::ALICE))?;
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join("capped.bin");
+    let files = [(origin.url("/capped.bin"), local.clone())];
+    let properties = PropertyChanges { max_connections: Some(Some(6)), ..helpers(2) };
+    let id = crate::support::start_download(&client, &files, properties).await?;
+    wait_for(&nodes[0], &client, id, &[JobState::Transferred], Duration::from_secs(90)).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/capped.bin", &local)?);
+    let stats = origin.stats();
+    println!(
+        "6 connections asked, cap 2 per origin per node: at most {} bodies at once per address, {} in all",
+        stats.max_bodies_in_flight_per_client, stats.max_bodies_in_flight
+    );
+    assert!(stats.max_bodies_in_flight_per_client <= 2, "a node exceeded its cap: {stats:?}");
+    assert!(stats.max_bodies_in_flight >= 3, "the helpers did not fetch alongside: {stats:?}");
     Ok(())
 }

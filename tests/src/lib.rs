@@ -431,18 +431,40 @@ pub async fn ferry_with_input(
 /// knows the same leader, [`default_voters`] members are voters and all have applied the same
 /// index.
 pub async fn start_cluster(options: NodeOptions, n: usize) -> anyhow::Result<Vec<Node>> {
+    start_cluster_each(options, n, |_, _| {}).await
+}
+
+/// [`start_cluster`] with each node's options changed by `each(i, options)` before it
+/// starts (`i` from 0; `options.ip` is already its address). A joiner's options carry
+/// the founder's extra configuration, which `each` may replace: the `[cluster]` table
+/// that joins it is added after.
+pub async fn start_cluster_each(
+    mut options: NodeOptions,
+    n: usize,
+    each: impl Fn(usize, &mut NodeOptions),
+) -> anyhow::Result<Vec<Node>> {
     anyhow::ensure!((1..=250).contains(&n), "a cluster of 1 to 250 nodes");
     let base = options.ip.octets();
+    each(0, &mut options);
     let first = Node::start(options).await?;
     let token = first.join_token()?;
     let mut nodes = vec![first];
     for i in 1..n {
         let ip = Ipv4Addr::new(base[0], base[1], base[2], base[3].wrapping_add(u8::try_from(i)?));
-        let joiner = nodes[0].joiner(ip, &token)?;
+        let mut joiner = nodes[0].joiner(ip, &token)?;
+        let at = joiner.extra_config.rfind("[cluster]").unwrap_or(joiner.extra_config.len());
+        let cluster = joiner.extra_config.split_off(at);
+        each(i, &mut joiner);
+        joiner.extra_config = format!("{}\n{cluster}", joiner.extra_config);
         nodes.push(Node::start(joiner).await?);
     }
     await_agreement(&nodes, default_voters(n), "the cluster did not form").await?;
     Ok(nodes)
+}
+
+/// `[transfer]` settings that make a node connect to origins from its own address.
+pub fn source_addr(ip: Ipv4Addr) -> String {
+    format!("source_addr = \"{ip}\"")
 }
 
 /// Waits (up to 30 s) until `nodes` [`agree`] with `voters` voters; their statuses.

@@ -264,6 +264,7 @@ impl Run {
             remote: probe.remote.clone(),
             temp: temp.clone(),
             http: self.http.clone(),
+            caps: self.settings.caps.clone(),
             headers: Arc::new(Mutex::new(probe.headers.clone())),
         };
         let Some(pieces) = pieces else {
@@ -510,14 +511,8 @@ impl Run {
                     // already fetches the next one.
                     let mut syncing: Option<tokio::task::JoinHandle<Result<(), Stop>>> = None;
                     let outcome = loop {
-                        let next = lock(&queue).next_origin(u64::MAX);
-                        let piece = match next {
-                            Next::Piece(piece) => piece,
-                            Next::Wait => {
-                                tokio::time::sleep(peer_cache::IDLE).await;
-                                continue;
-                            }
-                            Next::Done => break Ok(()),
+                        let Some(piece) = next_origin(&queue, u64::MAX).await else {
+                            break Ok(());
                         };
                         let record = match fetch.piece(piece).await {
                             Ok(record) => record,
@@ -794,6 +789,19 @@ fn lock(queue: &Mutex<PieceQueue>) -> std::sync::MutexGuard<'_, PieceQueue> {
     queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The next piece for an origin worker (at most `max_len` bytes), waiting while pieces
+/// may still come its way; `None` once none will.
+async fn next_origin(queue: &Mutex<PieceQueue>, max_len: u64) -> Option<Piece> {
+    loop {
+        let next = lock(queue).next_origin(max_len);
+        match next {
+            Next::Piece(piece) => return Some(piece),
+            Next::Done => return None,
+            Next::Wait => tokio::time::sleep(peer_cache::IDLE).await,
+        }
+    }
+}
+
 /// Another member fetching pieces of a file for this (its home) node.
 struct Helper {
     node: NodeId,
@@ -817,15 +825,7 @@ impl Helper {
         let mut writing: Option<(Piece, tokio::task::JoinHandle<std::io::Result<ChunkRecord>>)> =
             None;
         let outcome = loop {
-            let next = lock(queue).next_origin(MAX_HELPER_PIECE);
-            let piece = match next {
-                Next::Piece(piece) => piece,
-                Next::Wait => {
-                    tokio::time::sleep(peer_cache::IDLE).await;
-                    continue;
-                }
-                Next::Done => break Ok(()),
-            };
+            let Some(piece) = next_origin(queue, MAX_HELPER_PIECE).await else { break Ok(()) };
             let asked = self.ask(piece).await;
             if let Some((written, handle)) = writing.take() {
                 self.written(written, handle, queue, done).await;

@@ -26,6 +26,8 @@ pub(super) struct Fetch {
     pub(super) remote: RemoteInfo,
     pub(super) temp: TempFile,
     pub(super) http: Arc<HttpSession>,
+    /// The node's connection caps toward origins.
+    pub(super) caps: Arc<super::ConnectionCaps>,
     /// Headers of the last response (reported with the finished file).
     pub(super) headers: Arc<Mutex<Vec<String>>>,
 }
@@ -37,6 +39,7 @@ impl Fetch {
         if self.url.starts_with("file://") {
             return self.local_piece(piece).await;
         }
+        let _permit = self.caps.acquire(&self.url).await;
         let response = request_piece(&self.http, &self.url, &self.remote, piece, self.file).await?;
         self.receive(piece, response, false).await
     }

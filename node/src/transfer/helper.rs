@@ -157,6 +157,8 @@ pub(crate) async fn serve(
     };
     // At most the job's connections fetch from the origin at once.
     let Ok(_permit) = helped.permits.acquire().await else { return ChunkAnswer::Stale };
+    // And at most the node's caps toward origins.
+    let _capped = context.settings.caps.acquire(&request.url).await;
     let piece =
         Piece { index: 0, local_offset: 0, remote_offset: request.offset, len: request.len };
     match fetch(&helped.http, &request, piece).await {

@@ -4,6 +4,7 @@
 //! job is no longer active, and after Complete or Cancel renames or deletes the job's
 //! files. The tasks own the I/O ([`download`]) and report through Raft ([`Reporter`]).
 
+mod caps;
 mod download;
 mod egress;
 pub(crate) mod failure;
@@ -26,6 +27,7 @@ use ferry_protocol::transfer::EngineReport;
 use ferry_protocol::{BitsCode, Caller, Job, JobId, JobState, NodeId, Principal, Proposal, Role};
 use tokio::task::AbortHandle;
 
+pub(crate) use self::caps::ConnectionCaps;
 pub(crate) use self::egress::EgressPolicy;
 use self::failure::{Failure, Stop};
 pub(crate) use self::http::HttpTimeouts;
@@ -62,6 +64,8 @@ pub(crate) struct EngineSettings {
     pub(crate) source_addr: Option<std::net::IpAddr>,
     /// Most helpers per file (0: none).
     pub(crate) max_helpers: u32,
+    /// Range requests in flight toward origins, in all and per origin.
+    pub(crate) caps: Arc<ConnectionCaps>,
 }
 
 /// The node itself as a caller: engine reports are only accepted from it.

@@ -130,8 +130,13 @@ fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<(PathBuf, 
     Ok((PathBuf::from(path), u64::from(request.index) * file.chunk_size, chunk.len))
 }
 
+/// Reads `len` bytes at `offset` of the regular file `path` (never through a symlink:
+/// after Complete the destination is its owner's, who may have replaced it).
 fn read_at(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
+    if !std::fs::symlink_metadata(path)?.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     let file = std::fs::File::open(path)?;
     let mut bytes = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
     file.read_exact_at(&mut bytes, offset)?;

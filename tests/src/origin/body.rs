@@ -77,6 +77,8 @@ impl OriginBody {
         record: Option<usize>,
     ) -> Self {
         let end = start.saturating_add(len).min(content.len());
+        let client = lock(&conn).peer;
+        shared.lock().body_started(client);
         let streaming = Streaming {
             content,
             pos: start,
@@ -147,6 +149,13 @@ struct Streaming {
     sleep: Option<Pin<Box<Sleep>>>,
     /// Set once the connection's byte budget is spent: fail after the pause.
     cut: bool,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let client = lock(&self.conn).peer;
+        self.shared.lock().body_ended(client);
+    }
 }
 
 impl Streaming {

@@ -44,4 +44,9 @@ pub struct Stats {
     pub body_bytes: u64,
     /// TCP connections accepted.
     pub connections: u64,
+    /// Most file bodies being sent at once, over all clients.
+    pub max_bodies_in_flight: u64,
+    /// Most file bodies being sent at once to one client address (what a client's
+    /// connection cap bounds).
+    pub max_bodies_in_flight_per_client: u64,
 }

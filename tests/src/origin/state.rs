@@ -52,6 +52,8 @@ pub(super) struct State {
     pub(super) changed: bool,
     /// Digest nonces issued and their nonce counts.
     pub(super) nonces: DigestNonces,
+    /// File bodies being sent, per client address.
+    pub(super) in_flight: HashMap<Option<std::net::IpAddr>, u64>,
 }
 
 impl Shared {
@@ -68,6 +70,7 @@ impl Shared {
                 bytes_since_knobs: 0,
                 changed: false,
                 nonces: DigestNonces::new(),
+                in_flight: HashMap::new(),
             }),
         }
     }
@@ -106,6 +109,25 @@ impl State {
         self.generation += 1;
         let generation = self.generation;
         self.files.values_mut().for_each(|f| f.bump(generation));
+    }
+
+    /// A file body to `client` starts: counted in the in-flight maxima.
+    pub(super) fn body_started(&mut self, client: Option<std::net::IpAddr>) {
+        let of_client = self.in_flight.entry(client).or_default();
+        *of_client += 1;
+        let of_client = *of_client;
+        let total: u64 = self.in_flight.values().sum();
+        let stats = &mut self.stats;
+        stats.max_bodies_in_flight_per_client =
+            stats.max_bodies_in_flight_per_client.max(of_client);
+        stats.max_bodies_in_flight = stats.max_bodies_in_flight.max(total);
+    }
+
+    /// A file body to `client` ended (sent, cut or abandoned).
+    pub(super) fn body_ended(&mut self, client: Option<std::net::IpAddr>) {
+        if let Some(n) = self.in_flight.get_mut(&client) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// Logs a request (if the log has room) and returns its index.

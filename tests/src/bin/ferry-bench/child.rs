@@ -25,6 +25,13 @@ const PROXY_VARS: [&str; 8] = [
 /// Longest failure summary kept from a client's output, in characters.
 const SUMMARY_CHARS: usize = 160;
 
+/// The `ferry` CLI aimed at `node` with the admin token; arguments follow.
+pub(crate) fn ferry_cli(node: &ferry_tests::Node) -> anyhow::Result<Command> {
+    let mut command = Command::new(ferry_tests::binary("ferry")?);
+    command.arg("--node").arg(node.url()?).arg("--token").arg(ferry_tests::tokens::ADMIN);
+    Ok(command)
+}
+
 /// The first `name` on `$PATH`, if any.
 pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

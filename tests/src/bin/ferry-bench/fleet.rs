@@ -5,7 +5,6 @@
 //! until the last node holds the file, and the origin egress (from nginx's access log)
 //! divided by the file size. Every copy is checked (size and BLAKE3) after the clock.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,10 +14,9 @@ use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
 use ferry_protocol::{JobState, JobType, NewFile};
 use ferry_tests::nginx::{Nginx, NginxOptions};
 use ferry_tests::{Node, NodeOptions, tokens};
-use tokio::process::Command;
 
-use crate::child::run_timed;
-use crate::payload::{Expected, verify, write_random};
+use crate::child::{ferry_cli, run_timed};
+use crate::payload::{Expected, Workspace, verify};
 
 /// Options of `ferry-bench fleet`.
 #[derive(Debug)]
@@ -42,31 +40,20 @@ struct Row {
 
 /// Runs both ways for every cluster size and prints the table.
 pub(crate) async fn fleet(options: &Options) -> anyhow::Result<()> {
-    let work = tempfile::Builder::new().prefix("ferry-bench-fleet-").tempdir()?;
-    let (root, out, logs) =
-        (work.path().join("www"), work.path().join("out"), work.path().join("logs"));
-    std::fs::create_dir_all(&logs)?;
-    eprintln!("writing {} MiB under {}", options.bytes >> 20, work.path().display());
-    let file = {
-        let (root, bytes) = (root.clone(), options.bytes);
-        tokio::task::spawn_blocking(move || write_random(&root, "fleet.bin", bytes, 11)).await??
-    };
-    let nginx =
-        Nginx::start(NginxOptions { limit_rate: Some(options.rate), ..NginxOptions::new(&root) })
-            .await
-            .context("starting nginx")?;
+    let (work, file) = Workspace::with_file("fleet", "fleet.bin", options.bytes, 11).await?;
+    let (out, logs) = (&work.out, &work.logs);
+    let nginx = Nginx::start(NginxOptions {
+        limit_rate: Some(options.rate),
+        ..NginxOptions::new(&work.root)
+    })
+    .await
+    .context("starting nginx")?;
     let mut rows = Vec::new();
     for &nodes in &options.sizes {
         for how in ["fleet distribute", "each node alone"] {
             eprintln!("{how}: {nodes} nodes");
-            let run = Run {
-                nginx: &nginx,
-                file: &file,
-                out: &out,
-                logs: &logs,
-                nodes,
-                timeout: options.timeout,
-            };
+            let run =
+                Run { nginx: &nginx, file: &file, out, logs, nodes, timeout: options.timeout };
             let outcome =
                 tokio::time::timeout(options.timeout, run.measure(how == "fleet distribute"))
                     .await
@@ -122,12 +109,8 @@ impl Run<'_> {
 
     /// `ferry fleet distribute URL out/fleet.bin.{node}` (waits and completes).
     async fn fleet(&self, cluster: &[Node], url: &str) -> anyhow::Result<Duration> {
-        let mut command = Command::new(ferry_tests::binary("ferry")?);
+        let mut command = ferry_cli(&cluster[0])?;
         command
-            .arg("--node")
-            .arg(cluster[0].url()?)
-            .arg("--token")
-            .arg(tokens::ADMIN)
             .args(["fleet", "distribute", "--priority", "foreground", url])
             .arg(self.out.join("fleet.bin.{node}"));
         let log = self.logs.join(format!("fleet-{}.log", self.nodes));
@@ -188,23 +171,10 @@ async fn wait_transferred(client: &Client, id: ferry_protocol::JobId) -> anyhow:
 
 /// `n` fresh nodes on 127.0.0.1 up, each its own source address.
 async fn start(n: u8) -> anyhow::Result<Vec<Node>> {
-    let transfer = |ip: Ipv4Addr| format!("source_addr = \"{ip}\"");
-    let first = Node::start(NodeOptions {
-        transfer: transfer(Ipv4Addr::LOCALHOST),
-        ..NodeOptions::default()
+    ferry_tests::start_cluster_each(NodeOptions::default(), usize::from(n), |_, options| {
+        options.transfer = ferry_tests::source_addr(options.ip);
     })
-    .await?;
-    let token = first.join_token()?;
-    let mut cluster = vec![first];
-    for last in 2..=n {
-        let ip = Ipv4Addr::new(127, 0, 0, last);
-        let mut options = cluster[0].joiner(ip, &token)?;
-        options.transfer = transfer(ip);
-        cluster.push(Node::start(options).await?);
-    }
-    let voters = ferry_tests::default_voters(cluster.len());
-    ferry_tests::await_agreement(&cluster, voters, "the cluster did not form").await?;
-    Ok(cluster)
+    .await
 }
 
 fn print(options: &Options, rows: &[Row]) {

@@ -24,6 +24,38 @@ pub(crate) struct Expected {
     pub(crate) hash: blake3::Hash,
 }
 
+/// A benchmark's temporary directory: `www/` is served, clients write to `out/`, their
+/// logs go to `logs/`. Removed when dropped.
+pub(crate) struct Workspace {
+    /// Kept for its removal on drop.
+    _dir: tempfile::TempDir,
+    pub(crate) root: std::path::PathBuf,
+    pub(crate) out: std::path::PathBuf,
+    pub(crate) logs: std::path::PathBuf,
+}
+
+impl Workspace {
+    /// A fresh workspace named after `bench`, serving one random file `name` of `bytes`
+    /// bytes (from `seed`), and what clients must reproduce of it.
+    pub(crate) async fn with_file(
+        bench: &str,
+        name: &str,
+        bytes: u64,
+        seed: u64,
+    ) -> anyhow::Result<(Self, Expected)> {
+        let dir = tempfile::Builder::new().prefix(&format!("ferry-bench-{bench}-")).tempdir()?;
+        let (root, out, logs) =
+            (dir.path().join("www"), dir.path().join("out"), dir.path().join("logs"));
+        std::fs::create_dir_all(&logs)?;
+        eprintln!("writing {} MiB under {}", bytes >> 20, dir.path().display());
+        let file = {
+            let (root, name) = (root.clone(), name.to_owned());
+            tokio::task::spawn_blocking(move || write_random(&root, &name, bytes, seed)).await??
+        };
+        Ok((Self { _dir: dir, root, out, logs }, file))
+    }
+}
+
 /// Writes `size` pseudo-random bytes derived from `seed` to `root/name` (creating parent
 /// directories) and returns what clients must reproduce.
 pub(crate) fn write_random(

@@ -5,17 +5,16 @@
 //! Side by side in one run; each output is checked (size and BLAKE3) outside the timed
 //! region.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ferry_tests::NodeOptions;
 use ferry_tests::nginx::{Nginx, NginxOptions};
-use ferry_tests::{Node, NodeOptions, tokens};
 use tokio::process::Command;
 
-use crate::child::{find_program, run_timed};
-use crate::payload::{Expected, verify, write_random};
+use crate::child::{ferry_cli, find_program, run_timed};
+use crate::payload::{Expected, Workspace, verify};
 
 /// Options of `ferry-bench shard`.
 #[derive(Debug)]
@@ -38,24 +37,17 @@ struct Row {
 
 /// Runs the three clients and prints the table.
 pub(crate) async fn shard(options: &Options) -> anyhow::Result<()> {
-    let work = tempfile::Builder::new().prefix("ferry-bench-shard-").tempdir()?;
-    let (root, out, logs) =
-        (work.path().join("www"), work.path().join("out"), work.path().join("logs"));
-    std::fs::create_dir_all(&logs)?;
-    eprintln!("writing {} MiB under {}", options.bytes >> 20, work.path().display());
-    let file = {
-        let (root, bytes) = (root.clone(), options.bytes);
-        tokio::task::spawn_blocking(move || write_random(&root, "large.bin", bytes, 7)).await??
-    };
+    let (work, file) = Workspace::with_file("shard", "large.bin", options.bytes, 7).await?;
+    let (out, logs) = (&work.out, &work.logs);
     let nginx = Nginx::start(NginxOptions {
         limit_rate: Some(options.rate),
         limit_conn_per_ip: Some(options.per_ip),
-        ..NginxOptions::new(&root)
+        ..NginxOptions::new(&work.root)
     })
     .await
     .context("starting nginx")?;
     let url = nginx.url(&file.name);
-    let run = Run { out: &out, logs: &logs, file: &file, timeout: options.timeout };
+    let run = Run { out, logs, file: &file, timeout: options.timeout };
 
     let mut rows = Vec::new();
     match find_program("aria2c") {
@@ -65,7 +57,7 @@ pub(crate) async fn shard(options: &Options) -> anyhow::Result<()> {
                 .args(["--no-conf=true", "--allow-overwrite=true", "--file-allocation=none"])
                 .args(["--console-log-level=warn", "--summary-interval=0", "-x16", "-s16"])
                 .args(["--min-split-size=1M", "-d"])
-                .arg(&out)
+                .arg(out)
                 .arg("-o")
                 .arg(&file.name)
                 .arg(&url);
@@ -110,33 +102,15 @@ impl Run<'_> {
     /// `ferry transfer` on the first of `nodes` fresh nodes (127.0.0.1 up), each with
     /// its own source address and `per_ip` connections per file.
     async fn ferry(&self, url: &str, nodes: u8, per_ip: u32) -> anyhow::Result<Duration> {
-        let transfer = |ip: Ipv4Addr| {
-            format!("connections = {per_ip}\nsource_addr = \"{ip}\"\nmax_helpers = {}", nodes - 1)
-        };
-        let first_ip = Ipv4Addr::LOCALHOST;
-        let first =
-            Node::start(NodeOptions { transfer: transfer(first_ip), ..NodeOptions::default() })
-                .await?;
-        let token = first.join_token()?;
-        let mut cluster = vec![first];
-        for last in 2..=nodes {
-            let ip = Ipv4Addr::new(127, 0, 0, last);
-            let mut options = cluster[0].joiner(ip, &token)?;
-            options.transfer = transfer(ip);
-            cluster.push(Node::start(options).await?);
-        }
-        ferry_tests::await_agreement(
-            &cluster,
-            ferry_tests::default_voters(cluster.len()),
-            "the cluster did not form",
-        )
-        .await?;
-        let mut command = Command::new(ferry_tests::binary("ferry")?);
+        let mut cluster =
+            ferry_tests::start_cluster_each(NodeOptions::default(), usize::from(nodes), |_, o| {
+                let source = ferry_tests::source_addr(o.ip);
+                o.transfer =
+                    format!("connections = {per_ip}\n{source}\nmax_helpers = {}", nodes - 1);
+            })
+            .await?;
+        let mut command = ferry_cli(&cluster[0])?;
         command
-            .arg("--node")
-            .arg(cluster[0].url()?)
-            .arg("--token")
-            .arg(tokens::ADMIN)
             .args(["transfer", "--no-progress", "--priority", "foreground", "--connections"])
             .arg(per_ip.to_string())
             .arg(url)
