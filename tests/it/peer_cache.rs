@@ -247,3 +247,51 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
     assert!(code != 0 && stderr.contains("BG_E_NOT_FOUND"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_goes_on_without_a_killed_member() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig {
+        // 2 MiB/s per connection: each member's 8 MiB share takes about 4 s.
+        knobs: Knobs { rate_limit_per_connection: Some(2 * MIB), ..Knobs::default() },
+        ..OriginConfig::default()
+    })
+    .await?;
+    let len = 24 * MIB;
+    origin.add_file("/lost.bin", Content::Pattern { seed: 76, len });
+    let mut nodes = cluster(3, no_cache_settings).await?;
+    let client = nodes[0].client(Some(tokens::ADMIN))?;
+    let dir = tempfile::tempdir()?;
+    let request = ferry_protocol::api::NewFleet {
+        remote_url: origin.url("/lost.bin"),
+        local_path: dir.path().join("lost.bin.{node}").to_string_lossy().into_owned(),
+        nodes: Vec::new(),
+        display_name: None,
+        properties: PropertyChanges::default(),
+    };
+    let fleet = client.create_fleet(&request).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = Instant::now();
+    nodes[2].kill9().await?;
+    // The others wait for the lost member's chunks until no copy grows for 15 s, then
+    // fetch them from the origin themselves.
+    for member in &fleet.members[..2] {
+        let home = &nodes[member.node as usize - 1];
+        wait_for(home, &client, member.job, &[JobState::Transferred], Duration::from_secs(90))
+            .await?;
+    }
+    let done = killed.elapsed();
+    let status = client.fleet(fleet.id).await?;
+    for member in &status.members[..2] {
+        client.act(member.job, JobAction::Complete).await?;
+        let local = dir.path().join(format!("lost.bin.{}", member.node));
+        assert!(same_as_origin(&origin, "/lost.bin", &local)?, "node {} differs", member.node);
+    }
+    let sent = egress(&origin, "/lost.bin", 0);
+    println!(
+        "fleet member killed 1 s in: the other two done {:.1} s after the kill; origin egress {:.2} x the file",
+        done.as_secs_f64(),
+        sent as f64 / len as f64
+    );
+    assert_ne!(status.members[2].state, JobState::Transferred, "the killed node finished");
+    Ok(())
+}
