@@ -239,6 +239,8 @@ pub(crate) struct Sources {
     failed: HashMap<u32, Vec<NodeId>>,
     /// Chunks the copies held when they last grew, and when that was.
     grown: (usize, Instant),
+    /// Times the copies stopped growing while pieces waited.
+    stalls: u32,
 }
 
 impl Sources {
@@ -258,6 +260,7 @@ impl Sources {
             fleet,
             failed: HashMap::new(),
             grown: (0, Instant::now()),
+            stalls: 0,
         }
     }
 
@@ -384,8 +387,11 @@ impl PieceQueue {
         self.peers.push_back(piece);
     }
 
-    /// Moves waiting pieces to peers once a copy holds them, or to the origin once the
-    /// copies stopped growing for [`FLEET_PATIENCE`].
+    /// Moves waiting pieces to peers once a copy holds them. Once no copy grew for
+    /// [`FLEET_PATIENCE`] the members that should have fetched the rest are taken for
+    /// lost: their pieces are divided among the other members ([`redivide`]), and this
+    /// member fetches its part from the origin; after a second stall it fetches all
+    /// that is left itself.
     fn route(&mut self) {
         let Some(sources) = &mut self.sources else { return };
         if self.waiting.is_empty() {
@@ -397,21 +403,44 @@ impl PieceQueue {
             sources.grown = (held, Instant::now());
         }
         let stalled = sources.grown.1.elapsed() >= FLEET_PATIENCE;
-        let mut still = Vec::new();
+        let (mut still, mut lost) = (Vec::new(), Vec::new());
         for piece in std::mem::take(&mut self.waiting) {
             if !sources.holders(&state.queue, &piece).is_empty() {
                 self.peers.push_back(piece);
             } else if stalled {
-                self.origin.push_back(piece);
+                lost.push(piece);
             } else {
                 still.push(piece);
             }
         }
-        if stalled && !still.is_empty() {
-            tracing::info!(job = %sources.job, pieces = still.len(), "no copy grew for a while; fetching the rest from the origin");
+        if !lost.is_empty() {
+            sources.stalls += 1;
+            sources.grown = (held, Instant::now());
+            let fleet = sources.fleet.filter(|_| sources.stalls == 1);
+            let (mine, others) = redivide(fleet, lost);
+            tracing::info!(job = %sources.job, mine = mine.len(), others = others.len(), "no copy grew for a while; fetching a lost member's share");
+            self.origin.extend(mine);
+            still.extend(others);
         }
         self.waiting = still;
     }
+}
+
+/// Divides the pieces of lost fleet members (the owners of `lost`) among the others:
+/// piece `i` goes to the `(i / members)`-th of them in turn. Returns this member's
+/// pieces and the others'. Without a fleet, every piece is this member's.
+fn redivide(fleet: Option<FleetMember>, lost: Vec<Piece>) -> (Vec<Piece>, Vec<Piece>) {
+    let Some(fleet) = fleet.filter(|f| f.members > 0) else { return (lost, Vec::new()) };
+    let gone: std::collections::BTreeSet<u32> =
+        lost.iter().map(|p| p.index % fleet.members).collect();
+    let alive: Vec<u32> = (0..fleet.members).filter(|m| !gone.contains(m)).collect();
+    if !alive.contains(&fleet.member) {
+        return (lost, Vec::new());
+    }
+    lost.into_iter().partition(|piece| {
+        let turn = (piece.index / fleet.members) as usize % alive.len();
+        alive[turn] == fleet.member
+    })
 }
 
 /// Keeps this node's offer within `[peer_cache]` limits: copies older than
@@ -459,4 +488,35 @@ fn over_limits(
         })
         .map(|(_, job, file, _)| (job, file))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(indexes: &[u32]) -> Vec<Piece> {
+        indexes
+            .iter()
+            .map(|&index| Piece { index, local_offset: 0, remote_offset: 0, len: 1 })
+            .collect()
+    }
+
+    fn indexes(pieces: &[Piece]) -> Vec<u32> {
+        pieces.iter().map(|p| p.index).collect()
+    }
+
+    #[test]
+    fn a_lost_members_share_is_divided_among_the_others() {
+        let member =
+            |m| Some(FleetMember { fleet: JobId(uuid::Uuid::nil()), member: m, members: 3 });
+        // Member 2 of 3 is lost: its pieces 2, 5, 8, 11 go to members 0 and 1 in turn.
+        let lost = [2, 5, 8, 11];
+        let (mine, others) = redivide(member(0), pieces(&lost));
+        assert_eq!((indexes(&mine), indexes(&others)), (vec![2, 8], vec![5, 11]));
+        let (mine, _) = redivide(member(1), pieces(&lost));
+        assert_eq!(indexes(&mine), vec![5, 11]);
+        // Without a fleet (or after a second stall) everything is fetched here.
+        let (mine, others) = redivide(None, pieces(&lost));
+        assert_eq!((mine.len(), others.len()), (4, 0));
+    }
 }
