@@ -297,3 +297,32 @@ async fn a_fleet_goes_on_without_a_killed_member() -> anyhow::Result<()> {
     assert!(sent as f64 <= 1.2 * len as f64, "the origin sent {sent} bytes");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_older_than_a_nodes_cache_age_are_no_longer_offered() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/aged.bin", Content::Pattern { seed: 77, len: 2 * MIB });
+    let nodes = cluster(2, |i| {
+        if i == 1 {
+            "[peer_cache]\nmax_age_secs = 1\ncheck_every_secs = 1".into()
+        } else {
+            String::new()
+        }
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let url = origin.url("/aged.bin");
+    let client1 = nodes[0].client(Some(tokens::ALICE))?;
+    download(&nodes[0], &client1, &url, &dir.path().join("a1"), PropertyChanges::default()).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_has(&nodes[0], "withdrawing a peer copy beyond this node's cache limits") {
+        anyhow::ensure!(Instant::now() < deadline, "the aged copy was not withdrawn");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client2 = nodes[1].client(Some(tokens::ALICE))?;
+    let local = dir.path().join("a2");
+    let file = download(&nodes[1], &client2, &url, &local, PropertyChanges::default()).await?;
+    assert_eq!(file.peer_stats.from_peers, 0, "the aged copy is still offered");
+    assert!(same_as_origin(&origin, "/aged.bin", &local)?);
+    Ok(())
+}
