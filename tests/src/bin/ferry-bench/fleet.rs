@@ -3,7 +3,9 @@
 //! between the nodes) and by every node downloading on its own (one job per node that
 //! neither uses nor offers peers' copies, no helpers). For each cluster size: the time
 //! until the last node holds the file, and the origin egress (from nginx's access log)
-//! divided by the file size. Every copy is checked (size and BLAKE3) after the clock.
+//! divided by the file size. Then, on 2 nodes, a second job for the same file on node 2
+//! after node 1 downloaded it: served from node 1's copy (the peer cache). Every copy
+//! is checked (size and BLAKE3) after the clock.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,16 +27,37 @@ pub(crate) struct Options {
     pub(crate) bytes: u64,
     /// nginx `limit_rate`, bytes per second per connection.
     pub(crate) rate: u64,
-    /// Cluster sizes to run.
+    /// Cluster sizes to run (a 2-node run of a second job from a peer's copy follows).
     pub(crate) sizes: Vec<u8>,
     /// Longest one run may take.
     pub(crate) timeout: Duration,
 }
 
+/// How the file reaches the nodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// `ferry fleet distribute`.
+    Fleet,
+    /// One job per node, no peers, no helpers.
+    Alone,
+    /// Node 1 downloads first (not timed); then node 2's job, timed, from its copy.
+    FromPeer,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fleet => "fleet distribute",
+            Self::Alone => "each node alone",
+            Self::FromPeer => "2nd job, peer copy",
+        }
+    }
+}
+
 /// One measured run.
 struct Row {
     nodes: u8,
-    how: &'static str,
+    way: Way,
     outcome: anyhow::Result<(Duration, u64)>,
 }
 
@@ -48,20 +71,19 @@ pub(crate) async fn fleet(options: &Options) -> anyhow::Result<()> {
     })
     .await
     .context("starting nginx")?;
+    let runs = options
+        .sizes
+        .iter()
+        .flat_map(|&nodes| [(nodes, Way::Fleet), (nodes, Way::Alone)])
+        .chain([(2, Way::FromPeer)]);
     let mut rows = Vec::new();
-    for &nodes in &options.sizes {
-        for how in ["fleet distribute", "each node alone"] {
-            eprintln!("{how}: {nodes} nodes");
-            let run =
-                Run { nginx: &nginx, file: &file, out, logs, nodes, timeout: options.timeout };
-            let outcome =
-                tokio::time::timeout(options.timeout, run.measure(how == "fleet distribute"))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(anyhow::anyhow!("timed out after {:?}", options.timeout))
-                    });
-            rows.push(Row { nodes, how, outcome });
-        }
+    for (nodes, way) in runs {
+        eprintln!("{}: {nodes} nodes", way.name());
+        let run = Run { nginx: &nginx, file: &file, out, logs, nodes, timeout: options.timeout };
+        let outcome = tokio::time::timeout(options.timeout, run.measure(way))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {:?}", options.timeout)));
+        rows.push(Row { nodes, way, outcome });
     }
     print(options, &rows);
     Ok(())
@@ -79,8 +101,8 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Starts a fresh cluster, brings the file to every node, checks every copy:
-    /// (time to the last copy, origin egress in bytes).
-    async fn measure(&self, as_fleet: bool) -> anyhow::Result<(Duration, u64)> {
+    /// (time to the last copy, origin egress in bytes of the timed part).
+    async fn measure(&self, way: Way) -> anyhow::Result<(Duration, u64)> {
         if self.out.exists() {
             std::fs::remove_dir_all(self.out)?;
         }
@@ -88,11 +110,29 @@ impl Run<'_> {
         let mut cluster = start(self.nodes).await?;
         let url = self.nginx.url(&self.file.name);
         let path = format!("/{}", self.file.name);
-        let before = self.nginx.body_bytes_sent(&path);
-        let outcome = if as_fleet {
-            self.fleet(&cluster, &url).await
-        } else {
-            self.alone(&cluster, &url).await
+        let mut before = self.nginx.body_bytes_sent(&path);
+        let outcome = match way {
+            Way::Fleet => self.fleet(&cluster, &url).await,
+            Way::Alone => {
+                self.alone(
+                    &cluster,
+                    &url,
+                    PropertyChanges {
+                        peer_caching_flags: Some(0),
+                        max_helpers: Some(Some(0)),
+                        ..PropertyChanges::default()
+                    },
+                )
+                .await
+            }
+            Way::FromPeer => {
+                let first = self.alone(&cluster[..1], &url, PropertyChanges::default()).await;
+                before = self.nginx.body_bytes_sent(&path);
+                match first {
+                    Ok(_) => self.alone(&cluster[1..], &url, PropertyChanges::default()).await,
+                    Err(e) => Err(e),
+                }
+            }
         };
         for node in &mut cluster {
             let _ = node.kill9().await;
@@ -117,21 +157,26 @@ impl Run<'_> {
         run_timed(command, &log, self.timeout).await
     }
 
-    /// One job per node, created on that node, using and offering no peers' copies and
-    /// no helpers; timed from the first create to the last TRANSFERRED, then completed.
-    async fn alone(&self, cluster: &[Node], url: &str) -> anyhow::Result<Duration> {
+    /// One job per node of `nodes` (a slice of the cluster), created on that node with
+    /// `properties` (foreground); timed from the first create to the last TRANSFERRED,
+    /// then completed.
+    async fn alone(
+        &self,
+        nodes: &[Node],
+        url: &str,
+        properties: PropertyChanges,
+    ) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let mut jobs = Vec::new();
-        for (i, node) in (1u64..).zip(cluster) {
+        for node in nodes {
+            let i = node.client(Some(tokens::ADMIN))?.cluster().await?.node_id;
             let client = node.client(Some(tokens::ADMIN))?;
             let spec = NewJob {
                 display_name: "alone".into(),
                 job_type: JobType::Download,
                 properties: PropertyChanges {
                     priority: Some(ferry_protocol::Priority::Foreground),
-                    peer_caching_flags: Some(0),
-                    max_helpers: Some(Some(0)),
-                    ..PropertyChanges::default()
+                    ..properties.clone()
                 },
                 files: vec![NewFile {
                     remote_url: url.to_owned(),
@@ -192,21 +237,21 @@ fn print(options: &Options, rows: &[Row]) {
             Ok((elapsed, egress)) => println!(
                 "{:<6} {:<18} {:>10.1} {:>13} MiB {:>14.3}",
                 row.nodes,
-                row.how,
+                row.way.name(),
                 elapsed.as_secs_f64(),
                 egress >> 20,
                 *egress as f64 / options.bytes as f64
             ),
-            Err(e) => println!("{:<6} {:<18} failed: {e:#}", row.nodes, row.how),
+            Err(e) => println!("{:<6} {:<18} failed: {e:#}", row.nodes, row.way.name()),
         }
     }
     for &nodes in &options.sizes {
-        let of = |how: &str| {
+        let of = |way: Way| {
             rows.iter()
-                .find(|r| r.nodes == nodes && r.how == how)
+                .find(|r| r.nodes == nodes && r.way == way)
                 .and_then(|r| r.outcome.as_ref().ok())
         };
-        if let (Some(fleet), Some(alone)) = (of("fleet distribute"), of("each node alone")) {
+        if let (Some(fleet), Some(alone)) = (of(Way::Fleet), of(Way::Alone)) {
             println!(
                 "{nodes} nodes: fleet {:.2}x faster, {:.1}x less origin egress than each node alone",
                 alone.0.as_secs_f64() / fleet.0.as_secs_f64(),
