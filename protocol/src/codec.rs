@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 /// The version byte written in front of every encoded value. Version 2 (the download
 /// engine: runs, chunks, credentials) does not read version 1 data: no release shipped it.
 /// Version 4 added the upload client's state to jobs and back-end outcomes to upload
-/// sessions; version 5 the jobs' helper cap.
-pub const FORMAT_VERSION: u8 = 6;
+/// sessions; version 5 the jobs' helper cap; version 6 the peer cache and fleets;
+/// version 7 the remote file's declared SHA-256.
+pub const FORMAT_VERSION: u8 = 7;
 
 /// Largest value [`decode`] accepts: control messages, log entries, stored rows.
 pub const FRAME_LIMIT: usize = 16 * 1024 * 1024;

@@ -163,12 +163,14 @@ fn remote() -> impl Strategy<Value = RemoteInfo> {
         proptest::option::of(text()),
         proptest::option::of(text()),
         any::<bool>(),
+        proptest::option::of(text()),
     )
-        .prop_map(|(size, etag, last_modified, ranges)| RemoteInfo {
+        .prop_map(|(size, etag, last_modified, ranges, sha256)| RemoteInfo {
             size,
             etag,
             last_modified,
             ranges,
+            sha256,
         })
 }
 
@@ -286,6 +288,7 @@ fn job() -> impl Strategy<Value = Job> {
                             etag: Some("\"e\"".into()),
                             last_modified: None,
                             ranges: true,
+                            sha256: None,
                         });
                         f.validated = validated;
                         f.progress =

@@ -3,15 +3,18 @@
 //! a peer instead of the origin, and so that a fleet of jobs fetches every chunk from
 //! the origin about once.
 //!
-//! Content is identified by a [`ContentKey`]: the URL, the size and the validator (a
+//! Content is identified by [`ContentKey`]s: the URL, the size and the validator (a
 //! strong ETag, else the Last-Modified date), as BITS 3.0 keys its cache records by
-//! origin URL, size and modification time. A member's copy is a download job's file
-//! whose home node is that member: its durable chunks, with their BLAKE3 digests, are
-//! recorded through Raft anyway (for resume), so the index of copies is derived from
-//! the replicated jobs and needs no table of its own. The receiver of a peer's chunk
-//! checks it against the digest the holder recorded when it fetched the chunk from the
-//! origin: a corrupt or lying copy is caught and withdrawn
-//! ([`crate::command::Command::WithdrawPeerCopy`]).
+//! origin URL, size and modification time; and, when the origin declares the file's
+//! SHA-256 (`Repr-Digest`), the size and that digest, which match copies fetched from
+//! any URL (a mirror). A member's copy is a download job's file whose home node is that
+//! member: its durable chunks, with their BLAKE3 digests, are recorded through Raft
+//! anyway (for resume), so the index of copies is derived from the replicated jobs and
+//! needs no table of its own. The receiver of a peer's chunk checks it against the
+//! digest the holder recorded when it fetched the chunk from the origin: a corrupt or
+//! lying copy is caught and withdrawn ([`crate::command::Command::WithdrawPeerCopy`]).
+//! A copy is offered under its digest only once its whole file matched that digest, and
+//! the receiver checks its own finished file against the digest its origin declared.
 //!
 //! Unlike BITS, whose copies become servable after validation, Ferry offers a chunk as
 //! soon as it is durable: the digest check protects the receiver, and a fleet spreads
@@ -27,31 +30,57 @@ use crate::ids::{JobId, NodeId};
 use crate::job::{Job, JobState, JobType, peer_caching};
 use crate::transfer::{ChunkRecord, RemoteInfo};
 
-/// The identity of a remote file's content: URL, size and validator.
+/// The identity of a remote file's content.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ContentKey {
-    /// The URL the file was fetched from.
-    pub url: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// A strong ETag, else the Last-Modified date.
-    pub validator: String,
+pub enum ContentKey {
+    /// One version of one URL: copies fetched from that URL.
+    Version {
+        /// The URL the file was fetched from.
+        url: String,
+        /// Its size in bytes.
+        size: u64,
+        /// A strong ETag, else the Last-Modified date.
+        validator: String,
+    },
+    /// The bytes the origin declared by their SHA-256: verified copies from any URL.
+    Digest {
+        /// The size in bytes.
+        size: u64,
+        /// The declared SHA-256, lowercase hex.
+        sha256: String,
+    },
 }
 
 impl ContentKey {
-    /// The key of `url` as probed, if the server gave a size and a validator (content
-    /// without one cannot be told apart from its next version, so it is not shared).
+    /// The version key of `url` as probed, if the server gave a size and a validator
+    /// (content without one cannot be told apart from its next version, so it is not
+    /// shared under its URL).
     pub fn of(url: &str, remote: &RemoteInfo) -> Option<Self> {
-        Some(Self {
+        Some(Self::Version {
             url: url.to_owned(),
             size: remote.size?,
             validator: remote.if_range()?.to_owned(),
         })
     }
 
-    /// The smallest key of `url`: where a range over the keys of one URL starts.
+    /// The digest key of the remote file, if the server declared a SHA-256 and a size.
+    pub fn digest_of(remote: &RemoteInfo) -> Option<Self> {
+        Some(Self::Digest { size: remote.size?, sha256: remote.sha256.clone()? })
+    }
+
+    /// Every key under which copies of `url`'s content, as probed, may be found.
+    pub fn all_of(url: &str, remote: &RemoteInfo) -> Vec<Self> {
+        Self::of(url, remote).into_iter().chain(Self::digest_of(remote)).collect()
+    }
+
+    /// The smallest version key of `url`: where a range over the keys of one URL starts.
     pub fn first_of(url: &str) -> Self {
-        Self { url: url.to_owned(), size: 0, validator: String::new() }
+        Self::Version { url: url.to_owned(), size: 0, validator: String::new() }
+    }
+
+    /// Whether this is a version key of `url`.
+    pub fn is_of_url(&self, url: &str) -> bool {
+        matches!(self, Self::Version { url: of, .. } if of == url)
     }
 }
 
@@ -77,12 +106,14 @@ impl PeerCopy<'_> {
     }
 }
 
-/// The key under which file `index` of `job` is offered to peers, if it is: a download
+/// The keys under which file `index` of `job` is offered to peers, if it is: a download
 /// job that allows serving (`BG_JOB_ENABLE_PEERCACHING_SERVER`), a whole file (no
-/// ranges) probed with a size and validator, with durable chunks, not withdrawn, and
-/// still on disk (not cancelled; after Complete only once renamed into place).
-pub fn offered_key(job: &Job, index: usize) -> Option<ContentKey> {
-    let file = job.files.get(index)?;
+/// ranges) probed with a size and validator or declared digest, with durable chunks,
+/// not withdrawn, and still on disk (not cancelled; after Complete only once renamed
+/// into place). Its version key from its first chunk on; its digest key only once the
+/// whole file is transferred, which it is only after it matched the declared digest.
+pub fn offered_keys(job: &Job, index: usize) -> Vec<ContentKey> {
+    let Some(file) = job.files.get(index) else { return Vec::new() };
     let on_disk = match job.state {
         JobState::Cancelled => false,
         JobState::Acknowledged => file.progress.completed,
@@ -92,10 +123,9 @@ pub fn offered_key(job: &Job, index: usize) -> Option<ContentKey> {
         && job.props.peer_caching_flags & peer_caching::SERVER != 0
         && on_disk
         && servable_shape(file);
-    if !offered {
-        return None;
-    }
-    ContentKey::of(&file.remote_url, file.remote.as_ref()?)
+    let Some(remote) = file.remote.as_ref().filter(|_| offered) else { return Vec::new() };
+    let digest = ContentKey::digest_of(remote).filter(|_| file.transferred);
+    ContentKey::of(&file.remote_url, remote).into_iter().chain(digest).collect()
 }
 
 fn servable_shape(file: &JobFile) -> bool {
@@ -108,7 +138,10 @@ pub fn keeps_chunks(job: &Job, index: usize) -> bool {
     job.props.peer_caching_flags & peer_caching::SERVER != 0
         && job.files.get(index).is_some_and(|file| {
             file.ranges.is_empty()
-                && file.remote.as_ref().and_then(|r| ContentKey::of(&file.remote_url, r)).is_some()
+                && file
+                    .remote
+                    .as_ref()
+                    .is_some_and(|r| !ContentKey::all_of(&file.remote_url, r).is_empty())
         })
 }
 
@@ -151,19 +184,41 @@ mod tests {
             etag: etag.map(str::to_owned),
             last_modified: modified.map(str::to_owned),
             ranges: true,
+            sha256: None,
+        }
+    }
+
+    fn validator(key: Option<ContentKey>) -> Option<String> {
+        match key? {
+            ContentKey::Version { validator, .. } => Some(validator),
+            ContentKey::Digest { .. } => None,
         }
     }
 
     #[test]
     fn a_key_needs_a_size_and_a_strong_validator_or_a_date() {
-        let key = ContentKey::of("http://o/f", &remote(Some("\"v1\""), None)).expect("etag");
-        assert_eq!(key.validator, "\"v1\"");
-        let key = ContentKey::of("http://o/f", &remote(Some("W/\"v1\""), Some("Mon"))).expect("lm");
-        assert_eq!(key.validator, "Mon");
+        let key = ContentKey::of("http://o/f", &remote(Some("\"v1\""), None));
+        assert_eq!(validator(key).as_deref(), Some("\"v1\""));
+        let key = ContentKey::of("http://o/f", &remote(Some("W/\"v1\""), Some("Mon")));
+        assert_eq!(validator(key).as_deref(), Some("Mon"));
         assert!(ContentKey::of("http://o/f", &remote(Some("W/\"v1\""), None)).is_none());
         let mut unsized_remote = remote(Some("\"v1\""), None);
         unsized_remote.size = None;
         assert!(ContentKey::of("http://o/f", &unsized_remote).is_none());
+    }
+
+    #[test]
+    fn a_declared_digest_keys_the_bytes_whatever_the_url() {
+        let mut declared = remote(None, None);
+        assert!(ContentKey::all_of("http://o/f", &declared).is_empty());
+        declared.sha256 = Some("ab".repeat(32));
+        let here = ContentKey::all_of("http://o/f", &declared);
+        let mirror = ContentKey::all_of("http://mirror/g", &declared);
+        assert_eq!(here, mirror, "no validator: only the digest key");
+        assert_eq!(here, vec![ContentKey::Digest { size: 10, sha256: "ab".repeat(32) }]);
+        declared.etag = Some("\"v1\"".into());
+        assert_eq!(ContentKey::all_of("http://o/f", &declared).len(), 2);
+        assert!(ContentKey::all_of("http://o/f", &declared)[0].is_of_url("http://o/f"));
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct RemoteInfo {
     pub last_modified: Option<String>,
     /// True if the server answers range requests with `206`.
     pub ranges: bool,
+    /// SHA-256 of the whole file as the server declared it (`Repr-Digest`, RFC 9530, or
+    /// `Digest`, RFC 3230), in lowercase hex: the finished file is checked against it,
+    /// and peers' verified copies of the same bytes may serve it from any URL.
+    pub sha256: Option<String>,
 }
 
 impl RemoteInfo {
@@ -44,11 +48,13 @@ impl RemoteInfo {
         self.etag.as_deref().filter(|tag| !tag.starts_with("W/")).or(self.last_modified.as_deref())
     }
 
-    /// True if `other` describes the same version of the file: size and validators equal.
+    /// True if `other` describes the same version of the file: size and validators
+    /// equal, and declared digests too where both declare one.
     pub fn same_version(&self, other: &Self) -> bool {
         self.size == other.size
             && self.etag == other.etag
             && self.last_modified == other.last_modified
+            && (self.sha256.is_none() || other.sha256.is_none() || self.sha256 == other.sha256)
     }
 }
 
@@ -446,6 +452,7 @@ mod tests {
             etag: Some("\"a\"".into()),
             last_modified: Some("Sat, 01 Aug 2026 10:00:00 GMT".into()),
             ranges: true,
+            sha256: None,
         };
         assert_eq!(info.if_range(), Some("\"a\""));
         info.etag = Some("W/\"a\"".into());

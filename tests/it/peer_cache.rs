@@ -17,6 +17,7 @@ use crate::download::same_as_origin;
 use crate::support::{start_download, wait_for};
 
 const MIB: u64 = 1024 * 1024;
+const SHORT: Duration = Duration::from_secs(60);
 
 /// `n` nodes on 127.0.0.1.., each with its own source address, 1 MiB chunks and the
 /// extra configuration `cache(i)` (i from 1).
@@ -107,6 +108,56 @@ async fn a_second_job_for_the_same_content_is_served_by_peers() -> anyhow::Resul
         origin.requests()[before..].iter().filter_map(|r| r.client).collect();
     assert_eq!(clients, [std::net::IpAddr::from([127, 0, 0, 3])].into(), "helpers were asked");
     assert!(same_as_origin(&origin, "/same.bin", &third)?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_declaring_the_same_digest_is_served_by_peers_once_a_copy_matched_it()
+-> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    let len = 16 * MIB + 5;
+    let content = Content::Pattern { seed: 73, len };
+    let sha256 = content.sha256();
+    origin.add_file("/a.bin", content.clone());
+    origin.add_file("/mirror/a.bin", content);
+    // Same size, other bytes, and the digest of /a.bin: a lying declaration.
+    origin.add_file("/liar.bin", Content::Pattern { seed: 74, len });
+    for path in ["/a.bin", "/mirror/a.bin", "/liar.bin"] {
+        origin.declare_sha256(path, Some(sha256));
+    }
+    let nodes = cluster(2, no_cache_settings).await?;
+    let dir = tempfile::tempdir()?;
+    let client1 = nodes[0].client(Some(tokens::ALICE))?;
+    let client2 = nodes[1].client(Some(tokens::ALICE))?;
+    // A file that does not match the digest its origin declares never transfers (each
+    // try starts the file over), so it is never offered under that digest.
+    let files = [(origin.url("/liar.bin"), dir.path().join("liar.bin"))];
+    let liar = start_download(&client1, &files, PropertyChanges::default()).await?;
+    let job = wait_for(&nodes[0], &client1, liar, &[JobState::TransientError], SHORT).await?;
+    let detail = job.error.map(|e| e.detail).unwrap_or_default();
+    assert!(detail.contains("the server declared"), "{detail}");
+    client1.act(liar, JobAction::Cancel).await?;
+    // A true declaration: node 1's file matches it, and is offered under the digest.
+    let first = dir.path().join("first.bin");
+    let url = origin.url("/a.bin");
+    let file = download(&nodes[0], &client1, &url, &first, PropertyChanges::default()).await?;
+    assert_eq!(file.peer_stats.from_peers, 0, "the liar's bytes were offered");
+    // Another URL with the same declared digest: probed with a HEAD (members offer
+    // digests), every byte from node 1's copy.
+    let before = origin.requests().len();
+    let second = dir.path().join("second.bin");
+    let mirror = origin.url("/mirror/a.bin");
+    let file = download(&nodes[1], &client2, &mirror, &second, PropertyChanges::default()).await?;
+    let from_origin = egress(&origin, "/mirror/a.bin", before) + egress(&origin, "/a.bin", before);
+    println!(
+        "mirror job: {} bytes from peers, origin egress {from_origin} bytes ({:.2} % of the file)",
+        file.peer_stats.from_peers,
+        100.0 * from_origin as f64 / len as f64
+    );
+    assert!(file.downloaded_from_peer, "IsDownloadedFromPeer is false");
+    assert_eq!((file.peer_stats.from_peers, file.peer_stats.from_origin), (len, 0));
+    assert!(from_origin * 20 <= len, "origin sent {from_origin} bytes for the mirror job");
+    assert!(same_as_origin(&origin, "/mirror/a.bin", &second)?, "the copy from peers differs");
     Ok(())
 }
 

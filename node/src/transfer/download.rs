@@ -35,8 +35,8 @@ use super::Run;
 use super::egress;
 use super::failure::{Failure, Stop};
 use super::fetch::{
-    ChunkWriter, Fetch, Probe, blocking, changed, content_length, content_range, header_lines,
-    probe_local, short_body, text, transport_error,
+    ChunkWriter, Fetch, Probe, blocking, changed, content_length, content_range, declared_sha256,
+    header_lines, probe_local, short_body, text, transport_error,
 };
 use super::helper::{self, ChunkAnswer, ChunkRequest, MAX_HELPER_PIECE};
 use super::local::{self, TempFile};
@@ -197,11 +197,15 @@ impl Run {
             })?;
         let dynamic = self.job.props.dynamic_content;
         // A fresh whole file is probed with a GET of its first chunk, unless its bytes
-        // are to come from peers: members hold copies of the URL, or another member of
-        // the job's fleet fetches the first chunk.
-        let from_peers = self.uses_cluster()
-            && (self.reporter.cluster.state.read().queue.offers_url(&url)
-                || self.job.fleet.is_some_and(|f| !f.fetches(0)));
+        // may come from peers: members hold copies of the URL or of some declared
+        // digest (known after a HEAD), or another member of the job's fleet fetches the
+        // first chunk.
+        let from_peers = self.uses_cluster() && {
+            let queue = &self.reporter.cluster.state.read().queue;
+            queue.offers_url(&url)
+                || queue.offers_digests()
+                || self.job.fleet.is_some_and(|f| !f.fetches(0))
+        };
         let probe_with_data =
             file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !from_peers;
         let (probe, first) = if local_source {
@@ -377,6 +381,20 @@ impl Run {
         blocking(move || t.set_len(size).and_then(|()| t.finish(modified))).await.map_err(|e| {
             Failure::local(&e, "cannot finish the temporary file", Some(fetch.file))
         })?;
+        if let Some(declared) = &probe.remote.sha256 {
+            // Bytes from the origin and from peers alike must make the declared file.
+            let t = fetch.temp.clone();
+            let actual = blocking(move || t.sha256()).await.map_err(|e| {
+                Failure::local(&e, "cannot read the temporary file", Some(fetch.file))
+            })?;
+            if actual != *declared {
+                let url = &fetch.url;
+                let why = format!(
+                    "{url}: the file's SHA-256 is {actual}, the server declared {declared}"
+                );
+                return Err(Stop::RestartFile(why));
+            }
+        }
         let headers =
             fetch.headers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut reports = Vec::new();
@@ -411,6 +429,7 @@ impl Run {
             etag: text(headers, header::ETAG),
             last_modified: text(headers, header::LAST_MODIFIED),
             ranges,
+            sha256: declared_sha256(headers),
         };
         let (remote, len) = match response.status() {
             StatusCode::PARTIAL_CONTENT => {
@@ -478,6 +497,7 @@ impl Run {
             last_modified: text(headers, header::LAST_MODIFIED),
             ranges: status == StatusCode::PARTIAL_CONTENT
                 || text(headers, header::ACCEPT_RANGES).is_some_and(|v| v.contains("bytes")),
+            sha256: declared_sha256(headers),
         };
         Ok(Probe::new(remote, url, &response))
     }
@@ -614,9 +634,9 @@ impl Run {
         if !self.uses_cluster() || !file.ranges.is_empty() || !file.chunks.is_empty() {
             return None;
         }
-        let key = ContentKey::of(&file.remote_url, remote)?;
+        let keys = ContentKey::all_of(&file.remote_url, remote);
         let state = self.reporter.cluster.state.read();
-        let copies = state.queue.peer_copies(&key);
+        let copies = state.queue.peer_copies(&keys);
         let chunk_size = copies.first()?.chunk_size;
         let fits = (transfer::MIN_CHUNK_SIZE..=MAX_HELPER_PIECE).contains(&chunk_size)
             && size.div_ceil(chunk_size) <= transfer::MAX_CHUNKS_PER_FILE;
@@ -641,9 +661,12 @@ impl Run {
         if !self.uses_cluster() || fetch.url.starts_with("file://") {
             return None;
         }
-        let key = ContentKey::of(&url, &fetch.remote)?;
+        let keys = ContentKey::all_of(&url, &fetch.remote);
+        if keys.is_empty() {
+            return None;
+        }
         let cluster = self.reporter.cluster.clone();
-        Some(Sources::new(cluster, key, self.job.id, chunk_size, self.job.fleet))
+        Some(Sources::new(cluster, keys, self.job.id, chunk_size, self.job.fleet))
     }
 
     /// The members that may fetch pieces of this file (none for local sources, fleet

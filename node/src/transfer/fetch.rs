@@ -271,6 +271,7 @@ pub(super) async fn probe_local(url: &str, index: u32) -> Result<Probe, Stop> {
             etag: None,
             last_modified: modified,
             ranges: true,
+            sha256: None,
         },
         headers: Vec::new(),
         moved_to: None,
@@ -313,8 +314,34 @@ pub(super) fn short_body(url: &str, file: u32, got: u64, wanted: u64) -> Stop {
 pub(super) fn changed(remote: &RemoteInfo, headers: &HeaderMap) -> bool {
     let etag = text(headers, header::ETAG);
     let modified = text(headers, header::LAST_MODIFIED);
+    let sha256 = declared_sha256(headers);
     (etag.is_some() && etag != remote.etag)
         || (modified.is_some() && modified != remote.last_modified)
+        || (sha256.is_some() && remote.sha256.is_some() && sha256 != remote.sha256)
+}
+
+/// The SHA-256 of the whole file a response declares, in lowercase hex: the `sha-256`
+/// member of `Repr-Digest` (RFC 9530, `sha-256=:<base64>:`), else of the obsolete
+/// `Digest` (RFC 3230, `SHA-256=<base64>`). Malformed values declare nothing.
+pub(super) fn declared_sha256(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let member = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|member| {
+                let (algorithm, value) = member.trim().split_once('=')?;
+                algorithm.trim().eq_ignore_ascii_case("sha-256").then(|| {
+                    let value = value.split(';').next().unwrap_or_default().trim();
+                    value.trim_matches(':').to_owned()
+                })
+            })
+    };
+    let encoded = member("repr-digest").or_else(|| member("digest"))?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    (bytes.len() == 32).then(|| hex::encode(bytes))
 }
 
 /// A parsed `Content-Range: bytes first-last/total`.
@@ -382,12 +409,34 @@ mod tests {
     }
 
     #[test]
+    fn declared_digests_parse_from_both_headers() {
+        // SHA-256 of "abc".
+        let b64 = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let mut h = HeaderMap::new();
+        assert_eq!(declared_sha256(&h), None);
+        h.insert("digest", format!("MD5=x, SHA-256={b64}").parse().expect("value"));
+        assert_eq!(declared_sha256(&h).as_deref(), Some(hex));
+        h.insert("repr-digest", format!("sha-512=:AA==:, sha-256=:{b64}:").parse().expect("v"));
+        assert_eq!(declared_sha256(&h).as_deref(), Some(hex));
+        for bad in ["sha-256=:AAAA:", "sha-256=:not base64:", "sha-256", "md5=:AA==:"] {
+            h.remove("digest");
+            h.insert("repr-digest", bad.parse().expect("value"));
+            assert_eq!(declared_sha256(&h), None, "{bad}");
+        }
+        let remote = RemoteInfo { sha256: Some("00".repeat(32)), ..RemoteInfo::default() };
+        h.insert("repr-digest", format!("sha-256=:{b64}:").parse().expect("value"));
+        assert!(changed(&remote, &h), "another declared digest is another file");
+    }
+
+    #[test]
     fn validators_detect_a_changed_remote() {
         let remote = RemoteInfo {
             size: Some(1),
             etag: Some("\"a\"".into()),
             last_modified: None,
             ranges: true,
+            sha256: None,
         };
         let mut h = HeaderMap::new();
         assert!(!changed(&remote, &h));

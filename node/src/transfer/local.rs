@@ -58,6 +58,21 @@ impl TempFile {
         self.file.set_len(len)
     }
 
+    /// The SHA-256 of the whole file, in lowercase hex.
+    pub(crate) fn sha256(&self) -> io::Result<String> {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buffer = vec![0; 1024 * 1024];
+        let mut offset = 0;
+        loop {
+            let read = self.file.read_at(&mut buffer, offset)?;
+            if read == 0 {
+                return Ok(hex::encode(context.finish()));
+            }
+            context.update(&buffer[..read]);
+            offset += read as u64;
+        }
+    }
+
     /// Sets the modification time (from the server's Last-Modified) and syncs.
     pub(crate) fn finish(&self, modified: Option<SystemTime>) -> io::Result<()> {
         if let Some(time) = modified {

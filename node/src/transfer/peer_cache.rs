@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_coordinator::Cluster;
 use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::command::Command;
-use ferry_protocol::peer_cache::{ContentKey, FleetMember, offered_key};
+use ferry_protocol::peer_cache::{ContentKey, FleetMember, offered_keys};
 use ferry_protocol::transfer::Piece;
 use ferry_protocol::{JobId, JobState, NodeId, Proposal, Queue, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -112,7 +112,7 @@ pub(crate) async fn serve(
 fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<(PathBuf, u64, u64), String> {
     let job = queue.job(&request.job).ok_or("the job is gone")?;
     let index = request.file as usize;
-    if job.home_node != me || offered_key(job, index).is_none() {
+    if job.home_node != me || offered_keys(job, index).is_empty() {
         return Err("the copy is not offered here".into());
     }
     let file = &job.files[index];
@@ -231,7 +231,8 @@ pub(crate) struct PieceQueue {
 /// What routes pieces to peers: the content, this job's place, the applied queue.
 pub(crate) struct Sources {
     pub(crate) cluster: NodeCluster,
-    pub(crate) key: ContentKey,
+    /// The keys the file's content is known by (see [`ContentKey::all_of`]).
+    pub(crate) keys: Vec<ContentKey>,
     pub(crate) job: JobId,
     pub(crate) chunk_size: u64,
     pub(crate) fleet: Option<FleetMember>,
@@ -244,17 +245,17 @@ pub(crate) struct Sources {
 }
 
 impl Sources {
-    /// Sources for a job's file with content `key` and plan `chunk_size`.
+    /// Sources for a job's file with content `keys` and plan `chunk_size`.
     pub(crate) fn new(
         cluster: NodeCluster,
-        key: ContentKey,
+        keys: Vec<ContentKey>,
         job: JobId,
         chunk_size: u64,
         fleet: Option<FleetMember>,
     ) -> Self {
         Self {
             cluster,
-            key,
+            keys,
             job,
             chunk_size,
             fleet,
@@ -268,7 +269,7 @@ impl Sources {
     fn holders(&self, queue: &Queue, piece: &Piece) -> Vec<Holder> {
         let failed = self.failed.get(&piece.index);
         let mut holders: Vec<Holder> = queue
-            .peer_copies(&self.key)
+            .peer_copies(&self.keys)
             .into_iter()
             .filter(|copy| copy.job != self.job && copy.chunk_size == self.chunk_size)
             .filter(|copy| failed.is_none_or(|nodes| !nodes.contains(&copy.node)))
@@ -292,7 +293,7 @@ impl Sources {
     /// Chunks held by copies other than this job's.
     fn held_chunks(&self, queue: &Queue) -> usize {
         queue
-            .peer_copies(&self.key)
+            .peer_copies(&self.keys)
             .iter()
             .filter(|copy| copy.job != self.job)
             .map(|copy| copy.chunks.len())
@@ -471,7 +472,7 @@ fn over_limits(
         .filter(|job| job.home_node == me)
         .flat_map(|job| {
             let made = job.times.transfer_completed.unwrap_or(job.times.modified);
-            (0..job.files.len()).filter(|i| offered_key(job, *i).is_some()).map(move |i| {
+            (0..job.files.len()).filter(|i| !offered_keys(job, *i).is_empty()).map(move |i| {
                 let bytes = job.files[i].progress.bytes_transferred;
                 (made, job.id, u32::try_from(i).unwrap_or(u32::MAX), bytes)
             })

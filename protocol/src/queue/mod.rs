@@ -233,11 +233,12 @@ impl Queue {
             .collect())
     }
 
-    /// The copies members hold of `key`, in job order.
-    pub fn peer_copies(&self, key: &ContentKey) -> Vec<PeerCopy<'_>> {
-        let Some(files) = self.content.get(key) else { return Vec::new() };
+    /// The copies members hold under any of `keys`, each once, in job order.
+    pub fn peer_copies(&self, keys: &[ContentKey]) -> Vec<PeerCopy<'_>> {
+        let files: BTreeSet<&(JobId, u32)> =
+            keys.iter().filter_map(|key| self.content.get(key)).flatten().collect();
         files
-            .iter()
+            .into_iter()
             .filter_map(|(id, index)| {
                 let job = self.jobs.get(id)?;
                 let file = job.files.get(*index as usize)?;
@@ -257,7 +258,15 @@ impl Queue {
         self.content
             .range(ContentKey::first_of(url)..)
             .next()
-            .is_some_and(|(key, _)| key.url == url)
+            .is_some_and(|(key, _)| key.is_of_url(url))
+    }
+
+    /// Whether any member offers content under a declared digest (digest keys sort
+    /// after every version key).
+    pub fn offers_digests(&self) -> bool {
+        self.content
+            .last_key_value()
+            .is_some_and(|(key, _)| matches!(key, ContentKey::Digest { .. }))
     }
 
     /// Every job of fleet `fleet`, by member position.
@@ -270,8 +279,8 @@ impl Queue {
 
     fn index_content(&mut self, job: &Job) {
         for index in 0..job.files.len() {
-            if let Some(key) = peer_cache::offered_key(job, index) {
-                let file = u32::try_from(index).unwrap_or(u32::MAX);
+            let file = u32::try_from(index).unwrap_or(u32::MAX);
+            for key in peer_cache::offered_keys(job, index) {
                 self.content.entry(key).or_default().insert((job.id, file));
             }
         }
@@ -279,12 +288,13 @@ impl Queue {
 
     fn unindex_content(&mut self, job: &Job) {
         for index in 0..job.files.len() {
-            if let Some(key) = peer_cache::offered_key(job, index)
-                && let Some(files) = self.content.get_mut(&key)
-            {
-                files.remove(&(job.id, u32::try_from(index).unwrap_or(u32::MAX)));
-                if files.is_empty() {
-                    self.content.remove(&key);
+            let file = u32::try_from(index).unwrap_or(u32::MAX);
+            for key in peer_cache::offered_keys(job, index) {
+                if let Some(files) = self.content.get_mut(&key) {
+                    files.remove(&(job.id, file));
+                    if files.is_empty() {
+                        self.content.remove(&key);
+                    }
                 }
             }
         }

@@ -534,6 +534,7 @@ mod engine_reports {
             etag: Some("\"v1\"".into()),
             last_modified: None,
             ranges: true,
+            sha256: None,
         };
         report(h, id, EngineReport::Probed { file: 0, remote, chunk_size: 10 }).expect("probed");
     }
@@ -651,8 +652,8 @@ mod engine_reports {
         assert_eq!(job.files[0].chunks.len(), 3);
     }
 
-    fn key(size: u64) -> ContentKey {
-        ContentKey { url: file(0).remote_url, size, validator: "\"v1\"".into() }
+    fn key(size: u64) -> [ContentKey; 1] {
+        [ContentKey::Version { url: file(0).remote_url, size, validator: "\"v1\"".into() }]
     }
 
     /// Probes, then records chunks 0 and 1 (of 25 bytes), chunk 1 from a peer.
@@ -694,6 +695,7 @@ mod engine_reports {
             etag: Some("\"v1\"".into()),
             last_modified: None,
             ranges: true,
+            sha256: None,
         };
         report(&mut h, id, EngineReport::Probed { file: 0, remote, chunk_size: 10 })
             .expect("probed");
@@ -706,6 +708,37 @@ mod engine_reports {
         half_done(&mut h, other);
         let rebuilt = Queue::from_image(h.queue.to_image());
         assert_eq!(rebuilt.peer_copies(&key(25)).len(), 1);
+    }
+
+    #[test]
+    fn a_declared_digest_is_offered_only_once_the_file_is_transferred() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        report(&mut h, id, EngineReport::Activate).expect("activate");
+        let sha256 = "ab".repeat(32);
+        let remote = RemoteInfo {
+            size: Some(25),
+            etag: Some("\"v1\"".into()),
+            sha256: Some(sha256.clone()),
+            ..RemoteInfo::default()
+        };
+        report(&mut h, id, EngineReport::Probed { file: 0, remote, chunk_size: 10 })
+            .expect("probed");
+        let digest = [ContentKey::Digest { size: 25, sha256 }];
+        two_chunks(&mut h, id);
+        assert!(h.queue.peer_copies(&digest).is_empty(), "not yet checked against the digest");
+        assert!(!h.queue.offers_digests());
+        assert_eq!(h.queue.peer_copies(&key(25)).len(), 1, "offered under its URL at once");
+        report(&mut h, id, EngineReport::Chunks { file: 0, chunks: vec![chunk(2, 5)] })
+            .expect("chunks");
+        let done = EngineReport::FileTransferred { file: 0, size: 25, headers: vec![] };
+        report(&mut h, id, done).expect("transferred");
+        let copies = h.queue.peer_copies(&digest);
+        assert_eq!((copies.len(), copies[0].chunks.len()), (1, 3), "kept for receivers");
+        assert!(h.queue.offers_digests());
+        // Asked under both keys of a mirror's probe, the copy is listed once.
+        let both = [digest[0].clone(), key(25)[0].clone()];
+        assert_eq!(h.queue.peer_copies(&both).len(), 1);
     }
 
     #[test]
@@ -795,6 +828,7 @@ mod engine_reports {
             etag: Some("\"v2\"".into()),
             last_modified: None,
             ranges: true,
+            sha256: None,
         };
         report(&mut h, id, EngineReport::Probed { file: 0, remote, chunk_size: 10 })
             .expect("probed");

@@ -55,6 +55,19 @@ impl Content {
         }
     }
 
+    /// The SHA-256 of the bytes.
+    pub fn sha256(&self) -> [u8; 32] {
+        use sha2::{Digest as _, Sha256};
+        const STEP: u64 = 1024 * 1024;
+        let mut hasher = Sha256::new();
+        let mut offset = 0;
+        while offset < self.len() {
+            hasher.update(self.slice(offset, STEP));
+            offset += STEP;
+        }
+        hasher.finalize().into()
+    }
+
     /// The content of the next `version`s of a file whose first version is `self`:
     /// a pattern moves to seed `seed + version`; fixed bytes are each XORed with a
     /// non-zero pattern byte, so every byte differs from version 0.
@@ -117,13 +130,28 @@ pub(super) struct FileEntry {
     current: Content,
     /// The identity of `base`, computed once.
     identity: String,
+    /// The SHA-256 the origin declares in `Repr-Digest`, if any (true or not); a
+    /// content change drops it.
+    declared_sha256: Option<[u8; 32]>,
 }
 
 impl FileEntry {
     /// A newly registered file.
     pub(super) fn new(base: Content, generation: u64) -> Self {
         let identity = base.identity();
-        Self { current: base.clone(), base, version: 0, generation, identity }
+        Self {
+            current: base.clone(),
+            base,
+            version: 0,
+            generation,
+            identity,
+            declared_sha256: None,
+        }
+    }
+
+    /// Declares `sha256` in `Repr-Digest` from now on (`None`: no header).
+    pub(super) fn declare_sha256(&mut self, sha256: Option<[u8; 32]>) {
+        self.declared_sha256 = sha256;
     }
 
     /// Moves to the next version (new bytes, ETag and Last-Modified).
@@ -131,6 +159,7 @@ impl FileEntry {
         self.version += 1;
         self.generation = generation;
         self.current = self.base.at_version(self.version);
+        self.declared_sha256 = None;
     }
 
     /// A snapshot of the current version.
@@ -141,6 +170,10 @@ impl FileEntry {
             version: self.version,
             etag: format!("\"{}-v{}\"", self.identity, self.version),
             last_modified: httpdate::fmt_http_date(date),
+            repr_digest: self.declared_sha256.map(|sha256| {
+                use base64::Engine as _;
+                format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(sha256))
+            }),
         }
     }
 }
@@ -157,6 +190,8 @@ pub struct FileInfo {
     /// The Last-Modified date: `Sat, 01 Aug 2026 10:00:00 GMT` plus one second per
     /// origin-wide generation (each `add_file` and each content change is one).
     pub last_modified: String,
+    /// The `Repr-Digest` header sent with it, if the file declares a digest.
+    pub repr_digest: Option<String>,
 }
 
 impl FileInfo {

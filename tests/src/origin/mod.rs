@@ -121,6 +121,14 @@ impl Origin {
         self.shared.lock().add_file(normalize(path), content);
     }
 
+    /// Makes the file at `path` declare `sha256` (`Repr-Digest: sha-256=:…:`), true or
+    /// not, until its content changes; `None` stops declaring. Unknown paths are ignored.
+    pub fn declare_sha256(&self, path: &str, sha256: Option<[u8; 32]>) {
+        if let Some(file) = self.shared.lock().files.get_mut(&normalize(path)) {
+            file.declare_sha256(sha256);
+        }
+    }
+
     /// The current version of the file at `path`.
     pub fn file(&self, path: &str) -> Option<FileInfo> {
         self.shared.lock().files.get(&normalize(path)).map(|f| f.info())

@@ -200,6 +200,9 @@ fn serve_file(
     if ranges {
         headers.push((header::ACCEPT_RANGES, "bytes".to_owned()));
     }
+    if let Some(digest) = &file.repr_digest {
+        headers.push((HeaderName::from_static("repr-digest"), digest.clone()));
+    }
     let decision = if ranges && !head {
         range::decide(range_header, if_range, total, &file.etag, &file.last_modified)
     } else {
