@@ -132,17 +132,28 @@ fn servable_shape(file: &JobFile) -> bool {
     file.ranges.is_empty() && !file.withdrawn && file.chunk_size > 0 && !file.chunks.is_empty()
 }
 
+/// Most chunk records a job keeps for peers over its transferred files (about 1 MiB of
+/// its replicated row, which holds at most [`crate::limits::MAX_JOB_BYTES`] more): a
+/// file whose records would pass it is not offered once transferred.
+pub const MAX_KEPT_CHUNK_RECORDS: usize = 24_576;
+
 /// Whether the chunk records of file `index` are kept once it is transferred: only a
-/// file that is offered to peers needs them (a receiver checks each chunk against them).
+/// file that is offered to peers needs them (a receiver checks each chunk against them),
+/// within [`MAX_KEPT_CHUNK_RECORDS`] per job.
 pub fn keeps_chunks(job: &Job, index: usize) -> bool {
-    job.props.peer_caching_flags & peer_caching::SERVER != 0
-        && job.files.get(index).is_some_and(|file| {
-            file.ranges.is_empty()
-                && file
-                    .remote
-                    .as_ref()
-                    .is_some_and(|r| !ContentKey::all_of(&file.remote_url, r).is_empty())
-        })
+    let Some(file) = job.files.get(index) else { return false };
+    let kept: usize = job
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *i != index && f.transferred)
+        .map(|(_, f)| f.chunks.len())
+        .sum();
+    job.job_type == JobType::Download
+        && job.props.peer_caching_flags & peer_caching::SERVER != 0
+        && file.ranges.is_empty()
+        && file.remote.as_ref().is_some_and(|r| !ContentKey::all_of(&file.remote_url, r).is_empty())
+        && kept + file.chunks.len() <= MAX_KEPT_CHUNK_RECORDS
 }
 
 /// A job's place in a fleet: one of `members` jobs, each on its own node, that bring

@@ -22,6 +22,10 @@ pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
 pub const MAX_CHUNKS_PER_FILE: u64 = 2_048;
 /// Most bytes of response headers kept per file (`BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS`).
 pub const MAX_RESPONSE_HEADER_BYTES: usize = 8 * 1024;
+/// Most bytes of response headers kept per job, over its files: a job of thousands of
+/// files must still fit its replicated row (see [`crate::limits::MAX_JOB_BYTES`]); files
+/// past it keep fewer lines, or none.
+pub const MAX_JOB_RESPONSE_HEADER_BYTES: usize = 1024 * 1024;
 
 /// What a probe (HEAD, or a `bytes=0-0` GET) learned about a remote file. Two probes
 /// that disagree on any field mean the remote file changed (BITS consistency rule).
@@ -343,15 +347,25 @@ pub fn is_home_node_lost(error: &JobError) -> bool {
 
 /// Response headers cut to [`MAX_RESPONSE_HEADER_BYTES`].
 pub fn bounded_headers(headers: &[String]) -> Vec<String> {
+    headers_within(headers, MAX_RESPONSE_HEADER_BYTES)
+}
+
+/// The first response header lines that fit in `limit` bytes (counting CRLF after each).
+pub fn headers_within(headers: &[String], limit: usize) -> Vec<String> {
     let mut total = 0;
     headers
         .iter()
         .take_while(|line| {
             total += line.len() + 2;
-            total <= MAX_RESPONSE_HEADER_BYTES
+            total <= limit
         })
         .cloned()
         .collect()
+}
+
+/// Bytes of `headers` as [`headers_within`] counts them.
+pub fn header_bytes(headers: &[String]) -> usize {
+    headers.iter().map(|line| line.len() + 2).sum()
 }
 
 /// A transport error as BITS reports it.

@@ -534,10 +534,12 @@ impl Run {
                         let Some(piece) = next_origin(&queue, u64::MAX).await else {
                             break Ok(());
                         };
+                        let started = Instant::now();
                         let record = match fetch.piece(piece).await {
                             Ok(record) => record,
                             Err(stop) => break Err(stop),
                         };
+                        lock(&queue).origin_took(started.elapsed());
                         if let Some(previous) = syncing.take() {
                             previous.await.map_err(|_| internal(fetch.file, "a sync failed"))??;
                         }
@@ -649,8 +651,12 @@ impl Run {
     }
 
     /// Where pieces of this file may come from besides the origin: members' copies of
-    /// the same content (none for local sources, ranges, or jobs that do not use peers).
+    /// the same content (none for local sources, ranges, jobs that do not use peers, or
+    /// chunks too large to travel between members: files over 24 GiB).
     fn sources(&self, fetch: &Fetch, chunk_size: u64) -> Option<Sources> {
+        if chunk_size > MAX_HELPER_PIECE {
+            return None;
+        }
         let file = self.reporter.read(self.job.id, self.run, |job| {
             job.files
                 .get(fetch.file as usize)
@@ -977,12 +983,12 @@ async fn from_peers(
     loop {
         let next = lock(queue).next_peer();
         let (piece, holders) = match next {
-            None => return Ok(()),
-            Some(Err(())) => {
+            Next::Done => return Ok(()),
+            Next::Wait => {
                 tokio::time::sleep(peer_cache::IDLE).await;
                 continue;
             }
-            Some(Ok(next)) => next,
+            Next::Piece(next) => next,
         };
         let holder = holders[0];
         match peer_cache::fetch_copy(cluster, holder, piece).await {

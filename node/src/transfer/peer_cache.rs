@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_coordinator::Cluster;
 use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::command::Command;
-use ferry_protocol::peer_cache::{ContentKey, FleetMember, offered_keys};
+use ferry_protocol::peer_cache::{ContentKey, FleetMember, PeerCopy, offered_keys};
 use ferry_protocol::transfer::Piece;
 use ferry_protocol::{JobId, JobState, NodeId, Proposal, Queue, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -130,14 +130,15 @@ fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<(PathBuf, 
     Ok((PathBuf::from(path), u64::from(request.index) * file.chunk_size, chunk.len))
 }
 
-/// Reads `len` bytes at `offset` of the regular file `path` (never through a symlink:
-/// after Complete the destination is its owner's, who may have replaced it).
+/// Reads `len` bytes at `offset` of the regular file `path`, never through a symlink in
+/// its last component (after Complete the destination is its owner's, who may have
+/// replaced it): opened with `O_NOFOLLOW`, then checked on the open handle.
 fn read_at(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    if !std::fs::symlink_metadata(path)?.file_type().is_file() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    if !file.metadata()?.file_type().is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    let file = std::fs::File::open(path)?;
     let mut bytes = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
     file.read_exact_at(&mut bytes, offset)?;
     Ok(bytes)
@@ -230,18 +231,27 @@ pub(crate) struct PieceQueue {
 
 /// What routes pieces to peers: the content, this job's place, the applied queue.
 pub(crate) struct Sources {
+    /// The cluster whose applied queue lists the copies.
     pub(crate) cluster: NodeCluster,
     /// The keys the file's content is known by (see [`ContentKey::all_of`]).
     pub(crate) keys: Vec<ContentKey>,
+    /// This job (its own copy is not a source).
     pub(crate) job: JobId,
+    /// The file's plan: only copies with the same chunk size fit it.
     pub(crate) chunk_size: u64,
+    /// The job's place in its fleet, if it is a member.
     pub(crate) fleet: Option<FleetMember>,
     /// Peers that failed a piece, by piece index: not asked for it again.
     failed: HashMap<u32, Vec<NodeId>>,
-    /// Chunks the copies held when they last grew, and when that was.
+    /// The applied index the waiting pieces were last checked at.
+    seen: Option<u64>,
+    /// Chunks the copies held at the last check, and when they last grew.
     grown: (usize, Instant),
     /// Times the copies stopped growing while pieces waited.
     stalls: u32,
+    /// Whether this member took a piece from the origin itself, and the longest one
+    /// took: how long the others may take for theirs.
+    own_pieces: (bool, Option<Duration>),
 }
 
 impl Sources {
@@ -260,18 +270,26 @@ impl Sources {
             chunk_size,
             fleet,
             failed: HashMap::new(),
+            seen: None,
             grown: (0, Instant::now()),
             stalls: 0,
+            own_pieces: (false, None),
         }
+    }
+
+    /// Other jobs' copies that fit this file's plan.
+    fn copies<'q>(&self, queue: &'q Queue) -> Vec<PeerCopy<'q>> {
+        let mut copies = queue.peer_copies(&self.keys);
+        copies.retain(|copy| copy.job != self.job && copy.chunk_size == self.chunk_size);
+        copies
     }
 
     /// The holders of `piece` not yet failed for it, spread by piece index.
     fn holders(&self, queue: &Queue, piece: &Piece) -> Vec<Holder> {
         let failed = self.failed.get(&piece.index);
-        let mut holders: Vec<Holder> = queue
-            .peer_copies(&self.keys)
+        let mut holders: Vec<Holder> = self
+            .copies(queue)
             .into_iter()
-            .filter(|copy| copy.job != self.job && copy.chunk_size == self.chunk_size)
             .filter(|copy| failed.is_none_or(|nodes| !nodes.contains(&copy.node)))
             .filter_map(|copy| {
                 let chunk = copy.chunk(piece.index).filter(|c| c.len == piece.len)?;
@@ -290,21 +308,20 @@ impl Sources {
         holders
     }
 
-    /// Chunks held by copies other than this job's.
-    fn held_chunks(&self, queue: &Queue) -> usize {
-        queue
-            .peer_copies(&self.keys)
-            .iter()
-            .filter(|copy| copy.job != self.job)
-            .map(|copy| copy.chunks.len())
-            .sum()
+    /// How long the copies may go without growing before the members that should
+    /// grow them are taken for lost: [`FLEET_PATIENCE`], or three times the longest
+    /// piece this member took from the origin if that is longer (a slow or shared
+    /// origin is not a dead member). `None` while this member's first own piece is on
+    /// its way: until then nothing tells how long a piece takes.
+    fn patience(&self) -> Option<Duration> {
+        patience_after(self.own_pieces)
     }
 }
 
 /// The next piece for a worker.
-pub(crate) enum Next {
+pub(crate) enum Next<T = Piece> {
     /// Fetch this one.
-    Piece(Piece),
+    Piece(T),
     /// Nothing now, but pieces may come: ask again shortly.
     Wait,
     /// Nothing is left for this kind of worker.
@@ -323,8 +340,9 @@ impl PieceQueue {
             None => queue.origin = missing,
             Some(sources) => {
                 let state = sources.cluster.state.read();
+                let copies = sources.copies(&state.queue);
                 for piece in missing {
-                    if !sources.holders(&state.queue, &piece).is_empty() {
+                    if holds(&copies, &piece) {
                         queue.peers.push_back(piece);
                     } else if sources.fleet.is_some_and(|f| !f.fetches(piece.index)) {
                         queue.waiting.push(piece);
@@ -347,32 +365,52 @@ impl PieceQueue {
         !self.peers.is_empty() || !self.waiting.is_empty()
     }
 
-    /// The next piece to fetch from the origin, at most `max_len` bytes long.
+    /// The next piece to fetch from the origin, at most `max_len` bytes long. A piece
+    /// a member's copy came to hold meanwhile (a member taken for lost was only slow)
+    /// goes to the peers instead.
     pub(crate) fn next_origin(&mut self, max_len: u64) -> Next {
         self.route();
-        match self.origin.front() {
-            Some(piece) if piece.len <= max_len => {
-                self.origin.pop_front().map_or(Next::Done, Next::Piece)
+        while let Some(piece) = self.origin.front().copied() {
+            if piece.len > max_len {
+                return Next::Done;
             }
-            Some(_) => Next::Done,
-            None if self.uses_peers() => Next::Wait,
-            None => Next::Done,
+            self.origin.pop_front();
+            let held = self.sources.as_ref().is_some_and(|sources| {
+                let queue = &sources.cluster.state.read().queue;
+                sources.fleet.is_some() && !sources.holders(queue, &piece).is_empty()
+            });
+            if held {
+                self.peers.push_back(piece);
+                continue;
+            }
+            if let Some(sources) = &mut self.sources {
+                sources.own_pieces.0 = true;
+            }
+            return Next::Piece(piece);
+        }
+        if self.uses_peers() { Next::Wait } else { Next::Done }
+    }
+
+    /// This member fetched a piece from the origin in `took`.
+    pub(crate) fn origin_took(&mut self, took: Duration) {
+        if let Some(sources) = &mut self.sources {
+            sources.own_pieces.1 = Some(sources.own_pieces.1.map_or(took, |t| t.max(took)));
         }
     }
 
     /// The next piece to take from a peer, with its holders (best first).
-    pub(crate) fn next_peer(&mut self) -> Option<Result<(Piece, Vec<Holder>), ()>> {
+    pub(crate) fn next_peer(&mut self) -> Next<(Piece, Vec<Holder>)> {
         self.route();
-        let Some(sources) = &self.sources else { return None };
+        let Some(sources) = &self.sources else { return Next::Done };
         let Some(piece) = self.peers.pop_front() else {
-            return (!self.waiting.is_empty()).then_some(Err(()));
+            return if self.waiting.is_empty() { Next::Done } else { Next::Wait };
         };
         let holders = sources.holders(&sources.cluster.state.read().queue, &piece);
         if holders.is_empty() {
             self.origin.push_back(piece);
-            return Some(Err(()));
+            return Next::Wait;
         }
-        Some(Ok((piece, holders)))
+        Next::Piece((piece, holders))
     }
 
     /// A piece an origin worker or helper could not deliver: to be fetched again.
@@ -388,48 +426,67 @@ impl PieceQueue {
         self.peers.push_back(piece);
     }
 
-    /// Moves waiting pieces to peers once a copy holds them. Once no copy grew for
-    /// [`FLEET_PATIENCE`] the members that should have fetched the rest are taken for
-    /// lost: their pieces are divided among the other members ([`redivide`]), and this
-    /// member fetches its part from the origin; after a second stall it fetches all
-    /// that is left itself.
+    /// Moves waiting pieces to peers once a copy holds them (checked when the applied
+    /// queue moved). Once no copy grew for the [patience](Sources::patience) the
+    /// members that should have fetched the rest are taken for lost: their pieces are
+    /// divided among the other members ([`redivide`]), and this member fetches its
+    /// part from the origin; after a second stall it fetches all that is left itself.
     fn route(&mut self) {
         let Some(sources) = &mut self.sources else { return };
         if self.waiting.is_empty() {
             return;
         }
         let state = sources.cluster.state.read();
-        let held = sources.held_chunks(&state.queue);
-        if held > sources.grown.0 {
-            sources.grown = (held, Instant::now());
-        }
-        let stalled = sources.grown.1.elapsed() >= FLEET_PATIENCE;
-        let (mut still, mut lost) = (Vec::new(), Vec::new());
-        for piece in std::mem::take(&mut self.waiting) {
-            if !sources.holders(&state.queue, &piece).is_empty() {
-                self.peers.push_back(piece);
-            } else if stalled {
-                lost.push(piece);
-            } else {
-                still.push(piece);
+        let applied = state.applied.map_or(0, |id| id.index);
+        if sources.seen != Some(applied) {
+            sources.seen = Some(applied);
+            let copies = sources.copies(&state.queue);
+            let held: usize = copies.iter().map(|copy| copy.chunks.len()).sum();
+            // Growth, not a high-water mark: after a withdrawal, growth again counts.
+            if held > sources.grown.0 {
+                sources.grown.1 = Instant::now();
             }
+            sources.grown.0 = held;
+            let (now_held, still): (Vec<Piece>, Vec<Piece>) =
+                std::mem::take(&mut self.waiting).into_iter().partition(|p| holds(&copies, p));
+            self.peers.extend(now_held);
+            self.waiting = still;
         }
-        if !lost.is_empty() {
-            sources.stalls += 1;
-            sources.grown = (held, Instant::now());
-            let fleet = sources.fleet.filter(|_| sources.stalls == 1);
-            let (mine, others) = redivide(fleet, lost);
-            tracing::info!(job = %sources.job, mine = mine.len(), others = others.len(), "no copy grew for a while; fetching a lost member's share");
-            self.origin.extend(mine);
-            still.extend(others);
+        let stalled = sources.patience().is_some_and(|p| sources.grown.1.elapsed() >= p);
+        if !stalled || self.waiting.is_empty() {
+            return;
         }
-        self.waiting = still;
+        let lost = std::mem::take(&mut self.waiting);
+        sources.stalls += 1;
+        sources.grown.1 = Instant::now();
+        let fleet = sources.fleet.filter(|_| sources.stalls == 1);
+        let (mine, others) = redivide(fleet, lost);
+        tracing::info!(job = %sources.job, mine = mine.len(), others = others.len(), "no copy grew for a while; fetching a lost member's share");
+        self.origin.extend(mine);
+        self.waiting = others;
     }
+}
+
+/// [`Sources::patience`] for a member that took (or not) pieces from the origin, the
+/// longest in the time given.
+fn patience_after(own_pieces: (bool, Option<Duration>)) -> Option<Duration> {
+    match own_pieces {
+        (true, None) => None,
+        (_, took) => Some(FLEET_PATIENCE.max(took.unwrap_or_default() * 3)),
+    }
+}
+
+/// Whether one of `copies` holds `piece` (whole).
+fn holds(copies: &[PeerCopy<'_>], piece: &Piece) -> bool {
+    copies.iter().any(|copy| copy.chunk(piece.index).is_some_and(|c| c.len == piece.len))
 }
 
 /// Divides the pieces of lost fleet members (the owners of `lost`) among the others:
 /// piece `i` goes to the `(i / members)`-th of them in turn. Returns this member's
-/// pieces and the others'. Without a fleet, every piece is this member's.
+/// pieces and the others'. Without a fleet, every piece is this member's. Members that
+/// see the same lost set divide alike; one that stalled at another moment may see
+/// another set, and a piece may then be fetched twice (never lost: a second stall
+/// leaves every member fetching what it still lacks).
 fn redivide(fleet: Option<FleetMember>, lost: Vec<Piece>) -> (Vec<Piece>, Vec<Piece>) {
     let Some(fleet) = fleet.filter(|f| f.members > 0) else { return (lost, Vec::new()) };
     let gone: std::collections::BTreeSet<u32> =
@@ -500,6 +557,32 @@ mod tests {
             .iter()
             .map(|&index| Piece { index, local_offset: 0, remote_offset: 0, len: 1 })
             .collect()
+    }
+
+    #[test]
+    fn a_slow_origin_is_not_a_lost_member() {
+        // No piece of its own: the fixed patience.
+        assert_eq!(patience_after((false, None)), Some(FLEET_PATIENCE));
+        // Its first piece still on its way: nobody is taken for lost yet.
+        assert_eq!(patience_after((true, None)), None);
+        assert_eq!(patience_after((true, Some(Duration::from_secs(2)))), Some(FLEET_PATIENCE));
+        // A piece took 27 s here: the others get three times that.
+        let slow = patience_after((true, Some(Duration::from_secs(27))));
+        assert_eq!(slow, Some(Duration::from_secs(81)));
+    }
+
+    #[test]
+    fn a_holder_reads_regular_files_only_never_through_a_symlink() {
+        let dir = tempfile::tempdir().expect("dir");
+        let copy = dir.path().join("copy.bin");
+        std::fs::write(&copy, b"0123456789").expect("write");
+        assert_eq!(read_at(&copy, 2, 3).expect("read"), b"234");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"do not serve").expect("write");
+        let swapped = dir.path().join("swapped.bin");
+        std::os::unix::fs::symlink(&secret, &swapped).expect("symlink");
+        assert!(read_at(&swapped, 0, 3).is_err(), "read through a symlink");
+        assert!(read_at(dir.path(), 0, 1).is_err(), "read a directory");
     }
 
     fn indexes(pieces: &[Piece]) -> Vec<u32> {

@@ -10,7 +10,7 @@ use crate::command::{
 };
 use crate::file::{JobFile, NewFile};
 use crate::ids::{Caller, JobId, NodeId};
-use crate::job::{Job, JobError, JobProperties, JobState, JobTimes, Priority};
+use crate::job::{Job, JobError, JobProperties, JobState, JobTimes, Priority, peer_caching};
 use crate::limits::{HARD_MAX_JOBS, MAX_JOB_BYTES};
 use crate::peer_cache::{FLEET_NODE_PLACEHOLDER, FleetMember};
 use crate::state::{JobFacts, Operation, transition};
@@ -228,6 +228,7 @@ impl Queue {
         if !spec.files.is_empty() {
             self.append_files(caller, &mut job, &spec.files)?;
         }
+        fleet_rules(&job)?;
         fits(&job)?;
         self.store(job);
         Ok(Reply::Created(id))
@@ -301,6 +302,7 @@ impl Queue {
     fn add_files(&mut self, caller: &Caller, id: JobId, files: &[NewFile]) -> CommandResult {
         let mut job = self.accessible(caller, id)?.clone();
         self.append_files(caller, &mut job, files)?;
+        fleet_rules(&job)?;
         fits(&job)?;
         self.store(job);
         Ok(Reply::Done(BitsCode::S_OK))
@@ -353,6 +355,7 @@ impl Queue {
             return Ok(Reply::Done(BitsCode::S_OK));
         }
         job.props = self.changed_properties(caller, &job, changes)?;
+        fleet_rules(&job)?;
         fits(&job)?;
         self.store(job);
         Ok(Reply::Done(BitsCode::S_OK))
@@ -516,6 +519,25 @@ fn fits(job: &Job) -> Result<(), CommandError> {
     }
 }
 
+/// What a fleet's member job must stay: one whole file, peer caching flags client and
+/// server (members serve each other), no dynamic content.
+fn fleet_rules(job: &Job) -> Result<(), CommandError> {
+    if job.fleet.is_none() {
+        return Ok(());
+    }
+    let both = peer_caching::CLIENT | peer_caching::SERVER;
+    let broken = if job.props.peer_caching_flags & both != both {
+        "a fleet job keeps peer caching flags 3 (client and server): its members serve each other"
+    } else if job.props.dynamic_content {
+        "a fleet job cannot download dynamic content"
+    } else if job.files.len() != 1 || job.files.iter().any(|f| !f.ranges.is_empty()) {
+        "a fleet job downloads exactly one whole file"
+    } else {
+        return Ok(());
+    };
+    Err(CommandError::new(BitsCode::E_INVALIDARG, broken))
+}
+
 pub(super) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, CommandError> {
     let count = job.files.len();
     job.files.get_mut(index as usize).ok_or_else(|| {
@@ -526,12 +548,16 @@ pub(super) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, Comman
     })
 }
 
-/// Digest of what a request asks for. The job id and home node of a create are chosen by
-/// the node that accepted the request, so a retry through another node differs there:
-/// they are left out.
+/// Digest of what a request asks for. The ids (and a job's home node) of a create are
+/// chosen by the node that accepted the request, so a retry through another node
+/// differs there: they are left out.
 fn fingerprint(command: &Command) -> [u8; 16] {
     let encoded = match command {
         Command::CreateJob { spec, .. } => codec::encode(spec),
+        Command::CreateFleet { members, spec, .. } => {
+            let nodes: Vec<u64> = members.iter().map(|(_, node)| *node).collect();
+            codec::encode(&(spec, nodes))
+        }
         other => codec::encode(other),
     };
     let digest = blake3::hash(&encoded.unwrap_or_default());

@@ -172,8 +172,14 @@ fn apply_report(
             if !peer_cache::keeps_chunks(job, *file as usize) {
                 file_mut(job, *file)?.chunks = Vec::new();
             }
-            let entry = file_mut(job, *file)?;
-            entry.response_headers = transfer::bounded_headers(headers);
+            let others: usize = (job.files.iter().enumerate())
+                .filter(|(i, _)| *i != *file as usize)
+                .map(|(_, f)| transfer::header_bytes(&f.response_headers))
+                .sum();
+            let room = transfer::MAX_JOB_RESPONSE_HEADER_BYTES
+                .saturating_sub(others)
+                .min(transfer::MAX_RESPONSE_HEADER_BYTES);
+            file_mut(job, *file)?.response_headers = transfer::headers_within(headers, room);
             job.no_progress_since = None;
             if job.pending_files() == 0 && job.state == JobState::Transferring {
                 transit(job, Operation::AllFilesTransferred)?;

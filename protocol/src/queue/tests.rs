@@ -741,6 +741,61 @@ mod engine_reports {
         assert_eq!(h.queue.peer_copies(&both).len(), 1);
     }
 
+    /// A resumed, active job of `files` files.
+    fn active_job(h: &mut Harness, files: usize) -> JobId {
+        let id = h.created(&alice(), new_job(JobType::Download, files));
+        h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Resume })
+            .expect("resume");
+        report(h, id, EngineReport::Activate).expect("activate");
+        id
+    }
+
+    /// Transfers file `index` of `id` in `chunks` one-byte chunks with `headers`.
+    fn transfer_file(h: &mut Harness, id: JobId, index: u32, chunks: u32, headers: Vec<String>) {
+        let size = u64::from(chunks);
+        let remote =
+            RemoteInfo { size: Some(size), etag: Some("\"v1\"".into()), ..RemoteInfo::default() };
+        report(h, id, EngineReport::Probed { file: index, remote, chunk_size: 1 }).expect("probed");
+        let records = (0..chunks).map(|i| chunk(i, 1)).collect();
+        report(h, id, EngineReport::Chunks { file: index, chunks: records }).expect("chunks");
+        report(h, id, EngineReport::FileTransferred { file: index, size, headers })
+            .expect("transferred");
+    }
+
+    #[test]
+    fn a_job_keeps_a_bounded_number_of_chunk_records_for_peers() {
+        use crate::peer_cache::MAX_KEPT_CHUNK_RECORDS;
+        let per_file = 2_048;
+        let files = MAX_KEPT_CHUNK_RECORDS / per_file as usize + 1;
+        let mut h = Harness::new();
+        let id = active_job(&mut h, files);
+        for index in 0..files as u32 {
+            transfer_file(&mut h, id, index, per_file, Vec::new());
+        }
+        let job = h.queue.job(&id).expect("job");
+        let kept: Vec<usize> = job.files.iter().map(|f| f.chunks.len()).collect();
+        assert_eq!(kept.iter().sum::<usize>(), MAX_KEPT_CHUNK_RECORDS);
+        assert_eq!(kept.last(), Some(&0), "the file past the bound is not offered");
+        assert!(crate::codec::encode(job).expect("encodes").len() <= 2 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_job_keeps_a_bounded_number_of_response_header_bytes() {
+        use crate::transfer::{MAX_JOB_RESPONSE_HEADER_BYTES, header_bytes};
+        let line = format!("X-Big: {}", "h".repeat(8_000));
+        let files = MAX_JOB_RESPONSE_HEADER_BYTES / header_bytes(std::slice::from_ref(&line)) + 2;
+        let mut h = Harness::new();
+        let id = active_job(&mut h, files);
+        for index in 0..files as u32 {
+            transfer_file(&mut h, id, index, 1, vec![line.clone()]);
+        }
+        let job = h.queue.job(&id).expect("job");
+        let kept: usize = job.files.iter().map(|f| header_bytes(&f.response_headers)).sum();
+        assert!(kept <= MAX_JOB_RESPONSE_HEADER_BYTES && kept > MAX_JOB_RESPONSE_HEADER_BYTES / 2);
+        assert_eq!(job.files[0].response_headers, vec![line]);
+        assert!(job.files[files - 1].response_headers.is_empty(), "past the job's bound");
+    }
+
     #[test]
     fn a_job_that_does_not_serve_keeps_no_chunk_records_when_done() {
         let mut h = Harness::new();
@@ -812,8 +867,51 @@ mod engine_reports {
         // The same fleet id again is refused.
         let again: Vec<(JobId, u64)> =
             (1..=3).map(|n| (JobId(uuid::Uuid::from_u128(950 + n as u128)), n)).collect();
-        assert_eq!(code(h.run(&alice(), None, create(again, spec))), BitsCode::E_INVALIDARG);
-        assert_eq!(h.queue.jobs().count(), 3);
+        assert_eq!(
+            code(h.run(&alice(), None, create(again.clone(), spec.clone()))),
+            BitsCode::E_INVALIDARG
+        );
+        // A retried request (same request id) through another node, which chose other
+        // ids, gets the first fleet back; other nodes under that request id are refused.
+        let ids = |base: u128, nodes: &[u64]| -> Vec<(JobId, u64)> {
+            nodes.iter().map(|n| (JobId(uuid::Uuid::from_u128(base + *n as u128)), *n)).collect()
+        };
+        let fleet_of = |id: u128, members, spec: &NewJob| Command::CreateFleet {
+            fleet: JobId(uuid::Uuid::from_u128(id)),
+            members,
+            spec: spec.clone(),
+        };
+        let first = fleet_of(960, ids(960, &[1, 2, 3]), &spec);
+        let created = h.run(&alice(), Some("fleet-1"), first).expect("created");
+        assert_eq!(created, Reply::Created(JobId(uuid::Uuid::from_u128(960))));
+        let retry = fleet_of(970, ids(970, &[1, 2, 3]), &spec);
+        assert_eq!(h.run(&alice(), Some("fleet-1"), retry), Ok(created));
+        let fewer = fleet_of(980, ids(980, &[1, 2]), &spec);
+        assert_eq!(code(h.run(&alice(), Some("fleet-1"), fewer)), BitsCode::E_INVALIDARG);
+        assert_eq!(h.queue.jobs().count(), 6, "one more fleet of 3");
+        // Members stay what fleets need: serving each other, one whole file.
+        let member = jobs_of_fleet(&h, fleet)[0];
+        let no_serving = PropertyChanges {
+            peer_caching_flags: Some(crate::job::peer_caching::CLIENT),
+            ..PropertyChanges::default()
+        };
+        let change = Command::SetProperties { job: member, changes: no_serving.clone() };
+        assert_eq!(code(h.run(&alice(), None, change)), BitsCode::E_INVALIDARG);
+        let more = Command::AddFiles { job: member, files: vec![file(1)] };
+        assert_eq!(code(h.run(&alice(), None, more)), BitsCode::E_INVALIDARG);
+        let mut dynamic = spec.clone();
+        dynamic.properties.dynamic_content = Some(true);
+        let refused = fleet_of(1000, ids(1000, &[1, 2]), &dynamic);
+        assert_eq!(code(h.run(&alice(), None, refused)), BitsCode::E_INVALIDARG);
+        let mut lonely = spec;
+        lonely.properties = no_serving;
+        let refused = fleet_of(1010, ids(1010, &[1, 2]), &lonely);
+        assert_eq!(code(h.run(&alice(), None, refused)), BitsCode::E_INVALIDARG);
+        assert_eq!(h.queue.jobs().count(), 6, "refused fleets create nothing");
+    }
+
+    fn jobs_of_fleet(h: &Harness, fleet: JobId) -> Vec<JobId> {
+        h.queue.fleet_jobs(&fleet).iter().map(|j| j.id).collect()
     }
 
     #[test]
