@@ -180,7 +180,7 @@ pub(crate) fn admission_handler(
             if let Err(refusal) = &answer {
                 tracing::warn!(%refusal, "a join was refused");
             }
-            codec::encode(&answer).unwrap_or_default()
+            codec::encode(&answer).unwrap_or_default().into()
         })
     })
 }

@@ -19,7 +19,7 @@ use ferry_protocol::job::MAX_REPLY_DATA;
 use ferry_protocol::{JobId, JobState, NodeId, Proposal, Queue, codec};
 use tokio::sync::oneshot;
 
-use crate::peer::endpoint::{Handler, PeerEndpoint};
+use crate::peer::endpoint::{Handler, PeerEndpoint, Served};
 use crate::peer::requests::PeerRequest;
 use crate::proposer::{MAX_BATCH_BYTES, Propose, Proposer};
 use crate::raft::{self, NodeAddr, Raft, StateMachineStore, read_error, role_name, serve_raft};
@@ -386,7 +386,7 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
     Arc::new(move |from: NodeId, body: Vec<u8>| {
         let cluster = cluster.clone();
         Box::pin(async move {
-            match codec::decode::<PeerRequest>(&body) {
+            let bytes = match codec::decode::<PeerRequest>(&body) {
                 Ok(PeerRequest::Raft(rpc)) => serve_raft(&cluster.raft, from, &rpc).await,
                 Ok(PeerRequest::Write(proposal)) => {
                     let written = cluster.write_here(*proposal).await;
@@ -437,14 +437,16 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                     codec::encode(&answer).unwrap_or_default()
                 }
                 Ok(PeerRequest::PeerCopy(request)) => {
-                    let answer = match cluster.peer_cache.get() {
-                        Some(serving) => {
-                            Ok(crate::transfer::peer_cache::serve(&cluster, serving, &request)
-                                .await)
-                        }
-                        None => Err(ClusterError::Unavailable("not serving copies yet".into())),
+                    let Some(serving) = cluster.peer_cache.get() else {
+                        let refused: Result<crate::transfer::peer_cache::CopyAnswer, _> =
+                            Err(ClusterError::Unavailable("not serving copies yet".into()));
+                        return codec::encode(&refused).unwrap_or_default().into();
                     };
-                    codec::encode(&answer).unwrap_or_default()
+                    // The serving permit is held until the answer is written.
+                    let (answer, hold) =
+                        crate::transfer::peer_cache::serve(&cluster, serving, &request).await;
+                    let bytes = codec::encode(&Ok::<_, ClusterError>(answer)).unwrap_or_default();
+                    return Served { bytes, hold };
                 }
                 Ok(PeerRequest::ReplyData { job }) => {
                     codec::encode(&cluster.local_reply_data(job).await.map(ByteBuf::from))
@@ -464,7 +466,8 @@ pub(crate) fn peer_handler(cluster: NodeCluster) -> Handler {
                     tracing::warn!(from, error = %e, "an unreadable peer request");
                     Vec::new()
                 }
-            }
+            };
+            Served::from(bytes)
         })
     })
 }

@@ -44,6 +44,7 @@ macro_rules! code_table {
 
 code_table! {
     S_OK = 0x0000_0000, "The operation completed successfully.";
+    S_FALSE = 0x0000_0001, "The operation succeeded and did nothing (what it was to change had already changed).";
     BG_S_ERROR_CONTEXT_NONE = 0x0020_0006, "No errors have occurred.";
     BG_S_PARTIAL_COMPLETE = 0x0020_0017, "A subset of the job's files transferred successfully before the Complete method was called. Those that were not complete were deleted.";
     BG_S_UNABLE_TO_DELETE_FILES = 0x0020_001A, "Unable to delete all temporary files associated with the job.";

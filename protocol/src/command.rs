@@ -125,6 +125,11 @@ pub enum Command {
         job: JobId,
         /// The file.
         file: u32,
+        /// The chunk whose bytes did not match, with the digest they were checked
+        /// against: the copy is withdrawn only if it still records that digest (a
+        /// holder that started the file over since has a new copy). `None`: the
+        /// holder's own limits, whatever the copy holds.
+        mismatch: Option<(u32, [u8; 32])>,
     },
     /// A report of the scheduler or the transfer engine (the node itself only).
     Engine {

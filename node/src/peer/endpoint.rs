@@ -42,7 +42,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 type Pending = tokio::sync::watch::Receiver<Option<Result<quinn::Connection, String>>>;
 
 /// Serves requests: (verified caller id, request body) → answer body.
-pub(crate) type Handler = Arc<dyn Fn(u64, Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(u64, Vec<u8>) -> BoxFuture<'static, Served> + Send + Sync>;
+
+/// What a [`Handler`] answers: the bytes, and what must live until they are written (a
+/// permit that bounds the answers a node holds in memory at once).
+pub(crate) struct Served {
+    /// The answer.
+    pub(crate) bytes: Vec<u8>,
+    /// Released once the answer is written (or the stream is gone).
+    pub(crate) hold: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl From<Vec<u8>> for Served {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self { bytes, hold: None }
+    }
+}
 /// Serves a whole connection of another protocol (the event bus).
 pub(crate) type ConnectionHandler =
     Arc<dyn Fn(quinn::Connection) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -374,9 +389,9 @@ async fn serve_connection(
         let handler = handler.clone();
         let certificate = certificate.clone();
         tokio::spawn(async move {
-            let answer = match recv.read_to_end(MAX_FRAME + 64).await {
+            let (answer, _hold) = match recv.read_to_end(MAX_FRAME + 64).await {
                 Ok(frame) => answer(&certificate, &frame, &handler).await,
-                Err(e) => Answer::Refused(format!("cannot read the request: {e}")),
+                Err(e) => (Answer::Refused(format!("cannot read the request: {e}")), None),
             };
             if let Ok(bytes) = codec::encode(&answer) {
                 if bytes.len() > BULK_ANSWER {
@@ -399,23 +414,29 @@ async fn serve_joins(connection: quinn::Connection, join: Handler) {
         tokio::spawn(async move {
             let Ok(frame) = recv.read_to_end(super::join::MAX_JOIN_FRAME).await else { return };
             let answer = join(0, frame).await;
-            let _ = send.write_all(&answer).await;
+            let _ = send.write_all(&answer.bytes).await;
             let _ = send.finish();
             let _ = send.stopped().await;
         });
     }
 }
 
-/// Checks the sender against its certificate, then runs the handler.
-async fn answer(certificate: &CertificateDer<'static>, frame: &[u8], handler: &Handler) -> Answer {
+/// Checks the sender against its certificate, then runs the handler: its answer, and
+/// what must live until the answer is written.
+async fn answer(
+    certificate: &CertificateDer<'static>,
+    frame: &[u8],
+    handler: &Handler,
+) -> (Answer, Option<tokio::sync::OwnedSemaphorePermit>) {
     let envelope: Envelope = match codec::decode(frame) {
         Ok(envelope) => envelope,
-        Err(e) => return Answer::Refused(format!("bad request frame: {e}")),
+        Err(e) => return (Answer::Refused(format!("bad request frame: {e}")), None),
     };
     if let Err(why) = names_node(certificate, envelope.from) {
-        return Answer::Refused(why);
+        return (Answer::Refused(why), None);
     }
-    Answer::Ok(ByteBuf::from(handler(envelope.from, envelope.body.into_vec()).await))
+    let served = handler(envelope.from, envelope.body.into_vec()).await;
+    (Answer::Ok(ByteBuf::from(served.bytes)), served.hold)
 }
 
 /// True if `certificate` (already verified against the CA by rustls) names node `id`.
@@ -466,7 +487,7 @@ mod tests {
             Box::pin(async move {
                 let mut out = format!("from {from}: ").into_bytes();
                 out.extend(body);
-                out
+                Served::from(out)
             })
         })
     }
@@ -531,7 +552,7 @@ mod tests {
         let _serving = member.serve(
             Arc::new(move |_, _| {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                Box::pin(async { Vec::new() })
+                Box::pin(async { Served::from(Vec::new()) })
             }),
             None,
             None,

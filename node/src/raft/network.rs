@@ -245,10 +245,11 @@ mod tests {
             Arc::new(move |from, body| {
                 let raft = served.clone();
                 Box::pin(async move {
-                    match codec::decode::<PeerRequest>(&body) {
+                    let bytes = match codec::decode::<PeerRequest>(&body) {
                         Ok(PeerRequest::Raft(rpc)) => serve_raft(&raft, from, &rpc).await,
                         _ => Vec::new(),
-                    }
+                    };
+                    crate::peer::endpoint::Served::from(bytes)
                 })
             }),
             None,

@@ -1015,7 +1015,8 @@ async fn from_peers(
             }
             Err(CopyError::Wrong(why)) => {
                 tracing::warn!(node = holder.node, job = %holder.job, %why, "a peer's copy is corrupt; withdrawing it");
-                peer_cache::withdraw(cluster, holder.job, holder.file).await;
+                let mismatch = Some((piece.index, holder.digest));
+                peer_cache::withdraw(cluster, holder.job, holder.file, mismatch).await;
                 lock(queue).peer_failed(piece, holder.node);
             }
         }

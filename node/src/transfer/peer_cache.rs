@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_coordinator::Cluster;
@@ -16,6 +17,7 @@ use ferry_protocol::peer_cache::{ContentKey, FleetMember, PeerCopy, offered_keys
 use ferry_protocol::transfer::Piece;
 use ferry_protocol::{JobId, JobState, NodeId, Proposal, Queue, Timestamp};
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::system_caller;
 use crate::config::PeerCacheConfig;
@@ -54,7 +56,7 @@ const FLEET_PATIENCE: Duration = Duration::from_secs(15);
 /// This node's side of serving copies: how many chunk reads run at once, and (test
 /// builds only) the switch that makes it serve wrong bytes.
 pub(crate) struct Serving {
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
     #[cfg(feature = "fault-injection")]
     lie: bool,
 }
@@ -63,7 +65,7 @@ impl Serving {
     /// Serving as `[peer_cache]` configures it.
     pub(crate) fn new(config: &PeerCacheConfig) -> Self {
         Self {
-            permits: tokio::sync::Semaphore::new(config.max_serving.max(1)),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.max_serving.max(1))),
             #[cfg(feature = "fault-injection")]
             lie: config.fault_serve_wrong_bytes,
         }
@@ -83,29 +85,32 @@ impl Serving {
     fn tamper(&self, _bytes: &mut [u8]) {}
 }
 
-/// Serves a chunk of one of this node's copies.
+/// Serves a chunk of one of this node's copies: the answer, and the serving permit it
+/// holds, to be released once the answer is written (at most `[peer_cache]
+/// max_serving` chunks are read or on their way at once).
 pub(crate) async fn serve(
     cluster: &NodeCluster,
     serving: &Serving,
     request: &CopyRequest,
-) -> CopyAnswer {
+) -> (CopyAnswer, Option<OwnedSemaphorePermit>) {
     let located = locate(&cluster.state.read().queue, cluster.node_id, request);
     let (path, offset, len) = match located {
         Ok(found) => found,
-        Err(why) => return CopyAnswer::Missing(why),
+        Err(why) => return (CopyAnswer::Missing(why), None),
     };
-    let Ok(_permit) = serving.permits.acquire().await else {
-        return CopyAnswer::Missing("the node is stopping".into());
+    let Ok(permit) = serving.permits.clone().acquire_owned().await else {
+        return (CopyAnswer::Missing("the node is stopping".into()), None);
     };
     let read = tokio::task::spawn_blocking(move || read_at(&path, offset, len)).await;
-    match read {
+    let answer = match read {
         Ok(Ok(mut bytes)) => {
             serving.tamper(&mut bytes);
             CopyAnswer::Bytes(ByteBuf::from(bytes))
         }
         Ok(Err(e)) => CopyAnswer::Missing(format!("cannot read the copy: {e}")),
         Err(e) => CopyAnswer::Missing(e.to_string()),
-    }
+    };
+    (answer, Some(permit))
 }
 
 /// Where chunk `request.index` of a copy held here lies: path, offset and length.
@@ -172,7 +177,7 @@ pub(crate) async fn fetch_copy(
     let request = CopyRequest { job: holder.job, file: holder.file, index: piece.index };
     let answer = if holder.node == cluster.node_id {
         match cluster.peer_cache.get() {
-            Some(serving) => serve(cluster, serving, &request).await,
+            Some(serving) => serve(cluster, serving, &request).await.0,
             None => CopyAnswer::Missing("not serving yet".into()),
         }
     } else {
@@ -207,12 +212,18 @@ pub(crate) async fn fetch_copy(
     Ok(bytes)
 }
 
-/// Takes a copy out of the peer cache (it served wrong bytes, or limits drop it).
-pub(crate) async fn withdraw(cluster: &NodeCluster, job: JobId, file: u32) {
+/// Takes a copy out of the peer cache: it served bytes that did not match the digest of
+/// `mismatch` (chunk index, digest), or (`None`) this node's limits drop it.
+pub(crate) async fn withdraw(
+    cluster: &NodeCluster,
+    job: JobId,
+    file: u32,
+    mismatch: Option<(u32, [u8; 32])>,
+) {
     let proposal = Proposal {
         request_id: None,
         caller: system_caller(),
-        command: Command::WithdrawPeerCopy { job, file },
+        command: Command::WithdrawPeerCopy { job, file, mismatch },
     };
     if let Err(e) = cluster.write(proposal).await {
         tracing::warn!(%job, file, error = %e, "cannot withdraw a peer copy");
@@ -512,7 +523,7 @@ pub(crate) async fn keep_limits(cluster: NodeCluster, config: PeerCacheConfig) {
             over_limits(&cluster.state.read().queue, cluster.node_id, &config, Timestamp::now());
         for (job, file) in over {
             tracing::info!(%job, file, "withdrawing a peer copy beyond this node's cache limits");
-            withdraw(&cluster, job, file).await;
+            withdraw(&cluster, job, file, None).await;
         }
     }
 }

@@ -65,7 +65,9 @@ impl Queue {
             Command::CreateFleet { fleet, members, spec } => {
                 self.create_fleet(caller, *fleet, members, spec)
             }
-            Command::WithdrawPeerCopy { job, file } => self.withdraw_peer_copy(caller, *job, *file),
+            Command::WithdrawPeerCopy { job, file, mismatch } => {
+                self.withdraw_peer_copy(caller, *job, *file, *mismatch)
+            }
             Command::AddFiles { job, files } => self.add_files(caller, *job, files),
             Command::SetProperties { job, changes } => self.set_properties(caller, *job, changes),
             Command::ChangeFile { job, index, changes } => {
@@ -285,7 +287,13 @@ impl Queue {
         Ok(Reply::Created(fleet))
     }
 
-    fn withdraw_peer_copy(&mut self, caller: &Caller, id: JobId, file: u32) -> CommandResult {
+    fn withdraw_peer_copy(
+        &mut self,
+        caller: &Caller,
+        id: JobId,
+        file: u32,
+        mismatch: Option<(u32, [u8; 32])>,
+    ) -> CommandResult {
         if caller.principal != crate::ids::Principal::system() {
             return Err(CommandError::new(
                 BitsCode::E_ACCESSDENIED,
@@ -293,7 +301,15 @@ impl Queue {
             ));
         }
         let mut job = self.job(&id).cloned().ok_or_else(|| CommandError::job_not_found(id))?;
-        file_mut(&mut job, file)?.withdrawn = true;
+        let entry = file_mut(&mut job, file)?;
+        let judged = mismatch.is_none_or(|(index, digest)| {
+            entry.chunks.iter().any(|c| c.index == index && c.digest == digest)
+        });
+        if !judged {
+            // The copy changed since the receiver read its records: not the one judged.
+            return Ok(Reply::Done(BitsCode::S_FALSE));
+        }
+        entry.withdrawn = true;
         // Not a change of the job the owner sees: no `store`, no event.
         self.put_quietly(job);
         Ok(Reply::Done(BitsCode::S_OK))

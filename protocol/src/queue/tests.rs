@@ -684,9 +684,14 @@ mod engine_reports {
         assert!(h.queue.offers_url(&file(0).remote_url) && !h.queue.offers_url("https://x/"));
         assert!(h.queue.peer_copies(&key(26)).is_empty(), "another size is other content");
         // Only the node withdraws a copy.
-        let withdraw = Command::WithdrawPeerCopy { job: id, file: 0 };
-        assert_eq!(code(h.run(&alice(), None, withdraw.clone())), BitsCode::E_ACCESSDENIED);
-        h.run(&node(), None, withdraw).expect("withdrawn");
+        let withdraw = |mismatch| Command::WithdrawPeerCopy { job: id, file: 0, mismatch };
+        let judged = Some((1, chunk(1, 10).digest));
+        assert_eq!(code(h.run(&alice(), None, withdraw(judged))), BitsCode::E_ACCESSDENIED);
+        // A judgement of records the copy no longer has (it started over) changes nothing.
+        let stale = Some((1, [9; 32]));
+        assert_eq!(h.run(&node(), None, withdraw(stale)), Ok(Reply::Done(BitsCode::S_FALSE)));
+        assert_eq!(h.queue.peer_copies(&key(25)).len(), 1);
+        h.run(&node(), None, withdraw(judged)).expect("withdrawn");
         assert!(h.queue.peer_copies(&key(25)).is_empty());
         // A restarted file is offered again; a cancelled job is not.
         report(&mut h, id, EngineReport::RestartFile { file: 0 }).expect("restart");
