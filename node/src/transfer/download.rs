@@ -200,14 +200,14 @@ impl Run {
         // may come from peers: members hold copies of the URL or of some declared
         // digest (known after a HEAD), or another member of the job's fleet fetches the
         // first chunk.
-        let from_peers = self.uses_cluster() && {
+        let peers_may_serve = self.uses_cluster() && {
             let queue = &self.reporter.cluster.state.read().queue;
             queue.offers_url(&url)
                 || queue.offers_digests()
                 || self.job.fleet.is_some_and(|f| !f.fetches(0))
         };
         let probe_with_data =
-            file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !from_peers;
+            file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !peers_may_serve;
         let (probe, first) = if local_source {
             (probe_local(&url, index).await?, None)
         } else if dynamic {
