@@ -514,6 +514,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_holds_its_permit_until_it_is_written() -> anyhow::Result<()> {
+        const ANSWER: usize = 8 * 1024 * 1024;
+        let ca = ClusterCa::generate()?;
+        let one = PeerEndpoint::bind(loopback(), &identity(&ca, 1))?;
+        let two = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let shared = permits.clone();
+        let _served = two.serve(
+            Arc::new(move |_, _| {
+                let permits = shared.clone();
+                Box::pin(async move {
+                    let hold = permits.acquire_owned().await.ok();
+                    Served { bytes: vec![7; ANSWER], hold }
+                })
+            }),
+            None,
+            None,
+        );
+        let connection = one.connection(2, two.local_addr()?).await?;
+        let frame = codec::encode(&Envelope { from: 1, body: ByteBuf::from(Vec::new()) })?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_all(&frame).await?;
+        send.finish()?;
+        // Unread, an answer larger than the stream's flow-control window cannot be all
+        // written: the permit stays taken.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(permits.available_permits(), 0, "released before the answer was written");
+        let answer = recv.read_to_end(2 * ANSWER).await?;
+        assert!(answer.len() > ANSWER);
+        let released = tokio::time::timeout(5 * SECOND, async {
+            while permits.available_permits() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(released.await.is_ok(), "the permit was not released once written");
+        one.close().await;
+        two.close().await;
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn strangers_and_impostors_are_refused() -> anyhow::Result<()> {
         let ca = ClusterCa::generate()?;
         let member = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
