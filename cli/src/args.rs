@@ -92,6 +92,9 @@ pub(crate) enum FleetCommand {
         /// Print the fleet id and return at once.
         #[arg(long)]
         no_wait: bool,
+        /// Basic credentials for the server, this user; the password is read from stdin.
+        #[arg(long, value_name = "USER")]
+        server_user: Option<String>,
     },
     /// Each node's progress in fleet ID.
     Status {

@@ -6,6 +6,7 @@ use anyhow::{Context as _, bail};
 use ferry_coordinator::Client;
 use ferry_protocol::api::{FleetInfo, NewFleet};
 use ferry_protocol::command::{JobAction, PropertyChanges};
+use ferry_protocol::credentials::{AuthScheme, AuthTarget, NewCredentials};
 use ferry_protocol::{JobId, JobState};
 
 use crate::args::FleetCommand;
@@ -22,7 +23,16 @@ pub(crate) async fn run(client: &Client, json: bool, command: &FleetCommand) -> 
             let fleet = client.fleet(id).await?;
             show(json, &fleet)
         }
-        FleetCommand::Distribute { url, path, nodes, priority, no_wait } => {
+        FleetCommand::Distribute { url, path, nodes, priority, no_wait, server_user } => {
+            let credentials = match server_user {
+                Some(user) => vec![NewCredentials {
+                    target: AuthTarget::Server,
+                    scheme: AuthScheme::Basic,
+                    user_name: user.clone(),
+                    password: crate::commands::read_password()?,
+                }],
+                None => Vec::new(),
+            };
             let request = NewFleet {
                 remote_url: url.clone(),
                 local_path: crate::transfer::absolute(path)?,
@@ -32,6 +42,7 @@ pub(crate) async fn run(client: &Client, json: bool, command: &FleetCommand) -> 
                     priority: priority.map(Into::into),
                     ..PropertyChanges::default()
                 },
+                credentials,
             };
             let started = Instant::now();
             let fleet = client.create_fleet(&request).await?;

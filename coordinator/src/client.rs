@@ -45,6 +45,9 @@ pub enum ClientError {
     /// The base URL is not usable.
     #[error("invalid node URL {0:?}: {1}")]
     BadUrl(String, String),
+    /// The request could not be encoded.
+    #[error("cannot encode the request: {0}")]
+    Encode(String),
 }
 
 impl ClientError {
@@ -161,7 +164,23 @@ impl Client {
 
     /// `POST /v1/fleets`: one download job per node, created and resumed together.
     pub async fn create_fleet(&self, fleet: &NewFleet) -> Result<FleetInfo, ClientError> {
-        self.call(Method::POST, "/v1/fleets", Some(fleet), true).await
+        // Passwords are never serialized by their type: they are written in here.
+        let mut body =
+            serde_json::to_value(fleet).map_err(|e| ClientError::Encode(e.to_string()))?;
+        if let Some(object) = body.as_object_mut()
+            && !fleet.credentials.is_empty()
+        {
+            let credentials = fleet.credentials.iter().map(|c| {
+                serde_json::json!({
+                    "target": c.target,
+                    "scheme": c.scheme,
+                    "user_name": c.user_name,
+                    "password": c.password.expose(),
+                })
+            });
+            object.insert("credentials".into(), credentials.collect());
+        }
+        self.call(Method::POST, "/v1/fleets", Some(&body), true).await
     }
 
     /// `GET /v1/fleets/{id}`.

@@ -380,6 +380,10 @@ pub struct NewFleet {
     /// Properties every job gets.
     #[serde(default)]
     pub properties: crate::command::PropertyChanges,
+    /// Credentials every job gets (`SetCredentials`, sealed for each job); write-only:
+    /// the client sends them apart (see `Client::create_fleet`).
+    #[serde(default, skip_serializing)]
+    pub credentials: Vec<crate::credentials::NewCredentials>,
 }
 
 /// `GET /v1/fleets/{id}`: a fleet and each member's progress.

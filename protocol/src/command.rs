@@ -116,6 +116,9 @@ pub enum Command {
         members: Vec<(JobId, NodeId)>,
         /// Name, properties and the one file every member downloads.
         spec: NewJob,
+        /// Credentials, one list per member in member order (each sealed for that
+        /// member's job), or none.
+        credentials: Vec<Vec<SealedCredential>>,
     },
     /// Takes file `file` of `job` out of the peer cache: its copy served bytes that did
     /// not match their digest, or its node's cache limits dropped it (the node itself

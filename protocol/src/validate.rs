@@ -9,13 +9,28 @@ use crate::file::{FileRange, NewFile};
 use crate::job::{JobType, NotifyCmdLine, ProxySettings, ProxyUsage, acl, notify, peer_caching};
 use crate::limits::*;
 
+/// Most credentials one fleet job takes: one per target (server, proxy) and scheme.
+const MAX_FLEET_CREDENTIALS: usize = 4;
+
 /// Every check of a command that needs no state: what the API runs before proposing
 /// (so bad input costs no Raft write) and apply runs again before its stateful rules.
 /// Checks that depend on the job (its type for `file://` and ranges, the policy for
 /// counts) are apply's.
 pub fn command_input(command: &Command) -> Result<(), CommandError> {
     match command {
-        Command::CreateFleet { members, spec, .. } => {
+        Command::CreateFleet { members, spec, credentials, .. } => {
+            if !credentials.is_empty() && credentials.len() != members.len() {
+                return Err(invalid("a fleet's credentials come one list per member"));
+            }
+            for (list, (job, _)) in credentials.iter().zip(members) {
+                if list.len() > MAX_FLEET_CREDENTIALS {
+                    return Err(invalid("a fleet job takes at most 4 credentials"));
+                }
+                for credential in list {
+                    let credential = credential.clone();
+                    command_input(&Command::SetCredentials { job: *job, credential })?;
+                }
+            }
             let nodes: std::collections::BTreeSet<_> = members.iter().map(|m| m.1).collect();
             let ids: std::collections::BTreeSet<_> = members.iter().map(|m| m.0).collect();
             if members.is_empty()

@@ -10,7 +10,7 @@ use ferry_coordinator::Client;
 use ferry_protocol::api::{FileInfo, FleetInfo};
 use ferry_protocol::job::peer_caching;
 use ferry_protocol::{JobAction, JobId, JobState, PropertyChanges};
-use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig};
+use ferry_tests::origin::{Auth, Content, Knobs, Origin, OriginConfig};
 use ferry_tests::{Node, NodeOptions, tokens};
 
 use crate::download::same_as_origin;
@@ -240,10 +240,18 @@ async fn copies_beyond_a_nodes_cache_size_are_no_longer_offered() -> anyhow::Res
     Ok(())
 }
 
-/// Runs `ferry fleet distribute` through node 1 and returns the fleet it printed.
-async fn distribute(node: &Node, url: &str, path: &str) -> anyhow::Result<FleetInfo> {
-    let args = ["--json", "fleet", "distribute", url, path];
-    let (code, stdout, stderr) = ferry_tests::ferry(node, tokens::ADMIN, &args).await?;
+/// Runs `ferry fleet distribute` through `node` with Basic credentials for the server
+/// (`user`, `password` on stdin) and returns the fleet it printed.
+async fn distribute(
+    node: &Node,
+    url: &str,
+    path: &str,
+    (user, password): (&str, &str),
+) -> anyhow::Result<FleetInfo> {
+    let args = ["--json", "fleet", "distribute", url, path, "--server-user", user];
+    let input = format!("{password}\n");
+    let (code, stdout, stderr) =
+        ferry_tests::ferry_with_input(node, tokens::ADMIN, &args, &input).await?;
     anyhow::ensure!(code == 0, "ferry fleet distribute failed ({code}): {stderr}");
     Ok(serde_json::from_str(&stdout)?)
 }
@@ -252,11 +260,18 @@ fn fleet_path(dir: &Path, node: u64) -> PathBuf {
     dir.join(format!("fleet.bin.{node}"))
 }
 
+/// The origin's password in the fleet test (sent by `ferry fleet distribute --server-user`).
+const FLEET_PASSWORD: &str = "fleet-secret-pa55word";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Result<()> {
     let origin = Origin::start(OriginConfig {
         // 8 MiB/s per connection: the members' shares arrive at about the same pace.
-        knobs: Knobs { rate_limit_per_connection: Some(8 * MIB), ..Knobs::default() },
+        knobs: Knobs {
+            rate_limit_per_connection: Some(8 * MIB),
+            auth: Some(Auth::Basic { user: "u".into(), password: FLEET_PASSWORD.into() }),
+            ..Knobs::default()
+        },
         ..OriginConfig::default()
     })
     .await?;
@@ -266,8 +281,9 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let template = dir.path().join("fleet.bin.{node}");
     let started = Instant::now();
-    let fleet =
-        distribute(&nodes[0], &origin.url("/fleet.bin"), &template.to_string_lossy()).await?;
+    let url = origin.url("/fleet.bin");
+    let login = ("u", FLEET_PASSWORD);
+    let fleet = distribute(&nodes[0], &url, &template.to_string_lossy(), login).await?;
     let took = started.elapsed();
     let sent = egress(&origin, "/fleet.bin", 0);
     let ratio = sent as f64 / len as f64;
@@ -284,6 +300,10 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
         assert!(member.peer_stats.from_peers > 0, "node {} took nothing from peers", member.node);
     }
     assert!(ratio <= 1.2, "the origin sent {ratio:.2} x the file");
+    // The password went to every member's job sealed: in no data file, in no log.
+    for node in &nodes {
+        crate::support::assert_no_secret(node, FLEET_PASSWORD)?;
+    }
     // `ferry fleet status` shows every node.
     let id = fleet.id.to_string();
     let (code, stdout, _) =
@@ -318,6 +338,7 @@ async fn a_fleet_goes_on_without_a_killed_member() -> anyhow::Result<()> {
         nodes: Vec::new(),
         display_name: None,
         properties: PropertyChanges::default(),
+        credentials: Vec::new(),
     };
     let fleet = client.create_fleet(&request).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -12,7 +12,7 @@ use ferry_tests::origin::{Auth, Content, Knobs, Origin, OriginConfig};
 use ferry_tests::{Node, NodeOptions, tokens};
 
 use crate::download::same_as_origin;
-use crate::support::{files_under, wait_for};
+use crate::support::{assert_no_secret, wait_for};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -108,13 +108,7 @@ async fn helpers_fetch_pieces_from_their_own_addresses_and_never_keep_secrets() 
     assert_eq!(clients, BTreeSet::from(["127.0.0.1".parse::<IpAddr>()?]), "no helpers asked");
     // The helpers opened the password in memory only: not in their data or logs.
     for helper in &nodes[1..] {
-        let mut places = files_under(&helper.data_dir())?;
-        places.push(helper.log_path());
-        for place in places {
-            let bytes = std::fs::read(&place).unwrap_or_default();
-            let found = bytes.windows(password.len()).any(|w| w == password.as_bytes());
-            assert!(!found, "the password is in {}", place.display());
-        }
+        assert_no_secret(helper, password)?;
     }
     Ok(())
 }

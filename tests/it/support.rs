@@ -109,6 +109,18 @@ pub(crate) async fn start_download(
     Ok(job.id)
 }
 
+/// Fails if `secret` appears in any file of `node`'s data directory or in its log.
+pub(crate) fn assert_no_secret(node: &Node, secret: &str) -> anyhow::Result<()> {
+    let mut places = files_under(&node.data_dir())?;
+    places.push(node.log_path());
+    for place in places {
+        let bytes = std::fs::read(&place).unwrap_or_default();
+        let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+        anyhow::ensure!(!found, "{secret:?} is in {}", place.display());
+    }
+    Ok(())
+}
+
 /// Every file under `dir`, in subdirectories too (for "no secret at rest" checks).
 pub(crate) fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut files = Vec::new();

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use ferry_protocol::api::{FleetInfo, NewFleet, Problem};
 use ferry_protocol::command::{Command, NewJob, Reply};
+use ferry_protocol::credentials::{NewCredentials, SealedCredential};
 use ferry_protocol::{BitsCode, JobId, JobType, NewFile};
 
 use super::jobs::{ReadQuery, seal_headers};
@@ -33,8 +34,12 @@ pub(super) async fn create_fleet(
     IdempotencyKey(request_id): IdempotencyKey,
     Json(fleet): Json<NewFleet>,
 ) -> Result<(StatusCode, [(header::HeaderName, String); 1], axum::Json<FleetInfo>), ApiError> {
-    let NewFleet { remote_url, local_path, nodes, display_name, mut properties } = fleet;
+    let NewFleet { remote_url, local_path, nodes, display_name, mut properties, credentials } =
+        fleet;
     seal_headers(&state, &caller, &mut properties)?;
+    for credential in &credentials {
+        credential.validate()?;
+    }
     let members: Vec<u64> =
         state.cluster.status().await?.members.iter().map(|m| m.node_id).collect();
     let nodes = if nodes.is_empty() { members.clone() } else { nodes };
@@ -49,14 +54,52 @@ pub(super) async fn create_fleet(
         properties,
         files: vec![NewFile { remote_url, local_path, ranges: Vec::new() }],
     };
-    let members = nodes.into_iter().map(|node| (JobId::new_random(), node)).collect();
-    let command = Command::CreateFleet { fleet: JobId::new_random(), members, spec };
+    let members: Vec<(JobId, u64)> =
+        nodes.into_iter().map(|node| (JobId::new_random(), node)).collect();
+    let credentials = if credentials.is_empty() {
+        Vec::new()
+    } else {
+        members
+            .iter()
+            .map(|(job, _)| seal_for(&state, *job, &credentials))
+            .collect::<Result<_, _>>()?
+    };
+    let command = Command::CreateFleet { fleet: JobId::new_random(), members, spec, credentials };
     let (reply, index) = write(&state, &caller, request_id, command).await?;
     let Reply::Created(id) = reply else {
         return Err(ApiError::new(500, BitsCode::E_UNEXPECTED, "create returned no fleet id"));
     };
     let info = fleet_info(&state, &caller, id, ReadAt::Applied(index)).await?;
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/fleets/{id}"))], axum::Json(info)))
+}
+
+/// `credentials` sealed for job `job` (each password bound to that job).
+fn seal_for(
+    state: &ApiState,
+    job: JobId,
+    credentials: &[NewCredentials],
+) -> Result<Vec<SealedCredential>, ApiError> {
+    credentials
+        .iter()
+        .map(|c| {
+            let associated =
+                SealedCredential::associated_data(job, c.target, c.scheme, &c.user_name);
+            let sealed =
+                state.secrets.seal(c.password.expose().as_bytes(), &associated).map_err(|e| {
+                    ApiError::new(
+                        500,
+                        BitsCode::E_UNEXPECTED,
+                        format!("cannot seal the password: {e}"),
+                    )
+                })?;
+            Ok(SealedCredential {
+                target: c.target,
+                scheme: c.scheme,
+                user_name: c.user_name.clone(),
+                sealed,
+            })
+        })
+        .collect()
 }
 
 /// A fleet and each member's progress.

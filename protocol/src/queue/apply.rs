@@ -8,6 +8,7 @@ use crate::command::{
     Batch, BatchReply, Command, CommandError, CommandResult, FileChanges, JobAction, NewJob,
     PropertyChanges, Proposal, Reply,
 };
+use crate::credentials::SealedCredential;
 use crate::file::{JobFile, NewFile};
 use crate::ids::{Caller, JobId, NodeId};
 use crate::job::{Job, JobError, JobProperties, JobState, JobTimes, Priority, peer_caching};
@@ -62,8 +63,8 @@ impl Queue {
             Command::CreateJob { id, home_node, spec } => {
                 self.create_job(caller, *id, *home_node, spec, None)
             }
-            Command::CreateFleet { fleet, members, spec } => {
-                self.create_fleet(caller, *fleet, members, spec)
+            Command::CreateFleet { fleet, members, spec, credentials } => {
+                self.create_fleet(caller, *fleet, members, spec, credentials)
             }
             Command::WithdrawPeerCopy { job, file, mismatch } => {
                 self.withdraw_peer_copy(caller, *job, *file, *mismatch)
@@ -102,10 +103,7 @@ impl Queue {
             Command::SetCredentials { job, credential } => {
                 let mut job = self.accessible(caller, *job)?.clone();
                 check(&job, Operation::SetProperties, None)?;
-                job.credentials
-                    .retain(|c| (c.target, c.scheme) != (credential.target, credential.scheme));
-                job.credentials.push(credential.clone());
-                job.credentials.sort_by_key(|c| (c.target, c.scheme));
+                set_credential(&mut job, credential.clone());
                 fits(&job)?;
                 self.store(job);
                 Ok(Reply::Done(BitsCode::S_OK))
@@ -165,7 +163,7 @@ impl Queue {
         id: JobId,
         home_node: NodeId,
         spec: &NewJob,
-        fleet: Option<FleetMember>,
+        member: Option<(FleetMember, &[SealedCredential])>,
     ) -> CommandResult {
         if self.jobs.contains_key(&id) {
             return Err(CommandError::new(
@@ -224,11 +222,16 @@ impl Queue {
             notify_entries: 0,
             notify_run: None,
             upload: Default::default(),
-            fleet,
+            fleet: member.map(|(tag, _)| tag),
         };
         job.props = self.changed_properties(caller, &job, &spec.properties)?;
         if !spec.files.is_empty() {
             self.append_files(caller, &mut job, &spec.files)?;
+        }
+        if let Some((_, credentials)) = member {
+            for credential in credentials {
+                set_credential(&mut job, credential.clone());
+            }
         }
         fleet_rules(&job)?;
         fits(&job)?;
@@ -245,6 +248,7 @@ impl Queue {
         fleet: JobId,
         members: &[(JobId, NodeId)],
         spec: &NewJob,
+        credentials: &[Vec<SealedCredential>],
     ) -> CommandResult {
         let n = u32::try_from(members.len()).unwrap_or(u32::MAX);
         if let Some((id, _)) = members.iter().find(|(id, _)| self.jobs.contains_key(id)) {
@@ -281,7 +285,8 @@ impl Queue {
             if let Some(file) = spec.files.first_mut() {
                 file.local_path = template.replace(FLEET_NODE_PLACEHOLDER, &node.to_string());
             }
-            self.create_job(caller, *id, *node, &spec, Some(tag))?;
+            let own = credentials.get(member as usize).map_or(&[][..], Vec::as_slice);
+            self.create_job(caller, *id, *node, &spec, Some((tag, own)))?;
             self.lifecycle(caller, *id, JobAction::Resume)?;
         }
         Ok(Reply::Created(fleet))
@@ -535,6 +540,13 @@ fn fits(job: &Job) -> Result<(), CommandError> {
     }
 }
 
+/// Adds or replaces the credential for its (target, scheme).
+fn set_credential(job: &mut Job, credential: SealedCredential) {
+    job.credentials.retain(|c| (c.target, c.scheme) != (credential.target, credential.scheme));
+    job.credentials.push(credential);
+    job.credentials.sort_by_key(|c| (c.target, c.scheme));
+}
+
 /// What a fleet's member job must stay: one whole file, peer caching flags client and
 /// server (members serve each other), no dynamic content.
 fn fleet_rules(job: &Job) -> Result<(), CommandError> {
@@ -566,7 +578,8 @@ pub(super) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, Comman
 
 /// Digest of what a request asks for. The ids (and a job's home node) of a create are
 /// chosen by the node that accepted the request, so a retry through another node
-/// differs there: they are left out.
+/// differs there: they are left out, and so are a fleet's credentials, sealed for
+/// those ids.
 fn fingerprint(command: &Command) -> [u8; 16] {
     let encoded = match command {
         Command::CreateJob { spec, .. } => codec::encode(spec),

@@ -831,6 +831,7 @@ mod engine_reports {
             fleet,
             members,
             spec,
+            credentials: Vec::new(),
         };
         // Two files, a repeated node, no node: refused before anything is created.
         assert_eq!(
@@ -885,6 +886,7 @@ mod engine_reports {
             fleet: JobId(uuid::Uuid::from_u128(id)),
             members,
             spec: spec.clone(),
+            credentials: Vec::new(),
         };
         let first = fleet_of(960, ids(960, &[1, 2, 3]), &spec);
         let created = h.run(&alice(), Some("fleet-1"), first).expect("created");
@@ -913,6 +915,27 @@ mod engine_reports {
         let refused = fleet_of(1010, ids(1010, &[1, 2]), &lonely);
         assert_eq!(code(h.run(&alice(), None, refused)), BitsCode::E_INVALIDARG);
         assert_eq!(h.queue.jobs().count(), 6, "refused fleets create nothing");
+        // Credentials, one list per member, each job its own (sealed for it).
+        use crate::credentials::{AuthScheme, AuthTarget, SealedCredential};
+        let sealed = |byte| SealedCredential {
+            target: AuthTarget::Server,
+            scheme: AuthScheme::Basic,
+            user_name: "u".into(),
+            sealed: vec![byte; 40],
+        };
+        let mut with_credentials =
+            fleet_of(1020, ids(1020, &[1, 2]), &new_job(JobType::Download, 1));
+        if let Command::CreateFleet { credentials, .. } = &mut with_credentials {
+            *credentials = vec![vec![sealed(1)]];
+        }
+        assert_eq!(code(h.run(&alice(), None, with_credentials.clone())), BitsCode::E_INVALIDARG);
+        if let Command::CreateFleet { credentials, .. } = &mut with_credentials {
+            *credentials = vec![vec![sealed(1)], vec![sealed(2)]];
+        }
+        h.run(&alice(), None, with_credentials).expect("created");
+        let jobs = h.queue.fleet_jobs(&JobId(uuid::Uuid::from_u128(1020)));
+        let own: Vec<u8> = jobs.iter().map(|j| j.credentials[0].sealed[0]).collect();
+        assert_eq!(own, vec![1, 2]);
     }
 
     fn jobs_of_fleet(h: &Harness, fleet: JobId) -> Vec<JobId> {
