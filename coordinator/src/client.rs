@@ -170,14 +170,10 @@ impl Client {
         if let Some(object) = body.as_object_mut()
             && !fleet.credentials.is_empty()
         {
-            let credentials = fleet.credentials.iter().map(|c| {
-                serde_json::json!({
-                    "target": c.target,
-                    "scheme": c.scheme,
-                    "user_name": c.user_name,
-                    "password": c.password.expose(),
-                })
-            });
+            let credentials = fleet
+                .credentials
+                .iter()
+                .map(|c| credential_body(c.target, c.scheme, &c.user_name, &c.password));
             object.insert("credentials".into(), credentials.collect());
         }
         self.call(Method::POST, "/v1/fleets", Some(&body), true).await
@@ -246,12 +242,7 @@ impl Client {
         user_name: &str,
         password: &Secret,
     ) -> Result<Vec<CredentialInfo>, ClientError> {
-        let body = serde_json::json!({
-            "target": target,
-            "scheme": scheme,
-            "user_name": user_name,
-            "password": password.expose(),
-        });
+        let body = credential_body(target, scheme, user_name, password);
         self.call(Method::PUT, &format!("/v1/jobs/{id}/credentials"), Some(&body), true).await
     }
 
@@ -394,6 +385,21 @@ async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, C
         Ok(problem) => Err(ClientError::Api(problem)),
         Err(_) => Err(ClientError::Unexpected { status: status.as_u16(), body: truncate(body) }),
     }
+}
+
+/// The JSON of a `SetCredentials` body: the only place a password is written out.
+fn credential_body(
+    target: AuthTarget,
+    scheme: AuthScheme,
+    user_name: &str,
+    password: &Secret,
+) -> serde_json::Value {
+    serde_json::json!({
+        "target": target,
+        "scheme": scheme,
+        "user_name": user_name,
+        "password": password.expose(),
+    })
 }
 
 fn target_name(target: AuthTarget) -> &'static str {

@@ -111,7 +111,10 @@ impl PeerCopy<'_> {
 /// ranges) probed with a size and validator or declared digest, with durable chunks,
 /// not withdrawn, and still on disk (not cancelled; after Complete only once renamed
 /// into place). Its version key from its first chunk on; its digest key only once the
-/// whole file is transferred, which it is only after it matched the declared digest.
+/// whole file is transferred, which it is only after it matched the declared digest,
+/// and only for content fetched without credentials, custom headers or a client
+/// certificate: a job reaches a digest copy through any origin that declares the
+/// digest, so knowing the digest of protected content must not be enough to get it.
 pub fn offered_keys(job: &Job, index: usize) -> Vec<ContentKey> {
     let Some(file) = job.files.get(index) else { return Vec::new() };
     let on_disk = match job.state {
@@ -124,7 +127,10 @@ pub fn offered_keys(job: &Job, index: usize) -> Vec<ContentKey> {
         && on_disk
         && servable_shape(file);
     let Some(remote) = file.remote.as_ref().filter(|_| offered) else { return Vec::new() };
-    let digest = ContentKey::digest_of(remote).filter(|_| file.transferred);
+    let public = job.credentials.is_empty()
+        && job.props.custom_headers.0.is_empty()
+        && job.props.client_certificate.is_none();
+    let digest = ContentKey::digest_of(remote).filter(|_| file.transferred && public);
     ContentKey::of(&file.remote_url, remote).into_iter().chain(digest).collect()
 }
 
@@ -184,6 +190,9 @@ pub const FLEET_NODE_PLACEHOLDER: &str = "{node}";
 
 /// Most nodes one fleet reaches.
 pub const MAX_FLEET_MEMBERS: usize = 64;
+
+/// Most credentials a fleet's jobs take: one per target (server, proxy) and scheme.
+pub const MAX_FLEET_CREDENTIALS: usize = 4;
 
 #[cfg(test)]
 mod tests {

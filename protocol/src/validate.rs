@@ -9,9 +9,6 @@ use crate::file::{FileRange, NewFile};
 use crate::job::{JobType, NotifyCmdLine, ProxySettings, ProxyUsage, acl, notify, peer_caching};
 use crate::limits::*;
 
-/// Most credentials one fleet job takes: one per target (server, proxy) and scheme.
-const MAX_FLEET_CREDENTIALS: usize = 4;
-
 /// Every check of a command that needs no state: what the API runs before proposing
 /// (so bad input costs no Raft write) and apply runs again before its stateful rules.
 /// Checks that depend on the job (its type for `file://` and ranges, the policy for
@@ -23,7 +20,7 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
                 return Err(invalid("a fleet's credentials come one list per member"));
             }
             for (list, (job, _)) in credentials.iter().zip(members) {
-                if list.len() > MAX_FLEET_CREDENTIALS {
+                if list.len() > crate::peer_cache::MAX_FLEET_CREDENTIALS {
                     return Err(invalid("a fleet job takes at most 4 credentials"));
                 }
                 for credential in list {

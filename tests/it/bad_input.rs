@@ -39,6 +39,7 @@ async fn bad_requests_are_refused_and_change_nothing() -> anyhow::Result<()> {
     let files_path = format!("/v1/jobs/{}/files", full.id);
     let long_url = format!("https://origin.example/{}", "a/".repeat(1_100));
     let post = reqwest::Method::POST;
+    let credential = |user: &str| json!({"target": "server", "scheme": "basic", "user_name": user, "password": "p"});
     let cases = vec![
         Case { what: "malformed JSON", method: post.clone(), path: "/v1/jobs".into(), token: Some(tokens::ALICE), body: Some(r#"{"display_name": "x""#.into()), status: 400, code: BitsCode::E_INVALIDARG },
         Case { what: "JSON of the wrong shape", method: post.clone(), path: "/v1/jobs".into(), token: Some(tokens::ALICE), body: Some(r#"{"display_name": 7}"#.into()), status: 400, code: BitsCode::E_INVALIDARG },
@@ -66,6 +67,9 @@ async fn bad_requests_are_refused_and_change_nothing() -> anyhow::Result<()> {
         Case { what: "node id that is not a number", method: reqwest::Method::DELETE, path: "/v1/cluster/members/one".into(), token: Some(tokens::ADMIN), body: None, status: 400, code: BitsCode::E_INVALIDARG },
         Case { what: "wrong method", method: reqwest::Method::DELETE, path: "/v1/jobs".into(), token: Some(tokens::ALICE), body: None, status: 405, code: BitsCode::E_INVALIDARG },
         Case { what: "unknown route", method: reqwest::Method::GET, path: "/v1/nothing".into(), token: Some(tokens::ALICE), body: None, status: 404, code: BitsCode::E_INVALIDARG },
+        Case { what: "fleet listing a node twice", method: post.clone(), path: "/v1/fleets".into(), token: Some(tokens::ALICE), body: Some(json!({"remote_url": "https://o.example/f", "local_path": "/srv/f", "nodes": [1, 1]}).to_string()), status: 400, code: BitsCode::E_INVALIDARG },
+        Case { what: "fleet with two credentials for one target and scheme", method: post.clone(), path: "/v1/fleets".into(), token: Some(tokens::ALICE), body: Some(json!({"remote_url": "https://o.example/f", "local_path": "/srv/f", "credentials": [credential("a"), credential("b")]}).to_string()), status: 400, code: BitsCode::E_INVALIDARG },
+        Case { what: "fleet credential with an unknown scheme", method: post.clone(), path: "/v1/fleets".into(), token: Some(tokens::ALICE), body: Some(json!({"remote_url": "https://o.example/f", "local_path": "/srv/f", "credentials": [{"target": "server", "scheme": "kerberos", "user_name": "u", "password": "p"}]}).to_string()), status: 400, code: BitsCode::E_INVALIDARG },
     ];
 
     let http = raw();

@@ -129,13 +129,16 @@ async fn a_mirror_declaring_the_same_digest_is_served_by_peers_once_a_copy_match
     let dir = tempfile::tempdir()?;
     let client1 = nodes[0].client(Some(tokens::ALICE))?;
     let client2 = nodes[1].client(Some(tokens::ALICE))?;
-    // A file that does not match the digest its origin declares never transfers (each
-    // try starts the file over), so it is never offered under that digest.
+    // A file that does not match the digest its origin declares never transfers: it
+    // starts over from the origin alone, then fails (not retried forever), and is never
+    // offered under that digest.
     let files = [(origin.url("/liar.bin"), dir.path().join("liar.bin"))];
     let liar = start_download(&client1, &files, PropertyChanges::default()).await?;
-    let job = wait_for(&nodes[0], &client1, liar, &[JobState::TransientError], SHORT).await?;
-    let detail = job.error.map(|e| e.detail).unwrap_or_default();
-    assert!(detail.contains("the server declared"), "{detail}");
+    let job = wait_for(&nodes[0], &client1, liar, &[JobState::Error], SHORT).await?;
+    let error = job.error.expect("an error");
+    assert_eq!(error.code, ferry_protocol::BitsCode::BG_E_INVALID_SERVER_RESPONSE);
+    assert!(error.detail.contains("the server declared"), "{}", error.detail);
+    assert_eq!(egress(&origin, "/liar.bin", 0), 2 * len, "fetched other than twice");
     client1.act(liar, JobAction::Cancel).await?;
     // A true declaration: node 1's file matches it, and is offered under the digest.
     let first = dir.path().join("first.bin");

@@ -53,21 +53,25 @@ pub(super) async fn set_credentials(
 ) -> Result<axum::Json<Vec<CredentialInfo>>, ApiError> {
     let id = job_id(&id)?;
     body.validate()?;
-    let associated =
-        SealedCredential::associated_data(id, body.target, body.scheme, &body.user_name);
-    let sealed =
-        state.secrets.seal(body.password.expose().as_bytes(), &associated).map_err(|e| {
-            ApiError::new(500, BitsCode::E_UNEXPECTED, format!("cannot seal the password: {e}"))
-        })?;
-    let credential = SealedCredential {
-        target: body.target,
-        scheme: body.scheme,
-        user_name: body.user_name,
-        sealed,
-    };
+    let credential = seal(&state, id, &body)?;
     let (_, index) =
         write(&state, &caller, request_id, Command::SetCredentials { job: id, credential }).await?;
     Ok(axum::Json(credential_list(&state, &caller, id, index).await?))
+}
+
+/// `credential` with its password sealed for job `job` (bound to the job, target,
+/// scheme and user).
+pub(super) fn seal(
+    state: &ApiState,
+    job: ferry_protocol::JobId,
+    credential: &NewCredentials,
+) -> Result<SealedCredential, ApiError> {
+    let NewCredentials { target, scheme, user_name, password } = credential;
+    let associated = SealedCredential::associated_data(job, *target, *scheme, user_name);
+    let sealed = state.secrets.seal(password.expose().as_bytes(), &associated).map_err(|e| {
+        ApiError::new(500, BitsCode::E_UNEXPECTED, format!("cannot seal the password: {e}"))
+    })?;
+    Ok(SealedCredential { target: *target, scheme: *scheme, user_name: user_name.clone(), sealed })
 }
 
 /// `RemoveCredentials`.

@@ -5,9 +5,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use ferry_protocol::api::{FleetInfo, NewFleet, Problem};
 use ferry_protocol::command::{Command, NewJob, Reply};
-use ferry_protocol::credentials::{NewCredentials, SealedCredential};
+use ferry_protocol::credentials::NewCredentials;
+use ferry_protocol::peer_cache::{MAX_FLEET_CREDENTIALS, MAX_FLEET_MEMBERS};
 use ferry_protocol::{BitsCode, JobId, JobType, NewFile};
 
+use super::credentials::seal;
 use super::jobs::{ReadQuery, seal_headers};
 use super::{ApiState, read, write};
 use crate::auth::Authenticated;
@@ -37,15 +39,28 @@ pub(super) async fn create_fleet(
     let NewFleet { remote_url, local_path, nodes, display_name, mut properties, credentials } =
         fleet;
     seal_headers(&state, &caller, &mut properties)?;
-    for credential in &credentials {
-        credential.validate()?;
-    }
+    check_credentials(&credentials)?;
     let members: Vec<u64> =
         state.cluster.status().await?.members.iter().map(|m| m.node_id).collect();
     let nodes = if nodes.is_empty() { members.clone() } else { nodes };
     if let Some(stranger) = nodes.iter().find(|n| !members.contains(n)) {
         return Err(ApiError::bad_request(format!(
             "node {stranger} is not a member of the cluster (members: {members:?})"
+        )));
+    }
+    // Checked before anything is sealed per member.
+    let distinct: std::collections::BTreeSet<_> = nodes.iter().collect();
+    if distinct.len() != nodes.len() || nodes.len() > MAX_FLEET_MEMBERS {
+        return Err(ApiError::bad_request(format!(
+            "a fleet reaches 1 to {MAX_FLEET_MEMBERS} distinct nodes"
+        )));
+    }
+    let sealed_bytes: usize =
+        credentials.iter().map(|c| c.password.expose().len() + c.user_name.len() + 64).sum();
+    if sealed_bytes.saturating_mul(nodes.len()) > MAX_FLEET_CREDENTIAL_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "the credentials are too large for a fleet of {} nodes",
+            nodes.len()
         )));
     }
     let spec = NewJob {
@@ -61,7 +76,7 @@ pub(super) async fn create_fleet(
     } else {
         members
             .iter()
-            .map(|(job, _)| seal_for(&state, *job, &credentials))
+            .map(|(job, _)| credentials.iter().map(|c| seal(&state, *job, c)).collect())
             .collect::<Result<_, _>>()?
     };
     let command = Command::CreateFleet { fleet: JobId::new_random(), members, spec, credentials };
@@ -73,33 +88,22 @@ pub(super) async fn create_fleet(
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/fleets/{id}"))], axum::Json(info)))
 }
 
-/// `credentials` sealed for job `job` (each password bound to that job).
-fn seal_for(
-    state: &ApiState,
-    job: JobId,
-    credentials: &[NewCredentials],
-) -> Result<Vec<SealedCredential>, ApiError> {
-    credentials
-        .iter()
-        .map(|c| {
-            let associated =
-                SealedCredential::associated_data(job, c.target, c.scheme, &c.user_name);
-            let sealed =
-                state.secrets.seal(c.password.expose().as_bytes(), &associated).map_err(|e| {
-                    ApiError::new(
-                        500,
-                        BitsCode::E_UNEXPECTED,
-                        format!("cannot seal the password: {e}"),
-                    )
-                })?;
-            Ok(SealedCredential {
-                target: c.target,
-                scheme: c.scheme,
-                user_name: c.user_name.clone(),
-                sealed,
-            })
-        })
-        .collect()
+/// Most bytes of credentials a fleet request seals, over its members.
+const MAX_FLEET_CREDENTIAL_BYTES: usize = 4 * 1024 * 1024;
+
+/// BITS's checks of each credential, at most one per target and scheme.
+fn check_credentials(credentials: &[NewCredentials]) -> Result<(), ApiError> {
+    let pairs: std::collections::BTreeSet<_> =
+        credentials.iter().map(|c| (c.target, c.scheme)).collect();
+    if pairs.len() != credentials.len() || credentials.len() > MAX_FLEET_CREDENTIALS {
+        return Err(ApiError::bad_request(format!(
+            "a fleet takes at most {MAX_FLEET_CREDENTIALS} credentials, one per target and scheme"
+        )));
+    }
+    for credential in credentials {
+        credential.validate()?;
+    }
+    Ok(())
 }
 
 /// A fleet and each member's progress.

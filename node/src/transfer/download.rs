@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,11 +112,31 @@ impl Run {
             };
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             let mut restarts = 0;
+            self.origin_only.store(false, Ordering::Relaxed);
             loop {
                 match self.download_file(index, &mut outbox).await {
                     Ok(()) => {
                         after = index as usize + 1;
                         break;
+                    }
+                    Err(Stop::DigestMismatch(why)) if !self.origin_only.load(Ordering::Relaxed) => {
+                        // Perhaps bytes from peers: once more, from the origin alone.
+                        restarts += 1;
+                        tracing::info!(job = %self.job.id, file = index, %why, "starting the file over from the origin alone");
+                        self.origin_only.store(true, Ordering::Relaxed);
+                        self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
+                            .await?;
+                    }
+                    Err(Stop::DigestMismatch(why)) => {
+                        // The origin's own bytes do not match its declaration.
+                        self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
+                            .await?;
+                        return Err(Failure::fatal(transport_error(
+                            BitsCode::BG_E_INVALID_SERVER_RESPONSE,
+                            format!("{why} (twice, the second time from the origin alone)"),
+                            index,
+                        ))
+                        .into());
                     }
                     Err(Stop::RestartFile(why)) => {
                         restarts += 1;
@@ -392,7 +413,7 @@ impl Run {
                 let why = format!(
                     "{url}: the file's SHA-256 is {actual}, the server declared {declared}"
                 );
-                return Err(Stop::RestartFile(why));
+                return Err(Stop::DigestMismatch(why));
             }
         }
         let headers =
@@ -564,9 +585,12 @@ impl Run {
             }
             if lock(&queue).uses_peers() {
                 for _ in 0..PEER_WORKERS {
-                    let (queue, done, fetch) = (queue.clone(), done_tx.clone(), fetch.clone());
+                    let (done, fetch) = (done_tx.clone(), fetch.clone());
                     let cluster = self.reporter.cluster.clone();
-                    tasks.spawn(async move { from_peers(&cluster, &fetch, &queue, &done).await });
+                    // Counted from now until the task ends, or is dropped unstarted.
+                    let worker = PeerWorker::start(queue.clone());
+                    tasks
+                        .spawn(async move { from_peers(&cluster, &fetch, &worker.0, &done).await });
                 }
             }
             // Twice the helper's connections: a piece travels here while the helper
@@ -645,9 +669,11 @@ impl Run {
         fits.then_some(chunk_size)
     }
 
-    /// Whether the job may use helpers and peers' copies (`BG_JOB_ENABLE_PEERCACHING_CLIENT`).
+    /// Whether the job may use helpers and peers' copies (`BG_JOB_ENABLE_PEERCACHING_CLIENT`),
+    /// and the current file is not to come from the origin alone.
     fn uses_cluster(&self) -> bool {
         self.job.props.peer_caching_flags & peer_caching::CLIENT != 0
+            && !self.origin_only.load(Ordering::Relaxed)
     }
 
     /// Where pieces of this file may come from besides the origin: members' copies of
@@ -970,6 +996,23 @@ impl Helper {
 
 /// Peer fetches at once per file.
 const PEER_WORKERS: usize = 4;
+
+/// A peer worker's place in its queue's count of peer workers, from its spawn until
+/// its task ends or is dropped.
+struct PeerWorker(Arc<Mutex<PieceQueue>>);
+
+impl PeerWorker {
+    fn start(queue: Arc<Mutex<PieceQueue>>) -> Self {
+        lock(&queue).peer_worker_started();
+        Self(queue)
+    }
+}
+
+impl Drop for PeerWorker {
+    fn drop(&mut self) {
+        lock(&self.0).peer_worker_ended();
+    }
+}
 
 /// A peer worker: takes pieces from members' copies until none is left for peers. A
 /// piece a holder cannot deliver goes to another holder or the origin; a holder whose

@@ -17,6 +17,9 @@ pub(crate) enum Stop {
     Failed(Failure),
     /// The remote file changed (or the temporary file was lost): start the file over.
     RestartFile(String),
+    /// The finished file does not match the SHA-256 its origin declared: start it over
+    /// from the origin alone, and fail if it still does not.
+    DigestMismatch(String),
 }
 
 impl From<Failure> for Stop {

@@ -178,7 +178,7 @@ pub(crate) async fn serve(
             }
         }
         Err(Stop::Stale) => ChunkAnswer::Stale,
-        Err(Stop::RestartFile(why)) => ChunkAnswer::Restart(why),
+        Err(Stop::RestartFile(why) | Stop::DigestMismatch(why)) => ChunkAnswer::Restart(why),
         Err(Stop::Failed(failure)) => failed(failure),
     }
 }

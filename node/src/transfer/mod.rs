@@ -171,6 +171,21 @@ pub(crate) struct Run {
     pub(crate) settings: EngineSettings,
     /// HTTP client and credentials of the run.
     pub(crate) http: Arc<HttpSession>,
+    /// The current file comes from the origin alone (no peers, no helpers): its first
+    /// try did not match the SHA-256 its origin declared.
+    pub(crate) origin_only: std::sync::atomic::AtomicBool,
+}
+
+impl Run {
+    fn new(
+        job: Job,
+        run: u64,
+        reporter: Reporter,
+        settings: EngineSettings,
+        http: Arc<HttpSession>,
+    ) -> Self {
+        Self { job, run, reporter, settings, http, origin_only: Default::default() }
+    }
 }
 
 /// Opens the job's sealed credentials for a run.
@@ -222,9 +237,9 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
     let outcome = async {
         let http = job_http(&job, &settings, &secrets).await?;
         if job.job_type.is_upload() {
-            Run { job, run, reporter: reporter.clone(), settings, http }.upload().await
+            Run::new(job, run, reporter.clone(), settings, http).upload().await
         } else {
-            Run { job, run, reporter: reporter.clone(), settings, http }.download().await
+            Run::new(job, run, reporter.clone(), settings, http).download().await
         }
     }
     .await;
@@ -233,6 +248,9 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
         Err(Stop::Failed(failure)) => failure,
         Err(Stop::RestartFile(why)) => {
             Failure::new(failure::transport(BitsCode::BG_E_REMOTE_FILE_CHANGED, why, None))
+        }
+        Err(Stop::DigestMismatch(why)) => {
+            Failure::fatal(failure::transport(BitsCode::BG_E_INVALID_SERVER_RESPONSE, why, None))
         }
     };
     tracing::info!(job = %id, run, code = %failure.error.code, severity = ?failure.severity, detail = %failure.error.detail, "transfer failed");

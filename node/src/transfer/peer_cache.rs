@@ -137,10 +137,12 @@ fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<(PathBuf, 
 
 /// Reads `len` bytes at `offset` of the regular file `path`, never through a symlink in
 /// its last component (after Complete the destination is its owner's, who may have
-/// replaced it): opened with `O_NOFOLLOW`, then checked on the open handle.
+/// replaced it): opened with `O_NOFOLLOW` (and `O_NONBLOCK`, so a FIFO put there does
+/// not block the open), then checked on the open handle.
 fn read_at(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
     if !file.metadata()?.file_type().is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
@@ -238,6 +240,8 @@ pub(crate) struct PieceQueue {
     peers: VecDeque<Piece>,
     waiting: Vec<Piece>,
     sources: Option<Sources>,
+    /// Peer workers alive: without one, origin workers take what is for peers.
+    peer_workers: usize,
 }
 
 /// What routes pieces to peers: the content, this job's place, the applied queue.
@@ -345,8 +349,13 @@ pub(crate) const IDLE: Duration = Duration::from_millis(100);
 impl PieceQueue {
     /// The queue of `missing` pieces; without `sources` they all come from the origin.
     pub(crate) fn new(missing: VecDeque<Piece>, sources: Option<Sources>) -> Self {
-        let mut queue =
-            Self { origin: VecDeque::new(), peers: VecDeque::new(), waiting: Vec::new(), sources };
+        let mut queue = Self {
+            origin: VecDeque::new(),
+            peers: VecDeque::new(),
+            waiting: Vec::new(),
+            sources,
+            peer_workers: 0,
+        };
         match &queue.sources {
             None => queue.origin = missing,
             Some(sources) => {
@@ -376,20 +385,39 @@ impl PieceQueue {
         !self.peers.is_empty() || !self.waiting.is_empty()
     }
 
+    /// A peer worker starts: pieces for peers wait for it.
+    pub(crate) fn peer_worker_started(&mut self) {
+        self.peer_workers += 1;
+    }
+
+    /// A peer worker ended.
+    pub(crate) fn peer_worker_ended(&mut self) {
+        self.peer_workers = self.peer_workers.saturating_sub(1);
+    }
+
     /// The next piece to fetch from the origin, at most `max_len` bytes long. A piece
     /// a member's copy came to hold meanwhile (a member taken for lost was only slow)
-    /// goes to the peers instead.
+    /// goes to the peers instead, while a peer worker is there to take it; without one,
+    /// pieces left for peers come from the origin.
     pub(crate) fn next_origin(&mut self, max_len: u64) -> Next {
         self.route();
+        if self.peer_workers == 0
+            && let Some(piece) = self.peers.front().copied()
+            && piece.len <= max_len
+        {
+            self.peers.pop_front();
+            return Next::Piece(piece);
+        }
         while let Some(piece) = self.origin.front().copied() {
             if piece.len > max_len {
                 return Next::Done;
             }
             self.origin.pop_front();
-            let held = self.sources.as_ref().is_some_and(|sources| {
-                let queue = &sources.cluster.state.read().queue;
-                sources.fleet.is_some() && !sources.holders(queue, &piece).is_empty()
-            });
+            let held = self.peer_workers > 0
+                && self.sources.as_ref().is_some_and(|sources| {
+                    let queue = &sources.cluster.state.read().queue;
+                    sources.fleet.is_some() && !sources.holders(queue, &piece).is_empty()
+                });
             if held {
                 self.peers.push_back(piece);
                 continue;
@@ -571,6 +599,23 @@ mod tests {
     }
 
     #[test]
+    fn pieces_for_peers_go_to_the_origin_when_no_peer_worker_is_left() {
+        let mut queue = PieceQueue::new(pieces(&[0, 1]).into(), None);
+        let Next::Piece(first) = queue.next_origin(u64::MAX) else { panic!("no piece") };
+        // A peer could not deliver it, and no peer worker runs: the origin takes it.
+        queue.peer_failed(first, 2);
+        assert!(matches!(queue.next_origin(u64::MAX), Next::Piece(p) if p.index == 0));
+        // While a peer worker runs, it is left to the peers.
+        queue.peer_worker_started();
+        queue.peer_failed(first, 2);
+        assert!(matches!(queue.next_origin(u64::MAX), Next::Piece(p) if p.index == 1));
+        assert!(matches!(queue.next_origin(u64::MAX), Next::Wait));
+        queue.peer_worker_ended();
+        assert!(matches!(queue.next_origin(u64::MAX), Next::Piece(p) if p.index == 0));
+        assert!(matches!(queue.next_origin(u64::MAX), Next::Done));
+    }
+
+    #[test]
     fn a_slow_origin_is_not_a_lost_member() {
         // No piece of its own: the fixed patience.
         assert_eq!(patience_after((false, None)), Some(FLEET_PATIENCE));
@@ -594,6 +639,14 @@ mod tests {
         std::os::unix::fs::symlink(&secret, &swapped).expect("symlink");
         assert!(read_at(&swapped, 0, 3).is_err(), "read through a symlink");
         assert!(read_at(dir.path(), 0, 1).is_err(), "read a directory");
+        // A FIFO without a writer is refused at once (its open would block).
+        let fifo = dir.path().join("fifo.bin");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_at(&fifo, 0, 1).is_err()));
+        let refused = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(refused, Ok(true), "a FIFO blocked or was read");
     }
 
     fn indexes(pieces: &[Piece]) -> Vec<u32> {

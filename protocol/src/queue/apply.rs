@@ -578,14 +578,17 @@ pub(super) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, Comman
 
 /// Digest of what a request asks for. The ids (and a job's home node) of a create are
 /// chosen by the node that accepted the request, so a retry through another node
-/// differs there: they are left out, and so are a fleet's credentials, sealed for
-/// those ids.
+/// differs there: they are left out, and so are the sealed passwords of a fleet's
+/// credentials (sealed for those ids; their targets, schemes and users count).
 fn fingerprint(command: &Command) -> [u8; 16] {
     let encoded = match command {
         Command::CreateJob { spec, .. } => codec::encode(spec),
-        Command::CreateFleet { members, spec, .. } => {
+        Command::CreateFleet { members, spec, credentials, .. } => {
             let nodes: Vec<u64> = members.iter().map(|(_, node)| *node).collect();
-            codec::encode(&(spec, nodes))
+            let logins: Vec<_> = (credentials.first().into_iter().flatten())
+                .map(|c| (c.target, c.scheme, &c.user_name))
+                .collect();
+            codec::encode(&(spec, nodes, logins))
         }
         other => codec::encode(other),
     };

@@ -720,7 +720,7 @@ mod engine_reports {
         let mut h = Harness::new();
         let id = queued_job(&mut h);
         report(&mut h, id, EngineReport::Activate).expect("activate");
-        let sha256 = "ab".repeat(32);
+        let sha256 = sha256_of_test();
         let remote = RemoteInfo {
             size: Some(25),
             etag: Some("\"v1\"".into()),
@@ -744,6 +744,34 @@ mod engine_reports {
         // Asked under both keys of a mirror's probe, the copy is listed once.
         let both = [digest[0].clone(), key(25)[0].clone()];
         assert_eq!(h.queue.peer_copies(&both).len(), 1);
+        // Content fetched with custom headers (perhaps a token) is not offered under
+        // its digest: knowing a digest must not be enough to get protected bytes.
+        let protected = queued_job(&mut h);
+        let token = PropertyChanges {
+            custom_headers: Some(Some(crate::job::HeaderLines(vec!["X-Token: t0k3n".into()]))),
+            ..PropertyChanges::default()
+        };
+        h.run(&alice(), None, Command::SetProperties { job: protected, changes: token })
+            .expect("headers");
+        report(&mut h, protected, EngineReport::Activate).expect("activate");
+        let remote = RemoteInfo {
+            size: Some(25),
+            etag: Some("\"v1\"".into()),
+            sha256: Some(sha256_of_test()),
+            ..RemoteInfo::default()
+        };
+        report(&mut h, protected, EngineReport::Probed { file: 0, remote, chunk_size: 10 })
+            .expect("probed");
+        let chunks = vec![chunk(0, 10), chunk(1, 10), chunk(2, 5)];
+        report(&mut h, protected, EngineReport::Chunks { file: 0, chunks }).expect("chunks");
+        let done = EngineReport::FileTransferred { file: 0, size: 25, headers: vec![] };
+        report(&mut h, protected, done).expect("transferred");
+        assert_eq!(h.queue.peer_copies(&digest).len(), 1, "the protected copy is offered");
+        assert_eq!(h.queue.peer_copies(&key(25)).len(), 2, "under its URL it is");
+    }
+
+    fn sha256_of_test() -> String {
+        "ab".repeat(32)
     }
 
     /// A resumed, active job of `files` files.
