@@ -347,8 +347,8 @@ async fn a_fleet_goes_on_without_a_killed_member() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = Instant::now();
     nodes[2].kill9().await?;
-    // The others wait for the lost member's chunks until no copy grows for 15 s, then
-    // fetch them from the origin themselves.
+    // The others wait for the lost member's chunks until its node missed pings and its
+    // copy did not grow for 5 s, then divide them and fetch them from the origin.
     for member in &fleet.members[..2] {
         let home = &nodes[member.node as usize - 1];
         wait_for(home, &client, member.job, &[JobState::Transferred], Duration::from_secs(90))

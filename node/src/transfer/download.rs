@@ -14,7 +14,7 @@
 //! `BG_E_MISSING_FILE_SIZE`; dynamic content streams from the start, its maximum
 //! download size enforced.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -536,6 +536,11 @@ impl Run {
         let sources = self.sources(fetch, chunk_size);
         let queue = Arc::new(Mutex::new(PieceQueue::new(missing, sources)));
         let mut helpers = self.helpers(fetch);
+        // A fleet member pings the others while it downloads (stopped with the file).
+        let _watcher = self.job.fleet.map(|tag| {
+            let watching = watch_fleet(self.reporter.cluster.clone(), tag.fleet, queue.clone());
+            AbortOnDrop(tokio::spawn(watching))
+        });
         // A helper that fails gives its piece back, perhaps after the local workers
         // found the queue empty and ended: then another round fetches what is left.
         loop {
@@ -545,6 +550,17 @@ impl Run {
             }
             let (done_tx, done_rx) = mpsc::channel::<ChunkRecord>(64);
             let mut tasks = JoinSet::new();
+            // Peer workers first: counted before an origin worker looks at the queue.
+            if lock(&queue).uses_peers() {
+                for _ in 0..PEER_WORKERS {
+                    let (done, fetch) = (done_tx.clone(), fetch.clone());
+                    let cluster = self.reporter.cluster.clone();
+                    // Counted from now until the task ends, or is dropped unstarted.
+                    let worker = PeerWorker::start(queue.clone());
+                    tasks
+                        .spawn(async move { from_peers(&cluster, &fetch, &worker.0, &done).await });
+                }
+            }
             for _ in 0..connections.min(left) {
                 let (queue, done, fetch) = (queue.clone(), done_tx.clone(), fetch.clone());
                 tasks.spawn(async move {
@@ -555,12 +571,10 @@ impl Run {
                         let Some(piece) = next_origin(&queue, u64::MAX).await else {
                             break Ok(());
                         };
-                        let started = Instant::now();
                         let record = match fetch.piece(piece).await {
                             Ok(record) => record,
                             Err(stop) => break Err(stop),
                         };
-                        lock(&queue).origin_took(started.elapsed());
                         if let Some(previous) = syncing.take() {
                             previous.await.map_err(|_| internal(fetch.file, "a sync failed"))??;
                         }
@@ -582,16 +596,6 @@ impl Run {
                     }
                     outcome
                 });
-            }
-            if lock(&queue).uses_peers() {
-                for _ in 0..PEER_WORKERS {
-                    let (done, fetch) = (done_tx.clone(), fetch.clone());
-                    let cluster = self.reporter.cluster.clone();
-                    // Counted from now until the task ends, or is dropped unstarted.
-                    let worker = PeerWorker::start(queue.clone());
-                    tasks
-                        .spawn(async move { from_peers(&cluster, &fetch, &worker.0, &done).await });
-                }
             }
             // Twice the helper's connections: a piece travels here while the helper
             // fetches the next (it fetches `connections` at a time).
@@ -996,6 +1000,39 @@ impl Helper {
 
 /// Peer fetches at once per file.
 const PEER_WORKERS: usize = 4;
+
+/// Pings the other members of fleet `fleet` every [`helper::PING_EVERY`] and tells
+/// `queue` which nodes missed [`helper::MISSED_PINGS`] in a row, until aborted.
+async fn watch_fleet(cluster: NodeCluster, fleet: JobId, queue: Arc<Mutex<PieceQueue>>) {
+    let mut missed: HashMap<NodeId, u32> = HashMap::new();
+    loop {
+        tokio::time::sleep(helper::PING_EVERY).await;
+        let nodes: Vec<NodeId> = (cluster.state.read().queue.fleet_jobs(&fleet).iter())
+            .map(|job| job.home_node)
+            .filter(|node| *node != cluster.node_id)
+            .collect();
+        let pings = nodes.into_iter().map(|node| {
+            let asked = cluster.ask_within::<()>(node, &PeerRequest::Ping, helper::PING_TIMEOUT);
+            async move { (node, asked.await.is_ok()) }
+        });
+        for (node, answered) in futures_util::future::join_all(pings).await {
+            let count = missed.entry(node).or_default();
+            *count = if answered { 0 } else { *count + 1 };
+        }
+        let unreachable =
+            missed.iter().filter(|(_, n)| **n >= helper::MISSED_PINGS).map(|(node, _)| *node);
+        lock(&queue).set_unreachable(unreachable.collect());
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// A peer worker's place in its queue's count of peer workers, from its spawn until
 /// its task ends or is dropped.

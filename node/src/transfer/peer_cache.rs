@@ -5,7 +5,7 @@
 //! fetches one), a copy caught serving wrong bytes is withdrawn, and [`keep_limits`]
 //! keeps what this node offers within its size and age limits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,9 +49,13 @@ fn copy_deadline(len: u64) -> Duration {
     Duration::from_secs(5 + len / (4 * 1024 * 1024))
 }
 
-/// How long pieces that another fleet member is to fetch wait for any copy to grow
-/// before this member fetches them from the origin itself.
-const FLEET_PATIENCE: Duration = Duration::from_secs(15);
+/// How long a fleet member's copy may go without growing, while its node misses pings
+/// or its job stopped, before the others take it for lost and divide its pieces.
+const FLEET_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a fleet member's copy may go without growing at all (its node answers,
+/// its job runs, but nothing arrives) before the others take it for lost anyway.
+const FLEET_SAFETY: Duration = Duration::from_secs(120);
 
 /// This node's side of serving copies: how many chunk reads run at once, and (test
 /// builds only) the switch that makes it serve wrong bytes.
@@ -260,13 +264,44 @@ pub(crate) struct Sources {
     failed: HashMap<u32, Vec<NodeId>>,
     /// The applied index the waiting pieces were last checked at.
     seen: Option<u64>,
-    /// Chunks the copies held at the last check, and when they last grew.
-    grown: (usize, Instant),
-    /// Times the copies stopped growing while pieces waited.
-    stalls: u32,
-    /// Whether this member took a piece from the origin itself, and the longest one
-    /// took: how long the others may take for theirs.
-    own_pieces: (bool, Option<Duration>),
+    /// What this fleet member knows of the others (fleet members only).
+    watch: FleetWatch,
+}
+
+/// What a fleet member knows of the others: when each one's copy last grew, which
+/// nodes miss pings, which members it took for lost, and who fetches the pieces of
+/// the lost ones.
+#[derive(Default)]
+struct FleetWatch {
+    /// Chunks each member's copy held at the last check, and when it last grew.
+    grown: HashMap<u32, (usize, Instant)>,
+    /// Nodes that miss pings (kept up to date by the download's fleet watcher).
+    unreachable: BTreeSet<NodeId>,
+    /// Members taken for lost, for good.
+    lost: BTreeSet<u32>,
+    /// Pieces of lost members given to another member: piece index → member.
+    owner: HashMap<u32, u32>,
+}
+
+/// What a fleet member sees of another at a check.
+#[derive(Clone, Copy, Debug)]
+struct MemberView {
+    /// Since its copy last grew (or since the download started).
+    since_growth: Duration,
+    /// Its node misses pings.
+    unreachable: bool,
+    /// Its job does not run (error, transient error, suspended, cancelled, gone).
+    stopped: bool,
+}
+
+impl MemberView {
+    /// Whether its pieces are to be divided among the others: it is dead or stopped
+    /// and has not grown for [`FLEET_PATIENCE`], or has not grown for [`FLEET_SAFETY`].
+    /// A slow origin makes no member lost: its node answers, its job runs.
+    fn lost(self) -> bool {
+        self.since_growth >= FLEET_SAFETY
+            || (self.since_growth >= FLEET_PATIENCE && (self.unreachable || self.stopped))
+    }
 }
 
 impl Sources {
@@ -286,9 +321,7 @@ impl Sources {
             fleet,
             failed: HashMap::new(),
             seen: None,
-            grown: (0, Instant::now()),
-            stalls: 0,
-            own_pieces: (false, None),
+            watch: FleetWatch::default(),
         }
     }
 
@@ -321,15 +354,6 @@ impl Sources {
             holders.rotate_left(turn);
         }
         holders
-    }
-
-    /// How long the copies may go without growing before the members that should
-    /// grow them are taken for lost: [`FLEET_PATIENCE`], or three times the longest
-    /// piece this member took from the origin if that is longer (a slow or shared
-    /// origin is not a dead member). `None` while this member's first own piece is on
-    /// its way: until then nothing tells how long a piece takes.
-    fn patience(&self) -> Option<Duration> {
-        patience_after(self.own_pieces)
     }
 }
 
@@ -422,18 +446,15 @@ impl PieceQueue {
                 self.peers.push_back(piece);
                 continue;
             }
-            if let Some(sources) = &mut self.sources {
-                sources.own_pieces.0 = true;
-            }
             return Next::Piece(piece);
         }
         if self.uses_peers() { Next::Wait } else { Next::Done }
     }
 
-    /// This member fetched a piece from the origin in `took`.
-    pub(crate) fn origin_took(&mut self, took: Duration) {
+    /// The nodes of fleet members that now miss pings.
+    pub(crate) fn set_unreachable(&mut self, nodes: BTreeSet<NodeId>) {
         if let Some(sources) = &mut self.sources {
-            sources.own_pieces.1 = Some(sources.own_pieces.1.map_or(took, |t| t.max(took)));
+            sources.watch.unreachable = nodes;
         }
     }
 
@@ -466,78 +487,95 @@ impl PieceQueue {
     }
 
     /// Moves waiting pieces to peers once a copy holds them (checked when the applied
-    /// queue moved). Once no copy grew for the [patience](Sources::patience) the
-    /// members that should have fetched the rest are taken for lost: their pieces are
-    /// divided among the other members ([`redivide`]), and this member fetches its
-    /// part from the origin; after a second stall it fetches all that is left itself.
+    /// queue moved). A fleet member whose pieces wait is taken for lost when its
+    /// [view](MemberView::lost) says so: its waiting pieces are divided among the
+    /// members not lost ([`new_owner`]), this member fetching its part from the origin.
+    /// Members that see the same members lost divide alike.
     fn route(&mut self) {
         let Some(sources) = &mut self.sources else { return };
+        let Some(fleet) = sources.fleet.filter(|f| f.members > 0) else { return };
         if self.waiting.is_empty() {
             return;
         }
         let state = sources.cluster.state.read();
         let applied = state.applied.map_or(0, |id| id.index);
+        let members = state.queue.fleet_jobs(&fleet.fleet);
         if sources.seen != Some(applied) {
             sources.seen = Some(applied);
             let copies = sources.copies(&state.queue);
-            let held: usize = copies.iter().map(|copy| copy.chunks.len()).sum();
-            // Growth, not a high-water mark: after a withdrawal, growth again counts.
-            if held > sources.grown.0 {
-                sources.grown.1 = Instant::now();
+            for job in &members {
+                let Some(tag) = job.fleet else { continue };
+                let held = copies.iter().filter(|c| c.job == job.id).map(|c| c.chunks.len()).sum();
+                let grown = sources.watch.grown.entry(tag.member).or_insert((0, Instant::now()));
+                // Growth, not a high-water mark: after a withdrawal, growth again counts.
+                if held > grown.0 {
+                    grown.1 = Instant::now();
+                }
+                grown.0 = held;
             }
-            sources.grown.0 = held;
             let (now_held, still): (Vec<Piece>, Vec<Piece>) =
                 std::mem::take(&mut self.waiting).into_iter().partition(|p| holds(&copies, p));
             self.peers.extend(now_held);
             self.waiting = still;
         }
-        let stalled = sources.patience().is_some_and(|p| sources.grown.1.elapsed() >= p);
-        if !stalled || self.waiting.is_empty() {
+        let watch = &mut sources.watch;
+        let owner = |watch: &FleetWatch, piece: &Piece| {
+            watch.owner.get(&piece.index).copied().unwrap_or(piece.index % fleet.members)
+        };
+        let waited_for: BTreeSet<u32> = self.waiting.iter().map(|p| owner(watch, p)).collect();
+        let newly_lost: Vec<u32> = waited_for
+            .into_iter()
+            .filter(|m| *m != fleet.member && !watch.lost.contains(m))
+            .filter(|m| {
+                let job = members.iter().find(|j| j.fleet.is_some_and(|f| f.member == *m));
+                let since_growth = watch.grown.get(m).map_or(Duration::ZERO, |g| g.1.elapsed());
+                let view = MemberView {
+                    since_growth,
+                    unreachable: job.is_none_or(|j| watch.unreachable.contains(&j.home_node)),
+                    stopped: job
+                        .is_none_or(|j| !j.state.is_active() && j.state != JobState::Transferred),
+                };
+                view.lost()
+            })
+            .collect();
+        drop(members);
+        drop(state);
+        if newly_lost.is_empty() {
             return;
         }
-        let lost = std::mem::take(&mut self.waiting);
-        sources.stalls += 1;
-        sources.grown.1 = Instant::now();
-        let fleet = sources.fleet.filter(|_| sources.stalls == 1);
-        let (mine, others) = redivide(fleet, lost);
-        tracing::info!(job = %sources.job, mine = mine.len(), others = others.len(), "no copy grew for a while; fetching a lost member's share");
+        watch.lost.extend(&newly_lost);
+        let mut mine = Vec::new();
+        for piece in std::mem::take(&mut self.waiting) {
+            if !watch.lost.contains(&owner(watch, &piece)) {
+                self.waiting.push(piece);
+                continue;
+            }
+            match new_owner(fleet.members, &watch.lost, piece.index) {
+                Some(member) if member != fleet.member => {
+                    watch.owner.insert(piece.index, member);
+                    self.waiting.push(piece);
+                }
+                _ => mine.push(piece),
+            }
+        }
+        tracing::info!(job = %sources.job, lost = ?newly_lost, mine = mine.len(), "fleet members lost; fetching a part of their share");
         self.origin.extend(mine);
-        self.waiting = others;
     }
 }
 
-/// [`Sources::patience`] for a member that took (or not) pieces from the origin, the
-/// longest in the time given.
-fn patience_after(own_pieces: (bool, Option<Duration>)) -> Option<Duration> {
-    match own_pieces {
-        (true, None) => None,
-        (_, took) => Some(FLEET_PATIENCE.max(took.unwrap_or_default() * 3)),
+/// The member that fetches piece `index` once the members in `lost` are gone: the
+/// `(index / members)`-th of the others in turn (`None` if none is left).
+fn new_owner(members: u32, lost: &BTreeSet<u32>, index: u32) -> Option<u32> {
+    let alive: Vec<u32> = (0..members).filter(|m| !lost.contains(m)).collect();
+    if alive.is_empty() {
+        return None;
     }
+    Some(alive[(index / members) as usize % alive.len()])
 }
 
 /// Whether one of `copies` holds `piece` (whole).
 fn holds(copies: &[PeerCopy<'_>], piece: &Piece) -> bool {
     copies.iter().any(|copy| copy.chunk(piece.index).is_some_and(|c| c.len == piece.len))
-}
-
-/// Divides the pieces of lost fleet members (the owners of `lost`) among the others:
-/// piece `i` goes to the `(i / members)`-th of them in turn. Returns this member's
-/// pieces and the others'. Without a fleet, every piece is this member's. Members that
-/// see the same lost set divide alike; one that stalled at another moment may see
-/// another set, and a piece may then be fetched twice (never lost: a second stall
-/// leaves every member fetching what it still lacks).
-fn redivide(fleet: Option<FleetMember>, lost: Vec<Piece>) -> (Vec<Piece>, Vec<Piece>) {
-    let Some(fleet) = fleet.filter(|f| f.members > 0) else { return (lost, Vec::new()) };
-    let gone: std::collections::BTreeSet<u32> =
-        lost.iter().map(|p| p.index % fleet.members).collect();
-    let alive: Vec<u32> = (0..fleet.members).filter(|m| !gone.contains(m)).collect();
-    if !alive.contains(&fleet.member) {
-        return (lost, Vec::new());
-    }
-    lost.into_iter().partition(|piece| {
-        let turn = (piece.index / fleet.members) as usize % alive.len();
-        alive[turn] == fleet.member
-    })
 }
 
 /// Keeps this node's offer within `[peer_cache]` limits: copies older than
@@ -616,18 +654,6 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_origin_is_not_a_lost_member() {
-        // No piece of its own: the fixed patience.
-        assert_eq!(patience_after((false, None)), Some(FLEET_PATIENCE));
-        // Its first piece still on its way: nobody is taken for lost yet.
-        assert_eq!(patience_after((true, None)), None);
-        assert_eq!(patience_after((true, Some(Duration::from_secs(2)))), Some(FLEET_PATIENCE));
-        // A piece took 27 s here: the others get three times that.
-        let slow = patience_after((true, Some(Duration::from_secs(27))));
-        assert_eq!(slow, Some(Duration::from_secs(81)));
-    }
-
-    #[test]
     fn a_holder_reads_regular_files_only_never_through_a_symlink() {
         let dir = tempfile::tempdir().expect("dir");
         let copy = dir.path().join("copy.bin");
@@ -649,22 +675,31 @@ mod tests {
         assert_eq!(refused, Ok(true), "a FIFO blocked or was read");
     }
 
-    fn indexes(pieces: &[Piece]) -> Vec<u32> {
-        pieces.iter().map(|p| p.index).collect()
+    #[test]
+    fn a_lost_members_share_is_divided_among_the_others() {
+        // Member 2 of 3 is lost: its pieces 2, 5, 8, 11 go to members 0 and 1 in turn.
+        let lost = BTreeSet::from([2]);
+        let owners: Vec<_> = [2, 5, 8, 11].iter().map(|i| new_owner(3, &lost, *i)).collect();
+        assert_eq!(owners, vec![Some(0), Some(1), Some(0), Some(1)]);
+        // Then member 1 too: member 0 fetches everything.
+        let lost = BTreeSet::from([1, 2]);
+        assert!([2, 5, 8, 11].iter().all(|i| new_owner(3, &lost, *i) == Some(0)));
+        assert_eq!(new_owner(3, &BTreeSet::from([0, 1, 2]), 4), None);
     }
 
     #[test]
-    fn a_lost_members_share_is_divided_among_the_others() {
-        let member =
-            |m| Some(FleetMember { fleet: JobId(uuid::Uuid::nil()), member: m, members: 3 });
-        // Member 2 of 3 is lost: its pieces 2, 5, 8, 11 go to members 0 and 1 in turn.
-        let lost = [2, 5, 8, 11];
-        let (mine, others) = redivide(member(0), pieces(&lost));
-        assert_eq!((indexes(&mine), indexes(&others)), (vec![2, 8], vec![5, 11]));
-        let (mine, _) = redivide(member(1), pieces(&lost));
-        assert_eq!(indexes(&mine), vec![5, 11]);
-        // Without a fleet (or after a second stall) everything is fetched here.
-        let (mine, others) = redivide(None, pieces(&lost));
-        assert_eq!((mine.len(), others.len()), (4, 0));
+    fn only_a_dead_or_stopped_member_is_lost_soon() {
+        let view = |secs, unreachable, stopped| MemberView {
+            since_growth: Duration::from_secs(secs),
+            unreachable,
+            stopped,
+        };
+        // A slow origin: the node answers, the job runs; lost only after FLEET_SAFETY.
+        assert!(!view(60, false, false).lost());
+        assert!(view(FLEET_SAFETY.as_secs(), false, false).lost());
+        // Dead or stopped: lost once its copy did not grow for FLEET_PATIENCE.
+        assert!(!view(2, true, false).lost());
+        assert!(view(FLEET_PATIENCE.as_secs(), true, false).lost());
+        assert!(view(FLEET_PATIENCE.as_secs(), false, true).lost());
     }
 }
