@@ -122,11 +122,26 @@ pub fn offered_keys(job: &Job, index: usize) -> Vec<ContentKey> {
         JobState::Acknowledged => file.progress.completed,
         _ => true,
     };
-    let offered = job.job_type == JobType::Download
+    let holds_chunks = !file.withdrawn && file.chunk_size > 0 && !file.chunks.is_empty();
+    if !(serves(job, file) && on_disk && holds_chunks) {
+        return Vec::new();
+    }
+    keys_of(job, file)
+}
+
+/// Whether `job` may offer `file` to peers at all: a download job that allows serving
+/// (`BG_JOB_ENABLE_PEERCACHING_SERVER`), a whole file (no ranges).
+fn serves(job: &Job, file: &JobFile) -> bool {
+    job.job_type == JobType::Download
         && job.props.peer_caching_flags & peer_caching::SERVER != 0
-        && on_disk
-        && servable_shape(file);
-    let Some(remote) = file.remote.as_ref().filter(|_| offered) else { return Vec::new() };
+        && file.ranges.is_empty()
+}
+
+/// The keys `file` of `job` is known by as probed: its version key, and its digest key
+/// once transferred, for content fetched without credentials, custom headers or a
+/// client certificate.
+fn keys_of(job: &Job, file: &JobFile) -> Vec<ContentKey> {
+    let Some(remote) = file.remote.as_ref() else { return Vec::new() };
     let public = job.credentials.is_empty()
         && job.props.custom_headers.0.is_empty()
         && job.props.client_certificate.is_none();
@@ -134,17 +149,13 @@ pub fn offered_keys(job: &Job, index: usize) -> Vec<ContentKey> {
     ContentKey::of(&file.remote_url, remote).into_iter().chain(digest).collect()
 }
 
-fn servable_shape(file: &JobFile) -> bool {
-    file.ranges.is_empty() && !file.withdrawn && file.chunk_size > 0 && !file.chunks.is_empty()
-}
-
 /// Most chunk records a job keeps for peers over its transferred files (about 1 MiB of
 /// its replicated row, which holds at most [`crate::limits::MAX_JOB_BYTES`] more): a
 /// file whose records would pass it is not offered once transferred.
 pub const MAX_KEPT_CHUNK_RECORDS: usize = 24_576;
 
-/// Whether the chunk records of file `index` are kept once it is transferred: only a
-/// file that is offered to peers needs them (a receiver checks each chunk against them),
+/// Whether the chunk records of file `index`, just transferred, are kept: only a file
+/// that is offered to peers needs them (a receiver checks each chunk against them),
 /// within [`MAX_KEPT_CHUNK_RECORDS`] per job.
 pub fn keeps_chunks(job: &Job, index: usize) -> bool {
     let Some(file) = job.files.get(index) else { return false };
@@ -155,10 +166,8 @@ pub fn keeps_chunks(job: &Job, index: usize) -> bool {
         .filter(|(i, f)| *i != index && f.transferred)
         .map(|(_, f)| f.chunks.len())
         .sum();
-    job.job_type == JobType::Download
-        && job.props.peer_caching_flags & peer_caching::SERVER != 0
-        && file.ranges.is_empty()
-        && file.remote.as_ref().is_some_and(|r| !ContentKey::all_of(&file.remote_url, r).is_empty())
+    serves(job, file)
+        && !keys_of(job, file).is_empty()
         && kept + file.chunks.len() <= MAX_KEPT_CHUNK_RECORDS
 }
 

@@ -58,6 +58,20 @@ async fn download(
     Ok(file)
 }
 
+/// Prints and checks that `file` (of `len` bytes) came all from peers: its stats say so,
+/// and the origin sent at most 5 % of it (`from_origin` bytes) for the job.
+fn all_from_peers(job: &str, file: &FileInfo, from_origin: u64, len: u64) {
+    println!(
+        "{job}: {} bytes from peers, {} from the origin by its stats; origin egress {from_origin} bytes ({:.2} % of the file)",
+        file.peer_stats.from_peers,
+        file.peer_stats.from_origin,
+        100.0 * from_origin as f64 / len as f64
+    );
+    assert!(file.downloaded_from_peer, "{job}: IsDownloadedFromPeer is false");
+    assert_eq!((file.peer_stats.from_peers, file.peer_stats.from_origin), (len, 0), "{job}");
+    assert!(from_origin * 20 <= len, "origin sent {from_origin} bytes for the {job}");
+}
+
 fn log_has(node: &Node, text: &str) -> bool {
     std::fs::read_to_string(node.log_path()).unwrap_or_default().contains(text)
 }
@@ -81,16 +95,7 @@ async fn a_second_job_for_the_same_content_is_served_by_peers() -> anyhow::Resul
     let second = dir.path().join("second.bin");
     let client2 = nodes[1].client(Some(tokens::ALICE))?;
     let file = download(&nodes[1], &client2, &url, &second, PropertyChanges::default()).await?;
-    let from_origin = egress(&origin, "/same.bin", before);
-    println!(
-        "second job: {} bytes from peers, {} from the origin by its stats; origin egress {from_origin} bytes ({:.2} % of the file)",
-        file.peer_stats.from_peers,
-        file.peer_stats.from_origin,
-        100.0 * from_origin as f64 / len as f64
-    );
-    assert!(file.downloaded_from_peer, "IsDownloadedFromPeer is false");
-    assert_eq!((file.peer_stats.from_peers, file.peer_stats.from_origin), (len, 0));
-    assert!(from_origin * 20 <= len, "origin sent {from_origin} bytes for the second job");
+    all_from_peers("second job", &file, egress(&origin, "/same.bin", before), len);
     assert!(same_as_origin(&origin, "/same.bin", &second)?, "the copy from peers differs");
     // A job that does not use peers (no BG_JOB_ENABLE_PEERCACHING_CLIENT) takes nothing
     // from them, and asks no helper either: only its own address fetches.
@@ -152,14 +157,7 @@ async fn a_mirror_declaring_the_same_digest_is_served_by_peers_once_a_copy_match
     let mirror = origin.url("/mirror/a.bin");
     let file = download(&nodes[1], &client2, &mirror, &second, PropertyChanges::default()).await?;
     let from_origin = egress(&origin, "/mirror/a.bin", before) + egress(&origin, "/a.bin", before);
-    println!(
-        "mirror job: {} bytes from peers, origin egress {from_origin} bytes ({:.2} % of the file)",
-        file.peer_stats.from_peers,
-        100.0 * from_origin as f64 / len as f64
-    );
-    assert!(file.downloaded_from_peer, "IsDownloadedFromPeer is false");
-    assert_eq!((file.peer_stats.from_peers, file.peer_stats.from_origin), (len, 0));
-    assert!(from_origin * 20 <= len, "origin sent {from_origin} bytes for the mirror job");
+    all_from_peers("mirror job", &file, from_origin, len);
     assert!(same_as_origin(&origin, "/mirror/a.bin", &second)?, "the copy from peers differs");
     Ok(())
 }

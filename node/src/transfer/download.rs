@@ -539,7 +539,7 @@ impl Run {
         // A fleet member pings the others while it downloads (stopped with the file).
         let _watcher = self.job.fleet.map(|tag| {
             let watching = watch_fleet(self.reporter.cluster.clone(), tag.fleet, queue.clone());
-            AbortOnDrop(tokio::spawn(watching))
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watching))
         });
         // A helper that fails gives its piece back, perhaps after the local workers
         // found the queue empty and ended: then another round fetches what is left.
@@ -1022,15 +1022,6 @@ async fn watch_fleet(cluster: NodeCluster, fleet: JobId, queue: Arc<Mutex<PieceQ
         let unreachable =
             missed.iter().filter(|(_, n)| **n >= helper::MISSED_PINGS).map(|(node, _)| *node);
         lock(&queue).set_unreachable(unreachable.collect());
-    }
-}
-
-/// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -257,7 +257,7 @@ impl Queue {
                 format!("job id {id} is already in use"),
             ));
         }
-        if self.jobs.values().any(|j| j.fleet.is_some_and(|f| f.fleet == fleet)) {
+        if !self.fleet_jobs(&fleet).is_empty() {
             return Err(CommandError::new(
                 BitsCode::E_INVALIDARG,
                 format!("fleet id {fleet} is already in use"),

@@ -128,6 +128,8 @@ pub struct Queue {
     uploads: BTreeMap<String, UploadSession>,
     /// Files offered to peers, by content (derived from the jobs; see [`crate::peer_cache`]).
     content: BTreeMap<ContentKey, BTreeSet<(JobId, u32)>>,
+    /// Fleet members' jobs, by fleet and member position (derived from the jobs).
+    fleets: BTreeMap<JobId, BTreeMap<u32, JobId>>,
     changes: Changes,
     /// Events produced since the last [`Queue::take_events`], in order.
     events: Vec<JobEvent>,
@@ -271,13 +273,15 @@ impl Queue {
 
     /// Every job of fleet `fleet`, by member position.
     pub fn fleet_jobs(&self, fleet: &JobId) -> Vec<&Job> {
-        let mut jobs: Vec<&Job> =
-            self.jobs.values().filter(|j| j.fleet.is_some_and(|f| f.fleet == *fleet)).collect();
-        jobs.sort_by_key(|j| j.fleet.map(|f| f.member));
-        jobs
+        let Some(members) = self.fleets.get(fleet) else { return Vec::new() };
+        members.values().filter_map(|id| self.jobs.get(id)).collect()
     }
 
-    fn index_content(&mut self, job: &Job) {
+    /// Indexes what `job` brings to the peer cache: its offered files, its fleet place.
+    fn index_peer_cache(&mut self, job: &Job) {
+        if let Some(tag) = job.fleet {
+            self.fleets.entry(tag.fleet).or_default().insert(tag.member, job.id);
+        }
         for index in 0..job.files.len() {
             let file = u32::try_from(index).unwrap_or(u32::MAX);
             for key in peer_cache::offered_keys(job, index) {
@@ -286,7 +290,16 @@ impl Queue {
         }
     }
 
-    fn unindex_content(&mut self, job: &Job) {
+    /// Undoes [`Self::index_peer_cache`].
+    fn unindex_peer_cache(&mut self, job: &Job) {
+        if let Some(tag) = job.fleet
+            && let Some(members) = self.fleets.get_mut(&tag.fleet)
+        {
+            members.remove(&tag.member);
+            if members.is_empty() {
+                self.fleets.remove(&tag.fleet);
+            }
+        }
         for index in 0..job.files.len() {
             let file = u32::try_from(index).unwrap_or(u32::MAX);
             for key in peer_cache::offered_keys(job, index) {
@@ -301,18 +314,18 @@ impl Queue {
     }
 
     /// Replaces job `job` in the table without the bookkeeping of [`Self::store`] (no
-    /// modification time, no event), keeping the content index right.
+    /// modification time, no event), keeping the peer cache indexes right.
     fn put_quietly(&mut self, job: Job) {
         if let Some(old) = self.jobs.remove(&job.id) {
-            self.unindex_content(&old);
+            self.unindex_peer_cache(&old);
         }
-        self.index_content(&job);
+        self.index_peer_cache(&job);
         self.changes.jobs.insert(job.id);
         self.jobs.insert(job.id, job);
     }
 
     fn index_job(&mut self, job: &Job) {
-        self.index_content(job);
+        self.index_peer_cache(job);
         if job.state.is_final() {
             self.finished.insert((job.times.modified, job.id));
         } else {
@@ -322,7 +335,7 @@ impl Queue {
     }
 
     fn unindex_job(&mut self, job: &Job) {
-        self.unindex_content(job);
+        self.unindex_peer_cache(job);
         if job.state.is_final() {
             self.finished.remove(&(job.times.modified, job.id));
         } else {
@@ -399,7 +412,7 @@ impl Queue {
             }
             self.finished.remove(&(finished_at, id));
             if let Some(job) = self.jobs.remove(&id) {
-                self.unindex_content(&job);
+                self.unindex_peer_cache(&job);
             }
             self.changes.jobs.insert(id);
         }

@@ -898,6 +898,10 @@ mod engine_reports {
         );
         let paths: Vec<&str> = jobs.iter().map(|j| j.files[0].local_path.as_str()).collect();
         assert_eq!(paths, vec!["/srv/out/1/f", "/srv/out/2/f", "/srv/out/3/f"]);
+        // The fleet index is derived: an image rebuilds it.
+        let rebuilt = Queue::from_image(h.queue.to_image());
+        let ids = |jobs: Vec<&Job>| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(ids(rebuilt.fleet_jobs(&fleet)), ids(h.queue.fleet_jobs(&fleet)));
         // The same fleet id again is refused.
         let again: Vec<(JobId, u64)> =
             (1..=3).map(|n| (JobId(uuid::Uuid::from_u128(950 + n as u128)), n)).collect();
