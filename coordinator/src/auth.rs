@@ -2,6 +2,7 @@
 //! lookup does not compare secret bytes and the table holds no plaintext.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -21,6 +22,34 @@ pub struct TokenEntry {
     pub principal: String,
     /// `user` or `admin`.
     pub role: Role,
+    /// Directories this principal's jobs may name local files in (downloads'
+    /// destinations, upload sources, reply files, client certificates). Unset: the
+    /// node's `[transfer] destination_roots`. Empty (and no node roots): the principal
+    /// may name no local file at all. `["/"]` gives full access (what the generated
+    /// admin token has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roots: Option<Vec<PathBuf>>,
+    /// The OS user this principal's file operations run as (its files are created with
+    /// this owner, and the kernel checks its rights); unset: ferryd's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The OS group of those file operations; unset: `uid`'s number, or ferryd's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+impl TokenEntry {
+    /// An entry with no roots or OS identity of its own.
+    pub fn new(token: impl Into<String>, principal: impl Into<String>, role: Role) -> Self {
+        Self {
+            token: token.into(),
+            principal: principal.into(),
+            role,
+            roots: None,
+            uid: None,
+            gid: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenEntry {
@@ -29,6 +58,9 @@ impl std::fmt::Debug for TokenEntry {
             .field("token", &"<redacted>")
             .field("principal", &self.principal)
             .field("role", &self.role)
+            .field("roots", &self.roots)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
             .finish()
     }
 }
@@ -145,7 +177,7 @@ mod tests {
     use super::*;
 
     fn entry(token: &str, principal: &str, role: Role) -> TokenEntry {
-        TokenEntry { token: token.into(), principal: principal.into(), role }
+        TokenEntry::new(token, principal, role)
     }
 
     #[test]

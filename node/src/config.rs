@@ -581,11 +581,11 @@ mod tests {
         let mut config = Config::default();
         config.api.listen = "0.0.0.0:7070".parse().expect("addr");
         assert!(matches!(config.clone().validate(), Err(ConfigError::Invalid(_))));
-        config.api.tokens.push(TokenEntry {
-            token: "0123456789abcdef0123".into(),
-            principal: "ops".into(),
-            role: ferry_protocol::Role::Admin,
-        });
+        config.api.tokens.push(TokenEntry::new(
+            "0123456789abcdef0123",
+            "ops",
+            ferry_protocol::Role::Admin,
+        ));
         assert!(config.validate().is_ok());
     }
 }

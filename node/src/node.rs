@@ -41,7 +41,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     membership::check(config)?;
     let auth = Arc::new(if settings.auth.is_empty() {
         let token = dir.admin_token()?;
-        Auth::new(&[TokenEntry { token, principal: "admin".into(), role: Role::Admin }])?
+        Auth::new(&[TokenEntry::new(token, "admin", Role::Admin)])?
     } else {
         settings.auth.clone()
     });

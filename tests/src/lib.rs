@@ -35,9 +35,9 @@ pub mod tokens {
 /// The default token table: alice and bob (users) and root (admin).
 pub fn default_tokens() -> Vec<TokenEntry> {
     vec![
-        TokenEntry { token: tokens::ALICE.into(), principal: "alice".into(), role: Role::User },
-        TokenEntry { token: tokens::BOB.into(), principal: "bob".into(), role: Role::User },
-        TokenEntry { token: tokens::ADMIN.into(), principal: "root".into(), role: Role::Admin },
+        TokenEntry::new(tokens::ALICE, "alice", Role::User),
+        TokenEntry::new(tokens::BOB, "bob", Role::User),
+        TokenEntry::new(tokens::ADMIN, "root", Role::Admin),
     ]
 }
 
