@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster;
 mod extract;
 pub mod problem;
+pub mod roots;
 pub mod routes;
 pub mod secrets;
 
@@ -18,6 +19,7 @@ pub use cluster::{
     BoxFuture, Cluster, ClusterError, Consistency, EventStream, ReadAt, SubscribeError, Written,
 };
 pub use problem::ApiError;
+pub use roots::LocalRoots;
 pub use routes::{ApiState, Limits, openapi, router};
 pub use secrets::SecretKey;
 

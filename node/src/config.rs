@@ -189,9 +189,10 @@ pub struct TransferConfig {
     /// multicast and unspecified ones. Applies to DNS answers and redirects too.
     /// Default false.
     pub refuse_private_addresses: bool,
-    /// Directories destinations must lie in (symlinks resolved); empty: anywhere
-    /// ferryd may write. Set this on any node that serves more than one user.
-    /// Default none.
+    /// Roots of principals without `roots` of their own (`[[api.tokens]]`): their jobs'
+    /// local files (destinations, upload sources, reply files, client certificates)
+    /// must lie beneath one, reached without following any symlink below it. Empty:
+    /// such principals may name no local file. Default none.
     pub destination_roots: Vec<PathBuf>,
     /// Source address of connections to origins (`--source-addr`): nodes on one host
     /// then appear as distinct clients to an origin. Default: the system's choice.

@@ -6,6 +6,7 @@ mod bus;
 pub mod config;
 pub mod data_dir;
 pub mod events;
+mod fs;
 mod membership;
 mod node;
 mod notify;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::Actor;
 use anyhow::Context as _;
-use ferry_coordinator::{ApiState, Auth, Cluster, Limits, TokenEntry};
+use ferry_coordinator::{ApiState, Auth, Cluster, Limits, LocalRoots, TokenEntry};
 use ferry_protocol::{Caller, Command, Principal, Proposal, Role};
 
 use crate::config::Settings;
@@ -39,12 +39,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let jobs_on_disk = state.read().queue.jobs().count();
     // The databases are locked now: nothing else writes into this directory.
     membership::check(config)?;
-    let auth = Arc::new(if settings.auth.is_empty() {
-        let token = dir.admin_token()?;
-        Auth::new(&[TokenEntry::new(token, "admin", Role::Admin)])?
+    let (auth, principals) = if settings.auth.is_empty() {
+        // The generated admin token is the one-node default's operator: full access.
+        let mut admin = TokenEntry::new(dir.admin_token()?, "admin", Role::Admin);
+        admin.roots = Some(vec!["/".into()]);
+        let entries = vec![admin];
+        (Arc::new(Auth::new(&entries)?), entries)
     } else {
-        settings.auth.clone()
-    });
+        (Arc::new(settings.auth.clone()), config.api.tokens.clone())
+    };
+    let destination_roots = &config.transfer.destination_roots;
+    let sandboxes = Arc::new(
+        crate::fs::Sandboxes::open(&principals, destination_roots)
+            .context("the principals' roots ([[api.tokens]] roots, transfer.destination_roots)")?,
+    );
+    let local_roots = Arc::new(LocalRoots::new(&principals, destination_roots.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -82,6 +91,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         ca_pem: start.identity.ca_pem().into(),
         upload_pieces: dir.path(files::UPLOAD_PIECES).into(),
         helper: Arc::new(std::sync::OnceLock::new()),
+        sandboxes: sandboxes.clone(),
         peer_cache: Arc::new(std::sync::OnceLock::new()),
     };
     let admission = start.admission.map(|(ca, token)| {
@@ -105,10 +115,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let secrets = Arc::new(dir.secret_key()?);
     let t = &config.transfer;
-    let has_users = config.api.tokens.iter().any(|entry| entry.role == Role::User);
-    if has_users && t.destination_roots.is_empty() {
-        tracing::warn!(
-            "users may name any destination ferryd can write; set transfer.destination_roots to confine them"
+    let has_users = principals.iter().any(|entry| entry.role == Role::User);
+    if has_users && destination_roots.is_empty() {
+        tracing::info!(
+            "users without roots of their own may name no local files; set transfer.destination_roots or their `roots`"
         );
     }
     let extra_roots = match &t.trusted_ca_file {
@@ -131,16 +141,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         },
         allow_file_urls: t.allow_file_urls,
         egress: EgressPolicy { refuse_private: t.refuse_private_addresses },
-        destination_roots: Arc::new(
-            t.destination_roots
-                .iter()
-                .map(|root| {
-                    root.canonicalize().with_context(|| {
-                        format!("transfer.destination_roots: {} cannot be used", root.display())
-                    })
-                })
-                .collect::<anyhow::Result<_>>()?,
-        ),
+        sandboxes,
         preemptive_basic_over_http: t.preemptive_basic_over_http,
         source_addr: t.source_addr,
         max_helpers: t.max_helpers,
@@ -174,36 +175,44 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         max_body_bytes: config.api.max_body_bytes,
         max_concurrent_requests: config.api.max_concurrent_requests,
     };
-    let uploads = crate::upload_server::UploadServer {
-        cluster: cluster.clone(),
-        auth: auth.clone(),
-        root: config.upload.root.clone().unwrap_or_else(|| dir.path(files::UPLOADS)),
-        pieces: dir.path(files::UPLOAD_PIECES),
-        max_size: config.upload.max_size_bytes,
-        allow_overwrite: config.upload.allow_overwrite,
-        backend: crate::upload_server::Backend {
-            mode: config.upload.backend,
-            url: config.upload.backend_url.clone().unwrap_or_default(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(config.upload.backend_timeout_secs))
-                .no_proxy()
-                .build()
-                .context("the upload back end's HTTP client")?,
-        },
-        host_id: config
-            .upload
-            .host_id
-            .clone()
-            .map(|host| (host, config.upload.host_id_fallback_timeout_secs)),
-        public: api_addr.to_string(),
-    };
+    let upload_root = config.upload.root.clone().unwrap_or_else(|| dir.path(files::UPLOADS));
+    std::fs::create_dir_all(&upload_root)
+        .with_context(|| format!("cannot create the upload root {}", upload_root.display()))?;
+    let uploads =
+        crate::upload_server::UploadServer {
+            cluster: cluster.clone(),
+            auth: auth.clone(),
+            root: Arc::new(crate::fs::dir::Dir::open_root(&upload_root).with_context(|| {
+                format!("cannot open the upload root {}", upload_root.display())
+            })?),
+            pieces: dir.path(files::UPLOAD_PIECES),
+            max_size: config.upload.max_size_bytes,
+            allow_overwrite: config.upload.allow_overwrite,
+            backend: crate::upload_server::Backend {
+                mode: config.upload.backend,
+                url: config.upload.backend_url.clone().unwrap_or_default(),
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(config.upload.backend_timeout_secs))
+                    .no_proxy()
+                    .build()
+                    .context("the upload back end's HTTP client")?,
+            },
+            host_id: config
+                .upload
+                .host_id
+                .clone()
+                .map(|host| (host, config.upload.host_id_fallback_timeout_secs)),
+            public: api_addr.to_string(),
+        };
     tokio::spawn(crate::upload_server::sweep_pieces(
         cluster.clone(),
         dir.path(files::UPLOAD_PIECES),
     ));
-    let app =
-        ferry_coordinator::router(ApiState { cluster: Arc::new(cluster), auth, secrets }, limits)
-            .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));
+    let app = ferry_coordinator::router(
+        ApiState { cluster: Arc::new(cluster), auth, secrets, roots: local_roots },
+        limits,
+    )
+    .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));
     dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;
     tracing::info!(node_id, %api_addr, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");

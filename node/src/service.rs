@@ -56,6 +56,8 @@ pub(crate) struct NodeCluster {
     /// What this node needs to fetch pieces for other members (set once its transfer
     /// engine is configured; until then it refuses).
     pub(crate) helper: Arc<std::sync::OnceLock<crate::transfer::helper::HelperContext>>,
+    /// Every principal's sandbox: replies are read through it.
+    pub(crate) sandboxes: Arc<crate::fs::Sandboxes>,
     /// How this node serves its copies to peers (set with the transfer engine).
     pub(crate) peer_cache: Arc<std::sync::OnceLock<crate::transfer::peer_cache::Serving>>,
 }
@@ -248,7 +250,7 @@ impl NodeCluster {
 
     /// The first bytes of job `job`'s reply, read here (this is its home node).
     async fn local_reply_data(&self, job: JobId) -> Result<Vec<u8>, ClusterError> {
-        let path = {
+        let (owner, paths) = {
             let machine = self.state.read();
             let job = machine
                 .queue
@@ -262,21 +264,20 @@ impl NodeCluster {
             }
             // Complete renames the temporary file: before it is recorded, either may hold it.
             let paths = [job.reply_temporary(), job.reply_path()];
-            if job.state == JobState::Acknowledged {
+            let paths = if job.state == JobState::Acknowledged {
                 [paths[1].clone(), paths[0].clone()]
             } else {
                 paths
-            }
+            };
+            (job.owner.clone(), paths)
         };
-        let [Some(first), Some(second)] = path else {
+        let [Some(first), Some(second)] = paths else {
             return Err(ClusterError::Unavailable("the job has no reply".into()));
         };
+        let sandboxes = self.sandboxes.clone();
         let read = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let file = std::fs::File::open(&first).or_else(|_| std::fs::File::open(&second))?;
-            let mut bytes = Vec::new();
-            file.take(MAX_REPLY_DATA + 1).read_to_end(&mut bytes)?;
-            Ok::<_, std::io::Error>(bytes)
+            let paths = vec![first.into(), second.into()];
+            crate::transfer::read_start(&sandboxes, &owner, paths, MAX_REPLY_DATA + 1)
         })
         .await;
         match read {

@@ -17,6 +17,7 @@
 //! end failure is answered with its status and context `REMOTE_APPLICATION` (the client
 //! retries or gives up by that status). Close-Session releases everything.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ use ferry_protocol::upload::{
 use ferry_protocol::{BitsCode, Caller, ErrorContext};
 
 use crate::config::BackendMode;
+use crate::fs::dir::{Dir, is_symlink_refusal};
 use crate::service::NodeCluster;
 
 /// Most bytes of a piece fetched from another node in one call.
@@ -46,8 +48,9 @@ pub(crate) const GATHER_CHUNK: u32 = 4 * 1024 * 1024;
 pub(crate) struct UploadServer {
     pub(crate) cluster: NodeCluster,
     pub(crate) auth: Arc<Auth>,
-    /// Where completed uploads go.
-    pub(crate) root: PathBuf,
+    /// Where completed uploads go: `<root>/<path>`, reached without following any
+    /// symlink below the root.
+    pub(crate) root: Arc<Dir>,
     /// Where received pieces wait.
     pub(crate) pieces: PathBuf,
     /// Largest file accepted.
@@ -229,8 +232,25 @@ impl UploadServer {
         if check_upload_path(path).is_err() {
             return refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[]);
         }
-        if !self.allow_overwrite && self.root.join(path).exists() {
-            return refuse(StatusCode::CONFLICT, BitsCode::E_ACCESSDENIED, &[]);
+        let exists = {
+            let (root, path) = (self.root.clone(), path.to_owned());
+            tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                match place(&root, &path, false) {
+                    Ok((dir, name)) => Ok(dir.stat(&name)?.is_some()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+        };
+        match exists {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) if self.allow_overwrite => {}
+            Ok(Ok(true)) => return refuse(StatusCode::CONFLICT, BitsCode::E_ACCESSDENIED, &[]),
+            Ok(Err(e)) if is_symlink_refusal(&e) => {
+                return refuse(StatusCode::FORBIDDEN, BitsCode::E_ACCESSDENIED, &[]);
+            }
+            _ => return refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_UNEXPECTED, &[]),
         }
         let session = format!("{{{}}}", uuid::Uuid::new_v4());
         let command = UploadCommand::Create { session: session.clone(), path: path.to_owned() };
@@ -449,7 +469,10 @@ impl UploadServer {
     ) -> Result<UploadOutcome, HandOverError> {
         let local = HandOverError::local;
         if self.backend.mode == BackendMode::None {
-            self.assemble(session, &self.root.join(&session.path)).await.map_err(local)?;
+            let (root, path) = (self.root.clone(), session.path.clone());
+            let (dir, name) =
+                blocking(move || Ok(place(&root, &path, true)?)).await.map_err(local)?;
+            self.assemble(session, dir, name).await.map_err(local)?;
             return Ok(UploadOutcome { reply: None, static_url: None });
         }
         let dir = self.pieces.join(dir_name(&session.id));
@@ -457,7 +480,16 @@ impl UploadServer {
         let have = tokio::fs::metadata(&data).await.map(|m| m.len()).ok();
         if have != session.total {
             // Gathered again after a crash or a failed attempt of the back end.
-            self.assemble(session, &data).await.map_err(local)?;
+            let opened = {
+                let dir = dir.clone();
+                blocking(move || {
+                    std::fs::create_dir_all(&dir)?;
+                    Ok(Dir::open_root(&dir)?)
+                })
+                .await
+                .map_err(local)?
+            };
+            self.assemble(session, opened, DATA_FILE.into()).await.map_err(local)?;
         }
         let reply = piece_path(&self.pieces, &session.id, REPLY_PIECE);
         let _ = tokio::fs::remove_file(&reply).await;
@@ -478,11 +510,14 @@ impl UploadServer {
             drop(answer);
         }
         if answer_headers.contains_key(notification::COPY_FILE_TO_DESTINATION) {
-            let destination = self.root.join(&session.path);
-            if let Some(parent) = destination.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(|e| local(e.into()))?;
-            }
-            tokio::fs::rename(&data, &destination).await.map_err(|e| local(e.into()))?;
+            let (root, path) = (self.root.clone(), session.path.clone());
+            blocking(move || {
+                let (to, name) = place(&root, &path, true)?;
+                Dir::open_root(&dir)?.rename_into(DATA_FILE.as_ref(), &to, &name)?;
+                Ok(to.sync()?)
+            })
+            .await
+            .map_err(local)?;
         } else {
             // BITS deletes the upload once the application answered.
             let _ = tokio::fs::remove_file(&data).await;
@@ -549,14 +584,26 @@ impl UploadServer {
         Ok(answer)
     }
 
-    /// Joins a complete session's pieces, local or held by other members, into
-    /// `destination` (a temporary name beside it, then a rename).
-    async fn assemble(&self, session: &UploadSession, destination: &Path) -> anyhow::Result<()> {
+    /// Joins a complete session's pieces, local or held by other members, into `name`
+    /// in `dir` (a temporary name beside it, then a rename).
+    async fn assemble(
+        &self,
+        session: &UploadSession,
+        dir: Dir,
+        name: OsString,
+    ) -> anyhow::Result<()> {
         use tokio::io::AsyncWriteExt;
-        let dir = destination.parent().ok_or_else(|| anyhow::anyhow!("no parent"))?.to_owned();
-        tokio::fs::create_dir_all(&dir).await?;
-        let temporary = dir.join(format!(".{}.ferry-upload", dir_name(&session.id)));
-        let mut out = tokio::fs::File::create(&temporary).await?;
+        let dir = Arc::new(dir);
+        let temporary: OsString = format!(".{}.ferry-upload", dir_name(&session.id)).into();
+        let out = {
+            let (dir, temporary) = (dir.clone(), temporary.clone());
+            blocking(move || {
+                dir.remove(&temporary)?;
+                Ok(dir.create_new(&temporary, 0o644)?)
+            })
+            .await?
+        };
+        let mut out = tokio::fs::File::from_std(out);
         for piece in &session.pieces {
             if piece.node == self.cluster.node_id {
                 let mut input =
@@ -590,9 +637,11 @@ impl UploadServer {
         }
         out.sync_all().await?;
         drop(out);
-        tokio::fs::rename(&temporary, destination).await?;
-        tokio::fs::File::open(&dir).await?.sync_all().await?;
-        Ok(())
+        blocking(move || {
+            dir.rename(&temporary, &name)?;
+            Ok(dir.sync()?)
+        })
+        .await
     }
 }
 
@@ -647,6 +696,24 @@ impl HandOverError {
             detail,
         }
     }
+}
+
+/// `path` (an upload's path, checked to have plain components) below `root`: its
+/// directory (made when `create`) and its name, no symlink followed on the way.
+fn place(root: &Dir, path: &str, create: bool) -> std::io::Result<(Dir, OsString)> {
+    let path = Path::new(path);
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the upload path names no file")
+    })?;
+    let dir = root.open_beneath(path.parent().unwrap_or(Path::new("")), create)?;
+    Ok((dir, name.to_owned()))
+}
+
+/// Runs blocking file work off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 /// Streams a by-value answer's body into `path`, durably.

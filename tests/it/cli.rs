@@ -23,7 +23,7 @@ async fn cli_tour() -> anyhow::Result<()> {
             "add-file",
             "nightly",
             "https://origin.example/a.iso",
-            "/srv/a.iso",
+            "/tmp/srv/a.iso",
             "--range",
             "0:100,500:eof",
         ],

@@ -281,18 +281,31 @@ async fn destinations_are_confined_to_the_configured_roots() -> anyhow::Result<(
             .await?;
     wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
 
-    for refused in [outside.path().join("x.bin"), inside.path().join("escape").join("x.bin")] {
-        let id = start_download(
-            &client,
-            &[(origin.url("/c.bin"), refused.clone())],
-            PropertyChanges::default(),
-        )
-        .await?;
-        let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
-        let error = job.error.expect("an error");
-        assert_eq!(error.code, BitsCode::E_ACCESSDENIED, "{}: {error:?}", refused.display());
-        assert!(error.detail.contains("destination_roots"), "{}", error.detail);
-    }
+    // Outside the roots: refused by the API before anything is proposed.
+    let refused = start_download(
+        &client,
+        &[(origin.url("/c.bin"), outside.path().join("x.bin"))],
+        PropertyChanges::default(),
+    )
+    .await
+    .expect_err("outside the roots");
+    assert_eq!(
+        refused.downcast_ref::<ferry_coordinator::ClientError>().and_then(|e| e.code()),
+        Some(BitsCode::E_ACCESSDENIED)
+    );
+    assert!(refused.to_string().contains("destination_roots"), "{refused}");
+    // Through a symlink below the root: refused by the home node, which follows none.
+    let escape = inside.path().join("escape").join("x.bin");
+    let id = start_download(
+        &client,
+        &[(origin.url("/c.bin"), escape.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    let error = job.error.expect("an error");
+    assert_eq!(error.code, BitsCode::E_ACCESSDENIED, "{}: {error:?}", escape.display());
+    assert!(error.detail.contains("symbolic link"), "{}", error.detail);
     assert_eq!(std::fs::read_dir(outside.path())?.count(), 0, "nothing was written outside");
 
     // A destination that is not a regular file is refused everywhere.

@@ -33,7 +33,7 @@ const PATIENT: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_retried_after_a_timeout_yields_one_job() -> anyhow::Result<()> {
     let mut node = Node::start(NodeOptions::queue_only()).await?;
-    let body = json!({"display_name": "once", "files": [{"remote_url": "https://o.example/a", "local_path": "/srv/a"}]}).to_string();
+    let body = json!({"display_name": "once", "files": [{"remote_url": "https://o.example/a", "local_path": "/tmp/srv/a"}]}).to_string();
 
     // The node is paused: the request reaches its socket, the client gives up waiting.
     node.signal("STOP")?;

@@ -43,7 +43,7 @@ fn spec(i: usize) -> NewJob {
         });
     }
     if job_type == JobType::UploadReply {
-        properties.reply_file_name = Some(Some(format!("/srv/ferry/reply-{i}")));
+        properties.reply_file_name = Some(Some(format!("/tmp/tmp/srv/ferry/reply-{i}")));
     }
     NewJob { display_name: format!("job-{i}"), job_type, properties, files }
 }
@@ -110,7 +110,7 @@ async fn five_hundred_jobs_survive_kill_9() -> anyhow::Result<()> {
                 "add-file",
                 &created.id.to_string(),
                 "https://origin.example/cli",
-                &format!("/srv/cli/{i}"),
+                &format!("/tmp/srv/cli/{i}"),
                 "--range",
                 "0:10,20:eof",
             ],
@@ -199,7 +199,7 @@ async fn create_with_key(
     url: &str,
     key: &str,
 ) -> anyhow::Result<reqwest::Response> {
-    let body = serde_json::json!({"display_name": key, "files": [{"remote_url": "https://o.example/x", "local_path": "/srv/x"}]});
+    let body = serde_json::json!({"display_name": key, "files": [{"remote_url": "https://o.example/x", "local_path": "/tmp/srv/x"}]});
     Ok(http
         .post(url)
         .bearer_auth(tokens::ALICE)
@@ -295,7 +295,7 @@ async fn large_concurrent_commands_never_make_the_log_unreadable() -> anyhow::Re
     let mut node = Node::start(NodeOptions::queue_only()).await?;
     let big_file = |n: usize| NewFile {
         remote_url: format!("https://origin.example/{}{n:06}", "segment-0123456789/".repeat(113)),
-        local_path: format!("/srv/{}/{n:06}", "d/".repeat(2_030)),
+        local_path: format!("/tmp/srv/{}/{n:06}", "d/".repeat(2_030)),
         ranges: vec![],
     };
     let mut tasks = Vec::new();

@@ -9,7 +9,7 @@ use ferry_tests::{Node, tokens};
 pub(crate) fn file(n: usize) -> NewFile {
     NewFile {
         remote_url: format!("https://origin.example/data/{n}.bin"),
-        local_path: format!("/srv/ferry/{n}.bin"),
+        local_path: format!("/tmp/tmp/srv/ferry/{n}.bin"),
         ranges: vec![],
     }
 }

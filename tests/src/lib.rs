@@ -246,9 +246,14 @@ impl Node {
             policy: o.policy,
         };
         let mut text = toml::to_string(&config)?;
-        if !o.transfer.is_empty() {
-            text.push_str(&format!("\n[transfer]\n{}\n", o.transfer));
+        // Tests write their files in temporary directories: principals without roots
+        // of their own may use those, unless the test sets the roots itself.
+        let mut transfer = o.transfer.clone();
+        if !transfer.contains("destination_roots") {
+            let tmp = std::env::temp_dir().canonicalize()?;
+            transfer.push_str(&format!("\ndestination_roots = [{:?}]", tmp.display().to_string()));
         }
+        text.push_str(&format!("\n[transfer]\n{transfer}\n"));
         text.push_str(&format!("\n{}", o.extra_config));
         std::fs::write(self.config_path(), text)?;
         Ok(())

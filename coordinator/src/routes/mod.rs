@@ -22,6 +22,7 @@ use utoipa_axum::routes;
 use crate::auth::Auth;
 use crate::cluster::{Cluster, ReadAt};
 use crate::problem::ApiError;
+use crate::roots::LocalRoots;
 use crate::secrets::SecretKey;
 
 /// What every handler can reach.
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub auth: Arc<Auth>,
     /// Seals passwords before they are proposed.
     pub secrets: Arc<SecretKey>,
+    /// Where each principal may name local files.
+    pub roots: Arc<LocalRoots>,
 }
 
 #[derive(OpenApi)]
@@ -132,6 +135,7 @@ async fn write(
 ) -> Result<(Reply, u64), ApiError> {
     // Input that is wrong whatever the state costs no log entry.
     ferry_protocol::validate::command_input(&command)?;
+    state.roots.check(caller, &command)?;
     let written =
         state.cluster.write(Proposal { request_id, caller: caller.clone(), command }).await?;
     Ok((written.result?, written.index))

@@ -203,11 +203,13 @@ impl Run {
             egress::check_url(self.settings.egress, &parsed)
                 .map_err(|why| Failure::blocked(format!("{url}: egress policy: {why}"), index))?;
         }
-        let (dest, roots) =
-            (Path::new(&file.local_path).to_path_buf(), self.settings.destination_roots.clone());
-        blocking(move || local::check_destination(&dest, &roots).map_err(std::io::Error::other))
-            .await
-            .map_err(|e| {
+        let (dest, sandboxes, owner) = (
+            Path::new(&file.local_path).to_path_buf(),
+            self.settings.sandboxes.clone(),
+            self.job.owner.clone(),
+        );
+        blocking(move || local::check_destination(&sandboxes, &owner, &dest)).await.map_err(
+            |e| {
                 Failure::fatal(ferry_protocol::job::JobError {
                     context: ferry_protocol::ErrorContext::LocalFile,
                     code: BitsCode::E_ACCESSDENIED,
@@ -215,7 +217,8 @@ impl Run {
                     file_index: Some(index),
                     protocol: None,
                 })
-            })?;
+            },
+        )?;
         let dynamic = self.job.props.dynamic_content;
         // A fresh whole file is probed with a GET of its first chunk, unless its bytes
         // may come from peers: members hold copies of the URL or of some declared
@@ -358,26 +361,20 @@ impl Run {
 
     /// The temporary file: created afresh, or reopened to add to its durable chunks.
     async fn temp_file(&self, file: &JobFile, index: u32, fresh: bool) -> Result<TempFile, Stop> {
-        let path = Path::new(&file.temporary_name).to_path_buf();
+        let temp = Path::new(&file.temporary_name).to_path_buf();
+        let tag = local::temp_tag(self.job.id, index);
+        let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
         if fresh {
-            // Checked again right before the create: the directory may have been
-            // swapped for a symlink while the probe ran.
-            let (dest, roots) = (
-                Path::new(&file.local_path).to_path_buf(),
-                self.settings.destination_roots.clone(),
-            );
-            return blocking(move || {
-                local::check_destination(&dest, &roots).map_err(|why| {
-                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)
-                })?;
-                TempFile::create(&path)
-            })
-            .await
-            .map_err(|e| {
-                Failure::local(&e, "cannot create the temporary file", Some(index)).into()
-            });
+            // The destination is checked again right before the create: the directory
+            // may have been swapped for a symlink while the probe ran.
+            let dest = Path::new(&file.local_path).to_path_buf();
+            return blocking(move || TempFile::create(&sandboxes, &owner, &dest, &temp, tag))
+                .await
+                .map_err(|e| {
+                    Failure::local(&e, "cannot create the temporary file", Some(index)).into()
+                });
         }
-        match blocking(move || TempFile::reopen(&path)).await {
+        match blocking(move || TempFile::reopen(&sandboxes, &owner, &temp, tag)).await {
             Ok(Some(temp)) => Ok(temp),
             Ok(None) => Err(Stop::RestartFile("the temporary file is gone".into())),
             Err(e) => Err(Failure::local(&e, "cannot open the temporary file", Some(index)).into()),

@@ -1,18 +1,29 @@
-//! Local files of a download: the hidden temporary file beside the destination
-//! (created exclusively, mode 0600, written with positioned writes, fsynced before a
-//! chunk is reported), and what Complete and Cancel do to it (rename into place with
-//! the server's modification time, or delete).
+//! Local files of a job, always through its owner's sandbox ([`crate::fs`]): the
+//! hidden temporary file beside the destination (created exclusively, mode 0600,
+//! tagged with its job file, written with positioned writes, fsynced before a chunk is
+//! reported), what Complete and Cancel do to it (re-mode it through its descriptor and
+//! rename it into place, or delete it), and reading an upload's source, a reply or a
+//! client certificate.
+//!
+//! A temporary file is reused by a later run only if it is still the file this node
+//! made: the same device and inode (remembered while the process lives), else — after
+//! a restart — a regular file with one link, owned by the expected user and tagged with
+//! this job file. Anything else (a symlink, a file swapped in) starts the file over.
 //!
 //! Blocking file system calls; callers run them on the blocking pool.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use ferry_protocol::{Job, JobState};
+use ferry_protocol::{Job, JobId, JobState, Principal};
+
+use crate::fs::dir::{self, OWNER_XATTR, TEMP_XATTR};
+use crate::fs::{FileId, Place, Sandbox, Sandboxes};
 
 /// A temporary file being written by one run, shared by its connections.
 #[derive(Clone)]
@@ -20,27 +31,74 @@ pub(crate) struct TempFile {
     file: Arc<File>,
 }
 
+/// The tag of a job file's temporary file (`<job>/<index>`).
+pub(crate) fn temp_tag(job: JobId, index: u32) -> String {
+    format!("{job}/{index}")
+}
+
+/// The name of `path` in its directory, which must be `place`'s.
+fn name_beside<'a>(place_of: &Path, path: &'a Path) -> io::Result<&'a OsStr> {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) if Some(dir) == place_of.parent() => Ok(name),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not beside {}", path.display(), place_of.display()),
+        )),
+    }
+}
+
 impl TempFile {
-    /// Starts the file over: removes what is there and creates it exclusively (0600).
-    pub(crate) fn create(path: &Path) -> io::Result<Self> {
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let file =
-            OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path)?;
+    /// Starts the file over: checks that `dest` may be written by the owner, removes
+    /// what is at the temporary name `temp` and creates it exclusively (0600).
+    pub(crate) fn create(
+        sandboxes: &Arc<Sandboxes>,
+        owner: &Principal,
+        dest: &Path,
+        temp: &Path,
+        tag: String,
+    ) -> io::Result<Self> {
+        let (dest, temp_path) = (dest.to_path_buf(), temp.to_path_buf());
+        let (file, id) = sandboxes.of(owner).run(move |sandbox| {
+            let place = sandbox.place(&dest, false)?;
+            sandbox.check_replaceable(&place, &dest)?;
+            let name = name_beside(&dest, &temp_path)?;
+            place.dir.remove(name)?;
+            let file = place.dir.create_new(name, 0o600)?;
+            dir::write_xattr(&file, TEMP_XATTR, &tag)?;
+            let id = FileId::of(&file)?;
+            Ok((file, id))
+        })?;
+        sandboxes.remember_temp(temp, id);
         Ok(Self { file: Arc::new(file) })
     }
 
-    /// Opens the file an earlier run left; `None` if it is gone (the run starts over).
-    pub(crate) fn reopen(path: &Path) -> io::Result<Option<Self>> {
-        match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(file) if file.metadata()?.is_file() => Ok(Some(Self { file: Arc::new(file) })),
-            Ok(_) => Err(io::Error::other("the temporary name is not a regular file")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// Opens the file an earlier run left; `None` if it is gone or is not the file
+    /// this node made (the run starts the file over).
+    pub(crate) fn reopen(
+        sandboxes: &Arc<Sandboxes>,
+        owner: &Principal,
+        temp: &Path,
+        tag: String,
+    ) -> io::Result<Option<Self>> {
+        let known = sandboxes.known_temp(temp);
+        let path = temp.to_path_buf();
+        let found = sandboxes.of(owner).run(move |sandbox| {
+            let place = sandbox.place(&path, false)?;
+            match place.dir.open_file(&place.name, true) {
+                Ok(file) => Ok(is_ours(sandbox, &file, known, &tag)?.then_some(file)),
+                // Gone, or a symlink or something else put in its place.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        let Some(file) = found else {
+            tracing::info!(path = %temp.display(), "the temporary file is gone or was replaced; starting the file over");
+            sandboxes.forget_temp(temp);
+            return Ok(None);
+        };
+        sandboxes.remember_temp(temp, FileId::of(&file)?);
+        Ok(Some(Self { file: Arc::new(file) }))
     }
 
     /// Writes `bytes` at `offset`.
@@ -82,30 +140,75 @@ impl TempFile {
     }
 }
 
-/// Filesystem confinement (G11): the destination's directory, with every symlink
-/// resolved, must lie under one of `roots` (none: anywhere), and an existing
-/// destination must be a regular file. The temporary file lives in the same directory.
-pub(crate) fn check_destination(path: &Path, roots: &[std::path::PathBuf]) -> Result<(), String> {
-    let name = path.file_name().ok_or_else(|| format!("{} names no file", path.display()))?;
-    if name == ".." || name == "." {
-        return Err(format!("{} names no file", path.display()));
+/// True if `file` is the temporary file this node made for `tag`.
+fn is_ours(
+    sandbox: &Sandbox,
+    file: &File,
+    known: Option<(u64, u64)>,
+    tag: &str,
+) -> io::Result<bool> {
+    let id = FileId::of(file)?;
+    if id.nlink != 1 || id.uid != sandbox.file_owner() {
+        return Ok(false);
     }
-    let dir = path.parent().ok_or_else(|| format!("{} has no directory", path.display()))?;
-    let real = dir
-        .canonicalize()
-        .map_err(|e| format!("the directory {} cannot be used: {e}", dir.display()))?;
-    if !roots.is_empty() && !roots.iter().any(|root| real.starts_with(root)) {
-        return Err(format!(
-            "{} is outside the directories this node writes to (transfer.destination_roots)",
-            real.display()
-        ));
-    }
-    match fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_file() => {
-            Err(format!("{} exists and is not a regular file", path.display()))
+    Ok(match known {
+        Some(known) => known == (id.dev, id.ino),
+        None => dir::read_xattr(file, TEMP_XATTR).is_some_and(|t| t == tag),
+    })
+}
+
+/// Filesystem confinement (G11), checked before a run writes anything: `dest` lies
+/// beneath one of the owner's roots with no symlink on the way, and whatever is
+/// there is a regular file the owner may replace.
+pub(crate) fn check_destination(
+    sandboxes: &Sandboxes,
+    owner: &Principal,
+    dest: &Path,
+) -> io::Result<()> {
+    let dest = dest.to_path_buf();
+    sandboxes.of(owner).run(move |sandbox| {
+        let place = sandbox.place(&dest, false)?;
+        sandbox.check_replaceable(&place, &dest)
+    })
+}
+
+/// Opens a file the owner names for reading (an upload's source): beneath its roots,
+/// a regular file, read with its rights.
+pub(crate) fn open_source(
+    sandboxes: &Sandboxes,
+    owner: &Principal,
+    path: &Path,
+) -> io::Result<File> {
+    let path = path.to_path_buf();
+    sandboxes.of(owner).run(move |sandbox| {
+        let place = sandbox.place(&path, false)?;
+        place.dir.open_file(&place.name, false)
+    })
+}
+
+/// The first `max` bytes of the first of `paths` that exists, read as `owner` (a
+/// reply, a client certificate).
+pub(crate) fn read_start(
+    sandboxes: &Sandboxes,
+    owner: &Principal,
+    paths: Vec<PathBuf>,
+    max: u64,
+) -> io::Result<Vec<u8>> {
+    sandboxes.of(owner).run(move |sandbox| {
+        let mut last = io::Error::from(io::ErrorKind::NotFound);
+        for path in &paths {
+            let opened = sandbox.place(path, false).and_then(|p| p.dir.open_file(&p.name, false));
+            match opened {
+                Ok(file) => {
+                    let mut bytes = Vec::new();
+                    file.take(max).read_to_end(&mut bytes)?;
+                    return Ok(bytes);
+                }
+                Err(e) => last = e,
+            }
         }
-        _ => Ok(()),
-    }
+        Err(last)
+    })
 }
 
 /// What finishing a final job did.
@@ -116,98 +219,134 @@ pub(crate) struct Finished {
     pub(crate) problems: Vec<String>,
 }
 
-/// Complete: renames every transferred file into place and deletes the other temporary
-/// files. Cancel: deletes every temporary file. Safe to repeat after a crash: a file
-/// already renamed (temporary gone, destination present) counts as completed.
-pub(crate) fn finish_job(job: &Job, roots: &[std::path::PathBuf]) -> Finished {
-    if job.job_type.is_upload() {
-        return finish_upload(job, roots);
-    }
-    let mut done = Finished { completed: Vec::new(), problems: Vec::new() };
-    let keep = job.state == JobState::Acknowledged;
-    let mut dirs = Vec::new();
-    for (index, file) in job.files.iter().enumerate() {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        let temp = Path::new(&file.temporary_name);
-        let dest = Path::new(&file.local_path);
-        if keep
-            && file.transferred
-            && let Err(why) = check_destination(dest, roots)
-        {
-            // The directory changed since the download (a symlink swapped in): keep
-            // nothing there.
-            done.problems.push(format!("file {index}: not renamed into place: {why}"));
-            let _ = fs::remove_file(temp);
-        } else if keep && file.transferred {
-            // The temporary file was private while incomplete; the result is an ordinary file.
-            let _ = fs::set_permissions(temp, fs::Permissions::from_mode(0o644));
-            match fs::rename(temp, dest) {
-                Ok(()) => done.completed.push(index),
-                Err(e) if e.kind() == io::ErrorKind::NotFound && dest.exists() => {
-                    done.completed.push(index);
-                }
-                Err(e) => {
-                    done.problems.push(format!("file {index}: cannot rename into place: {e}"))
-                }
-            }
-        } else {
-            match fs::remove_file(temp) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => done
-                    .problems
-                    .push(format!("file {index}: cannot delete {}: {e}", temp.display())),
-            }
-        }
-        if let Some(dir) = dest.parent()
-            && !dirs.contains(&dir)
-        {
-            dirs.push(dir);
-        }
-    }
-    // The renames are durable once their directories are.
-    for dir in dirs {
-        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-            done.problems.push(format!("cannot sync {}: {e}", dir.display()));
-        }
-    }
-    done
+/// One file to finish: its temporary file, and its destination if it is kept.
+struct Ending {
+    index: u32,
+    temp: PathBuf,
+    tag: String,
+    keep: Option<PathBuf>,
+    /// Renaming it counts as completing file `index` (not so for a reply).
+    counts: bool,
 }
 
-/// An upload job's file is the owner's and stays as it is; the reply of an upload-reply
+/// Complete: renames every transferred file into place and deletes the other temporary
+/// files. Cancel: deletes every temporary file. Safe to repeat after a crash: a file
+/// already renamed (temporary gone, destination present) counts as completed. An
+/// upload job's file is the owner's and stays as it is; the reply of an upload-reply
 /// job is renamed into place by Complete and deleted by Cancel.
-fn finish_upload(job: &Job, roots: &[std::path::PathBuf]) -> Finished {
+pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
     let keep = job.state == JobState::Acknowledged;
-    let uploaded = job.files.first().is_some_and(|f| f.transferred);
-    let mut done = Finished {
-        completed: if keep && uploaded { vec![0] } else { Vec::new() },
-        problems: Vec::new(),
-    };
-    let (Some(temp), Some(reply)) = (job.reply_temporary(), job.reply_path()) else {
-        return done;
-    };
-    let (temp, reply) = (Path::new(&temp), Path::new(&reply));
-    if keep && job.upload.reply_done {
-        if let Err(why) = check_destination(reply, roots) {
-            done.problems.push(format!("the reply is not renamed into place: {why}"));
-            let _ = fs::remove_file(temp);
-            return done;
+    let mut endings = Vec::new();
+    let mut completed = Vec::new();
+    if job.job_type.is_upload() {
+        if keep && job.files.first().is_some_and(|f| f.transferred) {
+            completed.push(0);
         }
-        let _ = fs::set_permissions(temp, fs::Permissions::from_mode(0o644));
-        match fs::rename(temp, reply) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound && reply.exists() => {}
-            Err(e) => done.problems.push(format!("cannot rename the reply into place: {e}")),
+        if let (Some(temp), Some(reply)) = (job.reply_temporary(), job.reply_path()) {
+            endings.push(Ending {
+                index: 1,
+                temp: temp.into(),
+                tag: temp_tag(job.id, 1),
+                keep: (keep && job.upload.reply_done).then(|| reply.into()),
+                counts: false,
+            });
         }
-    } else if let Err(e) = fs::remove_file(temp)
-        && e.kind() != io::ErrorKind::NotFound
-    {
-        done.problems.push(format!("cannot delete {}: {e}", temp.display()));
+    } else {
+        for (index, file) in job.files.iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            endings.push(Ending {
+                index,
+                temp: file.temporary_name.clone().into(),
+                tag: temp_tag(job.id, index),
+                keep: (keep && file.transferred).then(|| file.local_path.clone().into()),
+                counts: true,
+            });
+        }
     }
-    if let Some(dir) = reply.parent()
-        && let Err(e) = File::open(dir).and_then(|d| d.sync_all())
-    {
-        done.problems.push(format!("cannot sync {}: {e}", dir.display()));
+    let known: Vec<Option<(u64, u64)>> =
+        endings.iter().map(|e| sandboxes.known_temp(&e.temp)).collect();
+    let temps: Vec<PathBuf> = endings.iter().map(|e| e.temp.clone()).collect();
+    let ran = sandboxes.of(&job.owner).run(move |sandbox| {
+        let mut done = Finished { completed, problems: Vec::new() };
+        let mut dirs: Vec<(PathBuf, Place)> = Vec::new();
+        for (ending, known) in endings.iter().zip(known) {
+            let shown = ending.keep.as_ref().unwrap_or(&ending.temp);
+            let place = match sandbox.place(shown, false) {
+                Ok(place) => place,
+                Err(e) => {
+                    done.problems.push(format!("file {}: {e}", ending.index));
+                    continue;
+                }
+            };
+            match finish_one(sandbox, &place, ending, known) {
+                Ok(true) if ending.counts => done.completed.push(ending.index),
+                Ok(_) => {}
+                Err(e) => done.problems.push(format!("file {}: {e}", ending.index)),
+            }
+            if let Some(parent) = shown.parent()
+                && !dirs.iter().any(|(p, _)| p == parent)
+            {
+                dirs.push((parent.to_path_buf(), place));
+            }
+        }
+        // The renames are durable once their directories are.
+        for (path, place) in &dirs {
+            if let Err(e) = place.dir.sync() {
+                done.problems.push(format!("cannot sync {}: {e}", path.display()));
+            }
+        }
+        Ok(done)
+    });
+    for temp in &temps {
+        sandboxes.forget_temp(temp);
     }
-    done
+    ran.unwrap_or_else(|e| Finished { completed: Vec::new(), problems: vec![e.to_string()] })
+}
+
+/// Renames one kept temporary file into place (re-moded through its descriptor, its
+/// owner recorded) or deletes one that is not kept; true if it is in place.
+fn finish_one(
+    sandbox: &Sandbox,
+    place: &Place,
+    ending: &Ending,
+    known: Option<(u64, u64)>,
+) -> io::Result<bool> {
+    let Some(dest) = &ending.keep else {
+        place.dir.remove(&place.name)?;
+        return Ok(false);
+    };
+    let temp = name_beside(dest, &ending.temp)?;
+    let file = match place.dir.open_file(temp, false) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Renamed before a crash, or never made.
+            return match place.dir.stat(&place.name)? {
+                Some(_) => Ok(true),
+                None => Err(io::Error::new(e.kind(), "the temporary file is gone")),
+            };
+        }
+        Err(e) => {
+            place.dir.remove(temp)?;
+            return Err(refused(format!("the temporary file was replaced ({e}); not renamed")));
+        }
+    };
+    if !is_ours(sandbox, &file, known, &ending.tag)? {
+        place.dir.remove(temp)?;
+        return Err(refused("the temporary file was replaced; not renamed".into()));
+    }
+    if let Err(e) = sandbox.check_replaceable(place, dest) {
+        place.dir.remove(temp)?;
+        return Err(e);
+    }
+    // The temporary file was private while incomplete; the result is an ordinary file.
+    rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o644))?;
+    if sandbox.marks_owner() {
+        dir::write_xattr(&file, OWNER_XATTR, sandbox.principal())?;
+    }
+    place.dir.rename(temp, &place.name)?;
+    Ok(true)
+}
+
+fn refused(detail: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, detail)
 }

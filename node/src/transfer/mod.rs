@@ -32,6 +32,7 @@ pub(crate) use self::egress::EgressPolicy;
 use self::failure::{Failure, Stop};
 pub(crate) use self::http::HttpTimeouts;
 use self::http::{HttpSession, OpenCredential, SessionParts};
+pub(crate) use self::local::read_start;
 use crate::service::NodeCluster;
 
 /// How long a run whose task ended without moving its job waits before a new task.
@@ -56,8 +57,8 @@ pub(crate) struct EngineSettings {
     pub(crate) allow_file_urls: bool,
     /// Addresses transfers may not connect to.
     pub(crate) egress: EgressPolicy,
-    /// Directories destinations must lie in (canonical; empty: anywhere).
-    pub(crate) destination_roots: Arc<Vec<std::path::PathBuf>>,
+    /// Every principal's sandbox: all local files of jobs go through it.
+    pub(crate) sandboxes: Arc<crate::fs::Sandboxes>,
     /// Send Basic credentials over plain http before the server asks.
     pub(crate) preemptive_basic_over_http: bool,
     /// Source address of connections to origins.
@@ -351,7 +352,7 @@ impl Transfers {
         self.finishing.insert(id, None);
         let reporter = Reporter::new(self.cluster.clone());
         let me = ctx.address();
-        let roots = self.settings.destination_roots.clone();
+        let sandboxes = self.settings.sandboxes.clone();
         let (settings, secrets) = (self.settings.clone(), self.secrets.clone());
         tokio::spawn(async move {
             if let Some(pause) = settle {
@@ -361,7 +362,7 @@ impl Transfers {
                 cancel_upload(&job, &settings, &secrets).await;
             }
             let finished =
-                tokio::task::spawn_blocking(move || local::finish_job(&job, &roots)).await;
+                tokio::task::spawn_blocking(move || local::finish_job(&sandboxes, &job)).await;
             match finished {
                 Ok(done) => {
                     for problem in &done.problems {

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -199,8 +199,9 @@ impl Run {
         let file = self.job.files.first().cloned().ok_or(Stop::Stale)?;
         let path = file.local_path.clone();
         let source = {
-            let path = path.clone();
-            blocking(move || File::open(path)).await
+            let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
+            let path = Path::new(&path).to_path_buf();
+            blocking(move || local::open_source(&sandboxes, &owner, &path)).await
         }
         .map_err(|e| local_error(&e, &format!("cannot open {path} to upload it")))?;
         let source = Arc::new(source);
@@ -487,17 +488,14 @@ impl Run {
         else {
             return Err(protocol_error("no reply URL was recorded".into()));
         };
-        let roots = self.settings.destination_roots.clone();
-        let dest = Path::new(&reply_path).to_path_buf();
-        blocking(move || local::check_destination(&dest, &roots).map_err(std::io::Error::other))
-            .await
-            .map_err(|e| local_error(&e, "the reply file"))?;
+        let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
         let mut from = state.reply.bytes_transferred;
         let temp = {
-            let path = Path::new(&temp_path).to_path_buf();
-            blocking(move || match TempFile::reopen(&path)? {
-                Some(temp) if from > 0 => Ok((temp, from)),
-                _ => TempFile::create(&path).map(|temp| (temp, 0)),
+            let (temp, dest) = (PathBuf::from(&temp_path), PathBuf::from(&reply_path));
+            let tag = local::temp_tag(self.job.id, 1);
+            blocking(move || match TempFile::reopen(&sandboxes, &owner, &temp, tag.clone())? {
+                Some(file) if from > 0 => Ok((file, from)),
+                _ => TempFile::create(&sandboxes, &owner, &dest, &temp, tag).map(|file| (file, 0)),
             })
             .await
         };

@@ -98,7 +98,7 @@ fn job_spec(prefix: &str, i: usize) -> NewJob {
         properties: PropertyChanges::default(),
         files: vec![NewFile {
             remote_url: format!("https://origin.example/events/{i}.bin"),
-            local_path: format!("/srv/ferry/bench/events/{i}.bin"),
+            local_path: format!("/tmp/tmp/srv/ferry/bench/events/{i}.bin"),
             ranges: vec![],
         }],
     }

@@ -44,7 +44,7 @@ fn job_spec(i: usize) -> NewJob {
         },
         files: vec![NewFile {
             remote_url: format!("https://origin.example/files/{i}.bin"),
-            local_path: format!("/srv/ferry/bench/{i}.bin"),
+            local_path: format!("/tmp/tmp/srv/ferry/bench/{i}.bin"),
             ranges,
         }],
     }
