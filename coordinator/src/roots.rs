@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use ferry_protocol::NewFile;
 use ferry_protocol::command::{Command, PropertyChanges};
 use ferry_protocol::{BitsCode, Caller, Principal};
 
@@ -48,21 +49,33 @@ impl LocalRoots {
     }
 }
 
-/// The local paths a command names.
+/// The local paths a command names (`file://` sources with their URL path as is: a
+/// percent-encoded one that decodes outside the roots is refused by the home node).
 fn local_paths(command: &Command) -> Vec<&str> {
     fn props(p: &PropertyChanges) -> Vec<&str> {
         let reply = p.reply_file_name.as_ref().and_then(Option::as_deref);
         let certificate = p.client_certificate.as_ref().and_then(Option::as_deref);
         reply.into_iter().chain(certificate).collect()
     }
+    /// A file's destination, and its source when that is a local `file://` URL.
+    fn of_file(file: &NewFile) -> impl Iterator<Item = &str> {
+        let source = file.remote_url.strip_prefix("file://");
+        std::iter::once(file.local_path.as_str()).chain(source)
+    }
     match command {
         Command::CreateJob { spec, .. } | Command::CreateFleet { spec, .. } => {
-            let mut paths: Vec<&str> = spec.files.iter().map(|f| f.local_path.as_str()).collect();
+            let mut paths: Vec<&str> = spec.files.iter().flat_map(of_file).collect();
             paths.extend(props(&spec.properties));
             paths
         }
-        Command::AddFiles { files, .. } => files.iter().map(|f| f.local_path.as_str()).collect(),
+        Command::AddFiles { files, .. } => files.iter().flat_map(of_file).collect(),
         Command::SetProperties { changes, .. } => props(changes),
+        Command::ChangeFile { changes, .. } => changes
+            .remote_url
+            .as_deref()
+            .and_then(|u| u.strip_prefix("file://"))
+            .into_iter()
+            .collect(),
         _ => Vec::new(),
     }
 }

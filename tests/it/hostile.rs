@@ -227,6 +227,10 @@ async fn local_paths_outside_the_callers_roots_are_refused_at_the_api() -> anyho
         credentials: Vec::new(),
     };
     assert_denied("a fleet outside", alice.create_fleet(&fleet).await)?;
+    // A file:// source names a local file too.
+    let source = format!("file://{}", tree.outside.join("etc/shadow").display());
+    let stolen = download("file", source, &tree.shared.join("stolen"));
+    assert_denied("a file:// source outside", alice.create_job(&stolen).await)?;
     // A root's name is a whole component: `shared-evil` is not beneath `shared`.
     let sibling = PathBuf::from(format!("{}-evil/f", tree.shared.display()));
     assert_denied(
@@ -502,5 +506,87 @@ async fn the_upload_server_follows_no_symlink_below_its_root() -> anyhow::Result
     )
     .await?;
     assert!(!last.status().is_success(), "the final fragment cannot be placed: {}", last.status());
+    tree.assert_untouched()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_mapped_to_an_os_user_has_that_users_rights_only() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipped: acting as another OS user needs ferryd to run as root");
+        return Ok(());
+    }
+    const NOBODY: u32 = 65534;
+    let tree = Tree::new()?;
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/m.bin", Content::Pattern { seed: 9, len: 40 * KIB });
+    // A directory of the root that only root may write, and root's private file.
+    let locked = tree.shared.join("locked");
+    std::fs::create_dir(&locked)?;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755))?;
+    let private = tree.shared.join("root-only.key");
+    std::fs::write(&private, b"root's key")?;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
+
+    let mut mallory = TokenEntry::new(tokens::ALICE, "mallory", Role::User);
+    mallory.uid = Some(NOBODY);
+    mallory.gid = Some(NOBODY);
+    let options = NodeOptions {
+        tokens: vec![mallory],
+        transfer: format!(
+            "destination_roots = [{:?}]\nread_timeout_secs = 10",
+            tree.shared.display().to_string()
+        ),
+        ..NodeOptions::default()
+    };
+    let node = Node::start(options).await?;
+    let client = node.client(Some(tokens::ALICE))?;
+
+    // Created as the user: its file, owned by it.
+    let mine = tree.shared.join("mine.bin");
+    let id = start_download(
+        &client,
+        &[(origin.url("/m.bin"), mine.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
+    client.act(id, JobAction::Complete).await?;
+    appears(&node, &mine).await?;
+    assert_eq!(std::fs::metadata(&mine)?.uid(), NOBODY);
+    assert!(file_matches_pattern(&mine, 9, 40 * KIB)?);
+
+    // The kernel refuses what the user may not do, though ferryd is root.
+    let id = start_download(
+        &client,
+        &[(origin.url("/m.bin"), locked.join("x.bin"))],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::E_ACCESSDENIED));
+    let mut upload = download("up", origin.url("/bits/in"), &private);
+    upload.job_type = JobType::Upload;
+    let job = client.create_job(&upload).await?;
+    client.act(job.id, JobAction::Resume).await?;
+    let job = wait_for(&node, &client, job.id, &[JobState::Error], Duration::from_secs(30)).await?;
+    assert_eq!(
+        job.error.map(|e| e.code),
+        Some(BitsCode::E_ACCESSDENIED),
+        "root's file is not read"
+    );
+    // A file of another owner is never replaced.
+    let id = start_download(
+        &client,
+        &[(origin.url("/m.bin"), private.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::E_ACCESSDENIED));
+    assert_eq!(std::fs::read(&private)?, b"root's key");
+    assert!(
+        std::fs::read_dir(&locked)?.next().is_none(),
+        "nothing was made in the locked directory"
+    );
     tree.assert_untouched()
 }

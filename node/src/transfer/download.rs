@@ -232,8 +232,12 @@ impl Run {
         };
         let probe_with_data =
             file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !peers_may_serve;
+        let mut source = None;
         let (probe, first) = if local_source {
-            (probe_local(&url, index).await?, None)
+            let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
+            let (probe, opened) = probe_local(&url, index, sandboxes, owner).await?;
+            source = Some(opened);
+            (probe, None)
         } else if dynamic {
             // BITS sends no HEAD for dynamic content: size and validators are unknown.
             (Probe { remote: RemoteInfo::default(), headers: Vec::new(), moved_to: None }, None)
@@ -294,6 +298,7 @@ impl Run {
             http: self.http.clone(),
             caps: self.settings.caps.clone(),
             headers: Arc::new(Mutex::new(probe.headers.clone())),
+            source,
         };
         let Some(pieces) = pieces else {
             let size = self.stream_dynamic(&fetch, chunk_size, outbox).await?;

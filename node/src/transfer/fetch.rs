@@ -30,6 +30,8 @@ pub(super) struct Fetch {
     pub(super) caps: Arc<super::ConnectionCaps>,
     /// Headers of the last response (reported with the finished file).
     pub(super) headers: Arc<Mutex<Vec<String>>>,
+    /// A `file://` source, opened through its owner's sandbox by the probe.
+    pub(super) source: Option<Arc<std::fs::File>>,
 }
 
 impl Fetch {
@@ -83,18 +85,24 @@ impl Fetch {
 
     /// A piece of a `file://` source: positioned reads from the source file.
     async fn local_piece(&self, piece: Piece) -> Result<ChunkRecord, Stop> {
-        let path = local_source(&self.url, self.file)?;
+        let source = self.source.clone().ok_or_else(|| {
+            Failure::fatal(transport_error(
+                BitsCode::E_UNEXPECTED,
+                "the local source was not opened".into(),
+                self.file,
+            ))
+        })?;
         let mut writer = ChunkWriter::new(self.temp.clone(), piece.local_offset);
         let mut offset = piece.remote_offset;
         let end = piece.remote_offset + piece.len;
         while offset < end {
             let len =
                 usize::try_from((end - offset).min(WRITE_BUFFER as u64)).unwrap_or(WRITE_BUFFER);
-            let path = path.clone();
+            let source = source.clone();
             let bytes = blocking(move || {
                 use std::os::unix::fs::FileExt;
                 let mut buf = vec![0u8; len];
-                std::fs::File::open(&path)?.read_exact_at(&mut buf, offset)?;
+                source.read_exact_at(&mut buf, offset)?;
                 Ok(buf)
             })
             .await
@@ -258,14 +266,24 @@ impl ChunkWriter {
     }
 }
 
-/// The probe of a `file://` source: its size and modification time.
-pub(super) async fn probe_local(url: &str, index: u32) -> Result<Probe, Stop> {
+/// The probe of a `file://` source: the source opened through its owner's sandbox,
+/// its size and modification time.
+pub(super) async fn probe_local(
+    url: &str,
+    index: u32,
+    sandboxes: Arc<crate::fs::Sandboxes>,
+    owner: ferry_protocol::Principal,
+) -> Result<(Probe, Arc<std::fs::File>), Stop> {
     let path = local_source(url, index)?;
-    let meta = blocking(move || std::fs::metadata(&path))
-        .await
-        .map_err(|e| Failure::local(&e, "cannot read the source file", Some(index)))?;
+    let (source, meta) = blocking(move || {
+        let source = super::local::open_source(&sandboxes, &owner, &path)?;
+        let meta = source.metadata()?;
+        Ok((source, meta))
+    })
+    .await
+    .map_err(|e| Failure::local(&e, "cannot read the source file", Some(index)))?;
     let modified = meta.modified().ok().map(httpdate::fmt_http_date);
-    Ok(Probe {
+    let probe = Probe {
         remote: RemoteInfo {
             size: Some(meta.len()),
             etag: None,
@@ -275,7 +293,8 @@ pub(super) async fn probe_local(url: &str, index: u32) -> Result<Probe, Stop> {
         },
         headers: Vec::new(),
         moved_to: None,
-    })
+    };
+    Ok((probe, Arc::new(source)))
 }
 
 fn local_source(url: &str, index: u32) -> Result<std::path::PathBuf, Stop> {
