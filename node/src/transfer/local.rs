@@ -211,6 +211,26 @@ pub(crate) fn read_start(
     })
 }
 
+/// `len` bytes at `offset` of the regular file `path`, read as `owner` (a chunk of a
+/// copy served to a peer: after Complete the destination is its owner's, who may have
+/// replaced it or a directory on the way).
+pub(crate) fn read_range(
+    sandboxes: &Sandboxes,
+    owner: &Principal,
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    sandboxes.of(owner).run(move |sandbox| {
+        let place = sandbox.place(&path, false)?;
+        let file = place.dir.open_file(&place.name, false)?;
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, offset)?;
+        Ok(bytes)
+    })
+}
+
 /// What finishing a final job did.
 pub(crate) struct Finished {
     /// Files renamed into place.

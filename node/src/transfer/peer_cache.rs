@@ -15,7 +15,7 @@ use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::command::Command;
 use ferry_protocol::peer_cache::{ContentKey, FleetMember, PeerCopy, offered_keys};
 use ferry_protocol::transfer::Piece;
-use ferry_protocol::{JobId, JobState, NodeId, Proposal, Queue, Timestamp};
+use ferry_protocol::{JobId, JobState, NodeId, Principal, Proposal, Queue, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -98,14 +98,18 @@ pub(crate) async fn serve(
     request: &CopyRequest,
 ) -> (CopyAnswer, Option<OwnedSemaphorePermit>) {
     let located = locate(&cluster.state.read().queue, cluster.node_id, request);
-    let (path, offset, len) = match located {
+    let (owner, path, offset, len) = match located {
         Ok(found) => found,
         Err(why) => return (CopyAnswer::Missing(why), None),
     };
     let Ok(permit) = serving.permits.clone().acquire_owned().await else {
         return (CopyAnswer::Missing("the node is stopping".into()), None);
     };
-    let read = tokio::task::spawn_blocking(move || read_at(&path, offset, len)).await;
+    let sandboxes = cluster.sandboxes.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        super::local::read_range(&sandboxes, &owner, path, offset, len)
+    })
+    .await;
     let answer = match read {
         Ok(Ok(mut bytes)) => {
             serving.tamper(&mut bytes);
@@ -117,8 +121,13 @@ pub(crate) async fn serve(
     (answer, Some(permit))
 }
 
-/// Where chunk `request.index` of a copy held here lies: path, offset and length.
-fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<(PathBuf, u64, u64), String> {
+/// Where chunk `request.index` of a copy held here lies: its owner, path, offset and
+/// length.
+fn locate(
+    queue: &Queue,
+    me: NodeId,
+    request: &CopyRequest,
+) -> Result<(Principal, PathBuf, u64, u64), String> {
     let job = queue.job(&request.job).ok_or("the job is gone")?;
     let index = request.file as usize;
     if job.home_node != me || offered_keys(job, index).is_empty() {
@@ -136,23 +145,8 @@ fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<(PathBuf, 
     // After Complete the bytes are at the destination; before, in the temporary file.
     let path =
         if job.state == JobState::Acknowledged { &file.local_path } else { &file.temporary_name };
-    Ok((PathBuf::from(path), u64::from(request.index) * file.chunk_size, chunk.len))
-}
-
-/// Reads `len` bytes at `offset` of the regular file `path`, never through a symlink in
-/// its last component (after Complete the destination is its owner's, who may have
-/// replaced it): opened with `O_NOFOLLOW` (and `O_NONBLOCK`, so a FIFO put there does
-/// not block the open), then checked on the open handle.
-fn read_at(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
-    if !file.metadata()?.file_type().is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut bytes = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
-    file.read_exact_at(&mut bytes, offset)?;
-    Ok(bytes)
+    let offset = u64::from(request.index) * file.chunk_size;
+    Ok((job.owner.clone(), PathBuf::from(path), offset, chunk.len))
 }
 
 /// Why a copy's chunk did not arrive.
@@ -656,6 +650,12 @@ mod tests {
     #[test]
     fn a_holder_reads_regular_files_only_never_through_a_symlink() {
         let dir = tempfile::tempdir().expect("dir");
+        let sandboxes =
+            crate::fs::Sandboxes::open(&[], &[dir.path().to_path_buf()]).expect("sandboxes");
+        let owner = Principal::new("alice".to_owned()).expect("name");
+        let read_at = |path: &std::path::Path, offset, len| {
+            super::super::local::read_range(&sandboxes, &owner, path.to_path_buf(), offset, len)
+        };
         let copy = dir.path().join("copy.bin");
         std::fs::write(&copy, b"0123456789").expect("write");
         assert_eq!(read_at(&copy, 2, 3).expect("read"), b"234");
@@ -664,13 +664,23 @@ mod tests {
         let swapped = dir.path().join("swapped.bin");
         std::os::unix::fs::symlink(&secret, &swapped).expect("symlink");
         assert!(read_at(&swapped, 0, 3).is_err(), "read through a symlink");
-        assert!(read_at(dir.path(), 0, 1).is_err(), "read a directory");
+        std::fs::create_dir(dir.path().join("d")).expect("mkdir");
+        assert!(read_at(&dir.path().join("d"), 0, 1).is_err(), "read a directory");
+        let outside = tempfile::tempdir().expect("dir");
+        std::fs::write(outside.path().join("copy.bin"), b"outside").expect("write");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).expect("symlink");
+        assert!(read_at(&dir.path().join("link/copy.bin"), 0, 3).is_err(), "a linked directory");
         // A FIFO without a writer is refused at once (its open would block).
         let fifo = dir.path().join("fifo.bin");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
         assert!(made.success());
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(read_at(&fifo, 0, 1).is_err()));
+        let sandboxes = Arc::new(sandboxes);
+        let owner2 = owner.clone();
+        std::thread::spawn(move || {
+            let read = super::super::local::read_range(&sandboxes, &owner2, fifo, 0, 1);
+            tx.send(read.is_err())
+        });
         let refused = rx.recv_timeout(Duration::from_secs(5));
         assert_eq!(refused, Ok(true), "a FIFO blocked or was read");
     }
