@@ -100,6 +100,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     tokio::spawn(crate::notify::run(
         cluster.clone(),
         config.notify.clone(),
+        crate::notify::Owners::new(&config.api.tokens),
         dir.root().to_path_buf(),
     ));
 
@@ -201,9 +202,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         cluster.clone(),
         dir.path(files::UPLOAD_PIECES),
     ));
-    let app =
-        ferry_coordinator::router(ApiState { cluster: Arc::new(cluster), auth, secrets }, limits)
-            .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));
+    let notify = Arc::new(config.notify.policy());
+    let app = ferry_coordinator::router(
+        ApiState { cluster: Arc::new(cluster), auth, secrets, notify },
+        limits,
+    )
+    .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));
     dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;
     tracing::info!(node_id, %api_addr, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");

@@ -33,6 +33,8 @@ pub struct ApiState {
     pub auth: Arc<Auth>,
     /// Seals passwords before they are proposed.
     pub secrets: Arc<SecretKey>,
+    /// The notify programs users may name (`[notify] allowed_programs`).
+    pub notify: Arc<crate::notify_policy::NotifyPolicy>,
 }
 
 #[derive(OpenApi)]
@@ -132,6 +134,7 @@ async fn write(
 ) -> Result<(Reply, u64), ApiError> {
     // Input that is wrong whatever the state costs no log entry.
     ferry_protocol::validate::command_input(&command)?;
+    crate::notify_policy::check(&state.notify, caller, &command)?;
     let written =
         state.cluster.write(Proposal { request_id, caller: caller.clone(), command }).await?;
     Ok((written.result?, written.index))
