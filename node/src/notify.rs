@@ -70,7 +70,37 @@ struct OsIdentity {
 struct Owner {
     role: Role,
     /// The principal's OS identity; `Err` when its token entries disagree on it.
-    identity: Result<Option<OsIdentity>, ()>,
+    identity: Result<Option<OsIdentity>, ConflictingIdentity>,
+}
+
+/// A principal's token entries give different OS identities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ConflictingIdentity;
+
+/// Why a notify program is not run (the run counts as failed).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum NotRun {
+    /// A user-owned job names a program this node does not allow.
+    #[error(
+        "{0:?} is not in this node's [notify] allowed_programs, and the job's owner is not an administrator"
+    )]
+    NotAllowed(String),
+    /// The owner's token entries disagree on its OS identity.
+    #[error("the owner's [[api.tokens]] entries give different uid/gid; make them agree")]
+    ConflictingIdentity,
+    /// The chosen identity is root's.
+    #[error("it would run as uid {uid} gid {gid}, and notify programs never run as root")]
+    Root {
+        /// The uid it would have had.
+        uid: u32,
+        /// The gid it would have had.
+        gid: u32,
+    },
+    /// ferryd is root and nothing names another identity.
+    #[error(
+        "ferryd runs as root and neither the owner's [[api.tokens]] entry (uid) nor [notify] run_as gives an identity to run the program as"
+    )]
+    NoIdentity,
 }
 
 /// Job owners as this node knows them, from its `[[api.tokens]]` (secrets left out). A
@@ -96,7 +126,7 @@ impl Owners {
                 .entry(entry.principal.clone())
                 .and_modify(|known| {
                     if known.identity != owner.identity {
-                        known.identity = Err(());
+                        known.identity = Err(ConflictingIdentity);
                     }
                     // Roles never conflict (the token table refuses that); be strict anyway.
                     if known.role != owner.role {
@@ -253,13 +283,10 @@ impl Runner {
         job: JobId,
         current: &Current,
         cmdline: &NotifyCmdLine,
-    ) -> Result<Launch, String> {
+    ) -> Result<Launch, NotRun> {
         let owner = self.owners.get(&current.owner);
         if !self.policy.permits(owner.role, &cmdline.program) {
-            return Err(format!(
-                "{:?} is not in this node's [notify] allowed_programs, and the job's owner is not an administrator",
-                cmdline.program
-            ));
+            return Err(NotRun::NotAllowed(cmdline.program.clone()));
         }
         let identity = identity(owner.identity, self.config.run_as, self.euid)?;
         let state = format!("{:?}", current.state).to_ascii_uppercase();
@@ -282,25 +309,19 @@ impl Runner {
 /// identity comes first (the job acts as its owner, as BITS impersonates it), then
 /// `run_as`; no identity is ever root's.
 fn identity(
-    owner: Result<Option<OsIdentity>, ()>,
+    owner: Result<Option<OsIdentity>, ConflictingIdentity>,
     run_as: Option<RunAs>,
     euid: Option<u32>,
-) -> Result<Option<OsIdentity>, String> {
-    let owner = owner.map_err(|()| {
-        "the owner's [[api.tokens]] entries give different uid/gid; make them agree".to_owned()
-    })?;
+) -> Result<Option<OsIdentity>, NotRun> {
+    let owner = owner.map_err(|ConflictingIdentity| NotRun::ConflictingIdentity)?;
     let chosen = owner.or(run_as.map(|RunAs { uid, gid }| OsIdentity { uid, gid }));
     match (chosen, euid) {
-        (Some(id), _) if id.uid == 0 || id.gid == 0 => Err(format!(
-            "it would run as uid {} gid {}, and notify programs never run as root",
-            id.uid, id.gid
-        )),
+        (Some(OsIdentity { uid, gid }), _) if uid == 0 || gid == 0 => {
+            Err(NotRun::Root { uid, gid })
+        }
         (Some(id), _) => Ok(Some(id)),
         (None, Some(uid)) if uid != 0 => Ok(None),
-        (None, _) => Err(
-            "ferryd runs as root and neither the owner's [[api.tokens]] entry (uid) nor [notify] run_as gives an identity to run the program as"
-                .to_owned(),
-        ),
+        (None, _) => Err(NotRun::NoIdentity),
     }
 }
 
@@ -427,14 +448,16 @@ mod tests {
         assert_eq!(identity(Ok(None), run_as, Some(0)), Ok(from_config));
         // No identity: ferryd's own only when it is known not to be root.
         assert_eq!(identity(Ok(None), None, Some(1000)), Ok(None));
-        assert!(identity(Ok(None), None, Some(0)).is_err());
-        assert!(identity(Ok(None), None, None).is_err(), "unknown counts as root");
+        assert_eq!(identity(Ok(None), None, Some(0)), Err(NotRun::NoIdentity));
+        assert_eq!(identity(Ok(None), None, None), Err(NotRun::NoIdentity), "unknown: root");
         // Root never, whoever asks.
-        let root = OsIdentity { uid: 0, gid: 0 };
-        assert!(identity(Ok(Some(root)), run_as, Some(0)).is_err());
-        let root_group = OsIdentity { uid: 1000, gid: 0 };
-        assert!(identity(Ok(Some(root_group)), None, Some(1000)).is_err());
-        assert!(identity(Err(()), run_as, Some(0)).is_err(), "conflicting entries");
+        let root = Some(OsIdentity { uid: 0, gid: 0 });
+        assert_eq!(identity(Ok(root), run_as, Some(0)), Err(NotRun::Root { uid: 0, gid: 0 }));
+        let root_group = Some(OsIdentity { uid: 1000, gid: 0 });
+        let refused = identity(Ok(root_group), None, Some(1000));
+        assert_eq!(refused, Err(NotRun::Root { uid: 1000, gid: 0 }));
+        let conflicting = identity(Err(ConflictingIdentity), run_as, Some(0));
+        assert_eq!(conflicting, Err(NotRun::ConflictingIdentity));
     }
 
     #[test]
@@ -455,7 +478,8 @@ mod tests {
         assert_eq!(Owners::new(&[]).get("admin").role, Role::Admin);
 
         alice2.uid = Some(1300);
-        assert_eq!(Owners::new(&[alice, alice2]).get("alice").identity, Err(()));
+        let conflicting = Owners::new(&[alice, alice2]).get("alice").identity;
+        assert_eq!(conflicting, Err(ConflictingIdentity));
     }
 
     #[test]
