@@ -80,6 +80,9 @@ pub enum AuthConfigError {
     /// One principal is configured with two roles.
     #[error("principal {0:?} is configured with two different roles")]
     ConflictingRoles(String),
+    /// One principal is configured with two sets of roots or two OS identities.
+    #[error("principal {0:?} is configured with two different roots, uids or gids")]
+    ConflictingSandboxes(String),
 }
 
 /// Token digests to callers.
@@ -93,7 +96,12 @@ impl Auth {
     pub fn new(entries: &[TokenEntry]) -> Result<Self, AuthConfigError> {
         let mut callers = HashMap::new();
         let mut roles: HashMap<&str, Role> = HashMap::new();
+        let mut sandboxes: HashMap<&str, &TokenEntry> = HashMap::new();
         for entry in entries {
+            let first = *sandboxes.entry(&entry.principal).or_insert(entry);
+            if (&first.roots, first.uid, first.gid) != (&entry.roots, entry.uid, entry.gid) {
+                return Err(AuthConfigError::ConflictingSandboxes(entry.principal.clone()));
+            }
             if entry.token.len() < 16 {
                 return Err(AuthConfigError::WeakToken(entry.principal.clone()));
             }
@@ -204,5 +212,8 @@ mod tests {
         assert!(Auth::new(&[entry(t, "a", Role::User), entry(t, "b", Role::User)]).is_err());
         let u = "0123456789abcdefghij";
         assert!(Auth::new(&[entry(t, "a", Role::User), entry(u, "a", Role::Admin)]).is_err());
+        let mut rooted = entry(u, "a", Role::User);
+        rooted.roots = Some(vec!["/srv/a".into()]);
+        assert!(Auth::new(&[entry(t, "a", Role::User), rooted]).is_err());
     }
 }

@@ -307,6 +307,11 @@ impl Default for EventsConfig {
 }
 
 /// `[notify]`: running a job's notify command line on its home node.
+///
+/// The command line is a way to run code on the node, so users may name only the
+/// programs listed here, and no program runs as root: it runs as the job owner's OS
+/// identity (`uid`/`gid` of its `[[api.tokens]]` entry), else as `run_as`, else (when
+/// ferryd is not root) as ferryd's own user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
@@ -316,11 +321,63 @@ pub struct NotifyConfig {
     /// Wait before starting a program, milliseconds. Tests use it to crash a node
     /// between the commit of TRANSFERRED and the run. Default 0.
     pub start_delay_ms: u64,
+    /// Absolute paths of the programs users may name in a notify command line (as
+    /// spelled here: no other spelling of the path matches). Administrators may name
+    /// any program. List no shell, interpreter or program that runs others (`env`,
+    /// `xargs`, `find`): its arguments come from the user. Default none: users may set
+    /// no notify command line.
+    pub allowed_programs: Vec<PathBuf>,
+    /// The unprivileged OS identity programs run as when the job's owner has no `uid`
+    /// of its own. Unset, and ferryd runs as root: programs of owners without a `uid`
+    /// do not run (the run counts as failed). Default unset.
+    pub run_as: Option<RunAs>,
 }
 
 impl Default for NotifyConfig {
     fn default() -> Self {
-        Self { timeout_secs: 300, start_delay_ms: 0 }
+        Self { timeout_secs: 300, start_delay_ms: 0, allowed_programs: Vec::new(), run_as: None }
+    }
+}
+
+/// `[notify] run_as = { uid = N, gid = N }`: an OS identity, never root's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAs {
+    /// User id; not 0.
+    pub uid: u32,
+    /// Group id (the only group: supplementary groups are dropped); not 0.
+    pub gid: u32,
+}
+
+impl NotifyConfig {
+    /// Checks the values: a timeout, absolute allowed programs without `..`, an
+    /// identity that is not root's.
+    pub fn check(&self) -> Result<(), String> {
+        if self.timeout_secs == 0 {
+            return Err("notify.timeout_secs must be at least 1".into());
+        }
+        for program in &self.allowed_programs {
+            let parent = program.components().any(|c| c == std::path::Component::ParentDir);
+            if !program.is_absolute() || parent {
+                return Err(format!(
+                    "notify.allowed_programs: {} must be an absolute path without '..'",
+                    program.display()
+                ));
+            }
+        }
+        if let Some(RunAs { uid, gid }) = self.run_as
+            && (uid == 0 || gid == 0)
+        {
+            return Err(format!(
+                "notify.run_as must be an unprivileged identity, not uid {uid} gid {gid} (0 is root's)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The programs users may name, for the API's check.
+    pub fn policy(&self) -> ferry_coordinator::notify_policy::NotifyPolicy {
+        ferry_coordinator::notify_policy::NotifyPolicy::new(self.allowed_programs.clone())
     }
 }
 
@@ -502,9 +559,7 @@ impl Config {
         if self.events.history_max_events == 0 || self.events.history_max_age_secs == 0 {
             return invalid("events: the history must keep at least 1 event for 1 second".into());
         }
-        if self.notify.timeout_secs == 0 {
-            return invalid("notify.timeout_secs must be at least 1".into());
-        }
+        self.notify.check().map_err(ConfigError::Invalid)?;
         let u = &self.upload;
         match (&u.backend, u.backend_url.as_deref()) {
             (BackendMode::None, _) => {}
@@ -575,6 +630,23 @@ mod tests {
     #[test]
     fn unknown_fields_are_errors() {
         assert!(toml::from_str::<Config>("[api]\nlisten_on = \"x\"").is_err());
+    }
+
+    #[test]
+    fn notify_programs_are_absolute_and_never_run_as_root() {
+        let parse = |text: &str| toml::from_str::<Config>(text).map(|c| c.notify.check());
+        let ok = "[notify]\nallowed_programs = [\"/usr/bin/logger\"]\nrun_as = { uid = 65534, gid = 65534 }";
+        assert_eq!(parse(ok).expect("parses"), Ok(()));
+        for bad in [
+            "[notify]\nallowed_programs = [\"logger\"]",
+            "[notify]\nallowed_programs = [\"/usr/bin/../bin/sh\"]",
+            "[notify]\nrun_as = { uid = 0, gid = 65534 }",
+            "[notify]\nrun_as = { uid = 65534, gid = 0 }",
+            "[notify]\ntimeout_secs = 0",
+        ] {
+            assert!(parse(bad).expect("parses").is_err(), "{bad}");
+        }
+        assert!(parse("[notify]\nrun_as = { uid = 65534 }").is_err(), "gid is required");
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     tokio::spawn(crate::notify::run(
         cluster.clone(),
         config.notify.clone(),
+        crate::notify::Owners::new(&config.api.tokens),
         dir.root().to_path_buf(),
     ));
 
@@ -208,8 +209,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         cluster.clone(),
         dir.path(files::UPLOAD_PIECES),
     ));
+    let notify = Arc::new(config.notify.policy());
     let app = ferry_coordinator::router(
-        ApiState { cluster: Arc::new(cluster), auth, secrets, roots: local_roots },
+        ApiState { cluster: Arc::new(cluster), auth, secrets, roots: local_roots, notify },
         limits,
     )
     .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));

@@ -7,7 +7,12 @@ use ferry_tests::{Node, NodeOptions, ferry, tokens};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_tour() -> anyhow::Result<()> {
-    let node = Node::start(NodeOptions::queue_only()).await?;
+    // Alice's job names this notify program.
+    let options = NodeOptions {
+        extra_config: "[notify]\nallowed_programs = [\"/usr/bin/logger\"]\n".into(),
+        ..NodeOptions::queue_only()
+    };
+    let node = Node::start(options).await?;
     let run = |args: &'static [&'static str]| ferry(&node, tokens::ALICE, args);
 
     let (code, out, err) = run(&["job", "create", "nightly", "--priority", "high"]).await?;

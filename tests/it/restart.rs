@@ -53,6 +53,8 @@ async fn five_hundred_jobs_survive_kill_9() -> anyhow::Result<()> {
     // A small snapshot interval, so that recovery also goes through snapshot + log tail.
     let options = NodeOptions {
         snapshot_after_entries: 100,
+        // Users' jobs name this notify program.
+        extra_config: "[notify]\nallowed_programs = [\"/usr/bin/logger\"]\n".into(),
         policy: QueuePolicy { max_jobs_per_user: 1_000, max_jobs: 2_000, ..QueuePolicy::default() },
         ..NodeOptions::queue_only()
     };

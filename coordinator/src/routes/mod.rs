@@ -36,6 +36,8 @@ pub struct ApiState {
     pub secrets: Arc<SecretKey>,
     /// Where each principal may name local files.
     pub roots: Arc<LocalRoots>,
+    /// The notify programs users may name (`[notify] allowed_programs`).
+    pub notify: Arc<crate::notify_policy::NotifyPolicy>,
 }
 
 #[derive(OpenApi)]
@@ -136,6 +138,7 @@ async fn write(
     // Input that is wrong whatever the state costs no log entry.
     ferry_protocol::validate::command_input(&command)?;
     state.roots.check(caller, &command)?;
+    crate::notify_policy::check(&state.notify, caller, &command)?;
     let written =
         state.cluster.write(Proposal { request_id, caller: caller.clone(), command }).await?;
     Ok((written.result?, written.index))

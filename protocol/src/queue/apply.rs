@@ -428,7 +428,10 @@ impl Queue {
                 }
                 // BITS strips what belonged to the previous owner.
                 job.owner = caller.principal.clone();
+                // The command line is the previous owner's code: neither it nor a run it
+                // is owed may run under the new owner.
                 job.props.notify_cmdline = None;
+                job.notify_run = None;
                 job.props.custom_headers.clear();
                 job.props.custom_headers_write_only = false;
                 job.credentials.clear();

@@ -1175,6 +1175,25 @@ mod engine_reports {
             assert_eq!(code_of(ran(&mut h, 1, true)), BitsCode::BG_E_INVALID_STATE, "once");
             assert!(h.queue.take_events().iter().all(|e| e.kind != EventKind::JobModification));
         }
+
+        #[test]
+        fn take_ownership_drops_the_command_line_and_the_run_it_is_owed() {
+            let mut h = Harness::new();
+            let id = h.created(&alice(), new_job(JobType::Download, 1));
+            let cmd = NotifyCmdLine { program: "/bin/true".into(), args: vec![] };
+            let changes = PropertyChanges { notify_cmdline: Some(Some(cmd)), ..Default::default() };
+            h.run(&alice(), None, Command::SetProperties { job: id, changes }).expect("cmd");
+            transfer(&mut h, id);
+            assert!(h.queue.job(&id).expect("job").notify_run.is_some(), "owed");
+
+            h.act(&admin(), id, JobAction::TakeOwnership).expect("take ownership");
+            let job = h.queue.job(&id).expect("job");
+            assert_eq!((job.props.notify_cmdline.as_ref(), job.notify_run), (None, None));
+            // The home node's report of a run started before is refused as not owed.
+            let reports = vec![EngineReport::NotifyRan { entry: 1, attempt: 0, success: true }];
+            let late = h.run(&node(), None, Command::Engine { job: id, run: 0, reports });
+            assert_eq!(code_of(late), BitsCode::BG_E_INVALID_STATE);
+        }
     }
 }
 
