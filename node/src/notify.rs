@@ -363,6 +363,8 @@ async fn execute(launch: &Launch, timeout: Duration) -> bool {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: a timeout kills what it started too.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(OsIdentity { uid, gid }) = launch.identity {
         // Set by root, the uid also drops ferryd's supplementary groups: the program
@@ -386,8 +388,13 @@ async fn execute(launch: &Launch, timeout: Duration) -> bool {
             return false;
         }
         Err(_) => {
-            // Dropping the child kills it.
-            tracing::warn!(%job, %program, ?timeout, "the notify program timed out and was killed");
+            // The whole group; dropping the child then reaps it.
+            if let Some(pid) =
+                child.id().and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?))
+            {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            tracing::warn!(%job, %program, ?timeout, "the notify program timed out and was killed with its process group");
             return false;
         }
     };

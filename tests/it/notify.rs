@@ -381,3 +381,30 @@ async fn nothing_runs_after_take_ownership() -> anyhow::Result<()> {
     assert!(log_lines(&node, id, "ran the notify program").is_empty());
     Ok(())
 }
+
+/// A program that outlives `[notify] timeout_secs` is killed with everything it
+/// started (its process group), not only itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_program_is_killed_with_its_children() -> anyhow::Result<()> {
+    let origin = origin().await?;
+    let dir = shared_dir()?;
+    // Starts a grandchild that would sleep for a minute, records its pid, then waits.
+    let program = script(
+        dir.path(),
+        "lingers.sh",
+        "sleep 60 &\necho $! > \"$(dirname \"$0\")/child-$2\"\nwait\n",
+    )?;
+    let options = NodeOptions {
+        extra_config: notify_config(&[&program], "timeout_secs = 1\n"),
+        ..NodeOptions::default()
+    };
+    let node = Node::start(options).await?;
+    let id = notified_job(&node, &origin, dir.path(), tokens::ALICE, &program).await?;
+    let pid_file = dir.path().join("child-transferred");
+    wait_until(&node, "the program to start its child", || pid_file.exists()).await?;
+    let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    wait_until(&node, "the timeout to kill the child", || !alive()).await?;
+    assert!(!log_lines(&node, id, "timed out").is_empty(), "the timeout is logged");
+    Ok(())
+}
