@@ -6,7 +6,6 @@
 
 mod caps;
 mod download;
-mod egress;
 pub(crate) mod failure;
 mod fetch;
 pub(crate) mod helper;
@@ -28,10 +27,10 @@ use ferry_protocol::{BitsCode, Caller, Job, JobId, JobState, NodeId, Principal, 
 use tokio::task::AbortHandle;
 
 pub(crate) use self::caps::ConnectionCaps;
-pub(crate) use self::egress::EgressPolicy;
 use self::failure::{Failure, Stop};
 pub(crate) use self::http::HttpTimeouts;
 use self::http::{HttpSession, OpenCredential, SessionParts};
+use crate::egress::EgressPolicy;
 use crate::service::NodeCluster;
 
 /// How long a run whose task ended without moving its job waits before a new task.
@@ -56,6 +55,9 @@ pub(crate) struct EngineSettings {
     pub(crate) allow_file_urls: bool,
     /// Addresses transfers may not connect to.
     pub(crate) egress: EgressPolicy,
+    /// Hosts (and their subdomains) an upload may follow `BITS-Host-Id` to besides
+    /// those on the job URL's site (the policy still applies).
+    pub(crate) trusted_host_ids: Arc<Vec<String>>,
     /// Directories destinations must lie in (canonical; empty: anywhere).
     pub(crate) destination_roots: Arc<Vec<std::path::PathBuf>>,
     /// Send Basic credentials over plain http before the server asks.
@@ -261,7 +263,7 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
 /// Cancel-Session for a cancelled upload job's open session.
 async fn cancel_upload(job: &Job, settings: &EngineSettings, secrets: &SecretKey) {
     match job_http(job, settings, secrets).await {
-        Ok(http) => upload::cancel_session(job, http).await,
+        Ok(http) => upload::cancel_session(job, http, upload::HostIdRule::of(settings)).await,
         Err(e) => {
             tracing::warn!(job = %job.id, error = ?e.error, "cannot cancel the upload session")
         }
