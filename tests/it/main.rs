@@ -20,6 +20,7 @@ mod peer_cache;
 mod priority;
 mod restart;
 mod shard;
+mod ssrf;
 mod support;
 mod tls;
 mod transfer_cli;

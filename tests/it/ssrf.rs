@@ -1,0 +1,464 @@
+//! The SSRF corpus (issue 15, G10): URL spellings of refused addresses — IP literals in
+//! every form the URL parser accepts, IPv6 forms carrying a refused IPv4, names that
+//! resolve to refused addresses — tried on every outbound path of a transfer: the
+//! download's first GET, a redirect, an override proxy, upload packets, an
+//! upload-reply's `BITS-Reply-URL` and a `BITS-Host-Id`. Listeners on the refused
+//! addresses must record 0 connections. A second check: custom headers and
+//! credentials do not follow a redirect to another host.
+//!
+//! The refused addresses must exist to be listened on, so the test runs itself again
+//! inside a new network and mount namespace (`unshare --net --mount`, root only; it is
+//! skipped with a notice otherwise): the inner run puts the addresses on its own `lo`,
+//! bind-mounts its own `/etc/hosts` (names for the corpus), starts the listeners, the
+//! hostile servers on 203.0.113.10/11 (public addresses for the policy) and a ferryd
+//! with `refuse_private_addresses = true`. Nothing leaves the namespace.
+
+mod hostile;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferry_coordinator::{Client, ClientError};
+use ferry_protocol::credentials::{AuthScheme, AuthTarget, Secret};
+use ferry_protocol::job::{HeaderLines, ProxySettings, ProxyUsage};
+use ferry_protocol::{
+    BitsCode, JobAction, JobId, JobState, JobType, NewFile, NewJob, Priority, PropertyChanges,
+};
+use ferry_tests::{Node, NodeOptions, tokens};
+
+use self::hostile::{Hostile, Tarpit, hex};
+
+/// Marks the run inside the namespace.
+const INNER: &str = "FERRY_SSRF_INNER";
+/// This test, as libtest names it.
+const TEST: &str = "ssrf::every_outbound_path_refuses_the_corpus";
+/// The hostile BITS server and origin (`bits.evil.test`).
+const HOSTILE: &str = "203.0.113.10";
+/// Another host the hostile one redirects to (`other.evil.test`).
+const OTHER: &str = "203.0.113.11";
+/// Addresses refused by a node with `refuse_private_addresses`, listened on.
+const REFUSED: [&str; 8] = [
+    "169.254.169.254",
+    "10.0.0.1",
+    "100.64.0.1",
+    "192.168.0.1",
+    "127.0.0.2",
+    "::1",
+    "fd00::1",
+    "fd00:ec2::254",
+];
+/// Jobs created at once (an owner's job quota is smaller than the corpus).
+const BATCH: usize = 40;
+/// Ports listened on at each refused address.
+const PORTS: [u16; 3] = [80, 443, 8080];
+/// The namespace's `/etc/hosts`.
+const HOSTS: &str = "\
+127.0.0.1 localhost
+203.0.113.10 bits.evil.test
+203.0.113.11 other.evil.test
+169.254.169.254 metadata.evil.test metadata.evil.test. node7.evil.test
+10.0.0.1 private.evil.test
+100.64.0.1 cgnat.evil.test
+192.168.0.1 home.evil.test
+127.0.0.2 loop.evil.test
+fd00:ec2::254 v6meta.evil.test
+fd00::1 ula.evil.test
+::ffff:169.254.169.254 mapped.evil.test
+";
+
+/// The corpus: `scheme://authority` of refused addresses, spelled every way.
+fn corpus() -> Vec<String> {
+    let http = [
+        // 169.254.169.254
+        "169.254.169.254",
+        "169.254.169.254.",
+        "2852039166",
+        "0xa9fea9fe",
+        "0xA9FEA9FE",
+        "0251.0376.0251.0376",
+        "0xa9.0xfe.0xa9.0xfe",
+        "169.254.43518",
+        "169.16689662",
+        "0251.0xfe.43518",
+        "0x00a9.254.169.254",
+        "0000251.254.169.254",
+        "%31%36%39.254.169.254",
+        "169.254.169.254%2e",
+        "169.254.169.254:80",
+        "169.254.169.254:8080",
+        "0xa9fea9fe:8080",
+        "[::ffff:169.254.169.254]",
+        "[::ffff:a9fe:a9fe]",
+        "[0:0:0:0:0:ffff:a9fe:a9fe]",
+        "[::ffff:a9fe:a9fe]:8080",
+        "[::169.254.169.254]",
+        "[::ffff:0:a9fe:a9fe]",
+        "[64:ff9b::a9fe:a9fe]",
+        "[64:ff9b::169.254.169.254]",
+        "[64:ff9b:1::a9fe:a9fe]",
+        "[2002:a9fe:a9fe::1]",
+        "[fd00:ec2::254]",
+        "[FD00:EC2:0:0:0:0:0:254]",
+        "[fd00:ec2::254]:8080",
+        // 10.0.0.1
+        "10.0.0.1",
+        "10.1",
+        "167772161",
+        "0xa000001",
+        "012.0.0.1",
+        "0x0a.0.0.1",
+        "[::ffff:10.0.0.1]",
+        "[64:ff9b::a00:1]",
+        // 100.64.0.1
+        "100.64.0.1",
+        "100.64.1",
+        "0x64400001",
+        "1681915905",
+        // 192.168.0.1
+        "192.168.0.1",
+        "192.168.1",
+        "3232235521",
+        "0300.0250.0.1",
+        "[::ffff:c0a8:1]",
+        // 127.0.0.2, ::1
+        "127.0.0.2",
+        "127.2",
+        "2130706434",
+        "0x7f000002",
+        "0177.0.0.2",
+        "[::ffff:127.0.0.2]",
+        "[::1]",
+        "[0:0:0:0:0:0:0:1]",
+        "[::1]:8080",
+        "[fd00::1]",
+        "[fd00:0::1]",
+        // unspecified, broadcast, multicast
+        "0.0.0.0",
+        "0",
+        "[::]",
+        "255.255.255.255",
+        "224.0.0.1",
+        // names (the namespace's /etc/hosts)
+        "metadata.evil.test",
+        "METADATA.Evil.Test",
+        "metadata.evil.test.",
+        "metadata.evil.test:8080",
+        "private.evil.test",
+        "cgnat.evil.test",
+        "home.evil.test",
+        "loop.evil.test",
+        "v6meta.evil.test",
+        "ula.evil.test",
+        "mapped.evil.test",
+        "node7.evil.test",
+        "localhost",
+    ];
+    let https = ["169.254.169.254", "0xa9fea9fe", "[::ffff:a9fe:a9fe]", "metadata.evil.test"];
+    http.iter()
+        .map(|a| format!("http://{a}"))
+        .chain(https.iter().map(|a| format!("https://{a}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outbound_path_refuses_the_corpus() -> anyhow::Result<()> {
+    if std::env::var_os(INNER).is_some() {
+        return inner().await;
+    }
+    let probe = std::process::Command::new("unshare")
+        .args(["--net", "--mount", "--", "true"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        println!("SKIPPED {TEST}: needs root and `unshare --net --mount`");
+        return Ok(());
+    }
+    let status = tokio::process::Command::new("unshare")
+        .args(["--net", "--mount", "--"])
+        .arg(std::env::current_exe()?)
+        .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INNER, "1")
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "the run inside the namespace failed: {status}");
+    Ok(())
+}
+
+/// Runs a command of the namespace set-up.
+fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new(program).args(args).status()?;
+    anyhow::ensure!(status.success(), "{program} {args:?}: {status}");
+    Ok(())
+}
+
+/// How the jobs of one path ended.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Refused when created by the API's own check (`E_INVALIDARG`), and why.
+    refused_at_create: Vec<String>,
+    /// Ended in ERROR with `BG_E_BLOCKED_BY_POLICY`.
+    blocked: usize,
+    /// Transferred (a host id ignored).
+    transferred: usize,
+    /// Anything else: a failure of the test.
+    unexpected: Vec<String>,
+}
+
+async fn inner() -> anyhow::Result<()> {
+    sh("ip", &["link", "set", "lo", "up"])?;
+    for addr in REFUSED.iter().filter(|a| **a != "::1").chain(&[HOSTILE, OTHER]) {
+        let prefix = if addr.contains(':') { "128" } else { "32" };
+        sh("ip", &["addr", "add", &format!("{addr}/{prefix}"), "dev", "lo"])?;
+    }
+    let dir = tempfile::tempdir()?;
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, HOSTS)?;
+    sh("mount", &["--bind", &hosts.to_string_lossy(), "/etc/hosts"])?;
+    // Addresses added to `lo` need a moment before IPv6 ones can be bound (DAD).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut tarpits = Vec::new();
+    for addr in REFUSED {
+        for port in PORTS {
+            let ip: std::net::IpAddr = addr.parse()?;
+            tarpits.push(Tarpit::start(SocketAddr::new(ip, port)).await?);
+        }
+    }
+    let bits = Hostile::start(format!("{HOSTILE}:80").parse()?, false).await?;
+    let other = Hostile::start(format!("{OTHER}:80").parse()?, true).await?;
+    let node = Node::start(NodeOptions {
+        transfer: "refuse_private_addresses = true\nmax_active_jobs = 64\npreemptive_basic_over_http = true\nconnect_timeout_secs = 5".into(),
+        ..NodeOptions::default()
+    })
+    .await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let source = dir.path().join("source.bin");
+    std::fs::write(&source, vec![7u8; 100_000])?;
+
+    let corpus = corpus();
+    println!("SSRF corpus: {} URL spellings of refused addresses", corpus.len());
+    anyhow::ensure!(corpus.len() >= 60);
+    let bits_url = "http://bits.evil.test";
+    type Make = Box<dyn Fn(&str) -> (JobType, String, Option<String>)>;
+    let paths: Vec<(&str, Make)> = vec![
+        ("download GET", Box::new(|s| (JobType::Download, format!("{s}/file"), None))),
+        (
+            "redirect",
+            Box::new(move |s| {
+                (
+                    JobType::Download,
+                    format!("{bits_url}/redirect/{}", hex(&format!("{s}/file"))),
+                    None,
+                )
+            }),
+        ),
+        (
+            "proxy",
+            Box::new(move |s| (JobType::Download, format!("{bits_url}/file"), Some(s.to_owned()))),
+        ),
+        ("upload packets", Box::new(|s| (JobType::Upload, format!("{s}/bits/plain/x"), None))),
+        (
+            "reply URL",
+            Box::new(move |s| {
+                (
+                    JobType::UploadReply,
+                    format!("{bits_url}/bits/reply/{}", hex(&format!("{s}/reply"))),
+                    None,
+                )
+            }),
+        ),
+        (
+            "BITS-Host-Id",
+            Box::new(move |s| {
+                let authority = s.split_once("://").map_or(s, |(_, a)| a);
+                (JobType::Upload, format!("{bits_url}/bits/hostid/{}", hex(authority)), None)
+            }),
+        ),
+    ];
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    for (name, make) in &paths {
+        let mut tally = Tally::default();
+        let want_transferred = *name == "BITS-Host-Id";
+        let numbered: Vec<(usize, &String)> = corpus.iter().enumerate().collect();
+        // In batches: an owner's job quota is smaller than the corpus.
+        for batch in numbered.chunks(BATCH) {
+            let mut jobs = Vec::new();
+            for (i, spelling) in batch {
+                let (job_type, remote, proxy) = make(spelling);
+                let local = match job_type {
+                    JobType::Download => {
+                        dir.path().join(format!("dl-{}-{i}", name.replace(' ', "_")))
+                    }
+                    _ => source.clone(),
+                };
+                match create(&client, job_type, &remote, &local, proxy).await {
+                    Ok(id) => jobs.push((id, (*spelling).clone())),
+                    Err(ClientError::Api(problem))
+                        if problem.status == 400 && problem.code == BitsCode::E_INVALIDARG =>
+                    {
+                        tally.refused_at_create.push(format!("{spelling}: {}", problem.detail));
+                    }
+                    Err(e) => tally.unexpected.push(format!("{spelling}: create: {e}")),
+                }
+            }
+            for (id, spelling) in jobs {
+                let job = wait_final(&client, id, Duration::from_secs(120)).await?;
+                let code = job.error.as_ref().map(|e| e.code);
+                match (job.state, code) {
+                    (JobState::Error, Some(BitsCode::BG_E_BLOCKED_BY_POLICY))
+                        if !want_transferred =>
+                    {
+                        tally.blocked += 1
+                    }
+                    (JobState::Transferred, _) if want_transferred => tally.transferred += 1,
+                    (state, _) => tally
+                        .unexpected
+                        .push(format!("{spelling}: {state:?} {:?}", job.error.map(|e| e.detail))),
+                }
+                let _ = client.act(id, JobAction::Cancel).await;
+            }
+        }
+        println!(
+            "  {name:<15} {} spellings: {} blocked, {} refused at creation, {} transferred (host id ignored), {} unexpected",
+            corpus.len(),
+            tally.blocked,
+            tally.refused_at_create.len(),
+            tally.transferred,
+            tally.unexpected.len()
+        );
+        for r in &tally.refused_at_create {
+            println!("    refused at creation: {r}");
+        }
+        for u in &tally.unexpected {
+            println!("    UNEXPECTED {u}");
+        }
+        failures.extend(tally.unexpected.into_iter().map(|u| format!("{name}: {u}")));
+    }
+    println!("{} jobs in {:?}", corpus.len() * paths.len(), started.elapsed());
+
+    // Custom headers and credentials go to the job's origin, not where it redirects.
+    let leak = leak_check(&client, &dir.path().join("leak"), &bits, &other).await?;
+    failures.extend(leak);
+
+    let mut total = 0;
+    println!("connections recorded by the listeners on refused addresses:");
+    for tarpit in &tarpits {
+        println!("  {:<22} {}", tarpit.addr, tarpit.connections());
+        total += tarpit.connections();
+    }
+    println!("  total {total}; the hostile server accepted {} connections", bits.connections());
+    anyhow::ensure!(total == 0, "{total} connections reached refused addresses");
+    // The listeners do count: one connection of the test's own to each.
+    for tarpit in &tarpits {
+        drop(tokio::net::TcpStream::connect(tarpit.addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counted = tarpits.iter().filter(|t| t.connections() == 1).count();
+    println!("control: {counted} of {} listeners counted the test's own connection", tarpits.len());
+    anyhow::ensure!(counted == tarpits.len(), "a listener does not count connections");
+    anyhow::ensure!(
+        failures.is_empty(),
+        "unexpected outcomes:\n{}\n{}",
+        failures.join("\n"),
+        node.log_tail()
+    );
+    Ok(())
+}
+
+/// A job of `job_type` for `remote` ↔ `local`, foreground, with a Basic server
+/// credential, a custom header and `proxy` as its override proxy; resumed.
+async fn create(
+    client: &Client,
+    job_type: JobType,
+    remote: &str,
+    local: &Path,
+    proxy: Option<String>,
+) -> Result<JobId, ClientError> {
+    let properties = PropertyChanges {
+        priority: Some(Priority::Foreground),
+        proxy: proxy.map(|list| ProxySettings {
+            usage: ProxyUsage::Override,
+            list: Some(list),
+            bypass: None,
+        }),
+        custom_headers: Some(Some(HeaderLines(vec!["X-Ferry-Secret: s3cret".into()]))),
+        ..PropertyChanges::default()
+    };
+    let spec = NewJob {
+        display_name: "ssrf".into(),
+        job_type,
+        properties,
+        files: vec![NewFile {
+            remote_url: remote.into(),
+            local_path: local.to_string_lossy().into_owned(),
+            ranges: vec![],
+        }],
+    };
+    let job = client.create_job(&spec).await?;
+    client
+        .set_credentials(job.id, AuthTarget::Server, AuthScheme::Basic, "alice", &Secret::new("pw"))
+        .await?;
+    client.act(job.id, JobAction::Resume).await?;
+    Ok(job.id)
+}
+
+/// The job once it is TRANSFERRED, ERROR or TRANSIENT_ERROR (a try failed: nothing
+/// here should be retried), or its state after `timeout`.
+async fn wait_final(
+    client: &Client,
+    id: JobId,
+    timeout: Duration,
+) -> anyhow::Result<ferry_protocol::api::JobInfo> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let job = client.job(id).await?;
+        let end = [JobState::Transferred, JobState::Error, JobState::TransientError];
+        if end.contains(&job.state) || Instant::now() > deadline {
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A download redirected from `bits` to `other`: the custom header and the Basic
+/// credential reach `bits` and never `other`. Returns what went wrong.
+async fn leak_check(
+    client: &Client,
+    local: &Path,
+    bits: &Hostile,
+    other: &Hostile,
+) -> anyhow::Result<Vec<String>> {
+    let remote = format!("http://bits.evil.test/redirect/{}", hex("http://other.evil.test/file"));
+    let id = create(client, JobType::Download, &remote, local, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let job = wait_final(client, id, Duration::from_secs(60)).await?;
+    let mut problems = Vec::new();
+    let origin = bits.seen().into_iter().find(|s| s.path.starts_with("/redirect/"));
+    let sent_to_origin = origin
+        .as_ref()
+        .map(|s| (s.header("x-ferry-secret").is_some(), s.header("authorization").is_some()));
+    if sent_to_origin != Some((true, true)) {
+        problems
+            .push(format!("the origin did not get the header and credential: {sent_to_origin:?}"));
+    }
+    let leaked: Vec<_> = other
+        .seen()
+        .into_iter()
+        .filter(|s| s.header("x-ferry-secret").is_some() || s.header("authorization").is_some())
+        .collect();
+    println!(
+        "header/credential check: origin got both {:?}; the redirect target saw {} requests, {} with them (job ended {:?} {:?})",
+        sent_to_origin,
+        other.seen().len(),
+        leaked.len(),
+        job.state,
+        job.error.map(|e| e.code)
+    );
+    if !leaked.is_empty() || other.seen().is_empty() {
+        problems.push(format!("the redirect target saw {leaked:?} of {:?}", other.seen()));
+    }
+    Ok(problems)
+}
