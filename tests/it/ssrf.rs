@@ -1,8 +1,9 @@
 //! The SSRF corpus (issue 15, G10): URL spellings of refused addresses — IP literals in
 //! every form the URL parser accepts, IPv6 forms carrying a refused IPv4, names that
 //! resolve to refused addresses — tried on every outbound path of a transfer: the
-//! download's first GET, a redirect, an override proxy, upload packets, an
-//! upload-reply's `BITS-Reply-URL` and a `BITS-Host-Id`. Listeners on the refused
+//! download's first GET, its HEAD probe (a file with ranges), a dynamic download's one
+//! GET, a redirect, an override proxy, upload packets, an upload-reply's
+//! `BITS-Reply-URL` and a `BITS-Host-Id`. Listeners on the refused
 //! addresses must record 0 connections. A second check: custom headers and
 //! credentials do not follow a redirect to another host.
 //!
@@ -23,7 +24,8 @@ use ferry_coordinator::{Client, ClientError};
 use ferry_protocol::credentials::{AuthScheme, AuthTarget, Secret};
 use ferry_protocol::job::{HeaderLines, ProxySettings, ProxyUsage};
 use ferry_protocol::{
-    BitsCode, JobAction, JobId, JobState, JobType, NewFile, NewJob, Priority, PropertyChanges,
+    BitsCode, FileRange, JobAction, JobId, JobState, JobType, NewFile, NewJob, Priority,
+    PropertyChanges,
 };
 use ferry_tests::{Node, NodeOptions, tokens};
 
@@ -213,7 +215,7 @@ async fn inner() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let hosts = dir.path().join("hosts");
-    std::fs::write(&hosts, HOSTS)?;
+    std::fs::write(&hosts, format!("{HOSTS}203.0.113.10 rebind.evil.test\n"))?;
     sh("mount", &["--bind", &hosts.to_string_lossy(), "/etc/hosts"])?;
     // Addresses added to `lo` need a moment before IPv6 ones can be bound (DAD).
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -225,8 +227,10 @@ async fn inner() -> anyhow::Result<()> {
             tarpits.push(Tarpit::start(SocketAddr::new(ip, port)).await?);
         }
     }
-    let bits = Hostile::start(format!("{HOSTILE}:80").parse()?, false).await?;
-    let other = Hostile::start(format!("{OTHER}:80").parse()?, true).await?;
+    let rebound = format!("{HOSTS}169.254.169.254 rebind.evil.test\n");
+    let rebind = Some((hosts.clone(), rebound));
+    let bits = Hostile::start(format!("{HOSTILE}:80").parse()?, false, rebind).await?;
+    let other = Hostile::start(format!("{OTHER}:80").parse()?, true, None).await?;
     let node = Node::start(NodeOptions {
         transfer: "refuse_private_addresses = true\nmax_active_jobs = 64\npreemptive_basic_over_http = true\nconnect_timeout_secs = 5".into(),
         ..NodeOptions::default()
@@ -240,39 +244,53 @@ async fn inner() -> anyhow::Result<()> {
     println!("SSRF corpus: {} URL spellings of refused addresses", corpus.len());
     anyhow::ensure!(corpus.len() >= 60);
     let bits_url = "http://bits.evil.test";
-    type Make = Box<dyn Fn(&str) -> (JobType, String, Option<String>)>;
+    let spec = |job_type, remote: String| Spec { job_type, remote, ..Spec::default() };
+    type Make = Box<dyn Fn(&str) -> Spec>;
     let paths: Vec<(&str, Make)> = vec![
-        ("download GET", Box::new(|s| (JobType::Download, format!("{s}/file"), None))),
+        ("download GET", Box::new(move |s| spec(JobType::Download, format!("{s}/file")))),
+        (
+            "HEAD probe",
+            Box::new(move |s| Spec {
+                ranges: true,
+                ..spec(JobType::Download, format!("{s}/file"))
+            }),
+        ),
+        (
+            "dynamic GET",
+            Box::new(move |s| Spec {
+                dynamic: true,
+                ..spec(JobType::Download, format!("{s}/file"))
+            }),
+        ),
         (
             "redirect",
             Box::new(move |s| {
-                (
+                spec(
                     JobType::Download,
                     format!("{bits_url}/redirect/{}", hex(&format!("{s}/file"))),
-                    None,
                 )
             }),
         ),
         (
             "proxy",
-            Box::new(move |s| (JobType::Download, format!("{bits_url}/file"), Some(s.to_owned()))),
+            Box::new(move |s| Spec {
+                proxy: Some(s.to_owned()),
+                ..spec(JobType::Download, format!("{bits_url}/file"))
+            }),
         ),
-        ("upload packets", Box::new(|s| (JobType::Upload, format!("{s}/bits/plain/x"), None))),
+        ("upload packets", Box::new(move |s| spec(JobType::Upload, format!("{s}/bits/plain/x")))),
         (
             "reply URL",
             Box::new(move |s| {
-                (
-                    JobType::UploadReply,
-                    format!("{bits_url}/bits/reply/{}", hex(&format!("{s}/reply"))),
-                    None,
-                )
+                let reply = hex(&format!("{s}/reply"));
+                spec(JobType::UploadReply, format!("{bits_url}/bits/reply/{reply}"))
             }),
         ),
         (
             "BITS-Host-Id",
             Box::new(move |s| {
                 let authority = s.split_once("://").map_or(s, |(_, a)| a);
-                (JobType::Upload, format!("{bits_url}/bits/hostid/{}", hex(authority)), None)
+                spec(JobType::Upload, format!("{bits_url}/bits/hostid/{}", hex(authority)))
             }),
         ),
     ];
@@ -286,14 +304,14 @@ async fn inner() -> anyhow::Result<()> {
         for batch in numbered.chunks(BATCH) {
             let mut jobs = Vec::new();
             for (i, spelling) in batch {
-                let (job_type, remote, proxy) = make(spelling);
-                let local = match job_type {
+                let spec = make(spelling);
+                let local = match spec.job_type {
                     JobType::Download => {
                         dir.path().join(format!("dl-{}-{i}", name.replace(' ', "_")))
                     }
                     _ => source.clone(),
                 };
-                match create(&client, job_type, &remote, &local, proxy).await {
+                match create(&client, &spec, &local).await {
                     Ok(id) => jobs.push((id, (*spelling).clone())),
                     Err(ClientError::Api(problem))
                         if problem.status == 400 && problem.code == BitsCode::E_INVALIDARG =>
@@ -341,6 +359,7 @@ async fn inner() -> anyhow::Result<()> {
     // Custom headers and credentials go to the job's origin, not where it redirects.
     let leak = leak_check(&client, &dir.path().join("leak"), &bits, &other).await?;
     failures.extend(leak);
+    failures.extend(rebinding(&client, &dir.path().join("rebind"), &bits).await?);
 
     let mut total = 0;
     println!("connections recorded by the listeners on refused addresses:");
@@ -367,36 +386,47 @@ async fn inner() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A job of `job_type` for `remote` ↔ `local`, foreground, with a Basic server
-/// credential, a custom header and `proxy` as its override proxy; resumed.
-async fn create(
-    client: &Client,
+/// What a job of the corpus is.
+#[derive(Debug, Default)]
+struct Spec {
+    /// Download, upload or upload-reply.
     job_type: JobType,
-    remote: &str,
-    local: &Path,
+    /// Its URL.
+    remote: String,
+    /// Its override proxy.
     proxy: Option<String>,
-) -> Result<JobId, ClientError> {
+    /// A byte range (a download then probes with HEAD).
+    ranges: bool,
+    /// Dynamic content (a download then streams with one GET).
+    dynamic: bool,
+}
+
+/// The job `spec` for `local`, foreground, with a Basic server credential and a custom
+/// header; resumed.
+async fn create(client: &Client, spec: &Spec, local: &Path) -> Result<JobId, ClientError> {
     let properties = PropertyChanges {
         priority: Some(Priority::Foreground),
-        proxy: proxy.map(|list| ProxySettings {
+        proxy: spec.proxy.clone().map(|list| ProxySettings {
             usage: ProxyUsage::Override,
             list: Some(list),
             bypass: None,
         }),
+        dynamic_content: spec.dynamic.then_some(true),
         custom_headers: Some(Some(HeaderLines(vec!["X-Ferry-Secret: s3cret".into()]))),
         ..PropertyChanges::default()
     };
-    let spec = NewJob {
+    let ranges = if spec.ranges { vec![FileRange { offset: 0, length: 100 }] } else { vec![] };
+    let new = NewJob {
         display_name: "ssrf".into(),
-        job_type,
+        job_type: spec.job_type,
         properties,
         files: vec![NewFile {
-            remote_url: remote.into(),
+            remote_url: spec.remote.clone(),
             local_path: local.to_string_lossy().into_owned(),
-            ranges: vec![],
+            ranges,
         }],
     };
-    let job = client.create_job(&spec).await?;
+    let job = client.create_job(&new).await?;
     client
         .set_credentials(job.id, AuthTarget::Server, AuthScheme::Basic, "alice", &Secret::new("pw"))
         .await?;
@@ -422,6 +452,29 @@ async fn wait_final(
     }
 }
 
+/// DNS rebinding: `rebind.evil.test` names the hostile server until it has served the
+/// download's first chunk, then 169.254.169.254; the second chunk's connection must be
+/// refused. Returns what went wrong.
+async fn rebinding(client: &Client, local: &Path, bits: &Hostile) -> anyhow::Result<Vec<String>> {
+    let remote = "http://rebind.evil.test/rebind".to_owned();
+    let spec = Spec { job_type: JobType::Download, remote, ..Spec::default() };
+    let id = create(client, &spec, local).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let job = wait_final(client, id, Duration::from_secs(60)).await?;
+    let served = bits.seen().iter().filter(|s| s.path == "/rebind").count();
+    let code = job.error.as_ref().map(|e| e.code);
+    println!(
+        "DNS rebinding: the name was served {served} request(s) before it moved; job {:?} {:?}",
+        job.state,
+        job.error.as_ref().map(|e| &e.detail)
+    );
+    let _ = client.act(id, JobAction::Cancel).await;
+    if served == 0 || job.state != JobState::Error || code != Some(BitsCode::BG_E_BLOCKED_BY_POLICY)
+    {
+        return Ok(vec![format!("rebinding: served {served}, job {:?} {code:?}", job.state)]);
+    }
+    Ok(Vec::new())
+}
+
 /// A download redirected from `bits` to `other`: the custom header and the Basic
 /// credential reach `bits` and never `other`. Returns what went wrong.
 async fn leak_check(
@@ -431,9 +484,8 @@ async fn leak_check(
     other: &Hostile,
 ) -> anyhow::Result<Vec<String>> {
     let remote = format!("http://bits.evil.test/redirect/{}", hex("http://other.evil.test/file"));
-    let id = create(client, JobType::Download, &remote, local, None)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec = Spec { job_type: JobType::Download, remote, ..Spec::default() };
+    let id = create(client, &spec, local).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let job = wait_final(client, id, Duration::from_secs(60)).await?;
     let mut problems = Vec::new();
     let origin = bits.seen().into_iter().find(|s| s.path.starts_with("/redirect/"));

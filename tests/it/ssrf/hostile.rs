@@ -3,6 +3,8 @@
 //! - [`Hostile`]: an origin and a BITS upload server whose answers point elsewhere
 //!   (`/redirect/<hex URL>`, `BITS_POST /bits/hostid/<hex host>`,
 //!   `BITS_POST /bits/reply/<hex URL>`); it records every request's headers;
+//!   `GET /rebind` rewrites a hosts file (the name it was reached by then points to a
+//!   refused address: DNS rebinding) and closes the connection after answering;
 //! - [`Tarpit`]: a listener on a refused address that only counts connections.
 
 use std::net::SocketAddr;
@@ -15,6 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Bytes of `/file`.
 pub(crate) const FILE_LEN: usize = 4096;
+/// Bytes of `/rebind`: more than a download's first chunk (8 MiB), so its second
+/// chunk needs another request.
+pub(crate) const REBIND_LEN: usize = 9 * 1024 * 1024;
 
 /// A request as the server saw it.
 #[derive(Clone, Debug)]
@@ -43,9 +48,16 @@ pub(crate) struct Hostile {
     connections: Arc<AtomicUsize>,
 }
 
+/// A hosts file and what `/rebind` writes into it.
+pub(crate) type Rebind = Option<(std::path::PathBuf, String)>;
+
 impl Hostile {
     /// Serves on `addr`; `challenge`: `/file` answers 401 (Basic) without credentials.
-    pub(crate) async fn start(addr: SocketAddr, challenge: bool) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        addr: SocketAddr,
+        challenge: bool,
+        rebind: Rebind,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -53,9 +65,9 @@ impl Hostile {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let log = log.clone();
+                let (log, rebind) = (log.clone(), rebind.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, log, challenge).await;
+                    let _ = serve(stream, log, challenge, rebind).await;
                 });
             }
         });
@@ -78,6 +90,7 @@ async fn serve(
     stream: TcpStream,
     log: Arc<Mutex<Vec<Seen>>>,
     challenge: bool,
+    rebind: Rebind,
 ) -> anyhow::Result<()> {
     let mut stream = BufReader::new(stream);
     loop {
@@ -110,7 +123,15 @@ async fn serve(
             log.push(seen.clone());
         }
         let answer = answer(&seen, challenge);
+        let flip = seen.path == "/rebind";
+        if let (true, Some((hosts, text))) = (flip, &rebind) {
+            std::fs::write(hosts, text)?;
+        }
         stream.get_mut().write_all(&answer).await?;
+        if flip {
+            // The next request needs a new connection, hence a new resolution.
+            return Ok(());
+        }
     }
 }
 
@@ -179,19 +200,24 @@ fn answer(seen: &Seen, challenge: bool) -> Vec<u8> {
             vec![("WWW-Authenticate", "Basic realm=\"hostile\"".into())],
             b"",
         ),
-        "file" => {
-            let body = vec![b'x'; FILE_LEN];
+        "file" | "rebind" => {
+            let len = if first == "file" { FILE_LEN } else { REBIND_LEN };
+            let body = vec![b'x'; len];
             let range = seen.header("range").and_then(|r| {
                 let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
                 let a: usize = a.parse().ok()?;
-                let b: usize = b.parse().unwrap_or(FILE_LEN - 1).min(FILE_LEN - 1);
+                let b: usize = b.parse().unwrap_or(len - 1).min(len - 1);
                 (a <= b).then_some((a, b))
             });
-            let common = vec![("Accept-Ranges", "bytes".to_owned()), ("ETag", "\"v1\"".to_owned())];
+            let mut common =
+                vec![("Accept-Ranges", "bytes".to_owned()), ("ETag", "\"v1\"".to_owned())];
+            if first == "rebind" {
+                common.push(("Connection", "close".to_owned()));
+            }
             match range {
                 Some((a, b)) => {
                     let mut headers = common;
-                    headers.push(("Content-Range", format!("bytes {a}-{b}/{FILE_LEN}")));
+                    headers.push(("Content-Range", format!("bytes {a}-{b}/{len}")));
                     response("206 Partial Content", headers, &body[a..=b])
                 }
                 None => response("200 OK", common, &body),
