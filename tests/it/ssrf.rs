@@ -360,6 +360,7 @@ async fn inner() -> anyhow::Result<()> {
     let leak = leak_check(&client, &dir.path().join("leak"), &bits, &other).await?;
     failures.extend(leak);
     failures.extend(rebinding(&client, &dir.path().join("rebind"), &bits).await?);
+    failures.extend(helpers(&dir.path().join("helped"), &bits).await?);
 
     let mut total = 0;
     println!("connections recorded by the listeners on refused addresses:");
@@ -473,6 +474,61 @@ async fn rebinding(client: &Client, local: &Path, bits: &Hostile) -> anyhow::Res
         return Ok(vec![format!("rebinding: served {served}, job {:?} {code:?}", job.state)]);
     }
     Ok(Vec::new())
+}
+
+/// Helpers: a 3-node cluster (127.0.0.11-13) downloads from an origin that serves the
+/// home node and redirects every helper to a refused address. Returns what went
+/// wrong; the listeners' count is checked by the caller.
+async fn helpers(dir: &Path, bits: &Hostile) -> anyhow::Result<Vec<String>> {
+    std::fs::create_dir_all(dir)?;
+    let nodes = ferry_tests::start_cluster_each(
+        NodeOptions { ip: hostile::HOME.parse()?, ..NodeOptions::default() },
+        3,
+        |_, options| {
+            let source = ferry_tests::source_addr(options.ip);
+            options.transfer = format!(
+                "refuse_private_addresses = true\nchunk_size_bytes = 1048576\nmax_helpers = 2\n{source}"
+            );
+        },
+    )
+    .await?;
+    let client = nodes[0].client(Some(tokens::ALICE))?;
+    let targets = [
+        "http://169.254.169.254/x",
+        "http://0xa9fea9fe/x",
+        "http://[::ffff:a9fe:a9fe]/x",
+        "http://10.1/x",
+        "http://[fd00:ec2::254]:8080/x",
+        "http://metadata.evil.test/x",
+        "http://loop.evil.test:8080/x",
+        "https://private.evil.test/x",
+    ];
+    let mut problems = Vec::new();
+    let mut outcomes = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        let remote = format!("http://bits.evil.test/helped/{}", hex(target));
+        let spec = Spec { job_type: JobType::Download, remote, ..Spec::default() };
+        let id = create(&client, &spec, &dir.join(format!("h{i}")))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let job = wait_final(&client, id, Duration::from_secs(90)).await?;
+        outcomes.push(format!("{:?}/{:?}", job.state, job.error.map(|e| e.code)));
+        let _ = client.act(id, JobAction::Cancel).await;
+    }
+    let redirected: std::collections::BTreeSet<String> = bits
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/helped/") && s.from.to_string() != hostile::HOME)
+        .map(|s| s.from.to_string())
+        .collect();
+    println!(
+        "helpers: {} jobs whose helpers were redirected to refused addresses; helpers asked from {redirected:?}; jobs ended {outcomes:?}",
+        targets.len()
+    );
+    if redirected.is_empty() {
+        problems.push("no helper fetched a piece: the helper path was not tried".into());
+    }
+    Ok(problems)
 }
 
 /// A download redirected from `bits` to `other`: the custom header and the Basic

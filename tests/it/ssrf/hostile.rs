@@ -5,6 +5,8 @@
 //!   `BITS_POST /bits/reply/<hex URL>`); it records every request's headers;
 //!   `GET /rebind` rewrites a hosts file (the name it was reached by then points to a
 //!   refused address: DNS rebinding) and closes the connection after answering;
+//!   `GET /helped/<hex URL>` serves [`REBIND_LEN`] bytes to its home node (the
+//!   `HOME` address) and redirects every other client (helpers) to the URL;
 //! - [`Tarpit`]: a listener on a refused address that only counts connections.
 
 use std::net::SocketAddr;
@@ -21,9 +23,14 @@ pub(crate) const FILE_LEN: usize = 4096;
 /// chunk needs another request.
 pub(crate) const REBIND_LEN: usize = 9 * 1024 * 1024;
 
+/// The home node of the helper check: the only client `/helped/` serves.
+pub(crate) const HOME: &str = "127.0.0.11";
+
 /// A request as the server saw it.
 #[derive(Clone, Debug)]
 pub(crate) struct Seen {
+    /// The client's address.
+    pub(crate) from: std::net::IpAddr,
     /// Method.
     pub(crate) method: String,
     /// Path and query.
@@ -63,11 +70,11 @@ impl Hostile {
         let connections = Arc::new(AtomicUsize::new(0));
         let (log, count) = (seen.clone(), connections.clone());
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((stream, from)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 let (log, rebind) = (log.clone(), rebind.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, log, challenge, rebind).await;
+                    let _ = serve(stream, from.ip(), log, challenge, rebind).await;
                 });
             }
         });
@@ -88,6 +95,7 @@ impl Hostile {
 /// One connection: requests until it closes.
 async fn serve(
     stream: TcpStream,
+    from: std::net::IpAddr,
     log: Arc<Mutex<Vec<Seen>>>,
     challenge: bool,
     rebind: Rebind,
@@ -115,7 +123,7 @@ async fn serve(
                 headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
             }
         }
-        let seen = Seen { method, path, headers };
+        let seen = Seen { from, method, path, headers };
         let length: usize = seen.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut body = vec![0; length];
         stream.read_exact(&mut body).await?;
@@ -200,7 +208,11 @@ fn answer(seen: &Seen, challenge: bool) -> Vec<u8> {
             vec![("WWW-Authenticate", "Basic realm=\"hostile\"".into())],
             b"",
         ),
-        "file" | "rebind" => {
+        "helped" if seen.from.to_string() != HOME => {
+            let to = parts.next().and_then(unhex).unwrap_or_default();
+            response("302 Found", vec![("Location", to)], b"")
+        }
+        "file" | "rebind" | "helped" => {
             let len = if first == "file" { FILE_LEN } else { REBIND_LEN };
             let body = vec![b'x'; len];
             let range = seen.header("range").and_then(|r| {
