@@ -218,8 +218,13 @@ fn proxies(policy: EgressPolicy, choice: ProxyChoice) -> Result<Vec<reqwest::Pro
             Ok(vec![built])
         }
         ProxyChoice::Environment => {
+            // Under CGI, HTTP_PROXY is a request header (httpoxy): ignored, as reqwest does.
+            let cgi = std::env::var_os("REQUEST_METHOD").is_some();
             let var = |names: [&str; 2]| {
-                names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+                names
+                    .iter()
+                    .filter(|n| !(cgi && **n == "HTTP_PROXY"))
+                    .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
             };
             let mut out = Vec::new();
             type Make = fn(&str) -> reqwest::Result<reqwest::Proxy>;
