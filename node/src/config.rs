@@ -189,6 +189,11 @@ pub struct TransferConfig {
     /// multicast and unspecified ones. Applies to DNS answers and redirects too.
     /// Default false.
     pub refuse_private_addresses: bool,
+    /// Hosts (each with its subdomains) an upload server may send a session's later
+    /// packets to with `BITS-Host-Id`, besides hosts of the same scheme and registrable
+    /// domain as the job's URL. Another host named there is ignored: the packets stay
+    /// on the job's server. The egress policy applies either way. Default none.
+    pub trusted_host_ids: Vec<String>,
     /// Roots of principals without `roots` of their own (`[[api.tokens]]`): their jobs'
     /// local files (destinations, upload sources, reply files, client certificates)
     /// must lie beneath one, reached without following any symlink below it. Empty:
@@ -222,6 +227,7 @@ impl Default for TransferConfig {
             preemptive_basic_over_http: false,
             trusted_ca_file: None,
             refuse_private_addresses: false,
+            trusted_host_ids: Vec::new(),
             destination_roots: Vec::new(),
             source_addr: None,
             max_helpers: 4,

@@ -5,6 +5,7 @@
 mod bus;
 pub mod config;
 pub mod data_dir;
+mod egress;
 pub mod events;
 mod fs;
 mod membership;

@@ -14,13 +14,14 @@ use ferry_protocol::{Caller, Command, Principal, Proposal, Role};
 
 use crate::config::Settings;
 use crate::data_dir::{DataDir, files};
+use crate::egress::EgressPolicy;
 use crate::membership;
 use crate::peer::endpoint::PeerEndpoint;
 use crate::proposer::Proposer;
 use crate::raft::{self, AddressBook, LogStore, Network, NodeAddr, StateMachineStore};
 use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
 use crate::service::{NodeCluster, peer_handler};
-use crate::transfer::{EgressPolicy, EngineSettings, HttpTimeouts, Tick, Transfers};
+use crate::transfer::{EngineSettings, HttpTimeouts, Tick, Transfers};
 
 /// Runs a node until `shutdown` resolves. Must run inside an actix `System` (the
 /// proposer is an actor).
@@ -143,6 +144,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         allow_file_urls: t.allow_file_urls,
         egress: EgressPolicy { refuse_private: t.refuse_private_addresses },
         sandboxes,
+        trusted_host_ids: Arc::new(t.trusted_host_ids.clone()),
         preemptive_basic_over_http: t.preemptive_basic_over_http,
         source_addr: t.source_addr,
         max_helpers: t.max_helpers,

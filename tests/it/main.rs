@@ -21,6 +21,7 @@ mod peer_cache;
 mod priority;
 mod restart;
 mod shard;
+mod ssrf;
 mod support;
 mod symlink_race;
 mod tls;

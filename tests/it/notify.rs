@@ -403,7 +403,7 @@ async fn a_timed_out_program_is_killed_with_its_children() -> anyhow::Result<()>
     let pid_file = dir.path().join("child-transferred");
     wait_until(&node, "the program to start its child", || pid_file.exists()).await?;
     let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
-    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let alive = || Path::new(&format!("/proc/{pid}")).exists();
     wait_until(&node, "the timeout to kill the child", || !alive()).await?;
     assert!(!log_lines(&node, id, "timed out").is_empty(), "the timeout is logged");
     Ok(())

@@ -362,8 +362,14 @@ async fn a_host_id_sends_the_session_to_that_node_until_it_fails_for_its_timeout
         format!("[upload]\nhost_id = \"{b}\"\nhost_id_fallback_timeout_secs = 1\n");
     nodes[0].restart().await?;
     ferry_tests::await_agreement(&nodes, 3, "A restarted").await?;
-    let client_node =
-        Node::start(NodeOptions { ip: "127.0.0.4".parse()?, ..NodeOptions::default() }).await?;
+    // B's address is not on A's site (an IP literal is a site of its own): the
+    // uploading node follows the host id because it is configured to.
+    let client_node = Node::start(NodeOptions {
+        ip: "127.0.0.4".parse()?,
+        transfer: format!("trusted_host_ids = [\"{}\"]", b.ip()),
+        ..NodeOptions::default()
+    })
+    .await?;
     let client = client_node.client(Some(tokens::ALICE))?;
     let dir = tempfile::tempdir()?;
     let a = nodes[0].url()?;

@@ -33,7 +33,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::Run;
-use super::egress;
 use super::failure::{Failure, Stop};
 use super::fetch::{
     ChunkWriter, Fetch, Probe, blocking, changed, content_length, content_range, declared_sha256,
@@ -200,8 +199,8 @@ impl Run {
                     index,
                 ))
             })?;
-            egress::check_url(self.settings.egress, &parsed)
-                .map_err(|why| Failure::blocked(format!("{url}: egress policy: {why}"), index))?;
+            crate::egress::check_url(self.settings.egress, &parsed)
+                .map_err(|refused| Failure::blocked(format!("{url}: {refused}"), index))?;
         }
         let (dest, sandboxes, owner) = (
             Path::new(&file.local_path).to_path_buf(),

@@ -74,31 +74,10 @@ impl Failure {
         })
     }
 
-    /// A transport error of reqwest: connect, timeout, reset...
-    pub(crate) fn request(error: &reqwest::Error, url: &str, file: u32) -> Self {
-        let text = chain(error);
-        if text.contains("egress policy") {
-            return Self::blocked(format!("{url}: {text}"), file);
-        }
-        let code = if error.is_timeout() {
-            BitsCode::BG_E_TIMEOUT
-        } else if error.is_connect() {
-            connect_code(&text)
-        } else if error.is_redirect() {
-            // Refused by the redirect policy: the owner must change the job or URL.
-            return Self::fatal(transport(
-                BitsCode::BG_E_PROTOCOL_ERROR,
-                format!("{url}: {text}"),
-                Some(file),
-            ));
-        } else if error.is_body() || error.is_decode() {
-            BitsCode::BG_E_CONNECTION_CLOSED
-        } else if error.is_builder() {
-            BitsCode::E_INVALIDARG
-        } else {
-            BitsCode::BG_E_SEND_FAILURE
-        };
-        Self::new(transport(code, format!("{url}: {text}"), Some(file)))
+    /// A request that failed: a transport error of reqwest (connect, timeout,
+    /// reset...) or a refusal of the send path.
+    pub(crate) fn request(error: &impl RequestError, url: &str, file: u32) -> Self {
+        error.failure(url, file)
     }
 
     /// A connection the egress policy refuses (G10): fatal, nothing was sent.
@@ -126,6 +105,41 @@ impl Failure {
     }
 }
 
+/// An error of a request, as the job error it becomes.
+pub(crate) trait RequestError {
+    /// The failure of the request to `url` (file index `file`).
+    fn failure(&self, url: &str, file: u32) -> Failure;
+}
+
+impl RequestError for reqwest::Error {
+    fn failure(&self, url: &str, file: u32) -> Failure {
+        let error = self;
+        let text = chain(error);
+        if text.contains("egress policy") {
+            return Failure::blocked(format!("{url}: {text}"), file);
+        }
+        let code = if error.is_timeout() {
+            BitsCode::BG_E_TIMEOUT
+        } else if error.is_connect() {
+            connect_code(&text)
+        } else if error.is_redirect() {
+            // Refused by the redirect policy: the owner must change the job or URL.
+            return Failure::fatal(transport(
+                BitsCode::BG_E_PROTOCOL_ERROR,
+                format!("{url}: {text}"),
+                Some(file),
+            ));
+        } else if error.is_body() || error.is_decode() {
+            BitsCode::BG_E_CONNECTION_CLOSED
+        } else if error.is_builder() {
+            BitsCode::E_INVALIDARG
+        } else {
+            BitsCode::BG_E_SEND_FAILURE
+        };
+        Failure::new(transport(code, format!("{url}: {text}"), Some(file)))
+    }
+}
+
 /// Connect errors: name resolution, TLS trust, or refused/unreachable.
 fn connect_code(chain: &str) -> BitsCode {
     let text = chain.to_ascii_lowercase();
@@ -141,7 +155,7 @@ fn connect_code(chain: &str) -> BitsCode {
 }
 
 /// The error and its sources in one line (reqwest hides the cause in the chain).
-fn chain(error: &reqwest::Error) -> String {
+pub(crate) fn chain(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

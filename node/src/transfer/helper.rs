@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::failure::{Failure, Stop};
 use super::fetch::request_piece;
 use super::http::HttpSession;
-use super::{EngineSettings, egress, job_http};
+use super::{EngineSettings, job_http};
 use crate::service::NodeCluster;
 
 /// Largest piece a helper is asked for: its answer is one peer frame.
@@ -142,14 +142,10 @@ pub(crate) async fn serve(
     let Some(job) = job.filter(|j| j.run == request.run && j.state.is_active()) else {
         return ChunkAnswer::Stale;
     };
-    if let Err(why) = url::Url::parse(&request.url)
-        .map_err(|e| e.to_string())
-        .and_then(|u| egress::check_url(context.settings.egress, &u).map_err(|e| e.to_string()))
-    {
-        return failed(Failure::blocked(
-            format!("{}: egress policy: {why}", request.url),
-            request.file,
-        ));
+    if let Err(why) = url::Url::parse(&request.url).map_err(|e| e.to_string()).and_then(|u| {
+        crate::egress::check_url(context.settings.egress, &u).map_err(|e| e.to_string())
+    }) {
+        return failed(Failure::blocked(format!("{}: {why}", request.url), request.file));
     }
     let helped = match context.session(&job).await {
         Ok(helped) => helped,

@@ -1,7 +1,11 @@
-//! The HTTP side of a transfer run: one `reqwest` client per run, built from the job's
-//! proxy settings and custom headers, and [`HttpSession::send`], which answers `401`
-//! and `407` challenges with the job's Basic or Digest credentials (Basic is sent
-//! before any challenge only over https, or when the node is configured to).
+//! The HTTP side of a transfer run: one [`EgressClient`] per run (the node's only
+//! outbound connector, which checks every address it connects to), built from the
+//! job's proxy settings and security flags, and [`HttpSession::send`], the one send
+//! path: it follows redirects itself (each hop checked by the connector, BITS's
+//! redirect rules applied), sends the job's custom headers and server credentials only
+//! to the job's origins, and answers `401` and `407` challenges with the job's Basic or
+//! Digest credentials (Basic is sent before any challenge only over https, or when the
+//! node is configured to).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,8 +21,13 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use ferry_coordinator::SecretKey;
 
 use super::EngineSettings;
-use super::egress::{EgressPolicy, PolicyResolver, check_url};
-use super::failure::{Failure, transport};
+use super::failure::{Failure, RequestError, transport};
+use crate::egress::{BuildError, ClientOptions, EgressClient, ExecuteError, ProxyChoice, Refused};
+
+/// Redirect hops followed for one request at most.
+const MAX_REDIRECTS: usize = 10;
+/// Largest client certificate file read (PEM chain and key).
+const MAX_CLIENT_CERTIFICATE_BYTES: u64 = 1024 * 1024;
 
 /// A credential opened for this run.
 pub(crate) struct OpenCredential {
@@ -52,7 +61,12 @@ pub(crate) struct HttpTimeouts {
 
 /// The client and the authentication state of one run, shared by its connections.
 pub(crate) struct HttpSession {
-    client: reqwest::Client,
+    /// The connector: every connection checked by the egress policy.
+    client: EgressClient,
+    /// The job's custom headers, sent only to its origins.
+    headers: HeaderMap,
+    /// BITS's redirect rules for this job.
+    redirects: RedirectRule,
     credentials: Vec<OpenCredential>,
     /// Answer to the server's last challenge, reused (Digest counts its nonce uses).
     server: Mutex<Option<PasswordClient>>,
@@ -83,55 +97,47 @@ impl HttpSession {
     /// A session for `job`.
     pub(crate) fn new(job: &Job, parts: SessionParts<'_>) -> Result<Arc<Self>, Failure> {
         let SessionParts { credentials, identity, secrets, settings } = parts;
-        let (timeouts, egress) = (settings.timeouts, settings.egress);
         let parallel = job.props.max_connections.unwrap_or(settings.connections) > 1;
         let flags = job.props.security_flags;
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.read)
-            .redirect(redirect_policy(flags, egress))
-            .dns_resolver(PolicyResolver::new(egress))
-            .tls_certs_merge(settings.extra_roots.iter().cloned())
-            // rustls cannot relax one check alone: ignoring date, authority or usage
-            // problems turns certificate validation off for the job.
-            .tls_danger_accept_invalid_certs(
-                flags
-                    & (security::IGNORE_CERT_DATE_INVALID
-                        | security::IGNORE_UNKNOWN_CA
-                        | security::IGNORE_CERT_WRONG_USAGE)
-                    != 0,
-            )
-            .tls_danger_accept_invalid_hostnames(flags & security::IGNORE_CERT_CN_INVALID != 0)
-            .default_headers(custom_headers(job, secrets)?)
-            .user_agent(concat!("Ferry/", env!("CARGO_PKG_VERSION"), " (BITS)"))
-            .pool_max_idle_per_host(32)
-            .local_address(settings.source_addr);
-        if let Some(identity) = identity {
-            builder = builder.identity(identity);
-        }
-        if parallel || job.job_type.is_upload() {
-            // Several connections are the point; HTTP/2 would multiplex them onto one.
-            // The BITS upload protocol is HTTP/1.1 only.
-            builder = builder.http1_only();
-        }
-        builder = match job.props.proxy.usage {
-            ProxyUsage::NoProxy => builder.no_proxy(),
-            ProxyUsage::Override => {
-                builder.no_proxy().proxy(override_proxy(job, &credentials, egress)?)
-            }
+        let proxy = match job.props.proxy.usage {
+            ProxyUsage::NoProxy => ProxyChoice::Direct,
+            ProxyUsage::Override => override_proxy(job, &credentials)?,
             // The node's environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY). WPAD discovery
             // is not implemented, so autodetect uses the same configuration.
-            ProxyUsage::Preconfig | ProxyUsage::Autodetect => builder,
+            ProxyUsage::Preconfig | ProxyUsage::Autodetect => ProxyChoice::Environment,
         };
-        let client = builder.build().map_err(|e| {
-            Failure::fatal(transport(
-                BitsCode::BG_E_INVALID_PROXY_INFO,
-                format!("cannot set up the HTTP client: {e}"),
-                None,
-            ))
+        let options = ClientOptions {
+            connect_timeout: settings.timeouts.connect,
+            read_timeout: settings.timeouts.read,
+            extra_roots: settings.extra_roots.iter().cloned().collect(),
+            // rustls cannot relax one check alone: ignoring date, authority or usage
+            // problems turns certificate validation off for the job.
+            accept_invalid_certs: flags
+                & (security::IGNORE_CERT_DATE_INVALID
+                    | security::IGNORE_UNKNOWN_CA
+                    | security::IGNORE_CERT_WRONG_USAGE)
+                != 0,
+            accept_invalid_hostnames: flags & security::IGNORE_CERT_CN_INVALID != 0,
+            identity,
+            user_agent: concat!("Ferry/", env!("CARGO_PKG_VERSION"), " (BITS)"),
+            // Several connections are the point; HTTP/2 would multiplex them onto one.
+            // The BITS upload protocol is HTTP/1.1 only.
+            http1_only: parallel || job.job_type.is_upload(),
+            local_address: settings.source_addr,
+            pool_max_idle_per_host: 32,
+            proxy,
+        };
+        let client = EgressClient::build(settings.egress, options).map_err(|e| {
+            let code = match e {
+                BuildError::ProxyRefused { .. } => BitsCode::BG_E_BLOCKED_BY_POLICY,
+                _ => BitsCode::BG_E_INVALID_PROXY_INFO,
+            };
+            Failure::fatal(transport(code, e.to_string(), None))
         })?;
         Ok(Arc::new(Self {
             client,
+            headers: custom_headers(job, secrets)?,
+            redirects: RedirectRule::of(flags),
             credentials,
             server: Mutex::new(None),
             proxy: Mutex::new(None),
@@ -141,31 +147,83 @@ impl HttpSession {
         }))
     }
 
-    /// Sends the request `build` makes, answering up to two rounds of `401`/`407`
-    /// challenges with the job's credentials. A challenge that cannot be answered is
-    /// returned as is (the caller maps the status to `BG_E_HTTP_ERROR_401`/`407`).
+    /// Sends the request `build` makes, following redirects as the job's security
+    /// flags allow (each hop through the egress connector) and answering up to two
+    /// rounds of `401`/`407` challenges with the job's credentials. A challenge that
+    /// cannot be answered is returned as is (the caller maps the status to
+    /// `BG_E_HTTP_ERROR_401`/`407`), so is a redirect the job does not follow.
     pub(crate) async fn send(
         &self,
         method: Method,
         url: &str,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
-    ) -> Result<Response, reqwest::Error> {
+    ) -> Result<Response, SendError> {
+        let mut current = url::Url::parse(url).map_err(|e| SendError::Url(e.to_string()))?;
+        let mut hops = 0;
+        loop {
+            let response = self.send_to(&method, &current, &build).await?;
+            let Some(next) = self.redirects.next_hop(&method, &current, &response)? else {
+                return Ok(response);
+            };
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return Err(SendError::Redirect(format!("more than {MAX_REDIRECTS} redirects")));
+            }
+            // A refused target is refused before anything is sent to it.
+            crate::egress::check_url(self.client.policy(), &next).map_err(|refused| {
+                SendError::Refused(Refused {
+                    target: format!("the redirect target {next} ({})", refused.target),
+                    why: refused.why,
+                })
+            })?;
+            tracing::debug!(from = %current, to = %next, status = %response.status(), "following a redirect");
+            current = next;
+        }
+    }
+
+    /// One URL: the request, with the job's headers and credentials where they may go,
+    /// and its challenge rounds.
+    async fn send_to(
+        &self,
+        method: &Method,
+        url: &url::Url,
+        build: &impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, SendError> {
+        let text = url.as_str();
+        let ours = origin(text).is_some_and(|o| self.trusts(&o));
         let mut rounds = 0;
         loop {
-            let mut request = build(self.client.request(method.clone(), url));
-            if let Some(value) = self.authorization(AuthTarget::Server, &method, url) {
-                request = request.header(header::AUTHORIZATION, value);
+            let builder = self.client.request(method.clone(), url).map_err(SendError::Refused)?;
+            let mut request = build(builder).build().map_err(SendError::Transport)?;
+            let headers = request.headers_mut();
+            if ours {
+                // Custom headers go to the job's origins only, and never replace what
+                // the request sets itself (as default headers would not).
+                for name in self.headers.keys() {
+                    if !headers.contains_key(name) {
+                        for value in self.headers.get_all(name) {
+                            headers.append(name.clone(), value.clone());
+                        }
+                    }
+                }
             }
-            if let Some(value) = self.authorization(AuthTarget::Proxy, &method, url) {
-                request = request.header(header::PROXY_AUTHORIZATION, value);
+            for (target, name) in [
+                (AuthTarget::Server, header::AUTHORIZATION),
+                (AuthTarget::Proxy, header::PROXY_AUTHORIZATION),
+            ] {
+                let value = self.authorization(target, method, text);
+                if let Some(mut value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                    value.set_sensitive(true);
+                    headers.insert(name, value);
+                }
             }
-            let response = request.send().await?;
+            let response = self.client.execute(request).await.map_err(SendError::from)?;
             let target = match response.status() {
                 StatusCode::UNAUTHORIZED => AuthTarget::Server,
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED => AuthTarget::Proxy,
                 _ => return Ok(response),
             };
-            if rounds >= 2 || !self.accept_challenge(target, response.headers(), url) {
+            if rounds >= 2 || !self.accept_challenge(target, response.headers(), text) {
                 return Ok(response);
             }
             rounds += 1;
@@ -289,30 +347,136 @@ impl HttpSession {
     }
 }
 
-/// BITS's redirect policies: follow silently or reporting the new name (at most 10
-/// hops, never from https to http unless allowed), or refuse (the `3xx` fails the job).
-fn redirect_policy(flags: u32, egress: EgressPolicy) -> reqwest::redirect::Policy {
-    let policy = flags & security::REDIRECT_POLICY_MASK;
-    if policy == security::REDIRECT_DISALLOW {
-        return reqwest::redirect::Policy::none();
-    }
-    let downgrade = flags & security::REDIRECT_ALLOW_HTTPS_TO_HTTP != 0;
-    reqwest::redirect::Policy::custom(move |attempt| {
-        let from_https = attempt.previous().last().is_some_and(|url| url.scheme() == "https");
-        if attempt.previous().len() > 10 {
-            attempt.error("more than 10 redirects")
-        } else if let Err(why) = check_url(egress, attempt.url()) {
-            attempt.error(format!("egress policy: the redirect target {why}"))
-        } else if from_https && attempt.url().scheme() == "http" && !downgrade {
-            attempt.error("a redirect from https to http is not allowed by the job's security flags (0x800 allows it)")
-        } else {
-            attempt.follow()
-        }
-    })
+/// BITS's redirect policies: follow silently or reporting the new name (at most
+/// [`MAX_REDIRECTS`] hops, never from https to http unless allowed), or refuse (the
+/// `3xx` is returned and fails the job).
+#[derive(Clone, Copy, Debug)]
+struct RedirectRule {
+    /// `BG_HTTP_REDIRECT_POLICY_DISALLOW`.
+    disallowed: bool,
+    /// `BG_HTTP_REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP`.
+    allow_downgrade: bool,
 }
 
-/// Loads the job's client certificate (PEM: certificate chain and private key).
-pub(crate) async fn load_identity(job: &Job) -> Result<Option<reqwest::Identity>, Failure> {
+impl RedirectRule {
+    fn of(flags: u32) -> Self {
+        Self {
+            disallowed: flags & security::REDIRECT_POLICY_MASK == security::REDIRECT_DISALLOW,
+            allow_downgrade: flags & security::REDIRECT_ALLOW_HTTPS_TO_HTTP != 0,
+        }
+    }
+
+    /// Where `response` (to `method` on `current`) sends the request next, if it is a
+    /// redirect the job follows. Only `GET` and `HEAD` follow `301`/`302`/`303`;
+    /// `307`/`308` repeat any request as it was.
+    fn next_hop(
+        self,
+        method: &Method,
+        current: &url::Url,
+        response: &Response,
+    ) -> Result<Option<url::Url>, SendError> {
+        let status = response.status();
+        let repeatable = match status {
+            StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER => {
+                *method == Method::GET || *method == Method::HEAD
+            }
+            StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => true,
+            _ => false,
+        };
+        if !repeatable || self.disallowed {
+            return Ok(None);
+        }
+        let Some(location) = response.headers().get(header::LOCATION) else { return Ok(None) };
+        let location = location
+            .to_str()
+            .map_err(|_| SendError::Redirect("a Location header that is not text".into()))?;
+        let mut next = current
+            .join(location)
+            .map_err(|e| SendError::Redirect(format!("a bad Location {location:?}: {e}")))?;
+        next.set_fragment(None);
+        if current.scheme() == "https" && next.scheme() == "http" && !self.allow_downgrade {
+            return Err(SendError::Redirect(
+                "a redirect from https to http is not allowed by the job's security flags (0x800 allows it)".into(),
+            ));
+        }
+        if !next.username().is_empty() || next.password().is_some() {
+            return Err(SendError::Redirect(format!(
+                "a redirect to {} carries a user name or password",
+                next.host_str().unwrap_or_default()
+            )));
+        }
+        Ok(Some(next))
+    }
+}
+
+/// Why [`HttpSession::send`] failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The egress policy refused a connection; nothing was sent to it.
+    #[error(transparent)]
+    Refused(Refused),
+    /// A redirect the job's rules do not follow.
+    #[error("{0}")]
+    Redirect(String),
+    /// The URL cannot be parsed.
+    #[error("not a valid URL: {0}")]
+    Url(String),
+    /// Connecting, sending or receiving failed.
+    #[error(transparent)]
+    Transport(reqwest::Error),
+}
+
+impl SendError {
+    /// A failure to connect (the target is down), not a refusal or a protocol error.
+    pub(crate) fn is_connect(&self) -> bool {
+        matches!(self, Self::Transport(e) if e.is_connect())
+    }
+
+    /// Whether the egress policy refused a connection (an IP literal, or a name whose
+    /// addresses are all refused).
+    pub(crate) fn is_refused(&self) -> bool {
+        match self {
+            Self::Refused(_) => true,
+            Self::Transport(e) => super::failure::chain(e).contains("egress policy"),
+            _ => false,
+        }
+    }
+}
+
+impl From<ExecuteError> for SendError {
+    fn from(error: ExecuteError) -> Self {
+        match error {
+            ExecuteError::Refused(refused) => Self::Refused(refused),
+            ExecuteError::Transport(e) => Self::Transport(e),
+        }
+    }
+}
+
+impl RequestError for SendError {
+    fn failure(&self, url: &str, file: u32) -> Failure {
+        match self {
+            Self::Refused(refused) => Failure::blocked(format!("{url}: {refused}"), file),
+            Self::Redirect(why) => Failure::fatal(transport(
+                BitsCode::BG_E_PROTOCOL_ERROR,
+                format!("{url}: {why}"),
+                Some(file),
+            )),
+            Self::Url(why) => Failure::fatal(transport(
+                BitsCode::E_INVALIDARG,
+                format!("{url}: {why}"),
+                Some(file),
+            )),
+            Self::Transport(e) => e.failure(url, file),
+        }
+    }
+}
+
+/// Loads the job's client certificate (PEM: certificate chain and private key), read
+/// through its owner's sandbox.
+pub(crate) async fn load_identity(
+    job: &Job,
+    sandboxes: &Arc<crate::fs::Sandboxes>,
+) -> Result<Option<reqwest::Identity>, Failure> {
     let Some(path) = job.props.client_certificate.as_deref() else {
         return Ok(None);
     };
@@ -331,7 +495,15 @@ pub(crate) async fn load_identity(job: &Job) -> Result<Option<reqwest::Identity>
             "{path}: PKCS#12 client certificates are not supported by this build; convert it to PEM (openssl pkcs12 -in {path} -nodes -out cert.pem)"
         )));
     }
-    let pem = tokio::fs::read(path).await.map_err(|e| {
+    let (sandboxes, owner, paths) =
+        (sandboxes.clone(), job.owner.clone(), vec![std::path::PathBuf::from(path)]);
+    let read = tokio::task::spawn_blocking(move || {
+        super::local::read_start(&sandboxes, &owner, paths, MAX_CLIENT_CERTIFICATE_BYTES)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|read| read);
+    let pem = read.map_err(|e| {
         Failure::local(&e, &format!("cannot read the client certificate {path}"), None)
     })?;
     reqwest::Identity::from_pem(&pem)
@@ -365,8 +537,8 @@ fn request_uri(url: &str, target: AuthTarget) -> String {
     }
 }
 
-/// The job's custom headers as a header map (sent with every request), their sealed
-/// values opened.
+/// The job's custom headers as a header map (sent with every request to the job's
+/// origins), their sealed values opened.
 fn custom_headers(job: &Job, secrets: &SecretKey) -> Result<HeaderMap, Failure> {
     let lines = secrets.open_headers(&job.owner, &job.props.custom_headers).map_err(|e| {
         Failure::fatal(JobError {
@@ -398,38 +570,23 @@ fn custom_headers(job: &Job, secrets: &SecretKey) -> Result<HeaderMap, Failure> 
 }
 
 /// The OVERRIDE proxy: the first entry of the job's list, bypassing its bypass list,
-/// with the job's Basic proxy credential if it has one.
-fn override_proxy(
-    job: &Job,
-    credentials: &[OpenCredential],
-    egress: EgressPolicy,
-) -> Result<reqwest::Proxy, Failure> {
-    let invalid =
-        |detail: String| Failure::fatal(transport(BitsCode::BG_E_INVALID_PROXY_INFO, detail, None));
+/// with the job's Basic proxy credential if it has one (the connector checks it).
+fn override_proxy(job: &Job, credentials: &[OpenCredential]) -> Result<ProxyChoice, Failure> {
     let list = job.props.proxy.list.as_deref().unwrap_or_default();
-    let first = list
-        .split_whitespace()
-        .next()
-        .ok_or_else(|| invalid("the job's proxy list is empty".into()))?;
-    let url = if first.contains("://") { first.to_owned() } else { format!("http://{first}") };
-    let parsed = url::Url::parse(&url).map_err(|e| invalid(format!("proxy {first:?}: {e}")))?;
-    check_url(egress, &parsed).map_err(|why| {
+    let first = list.split_whitespace().next().ok_or_else(|| {
         Failure::fatal(transport(
-            BitsCode::BG_E_BLOCKED_BY_POLICY,
-            format!("proxy {first}: egress policy: {why}"),
+            BitsCode::BG_E_INVALID_PROXY_INFO,
+            "the job's proxy list is empty".into(),
             None,
         ))
     })?;
-    let mut proxy =
-        reqwest::Proxy::all(&url).map_err(|e| invalid(format!("proxy {first:?}: {e}")))?;
-    if let Some(bypass) = job.props.proxy.bypass.as_deref() {
-        let hosts = bypass.split_whitespace().collect::<Vec<_>>().join(",");
-        proxy = proxy.no_proxy(reqwest::NoProxy::from_string(&hosts));
-    }
-    if let Some(basic) =
-        credentials.iter().find(|c| c.target == AuthTarget::Proxy && c.scheme == AuthScheme::Basic)
-    {
-        proxy = proxy.basic_auth(&basic.user, &basic.password);
-    }
-    Ok(proxy)
+    let basic = credentials
+        .iter()
+        .find(|c| c.target == AuthTarget::Proxy && c.scheme == AuthScheme::Basic)
+        .map(|c| (c.user.clone(), c.password.clone()));
+    Ok(ProxyChoice::Override {
+        proxy: first.to_owned(),
+        bypass: job.props.proxy.bypass.clone(),
+        basic,
+    })
 }

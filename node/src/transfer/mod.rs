@@ -6,7 +6,6 @@
 
 mod caps;
 mod download;
-mod egress;
 pub(crate) mod failure;
 mod fetch;
 pub(crate) mod helper;
@@ -28,11 +27,11 @@ use ferry_protocol::{BitsCode, Caller, Job, JobId, JobState, NodeId, Principal, 
 use tokio::task::AbortHandle;
 
 pub(crate) use self::caps::ConnectionCaps;
-pub(crate) use self::egress::EgressPolicy;
 use self::failure::{Failure, Stop};
 pub(crate) use self::http::HttpTimeouts;
 use self::http::{HttpSession, OpenCredential, SessionParts};
 pub(crate) use self::local::read_start;
+use crate::egress::EgressPolicy;
 use crate::service::NodeCluster;
 
 /// How long a run whose task ended without moving its job waits before a new task.
@@ -59,6 +58,9 @@ pub(crate) struct EngineSettings {
     pub(crate) egress: EgressPolicy,
     /// Every principal's sandbox: all local files of jobs go through it.
     pub(crate) sandboxes: Arc<crate::fs::Sandboxes>,
+    /// Hosts (and their subdomains) an upload may follow `BITS-Host-Id` to besides
+    /// those on the job URL's site (the policy still applies).
+    pub(crate) trusted_host_ids: Arc<Vec<String>>,
     /// Send Basic credentials over plain http before the server asks.
     pub(crate) preemptive_basic_over_http: bool,
     /// Source address of connections to origins.
@@ -224,7 +226,7 @@ pub(crate) async fn job_http(
 ) -> Result<Arc<HttpSession>, Failure> {
     let parts = SessionParts {
         credentials: open_credentials(job, secrets)?,
-        identity: http::load_identity(job).await?,
+        identity: http::load_identity(job, &settings.sandboxes).await?,
         secrets,
         settings,
     };
@@ -262,7 +264,7 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
 /// Cancel-Session for a cancelled upload job's open session.
 async fn cancel_upload(job: &Job, settings: &EngineSettings, secrets: &SecretKey) {
     match job_http(job, settings, secrets).await {
-        Ok(http) => upload::cancel_session(job, http).await,
+        Ok(http) => upload::cancel_session(job, http, upload::HostIdRule::of(settings)).await,
         Err(e) => {
             tracing::warn!(job = %job.id, error = ?e.error, "cannot cancel the upload session")
         }

@@ -13,10 +13,16 @@
 //!
 //! The local file must not change while it uploads (`BG_E_LOCAL_FILE_CHANGED`): its
 //! size and modification time are recorded with the session and checked before every
-//! fragment. `BITS-Host-Id` sends the session's later packets to that host, back to
-//! the original one once it failed for `BITS-Host-Id-Fallback-Timeout` seconds.
+//! fragment. `BITS-Host-Id` sends the session's later packets (and the job's
+//! credentials and custom headers) to that host, back to the original one once it
+//! failed for `BITS-Host-Id-Fallback-Timeout` seconds — only if the host has the
+//! scheme and registrable domain of the job's URL or is listed in
+//! `transfer.trusted_host_ids`, and the egress policy allows it; any other host id is
+//! ignored (logged), and the packets stay on the job's server. Every packet and the
+//! reply download go through the run's egress connector: a reply URL on a refused
+//! address fails the job with `BG_E_BLOCKED_BY_POLICY`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -31,11 +37,12 @@ use ferry_protocol::{BitsCode, ErrorContext, Job, JobState, JobType};
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, Response, StatusCode};
 
-use super::Run;
 use super::failure::{Failure, Stop};
 use super::fetch::{blocking, content_length, content_range};
-use super::http::HttpSession;
+use super::http::{HttpSession, SendError};
 use super::local::{self, TempFile};
+use super::{EngineSettings, Run};
+use crate::egress::{self, EgressPolicy};
 
 /// Bytes per fragment at first (a server answering 413 gets smaller ones).
 const FRAGMENT_SIZE: u64 = 8 * 1024 * 1024;
@@ -53,6 +60,48 @@ const MAX_NEW_SESSIONS: u32 = 3;
 /// timeout counts from the first one).
 static HOST_FAILURES: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
 
+/// Sessions whose host id named a host the egress policy refused at connect time (a
+/// name resolving to a refused address): their packets stay on the job's server.
+static REFUSED_HOST_IDS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// Sessions remembered in [`REFUSED_HOST_IDS`] at most (a bound, not a quota).
+const MAX_REFUSED_HOST_IDS: usize = 4096;
+
+/// Which `BITS-Host-Id` targets a session may move to.
+#[derive(Clone, Copy)]
+pub(crate) struct HostIdRule<'a> {
+    /// The node's egress policy.
+    policy: EgressPolicy,
+    /// `transfer.trusted_host_ids`.
+    trusted: &'a [String],
+}
+
+impl<'a> HostIdRule<'a> {
+    /// The rule of a node with `settings`.
+    pub(crate) fn of(settings: &'a EngineSettings) -> Self {
+        Self { policy: settings.egress, trusted: &settings.trusted_host_ids }
+    }
+
+    /// Why packets for `original` may not go to `moved` (the URL with the host id), if
+    /// they may not.
+    fn refusal(self, original: &str, moved: &str) -> Option<String> {
+        let (Ok(original), Ok(moved)) = (url::Url::parse(original), url::Url::parse(moved)) else {
+            return Some("not a valid host".into());
+        };
+        if let Err(refused) = egress::check_url(self.policy, &moved) {
+            return Some(refused.to_string());
+        }
+        let host = moved.host_str().unwrap_or_default();
+        let listed = self.trusted.iter().any(|entry| egress::host_listed(host, entry));
+        if !listed && !egress::same_site(&original, &moved) {
+            return Some(format!(
+                "{host} is not on the site of {} (same scheme and registrable domain) nor in transfer.trusted_host_ids",
+                original.host_str().unwrap_or_default()
+            ));
+        }
+        None
+    }
+}
+
 /// Where the session's packets go: the job's URL, or the server's `BITS-Host-Id`.
 struct Target {
     original: String,
@@ -65,11 +114,26 @@ struct Target {
 }
 
 impl Target {
-    fn new(original: &str, state: &UploadState) -> Self {
+    fn new(original: &str, state: &UploadState, rule: HostIdRule<'_>) -> Self {
+        let refused_before = state.session.as_ref().is_some_and(|s| {
+            REFUSED_HOST_IDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(s)
+        });
+        let host = state
+            .host_id
+            .as_deref()
+            .filter(|_| !refused_before)
+            .and_then(|host| with_host(original, host))
+            .filter(|moved| match rule.refusal(original, moved) {
+                None => true,
+                Some(why) => {
+                    tracing::info!(host_id = ?state.host_id, %why, "BITS-Host-Id ignored: the session stays on the job's server");
+                    false
+                }
+            });
         let failures = HOST_FAILURES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Self {
             original: original.to_owned(),
-            host: state.host_id.as_deref().and_then(|host| with_host(original, host)),
+            host,
             fallback: state.host_fallback_secs.map(Duration::from_secs),
             failing_since: state.session.as_ref().and_then(|s| failures.get(s).copied()),
             session: state.session.clone(),
@@ -86,6 +150,21 @@ impl Target {
         } else if self.host.is_some() {
             let since = *self.failing_since.get_or_insert_with(Instant::now);
             failures.insert(session.clone(), since);
+        }
+    }
+
+    /// The egress policy refused the host id at connect time: stay on the job's server
+    /// for the rest of the session.
+    fn refuse_host(&mut self) {
+        tracing::info!(host = ?self.host, "BITS-Host-Id refused by the egress policy: the session stays on the job's server");
+        self.host = None;
+        if let Some(session) = &self.session {
+            let mut refused =
+                REFUSED_HOST_IDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if refused.len() >= MAX_REFUSED_HOST_IDS {
+                refused.clear();
+            }
+            refused.insert(session.clone());
         }
     }
 
@@ -217,7 +296,7 @@ impl Run {
             if state.local.is_some_and(|recorded| recorded != now) {
                 return Err(changed_file(&path));
             }
-            let mut target = Target::new(&file.remote_url, &state);
+            let mut target = Target::new(&file.remote_url, &state, HostIdRule::of(&self.settings));
             if let Some(host) = &target.host {
                 self.http.trust_origin_of(host);
             }
@@ -276,8 +355,15 @@ impl Run {
         headers: Vec<(&'static str, String)>,
         body: Bytes,
     ) -> Result<Ack, Stop> {
-        let url = target.url().to_owned();
-        let response: Response = match send_packet(&self.http, &url, packet, &headers, body).await {
+        let mut url = target.url().to_owned();
+        let mut sent = send_packet(&self.http, &url, packet, &headers, body.clone()).await;
+        if sent.as_ref().is_err_and(|e| e.is_refused()) && url != target.original {
+            // A host id whose name resolves to a refused address: nothing was sent.
+            target.refuse_host();
+            url = target.url().to_owned();
+            sent = send_packet(&self.http, &url, packet, &headers, body).await;
+        }
+        let response: Response = match sent {
             Ok(response) => response,
             Err(e) => {
                 if e.is_connect() {
@@ -592,7 +678,7 @@ async fn send_packet(
     packet: PacketType,
     headers: &[(&'static str, String)],
     body: Bytes,
-) -> reqwest::Result<Response> {
+) -> Result<Response, SendError> {
     // `BITS_POST` is a valid method token: the fallback is never taken.
     let method = Method::from_bytes(upload::METHOD.as_bytes()).unwrap_or(Method::POST);
     let length = body.len().to_string();
@@ -623,9 +709,9 @@ async fn read_at(file: &Arc<File>, offset: u64, len: u64) -> Result<Bytes, Stop>
 
 /// Cancel-Session for a cancelled job's open session (best effort: the server drops
 /// sessions without progress after its timeout anyway).
-pub(crate) async fn cancel_session(job: &Job, http: Arc<HttpSession>) {
+pub(crate) async fn cancel_session(job: &Job, http: Arc<HttpSession>, rule: HostIdRule<'_>) {
     let (Some(session), Some(file)) = (&job.upload.session, job.files.first()) else { return };
-    let target = Target::new(&file.remote_url, &job.upload);
+    let target = Target::new(&file.remote_url, &job.upload, rule);
     let headers = [(bits::SESSION_ID, session.clone())];
     for _ in 0..3 {
         let cancel = PacketType::CancelSession;
@@ -667,13 +753,41 @@ mod tests {
     }
 
     #[test]
+    fn host_ids_must_be_on_the_site_or_listed_and_allowed() {
+        let trusted = vec!["farm.example.net".to_owned()];
+        let rule = HostIdRule { policy: EgressPolicy::default(), trusted: &trusted };
+        let original = "https://upload.example.com/bits/x";
+        assert_eq!(rule.refusal(original, "https://node7.example.com:8443/bits/x"), None);
+        assert_eq!(rule.refusal(original, "https://n1.farm.example.net/bits/x"), None);
+        for refused in [
+            "https://evil.example.org/bits/x",
+            "https://169.254.169.254/bits/x",
+            "https://[::ffff:a9fe:a9fe]/bits/x",
+            "https://2852039166/bits/x",
+            "http://node7.example.com/bits/x",
+        ] {
+            assert!(rule.refusal(original, refused).is_some(), "{refused}");
+        }
+        // A listed host is still subject to the policy.
+        let trusted = vec!["169.254.169.254".to_owned()];
+        let rule = HostIdRule { policy: EgressPolicy::default(), trusted: &trusted };
+        assert!(rule.refusal("http://127.0.0.1/x", "http://169.254.169.254/x").is_some());
+        let state =
+            UploadState { host_id: Some("169.254.169.254:80".into()), ..UploadState::default() };
+        let target = Target::new("http://127.0.0.1:7070/bits/x", &state, rule);
+        assert_eq!(target.url(), "http://127.0.0.1:7070/bits/x", "ignored");
+    }
+
+    #[test]
     fn the_host_id_is_left_after_its_fallback_timeout() {
         let state = UploadState {
             host_id: Some("b:1".into()),
             host_fallback_secs: Some(0),
             ..UploadState::default()
         };
-        let mut target = Target::new("http://a:1/x", &state);
+        let trusted = vec!["b".to_owned()];
+        let rule = HostIdRule { policy: EgressPolicy::default(), trusted: &trusted };
+        let mut target = Target::new("http://a:1/x", &state, rule);
         assert_eq!(target.url(), "http://b:1/x");
         target.failing_since = Some(Instant::now());
         assert_eq!(target.url(), "http://a:1/x");
