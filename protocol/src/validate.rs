@@ -477,16 +477,16 @@ pub fn custom_headers(lines: &[String]) -> Result<(), CommandError> {
 
 /// Why a header name may not be a custom header, or `None` if it may. Ferry sets these
 /// itself: framing (`Content-Length`, `Transfer-Encoding`: a second value desynchronizes
-/// the connection), hop-by-hop headers (RFC 9110 §7.6.1, which a proxy strips), the
-/// range requests of the engine, and credentials (which go through the credentials call
-/// and only to the job's origin). Names compare case-insensitively.
+/// the connection), hop-by-hop headers (RFC 9110 §7.6.1, which a proxy strips), proxy
+/// credentials, the range requests of the engine and the BITS upload protocol. Names
+/// compare case-insensitively. `Authorization` stays allowed: a bearer token in a
+/// write-only custom header is how BITS jobs reach token-authenticated origins
+/// (`MakeCustomHeadersWriteOnly`), and custom headers go only to the job's origin.
 pub fn reserved_header(name: &str) -> Option<&'static str> {
     const FRAMING: &str = "it frames the HTTP message, which Ferry does itself";
     const HOP: &str = "it is a hop-by-hop header, which Ferry manages per connection";
     const RANGES: &str =
         "Ferry sends it to fetch byte ranges and check that the file did not change";
-    const SECRET: &str =
-        "credentials are set with the credentials call (PUT /v1/jobs/{id}/credentials)";
     let lower = name.to_ascii_lowercase();
     let why = match lower.as_str() {
         "host" => "Ferry sends the host of the remote URL",
@@ -494,7 +494,6 @@ pub fn reserved_header(name: &str) -> Option<&'static str> {
         "connection" | "keep-alive" | "te" | "trailer" | "upgrade" | "expect"
         | "http2-settings" => HOP,
         "range" | "if-range" => RANGES,
-        "authorization" => SECRET,
         "max-forwards" | "via" | "forwarded" => "it belongs to proxies",
         _ if lower.starts_with("proxy-") => {
             "proxy headers are set by Ferry from the job's proxy settings and credentials"
@@ -570,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn framing_hop_by_hop_and_secret_headers_are_refused() {
+    fn framing_hop_by_hop_and_proxy_headers_are_refused() {
         for name in [
             "Host",
             "Content-Length",
@@ -586,7 +585,6 @@ mod tests {
             "proxy-authenticate",
             "Range",
             "If-Range",
-            "Authorization",
             "Expect",
             "BITS-Packet-Type",
         ] {
@@ -595,7 +593,7 @@ mod tests {
             assert_eq!(error.code, BitsCode::E_INVALIDARG);
             assert!(error.detail.contains(name), "{}", error.detail);
         }
-        for fine in ["X-Trace: 1", "Accept: */*", "User-Agent: t", "If-None-Match: x"] {
+        for fine in ["X-Trace: 1", "Accept: */*", "Authorization: Bearer t", "If-None-Match: x"] {
             assert_eq!(code(custom_headers(&[fine.into()])), None, "{fine}");
         }
     }
