@@ -16,7 +16,7 @@ use crate::support::{file, new_job, queue_view};
 /// Connections of the attack.
 const ATTACKERS: usize = 300;
 /// Rounds of measured requests while it runs.
-const ROUNDS: usize = 100;
+const ROUNDS: usize = 200;
 
 /// The head of a `POST /v1/jobs` whose 1,000-byte body will never arrive in full.
 fn stalled_head(token: &str) -> String {
@@ -75,16 +75,23 @@ async fn slow_bodies_of_one_user_do_not_stall_health_or_other_users() -> anyhow:
     for task in &attack {
         task.abort();
     }
-    let (h50, h99) = (quantile(&mut health, 0.5), quantile(&mut health, 0.99));
-    let (u50, u99) = (quantile(&mut other_user, 0.5), quantile(&mut other_user, 0.99));
-    println!(
-        "{ATTACKERS} slow-body connections with a user token ({still_attacking} still open at the end): \
-         /healthz p50 {h50:.1} ms p99 {h99:.1} ms; another user's GET /v1/jobs p50 {u50:.1} ms \
-         p99 {u99:.1} ms ({ROUNDS} rounds)"
+    let (h50, h99, hmax) =
+        (quantile(&mut health, 0.5), quantile(&mut health, 0.99), quantile(&mut health, 1.0));
+    let (u50, u99, umax) = (
+        quantile(&mut other_user, 0.5),
+        quantile(&mut other_user, 0.99),
+        quantile(&mut other_user, 1.0),
     );
-    anyhow::ensure!(still_attacking == ATTACKERS, "the attack ended early");
+    println!(
+        "{ATTACKERS} slow-body connections with a user token ({still_attacking} still open at \
+         the end): /healthz p50 {h50:.1} ms p99 {h99:.1} ms max {hmax:.1} ms; another user's \
+         GET /v1/jobs p50 {u50:.1} ms p99 {u99:.1} ms max {umax:.1} ms ({ROUNDS} rounds)"
+    );
+    anyhow::ensure!(still_attacking == ATTACKERS, "the attack ended before the measurement");
     anyhow::ensure!(h99 < 200.0, "/healthz p99 {h99:.1} ms under attack");
     anyhow::ensure!(u99 < 200.0, "another user's p99 {u99:.1} ms under attack");
+    // One request stuck behind the attack is a failure too, not an outlier.
+    anyhow::ensure!(hmax < 1000.0 && umax < 1000.0, "a request waited {hmax:.1}/{umax:.1} ms");
     Ok(())
 }
 
