@@ -274,6 +274,18 @@ fn without_userinfo(url: &url::Url) -> String {
     clean.to_string()
 }
 
+/// `url` without the password of its userinfo (for views of URLs stored before
+/// userinfo was refused); other URLs unchanged.
+pub fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// A local path: absolute, naming a file, no `.`/`..` components, no NUL, bounded.
 pub fn local_path(path: &str) -> Result<(), CommandError> {
     if !path.starts_with('/') {
@@ -564,6 +576,8 @@ mod tests {
                 assert!(!error.detail.contains("hunter2"), "{}", error.detail);
             }
         }
+        assert_eq!(without_password("https://u:hunter2@example.com/a"), "https://u@example.com/a");
+        assert_eq!(without_password("https://example.com/a@b"), "https://example.com/a@b");
         // An '@' in the path or query is not userinfo.
         assert_eq!(code(remote_url("https://example.com/a@b?c=d@e", JobType::Download)), None);
     }
