@@ -143,6 +143,9 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
+            // Below ferryd's header timeout (10 s by default), after which it closes idle
+            // connections: a pooled connection is dropped before the server drops it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .no_proxy();
         if let Some(pem) = &ca_pem {
             let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
