@@ -9,7 +9,7 @@ use ferry_protocol::job::{JobType, Priority, ProxyUsage};
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, propagate_version = true)]
 pub(crate) struct Cli {
-    /// Node API URL [default: $FERRY_NODE, else <data-dir>/api.addr, else http://127.0.0.1:7070]
+    /// Node API URL [default: $FERRY_NODE, else <data-dir>/api.addr (https:// with --ca), else http://127.0.0.1:7070]
     #[arg(long, global = true, env = "FERRY_NODE", value_name = "URL")]
     pub(crate) node: Option<String>,
     /// API token [default: $FERRY_TOKEN, else <data-dir>/admin.token]

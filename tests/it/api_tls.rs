@@ -65,6 +65,23 @@ async fn cli_and_client_speak_tls_with_the_cluster_ca_and_refuse_a_wrong_one() -
         ferry(&node, tokens::ALICE, &["--ca", &ca_arg, "job", "info", &job.id.to_string()]).await?;
     anyhow::ensure!(code == 0, "ferry --ca: {stderr}");
 
+    // Without --node, the CLI finds the local node in its data directory; --ca makes
+    // that address https://.
+    let local = tokio::process::Command::new(ferry_tests::binary("ferry")?)
+        .args(["--ca", &ca_arg, "job", "list"])
+        .env_remove("FERRY_NODE")
+        .env_remove("FERRY_CA")
+        .env("FERRY_TOKEN", tokens::ALICE)
+        .env("FERRY_DATA_DIR", node.data_dir())
+        .kill_on_drop(true)
+        .output();
+    let local = tokio::time::timeout(std::time::Duration::from_secs(60), local).await??;
+    anyhow::ensure!(
+        local.status.success(),
+        "ferry --ca with the local api.addr: {}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+
     // A wrong CA: the client and the CLI refuse the node.
     let dir = tempfile::tempdir()?;
     let (other_ca, _, _) = own_ca_and_cert()?;
