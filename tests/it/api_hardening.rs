@@ -258,3 +258,35 @@ async fn passwords_in_urls_are_refused_and_never_stored() -> anyhow::Result<()> 
     anyhow::ensure!(!view.contains(secret) && !view.contains("someone@"), "{view}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_and_idle_ones_are_closed() -> anyhow::Result<()> {
+    let options = NodeOptions {
+        extra_config: "[api]\nmax_connections = 4\nheader_timeout_secs = 2\n".into(),
+        ..NodeOptions::queue_only()
+    };
+    let node = Node::start(options).await?;
+    let addr = node.addr()?;
+    // Four connections that never send a request take every connection slot.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = format!("{}/healthz", node.url()?);
+    let http = crate::support::raw();
+    let start = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(10), http.get(&health).send()).await??;
+    let waited = start.elapsed();
+    println!("with 4 of 4 connections idle, /healthz answered after {waited:?}");
+    anyhow::ensure!(answer.status() == 200, "{}", answer.status());
+    // It waited for the header timeout to close an idle connection, not longer.
+    anyhow::ensure!(
+        waited >= Duration::from_millis(1000) && waited < Duration::from_secs(6),
+        "waited {waited:?}"
+    );
+    for mut stream in idle {
+        read_until_closed(&mut stream, Duration::from_secs(5)).await?;
+    }
+    Ok(())
+}

@@ -88,3 +88,47 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     }
     anyhow::bail!("api.tls_key {} holds no PRIVATE KEY", path.display())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ApiTls;
+
+    fn data_dir_with_ca() -> anyhow::Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir()?;
+        ClusterCa::generate()?.save(dir.path())?;
+        Ok(dir)
+    }
+
+    #[test]
+    fn beyond_loopback_the_cluster_ca_issues_the_api_certificate() -> anyhow::Result<()> {
+        let dir = data_dir_with_ca()?;
+        let mut api = ApiConfig {
+            listen: "0.0.0.0:7070".parse()?,
+            tls_names: vec!["ferry.example.com".into()],
+            ..ApiConfig::default()
+        };
+        let bound = api.listen;
+        assert!(server_config(&api, dir.path(), 3, bound)?.is_some());
+        let names = names(&api, 3, bound);
+        assert!(names.contains(&"ferry.example.com".to_owned()));
+        assert!(names.contains(&"node-3.ferry".to_owned()));
+        assert!(!names.contains(&"0.0.0.0".to_owned()));
+
+        // The explicit opt-out, and loopback by default: plain HTTP.
+        api.tls = ApiTls::Off;
+        assert!(server_config(&api, dir.path(), 3, bound)?.is_none());
+        let loopback = ApiConfig::default();
+        assert!(server_config(&loopback, dir.path(), 3, loopback.listen)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn tls_without_a_certificate_or_a_ca_key_is_a_clear_error() -> anyhow::Result<()> {
+        let empty = tempfile::tempdir()?;
+        let api = ApiConfig { tls: ApiTls::On, ..ApiConfig::default() };
+        let error = server_config(&api, empty.path(), 1, api.listen).err().map(|e| e.to_string());
+        assert!(error.is_some_and(|e| e.contains("api.tls_cert")));
+        Ok(())
+    }
+}
