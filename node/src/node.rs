@@ -53,6 +53,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let start = membership::establish(&dir, config, api_addr).await?;
     let node_id = start.node_id;
+    // Before Raft starts: a TLS setting that cannot work stops the start here.
+    let server_settings =
+        crate::api_server::ServerSettings::new(&config.api, dir.root(), node_id, api_addr)?;
     let endpoint = PeerEndpoint::from_socket(start.socket, &start.identity)?;
     let peer_addr = endpoint.local_addr()?;
     let raft_config = raft::raft_config(&settings.raft)?;
@@ -171,8 +174,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     tokio::spawn(watch_queue(raft.clone(), transfers.recipient(), scheduler.recipient()));
 
     let limits = Limits { max_body_bytes: config.api.max_body_bytes };
-    let server_settings =
-        crate::api_server::ServerSettings::new(&config.api, dir.root(), node_id, api_addr)?;
     let server_auth = auth.clone();
     let uploads = crate::upload_server::UploadServer {
         cluster: cluster.clone(),

@@ -129,3 +129,20 @@ async fn a_configured_certificate_is_served_and_checked() -> anyhow::Result<()> 
     let cluster_ca = std::fs::read(node.data_dir().join("ca.pem"))?;
     refused(&Client::with_ca(&node.url()?, Some(tokens::BOB.into()), &cluster_ca)?).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_certificate_stops_the_start_with_the_reason() -> anyhow::Result<()> {
+    let options = NodeOptions {
+        extra_config:
+            "[api]\ntls_cert = \"/nonexistent/api.pem\"\ntls_key = \"/nonexistent/api.key\"\n"
+                .into(),
+        api_ca: Some(ApiCa::File("/nonexistent/ca.pem".into())),
+        ..NodeOptions::queue_only()
+    };
+    let error = match Node::start(options).await {
+        Ok(_) => anyhow::bail!("ferryd started without its certificate"),
+        Err(e) => e.to_string(),
+    };
+    anyhow::ensure!(error.contains("cannot read api.tls_cert /nonexistent/api.pem"), "{error}");
+    Ok(())
+}
