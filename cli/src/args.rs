@@ -9,12 +9,17 @@ use ferry_protocol::job::{JobType, Priority, ProxyUsage};
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, propagate_version = true)]
 pub(crate) struct Cli {
-    /// Node API URL [default: $FERRY_NODE, else <data-dir>/api.addr, else http://127.0.0.1:7070]
+    /// Node API URL [default: $FERRY_NODE, else <data-dir>/api.addr (https:// with --ca), else http://127.0.0.1:7070]
     #[arg(long, global = true, env = "FERRY_NODE", value_name = "URL")]
     pub(crate) node: Option<String>,
     /// API token [default: $FERRY_TOKEN, else <data-dir>/admin.token]
     #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
+    /// PEM file of the CA that issued the node's API certificate (for https:// nodes;
+    /// the cluster CA is <data-dir>/ca.pem on any member). Only that CA is trusted.
+    /// [default: $FERRY_CA, else the system's roots]
+    #[arg(long, global = true, env = "FERRY_CA", value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
     /// Data directory of a local node, to find its token and address.
     #[arg(
         long,

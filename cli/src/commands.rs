@@ -25,7 +25,15 @@ fn show<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> a
 /// Runs the parsed command line.
 pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
     let url = target::node_url(cli);
-    let client = Client::new(&url, target::token(cli, &url))?;
+    let token = target::token(cli, &url);
+    let client = match &cli.ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA file {} (--ca)", path.display()))?;
+            Client::with_ca(&url, token, &pem)?
+        }
+        None => Client::new(&url, token)?,
+    };
     match &cli.command {
         Noun::Job(command) => job(&client, cli.json, command).await,
         Noun::Transfer(args) => crate::transfer::run(&client, cli.json, args).await,
@@ -73,7 +81,8 @@ async fn watch(client: &Client, json: bool, args: &WatchArgs) -> anyhow::Result<
         args.from.as_deref().unwrap_or("now").parse().map_err(anyhow::Error::msg)?;
     let token = client.token().unwrap_or_default().to_owned();
     let filter = EventFilter { jobs, kinds, all_users: args.all_users };
-    let mut watcher = Watcher::new(client.base().clone(), token, filter, from);
+    let mut watcher =
+        Watcher::new(client.base().clone(), token, filter, from).with_api_ca(client.ca_pem());
     let mut printed = 0u64;
     while args.count.is_none_or(|n| printed < n) {
         match watcher.next().await? {

@@ -6,14 +6,16 @@ use std::path::Path;
 use crate::args::Cli;
 
 /// The node URL: `--node`/`FERRY_NODE`, else the local node's `api.addr`, else the
-/// default `http://127.0.0.1:7070`.
+/// default `http://127.0.0.1:7070`; `https://` instead when a CA is given (`--ca`: the
+/// local node serves TLS).
 pub(crate) fn node_url(cli: &Cli) -> String {
     if let Some(node) = &cli.node {
         return node.clone();
     }
+    let scheme = if cli.ca.is_some() { "https" } else { "http" };
     match read_trimmed(&cli.data_dir.join("api.addr")) {
-        Some(addr) => format!("http://{addr}"),
-        None => "http://127.0.0.1:7070".to_owned(),
+        Some(addr) => format!("{scheme}://{addr}"),
+        None => format!("{scheme}://127.0.0.1:7070"),
     }
 }
 

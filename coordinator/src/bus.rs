@@ -209,6 +209,9 @@ pub struct Watcher {
     current: Option<BusSubscription>,
     /// Give up when no member takes the subscription for this long.
     patience: Duration,
+    /// The CA the members' `https://` APIs are verified with, PEM (see
+    /// [`crate::Client::with_ca`]).
+    api_ca: Option<Vec<u8>>,
 }
 
 impl Watcher {
@@ -221,7 +224,14 @@ impl Watcher {
             nodes: vec![first],
             current: None,
             patience: Duration::from_secs(60),
+            api_ca: None,
         }
+    }
+
+    /// Verifies the members' `https://` APIs with `ca_pem` only.
+    pub fn with_api_ca(mut self, ca_pem: Option<&[u8]>) -> Self {
+        self.api_ca = ca_pem.map(<[u8]>::to_vec);
+        self
     }
 
     /// The next delivery or connection change; an error once no member has taken the
@@ -289,14 +299,19 @@ impl Watcher {
             }
             e => BusError::Stream(format!("{url}: {e}")),
         };
-        let client = crate::Client::new(url.as_str(), Some(self.token.clone()))
-            .map_err(fail)?
-            .with_attempts(1);
+        let token = Some(self.token.clone());
+        let client = match &self.api_ca {
+            Some(ca) => crate::Client::with_ca(url.as_str(), token, ca),
+            None => crate::Client::new(url.as_str(), token),
+        }
+        .map_err(fail)?
+        .with_attempts(1);
         let status = client.cluster().await.map_err(fail)?;
         let ca = client.cluster_ca().await.map_err(fail)?;
         // Remember every member's API, so that a later loss can go elsewhere.
         for member in &status.members {
-            if let Ok(api) = url::Url::parse(&format!("http://{}", member.api_addr))
+            // Members serve their APIs alike: the scheme of this one is theirs.
+            if let Ok(api) = url::Url::parse(&format!("{}://{}", url.scheme(), member.api_addr))
                 && !self.nodes.contains(&api)
             {
                 self.nodes.push(api);

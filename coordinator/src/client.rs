@@ -42,6 +42,19 @@ pub enum ClientError {
         /// The start of the body.
         body: String,
     },
+    /// The node's TLS certificate is not one the client trusts (a wrong `--ca`, or a
+    /// node that is not the one meant): nothing was sent, the token included.
+    #[error(
+        "the node at {url} presented a TLS certificate that the trusted CA did not issue \
+         (or one for another name); check --ca / FERRY_CA (the cluster CA is \
+         <data-dir>/ca.pem on any member) and the node URL: {detail}"
+    )]
+    UntrustedCertificate {
+        /// Where the request went.
+        url: String,
+        /// What the TLS library said.
+        detail: String,
+    },
     /// The base URL is not usable.
     #[error("invalid node URL {0:?}: {1}")]
     BadUrl(String, String),
@@ -67,6 +80,34 @@ pub struct Client {
     base: url::Url,
     token: Option<String>,
     attempts: u32,
+    /// The only CA trusted for `https://` nodes, PEM; `None`: the system's roots.
+    ca_pem: Option<Vec<u8>>,
+}
+
+/// What rustls said, if `error` is a refused server certificate.
+fn certificate_failure(error: &reqwest::Error) -> Option<String> {
+    let tls = rustls_error(error, 0)?;
+    matches!(tls, rustls::Error::InvalidCertificate(_)).then(|| tls.to_string())
+}
+
+/// The rustls error inside `error`: along its sources, and inside the I/O errors that
+/// wrap it (an `io::Error`'s `source` skips the error it wraps).
+fn rustls_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+    depth: usize,
+) -> Option<&'a rustls::Error> {
+    if depth > 16 {
+        return None;
+    }
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref)
+        && let Some(tls) = rustls_error(inner, depth + 1)
+    {
+        return Some(tls);
+    }
+    rustls_error(error.source()?, depth + 1)
 }
 
 /// Installs ring as the process's TLS crypto provider if none is installed yet
@@ -79,19 +120,53 @@ impl Client {
     /// A client for the node at `base` (e.g. `http://127.0.0.1:7070`), authenticating
     /// with `token` if given.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        Self::build(base, token, None)
+    }
+
+    /// A client for an `https://` node whose certificate must be issued by a CA in
+    /// `ca_pem` (PEM; e.g. the cluster CA, `<data-dir>/ca.pem`) and by no other.
+    pub fn with_ca(base: &str, token: Option<String>, ca_pem: &[u8]) -> Result<Self, ClientError> {
+        Self::build(base, token, Some(ca_pem.to_vec()))
+    }
+
+    fn build(
+        base: &str,
+        token: Option<String>,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<Self, ClientError> {
         ensure_crypto_provider();
         let base =
             url::Url::parse(base).map_err(|e| ClientError::BadUrl(base.into(), e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(ClientError::BadUrl(base.to_string(), "use http:// or https://".into()));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
-            .no_proxy()
-            .build()
-            .map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?;
-        Ok(Self { http, base, token, attempts: 4 })
+            // Below ferryd's header timeout (10 s by default), after which it closes idle
+            // connections: a pooled connection is dropped before the server drops it.
+            .pool_idle_timeout(Duration::from_secs(5))
+            .no_proxy();
+        if let Some(pem) = &ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                ClientError::BadUrl(base.to_string(), format!("the CA is not PEM: {e}"))
+            })?;
+            if roots.is_empty() {
+                return Err(ClientError::BadUrl(
+                    base.to_string(),
+                    "the CA file holds no certificate".into(),
+                ));
+            }
+            builder = builder.tls_certs_only(roots);
+        }
+        let http =
+            builder.build().map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?;
+        Ok(Self { http, base, token, attempts: 4, ca_pem })
+    }
+
+    /// The CA given to [`Client::with_ca`], PEM.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref()
     }
 
     /// How many times a call is tried before its error is returned (default 4).
@@ -148,6 +223,10 @@ impl Client {
             match request.send().await {
                 Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && !last => {}
                 Ok(response) => return Ok(response),
+                // A certificate does not become trusted by trying again.
+                Err(e) if let Some(detail) = certificate_failure(&e) => {
+                    return Err(ClientError::UntrustedCertificate { url: url.to_string(), detail });
+                }
                 Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {}
                 Err(source) => return Err(ClientError::Transport { url: url.to_string(), source }),
             }

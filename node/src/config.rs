@@ -83,6 +83,61 @@ pub struct ApiConfig {
     /// Requests handled at once; further ones wait for a slot. Bounds the memory held
     /// by requests to about this times `max_body_bytes`. Default 256.
     pub max_concurrent_requests: usize,
+    /// Requests one principal (one token's owner; callers without a valid token count
+    /// as one) has in hand at once; its further requests wait, so a single token cannot
+    /// take every slot. `/healthz` and `/v1/openapi.json` need no slot. Default 32.
+    pub max_requests_per_principal: usize,
+    /// Open connections at most; further clients wait in the listen backlog. Default
+    /// 1024.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (and to finish the TLS
+    /// handshake); an idle keep-alive connection is closed after as long. Default 10.
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may take, plus one second per `body_min_bytes_per_sec`
+    /// bytes received: a body that falls behind gets `408` and the connection closes.
+    /// Also the longest wait for a request slot (`503` after it). Default 30.
+    pub body_timeout_secs: u64,
+    /// The body rate that earns more time beyond `body_timeout_secs`, bytes per second
+    /// (slow but steady uploads go on; a trickle does not). Default 4096.
+    pub body_min_bytes_per_sec: u64,
+    /// TLS on the API: `auto` is TLS when listening beyond loopback and plain HTTP on
+    /// loopback; `on` is TLS everywhere; `off` is plain HTTP everywhere, which beyond
+    /// loopback sends bearer tokens across the network in clear (only behind a TLS
+    /// proxy on the same host). Default `auto`.
+    pub tls: ApiTls,
+    /// PEM certificate chain of the API (with `tls_key`). Unset: a certificate issued
+    /// at each start by the cluster CA (`<data_dir>/ca.pem`, which clients trust with
+    /// `--ca`), naming the listen address, `tls_names`, loopback and `localhost`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or IP addresses of the cluster-CA-issued API certificate (the
+    /// names clients use in `https://NAME:PORT`). Default none.
+    pub tls_names: Vec<String>,
+}
+
+/// `[api] tls`: when the API speaks TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiTls {
+    /// TLS beyond loopback, plain HTTP on loopback.
+    #[default]
+    Auto,
+    /// TLS on every address.
+    On,
+    /// Plain HTTP on every address (an explicit opt-out beyond loopback).
+    Off,
+}
+
+impl ApiConfig {
+    /// True if the API is served with TLS.
+    pub fn uses_tls(&self) -> bool {
+        match self.tls {
+            ApiTls::On => true,
+            ApiTls::Off => false,
+            ApiTls::Auto => self.tls_cert.is_some() || !self.listen.ip().is_loopback(),
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -92,6 +147,15 @@ impl Default for ApiConfig {
             tokens: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 256,
+            max_requests_per_principal: 32,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            body_min_bytes_per_sec: 4096,
+            tls: ApiTls::Auto,
+            tls_cert: None,
+            tls_key: None,
+            tls_names: Vec::new(),
         }
     }
 }
@@ -526,6 +590,25 @@ impl Config {
         if self.api.max_concurrent_requests == 0 {
             return invalid("api.max_concurrent_requests must be at least 1".into());
         }
+        let a = &self.api;
+        if a.max_requests_per_principal == 0 || a.max_connections == 0 {
+            return invalid(
+                "api.max_requests_per_principal and api.max_connections must be at least 1".into(),
+            );
+        }
+        if a.header_timeout_secs == 0 || a.body_timeout_secs == 0 || a.body_min_bytes_per_sec == 0 {
+            return invalid(
+                "api.header_timeout_secs, body_timeout_secs and body_min_bytes_per_sec must be \
+                 at least 1"
+                    .into(),
+            );
+        }
+        if a.tls_cert.is_some() != a.tls_key.is_some() {
+            return invalid("api.tls_cert and api.tls_key are given together or not at all".into());
+        }
+        if a.tls == ApiTls::Off && a.tls_cert.is_some() {
+            return invalid("api.tls = \"off\" contradicts api.tls_cert: drop one of them".into());
+        }
         let r = &self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
             return invalid("raft: the election timeout must exceed a non-zero heartbeat".into());
@@ -653,6 +736,35 @@ mod tests {
             assert!(parse(bad).expect("parses").is_err(), "{bad}");
         }
         assert!(parse("[notify]\nrun_as = { uid = 65534 }").is_err(), "gid is required");
+    }
+
+    #[test]
+    fn the_api_speaks_tls_beyond_loopback_unless_told_otherwise() {
+        let mut api = ApiConfig::default();
+        assert!(!api.uses_tls(), "ferryd with no arguments: plain HTTP on loopback");
+        api.listen = "0.0.0.0:7070".parse().expect("addr");
+        assert!(api.uses_tls());
+        api.listen = "10.1.2.3:7070".parse().expect("addr");
+        assert!(api.uses_tls());
+        api.tls = ApiTls::Off;
+        assert!(!api.uses_tls(), "the explicit opt-out");
+        api.listen = "127.0.0.1:7070".parse().expect("addr");
+        api.tls = ApiTls::On;
+        assert!(api.uses_tls());
+        api.tls = ApiTls::Auto;
+        api.tls_cert = Some("/etc/ferry/api.pem".into());
+        assert!(api.uses_tls(), "a configured certificate is served on loopback too");
+    }
+
+    #[test]
+    fn tls_settings_must_agree() {
+        let mut config = Config::default();
+        config.api.tls_cert = Some("/etc/ferry/api.pem".into());
+        assert!(matches!(config.clone().validate(), Err(ConfigError::Invalid(_))));
+        config.api.tls_key = Some("/etc/ferry/api.key".into());
+        assert!(config.clone().validate().is_ok());
+        config.api.tls = ApiTls::Off;
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

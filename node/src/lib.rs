@@ -2,6 +2,7 @@
 //! batcher, and the HTTP API server. `ferryd` (in `main.rs`) is a thin shell over
 //! [`run`].
 
+mod api_server;
 mod bus;
 pub mod config;
 pub mod data_dir;

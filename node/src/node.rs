@@ -63,6 +63,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let start = membership::establish(&dir, config, api_addr).await?;
     let node_id = start.node_id;
+    // Before Raft starts: a TLS setting that cannot work stops the start here.
+    let server_settings =
+        crate::api_server::ServerSettings::new(&config.api, dir.root(), node_id, api_addr)?;
     let endpoint = PeerEndpoint::from_socket(start.socket, &start.identity)?;
     let peer_addr = endpoint.local_addr()?;
     let raft_config = raft::raft_config(&settings.raft)?;
@@ -174,10 +177,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     .start();
     tokio::spawn(watch_queue(raft.clone(), transfers.recipient(), scheduler.recipient()));
 
-    let limits = Limits {
-        max_body_bytes: config.api.max_body_bytes,
-        max_concurrent_requests: config.api.max_concurrent_requests,
-    };
+    let limits = Limits { max_body_bytes: config.api.max_body_bytes };
+    let server_auth = auth.clone();
     let upload_root = config.upload.root.clone().unwrap_or_else(|| dir.path(files::UPLOADS));
     std::fs::create_dir_all(&upload_root)
         .with_context(|| format!("cannot create the upload root {}", upload_root.display()))?;
@@ -206,6 +207,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 .clone()
                 .map(|host| (host, config.upload.host_id_fallback_timeout_secs)),
             public: api_addr.to_string(),
+            scheme: if config.api.uses_tls() { "https" } else { "http" },
         };
     tokio::spawn(crate::upload_server::sweep_pieces(
         cluster.clone(),
@@ -219,16 +221,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));
     dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;
-    tracing::info!(node_id, %api_addr, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");
+    let scheme = server_settings.scheme();
+    tracing::info!(node_id, %api_addr, scheme, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");
 
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = server_stopped.await;
-            })
-            .await
-    });
+    let server = crate::api_server::ApiServer::spawn(listener, app, server_auth, server_settings);
 
     let outcome = tokio::select! {
         () = shutdown => Ok(()),
@@ -239,12 +235,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     };
     tracing::info!("shutting down");
     dir.clear_api_addr();
-    let _ = stop_server.send(());
-    match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server stopped with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "API server task failed"),
-        Err(_) => tracing::warn!("API server did not drain within 10 s"),
+    if !server.stop(Duration::from_secs(10)).await {
+        tracing::warn!("API server did not drain within 10 s");
     }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not stop cleanly");

@@ -63,6 +63,8 @@ pub(crate) struct UploadServer {
     pub(crate) host_id: Option<(String, u64)>,
     /// This node's API address, for reply URLs when a request names no `Host`.
     pub(crate) public: String,
+    /// `https` when the API listener speaks TLS, else `http`: the scheme of reply URLs.
+    pub(crate) scheme: &'static str,
 }
 
 /// The back end of completed uploads (bits-spec §5.6).
@@ -456,7 +458,7 @@ impl UploadServer {
         }
         Ok(outcome.reply.map(|_| {
             let host = text(headers, "host").map_or_else(|| self.public.clone(), str::to_owned);
-            format!("http://{host}/bits-reply/{}", url_encode(&session.id))
+            format!("{}://{host}/bits-reply/{}", self.scheme, url_encode(&session.id))
         }))
     }
 
@@ -494,7 +496,7 @@ impl UploadServer {
         let reply = piece_path(&self.pieces, &session.id, REPLY_PIECE);
         let _ = tokio::fs::remove_file(&reply).await;
         let host = text(headers, "host").map_or_else(|| self.public.clone(), str::to_owned);
-        let original = format!("http://{host}{target}");
+        let original = format!("{}://{host}{target}", self.scheme);
         let query = target.split_once('?').map(|(_, query)| query);
         let answer = self.notify_backend(&original, &data, &reply, query).await?;
         let answer_headers = answer.headers().clone();

@@ -148,7 +148,8 @@ impl FileInfo {
     pub fn new(index: usize, file: &JobFile) -> Self {
         Self {
             index: u32::try_from(index).unwrap_or(u32::MAX),
-            remote_url: file.remote_url.clone(),
+            // A password stored before URLs with userinfo were refused is not shown.
+            remote_url: crate::validate::without_password(&file.remote_url),
             local_path: file.local_path.clone(),
             ranges: file.ranges.clone(),
             temporary_name: file.temporary_name.clone(),

@@ -227,6 +227,16 @@ pub fn remote_url(url: &str, job_type: JobType) -> Result<(), CommandError> {
     }
     let parsed = url::Url::parse(url)
         .map_err(|e| invalid(format!("the remote URL {url:?} is not a valid URL: {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // Userinfo would be stored, replicated and returned in clear: secrets go through
+        // the credentials call, which seals them.
+        return Err(invalid(format!(
+            "the remote URL {} carries a user name or password; remove it from the URL and \
+             give it with the credentials call (PUT /v1/jobs/{{id}}/credentials, \
+             `ferry job credentials set`), which keeps it secret",
+            without_userinfo(&parsed)
+        )));
+    }
     match (parsed.scheme(), job_type) {
         ("http" | "https", _) => {
             if parsed.host_str().is_none_or(str::is_empty) {
@@ -253,6 +263,27 @@ pub fn remote_url(url: &str, job_type: JobType) -> Result<(), CommandError> {
         )));
     }
     Ok(())
+}
+
+/// `url` with its userinfo removed, for messages: the secret is never echoed.
+fn without_userinfo(url: &url::Url) -> String {
+    let mut clean = url.clone();
+    // Only fails for URLs that cannot have userinfo, which then have none to hide.
+    let _ = clean.set_username("");
+    let _ = clean.set_password(None);
+    clean.to_string()
+}
+
+/// `url` without the password of its userinfo (for views of URLs stored before
+/// userinfo was refused); other URLs unchanged.
+pub fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// A local path: absolute, naming a file, no `.`/`..` components, no NUL, bounded.
@@ -444,11 +475,45 @@ pub fn custom_headers(lines: &[String]) -> Result<(), CommandError> {
         if name.is_empty() || !name.chars().all(token) {
             return Err(invalid(format!("custom header name {name:?} is not a valid HTTP token")));
         }
+        if let Some(why) = reserved_header(name) {
+            return Err(invalid(format!(
+                "custom header {name:?} cannot be set: {why}; remove it from the custom headers"
+            )));
+        }
         if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
             return Err(invalid(format!("custom header {name:?} has a line break in its value")));
         }
     }
     Ok(())
+}
+
+/// Why a header name may not be a custom header, or `None` if it may. Ferry sets these
+/// itself: framing (`Content-Length`, `Transfer-Encoding`: a second value desynchronizes
+/// the connection), hop-by-hop headers (RFC 9110 §7.6.1, which a proxy strips), proxy
+/// credentials, the range requests of the engine and the BITS upload protocol. Names
+/// compare case-insensitively. `Authorization` stays allowed: a bearer token in a
+/// write-only custom header is how BITS jobs reach token-authenticated origins
+/// (`MakeCustomHeadersWriteOnly`), and custom headers go only to the job's origin.
+pub fn reserved_header(name: &str) -> Option<&'static str> {
+    const FRAMING: &str = "it frames the HTTP message, which Ferry does itself";
+    const HOP: &str = "it is a hop-by-hop header, which Ferry manages per connection";
+    const RANGES: &str =
+        "Ferry sends it to fetch byte ranges and check that the file did not change";
+    let lower = name.to_ascii_lowercase();
+    let why = match lower.as_str() {
+        "host" => "Ferry sends the host of the remote URL",
+        "content-length" | "transfer-encoding" | "content-range" => FRAMING,
+        "connection" | "keep-alive" | "te" | "trailer" | "upgrade" | "expect"
+        | "http2-settings" => HOP,
+        "range" | "if-range" => RANGES,
+        "max-forwards" | "via" | "forwarded" => "it belongs to proxies",
+        _ if lower.starts_with("proxy-") => {
+            "proxy headers are set by Ferry from the job's proxy settings and credentials"
+        }
+        _ if lower.starts_with("bits-") => "Ferry speaks the BITS upload protocol itself",
+        _ => return None,
+    };
+    Some(why)
 }
 
 /// Peer caching and ACL flags: only defined bits.
@@ -494,6 +559,57 @@ mod tests {
         assert_eq!(code(remote_url(&long, dl)), Some(BitsCode::E_INVALIDARG));
         let long_segment = format!("http://example.com/{}", "a".repeat(261));
         assert_eq!(code(remote_url(&long_segment, dl)), Some(BitsCode::E_INVALIDARG));
+    }
+
+    #[test]
+    fn urls_with_userinfo_are_refused_without_echoing_the_password() {
+        for url in [
+            "https://u:hunter2@example.com/a",
+            "https://u@example.com/a",
+            "http://:hunter2@example.com/a",
+            "HTTP://U:hunter2@EXAMPLE.COM/a",
+        ] {
+            for job_type in [JobType::Download, JobType::Upload, JobType::UploadReply] {
+                let error = remote_url(url, job_type).expect_err(url);
+                assert_eq!(error.code, BitsCode::E_INVALIDARG);
+                assert!(error.detail.contains("credentials"), "{}", error.detail);
+                assert!(!error.detail.contains("hunter2"), "{}", error.detail);
+            }
+        }
+        assert_eq!(without_password("https://u:hunter2@example.com/a"), "https://u@example.com/a");
+        assert_eq!(without_password("https://example.com/a@b"), "https://example.com/a@b");
+        // An '@' in the path or query is not userinfo.
+        assert_eq!(code(remote_url("https://example.com/a@b?c=d@e", JobType::Download)), None);
+    }
+
+    #[test]
+    fn framing_hop_by_hop_and_proxy_headers_are_refused() {
+        for name in [
+            "Host",
+            "Content-Length",
+            "content-length",
+            "TRANSFER-ENCODING",
+            "Connection",
+            "Keep-Alive",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Proxy-Authorization",
+            "Proxy-Connection",
+            "proxy-authenticate",
+            "Range",
+            "If-Range",
+            "Expect",
+            "BITS-Packet-Type",
+        ] {
+            let line = format!("{name}: 5");
+            let error = custom_headers(&[line]).expect_err(name);
+            assert_eq!(error.code, BitsCode::E_INVALIDARG);
+            assert!(error.detail.contains(name), "{}", error.detail);
+        }
+        for fine in ["X-Trace: 1", "Accept: */*", "Authorization: Bearer t", "If-None-Match: x"] {
+            assert_eq!(code(custom_headers(&[fine.into()])), None, "{fine}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! End-to-end tests: real `ferryd` processes on loopback, driven through the HTTP API,
 //! the typed client and the `ferry` CLI.
 
+mod api_hardening;
+mod api_tls;
 mod auth;
 mod bad_input;
 mod cli;

@@ -135,7 +135,11 @@ pub struct NodeOptions {
     /// Lines of the `[transfer]` table (e.g. `max_active_jobs = 0` for a node that
     /// only queues: tests whose jobs name fictional origins must never reach out).
     pub transfer: String,
-    /// Extra lines appended to the TOML config.
+    /// Set for a node whose API speaks TLS (`[api] tls`/`tls_cert` in `extra_config`):
+    /// the harness, its clients and [`ferry`] then use `https://` and trust this CA only.
+    pub api_ca: Option<ApiCa>,
+    /// Extra TOML merged into the config: its tables may also name tables the harness
+    /// writes (`[api]` keys, say), whose keys it adds or replaces.
     pub extra_config: String,
 }
 
@@ -156,8 +160,18 @@ impl Default for NodeOptions {
             snapshot_after_entries: 5_000,
             transfer: String::new(),
             extra_config: String::new(),
+            api_ca: None,
         }
     }
+}
+
+/// The CA a TLS node's API certificate is checked against.
+#[derive(Clone, Debug)]
+pub enum ApiCa {
+    /// The cluster CA, `<data_dir>/ca.pem` of the node.
+    Cluster,
+    /// A PEM file.
+    File(PathBuf),
 }
 
 /// A running (or stopped) `ferryd` process with its own data directory.
@@ -254,8 +268,11 @@ impl Node {
             transfer.push_str(&format!("\ndestination_roots = [{:?}]", tmp.display().to_string()));
         }
         text.push_str(&format!("\n[transfer]\n{transfer}\n"));
-        text.push_str(&format!("\n{}", o.extra_config));
-        std::fs::write(self.config_path(), text)?;
+        let mut table: toml::Table = toml::from_str(&text)?;
+        let extra: toml::Table =
+            toml::from_str(&o.extra_config).context("NodeOptions::extra_config is not TOML")?;
+        merge(&mut table, extra);
+        std::fs::write(self.config_path(), toml::to_string(&table)?)?;
         Ok(())
     }
 
@@ -335,12 +352,26 @@ impl Node {
 
     /// The API base URL.
     pub fn url(&self) -> anyhow::Result<String> {
-        Ok(format!("http://{}", self.addr()?))
+        let scheme = if self.options.api_ca.is_some() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}", self.addr()?))
+    }
+
+    /// The CA file the node's API is checked against, for a TLS node.
+    pub fn api_ca_file(&self) -> Option<PathBuf> {
+        match &self.options.api_ca {
+            None => None,
+            Some(ApiCa::Cluster) => Some(self.data_dir().join("ca.pem")),
+            Some(ApiCa::File(path)) => Some(path.clone()),
+        }
     }
 
     /// A typed client authenticating with `token`.
     pub fn client(&self, token: Option<&str>) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.url()?, token.map(str::to_owned))?)
+        let token = token.map(str::to_owned);
+        Ok(match self.api_ca_file() {
+            Some(ca) => Client::with_ca(&self.url()?, token, &std::fs::read(ca)?)?,
+            None => Client::new(&self.url()?, token)?,
+        })
     }
 
     /// The process id.
@@ -393,6 +424,18 @@ impl Node {
     }
 }
 
+/// Adds `extra`'s keys to `base`, tables key by key.
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(more)) => merge(inner, more),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Runs a CLI command against a node; returns (exit code, stdout, stderr).
 pub async fn ferry(
     node: &Node,
@@ -410,7 +453,11 @@ pub async fn ferry_with_input(
     input: &str,
 ) -> anyhow::Result<(i32, String, String)> {
     use tokio::io::AsyncWriteExt;
-    let mut child = Command::new(binary("ferry")?)
+    let mut command = Command::new(binary("ferry")?);
+    if let Some(ca) = node.api_ca_file() {
+        command.env("FERRY_CA", ca);
+    }
+    let mut child = command
         .args(args)
         .env("FERRY_NODE", node.url()?)
         .env("FERRY_TOKEN", token)

@@ -98,11 +98,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Bounds of the HTTP server.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Largest request body, bytes.
+    /// Largest request body, bytes. (Request slots, connection caps and read timeouts
+    /// belong to the server that carries requests to this router: ferryd's API server.)
     pub max_body_bytes: usize,
-    /// Requests handled at once; more wait for a slot (their bodies unread), so memory
-    /// held by requests is at most about `max_concurrent_requests * max_body_bytes`.
-    pub max_concurrent_requests: usize,
 }
 
 /// The API router, with `GET /v1/openapi.json` serving [`openapi`].
@@ -122,9 +120,6 @@ pub fn router(state: ApiState, limits: Limits) -> axum::Router {
             ApiError::new(405, BitsCode::E_INVALIDARG, "this route does not take that HTTP method")
         })
         .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            limits.max_concurrent_requests.max(1),
-        ))
         .with_state(state)
 }
 

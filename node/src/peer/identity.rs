@@ -117,6 +117,25 @@ impl ClusterCa {
     }
 }
 
+impl ClusterCa {
+    /// A TLS server certificate for the HTTP API naming `names` (DNS names or IP
+    /// addresses), with a fresh P-256 key: the certificate chain and the key.
+    pub(crate) fn issue_api_cert(
+        &self,
+        names: Vec<String>,
+    ) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+        let issuer = Issuer::new(ca_params()?, &self.key);
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(DnType::CommonName, "Ferry API");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &issuer)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((cert.der().clone(), key))
+    }
+}
+
 /// A raw P-256 public key (uncompressed point) sent by a joining node.
 struct RawPublicKey(Vec<u8>);
 
