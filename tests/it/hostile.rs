@@ -262,22 +262,12 @@ async fn symlinks_below_a_root_lead_nowhere() -> anyhow::Result<()> {
     symlink(tree.outside.join("etc/shadow"), tree.shared.join("shadow"))?;
 
     let through = tree.shared.join("etc/cron.d/evil");
-    let id = start_download(&alice, &[(origin.url("/f.bin"), through)], PropertyChanges::default())
-        .await?;
-    let job = wait_for(&node, &alice, id, &[JobState::Error], Duration::from_secs(30)).await?;
-    let error = job.error.expect("an error");
-    assert_eq!(error.code, BitsCode::E_ACCESSDENIED, "{error:?}");
+    let error = refused_on_the_home_node(&node, &alice, origin.url("/f.bin"), &through).await?;
     assert!(error.detail.contains("symbolic link"), "{}", error.detail);
 
-    // Replacing a symlink at the destination replaces the link, never its target.
-    let id = start_download(
-        &alice,
-        &[(origin.url("/f.bin"), tree.shared.join("shadow"))],
-        PropertyChanges::default(),
-    )
-    .await?;
-    let job = wait_for(&node, &alice, id, &[JobState::Error], Duration::from_secs(30)).await?;
-    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::E_ACCESSDENIED));
+    // A symlink at the destination is refused; its target is never touched.
+    refused_on_the_home_node(&node, &alice, origin.url("/f.bin"), &tree.shared.join("shadow"))
+        .await?;
 
     // An upload whose source is a symlink, or lies below one, reads nothing.
     for source in [tree.shared.join("shadow"), tree.shared.join("etc/shadow")] {
@@ -354,23 +344,7 @@ async fn a_temporary_file_swapped_for_a_symlink_is_never_written_or_re_moded() -
 
     // Without a swap the same download completes byte for byte, mode 0644.
     let local = tree.shared.join("again.bin");
-    let id = start_download(
-        &alice,
-        &[(origin.url("/big.bin"), local.clone())],
-        PropertyChanges::default(),
-    )
-    .await?;
-    wait_for(&node, &alice, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
-    alice.act(id, JobAction::Complete).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !local.exists() {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "not completed\n{}",
-            node.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    download_and_complete(&node, &alice, origin.url("/big.bin"), &local).await?;
     assert!(file_matches_pattern(&local, 7, SIZE)?);
     assert_eq!(std::fs::metadata(&local)?.mode() & 0o777, 0o644);
     tree.assert_untouched()
@@ -391,6 +365,37 @@ async fn appears(node: &Node, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Downloads `url` to `path` as `client`'s principal, completes the job and waits
+/// for the file to appear.
+async fn download_and_complete(
+    node: &Node,
+    client: &Client,
+    url: String,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let id =
+        start_download(client, &[(url, path.to_path_buf())], PropertyChanges::default()).await?;
+    wait_for(node, client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
+    client.act(id, JobAction::Complete).await?;
+    appears(node, path).await
+}
+
+/// Downloads `url` to `path` as `client`'s principal and returns the job's error once
+/// the home node refused it.
+async fn refused_on_the_home_node(
+    node: &Node,
+    client: &Client,
+    url: String,
+    path: &Path,
+) -> anyhow::Result<ferry_protocol::api::ErrorInfo> {
+    let id =
+        start_download(client, &[(url, path.to_path_buf())], PropertyChanges::default()).await?;
+    let job = wait_for(node, client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    let error = job.error.ok_or_else(|| anyhow::anyhow!("ERROR without an error"))?;
+    anyhow::ensure!(error.code == BitsCode::E_ACCESSDENIED, "{}: {error:?}", path.display());
+    Ok(error)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_never_replaces_another_users_file() -> anyhow::Result<()> {
     let tree = Tree::new()?;
@@ -400,38 +405,17 @@ async fn a_user_never_replaces_another_users_file() -> anyhow::Result<()> {
     let node = node(&tree, "").await?;
     let (alice, bob) = (node.client(Some(tokens::ALICE))?, node.client(Some(tokens::BOB))?);
     let shared = tree.shared.join("report.bin");
-
-    let id = start_download(
-        &alice,
-        &[(origin.url("/a.bin"), shared.clone())],
-        PropertyChanges::default(),
-    )
-    .await?;
-    wait_for(&node, &alice, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
-    alice.act(id, JobAction::Complete).await?;
-    appears(&node, &shared).await?;
+    download_and_complete(&node, &alice, origin.url("/a.bin"), &shared).await?;
 
     // Defect 9: bob names alice's completed download.
-    let id =
-        start_download(&bob, &[(origin.url("/b.bin"), shared.clone())], PropertyChanges::default())
-            .await?;
-    let job = wait_for(&node, &bob, id, &[JobState::Error], Duration::from_secs(30)).await?;
-    let error = job.error.expect("an error");
-    assert_eq!(error.code, BitsCode::E_ACCESSDENIED);
+    let error = refused_on_the_home_node(&node, &bob, origin.url("/b.bin"), &shared).await?;
     assert!(error.detail.contains("belongs to someone other than bob"), "{}", error.detail);
     assert!(file_matches_pattern(&shared, 1, 32 * KIB)?, "alice's file is intact");
 
     // A file someone put there by hand is not bob's either.
     let planted = tree.shared.join("planted");
     std::fs::write(&planted, b"not bob's")?;
-    let id = start_download(
-        &bob,
-        &[(origin.url("/b.bin"), planted.clone())],
-        PropertyChanges::default(),
-    )
-    .await?;
-    let job = wait_for(&node, &bob, id, &[JobState::Error], Duration::from_secs(30)).await?;
-    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::E_ACCESSDENIED));
+    refused_on_the_home_node(&node, &bob, origin.url("/b.bin"), &planted).await?;
     assert_eq!(std::fs::read(&planted)?, b"not bob's");
 
     // Alice replaces her own file.
@@ -543,27 +527,12 @@ async fn a_principal_mapped_to_an_os_user_has_that_users_rights_only() -> anyhow
 
     // Created as the user: its file, owned by it.
     let mine = tree.shared.join("mine.bin");
-    let id = start_download(
-        &client,
-        &[(origin.url("/m.bin"), mine.clone())],
-        PropertyChanges::default(),
-    )
-    .await?;
-    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(30)).await?;
-    client.act(id, JobAction::Complete).await?;
-    appears(&node, &mine).await?;
+    download_and_complete(&node, &client, origin.url("/m.bin"), &mine).await?;
     assert_eq!(std::fs::metadata(&mine)?.uid(), NOBODY);
     assert!(file_matches_pattern(&mine, 9, 40 * KIB)?);
 
     // The kernel refuses what the user may not do, though ferryd is root.
-    let id = start_download(
-        &client,
-        &[(origin.url("/m.bin"), locked.join("x.bin"))],
-        PropertyChanges::default(),
-    )
-    .await?;
-    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
-    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::E_ACCESSDENIED));
+    refused_on_the_home_node(&node, &client, origin.url("/m.bin"), &locked.join("x.bin")).await?;
     let mut upload = download("up", origin.url("/bits/in"), &private);
     upload.job_type = JobType::Upload;
     let job = client.create_job(&upload).await?;
@@ -575,14 +544,7 @@ async fn a_principal_mapped_to_an_os_user_has_that_users_rights_only() -> anyhow
         "root's file is not read"
     );
     // A file of another owner is never replaced.
-    let id = start_download(
-        &client,
-        &[(origin.url("/m.bin"), private.clone())],
-        PropertyChanges::default(),
-    )
-    .await?;
-    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
-    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::E_ACCESSDENIED));
+    refused_on_the_home_node(&node, &client, origin.url("/m.bin"), &private).await?;
     assert_eq!(std::fs::read(&private)?, b"root's key");
     assert!(
         std::fs::read_dir(&locked)?.next().is_none(),
