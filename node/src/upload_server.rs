@@ -122,19 +122,7 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The caller, from `Authorization: Bearer TOKEN` or Basic with the token as password
 /// (what BITS clients send).
 fn caller(auth: &Auth, headers: &HeaderMap) -> Option<Caller> {
-    let value = text(headers, "authorization")?;
-    let (scheme, rest) = value.split_once(' ')?;
-    let token = if scheme.eq_ignore_ascii_case("bearer") {
-        rest.trim().to_owned()
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        decoded.split_once(':')?.1.to_owned()
-    } else {
-        return None;
-    };
-    auth.caller(&token).cloned()
+    crate::api_server::caller_of(auth, headers).cloned()
 }
 
 async fn handle(
