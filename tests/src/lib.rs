@@ -32,12 +32,16 @@ pub mod tokens {
     pub const ADMIN: &str = "admin-token-0123456789";
 }
 
-/// The default token table: alice and bob (users) and root (admin).
+/// The default token table: alice and bob (users, the node's default roots) and root
+/// (admin, full access: benchmarks may work in any directory).
 pub fn default_tokens() -> Vec<TokenEntry> {
     vec![
         TokenEntry::new(tokens::ALICE, "alice", Role::User),
         TokenEntry::new(tokens::BOB, "bob", Role::User),
-        TokenEntry::new(tokens::ADMIN, "root", Role::Admin),
+        TokenEntry {
+            roots: Some(vec!["/".into()]),
+            ..TokenEntry::new(tokens::ADMIN, "root", Role::Admin)
+        },
     ]
 }
 
