@@ -84,9 +84,12 @@ pub struct ApiConfig {
     /// by requests to about this times `max_body_bytes`. Default 256.
     pub max_concurrent_requests: usize,
     /// Requests one principal (one token's owner; callers without a valid token count
-    /// as one) has in hand at once; its further requests wait, so a single token cannot
-    /// take every slot. `/healthz` and `/v1/openapi.json` need no slot. Default 32.
-    pub max_requests_per_principal: usize,
+    /// as one) has in hand at once; its further requests wait. Less than
+    /// `max_concurrent_requests`, so a single token never takes every slot: the rest
+    /// stay for other principals, while one busy service still gets most of the
+    /// server. `/healthz` and `/v1/openapi.json` need no slot. Default: seven eighths
+    /// of `max_concurrent_requests` (224 of 256).
+    pub max_requests_per_principal: Option<usize>,
     /// Open connections at most; further clients wait in the listen backlog. Default
     /// 1024.
     pub max_connections: usize,
@@ -140,6 +143,15 @@ impl ApiConfig {
     }
 }
 
+impl ApiConfig {
+    /// Requests one principal may have in hand at once (see
+    /// `max_requests_per_principal`).
+    pub fn requests_per_principal(&self) -> usize {
+        self.max_requests_per_principal
+            .unwrap_or_else(|| (self.max_concurrent_requests * 7 / 8).max(1))
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
@@ -147,7 +159,7 @@ impl Default for ApiConfig {
             tokens: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 256,
-            max_requests_per_principal: 32,
+            max_requests_per_principal: None,
             max_connections: 1024,
             header_timeout_secs: 10,
             body_timeout_secs: 30,
@@ -591,9 +603,17 @@ impl Config {
             return invalid("api.max_concurrent_requests must be at least 1".into());
         }
         let a = &self.api;
-        if a.max_requests_per_principal == 0 || a.max_connections == 0 {
+        if a.max_requests_per_principal == Some(0) || a.max_connections == 0 {
             return invalid(
                 "api.max_requests_per_principal and api.max_connections must be at least 1".into(),
+            );
+        }
+        if a.requests_per_principal() >= a.max_concurrent_requests && a.max_concurrent_requests > 1
+        {
+            return invalid(
+                "api.max_requests_per_principal must be below api.max_concurrent_requests, \
+                 so that one token cannot take every request slot"
+                    .into(),
             );
         }
         if a.header_timeout_secs == 0 || a.body_timeout_secs == 0 || a.body_min_bytes_per_sec == 0 {
@@ -765,6 +785,18 @@ mod tests {
         assert!(config.clone().validate().is_ok());
         config.api.tls = ApiTls::Off;
         assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn one_principal_never_takes_every_request_slot() {
+        let mut config = Config::default();
+        assert_eq!(config.api.requests_per_principal(), 224);
+        config.api.max_concurrent_requests = 16;
+        assert_eq!(config.api.requests_per_principal(), 14, "the default follows the total");
+        config.api.max_requests_per_principal = Some(16);
+        assert!(matches!(config.clone().validate(), Err(ConfigError::Invalid(_))));
+        config.api.max_requests_per_principal = Some(15);
+        assert!(config.validate().is_ok());
     }
 
     #[test]

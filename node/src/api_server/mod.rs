@@ -81,7 +81,7 @@ impl ServerSettings {
             },
             max_connections: api.max_connections,
             max_concurrent_requests: api.max_concurrent_requests,
-            max_requests_per_principal: api.max_requests_per_principal,
+            max_requests_per_principal: api.requests_per_principal(),
             tls: tls::server_config(api, data_dir, node_id, bound)?,
         })
     }
