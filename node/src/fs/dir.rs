@@ -173,6 +173,11 @@ impl Dir {
         rustix::fs::renameat(&self.fd, from, &other.fd, to).map_err(Into::into)
     }
 
+    /// Another handle on the same opened directory.
+    pub(crate) fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { fd: self.fd.try_clone()? })
+    }
+
     /// Makes the directory's entries durable.
     pub(crate) fn sync(&self) -> io::Result<()> {
         rustix::fs::fsync(&self.fd).map_err(Into::into)

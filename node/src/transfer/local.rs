@@ -12,6 +12,7 @@
 //!
 //! Blocking file system calls; callers run them on the blocking pool.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -23,7 +24,7 @@ use std::time::SystemTime;
 use ferry_protocol::{Job, JobId, JobState, Principal};
 
 use crate::fs::dir::{self, OWNER_XATTR, TEMP_XATTR};
-use crate::fs::{FileId, Place, Sandbox, Sandboxes};
+use crate::fs::{Dir, FileId, Place, Sandbox, Sandboxes};
 
 /// A temporary file being written by one run, shared by its connections.
 #[derive(Clone)]
@@ -288,10 +289,11 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
     let temps: Vec<PathBuf> = endings.iter().map(|e| e.temp.clone()).collect();
     let ran = sandboxes.of(&job.owner).run(move |sandbox| {
         let mut done = Finished { completed, problems: Vec::new() };
-        let mut dirs: Vec<(PathBuf, Place)> = Vec::new();
+        // Each directory is walked to once: the files of a job mostly share one.
+        let mut dirs: HashMap<PathBuf, Dir> = HashMap::new();
         for (ending, known) in endings.iter().zip(known) {
             let shown = ending.keep.as_ref().unwrap_or(&ending.temp);
-            let place = match sandbox.place(shown, false) {
+            let place = match place_in(sandbox, &mut dirs, shown) {
                 Ok(place) => place,
                 Err(e) => {
                     done.problems.push(format!("file {}: {e}", ending.index));
@@ -303,15 +305,10 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
                 Ok(_) => {}
                 Err(e) => done.problems.push(format!("file {}: {e}", ending.index)),
             }
-            if let Some(parent) = shown.parent()
-                && !dirs.iter().any(|(p, _)| p == parent)
-            {
-                dirs.push((parent.to_path_buf(), place));
-            }
         }
         // The renames are durable once their directories are.
-        for (path, place) in &dirs {
-            if let Err(e) = place.dir.sync() {
+        for (path, dir) in &dirs {
+            if let Err(e) = dir.sync() {
                 done.problems.push(format!("cannot sync {}: {e}", path.display()));
             }
         }
@@ -321,6 +318,17 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
         sandboxes.forget_temp(temp);
     }
     ran.unwrap_or_else(|e| Finished { completed: Vec::new(), problems: vec![e.to_string()] })
+}
+
+/// The place of `path`, its directory opened once per `finish_job`.
+fn place_in(sandbox: &Sandbox, dirs: &mut HashMap<PathBuf, Dir>, path: &Path) -> io::Result<Place> {
+    let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    if let (Some(dir), Some(name)) = (dirs.get(&parent), path.file_name()) {
+        return Ok(Place { dir: dir.try_clone()?, name: name.to_owned() });
+    }
+    let place = sandbox.place(path, false)?;
+    dirs.insert(parent, place.dir.try_clone()?);
+    Ok(place)
 }
 
 /// Renames one kept temporary file into place (re-moded through its descriptor, its
