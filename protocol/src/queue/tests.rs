@@ -1239,6 +1239,34 @@ mod uploads {
         Ok(Reply::Fragment(FragmentAck { next, complete }))
     }
 
+    /// Found by the `upload` fuzz target: a fragment ending at byte `u64::MAX` overflowed
+    /// computing its length (a panic in apply with overflow checks on).
+    #[test]
+    fn fragments_with_extreme_bounds_are_refused_not_overflowed() {
+        let mut h = Harness::new();
+        create(&mut h, &alice(), "{s1}").expect("create");
+        for (start, end, total) in
+            [(0, u64::MAX, u64::MAX), (u64::MAX, u64::MAX, u64::MAX), (5, 4, 10), (0, 10, 10)]
+        {
+            let command = UploadCommand::Fragment {
+                session: "{s1}".into(),
+                start,
+                end,
+                total,
+                node: 1,
+                offset: 0,
+                max_size: u64::MAX,
+            };
+            assert_eq!(
+                code(h.run(&alice(), None, Command::Upload(command))),
+                BitsCode::E_INVALIDARG,
+                "{start}-{end}/{total}"
+            );
+        }
+        let s = h.queue.upload_session(&alice(), "{s1}").expect("session");
+        assert_eq!((s.next, s.total, s.pieces.len()), (0, None, 0));
+    }
+
     #[test]
     fn a_session_takes_fragments_by_the_protocol_rules_on_any_node() {
         let mut h = Harness::new();

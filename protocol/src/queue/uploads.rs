@@ -220,8 +220,10 @@ impl Queue {
                 Ok(Reply::Done(BitsCode::S_OK))
             }
             UploadCommand::Fragment { session, start, end, total, node, offset, max_size } => {
-                let range = FragmentRange::new(*start, end.saturating_sub(*start) + 1, *total)
-                    .filter(|r| r.end == *end)
+                let range = end
+                    .checked_sub(*start)
+                    .and_then(|span| span.checked_add(1))
+                    .and_then(|len| FragmentRange::new(*start, len, *total))
                     .ok_or_else(|| {
                         CommandError::new(BitsCode::E_INVALIDARG, "a fragment outside its file")
                     })?;
