@@ -123,6 +123,23 @@ impl Auth {
         self.callers.get(blake3::hash(token.as_bytes()).as_bytes())
     }
 
+    /// The caller a request's token authenticates: `Authorization: Bearer TOKEN`, or
+    /// Basic with the token as the password (what BITS clients send).
+    pub fn caller_of(&self, headers: &axum::http::HeaderMap) -> Option<&Caller> {
+        let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, rest) = value.split_once(' ')?;
+        let token = if scheme.eq_ignore_ascii_case("bearer") {
+            rest.trim().to_owned()
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+            String::from_utf8(decoded).ok()?.split_once(':')?.1.to_owned()
+        } else {
+            return None;
+        };
+        self.caller(&token)
+    }
+
     /// True if no token is configured.
     pub fn is_empty(&self) -> bool {
         self.callers.is_empty()

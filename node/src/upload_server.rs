@@ -122,7 +122,7 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The caller, from `Authorization: Bearer TOKEN` or Basic with the token as password
 /// (what BITS clients send).
 fn caller(auth: &Auth, headers: &HeaderMap) -> Option<Caller> {
-    crate::api_server::caller_of(auth, headers).cloned()
+    auth.caller_of(headers).cloned()
 }
 
 async fn handle(

@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, Method, Request, Response};
 use axum::response::IntoResponse as _;
 use ferry_coordinator::{ApiError, Auth};
-use ferry_protocol::{BitsCode, Caller};
+use ferry_protocol::BitsCode;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -276,27 +276,10 @@ fn needs_no_slot(method: &Method, path: &str) -> bool {
         && matches!(path, "/healthz" | "/v1/openapi.json")
 }
 
-/// The caller a request's token authenticates: `Authorization: Bearer TOKEN`, or Basic
-/// with the token as the password (what BITS clients send).
-pub(crate) fn caller_of<'a>(auth: &'a Auth, headers: &HeaderMap) -> Option<&'a Caller> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = value.split_once(' ')?;
-    let token = if scheme.eq_ignore_ascii_case("bearer") {
-        rest.trim().to_owned()
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
-        String::from_utf8(decoded).ok()?.split_once(':')?.1.to_owned()
-    } else {
-        return None;
-    };
-    auth.caller(&token)
-}
-
-/// Whose slots a request takes: the principal of its token ([`caller_of`]); every
+/// Whose slots a request takes: the principal of its token ([`Auth::caller_of`]); every
 /// request without a valid token shares the empty name.
 fn principal(auth: &Auth, headers: &HeaderMap) -> String {
-    caller_of(auth, headers).map(|caller| caller.principal.as_str().to_owned()).unwrap_or_default()
+    auth.caller_of(headers).map(|caller| caller.principal.as_str().to_owned()).unwrap_or_default()
 }
 
 /// 503 for a request that found no slot in time (its body is unread: the connection
