@@ -7,6 +7,7 @@ mod bus;
 pub mod config;
 pub mod data_dir;
 mod egress;
+pub mod error;
 pub mod events;
 mod fs;
 mod membership;
@@ -20,4 +21,5 @@ mod service;
 mod transfer;
 mod upload_server;
 
+pub use error::{Error, Result};
 pub use node::run;
