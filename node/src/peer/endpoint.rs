@@ -21,11 +21,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::identity::{NodeIdentity, node_name};
+use super::join::{JOIN_ALPN, MAX_JOIN_FRAME};
 
 /// The ALPN of the peer protocol (client certificate required).
 pub(crate) const ALPN: &[u8] = b"ferry-peer/1";
-/// The ALPN of joining (no client certificate yet; only a join request is served).
-pub(crate) const JOIN_ALPN: &[u8] = b"ferry-join/1";
 /// Largest request or answer frame.
 pub(crate) const MAX_FRAME: usize = codec::FRAME_LIMIT;
 /// Keep-alives keep idle cluster connections open (quinn's idle timeout is 30 s).
@@ -74,6 +73,14 @@ pub(crate) enum PeerError {
         addr: SocketAddr,
         /// Why.
         reason: String,
+    },
+    /// No answer came in time.
+    #[error("node {node} did not answer within {after:?}")]
+    Timeout {
+        /// The node called.
+        node: u64,
+        /// How long the call waited.
+        after: Duration,
     },
     /// The connection broke during the call.
     #[error("the call to node {node} failed: {0}", node = .1)]
@@ -217,7 +224,7 @@ impl PeerEndpoint {
             Ok(result) => result,
             // The connection stays: a slow answer is not a dead peer (QUIC's idle
             // timeout and stateless resets tell those).
-            Err(_) => Err(PeerError::Stream(format!("no answer within {timeout:?}"), node)),
+            Err(_) => Err(PeerError::Timeout { node, after: timeout }),
         }
     }
 
@@ -412,7 +419,7 @@ async fn serve_joins(connection: quinn::Connection, join: Handler) {
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
         let join = join.clone();
         tokio::spawn(async move {
-            let Ok(frame) = recv.read_to_end(super::join::MAX_JOIN_FRAME).await else { return };
+            let Ok(frame) = recv.read_to_end(MAX_JOIN_FRAME).await else { return };
             let answer = join(0, frame).await;
             let _ = send.write_all(&answer.bytes).await;
             let _ = send.finish();
