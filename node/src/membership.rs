@@ -18,7 +18,7 @@ use crate::peer::endpoint::Handler;
 use crate::peer::identity::{ClusterCa, NodeIdentity, write_private};
 use crate::peer::join::{JoinAnswer, JoinRequest, JoinToken, request_join};
 use crate::raft::NodeAddr;
-use crate::replica::{ClusterHandle, Membership};
+use crate::replica::{ClusterView, Membership};
 
 /// The id the first node of a cluster takes.
 const FIRST_NODE_ID: u64 = 1;
@@ -162,7 +162,7 @@ fn admission(root: &Path) -> anyhow::Result<Option<(ClusterCa, JoinToken)>> {
 
 /// Serves join requests (on every member that holds the CA key).
 pub(crate) fn admission_handler(
-    cluster: ClusterHandle,
+    cluster: ClusterView,
     membership: Arc<dyn Membership>,
     ca: ClusterCa,
     token: JoinToken,
@@ -195,7 +195,7 @@ pub(crate) fn admission_handler(
 }
 
 struct Admit {
-    cluster: ClusterHandle,
+    cluster: ClusterView,
     membership: Arc<dyn Membership>,
     ca: ClusterCa,
     token: JoinToken,

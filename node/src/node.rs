@@ -22,7 +22,7 @@ use crate::peer::liveness::Liveness;
 use crate::peer::rpc::{AddressBook, Peers, Router};
 use crate::proposer::Proposer;
 use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
-use crate::replica::{ClusterHandle, Membership};
+use crate::replica::{ClusterView, Membership};
 use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
 use crate::transfer::{EngineSettings, HttpTimeouts, Tick, Transfers};
 
@@ -312,7 +312,7 @@ async fn watch_queue(
 /// restarted on another port) and proposes the configured queue policy if the cluster's
 /// differs.
 async fn reconcile(
-    cluster: ClusterHandle,
+    cluster: ClusterView,
     membership: Arc<dyn Membership>,
     wanted: ferry_protocol::limits::QueuePolicy,
     me: NodeAddr,

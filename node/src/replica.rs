@@ -2,7 +2,7 @@
 //! the notify runner, admission) need of the cluster, as narrow traits: [`Replica`]
 //! (writes through the leader, read barriers, who leads, who is a member) and
 //! [`Membership`] (adding members, announcing this node's addresses). They hold a
-//! [`ClusterHandle`]: this node's id, the applied state, the replica behind its trait,
+//! [`ClusterView`]: this node's id, the applied state, the replica behind its trait,
 //! typed calls to other members and their liveness.
 //!
 //! The implementation is `cluster/`, which these components do not import: it sits
@@ -21,7 +21,7 @@ use crate::peer::liveness::Liveness;
 use crate::peer::rpc::Peers;
 use crate::raft::{RaftMetrics, StateMachineStore};
 
-/// How long a ping through [`ClusterHandle::ping`] may take.
+/// How long a ping through [`ClusterView::ping`] may take.
 const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// This node's replica of the queue, as its components use it.
@@ -64,7 +64,7 @@ pub(crate) trait Membership: Send + Sync + 'static {
 
 /// The cluster as a component of this node reaches it (cheap to clone).
 #[derive(Clone)]
-pub(crate) struct ClusterHandle {
+pub(crate) struct ClusterView {
     /// This node's Raft id.
     pub(crate) node_id: NodeId,
     /// The applied state (read it under its lock, briefly).
@@ -78,7 +78,7 @@ pub(crate) struct ClusterHandle {
     replica: Arc<dyn Replica>,
 }
 
-impl ClusterHandle {
+impl ClusterView {
     /// A handle on `replica`, whose applied state is `state`.
     pub(crate) fn new(
         node_id: NodeId,

@@ -19,7 +19,7 @@ use ferry_protocol::command::Command;
 use ferry_protocol::transfer::EngineReport;
 use ferry_protocol::{Job, JobId, JobState, NodeId, Priority, Proposal, Timestamp};
 
-use crate::replica::ClusterHandle;
+use crate::replica::ClusterView;
 use crate::transfer::system_caller;
 
 /// Longest sleep between two looks at the queue.
@@ -81,7 +81,7 @@ pub(crate) struct SchedulerSettings {
 /// The scheduler actor (active only while this node leads).
 pub(crate) struct Scheduler {
     node_id: NodeId,
-    cluster: ClusterHandle,
+    cluster: ClusterView,
     settings: SchedulerSettings,
     /// Replicated timestamps anchored to this node's monotonic clock.
     anchors: HashMap<(JobId, Timestamp), Instant>,
@@ -145,11 +145,7 @@ struct Answered {
 
 impl Scheduler {
     /// The scheduler of node `node_id`.
-    pub(crate) fn new(
-        node_id: NodeId,
-        cluster: ClusterHandle,
-        settings: SchedulerSettings,
-    ) -> Self {
+    pub(crate) fn new(node_id: NodeId, cluster: ClusterView, settings: SchedulerSettings) -> Self {
         Self {
             node_id,
             cluster,

@@ -41,7 +41,7 @@ use ferry_protocol::{BitsCode, Caller, ErrorContext};
 use crate::config::BackendMode;
 use crate::fs::dir::{Dir, is_symlink_refusal};
 use crate::peer::rpc::Router;
-use crate::replica::ClusterHandle;
+use crate::replica::ClusterView;
 
 /// Most bytes of a piece fetched from another node in one call.
 pub(crate) const GATHER_CHUNK: u32 = 4 * 1024 * 1024;
@@ -72,7 +72,7 @@ pub(crate) fn register(router: &Router, pieces: PathBuf) {
 /// Bytes `from..from + len` of the upload piece at `offset` of `session` that `node`
 /// holds (see [`UploadPiece`]).
 async fn fetch_piece(
-    cluster: &ClusterHandle,
+    cluster: &ClusterView,
     node: ferry_protocol::NodeId,
     session: &str,
     offset: u64,
@@ -86,7 +86,7 @@ async fn fetch_piece(
 /// What the upload server needs.
 #[derive(Clone)]
 pub(crate) struct UploadServer {
-    pub(crate) cluster: ClusterHandle,
+    pub(crate) cluster: ClusterView,
     pub(crate) auth: Arc<Auth>,
     /// Where completed uploads go: `<root>/<path>`, reached without following any
     /// symlink below the root.
@@ -676,7 +676,7 @@ impl UploadServer {
 
 /// Removes, every minute, the pieces of sessions that ended (closed, cancelled or timed
 /// out on any node): each node holds pieces only while their session lives.
-pub(crate) async fn sweep_pieces(cluster: ClusterHandle, pieces: PathBuf) {
+pub(crate) async fn sweep_pieces(cluster: ClusterView, pieces: PathBuf) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         let mut open = std::collections::HashSet::new();

@@ -31,7 +31,7 @@ pub trait PeerRpc: Serialize + DeserializeOwned + Send + Sync + 'static {
 }
 
 /// A request as it travels: its kind and its encoded body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Call {
     /// [`PeerRpc::NAME`] of the request.
     pub kind: String,
@@ -88,7 +88,7 @@ pub enum ClusterError {
 }
 
 /// The result of a write and the log index at which it was applied.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Written {
     /// What apply returned for the command.
     pub result: CommandResult,
@@ -107,7 +107,7 @@ pub struct NodeAddr {
 
 /// An openraft RPC, encoded by the node's Raft network (openraft's types stay there):
 /// answered with its encoded answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct RaftRpc(pub ByteBuf);
 
 impl PeerRpc for RaftRpc {
@@ -116,7 +116,7 @@ impl PeerRpc for RaftRpc {
 }
 
 /// A client's write, forwarded to the leader.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Write(pub Proposal);
 
 impl PeerRpc for Write {
@@ -125,7 +125,7 @@ impl PeerRpc for Write {
 }
 
 /// Add a node admitted by a member (sent to the leader).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct AddMember {
     /// The new node's id.
     pub node: NodeId,
@@ -141,7 +141,7 @@ impl PeerRpc for AddMember {
 }
 
 /// Are you there?
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ping;
 
 impl PeerRpc for Ping {
@@ -150,7 +150,7 @@ impl PeerRpc for Ping {
 }
 
 /// The leader's read index (ReadIndex), for a linearizable read on a follower.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReadIndex;
 
 impl PeerRpc for ReadIndex {
@@ -160,7 +160,7 @@ impl PeerRpc for ReadIndex {
 
 /// The sender restarted on other addresses: the leader records them in the membership.
 /// Answered with true if they changed.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpdateAddress(pub NodeAddr);
 
 impl PeerRpc for UpdateAddress {
@@ -169,7 +169,7 @@ impl PeerRpc for UpdateAddress {
 }
 
 /// Your state, term and applied index, for the cluster status.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Probe;
 
 impl PeerRpc for Probe {
@@ -179,7 +179,7 @@ impl PeerRpc for Probe {
 
 /// Bytes `from..from + len` of the upload piece at `offset` of `session` that the member
 /// received (the node closing the session gathers them).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct UploadPiece {
     /// The upload session.
     pub session: String,
@@ -197,7 +197,7 @@ impl PeerRpc for UploadPiece {
 }
 
 /// A piece of a job's file, fetched from its origin by a helper for the job's home node.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChunkRequest {
     /// The job.
     pub job: JobId,
@@ -218,7 +218,7 @@ pub struct ChunkRequest {
 }
 
 /// A helper's answer to a [`ChunkRequest`].
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub enum ChunkAnswer {
     /// The piece's bytes and their BLAKE3 digest.
     Bytes {
@@ -247,7 +247,7 @@ impl PeerRpc for ChunkRequest {
 
 /// A chunk of a member's copy (the peer cache): chunk `index` of file `file` of job
 /// `job`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CopyRequest {
     /// The job whose file holds the copy.
     pub job: JobId,
@@ -258,7 +258,7 @@ pub struct CopyRequest {
 }
 
 /// A holder's answer to a [`CopyRequest`].
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub enum CopyAnswer {
     /// The chunk's bytes (the receiver checks them against the recorded digest).
     Bytes(ByteBuf),
@@ -272,7 +272,7 @@ impl PeerRpc for CopyRequest {
 }
 
 /// The first bytes of the reply of an upload-reply job, asked of its home node.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReplyData {
     /// The job.
     pub job: JobId,

@@ -2,7 +2,7 @@
 //! narrow parts, each serving its own peer requests: the replica (writes and read
 //! barriers, `replica.rs`), membership (`membership.rs`), the cluster status
 //! (`status.rs`) and reply reading (`reply.rs`). The node's other components reach the
-//! cluster through [`ClusterHandle`] and the traits of `crate::replica`, never through
+//! cluster through [`ClusterView`] and the traits of `crate::replica`, never through
 //! this module.
 
 mod membership;
@@ -28,7 +28,7 @@ use crate::peer::liveness::Liveness;
 use crate::peer::rpc::{Peers, Router};
 use crate::proposer::Proposer;
 use crate::raft::{self, Raft, StateMachineStore};
-use crate::replica::{ClusterHandle, Membership, Replica};
+use crate::replica::{ClusterView, Membership, Replica};
 
 /// What the parts are built from.
 pub(crate) struct Parts {
@@ -53,7 +53,7 @@ pub(crate) struct Parts {
 /// The node as the API sees it.
 #[derive(Clone)]
 pub(crate) struct NodeCluster {
-    handle: ClusterHandle,
+    handle: ClusterView,
     raft: Raft,
     membership: Arc<RaftMembership>,
     status: Arc<Status>,
@@ -86,13 +86,12 @@ impl NodeCluster {
         let replies =
             Arc::new(Replies { node_id, state: state.clone(), sandboxes, peers: peers.clone() });
         replies.register(router);
-        let handle =
-            ClusterHandle::new(node_id, state, peers, liveness, replica as Arc<dyn Replica>);
+        let handle = ClusterView::new(node_id, state, peers, liveness, replica as Arc<dyn Replica>);
         Self { handle, raft, membership, status, replies, ca_pem }
     }
 
     /// The handle the node's components use.
-    pub(crate) fn handle(&self) -> &ClusterHandle {
+    pub(crate) fn handle(&self) -> &ClusterView {
         &self.handle
     }
 

@@ -42,7 +42,7 @@ use super::fetch::{
 use super::helper::{self, ChunkAnswer, ChunkRequest, MAX_HELPER_PIECE};
 use super::local::{self, TempFile};
 use super::peer_cache::{self, CopyError, Next, PieceQueue, Sources};
-use crate::replica::ClusterHandle;
+use crate::replica::ClusterView;
 
 /// Largest file BITS fetches in one unranged GET when the server lacks ranges.
 const SINGLE_STREAM_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
@@ -865,7 +865,7 @@ async fn next_origin(queue: &Mutex<PieceQueue>, max_len: u64) -> Option<Piece> {
 /// Another member fetching pieces of a file for this (its home) node.
 struct Helper {
     node: NodeId,
-    cluster: ClusterHandle,
+    cluster: ClusterView,
     fetch: Fetch,
     job: JobId,
     run: u64,
@@ -1001,7 +1001,7 @@ const PEER_WORKERS: usize = 4;
 
 /// Pings the other members of fleet `fleet` every [`helper::PING_EVERY`] and tells
 /// `queue` which nodes missed [`helper::MISSED_PINGS`] in a row, until aborted.
-async fn watch_fleet(cluster: ClusterHandle, fleet: JobId, queue: Arc<Mutex<PieceQueue>>) {
+async fn watch_fleet(cluster: ClusterView, fleet: JobId, queue: Arc<Mutex<PieceQueue>>) {
     let mut missed: HashMap<NodeId, u32> = HashMap::new();
     loop {
         tokio::time::sleep(helper::PING_EVERY).await;
@@ -1044,7 +1044,7 @@ impl Drop for PeerWorker {
 /// piece a holder cannot deliver goes to another holder or the origin; a holder whose
 /// bytes do not match the recorded digest has its copy withdrawn.
 async fn from_peers(
-    cluster: &ClusterHandle,
+    cluster: &ClusterView,
     fetch: &Fetch,
     queue: &Mutex<PieceQueue>,
     done: &mpsc::Sender<ChunkRecord>,

@@ -26,7 +26,7 @@ use super::fetch::request_piece;
 use super::http::HttpSession;
 use super::{EngineSettings, job_http};
 use crate::peer::rpc::Router;
-use crate::replica::ClusterHandle;
+use crate::replica::ClusterView;
 
 /// Largest piece a helper is asked for: its answer is one peer frame.
 pub(crate) const MAX_HELPER_PIECE: u64 = 12 * 1024 * 1024;
@@ -79,7 +79,7 @@ impl HelperContext {
 }
 
 /// Serves [`ChunkRequest`]s of other members on `router`, with `context`.
-pub(crate) fn register(router: &Router, cluster: ClusterHandle, context: HelperContext) {
+pub(crate) fn register(router: &Router, cluster: ClusterView, context: HelperContext) {
     let context = Arc::new(context);
     router.add_handler::<ChunkRequest, _, _>(move |_, request| {
         let (cluster, context) = (cluster.clone(), context.clone());
@@ -89,7 +89,7 @@ pub(crate) fn register(router: &Router, cluster: ClusterHandle, context: HelperC
 
 /// Serves a piece for another member's job.
 pub(crate) async fn serve(
-    cluster: &ClusterHandle,
+    cluster: &ClusterView,
     context: &HelperContext,
     request: ChunkRequest,
 ) -> ChunkAnswer {

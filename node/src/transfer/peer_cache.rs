@@ -21,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::system_caller;
 use crate::config::PeerCacheConfig;
 use crate::peer::rpc::{Held, Router};
-use crate::replica::ClusterHandle;
+use crate::replica::ClusterView;
 
 /// How long a peer has to deliver a chunk: 5 s plus a second per 4 MiB.
 fn copy_deadline(len: u64) -> Duration {
@@ -73,7 +73,7 @@ impl Serving {
 
 /// Serves [`CopyRequest`]s of other members (and of this node's own downloads) on
 /// `router` with `serving`; each answer holds its serving permit until it is written.
-pub(crate) fn register(router: &Router, cluster: ClusterHandle, serving: Serving) {
+pub(crate) fn register(router: &Router, cluster: ClusterView, serving: Serving) {
     let serving = Arc::new(serving);
     router.add_holding_handler::<CopyRequest, _, _>(move |_, request| {
         let (cluster, serving) = (cluster.clone(), serving.clone());
@@ -88,7 +88,7 @@ pub(crate) fn register(router: &Router, cluster: ClusterHandle, serving: Serving
 /// holds, to be released once the answer is written (at most `[peer_cache]
 /// max_serving` chunks are read or on their way at once).
 async fn serve(
-    cluster: &ClusterHandle,
+    cluster: &ClusterView,
     serving: &Serving,
     request: &CopyRequest,
 ) -> (CopyAnswer, Option<OwnedSemaphorePermit>) {
@@ -165,7 +165,7 @@ pub(crate) struct Holder {
 /// Fetches `piece` from `holder` (through the peer link, or read here when this node
 /// holds it) and checks length and digest.
 pub(crate) async fn fetch_copy(
-    cluster: &ClusterHandle,
+    cluster: &ClusterView,
     holder: Holder,
     piece: Piece,
 ) -> Result<Vec<u8>, CopyError> {
@@ -199,7 +199,7 @@ pub(crate) async fn fetch_copy(
 /// Takes a copy out of the peer cache: it served bytes that did not match the digest of
 /// `mismatch` (chunk index, digest), or (`None`) this node's limits drop it.
 pub(crate) async fn withdraw(
-    cluster: &ClusterHandle,
+    cluster: &ClusterView,
     job: JobId,
     file: u32,
     mismatch: Option<(u32, [u8; 32])>,
@@ -229,7 +229,7 @@ pub(crate) struct PieceQueue {
 /// What routes pieces to peers: the content, this job's place, the applied queue.
 pub(crate) struct Sources {
     /// The cluster whose applied queue lists the copies.
-    pub(crate) cluster: ClusterHandle,
+    pub(crate) cluster: ClusterView,
     /// The keys the file's content is known by (see [`ContentKey::all_of`]).
     pub(crate) keys: Vec<ContentKey>,
     /// This job (its own copy is not a source).
@@ -285,7 +285,7 @@ impl MemberView {
 impl Sources {
     /// Sources for a job's file with content `keys` and plan `chunk_size`.
     pub(crate) fn new(
-        cluster: ClusterHandle,
+        cluster: ClusterView,
         keys: Vec<ContentKey>,
         job: JobId,
         chunk_size: u64,
@@ -559,7 +559,7 @@ fn holds(copies: &[PeerCopy<'_>], piece: &Piece) -> bool {
 /// Keeps this node's offer within `[peer_cache]` limits: copies older than
 /// `max_age_secs`, and the oldest beyond `max_size_bytes` in all, are withdrawn (the
 /// files stay; they are only no longer offered). Runs every `check_every_secs`.
-pub(crate) async fn keep_limits(cluster: ClusterHandle, config: PeerCacheConfig) {
+pub(crate) async fn keep_limits(cluster: ClusterView, config: PeerCacheConfig) {
     let every = Duration::from_secs(config.check_every_secs.max(1));
     loop {
         tokio::time::sleep(every).await;
