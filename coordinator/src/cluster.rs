@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use ferry_protocol::api::ClusterStatus;
-use ferry_protocol::command::{CommandError, CommandResult, Proposal};
+use ferry_protocol::command::{CommandError, Proposal};
 use ferry_protocol::event::{Delivery, EventFilter, StartAt};
 
 use ferry_protocol::{Caller, JobId, NodeId, Queue};
@@ -46,45 +46,9 @@ impl From<Consistency> for ReadAt {
     }
 }
 
-/// The result of a write and the log index at which it was applied.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Written {
-    /// What apply returned for the command.
-    pub result: CommandResult,
-    /// The index of the Raft entry that carried it.
-    pub index: u64,
-}
-
-/// Why the cluster could not serve a request.
-#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum ClusterError {
-    /// No leader is known right now (election in progress, or no quorum).
-    #[error("the cluster has no leader right now; retry shortly")]
-    NoLeader,
-    /// This node is not the leader and cannot forward yet.
-    #[error("node {leader} is the leader; send writes there")]
-    NotLeader {
-        /// The leader this node knows of.
-        leader: NodeId,
-    },
-    /// The node is shutting down or its Raft stopped.
-    #[error("the node is unavailable: {0}")]
-    Unavailable(String),
-    /// The node is not a member of the cluster.
-    #[error("node {0} is not a member of the cluster")]
-    NotMember(NodeId),
-    /// The membership change is not allowed.
-    #[error("{0}")]
-    MembershipRefused(String),
-    /// The command is too large to be written as one log entry.
-    #[error("the request takes {bytes} bytes as a command; at most {limit} fit in one log entry")]
-    TooLarge {
-        /// Its encoded size.
-        bytes: usize,
-        /// The largest accepted.
-        limit: usize,
-    },
-}
+// The answers of a write and the refusals of the cluster travel between members too:
+// they are defined with the peer messages.
+pub use ferry_protocol::peer::{ClusterError, Written};
 
 /// An open subscription to the job event stream (see `ferry_protocol::event`).
 pub trait EventStream: Send {

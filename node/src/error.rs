@@ -10,6 +10,7 @@ use std::time::Duration;
 use ferry_coordinator::ClusterError;
 use ferry_protocol::NodeId;
 use ferry_protocol::codec::CodecError;
+use ferry_protocol::peer::RemoteError;
 
 /// A node's error.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,11 @@ pub enum Error {
     /// The answer of a member was refused there (its own typed refusal).
     #[error(transparent)]
     Refused(#[from] ClusterError),
+    /// A member could not serve a call at all: a kind it does not know, a request it
+    /// could not decode, an answer it could not encode (its own refusals are
+    /// [`Error::Refused`]).
+    #[error(transparent)]
+    Remote(RemoteError),
     /// Bytes from a peer or from disk could not be encoded or decoded.
     #[error("codec: {0}")]
     Codec(#[from] CodecError),
@@ -99,6 +105,8 @@ impl Error {
                     | ClusterError::NotLeader { .. }
                     | ClusterError::Unavailable(_)
             ),
+            // A member still starting has not registered every handler yet.
+            Self::Remote(e) => matches!(e, RemoteError::UnknownKind(_)),
             Self::EgressRefused(_) | Self::Codec(_) | Self::Config(_) => false,
         }
     }

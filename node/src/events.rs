@@ -19,6 +19,9 @@ use ferry_protocol::{Caller, Timestamp};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
+/// The state database's table of named values (the state machine's `meta`): the floor
+/// is one of them.
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 /// Events by (log index, position in the entry).
 pub(crate) const EVENTS: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("events");
 /// The meta row holding the oldest cursor from which the history is complete.
@@ -84,7 +87,7 @@ pub(crate) fn append(
 /// Records that the history is complete from `floor` on.
 pub(crate) fn set_floor(txn: &redb::WriteTransaction, floor: Cursor) -> Result<(), redb::Error> {
     let bytes = codec::encode(&floor).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-    txn.open_table(crate::raft::META)?.insert(FLOOR, bytes.as_slice())?;
+    txn.open_table(META)?.insert(FLOOR, bytes.as_slice())?;
     Ok(())
 }
 
@@ -191,7 +194,7 @@ impl EventLog {
 }
 
 fn read_floor(txn: &redb::ReadTransaction) -> Result<Cursor, redb::Error> {
-    let meta = match txn.open_table(crate::raft::META) {
+    let meta = match txn.open_table(META) {
         Ok(meta) => meta,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Cursor::START),
         Err(e) => return Err(e.into()),

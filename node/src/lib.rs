@@ -4,6 +4,7 @@
 
 mod api_server;
 mod bus;
+mod cluster;
 pub mod config;
 pub mod data_dir;
 mod egress;
@@ -16,8 +17,8 @@ mod notify;
 mod peer;
 mod proposer;
 pub mod raft;
+mod replica;
 mod scheduler;
-mod service;
 mod transfer;
 mod upload_server;
 

@@ -18,7 +18,7 @@ use crate::peer::endpoint::Handler;
 use crate::peer::identity::{ClusterCa, NodeIdentity, write_private};
 use crate::peer::join::{JoinAnswer, JoinRequest, JoinToken, request_join};
 use crate::raft::NodeAddr;
-use crate::service::NodeCluster;
+use crate::replica::{ClusterView, Membership};
 
 /// The id the first node of a cluster takes.
 const FIRST_NODE_ID: u64 = 1;
@@ -162,14 +162,23 @@ fn admission(root: &Path) -> anyhow::Result<Option<(ClusterCa, JoinToken)>> {
 
 /// Serves join requests (on every member that holds the CA key).
 pub(crate) fn admission_handler(
-    cluster: NodeCluster,
+    cluster: ClusterView,
+    membership: Arc<dyn Membership>,
     ca: ClusterCa,
     token: JoinToken,
     voters: usize,
     root: PathBuf,
 ) -> Handler {
-    let admit =
-        Arc::new(Admit { cluster, ca, token, voters, root, lock: tokio::sync::Mutex::new(()) });
+    let voters = u32::try_from(voters).unwrap_or(u32::MAX);
+    let admit = Arc::new(Admit {
+        cluster,
+        membership,
+        ca,
+        token,
+        voters,
+        root,
+        lock: tokio::sync::Mutex::new(()),
+    });
     Arc::new(move |_, body: Vec<u8>| {
         let admit = admit.clone();
         Box::pin(async move {
@@ -186,10 +195,11 @@ pub(crate) fn admission_handler(
 }
 
 struct Admit {
-    cluster: NodeCluster,
+    cluster: ClusterView,
+    membership: Arc<dyn Membership>,
     ca: ClusterCa,
     token: JoinToken,
-    voters: usize,
+    voters: u32,
     root: PathBuf,
     /// Serializes admissions: one node id, one membership change at a time.
     lock: tokio::sync::Mutex<()>,
@@ -213,7 +223,7 @@ impl Admit {
         let secret_key = std::fs::read(self.root.join(crate::data_dir::files::SECRET_KEY))
             .map_err(|e| format!("cannot read the cluster secret key: {e}"))?;
         let addr = NodeAddr { api_addr: request.api_addr, peer_addr: peer_addr.to_string() };
-        self.cluster
+        self.membership
             .add_member(node_id, addr, self.voters)
             .await
             .map_err(|e| format!("cannot add node {node_id}: {e}"))?;
@@ -231,7 +241,6 @@ impl Admit {
     /// The next node id, handed out through Raft (members admit concurrently; an id is
     /// never given twice, not even after its node left).
     async fn next_node_id(&self) -> Result<u64, String> {
-        use ferry_coordinator::Cluster;
         use ferry_protocol::command::{Command, Proposal, Reply};
 
         let at_least = self.cluster.member_ids().into_iter().max().unwrap_or(0);

@@ -9,18 +9,21 @@ use std::time::Duration;
 
 use actix::Actor;
 use anyhow::Context as _;
-use ferry_coordinator::{ApiState, Auth, Cluster, Limits, LocalRoots, TokenEntry};
+use ferry_coordinator::{ApiState, Auth, Limits, LocalRoots, TokenEntry};
 use ferry_protocol::{Caller, Command, Principal, Proposal, Role};
 
+use crate::cluster::{NodeCluster, Parts};
 use crate::config::Settings;
 use crate::data_dir::{DataDir, files};
 use crate::egress::EgressPolicy;
 use crate::membership;
 use crate::peer::endpoint::PeerEndpoint;
+use crate::peer::liveness::Liveness;
+use crate::peer::rpc::{AddressBook, Peers, Router};
 use crate::proposer::Proposer;
-use crate::raft::{self, AddressBook, LogStore, Network, NodeAddr, StateMachineStore};
+use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
+use crate::replica::{ClusterView, Membership};
 use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
-use crate::service::{NodeCluster, peer_handler};
 use crate::transfer::{EngineSettings, HttpTimeouts, Tick, Transfers};
 
 /// Runs a node until `shutdown` resolves. Must run inside an actix `System` (the
@@ -69,15 +72,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let endpoint = PeerEndpoint::from_socket(start.socket, &start.identity)?;
     let peer_addr = endpoint.local_addr()?;
     let raft_config = raft::raft_config(&settings.raft)?;
+    // Every subsystem registers the peer requests it serves on this router.
+    let router = Arc::new(Router::default());
     let book = Arc::new(AddressBook::default());
-    let raft = raft::Raft::new(
-        node_id,
-        raft_config,
-        Network::new(endpoint.clone(), book.clone()),
-        log,
-        state.clone(),
-    )
-    .await?;
+    let peers = Peers::new(node_id, endpoint.clone(), book.clone(), router.clone());
+    let raft =
+        raft::Raft::new(node_id, raft_config, Network::new(peers.clone()), log, state.clone())
+            .await?;
+    raft::serve_raft(&raft, &router);
     tokio::spawn(track_addresses(raft.clone(), book));
     if start.founder && !raft.is_initialized().await? {
         let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
@@ -86,21 +88,27 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
 
     let proposer = Proposer::new(raft.clone(), config.proposals.max_batch).start();
-    let cluster = NodeCluster {
-        node_id,
-        raft: raft.clone(),
-        state: state.clone(),
-        proposer,
-        peers: endpoint.clone(),
-        ca_pem: start.identity.ca_pem().into(),
-        upload_pieces: dir.path(files::UPLOAD_PIECES).into(),
-        helper: Arc::new(std::sync::OnceLock::new()),
-        sandboxes: sandboxes.clone(),
-        peer_cache: Arc::new(std::sync::OnceLock::new()),
-    };
+    Liveness::register(&router);
+    let liveness = Liveness::start(node_id, peers.clone());
+    let cluster = NodeCluster::new(
+        Parts {
+            node_id,
+            raft: raft.clone(),
+            state: state.clone(),
+            proposer,
+            peers,
+            liveness,
+            ca_pem: start.identity.ca_pem().into(),
+            sandboxes: sandboxes.clone(),
+        },
+        &router,
+    );
+    let handle = cluster.handle().clone();
+    crate::upload_server::register(&router, dir.path(files::UPLOAD_PIECES));
     let admission = start.admission.map(|(ca, token)| {
         membership::admission_handler(
-            cluster.clone(),
+            handle.clone(),
+            cluster.membership(),
             ca,
             token,
             config.cluster.voters,
@@ -108,11 +116,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         )
     });
     let events = crate::bus::handler(state.events().clone(), auth.clone(), node_id);
-    let peer_server = endpoint.serve(peer_handler(cluster.clone()), admission, Some(events));
+    let peer_server = endpoint.serve(router.handler(), admission, Some(events));
     let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
-    tokio::spawn(reconcile(cluster.clone(), config.policy, me));
+    tokio::spawn(reconcile(handle.clone(), cluster.membership(), config.policy, me));
     tokio::spawn(crate::notify::run(
-        cluster.clone(),
+        handle.clone(),
         config.notify.clone(),
         crate::notify::Owners::new(&config.api.tokens),
         dir.root().to_path_buf(),
@@ -156,19 +164,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             t.max_connections_per_origin,
         )),
     };
-    // From now on this node fetches pieces for other members' jobs.
-    let _ = cluster
-        .helper
-        .set(crate::transfer::helper::HelperContext::new(engine.clone(), secrets.clone()));
-    let _ = cluster.peer_cache.set(crate::transfer::peer_cache::Serving::new(&config.peer_cache));
+    // From now on this node fetches pieces for other members' jobs and serves its copies.
+    crate::transfer::helper::register(
+        &router,
+        handle.clone(),
+        crate::transfer::helper::HelperContext::new(engine.clone(), secrets.clone()),
+    );
+    crate::transfer::peer_cache::register(
+        &router,
+        handle.clone(),
+        crate::transfer::peer_cache::Serving::new(&config.peer_cache, engine.sandboxes.clone()),
+    );
     tokio::spawn(crate::transfer::peer_cache::keep_limits(
-        cluster.clone(),
+        handle.clone(),
         config.peer_cache.clone(),
     ));
-    let transfers = Transfers::new(node_id, cluster.clone(), engine, secrets.clone()).start();
+    let transfers = Transfers::new(node_id, handle.clone(), engine, secrets.clone()).start();
     let scheduler = Scheduler::new(
         node_id,
-        cluster.clone(),
+        handle.clone(),
         SchedulerSettings {
             max_active_jobs: t.max_active_jobs,
             time_slice: Duration::from_millis(t.time_slice_ms),
@@ -184,7 +198,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .with_context(|| format!("cannot create the upload root {}", upload_root.display()))?;
     let uploads =
         crate::upload_server::UploadServer {
-            cluster: cluster.clone(),
+            cluster: handle.clone(),
             auth: auth.clone(),
             root: Arc::new(crate::fs::dir::Dir::open_root(&upload_root).with_context(|| {
                 format!("cannot open the upload root {}", upload_root.display())
@@ -210,7 +224,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             scheme: if config.api.uses_tls() { "https" } else { "http" },
         };
     tokio::spawn(crate::upload_server::sweep_pieces(
-        cluster.clone(),
+        handle.clone(),
         dir.path(files::UPLOAD_PIECES),
     ));
     let notify = Arc::new(config.notify.policy());
@@ -298,23 +312,24 @@ async fn watch_queue(
 /// restarted on another port) and proposes the configured queue policy if the cluster's
 /// differs.
 async fn reconcile(
-    cluster: NodeCluster,
+    cluster: ClusterView,
+    membership: Arc<dyn Membership>,
     wanted: ferry_protocol::limits::QueuePolicy,
     me: NodeAddr,
 ) {
     tokio::spawn({
-        let (cluster, me) = (cluster.clone(), me.clone());
-        async move { cluster.announce_address(me).await }
+        let (membership, me) = (membership.clone(), me.clone());
+        async move { membership.announce_address(me).await }
     });
-    let leading = cluster
-        .raft
-        .wait(Some(Duration::from_secs(30)))
-        .metrics(|m| m.current_leader == Some(cluster.node_id), "leadership")
-        .await;
-    if leading.is_err() {
+    let mut metrics = cluster.metrics();
+    let leading = tokio::time::timeout(Duration::from_secs(30), async {
+        metrics.wait_for(|m| m.current_leader == Some(cluster.node_id)).await.is_ok()
+    })
+    .await;
+    if !matches!(leading, Ok(true)) {
         return;
     }
-    match raft::refresh_address(&cluster.raft, cluster.node_id, me).await {
+    match membership.record_own_address(me).await {
         Ok(true) => tracing::info!("recorded this node's new address in the membership"),
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "could not record this node's address"),

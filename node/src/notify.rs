@@ -41,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{NotifyConfig, RunAs};
-use crate::service::NodeCluster;
+use crate::replica::ClusterView;
 use crate::transfer::Reporter;
 use crate::transfer::failure::Stop;
 
@@ -172,7 +172,7 @@ struct Current {
 }
 
 /// Watches the applied queue and runs what this node owes, until the node stops.
-pub(crate) async fn run(cluster: NodeCluster, config: NotifyConfig, owners: Owners, root: PathBuf) {
+pub(crate) async fn run(cluster: ClusterView, config: NotifyConfig, owners: Owners, root: PathBuf) {
     let dir = root.join("notify");
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::error!(dir = %dir.display(), error = %e, "cannot create the notify directory; notify command lines will not run");
@@ -186,7 +186,7 @@ pub(crate) async fn run(cluster: NodeCluster, config: NotifyConfig, owners: Owne
     }
     let runner = Arc::new(Runner { policy: config.policy(), config, owners, euid, dir });
     let busy: Arc<Mutex<HashSet<(JobId, u64, u32)>>> = Arc::default();
-    let mut metrics = cluster.raft.metrics();
+    let mut metrics = cluster.metrics();
     loop {
         for owed in owed_here(&cluster) {
             let key = (owed.job, owed.run.entry, owed.run.attempt);
@@ -214,7 +214,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The runs this node owes now.
-fn owed_here(cluster: &NodeCluster) -> Vec<Owed> {
+fn owed_here(cluster: &ClusterView) -> Vec<Owed> {
     let now = Timestamp::now();
     let machine = cluster.state.read();
     machine
@@ -229,7 +229,7 @@ fn owed_here(cluster: &NodeCluster) -> Vec<Owed> {
 }
 
 /// The job, if it still owes `owed`'s run.
-fn still_owed(cluster: &NodeCluster, owed: &Owed) -> Option<Current> {
+fn still_owed(cluster: &ClusterView, owed: &Owed) -> Option<Current> {
     let machine = cluster.state.read();
     let job = machine.queue.job(&owed.job)?;
     let run = job.notify_run?;
@@ -242,7 +242,7 @@ fn still_owed(cluster: &NodeCluster, owed: &Owed) -> Option<Current> {
 
 impl Runner {
     /// Runs one owed run (unless its marker says it was started before) and records it.
-    async fn run_one(&self, cluster: &NodeCluster, owed: &Owed) {
+    async fn run_one(&self, cluster: &ClusterView, owed: &Owed) {
         let marker = self.dir.join(format!("{}-{}-{}", owed.job, owed.run.entry, owed.run.attempt));
         let success = if marker.exists() {
             tracing::warn!(job = %owed.job, entry = owed.run.entry, "the notify program was started before this node stopped; not running it again");
@@ -424,7 +424,7 @@ async fn head(stream: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
 /// longer owes it. A refusal as stale may also mean "no leader within the attempts", so
 /// the queue decides: while the run is still owed the marker stays, and the next look
 /// records it without running the program again.
-async fn record(cluster: &NodeCluster, owed: &Owed, success: bool) -> bool {
+async fn record(cluster: &ClusterView, owed: &Owed, success: bool) -> bool {
     let NotifyRun { entry, attempt, .. } = owed.run;
     let reports = vec![EngineReport::NotifyRan { entry, attempt, success }];
     if let Err(Stop::Failed(e)) = Reporter::new(cluster.clone()).report(owed.job, 0, reports).await

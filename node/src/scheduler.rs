@@ -15,12 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use ferry_coordinator::Cluster;
 use ferry_protocol::command::Command;
 use ferry_protocol::transfer::EngineReport;
 use ferry_protocol::{Job, JobId, JobState, NodeId, Priority, Proposal, Timestamp};
 
-use crate::service::NodeCluster;
+use crate::replica::ClusterView;
 use crate::transfer::system_caller;
 
 /// Longest sleep between two looks at the queue.
@@ -82,7 +81,7 @@ pub(crate) struct SchedulerSettings {
 /// The scheduler actor (active only while this node leads).
 pub(crate) struct Scheduler {
     node_id: NodeId,
-    cluster: NodeCluster,
+    cluster: ClusterView,
     settings: SchedulerSettings,
     /// Replicated timestamps anchored to this node's monotonic clock.
     anchors: HashMap<(JobId, Timestamp), Instant>,
@@ -146,7 +145,7 @@ struct Answered {
 
 impl Scheduler {
     /// The scheduler of node `node_id`.
-    pub(crate) fn new(node_id: NodeId, cluster: NodeCluster, settings: SchedulerSettings) -> Self {
+    pub(crate) fn new(node_id: NodeId, cluster: ClusterView, settings: SchedulerSettings) -> Self {
         Self {
             node_id,
             cluster,
@@ -166,7 +165,7 @@ impl Scheduler {
     }
 
     fn leading(&self) -> bool {
-        self.cluster.raft.metrics().borrow().current_leader == Some(self.node_id)
+        self.cluster.metrics().borrow().current_leader == Some(self.node_id)
     }
 
     /// The instant that corresponds to replicated time `at` for `job`.
@@ -326,7 +325,7 @@ impl Actor for Scheduler {
             let mut leading = false;
             loop {
                 tokio::time::sleep(PING_EVERY).await;
-                if cluster.raft.metrics().borrow().current_leader != Some(me) {
+                if cluster.metrics().borrow().current_leader != Some(me) {
                     leading = false;
                     continue;
                 }

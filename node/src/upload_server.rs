@@ -25,8 +25,10 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferry_coordinator::{Auth, Cluster, ReadAt};
+use ferry_coordinator::{Auth, ClusterError, ReadAt};
+use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::command::{Command, Proposal, Reply};
+use ferry_protocol::peer::UploadPiece;
 use ferry_protocol::queue::{
     HeldReply, UploadCommand, UploadOutcome, UploadSession, check_upload_path,
 };
@@ -38,15 +40,53 @@ use ferry_protocol::{BitsCode, Caller, ErrorContext};
 
 use crate::config::BackendMode;
 use crate::fs::dir::{Dir, is_symlink_refusal};
-use crate::service::NodeCluster;
+use crate::peer::rpc::Router;
+use crate::replica::ClusterView;
 
 /// Most bytes of a piece fetched from another node in one call.
 pub(crate) const GATHER_CHUNK: u32 = 4 * 1024 * 1024;
+/// How long a member has to send [`GATHER_CHUNK`] bytes of a piece.
+const GATHER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Serves [`UploadPiece`] for other members: bytes of the pieces this node received,
+/// kept under `pieces`.
+pub(crate) fn register(router: &Router, pieces: PathBuf) {
+    let pieces = Arc::new(pieces);
+    router.add_handler::<UploadPiece, _, _>(move |_, request| {
+        let pieces = pieces.clone();
+        async move {
+            let UploadPiece { session, offset, from, len } = request;
+            let read = tokio::task::spawn_blocking(move || {
+                read_piece(&pieces, &session, offset, from, len)
+            })
+            .await;
+            match read {
+                Ok(Ok(bytes)) => Ok(ByteBuf::from(bytes)),
+                Ok(Err(e)) => Err(ClusterError::Unavailable(format!("upload piece: {e}"))),
+                Err(e) => Err(ClusterError::Unavailable(e.to_string())),
+            }
+        }
+    });
+}
+
+/// Bytes `from..from + len` of the upload piece at `offset` of `session` that `node`
+/// holds (see [`UploadPiece`]).
+async fn fetch_piece(
+    cluster: &ClusterView,
+    node: ferry_protocol::NodeId,
+    session: &str,
+    offset: u64,
+    from: u64,
+    len: u32,
+) -> crate::Result<Vec<u8>> {
+    let request = UploadPiece { session: session.to_owned(), offset, from, len };
+    cluster.call(node, &request, GATHER_TIMEOUT).await.map(ByteBuf::into_vec)
+}
 
 /// What the upload server needs.
 #[derive(Clone)]
 pub(crate) struct UploadServer {
-    pub(crate) cluster: NodeCluster,
+    pub(crate) cluster: ClusterView,
     pub(crate) auth: Arc<Auth>,
     /// Where completed uploads go: `<root>/<path>`, reached without following any
     /// symlink below the root.
@@ -610,10 +650,9 @@ impl UploadServer {
             let mut from = 0u64;
             while from < piece.len {
                 let want = u32::try_from((piece.len - from).min(u64::from(GATHER_CHUNK)))?;
-                let bytes = self
-                    .cluster
-                    .fetch_piece(piece.node, &session.id, piece.offset, from, want)
-                    .await?;
+                let bytes =
+                    fetch_piece(&self.cluster, piece.node, &session.id, piece.offset, from, want)
+                        .await?;
                 anyhow::ensure!(
                     bytes.len() == want as usize,
                     "node {} sent {} of {want} bytes of the piece at {}",
@@ -637,7 +676,7 @@ impl UploadServer {
 
 /// Removes, every minute, the pieces of sessions that ended (closed, cancelled or timed
 /// out on any node): each node holds pieces only while their session lives.
-pub(crate) async fn sweep_pieces(cluster: NodeCluster, pieces: PathBuf) {
+pub(crate) async fn sweep_pieces(cluster: ClusterView, pieces: PathBuf) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         let mut open = std::collections::HashSet::new();
@@ -789,9 +828,7 @@ async fn serve_reply(
                     .map_err(std::io::Error::other)
                     .and_then(|r| r)
             } else {
-                server
-                    .cluster
-                    .fetch_piece(held.node, &id, REPLY_PIECE, at, want)
+                fetch_piece(&server.cluster, held.node, &id, REPLY_PIECE, at, want)
                     .await
                     .map_err(std::io::Error::other)
             };

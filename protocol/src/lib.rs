@@ -17,6 +17,7 @@ pub mod file;
 pub mod ids;
 pub mod job;
 pub mod limits;
+pub mod peer;
 pub mod peer_cache;
 pub mod queue;
 pub mod state;

@@ -161,22 +161,23 @@ fn main() {
     );
 
     let mut s = Seeds::new(&root, "peer");
-    let requests = vec![
-        peer::PeerRequest::Raft(ByteBuf::from(vec![1, 2, 3])),
-        peer::PeerRequest::Write(Box::new(proposals[0].clone())),
-        peer::PeerRequest::AddMember {
-            node: 4,
-            addr: peer::NodeAddr {
-                api_addr: "10.0.0.4:8080".into(),
-                peer_addr: "10.0.0.4:7000".into(),
-            },
-            voters: 3,
-        },
-        peer::PeerRequest::Ping,
-        peer::PeerRequest::ReadIndex,
-        peer::PeerRequest::Probe,
-        peer::PeerRequest::UploadPiece { session: "{s1}".into(), offset: 0, from: 10, len: 100 },
-        peer::PeerRequest::FetchChunk(Box::new(peer::ChunkRequest {
+    // Each request as a call (kind and encoded body), alone and in its envelope.
+    fn call<R: ferry_protocol::peer::PeerRpc>(request: &R) -> peer::Call {
+        let body = codec::encode(request).expect("encode");
+        peer::Call { kind: R::NAME.to_owned(), body: ByteBuf::from(body) }
+    }
+    let addr =
+        peer::NodeAddr { api_addr: "10.0.0.4:8080".into(), peer_addr: "10.0.0.4:7000".into() };
+    let calls = vec![
+        call(&peer::RaftRpc(ByteBuf::from(vec![1, 2, 3]))),
+        call(&peer::Write(proposals[0].clone())),
+        call(&peer::AddMember { node: 4, addr: addr.clone(), voters: 3 }),
+        call(&peer::Ping),
+        call(&peer::ReadIndex),
+        call(&peer::Probe),
+        call(&peer::UpdateAddress(addr)),
+        call(&peer::UploadPiece { session: "{s1}".into(), offset: 0, from: 10, len: 100 }),
+        call(&peer::ChunkRequest {
             job: id(1),
             run: 1,
             applied: 10,
@@ -185,31 +186,34 @@ fn main() {
             remote: remote(),
             offset: 0,
             len: 65_536,
-        })),
-        peer::PeerRequest::PeerCopy(peer::CopyRequest { job: id(1), file: 0, index: 2 }),
-        peer::PeerRequest::ReplyData { job: id(1) },
+        }),
+        call(&peer::CopyRequest { job: id(1), file: 0, index: 2 }),
+        call(&peer::ReplyData { job: id(1) }),
     ];
-    for request in &requests {
-        let body = codec::encode(request).expect("encode");
+    for call in &calls {
+        let body = codec::encode(call).expect("encode");
         s.frame(0, &peer::Envelope { from: 2, body: ByteBuf::from(body) });
-        s.frame(2, request);
+        s.frame(2, call);
     }
     s.frame(1, &peer::Answer::Ok(ByteBuf::from(vec![0; 8])));
     s.frame(1, &peer::Answer::Refused("bad request frame".into()));
-    let written: Result<peer::Written, peer::ClusterError> =
+    let written: Result<peer::Written, peer::RemoteError> =
         Ok(peer::Written { result: reply.0[0].clone(), index: 9 });
     s.frame(3, &written);
-    s.frame(3, &Err::<peer::Written, _>(peer::ClusterError::NotLeader { leader: 2 }));
-    s.frame(4, &Err::<(), _>(peer::ClusterError::TooLarge { bytes: 9, limit: 8 }));
-    s.frame(5, &Ok::<u64, peer::ClusterError>(17));
-    s.frame(6, &Ok::<bool, peer::ClusterError>(true));
+    let not_leader = peer::RemoteError::Refused(peer::ClusterError::NotLeader { leader: 2 });
+    s.frame(3, &Err::<peer::Written, _>(not_leader));
+    let too_large = peer::RemoteError::Refused(peer::ClusterError::TooLarge { bytes: 9, limit: 8 });
+    s.frame(4, &Err::<(), _>(too_large));
+    s.frame(4, &Err::<(), _>(peer::RemoteError::UnknownKind("ping".into())));
+    s.frame(5, &Ok::<u64, peer::RemoteError>(17));
+    s.frame(6, &Ok::<bool, peer::RemoteError>(true));
     let probe = api::MemberProbe { state: "Leader".into(), term: 3, applied_index: Some(17) };
-    s.frame(7, &Ok::<_, peer::ClusterError>(probe));
-    s.frame(8, &Ok::<Vec<u8>, peer::ClusterError>(vec![1, 2, 3]));
+    s.frame(7, &Ok::<_, peer::RemoteError>(probe));
+    s.frame(8, &Ok::<ByteBuf, peer::RemoteError>(ByteBuf::from(vec![1, 2, 3])));
     let chunk_answer =
         peer::ChunkAnswer::Bytes { bytes: ByteBuf::from(vec![9; 16]), digest: [1; 32] };
-    s.frame(9, &Ok::<_, peer::ClusterError>(chunk_answer));
-    s.frame(10, &Ok::<_, peer::ClusterError>(peer::CopyAnswer::Missing("gone".into())));
+    s.frame(9, &Ok::<_, peer::RemoteError>(chunk_answer));
+    s.frame(10, &Ok::<_, peer::RemoteError>(peer::CopyAnswer::Missing("gone".into())));
     s.frame(13, &peer::NodeAddr { api_addr: "[::1]:8080".into(), peer_addr: "[::1]:7000".into() });
     let join = peer::JoinRequest {
         secret: "token".into(),

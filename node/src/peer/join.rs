@@ -17,9 +17,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::{Deserialize, Serialize};
 
-use super::endpoint::JOIN_ALPN;
 use super::identity::{MEMBER_NAME, fingerprint};
 
+/// The ALPN of joining (no client certificate yet; only a join request is served).
+pub(crate) const JOIN_ALPN: &[u8] = b"ferry-join/1";
 /// Largest join request or answer.
 pub(crate) const MAX_JOIN_FRAME: usize = 64 * 1024;
 

@@ -15,23 +15,17 @@ mod state_machine;
 use std::sync::Arc;
 
 use ferry_protocol::{Batch, BatchReply};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use errors::{ReadError, WriteError, read_error, role_name, write_error};
 pub use log_store::LogStore;
-pub(crate) use network::AddressBook;
 pub use network::Network;
 pub(crate) use network::serve_raft;
 pub use state_machine::{Machine, StateMachineStore};
 
-/// Where a member can be reached. Replicated in Raft membership entries.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeAddr {
-    /// The HTTP API address (`host:port`).
-    pub api_addr: String,
-    /// The QUIC peer address (`host:port`).
-    pub peer_addr: String,
-}
+/// Where a member can be reached (replicated in Raft membership entries; a peer
+/// message too, so it lives with them).
+pub use ferry_protocol::peer::NodeAddr;
 
 openraft::declare_raft_types!(
     /// Ferry's openraft types: entries carry command batches, replies carry one result per
@@ -183,6 +177,12 @@ fn open_database(path: &std::path::Path) -> Result<redb::Database, redb::Databas
 
 /// The small named values both databases keep (vote, applied id, snapshot...).
 pub(crate) const META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+/// The state database's jobs (job id -> encoded job).
+const JOBS: redb::TableDefinition<'_, u128, &[u8]> = redb::TableDefinition::new("jobs");
+/// The state database's request records (request key -> encoded outcome).
+const REQUESTS: redb::TableDefinition<'_, &[u8], &[u8]> = redb::TableDefinition::new("requests");
+/// The state database's upload sessions (session id -> encoded session).
+const UPLOADS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("uploads");
 
 /// Encodes `value` and stores it under `key` in `db`'s meta table, in a transaction of
 /// its own with `durability`.

@@ -1,16 +1,18 @@
 //! The Raft network over the QUIC peer endpoint (DESIGN §3): each openraft RPC is one
 //! request/answer on the caller's cached connection to the target, framed by
 //! `protocol::codec` (versioned, size-limited), authenticated by the cluster
-//! certificates. [`serve_raft`] is the serving side.
+//! certificates, sent as [`peer::RaftRpc`] requests. [`serve_raft`] registers the serving
+//! side on the node's request router.
 //!
 //! Errors of the remote Raft travel as text and come back as "unreachable", which
 //! openraft answers by backing off and retrying; only transport facts are reported.
 //! Snapshots go in openraft's chunks (3 MiB by default), each its own request.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
+use ferry_coordinator::ClusterError;
 use ferry_protocol::codec;
+use ferry_protocol::peer;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,8 +22,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use super::{NodeAddr, Raft, TypeConfig};
-use crate::peer::endpoint::{PeerEndpoint, PeerError};
-use crate::peer::requests::PeerRequest;
+use crate::peer::rpc::{Peers, Router};
 
 /// A Raft RPC as it travels.
 #[derive(Serialize, Deserialize)]
@@ -39,47 +40,25 @@ enum RaftAnswer {
     Vote(Result<VoteResponse<u64>, String>),
 }
 
-/// The members' current peer addresses, kept up to date from the membership: openraft
-/// may keep a client for a member across a change of its address (a restart on another
-/// port), so clients look the address up on every call.
-#[derive(Default)]
-pub(crate) struct AddressBook {
-    addrs: std::sync::RwLock<std::collections::HashMap<u64, SocketAddr>>,
-}
-
-impl AddressBook {
-    /// Records the addresses of `membership`'s nodes.
-    pub(crate) fn update(&self, nodes: impl Iterator<Item = (u64, String)>) {
-        let fresh: std::collections::HashMap<u64, SocketAddr> =
-            nodes.filter_map(|(id, addr)| Some((id, addr.parse().ok()?))).collect();
-        *self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-    }
-
-    fn get(&self, node: u64) -> Option<SocketAddr> {
-        self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&node).copied()
-    }
-}
-
 /// Creates clients for other members.
 #[derive(Clone)]
 pub struct Network {
-    endpoint: Arc<PeerEndpoint>,
-    book: Arc<AddressBook>,
+    peers: Peers,
 }
 
 impl Network {
-    /// Raft RPCs go out through `endpoint`, to the addresses in `book`.
-    pub(crate) fn new(endpoint: Arc<PeerEndpoint>, book: Arc<AddressBook>) -> Self {
-        Self { endpoint, book }
+    /// Raft RPCs go out through `peers` (to the members' current addresses).
+    pub(crate) fn new(peers: Peers) -> Self {
+        Self { peers }
     }
 }
 
 /// A client for one member.
 pub struct PeerClient {
-    endpoint: Arc<PeerEndpoint>,
-    book: Arc<AddressBook>,
+    peers: Peers,
     target: u64,
-    addr: Result<SocketAddr, String>,
+    /// The address openraft knows, used while the address book has none.
+    addr: Option<SocketAddr>,
 }
 
 /// Why an RPC did not reach the remote Raft.
@@ -94,18 +73,13 @@ impl PeerClient {
         timeout: std::time::Duration,
     ) -> Result<RaftAnswer, Unreachable> {
         let unreachable = |text: String| Unreachable::new(&PeerFault(text));
-        let addr = match self.book.get(self.target) {
-            Some(current) => current,
-            None => self.addr.clone().map_err(unreachable)?,
-        };
         let rpc = codec::encode(rpc).map_err(|e| unreachable(e.to_string()))?;
-        let body = codec::encode(&PeerRequest::Raft(codec::ByteBuf::from(rpc)))
-            .map_err(|e| unreachable(e.to_string()))?;
+        let request = peer::RaftRpc(codec::ByteBuf::from(rpc));
         let answer = self
-            .endpoint
-            .call(self.target, addr, body, timeout)
+            .peers
+            .call_to(self.target, self.addr, &request, timeout)
             .await
-            .map_err(|e: PeerError| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(format!("node {}: {e}", self.target)))?;
         codec::decode(&answer)
             .map_err(|e| unreachable(format!("bad answer from node {}: {e}", self.target)))
     }
@@ -123,11 +97,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &NodeAddr) -> Self::Network {
-        let addr = node
-            .peer_addr
-            .parse()
-            .map_err(|_| format!("node {target} has no usable peer address {:?}", node.peer_addr));
-        PeerClient { endpoint: self.endpoint.clone(), book: self.book.clone(), target, addr }
+        let addr = node.peer_addr.parse().ok();
+        PeerClient { peers: self.peers.clone(), target, addr }
     }
 }
 
@@ -181,8 +152,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// Serves one Raft RPC from member `from` with `raft`; returns the encoded answer.
-pub(crate) async fn serve_raft(raft: &Raft, from: u64, body: &[u8]) -> Vec<u8> {
+/// Serves Raft's RPCs from other members with `raft`.
+pub(crate) fn serve_raft(raft: &Raft, router: &Router) {
+    let raft = raft.clone();
+    router.add_handler::<peer::RaftRpc, _, _>(move |from, peer::RaftRpc(rpc)| {
+        let raft = raft.clone();
+        async move { answer(&raft, from, &rpc).await }
+    });
+}
+
+/// Runs one Raft RPC from member `from`: the encoded answer. An RPC that cannot be
+/// decoded, or an answer that cannot be encoded, is refused (openraft's client takes
+/// any failure as "unreachable" and retries).
+async fn answer(raft: &Raft, from: u64, body: &[u8]) -> Result<codec::ByteBuf, ClusterError> {
     let answer = match codec::decode::<RaftRpc>(body) {
         Ok(RaftRpc::AppendEntries(rpc)) => {
             RaftAnswer::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
@@ -193,10 +175,12 @@ pub(crate) async fn serve_raft(raft: &Raft, from: u64, body: &[u8]) -> Vec<u8> {
         Ok(RaftRpc::Vote(rpc)) => RaftAnswer::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
         Err(e) => {
             tracing::warn!(from, error = %e, "an unreadable Raft RPC");
-            RaftAnswer::Vote(Err(format!("unreadable RPC: {e}")))
+            return Err(ClusterError::Unavailable(format!("unreadable Raft RPC: {e}")));
         }
     };
-    codec::encode(&answer).unwrap_or_default()
+    codec::encode(&answer)
+        .map(codec::ByteBuf::from)
+        .map_err(|e| ClusterError::Unavailable(format!("cannot encode the Raft answer: {e}")))
 }
 
 #[cfg(test)]
@@ -207,7 +191,10 @@ mod tests {
     use ferry_protocol::command::{Batch, Command, NewJob, Proposal};
     use ferry_protocol::{Caller, JobId, Principal, Role, Timestamp};
 
+    use std::sync::Arc;
+
     use super::*;
+    use crate::peer::endpoint::PeerEndpoint;
     use crate::peer::identity::{ClusterCa, NodeIdentity};
     use crate::raft::{LogStore, RaftSettings, StateMachineStore, raft_config};
 
@@ -232,29 +219,12 @@ mod tests {
             election_timeout_ms: (300, 600),
             ..RaftSettings::default()
         };
-        let raft = Raft::new(
-            id,
-            raft_config(&settings)?,
-            Network::new(endpoint.clone(), Arc::default()),
-            log,
-            state.clone(),
-        )
-        .await?;
-        let served = raft.clone();
-        endpoint.serve(
-            Arc::new(move |from, body| {
-                let raft = served.clone();
-                Box::pin(async move {
-                    let bytes = match codec::decode::<PeerRequest>(&body) {
-                        Ok(PeerRequest::Raft(rpc)) => serve_raft(&raft, from, &rpc).await,
-                        _ => Vec::new(),
-                    };
-                    crate::peer::endpoint::Served::from(bytes)
-                })
-            }),
-            None,
-            None,
-        );
+        let router = Arc::new(Router::default());
+        let peers = Peers::new(id, endpoint.clone(), Arc::default(), router.clone());
+        let raft =
+            Raft::new(id, raft_config(&settings)?, Network::new(peers), log, state.clone()).await?;
+        serve_raft(&raft, &router);
+        endpoint.serve(router.handler(), None, None);
         let addr =
             NodeAddr { api_addr: String::new(), peer_addr: endpoint.local_addr()?.to_string() };
         Ok(Member { raft, state, endpoint, addr, _dir: dir })

@@ -124,9 +124,9 @@ pub(crate) fn write(
     queue: &QueueMeta,
     path: &Path,
 ) -> Result<u64, SnapshotFileError> {
-    let jobs = txn.open_table(super::state_machine::JOBS).map_err(redb::Error::from)?;
-    let requests = txn.open_table(super::state_machine::REQUESTS).map_err(redb::Error::from)?;
-    let uploads = txn.open_table(super::state_machine::UPLOADS).map_err(redb::Error::from)?;
+    let jobs = txn.open_table(super::JOBS).map_err(redb::Error::from)?;
+    let requests = txn.open_table(super::REQUESTS).map_err(redb::Error::from)?;
+    let uploads = txn.open_table(super::UPLOADS).map_err(redb::Error::from)?;
     let header = Header {
         queue: queue.clone(),
         jobs: jobs.len().map_err(redb::Error::from)?,
@@ -165,14 +165,14 @@ pub(crate) fn load(
     read_frame(&mut input, &mut buf)?;
     let header: Header = codec::decode(&buf)?;
     let mut image = QueueImage { meta: header.queue, ..QueueImage::default() };
-    let mut jobs = txn.open_table(super::state_machine::JOBS).map_err(redb::Error::from)?;
+    let mut jobs = txn.open_table(super::JOBS).map_err(redb::Error::from)?;
     for _ in 0..header.jobs {
         read_frame(&mut input, &mut buf)?;
         let job: Job = codec::decode(&buf)?;
         jobs.insert(job.id.0.as_u128(), buf.as_slice()).map_err(redb::Error::from)?;
         image.jobs.push(job);
     }
-    let mut requests = txn.open_table(super::state_machine::REQUESTS).map_err(redb::Error::from)?;
+    let mut requests = txn.open_table(super::REQUESTS).map_err(redb::Error::from)?;
     let mut key_bytes = Vec::new();
     for _ in 0..header.requests {
         read_frame(&mut input, &mut key_bytes)?;
@@ -183,7 +183,7 @@ pub(crate) fn load(
         image.requests.push((key, record));
     }
     drop(requests);
-    let mut uploads = txn.open_table(super::state_machine::UPLOADS).map_err(redb::Error::from)?;
+    let mut uploads = txn.open_table(super::UPLOADS).map_err(redb::Error::from)?;
     for _ in 0..header.uploads {
         read_frame(&mut input, &mut buf)?;
         let session: UploadSession = codec::decode(&buf)?;

@@ -16,20 +16,16 @@ use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{self, EventLog, Retention};
 
 use super::snapshot_file::{self, SnapshotDir};
 use super::{
-    LogId, META, NodeAddr, StorageError, StoredMembership, TypeConfig, blocking, io_error,
-    open_database,
+    JOBS, LogId, META, NodeAddr, REQUESTS, StorageError, StoredMembership, TypeConfig, UPLOADS,
+    blocking, io_error, open_database,
 };
-
-pub(super) const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
-pub(super) const REQUESTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("requests");
-pub(super) const UPLOADS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("uploads");
 
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";

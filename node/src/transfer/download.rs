@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use ferry_protocol::file::JobFile;
 use ferry_protocol::job::{peer_caching, security};
+use ferry_protocol::peer::Ping;
 use ferry_protocol::peer_cache::ContentKey;
 use ferry_protocol::transfer::{
     self, ChunkRecord, EngineReport, Piece, RemoteInfo, chunk_size_for,
@@ -41,8 +42,7 @@ use super::fetch::{
 use super::helper::{self, ChunkAnswer, ChunkRequest, MAX_HELPER_PIECE};
 use super::local::{self, TempFile};
 use super::peer_cache::{self, CopyError, Next, PieceQueue, Sources};
-use crate::peer::requests::PeerRequest;
-use crate::service::NodeCluster;
+use crate::replica::ClusterView;
 
 /// Largest file BITS fetches in one unranged GET when the server lacks ranges.
 const SINGLE_STREAM_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
@@ -865,7 +865,7 @@ async fn next_origin(queue: &Mutex<PieceQueue>, max_len: u64) -> Option<Piece> {
 /// Another member fetching pieces of a file for this (its home) node.
 struct Helper {
     node: NodeId,
-    cluster: NodeCluster,
+    cluster: ClusterView,
     fetch: Fetch,
     job: JobId,
     run: u64,
@@ -937,8 +937,7 @@ impl Helper {
         let mut missed = 0;
         loop {
             tokio::time::sleep(helper::PING_EVERY).await;
-            let ping =
-                self.cluster.ask_within::<()>(self.node, &PeerRequest::Ping, helper::PING_TIMEOUT);
+            let ping = self.cluster.call(self.node, &Ping, helper::PING_TIMEOUT);
             if ping.await.is_ok() {
                 missed = 0;
             } else {
@@ -962,9 +961,7 @@ impl Helper {
             offset: piece.remote_offset,
             len: piece.len,
         };
-        let asked = PeerRequest::FetchChunk(Box::new(request));
-        let asking =
-            self.cluster.ask_within::<ChunkAnswer>(self.node, &asked, helper::deadline(piece.len));
+        let asking = self.cluster.call(self.node, &request, helper::deadline(piece.len));
         let answer = tokio::select! {
             answer = asking => answer.map_err(|e| HelperError::Lost(e.to_string()))?,
             () = self.gone() => {
@@ -1004,7 +1001,7 @@ const PEER_WORKERS: usize = 4;
 
 /// Pings the other members of fleet `fleet` every [`helper::PING_EVERY`] and tells
 /// `queue` which nodes missed [`helper::MISSED_PINGS`] in a row, until aborted.
-async fn watch_fleet(cluster: NodeCluster, fleet: JobId, queue: Arc<Mutex<PieceQueue>>) {
+async fn watch_fleet(cluster: ClusterView, fleet: JobId, queue: Arc<Mutex<PieceQueue>>) {
     let mut missed: HashMap<NodeId, u32> = HashMap::new();
     loop {
         tokio::time::sleep(helper::PING_EVERY).await;
@@ -1013,7 +1010,7 @@ async fn watch_fleet(cluster: NodeCluster, fleet: JobId, queue: Arc<Mutex<PieceQ
             .filter(|node| *node != cluster.node_id)
             .collect();
         let pings = nodes.into_iter().map(|node| {
-            let asked = cluster.ask_within::<()>(node, &PeerRequest::Ping, helper::PING_TIMEOUT);
+            let asked = cluster.call(node, &Ping, helper::PING_TIMEOUT);
             async move { (node, asked.await.is_ok()) }
         });
         for (node, answered) in futures_util::future::join_all(pings).await {
@@ -1047,7 +1044,7 @@ impl Drop for PeerWorker {
 /// piece a holder cannot deliver goes to another holder or the origin; a holder whose
 /// bytes do not match the recorded digest has its copy withdrawn.
 async fn from_peers(
-    cluster: &NodeCluster,
+    cluster: &ClusterView,
     fetch: &Fetch,
     queue: &Mutex<PieceQueue>,
     done: &mpsc::Sender<ChunkRecord>,

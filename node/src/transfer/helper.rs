@@ -16,67 +16,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_coordinator::{Cluster, ReadAt, SecretKey};
-use ferry_protocol::job::JobError;
-use ferry_protocol::transfer::{Piece, RemoteInfo, Severity};
+use ferry_coordinator::{ReadAt, SecretKey};
+pub(crate) use ferry_protocol::peer::{ChunkAnswer, ChunkRequest};
+use ferry_protocol::transfer::Piece;
 use ferry_protocol::{BitsCode, JobId};
-use serde::{Deserialize, Serialize};
 
 use super::failure::{Failure, Stop};
 use super::fetch::request_piece;
 use super::http::HttpSession;
 use super::{EngineSettings, job_http};
-use crate::service::NodeCluster;
+use crate::peer::rpc::Router;
+use crate::replica::ClusterView;
 
 /// Largest piece a helper is asked for: its answer is one peer frame.
 pub(crate) const MAX_HELPER_PIECE: u64 = 12 * 1024 * 1024;
 /// HTTP sessions a helper keeps for the runs it helps (one client each, connections
 /// kept alive between pieces).
 const KEPT_SESSIONS: usize = 64;
-
-/// A piece of a job's file, asked of a helper.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct ChunkRequest {
-    /// The job.
-    pub(crate) job: JobId,
-    /// Its run: a helper refuses pieces of another run.
-    pub(crate) run: u64,
-    /// The home node's applied index when it asked: the helper waits for it.
-    pub(crate) applied: u64,
-    /// File index.
-    pub(crate) file: u32,
-    /// Where to fetch (the job's URL, or where its redirects led).
-    pub(crate) url: String,
-    /// The probed version.
-    pub(crate) remote: RemoteInfo,
-    /// The piece: offset in the remote file (`remote_offset`) and length.
-    pub(crate) offset: u64,
-    /// Bytes.
-    pub(crate) len: u64,
-}
-
-/// A helper's answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum ChunkAnswer {
-    /// The piece's bytes and their BLAKE3 digest.
-    Bytes {
-        /// The bytes.
-        bytes: ferry_protocol::codec::ByteBuf,
-        /// BLAKE3 of `bytes`.
-        digest: [u8; 32],
-    },
-    /// The run is over (or not known here yet).
-    Stale,
-    /// The remote file changed.
-    Restart(String),
-    /// The origin failed.
-    Failed {
-        /// As the job would record it.
-        error: JobError,
-        /// Retried or not.
-        severity: Severity,
-    },
-}
 
 /// A run this member helps: its HTTP client, and the permits for origin requests (the
 /// job's connections per file: a home node may keep more pieces asked than that, so
@@ -122,9 +78,18 @@ impl HelperContext {
     }
 }
 
+/// Serves [`ChunkRequest`]s of other members on `router`, with `context`.
+pub(crate) fn register(router: &Router, cluster: ClusterView, context: HelperContext) {
+    let context = Arc::new(context);
+    router.add_handler::<ChunkRequest, _, _>(move |_, request| {
+        let (cluster, context) = (cluster.clone(), context.clone());
+        async move { Ok(serve(&cluster, &context, request).await) }
+    });
+}
+
 /// Serves a piece for another member's job.
 pub(crate) async fn serve(
-    cluster: &NodeCluster,
+    cluster: &ClusterView,
     context: &HelperContext,
     request: ChunkRequest,
 ) -> ChunkAnswer {

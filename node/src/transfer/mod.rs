@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use ferry_coordinator::{Cluster, ClusterError, ReadAt, SecretKey};
+use ferry_coordinator::{ClusterError, ReadAt, SecretKey};
 use ferry_protocol::command::Command;
 use ferry_protocol::credentials::SealedCredential;
 use ferry_protocol::transfer::EngineReport;
@@ -32,7 +32,7 @@ pub(crate) use self::http::HttpTimeouts;
 use self::http::{HttpSession, OpenCredential, SessionParts};
 pub(crate) use self::local::read_start;
 use crate::egress::EgressPolicy;
-use crate::service::NodeCluster;
+use crate::replica::ClusterView;
 
 /// How long a run whose task ended without moving its job waits before a new task.
 const ORPHAN_RESTART_DELAY: Duration = Duration::from_secs(2);
@@ -79,12 +79,12 @@ pub(crate) fn system_caller() -> Caller {
 /// Sends engine reports through Raft and reads the job back after them.
 #[derive(Clone)]
 pub(crate) struct Reporter {
-    cluster: NodeCluster,
+    cluster: ClusterView,
 }
 
 impl Reporter {
     /// A reporter writing through `cluster`.
-    pub(crate) fn new(cluster: NodeCluster) -> Self {
+    pub(crate) fn new(cluster: ClusterView) -> Self {
         Self { cluster }
     }
 
@@ -302,7 +302,7 @@ struct RunningTask {
 /// The home node's transfer actor.
 pub(crate) struct Transfers {
     node_id: NodeId,
-    cluster: NodeCluster,
+    cluster: ClusterView,
     settings: EngineSettings,
     secrets: Arc<SecretKey>,
     running: HashMap<JobId, RunningTask>,
@@ -315,7 +315,7 @@ impl Transfers {
     /// The engine of node `node_id`.
     pub(crate) fn new(
         node_id: NodeId,
-        cluster: NodeCluster,
+        cluster: ClusterView,
         settings: EngineSettings,
         secrets: Arc<SecretKey>,
     ) -> Self {

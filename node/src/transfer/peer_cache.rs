@@ -10,39 +10,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_coordinator::Cluster;
 use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::command::Command;
+pub(crate) use ferry_protocol::peer::{CopyAnswer, CopyRequest};
 use ferry_protocol::peer_cache::{ContentKey, FleetMember, PeerCopy, offered_keys};
 use ferry_protocol::transfer::Piece;
 use ferry_protocol::{JobId, JobState, NodeId, Principal, Proposal, Queue, Timestamp};
-use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::system_caller;
 use crate::config::PeerCacheConfig;
-use crate::peer::requests::PeerRequest;
-use crate::service::NodeCluster;
-
-/// A chunk of a member's copy: chunk `index` of file `file` of job `job`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct CopyRequest {
-    /// The job whose file holds the copy.
-    pub(crate) job: JobId,
-    /// The file.
-    pub(crate) file: u32,
-    /// The chunk, by plan index.
-    pub(crate) index: u32,
-}
-
-/// A holder's answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum CopyAnswer {
-    /// The chunk's bytes (the receiver checks them against the recorded digest).
-    Bytes(ByteBuf),
-    /// The holder no longer has them (or never had), and why.
-    Missing(String),
-}
+use crate::peer::rpc::{Held, Router};
+use crate::replica::ClusterView;
 
 /// How long a peer has to deliver a chunk: 5 s plus a second per 4 MiB.
 fn copy_deadline(len: u64) -> Duration {
@@ -61,15 +40,18 @@ const FLEET_SAFETY: Duration = Duration::from_secs(120);
 /// builds only) the switch that makes it serve wrong bytes.
 pub(crate) struct Serving {
     permits: Arc<tokio::sync::Semaphore>,
+    /// Every principal's sandbox: copies are read through their owner's.
+    sandboxes: Arc<crate::fs::Sandboxes>,
     #[cfg(feature = "fault-injection")]
     lie: bool,
 }
 
 impl Serving {
-    /// Serving as `[peer_cache]` configures it.
-    pub(crate) fn new(config: &PeerCacheConfig) -> Self {
+    /// Serving as `[peer_cache]` configures it, reading through `sandboxes`.
+    pub(crate) fn new(config: &PeerCacheConfig, sandboxes: Arc<crate::fs::Sandboxes>) -> Self {
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_serving.max(1))),
+            sandboxes,
             #[cfg(feature = "fault-injection")]
             lie: config.fault_serve_wrong_bytes,
         }
@@ -89,11 +71,24 @@ impl Serving {
     fn tamper(&self, _bytes: &mut [u8]) {}
 }
 
+/// Serves [`CopyRequest`]s of other members (and of this node's own downloads) on
+/// `router` with `serving`; each answer holds its serving permit until it is written.
+pub(crate) fn register(router: &Router, cluster: ClusterView, serving: Serving) {
+    let serving = Arc::new(serving);
+    router.add_holding_handler::<CopyRequest, _, _>(move |_, request| {
+        let (cluster, serving) = (cluster.clone(), serving.clone());
+        async move {
+            let (answer, hold) = serve(&cluster, &serving, &request).await;
+            Held { answer: Ok(answer), hold }
+        }
+    });
+}
+
 /// Serves a chunk of one of this node's copies: the answer, and the serving permit it
 /// holds, to be released once the answer is written (at most `[peer_cache]
 /// max_serving` chunks are read or on their way at once).
-pub(crate) async fn serve(
-    cluster: &NodeCluster,
+async fn serve(
+    cluster: &ClusterView,
     serving: &Serving,
     request: &CopyRequest,
 ) -> (CopyAnswer, Option<OwnedSemaphorePermit>) {
@@ -105,7 +100,7 @@ pub(crate) async fn serve(
     let Ok(permit) = serving.permits.clone().acquire_owned().await else {
         return (CopyAnswer::Missing("the node is stopping".into()), None);
     };
-    let sandboxes = cluster.sandboxes.clone();
+    let sandboxes = serving.sandboxes.clone();
     let read = tokio::task::spawn_blocking(move || {
         super::local::read_range(&sandboxes, &owner, path, offset, len)
     })
@@ -170,26 +165,15 @@ pub(crate) struct Holder {
 /// Fetches `piece` from `holder` (through the peer link, or read here when this node
 /// holds it) and checks length and digest.
 pub(crate) async fn fetch_copy(
-    cluster: &NodeCluster,
+    cluster: &ClusterView,
     holder: Holder,
     piece: Piece,
 ) -> Result<Vec<u8>, CopyError> {
     let request = CopyRequest { job: holder.job, file: holder.file, index: piece.index };
-    let answer = if holder.node == cluster.node_id {
-        match cluster.peer_cache.get() {
-            Some(serving) => serve(cluster, serving, &request).await.0,
-            None => CopyAnswer::Missing("not serving yet".into()),
-        }
-    } else {
-        cluster
-            .ask_within::<CopyAnswer>(
-                holder.node,
-                &PeerRequest::PeerCopy(request),
-                copy_deadline(piece.len),
-            )
-            .await
-            .map_err(|e| CopyError::Missing(e.to_string()))?
-    };
+    let answer = cluster
+        .call(holder.node, &request, copy_deadline(piece.len))
+        .await
+        .map_err(|e| CopyError::Missing(e.to_string()))?;
     let bytes = match answer {
         CopyAnswer::Bytes(bytes) => bytes.into_vec(),
         CopyAnswer::Missing(why) => return Err(CopyError::Missing(why)),
@@ -215,7 +199,7 @@ pub(crate) async fn fetch_copy(
 /// Takes a copy out of the peer cache: it served bytes that did not match the digest of
 /// `mismatch` (chunk index, digest), or (`None`) this node's limits drop it.
 pub(crate) async fn withdraw(
-    cluster: &NodeCluster,
+    cluster: &ClusterView,
     job: JobId,
     file: u32,
     mismatch: Option<(u32, [u8; 32])>,
@@ -245,7 +229,7 @@ pub(crate) struct PieceQueue {
 /// What routes pieces to peers: the content, this job's place, the applied queue.
 pub(crate) struct Sources {
     /// The cluster whose applied queue lists the copies.
-    pub(crate) cluster: NodeCluster,
+    pub(crate) cluster: ClusterView,
     /// The keys the file's content is known by (see [`ContentKey::all_of`]).
     pub(crate) keys: Vec<ContentKey>,
     /// This job (its own copy is not a source).
@@ -301,7 +285,7 @@ impl MemberView {
 impl Sources {
     /// Sources for a job's file with content `keys` and plan `chunk_size`.
     pub(crate) fn new(
-        cluster: NodeCluster,
+        cluster: ClusterView,
         keys: Vec<ContentKey>,
         job: JobId,
         chunk_size: u64,
@@ -575,7 +559,7 @@ fn holds(copies: &[PeerCopy<'_>], piece: &Piece) -> bool {
 /// Keeps this node's offer within `[peer_cache]` limits: copies older than
 /// `max_age_secs`, and the oldest beyond `max_size_bytes` in all, are withdrawn (the
 /// files stay; they are only no longer offered). Runs every `check_every_secs`.
-pub(crate) async fn keep_limits(cluster: NodeCluster, config: PeerCacheConfig) {
+pub(crate) async fn keep_limits(cluster: ClusterView, config: PeerCacheConfig) {
     let every = Duration::from_secs(config.check_every_secs.max(1));
     loop {
         tokio::time::sleep(every).await;
