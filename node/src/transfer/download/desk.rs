@@ -1,14 +1,16 @@
-//! The I/O shell around one file's [`PieceRouter`]: the download's workers ask it for
-//! pieces and tell it what became of them; it gives the router the applied queue's
-//! copies as a [`CopyView`] and the time, and holds it for the workers.
+//! The I/O shell around one file's [`PieceRouter`]: the file's download task owns it
+//! ([`Routing`]) and gives it the applied queue's copies as a [`CopyView`] and the
+//! time; the workers ask it for pieces and tell it what became of them by message
+//! ([`Desk`], [`Ask`]).
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use ferry_protocol::peer_cache::{ContentKey, FleetMember, PeerCopy};
 use ferry_protocol::transfer::Piece;
 use ferry_protocol::{JobId, JobState, NodeId, Queue};
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::service::NodeCluster;
 use crate::transfer::router::{CopyView, Holder, IDLE, MemberState, Next, PieceRouter, Worker};
@@ -85,17 +87,39 @@ impl CopyView for QueueView<'_> {
     }
 }
 
-/// One file's router, shared by the file's workers.
-pub(super) struct Desk {
-    router: Mutex<PieceRouter>,
-    sources: Option<Sources>,
-    /// The cluster whose applied queue the view reads (absent without sources).
-    cluster: Option<NodeCluster>,
+/// What a worker asks of, or tells, the owner of a file's router.
+pub(super) enum Ask {
+    /// The next piece for `worker`, at most `max_len` bytes long.
+    NextOrigin { worker: Worker, max_len: u64, reply: oneshot::Sender<Next> },
+    /// The next piece for a peer worker, with its holders.
+    NextPeer { reply: oneshot::Sender<Next<(Piece, Vec<Holder>)>> },
+    /// A piece not delivered by an origin worker or helper (a failed write).
+    GiveBack(Piece),
+    /// Helper `NodeId` is lost while fetching the piece.
+    HelperLost(NodeId, Piece),
+    /// Peer `NodeId` did not deliver the piece.
+    PeerFailed(Piece, NodeId),
+    /// The nodes of fleet members that now miss pings.
+    Unreachable(BTreeSet<NodeId>),
 }
 
-impl Desk {
-    /// The desk of `missing` pieces; without `sources` they all come from the origin.
-    pub(super) fn new(missing: VecDeque<Piece>, sources: Option<Sources>) -> Self {
+/// Most asks waiting for the router's owner.
+const ASKS: usize = 256;
+
+/// A file's router and what its view reads: owned by the file's download (one task),
+/// which answers the workers' [`Ask`]s between its other duties.
+pub(super) struct Routing {
+    router: PieceRouter,
+    sources: Option<Sources>,
+}
+
+impl Routing {
+    /// The routing of `missing` pieces (without `sources` they all come from the
+    /// origin), and the channel its workers ask through.
+    pub(super) fn new(
+        missing: VecDeque<Piece>,
+        sources: Option<Sources>,
+    ) -> (Self, Desk, mpsc::Receiver<Ask>) {
         let router = match &sources {
             None => PieceRouter::origin_only(missing),
             Some(s) => {
@@ -104,40 +128,66 @@ impl Desk {
                 PieceRouter::with_copies(missing, s.fleet, &view)
             }
         };
-        let cluster = sources.as_ref().map(|s| s.cluster.clone());
-        Self { router: Mutex::new(router), sources, cluster }
+        let (tx, rx) = mpsc::channel(ASKS);
+        (Self { router, sources }, Desk { tx }, rx)
     }
 
-    fn router(&self) -> MutexGuard<'_, PieceRouter> {
-        self.router.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The router itself (to count pieces and workers, mark pieces done).
+    pub(super) fn router(&mut self) -> &mut PieceRouter {
+        &mut self.router
     }
 
-    /// Runs `f` on the router with the applied queue's view and the time.
-    fn with_view<T>(&self, f: impl FnOnce(&mut PieceRouter, &QueueView<'_>, Instant) -> T) -> T {
-        match &self.cluster {
-            Some(cluster) => {
-                let state = cluster.state.read();
-                let applied = state.applied.map_or(0, |id| id.index);
-                let view = QueueView {
-                    queue: Some(&state.queue),
-                    applied,
-                    sources: self.sources.as_ref(),
-                };
-                f(&mut self.router(), &view, Instant::now())
-            }
-            None => {
-                let view = QueueView { queue: None, applied: 0, sources: None };
-                f(&mut self.router(), &view, Instant::now())
+    /// Answers one ask, with the applied queue's view and the time.
+    pub(super) fn answer(&mut self, ask: Ask) {
+        let now = Instant::now();
+        let Some(sources) = &self.sources else {
+            let view = QueueView { queue: None, applied: 0, sources: None };
+            return answer(&mut self.router, &view, now, ask);
+        };
+        let state = sources.cluster.state.read();
+        let applied = state.applied.map_or(0, |id| id.index);
+        let view = QueueView { queue: Some(&state.queue), applied, sources: Some(sources) };
+        answer(&mut self.router, &view, now, ask);
+    }
+}
+
+fn answer(router: &mut PieceRouter, view: &QueueView<'_>, now: Instant, ask: Ask) {
+    match ask {
+        Ask::NextOrigin { worker, max_len, reply } => {
+            let next = router.next_origin(worker, max_len, view, now);
+            if let Err(Next::Piece(piece)) = reply.send(next) {
+                // The worker is gone (its task was stopped): the piece is fetched again.
+                router.give_back(piece);
             }
         }
+        Ask::NextPeer { reply } => {
+            if let Err(Next::Piece((piece, holders))) = reply.send(router.next_peer(view, now))
+                && let Some(holder) = holders.first()
+            {
+                router.peer_failed(piece, holder.node);
+            }
+        }
+        Ask::GiveBack(piece) => router.give_back(piece),
+        Ask::HelperLost(node, piece) => router.helper_lost(node, piece),
+        Ask::PeerFailed(piece, node) => router.peer_failed(piece, node),
+        Ask::Unreachable(nodes) => router.set_unreachable(nodes),
     }
+}
 
+/// A worker's line to the owner of its file's router.
+#[derive(Clone)]
+pub(super) struct Desk {
+    tx: mpsc::Sender<Ask>,
+}
+
+impl Desk {
     /// The next piece for `worker` (at most `max_len` bytes), waiting while pieces may
-    /// still come its way; `None` once none will.
+    /// still come its way; `None` once none will (or the download stopped).
     pub(super) async fn next_origin(&self, worker: Worker, max_len: u64) -> Option<Piece> {
         loop {
-            match self.with_view(|router, view, now| router.next_origin(worker, max_len, view, now))
-            {
+            let (reply, answer) = oneshot::channel();
+            self.tx.send(Ask::NextOrigin { worker, max_len, reply }).await.ok()?;
+            match answer.await.ok()? {
                 Next::Piece(piece) => return Some(piece),
                 Next::Done => return None,
                 Next::Wait => tokio::time::sleep(IDLE).await,
@@ -145,53 +195,19 @@ impl Desk {
         }
     }
 
-    /// The next piece for a peer worker with its holders, best first.
-    pub(super) fn next_peer(&self) -> Next<(Piece, Vec<Holder>)> {
-        self.with_view(|router, view, now| router.next_peer(view, now))
+    /// The next piece for a peer worker with its holders, best first (`Done` once the
+    /// download stopped).
+    pub(super) async fn next_peer(&self) -> Next<(Piece, Vec<Holder>)> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Ask::NextPeer { reply }).await.is_err() {
+            return Next::Done;
+        }
+        answer.await.unwrap_or(Next::Done)
     }
 
-    /// Pieces not yet handed out.
-    pub(super) fn len(&self) -> usize {
-        self.router().len()
-    }
-
-    /// Whether pieces are (or may become) for peer workers.
-    pub(super) fn uses_peers(&self) -> bool {
-        self.router().uses_peers()
-    }
-
-    /// Piece `index` is durable.
-    pub(super) fn done(&self, index: u32) {
-        self.router().done(index);
-    }
-
-    /// A piece not delivered by an origin worker or helper (a failed write).
-    pub(super) fn give_back(&self, piece: Piece) {
-        self.router().give_back(piece);
-    }
-
-    /// Helper `node` is lost while fetching `piece`.
-    pub(super) fn helper_lost(&self, node: NodeId, piece: Piece) {
-        self.router().helper_lost(node, piece);
-    }
-
-    /// Peer `node` did not deliver `piece`.
-    pub(super) fn peer_failed(&self, piece: Piece, node: NodeId) {
-        self.router().peer_failed(piece, node);
-    }
-
-    /// The nodes of fleet members that now miss pings.
-    pub(super) fn set_unreachable(&self, nodes: BTreeSet<NodeId>) {
-        self.router().set_unreachable(nodes);
-    }
-
-    /// A peer worker starts.
-    pub(super) fn peer_worker_started(&self) {
-        self.router().peer_worker_started();
-    }
-
-    /// A peer worker ended.
-    pub(super) fn peer_worker_ended(&self) {
-        self.router().peer_worker_ended();
+    /// Tells the owner what became of a piece, or of the fleet.
+    pub(super) async fn tell(&self, ask: Ask) {
+        // The owner gone, the download stopped: nothing is left to tell.
+        let _ = self.tx.send(ask).await;
     }
 }

@@ -7,7 +7,7 @@ use ferry_protocol::transfer::{ChunkRecord, Piece};
 use ferry_protocol::{JobId, NodeId};
 use tokio::sync::mpsc;
 
-use super::desk::Desk;
+use super::desk::{Ask, Desk};
 use crate::peer::requests::PeerRequest;
 use crate::service::NodeCluster;
 use crate::transfer::failure::Stop;
@@ -53,7 +53,7 @@ impl Helper {
                 Err(HelperError::RemoteChanged(why)) => break Err(Stop::RestartFile(why)),
                 Err(HelperError::Lost(why)) => {
                     tracing::info!(job = %self.job, helper = self.node, piece = piece.index, %why, "a helper gave its piece back");
-                    queue.helper_lost(self.node, piece);
+                    queue.tell(Ask::HelperLost(self.node, piece)).await;
                     break Ok(());
                 }
             }
@@ -79,9 +79,9 @@ impl Helper {
             }
             Ok(Err(e)) => {
                 tracing::warn!(job = %self.job, piece = piece.index, error = %e, "cannot write a helper's piece");
-                queue.give_back(piece);
+                queue.tell(Ask::GiveBack(piece)).await;
             }
-            Err(_) => queue.give_back(piece),
+            Err(_) => queue.tell(Ask::GiveBack(piece)).await,
         }
     }
 

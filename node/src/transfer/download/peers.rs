@@ -3,14 +3,13 @@
 //! the fleet watcher that tells the router which fleet members miss pings.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::transfer::{ChunkRecord, Piece};
 use ferry_protocol::{JobId, NodeId};
 use tokio::sync::mpsc;
 
-use super::desk::Desk;
+use super::desk::{Ask, Desk};
 use super::helper_client::{ping, write_piece};
 use crate::peer::requests::PeerRequest;
 use crate::service::NodeCluster;
@@ -26,7 +25,7 @@ pub(super) const PEER_WORKERS: usize = 4;
 
 /// Pings the other members of fleet `fleet` every [`helper::PING_EVERY`] and tells
 /// `queue` which nodes missed [`helper::MISSED_PINGS`] in a row, until aborted.
-pub(super) async fn watch_fleet(cluster: NodeCluster, fleet: JobId, queue: Arc<Desk>) {
+pub(super) async fn watch_fleet(cluster: NodeCluster, fleet: JobId, queue: Desk) {
     let mut missed: HashMap<NodeId, u32> = HashMap::new();
     loop {
         tokio::time::sleep(helper::PING_EVERY).await;
@@ -44,24 +43,7 @@ pub(super) async fn watch_fleet(cluster: NodeCluster, fleet: JobId, queue: Arc<D
         }
         let unreachable =
             missed.iter().filter(|(_, n)| **n >= helper::MISSED_PINGS).map(|(node, _)| *node);
-        queue.set_unreachable(unreachable.collect());
-    }
-}
-
-/// A peer worker's place in its queue's count of peer workers, from its spawn until
-/// its task ends or is dropped.
-pub(super) struct PeerWorker(pub(super) Arc<Desk>);
-
-impl PeerWorker {
-    pub(super) fn start(queue: Arc<Desk>) -> Self {
-        queue.peer_worker_started();
-        Self(queue)
-    }
-}
-
-impl Drop for PeerWorker {
-    fn drop(&mut self) {
-        self.0.peer_worker_ended();
+        queue.tell(Ask::Unreachable(unreachable.collect())).await;
     }
 }
 
@@ -75,7 +57,7 @@ pub(super) async fn from_peers(
     done: &mpsc::Sender<ChunkRecord>,
 ) -> Result<(), Stop> {
     loop {
-        let next = queue.next_peer();
+        let next = queue.next_peer().await;
         let (piece, holders) = match next {
             Next::Done => return Ok(()),
             Next::Wait => {
@@ -105,13 +87,13 @@ pub(super) async fn from_peers(
             }
             Err(CopyError::Missing(why)) => {
                 tracing::debug!(node = holder.node, piece = piece.index, %why, "a peer's copy did not deliver");
-                queue.peer_failed(piece, holder.node);
+                queue.tell(Ask::PeerFailed(piece, holder.node)).await;
             }
             Err(CopyError::Wrong(why)) => {
                 tracing::warn!(node = holder.node, job = %holder.job, %why, "a peer's copy is corrupt; withdrawing it");
                 let mismatch = Some((piece.index, holder.digest));
                 peer_cache::withdraw(cluster, holder.job, holder.file, mismatch).await;
-                queue.peer_failed(piece, holder.node);
+                queue.tell(Ask::PeerFailed(piece, holder.node)).await;
             }
         }
     }

@@ -3,7 +3,9 @@
 //! make durable are reported as they arrive. Also which sources and helpers a file may
 //! use.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,9 +16,9 @@ use ferry_protocol::transfer::{self, ChunkRecord, EngineReport, Piece, RemoteInf
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::desk::{Desk, Sources};
+use super::desk::{Ask, Desk, Routing, Sources};
 use super::helper_client::Helper;
-use super::peers::{PEER_WORKERS, PeerWorker, from_peers, watch_fleet};
+use super::peers::{PEER_WORKERS, from_peers, watch_fleet};
 use super::{Outbox, internal};
 use crate::transfer::Run;
 use crate::transfer::failure::{Failure, Stop};
@@ -27,7 +29,9 @@ use crate::transfer::scope::scoped;
 
 impl Run {
     /// Fetches `missing` over the job's connections; chunks are reported as they
-    /// become durable (several per command when they finish together).
+    /// become durable (several per command when they finish together). This task owns
+    /// the file's router; the workers (tasks doing I/O only) ask it for pieces by
+    /// message.
     pub(super) async fn fetch_pieces(
         &self,
         fetch: &Fetch,
@@ -37,100 +41,128 @@ impl Run {
     ) -> Result<(), Stop> {
         let connections = helper::connections(&self.job, &self.settings);
         let sources = self.sources(fetch, chunk_size);
-        let queue = Arc::new(Desk::new(missing, sources));
+        let (mut routing, desk, mut asks) = Routing::new(missing, sources);
         let mut helpers = self.helpers(fetch);
         // A fleet member pings the others while it downloads (stopped with the file).
         let _watcher = self.job.fleet.map(|tag| {
-            let watching = watch_fleet(self.reporter.cluster.clone(), tag.fleet, queue.clone());
+            let watching = watch_fleet(self.reporter.cluster.clone(), tag.fleet, desk.clone());
             tokio_util::task::AbortOnDropHandle::new(crate::transfer::scope::spawn(watching))
         });
         // A helper that fails gives its piece back, perhaps after the local workers
         // found the queue empty and ended: then another round fetches what is left.
         loop {
-            let left = queue.len();
+            let left = routing.router().len();
             if left == 0 {
                 return Ok(());
             }
             let (done_tx, done_rx) = mpsc::channel::<ChunkRecord>(64);
-            let mut tasks = JoinSet::new();
+            let mut workers = Workers { tasks: JoinSet::new(), peers: HashSet::new() };
             // Peer workers first: counted before an origin worker looks at the queue.
-            if queue.uses_peers() {
+            if routing.router().uses_peers() {
                 for _ in 0..PEER_WORKERS {
-                    let (done, fetch) = (done_tx.clone(), fetch.clone());
+                    let (done, fetch, desk) = (done_tx.clone(), fetch.clone(), desk.clone());
                     let cluster = self.reporter.cluster.clone();
-                    // Counted from now until the task ends, or is dropped unstarted.
-                    let worker = PeerWorker::start(queue.clone());
-                    tasks.spawn(scoped(async move {
-                        from_peers(&cluster, &fetch, &worker.0, &done).await
-                    }));
+                    routing.router().peer_worker_started();
+                    let id = workers
+                        .tasks
+                        .spawn(scoped(
+                            async move { from_peers(&cluster, &fetch, &desk, &done).await },
+                        ))
+                        .id();
+                    workers.peers.insert(id);
                 }
             }
             for _ in 0..connections.min(left) {
-                let (queue, done, fetch) = (queue.clone(), done_tx.clone(), fetch.clone());
-                tasks.spawn(scoped(async move { from_origin(&fetch, &queue, &done).await }));
+                let (desk, done, fetch) = (desk.clone(), done_tx.clone(), fetch.clone());
+                workers.tasks.spawn(scoped(async move { from_origin(&fetch, &desk, &done).await }));
             }
             // Twice the helper's connections: a piece travels here while the helper
             // fetches the next (it fetches `connections` at a time).
             for helper in std::mem::take(&mut helpers) {
                 for _ in 0..2 * connections {
-                    let (queue, done, helper) = (queue.clone(), done_tx.clone(), helper.clone());
-                    tasks.spawn(scoped(async move { helper.work(&queue, &done).await }));
+                    let (desk, done, helper) = (desk.clone(), done_tx.clone(), helper.clone());
+                    workers.tasks.spawn(scoped(async move { helper.work(&desk, &done).await }));
                 }
             }
             drop(done_tx);
-            self.collect(fetch, &queue, tasks, done_rx, outbox).await?;
+            let outcome =
+                self.collect(fetch, &mut routing, &mut asks, &mut workers, done_rx, outbox).await;
+            workers.tasks.abort_all();
+            outcome?;
         }
     }
 
-    /// Reports the chunks the workers make durable until every worker ended; the first
-    /// worker error stops the others.
+    /// Answers the workers' asks and reports the chunks they make durable until every
+    /// worker ended; the first worker error stops the others. A report is written while
+    /// the workers go on (the chunks that become durable meanwhile go in the next).
     async fn collect(
         &self,
         fetch: &Fetch,
-        queue: &Desk,
-        mut tasks: JoinSet<Result<(), Stop>>,
+        routing: &mut Routing,
+        asks: &mut mpsc::Receiver<Ask>,
+        workers: &mut Workers,
         mut done_rx: mpsc::Receiver<ChunkRecord>,
         outbox: &mut Outbox,
     ) -> Result<(), Stop> {
-        let outcome: Result<(), Stop> = loop {
-            tokio::select! {
-                record = done_rx.recv() => match record {
-                    Some(record) => {
-                        let mut chunks = vec![record];
-                        while let Ok(more) = done_rx.try_recv() {
-                            chunks.push(more);
-                        }
-                        for chunk in &chunks {
-                            queue.done(chunk.index);
-                        }
-                        let report = EngineReport::Chunks { file: fetch.file, chunks };
-                        if let Err(stop) = self.send(outbox, vec![report]).await {
-                            break Err(stop);
-                        }
-                    }
-                    // Every worker is gone: each ended with Ok or its error, collected below.
-                    None => break Ok(()),
-                },
-                Some(joined) = tasks.join_next() => match joined {
-                    Ok(Ok(())) => {}
-                    Ok(Err(stop)) => break Err(stop),
-                    Err(e) if e.is_panic() => break Err(internal(fetch.file, "a download task panicked")),
-                    Err(_) => {}
-                },
-            }
-        };
-        if outcome.is_ok() {
-            // Workers that ended while their last record was being reported.
-            while let Some(joined) = tasks.join_next().await {
-                match joined {
-                    Ok(Ok(())) => {}
-                    Ok(Err(stop)) => return Err(stop),
-                    Err(_) => return Err(internal(fetch.file, "a download task failed")),
+        let mut durable: Vec<ChunkRecord> = Vec::new();
+        type Sending<'a> =
+            Pin<Box<dyn Future<Output = (&'a mut Outbox, Result<(), Stop>)> + Send + 'a>>;
+        let mut sending: Option<Sending<'_>> = None;
+        let mut records_open = true;
+        let mut outbox = Some(outbox);
+        loop {
+            if sending.is_none() && !durable.is_empty() {
+                let report =
+                    EngineReport::Chunks { file: fetch.file, chunks: std::mem::take(&mut durable) };
+                if let Some(outbox) = outbox.take() {
+                    sending = Some(Box::pin(async move {
+                        let sent = self.send(outbox, vec![report]).await;
+                        (outbox, sent)
+                    }));
                 }
             }
+            if !records_open && workers.tasks.is_empty() && sending.is_none() && durable.is_empty()
+            {
+                return Ok(());
+            }
+            tokio::select! {
+                record = done_rx.recv(), if records_open => match record {
+                    Some(record) => {
+                        routing.router().done(record.index);
+                        durable.push(record);
+                    }
+                    None => records_open = false,
+                },
+                Some(ask) = asks.recv() => routing.answer(ask),
+                Some(joined) = workers.tasks.join_next_with_id() => {
+                    let id = match &joined {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if workers.peers.remove(&id) {
+                        routing.router().peer_worker_ended();
+                    }
+                    match joined {
+                        Ok((_, Ok(()))) => {}
+                        Ok((_, Err(stop))) => return Err(stop),
+                        Err(e) if e.is_panic() => {
+                            return Err(internal(fetch.file, "a download task panicked"));
+                        }
+                        Err(_) => return Err(internal(fetch.file, "a download task failed")),
+                    }
+                },
+                Some((back, sent)) = async {
+                    match sending.as_mut() {
+                        Some(future) => Some(future.await),
+                        None => None,
+                    }
+                }, if sending.is_some() => {
+                    sending = None;
+                    outbox = Some(back);
+                    sent?;
+                },
+            }
         }
-        tasks.abort_all();
-        outcome
     }
 
     /// The chunk size of members' copies of this content, so that their chunks fit
@@ -213,6 +245,13 @@ impl Run {
             })
             .collect()
     }
+}
+
+/// A round's worker tasks, and which of them are peer workers (counted by the router
+/// while they run).
+struct Workers {
+    tasks: JoinSet<Result<(), Stop>>,
+    peers: HashSet<tokio::task::Id>,
 }
 
 /// An origin worker: fetches pieces from the origin until none is left for it. A
