@@ -90,9 +90,19 @@ impl CopyView for QueueView<'_> {
 /// What a worker asks of, or tells, the owner of a file's router.
 pub(super) enum Ask {
     /// The next piece for `worker`, at most `max_len` bytes long.
-    NextOrigin { worker: Worker, max_len: u64, reply: oneshot::Sender<Next> },
+    NextOrigin {
+        /// Who asks.
+        worker: Worker,
+        /// The longest piece it takes.
+        max_len: u64,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Next>,
+    },
     /// The next piece for a peer worker, with its holders.
-    NextPeer { reply: oneshot::Sender<Next<(Piece, Vec<Holder>)>> },
+    NextPeer {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Next<(Piece, Vec<Holder>)>>,
+    },
     /// A piece not delivered by an origin worker or helper (a failed write).
     GiveBack(Piece),
     /// Helper `NodeId` is lost while fetching the piece.

@@ -1,6 +1,8 @@
 //! One transfer run of a download job on its home node: for each untransferred file in
-//! order, probe the remote file, then fetch the chunks not yet durable over one or more
-//! connections ([`super::fetch`]) and report them, with their digests, once fsynced.
+//! order, probe the remote file ([`probe`]), then fetch the chunks not yet durable
+//! ([`pieces`]: origin connections, helpers, peers' copies, routed by the file's
+//! [`PieceRouter`](super::router::PieceRouter)) and report them, with their digests,
+//! once fsynced. The run owns its outbox of reports and its restarts of a file.
 //!
 //! The probe of a fresh file is a `GET` of its first chunk (the `206` carries size and
 //! validators), so a file of one chunk costs one request and one Raft write; a file
