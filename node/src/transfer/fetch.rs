@@ -402,11 +402,11 @@ pub(super) fn header_lines(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Runs blocking file work on the blocking pool.
+/// Runs blocking file work on the blocking pool (tracked by the current run's scope).
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| std::io::Error::other(e.to_string()))?
+    super::scope::spawn_blocking(f).await.map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ pub(crate) mod helper;
 mod http;
 mod local;
 pub(crate) mod peer_cache;
+mod router;
+mod scope;
 mod upload;
 
 use std::collections::{HashMap, HashSet};
@@ -24,20 +26,19 @@ use ferry_protocol::command::Command;
 use ferry_protocol::credentials::SealedCredential;
 use ferry_protocol::transfer::EngineReport;
 use ferry_protocol::{BitsCode, Caller, Job, JobId, JobState, NodeId, Principal, Proposal, Role};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 pub(crate) use self::caps::ConnectionCaps;
 use self::failure::{Failure, Stop};
 pub(crate) use self::http::HttpTimeouts;
 use self::http::{HttpSession, OpenCredential, SessionParts};
 pub(crate) use self::local::read_start;
+use self::scope::RunScope;
 use crate::egress::EgressPolicy;
 use crate::replica::ClusterView;
 
 /// How long a run whose task ended without moving its job waits before a new task.
 const ORPHAN_RESTART_DELAY: Duration = Duration::from_secs(2);
-/// Pause between stopping a run and deleting or renaming its files.
-const SETTLE_AFTER_ABORT: Duration = Duration::from_millis(500);
 /// How often a failed write of a report is retried before the run gives up.
 const REPORT_ATTEMPTS: u32 = 5;
 
@@ -294,7 +295,10 @@ struct FinishEnded {
 /// A run in progress.
 struct RunningTask {
     run: u64,
-    abort: AbortHandle,
+    /// Stops the run; its task ends once the run's work ended.
+    scope: RunScope,
+    /// The run's task.
+    handle: JoinHandle<()>,
     /// When the task ended, if it did while its job still holds the same run.
     ended: Option<Instant>,
 }
@@ -306,6 +310,9 @@ pub(crate) struct Transfers {
     settings: EngineSettings,
     secrets: Arc<SecretKey>,
     running: HashMap<JobId, RunningTask>,
+    /// Runs told to stop whose work may not have ended yet: the next run of the job
+    /// and the finishing of its files wait for it.
+    stopping: HashMap<JobId, JoinHandle<()>>,
     /// Final jobs whose files are being finished (`None`) or whose last attempt ended
     /// at that time without being recorded (retried after a pause).
     finishing: HashMap<JobId, Option<Instant>>,
@@ -325,40 +332,66 @@ impl Transfers {
             settings,
             secrets,
             running: HashMap::new(),
+            stopping: HashMap::new(),
             finishing: HashMap::new(),
         }
     }
 
     fn start_run(&mut self, job: Job, ctx: &mut Context<Self>) {
         let (id, run) = (job.id, job.run);
+        if let Some(old) = self.running.remove(&id) {
+            self.stop_run(id, old);
+        }
+        let previous = self.stopping.remove(&id);
         let reporter = Reporter::new(self.cluster.clone());
         let me = ctx.address();
+        let scope = RunScope::default();
         let handle = tokio::spawn({
             let settings = self.settings.clone();
             let secrets = self.secrets.clone();
+            let scope = scope.clone();
             async move {
-                run_job(job, reporter, settings, secrets).await;
-                me.do_send(RunEnded { job: id, run });
+                // The job's previous run touches its files until its work ended.
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                if scope.run(run_job(job, reporter, settings, secrets)).await.is_some() {
+                    me.do_send(RunEnded { job: id, run });
+                }
             }
         });
         tracing::debug!(job = %id, run, "transfer run started");
-        if let Some(old) =
-            self.running.insert(id, RunningTask { run, abort: handle.abort_handle(), ended: None })
-        {
-            old.abort.abort();
-        }
+        self.running.insert(id, RunningTask { run, scope, handle, ended: None });
     }
 
-    fn start_finish(&mut self, job: Job, settle: Option<Duration>, ctx: &mut Context<Self>) {
+    /// Tells a run to stop; its task is kept until the next run or the finishing of
+    /// the job's files has waited for it.
+    fn stop_run(&mut self, id: JobId, task: RunningTask) {
+        task.scope.stop();
+        let handle = match self.stopping.remove(&id) {
+            // A run stopped before is awaited too.
+            Some(earlier) => tokio::spawn(async move {
+                let _ = earlier.await;
+                let _ = task.handle.await;
+            }),
+            None => task.handle,
+        };
+        self.stopping.insert(id, handle);
+    }
+
+    fn start_finish(&mut self, job: Job, ctx: &mut Context<Self>) {
         let id = job.id;
+        // A run stopped just now may still be finishing a file operation: the files
+        // are renamed or deleted once its work ended.
+        let stopped = self.stopping.remove(&id);
         self.finishing.insert(id, None);
         let reporter = Reporter::new(self.cluster.clone());
         let me = ctx.address();
         let sandboxes = self.settings.sandboxes.clone();
         let (settings, secrets) = (self.settings.clone(), self.secrets.clone());
         tokio::spawn(async move {
-            if let Some(pause) = settle {
-                tokio::time::sleep(pause).await;
+            if let Some(run) = stopped {
+                let _ = run.await;
             }
             if job.state == JobState::Cancelled && job.upload.session.is_some() {
                 cancel_upload(&job, &settings, &secrets).await;
@@ -427,23 +460,19 @@ impl Handler<Tick> for Transfers {
                 }
             }
         }
-        let mut stopped = HashSet::new();
-        self.running.retain(|id, task| {
-            let keep = wanted.contains(id);
-            if !keep {
-                task.abort.abort();
-                stopped.insert(*id);
+        let unwanted: Vec<JobId> =
+            self.running.keys().filter(|id| !wanted.contains(id)).copied().collect();
+        for id in unwanted {
+            if let Some(task) = self.running.remove(&id) {
+                self.stop_run(id, task);
             }
-            keep
-        });
+        }
+        self.stopping.retain(|_, run| !run.is_finished());
         for job in to_start {
             self.start_run(job, ctx);
         }
         for job in to_finish {
-            // A run stopped just now may still have a file operation in flight on the
-            // blocking pool (abort cannot cancel it): let it land before deleting.
-            let settle = stopped.contains(&job.id).then_some(SETTLE_AFTER_ABORT);
-            self.start_finish(job, settle, ctx);
+            self.start_finish(job, ctx);
         }
     }
 }

@@ -1,0 +1,458 @@
+//! One transfer run of a download job on its home node: for each untransferred file in
+//! order, probe the remote file ([`probe`]), then fetch the chunks not yet durable
+//! ([`pieces`]: origin connections, helpers, peers' copies, routed by the file's
+//! [`PieceRouter`](super::router::PieceRouter)) and report them, with their digests,
+//! once fsynced. The run owns its outbox of reports and its restarts of a file.
+//!
+//! The probe of a fresh file is a `GET` of its first chunk (the `206` carries size and
+//! validators), so a file of one chunk costs one request and one Raft write; a file
+//! with durable chunks is probed with `HEAD` (or a `bytes=0-0` GET where HEAD is
+//! refused). Reports that need not wait (connected, probed) travel with the next one.
+//!
+//! BITS rules enforced here: a changed validator, a `200` to a conditional range or a
+//! different size restarts the file (never mixing two versions); a server without range
+//! support gets `BG_E_INSUFFICIENT_RANGE_SUPPORT`, with the single-stream fallback for
+//! foreground jobs up to 2 GB; no size without dynamic content is
+//! `BG_E_MISSING_FILE_SIZE`; dynamic content streams from the start, its maximum
+//! download size enforced.
+
+mod desk;
+mod helper_client;
+mod peers;
+mod pieces;
+mod probe;
+mod stream;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_protocol::file::JobFile;
+use ferry_protocol::job::security;
+use ferry_protocol::transfer::{
+    self, ChunkRecord, EngineReport, Piece, RemoteInfo, chunk_size_for,
+};
+use ferry_protocol::{BitsCode, Job, JobState, Priority};
+
+use super::Run;
+use super::failure::{Failure, Stop};
+use super::fetch::{Fetch, Probe, blocking, probe_local, transport_error};
+use super::local::{self, TempFile};
+
+/// Largest file BITS fetches in one unranged GET when the server lacks ranges.
+const SINGLE_STREAM_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
+/// How often a file may be started over within one run before the run gives up.
+const MAX_RESTARTS_PER_RUN: u32 = 3;
+
+/// Reports that may wait (connected, probed, a small file done): they go out with the
+/// next report that must, or once [`OUTBOX_REPORTS`] wait or the oldest has waited
+/// [`OUTBOX_DELAY`]. Their bytes are durable already; a crash before they are sent
+/// costs a re-fetch of those files, never a wrong file. Many small files thus share
+/// one Raft write.
+#[derive(Default)]
+pub(super) struct Outbox {
+    reports: Vec<EngineReport>,
+    since: Option<Instant>,
+}
+
+/// Most reports waiting in the outbox.
+const OUTBOX_REPORTS: usize = 64;
+/// Longest wait of a report in the outbox (checked when reports are added).
+const OUTBOX_DELAY: Duration = Duration::from_millis(200);
+
+impl Outbox {
+    pub(super) fn push(&mut self, report: EngineReport) {
+        self.since.get_or_insert_with(Instant::now);
+        self.reports.push(report);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.reports.is_empty()
+    }
+
+    pub(super) fn due(&self) -> bool {
+        self.reports.len() >= OUTBOX_REPORTS
+            || self.since.is_some_and(|t| t.elapsed() >= OUTBOX_DELAY)
+    }
+}
+
+impl Run {
+    /// Transfers every pending file; returns why it stopped if it did not finish.
+    pub(crate) async fn download(&self) -> Result<(), Stop> {
+        let mut outbox = Outbox::default();
+        if self.job.state == JobState::Connecting {
+            // Told once the server answered (the first probe), or at once without files.
+            outbox.push(EngineReport::Connected);
+        }
+        // Files finished in this run may not be recorded yet (their reports wait in
+        // the outbox): the next file is searched after the last one done.
+        let mut after = 0;
+        loop {
+            let next = self.reporter.read(self.job.id, self.run, |job| {
+                job.files.iter().skip(after).position(|f| !f.transferred).map(|i| i + after)
+            })?;
+            let Some(index) = next else {
+                if !outbox.is_empty() {
+                    self.send(&mut outbox, Vec::new()).await?;
+                }
+                return Ok(());
+            };
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            let mut restarts = 0;
+            self.origin_only.store(false, Ordering::Relaxed);
+            loop {
+                match self.download_file(index, &mut outbox).await {
+                    Ok(()) => {
+                        after = index as usize + 1;
+                        break;
+                    }
+                    Err(Stop::DigestMismatch(why)) if !self.origin_only.load(Ordering::Relaxed) => {
+                        // Perhaps bytes from peers: once more, from the origin alone.
+                        restarts += 1;
+                        tracing::info!(job = %self.job.id, file = index, %why, "starting the file over from the origin alone");
+                        self.origin_only.store(true, Ordering::Relaxed);
+                        self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
+                            .await?;
+                    }
+                    Err(Stop::DigestMismatch(why)) => {
+                        // The origin's own bytes do not match its declaration.
+                        self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
+                            .await?;
+                        return Err(Failure::fatal(transport_error(
+                            BitsCode::BG_E_INVALID_SERVER_RESPONSE,
+                            format!("{why} (twice, the second time from the origin alone)"),
+                            index,
+                        ))
+                        .into());
+                    }
+                    Err(Stop::RestartFile(why)) => {
+                        restarts += 1;
+                        tracing::info!(job = %self.job.id, file = index, %why, "starting the file over");
+                        self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
+                            .await?;
+                        if restarts >= MAX_RESTARTS_PER_RUN {
+                            return Err(Failure::protocol(
+                                BitsCode::BG_E_REMOTE_FILE_CHANGED,
+                                format!(
+                                    "the remote file kept changing during the download ({why})"
+                                ),
+                                index,
+                            )
+                            .into());
+                        }
+                    }
+                    Err(other) => {
+                        // Keep what earlier files achieved before the failure is reported.
+                        if matches!(other, Stop::Failed(_)) && !outbox.is_empty() {
+                            self.send(&mut outbox, Vec::new()).await?;
+                        }
+                        return Err(other);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what waits in `outbox`, then `more`, as one command.
+    pub(super) async fn send(
+        &self,
+        outbox: &mut Outbox,
+        more: Vec<EngineReport>,
+    ) -> Result<(), Stop> {
+        let mut reports = std::mem::take(outbox).reports;
+        reports.extend(more);
+        self.reporter.report(self.job.id, self.run, reports).await
+    }
+
+    fn file(&self, index: u32) -> Result<JobFile, Stop> {
+        self.reporter
+            .read(self.job.id, self.run, |job| job.files.get(index as usize).cloned())?
+            .ok_or(Stop::Stale)
+    }
+
+    /// Probe, plan, fetch what is missing, finish one file.
+    async fn download_file(&self, index: u32, outbox: &mut Outbox) -> Result<(), Stop> {
+        let file = self.file(index)?;
+        let url = file.remote_url.clone();
+        let local_source = url.starts_with("file://");
+        if local_source && !self.settings.allow_file_urls {
+            return Err(Failure::fatal(transport_error(
+                BitsCode::E_ACCESSDENIED,
+                "file:// sources are disabled on this node (transfer.allow_file_urls)".into(),
+                index,
+            ))
+            .into());
+        }
+        if !local_source {
+            let parsed = url::Url::parse(&url).map_err(|e| {
+                Failure::fatal(transport_error(
+                    BitsCode::E_INVALIDARG,
+                    format!("{url}: {e}"),
+                    index,
+                ))
+            })?;
+            crate::egress::check_url(self.settings.egress, &parsed)
+                .map_err(|refused| Failure::blocked(format!("{url}: {refused}"), index))?;
+        }
+        let (dest, sandboxes, owner) = (
+            Path::new(&file.local_path).to_path_buf(),
+            self.settings.sandboxes.clone(),
+            self.job.owner.clone(),
+        );
+        blocking(move || local::check_destination(&sandboxes, &owner, &dest)).await.map_err(
+            |e| {
+                Failure::fatal(ferry_protocol::job::JobError {
+                    context: ferry_protocol::ErrorContext::LocalFile,
+                    code: BitsCode::E_ACCESSDENIED,
+                    detail: e.to_string(),
+                    file_index: Some(index),
+                    protocol: None,
+                })
+            },
+        )?;
+        let dynamic = self.job.props.dynamic_content;
+        // A fresh whole file is probed with a GET of its first chunk, unless its bytes
+        // may come from peers: members hold copies of the URL or of some declared
+        // digest (known after a HEAD), or another member of the job's fleet fetches the
+        // first chunk.
+        let peers_may_serve = self.uses_cluster() && {
+            let queue = &self.reporter.cluster.state.read().queue;
+            queue.offers_url(&url)
+                || queue.offers_digests()
+                || self.job.fleet.is_some_and(|f| !f.fetches(0))
+        };
+        let probe_with_data =
+            file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !peers_may_serve;
+        let mut source = None;
+        let (probe, first) = if local_source {
+            let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
+            let (probe, opened) = probe_local(&url, index, sandboxes, owner).await?;
+            source = Some(opened);
+            (probe, None)
+        } else if dynamic {
+            // BITS sends no HEAD for dynamic content: size and validators are unknown.
+            (Probe { remote: RemoteInfo::default(), headers: Vec::new(), moved_to: None }, None)
+        } else if probe_with_data {
+            self.probe_first_chunk(&url, index).await?
+        } else {
+            (self.probe(&url, index).await?, None)
+        };
+        let same_version = file.remote.as_ref().is_some_and(|r| r.same_version(&probe.remote));
+        let chunk_size = match probe.remote.size {
+            // A resumed file keeps its plan (perhaps one adopted from peers' copies).
+            Some(_) if same_version && file.chunk_size != 0 => file.chunk_size,
+            Some(size) => self
+                .copies_chunk_size(&file, &probe.remote, size)
+                .unwrap_or_else(|| chunk_size_for(size, self.settings.chunk_size)),
+            None => self.settings.chunk_size,
+        };
+        let pieces = match probe.remote.size {
+            Some(size) => Some(transfer::plan(&file.ranges, size, chunk_size).map_err(|code| {
+                Failure::protocol(
+                    code,
+                    format!("{url}: the file's ranges lie outside its {size} bytes"),
+                    index,
+                )
+            })?),
+            None => None,
+        };
+        // What the Probed report will do to the recorded chunks: same version and plan
+        // keep them; anything else starts the file over (apply decides the same).
+        let keeps_chunks = !file.chunks.is_empty()
+            && file.remote.as_ref().is_some_and(|r| r.same_version(&probe.remote))
+            && file.chunk_size == chunk_size;
+        let durable = if keeps_chunks { file.chunks.clone() } else { Vec::new() };
+        if probe.remote.size.is_none() && !file.chunks.is_empty() {
+            // Dynamic content cannot resume: what an earlier run wrote is discarded.
+            return Err(Stop::RestartFile("dynamic content restarts from the beginning".into()));
+        }
+        outbox.push(EngineReport::Probed { file: index, remote: probe.remote.clone(), chunk_size });
+        // Redirected: pieces go straight to where the redirects led; with the "report"
+        // policy that URL also becomes the file's remote name.
+        let url = match &probe.moved_to {
+            Some(moved) => {
+                let policy = self.job.props.security_flags & security::REDIRECT_POLICY_MASK;
+                if policy == security::REDIRECT_ALLOW_REPORT {
+                    outbox.push(EngineReport::RemoteMoved { file: index, url: moved.clone() });
+                }
+                moved.clone()
+            }
+            None => url,
+        };
+
+        let temp = self.temp_file(&file, index, durable.is_empty()).await?;
+        let fetch = Fetch {
+            url: url.clone(),
+            file: index,
+            remote: probe.remote.clone(),
+            temp: temp.clone(),
+            http: self.http.clone(),
+            caps: self.settings.caps.clone(),
+            headers: Arc::new(Mutex::new(probe.headers.clone())),
+            source,
+        };
+        let Some(pieces) = pieces else {
+            let size = self.stream_dynamic(&fetch, chunk_size, outbox).await?;
+            return self.finish_file(&fetch, size, &probe, Vec::new(), outbox).await;
+        };
+        let total = transfer::planned_bytes(&pieces);
+        if let Some(cap) = self.job.props.max_download_size.filter(|cap| total > *cap) {
+            return Err(Failure::fatal(transport_error(
+                BitsCode::BG_E_MAX_DOWNLOAD_SIZE_LIMIT_REACHED,
+                format!("the file has {total} bytes; the job allows {cap}"),
+                index,
+            ))
+            .into());
+        }
+        let mut missing: VecDeque<Piece> = pieces
+            .iter()
+            .filter(|p| durable.binary_search_by_key(&p.index, |c| c.index).is_err())
+            .copied()
+            .collect();
+        let mut unreported = Vec::new();
+        if let Some(first) = first {
+            match missing.front() {
+                Some(piece) if piece.local_offset == 0 && piece.len == first.len => {
+                    let piece = *piece;
+                    missing.pop_front();
+                    // A file's last chunk is made durable by the file's final fsync.
+                    let record = fetch.receive(piece, first.response, !missing.is_empty()).await?;
+                    if missing.is_empty() {
+                        // A one-chunk file: reported whole in a single command.
+                        unreported.push(record);
+                    } else {
+                        let report = EngineReport::Chunks { file: index, chunks: vec![record] };
+                        self.send(outbox, vec![report]).await?;
+                    }
+                }
+                // The server ignored the range and sent the whole (larger) file.
+                _ if first.len == total && total > 0 => {
+                    if !single_stream_allowed(&self.job, &file, total) {
+                        return Err(no_range_support(&url, index));
+                    }
+                    tracing::info!(job = %self.job.id, file = index, "the server ignores ranges; fetching the file in one stream");
+                    self.stream_into(&fetch, first.response, chunk_size, Some(total), None, outbox)
+                        .await?;
+                    missing.clear();
+                }
+                _ => drop(first),
+            }
+        }
+        if !missing.is_empty() {
+            match self.fetch_pieces(&fetch, chunk_size, missing, outbox).await {
+                Err(Stop::Failed(f))
+                    if f.error.code == BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT =>
+                {
+                    if !single_stream_allowed(&self.job, &file, total) {
+                        return Err(Stop::Failed(f));
+                    }
+                    tracing::info!(job = %self.job.id, file = index, "the server ignores ranges; fetching the file in one stream");
+                    self.stream_whole(&fetch, chunk_size, total, outbox).await?;
+                }
+                other => other?,
+            }
+        }
+        self.finish_file(&fetch, total, &probe, unreported, outbox).await
+    }
+
+    /// The temporary file: created afresh, or reopened to add to its durable chunks.
+    async fn temp_file(&self, file: &JobFile, index: u32, fresh: bool) -> Result<TempFile, Stop> {
+        let temp = Path::new(&file.temporary_name).to_path_buf();
+        let tag = local::temp_tag(self.job.id, index);
+        let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
+        if fresh {
+            // The destination is checked again right before the create: the directory
+            // may have been swapped for a symlink while the probe ran.
+            let dest = Path::new(&file.local_path).to_path_buf();
+            return blocking(move || TempFile::create(&sandboxes, &owner, &dest, &temp, tag))
+                .await
+                .map_err(|e| {
+                    Failure::local(&e, "cannot create the temporary file", Some(index)).into()
+                });
+        }
+        match blocking(move || TempFile::reopen(&sandboxes, &owner, &temp, tag)).await {
+            Ok(Some(temp)) => Ok(temp),
+            Ok(None) => Err(Stop::RestartFile("the temporary file is gone".into())),
+            Err(e) => Err(Failure::local(&e, "cannot open the temporary file", Some(index)).into()),
+        }
+    }
+
+    /// Sets the length and mtime, fsyncs, and reports the file with its last chunks.
+    async fn finish_file(
+        &self,
+        fetch: &Fetch,
+        size: u64,
+        probe: &Probe,
+        chunks: Vec<ChunkRecord>,
+        outbox: &mut Outbox,
+    ) -> Result<(), Stop> {
+        let modified = probe
+            .remote
+            .last_modified
+            .as_deref()
+            .and_then(|text| httpdate::parse_http_date(text).ok());
+        let t = fetch.temp.clone();
+        blocking(move || t.set_len(size).and_then(|()| t.finish(modified))).await.map_err(|e| {
+            Failure::local(&e, "cannot finish the temporary file", Some(fetch.file))
+        })?;
+        if let Some(declared) = &probe.remote.sha256 {
+            // Bytes from the origin and from peers alike must make the declared file.
+            let t = fetch.temp.clone();
+            let actual = blocking(move || t.sha256()).await.map_err(|e| {
+                Failure::local(&e, "cannot read the temporary file", Some(fetch.file))
+            })?;
+            if actual != *declared {
+                let url = &fetch.url;
+                let why = format!(
+                    "{url}: the file's SHA-256 is {actual}, the server declared {declared}"
+                );
+                return Err(Stop::DigestMismatch(why));
+            }
+        }
+        let headers =
+            fetch.headers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut reports = Vec::new();
+        if !chunks.is_empty() {
+            reports.push(EngineReport::Chunks { file: fetch.file, chunks });
+        }
+        let headers = transfer::bounded_headers(&headers);
+        reports.push(EngineReport::FileTransferred { file: fetch.file, size, headers });
+        for report in reports {
+            outbox.push(report);
+        }
+        if outbox.due() { self.send(outbox, Vec::new()).await } else { Ok(()) }
+    }
+}
+
+/// BITS allows one unranged GET for a foreground job's whole file up to 2 GB.
+pub(super) fn single_stream_allowed(job: &Job, file: &JobFile, size: u64) -> bool {
+    job.props.priority == Priority::Foreground
+        && file.ranges.is_empty()
+        && size <= SINGLE_STREAM_LIMIT
+}
+
+pub(super) fn no_range_support(url: &str, index: u32) -> Stop {
+    Failure::fatal(transport_error(
+        BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT,
+        format!("{url}: the server ignores range requests; use foreground priority (files up to 2 GB) or dynamic content"),
+        index,
+    ))
+    .into()
+}
+
+pub(super) fn missing_size(url: &str, index: u32) -> Stop {
+    Failure::fatal(transport_error(
+        BitsCode::BG_E_MISSING_FILE_SIZE,
+        format!(
+            "{url}: the server gave no Content-Length; enable dynamic content for such servers"
+        ),
+        index,
+    ))
+    .into()
+}
+
+pub(super) fn internal(file: u32, what: &str) -> Stop {
+    Failure::local(&std::io::Error::other(what.to_owned()), "internal error", Some(file)).into()
+}

@@ -1,0 +1,156 @@
+//! Peer workers: a file's pieces fetched from members' copies (each checked against
+//! the digest its holder recorded; a copy caught serving wrong bytes is withdrawn), and
+//! the fleet watcher that tells the router which fleet members miss pings.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ferry_protocol::transfer::{ChunkRecord, Piece};
+use ferry_protocol::{JobId, NodeId};
+use tokio::sync::mpsc;
+
+use super::desk::{Ask, Desk};
+use super::helper_client::{ping, write_piece};
+use crate::replica::ClusterView;
+use crate::transfer::failure::{Failure, Stop};
+use crate::transfer::fetch::{ChunkWriter, Fetch};
+use crate::transfer::helper;
+use crate::transfer::peer_cache::{self, CopyAnswer, CopyRequest};
+use crate::transfer::router::{Holder, IDLE, Next};
+use crate::transfer::scope;
+
+/// Peer fetches at once per file.
+pub(super) const PEER_WORKERS: usize = 4;
+
+/// Pings the other members of fleet `fleet` every [`helper::PING_EVERY`] and tells
+/// `queue` which nodes missed [`helper::MISSED_PINGS`] in a row, until aborted.
+pub(super) async fn watch_fleet(cluster: ClusterView, fleet: JobId, queue: Desk) {
+    let mut missed: HashMap<NodeId, u32> = HashMap::new();
+    loop {
+        tokio::time::sleep(helper::PING_EVERY).await;
+        let nodes: Vec<NodeId> = (cluster.state.read().queue.fleet_jobs(&fleet).iter())
+            .map(|job| job.home_node)
+            .filter(|node| *node != cluster.node_id)
+            .collect();
+        let pings = nodes.into_iter().map(|node| {
+            let cluster = &cluster;
+            async move { (node, ping(cluster, node).await) }
+        });
+        for (node, answered) in futures_util::future::join_all(pings).await {
+            let count = missed.entry(node).or_default();
+            *count = if answered { 0 } else { *count + 1 };
+        }
+        let unreachable =
+            missed.iter().filter(|(_, n)| **n >= helper::MISSED_PINGS).map(|(node, _)| *node);
+        queue.tell(Ask::Unreachable(unreachable.collect())).await;
+    }
+}
+
+/// A peer worker: takes pieces from members' copies until none is left for peers. A
+/// piece a holder cannot deliver goes to another holder or the origin; a holder whose
+/// bytes do not match the recorded digest has its copy withdrawn.
+pub(super) async fn from_peers(
+    cluster: &ClusterView,
+    fetch: &Fetch,
+    queue: &Desk,
+    done: &mpsc::Sender<ChunkRecord>,
+) -> Result<(), Stop> {
+    loop {
+        let next = queue.next_peer().await;
+        let (piece, holders) = match next {
+            Next::Done => return Ok(()),
+            Next::Wait => {
+                tokio::time::sleep(IDLE).await;
+                continue;
+            }
+            Next::Piece(next) => next,
+        };
+        let holder = holders[0];
+        match fetch_copy(cluster, holder, piece).await {
+            Ok(bytes) => {
+                let writer = ChunkWriter::new(fetch.temp.clone(), piece.local_offset);
+                match write_piece(writer, piece, bytes).await {
+                    Ok(mut record) => {
+                        record.from_peer = true;
+                        let _ = done.send(record).await;
+                    }
+                    Err(e) => {
+                        return Err(Failure::local(
+                            &e,
+                            "cannot write the temporary file",
+                            Some(fetch.file),
+                        )
+                        .into());
+                    }
+                }
+            }
+            Err(CopyError::Missing(why)) => {
+                tracing::debug!(node = holder.node, piece = piece.index, %why, "a peer's copy did not deliver");
+                queue.tell(Ask::PeerFailed(piece, holder.node)).await;
+            }
+            Err(CopyError::Wrong(why)) => {
+                tracing::warn!(node = holder.node, job = %holder.job, %why, "a peer's copy is corrupt; withdrawing it");
+                let mismatch = Some((piece.index, holder.digest));
+                peer_cache::withdraw(cluster, holder.job, holder.file, mismatch).await;
+                queue.tell(Ask::PeerFailed(piece, holder.node)).await;
+            }
+        }
+    }
+}
+
+/// How long a peer has to deliver a chunk: 5 s plus a second per 4 MiB.
+fn copy_deadline(len: u64) -> Duration {
+    Duration::from_secs(5 + len / (4 * 1024 * 1024))
+}
+
+/// Why a copy's chunk did not arrive.
+pub(crate) enum CopyError {
+    /// The holder is unreachable or no longer has it.
+    Missing(String),
+    /// The bytes do not match the digest the holder recorded: its copy is withdrawn.
+    Wrong(String),
+}
+
+/// Fetches `piece` from `holder` (through the peer link, or read here when this node
+/// holds it) and checks length and digest.
+pub(crate) async fn fetch_copy(
+    cluster: &ClusterView,
+    holder: Holder,
+    piece: Piece,
+) -> Result<Vec<u8>, CopyError> {
+    let request = CopyRequest { job: holder.job, file: holder.file, index: piece.index };
+    // A holder that is this node answers through its own router, like any other.
+    let answer = ask_copy(cluster, holder.node, request, piece.len)
+        .await
+        .map_err(|e| CopyError::Missing(e.to_string()))?;
+    let bytes = match answer {
+        CopyAnswer::Bytes(bytes) => bytes.into_vec(),
+        CopyAnswer::Missing(why) => return Err(CopyError::Missing(why)),
+    };
+    // Hashing megabytes is CPU work: off the runtime threads Raft shares.
+    let (bytes, actual) = scope::spawn_blocking(move || {
+        let actual = *blake3::hash(&bytes).as_bytes();
+        (bytes, actual)
+    })
+    .await
+    .map_err(|e| CopyError::Missing(e.to_string()))?;
+    if bytes.len() as u64 != piece.len || actual != holder.digest {
+        return Err(CopyError::Wrong(format!(
+            "node {} sent {} bytes for chunk {} that do not match the recorded digest",
+            holder.node,
+            bytes.len(),
+            piece.index
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Asks member `node` for a chunk of its copy.
+async fn ask_copy(
+    cluster: &ClusterView,
+    node: NodeId,
+    request: CopyRequest,
+    len: u64,
+) -> crate::error::Result<CopyAnswer> {
+    cluster.call(node, &request, copy_deadline(len)).await
+}

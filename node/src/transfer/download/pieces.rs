@@ -1,0 +1,290 @@
+//! Fetching a file's missing pieces: the origin workers, helpers and peer workers of
+//! one file run as tasks around its [`Desk`] (the piece router), and the chunks they
+//! make durable are reported as they arrive. Also which sources and helpers a file may
+//! use.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ferry_protocol::file::JobFile;
+use ferry_protocol::job::peer_caching;
+use ferry_protocol::peer_cache::ContentKey;
+use ferry_protocol::transfer::{self, ChunkRecord, EngineReport, Piece, RemoteInfo};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::desk::{Ask, Desk, Routing, Sources};
+use super::helper_client::Helper;
+use super::peers::{PEER_WORKERS, from_peers, watch_fleet};
+use super::{Outbox, internal};
+use crate::transfer::Run;
+use crate::transfer::failure::{Failure, Stop};
+use crate::transfer::fetch::{Fetch, blocking};
+use crate::transfer::helper::{self, MAX_HELPER_PIECE};
+use crate::transfer::router::Worker;
+use crate::transfer::scope::scoped;
+
+impl Run {
+    /// Fetches `missing` over the job's connections; chunks are reported as they
+    /// become durable (several per command when they finish together). This task owns
+    /// the file's router; the workers (tasks doing I/O only) ask it for pieces by
+    /// message.
+    pub(super) async fn fetch_pieces(
+        &self,
+        fetch: &Fetch,
+        chunk_size: u64,
+        missing: VecDeque<Piece>,
+        outbox: &mut Outbox,
+    ) -> Result<(), Stop> {
+        let connections = helper::connections(&self.job, &self.settings);
+        let sources = self.sources(fetch, chunk_size);
+        let (mut routing, desk, mut asks) = Routing::new(missing, sources);
+        let mut helpers = self.helpers(fetch);
+        // A fleet member pings the others while it downloads (stopped with the file).
+        let _watcher = self.job.fleet.map(|tag| {
+            let watching = watch_fleet(self.reporter.cluster.clone(), tag.fleet, desk.clone());
+            tokio_util::task::AbortOnDropHandle::new(crate::transfer::scope::spawn(watching))
+        });
+        // A helper that fails gives its piece back, perhaps after the local workers
+        // found the queue empty and ended: then another round fetches what is left.
+        loop {
+            let left = routing.router().len();
+            if left == 0 {
+                return Ok(());
+            }
+            let (done_tx, done_rx) = mpsc::channel::<ChunkRecord>(64);
+            let mut workers = Workers { tasks: JoinSet::new(), peers: HashSet::new() };
+            // Peer workers first: counted before an origin worker looks at the queue.
+            if routing.router().uses_peers() {
+                for _ in 0..PEER_WORKERS {
+                    let (done, fetch, desk) = (done_tx.clone(), fetch.clone(), desk.clone());
+                    let cluster = self.reporter.cluster.clone();
+                    routing.router().peer_worker_started();
+                    let id = workers
+                        .tasks
+                        .spawn(scoped(
+                            async move { from_peers(&cluster, &fetch, &desk, &done).await },
+                        ))
+                        .id();
+                    workers.peers.insert(id);
+                }
+            }
+            for _ in 0..connections.min(left) {
+                let (desk, done, fetch) = (desk.clone(), done_tx.clone(), fetch.clone());
+                workers.tasks.spawn(scoped(async move { from_origin(&fetch, &desk, &done).await }));
+            }
+            // Twice the helper's connections: a piece travels here while the helper
+            // fetches the next (it fetches `connections` at a time).
+            for helper in std::mem::take(&mut helpers) {
+                for _ in 0..2 * connections {
+                    let (desk, done, helper) = (desk.clone(), done_tx.clone(), helper.clone());
+                    workers.tasks.spawn(scoped(async move { helper.work(&desk, &done).await }));
+                }
+            }
+            drop(done_tx);
+            let outcome =
+                self.collect(fetch, &mut routing, &mut asks, &mut workers, done_rx, outbox).await;
+            workers.tasks.abort_all();
+            outcome?;
+        }
+    }
+
+    /// Answers the workers' asks and reports the chunks they make durable until every
+    /// worker ended; the first worker error stops the others. A report is written while
+    /// the workers go on (the chunks that become durable meanwhile go in the next).
+    async fn collect(
+        &self,
+        fetch: &Fetch,
+        routing: &mut Routing,
+        asks: &mut mpsc::Receiver<Ask>,
+        workers: &mut Workers,
+        mut done_rx: mpsc::Receiver<ChunkRecord>,
+        outbox: &mut Outbox,
+    ) -> Result<(), Stop> {
+        let mut durable: Vec<ChunkRecord> = Vec::new();
+        type Sending<'a> =
+            Pin<Box<dyn Future<Output = (&'a mut Outbox, Result<(), Stop>)> + Send + 'a>>;
+        let mut sending: Option<Sending<'_>> = None;
+        let mut records_open = true;
+        let mut outbox = Some(outbox);
+        loop {
+            if sending.is_none() && !durable.is_empty() {
+                let report =
+                    EngineReport::Chunks { file: fetch.file, chunks: std::mem::take(&mut durable) };
+                if let Some(outbox) = outbox.take() {
+                    sending = Some(Box::pin(async move {
+                        let sent = self.send(outbox, vec![report]).await;
+                        (outbox, sent)
+                    }));
+                }
+            }
+            if !records_open && workers.tasks.is_empty() && sending.is_none() && durable.is_empty()
+            {
+                return Ok(());
+            }
+            tokio::select! {
+                record = done_rx.recv(), if records_open => match record {
+                    Some(record) => {
+                        routing.router().done(record.index);
+                        durable.push(record);
+                    }
+                    None => records_open = false,
+                },
+                Some(ask) = asks.recv() => routing.answer(ask),
+                Some(joined) = workers.tasks.join_next_with_id() => {
+                    let id = match &joined {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if workers.peers.remove(&id) {
+                        routing.router().peer_worker_ended();
+                    }
+                    match joined {
+                        Ok((_, Ok(()))) => {}
+                        Ok((_, Err(stop))) => return Err(stop),
+                        Err(e) if e.is_panic() => {
+                            return Err(internal(fetch.file, "a download task panicked"));
+                        }
+                        Err(_) => return Err(internal(fetch.file, "a download task failed")),
+                    }
+                },
+                Some((back, sent)) = async {
+                    match sending.as_mut() {
+                        Some(future) => Some(future.await),
+                        None => None,
+                    }
+                }, if sending.is_some() => {
+                    sending = None;
+                    outbox = Some(back);
+                    sent?;
+                },
+            }
+        }
+    }
+
+    /// The chunk size of members' copies of this content, so that their chunks fit
+    /// this file's plan (only a size a plan could have: within the chunk limits and
+    /// small enough to travel between members).
+    pub(super) fn copies_chunk_size(
+        &self,
+        file: &JobFile,
+        remote: &RemoteInfo,
+        size: u64,
+    ) -> Option<u64> {
+        if !self.uses_cluster() || !file.ranges.is_empty() || !file.chunks.is_empty() {
+            return None;
+        }
+        let keys = ContentKey::all_of(&file.remote_url, remote);
+        let state = self.reporter.cluster.state.read();
+        let copies = state.queue.peer_copies(&keys);
+        let chunk_size = copies.first()?.chunk_size;
+        let fits = (transfer::MIN_CHUNK_SIZE..=MAX_HELPER_PIECE).contains(&chunk_size)
+            && size.div_ceil(chunk_size) <= transfer::MAX_CHUNKS_PER_FILE;
+        fits.then_some(chunk_size)
+    }
+
+    /// Whether the job may use helpers and peers' copies (`BG_JOB_ENABLE_PEERCACHING_CLIENT`),
+    /// and the current file is not to come from the origin alone.
+    pub(super) fn uses_cluster(&self) -> bool {
+        self.job.props.peer_caching_flags & peer_caching::CLIENT != 0
+            && !self.origin_only.load(Ordering::Relaxed)
+    }
+
+    /// Where pieces of this file may come from besides the origin: members' copies of
+    /// the same content (none for local sources, ranges, jobs that do not use peers, or
+    /// chunks too large to travel between members: files over 24 GiB).
+    fn sources(&self, fetch: &Fetch, chunk_size: u64) -> Option<Sources> {
+        if chunk_size > MAX_HELPER_PIECE {
+            return None;
+        }
+        let file = self.reporter.read(self.job.id, self.run, |job| {
+            job.files
+                .get(fetch.file as usize)
+                .filter(|f| f.ranges.is_empty())
+                .map(|f| f.remote_url.clone())
+        });
+        let Ok(Some(url)) = file else { return None };
+        if !self.uses_cluster() || fetch.url.starts_with("file://") {
+            return None;
+        }
+        let keys = ContentKey::all_of(&url, &fetch.remote);
+        if keys.is_empty() {
+            return None;
+        }
+        let cluster = self.reporter.cluster.clone();
+        Some(Sources { cluster, keys, job: self.job.id, chunk_size, fleet: self.job.fleet })
+    }
+
+    /// The members that may fetch pieces of this file (none for local sources, fleet
+    /// members, or jobs that do not use the cluster).
+    fn helpers(&self, fetch: &Fetch) -> Vec<Arc<Helper>> {
+        let cluster = &self.reporter.cluster;
+        let most = self.job.props.max_helpers.unwrap_or(self.settings.max_helpers);
+        let fleet = self.job.fleet.is_some();
+        if fetch.url.starts_with("file://") || most == 0 || fleet || !self.uses_cluster() {
+            return Vec::new();
+        }
+        let applied = cluster.state.read().applied.map_or(0, |id| id.index);
+        cluster
+            .member_ids()
+            .into_iter()
+            .filter(|node| *node != cluster.node_id)
+            .take(most as usize)
+            .map(|node| {
+                Arc::new(Helper {
+                    node,
+                    cluster: cluster.clone(),
+                    fetch: fetch.clone(),
+                    job: self.job.id,
+                    run: self.run,
+                    applied,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A round's worker tasks, and which of them are peer workers (counted by the router
+/// while they run).
+struct Workers {
+    tasks: JoinSet<Result<(), Stop>>,
+    peers: HashSet<tokio::task::Id>,
+}
+
+/// An origin worker: fetches pieces from the origin until none is left for it. A
+/// piece is made durable (and then reported) while the worker already fetches the
+/// next one.
+async fn from_origin(
+    fetch: &Fetch,
+    queue: &Desk,
+    done: &mpsc::Sender<ChunkRecord>,
+) -> Result<(), Stop> {
+    let mut syncing: Option<tokio::task::JoinHandle<Result<(), Stop>>> = None;
+    let outcome = loop {
+        let Some(piece) = queue.next_origin(Worker::Origin, u64::MAX).await else {
+            break Ok(());
+        };
+        let record = match fetch.piece(piece).await {
+            Ok(record) => record,
+            Err(stop) => break Err(stop),
+        };
+        if let Some(previous) = syncing.take() {
+            previous.await.map_err(|_| internal(fetch.file, "a sync failed"))??;
+        }
+        let (temp, done, file) = (fetch.temp.clone(), done.clone(), fetch.file);
+        syncing = Some(crate::transfer::scope::spawn(async move {
+            blocking(move || temp.sync()).await.map_err(|e| {
+                Stop::from(Failure::local(&e, "cannot write the temporary file", Some(file)))
+            })?;
+            let _ = done.send(record).await;
+            Ok(())
+        }));
+    };
+    if let Some(previous) = syncing.take() {
+        previous.await.map_err(|_| internal(fetch.file, "a sync failed"))??;
+    }
+    outcome
+}

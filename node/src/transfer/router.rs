@@ -1,0 +1,461 @@
+//! The piece router of one file's download: which missing piece goes to the origin
+//! (this node's connections and its helpers on other members), which to a member
+//! holding a copy, and which waits for the fleet member that fetches it; what happens
+//! when a helper or a peer is lost, a copy is withdrawn, or a fleet member stalls.
+//!
+//! A pure state machine: no lock, no clock, no I/O. Workers' requests and outcomes are
+//! method calls; the members' copies come in through a [`CopyView`] and time as a `now`
+//! argument. The I/O shell ([`super::download`]) owns the router and drives it.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ferry_protocol::peer_cache::FleetMember;
+use ferry_protocol::transfer::Piece;
+use ferry_protocol::{JobId, NodeId};
+
+#[cfg(test)]
+mod tests;
+
+/// How long a fleet member's copy may go without growing, while its node misses pings
+/// or its job stopped, before the others take it for lost and divide its pieces.
+pub(crate) const FLEET_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a fleet member's copy may go without growing at all (its node answers,
+/// its job runs, but nothing arrives) before the others take it for lost anyway.
+pub(crate) const FLEET_SAFETY: Duration = Duration::from_secs(120);
+
+/// A holder of a piece: member `node`'s copy in file `file` of job `job`, with the
+/// digest it recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// The member holding the copy.
+    pub(crate) node: NodeId,
+    /// The job whose file holds it.
+    pub(crate) job: JobId,
+    /// The file's index in that job.
+    pub(crate) file: u32,
+    /// The digest the holder recorded for the piece.
+    pub(crate) digest: [u8; 32],
+}
+
+/// A fleet member as the applied queue shows it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MemberState {
+    /// Its place in the fleet.
+    pub(crate) member: u32,
+    /// Its job's home node.
+    pub(crate) node: NodeId,
+    /// Its job does not run (error, transient error, suspended, cancelled).
+    pub(crate) stopped: bool,
+    /// Chunks its copy holds that fit this file's plan.
+    pub(crate) held: usize,
+}
+
+/// What the router reads of members' copies: the shell implements it over the applied
+/// queue, tests over a map.
+pub(crate) trait CopyView {
+    /// The view's position (the applied index): waiting pieces are checked again when
+    /// it moves.
+    fn position(&self) -> u64;
+    /// Copies of other jobs that fit this file's plan and hold `piece` whole, in queue
+    /// order.
+    fn holders(&self, piece: &Piece) -> Vec<Holder>;
+    /// The jobs of this file's fleet (fleet members only).
+    fn members(&self) -> Vec<MemberState>;
+}
+
+/// Who asks for a piece to fetch from the origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Worker {
+    /// One of this node's connections to the origin.
+    Origin,
+    /// A helper: another member fetching from the origin for this node.
+    Helper(NodeId),
+}
+
+/// Where a piece handed out is being fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// By this node from the origin.
+    Origin,
+    /// By helper `NodeId` from the origin.
+    Helper(NodeId),
+    /// From member `NodeId`'s copy.
+    Peer(NodeId),
+}
+
+/// The next piece for a worker.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next<T = Piece> {
+    /// Fetch this one.
+    Piece(T),
+    /// Nothing now, but pieces may come: ask again shortly.
+    Wait,
+    /// Nothing is left for this kind of worker.
+    Done,
+}
+
+/// How long a worker with nothing to do waits before asking again.
+pub(crate) const IDLE: Duration = Duration::from_millis(100);
+
+/// What a fleet member knows of the others: when each one's copy last grew, which
+/// nodes miss pings, which members it took for lost, and who fetches the pieces of
+/// the lost ones.
+#[derive(Default)]
+struct FleetWatch {
+    /// Chunks each member's copy held at the last check, and when it last grew.
+    grown: HashMap<u32, (usize, Instant)>,
+    /// Nodes that miss pings (told by the shell's fleet watcher).
+    unreachable: BTreeSet<NodeId>,
+    /// Members taken for lost, for good.
+    lost: BTreeSet<u32>,
+    /// Pieces of lost members given to another member: piece index → member.
+    owner: HashMap<u32, u32>,
+}
+
+/// What a fleet member sees of another at a check.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MemberView {
+    /// Since its copy last grew (or since the download started).
+    pub(crate) since_growth: Duration,
+    /// Its node misses pings.
+    pub(crate) unreachable: bool,
+    /// Its job does not run (error, transient error, suspended, cancelled, gone).
+    pub(crate) stopped: bool,
+}
+
+impl MemberView {
+    /// Whether its pieces are to be divided among the others: it is dead or stopped
+    /// and has not grown for [`FLEET_PATIENCE`], or has not grown for [`FLEET_SAFETY`].
+    /// A slow origin makes no member lost: its node answers, its job runs.
+    pub(crate) fn lost(self) -> bool {
+        self.since_growth >= FLEET_SAFETY
+            || (self.since_growth >= FLEET_PATIENCE && (self.unreachable || self.stopped))
+    }
+}
+
+/// Where a download's missing pieces come from: the origin (this node and its
+/// helpers), members' copies, or (fleet members) later, from the member that fetches
+/// them from the origin. Tracks every piece from wanted to done.
+pub(crate) struct PieceRouter {
+    origin: VecDeque<Piece>,
+    peers: VecDeque<Piece>,
+    waiting: Vec<Piece>,
+    /// Whether members' copies are a source at all.
+    uses_copies: bool,
+    /// The job's place in its fleet, if it is a member.
+    fleet: Option<FleetMember>,
+    /// Peer workers alive: without one, origin workers take what is for peers.
+    peer_workers: usize,
+    /// Peers that failed a piece, by piece index: not asked for it again.
+    failed: HashMap<u32, Vec<NodeId>>,
+    /// The view position the waiting pieces were last checked at.
+    seen: Option<u64>,
+    /// What this fleet member knows of the others.
+    watch: FleetWatch,
+    /// Pieces handed out and not yet done or given back, by index.
+    in_flight: HashMap<u32, (Piece, Place)>,
+    /// Pieces done.
+    done: BTreeSet<u32>,
+    /// Helpers lost for this file: not asked again.
+    lost_helpers: BTreeSet<NodeId>,
+}
+
+impl PieceRouter {
+    /// A router of `missing` pieces that all come from the origin.
+    pub(crate) fn origin_only(missing: VecDeque<Piece>) -> Self {
+        Self {
+            origin: missing,
+            peers: VecDeque::new(),
+            waiting: Vec::new(),
+            uses_copies: false,
+            fleet: None,
+            peer_workers: 0,
+            failed: HashMap::new(),
+            seen: None,
+            watch: FleetWatch::default(),
+            in_flight: HashMap::new(),
+            done: BTreeSet::new(),
+            lost_helpers: BTreeSet::new(),
+        }
+    }
+
+    /// A router of `missing` pieces that may also come from members' copies (and, for
+    /// a member of `fleet`, from the member that fetches them): a piece a copy holds
+    /// goes to the peers, one another fleet member fetches waits, the rest go to the
+    /// origin.
+    pub(crate) fn with_copies(
+        missing: VecDeque<Piece>,
+        fleet: Option<FleetMember>,
+        view: &impl CopyView,
+    ) -> Self {
+        let mut router = Self::origin_only(VecDeque::new());
+        router.uses_copies = true;
+        router.fleet = fleet;
+        for piece in missing {
+            if !view.holders(&piece).is_empty() {
+                router.peers.push_back(piece);
+            } else if fleet.is_some_and(|f| !f.fetches(piece.index)) {
+                router.waiting.push(piece);
+            } else {
+                router.origin.push_back(piece);
+            }
+        }
+        router
+    }
+
+    /// Pieces not yet handed out, wherever they are to come from.
+    pub(crate) fn len(&self) -> usize {
+        self.origin.len() + self.peers.len() + self.waiting.len()
+    }
+
+    /// Whether every piece is done.
+    #[cfg(test)]
+    pub(crate) fn is_complete(&self) -> bool {
+        self.len() == 0 && self.in_flight.is_empty()
+    }
+
+    /// Whether pieces are (or may become) for peer workers.
+    pub(crate) fn uses_peers(&self) -> bool {
+        !self.peers.is_empty() || !self.waiting.is_empty()
+    }
+
+    /// A peer worker starts: pieces for peers wait for it.
+    pub(crate) fn peer_worker_started(&mut self) {
+        self.peer_workers += 1;
+    }
+
+    /// A peer worker ended.
+    pub(crate) fn peer_worker_ended(&mut self) {
+        self.peer_workers = self.peer_workers.saturating_sub(1);
+    }
+
+    /// The next piece for `worker` to fetch from the origin, at most `max_len` bytes
+    /// long. A lost helper gets none. A piece a member's copy came to hold meanwhile (a
+    /// member taken for lost was only slow) goes to the peers instead, while a peer
+    /// worker is there to take it; without one, pieces left for peers come from the
+    /// origin.
+    pub(crate) fn next_origin(
+        &mut self,
+        worker: Worker,
+        max_len: u64,
+        view: &impl CopyView,
+        now: Instant,
+    ) -> Next {
+        if let Worker::Helper(node) = worker
+            && self.lost_helpers.contains(&node)
+        {
+            return Next::Done;
+        }
+        let place = match worker {
+            Worker::Origin => Place::Origin,
+            Worker::Helper(node) => Place::Helper(node),
+        };
+        self.route(view, now);
+        if self.peer_workers == 0
+            && let Some(piece) = self.peers.front().copied()
+            && piece.len <= max_len
+        {
+            self.peers.pop_front();
+            return self.hand_out(piece, place);
+        }
+        while let Some(piece) = self.origin.front().copied() {
+            if piece.len > max_len {
+                return Next::Done;
+            }
+            self.origin.pop_front();
+            let held = self.peer_workers > 0
+                && self.fleet.is_some()
+                && !self.holders(view, &piece).is_empty();
+            if held {
+                self.peers.push_back(piece);
+                continue;
+            }
+            return self.hand_out(piece, place);
+        }
+        if self.uses_peers() { Next::Wait } else { Next::Done }
+    }
+
+    /// The next piece to take from a peer, with its holders (best first; the piece is
+    /// counted as being fetched from the first).
+    pub(crate) fn next_peer(
+        &mut self,
+        view: &impl CopyView,
+        now: Instant,
+    ) -> Next<(Piece, Vec<Holder>)> {
+        self.route(view, now);
+        if !self.uses_copies {
+            return Next::Done;
+        }
+        let Some(piece) = self.peers.pop_front() else {
+            return if self.waiting.is_empty() { Next::Done } else { Next::Wait };
+        };
+        let holders = self.holders(view, &piece);
+        let Some(first) = holders.first() else {
+            self.origin.push_back(piece);
+            return Next::Wait;
+        };
+        self.in_flight.insert(piece.index, (piece, Place::Peer(first.node)));
+        Next::Piece((piece, holders))
+    }
+
+    /// Piece `index` is durable: returns whether it was being fetched (a piece done
+    /// twice, or never handed out, counts once and returns `false`).
+    pub(crate) fn done(&mut self, index: u32) -> bool {
+        if self.in_flight.remove(&index).is_none() {
+            return false;
+        }
+        self.done.insert(index)
+    }
+
+    /// A piece an origin worker or helper could not deliver (a failed write, a
+    /// failed request): fetched again, first.
+    pub(crate) fn give_back(&mut self, piece: Piece) {
+        if self.in_flight.remove(&piece.index).is_some() {
+            self.origin.push_front(piece);
+        }
+    }
+
+    /// Helper `node` is lost (it failed, stalled or missed pings) while fetching
+    /// `piece`: the piece is fetched again, and the helper is not asked again for
+    /// this file.
+    pub(crate) fn helper_lost(&mut self, node: NodeId, piece: Piece) {
+        self.lost_helpers.insert(node);
+        self.give_back(piece);
+    }
+
+    /// A piece `node` could not deliver (unreachable, copy gone or withdrawn, wrong
+    /// bytes): another holder or the origin gets it; `node` is not asked for it again.
+    pub(crate) fn peer_failed(&mut self, piece: Piece, node: NodeId) {
+        if self.in_flight.remove(&piece.index).is_none() {
+            return;
+        }
+        if self.uses_copies {
+            self.failed.entry(piece.index).or_default().push(node);
+        }
+        self.peers.push_back(piece);
+    }
+
+    /// The nodes of fleet members that now miss pings.
+    pub(crate) fn set_unreachable(&mut self, nodes: BTreeSet<NodeId>) {
+        if self.uses_copies {
+            self.watch.unreachable = nodes;
+        }
+    }
+
+    /// Pieces in each place: to the origin, to peers, waiting, in flight, done (for
+    /// checks that no piece is lost or counted twice).
+    #[cfg(test)]
+    pub(crate) fn census(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = self.origin.iter().map(|p| p.index).collect();
+        all.extend(self.peers.iter().map(|p| p.index));
+        all.extend(self.waiting.iter().map(|p| p.index));
+        all.extend(self.in_flight.keys());
+        all.extend(self.done.iter());
+        all.sort_unstable();
+        all
+    }
+
+    /// The holders of `piece` not yet failed for it, spread by piece index.
+    fn holders(&self, view: &impl CopyView, piece: &Piece) -> Vec<Holder> {
+        let failed = self.failed.get(&piece.index);
+        let mut holders = view.holders(piece);
+        holders.retain(|h| failed.is_none_or(|nodes| !nodes.contains(&h.node)));
+        if !holders.is_empty() {
+            let turn = piece.index as usize % holders.len();
+            holders.rotate_left(turn);
+        }
+        holders
+    }
+
+    fn hand_out(&mut self, piece: Piece, place: Place) -> Next {
+        self.in_flight.insert(piece.index, (piece, place));
+        Next::Piece(piece)
+    }
+
+    /// Moves waiting pieces to peers once a copy holds them (checked when the view
+    /// moved). A fleet member whose pieces wait is taken for lost when its
+    /// [view](MemberView::lost) says so: its waiting pieces are divided among the
+    /// members not lost ([`new_owner`]), this member fetching its part from the origin.
+    /// Members that see the same members lost divide alike.
+    fn route(&mut self, view: &impl CopyView, now: Instant) {
+        if !self.uses_copies {
+            return;
+        }
+        let Some(fleet) = self.fleet.filter(|f| f.members > 0) else { return };
+        if self.waiting.is_empty() {
+            return;
+        }
+        let members = view.members();
+        let position = view.position();
+        if self.seen != Some(position) {
+            self.seen = Some(position);
+            for job in &members {
+                let grown = self.watch.grown.entry(job.member).or_insert((0, now));
+                // Growth, not a high-water mark: after a withdrawal, growth again counts.
+                if job.held > grown.0 {
+                    grown.1 = now;
+                }
+                grown.0 = job.held;
+            }
+            let (now_held, still): (Vec<Piece>, Vec<Piece>) = std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|p| !view.holders(p).is_empty());
+            self.peers.extend(now_held);
+            self.waiting = still;
+        }
+        let watch = &mut self.watch;
+        let owner = |watch: &FleetWatch, piece: &Piece| {
+            watch.owner.get(&piece.index).copied().unwrap_or(piece.index % fleet.members)
+        };
+        let waited_for: BTreeSet<u32> = self.waiting.iter().map(|p| owner(watch, p)).collect();
+        let newly_lost: Vec<u32> = waited_for
+            .into_iter()
+            .filter(|m| *m != fleet.member && !watch.lost.contains(m))
+            .filter(|m| {
+                let job = members.iter().find(|j| j.member == *m);
+                let since_growth = watch
+                    .grown
+                    .get(m)
+                    .map_or(Duration::ZERO, |g| now.saturating_duration_since(g.1));
+                let view = MemberView {
+                    since_growth,
+                    unreachable: job.is_none_or(|j| watch.unreachable.contains(&j.node)),
+                    stopped: job.is_none_or(|j| j.stopped),
+                };
+                view.lost()
+            })
+            .collect();
+        if newly_lost.is_empty() {
+            return;
+        }
+        watch.lost.extend(&newly_lost);
+        let mut mine = Vec::new();
+        for piece in std::mem::take(&mut self.waiting) {
+            if !watch.lost.contains(&owner(watch, &piece)) {
+                self.waiting.push(piece);
+                continue;
+            }
+            match new_owner(fleet.members, &watch.lost, piece.index) {
+                Some(member) if member != fleet.member => {
+                    watch.owner.insert(piece.index, member);
+                    self.waiting.push(piece);
+                }
+                _ => mine.push(piece),
+            }
+        }
+        tracing::info!(lost = ?newly_lost, mine = mine.len(), "fleet members lost; fetching a part of their share");
+        self.origin.extend(mine);
+    }
+}
+
+/// The member that fetches piece `index` once the members in `lost` are gone: the
+/// `(index / members)`-th of the others in turn (`None` if none is left).
+pub(crate) fn new_owner(members: u32, lost: &BTreeSet<u32>, index: u32) -> Option<u32> {
+    let alive: Vec<u32> = (0..members).filter(|m| !lost.contains(m)).collect();
+    if alive.is_empty() {
+        return None;
+    }
+    Some(alive[(index / members) as usize % alive.len()])
+}
