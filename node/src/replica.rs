@@ -72,7 +72,6 @@ pub(crate) struct ClusterView {
     /// Typed calls to other members.
     pub(crate) peers: Peers,
     /// Which members answer pings.
-    #[allow(dead_code, reason = "its readers (scheduler, downloads) switch to it next")]
     pub(crate) liveness: Liveness,
     /// Writes and read barriers.
     replica: Arc<dyn Replica>,

@@ -4,13 +4,9 @@
 //! [`PING_EVERY`] and keeps the time of each one's last answer ([`Answers`], pure, no
 //! clock inside); this module also serves the [`Ping`] request.
 //!
-//! "Alive within `d`" counts from the last answer, or from when this node began to look
-//! ([`Liveness::restart`], e.g. on taking over leadership) if that is later: a member is
-//! never judged on answers this node did not wait for.
-
-// The scheduler, the downloads' helpers and the fleet watch still ping on their own;
-// they move to this component next, and this allowance goes with them.
-#![allow(dead_code, reason = "its readers (scheduler, downloads) switch to it next")]
+//! "Alive within `d`" counts from the last answer, or from when the asking component
+//! began to look (the `since` it passes: a download's start, a leadership gain) if that
+//! is later: a member is never judged on answers nobody waited for.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -30,7 +26,7 @@ pub(crate) const PING_TIMEOUT: Duration = Duration::from_millis(900);
 /// The last answer of each member, and since when this node has been looking.
 #[derive(Debug)]
 pub(crate) struct Answers {
-    /// When this node began to look (start, or the last [`restart`](Self::restart)).
+    /// When this node began to look (the component's start).
     since: Instant,
     /// The last answer of each member that answered.
     last: HashMap<NodeId, Instant>,
@@ -53,16 +49,18 @@ impl Answers {
         self.last.get(&node).copied()
     }
 
-    /// True if `node` answered within `within` before `now`, counting from when this
-    /// node began to look if that is later.
-    pub(crate) fn alive(&self, node: NodeId, within: Duration, now: Instant) -> bool {
-        let seen = self.last_answer(node).map_or(self.since, |at| at.max(self.since));
+    /// True if `node` answered within `within` before `now`, counting from when the
+    /// asker began to look (`since`), or this node, if that is later.
+    pub(crate) fn alive(
+        &self,
+        node: NodeId,
+        within: Duration,
+        since: Instant,
+        now: Instant,
+    ) -> bool {
+        let since = since.max(self.since);
+        let seen = self.last_answer(node).map_or(since, |at| at.max(since));
         now.saturating_duration_since(seen) <= within
-    }
-
-    /// Begins to look again at `now`: every member has the full time from here.
-    pub(crate) fn restart(&mut self, now: Instant) {
-        self.since = now;
     }
 }
 
@@ -87,21 +85,17 @@ impl Liveness {
         router.add_handler::<Ping, _, _>(|_, Ping| async { Ok(()) });
     }
 
-    /// True if member `node` answered a ping within `within` (see the module doc). This
-    /// node is always alive to itself.
-    pub(crate) fn alive(&self, node: NodeId, within: Duration) -> bool {
-        node == self.me || self.lock().alive(node, within, Instant::now())
+    /// True if member `node` answered a ping within `within`, counting from `since`
+    /// (when the asker began to look) if that is later. This node is always alive to
+    /// itself.
+    pub(crate) fn alive(&self, node: NodeId, within: Duration, since: Instant) -> bool {
+        node == self.me || self.lock().alive(node, within, since, Instant::now())
     }
 
     /// When member `node` last answered a ping.
+    #[cfg(test)]
     pub(crate) fn last_answer(&self, node: NodeId) -> Option<Instant> {
         self.lock().last_answer(node)
-    }
-
-    /// Begins to look again now (a node that just took over a duty gives every member
-    /// the full time before judging it).
-    pub(crate) fn restart(&self) {
-        self.lock().restart(Instant::now());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Answers> {

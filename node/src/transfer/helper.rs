@@ -170,12 +170,9 @@ async fn fetch(http: &HttpSession, request: &ChunkRequest, piece: Piece) -> Resu
     Ok(bytes)
 }
 
-/// How often a home node pings a helper it waits for.
-pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
-/// How long a ping of a helper may take.
-pub(crate) const PING_TIMEOUT: Duration = Duration::from_millis(500);
-/// Pings a helper may miss in a row before its piece is given to others.
-pub(crate) const MISSED_PINGS: u32 = 2;
+/// How long a helper (or another fleet member) may leave the node's pings unanswered
+/// (see `peer::liveness`) before its pieces are given to others.
+pub(crate) const SILENCE: Duration = Duration::from_millis(2500);
 
 /// Range connections per file of `job` (its own setting or the node's).
 pub(crate) fn connections(job: &ferry_protocol::Job, settings: &EngineSettings) -> usize {

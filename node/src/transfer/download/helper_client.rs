@@ -3,12 +3,12 @@
 //! router and the helper is lost for the file; a helper that misses pings loses its
 //! piece in seconds.
 
-use ferry_protocol::peer::Ping;
 use ferry_protocol::transfer::{ChunkRecord, Piece};
 use ferry_protocol::{JobId, NodeId};
 use tokio::sync::mpsc;
 
 use super::desk::{Ask, Desk};
+use crate::peer::liveness::PING_EVERY;
 use crate::replica::ClusterView;
 use crate::transfer::failure::Stop;
 use crate::transfer::fetch::{ChunkWriter, Fetch};
@@ -85,20 +85,15 @@ impl Helper {
         }
     }
 
-    /// Returns once the helper missed [`helper::MISSED_PINGS`] pings in a row (one
-    /// every [`helper::PING_EVERY`]): a dead helper loses its piece in seconds, not at
-    /// the piece's deadline.
+    /// Returns once the helper left pings unanswered for [`helper::SILENCE`] (counted
+    /// from the call): a dead helper loses its piece in seconds, not at the piece's
+    /// deadline.
     async fn gone(&self) {
-        let mut missed = 0;
+        let since = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(helper::PING_EVERY).await;
-            if ping(&self.cluster, self.node).await {
-                missed = 0;
-            } else {
-                missed += 1;
-                if missed >= helper::MISSED_PINGS {
-                    return;
-                }
+            tokio::time::sleep(PING_EVERY).await;
+            if !self.cluster.liveness.alive(self.node, helper::SILENCE, since) {
+                return;
             }
         }
     }
@@ -166,11 +161,6 @@ enum HelperError {
     RemoteChanged(String),
     /// The helper failed, stalled or is gone: the piece goes back to the queue.
     Lost(String),
-}
-
-/// Whether `node` answers a ping in time.
-pub(super) async fn ping(cluster: &ClusterView, node: NodeId) -> bool {
-    cluster.call(node, &Ping, helper::PING_TIMEOUT).await.is_ok()
 }
 
 /// Asks helper `node` for a piece.

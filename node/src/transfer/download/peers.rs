@@ -2,7 +2,7 @@
 //! the digest its holder recorded; a copy caught serving wrong bytes is withdrawn), and
 //! the fleet watcher that tells the router which fleet members miss pings.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ferry_protocol::transfer::{ChunkRecord, Piece};
@@ -10,7 +10,8 @@ use ferry_protocol::{JobId, NodeId};
 use tokio::sync::mpsc;
 
 use super::desk::{Ask, Desk};
-use super::helper_client::{ping, write_piece};
+use super::helper_client::write_piece;
+use crate::peer::liveness::PING_EVERY;
 use crate::replica::ClusterView;
 use crate::transfer::failure::{Failure, Stop};
 use crate::transfer::fetch::{ChunkWriter, Fetch};
@@ -22,27 +23,17 @@ use crate::transfer::scope;
 /// Peer fetches at once per file.
 pub(super) const PEER_WORKERS: usize = 4;
 
-/// Pings the other members of fleet `fleet` every [`helper::PING_EVERY`] and tells
-/// `queue` which nodes missed [`helper::MISSED_PINGS`] in a row, until aborted.
+/// Tells `queue`, every [`PING_EVERY`], which other members of fleet `fleet` left pings
+/// unanswered for [`helper::SILENCE`] (see `peer::liveness`), until aborted.
 pub(super) async fn watch_fleet(cluster: ClusterView, fleet: JobId, queue: Desk) {
-    let mut missed: HashMap<NodeId, u32> = HashMap::new();
+    let since = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(helper::PING_EVERY).await;
-        let nodes: Vec<NodeId> = (cluster.state.read().queue.fleet_jobs(&fleet).iter())
+        tokio::time::sleep(PING_EVERY).await;
+        let unreachable: BTreeSet<NodeId> = (cluster.state.read().queue.fleet_jobs(&fleet).iter())
             .map(|job| job.home_node)
-            .filter(|node| *node != cluster.node_id)
+            .filter(|node| !cluster.liveness.alive(*node, helper::SILENCE, since))
             .collect();
-        let pings = nodes.into_iter().map(|node| {
-            let cluster = &cluster;
-            async move { (node, ping(cluster, node).await) }
-        });
-        for (node, answered) in futures_util::future::join_all(pings).await {
-            let count = missed.entry(node).or_default();
-            *count = if answered { 0 } else { *count + 1 };
-        }
-        let unreachable =
-            missed.iter().filter(|(_, n)| **n >= helper::MISSED_PINGS).map(|(node, _)| *node);
-        queue.tell(Ask::Unreachable(unreachable.collect())).await;
+        queue.tell(Ask::Unreachable(unreachable)).await;
     }
 }
 
