@@ -1,0 +1,116 @@
+//! The pieces of upload sessions this node received: one durable file per piece under
+//! `<data-dir>/upload-pieces/<session>/<offset>`, served to the member that gathers a
+//! session, and swept once their session ended.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_coordinator::ClusterError;
+use ferry_protocol::codec::ByteBuf;
+use ferry_protocol::peer::UploadPiece;
+
+use crate::peer::rpc::Router;
+use crate::replica::ClusterView;
+
+/// Most bytes of a piece fetched from another node in one call.
+pub(crate) const GATHER_CHUNK: u32 = 4 * 1024 * 1024;
+/// How long a member has to send [`GATHER_CHUNK`] bytes of a piece.
+const GATHER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Serves [`UploadPiece`] for other members: bytes of the pieces this node received,
+/// kept under `pieces`.
+pub(crate) fn register(router: &Router, pieces: PathBuf) {
+    let pieces = Arc::new(pieces);
+    router.add_handler::<UploadPiece, _, _>(move |_, request| {
+        let pieces = pieces.clone();
+        async move {
+            let UploadPiece { session, offset, from, len } = request;
+            let read = tokio::task::spawn_blocking(move || {
+                read_piece(&pieces, &session, offset, from, len)
+            })
+            .await;
+            match read {
+                Ok(Ok(bytes)) => Ok(ByteBuf::from(bytes)),
+                Ok(Err(e)) => Err(ClusterError::Unavailable(format!("upload piece: {e}"))),
+                Err(e) => Err(ClusterError::Unavailable(e.to_string())),
+            }
+        }
+    });
+}
+
+/// Bytes `from..from + len` of the upload piece at `offset` of `session` that `node`
+/// holds (see [`UploadPiece`]).
+pub(super) async fn fetch_piece(
+    cluster: &ClusterView,
+    node: ferry_protocol::NodeId,
+    session: &str,
+    offset: u64,
+    from: u64,
+    len: u32,
+) -> crate::Result<Vec<u8>> {
+    let request = UploadPiece { session: session.to_owned(), offset, from, len };
+    cluster.call(node, &request, GATHER_TIMEOUT).await.map(ByteBuf::into_vec)
+}
+
+/// A session's piece directory name (ids are printable; keep only safe characters).
+pub(super) fn dir_name(session: &str) -> String {
+    session.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+pub(super) fn piece_path(pieces: &Path, session: &str, offset: u64) -> PathBuf {
+    pieces.join(dir_name(session)).join(offset.to_string())
+}
+
+/// Writes `bytes` to `path` (creating its directory) and makes it durable.
+pub(super) fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Reads `len` bytes from `from` of the piece at `offset` of `session` (for a member
+/// gathering a session; the caller is authenticated by the peer transport).
+pub(crate) fn read_piece(
+    pieces: &Path,
+    session: &str,
+    offset: u64,
+    from: u64,
+    len: u32,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = len.min(GATHER_CHUNK);
+    let mut file = std::fs::File::open(piece_path(pieces, session, offset))?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(u64::from(len)).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Removes, every minute, the pieces of sessions that ended (closed, cancelled or timed
+/// out on any node): each node holds pieces only while their session lives.
+pub(crate) async fn sweep_pieces(cluster: ClusterView, pieces: PathBuf) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let mut open = std::collections::HashSet::new();
+        cluster.with_queue(&mut |queue| {
+            open = queue.upload_sessions().map(|s| dir_name(&s.id)).collect();
+        });
+        let Ok(entries) = std::fs::read_dir(&pieces) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !open.contains(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+pub(super) async fn durable_write_async(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || durable_write(&path, &bytes)).await??;
+    Ok(())
+}
