@@ -1,4 +1,4 @@
-//! How a node takes its place in a cluster at start (DESIGN §8, issue 4): restart with
+//! How a node takes its place in a cluster at start (DESIGN §8): restart with
 //! the identity in its data directory; join with `--join` and a token; or found a new
 //! cluster (create the CA, the join token and its own certificate). Also the admission
 //! of joining nodes, on every member (each holds the CA key and the token from its own

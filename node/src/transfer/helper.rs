@@ -1,4 +1,4 @@
-//! Helpers (issue 6, first part): other members fetch chunks of a file for its home
+//! Helpers: other members fetch chunks of a file for its home
 //! node, so a download spreads over the cluster's connections and source addresses.
 //!
 //! The home node asks a member for one piece ([`ChunkRequest`]) over the mutual-TLS
