@@ -10,21 +10,21 @@ use std::time::Duration;
 use actix::Actor;
 use anyhow::Context as _;
 use ferry_coordinator::{ApiState, Auth, Limits, LocalRoots, TokenEntry};
-use ferry_protocol::{Caller, Command, Principal, Proposal, Role};
+use ferry_protocol::Role;
 
 use crate::cluster::{NodeCluster, Parts};
 use crate::config::Settings;
 use crate::data_dir::{DataDir, files};
 use crate::egress::EgressPolicy;
+use crate::leader::LeaderDuties;
 use crate::membership;
 use crate::peer::endpoint::PeerEndpoint;
 use crate::peer::liveness::Liveness;
 use crate::peer::rpc::{AddressBook, Peers, Router};
 use crate::proposer::Proposer;
 use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
-use crate::replica::{ClusterView, Membership};
-use crate::scheduler::{Schedule, Scheduler, SchedulerSettings};
-use crate::transfer::{EngineSettings, HttpTimeouts, Tick, Transfers};
+use crate::scheduler::{Scheduler, SchedulerSettings};
+use crate::transfer::{EngineSettings, HttpTimeouts, Transfers};
 
 /// Runs a node until `shutdown` resolves. Must run inside an actix `System` (the
 /// proposer is an actor).
@@ -40,7 +40,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     })?;
     let state = StateMachineStore::open(&dir.path(files::STATE), settings.retention())
         .with_context(|| format!("cannot open {}", dir.path(files::STATE).display()))?;
-    let jobs_on_disk = state.read().queue.jobs().count();
+    let jobs_on_disk = state.read().queue.unfinished_jobs();
     // The databases are locked now: nothing else writes into this directory.
     membership::check(config)?;
     let (auth, principals) = if settings.auth.is_empty() {
@@ -118,7 +118,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let events = crate::bus::handler(state.events().clone(), auth.clone(), node_id);
     let peer_server = endpoint.serve(router.handler(), admission, Some(events));
     let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
-    tokio::spawn(reconcile(handle.clone(), cluster.membership(), config.policy, me));
+    tokio::spawn({
+        let (membership, me) = (cluster.membership(), me.clone());
+        async move { membership.announce_address(me).await }
+    });
     tokio::spawn(crate::notify::run(
         handle.clone(),
         config.notify.clone(),
@@ -179,7 +182,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         handle.clone(),
         config.peer_cache.clone(),
     ));
-    let transfers = Transfers::new(node_id, handle.clone(), engine, secrets.clone()).start();
+    // The actor lives on through its own subscription to the change feed.
+    Transfers::new(node_id, handle.clone(), engine, secrets.clone()).start();
     let scheduler = Scheduler::new(
         node_id,
         handle.clone(),
@@ -189,7 +193,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         },
     )
     .start();
-    tokio::spawn(watch_queue(raft.clone(), transfers.recipient(), scheduler.recipient()));
+    LeaderDuties {
+        cluster: handle.clone(),
+        membership: cluster.membership(),
+        scheduler: scheduler.recipient(),
+        policy: config.policy,
+        me,
+        running: None,
+    }
+    .start();
 
     let limits = Limits { max_body_bytes: config.api.max_body_bytes };
     let server_auth = auth.clone();
@@ -236,7 +248,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;
     let scheme = server_settings.scheme();
-    tracing::info!(node_id, %api_addr, scheme, data_dir = %config.data_dir.display(), jobs = jobs_on_disk, "ferryd is serving");
+    tracing::info!(node_id, %api_addr, scheme, data_dir = %config.data_dir.display(), unfinished_jobs = jobs_on_disk, "ferryd is serving");
 
     let server = crate::api_server::ApiServer::spawn(listener, app, server_auth, server_settings);
 
@@ -278,73 +290,5 @@ async fn track_addresses(raft: raft::Raft, book: Arc<AddressBook>) {
         if metrics.changed().await.is_err() {
             return;
         }
-    }
-}
-
-/// Tells the transfer engine and the scheduler when the applied state moved on (at most
-/// every 10 ms; they look at the whole queue each time).
-async fn watch_queue(
-    raft: raft::Raft,
-    transfers: actix::Recipient<Tick>,
-    scheduler: actix::Recipient<Schedule>,
-) {
-    let mut metrics = raft.metrics();
-    let mut seen = None;
-    loop {
-        let (applied, leader) = {
-            let m = metrics.borrow_and_update();
-            (m.last_applied, m.current_leader)
-        };
-        if seen != Some((applied, leader)) {
-            seen = Some((applied, leader));
-            // A full mailbox already holds a wake-up: dropping this one loses nothing.
-            let _ = transfers.try_send(Tick);
-            let _ = scheduler.try_send(Schedule);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Once this node leads: records its current address in the membership (it may have
-/// restarted on another port) and proposes the configured queue policy if the cluster's
-/// differs.
-async fn reconcile(
-    cluster: ClusterView,
-    membership: Arc<dyn Membership>,
-    wanted: ferry_protocol::limits::QueuePolicy,
-    me: NodeAddr,
-) {
-    tokio::spawn({
-        let (membership, me) = (membership.clone(), me.clone());
-        async move { membership.announce_address(me).await }
-    });
-    let mut metrics = cluster.metrics();
-    let leading = tokio::time::timeout(Duration::from_secs(30), async {
-        metrics.wait_for(|m| m.current_leader == Some(cluster.node_id)).await.is_ok()
-    })
-    .await;
-    if !matches!(leading, Ok(true)) {
-        return;
-    }
-    match membership.record_own_address(me).await {
-        Ok(true) => tracing::info!("recorded this node's new address in the membership"),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "could not record this node's address"),
-    }
-    if cluster.state.read().queue.policy() == &wanted {
-        return;
-    }
-    let system = Caller { principal: Principal::system(), role: Role::Admin };
-    let proposal =
-        Proposal { request_id: None, caller: system, command: Command::SetPolicy(wanted) };
-    match cluster.write(proposal).await {
-        Ok(written) if written.result.is_ok() => {
-            tracing::info!(?wanted, "queue policy updated from the configuration");
-        }
-        Ok(written) => tracing::warn!(result = ?written.result, "queue policy not updated"),
-        Err(e) => tracing::warn!(error = %e, "queue policy not updated"),
     }
 }

@@ -36,19 +36,18 @@ use ferry_coordinator::TokenEntry;
 use ferry_coordinator::notify_policy::NotifyPolicy;
 use ferry_protocol::job::{NotifyCmdLine, NotifyRun};
 use ferry_protocol::transfer::EngineReport;
-use ferry_protocol::{JobId, JobState, Role, Timestamp};
+use ferry_protocol::{Job, JobId, JobState, Role, Timestamp};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{NotifyConfig, RunAs};
+use crate::feed::Feed;
 use crate::replica::ClusterView;
 use crate::transfer::Reporter;
 use crate::transfer::failure::Stop;
 
 /// Most output bytes of a program kept for the log (the rest is read and dropped).
 const MAX_LOGGED_OUTPUT: usize = 4096;
-/// Shortest time between two looks at the queue.
-const RESCAN_PAUSE: Duration = Duration::from_millis(100);
 /// How long output is still read once the program exited (its own children may hold
 /// the pipes open).
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
@@ -186,9 +185,12 @@ pub(crate) async fn run(cluster: ClusterView, config: NotifyConfig, owners: Owne
     }
     let runner = Arc::new(Runner { policy: config.policy(), config, owners, euid, dir });
     let busy: Arc<Mutex<HashSet<(JobId, u64, u32)>>> = Arc::default();
-    let mut metrics = cluster.metrics();
+    // Subscribed before the first look, so no change falls between the two.
+    let mut feed = cluster.state.feed().subscribe();
+    let mut owing = HashSet::new();
+    follow(&cluster, &mut owing, &Feed::Reset);
     loop {
-        for owed in owed_here(&cluster) {
+        for owed in owed_here(&cluster, &owing) {
             let key = (owed.job, owed.run.entry, owed.run.attempt);
             if !lock(&busy).insert(key) {
                 continue;
@@ -199,13 +201,40 @@ pub(crate) async fn run(cluster: ClusterView, config: NotifyConfig, owners: Owne
                 lock(&busy).remove(&key);
             });
         }
-        // Look again when something is applied, or every second (retry times pass); at
-        // most every 100 ms, since each look reads the whole queue.
+        // Look again when something is applied, or every second (retry times pass).
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
+            delivery = feed.next() => match delivery {
+                Some(delivery) => follow(&cluster, &mut owing, &delivery),
+                None => return,
+            },
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        tokio::time::sleep(RESCAN_PAUSE).await;
+    }
+}
+
+/// Keeps `owing` (the jobs homed here that owe a run) up to date with the feed.
+fn follow(cluster: &ClusterView, owing: &mut HashSet<JobId>, feed: &Feed) {
+    let owes = |job: &Job| job.home_node == cluster.node_id && job.notify_run.is_some();
+    let machine = cluster.state.read();
+    match feed {
+        Feed::Reset => {
+            *owing = cluster
+                .state
+                .feed()
+                .scan(&machine.queue)
+                .filter(|j| owes(j))
+                .map(|j| j.id)
+                .collect();
+        }
+        Feed::Changed(batch) => {
+            for change in &batch.jobs {
+                if machine.queue.job(&change.job).is_some_and(owes) {
+                    owing.insert(change.job);
+                } else {
+                    owing.remove(&change.job);
+                }
+            }
+        }
     }
 }
 
@@ -213,14 +242,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The runs this node owes now.
-fn owed_here(cluster: &ClusterView) -> Vec<Owed> {
+/// The runs this node owes now, among the jobs `owing`.
+fn owed_here(cluster: &ClusterView, owing: &HashSet<JobId>) -> Vec<Owed> {
     let now = Timestamp::now();
     let machine = cluster.state.read();
-    machine
-        .queue
-        .jobs()
-        .filter(|job| job.home_node == cluster.node_id)
+    owing
+        .iter()
+        .filter_map(|id| machine.queue.job(id))
         .filter_map(|job| {
             let run = job.notify_run.filter(|r| r.not_before <= now)?;
             Some(Owed { job: job.id, run, has_cmdline: job.props.notify_cmdline.is_some() })

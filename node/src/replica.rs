@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_coordinator::{BoxFuture, ClusterError, ReadAt, Written};
-use ferry_protocol::peer::{NodeAddr, PeerRpc, Ping};
+use ferry_protocol::peer::{NodeAddr, PeerRpc};
 use ferry_protocol::{NodeId, Proposal, Queue};
 use tokio::sync::watch;
 
@@ -20,9 +20,6 @@ use crate::error::Result;
 use crate::peer::liveness::Liveness;
 use crate::peer::rpc::Peers;
 use crate::raft::{RaftMetrics, StateMachineStore};
-
-/// How long a ping through [`ClusterView::ping`] may take.
-const PING_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// This node's replica of the queue, as its components use it.
 pub(crate) trait Replica: Send + Sync + 'static {
@@ -122,10 +119,5 @@ impl ClusterView {
         timeout: Duration,
     ) -> Result<R::Answer> {
         self.peers.call(node, request, timeout).await
-    }
-
-    /// True if `node` answers a ping now.
-    pub(crate) async fn ping(&self, node: NodeId) -> bool {
-        self.peers.call(node, &Ping, PING_TIMEOUT).await.is_ok()
     }
 }

@@ -350,6 +350,11 @@ pub struct ClusterStatus {
     pub commands_applied: u64,
     /// Raft entries written that carried commands: commands per entry shows batching.
     pub command_batches: u64,
+    /// Walks over every job of the queue this node's components made since it started
+    /// (each rebuilds its view once at start, after a snapshot install or when it fell
+    /// behind the change feed; applied changes cost none).
+    #[serde(default)]
+    pub queue_scans: u64,
 }
 
 /// `GET /healthz` answer.

@@ -5,6 +5,7 @@ mod api_hardening;
 mod api_tls;
 mod auth;
 mod bad_input;
+mod change_feed;
 mod cli;
 mod cluster;
 mod daemon;

@@ -110,6 +110,7 @@ impl Status {
             jobs: u64::from(machine.queue.unfinished_jobs()),
             commands_applied: meta.seq,
             command_batches: meta.batches,
+            queue_scans: self.state.feed().scans(),
         })
     }
 }

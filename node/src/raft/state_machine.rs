@@ -20,6 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{self, EventLog, Retention};
+use crate::feed::ChangeFeed;
 
 use super::snapshot_file::{self, SnapshotDir};
 use super::{
@@ -221,6 +222,8 @@ pub struct StateMachineStore {
     snapshots: SnapshotDir,
     /// The file a snapshot is being received into (openraft hands back only its handle).
     receiving: Arc<std::sync::Mutex<Option<PathBuf>>>,
+    /// What each apply changed, for this node's components.
+    feed: ChangeFeed,
 }
 
 impl StateMachineStore {
@@ -238,6 +241,7 @@ impl StateMachineStore {
         let machine = Self::load(&db)?;
         let db = Arc::new(db);
         Ok(Self {
+            feed: ChangeFeed::new(&machine.queue),
             events: EventLog::new(db.clone()),
             db,
             machine: Arc::new(RwLock::new(machine)),
@@ -250,6 +254,11 @@ impl StateMachineStore {
     /// The job event stream this state machine produces.
     pub fn events(&self) -> &EventLog {
         &self.events
+    }
+
+    /// What each apply changes in the queue (see [`crate::feed`]).
+    pub(crate) fn feed(&self) -> &ChangeFeed {
+        &self.feed
     }
 
     fn load(db: &Database) -> Result<Machine, StorageError> {
@@ -320,7 +329,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let (replies, rows, published) = {
+        let (replies, rows, published, (jobs, sessions)) = {
             let mut machine = self.write();
             let mut replies = Vec::new();
             let mut published = Vec::new();
@@ -343,12 +352,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
             let changes = machine.queue.take_changes();
+            let changed = (changes.jobs.clone(), !changes.uploads.is_empty());
             let mut rows = Rows::collect(&machine, changes)?;
             for event in &published {
                 rows.events.push((event.cursor, codec::encode(event).map_err(write_err)?));
             }
             rows.newest = published.last().map(|e| e.event.time);
-            (replies, rows, published)
+            (replies, rows, published, changed)
         };
         let db = self.db.clone();
         let retention = self.retention;
@@ -356,6 +366,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if !published.is_empty() {
             self.events.publish(published.into());
         }
+        self.feed.publish(&self.read().queue, jobs, sessions);
         Ok(replies)
     }
 
@@ -453,6 +464,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
+        self.feed.reset(&self.read().queue);
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }

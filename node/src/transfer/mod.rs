@@ -35,6 +35,7 @@ use self::http::{HttpSession, OpenCredential, SessionParts};
 pub(crate) use self::local::read_start;
 use self::scope::RunScope;
 use crate::egress::EgressPolicy;
+use crate::feed::Feed;
 use crate::replica::ClusterView;
 
 /// How long a run whose task ended without moving its job waits before a new task.
@@ -316,6 +317,9 @@ pub(crate) struct Transfers {
     /// Final jobs whose files are being finished (`None`) or whose last attempt ended
     /// at that time without being recorded (retried after a pause).
     finishing: HashMap<JobId, Option<Instant>>,
+    /// The jobs homed here that need this actor: active, or final with files not yet
+    /// finished. Kept from the change feed; [`Tick`] looks at these only.
+    watched: HashSet<JobId>,
 }
 
 impl Transfers {
@@ -334,6 +338,37 @@ impl Transfers {
             running: HashMap::new(),
             stopping: HashMap::new(),
             finishing: HashMap::new(),
+            watched: HashSet::new(),
+        }
+    }
+
+    /// Whether `job` needs this actor (see [`Transfers::watched`]).
+    fn watches(&self, job: &Job) -> bool {
+        job.home_node == self.node_id
+            && (matches!(job.state, JobState::Connecting | JobState::Transferring)
+                || (job.state.is_final() && !job.files_finished))
+    }
+
+    /// Brings [`Transfers::watched`] up to date with one delivery of the feed.
+    fn follow(&mut self, feed: &Feed) {
+        let machine = self.cluster.state.read();
+        match feed {
+            Feed::Reset => {
+                let watched: HashSet<JobId> = (self.cluster.state.feed().scan(&machine.queue))
+                    .filter(|job| self.watches(job))
+                    .map(|job| job.id)
+                    .collect();
+                self.watched = watched;
+            }
+            Feed::Changed(batch) => {
+                for change in &batch.jobs {
+                    if machine.queue.job(&change.job).is_some_and(|job| self.watches(job)) {
+                        self.watched.insert(change.job);
+                    } else {
+                        self.watched.remove(&change.job);
+                    }
+                }
+            }
         }
     }
 
@@ -421,7 +456,17 @@ impl Actor for Transfers {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(64);
+        // Subscribed before the first look, so no change falls between the two.
+        let mut feed = self.cluster.state.feed().subscribe();
+        self.follow(&Feed::Reset);
+        let me = ctx.address();
+        ctx.spawn(fut::wrap_future(async move {
+            while let Some(delivery) = feed.next().await {
+                if me.send(Changed(delivery)).await.is_err() {
+                    return;
+                }
+            }
+        }));
         // Orphaned runs (a report could not be written) are retried on this beat.
         ctx.run_interval(Duration::from_secs(1), |_, ctx| ctx.notify(Tick));
     }
@@ -436,7 +481,7 @@ impl Handler<Tick> for Transfers {
         let mut wanted = HashSet::new();
         {
             let machine = self.cluster.state.read();
-            for job in machine.queue.jobs().filter(|j| j.home_node == self.node_id) {
+            for job in self.watched.iter().filter_map(|id| machine.queue.job(id)) {
                 if matches!(job.state, JobState::Connecting | JobState::Transferring) {
                     wanted.insert(job.id);
                     let start = match self.running.get(&job.id) {
@@ -474,6 +519,20 @@ impl Handler<Tick> for Transfers {
         for job in to_finish {
             self.start_finish(job, ctx);
         }
+    }
+}
+
+/// A delivery of the change feed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Changed(Feed);
+
+impl Handler<Changed> for Transfers {
+    type Result = ();
+
+    fn handle(&mut self, Changed(feed): Changed, ctx: &mut Context<Self>) {
+        self.follow(&feed);
+        ctx.notify(Tick);
     }
 }
 

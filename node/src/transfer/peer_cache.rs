@@ -4,6 +4,7 @@
 //! offers within its size and age limits. Downloads take chunks from members' copies
 //! in `download::peers`, routed by [`super::router`].
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,12 @@ use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::command::Command;
 pub(crate) use ferry_protocol::peer::{CopyAnswer, CopyRequest};
 use ferry_protocol::peer_cache::offered_keys;
-use ferry_protocol::{JobId, JobState, NodeId, Principal, Proposal, Queue, Timestamp};
+use ferry_protocol::{Job, JobId, JobState, NodeId, Principal, Proposal, Queue, Timestamp};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::system_caller;
 use crate::config::PeerCacheConfig;
+use crate::feed::Feed;
 use crate::peer::rpc::{Held, Router};
 use crate::replica::ClusterView;
 
@@ -151,27 +153,68 @@ pub(crate) async fn withdraw(
 /// files stay; they are only no longer offered). Runs every `check_every_secs`.
 pub(crate) async fn keep_limits(cluster: ClusterView, config: PeerCacheConfig) {
     let every = Duration::from_secs(config.check_every_secs.max(1));
+    // The jobs homed here that offer a copy, kept from the change feed (subscribed
+    // before the first look, so no change falls between the two).
+    let mut feed = cluster.state.feed().subscribe();
+    let mut offering = HashSet::new();
+    follow(&cluster, &mut offering, &Feed::Reset);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
     loop {
-        tokio::time::sleep(every).await;
-        let over =
-            over_limits(&cluster.state.read().queue, cluster.node_id, &config, Timestamp::now());
-        for (job, file) in over {
-            tracing::info!(%job, file, "withdrawing a peer copy beyond this node's cache limits");
-            withdraw(&cluster, job, file, None).await;
+        tokio::select! {
+            delivery = feed.next() => match delivery {
+                Some(delivery) => follow(&cluster, &mut offering, &delivery),
+                None => return,
+            },
+            _ = tick.tick() => {
+                let over = {
+                    let machine = cluster.state.read();
+                    let jobs = offering.iter().filter_map(|id| machine.queue.job(id));
+                    over_limits(jobs, &config, Timestamp::now())
+                };
+                for (job, file) in over {
+                    tracing::info!(%job, file, "withdrawing a peer copy beyond this node's cache limits");
+                    withdraw(&cluster, job, file, None).await;
+                }
+            }
         }
     }
 }
 
-/// This node's copies beyond its limits, newest kept first.
-fn over_limits(
-    queue: &Queue,
-    me: NodeId,
+/// Whether `job`, homed on `me`, offers a copy of one of its files.
+fn offers(job: &Job, me: NodeId) -> bool {
+    job.home_node == me && (0..job.files.len()).any(|i| !offered_keys(job, i).is_empty())
+}
+
+/// Keeps `offering` (the jobs homed here that offer a copy) up to date with the feed.
+fn follow(cluster: &ClusterView, offering: &mut HashSet<JobId>, feed: &Feed) {
+    let machine = cluster.state.read();
+    match feed {
+        Feed::Reset => {
+            *offering = (cluster.state.feed().scan(&machine.queue))
+                .filter(|job| offers(job, cluster.node_id))
+                .map(|job| job.id)
+                .collect();
+        }
+        Feed::Changed(batch) => {
+            for change in &batch.jobs {
+                if machine.queue.job(&change.job).is_some_and(|job| offers(job, cluster.node_id)) {
+                    offering.insert(change.job);
+                } else {
+                    offering.remove(&change.job);
+                }
+            }
+        }
+    }
+}
+
+/// The copies of `jobs` (this node's) beyond its limits, newest kept first.
+fn over_limits<'a>(
+    jobs: impl Iterator<Item = &'a Job>,
     config: &PeerCacheConfig,
     now: Timestamp,
 ) -> Vec<(JobId, u32)> {
-    let mut copies: Vec<(Timestamp, JobId, u32, u64)> = queue
-        .jobs()
-        .filter(|job| job.home_node == me)
+    let mut copies: Vec<(Timestamp, JobId, u32, u64)> = jobs
         .flat_map(|job| {
             let made = job.times.transfer_completed.unwrap_or(job.times.modified);
             (0..job.files.len()).filter(|i| !offered_keys(job, *i).is_empty()).map(move |i| {

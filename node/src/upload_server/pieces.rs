@@ -9,6 +9,7 @@ use ferry_coordinator::ClusterError;
 use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::peer::UploadPiece;
 
+use crate::feed::Feed;
 use crate::peer::rpc::Router;
 use crate::replica::ClusterView;
 
@@ -90,20 +91,32 @@ pub(crate) fn read_piece(
     Ok(bytes)
 }
 
-/// Removes, every minute, the pieces of sessions that ended (closed, cancelled or timed
-/// out on any node): each node holds pieces only while their session lives.
+/// Removes, every minute after sessions changed, the pieces of sessions that ended
+/// (closed, cancelled or timed out on any node): each node holds pieces only while
+/// their session lives.
 pub(crate) async fn sweep_pieces(cluster: ClusterView, pieces: PathBuf) {
+    let mut feed = cluster.state.feed().subscribe();
+    let mut changed = true;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.tick().await;
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-        let mut open = std::collections::HashSet::new();
-        cluster.with_queue(&mut |queue| {
-            open = queue.upload_sessions().map(|s| dir_name(&s.id)).collect();
-        });
-        let Ok(entries) = std::fs::read_dir(&pieces) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !open.contains(&name) {
-                let _ = std::fs::remove_dir_all(entry.path());
+        tokio::select! {
+            delivery = feed.next() => match delivery {
+                Some(Feed::Changed(batch)) => changed |= batch.sessions,
+                Some(Feed::Reset) => changed = true,
+                None => return,
+            },
+            _ = tick.tick(), if changed => {
+                changed = false;
+                let open: std::collections::HashSet<String> =
+                    cluster.state.read().queue.upload_sessions().map(|s| dir_name(&s.id)).collect();
+                let Ok(entries) = std::fs::read_dir(&pieces) else { continue };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !open.contains(&name) {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
             }
         }
     }

@@ -20,6 +20,8 @@ pub(crate) struct Run {
     elapsed: Duration,
     latencies: Vec<Duration>,
     commands_per_entry: f64,
+    /// Full-queue scans on all nodes per Raft entry applied (the change feed makes it 0).
+    scans_per_entry: f64,
 }
 
 impl Run {
@@ -105,8 +107,10 @@ pub(crate) async fn submit(
         // Warm up connections and the nodes' caches; not measured.
         submit_run(&targets, (jobs / 20).max(c), c).await?;
         let before = client.cluster().await?;
+        let scans_before = queue_scans(&targets).await?;
         let (elapsed, latencies) = submit_run(&targets, jobs, c).await?;
         let after = client.cluster().await?;
+        let scans = queue_scans(&targets).await?.saturating_sub(scans_before);
         let commands = after.commands_applied - before.commands_applied;
         let batches = (after.command_batches - before.command_batches).max(1);
         runs.push(Run {
@@ -115,10 +119,20 @@ pub(crate) async fn submit(
             elapsed,
             latencies,
             commands_per_entry: commands as f64 / batches as f64,
+            scans_per_entry: scans as f64 / (batches as f64 * targets.len() as f64),
         });
         eprintln!("  {c} clients: done");
     }
     Ok(runs)
+}
+
+/// Full-queue scans made so far by the components of every node, summed.
+async fn queue_scans(nodes: &[Client]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for node in nodes {
+        total += node.cluster().await?.queue_scans;
+    }
+    Ok(total)
 }
 
 /// Prints the runs as a table.
@@ -131,12 +145,19 @@ pub(crate) fn print_submit(runs: &[Run], nodes: usize) {
     };
     println!("ferry-bench submit — {shape}, durable (fsync before every acknowledgement)");
     println!(
-        "{:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>15}",
-        "clients", "jobs", "jobs/s", "p50 ms", "p99 ms", "max ms", "commands/entry"
+        "{:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>15} {:>16}",
+        "clients",
+        "jobs",
+        "jobs/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "commands/entry",
+        "scans/entry/node"
     );
     for r in runs {
         println!(
-            "{:>8} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>15.1}",
+            "{:>8} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>15.1} {:>16.3}",
             r.clients,
             r.jobs,
             r.jobs as f64 / r.elapsed.as_secs_f64(),
@@ -144,6 +165,7 @@ pub(crate) fn print_submit(runs: &[Run], nodes: usize) {
             r.percentile(0.99),
             r.percentile(1.0),
             r.commands_per_entry,
+            r.scans_per_entry,
         );
     }
 }
