@@ -22,27 +22,32 @@
 //! reply download go through the run's egress connector: a reply URL on a refused
 //! address fails the job with `BG_E_BLOCKED_BY_POLICY`.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod ack;
+mod host;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use ferry_protocol::job::{JobError, LocalStamp, UploadState};
-use ferry_protocol::transfer::{EngineReport, http_status_severity};
+use ferry_protocol::job::{JobError, LocalStamp};
+use ferry_protocol::transfer::EngineReport;
 use ferry_protocol::upload::{self, FragmentRange, PacketType, header as bits};
 use ferry_protocol::{BitsCode, ErrorContext, Job, JobState, JobType};
-use reqwest::header::{self, HeaderMap};
+use reqwest::header::{self};
 use reqwest::{Method, Response, StatusCode};
 
+use super::Run;
 use super::failure::{Failure, Stop};
 use super::fetch::{blocking, content_length, content_range};
 use super::http::{HttpSession, SendError};
 use super::local::{self, TempFile};
-use super::{EngineSettings, Run};
-use crate::egress::{self, EgressPolicy};
+
+use self::ack::{Ack, changed_file, local_error, protocol_error, stamp};
+pub(crate) use self::host::HostIdRule;
+use self::host::{Target, with_host};
 
 /// Bytes per fragment at first (a server answering 413 gets smaller ones).
 const FRAGMENT_SIZE: u64 = 8 * 1024 * 1024;
@@ -54,222 +59,6 @@ const CLOSE_ATTEMPTS: u32 = 4;
 const REPLY_REPORT_BYTES: u64 = 8 * 1024 * 1024;
 /// How often a run creates a new session after the server lost the old one.
 const MAX_NEW_SESSIONS: u32 = 3;
-
-/// When each session's host id first failed to connect, without a success since: kept
-/// across the runs of this process (a run ends at the first failure, and the fallback
-/// timeout counts from the first one).
-static HOST_FAILURES: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
-
-/// Sessions whose host id named a host the egress policy refused at connect time (a
-/// name resolving to a refused address): their packets stay on the job's server.
-static REFUSED_HOST_IDS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-/// Sessions remembered in [`REFUSED_HOST_IDS`] at most (a bound, not a quota).
-const MAX_REFUSED_HOST_IDS: usize = 4096;
-
-/// Which `BITS-Host-Id` targets a session may move to.
-#[derive(Clone, Copy)]
-pub(crate) struct HostIdRule<'a> {
-    /// The node's egress policy.
-    policy: EgressPolicy,
-    /// `transfer.trusted_host_ids`.
-    trusted: &'a [String],
-}
-
-impl<'a> HostIdRule<'a> {
-    /// The rule of a node with `settings`.
-    pub(crate) fn of(settings: &'a EngineSettings) -> Self {
-        Self { policy: settings.egress, trusted: &settings.trusted_host_ids }
-    }
-
-    /// Why packets for `original` may not go to `moved` (the URL with the host id), if
-    /// they may not.
-    fn refusal(self, original: &str, moved: &str) -> Option<String> {
-        let (Ok(original), Ok(moved)) = (url::Url::parse(original), url::Url::parse(moved)) else {
-            return Some("not a valid host".into());
-        };
-        if let Err(refused) = egress::check_url(self.policy, &moved) {
-            return Some(refused.to_string());
-        }
-        let host = moved.host_str().unwrap_or_default();
-        let listed = self.trusted.iter().any(|entry| egress::host_listed(host, entry));
-        if !listed && !egress::same_site(&original, &moved) {
-            return Some(format!(
-                "{host} is not on the site of {} (same scheme and registrable domain) nor in transfer.trusted_host_ids",
-                original.host_str().unwrap_or_default()
-            ));
-        }
-        None
-    }
-}
-
-/// Where the session's packets go: the job's URL, or the server's `BITS-Host-Id`.
-struct Target {
-    original: String,
-    host: Option<String>,
-    fallback: Option<Duration>,
-    /// The session, for [`HOST_FAILURES`].
-    session: Option<String>,
-    /// The first connection failure to the host id not followed by a success.
-    failing_since: Option<Instant>,
-}
-
-impl Target {
-    fn new(original: &str, state: &UploadState, rule: HostIdRule<'_>) -> Self {
-        let refused_before = state.session.as_ref().is_some_and(|s| {
-            REFUSED_HOST_IDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(s)
-        });
-        let host = state
-            .host_id
-            .as_deref()
-            .filter(|_| !refused_before)
-            .and_then(|host| with_host(original, host))
-            .filter(|moved| match rule.refusal(original, moved) {
-                None => true,
-                Some(why) => {
-                    tracing::info!(host_id = ?state.host_id, %why, "BITS-Host-Id ignored: the session stays on the job's server");
-                    false
-                }
-            });
-        let failures = HOST_FAILURES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Self {
-            original: original.to_owned(),
-            host,
-            fallback: state.host_fallback_secs.map(Duration::from_secs),
-            failing_since: state.session.as_ref().and_then(|s| failures.get(s).copied()),
-            session: state.session.clone(),
-        }
-    }
-
-    /// A connection to the host id failed (`false`) or a packet got through (`true`).
-    fn connected(&mut self, ok: bool) {
-        let Some(session) = &self.session else { return };
-        let mut failures = HOST_FAILURES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ok {
-            self.failing_since = None;
-            failures.remove(session);
-        } else if self.host.is_some() {
-            let since = *self.failing_since.get_or_insert_with(Instant::now);
-            failures.insert(session.clone(), since);
-        }
-    }
-
-    /// The egress policy refused the host id at connect time: stay on the job's server
-    /// for the rest of the session.
-    fn refuse_host(&mut self) {
-        tracing::info!(host = ?self.host, "BITS-Host-Id refused by the egress policy: the session stays on the job's server");
-        self.host = None;
-        if let Some(session) = &self.session {
-            let mut refused =
-                REFUSED_HOST_IDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if refused.len() >= MAX_REFUSED_HOST_IDS {
-                refused.clear();
-            }
-            refused.insert(session.clone());
-        }
-    }
-
-    fn url(&self) -> &str {
-        match (&self.host, self.failing_since, self.fallback) {
-            (Some(_), Some(since), Some(fallback)) if since.elapsed() >= fallback => &self.original,
-            (Some(host), _, _) => host,
-            (None, _, _) => &self.original,
-        }
-    }
-}
-
-/// `url` with its host (and port, if `host` names one) replaced by `host`.
-fn with_host(url: &str, host: &str) -> Option<String> {
-    let mut parsed = url::Url::parse(url).ok()?;
-    let probe = url::Url::parse(&format!("{}://{host}/", parsed.scheme())).ok()?;
-    parsed.set_host(probe.host_str()).ok()?;
-    if probe.port().is_some() {
-        parsed.set_port(probe.port()).ok()?;
-    }
-    Some(parsed.to_string())
-}
-
-/// A server's Ack: its status and headers.
-struct Ack {
-    status: StatusCode,
-    headers: HeaderMap,
-}
-
-impl Ack {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn ok(&self) -> bool {
-        self.status == StatusCode::OK || self.status == StatusCode::CREATED
-    }
-
-    /// The error code the server named (`BITS-Error-Code`).
-    fn error_code(&self) -> Option<u32> {
-        self.header(bits::ERROR_CODE).and_then(upload::parse_hex)
-    }
-
-    /// `BITS-Received-Content-Range`.
-    fn received(&self) -> Option<u64> {
-        self.header(bits::RECEIVED_CONTENT_RANGE)?.trim().parse().ok()
-    }
-
-    /// The job error for an Ack that is not 200/201 (or not an Ack at all).
-    fn failure(&self, packet: PacketType, url: &str) -> Failure {
-        let status = self.status.as_u16();
-        let (code, context) = upload::server_error(
-            status,
-            self.header(bits::ERROR_CODE),
-            self.header(bits::ERROR_CONTEXT),
-        );
-        // The application's status decides for its errors, the server's for its own.
-        let severity = http_status_severity(code.http_status().unwrap_or(status));
-        let detail = match context {
-            ErrorContext::RemoteApplication => {
-                format!("{packet} to {url}: the server's application failed ({status}, {code})")
-            }
-            _ => format!("{packet} to {url}: the server answered {status} ({code})"),
-        };
-        Failure {
-            error: JobError {
-                context,
-                code,
-                detail,
-                file_index: Some(0),
-                protocol: Some("http".into()),
-            },
-            severity,
-        }
-    }
-}
-
-fn protocol_error(detail: String) -> Stop {
-    Failure::protocol(BitsCode::BG_E_INVALID_SERVER_RESPONSE, detail, 0).into()
-}
-
-fn local_error(e: &std::io::Error, what: &str) -> Stop {
-    Failure::local(e, what, Some(0)).into()
-}
-
-/// The local file's size and modification time.
-fn stamp(file: &File) -> std::io::Result<LocalStamp> {
-    let meta = file.metadata()?;
-    let modified = meta.modified()?.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Ok(LocalStamp {
-        size: meta.len(),
-        modified_ns: u64::try_from(modified.as_nanos()).unwrap_or(u64::MAX),
-    })
-}
-
-fn changed_file(path: &str) -> Stop {
-    Failure::fatal(JobError {
-        context: ErrorContext::LocalFile,
-        code: BitsCode::BG_E_LOCAL_FILE_CHANGED,
-        detail: format!("{path} changed while it was being uploaded"),
-        file_index: Some(0),
-        protocol: None,
-    })
-    .into()
-}
 
 impl Run {
     /// Uploads the file (and receives the reply); returns why it stopped if it did not
@@ -732,66 +521,5 @@ pub(crate) async fn cancel_session(job: &Job, http: Arc<HttpSession>, rule: Host
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_ids_replace_the_host_and_port_only() {
-        assert_eq!(
-            with_host("http://a.example:7070/bits/x?q=1", "127.0.0.2:8080").as_deref(),
-            Some("http://127.0.0.2:8080/bits/x?q=1")
-        );
-        assert_eq!(
-            with_host("https://a.example/bits/x", "farm-7").as_deref(),
-            Some("https://farm-7/bits/x")
-        );
-        assert_eq!(with_host("http://a/x", "bad host"), None);
-    }
-
-    #[test]
-    fn host_ids_must_be_on_the_site_or_listed_and_allowed() {
-        let trusted = vec!["farm.example.net".to_owned()];
-        let rule = HostIdRule { policy: EgressPolicy::default(), trusted: &trusted };
-        let original = "https://upload.example.com/bits/x";
-        assert_eq!(rule.refusal(original, "https://node7.example.com:8443/bits/x"), None);
-        assert_eq!(rule.refusal(original, "https://n1.farm.example.net/bits/x"), None);
-        for refused in [
-            "https://evil.example.org/bits/x",
-            "https://169.254.169.254/bits/x",
-            "https://[::ffff:a9fe:a9fe]/bits/x",
-            "https://2852039166/bits/x",
-            "http://node7.example.com/bits/x",
-        ] {
-            assert!(rule.refusal(original, refused).is_some(), "{refused}");
-        }
-        // A listed host is still subject to the policy.
-        let trusted = vec!["169.254.169.254".to_owned()];
-        let rule = HostIdRule { policy: EgressPolicy::default(), trusted: &trusted };
-        assert!(rule.refusal("http://127.0.0.1/x", "http://169.254.169.254/x").is_some());
-        let state =
-            UploadState { host_id: Some("169.254.169.254:80".into()), ..UploadState::default() };
-        let target = Target::new("http://127.0.0.1:7070/bits/x", &state, rule);
-        assert_eq!(target.url(), "http://127.0.0.1:7070/bits/x", "ignored");
-    }
-
-    #[test]
-    fn the_host_id_is_left_after_its_fallback_timeout() {
-        let state = UploadState {
-            host_id: Some("b:1".into()),
-            host_fallback_secs: Some(0),
-            ..UploadState::default()
-        };
-        let trusted = vec!["b".to_owned()];
-        let rule = HostIdRule { policy: EgressPolicy::default(), trusted: &trusted };
-        let mut target = Target::new("http://a:1/x", &state, rule);
-        assert_eq!(target.url(), "http://b:1/x");
-        target.failing_since = Some(Instant::now());
-        assert_eq!(target.url(), "http://a:1/x");
-        target.fallback = None;
-        assert_eq!(target.url(), "http://b:1/x", "no fallback timeout: the host id for ever");
     }
 }

@@ -1,0 +1,225 @@
+//! `[peer]`, `[raft]`, `[proposals]`, `[transfer]`, `[cluster]`, `[peer_cache]` and
+//! `[events]`: the sections of the cluster and its transfers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::RaftSettings;
+
+/// `[peer]`: the QUIC endpoint (peer transport and event bus, later releases).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerConfig {
+    /// UDP address for QUIC. Default `127.0.0.1:7071`. Recorded in the Raft membership.
+    pub listen: SocketAddr,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 7071)) }
+    }
+}
+
+/// `[raft]`: timing and compaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat interval, milliseconds. Default 250.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout, milliseconds. Default 1000.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout, milliseconds. Default 2000.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one. Default 5000.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, for followers that lag. Default 1000.
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        let d = RaftSettings::default();
+        Self {
+            heartbeat_ms: d.heartbeat_ms,
+            election_timeout_min_ms: d.election_timeout_ms.0,
+            election_timeout_max_ms: d.election_timeout_ms.1,
+            snapshot_after_entries: d.snapshot_after_entries,
+            keep_entries_after_snapshot: d.keep_entries_after_snapshot,
+        }
+    }
+}
+
+/// `[proposals]`: group commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProposalConfig {
+    /// Most commands in one Raft entry. While one entry is being written, new commands
+    /// wait and go out together in the next. Default 512.
+    pub max_batch: usize,
+}
+
+impl Default for ProposalConfig {
+    fn default() -> Self {
+        Self { max_batch: 512 }
+    }
+}
+
+/// `[transfer]`: how this node downloads, and how the scheduler (when this node leads)
+/// shares transfer time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Bytes per chunk: the unit of progress, integrity and resume (a file is never
+    /// split into more than 2,048 chunks; larger files get larger ones). Default 8 MiB.
+    pub chunk_size_bytes: u64,
+    /// Range connections per file for jobs that do not set `max_connections`. Several
+    /// help only against a per-connection limit. Default 1.
+    pub connections: u32,
+    /// Jobs transferring at once per home node (BITS priority rules decide which).
+    /// 0 pauses transfers: jobs are queued but never started. Default 4.
+    pub max_active_jobs: usize,
+    /// How long a background job keeps its slot while a job of the same priority
+    /// waits (round robin), milliseconds. Default 60000.
+    pub time_slice_ms: u64,
+    /// Seconds to establish a connection. Default 30.
+    pub connect_timeout_secs: u64,
+    /// Seconds without a byte from the server before the request fails
+    /// (`BG_E_TIMEOUT`, retried). Default 60.
+    pub read_timeout_secs: u64,
+    /// Allow `file://` sources (read with this daemon's permissions). Default false.
+    pub allow_file_urls: bool,
+    /// Send Basic credentials over plain http before the server asks (they are
+    /// always sent first over https). Default false: wait for the challenge.
+    pub preemptive_basic_over_http: bool,
+    /// PEM bundle of certificate authorities trusted for https origins besides the
+    /// system's. Default none.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse origins (and proxies) at loopback, private (RFC 1918, CGNAT) and
+    /// unique-local addresses, besides the always-refused link-local (cloud metadata),
+    /// multicast and unspecified ones. Applies to DNS answers and redirects too.
+    /// Default false.
+    pub refuse_private_addresses: bool,
+    /// Hosts (each with its subdomains) an upload server may send a session's later
+    /// packets to with `BITS-Host-Id`, besides hosts of the same scheme and registrable
+    /// domain as the job's URL. Another host named there is ignored: the packets stay
+    /// on the job's server. The egress policy applies either way. Default none.
+    pub trusted_host_ids: Vec<String>,
+    /// Roots of principals without `roots` of their own (`[[api.tokens]]`): their jobs'
+    /// local files (destinations, upload sources, reply files, client certificates)
+    /// must lie beneath one, reached without following any symlink below it. Empty:
+    /// such principals may name no local file. Default none.
+    pub destination_roots: Vec<PathBuf>,
+    /// Source address of connections to origins (`--source-addr`): nodes on one host
+    /// then appear as distinct clients to an origin. Default: the system's choice.
+    pub source_addr: Option<std::net::IpAddr>,
+    /// Most other members fetching chunks of one file for its home node (helpers), for
+    /// jobs that do not set `max_helpers`; 0 keeps downloads on their home node.
+    /// Default 4.
+    pub max_helpers: u32,
+    /// Range requests this node has in flight toward origins at once, for its own
+    /// jobs and for the members it helps together. Default 64.
+    pub max_origin_connections: usize,
+    /// Range requests this node has in flight toward one origin (scheme, host and
+    /// port) at once. Default 16.
+    pub max_connections_per_origin: usize,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size_bytes: ferry_protocol::transfer::DEFAULT_CHUNK_SIZE,
+            connections: 1,
+            max_active_jobs: 4,
+            time_slice_ms: 60_000,
+            connect_timeout_secs: 30,
+            read_timeout_secs: 60,
+            allow_file_urls: false,
+            preemptive_basic_over_http: false,
+            trusted_ca_file: None,
+            refuse_private_addresses: false,
+            trusted_host_ids: Vec::new(),
+            destination_roots: Vec::new(),
+            source_addr: None,
+            max_helpers: 4,
+            max_origin_connections: 64,
+            max_connections_per_origin: 16,
+        }
+    }
+}
+
+/// `[cluster]`: joining. A node with no identity in its data directory founds a new
+/// cluster unless `join` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Peer (QUIC) addresses of members to join through, `host:port`; a name may
+    /// resolve to several. Used only on the first start. Default none.
+    pub join: Vec<String>,
+    /// The join token printed by the first node (its `join.token`). Default none.
+    pub join_token: Option<String>,
+    /// Most voters: the cluster grows one voter at a time to 3, then two at a time (odd
+    /// sizes only) up to this; later nodes stay learners (they still run transfers).
+    /// Default 5.
+    pub voters: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { join: Vec::new(), join_token: None, voters: 5 }
+    }
+}
+
+/// `[peer_cache]`: this node's copies offered to other members' downloads. A copy is a
+/// download job's file on this node (no second copy is kept); jobs decide with their
+/// peer caching flags whether they offer and use copies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerCacheConfig {
+    /// Most bytes of copies offered; the oldest beyond it are withdrawn. Default none.
+    pub max_size_bytes: Option<u64>,
+    /// Copies older than this (since their file was transferred) are withdrawn,
+    /// seconds. Default 7776000 (90 days, BITS's `MaximumContentAge`).
+    pub max_age_secs: u64,
+    /// Chunks read for peers at once. Default 4.
+    pub max_serving: usize,
+    /// How often the limits are checked, seconds. Default 60.
+    pub check_every_secs: u64,
+    /// Test builds only (cargo feature `fault-injection`): serve wrong bytes, so that
+    /// tests can show receivers catch them. Default false.
+    #[cfg(feature = "fault-injection")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fault_serve_wrong_bytes: bool,
+}
+
+impl Default for PeerCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_size_bytes: None,
+            max_age_secs: 7_776_000,
+            max_serving: 4,
+            check_every_secs: 60,
+            #[cfg(feature = "fault-injection")]
+            fault_serve_wrong_bytes: false,
+        }
+    }
+}
+
+/// `[events]`: the event history each node keeps for subscribers to replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Most events kept; a subscriber asking for older ones is told of the gap.
+    /// Default 100000.
+    pub history_max_events: u64,
+    /// Events older than this are dropped, seconds. Default 604800 (7 days).
+    pub history_max_age_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let d = crate::events::Retention::default();
+        Self { history_max_events: d.max_events, history_max_age_secs: d.max_age.as_secs() }
+    }
+}
