@@ -18,4 +18,5 @@ pub(crate) use self::client::{
     BuildError, ClientOptions, EgressClient, ExecuteError, ProxyChoice, Refused, check_url,
 };
 pub(crate) use self::policy::EgressPolicy;
+pub(crate) use self::resolver::NotResolved;
 pub(crate) use self::site::{host_listed, same_site};

@@ -9,7 +9,20 @@ use std::sync::Arc;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+use super::client::Refused;
 use super::policy::EgressPolicy;
+
+/// A name that could not be resolved (the transfer engine reports it as
+/// `BG_E_NAME_RESOLUTION_FAILURE`).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve {host}: {cause}")]
+pub(crate) struct NotResolved {
+    /// The name.
+    pub(crate) host: String,
+    /// The resolver's error.
+    #[source]
+    pub(crate) cause: std::io::Error,
+}
 
 /// A DNS resolver that drops refused addresses from every answer.
 pub(crate) struct PolicyResolver {
@@ -29,16 +42,17 @@ impl Resolve for PolicyResolver {
         let policy = self.policy;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await;
+            let all: Vec<SocketAddr> = match found {
+                Ok(found) => found.collect(),
+                Err(cause) => return Err(Box::new(NotResolved { host: host.clone(), cause }) as _),
+            };
             let allowed: Vec<SocketAddr> =
                 all.iter().copied().filter(|a| policy.refusal(a.ip()).is_none()).collect();
             if let (true, Some(first)) = (allowed.is_empty(), all.first()) {
-                let why = policy.refusal(first.ip()).unwrap_or("refused");
-                return Err(format!(
-                    "egress policy: {host} resolves to {} which is {why}",
-                    first.ip()
-                )
-                .into());
+                let why = policy.refusal(first.ip()).unwrap_or("refused").to_owned();
+                let target = format!("{host} (resolved to {})", first.ip());
+                return Err(Box::new(Refused { target, why }) as _);
             }
             if allowed.len() < all.len() {
                 tracing::info!(%host, refused = all.len() - allowed.len(), "egress policy: some addresses of a name dropped");

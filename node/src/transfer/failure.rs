@@ -8,6 +8,8 @@ pub(crate) use ferry_protocol::transfer::transport_error as transport;
 use ferry_protocol::transfer::{Severity, code_severity, http_status_severity};
 use ferry_protocol::{BitsCode, ErrorContext};
 
+use crate::egress::{NotResolved, Refused};
+
 /// Why a run stopped.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -115,13 +117,13 @@ impl RequestError for reqwest::Error {
     fn failure(&self, url: &str, file: u32) -> Failure {
         let error = self;
         let text = chain(error);
-        if text.contains("egress policy") {
+        if find::<Refused>(error).is_some() {
             return Failure::blocked(format!("{url}: {text}"), file);
         }
         let code = if error.is_timeout() {
             BitsCode::BG_E_TIMEOUT
         } else if error.is_connect() {
-            connect_code(&text)
+            connect_code(error, url.starts_with("https:"))
         } else if error.is_redirect() {
             // Refused by the redirect policy: the owner must change the job or URL.
             return Failure::fatal(transport(
@@ -140,18 +142,57 @@ impl RequestError for reqwest::Error {
     }
 }
 
-/// Connect errors: name resolution, TLS trust, or refused/unreachable.
-fn connect_code(chain: &str) -> BitsCode {
-    let text = chain.to_ascii_lowercase();
-    if text.contains("dns") || text.contains("resolve") || text.contains("lookup") {
-        BitsCode::BG_E_NAME_RESOLUTION_FAILURE
-    } else if text.contains("certificate") || text.contains("unknownissuer") {
-        BitsCode::BG_E_TRUST_FAILURE
-    } else if text.contains("tls") || text.contains("handshake") {
+/// Connect errors, by the types in the error's chain: a name not resolved, a
+/// certificate not trusted, another TLS failure, or the connection refused or
+/// unreachable. On `https`, a connection that broke after TCP connected is a TLS
+/// failure (a server that is no TLS server, or that hung up during the handshake).
+fn connect_code(error: &(dyn std::error::Error + 'static), https: bool) -> BitsCode {
+    use std::io::ErrorKind::{
+        AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable, TimedOut,
+    };
+    if find::<NotResolved>(error).is_some() {
+        return BitsCode::BG_E_NAME_RESOLUTION_FAILURE;
+    }
+    match find::<rustls::Error>(error) {
+        Some(
+            rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::InvalidCertRevocationList(_),
+        ) => return BitsCode::BG_E_TRUST_FAILURE,
+        Some(_) => return BitsCode::BG_E_SECURE_CHANNEL_FAILURE,
+        None => {}
+    }
+    let tcp = find::<std::io::Error>(error).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable | TimedOut
+        )
+    });
+    if https && !tcp {
         BitsCode::BG_E_SECURE_CHANNEL_FAILURE
     } else {
         BitsCode::BG_E_CONNECT_FAILURE
     }
+}
+
+/// The first error of type `T` in `error`'s source chain, looking inside `io::Error`s
+/// too (their `source()` skips the error they wrap).
+pub(crate) fn find<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(found) = current.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(inner) = current.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+            && let Some(found) = find::<T>(inner)
+        {
+            return Some(found);
+        }
+        next = current.source();
+    }
+    None
 }
 
 /// The error and its sources in one line (reqwest hides the cause in the chain).
@@ -164,4 +205,52 @@ pub(crate) fn chain(error: &reqwest::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    /// The connect failure of a real request to `url`.
+    async fn connect_failure(url: &str) -> BitsCode {
+        ferry_coordinator::client::ensure_crypto_provider();
+        let client = reqwest::Client::builder().no_proxy().build().expect("a client builds");
+        let error = client.get(url).send().await.expect_err("the request fails");
+        assert!(error.is_connect(), "{}", chain(&error));
+        connect_code(&error, url.starts_with("https:"))
+    }
+
+    #[tokio::test]
+    async fn connect_failures_are_told_apart_by_type_not_text() -> std::io::Result<()> {
+        // Nothing listens: refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let url = format!("http://{closed}/");
+        assert_eq!(connect_failure(&url).await, BitsCode::BG_E_CONNECT_FAILURE);
+
+        // A server that is no TLS server: it answers the handshake with plain bytes.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = plain.local_addr()?;
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = plain.accept() {
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            }
+        });
+        let url = format!("https://{addr}/");
+        assert_eq!(connect_failure(&url).await, BitsCode::BG_E_SECURE_CHANNEL_FAILURE);
+
+        // A name that did not resolve, and a policy refusal, found inside io::Errors.
+        let unresolved = NotResolved {
+            host: "nowhere.invalid".into(),
+            cause: std::io::Error::other("no such name"),
+        };
+        let wrapped = std::io::Error::other(unresolved);
+        assert_eq!(connect_code(&wrapped, true), BitsCode::BG_E_NAME_RESOLUTION_FAILURE);
+        let refused = Refused { target: "10.0.0.1".into(), why: "a private address".into() };
+        let wrapped = std::io::Error::other(refused);
+        assert!(find::<Refused>(&wrapped).is_some());
+        assert!(find::<NotResolved>(&wrapped).is_none());
+        Ok(())
+    }
 }

@@ -437,7 +437,7 @@ impl SendError {
     pub(crate) fn is_refused(&self) -> bool {
         match self {
             Self::Refused(_) => true,
-            Self::Transport(e) => super::failure::chain(e).contains("egress policy"),
+            Self::Transport(e) => super::failure::find::<Refused>(e).is_some(),
             _ => false,
         }
     }
