@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
+use crate::error::{Context as _, Error};
 
 /// File names inside the data directory.
 pub mod files {
@@ -40,7 +40,7 @@ pub struct DataDir {
 impl DataDir {
     /// Creates the directory if needed and makes it private (0700): it holds the job
     /// queue and credentials.
-    pub fn open(root: &Path) -> anyhow::Result<Self> {
+    pub fn open(root: &Path) -> crate::error::Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -62,7 +62,7 @@ impl DataDir {
     }
 
     /// The node id: read from `node.id`, or `first` written there on first start.
-    pub fn node_id(&self, first: u64) -> anyhow::Result<u64> {
+    pub fn node_id(&self, first: u64) -> crate::error::Result<u64> {
         let path = self.path(files::NODE_ID);
         match fs::read_to_string(&path) {
             Ok(text) => text
@@ -78,18 +78,19 @@ impl DataDir {
     }
 
     /// The generated admin token: read from `admin.token`, or created there (0600).
-    pub fn admin_token(&self) -> anyhow::Result<String> {
+    pub fn admin_token(&self) -> crate::error::Result<String> {
         let path = self.path(files::ADMIN_TOKEN);
         match fs::read_to_string(&path) {
             Ok(text) if text.trim().len() >= 16 => Ok(text.trim().to_owned()),
-            Ok(_) => anyhow::bail!(
+            Ok(_) => Err(Error::Config(format!(
                 "{} holds no usable token; delete it to get a new one",
                 path.display()
-            ),
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
-                getrandom::fill(&mut secret)
-                    .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+                getrandom::fill(&mut secret).map_err(|e| {
+                    Error::Config(format!("no randomness for the admin token: {e}"))
+                })?;
                 let token = hex::encode(secret);
                 write_new(&path, format!("{token}\n").as_bytes(), 0o600)?;
                 tracing::info!(path = %path.display(), "created an admin token (no API tokens are configured)");
@@ -100,7 +101,7 @@ impl DataDir {
     }
 
     /// The key that seals secrets at rest: read from `secret.key`, or created there.
-    pub fn secret_key(&self) -> anyhow::Result<ferry_coordinator::SecretKey> {
+    pub fn secret_key(&self) -> crate::error::Result<ferry_coordinator::SecretKey> {
         let path = self.path(files::SECRET_KEY);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -116,16 +117,16 @@ impl DataDir {
     }
 
     /// Records the bound API address (replaced atomically).
-    pub fn write_api_addr(&self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    pub fn write_api_addr(&self, addr: std::net::SocketAddr) -> crate::error::Result<()> {
         self.write_addr(files::API_ADDR, addr)
     }
 
     /// Records the bound peer address (replaced atomically).
-    pub fn write_peer_addr(&self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    pub fn write_peer_addr(&self, addr: std::net::SocketAddr) -> crate::error::Result<()> {
         self.write_addr(files::PEER_ADDR, addr)
     }
 
-    fn write_addr(&self, name: &str, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    fn write_addr(&self, name: &str, addr: std::net::SocketAddr) -> crate::error::Result<()> {
         let path = self.path(name);
         let tmp = self.path(&format!(".{name}.tmp"));
         let _ = fs::remove_file(&tmp);
@@ -141,7 +142,7 @@ impl DataDir {
 }
 
 /// Creates `path` exclusively with `mode` and writes `bytes`, durably.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> crate::error::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

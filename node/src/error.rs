@@ -125,8 +125,139 @@ impl From<Error> for ClusterError {
     }
 }
 
+impl From<std::io::Error> for Error {
+    fn from(cause: std::io::Error) -> Self {
+        Self::storage("file I/O", cause)
+    }
+}
+
+impl From<reqwest::Error> for Error {
+    fn from(cause: reqwest::Error) -> Self {
+        Self::transport("HTTP", cause)
+    }
+}
+
+impl From<std::num::TryFromIntError> for Error {
+    fn from(cause: std::num::TryFromIntError) -> Self {
+        Self::Config(format!("a number out of range: {cause}"))
+    }
+}
+
 /// A node's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A lower error as the node's, with what was being done: an I/O error is a
+/// [`Error::Storage`], anything else (a bad PEM, a key rcgen refuses, a TLS setting) a
+/// [`Error::Config`].
+pub trait Cause {
+    /// This error, met while doing `what`.
+    fn doing(self, what: String) -> Error;
+}
+
+impl Cause for std::io::Error {
+    fn doing(self, what: String) -> Error {
+        Error::storage(what, self)
+    }
+}
+
+impl Cause for Error {
+    fn doing(self, what: String) -> Error {
+        match self {
+            Self::Storage { what: inner, cause } => {
+                Self::storage(format!("{what}: {inner}"), cause)
+            }
+            other => Self::Config(format!("{what}: {other}")),
+        }
+    }
+}
+
+impl Cause for CodecError {
+    fn doing(self, what: String) -> Error {
+        Error::Config(format!("{what}: {self}"))
+    }
+}
+
+impl Cause for reqwest::Error {
+    fn doing(self, what: String) -> Error {
+        Error::transport(what, self)
+    }
+}
+
+/// Lower errors that become one variant of [`Error`] (with `?` or with a context).
+macro_rules! causes {
+    ($variant:ident: $($t:ty),* $(,)?) => {$(
+        impl Cause for $t {
+            fn doing(self, what: String) -> Error {
+                Error::$variant(format!("{what}: {self}"))
+            }
+        }
+
+        impl From<$t> for Error {
+            fn from(cause: $t) -> Self {
+                Self::$variant(cause.to_string())
+            }
+        }
+    )*};
+}
+
+// Bad identity files, keys, certificates, settings.
+causes!(
+    Config: rcgen::Error,
+    pem::PemError,
+    rustls::Error,
+    rustls::pki_types::pem::Error,
+    rustls::server::VerifierBuilderError,
+    quinn::crypto::rustls::NoInitialCipherSuite,
+    quinn::VarIntBoundsExceeded,
+    toml::de::Error,
+    std::num::ParseIntError,
+    std::net::AddrParseError,
+    ferry_coordinator::secrets::SealError,
+    ferry_coordinator::auth::AuthConfigError,
+    openraft::ConfigError,
+);
+
+// Raft, tasks and peer connections that stopped or could not start.
+causes!(
+    Unavailable: tokio::task::JoinError,
+    openraft::StorageError<NodeId>,
+    openraft::error::Fatal<NodeId>,
+    openraft::error::RaftError<NodeId, openraft::error::InitializeError<NodeId, ferry_protocol::peer::NodeAddr>>,
+    quinn::ConnectError,
+    quinn::ConnectionError,
+    quinn::WriteError,
+    quinn::ClosedStream,
+    quinn::ReadToEndError,
+);
+
+/// `.context(...)` and `.with_context(...)` on results and options of lower errors: the
+/// node's [`Error`] with what was being done.
+pub trait Context<T> {
+    /// On failure, the error met while doing `what`.
+    fn context(self, what: impl Into<String>) -> Result<T>;
+    /// On failure, the error met while doing what `what` says (built only then).
+    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T, E: Cause> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl Into<String>) -> Result<T> {
+        self.map_err(|e| e.doing(what.into()))
+    }
+
+    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| e.doing(what().into()))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, what: impl Into<String>) -> Result<T> {
+        self.ok_or_else(|| Error::Config(what.into()))
+    }
+
+    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
+        self.ok_or_else(|| Error::Config(what().into()))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -97,7 +97,7 @@ fn start(args: Args) -> anyhow::Result<()> {
             .build()
             .expect("the tokio runtime can be built")
     });
-    system.block_on(ferry_node::run(settings, shutdown_signal()))
+    Ok(system.block_on(ferry_node::run(settings, shutdown_signal()))?)
 }
 
 fn init_tracing(log: &ferry_node::config::LogConfig) {

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use crate::error::{Context as _, Error};
 use ferry_protocol::codec;
 
 use crate::config::Config;
@@ -44,7 +44,7 @@ pub(crate) async fn establish(
     dir: &DataDir,
     config: &Config,
     api_addr: SocketAddr,
-) -> anyhow::Result<Start> {
+) -> crate::error::Result<Start> {
     let socket = UdpSocket::bind(config.peer.listen)
         .with_context(|| format!("cannot listen on {}/udp", config.peer.listen))?;
     let peer_addr = socket.local_addr()?;
@@ -76,15 +76,15 @@ pub(crate) async fn establish(
             api_addr: api_addr.to_string(),
         };
         let answer = join_any(&config.cluster.join, &token, &request).await?;
-        anyhow::ensure!(
-            answer.secret_key.len() == ferry_coordinator::secrets::KEY_LEN,
-            "the cluster sent no usable secret key"
-        );
+        if answer.secret_key.len() != ferry_coordinator::secrets::KEY_LEN {
+            return Err(Error::Config("the cluster sent no usable secret key".to_string()));
+        }
         let ca = ClusterCa::from_parts(answer.ca.clone().into(), &answer.ca_key_pem)?;
-        anyhow::ensure!(
-            ca.fingerprint() == token.ca_fingerprint,
-            "the cluster sent a CA that its join token does not name"
-        );
+        if ca.fingerprint() != token.ca_fingerprint {
+            return Err(Error::Config(
+                "the cluster sent a CA that its join token does not name".to_string(),
+            ));
+        }
         let identity =
             NodeIdentity::new(answer.node_id, &key, answer.cert.into(), answer.ca.into());
         identity.save(root)?;
@@ -128,28 +128,28 @@ async fn join_any(
     seeds: &[String],
     token: &JoinToken,
     request: &JoinRequest,
-) -> anyhow::Result<JoinAnswer> {
+) -> crate::error::Result<JoinAnswer> {
     let mut last = None;
     for seed in seeds {
         let addrs: Vec<SocketAddr> = match seed.to_socket_addrs() {
             Ok(addrs) => addrs.collect(),
             Err(e) => {
-                last = Some(anyhow::anyhow!("cannot resolve {seed}: {e}"));
+                last = Some(Error::Config(format!("cannot resolve {seed}: {e}")));
                 continue;
             }
         };
         for addr in addrs {
             match request_join(addr, token, request).await {
                 Ok(answer) => return Ok(answer),
-                Err(e) => last = Some(e.context(format!("joining through {addr}"))),
+                Err(e) => last = Some(Error::Unavailable(format!("joining through {addr}: {e}"))),
             }
         }
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no --join address given")))
+    Err(last.unwrap_or_else(|| Error::Config("no --join address given".to_string())))
 }
 
 /// The CA and token, if this node holds the CA key (every member since it joined).
-fn admission(root: &Path) -> anyhow::Result<Option<(ClusterCa, JoinToken)>> {
+fn admission(root: &Path) -> crate::error::Result<Option<(ClusterCa, JoinToken)>> {
     if !root.join(crate::peer::identity::files::CA_KEY).exists() {
         return Ok(None);
     }
@@ -259,7 +259,7 @@ impl Admit {
     }
 }
 
-fn read_id(path: &Path) -> anyhow::Result<Option<u64>> {
+fn read_id(path: &Path) -> crate::error::Result<Option<u64>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(
             text.trim().parse().with_context(|| format!("{} holds no node id", path.display()))?,
@@ -270,9 +270,9 @@ fn read_id(path: &Path) -> anyhow::Result<Option<u64>> {
 }
 
 /// Refuses a configuration that cannot join.
-pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
+pub(crate) fn check(config: &Config) -> crate::error::Result<()> {
     if config.cluster.voters == 0 {
-        bail!("cluster.voters must be at least 1");
+        return Err(Error::Config("cluster.voters must be at least 1".to_string()));
     }
     Ok(())
 }

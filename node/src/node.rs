@@ -7,8 +7,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::{Context as _, Error};
 use actix::Actor;
-use anyhow::Context as _;
 use ferry_coordinator::{ApiState, Auth, Limits, LocalRoots, TokenEntry};
 use ferry_protocol::Role;
 
@@ -28,7 +28,10 @@ use crate::transfer::{EngineSettings, HttpTimeouts, Transfers};
 
 /// Runs a node until `shutdown` resolves. Must run inside an actix `System` (the
 /// proposer is an actor).
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> crate::error::Result<()> {
     let config = &settings.config;
     let dir = DataDir::open(&config.data_dir)?;
 
@@ -256,7 +259,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         () = shutdown => Ok(()),
         error = raft::stopped_on_error(&raft) => {
             tracing::error!(%error, "raft stopped on a fatal error; exiting");
-            Err(anyhow::anyhow!("raft stopped on a fatal error: {error}"))
+            Err(Error::Config(format!("raft stopped on a fatal error: {error}")))
         }
     };
     tracing::info!("shutting down");

@@ -66,7 +66,7 @@ impl ServerSettings {
         data_dir: &Path,
         node_id: u64,
         bound: SocketAddr,
-    ) -> anyhow::Result<Self> {
+    ) -> crate::error::Result<Self> {
         if !api.uses_tls() && !bound.ip().is_loopback() {
             tracing::warn!(
                 %bound,

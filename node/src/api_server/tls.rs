@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use crate::error::{Context as _, Error};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::ApiConfig;
@@ -18,7 +18,7 @@ pub(super) fn server_config(
     data_dir: &Path,
     node_id: u64,
     bound: SocketAddr,
-) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+) -> crate::error::Result<Option<Arc<rustls::ServerConfig>>> {
     if !api.uses_tls() {
         return Ok(None);
     }
@@ -57,25 +57,27 @@ fn names(api: &ApiConfig, node_id: u64, bound: SocketAddr) -> Vec<String> {
     names
 }
 
-fn read_pem(path: &Path, what: &str) -> anyhow::Result<Vec<pem::Pem>> {
+fn read_pem(path: &Path, what: &str) -> crate::error::Result<Vec<pem::Pem>> {
     let text = std::fs::read(path)
         .with_context(|| format!("cannot read api.{what} {}", path.display()))?;
     pem::parse_many(&text).with_context(|| format!("api.{what} {} is not PEM", path.display()))
 }
 
 /// Every certificate of a PEM chain, leaf first.
-fn read_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+fn read_chain(path: &Path) -> crate::error::Result<Vec<CertificateDer<'static>>> {
     let chain: Vec<_> = read_pem(path, "tls_cert")?
         .into_iter()
         .filter(|p| p.tag() == "CERTIFICATE")
         .map(|p| CertificateDer::from(p.into_contents()))
         .collect();
-    anyhow::ensure!(!chain.is_empty(), "api.tls_cert {} holds no CERTIFICATE", path.display());
+    if chain.is_empty() {
+        return Err(Error::Config(format!("api.tls_cert {} holds no CERTIFICATE", path.display())));
+    }
     Ok(chain)
 }
 
 /// The first private key of a PEM file.
-fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+fn read_key(path: &Path) -> crate::error::Result<PrivateKeyDer<'static>> {
     for block in read_pem(path, "tls_key")? {
         let der = block.contents().to_vec();
         let key = match block.tag() {
@@ -86,7 +88,7 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         };
         return Ok(key);
     }
-    anyhow::bail!("api.tls_key {} holds no PRIVATE KEY", path.display())
+    Err(Error::Config(format!("api.tls_key {} holds no PRIVATE KEY", path.display())))
 }
 
 #[cfg(test)]

@@ -20,18 +20,8 @@ use std::time::Duration;
 use reqwest::{Method, Request, RequestBuilder, Response};
 use url::{Host, Url};
 
-use super::policy::EgressPolicy;
+use super::policy::{EgressPolicy, Refused};
 use super::resolver::PolicyResolver;
-
-/// A connection the policy refuses; nothing was sent.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("egress policy: {target} is {why}")]
-pub(crate) struct Refused {
-    /// The address or URL refused.
-    pub(crate) target: String,
-    /// Which rule refused it.
-    pub(crate) why: String,
-}
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -15,8 +15,8 @@ mod resolver;
 mod site;
 
 pub(crate) use self::client::{
-    BuildError, ClientOptions, EgressClient, ExecuteError, ProxyChoice, Refused, check_url,
+    BuildError, ClientOptions, EgressClient, ExecuteError, ProxyChoice, check_url,
 };
-pub(crate) use self::policy::EgressPolicy;
+pub(crate) use self::policy::{EgressPolicy, Refused};
 pub(crate) use self::resolver::NotResolved;
 pub(crate) use self::site::{host_listed, same_site};

@@ -113,6 +113,16 @@ fn embedded_v4(ip: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
     }
 }
 
+/// A connection the policy refuses; nothing was sent.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("egress policy: {target} is {why}")]
+pub(crate) struct Refused {
+    /// The address or URL refused.
+    pub(crate) target: String,
+    /// Which rule refused it.
+    pub(crate) why: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use super::client::Refused;
-use super::policy::EgressPolicy;
+use super::policy::{EgressPolicy, Refused};
 
 /// A name that could not be resolved (the transfer engine reports it as
 /// `BG_E_NAME_RESOLUTION_FAILURE`).

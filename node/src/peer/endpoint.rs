@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use crate::error::Context as _;
 use ferry_coordinator::BoxFuture;
 use ferry_protocol::codec::{self, ByteBuf};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -127,7 +127,10 @@ pub(crate) struct PeerEndpoint {
 impl PeerEndpoint {
     /// Binds `addr` (UDP) with `identity`.
     #[cfg(test)]
-    pub(crate) fn bind(addr: SocketAddr, identity: &NodeIdentity) -> anyhow::Result<Arc<Self>> {
+    pub(crate) fn bind(
+        addr: SocketAddr,
+        identity: &NodeIdentity,
+    ) -> crate::error::Result<Arc<Self>> {
         let socket = std::net::UdpSocket::bind(addr)
             .with_context(|| format!("cannot listen on {addr}/udp"))?;
         Self::from_socket(socket, identity)
@@ -138,7 +141,7 @@ impl PeerEndpoint {
     pub(crate) fn from_socket(
         socket: std::net::UdpSocket,
         identity: &NodeIdentity,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> crate::error::Result<Arc<Self>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.ca.clone()).context("the cluster CA certificate is not usable")?;
@@ -207,7 +210,7 @@ impl PeerEndpoint {
     }
 
     /// The bound address.
-    pub(crate) fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> crate::error::Result<SocketAddr> {
         Ok(self.endpoint.local_addr()?)
     }
 

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
+use crate::error::Context as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SignatureAlgorithm,
@@ -40,7 +40,7 @@ pub(crate) const MEMBER_NAME: &str = "member.ferry";
 
 /// The CA's distinguished name: fixed, so that the issuer can be rebuilt from the
 /// stored key alone.
-fn ca_params() -> anyhow::Result<CertificateParams> {
+fn ca_params() -> crate::error::Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "Ferry cluster CA");
@@ -58,20 +58,20 @@ pub(crate) struct ClusterCa {
 
 impl ClusterCa {
     /// A new CA with a fresh P-256 key.
-    pub(crate) fn generate() -> anyhow::Result<Self> {
+    pub(crate) fn generate() -> crate::error::Result<Self> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = ca_params()?.self_signed(&key)?;
         Ok(Self { key, cert: cert.der().clone() })
     }
 
     /// Writes `ca.pem` and `ca.key` (0600) into `dir`.
-    pub(crate) fn save(&self, dir: &Path) -> anyhow::Result<()> {
+    pub(crate) fn save(&self, dir: &Path) -> crate::error::Result<()> {
         write_private(&dir.join(files::CA_KEY), self.key.serialize_pem().as_bytes())?;
         write_public(&dir.join(files::CA_CERT), pem("CERTIFICATE", &self.cert).as_bytes())
     }
 
     /// Reads `ca.pem` and `ca.key` from `dir`.
-    pub(crate) fn load(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load(dir: &Path) -> crate::error::Result<Self> {
         let key_pem = std::fs::read_to_string(dir.join(files::CA_KEY))
             .with_context(|| format!("cannot read {}", dir.join(files::CA_KEY).display()))?;
         let key = KeyPair::from_pem(&key_pem).context("ca.key is not a PEM private key")?;
@@ -85,7 +85,10 @@ impl ClusterCa {
     }
 
     /// The CA from its certificate and its key in PEM.
-    pub(crate) fn from_parts(cert: CertificateDer<'static>, key_pem: &str) -> anyhow::Result<Self> {
+    pub(crate) fn from_parts(
+        cert: CertificateDer<'static>,
+        key_pem: &str,
+    ) -> crate::error::Result<Self> {
         let key = KeyPair::from_pem(key_pem).context("the CA key is not a PEM private key")?;
         Ok(Self { key, cert })
     }
@@ -105,7 +108,7 @@ impl ClusterCa {
         &self,
         id: u64,
         public_key: &[u8],
-    ) -> anyhow::Result<CertificateDer<'static>> {
+    ) -> crate::error::Result<CertificateDer<'static>> {
         let issuer = Issuer::new(ca_params()?, &self.key);
         let mut params = CertificateParams::new(vec![node_name(id), MEMBER_NAME.to_owned()])?;
         params.distinguished_name.push(DnType::CommonName, node_name(id));
@@ -123,7 +126,7 @@ impl ClusterCa {
     pub(crate) fn issue_api_cert(
         &self,
         names: Vec<String>,
-    ) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+    ) -> crate::error::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
         let issuer = Issuer::new(ca_params()?, &self.key);
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(names)?;
@@ -190,7 +193,7 @@ impl NodeIdentity {
     }
 
     /// A fresh key pair for a node that is about to ask for its certificate.
-    pub(crate) fn new_key() -> anyhow::Result<KeyPair> {
+    pub(crate) fn new_key() -> crate::error::Result<KeyPair> {
         Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?)
     }
 
@@ -215,7 +218,7 @@ impl NodeIdentity {
     }
 
     /// Writes `node.pem`, `node.key` (0600) and `ca.pem` into `dir`.
-    pub(crate) fn save(&self, dir: &Path) -> anyhow::Result<()> {
+    pub(crate) fn save(&self, dir: &Path) -> crate::error::Result<()> {
         let key = PrivatePkcs8KeyDer::from(self.key_der.clone());
         write_private(
             &dir.join(files::NODE_KEY),
@@ -226,7 +229,7 @@ impl NodeIdentity {
     }
 
     /// Reads this node's identity from `dir`, if it has one.
-    pub(crate) fn load(dir: &Path, node_id: u64) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn load(dir: &Path, node_id: u64) -> crate::error::Result<Option<Self>> {
         let key_path = dir.join(files::NODE_KEY);
         let key_pem = match std::fs::read_to_string(&key_path) {
             Ok(text) => text,
@@ -246,23 +249,23 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// The first certificate of a PEM file.
-fn read_cert(path: &Path) -> anyhow::Result<CertificateDer<'static>> {
+fn read_cert(path: &Path) -> crate::error::Result<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::from_pem_file(path)
         .with_context(|| format!("{} holds no PEM certificate", path.display()))
 }
 
 /// Writes `path` atomically, readable by this user only (0600).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> crate::error::Result<()> {
     write_with_mode(path, bytes, 0o600)
 }
 
-fn write_public(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn write_public(path: &Path, bytes: &[u8]) -> crate::error::Result<()> {
     write_with_mode(path, bytes, 0o644)
 }
 
 /// Writes `path` atomically (temporary file, fsync, rename) with `mode`.
-fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> crate::error::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use crate::error::{Context as _, Error};
 use ferry_protocol::codec;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -48,19 +48,22 @@ impl std::fmt::Display for JoinToken {
 }
 
 impl std::str::FromStr for JoinToken {
-    type Err = anyhow::Error;
+    type Err = Error;
 
-    fn from_str(text: &str) -> anyhow::Result<Self> {
+    fn from_str(text: &str) -> crate::error::Result<Self> {
         let parts: Vec<&str> = text.trim().split('.').collect();
         let [prefix, ca, issuer, secret] = parts.as_slice() else {
-            bail!("a join token has four parts: ferry-join-1.<fingerprint>.<node>.<secret>");
+            return Err(Error::Config(
+                "a join token has four parts: ferry-join-1.<fingerprint>.<node>.<secret>"
+                    .to_string(),
+            ));
         };
         if *prefix != "ferry-join-1" || ca.len() != 64 || !ca.chars().all(|c| c.is_ascii_hexdigit())
         {
-            bail!("this is not a Ferry join token");
+            return Err(Error::Config("this is not a Ferry join token".to_string()));
         }
         if secret.len() < 32 {
-            bail!("the join token's secret is too short");
+            return Err(Error::Config("the join token's secret is too short".to_string()));
         }
         Ok(Self {
             ca_fingerprint: ca.to_ascii_lowercase(),
@@ -72,10 +75,10 @@ impl std::str::FromStr for JoinToken {
 
 impl JoinToken {
     /// A new token for the CA with `ca_fingerprint`, answered by node `issuer`.
-    pub(crate) fn generate(ca_fingerprint: String, issuer: u64) -> anyhow::Result<Self> {
+    pub(crate) fn generate(ca_fingerprint: String, issuer: u64) -> crate::error::Result<Self> {
         let mut secret = [0u8; 24];
         getrandom::fill(&mut secret)
-            .map_err(|e| anyhow::anyhow!("no randomness for the join token: {e}"))?;
+            .map_err(|e| Error::Config(format!("no randomness for the join token: {e}")))?;
         Ok(Self { ca_fingerprint, issuer, secret: hex::encode(secret) })
     }
 
@@ -122,7 +125,7 @@ pub(crate) async fn request_join(
     seed: SocketAddr,
     token: &JoinToken,
     request: &JoinRequest,
-) -> anyhow::Result<JoinAnswer> {
+) -> crate::error::Result<JoinAnswer> {
     let verifier = Arc::new(PinnedCa::new(token.ca_fingerprint.clone()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -157,7 +160,7 @@ pub(crate) async fn request_join(
             .context("the cluster did not answer the join")?;
         connection.close(0u32.into(), b"joined");
         let answer: Result<JoinAnswer, String> = codec::decode(&bytes)?;
-        answer.map_err(|refusal| anyhow::anyhow!("the cluster refused the join: {refusal}"))
+        answer.map_err(|refusal| Error::Config(format!("the cluster refused the join: {refusal}")))
     }
     .await;
     endpoint.wait_idle().await;

@@ -185,7 +185,7 @@ impl UploadServer {
         session: &UploadSession,
         dir: Dir,
         name: OsString,
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         use tokio::io::AsyncWriteExt;
         let dir = Arc::new(dir);
         let temporary: OsString = format!(".{}.ferry-upload", dir_name(&session.id)).into();
@@ -204,11 +204,12 @@ impl UploadServer {
                     tokio::fs::File::open(piece_path(&self.pieces, &session.id, piece.offset))
                         .await?;
                 let copied = tokio::io::copy(&mut input, &mut out).await?;
-                anyhow::ensure!(
-                    copied == piece.len,
-                    "piece at {} has the wrong length",
-                    piece.offset
-                );
+                if copied != piece.len {
+                    return Err(crate::Error::Unavailable(format!(
+                        "piece at {} has the wrong length",
+                        piece.offset
+                    )));
+                }
                 continue;
             }
             let mut from = 0u64;
@@ -217,13 +218,14 @@ impl UploadServer {
                 let bytes =
                     fetch_piece(&self.cluster, piece.node, &session.id, piece.offset, from, want)
                         .await?;
-                anyhow::ensure!(
-                    bytes.len() == want as usize,
-                    "node {} sent {} of {want} bytes of the piece at {}",
-                    piece.node,
-                    bytes.len(),
-                    piece.offset
-                );
+                if bytes.len() != want as usize {
+                    return Err(crate::Error::Unavailable(format!(
+                        "node {} sent {} of {want} bytes of the piece at {}",
+                        piece.node,
+                        bytes.len(),
+                        piece.offset
+                    )));
+                }
                 out.write_all(&bytes).await?;
                 from += u64::from(want);
             }
@@ -248,7 +250,7 @@ pub(super) struct HandOverError {
 
 impl HandOverError {
     /// This node failed (disk, peers): 503, the client tries again.
-    fn local(e: anyhow::Error) -> Self {
+    fn local(e: crate::error::Error) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: BitsCode::E_UNEXPECTED,
@@ -285,13 +287,13 @@ pub(super) fn place(root: &Dir, path: &str, create: bool) -> std::io::Result<(Di
 
 /// Runs blocking file work off the runtime.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
+    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> crate::error::Result<T> {
     tokio::task::spawn_blocking(f).await?
 }
 
 /// Streams a by-value answer's body into `path`, durably.
-async fn write_body(mut answer: reqwest::Response, path: &Path) -> anyhow::Result<()> {
+async fn write_body(mut answer: reqwest::Response, path: &Path) -> crate::error::Result<()> {
     use tokio::io::AsyncWriteExt;
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;

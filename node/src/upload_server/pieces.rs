@@ -122,7 +122,7 @@ pub(crate) async fn sweep_pieces(cluster: ClusterView, pieces: PathBuf) {
     }
 }
 
-pub(super) async fn durable_write_async(path: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
+pub(super) async fn durable_write_async(path: &Path, bytes: Vec<u8>) -> crate::error::Result<()> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || durable_write(&path, &bytes)).await??;
     Ok(())
