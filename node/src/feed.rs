@@ -78,7 +78,7 @@ impl ChangeFeed {
         let jobs: Vec<JobChange> = changed
             .into_iter()
             .map(|job| {
-                let after = queue.job(&job).map(|j| j.state);
+                let after = queue.job(&job).map(|j| j.state());
                 let before = match after {
                     Some(state) => states.insert(job, state),
                     None => states.remove(&job),
@@ -119,7 +119,7 @@ impl ChangeFeed {
 
     fn remember(&self, queue: &Queue) {
         let states: HashMap<JobId, JobState> =
-            self.scan(queue).map(|job| (job.id, job.state)).collect();
+            self.scan(queue).map(|job| (job.id(), job.state())).collect();
         *self.states.lock().unwrap_or_else(PoisonError::into_inner) = states;
     }
 }

@@ -214,7 +214,7 @@ pub(crate) async fn run(cluster: ClusterView, config: NotifyConfig, owners: Owne
 
 /// Keeps `owing` (the jobs homed here that owe a run) up to date with the feed.
 fn follow(cluster: &ClusterView, owing: &mut HashSet<JobId>, feed: &Feed) {
-    let owes = |job: &Job| job.home_node == cluster.node_id && job.notify_run.is_some();
+    let owes = |job: &Job| job.home_node() == cluster.node_id && job.notify_run().is_some();
     let machine = cluster.state.read();
     match feed {
         Feed::Reset => {
@@ -223,7 +223,7 @@ fn follow(cluster: &ClusterView, owing: &mut HashSet<JobId>, feed: &Feed) {
                 .feed()
                 .scan(&machine.queue)
                 .filter(|j| owes(j))
-                .map(|j| j.id)
+                .map(|j| j.id())
                 .collect();
         }
         Feed::Changed(batch) => {
@@ -250,8 +250,8 @@ fn owed_here(cluster: &ClusterView, owing: &HashSet<JobId>) -> Vec<Owed> {
         .iter()
         .filter_map(|id| machine.queue.job(id))
         .filter_map(|job| {
-            let run = job.notify_run.filter(|r| r.not_before <= now)?;
-            Some(Owed { job: job.id, run, has_cmdline: job.props.notify_cmdline.is_some() })
+            let run = job.notify_run().filter(|r| r.not_before <= now)?;
+            Some(Owed { job: job.id(), run, has_cmdline: job.props().notify_cmdline.is_some() })
         })
         .collect()
 }
@@ -260,11 +260,11 @@ fn owed_here(cluster: &ClusterView, owing: &HashSet<JobId>) -> Vec<Owed> {
 fn still_owed(cluster: &ClusterView, owed: &Owed) -> Option<Current> {
     let machine = cluster.state.read();
     let job = machine.queue.job(&owed.job)?;
-    let run = job.notify_run?;
+    let run = job.notify_run()?;
     ((run.entry, run.attempt) == (owed.run.entry, owed.run.attempt)).then(|| Current {
-        owner: job.owner.as_str().to_owned(),
-        state: job.state,
-        cmdline: job.props.notify_cmdline.clone(),
+        owner: job.owner().as_str().to_owned(),
+        state: job.state(),
+        cmdline: job.props().notify_cmdline.clone(),
     })
 }
 
@@ -463,7 +463,7 @@ async fn record(cluster: &ClusterView, owed: &Owed, success: bool) -> bool {
     let still_owed = machine
         .queue
         .job(&owed.job)
-        .and_then(|job| job.notify_run)
+        .and_then(|job| job.notify_run())
         .is_some_and(|run| (run.entry, run.attempt) == (entry, attempt));
     !still_owed
 }

@@ -5,6 +5,7 @@
 //! code names, error descriptions).
 
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 use crate::codes::{BitsCode, ErrorContext};
@@ -21,7 +22,8 @@ use crate::peer_cache::FleetMember;
 use crate::transfer::RemoteInfo;
 
 /// A job as the API shows it (`GET /v1/jobs/{id}`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct JobInfo {
     /// Job id.
     pub id: JobId,
@@ -57,7 +59,8 @@ pub struct JobInfo {
 }
 
 /// The reply of an upload-reply job (`GetReplyFileName`, `GetReplyProgress`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ReplyInfo {
     /// Where the reply is (readable there after Complete).
     pub file_name: String,
@@ -82,7 +85,7 @@ impl From<&Job> for JobInfo {
             times: job.times,
             error_count: job.error_count,
             error: job.error.as_ref().map(ErrorInfo::from),
-            home_node: job.home_node,
+            home_node: job.placement.home_node,
             properties,
             credentials: job
                 .credentials
@@ -92,20 +95,22 @@ impl From<&Job> for JobInfo {
             reply: job
                 .reply_path()
                 .map(|file_name| ReplyInfo { file_name, progress: job.upload.reply }),
-            fleet: job.fleet,
+            fleet: job.placement.fleet,
         }
     }
 }
 
 /// `GET /v1/jobs` answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct JobList {
     /// The jobs, in id order.
     pub jobs: Vec<JobInfo>,
 }
 
 /// A file as the API shows it (`GET /v1/jobs/{id}/files`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct FileInfo {
     /// Position in the job.
     pub index: u32,
@@ -135,7 +140,8 @@ pub struct FileInfo {
 
 /// `IBackgroundCopyFile4::GetPeerDownloadStats`: bytes from the origin (the job's home
 /// node or its helpers) and from peers' copies (the peer cache).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct PeerStats {
     /// Bytes fetched from the origin server.
     pub from_origin: u64,
@@ -168,14 +174,16 @@ impl FileInfo {
 }
 
 /// `GET /v1/jobs/{id}/files` answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct FileList {
     /// Files in job order.
     pub files: Vec<FileInfo>,
 }
 
 /// `POST /v1/jobs/{id}/files` body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddFiles {
     /// Files to append, in order.
@@ -183,7 +191,8 @@ pub struct AddFiles {
 }
 
 /// The answer to a lifecycle call (`POST /v1/jobs/{id}/{action}`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ActionResult {
     /// What was done.
     pub action: JobAction,
@@ -196,7 +205,8 @@ pub struct ActionResult {
 }
 
 /// A job's error as `IBackgroundCopyError` describes it (`GET /v1/jobs/{id}/error`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ErrorInfo {
     /// Where it happened.
     pub context: ErrorContext,
@@ -232,7 +242,8 @@ impl From<&JobError> for ErrorInfo {
 }
 
 /// `GET /v1/errors/{code}` answer (`GetErrorDescription`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ErrorDescription {
     /// The code.
     pub code: BitsCode,
@@ -254,7 +265,8 @@ impl ErrorDescription {
 }
 
 /// An RFC 9457 problem (`application/problem+json`) carrying the BITS code.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Problem {
     /// `urn:ferry:error:<NAME>`.
     #[serde(rename = "type")]
@@ -287,7 +299,8 @@ impl Problem {
 }
 
 /// A member of the cluster as `GET /v1/cluster` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct MemberInfo {
     /// Raft node id.
     pub node_id: NodeId,
@@ -322,7 +335,8 @@ pub struct MemberProbe {
 }
 
 /// `GET /v1/cluster` answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ClusterStatus {
     /// The node that answered.
     pub node_id: NodeId,
@@ -358,7 +372,8 @@ pub struct ClusterStatus {
 }
 
 /// `GET /healthz` answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Health {
     /// `ok` when the node has a leader and applies commands, else `degraded`.
     pub status: String,
@@ -369,7 +384,8 @@ pub struct Health {
 }
 
 /// `POST /v1/fleets`: bring one file to several nodes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewFleet {
     /// The URL to download.
@@ -393,7 +409,8 @@ pub struct NewFleet {
 }
 
 /// `GET /v1/fleets/{id}`: a fleet and each member's progress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct FleetInfo {
     /// The fleet's id.
     pub id: JobId,
@@ -402,7 +419,8 @@ pub struct FleetInfo {
 }
 
 /// One node of a fleet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct FleetMemberInfo {
     /// The node the file goes to.
     pub node: NodeId,
@@ -426,7 +444,7 @@ impl FleetInfo {
             .map(|job| {
                 let file = job.files.first().map(|f| FileInfo::new(0, f));
                 FleetMemberInfo {
-                    node: job.home_node,
+                    node: job.placement.home_node,
                     job: job.id,
                     state: job.state,
                     progress: file.as_ref().map(|f| f.progress).unwrap_or_default(),

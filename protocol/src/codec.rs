@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 /// Version 4 added the upload client's state to jobs and back-end outcomes to upload
 /// sessions; version 5 the jobs' helper cap; version 6 the peer cache and fleets;
 /// version 7 the remote file's declared SHA-256.
-pub const FORMAT_VERSION: u8 = 7;
+pub const FORMAT_VERSION: u8 = 8;
 
 /// Largest value [`decode`] accepts: control messages, log entries, stored rows.
 pub const FRAME_LIMIT: usize = 16 * 1024 * 1024;

@@ -8,13 +8,15 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 /// A BITS/COM result code. Success codes have the top bit clear.
 ///
 /// Serialized as `"0x80200001"` in JSON and as a `u32` in the binary codec.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ToSchema)]
-#[schema(value_type = String, example = "0x80200001")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[cfg_attr(feature = "openapi", schema(value_type = String, example = "0x80200001"))]
 pub struct BitsCode(pub u32);
 
 /// One row of the code table.
@@ -345,7 +347,8 @@ impl<'de> Deserialize<'de> for BitsCode {
 }
 
 /// Where an error happened (`BG_ERROR_CONTEXT`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorContext {
     /// 0: no error context.

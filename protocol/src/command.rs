@@ -5,6 +5,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 use crate::codes::BitsCode;
@@ -147,7 +148,8 @@ pub enum Command {
 }
 
 /// The state-changing job calls of `IBackgroundCopyJob`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum JobAction {
     /// `Resume`.
@@ -180,7 +182,8 @@ impl JobAction {
 }
 
 /// A new job: `POST /v1/jobs`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// Display name (not unique).
@@ -202,7 +205,8 @@ pub struct NewJob {
 ///
 /// In JSON, absent fields are left out (never written as `null`, which would mean
 /// "clear"); the binary codec writes every field positionally. See the `Serialize` impl.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields, remote = "Self")]
 pub struct PropertyChanges {
     /// Display name.
@@ -219,7 +223,7 @@ pub struct PropertyChanges {
     pub notify_flags: Option<u32>,
     /// Program to run on TRANSFERRED/ERROR; `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(nullable)]
+    #[cfg_attr(feature = "openapi", schema(nullable))]
     pub notify_cmdline: Option<Option<NotifyCmdLine>>,
     /// Retry delay after a transient error, seconds (raised to at least 5).
     #[serde(default)]
@@ -235,12 +239,12 @@ pub struct PropertyChanges {
     pub proxy: Option<ProxySettings>,
     /// Reply file of an upload-reply job; `null` lets Ferry choose.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(nullable)]
+    #[cfg_attr(feature = "openapi", schema(nullable))]
     pub reply_file_name: Option<Option<String>>,
     /// `Name: value` header lines; `null` removes them.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(nullable)]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[cfg_attr(feature = "openapi", schema(nullable))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>))]
     pub custom_headers: Option<Option<HeaderLines>>,
     /// `true` hides the custom headers for good (it cannot be undone).
     #[serde(default)]
@@ -250,7 +254,7 @@ pub struct PropertyChanges {
     pub dynamic_content: Option<bool>,
     /// Cap on downloaded bytes; `null` removes it (download jobs, before the first resume).
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(nullable)]
+    #[cfg_attr(feature = "openapi", schema(nullable))]
     pub max_download_size: Option<Option<u64>>,
     /// `BG_JOB_ENABLE_PEERCACHING_*` flags.
     #[serde(default)]
@@ -263,19 +267,19 @@ pub struct PropertyChanges {
     pub minimum_notification_interval_ms: Option<u32>,
     /// Parallel range connections per file (1 to 16); `null` takes the node's setting.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(nullable)]
+    #[cfg_attr(feature = "openapi", schema(nullable))]
     pub max_connections: Option<Option<u32>>,
     /// Most helpers (other members fetching pieces for the home node), 0 to 16; `null`
     /// takes the node's setting.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(nullable)]
+    #[cfg_attr(feature = "openapi", schema(nullable))]
     pub max_helpers: Option<Option<u32>>,
     /// `BG_SSL_*` flags and redirect policy bits.
     #[serde(default)]
     pub security_flags: Option<u32>,
     /// PEM file (certificate and key) for TLS client authentication; `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(nullable)]
+    #[cfg_attr(feature = "openapi", schema(nullable))]
     pub client_certificate: Option<Option<String>>,
 }
 
@@ -353,7 +357,8 @@ where
 
 /// Changes to one file (`PATCH /v1/jobs/{id}/files/{index}`): the remote name first,
 /// then the validation state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FileChanges {
     /// New remote URL (`SetRemoteName`).

@@ -4,6 +4,7 @@
 //! it sealed ([`SealedCredential`]), the API never returns it and `Debug` never shows it.
 
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 use crate::codes::BitsCode;
@@ -15,9 +16,8 @@ pub const MAX_USER_NAME_CHARS: usize = 300;
 pub const MAX_PASSWORD_CHARS: usize = 65_535;
 
 /// `BG_AUTH_TARGET`: who asks for the credentials.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuthTarget {
     /// The origin server (`401`).
@@ -27,9 +27,8 @@ pub enum AuthTarget {
 }
 
 /// `BG_AUTH_SCHEME`.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuthScheme {
     /// RFC 7617 Basic.
@@ -106,9 +105,10 @@ impl std::str::FromStr for AuthTarget {
 
 /// A password in memory. `Debug` prints `"<redacted>"`; it is never serialized back
 /// out by the API (only accepted).
-#[derive(Clone, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(transparent)]
-#[schema(value_type = String, format = Password)]
+#[cfg_attr(feature = "openapi", schema(value_type = String, format = Password))]
 pub struct Secret(String);
 
 impl Secret {
@@ -130,7 +130,8 @@ impl std::fmt::Debug for Secret {
 }
 
 /// `PUT /v1/jobs/{id}/credentials`: `BG_AUTH_CREDENTIALS`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewCredentials {
     /// Server or proxy.
@@ -214,7 +215,8 @@ impl std::fmt::Debug for SealedCredential {
 }
 
 /// Which credentials a job has, as the API shows them (no names, no secrets).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct CredentialInfo {
     /// Server or proxy.
     pub target: AuthTarget,

@@ -2,6 +2,7 @@
 //! `BG_LENGTH_TO_EOF`), per-file progress, validation state and the temporary name.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 use crate::ids::JobId;
@@ -13,18 +14,20 @@ pub const LENGTH_TO_EOF: u64 = u64::MAX;
 /// `BG_FILE_RANGE`: `length` bytes from `offset` of the remote file.
 ///
 /// In JSON the length may be the string `"eof"` (= `BG_LENGTH_TO_EOF`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FileRange {
     /// First byte of the range in the remote file.
     pub offset: u64,
     /// Number of bytes, or `"eof"`.
-    #[schema(value_type = RangeLengthSchema)]
+    #[cfg_attr(feature = "openapi", schema(value_type = RangeLengthSchema))]
     #[serde(serialize_with = "ser_length", deserialize_with = "de_length")]
     pub length: u64,
 }
 
 /// OpenAPI shape of a range length: a byte count or `"eof"`.
+#[cfg(feature = "openapi")]
 #[derive(ToSchema)]
 #[allow(dead_code)]
 #[schema(as = RangeLength)]
@@ -104,7 +107,8 @@ fn de_length<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 
 /// A file to add to a job (`BG_FILE_INFO`, plus ranges for `AddFileWithRanges`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewFile {
     /// The URL on the server (download source or upload target), at most 2,200 characters.
@@ -117,7 +121,8 @@ pub struct NewFile {
 }
 
 /// `BG_FILE_PROGRESS`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct FileProgress {
     /// Size in bytes; `null` (`BG_SIZE_UNKNOWN`) until known.
     pub bytes_total: Option<u64>,

@@ -2,6 +2,7 @@
 //! that every node enforces the same values).
 
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 /// Longest remote URL, in characters (BITS: 2,200).
@@ -42,7 +43,8 @@ pub const HARD_MAX_JOBS: u32 = 100_000;
 
 /// The queue policy: BITS's group-policy limits. Like BITS, they do not apply to
 /// administrators. Replicated, so that every node's apply enforces the same numbers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct QueuePolicy {
     /// Most unfinished jobs one user may own (`MaxJobsPerUser`, default 60).

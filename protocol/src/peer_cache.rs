@@ -23,6 +23,7 @@
 //! forgotten), never after Cancel.
 
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 use crate::file::JobFile;
@@ -175,10 +176,11 @@ pub fn keeps_chunks(job: &Job, index: usize) -> bool {
 /// the same file to every node (`ferry fleet distribute`). Member `member` fetches
 /// from the origin the chunks whose index modulo `members` is `member`, and the other
 /// chunks from the members that fetched them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct FleetMember {
     /// The fleet's id.
-    #[schema(value_type = String, format = Uuid)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
     pub fleet: JobId,
     /// This job's position, 0-based.
     pub member: u32,

@@ -9,14 +9,16 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 /// Milliseconds since the Unix epoch, UTC.
 ///
 /// Serialized as an RFC 3339 string in human-readable formats (JSON) and as a plain
 /// integer in binary ones (the codec).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, ToSchema)]
-#[schema(value_type = String, format = DateTime, example = "2026-11-22T10:15:30.123Z")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime, example = "2026-11-22T10:15:30.123Z"))]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {

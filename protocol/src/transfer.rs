@@ -7,6 +7,7 @@
 //! Everything here is pure arithmetic and tables; the node does the I/O.
 
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 use crate::codes::{BitsCode, ErrorContext};
@@ -29,7 +30,8 @@ pub const MAX_JOB_RESPONSE_HEADER_BYTES: usize = 1024 * 1024;
 
 /// What a probe (HEAD, or a `bytes=0-0` GET) learned about a remote file. Two probes
 /// that disagree on any field mean the remote file changed (BITS consistency rule).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct RemoteInfo {
     /// Size in bytes; `None` when the server does not say (dynamic content).
     pub size: Option<u64>,

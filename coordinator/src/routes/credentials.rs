@@ -24,7 +24,7 @@ async fn credential_list(
 ) -> Result<Vec<CredentialInfo>, ApiError> {
     Ok(read(state, ReadAt::Applied(index), |q| {
         q.visible_job(caller, &id).map(|job| {
-            job.credentials
+            job.credentials()
                 .iter()
                 .map(|c| CredentialInfo { target: c.target, scheme: c.scheme })
                 .collect()

@@ -20,7 +20,7 @@ async fn file_list(
 ) -> Result<FileList, ApiError> {
     let files = read(state, at, |q| {
         q.visible_job(caller, &id)
-            .map(|job| job.files.iter().enumerate().map(|(i, f)| FileInfo::new(i, f)).collect())
+            .map(|job| job.files().iter().enumerate().map(|(i, f)| FileInfo::new(i, f)).collect())
     })
     .await??;
     Ok(FileList { files })

@@ -134,7 +134,7 @@ async fn fleet_info(
 ) -> Result<FleetInfo, ApiError> {
     let info = read(state, at, |q| {
         let jobs: Vec<_> =
-            q.fleet_jobs(&id).into_iter().filter(|j| caller.may_access(&j.owner)).collect();
+            q.fleet_jobs(&id).into_iter().filter(|j| caller.may_access(j.owner())).collect();
         (!jobs.is_empty()).then(|| FleetInfo::new(id, &jobs))
     })
     .await?;

@@ -224,7 +224,7 @@ async fn wait_for_files(
     let deadline = tokio::time::Instant::now() + FILES_FINISH_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
         let done = read(state, ReadAt::Local, |q| {
-            q.visible_job(caller, &id).map_or(true, |job| job.files_finished)
+            q.visible_job(caller, &id).map_or(true, |job| job.activity().files_finished)
         })
         .await
         .unwrap_or(true);
@@ -344,13 +344,13 @@ pub(super) async fn get_reply(
         .await?
         .map_err(ApiError::from)?;
     let invalid = |why: String| ApiError::new(409, BitsCode::BG_E_INVALID_STATE, why);
-    if job.job_type != ferry_protocol::JobType::UploadReply {
+    if job.job_type() != ferry_protocol::JobType::UploadReply {
         return Err(invalid(format!("job {id} is not an upload-reply job")));
     }
-    if job.state == ferry_protocol::JobState::Cancelled {
+    if job.state() == ferry_protocol::JobState::Cancelled {
         return Err(invalid(format!("job {id} was cancelled: its reply is deleted")));
     }
-    if !job.upload.reply_done {
+    if !job.upload().reply_done {
         return Err(invalid(format!("job {id} has not received its reply yet")));
     }
     let bytes = state.cluster.reply_data(id).await?;

@@ -41,7 +41,7 @@ impl Replies {
 
     /// The first bytes of job `job`'s reply, from its home node.
     pub(super) async fn reply_data(&self, job: JobId) -> Result<Vec<u8>, ClusterError> {
-        let home = self.state.read().queue.job(&job).map(|j| j.home_node);
+        let home = self.state.read().queue.job(&job).map(|j| j.home_node());
         match home {
             Some(home) if home != self.node_id => Ok(self
                 .peers
@@ -60,20 +60,21 @@ impl Replies {
                 .queue
                 .job(&job)
                 .ok_or_else(|| ClusterError::Unavailable(format!("job {job} is not here")))?;
-            if job.home_node != self.node_id {
+            if job.home_node() != self.node_id {
                 return Err(ClusterError::Unavailable(format!(
                     "job {} lives on node {}",
-                    job.id, job.home_node
+                    job.id(),
+                    job.home_node()
                 )));
             }
             // Complete renames the temporary file: before it is recorded, either may hold it.
             let paths = [job.reply_temporary(), job.reply_path()];
-            let paths = if job.state == JobState::Acknowledged {
+            let paths = if job.state() == JobState::Acknowledged {
                 [paths[1].clone(), paths[0].clone()]
             } else {
                 paths
             };
-            (job.owner.clone(), paths)
+            (job.owner().clone(), paths)
         };
         let [Some(first), Some(second)] = paths else {
             return Err(ClusterError::Unavailable("the job has no reply".into()));

@@ -169,7 +169,7 @@ pub(crate) fn load(
     for _ in 0..header.jobs {
         read_frame(&mut input, &mut buf)?;
         let job: Job = codec::decode(&buf)?;
-        jobs.insert(job.id.0.as_u128(), buf.as_slice()).map_err(redb::Error::from)?;
+        jobs.insert(job.id().0.as_u128(), buf.as_slice()).map_err(redb::Error::from)?;
         image.jobs.push(job);
     }
     let mut requests = txn.open_table(super::REQUESTS).map_err(redb::Error::from)?;

@@ -50,21 +50,21 @@ impl JobView {
     /// The view of `job`.
     pub(super) fn of(job: &Job) -> Self {
         Self {
-            id: job.id,
-            run: job.run,
-            state: job.state,
-            priority: job.props.priority,
-            home_node: job.home_node,
-            created: job.times.created,
-            state_since: job.state_since,
-            no_progress_since: job.no_progress_since,
-            active_since: job.active_since,
-            active_ms: job.active_ms,
-            last_activated: job.last_activated,
-            minimum_retry_delay_secs: job.props.minimum_retry_delay_secs,
-            no_progress_timeout_secs: job.props.no_progress_timeout_secs,
-            max_download_time_secs: job.props.max_download_time_secs,
-            home_lost: job.error.as_ref().is_some_and(ferry_protocol::transfer::is_home_node_lost),
+            id: job.id(),
+            run: job.run(),
+            state: job.state(),
+            priority: job.props().priority,
+            home_node: job.home_node(),
+            created: job.times().created,
+            state_since: job.activity().state_since,
+            no_progress_since: job.activity().no_progress_since,
+            active_since: job.activity().active_since,
+            active_ms: job.activity().active_ms,
+            last_activated: job.activity().last_activated,
+            minimum_retry_delay_secs: job.props().minimum_retry_delay_secs,
+            no_progress_timeout_secs: job.props().no_progress_timeout_secs,
+            max_download_time_secs: job.props().max_download_time_secs,
+            home_lost: job.error().is_some_and(ferry_protocol::transfer::is_home_node_lost),
         }
     }
 }

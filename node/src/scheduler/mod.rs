@@ -88,7 +88,7 @@ impl Scheduler {
                 self.idle.clear();
                 self.modified.clear();
                 for job in state.feed().scan(&machine.queue) {
-                    self.track(job.id, Some(job));
+                    self.track(job.id(), Some(job));
                 }
             }
             Feed::Changed(batch) => {
@@ -106,10 +106,10 @@ impl Scheduler {
         }
         let waiting = |state: JobState| state.is_active() || state == JobState::TransientError;
         match job {
-            Some(job) if !job.state.is_final() => {
-                self.modified.insert(id, job.times.modified);
-                self.idle.insert((job.times.modified, id));
-                if waiting(job.state) {
+            Some(job) if !job.state().is_final() => {
+                self.modified.insert(id, job.times().modified);
+                self.idle.insert((job.times().modified, id));
+                if waiting(job.state()) {
                     self.tracked.insert(id);
                 } else {
                     self.tracked.remove(&id);
@@ -139,7 +139,7 @@ impl Scheduler {
                     break;
                 }
                 if let Some(job) = machine.queue.job(id).filter(|_| !self.in_flight.contains(id)) {
-                    reports.push((job.id, job.run, EngineReport::InactivityTimeout));
+                    reports.push((job.id(), job.run(), EngineReport::InactivityTimeout));
                     timed_out.insert(*id);
                 }
             }

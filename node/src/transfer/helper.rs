@@ -58,7 +58,7 @@ impl HelperContext {
 
     /// The HTTP session and permits of the run of `job`, made once and kept.
     async fn session(&self, job: &ferry_protocol::Job) -> Result<Helped, Failure> {
-        let key = (job.id, job.run);
+        let key = (job.id(), job.run());
         if let Some(kept) = self.lock().get(&key) {
             return Ok(kept.clone());
         }
@@ -104,7 +104,7 @@ pub(crate) async fn serve(
         return ChunkAnswer::Stale;
     }
     let job = cluster.state.read().queue.job(&request.job).cloned();
-    let Some(job) = job.filter(|j| j.run == request.run && j.state.is_active()) else {
+    let Some(job) = job.filter(|j| j.run() == request.run && j.state().is_active()) else {
         return ChunkAnswer::Stale;
     };
     if let Err(why) = url::Url::parse(&request.url).map_err(|e| e.to_string()).and_then(|u| {
@@ -176,7 +176,7 @@ pub(crate) const SILENCE: Duration = Duration::from_millis(2500);
 
 /// Range connections per file of `job` (its own setting or the node's).
 pub(crate) fn connections(job: &ferry_protocol::Job, settings: &EngineSettings) -> usize {
-    job.props
+    job.props()
         .max_connections
         .unwrap_or(settings.connections)
         .clamp(1, ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE) as usize

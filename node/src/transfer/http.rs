@@ -97,9 +97,9 @@ impl HttpSession {
     /// A session for `job`.
     pub(crate) fn new(job: &Job, parts: SessionParts<'_>) -> Result<Arc<Self>, Failure> {
         let SessionParts { credentials, identity, secrets, settings } = parts;
-        let parallel = job.props.max_connections.unwrap_or(settings.connections) > 1;
-        let flags = job.props.security_flags;
-        let proxy = match job.props.proxy.usage {
+        let parallel = job.props().max_connections.unwrap_or(settings.connections) > 1;
+        let flags = job.props().security_flags;
+        let proxy = match job.props().proxy.usage {
             ProxyUsage::NoProxy => ProxyChoice::Direct,
             ProxyUsage::Override => override_proxy(job, &credentials)?,
             // The node's environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY). WPAD discovery
@@ -122,7 +122,7 @@ impl HttpSession {
             user_agent: concat!("Ferry/", env!("CARGO_PKG_VERSION"), " (BITS)"),
             // Several connections are the point; HTTP/2 would multiplex them onto one.
             // The BITS upload protocol is HTTP/1.1 only.
-            http1_only: parallel || job.job_type.is_upload(),
+            http1_only: parallel || job.job_type().is_upload(),
             local_address: settings.source_addr,
             pool_max_idle_per_host: 32,
             proxy,
@@ -141,7 +141,7 @@ impl HttpSession {
             credentials,
             server: Mutex::new(None),
             proxy: Mutex::new(None),
-            origins: Mutex::new(job.files.iter().filter_map(|f| origin(&f.remote_url)).collect()),
+            origins: Mutex::new(job.files().iter().filter_map(|f| origin(&f.remote_url)).collect()),
             challenger: Mutex::new(None),
             preemptive_basic_over_http: settings.preemptive_basic_over_http,
         }))
@@ -477,7 +477,7 @@ pub(crate) async fn load_identity(
     job: &Job,
     sandboxes: &Arc<crate::fs::Sandboxes>,
 ) -> Result<Option<reqwest::Identity>, Failure> {
-    let Some(path) = job.props.client_certificate.as_deref() else {
+    let Some(path) = job.props().client_certificate.as_deref() else {
         return Ok(None);
     };
     let bad = |detail: String| {
@@ -496,7 +496,7 @@ pub(crate) async fn load_identity(
         )));
     }
     let (sandboxes, owner, paths) =
-        (sandboxes.clone(), job.owner.clone(), vec![std::path::PathBuf::from(path)]);
+        (sandboxes.clone(), job.owner().clone(), vec![std::path::PathBuf::from(path)]);
     let read = tokio::task::spawn_blocking(move || {
         super::local::read_start(&sandboxes, &owner, paths, MAX_CLIENT_CERTIFICATE_BYTES)
     })
@@ -540,7 +540,7 @@ fn request_uri(url: &str, target: AuthTarget) -> String {
 /// The job's custom headers as a header map (sent with every request to the job's
 /// origins), their sealed values opened.
 fn custom_headers(job: &Job, secrets: &SecretKey) -> Result<HeaderMap, Failure> {
-    let lines = secrets.open_headers(&job.owner, &job.props.custom_headers).map_err(|e| {
+    let lines = secrets.open_headers(job.owner(), &job.props().custom_headers).map_err(|e| {
         Failure::fatal(JobError {
             context: ErrorContext::GeneralQueueManager,
             code: BitsCode::E_INVALIDARG,
@@ -572,7 +572,7 @@ fn custom_headers(job: &Job, secrets: &SecretKey) -> Result<HeaderMap, Failure> 
 /// The OVERRIDE proxy: the first entry of the job's list, bypassing its bypass list,
 /// with the job's Basic proxy credential if it has one (the connector checks it).
 fn override_proxy(job: &Job, credentials: &[OpenCredential]) -> Result<ProxyChoice, Failure> {
-    let list = job.props.proxy.list.as_deref().unwrap_or_default();
+    let list = job.props().proxy.list.as_deref().unwrap_or_default();
     let first = list.split_whitespace().next().ok_or_else(|| {
         Failure::fatal(transport(
             BitsCode::BG_E_INVALID_PROXY_INFO,
@@ -586,7 +586,7 @@ fn override_proxy(job: &Job, credentials: &[OpenCredential]) -> Result<ProxyChoi
         .map(|c| (c.user.clone(), c.password.clone()));
     Ok(ProxyChoice::Override {
         proxy: first.to_owned(),
-        bypass: job.props.proxy.bypass.clone(),
+        bypass: job.props().proxy.bypass.clone(),
         basic,
     })
 }

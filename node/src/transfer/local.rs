@@ -256,29 +256,29 @@ struct Ending {
 /// upload job's file is the owner's and stays as it is; the reply of an upload-reply
 /// job is renamed into place by Complete and deleted by Cancel.
 pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
-    let keep = job.state == JobState::Acknowledged;
+    let keep = job.state() == JobState::Acknowledged;
     let mut endings = Vec::new();
     let mut completed = Vec::new();
-    if job.job_type.is_upload() {
-        if keep && job.files.first().is_some_and(|f| f.transferred) {
+    if job.job_type().is_upload() {
+        if keep && job.files().first().is_some_and(|f| f.transferred) {
             completed.push(0);
         }
         if let (Some(temp), Some(reply)) = (job.reply_temporary(), job.reply_path()) {
             endings.push(Ending {
                 index: 1,
                 temp: temp.into(),
-                tag: temp_tag(job.id, 1),
-                keep: (keep && job.upload.reply_done).then(|| reply.into()),
+                tag: temp_tag(job.id(), 1),
+                keep: (keep && job.upload().reply_done).then(|| reply.into()),
                 counts: false,
             });
         }
     } else {
-        for (index, file) in job.files.iter().enumerate() {
+        for (index, file) in job.files().iter().enumerate() {
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             endings.push(Ending {
                 index,
                 temp: file.temporary_name.clone().into(),
-                tag: temp_tag(job.id, index),
+                tag: temp_tag(job.id(), index),
                 keep: (keep && file.transferred).then(|| file.local_path.clone().into()),
                 counts: true,
             });
@@ -287,7 +287,7 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
     let known: Vec<Option<(u64, u64)>> =
         endings.iter().map(|e| sandboxes.known_temp(&e.temp)).collect();
     let temps: Vec<PathBuf> = endings.iter().map(|e| e.temp.clone()).collect();
-    let ran = sandboxes.of(&job.owner).run(move |sandbox| {
+    let ran = sandboxes.of(job.owner()).run(move |sandbox| {
         let mut done = Finished { completed, problems: Vec::new() };
         // Each directory is walked to once: the files of a job mostly share one.
         let mut dirs: HashMap<PathBuf, Dir> = HashMap::new();

@@ -99,7 +99,7 @@ impl Reporter {
     ) -> Result<T, Stop> {
         let machine = self.cluster.state.read();
         match machine.queue.job(&id) {
-            Some(job) if job.run == run && job.state.is_active() => Ok(f(job)),
+            Some(job) if job.run() == run && job.state().is_active() => Ok(f(job)),
             _ => Err(Stop::Stale),
         }
     }
@@ -195,11 +195,11 @@ impl Run {
 
 /// Opens the job's sealed credentials for a run.
 fn open_credentials(job: &Job, key: &SecretKey) -> Result<Vec<OpenCredential>, Failure> {
-    job.credentials
+    job.credentials()
         .iter()
         .map(|c| {
             let associated =
-                SealedCredential::associated_data(job.id, c.target, c.scheme, &c.user_name);
+                SealedCredential::associated_data(job.id(), c.target, c.scheme, &c.user_name);
             let plain = key.open(&c.sealed, &associated).map_err(|e| {
                 Failure::fatal(failure::transport(
                     BitsCode::BG_E_INVALID_CREDENTIALS,
@@ -237,11 +237,11 @@ pub(crate) async fn job_http(
 
 /// One run of a job: set up HTTP, transfer, report how it ended.
 async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets: Arc<SecretKey>) {
-    let id = job.id;
-    let run = job.run;
+    let id = job.id();
+    let run = job.run();
     let outcome = async {
         let http = job_http(&job, &settings, &secrets).await?;
-        if job.job_type.is_upload() {
+        if job.job_type().is_upload() {
             Run::new(job, run, reporter.clone(), settings, http).upload().await
         } else {
             Run::new(job, run, reporter.clone(), settings, http).download().await
@@ -268,7 +268,7 @@ async fn cancel_upload(job: &Job, settings: &EngineSettings, secrets: &SecretKey
     match job_http(job, settings, secrets).await {
         Ok(http) => upload::cancel_session(job, http, upload::HostIdRule::of(settings)).await,
         Err(e) => {
-            tracing::warn!(job = %job.id, error = ?e.error, "cannot cancel the upload session")
+            tracing::warn!(job = %job.id(), error = ?e.error, "cannot cancel the upload session")
         }
     }
 }
@@ -344,9 +344,9 @@ impl Transfers {
 
     /// Whether `job` needs this actor (see [`Transfers::watched`]).
     fn watches(&self, job: &Job) -> bool {
-        job.home_node == self.node_id
-            && (matches!(job.state, JobState::Connecting | JobState::Transferring)
-                || (job.state.is_final() && !job.files_finished))
+        job.home_node() == self.node_id
+            && (matches!(job.state(), JobState::Connecting | JobState::Transferring)
+                || (job.state().is_final() && !job.activity().files_finished))
     }
 
     /// Brings [`Transfers::watched`] up to date with one delivery of the feed.
@@ -356,7 +356,7 @@ impl Transfers {
             Feed::Reset => {
                 let watched: HashSet<JobId> = (self.cluster.state.feed().scan(&machine.queue))
                     .filter(|job| self.watches(job))
-                    .map(|job| job.id)
+                    .map(|job| job.id())
                     .collect();
                 self.watched = watched;
             }
@@ -373,7 +373,7 @@ impl Transfers {
     }
 
     fn start_run(&mut self, job: Job, ctx: &mut Context<Self>) {
-        let (id, run) = (job.id, job.run);
+        let (id, run) = (job.id(), job.run());
         if let Some(old) = self.running.remove(&id) {
             self.stop_run(id, old);
         }
@@ -415,7 +415,7 @@ impl Transfers {
     }
 
     fn start_finish(&mut self, job: Job, ctx: &mut Context<Self>) {
-        let id = job.id;
+        let id = job.id();
         // A run stopped just now may still be finishing a file operation: the files
         // are renamed or deleted once its work ended.
         let stopped = self.stopping.remove(&id);
@@ -428,7 +428,7 @@ impl Transfers {
             if let Some(run) = stopped {
                 let _ = run.await;
             }
-            if job.state == JobState::Cancelled && job.upload.session.is_some() {
+            if job.state() == JobState::Cancelled && job.upload().session.is_some() {
                 cancel_upload(&job, &settings, &secrets).await;
             }
             let finished =
@@ -482,10 +482,10 @@ impl Handler<Tick> for Transfers {
         {
             let machine = self.cluster.state.read();
             for job in self.watched.iter().filter_map(|id| machine.queue.job(id)) {
-                if matches!(job.state, JobState::Connecting | JobState::Transferring) {
-                    wanted.insert(job.id);
-                    let start = match self.running.get(&job.id) {
-                        Some(task) if task.run == job.run => {
+                if matches!(job.state(), JobState::Connecting | JobState::Transferring) {
+                    wanted.insert(job.id());
+                    let start = match self.running.get(&job.id()) {
+                        Some(task) if task.run == job.run() => {
                             task.ended.is_some_and(|ended| ended.elapsed() >= ORPHAN_RESTART_DELAY)
                         }
                         _ => true,
@@ -493,8 +493,8 @@ impl Handler<Tick> for Transfers {
                     if start {
                         to_start.push(job.clone());
                     }
-                } else if job.state.is_final() && !job.files_finished {
-                    let due = match self.finishing.get(&job.id) {
+                } else if job.state().is_final() && !job.activity().files_finished {
+                    let due = match self.finishing.get(&job.id()) {
                         None => true,
                         Some(None) => false,
                         Some(Some(ended)) => ended.elapsed() >= ORPHAN_RESTART_DELAY,
@@ -550,8 +550,13 @@ impl Handler<FinishEnded> for Transfers {
     type Result = ();
 
     fn handle(&mut self, msg: FinishEnded, _: &mut Context<Self>) {
-        let finished =
-            self.cluster.state.read().queue.job(&msg.job).is_none_or(|job| job.files_finished);
+        let finished = self
+            .cluster
+            .state
+            .read()
+            .queue
+            .job(&msg.job)
+            .is_none_or(|job| job.activity().files_finished);
         if finished {
             self.finishing.remove(&msg.job);
         } else {

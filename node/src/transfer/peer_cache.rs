@@ -111,10 +111,10 @@ fn locate(
 ) -> Result<(Principal, PathBuf, u64, u64), String> {
     let job = queue.job(&request.job).ok_or("the job is gone")?;
     let index = request.file as usize;
-    if job.home_node != me || offered_keys(job, index).is_empty() {
+    if job.home_node() != me || offered_keys(job, index).is_empty() {
         return Err("the copy is not offered here".into());
     }
-    let file = &job.files[index];
+    let file = &job.files()[index];
     let chunk = file
         .chunks
         .binary_search_by_key(&request.index, |c| c.index)
@@ -125,9 +125,9 @@ fn locate(
     }
     // After Complete the bytes are at the destination; before, in the temporary file.
     let path =
-        if job.state == JobState::Acknowledged { &file.local_path } else { &file.temporary_name };
+        if job.state() == JobState::Acknowledged { &file.local_path } else { &file.temporary_name };
     let offset = u64::from(request.index) * file.chunk_size;
-    Ok((job.owner.clone(), PathBuf::from(path), offset, chunk.len))
+    Ok((job.owner().clone(), PathBuf::from(path), offset, chunk.len))
 }
 
 /// Takes a copy out of the peer cache: it served bytes that did not match the digest of
@@ -183,7 +183,7 @@ pub(crate) async fn keep_limits(cluster: ClusterView, config: PeerCacheConfig) {
 
 /// Whether `job`, homed on `me`, offers a copy of one of its files.
 fn offers(job: &Job, me: NodeId) -> bool {
-    job.home_node == me && (0..job.files.len()).any(|i| !offered_keys(job, i).is_empty())
+    job.home_node() == me && (0..job.files().len()).any(|i| !offered_keys(job, i).is_empty())
 }
 
 /// Keeps `offering` (the jobs homed here that offer a copy) up to date with the feed.
@@ -193,7 +193,7 @@ fn follow(cluster: &ClusterView, offering: &mut HashSet<JobId>, feed: &Feed) {
         Feed::Reset => {
             *offering = (cluster.state.feed().scan(&machine.queue))
                 .filter(|job| offers(job, cluster.node_id))
-                .map(|job| job.id)
+                .map(|job| job.id())
                 .collect();
         }
         Feed::Changed(batch) => {
@@ -216,10 +216,10 @@ fn over_limits<'a>(
 ) -> Vec<(JobId, u32)> {
     let mut copies: Vec<(Timestamp, JobId, u32, u64)> = jobs
         .flat_map(|job| {
-            let made = job.times.transfer_completed.unwrap_or(job.times.modified);
-            (0..job.files.len()).filter(|i| !offered_keys(job, *i).is_empty()).map(move |i| {
-                let bytes = job.files[i].progress.bytes_transferred;
-                (made, job.id, u32::try_from(i).unwrap_or(u32::MAX), bytes)
+            let made = job.times().transfer_completed.unwrap_or(job.times().modified);
+            (0..job.files().len()).filter(|i| !offered_keys(job, *i).is_empty()).map(move |i| {
+                let bytes = job.files()[i].progress.bytes_transferred;
+                (made, job.id(), u32::try_from(i).unwrap_or(u32::MAX), bytes)
             })
         })
         .collect();

@@ -11,7 +11,7 @@ use crate::command::{
 use crate::credentials::SealedCredential;
 use crate::file::{JobFile, NewFile};
 use crate::ids::{Caller, JobId, NodeId};
-use crate::job::{Job, JobError, JobProperties, JobState, JobTimes, Priority, peer_caching};
+use crate::job::{Job, JobError, JobState, Placement, peer_caching};
 use crate::limits::{HARD_MAX_JOBS, MAX_JOB_BYTES};
 use crate::peer_cache::{FLEET_NODE_PLACEHOLDER, FleetMember};
 use crate::state::{JobFacts, Operation, transition};
@@ -133,15 +133,15 @@ impl Queue {
         }
         let old_state = self.jobs.get(&job.id).map(|old| old.state);
         if old_state != Some(job.state) {
-            job.state_since = now;
+            job.activity.state_since = now;
             let active = |s: Option<JobState>| {
                 matches!(s, Some(JobState::Connecting | JobState::Transferring))
             };
             if active(old_state) && !active(Some(job.state)) {
-                job.active_ms = job.active_ms_at(now);
-                job.active_since = None;
+                job.activity.active_ms = job.active_ms_at(now);
+                job.activity.active_since = None;
             } else if !active(old_state) && active(Some(job.state)) {
-                job.active_since = Some(now);
+                job.activity.active_since = Some(now);
             }
             if job.state == JobState::Transferred {
                 job.times.transfer_completed = Some(now);
@@ -198,32 +198,8 @@ impl Queue {
             }
         }
         let now = self.meta.clock;
-        let mut job = Job {
-            id,
-            owner: caller.principal.clone(),
-            job_type: spec.job_type,
-            state: JobState::Suspended,
-            props: JobProperties::new(spec.display_name.clone(), Priority::default()),
-            files: Vec::new(),
-            times: JobTimes { created: now, modified: now, transfer_completed: None },
-            error: None,
-            error_count: 0,
-            ever_resumed: false,
-            home_node,
-            run: 0,
-            state_since: now,
-            no_progress_since: None,
-            active_ms: 0,
-            active_since: None,
-            last_activated: None,
-            files_finished: false,
-            credentials: Vec::new(),
-            modification_notified: None,
-            notify_entries: 0,
-            notify_run: None,
-            upload: Default::default(),
-            fleet: member.map(|(tag, _)| tag),
-        };
+        let placement = Placement { home_node, fleet: member.map(|(tag, _)| tag) };
+        let mut job = Job::new(id, caller.principal.clone(), spec, placement, now);
         job.props = self.changed_properties(caller, &job, &spec.properties)?;
         if !spec.files.is_empty() {
             self.append_files(caller, &mut job, &spec.files)?;
@@ -416,7 +392,7 @@ impl Queue {
             JobAction::Resume => {
                 job.ever_resumed = true;
                 if matches!(job.state, JobState::Error | JobState::TransientError) {
-                    job.no_progress_since = None;
+                    job.activity.no_progress_since = None;
                 }
             }
             JobAction::TakeOwnership => {
@@ -431,7 +407,7 @@ impl Queue {
                 // The command line is the previous owner's code: neither it nor a run it
                 // is owed may run under the new owner.
                 job.props.notify_cmdline = None;
-                job.notify_run = None;
+                job.notify.run = None;
                 job.props.custom_headers.clear();
                 job.props.custom_headers_write_only = false;
                 job.credentials.clear();
@@ -553,7 +529,7 @@ fn set_credential(job: &mut Job, credential: SealedCredential) {
 /// What a fleet's member job must stay: one whole file, peer caching flags client and
 /// server (members serve each other), no dynamic content.
 fn fleet_rules(job: &Job) -> Result<(), CommandError> {
-    if job.fleet.is_none() {
+    if job.placement.fleet.is_none() {
         return Ok(());
     }
     let both = peer_caching::CLIENT | peer_caching::SERVER;

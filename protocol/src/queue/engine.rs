@@ -34,7 +34,7 @@ impl Queue {
         }
         let mut job = self.job(&id).cloned().ok_or_else(|| CommandError::job_not_found(id))?;
         if let [EngineReport::FilesFinished { completed }] = reports {
-            if !job.state.is_final() || job.files_finished {
+            if !job.state.is_final() || job.activity.files_finished {
                 return Err(CommandError::new(
                     BitsCode::BG_E_INVALID_STATE,
                     "files are finished only once, after Complete or Cancel",
@@ -43,13 +43,13 @@ impl Queue {
             for index in completed {
                 file_mut(&mut job, *index)?.progress.completed = true;
             }
-            job.files_finished = true;
+            job.activity.files_finished = true;
             // Final jobs keep their place in the retention order: no `store`.
             self.put_quietly(job);
             return Ok(Reply::Done(BitsCode::S_OK));
         }
         if let [EngineReport::NotifyRan { entry, attempt, success }] = reports {
-            let owed = job.notify_run.filter(|r| (r.entry, r.attempt) == (*entry, *attempt));
+            let owed = job.notify.run.filter(|r| (r.entry, r.attempt) == (*entry, *attempt));
             let Some(mut owed) = owed else {
                 return Err(CommandError::new(
                     BitsCode::BG_E_INVALID_STATE,
@@ -59,7 +59,7 @@ impl Queue {
             // BITS runs a failed command line again after the retry delay while the job
             // stays in the state that caused it.
             let entered = matches!(job.state, JobState::Transferred | JobState::Error);
-            job.notify_run = if *success || !entered {
+            job.notify.run = if *success || !entered {
                 None
             } else {
                 owed.attempt += 1;
@@ -80,7 +80,7 @@ impl Queue {
         // All or nothing, in order, on a working copy.
         let now = self.meta.clock;
         for report in reports {
-            if report.belongs_to_run() && run != job.run {
+            if report.belongs_to_run() && run != job.activity.run {
                 return Err(stale(&job, run));
             }
             apply_report(&mut job, run, report, now)?;
@@ -100,8 +100,8 @@ fn apply_report(
     match report {
         EngineReport::Activate => {
             transit(job, Operation::Activate)?;
-            job.run += 1;
-            job.last_activated = Some(now);
+            job.activity.run += 1;
+            job.activity.last_activated = Some(now);
         }
         EngineReport::Preempt => transit(job, Operation::Preempt)?,
         EngineReport::Connected => {
@@ -149,7 +149,7 @@ fn apply_report(
             entry.bytes_from_peers =
                 entry.chunks.iter().filter(|c| c.from_peer).map(|c| c.len).sum();
             if added {
-                job.no_progress_since = None;
+                job.activity.no_progress_since = None;
             }
         }
         EngineReport::FileTransferred { file, size, headers } => {
@@ -180,7 +180,7 @@ fn apply_report(
                 .saturating_sub(others)
                 .min(transfer::MAX_RESPONSE_HEADER_BYTES);
             file_mut(job, *file)?.response_headers = transfer::headers_within(headers, room);
-            job.no_progress_since = None;
+            job.activity.no_progress_since = None;
             if job.pending_files() == 0 && job.state == JobState::Transferring {
                 transit(job, Operation::AllFilesTransferred)?;
             }
@@ -223,7 +223,7 @@ fn apply_report(
             let moved = *next > progress.bytes_transferred;
             progress.bytes_transferred = *next;
             if moved {
-                job.no_progress_since = None;
+                job.activity.no_progress_since = None;
             }
             if let Some(url) = reply_url {
                 crate::validate::remote_url(url, JobType::Download)?;
@@ -239,7 +239,7 @@ fn apply_report(
                 ));
             }
             if *received > job.upload.reply.bytes_transferred {
-                job.no_progress_since = None;
+                job.activity.no_progress_since = None;
             }
             job.upload.reply = ReplyProgress { bytes_total: *total, bytes_transferred: *received };
             job.upload.reply_done = *done;
@@ -260,7 +260,7 @@ fn apply_report(
             }
             file_mut(job, 0)?.transferred = true;
             job.upload.session = None;
-            job.no_progress_since = None;
+            job.activity.no_progress_since = None;
             if job.state == JobState::Transferring {
                 transit(job, Operation::AllFilesTransferred)?;
             }
@@ -274,7 +274,7 @@ fn apply_report(
             job.error_count = job.error_count.saturating_add(1);
             job.error = Some(error.clone());
             if job.state == JobState::TransientError {
-                let since = *job.no_progress_since.get_or_insert(now);
+                let since = *job.activity.no_progress_since.get_or_insert(now);
                 let timeout = u64::from(job.props.no_progress_timeout_secs) * 1000;
                 if now.0.saturating_sub(since.0) >= timeout {
                     job.state = JobState::Error;
@@ -284,7 +284,7 @@ fn apply_report(
         EngineReport::HomeNodeLost => {
             let detail = format!(
                 "the job's home node {} is unavailable; it resumes when the node returns",
-                job.home_node
+                job.placement.home_node
             );
             queue_manager_error(
                 job,
@@ -392,7 +392,7 @@ fn stale(job: &Job, run: u64) -> CommandError {
             "report of run {run} is stale: job {} is {} in run {}",
             job.id,
             job.state.bits_name(),
-            job.run
+            job.activity.run
         ),
     )
 }

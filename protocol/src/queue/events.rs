@@ -40,13 +40,13 @@ pub(super) fn derive(old: Option<&Job>, job: &mut Job, now: Timestamp) -> Vec<Jo
     // BITS sends no modification for entries into TRANSFERRED or ERROR (their own
     // callbacks say it); the others are coalesced by the minimum notification interval.
     let interval = Duration::from_millis(u64::from(job.props.minimum_notification_interval_ms));
-    let quiet = job.modification_notified.is_none_or(|last| now.since(last) >= interval);
+    let quiet = job.notify.modification_notified.is_none_or(|last| now.since(last) >= interval);
     if final_kind.is_none()
         && quiet
         && EventKind::JobModification.enabled_by(job.props.notify_flags)
     {
         kinds.push((EventKind::JobModification, None));
-        job.modification_notified = Some(now);
+        job.notify.modification_notified = Some(now);
     }
     kinds.extend(final_kind.map(|kind| (kind, None)));
     owe_notify_run(entered, job, now);
@@ -74,6 +74,6 @@ fn owe_notify_run(entered: Option<JobState>, job: &mut Job, now: Timestamp) {
     if job.props.notify_cmdline.is_none() || flags & notify::DISABLE != 0 || flags & flag == 0 {
         return;
     }
-    job.notify_entries += 1;
-    job.notify_run = Some(NotifyRun { entry: job.notify_entries, attempt: 0, not_before: now });
+    job.notify.entries += 1;
+    job.notify.run = Some(NotifyRun { entry: job.notify.entries, attempt: 0, not_before: now });
 }

@@ -245,7 +245,7 @@ impl Queue {
                 let job = self.jobs.get(id)?;
                 let file = job.files.get(*index as usize)?;
                 Some(PeerCopy {
-                    node: job.home_node,
+                    node: job.placement.home_node,
                     job: *id,
                     file: *index,
                     chunk_size: file.chunk_size,
@@ -279,7 +279,7 @@ impl Queue {
 
     /// Indexes what `job` brings to the peer cache: its offered files, its fleet place.
     fn index_peer_cache(&mut self, job: &Job) {
-        if let Some(tag) = job.fleet {
+        if let Some(tag) = job.placement.fleet {
             self.fleets.entry(tag.fleet).or_default().insert(tag.member, job.id);
         }
         for index in 0..job.files.len() {
@@ -292,7 +292,7 @@ impl Queue {
 
     /// Undoes [`Self::index_peer_cache`].
     fn unindex_peer_cache(&mut self, job: &Job) {
-        if let Some(tag) = job.fleet
+        if let Some(tag) = job.placement.fleet
             && let Some(members) = self.fleets.get_mut(&tag.fleet)
         {
             members.remove(&tag.member);

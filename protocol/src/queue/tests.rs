@@ -515,7 +515,7 @@ mod engine_reports {
     }
 
     fn report(h: &mut Harness, job: JobId, report: EngineReport) -> CommandResult {
-        let run = h.queue.job(&job).map_or(0, |j| j.run);
+        let run = h.queue.job(&job).map_or(0, |j| j.activity.run);
         h.run(&node(), None, Command::Engine { job, run, reports: vec![report] })
     }
 
@@ -613,7 +613,7 @@ mod engine_reports {
         probed(&mut h, id, 25);
         let job = h.queue.job(&id).expect("job");
         assert_eq!(
-            (job.state, job.run, job.files[0].progress.bytes_total),
+            (job.state, job.activity.run, job.files[0].progress.bytes_total),
             (JobState::Transferring, 1, Some(25))
         );
         report(
@@ -884,8 +884,8 @@ mod engine_reports {
         let placed: Vec<(u64, u32, u32, JobState)> = jobs
             .iter()
             .map(|j| {
-                let tag = j.fleet.expect("member");
-                (j.home_node, tag.member, tag.members, j.state)
+                let tag = j.placement.fleet.expect("member");
+                (j.placement.home_node, tag.member, tag.members, j.state)
             })
             .collect();
         assert_eq!(
@@ -1042,7 +1042,11 @@ mod engine_reports {
         .expect("failed");
         let job = h.queue.job(&id).expect("job").clone();
         assert_eq!((job.state, job.error_count), (JobState::TransientError, 1));
-        assert!(job.no_progress_since.is_some() && job.active_since.is_none() && job.active_ms > 0);
+        assert!(
+            job.activity.no_progress_since.is_some()
+                && job.activity.active_since.is_none()
+                && job.activity.active_ms > 0
+        );
         report(&mut h, id, EngineReport::RetryDelayElapsed).expect("retry");
         report(&mut h, id, EngineReport::Activate).expect("activate");
         report(&mut h, id, EngineReport::Failed { error, severity: Severity::Fatal })
@@ -1052,7 +1056,7 @@ mod engine_reports {
         // Resume from ERROR clears the no-progress period.
         h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Resume })
             .expect("resume");
-        assert!(h.queue.job(&id).expect("job").no_progress_since.is_none());
+        assert!(h.queue.job(&id).expect("job").activity.no_progress_since.is_none());
     }
 
     #[test]
@@ -1062,7 +1066,7 @@ mod engine_reports {
         h.run(&alice(), None, Command::Lifecycle { job: id, action: JobAction::Cancel })
             .expect("cancel");
         report(&mut h, id, EngineReport::FilesFinished { completed: vec![] }).expect("finished");
-        assert!(h.queue.job(&id).expect("job").files_finished);
+        assert!(h.queue.job(&id).expect("job").activity.files_finished);
         let again = report(&mut h, id, EngineReport::FilesFinished { completed: vec![] });
         assert_eq!(again.map_err(|e| e.code), Err(BitsCode::BG_E_INVALID_STATE));
     }
@@ -1156,9 +1160,9 @@ mod engine_reports {
             let cmd = NotifyCmdLine { program: "/bin/true".into(), args: vec![] };
             let changes = PropertyChanges { notify_cmdline: Some(Some(cmd)), ..Default::default() };
             h.run(&alice(), None, Command::SetProperties { job: id, changes }).expect("cmd");
-            assert_eq!(h.queue.job(&id).expect("job").notify_run, None);
+            assert_eq!(h.queue.job(&id).expect("job").notify.run, None);
             transfer(&mut h, id);
-            let owed = h.queue.job(&id).expect("job").notify_run.expect("owed");
+            let owed = h.queue.job(&id).expect("job").notify.run.expect("owed");
             assert_eq!((owed.entry, owed.attempt), (1, 0));
 
             let ran = |h: &mut Harness, attempt, success| {
@@ -1166,12 +1170,12 @@ mod engine_reports {
                 h.run(&node(), None, Command::Engine { job: id, run: 0, reports })
             };
             ran(&mut h, 0, false).expect("failed run recorded");
-            let again = h.queue.job(&id).expect("job").notify_run.expect("retry owed");
+            let again = h.queue.job(&id).expect("job").notify.run.expect("retry owed");
             assert_eq!(again.attempt, 1);
             assert!(again.not_before > Timestamp(h.time));
             assert_eq!(code_of(ran(&mut h, 0, true)), BitsCode::BG_E_INVALID_STATE, "stale");
             ran(&mut h, 1, true).expect("success recorded");
-            assert_eq!(h.queue.job(&id).expect("job").notify_run, None);
+            assert_eq!(h.queue.job(&id).expect("job").notify.run, None);
             assert_eq!(code_of(ran(&mut h, 1, true)), BitsCode::BG_E_INVALID_STATE, "once");
             assert!(h.queue.take_events().iter().all(|e| e.kind != EventKind::JobModification));
         }
@@ -1184,11 +1188,11 @@ mod engine_reports {
             let changes = PropertyChanges { notify_cmdline: Some(Some(cmd)), ..Default::default() };
             h.run(&alice(), None, Command::SetProperties { job: id, changes }).expect("cmd");
             transfer(&mut h, id);
-            assert!(h.queue.job(&id).expect("job").notify_run.is_some(), "owed");
+            assert!(h.queue.job(&id).expect("job").notify.run.is_some(), "owed");
 
             h.act(&admin(), id, JobAction::TakeOwnership).expect("take ownership");
             let job = h.queue.job(&id).expect("job");
-            assert_eq!((job.props.notify_cmdline.as_ref(), job.notify_run), (None, None));
+            assert_eq!((job.props.notify_cmdline.as_ref(), job.notify.run), (None, None));
             // The home node's report of a run started before is refused as not owed.
             let reports = vec![EngineReport::NotifyRan { entry: 1, attempt: 0, success: true }];
             let late = h.run(&node(), None, Command::Engine { job: id, run: 0, reports });

@@ -74,12 +74,13 @@ impl CopyView for QueueView<'_> {
             .fleet_jobs(&fleet.fleet)
             .iter()
             .filter_map(|job| {
-                let tag = job.fleet?;
-                let held = copies.iter().filter(|c| c.job == job.id).map(|c| c.chunks.len()).sum();
+                let tag = job.fleet()?;
+                let held =
+                    copies.iter().filter(|c| c.job == job.id()).map(|c| c.chunks.len()).sum();
                 Some(MemberState {
                     member: tag.member,
-                    node: job.home_node,
-                    stopped: !job.state.is_active() && job.state != JobState::Transferred,
+                    node: job.home_node(),
+                    stopped: !job.state().is_active() && job.state() != JobState::Transferred,
                     held,
                 })
             })

@@ -82,7 +82,7 @@ impl Run {
     /// Transfers every pending file; returns why it stopped if it did not finish.
     pub(crate) async fn download(&self) -> Result<(), Stop> {
         let mut outbox = Outbox::default();
-        if self.job.state == JobState::Connecting {
+        if self.job.state() == JobState::Connecting {
             // Told once the server answered (the first probe), or at once without files.
             outbox.push(EngineReport::Connected);
         }
@@ -90,8 +90,8 @@ impl Run {
         // the outbox): the next file is searched after the last one done.
         let mut after = 0;
         loop {
-            let next = self.reporter.read(self.job.id, self.run, |job| {
-                job.files.iter().skip(after).position(|f| !f.transferred).map(|i| i + after)
+            let next = self.reporter.read(self.job.id(), self.run, |job| {
+                job.files().iter().skip(after).position(|f| !f.transferred).map(|i| i + after)
             })?;
             let Some(index) = next else {
                 if !outbox.is_empty() {
@@ -111,7 +111,7 @@ impl Run {
                     Err(Stop::DigestMismatch(why)) if !self.origin_only.load(Ordering::Relaxed) => {
                         // Perhaps bytes from peers: once more, from the origin alone.
                         restarts += 1;
-                        tracing::info!(job = %self.job.id, file = index, %why, "starting the file over from the origin alone");
+                        tracing::info!(job = %self.job.id(), file = index, %why, "starting the file over from the origin alone");
                         self.origin_only.store(true, Ordering::Relaxed);
                         self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
                             .await?;
@@ -129,7 +129,7 @@ impl Run {
                     }
                     Err(Stop::RestartFile(why)) => {
                         restarts += 1;
-                        tracing::info!(job = %self.job.id, file = index, %why, "starting the file over");
+                        tracing::info!(job = %self.job.id(), file = index, %why, "starting the file over");
                         self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
                             .await?;
                         if restarts >= MAX_RESTARTS_PER_RUN {
@@ -163,12 +163,12 @@ impl Run {
     ) -> Result<(), Stop> {
         let mut reports = std::mem::take(outbox).reports;
         reports.extend(more);
-        self.reporter.report(self.job.id, self.run, reports).await
+        self.reporter.report(self.job.id(), self.run, reports).await
     }
 
     fn file(&self, index: u32) -> Result<JobFile, Stop> {
         self.reporter
-            .read(self.job.id, self.run, |job| job.files.get(index as usize).cloned())?
+            .read(self.job.id(), self.run, |job| job.files().get(index as usize).cloned())?
             .ok_or(Stop::Stale)
     }
 
@@ -199,7 +199,7 @@ impl Run {
         let (dest, sandboxes, owner) = (
             Path::new(&file.local_path).to_path_buf(),
             self.settings.sandboxes.clone(),
-            self.job.owner.clone(),
+            self.job.owner().clone(),
         );
         blocking(move || local::check_destination(&sandboxes, &owner, &dest)).await.map_err(
             |e| {
@@ -212,7 +212,7 @@ impl Run {
                 })
             },
         )?;
-        let dynamic = self.job.props.dynamic_content;
+        let dynamic = self.job.props().dynamic_content;
         // A fresh whole file is probed with a GET of its first chunk, unless its bytes
         // may come from peers: members hold copies of the URL or of some declared
         // digest (known after a HEAD), or another member of the job's fleet fetches the
@@ -221,13 +221,13 @@ impl Run {
             let queue = &self.reporter.cluster.state.read().queue;
             queue.offers_url(&url)
                 || queue.offers_digests()
-                || self.job.fleet.is_some_and(|f| !f.fetches(0))
+                || self.job.fleet().is_some_and(|f| !f.fetches(0))
         };
         let probe_with_data =
             file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !peers_may_serve;
         let mut source = None;
         let (probe, first) = if local_source {
-            let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
+            let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner().clone());
             let (probe, opened) = probe_local(&url, index, sandboxes, owner).await?;
             source = Some(opened);
             (probe, None)
@@ -273,7 +273,7 @@ impl Run {
         // policy that URL also becomes the file's remote name.
         let url = match &probe.moved_to {
             Some(moved) => {
-                let policy = self.job.props.security_flags & security::REDIRECT_POLICY_MASK;
+                let policy = self.job.props().security_flags & security::REDIRECT_POLICY_MASK;
                 if policy == security::REDIRECT_ALLOW_REPORT {
                     outbox.push(EngineReport::RemoteMoved { file: index, url: moved.clone() });
                 }
@@ -298,7 +298,7 @@ impl Run {
             return self.finish_file(&fetch, size, &probe, Vec::new(), outbox).await;
         };
         let total = transfer::planned_bytes(&pieces);
-        if let Some(cap) = self.job.props.max_download_size.filter(|cap| total > *cap) {
+        if let Some(cap) = self.job.props().max_download_size.filter(|cap| total > *cap) {
             return Err(Failure::fatal(transport_error(
                 BitsCode::BG_E_MAX_DOWNLOAD_SIZE_LIMIT_REACHED,
                 format!("the file has {total} bytes; the job allows {cap}"),
@@ -332,7 +332,7 @@ impl Run {
                     if !single_stream_allowed(&self.job, &file, total) {
                         return Err(no_range_support(&url, index));
                     }
-                    tracing::info!(job = %self.job.id, file = index, "the server ignores ranges; fetching the file in one stream");
+                    tracing::info!(job = %self.job.id(), file = index, "the server ignores ranges; fetching the file in one stream");
                     self.stream_into(&fetch, first.response, chunk_size, Some(total), None, outbox)
                         .await?;
                     missing.clear();
@@ -348,7 +348,7 @@ impl Run {
                     if !single_stream_allowed(&self.job, &file, total) {
                         return Err(Stop::Failed(f));
                     }
-                    tracing::info!(job = %self.job.id, file = index, "the server ignores ranges; fetching the file in one stream");
+                    tracing::info!(job = %self.job.id(), file = index, "the server ignores ranges; fetching the file in one stream");
                     self.stream_whole(&fetch, chunk_size, total, outbox).await?;
                 }
                 other => other?,
@@ -360,8 +360,8 @@ impl Run {
     /// The temporary file: created afresh, or reopened to add to its durable chunks.
     async fn temp_file(&self, file: &JobFile, index: u32, fresh: bool) -> Result<TempFile, Stop> {
         let temp = Path::new(&file.temporary_name).to_path_buf();
-        let tag = local::temp_tag(self.job.id, index);
-        let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
+        let tag = local::temp_tag(self.job.id(), index);
+        let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner().clone());
         if fresh {
             // The destination is checked again right before the create: the directory
             // may have been swapped for a symlink while the probe ran.
@@ -428,7 +428,7 @@ impl Run {
 
 /// BITS allows one unranged GET for a foreground job's whole file up to 2 GB.
 pub(super) fn single_stream_allowed(job: &Job, file: &JobFile, size: u64) -> bool {
-    job.props.priority == Priority::Foreground
+    job.props().priority == Priority::Foreground
         && file.ranges.is_empty()
         && size <= SINGLE_STREAM_LIMIT
 }

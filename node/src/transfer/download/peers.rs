@@ -30,7 +30,7 @@ pub(super) async fn watch_fleet(cluster: ClusterView, fleet: JobId, queue: Desk)
     loop {
         tokio::time::sleep(PING_EVERY).await;
         let unreachable: BTreeSet<NodeId> = (cluster.state.read().queue.fleet_jobs(&fleet).iter())
-            .map(|job| job.home_node)
+            .map(|job| job.home_node())
             .filter(|node| !cluster.liveness.alive(*node, helper::SILENCE, since))
             .collect();
         queue.tell(Ask::Unreachable(unreachable)).await;

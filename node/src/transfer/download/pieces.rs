@@ -44,7 +44,7 @@ impl Run {
         let (mut routing, desk, mut asks) = Routing::new(missing, sources);
         let mut helpers = self.helpers(fetch);
         // A fleet member pings the others while it downloads (stopped with the file).
-        let _watcher = self.job.fleet.map(|tag| {
+        let _watcher = self.job.fleet().map(|tag| {
             let watching = watch_fleet(self.reporter.cluster.clone(), tag.fleet, desk.clone());
             tokio_util::task::AbortOnDropHandle::new(crate::transfer::scope::spawn(watching))
         });
@@ -189,7 +189,7 @@ impl Run {
     /// Whether the job may use helpers and peers' copies (`BG_JOB_ENABLE_PEERCACHING_CLIENT`),
     /// and the current file is not to come from the origin alone.
     pub(super) fn uses_cluster(&self) -> bool {
-        self.job.props.peer_caching_flags & peer_caching::CLIENT != 0
+        self.job.props().peer_caching_flags & peer_caching::CLIENT != 0
             && !self.origin_only.load(Ordering::Relaxed)
     }
 
@@ -200,8 +200,8 @@ impl Run {
         if chunk_size > MAX_HELPER_PIECE {
             return None;
         }
-        let file = self.reporter.read(self.job.id, self.run, |job| {
-            job.files
+        let file = self.reporter.read(self.job.id(), self.run, |job| {
+            job.files()
                 .get(fetch.file as usize)
                 .filter(|f| f.ranges.is_empty())
                 .map(|f| f.remote_url.clone())
@@ -215,15 +215,15 @@ impl Run {
             return None;
         }
         let cluster = self.reporter.cluster.clone();
-        Some(Sources { cluster, keys, job: self.job.id, chunk_size, fleet: self.job.fleet })
+        Some(Sources { cluster, keys, job: self.job.id(), chunk_size, fleet: self.job.fleet() })
     }
 
     /// The members that may fetch pieces of this file (none for local sources, fleet
     /// members, or jobs that do not use the cluster).
     fn helpers(&self, fetch: &Fetch) -> Vec<Arc<Helper>> {
         let cluster = &self.reporter.cluster;
-        let most = self.job.props.max_helpers.unwrap_or(self.settings.max_helpers);
-        let fleet = self.job.fleet.is_some();
+        let most = self.job.props().max_helpers.unwrap_or(self.settings.max_helpers);
+        let fleet = self.job.fleet().is_some();
         if fetch.url.starts_with("file://") || most == 0 || fleet || !self.uses_cluster() {
             return Vec::new();
         }
@@ -238,7 +238,7 @@ impl Run {
                     node,
                     cluster: cluster.clone(),
                     fetch: fetch.clone(),
-                    job: self.job.id,
+                    job: self.job.id(),
                     run: self.run,
                     applied,
                 })

@@ -52,7 +52,7 @@ impl Run {
         if !response.status().is_success() {
             return Err(Failure::status(response.status().as_u16(), &fetch.url, fetch.file).into());
         }
-        let cap = self.job.props.max_download_size;
+        let cap = self.job.props().max_download_size;
         self.stream_into(fetch, response, chunk_size, None, cap, outbox).await
     }
 

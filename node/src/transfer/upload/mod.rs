@@ -64,24 +64,24 @@ impl Run {
     /// Uploads the file (and receives the reply); returns why it stopped if it did not
     /// finish.
     pub(crate) async fn upload(&self) -> Result<(), Stop> {
-        let file = self.job.files.first().cloned().ok_or(Stop::Stale)?;
+        let file = self.job.files().first().cloned().ok_or(Stop::Stale)?;
         let path = file.local_path.clone();
         let source = {
-            let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
+            let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner().clone());
             let path = Path::new(&path).to_path_buf();
             blocking(move || local::open_source(&sandboxes, &owner, &path)).await
         }
         .map_err(|e| local_error(&e, &format!("cannot open {path} to upload it")))?;
         let source = Arc::new(source);
         let now = stamp(&source).map_err(|e| local_error(&e, "cannot read the file"))?;
-        let mut pending = if self.job.state == JobState::Connecting {
+        let mut pending = if self.job.state() == JobState::Connecting {
             vec![EngineReport::Connected]
         } else {
             vec![]
         };
         let mut new_sessions = 0;
         loop {
-            let state = self.reporter.read(self.job.id, self.run, |job| job.upload.clone())?;
+            let state = self.reporter.read(self.job.id(), self.run, |job| job.upload().clone())?;
             if state.local.is_some_and(|recorded| recorded != now) {
                 return Err(changed_file(&path));
             }
@@ -95,8 +95,8 @@ impl Run {
                 self.send_reports(&mut pending, vec![created]).await?;
                 continue;
             };
-            let acked = self.reporter.read(self.job.id, self.run, |job| {
-                job.files.first().map_or(0, |f| f.progress.bytes_transferred)
+            let acked = self.reporter.read(self.job.id(), self.run, |job| {
+                job.files().first().map_or(0, |f| f.progress.bytes_transferred)
             })?;
             match self
                 .send_fragments(&mut target, &session, &source, now, acked, &path, &mut pending)
@@ -104,7 +104,7 @@ impl Run {
             {
                 Err(Stop::RestartFile(why)) if new_sessions < MAX_NEW_SESSIONS => {
                     new_sessions += 1;
-                    tracing::info!(job = %self.job.id, %why, "starting the upload over in a new session");
+                    tracing::info!(job = %self.job.id(), %why, "starting the upload over in a new session");
                     self.send_reports(&mut pending, vec![EngineReport::RestartFile { file: 0 }])
                         .await?;
                     continue;
@@ -114,7 +114,7 @@ impl Run {
                 }
                 other => other?,
             }
-            if self.job.job_type == JobType::UploadReply {
+            if self.job.job_type() == JobType::UploadReply {
                 self.receive_reply(&mut pending).await?;
             }
             self.close_session(&mut target, &session).await?;
@@ -133,7 +133,7 @@ impl Run {
         if reports.is_empty() {
             return Ok(());
         }
-        self.reporter.report(self.job.id, self.run, reports).await
+        self.reporter.report(self.job.id(), self.run, reports).await
     }
 
     /// One packet of the session, `body` its bytes; answered with the server's Ack.
@@ -218,7 +218,7 @@ impl Run {
             .header(bits::HOST_ID_FALLBACK_TIMEOUT)
             .and_then(|t| t.trim().parse::<u64>().ok())
             .filter(|t| *t != u64::from(u32::MAX));
-        tracing::info!(job = %self.job.id, %session, host = ?host_id, "upload session created");
+        tracing::info!(job = %self.job.id(), %session, host = ?host_id, "upload session created");
         Ok(EngineReport::UploadSession { session, host_id, host_fallback_secs, local })
     }
 
@@ -254,7 +254,7 @@ impl Run {
         let mut first_answer = true;
         // Acks that moved nothing in a row: a server that never advances is broken.
         let mut stalled = 0;
-        let reply_wanted = self.job.job_type == JobType::UploadReply;
+        let reply_wanted = self.job.job_type() == JobType::UploadReply;
         let mut reply_url = None;
         loop {
             let done = next >= total;
@@ -312,7 +312,7 @@ impl Run {
                 // (which was then sent again).
                 let (server, resent) =
                     if server_next == acked + 1 { (acked, 0) } else { (server_next, 1) };
-                tracing::info!(job = %self.job.id, session, recorded = acked, server, resent, "upload resumed");
+                tracing::info!(job = %self.job.id(), session, recorded = acked, server, resent, "upload resumed");
             }
             first_answer = false;
             probe = false;
@@ -347,14 +347,15 @@ impl Run {
     }
 
     fn has_reply_url(&self) -> Result<bool, Stop> {
-        self.reporter.read(self.job.id, self.run, |job| job.upload.reply_url.is_some())
+        self.reporter.read(self.job.id(), self.run, |job| job.upload().reply_url.is_some())
     }
 
     /// Downloads the reply into its temporary file (resuming what is durable).
     async fn receive_reply(&self, pending: &mut Vec<EngineReport>) -> Result<(), Stop> {
-        let (state, temp_path, reply_path) = self.reporter.read(self.job.id, self.run, |job| {
-            (job.upload.clone(), job.reply_temporary(), job.reply_path())
-        })?;
+        let (state, temp_path, reply_path) =
+            self.reporter.read(self.job.id(), self.run, |job| {
+                (job.upload().clone(), job.reply_temporary(), job.reply_path())
+            })?;
         if state.reply_done {
             return Ok(());
         }
@@ -363,11 +364,11 @@ impl Run {
         else {
             return Err(protocol_error("no reply URL was recorded".into()));
         };
-        let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner.clone());
+        let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner().clone());
         let mut from = state.reply.bytes_transferred;
         let temp = {
             let (temp, dest) = (PathBuf::from(&temp_path), PathBuf::from(&reply_path));
-            let tag = local::temp_tag(self.job.id, 1);
+            let tag = local::temp_tag(self.job.id(), 1);
             blocking(move || match TempFile::reopen(&sandboxes, &owner, &temp, tag.clone())? {
                 Some(file) if from > 0 => Ok((file, from)),
                 _ => TempFile::create(&sandboxes, &owner, &dest, &temp, tag).map(|file| (file, 0)),
@@ -431,7 +432,7 @@ impl Run {
         })
         .await
         .map_err(|e| local_error(&e, "cannot write the reply file"))?;
-        tracing::info!(job = %self.job.id, bytes = offset, "reply received");
+        tracing::info!(job = %self.job.id(), bytes = offset, "reply received");
         let report =
             EngineReport::ReplyReceived { total: Some(offset), received: offset, done: true };
         self.send_reports(pending, vec![report]).await
@@ -446,7 +447,7 @@ impl Run {
             let ack = self.packet(target, PacketType::CloseSession, headers, Bytes::new()).await?;
             if ack.ok() || !upload::retry_session_end(ack.status.as_u16(), ack.error_code()) {
                 if !ack.ok() {
-                    tracing::info!(job = %self.job.id, session, status = %ack.status, "Close-Session refused; the server has the whole file");
+                    tracing::info!(job = %self.job.id(), session, status = %ack.status, "Close-Session refused; the server has the whole file");
                 }
                 return Ok(());
             }
@@ -499,8 +500,8 @@ async fn read_at(file: &Arc<File>, offset: u64, len: u64) -> Result<Bytes, Stop>
 /// Cancel-Session for a cancelled job's open session (best effort: the server drops
 /// sessions without progress after its timeout anyway).
 pub(crate) async fn cancel_session(job: &Job, http: Arc<HttpSession>, rule: HostIdRule<'_>) {
-    let (Some(session), Some(file)) = (&job.upload.session, job.files.first()) else { return };
-    let target = Target::new(&file.remote_url, &job.upload, rule);
+    let (Some(session), Some(file)) = (&job.upload().session, job.files().first()) else { return };
+    let target = Target::new(&file.remote_url, job.upload(), rule);
     let headers = [(bits::SESSION_ID, session.clone())];
     for _ in 0..3 {
         let cancel = PacketType::CancelSession;
@@ -512,12 +513,12 @@ pub(crate) async fn cancel_session(job: &Job, http: Arc<HttpSession>, rule: Host
                     .and_then(|v| v.to_str().ok())
                     .and_then(upload::parse_hex);
                 if !upload::retry_session_end(response.status().as_u16(), code) {
-                    tracing::info!(job = %job.id, session, status = %response.status(), "upload session cancelled");
+                    tracing::info!(job = %job.id(), session, status = %response.status(), "upload session cancelled");
                     return;
                 }
             }
             Err(e) => {
-                tracing::info!(job = %job.id, session, error = %e, "cannot send Cancel-Session")
+                tracing::info!(job = %job.id(), session, error = %e, "cannot send Cancel-Session")
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

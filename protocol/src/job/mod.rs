@@ -6,16 +6,19 @@
 //! format (`flatten`, `untagged`, internally tagged enums, `skip_serializing_if`).
 
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
 use crate::codes::{BitsCode, ErrorContext};
-use crate::credentials::SealedCredential;
-use crate::file::JobFile;
-use crate::ids::{JobId, NodeId, Principal};
 use crate::time::Timestamp;
 
+mod record;
+
+pub use record::{Activity, Job, LocalStamp, NotifyBook, NotifyRun, Placement, UploadState};
+
 /// `BG_JOB_TYPE`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobType {
     /// Server to client; any number of files.
@@ -47,7 +50,8 @@ impl JobType {
 }
 
 /// `BG_JOB_STATE`: the nine BITS job states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// 0: ready, waiting for the scheduler.
@@ -127,19 +131,9 @@ impl JobState {
 
 /// `BG_JOB_PRIORITY`.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    ToSchema,
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// 0: foreground; all foreground jobs run at once.
@@ -235,7 +229,8 @@ pub mod acl {
 
 /// The program run when the job enters TRANSFERRED or ERROR (`SetNotifyCmdLine`).
 /// Ferry runs it without a shell: `program` is an absolute path, `args` are passed as is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NotifyCmdLine {
     /// Absolute path of the program.
@@ -246,7 +241,8 @@ pub struct NotifyCmdLine {
 }
 
 /// `BG_JOB_PROXY_USAGE`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProxyUsage {
     /// The node's configured proxy (environment), the default.
@@ -261,7 +257,8 @@ pub enum ProxyUsage {
 }
 
 /// `SetProxySettings`: usage plus space-delimited proxy and bypass lists (OVERRIDE only).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProxySettings {
     /// How the proxy is chosen.
@@ -280,9 +277,10 @@ pub const SEALED_PREFIX: &str = "ferry-sealed:";
 
 /// Custom header lines (`Name: value`). Values may be secrets (`Authorization`), so
 /// `Debug` shows the names only; the API hides them all once they are write-only.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(transparent)]
-#[schema(value_type = Vec<String>)]
+#[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
 pub struct HeaderLines(pub Vec<String>);
 
 impl std::fmt::Debug for HeaderLines {
@@ -314,7 +312,8 @@ impl From<Vec<String>> for HeaderLines {
 }
 
 /// Every settable property of a job, with BITS's defaults.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct JobProperties {
     /// Free text, not unique.
     pub display_name: String,
@@ -410,7 +409,8 @@ impl JobProperties {
 }
 
 /// `BG_JOB_TIMES`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct JobTimes {
     /// When the job was created.
     pub created: Timestamp,
@@ -421,7 +421,8 @@ pub struct JobTimes {
 }
 
 /// `BG_JOB_PROGRESS`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct JobProgress {
     /// Total bytes of all files; `null` (`BG_SIZE_UNKNOWN`) until every size is known.
     pub bytes_total: Option<u64>,
@@ -434,7 +435,8 @@ pub struct JobProgress {
 }
 
 /// The job's last error (`IBackgroundCopyError`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct JobError {
     /// Where the error happened.
     pub context: ErrorContext,
@@ -448,98 +450,9 @@ pub struct JobError {
     pub protocol: Option<String>,
 }
 
-/// A job as the replicated queue holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Job {
-    /// Identity.
-    pub id: JobId,
-    /// The principal that owns the job.
-    pub owner: Principal,
-    /// Download, upload or upload-reply.
-    pub job_type: JobType,
-    /// One of the nine BITS states.
-    pub state: JobState,
-    /// Settable properties.
-    pub props: JobProperties,
-    /// Files in order; transferred one after another.
-    pub files: Vec<JobFile>,
-    /// Creation, modification and completion times.
-    pub times: JobTimes,
-    /// The last error; kept while the job is in ERROR or TRANSIENT_ERROR.
-    pub error: Option<JobError>,
-    /// Number of errors so far (`GetErrorCount`).
-    pub error_count: u32,
-    /// True once the job has been resumed: some properties are read-only afterwards.
-    pub ever_resumed: bool,
-    /// The node whose disk holds the job's local files.
-    pub home_node: NodeId,
-    /// Transfer runs so far: each activation starts a new one, and engine reports name
-    /// the run they belong to, so a report from a stopped run is recognised and dropped.
-    pub run: u64,
-    /// When the job entered its current state (the retry delay counts from here).
-    pub state_since: Timestamp,
-    /// Start of the no-progress period: the first transient error since the last
-    /// progress. `None` while the job makes progress.
-    pub no_progress_since: Option<Timestamp>,
-    /// Milliseconds spent in CONNECTING or TRANSFERRING before the current activation
-    /// (for the maximum download time).
-    pub active_ms: u64,
-    /// Start of the current activation, while the job is active.
-    pub active_since: Option<Timestamp>,
-    /// The last activation's time: equal-priority jobs take turns oldest first.
-    pub last_activated: Option<Timestamp>,
-    /// After Complete or Cancel: the home node has renamed or deleted the files.
-    pub files_finished: bool,
-    /// Server and proxy credentials, passwords sealed.
-    pub credentials: Vec<SealedCredential>,
-    /// When the last `JobModification` event was published (they are coalesced by the
-    /// minimum notification interval).
-    pub modification_notified: Option<Timestamp>,
-    /// How many times the job entered TRANSFERRED or ERROR with a notify command line
-    /// (numbers the runs, so each entry runs the program once).
-    pub notify_entries: u64,
-    /// The notify command line run owed to the job's home node, if any.
-    pub notify_run: Option<NotifyRun>,
-    /// Upload jobs: the BITS upload session with the server and the reply.
-    pub upload: UploadState,
-    /// The job's place in a fleet (`ferry fleet distribute`), if it belongs to one.
-    pub fleet: Option<crate::peer_cache::FleetMember>,
-}
-
-/// An upload job's side of its BITS upload session, recorded through Raft by the home
-/// node's upload client, so that a restarted run continues the same session from what
-/// the server acknowledged. The acknowledged bytes are the file's progress.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UploadState {
-    /// `BITS-Session-Id` of the open session.
-    pub session: Option<String>,
-    /// `BITS-Host-Id`: the host every later packet of the session goes to.
-    pub host_id: Option<String>,
-    /// `BITS-Host-Id-Fallback-Timeout`, seconds: how long the host id is tried after
-    /// its first connection failure before the original host (`None`: for ever).
-    pub host_fallback_secs: Option<u64>,
-    /// Size and modification time of the local file when the session began.
-    pub local: Option<LocalStamp>,
-    /// `BITS-Reply-URL` from the final Ack (upload-reply jobs).
-    pub reply_url: Option<String>,
-    /// `BG_JOB_REPLY_PROGRESS`.
-    pub reply: ReplyProgress,
-    /// Every byte of the reply is durable in its temporary file.
-    pub reply_done: bool,
-}
-
-/// What identifies the version of an upload's local file: a change during the upload is
-/// `BG_E_LOCAL_FILE_CHANGED`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LocalStamp {
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub modified_ns: u64,
-}
-
 /// `BG_JOB_REPLY_PROGRESS`: the reply of an upload-reply job.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ReplyProgress {
     /// Size of the reply; `null` (`BG_SIZE_UNKNOWN`) until the server gave it (an
     /// error while it is unknown happened in the upload phase).
@@ -551,70 +464,3 @@ pub struct ReplyProgress {
 /// Most reply bytes returned in memory (`GetReplyData`); a longer reply is read from
 /// the reply file.
 pub const MAX_REPLY_DATA: u64 = 1024 * 1024;
-
-/// A run of the notify command line that the job's home node owes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotifyRun {
-    /// Which entry into TRANSFERRED or ERROR (see [`Job::notify_entries`]).
-    pub entry: u64,
-    /// Attempts so far (a non-zero exit is retried after the retry delay, as BITS does).
-    pub attempt: u32,
-    /// Not before this time.
-    pub not_before: Timestamp,
-}
-
-impl Job {
-    /// `BG_JOB_PROGRESS` computed from the files.
-    pub fn progress(&self) -> JobProgress {
-        let mut bytes_total = Some(0u64);
-        let mut bytes_transferred = 0u64;
-        let mut files_transferred = 0u32;
-        for file in &self.files {
-            bytes_total = match (bytes_total, file.progress.bytes_total) {
-                (Some(sum), Some(size)) => Some(sum.saturating_add(size)),
-                _ => None,
-            };
-            bytes_transferred = bytes_transferred.saturating_add(file.progress.bytes_transferred);
-            if file.transferred {
-                files_transferred += 1;
-            }
-        }
-        JobProgress {
-            bytes_total,
-            bytes_transferred,
-            files_total: u32::try_from(self.files.len()).unwrap_or(u32::MAX),
-            files_transferred,
-        }
-    }
-
-    /// Where an upload-reply job's reply goes: the reply file name if set, else beside
-    /// the uploaded file, `<name>.<job id>.reply` (BITS, too, picks a name itself).
-    pub fn reply_path(&self) -> Option<String> {
-        if self.job_type != JobType::UploadReply {
-            return None;
-        }
-        if let Some(name) = &self.props.reply_file_name {
-            return Some(name.clone());
-        }
-        let file = self.files.first()?;
-        Some(format!("{}.{}.reply", file.local_path, self.id.0.simple()))
-    }
-
-    /// The hidden file that receives the reply until Complete.
-    pub fn reply_temporary(&self) -> Option<String> {
-        self.reply_path().map(|path| crate::file::temporary_name(&path, self.id, 1))
-    }
-
-    /// Number of files not yet completely transferred.
-    pub fn pending_files(&self) -> usize {
-        self.files.iter().filter(|f| !f.transferred).count()
-    }
-
-    /// Active time in milliseconds up to `now`, the current activation included.
-    pub fn active_ms_at(&self, now: Timestamp) -> u64 {
-        let current = self
-            .active_since
-            .map_or(0, |since| u64::try_from(now.since(since).as_millis()).unwrap_or(u64::MAX));
-        self.active_ms.saturating_add(current)
-    }
-}
