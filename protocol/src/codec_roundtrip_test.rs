@@ -197,6 +197,8 @@ fn report() -> impl Strategy<Value = EngineReport> {
                     })
                     .collect(),
             }),
+        (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..4))
+            .prop_map(|(file, chunks)| EngineReport::ChunksLost { file, chunks }),
         (any::<u32>(), any::<u64>(), proptest::collection::vec(text(), 0..3)).prop_map(
             |(file, size, headers)| EngineReport::FileTransferred { file, size, headers }
         ),

@@ -191,6 +191,12 @@ impl JobFile {
         }
     }
 
+    /// Counts the recorded chunks into the progress and the bytes from peers.
+    pub fn count_chunks(&mut self) {
+        self.progress.bytes_transferred = self.chunks.iter().map(|c| c.len).sum();
+        self.bytes_from_peers = self.chunks.iter().filter(|c| c.from_peer).map(|c| c.len).sum();
+    }
+
     /// Forgets every byte: the remote changed, or the content was declared invalid.
     pub fn restart(&mut self) {
         self.progress.bytes_transferred = 0;

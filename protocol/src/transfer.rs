@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::codes::{BitsCode, ErrorContext};
-use crate::file::FileRange;
+use crate::file::{FileRange, JobFile};
 use crate::job::{JobError, LocalStamp};
 
 /// Default chunk size: the unit of assignment, integrity and resume.
@@ -137,6 +137,28 @@ pub fn plan(ranges: &[FileRange], size: u64, chunk_size: u64) -> Result<Vec<Piec
     Ok(pieces)
 }
 
+/// The plan of a recorded file: from its remote size (or, for dynamic content, the
+/// size it ended with), its ranges and its chunk size. `None` before the size is known.
+pub fn recorded_plan(file: &JobFile) -> Option<Vec<Piece>> {
+    let size = file.remote.as_ref().and_then(|remote| remote.size).or(file.progress.bytes_total)?;
+    plan(&file.ranges, size, file.chunk_size).ok()
+}
+
+/// Where each recorded chunk of `file` starts in its local file, with the record
+/// (without a plan, chunk `i` starts at `i` chunk sizes).
+pub fn chunk_spans(file: &JobFile) -> Vec<(u64, ChunkRecord)> {
+    let pieces = recorded_plan(file);
+    file.chunks
+        .iter()
+        .map(|chunk| {
+            let planned = pieces.as_ref().and_then(|p| p.get(chunk.index as usize));
+            let offset = planned
+                .map_or(u64::from(chunk.index).saturating_mul(file.chunk_size), |p| p.local_offset);
+            (offset, *chunk)
+        })
+        .collect()
+}
+
 /// Total bytes of a plan (the local file's size).
 pub fn planned_bytes(pieces: &[Piece]) -> u64 {
     pieces.iter().map(|p| p.len).sum()
@@ -226,6 +248,14 @@ pub enum EngineReport {
         file: u32,
         /// The chunks.
         chunks: Vec<ChunkRecord>,
+    },
+    /// Engine: these recorded chunks no longer match their digests in the temporary
+    /// file (found when a run resumed); they are forgotten and fetched again.
+    ChunksLost {
+        /// File index.
+        file: u32,
+        /// Indexes of the damaged chunks.
+        chunks: Vec<u32>,
     },
     /// Engine: every byte of the file is durable (and its mtime set).
     FileTransferred {

@@ -88,6 +88,102 @@ async fn kill_9_mid_transfer_resumes_from_durable_chunks() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Flips one byte at `offset` of `path`.
+fn flip_byte(path: &Path, offset: u64) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset)?;
+    file.write_all_at(&[byte[0] ^ 0x5A], offset)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn damaged_durable_chunks_are_fetched_again_after_a_crash() -> anyhow::Result<()> {
+    const SIZE: u64 = 64 * MIB;
+    const CHUNK: u64 = MIB;
+    // Chunks 2 and 9 are damaged while the node is down.
+    const DAMAGED: [u64; 2] = [2, 9];
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/d.bin", Content::Pattern { seed: 21, len: SIZE });
+    origin.set_knobs(Knobs { rate_limit_per_connection: Some(16 * MIB), ..Knobs::default() });
+    // One connection: chunks become durable strictly in order.
+    let mut node = transfer_node(&format!("chunk_size_bytes = {CHUNK}\nconnections = 1")).await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("d.bin");
+    let id = start_download(
+        &client,
+        &[(origin.url("/d.bin"), local.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let temp = std::path::PathBuf::from(&client.files(id).await?.files[0].temporary_name);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = client.job(id).await?;
+        if job.progress.bytes_transferred >= 16 * MIB {
+            break;
+        }
+        anyhow::ensure!(job.state != JobState::Transferred, "finished before the kill");
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no progress: {job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.kill9().await?;
+    for chunk in DAMAGED {
+        flip_byte(&temp, chunk * CHUNK + 12_345)?;
+    }
+    let before = origin.requests().len();
+    node.restart().await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let job =
+        wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(120)).await?;
+    assert_eq!(job.progress.bytes_transferred, SIZE, "counted once");
+    // After the restart the origin was asked again for the damaged chunks, and for no
+    // intact recorded one.
+    let asked: Vec<String> =
+        origin.requests()[before..].iter().filter_map(|r| r.range.clone()).collect();
+    for chunk in DAMAGED {
+        let range = format!("bytes={}-{}", chunk * CHUNK, (chunk + 1) * CHUNK - 1);
+        assert!(asked.contains(&range), "chunk {chunk} was not fetched again: {asked:?}");
+    }
+    for clean in [0, 1, 3, 8, 10] {
+        let range = format!("bytes={}-{}", clean * CHUNK, (clean + 1) * CHUNK - 1);
+        assert!(!asked.contains(&range), "intact chunk {clean} was fetched again: {asked:?}");
+    }
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/d.bin", &local)?, "the result is byte-identical");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_file_damaged_after_its_transfer_is_not_renamed_into_place() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/t.bin", Content::Pattern { seed: 22, len: 3 * MIB });
+    let node = transfer_node(&format!("chunk_size_bytes = {MIB}")).await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("t.bin");
+    let id = start_download(
+        &client,
+        &[(origin.url("/t.bin"), local.clone())],
+        PropertyChanges::default(),
+    )
+    .await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
+    let temp = std::path::PathBuf::from(&client.files(id).await?.files[0].temporary_name);
+    flip_byte(&temp, MIB + 7)?;
+    client.act(id, JobAction::Complete).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while Path::new(&temp).exists() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the temporary file stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!local.exists(), "a damaged file reached its final name");
+    Ok(())
+}
+
 #[tokio::test]
 async fn ranges_are_concatenated_in_order_and_eof_reads_to_the_end() -> anyhow::Result<()> {
     let origin = Origin::start(OriginConfig::default()).await?;

@@ -203,6 +203,37 @@ async fn a_peer_serving_wrong_bytes_is_caught_and_its_copy_withdrawn() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_damaged_on_its_holder_is_never_served_and_is_withdrawn() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    let len = 12 * MIB + 3;
+    origin.add_file("/rot.bin", Content::Pattern { seed: 75, len });
+    let nodes = cluster(2, no_cache_settings).await?;
+    let dir = tempfile::tempdir()?;
+    let url = origin.url("/rot.bin");
+    let holder = nodes[0].client(Some(tokens::ALICE))?;
+    let copy = dir.path().join("copy.bin");
+    download(&nodes[0], &holder, &url, &copy, PropertyChanges::default()).await?;
+    // The holder's copy changes on its disk after it was recorded.
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&copy)?;
+        file.write_all_at(b"rot", 5 * MIB + 1)?;
+    }
+    let before = origin.requests().len();
+    let asker = nodes[1].client(Some(tokens::ALICE))?;
+    let local = dir.path().join("asker.bin");
+    download(&nodes[1], &asker, &url, &local, PropertyChanges::default()).await?;
+    assert!(same_as_origin(&origin, "/rot.bin", &local)?, "wrong bytes reached the file");
+    assert!(
+        log_has(&nodes[0], "does not match its recorded digest; withdrawing the copy"),
+        "the holder did not check its copy"
+    );
+    assert!(!log_has(&nodes[1], "a peer's copy is corrupt"), "damaged bytes left the holder");
+    assert!(egress(&origin, "/rot.bin", before) > 0, "the damaged chunk was not fetched again");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_beyond_a_nodes_cache_size_are_no_longer_offered() -> anyhow::Result<()> {
     let origin = Origin::start(OriginConfig::default()).await?;
     origin.add_file("/old.bin", Content::Pattern { seed: 73, len: 3 * MIB });

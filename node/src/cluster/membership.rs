@@ -48,9 +48,7 @@ impl RaftMembership {
                 if !membership.leading() {
                     return Err(ClusterError::NoLeader);
                 }
-                raft::refresh_address(&membership.raft, from, addr)
-                    .await
-                    .map_err(ClusterError::Unavailable)
+                raft::refresh_address(&membership.raft, from, addr).await
             }
         });
     }
@@ -171,11 +169,7 @@ impl Membership for RaftMembership {
     }
 
     fn record_own_address(&self, me: NodeAddr) -> BoxFuture<'_, Result<bool, ClusterError>> {
-        Box::pin(async move {
-            raft::refresh_address(&self.raft, self.node_id, me)
-                .await
-                .map_err(ClusterError::Unavailable)
-        })
+        Box::pin(raft::refresh_address(&self.raft, self.node_id, me))
     }
 }
 

@@ -96,7 +96,11 @@ pub fn raft_config(
 
 /// Records `addr` as this node's address in the membership when it changed (the node
 /// restarted on another port). Call on the leader.
-pub async fn refresh_address(raft: &Raft, node_id: u64, addr: NodeAddr) -> Result<bool, String> {
+pub async fn refresh_address(
+    raft: &Raft,
+    node_id: u64,
+    addr: NodeAddr,
+) -> Result<bool, ferry_coordinator::ClusterError> {
     let known = raft.metrics().borrow().membership_config.membership().get_node(&node_id).cloned();
     if known.as_ref() == Some(&addr) {
         return Ok(false);
@@ -105,7 +109,7 @@ pub async fn refresh_address(raft: &Raft, node_id: u64, addr: NodeAddr) -> Resul
     raft.change_membership(openraft::ChangeMembers::SetNodes(nodes), false)
         .await
         .map(|_| true)
-        .map_err(|e| e.to_string())
+        .map_err(write_error)
 }
 
 /// Removes `node` from the membership: a voter through joint consensus, then its address.

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use ferry_protocol::file::JobFile;
+use ferry_protocol::transfer::{ChunkRecord, content_digest, recorded_plan};
 use ferry_protocol::{Job, JobId, JobState, Principal};
 
 use crate::fs::dir::{self, OWNER_XATTR, TEMP_XATTR};
@@ -132,6 +134,12 @@ impl TempFile {
         }
     }
 
+    /// The chunks of `spans` (local offset, record) whose bytes in this file no longer
+    /// match their recorded digests.
+    pub(crate) fn damaged_chunks(&self, spans: &[(u64, ChunkRecord)]) -> io::Result<Vec<u32>> {
+        damaged_chunks(&self.file, spans)
+    }
+
     /// Sets the modification time (from the server's Last-Modified) and syncs.
     pub(crate) fn finish(&self, modified: Option<SystemTime>) -> io::Result<()> {
         if let Some(time) = modified {
@@ -139,6 +147,61 @@ impl TempFile {
         }
         self.file.sync_all()
     }
+}
+
+/// The chunks of `spans` (local offset, record) whose bytes in `file` do not match
+/// their digests (a chunk cut short by the file's end counts as damaged), in order.
+fn damaged_chunks(file: &File, spans: &[(u64, ChunkRecord)]) -> io::Result<Vec<u32>> {
+    let mut buffer = vec![0; HASH_BLOCK];
+    let mut damaged = Vec::new();
+    for (offset, chunk) in spans {
+        if chunk_digest(file, *offset, chunk.len, &mut buffer)? != Some(chunk.digest) {
+            damaged.push(chunk.index);
+        }
+    }
+    damaged.sort_unstable();
+    Ok(damaged)
+}
+
+/// Whether `file` holds the content a transferred file was recorded with: the digests
+/// of its planned chunks make `file.content_digest`. True when nothing was recorded.
+fn holds_recorded_content(file: &File, recorded: &JobFile) -> io::Result<bool> {
+    let (Some(expected), Some(pieces)) = (recorded.content_digest, recorded_plan(recorded)) else {
+        return Ok(true);
+    };
+    let mut buffer = vec![0; HASH_BLOCK];
+    let mut chunks = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let Some(digest) = chunk_digest(file, piece.local_offset, piece.len, &mut buffer)? else {
+            return Ok(false);
+        };
+        chunks.push(ChunkRecord { index: piece.index, len: piece.len, digest, from_peer: false });
+    }
+    Ok(content_digest(recorded.chunk_size, &chunks) == expected)
+}
+
+/// How much of a file is hashed per read.
+const HASH_BLOCK: usize = 1024 * 1024;
+
+/// BLAKE3 of `len` bytes of `file` at `offset`; `None` if the file ends first.
+fn chunk_digest(
+    file: &File,
+    offset: u64,
+    len: u64,
+    buffer: &mut [u8],
+) -> io::Result<Option<[u8; 32]>> {
+    let mut hasher = blake3::Hasher::new();
+    let mut done = 0;
+    while done < len {
+        let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(buffer.len());
+        let read = file.read_at(&mut buffer[..want], offset + done)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        hasher.update(&buffer[..read]);
+        done += read as u64;
+    }
+    Ok(Some(*hasher.finalize().as_bytes()))
 }
 
 /// True if `file` is the temporary file this node made for `tag`.
@@ -248,6 +311,8 @@ struct Ending {
     keep: Option<PathBuf>,
     /// Renaming it counts as completing file `index` (not so for a reply).
     counts: bool,
+    /// The file as recorded (a kept download): its content is checked before the rename.
+    recorded: Option<JobFile>,
 }
 
 /// Complete: renames every transferred file into place and deletes the other temporary
@@ -270,6 +335,7 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
                 tag: temp_tag(job.id(), 1),
                 keep: (keep && job.upload().reply_done).then(|| reply.into()),
                 counts: false,
+                recorded: None,
             });
         }
     } else {
@@ -281,6 +347,7 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
                 tag: temp_tag(job.id(), index),
                 keep: (keep && file.transferred).then(|| file.local_path.clone().into()),
                 counts: true,
+                recorded: (keep && file.transferred).then(|| file.clone()),
             });
         }
     }
@@ -365,6 +432,16 @@ fn finish_one(
     if let Err(e) = sandbox.check_replaceable(place, dest) {
         place.dir.remove(temp)?;
         return Err(e);
+    }
+    // A file whose bytes changed since they were recorded never reaches its name (G4).
+    if let Some(recorded) = &ending.recorded
+        && !holds_recorded_content(&file, recorded)?
+    {
+        place.dir.remove(temp)?;
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the temporary file no longer holds the content recorded for it; not renamed",
+        ));
     }
     // The temporary file was private while incomplete; the result is an ordinary file.
     rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o644))?;

@@ -13,6 +13,7 @@ use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::command::Command;
 pub(crate) use ferry_protocol::peer::{CopyAnswer, CopyRequest};
 use ferry_protocol::peer_cache::offered_keys;
+use ferry_protocol::transfer::ChunkRecord;
 use ferry_protocol::{Job, JobId, JobState, NodeId, Principal, Proposal, Queue, Timestamp};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -79,22 +80,34 @@ async fn serve(
     request: &CopyRequest,
 ) -> (CopyAnswer, Option<OwnedSemaphorePermit>) {
     let located = locate(&cluster.state.read().queue, cluster.node_id, request);
-    let (owner, path, offset, len) = match located {
+    let Located { owner, path, offset, chunk } = match located {
         Ok(found) => found,
-        Err(why) => return (CopyAnswer::Missing(why), None),
+        Err(why) => return (CopyAnswer::Missing(why.to_string()), None),
     };
     let Ok(permit) = serving.permits.clone().acquire_owned().await else {
         return (CopyAnswer::Missing("the node is stopping".into()), None);
     };
     let sandboxes = serving.sandboxes.clone();
     let read = tokio::task::spawn_blocking(move || {
-        super::local::read_range(&sandboxes, &owner, path, offset, len)
+        let bytes = super::local::read_range(&sandboxes, &owner, path, offset, chunk.len)?;
+        // A copy is checked against its recorded digest before any byte leaves.
+        let intact = *blake3::hash(&bytes).as_bytes() == chunk.digest;
+        Ok::<_, std::io::Error>((bytes, intact))
     })
     .await;
     let answer = match read {
-        Ok(Ok(mut bytes)) => {
+        Ok(Ok((mut bytes, true))) => {
             serving.tamper(&mut bytes);
             CopyAnswer::Bytes(ByteBuf::from(bytes))
+        }
+        Ok(Ok((_, false))) => {
+            tracing::warn!(job = %request.job, file = request.file, chunk = chunk.index, "a chunk of a copy held here does not match its recorded digest; withdrawing the copy");
+            let cluster = cluster.clone();
+            let (job, file) = (request.job, request.file);
+            tokio::spawn(async move {
+                withdraw(&cluster, job, file, Some((chunk.index, chunk.digest))).await;
+            });
+            CopyAnswer::Missing(format!("chunk {} of the copy is damaged", chunk.index))
         }
         Ok(Err(e)) => CopyAnswer::Missing(format!("cannot read the copy: {e}")),
         Err(e) => CopyAnswer::Missing(e.to_string()),
@@ -102,32 +115,53 @@ async fn serve(
     (answer, Some(permit))
 }
 
-/// Where chunk `request.index` of a copy held here lies: its owner, path, offset and
-/// length.
-fn locate(
-    queue: &Queue,
-    me: NodeId,
-    request: &CopyRequest,
-) -> Result<(Principal, PathBuf, u64, u64), String> {
-    let job = queue.job(&request.job).ok_or("the job is gone")?;
+/// Why a chunk is not served (sent to the asker as [`CopyAnswer::Missing`]).
+#[derive(Debug, thiserror::Error)]
+enum NotServed {
+    #[error("the job is gone")]
+    JobGone,
+    #[error("the copy is not offered here")]
+    NotOffered,
+    #[error("the copy does not hold chunk {0}")]
+    NoChunk(u32),
+    #[error("the chunk is too large to serve")]
+    TooLarge,
+}
+
+/// A chunk of a copy held here.
+struct Located {
+    /// The copy's owner (it is read through the owner's sandbox).
+    owner: Principal,
+    /// The temporary file, or the destination after Complete.
+    path: PathBuf,
+    /// Where the chunk starts in it.
+    offset: u64,
+    /// Its record: length and digest.
+    chunk: ChunkRecord,
+}
+
+/// Where chunk `request.index` of a copy held here lies.
+fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<Located, NotServed> {
+    let job = queue.job(&request.job).ok_or(NotServed::JobGone)?;
     let index = request.file as usize;
     if job.home_node() != me || offered_keys(job, index).is_empty() {
-        return Err("the copy is not offered here".into());
+        return Err(NotServed::NotOffered);
     }
     let file = &job.files()[index];
     let chunk = file
         .chunks
         .binary_search_by_key(&request.index, |c| c.index)
         .map(|at| file.chunks[at])
-        .map_err(|_| format!("the copy does not hold chunk {}", request.index))?;
+        .map_err(|_| NotServed::NoChunk(request.index))?;
     if chunk.len > super::helper::MAX_HELPER_PIECE {
-        return Err("the chunk is too large to serve".into());
+        return Err(NotServed::TooLarge);
     }
     // After Complete the bytes are at the destination; before, in the temporary file.
     let path =
         if job.state() == JobState::Acknowledged { &file.local_path } else { &file.temporary_name };
+    // Copies are of whole files: chunk i starts at i chunk sizes.
     let offset = u64::from(request.index) * file.chunk_size;
-    Ok((job.owner().clone(), PathBuf::from(path), offset, chunk.len))
+    Ok(Located { owner: job.owner().clone(), path: PathBuf::from(path), offset, chunk })
 }
 
 /// Takes a copy out of the peer cache: it served bytes that did not match the digest of

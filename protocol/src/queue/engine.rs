@@ -145,12 +145,23 @@ fn apply_report(
                     added = true;
                 }
             }
-            entry.progress.bytes_transferred = entry.chunks.iter().map(|c| c.len).sum();
-            entry.bytes_from_peers =
-                entry.chunks.iter().filter(|c| c.from_peer).map(|c| c.len).sum();
+            entry.count_chunks();
             if added {
                 job.activity.no_progress_since = None;
             }
+        }
+        EngineReport::ChunksLost { file, chunks } => {
+            require_active(job, run)?;
+            let entry = file_mut(job, *file)?;
+            if entry.transferred {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_INVALID_STATE,
+                    format!("file {file} is transferred already"),
+                ));
+            }
+            let lost: std::collections::BTreeSet<u32> = chunks.iter().copied().collect();
+            entry.chunks.retain(|c| !lost.contains(&c.index));
+            entry.count_chunks();
         }
         EngineReport::FileTransferred { file, size, headers } => {
             require_active(job, run)?;

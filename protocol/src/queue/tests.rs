@@ -652,6 +652,31 @@ mod engine_reports {
         assert_eq!(job.files[0].chunks.len(), 3);
     }
 
+    #[test]
+    fn damaged_chunks_are_forgotten_and_counted_again_when_fetched_again() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        probed(&mut h, id, 25);
+        let all = vec![chunk(0, 10), chunk(1, 10), chunk(2, 5)];
+        report(&mut h, id, EngineReport::Chunks { file: 0, chunks: all }).expect("chunks");
+        // Unsorted and repeated indexes, and one never recorded, are all fine.
+        let lost = EngineReport::ChunksLost { file: 0, chunks: vec![2, 0, 2, 9] };
+        report(&mut h, id, lost).expect("lost");
+        let job = h.queue.job(&id).expect("job");
+        assert_eq!(job.files[0].chunks.iter().map(|c| c.index).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(job.progress().bytes_transferred, 10);
+        let whole = EngineReport::FileTransferred { file: 0, size: 25, headers: vec![] };
+        let early = report(&mut h, id, whole.clone());
+        assert_eq!(early.map_err(|e| e.code), Err(BitsCode::E_UNEXPECTED), "G4");
+        let again = EngineReport::Chunks { file: 0, chunks: vec![chunk(0, 10), chunk(2, 5)] };
+        report(&mut h, id, again).expect("again");
+        report(&mut h, id, whole).expect("transferred");
+        // A transferred file has nothing left to lose.
+        let late = report(&mut h, id, EngineReport::ChunksLost { file: 0, chunks: vec![1] });
+        assert!(late.is_err());
+        assert_eq!(h.queue.job(&id).expect("job").progress().bytes_transferred, 25);
+    }
+
     fn key(size: u64) -> [ContentKey; 1] {
         [ContentKey::Version { url: file(0).remote_url, size, validator: "\"v1\"".into() }]
     }

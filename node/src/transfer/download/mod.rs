@@ -263,7 +263,7 @@ impl Run {
         let keeps_chunks = !file.chunks.is_empty()
             && file.remote.as_ref().is_some_and(|r| r.same_version(&probe.remote))
             && file.chunk_size == chunk_size;
-        let durable = if keeps_chunks { file.chunks.clone() } else { Vec::new() };
+        let mut durable = if keeps_chunks { file.chunks.clone() } else { Vec::new() };
         if probe.remote.size.is_none() && !file.chunks.is_empty() {
             // Dynamic content cannot resume: what an earlier run wrote is discarded.
             return Err(Stop::RestartFile("dynamic content restarts from the beginning".into()));
@@ -283,6 +283,15 @@ impl Run {
         };
 
         let temp = self.temp_file(&file, index, durable.is_empty()).await?;
+        if !durable.is_empty() {
+            // Recorded chunks count only if their bytes are still what was recorded.
+            let damaged = self.damaged_chunks(&temp, &file, index).await?;
+            if !damaged.is_empty() {
+                tracing::warn!(job = %self.job.id(), file = index, ?damaged, "recorded chunks of the temporary file no longer match their digests; fetching them again");
+                durable.retain(|c| damaged.binary_search(&c.index).is_err());
+                outbox.push(EngineReport::ChunksLost { file: index, chunks: damaged });
+            }
+        }
         let fetch = Fetch {
             url: url.clone(),
             file: index,
@@ -377,6 +386,19 @@ impl Run {
             Ok(None) => Err(Stop::RestartFile("the temporary file is gone".into())),
             Err(e) => Err(Failure::local(&e, "cannot open the temporary file", Some(index)).into()),
         }
+    }
+
+    /// The recorded chunks of `file` whose bytes in `temp` no longer match their digests.
+    async fn damaged_chunks(
+        &self,
+        temp: &TempFile,
+        file: &JobFile,
+        index: u32,
+    ) -> Result<Vec<u32>, Stop> {
+        let (temp, spans) = (temp.clone(), transfer::chunk_spans(file));
+        blocking(move || temp.damaged_chunks(&spans))
+            .await
+            .map_err(|e| Failure::local(&e, "cannot read the temporary file", Some(index)).into())
     }
 
     /// Sets the length and mtime, fsyncs, and reports the file with its last chunks.
