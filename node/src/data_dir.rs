@@ -2,6 +2,8 @@
 //! generated admin token (0600) when no tokens are configured, and the address the API
 //! is bound to. The redb files live here too (see [`crate::raft`]).
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -49,6 +51,33 @@ impl DataDir {
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make data directory {} private", root.display()))?;
         Ok(Self { root: root.to_path_buf() })
+    }
+
+    /// The names in the directory now.
+    pub fn entries(&self) -> crate::error::Result<BTreeSet<OsString>> {
+        let listing = fs::read_dir(&self.root)
+            .with_context(|| format!("cannot list {}", self.root.display()))?;
+        let mut names = BTreeSet::new();
+        for entry in listing {
+            names.insert(
+                entry.with_context(|| format!("cannot list {}", self.root.display()))?.file_name(),
+            );
+        }
+        Ok(names)
+    }
+
+    /// Removes what was made in the directory since `before` was listed (a first start
+    /// that failed to join leaves nothing behind); a failure is only logged.
+    pub fn remove_new(&self, before: &BTreeSet<OsString>) {
+        let Ok(now) = self.entries() else { return };
+        for name in now.difference(before) {
+            let path = self.root.join(name);
+            let removed =
+                if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            if let Err(e) = removed {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove");
+            }
+        }
     }
 
     /// The directory itself.

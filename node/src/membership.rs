@@ -8,15 +8,19 @@
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Context as _, Error};
+use ferry_coordinator::ClusterError;
 use ferry_protocol::codec;
 
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::peer::endpoint::Handler;
 use crate::peer::identity::{ClusterCa, NodeIdentity, write_private};
-use crate::peer::join::{JoinAnswer, JoinRequest, JoinToken, request_join};
+use crate::peer::join::{
+    JoinAnswer, JoinFailure, JoinRefusal, JoinRequest, JoinToken, request_join,
+};
 use crate::raft::NodeAddr;
 use crate::replica::{ClusterView, Membership};
 
@@ -75,7 +79,8 @@ pub(crate) async fn establish(
             peer_addr: peer_addr.to_string(),
             api_addr: api_addr.to_string(),
         };
-        let answer = join_any(&config.cluster.join, &token, &request).await?;
+        let patience = Duration::from_secs(config.cluster.join_patience_secs);
+        let answer = join_any(&config.cluster.join, &token, &request, patience).await?;
         if answer.secret_key.len() != ferry_coordinator::secrets::KEY_LEN {
             return Err(Error::Config("the cluster sent no usable secret key".to_string()));
         }
@@ -123,29 +128,76 @@ pub(crate) async fn establish(
     Ok(Start { node_id, identity, socket, founder: true, admission: Some((ca, token)) })
 }
 
-/// Tries each seed (addresses or names resolving to several) until one admits us.
+/// Tries each seed (addresses or names resolving to several) until one admits us,
+/// round after round with backoff while failures are transient, for `patience`.
 async fn join_any(
     seeds: &[String],
     token: &JoinToken,
     request: &JoinRequest,
+    patience: Duration,
 ) -> crate::error::Result<JoinAnswer> {
-    let mut last = None;
-    for seed in seeds {
-        let addrs: Vec<SocketAddr> = match seed.to_socket_addrs() {
-            Ok(addrs) => addrs.collect(),
-            Err(e) => {
-                last = Some(Error::Config(format!("cannot resolve {seed}: {e}")));
-                continue;
-            }
-        };
-        for addr in addrs {
-            match request_join(addr, token, request).await {
-                Ok(answer) => return Ok(answer),
-                Err(e) => last = Some(Error::Unavailable(format!("joining through {addr}: {e}"))),
+    if seeds.is_empty() {
+        return Err(Error::Config("no --join address given".to_string()));
+    }
+    with_patience(patience, || async {
+        let mut last = None;
+        for seed in seeds {
+            // A name that does not resolve yet (a container not started) is transient.
+            let addrs: Vec<SocketAddr> = match seed.to_socket_addrs() {
+                Ok(addrs) => addrs.collect(),
+                Err(e) => {
+                    let why = Error::Unavailable(format!("cannot resolve {seed}: {e}"));
+                    last = Some(JoinFailure::Failed(why));
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match request_join(addr, token, request).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(e) if !e.is_transient() => return Err(e),
+                    Err(e) => {
+                        tracing::info!(%addr, error = %e, "join attempt failed");
+                        last = Some(e);
+                    }
+                }
             }
         }
+        Err(last.unwrap_or_else(|| {
+            JoinFailure::Failed(Error::Unavailable("no join address resolved".into()))
+        }))
+    })
+    .await
+    .map_err(|e| match e {
+        JoinFailure::Refused(refusal) => {
+            Error::Config(format!("the cluster refused the join: {refusal}"))
+        }
+        JoinFailure::Failed(e) => Error::Unavailable(format!("cannot join the cluster: {e}")),
+    })
+}
+
+/// First wait between join rounds; doubled after each, up to [`JOIN_BACKOFF_MAX`].
+const JOIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between join rounds.
+const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs `attempt` until it succeeds, fails for good, or `patience` is spent (the last
+/// failure is returned), waiting longer after each transient failure.
+async fn with_patience<T, F, Fut>(patience: Duration, mut attempt: F) -> Result<T, JoinFailure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, JoinFailure>>,
+{
+    let give_up = tokio::time::Instant::now() + patience;
+    let mut wait = JOIN_BACKOFF;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < give_up => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(JOIN_BACKOFF_MAX);
+            }
+            outcome => return outcome,
+        }
     }
-    Err(last.unwrap_or_else(|| Error::Config("no --join address given".to_string())))
 }
 
 /// The CA and token, if this node holds the CA key (every member since it joined).
@@ -184,7 +236,7 @@ pub(crate) fn admission_handler(
         Box::pin(async move {
             let answer = match codec::decode::<JoinRequest>(&body) {
                 Ok(request) => admit.admit(request).await,
-                Err(e) => Err(format!("unreadable join request: {e}")),
+                Err(e) => Err(JoinRefusal::BadRequest(format!("unreadable join request: {e}"))),
             };
             if let Err(refusal) = &answer {
                 tracing::warn!(%refusal, "a join was refused");
@@ -206,27 +258,31 @@ struct Admit {
 }
 
 impl Admit {
-    async fn admit(&self, request: JoinRequest) -> Result<JoinAnswer, String> {
+    async fn admit(&self, request: JoinRequest) -> Result<JoinAnswer, JoinRefusal> {
+        use JoinRefusal::{BadRequest, BadToken, Busy};
+
         if !self.token.admits(&request.secret) {
-            return Err("the join token is not valid for this cluster".into());
+            return Err(BadToken);
         }
         if request.public_key.len() != 65 || request.public_key[0] != 4 {
-            return Err("the public key is not an uncompressed P-256 point".into());
+            return Err(BadRequest("the public key is not an uncompressed P-256 point".into()));
         }
         let peer_addr: SocketAddr = request
             .peer_addr
             .parse()
-            .map_err(|_| "the peer address is not an address".to_owned())?;
+            .map_err(|_| BadRequest("the peer address is not an address".into()))?;
         let _serial = self.lock.lock().await;
-        let node_id = self.next_node_id().await?;
-        let cert = self.ca.issue(node_id, &request.public_key).map_err(|e| e.to_string())?;
+        let node_id = self.next_node_id().await.map_err(|e| Busy(e.to_string()))?;
+        let cert =
+            self.ca.issue(node_id, &request.public_key).map_err(|e| BadRequest(e.to_string()))?;
         let secret_key = std::fs::read(self.root.join(crate::data_dir::files::SECRET_KEY))
-            .map_err(|e| format!("cannot read the cluster secret key: {e}"))?;
+            .map_err(|e| Busy(format!("this member cannot read the cluster secret key: {e}")))?;
         let addr = NodeAddr { api_addr: request.api_addr, peer_addr: peer_addr.to_string() };
+        // Any refusal here (no leader, a membership change in progress) passes.
         self.membership
             .add_member(node_id, addr, self.voters)
             .await
-            .map_err(|e| format!("cannot add node {node_id}: {e}"))?;
+            .map_err(|e| Busy(format!("cannot add node {node_id}: {e}")))?;
         tracing::info!(node_id, %peer_addr, "admitted a node as a learner");
         Ok(JoinAnswer {
             node_id,
@@ -240,7 +296,7 @@ impl Admit {
 
     /// The next node id, handed out through Raft (members admit concurrently; an id is
     /// never given twice, not even after its node left).
-    async fn next_node_id(&self) -> Result<u64, String> {
+    async fn next_node_id(&self) -> Result<u64, ClusterError> {
         use ferry_protocol::command::{Command, Proposal, Reply};
 
         let at_least = self.cluster.member_ids().into_iter().max().unwrap_or(0);
@@ -251,10 +307,12 @@ impl Admit {
             caller: crate::transfer::system_caller(),
             command: Command::AllocateNodeId { at_least },
         };
-        match self.cluster.write(proposal).await.map_err(|e| e.to_string())?.result {
+        match self.cluster.write(proposal).await?.result {
             Ok(Reply::NodeId(id)) => Ok(id),
-            Ok(other) => Err(format!("unexpected answer to a node id request: {other:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok(other) => Err(ClusterError::Unavailable(format!(
+                "unexpected answer to a node id request: {other:?}"
+            ))),
+            Err(e) => Err(ClusterError::Unavailable(e.to_string())),
         }
     }
 }
@@ -275,4 +333,65 @@ pub(crate) fn check(config: &Config) -> crate::error::Result<()> {
         return Err(Error::Config("cluster.voters must be at least 1".to_string()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn busy() -> JoinFailure {
+        JoinFailure::Refused(JoinRefusal::Busy("a membership change is in progress".into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_refusals_are_asked_again_with_backoff() {
+        let tries = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let outcome = with_patience(Duration::from_secs(60), || async {
+            match tries.fetch_add(1, Ordering::Relaxed) {
+                0 => Err(busy()),
+                1 => Err(JoinFailure::Failed(Error::Unavailable("unreachable".into()))),
+                _ => Ok(7),
+            }
+        })
+        .await;
+        assert_eq!(outcome.ok(), Some(7));
+        assert_eq!(tries.load(Ordering::Relaxed), 3);
+        // 250 ms, then 500 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(750));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wrong_token_or_a_foreign_cluster_is_not_asked_again() {
+        for failure in [
+            || JoinFailure::Refused(JoinRefusal::BadToken),
+            || JoinFailure::Failed(Error::Config("not part of the cluster".into())),
+        ] {
+            let tries = AtomicU32::new(0);
+            let outcome: Result<(), _> = with_patience(Duration::from_secs(60), || async {
+                tries.fetch_add(1, Ordering::Relaxed);
+                Err(failure())
+            })
+            .await;
+            assert!(outcome.is_err());
+            assert_eq!(tries.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn patience_ends_with_the_last_failure() {
+        let tries = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let outcome: Result<(), _> = with_patience(Duration::from_secs(20), || async {
+            tries.fetch_add(1, Ordering::Relaxed);
+            Err(busy())
+        })
+        .await;
+        assert!(matches!(outcome, Err(JoinFailure::Refused(JoinRefusal::Busy(_)))));
+        assert!(started.elapsed() <= Duration::from_secs(20));
+        // 0.25 + 0.5 + 1 + 2 + 4 + 5 + 5 = 17.75 s, the next wait would pass 20 s.
+        assert_eq!(tries.load(Ordering::Relaxed), 8);
+    }
 }

@@ -34,6 +34,7 @@ pub async fn run(
 ) -> crate::error::Result<()> {
     let config = &settings.config;
     let dir = DataDir::open(&config.data_dir)?;
+    let before = dir.entries()?;
 
     let log = LogStore::open(&dir.path(files::RAFT_LOG)).with_context(|| {
         format!(
@@ -67,7 +68,17 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", config.api.listen))?;
     let api_addr = listener.local_addr()?;
 
-    let start = membership::establish(&dir, config, api_addr).await?;
+    let start = match membership::establish(&dir, config, api_addr).await {
+        Ok(start) => start,
+        Err(e) => {
+            if !config.cluster.join.is_empty() {
+                // A failed join leaves the directory as it found it.
+                drop((log, state));
+                dir.remove_new(&before);
+            }
+            return Err(e);
+        }
+    };
     let node_id = start.node_id;
     // Before Raft starts: a TLS setting that cannot work stops the start here.
     let server_settings =

@@ -187,3 +187,48 @@ async fn a_member_restarted_on_its_ports_is_reachable_at_once() -> anyhow::Resul
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_waits_for_its_member_and_a_refused_join_leaves_nothing() -> anyhow::Result<()> {
+    // Two voters; with one down the other cannot commit, so it cannot admit anyone.
+    let mut nodes = ferry_tests::start_cluster(NodeOptions::queue_only(), 2).await?;
+    let token = nodes[0].join_token()?;
+    let seed = nodes[0].peer_addr()?;
+    let joiner = nodes[0].joiner(Ipv4Addr::new(127, 0, 0, 4), &token)?;
+    nodes[1].kill9().await?;
+    let joining = tokio::spawn(Node::start(joiner));
+    // Longer than a write may wait for its commit (10 s): the admitter answers "busy".
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    nodes[1].restart().await?;
+    let third = joining.await??;
+    let status = third.client(Some(tokens::ADMIN))?.cluster().await?;
+    assert_eq!(status.members.len(), 3, "{status:#?}");
+    let log = std::fs::read_to_string(third.log_path())?;
+    assert!(log.contains("cannot admit a node now"), "the join never met a refusal");
+
+    // A wrong secret fails at once (no retries), and the new data directory stays empty.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[3] = "0".repeat(parts[3].len());
+    let forged = parts.join(".");
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let started = std::time::Instant::now();
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(ferry_tests::binary("ferryd")?)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.5:0", "--peer-listen", "127.0.0.5:0"])
+            .args(["--join", &seed.to_string(), "--join-token", &forged])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await??;
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(said.contains("join token is not valid"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(10), "a wrong token was asked again");
+    let left: Vec<_> = std::fs::read_dir(&data)?.collect::<Result<_, _>>()?;
+    assert!(left.is_empty(), "a failed join left {left:?}");
+    Ok(())
+}

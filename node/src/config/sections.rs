@@ -163,11 +163,15 @@ pub struct ClusterConfig {
     /// sizes only) up to this; later nodes stay learners (they still run transfers).
     /// Default 5.
     pub voters: usize,
+    /// How long a first start keeps trying to join, seconds: unreachable members and
+    /// transient refusals (no leader, a membership change in progress) are retried
+    /// with backoff; a wrong token is not. Default 120.
+    pub join_patience_secs: u64,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { join: Vec::new(), join_token: None, voters: 5 }
+        Self { join: Vec::new(), join_token: None, voters: 5, join_patience_secs: 120 }
     }
 }
 

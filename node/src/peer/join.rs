@@ -120,12 +120,58 @@ pub(crate) struct JoinAnswer {
     pub(crate) token: String,
 }
 
-/// Asks the token's issuer, at `seed`, to admit this node.
+/// Why a member did not admit a joining node (sent back to it).
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+pub(crate) enum JoinRefusal {
+    /// The secret is wrong: asking again cannot help.
+    #[error("the join token is not valid for this cluster")]
+    BadToken,
+    /// The request cannot be served as it is.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The cluster cannot admit now (no leader, a membership change in progress, a
+    /// member unreachable): the joiner asks again.
+    #[error("the cluster cannot admit a node now: {0}")]
+    Busy(String),
+}
+
+/// Why one join attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JoinFailure {
+    /// The member answered with a refusal.
+    #[error("the cluster refused the join: {0}")]
+    Refused(JoinRefusal),
+    /// No answer: the member is unreachable, or the exchange broke.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+impl JoinFailure {
+    /// Whether asking again later may succeed.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Self::Refused(refusal) => matches!(refusal, JoinRefusal::Busy(_)),
+            // A configuration error (a token pinning another CA) stays one.
+            Self::Failed(e) => !matches!(e, Error::Config(_)),
+        }
+    }
+}
+
+/// Asks the member at `seed` to admit this node.
 pub(crate) async fn request_join(
     seed: SocketAddr,
     token: &JoinToken,
     request: &JoinRequest,
-) -> crate::error::Result<JoinAnswer> {
+) -> Result<JoinAnswer, JoinFailure> {
+    ask(seed, token, request).await?.map_err(JoinFailure::Refused)
+}
+
+/// One join exchange with the member at `seed`: its answer, or why there was none.
+async fn ask(
+    seed: SocketAddr,
+    token: &JoinToken,
+    request: &JoinRequest,
+) -> crate::error::Result<Result<JoinAnswer, JoinRefusal>> {
     let verifier = Arc::new(PinnedCa::new(token.ca_fingerprint.clone()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -147,10 +193,19 @@ pub(crate) async fn request_join(
         QuicClientConfig::try_from(tls)?,
     )));
     let outcome = async {
-        let connection = endpoint
-            .connect(seed, MEMBER_NAME)?
-            .await
-            .with_context(|| format!("cannot reach the cluster at {seed}"))?;
+        let connection = match endpoint.connect(seed, MEMBER_NAME)?.await {
+            Ok(connection) => connection,
+            // Our verifier refused the member's certificate: it is not of the cluster the
+            // token pins, and asking again cannot change that.
+            Err(quinn::ConnectionError::TransportError(e)) if is_crypto(e.code) => {
+                return Err(Error::Config(format!(
+                    "{seed} is not part of the cluster the join token names ({e})"
+                )));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot reach the cluster at {seed}"));
+            }
+        };
         let (mut send, mut recv) = connection.open_bi().await?;
         send.write_all(&codec::encode(request)?).await?;
         send.finish()?;
@@ -159,12 +214,16 @@ pub(crate) async fn request_join(
             .await
             .context("the cluster did not answer the join")?;
         connection.close(0u32.into(), b"joined");
-        let answer: Result<JoinAnswer, String> = codec::decode(&bytes)?;
-        answer.map_err(|refusal| Error::Config(format!("the cluster refused the join: {refusal}")))
+        Ok(codec::decode::<Result<JoinAnswer, JoinRefusal>>(&bytes)?)
     }
     .await;
     endpoint.wait_idle().await;
     outcome
+}
+
+/// Whether a QUIC transport error is a TLS alert (codes 0x100-0x1ff, RFC 9001 §4.8).
+fn is_crypto(code: quinn::TransportErrorCode) -> bool {
+    (0x100..0x200).contains(&u64::from(code))
 }
 
 /// Trusts a server whose chain includes the pinned CA and whose certificate that CA
