@@ -484,3 +484,87 @@ async fn a_session_keeps_one_http_connection() -> anyhow::Result<()> {
     assert_eq!(connections, 1, "the session's requests used {connections} connections");
     Ok(())
 }
+
+/// An HTTP proxy on 127.0.0.1 in front of the BITS server at `to` that answers the
+/// first `fail` Fragments with a bare 500 (no BITS headers), as a server whose own
+/// machinery failed does; everything else is passed on.
+async fn bare_500_on_fragments(
+    to: std::net::SocketAddr,
+    fail: usize,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let failed = std::sync::Arc::new(AtomicUsize::new(0));
+    let upstream = reqwest::Client::new();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (failed, upstream) = (failed.clone(), upstream.clone());
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (failed, upstream) = (failed.clone(), upstream.clone());
+                    async move {
+                        let fragment = request
+                            .headers()
+                            .get("BITS-Packet-Type")
+                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"fragment"));
+                        if fragment && failed.fetch_add(1, Ordering::SeqCst) < fail {
+                            // Read to the end first: the client sees the answer, not a reset.
+                            request.into_body().collect().await?;
+                            let mut answer = hyper::Response::new(Full::new(Bytes::new()));
+                            *answer.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                            return Ok::<_, anyhow::Error>(answer);
+                        }
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        let mut forward = upstream
+                            .request(parts.method, format!("http://{to}{}", parts.uri))
+                            .body(body);
+                        for (name, value) in &parts.headers {
+                            if name != hyper::header::HOST {
+                                forward = forward.header(name, value);
+                            }
+                        }
+                        let answer = forward.send().await?;
+                        let mut reply = hyper::Response::builder().status(answer.status());
+                        for (name, value) in answer.headers() {
+                            reply = reply.header(name, value);
+                        }
+                        Ok(reply.body(Full::new(answer.bytes().await?))?)
+                    }
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_500_to_a_fragment_is_reported_as_http_error_500() -> anyhow::Result<()> {
+    let s = Setup::start(None).await?;
+    let proxy = bare_500_on_fragments(s.server.addr()?, 1).await?;
+    let local = s.dir.path().join("five.bin");
+    let sent = write_random(&local, 5 * MIB)?;
+    let remote = format!("http://{proxy}/bits/in/five.bin");
+    let quick = PropertyChanges { minimum_retry_delay_secs: Some(1), ..PropertyChanges::default() };
+    let id = start_upload(&s.client, JobType::Upload, &remote, &local, quick).await?;
+    let job =
+        wait_for(&s.node, &s.client, id, &[JobState::TransientError], Duration::from_secs(30))
+            .await?;
+    let error = job.error.expect("an error");
+    assert_eq!(error.code, BitsCode::http(500), "{error:?}");
+    assert_eq!(error.name, "BG_E_HTTP_ERROR_500");
+    assert_eq!(error.context, ErrorContext::RemoteFile);
+    // Retried: the same session goes on.
+    wait_transferred(&s.node, &s.client, id, 60).await?;
+    assert_eq!(hash_file(&s.uploaded("five.bin"))?, sent);
+    Ok(())
+}
