@@ -68,6 +68,18 @@ pub enum Error {
     /// The configuration or an identity file is not usable.
     #[error("{0}")]
     Config(String),
+    /// A database file failed its integrity check: the node must not serve from it.
+    #[error(
+        "{} cannot be trusted: {cause}. Restore it from a backup, or remove this node from \
+         the cluster and let it join again with an empty data directory",
+        file.display()
+    )]
+    Untrusted {
+        /// The file.
+        file: std::path::PathBuf,
+        /// What the check found.
+        cause: String,
+    },
 }
 
 impl Error {
@@ -107,7 +119,9 @@ impl Error {
             ),
             // A member still starting has not registered every handler yet.
             Self::Remote(e) => matches!(e, RemoteError::UnknownKind(_)),
-            Self::EgressRefused(_) | Self::Codec(_) | Self::Config(_) => false,
+            Self::EgressRefused(_) | Self::Codec(_) | Self::Config(_) | Self::Untrusted { .. } => {
+                false
+            }
         }
     }
 }

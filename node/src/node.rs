@@ -36,12 +36,12 @@ pub async fn run(
     let dir = DataDir::open(&config.data_dir)?;
     let before = dir.entries()?;
 
-    let log = LogStore::open(&dir.path(files::RAFT_LOG)).with_context(|| {
-        format!(
-            "cannot open {} (is another ferryd using this data directory?)",
-            dir.path(files::RAFT_LOG).display()
-        )
-    })?;
+    // Nothing is served from a database that another process holds or that is damaged.
+    for file in [files::RAFT_LOG, files::STATE] {
+        raft::vet_database(&dir.path(file))?;
+    }
+    let log = LogStore::open(&dir.path(files::RAFT_LOG))
+        .with_context(|| format!("cannot open {}", dir.path(files::RAFT_LOG).display()))?;
     let state = StateMachineStore::open(&dir.path(files::STATE), settings.retention())
         .with_context(|| format!("cannot open {}", dir.path(files::STATE).display()))?;
     let jobs_on_disk = state.read().queue.unfinished_jobs();

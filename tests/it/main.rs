@@ -25,6 +25,7 @@ mod priority;
 mod restart;
 mod shard;
 mod ssrf;
+mod storage_faults;
 mod support;
 mod symlink_race;
 mod tls;

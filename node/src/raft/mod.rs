@@ -166,6 +166,49 @@ fn io_error<E: std::error::Error + 'static>(
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(e)).into()
 }
 
+/// Checks the database at `path` before this node serves from it: no other process
+/// has it open, and it passes redb's integrity check (every page against its checksum).
+/// A file that does not exist yet passes. A file that fails (or that redb had to repair,
+/// perhaps by rolling back its last commit) cannot be trusted: the node must not start
+/// on it. A panic inside redb on a damaged file is caught and reported the same way.
+pub fn vet_database(path: &std::path::Path) -> crate::error::Result<()> {
+    use crate::error::Error;
+
+    if !path.exists() {
+        return Ok(());
+    }
+    let untrusted = |cause: String| Error::Untrusted { file: path.to_path_buf(), cause };
+    // The default hook would print the panic as if the node had crashed.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let checked = std::panic::catch_unwind(|| {
+        let mut db = open_database(path)?;
+        db.check_integrity()
+    });
+    std::panic::set_hook(hook);
+    match checked {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(untrusted(
+            "it failed redb's integrity check and had to be repaired, which may have lost its \
+             last commit"
+                .into(),
+        )),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(Error::Config(format!(
+            "{} is open in another process: is another ferryd using this data directory?",
+            path.display()
+        ))),
+        Ok(Err(e)) => Err(untrusted(e.to_string())),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(untrusted(format!("redb failed while reading it ({what})")))
+        }
+    }
+}
+
 /// Opens (or creates) a redb database file readable by its owner only (0600).
 fn open_database(path: &std::path::Path) -> Result<redb::Database, redb::DatabaseError> {
     use std::os::unix::fs::OpenOptionsExt;
