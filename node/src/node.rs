@@ -258,7 +258,8 @@ pub async fn run(
         ApiState { cluster: Arc::new(cluster), auth, secrets, roots: local_roots, notify },
         limits,
     )
-    .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes));
+    .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes))
+    .layer(axum::middleware::map_response_with_state(raft.clone(), close_when_stopped));
     dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;
     let scheme = server_settings.scheme();
@@ -286,6 +287,21 @@ pub async fn run(
     }
     peer_server.abort();
     outcome
+}
+
+/// Once Raft stopped on a fatal error the node is about to exit: every answer says
+/// `Connection: close`, so no client sends its next request on a connection that the
+/// shutdown is about to close (it reconnects, to another node or a restarted one).
+async fn close_when_stopped(
+    axum::extract::State(raft): axum::extract::State<raft::Raft>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if raft.metrics().borrow().running_state.is_err() {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Keeps the Raft network's address book equal to the membership's addresses.

@@ -79,14 +79,20 @@ impl RaftReplica {
             .send(Propose { proposal, bytes, reply })
             .await
             .map_err(|_| ClusterError::Unavailable("the proposer has stopped".into()))?;
-        // A leader cut off from its quorum cannot commit: answer (503) rather than hang.
-        match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
-            Ok(answer) => {
-                answer.map_err(|_| ClusterError::Unavailable("the write was dropped".into()))?
-            }
-            Err(_) => Err(ClusterError::Unavailable(format!(
-                "the write was not committed within {COMMIT_TIMEOUT:?}; the cluster may have lost its quorum"
-            ))),
+        // A leader cut off from its quorum cannot commit, and one whose storage failed
+        // (a full disk) never will: answer (503) rather than hang.
+        tokio::select! {
+            answered = tokio::time::timeout(COMMIT_TIMEOUT, answer) => match answered {
+                Ok(answer) => {
+                    answer.map_err(|_| ClusterError::Unavailable("the write was dropped".into()))?
+                }
+                Err(_) => Err(ClusterError::Unavailable(format!(
+                    "the write was not committed within {COMMIT_TIMEOUT:?}; the cluster may have lost its quorum"
+                ))),
+            },
+            error = crate::raft::stopped_on_error(&self.raft) => Err(ClusterError::Unavailable(
+                format!("this node stopped on a storage or Raft failure ({error}); the write may not have been recorded"),
+            )),
         }
     }
 
@@ -159,7 +165,9 @@ impl RaftReplica {
                     | ClusterError::NoLeader
                     | ClusterError::Unavailable(_))
             ) && proposal.request_id.is_some()
-                && tokio::time::Instant::now() < deadline;
+                && tokio::time::Instant::now() < deadline
+                // A node whose own Raft stopped (a failed disk) serves nothing any more.
+                && self.raft.metrics().borrow().running_state.is_ok();
             if !retry {
                 return attempt;
             }
