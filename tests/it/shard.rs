@@ -193,3 +193,58 @@ async fn home_node_and_helpers_keep_to_their_connection_caps() -> anyhow::Result
     assert!(stats.max_bodies_in_flight >= 3, "the helpers did not fetch alongside: {stats:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_home_node_keeps_what_its_helpers_delivered() -> anyhow::Result<()> {
+    const CHUNK: u64 = MIB;
+    let origin = Origin::start(OriginConfig {
+        // 2 MiB/s per connection: a piece takes half a second.
+        knobs: Knobs { rate_limit_per_connection: Some(2 * MIB), ..Knobs::default() },
+        ..OriginConfig::default()
+    })
+    .await?;
+    let len = 48 * MIB;
+    origin.add_file("/h.bin", Content::Pattern { seed: 63, len });
+    let mut nodes = cluster().await?;
+    let client = nodes[0].client(Some(tokens::ALICE))?;
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join("h.bin");
+    let files = [(origin.url("/h.bin"), local.clone())];
+    let id = crate::support::start_download(&client, &files, helpers(2)).await?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let job = client.job(id).await?;
+        if job.progress.bytes_transferred >= len / 3 {
+            break;
+        }
+        anyhow::ensure!(job.state != JobState::Transferred, "finished before the kill");
+        anyhow::ensure!(Instant::now() < deadline, "no progress: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The home node dies without warning; its helpers are mid-piece.
+    nodes[0].kill9().await?;
+    let killed = Instant::now();
+    let at_kill = origin.stats().body_bytes;
+    // Helpers give up the dead run's pieces within a second of knowing it ended: the
+    // origin stops sending to them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after_kill = origin.stats().body_bytes.saturating_sub(at_kill);
+    nodes[0].restart().await?;
+    let client = nodes[0].client(Some(tokens::ALICE))?;
+    wait_for(&nodes[0], &client, id, &[JobState::Transferred], Duration::from_secs(180)).await?;
+    let refetched = origin.stats().body_bytes.saturating_sub(len);
+    // In flight at the kill: the home node's one origin connection, and two piece
+    // requests to each of the two helpers (one fetching, one asked ahead).
+    let in_flight = 1 + 2 * 2;
+    println!(
+        "home node killed: {:.1} MiB re-fetched ({:.1} chunks; {in_flight} pieces were in flight), {:.1} MiB sent to helpers in the 3 s after the kill, complete {:.1} s after it",
+        refetched as f64 / MIB as f64,
+        refetched as f64 / CHUNK as f64,
+        after_kill as f64 / MIB as f64,
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(refetched <= in_flight * CHUNK, "re-fetched {refetched} bytes");
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/h.bin", &local)?, "the file differs after the home died");
+    Ok(())
+}

@@ -19,7 +19,7 @@ use std::time::Duration;
 use ferry_coordinator::{ReadAt, SecretKey};
 pub(crate) use ferry_protocol::peer::{ChunkAnswer, ChunkRequest};
 use ferry_protocol::transfer::Piece;
-use ferry_protocol::{BitsCode, JobId};
+use ferry_protocol::{BitsCode, JobId, NodeId};
 
 use super::failure::{Failure, Stop};
 use super::fetch::request_piece;
@@ -122,7 +122,13 @@ pub(crate) async fn serve(
     let _capped = context.settings.caps.acquire(&request.url).await;
     let piece =
         Piece { index: 0, local_offset: 0, remote_offset: request.offset, len: request.len };
-    match fetch(&helped.http, &request, piece).await {
+    // A piece for a run that ended (its home node died, or moved the job on) is dropped
+    // at once rather than fetched for nobody.
+    let fetched = tokio::select! {
+        fetched = fetch(&helped.http, &request, piece) => fetched,
+        () = run_ended(cluster, request.job, request.run, job.home_node()) => Err(Stop::Stale),
+    };
+    match fetched {
         Ok(bytes) => {
             // Hashing megabytes is CPU work: off the runtime threads Raft shares.
             let hashed = tokio::task::spawn_blocking(move || {
@@ -141,6 +147,29 @@ pub(crate) async fn serve(
         Err(Stop::Stale) => ChunkAnswer::Stale,
         Err(Stop::RestartFile(why) | Stop::DigestMismatch(why)) => ChunkAnswer::Restart(why),
         Err(Stop::Failed(failure)) => failed(failure),
+    }
+}
+
+/// How often a helper looks whether the run it fetches for still goes on.
+const RUN_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// A home node silent this long (a ping a second) has most likely died: its helper
+/// drops the piece. Shorter than [`SILENCE`]: a wrong guess costs only a piece the home
+/// node asks again, while fetching for a dead node costs origin bytes.
+const HOME_SILENCE: Duration = Duration::from_millis(1500);
+
+/// Resolves once run `run` of `job` has ended for its helpers: the job moved to another
+/// run or out of the active states, or its home node stopped answering pings for
+/// [`HOME_SILENCE`] (it cannot take the piece any more).
+async fn run_ended(cluster: &ClusterView, job: JobId, run: u64, home: NodeId) {
+    let since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(RUN_CHECK_EVERY).await;
+        let current =
+            cluster.state.read().queue.job(&job).map(|j| (j.run(), j.state().is_active()));
+        if current != Some((run, true)) || !cluster.liveness.alive(home, HOME_SILENCE, since) {
+            tracing::info!(%job, run, home, "the run a helper fetched for ended; dropping its piece");
+            return;
+        }
     }
 }
 

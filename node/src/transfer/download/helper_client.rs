@@ -30,25 +30,38 @@ pub(super) struct Helper {
 impl Helper {
     /// Takes pieces from `queue` until it is empty; a piece the helper cannot deliver
     /// goes back to the queue and the helper stops (it is not asked again this round).
-    /// A piece is written while the helper already fetches the next one.
+    /// A piece is written (and its record sent on `done` as soon as it is durable)
+    /// while the helper already fetches the next one: a crash of this node loses at
+    /// most the pieces still on their way.
     pub(super) async fn work(
         &self,
         queue: &Desk,
         done: &mpsc::Sender<ChunkRecord>,
     ) -> Result<(), Stop> {
-        let mut writing: Option<(Piece, tokio::task::JoinHandle<std::io::Result<ChunkRecord>>)> =
-            None;
+        let mut writing: Option<tokio::task::JoinHandle<()>> = None;
         let outcome = loop {
             let next = queue.next_origin(Worker::Helper(self.node), MAX_HELPER_PIECE).await;
             let Some(piece) = next else { break Ok(()) };
             let asked = self.ask(piece).await;
-            if let Some((written, handle)) = writing.take() {
-                self.written(written, handle, queue, done).await;
+            // One piece written at a time: the one before is durable (and reported).
+            if let Some(handle) = writing.take() {
+                let _ = handle.await;
             }
             match asked {
                 Ok(bytes) => {
                     let writer = ChunkWriter::new(self.fetch.temp.clone(), piece.local_offset);
-                    writing = Some((piece, scope::spawn(write_piece(writer, piece, bytes))));
+                    let (queue, done, job) = (queue.clone(), done.clone(), self.job);
+                    writing = Some(scope::spawn(async move {
+                        match write_piece(writer, piece, bytes).await {
+                            Ok(record) => {
+                                let _ = done.send(record).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(%job, piece = piece.index, error = %e, "cannot write a helper's piece");
+                                queue.tell(Ask::GiveBack(piece)).await;
+                            }
+                        }
+                    }));
                 }
                 Err(HelperError::RemoteChanged(why)) => break Err(Stop::RestartFile(why)),
                 Err(HelperError::Lost(why)) => {
@@ -58,31 +71,10 @@ impl Helper {
                 }
             }
         };
-        if let Some((written, handle)) = writing.take() {
-            self.written(written, handle, queue, done).await;
+        if let Some(handle) = writing.take() {
+            let _ = handle.await;
         }
         outcome
-    }
-
-    /// The end of a piece's write: its record goes to the reports, or (the write
-    /// failed) the piece goes back to the queue.
-    async fn written(
-        &self,
-        piece: Piece,
-        handle: tokio::task::JoinHandle<std::io::Result<ChunkRecord>>,
-        queue: &Desk,
-        done: &mpsc::Sender<ChunkRecord>,
-    ) {
-        match handle.await {
-            Ok(Ok(record)) => {
-                let _ = done.send(record).await;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(job = %self.job, piece = piece.index, error = %e, "cannot write a helper's piece");
-                queue.tell(Ask::GiveBack(piece)).await;
-            }
-            Err(_) => queue.tell(Ask::GiveBack(piece)).await,
-        }
     }
 
     /// Returns once the helper left pings unanswered for [`helper::SILENCE`] (counted
