@@ -62,6 +62,7 @@ async fn serve(
             let _ = send.finish();
             return Ok(());
         };
+        fail::fail_point!("events.send", |_| Err(BusError::Stream("failpoint events.send".into())));
         bus::write_frame(&mut send, &delivery).await?;
     }
 }

@@ -10,6 +10,7 @@ pub mod data_dir;
 mod egress;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 mod feed;
 mod fs;
 mod leader;

@@ -41,6 +41,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = ferry_node::failpoint::setup();
     let args = Args::parse();
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -165,64 +165,65 @@ enum Outcome {
     /// Refused with a reason; whether it was recorded is not known: retried later.
     Refused503,
     /// The connection broke without an answer (a connection the stopping node never
-    /// read from): unknown, retried later with the same key.
+    /// read from, or a crash): unknown, retried later with the same key.
     Unanswered,
     /// Never reached the node (it had exited): not in flight.
     NotConnected,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_answers_every_write_within_2_s_and_loses_none() -> anyhow::Result<()> {
-    const WRITERS: usize = 4;
-    let policy = ferry_protocol::limits::QueuePolicy {
-        max_jobs_per_user: 100_000,
-        max_jobs: 100_000,
-        ..Default::default()
-    };
-    let mut node =
-        ferry_tests::Node::start(NodeOptions { policy, ..NodeOptions::queue_only() }).await?;
-    node.stop().await?;
-    let data = node.data_dir();
-    let saved = tempfile::tempdir()?;
-    copy_dir(&data, saved.path())?;
-    let Some(_disk) = SmallDisk::mount(&data, 24) else {
-        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
-        return Ok(());
-    };
-    copy_dir(saved.path(), &data)?;
-    node.restart().await?;
-    // Leave the databases about 2 MiB to grow into.
-    let filler = data.join("filler");
-    let free = {
-        let out =
-            std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(&data).output()?;
-        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap_or("0").trim().parse::<u64>()?
-    };
-    std::fs::write(&filler, vec![0u8; usize::try_from(free.saturating_sub(2 << 20))?])?;
+/// What keyed writers saw until their node went away.
+#[derive(Default)]
+struct History {
+    acked: Vec<ferry_protocol::JobId>,
+    /// (writer, sequence) of writes whose outcome is unknown.
+    unknown: Vec<(usize, usize)>,
+    refused: usize,
+    unanswered: usize,
+    slowest: Duration,
+}
 
-    // Plain HTTP, no client retries: each request's own answer is what is judged.
-    let url = format!("{}/v1/jobs", node.url()?);
-    let spec = |w: usize, i: usize| NewJob {
+/// Write `i` of writer `w`: a job with a name of its own.
+fn keyed_job(w: usize, i: usize) -> NewJob {
+    NewJob {
         display_name: format!("writer {w} job {i} {}", "x".repeat(200)),
         job_type: JobType::Download,
         properties: Default::default(),
         files: vec![],
-    };
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
+    }
+}
+
+/// Sends write `i` of writer `w` to `url` as plain HTTP (no client retries) with its
+/// own Idempotency-Key.
+async fn keyed_write(
+    http: &reqwest::Client,
+    url: &str,
+    w: usize,
+    i: usize,
+) -> Result<reqwest::Response, reqwest::Error> {
+    http.post(url)
+        .bearer_auth(tokens::ALICE)
+        .header("Idempotency-Key", format!("w{w}-{i}"))
+        .json(&keyed_job(w, i))
+        .send()
+        .await
+}
+
+/// `writers` writers create jobs at `node` (at most `most` each) until it stops
+/// accepting connections; every answer is judged.
+async fn write_until_down(
+    node: &ferry_tests::Node,
+    writers: usize,
+    most: usize,
+) -> anyhow::Result<History> {
+    let url = format!("{}/v1/jobs", node.url()?);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
         let (http, url) = (crate::support::raw(), url.clone());
-        writers.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
-            for i in 0..5000 {
+            for i in 0..most {
                 let started = tokio::time::Instant::now();
-                let sent = http
-                    .post(&url)
-                    .bearer_auth(tokens::ALICE)
-                    .header("Idempotency-Key", format!("w{w}-{i}"))
-                    .json(&spec(w, i))
-                    .send()
-                    .await;
-                let outcome = match sent {
+                let outcome = match keyed_write(&http, &url, w, i).await {
                     Ok(answer) if answer.status() == 201 => {
                         Outcome::Acknowledged(answer.json::<JobInfo>().await?.id)
                     }
@@ -244,63 +245,157 @@ async fn a_full_disk_answers_every_write_within_2_s_and_loses_none() -> anyhow::
             Ok(seen)
         }));
     }
-    let mut acked = Vec::new();
-    let mut unknown = Vec::new();
-    let (mut refused, mut unanswered, mut slowest) = (0, 0, Duration::ZERO);
-    for writer in writers {
-        for (w, i, took, outcome) in writer.await?? {
+    let mut history = History::default();
+    for task in tasks {
+        for (w, i, took, outcome) in task.await?? {
             match outcome {
-                Outcome::Acknowledged(id) => acked.push(id),
+                Outcome::Acknowledged(id) => history.acked.push(id),
                 Outcome::Refused503 => {
-                    refused += 1;
-                    unknown.push((w, i));
+                    history.refused += 1;
+                    history.unknown.push((w, i));
                 }
                 Outcome::Unanswered => {
-                    unanswered += 1;
-                    unknown.push((w, i));
+                    history.unanswered += 1;
+                    history.unknown.push((w, i));
                 }
                 Outcome::NotConnected => continue,
             }
-            slowest = slowest.max(took);
+            history.slowest = history.slowest.max(took);
         }
     }
-    let log = std::fs::read_to_string(node.log_path())?;
+    Ok(history)
+}
+
+/// On the restarted `node`: the clients retry every write they do not know the outcome
+/// of with the same key; then every acknowledged job is there, and each write landed
+/// exactly once. Returns how many jobs there are.
+async fn settle(node: &ferry_tests::Node, mut history: History) -> anyhow::Result<usize> {
+    let http = crate::support::raw();
+    let url = format!("{}/v1/jobs", node.url()?);
+    for (w, i) in &history.unknown {
+        let answer = keyed_write(&http, &url, *w, *i).await?;
+        anyhow::ensure!(answer.status().is_success(), "a retry was answered {}", answer.status());
+        history.acked.push(answer.json::<JobInfo>().await?.id);
+    }
+    let jobs = node.client(Some(tokens::ADMIN))?.list_jobs(true).await?;
+    let held: std::collections::HashSet<_> = jobs.iter().map(|j| j.id).collect();
+    let lost = history.acked.iter().filter(|id| !held.contains(id)).count();
+    anyhow::ensure!(lost == 0, "{lost} of {} acknowledged jobs were lost", history.acked.len());
+    let names: std::collections::HashSet<_> = jobs.iter().map(|j| &j.display_name).collect();
+    anyhow::ensure!(names.len() == jobs.len(), "a retried write was applied twice");
     anyhow::ensure!(
-        acked.len() >= 20,
-        "too little traffic before the disk filled: {}",
-        acked.len()
+        jobs.len() == history.acked.len(),
+        "{} jobs for {} writes",
+        jobs.len(),
+        history.acked.len()
     );
+    Ok(jobs.len())
+}
+
+/// A queue policy that lets writers go on until something else stops them.
+fn roomy() -> ferry_protocol::limits::QueuePolicy {
+    ferry_protocol::limits::QueuePolicy {
+        max_jobs_per_user: 100_000,
+        max_jobs: 100_000,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_every_write_within_2_s_and_loses_none() -> anyhow::Result<()> {
+    let options = NodeOptions { policy: roomy(), ..NodeOptions::queue_only() };
+    let mut node = ferry_tests::Node::start(options).await?;
+    node.stop().await?;
+    let data = node.data_dir();
+    let saved = tempfile::tempdir()?;
+    copy_dir(&data, saved.path())?;
+    let Some(_disk) = SmallDisk::mount(&data, 24) else {
+        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return Ok(());
+    };
+    copy_dir(saved.path(), &data)?;
+    node.restart().await?;
+    // Leave the databases about 2 MiB to grow into.
+    let filler = data.join("filler");
+    let free = {
+        let out =
+            std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(&data).output()?;
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap_or("0").trim().parse::<u64>()?
+    };
+    std::fs::write(&filler, vec![0u8; usize::try_from(free.saturating_sub(2 << 20))?])?;
+
+    let history = write_until_down(&node, 4, 5000).await?;
+    let log = std::fs::read_to_string(node.log_path())?;
+    anyhow::ensure!(history.acked.len() >= 20, "too little traffic before the disk filled");
     anyhow::ensure!(!log.contains("panicked"), "a panic:\n{log}");
-    anyhow::ensure!(slowest <= Duration::from_secs(2), "a write waited {slowest:?} for its answer");
+    anyhow::ensure!(
+        history.slowest <= Duration::from_secs(2),
+        "a write waited {:?} for its answer",
+        history.slowest
+    );
     anyhow::ensure!(log.contains("No space left on device"), "the disk never filled");
     println!(
-        "disk full after {} acknowledged writes: {refused} answered 503, {unanswered} cut off unread, slowest answer {slowest:?}",
-        acked.len()
+        "disk full after {} acknowledged writes: {} answered 503, {} cut off unread, slowest answer {:?}",
+        history.acked.len(),
+        history.refused,
+        history.unanswered,
+        history.slowest
     );
     // Space returns; the node starts again and has every acknowledged job.
     std::fs::remove_file(&filler)?;
     node.restart().await?;
-    // The clients retry what they do not know with the same key: each lands once.
-    let http = crate::support::raw();
-    for (w, i) in &unknown {
-        let answer = http
-            .post(format!("{}/v1/jobs", node.url()?))
-            .bearer_auth(tokens::ALICE)
-            .header("Idempotency-Key", format!("w{w}-{i}"))
-            .json(&spec(*w, *i))
-            .send()
-            .await?;
-        anyhow::ensure!(answer.status().is_success(), "a retry was answered {}", answer.status());
-        acked.push(answer.json::<JobInfo>().await?.id);
-    }
-    let admin = node.client(Some(tokens::ADMIN))?;
-    let jobs = admin.list_jobs(true).await?;
-    let held: std::collections::HashSet<_> = jobs.iter().map(|j| j.id).collect();
-    let lost = acked.iter().filter(|id| !held.contains(id)).count();
-    anyhow::ensure!(lost == 0, "{lost} of {} acknowledged jobs were lost", acked.len());
-    let names: std::collections::HashSet<_> = jobs.iter().map(|j| &j.display_name).collect();
-    anyhow::ensure!(names.len() == jobs.len(), "a retried write was applied twice");
-    anyhow::ensure!(jobs.len() == acked.len(), "{} jobs for {} writes", jobs.len(), acked.len());
+    settle(&node, history).await?;
     node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_raft_failpoint_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    // Each failpoint panics (the node aborts) after some passes, under three writers.
+    // FERRY_FAILPOINT_ROUNDS=50 crosses each one with a crash 50 times, at varied passes
+    // (scripts/failpoints.sh).
+    let rounds: u64 =
+        std::env::var("FERRY_FAILPOINT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
+    let names = ["raft.log.before_ack", "raft.apply", "raft.snapshot.build"];
+    let mut crashes = 0;
+    for round in 0..rounds {
+        for name in names {
+            let passes = match name {
+                // Snapshots come every 50 entries: the first few builds.
+                "raft.snapshot.build" => round % 3,
+                _ => 5 + (round * 37) % 90,
+            };
+            let options = NodeOptions {
+                policy: roomy(),
+                snapshot_after_entries: 50,
+                failpoints: Some(format!("{name}={passes}*off->panic")),
+                ..NodeOptions::queue_only()
+            };
+            let mut node = ferry_tests::Node::start(options).await?;
+            let history = write_until_down(&node, 3, 3000).await?;
+            let log = std::fs::read_to_string(node.log_path())?;
+            anyhow::ensure!(
+                log.contains(&format!("failpoint {name} panic")),
+                "round {round}: {name} never fired"
+            );
+            let acked = history.acked.len();
+            node.options.failpoints = None;
+            node.restart().await?;
+            let jobs = settle(&node, history)
+                .await
+                .map_err(|e| anyhow::anyhow!("round {round}, {name} after {passes} passes: {e}"))?;
+            crashes += 1;
+            if rounds == 1 {
+                println!(
+                    "{name}: crashed after {acked} acknowledged writes; {jobs} jobs after retries, none lost or doubled"
+                );
+            }
+            node.stop().await?;
+        }
+    }
+    println!(
+        "{crashes} crashes at {} failpoints: 0 acknowledged writes lost, 0 doubled",
+        names.len()
+    );
     Ok(())
 }

@@ -145,6 +145,8 @@ pub struct NodeOptions {
     /// Extra TOML merged into the config: its tables may also name tables the harness
     /// writes (`[api]` keys, say), whose keys it adds or replaces.
     pub extra_config: String,
+    /// `FAILPOINTS` for the next starts (`name=action;...`, see `ferry_node::failpoint`).
+    pub failpoints: Option<String>,
 }
 
 impl NodeOptions {
@@ -165,6 +167,7 @@ impl Default for NodeOptions {
             transfer: String::new(),
             extra_config: String::new(),
             api_ca: None,
+            failpoints: None,
         }
     }
 }
@@ -285,7 +288,11 @@ impl Node {
         // A node killed with -9 leaves its old address behind.
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let child = Command::new(binary("ferryd")?)
+        let mut command = Command::new(binary("ferryd")?);
+        if let Some(failpoints) = &self.options.failpoints {
+            command.env("FAILPOINTS", failpoints);
+        }
+        let child = command
             .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", "info,openraft=warn")

@@ -109,6 +109,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        fail::fail_point!("raft.vote.save", |_| Err(write_err(crate::failpoint::error(
+            "raft.vote.save"
+        ))));
         put_meta(&self.db, ErrorSubject::Vote, VOTE, vote, Durability::Immediate).await
     }
 
@@ -155,6 +158,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await;
         // The entries are on disk (fsync'd by the Immediate commit) before openraft hears so.
+        fail::fail_point!("raft.log.before_ack");
         match &written {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),

@@ -282,6 +282,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     /// consistent view of what is on disk), never from memory, which may be ahead of the
     /// disk while an apply commits. The log may then be purged up to it safely.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        fail::fail_point!("raft.snapshot.build", |_| {
+            Err(write_err(crate::failpoint::error("raft.snapshot.build")))
+        });
         let (db, dir) = (self.db.clone(), self.snapshots.clone());
         let (meta, path, bytes) = blocking(ErrorSubject::StateMachine, move || {
             let txn = db.begin_read().map_err(read_err)?;
@@ -360,6 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             rows.newest = published.last().map(|e| e.event.time);
             (replies, rows, published, changed)
         };
+        fail::fail_point!("raft.apply", |_| Err(write_err(crate::failpoint::error("raft.apply"))));
         let db = self.db.clone();
         let retention = self.retention;
         blocking(ErrorSubject::StateMachine, move || rows.write(&db, retention)).await?;
@@ -397,6 +401,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         use tokio::io::AsyncWriteExt;
+        fail::fail_point!("raft.snapshot.install", |_| {
+            Err(write_err(crate::failpoint::error("raft.snapshot.install")))
+        });
         snapshot.flush().await.map_err(write_err)?;
         let received = snapshot.into_std().await;
         let part = self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();

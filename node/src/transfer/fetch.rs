@@ -253,6 +253,9 @@ impl ChunkWriter {
     /// Writes the rest, fsyncs (unless the caller will), and returns the chunk's record.
     pub(super) async fn seal(mut self, index: u32, sync: bool) -> std::io::Result<ChunkRecord> {
         self.flush().await?;
+        fail::fail_point!("chunk.before_fsync", |_| Err(crate::failpoint::error(
+            "chunk.before_fsync"
+        )));
         if sync {
             let temp = self.temp.clone();
             blocking(move || temp.sync()).await?;

@@ -448,6 +448,9 @@ fn finish_one(
     if sandbox.marks_owner() {
         dir::write_xattr(&file, OWNER_XATTR, sandbox.principal())?;
     }
+    fail::fail_point!("complete.before_rename", |_| {
+        Err(crate::failpoint::error("complete.before_rename"))
+    });
     place.dir.rename(temp, &place.name)?;
     Ok(true)
 }

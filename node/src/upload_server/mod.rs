@@ -150,7 +150,14 @@ async fn handle(
     match packet {
         Some(PacketType::Ping) => ack(StatusCode::OK, &[]),
         Some(PacketType::CreateSession) => server.create(&caller, &path, &headers).await,
-        Some(PacketType::Fragment) => server.fragment(&caller, &target, &headers, &body).await,
+        Some(PacketType::Fragment) => {
+            let answer = server.fragment(&caller, &target, &headers, &body).await;
+            // Stored, not yet acknowledged.
+            fail::fail_point!("upload.fragment.before_ack", |_| {
+                refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_FAIL, &[])
+            });
+            answer
+        }
         Some(PacketType::CloseSession) => server.end(&caller, &target, &headers, true).await,
         Some(PacketType::CancelSession) => server.end(&caller, &target, &headers, false).await,
         Some(PacketType::Ack) | None => {
