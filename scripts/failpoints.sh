@@ -7,5 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --all-targets --locked
-FERRY_FAILPOINT_ROUNDS=${1:-50} cargo nextest run -p ferry-tests --no-capture \
+FERRY_FAILPOINT_ROUNDS=${1:-50} cargo nextest run -p ferry-tests --profile long --no-capture \
     -E 'test(a_crash_at_any_raft_failpoint_loses_no_acknowledged_write)'

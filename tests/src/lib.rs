@@ -604,6 +604,19 @@ impl Partition {
     }
 }
 
+impl Partition {
+    /// Drops what `from` sends to each of `to` (one way: `to` still reaches `from`).
+    pub fn one_way(from: Ipv4Addr, to: &[Ipv4Addr]) -> anyhow::Result<Self> {
+        let mut partition = Self { rules: Vec::new() };
+        for dst in to {
+            let rule = [from.to_string(), dst.to_string()];
+            iptables("-I", &rule)?;
+            partition.rules.push(rule);
+        }
+        Ok(partition)
+    }
+}
+
 impl Drop for Partition {
     fn drop(&mut self) {
         for rule in &self.rules {
