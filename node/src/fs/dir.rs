@@ -42,6 +42,31 @@ pub(crate) struct FileId {
     pub(crate) nlink: u64,
 }
 
+/// What changes whenever a file's bytes do: its identity, size and change time (ctime,
+/// which no one can set back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    ctime: i64,
+    ctime_nsec: u64,
+}
+
+impl Stamp {
+    /// The stamp of an open file now.
+    pub(crate) fn of(file: &File) -> io::Result<Self> {
+        let stat = rustix::fs::fstat(file)?;
+        Ok(Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            size: stat.st_size,
+            ctime: stat.st_ctime,
+            ctime_nsec: stat.st_ctime_nsec,
+        })
+    }
+}
+
 impl FileId {
     /// The identity of an open file; an error unless it is a regular file.
     pub(crate) fn of(file: &File) -> io::Result<Self> {

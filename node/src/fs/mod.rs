@@ -9,5 +9,5 @@ pub(crate) mod dir;
 pub(crate) mod identity;
 mod sandbox;
 
-pub(crate) use self::dir::{Dir, FileId};
+pub(crate) use self::dir::{Dir, FileId, Stamp};
 pub(crate) use self::sandbox::{Place, Sandbox, Sandboxes};

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use ferry_coordinator::TokenEntry;
 use ferry_protocol::{Principal, Role};
 
-use super::dir::{self, Dir, FileId, OWNER_XATTR};
+use super::dir::{self, Dir, FileId, OWNER_XATTR, Stamp};
 use super::identity::{Identity, acting_as};
 
 /// An opened root directory.
@@ -168,6 +168,9 @@ pub(crate) struct Sandboxes {
     /// Device and inode of every temporary file this process created or verified,
     /// by path: a reopen must find the same file.
     known_temps: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// Temporary files this process finished, with their stamp then: one whose stamp is
+    /// unchanged at Complete holds the bytes this process wrote and checked.
+    sealed_temps: Mutex<HashMap<PathBuf, Stamp>>,
 }
 
 impl Sandboxes {
@@ -216,7 +219,12 @@ impl Sandboxes {
             };
             by_principal.insert(entry.principal.clone(), Arc::new(sandbox));
         }
-        Ok(Self { by_principal, default_roots: default, known_temps: Mutex::default() })
+        Ok(Self {
+            by_principal,
+            default_roots: default,
+            known_temps: Mutex::default(),
+            sealed_temps: Mutex::default(),
+        })
     }
 
     /// The sandbox of the principal owning a job.
@@ -244,6 +252,18 @@ impl Sandboxes {
     /// Forgets a temporary file (renamed or deleted).
     pub(crate) fn forget_temp(&self, path: &Path) {
         lock(&self.known_temps).remove(path);
+        lock(&self.sealed_temps).remove(path);
+    }
+
+    /// Records that this process finished the temporary file at `path` (every byte
+    /// written, hashed as received, and synced) and how it looked then.
+    pub(crate) fn seal_temp(&self, path: &Path, stamp: Stamp) {
+        lock(&self.sealed_temps).insert(path.to_path_buf(), stamp);
+    }
+
+    /// The stamp a temporary file had when this process finished it.
+    pub(crate) fn sealed_temp(&self, path: &Path) -> Option<Stamp> {
+        lock(&self.sealed_temps).get(path).copied()
     }
 }
 

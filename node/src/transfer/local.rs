@@ -26,12 +26,13 @@ use ferry_protocol::transfer::{ChunkRecord, content_digest, recorded_plan};
 use ferry_protocol::{Job, JobId, JobState, Principal};
 
 use crate::fs::dir::{self, OWNER_XATTR, TEMP_XATTR};
-use crate::fs::{Dir, FileId, Place, Sandbox, Sandboxes};
+use crate::fs::{Dir, FileId, Place, Sandbox, Sandboxes, Stamp};
 
 /// A temporary file being written by one run, shared by its connections.
 #[derive(Clone)]
 pub(crate) struct TempFile {
     file: Arc<File>,
+    path: Arc<Path>,
 }
 
 /// The tag of a job file's temporary file (`<job>/<index>`).
@@ -72,7 +73,7 @@ impl TempFile {
             Ok((file, id))
         })?;
         sandboxes.remember_temp(temp, id);
-        Ok(Self { file: Arc::new(file) })
+        Ok(Self { file: Arc::new(file), path: temp.into() })
     }
 
     /// Opens the file an earlier run left; `None` if it is gone or is not the file
@@ -101,7 +102,7 @@ impl TempFile {
             return Ok(None);
         };
         sandboxes.remember_temp(temp, FileId::of(&file)?);
-        Ok(Some(Self { file: Arc::new(file) }))
+        Ok(Some(Self { file: Arc::new(file), path: temp.into() }))
     }
 
     /// Writes `bytes` at `offset`.
@@ -146,6 +147,13 @@ impl TempFile {
             self.file.set_modified(time)?;
         }
         self.file.sync_all()
+    }
+
+    /// Seals the finished file in `sandboxes`: while its stamp stays the same, Complete
+    /// need not read it again (every byte was hashed on its way in).
+    pub(crate) fn seal(&self, sandboxes: &Sandboxes) -> io::Result<()> {
+        sandboxes.seal_temp(&self.path, Stamp::of(&self.file)?);
+        Ok(())
     }
 }
 
@@ -353,12 +361,14 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
     }
     let known: Vec<Option<(u64, u64)>> =
         endings.iter().map(|e| sandboxes.known_temp(&e.temp)).collect();
+    let sealed: Vec<Option<Stamp>> =
+        endings.iter().map(|e| sandboxes.sealed_temp(&e.temp)).collect();
     let temps: Vec<PathBuf> = endings.iter().map(|e| e.temp.clone()).collect();
     let ran = sandboxes.of(job.owner()).run(move |sandbox| {
         let mut done = Finished { completed, problems: Vec::new() };
         // Each directory is walked to once: the files of a job mostly share one.
         let mut dirs: HashMap<PathBuf, Dir> = HashMap::new();
-        for (ending, known) in endings.iter().zip(known) {
+        for ((ending, known), sealed) in endings.iter().zip(known).zip(sealed) {
             let shown = ending.keep.as_ref().unwrap_or(&ending.temp);
             let place = match place_in(sandbox, &mut dirs, shown) {
                 Ok(place) => place,
@@ -367,7 +377,7 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
                     continue;
                 }
             };
-            match finish_one(sandbox, &place, ending, known) {
+            match finish_one(sandbox, &place, ending, known, sealed) {
                 Ok(true) if ending.counts => done.completed.push(ending.index),
                 Ok(_) => {}
                 Err(e) => done.problems.push(format!("file {}: {e}", ending.index)),
@@ -405,6 +415,7 @@ fn finish_one(
     place: &Place,
     ending: &Ending,
     known: Option<(u64, u64)>,
+    sealed: Option<Stamp>,
 ) -> io::Result<bool> {
     let Some(dest) = &ending.keep else {
         place.dir.remove(&place.name)?;
@@ -434,7 +445,10 @@ fn finish_one(
         return Err(e);
     }
     // A file whose bytes changed since they were recorded never reaches its name (G4).
+    // One this process finished and nothing wrote since is not read again.
+    let untouched = sealed.is_some() && sealed == Some(Stamp::of(&file)?);
     if let Some(recorded) = &ending.recorded
+        && !untouched
         && !holds_recorded_content(&file, recorded)?
     {
         place.dir.remove(temp)?;

@@ -415,10 +415,14 @@ impl Run {
             .last_modified
             .as_deref()
             .and_then(|text| httpdate::parse_http_date(text).ok());
-        let t = fetch.temp.clone();
-        blocking(move || t.set_len(size).and_then(|()| t.finish(modified))).await.map_err(|e| {
-            Failure::local(&e, "cannot finish the temporary file", Some(fetch.file))
-        })?;
+        let (t, sandboxes) = (fetch.temp.clone(), self.settings.sandboxes.clone());
+        blocking(move || {
+            t.set_len(size)?;
+            t.finish(modified)?;
+            t.seal(&sandboxes)
+        })
+        .await
+        .map_err(|e| Failure::local(&e, "cannot finish the temporary file", Some(fetch.file)))?;
         if let Some(declared) = &probe.remote.sha256 {
             // Bytes from the origin and from peers alike must make the declared file.
             let t = fetch.temp.clone();
