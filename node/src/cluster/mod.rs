@@ -71,6 +71,7 @@ impl NodeCluster {
             state: state.clone(),
             proposer,
             peers: peers.clone(),
+            stopped: RaftReplica::watch_stop(&raft),
         });
         replica.register(router);
         let membership =

@@ -12,6 +12,7 @@ use ferry_coordinator::{BoxFuture, ClusterError, ReadAt, Written};
 use ferry_protocol::peer::{ReadIndex, Write};
 use ferry_protocol::{NodeId, Proposal, codec};
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::peer::rpc::{Peers, Router};
 use crate::proposer::{MAX_BATCH_BYTES, Propose, Proposer};
@@ -40,9 +41,23 @@ pub(crate) struct RaftReplica {
     pub(super) proposer: Addr<Proposer>,
     /// Writes and read indexes go to the leader through it.
     pub(super) peers: Peers,
+    /// Cancelled once Raft stopped on a fatal error (a failed disk): waiting writes
+    /// are answered at once.
+    pub(super) stopped: CancellationToken,
 }
 
 impl RaftReplica {
+    /// A token cancelled when `raft` stops on a fatal error (one task watches).
+    pub(super) fn watch_stop(raft: &Raft) -> CancellationToken {
+        let token = CancellationToken::new();
+        let (raft, cancel) = (raft.clone(), token.clone());
+        tokio::spawn(async move {
+            crate::raft::stopped_on_error(&raft).await;
+            cancel.cancel();
+        });
+        token
+    }
+
     /// Serves [`Write`] and [`ReadIndex`] for other members.
     pub(super) fn register(self: &Arc<Self>, router: &Router) {
         let replica = self.clone();
@@ -90,8 +105,10 @@ impl RaftReplica {
                     "the write was not committed within {COMMIT_TIMEOUT:?}; the cluster may have lost its quorum"
                 ))),
             },
-            error = crate::raft::stopped_on_error(&self.raft) => Err(ClusterError::Unavailable(
-                format!("this node stopped on a storage or Raft failure ({error}); the write may not have been recorded"),
+            () = self.stopped.cancelled() => Err(ClusterError::Unavailable(
+                "this node stopped on a storage or Raft failure; whether the write was recorded is \
+                 unknown: send it again (with the same Idempotency-Key) to another node"
+                    .into(),
             )),
         }
     }
@@ -167,7 +184,7 @@ impl RaftReplica {
             ) && proposal.request_id.is_some()
                 && tokio::time::Instant::now() < deadline
                 // A node whose own Raft stopped (a failed disk) serves nothing any more.
-                && self.raft.metrics().borrow().running_state.is_ok();
+                && !self.stopped.is_cancelled();
             if !retry {
                 return attempt;
             }
