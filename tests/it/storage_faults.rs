@@ -2,10 +2,10 @@
 //! refuses to start with a message naming the file (never a panic), or starts and serves
 //! exactly the leader's state.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_protocol::api::{JobInfo, Problem};
-use ferry_protocol::{JobType, NewJob};
+use ferry_protocol::{JobState, JobType, NewJob};
 use ferry_tests::{NodeOptions, tokens};
 
 /// Corruptions of a stopped follower's files (alternating between the two databases).
@@ -397,5 +397,81 @@ async fn a_crash_at_any_raft_failpoint_loses_no_acknowledged_write() -> anyhow::
         "{crashes} crashes at {} failpoints: 0 acknowledged writes lost, 0 doubled",
         names.len()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_a_transfer_failpoint_leaves_the_right_file() -> anyhow::Result<()> {
+    use ferry_protocol::{JobAction, PropertyChanges};
+    use ferry_tests::origin::{Content, Origin, OriginConfig};
+
+    const MIB: u64 = 1024 * 1024;
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/f.bin", Content::Pattern { seed: 31, len: 12 * MIB + 5 });
+    for (name, action) in
+        [("chunk.before_fsync", "6*off->panic"), ("complete.before_rename", "panic")]
+    {
+        let options = NodeOptions {
+            transfer: "chunk_size_bytes = 1048576\nread_timeout_secs = 10".into(),
+            failpoints: Some(format!("{name}={action}")),
+            ..NodeOptions::default()
+        };
+        let mut node = ferry_tests::Node::start(options).await?;
+        let client = node.client(Some(tokens::ALICE))?;
+        let out = tempfile::tempdir()?;
+        let local = out.path().join("f.bin");
+        let files = [(origin.url("/f.bin"), local.clone())];
+        let id =
+            crate::support::start_download(&client, &files, PropertyChanges::default()).await?;
+        if name == "complete.before_rename" {
+            crate::support::wait_for(
+                &node,
+                &client,
+                id,
+                &[JobState::Transferred],
+                Duration::from_secs(60),
+            )
+            .await?;
+            // The node dies inside Complete, after the job was acknowledged.
+            let _ = client.act(id, JobAction::Complete).await;
+        }
+        // Wait for the crash.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client.health().await.is_ok() {
+            anyhow::ensure!(Instant::now() < deadline, "{name} never fired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = std::fs::read_to_string(node.log_path())?;
+        anyhow::ensure!(
+            log.contains(&format!("failpoint {name} panic")),
+            "{name}: another crash\n{log}"
+        );
+        node.options.failpoints = None;
+        node.restart().await?;
+        let client = node.client(Some(tokens::ALICE))?;
+        if name == "chunk.before_fsync" {
+            crate::support::wait_for(
+                &node,
+                &client,
+                id,
+                &[JobState::Transferred],
+                Duration::from_secs(60),
+            )
+            .await?;
+            client.act(id, JobAction::Complete).await?;
+        }
+        // After a crash inside Complete the restarted node finishes the rename.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !local.exists() {
+            anyhow::ensure!(Instant::now() < deadline, "{name}: the file never reached its name");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::ensure!(
+            crate::download::same_as_origin(&origin, "/f.bin", &local)?,
+            "{name}: the file differs from the origin"
+        );
+        println!("{name}: crashed, restarted, the file is byte-identical at its name");
+        node.stop().await?;
+    }
     Ok(())
 }
