@@ -104,6 +104,7 @@ pub async fn run(
     let proposer = Proposer::new(raft.clone(), config.proposals.max_batch).start();
     Liveness::register(&router);
     let liveness = Liveness::start(node_id, peers.clone());
+    let stopped = raft::stop_token(&raft);
     let cluster = NodeCluster::new(
         Parts {
             node_id,
@@ -114,6 +115,7 @@ pub async fn run(
             liveness,
             ca_pem: start.identity.ca_pem().into(),
             sandboxes: sandboxes.clone(),
+            stopped: stopped.clone(),
         },
         &router,
     );
@@ -259,7 +261,7 @@ pub async fn run(
         limits,
     )
     .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes))
-    .layer(axum::middleware::map_response_with_state(raft.clone(), close_when_stopped));
+    .layer(axum::middleware::map_response_with_state(stopped, close_when_stopped));
     dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;
     let scheme = server_settings.scheme();
@@ -293,10 +295,10 @@ pub async fn run(
 /// `Connection: close`, so no client sends its next request on a connection that the
 /// shutdown is about to close (it reconnects, to another node or a restarted one).
 async fn close_when_stopped(
-    axum::extract::State(raft): axum::extract::State<raft::Raft>,
+    axum::extract::State(stopped): axum::extract::State<tokio_util::sync::CancellationToken>,
     mut response: axum::response::Response,
 ) -> axum::response::Response {
-    if raft.metrics().borrow().running_state.is_err() {
+    if stopped.is_cancelled() {
         response
             .headers_mut()
             .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));

@@ -44,6 +44,8 @@ pub(crate) struct Parts {
     pub(crate) peers: Peers,
     /// Which members answer.
     pub(crate) liveness: Liveness,
+    /// Cancelled once Raft stopped on a fatal error ([`crate::raft::stop_token`]).
+    pub(crate) stopped: tokio_util::sync::CancellationToken,
     /// The cluster CA certificate, PEM.
     pub(crate) ca_pem: Arc<str>,
     /// Every principal's sandbox: replies are read through it.
@@ -64,14 +66,15 @@ pub(crate) struct NodeCluster {
 impl NodeCluster {
     /// Builds the parts and registers their peer requests on `router`.
     pub(crate) fn new(parts: Parts, router: &Router) -> Self {
-        let Parts { node_id, raft, state, proposer, peers, liveness, ca_pem, sandboxes } = parts;
+        let Parts { node_id, raft, state, proposer, peers, liveness, ca_pem, sandboxes, stopped } =
+            parts;
         let replica = Arc::new(RaftReplica {
             node_id,
             raft: raft.clone(),
             state: state.clone(),
             proposer,
             peers: peers.clone(),
-            stopped: RaftReplica::watch_stop(&raft),
+            stopped,
         });
         replica.register(router);
         let membership =

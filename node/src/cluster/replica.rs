@@ -47,17 +47,6 @@ pub(crate) struct RaftReplica {
 }
 
 impl RaftReplica {
-    /// A token cancelled when `raft` stops on a fatal error (one task watches).
-    pub(super) fn watch_stop(raft: &Raft) -> CancellationToken {
-        let token = CancellationToken::new();
-        let (raft, cancel) = (raft.clone(), token.clone());
-        tokio::spawn(async move {
-            crate::raft::stopped_on_error(&raft).await;
-            cancel.cancel();
-        });
-        token
-    }
-
     /// Serves [`Write`] and [`ReadIndex`] for other members.
     pub(super) fn register(self: &Arc<Self>, router: &Router) {
         let replica = self.clone();

@@ -157,6 +157,19 @@ pub async fn stopped_on_error(raft: &Raft) -> String {
     }
 }
 
+/// A token cancelled once `raft` stops on a fatal error (one task watches): what
+/// everything that must not wait on a stopped Raft (waiting writes, the API's
+/// keep-alive) looks at.
+pub fn stop_token(raft: &Raft) -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let (raft, cancel) = (raft.clone(), token.clone());
+    tokio::spawn(async move {
+        stopped_on_error(&raft).await;
+        cancel.cancel();
+    });
+    token
+}
+
 /// Maps any error into an openraft storage error about `subject`.
 fn io_error<E: std::error::Error + 'static>(
     verb: openraft::ErrorVerb,
