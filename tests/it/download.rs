@@ -13,7 +13,7 @@ use ferry_tests::origin::{
 };
 use ferry_tests::tokens;
 
-use crate::support::{start_download, transfer_node, wait_for};
+use crate::support::{start_download, temporary_name, transfer_node, wait_for};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -119,7 +119,7 @@ async fn damaged_durable_chunks_are_fetched_again_after_a_crash() -> anyhow::Res
         PropertyChanges::default(),
     )
     .await?;
-    let temp = std::path::PathBuf::from(&client.files(id).await?.files[0].temporary_name);
+    let temp = temporary_name(&client, id).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let job = client.job(id).await?;
@@ -172,7 +172,7 @@ async fn a_file_damaged_after_its_transfer_is_not_renamed_into_place() -> anyhow
     )
     .await?;
     wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
-    let temp = std::path::PathBuf::from(&client.files(id).await?.files[0].temporary_name);
+    let temp = temporary_name(&client, id).await?;
     flip_byte(&temp, MIB + 7)?;
     client.act(id, JobAction::Complete).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

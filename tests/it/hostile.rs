@@ -16,7 +16,7 @@ use ferry_protocol::{
 use ferry_tests::origin::{Content, Knobs, Origin, OriginConfig, file_matches_pattern};
 use ferry_tests::{Node, NodeOptions, ferry, tokens};
 
-use crate::support::{start_download, wait_for};
+use crate::support::{start_download, temporary_name, wait_for};
 
 const KIB: u64 = 1024;
 /// A user whose token entry gives no roots at all.
@@ -284,11 +284,6 @@ async fn symlinks_below_a_root_lead_nowhere() -> anyhow::Result<()> {
         "nothing was sent to the upload URL"
     );
     tree.assert_untouched()
-}
-
-/// The temporary file named in the files API, once the job is suspended mid-download.
-async fn temporary_name(client: &Client, id: ferry_protocol::JobId) -> anyhow::Result<PathBuf> {
-    Ok(PathBuf::from(&client.files(id).await?.files[0].temporary_name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,26 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_protocol::api::JobInfo;
-use ferry_protocol::{JobId, JobState, JobType, NewJob};
+use ferry_protocol::{JobId, JobState, JobType};
 use ferry_tests::{Node, NodeOptions, Partition, tokens};
+
+use crate::support::{Rng, new_job};
 use tokio::time::Instant;
-
-/// A deterministic generator (xorshift64*), seeded per run and printed.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// What an operation was.
 #[derive(Clone, Debug)]
@@ -110,6 +95,35 @@ async fn classify(
     }
 }
 
+/// Creates alice's job named `key` at the node at `url`, with `key` as its
+/// Idempotency-Key.
+async fn create(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+) -> Result<reqwest::Response, reqwest::Error> {
+    http.post(format!("{url}/v1/jobs"))
+        .bearer_auth(tokens::ALICE)
+        .header("Idempotency-Key", key)
+        .json(&new_job(key, JobType::Download, vec![]))
+        .send()
+        .await
+}
+
+/// Cancels `job` at the node at `url`, with `key` as the Idempotency-Key.
+async fn cancel(
+    http: &reqwest::Client,
+    url: &str,
+    job: JobId,
+    key: &str,
+) -> Result<reqwest::Response, reqwest::Error> {
+    http.post(format!("{url}/v1/jobs/{job}/cancel"))
+        .bearer_auth(tokens::ALICE)
+        .header("Idempotency-Key", key)
+        .send()
+        .await
+}
+
 /// One client: creates, cancels and reads its own jobs through random nodes until
 /// `stop`.
 async fn client(
@@ -133,20 +147,7 @@ async fn client(
         let invoked = Instant::now();
         let (call, seen) = if choice < 2 || mine.is_empty() {
             let key = format!("c{me}-{n}");
-            let spec = NewJob {
-                display_name: key.clone(),
-                job_type: JobType::Download,
-                properties: Default::default(),
-                files: vec![],
-            };
-            let sent = http
-                .post(format!("{url}/v1/jobs"))
-                .bearer_auth(tokens::ALICE)
-                .header("Idempotency-Key", &key)
-                .json(&spec)
-                .send()
-                .await;
-            let seen = match classify(sent).await {
+            let seen = match classify(create(&http, url, &key).await).await {
                 (None, _) => Seen::NotSent,
                 (Some(201), Some(info)) => {
                     mine.push((info.id, false));
@@ -163,13 +164,7 @@ async fn client(
             }
             mine[pick].1 = true;
             let key = format!("x{me}-{n}");
-            let sent = http
-                .post(format!("{url}/v1/jobs/{job}/cancel"))
-                .bearer_auth(tokens::ALICE)
-                .header("Idempotency-Key", &key)
-                .send()
-                .await;
-            let seen = match sent {
+            let seen = match cancel(&http, url, job, &key).await {
                 Err(e) if e.is_connect() => {
                     mine[pick].1 = false;
                     Seen::NotSent
@@ -362,19 +357,7 @@ async fn check(nodes: &[Node], ops: &[Op]) -> anyhow::Result<String> {
                 created.insert(key.clone(), *id);
             }
             (Call::Create { key }, Seen::Unknown) => {
-                let spec = NewJob {
-                    display_name: key.clone(),
-                    job_type: JobType::Download,
-                    properties: Default::default(),
-                    files: vec![],
-                };
-                let answer = http
-                    .post(format!("{url}/v1/jobs"))
-                    .bearer_auth(tokens::ALICE)
-                    .header("Idempotency-Key", key)
-                    .json(&spec)
-                    .send()
-                    .await?;
+                let answer = create(&http, &url, key).await?;
                 anyhow::ensure!(
                     answer.status().is_success(),
                     "retrying {key}: {}",
@@ -383,12 +366,7 @@ async fn check(nodes: &[Node], ops: &[Op]) -> anyhow::Result<String> {
                 created.insert(key.clone(), answer.json::<JobInfo>().await?.id);
             }
             (Call::Cancel { job, key }, Seen::Unknown) => {
-                let answer = http
-                    .post(format!("{url}/v1/jobs/{job}/cancel"))
-                    .bearer_auth(tokens::ALICE)
-                    .header("Idempotency-Key", key)
-                    .send()
-                    .await?;
+                let answer = cancel(&http, &url, *job, key).await?;
                 anyhow::ensure!(
                     answer.status().is_success(),
                     "retrying {key}: {}",

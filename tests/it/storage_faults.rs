@@ -8,24 +8,10 @@ use ferry_protocol::api::{JobInfo, Problem};
 use ferry_protocol::{JobState, JobType, NewJob};
 use ferry_tests::{NodeOptions, tokens};
 
+use crate::support::{Rng, new_job, wait_for};
+
 /// Corruptions of a stopped follower's files (alternating between the two databases).
 const ROUNDS: u64 = 50;
-
-/// A small deterministic generator (xorshift64*), so a failing round can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// Flips 1-16 random bytes of `bytes`: in a run of one region, or scattered.
 fn corrupt(rng: &mut Rng, bytes: &mut [u8]) -> Vec<usize> {
@@ -50,13 +36,7 @@ async fn corrupted_databases_are_refused_or_serve_the_leaders_state() -> anyhow:
     let leader = admin.cluster().await?.leader.ok_or_else(|| anyhow::anyhow!("no leader"))?;
     let alice = nodes[0].client(Some(tokens::ALICE))?;
     for i in 0..40 {
-        let spec = NewJob {
-            display_name: format!("job {i}"),
-            job_type: JobType::Download,
-            properties: Default::default(),
-            files: vec![],
-        };
-        alice.create_job(&spec).await?;
+        alice.create_job(&new_job(&format!("job {i}"), JobType::Download, vec![])).await?;
     }
     let expected = admin.list_jobs(true).await?;
     // The victim: a follower, so the cluster keeps its leader and quorum throughout.
@@ -184,12 +164,7 @@ struct History {
 
 /// Write `i` of writer `w`: a job with a name of its own.
 fn keyed_job(w: usize, i: usize) -> NewJob {
-    NewJob {
-        display_name: format!("writer {w} job {i} {}", "x".repeat(200)),
-        job_type: JobType::Download,
-        properties: Default::default(),
-        files: vec![],
-    }
+    new_job(&format!("writer {w} job {i} {}", "x".repeat(200)), JobType::Download, vec![])
 }
 
 /// Sends write `i` of writer `w` to `url` as plain HTTP (no client retries) with its
@@ -406,6 +381,7 @@ async fn a_crash_at_a_transfer_failpoint_leaves_the_right_file() -> anyhow::Resu
     use ferry_tests::origin::{Content, Origin, OriginConfig};
 
     const MIB: u64 = 1024 * 1024;
+    const SHORT: Duration = Duration::from_secs(60);
     let origin = Origin::start(OriginConfig::default()).await?;
     origin.add_file("/f.bin", Content::Pattern { seed: 31, len: 12 * MIB + 5 });
     for (name, action) in
@@ -424,14 +400,7 @@ async fn a_crash_at_a_transfer_failpoint_leaves_the_right_file() -> anyhow::Resu
         let id =
             crate::support::start_download(&client, &files, PropertyChanges::default()).await?;
         if name == "complete.before_rename" {
-            crate::support::wait_for(
-                &node,
-                &client,
-                id,
-                &[JobState::Transferred],
-                Duration::from_secs(60),
-            )
-            .await?;
+            wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
             // The node dies inside Complete, after the job was acknowledged.
             let _ = client.act(id, JobAction::Complete).await;
         }
@@ -450,14 +419,7 @@ async fn a_crash_at_a_transfer_failpoint_leaves_the_right_file() -> anyhow::Resu
         node.restart().await?;
         let client = node.client(Some(tokens::ALICE))?;
         if name == "chunk.before_fsync" {
-            crate::support::wait_for(
-                &node,
-                &client,
-                id,
-                &[JobState::Transferred],
-                Duration::from_secs(60),
-            )
-            .await?;
+            wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
             client.act(id, JobAction::Complete).await?;
         }
         // After a crash inside Complete the restarted node finishes the rename.

@@ -165,3 +165,30 @@ pub(crate) fn hash_file(path: &std::path::Path) -> anyhow::Result<blake3::Hash> 
     hasher.update_reader(std::fs::File::open(path)?)?;
     Ok(hasher.finalize())
 }
+
+/// A small deterministic generator (xorshift64*), so that a failing seeded run can be
+/// replayed.
+#[derive(Clone)]
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number below `n`.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The temporary file of the first file of job `id`, as the files API names it.
+pub(crate) async fn temporary_name(
+    client: &Client,
+    id: JobId,
+) -> anyhow::Result<std::path::PathBuf> {
+    Ok(std::path::PathBuf::from(&client.files(id).await?.files[0].temporary_name))
+}
