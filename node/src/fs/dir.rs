@@ -180,6 +180,15 @@ impl Dir {
         }
     }
 
+    /// Device and inode of the entry `name` itself (a symlink is not followed), if any.
+    pub(crate) fn identity(&self, name: &OsStr) -> io::Result<Option<(u64, u64)>> {
+        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some((stat.st_dev, stat.st_ino))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes the entry `name` (a symlink itself, never its target); absent is fine.
     pub(crate) fn remove(&self, name: &OsStr) -> io::Result<()> {
         match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {

@@ -466,6 +466,15 @@ fn finish_one(
         Err(crate::failpoint::error("complete.before_rename"))
     });
     place.dir.rename(temp, &place.name)?;
+    // The rename went by name: if the name was swapped after the checks above, what
+    // moved into place is not the checked file. It is taken out again (G4, G11).
+    let checked = FileId::of(&file)?;
+    if place.dir.identity(&place.name)? != Some((checked.dev, checked.ino)) {
+        place.dir.remove(&place.name)?;
+        return Err(refused(
+            "the temporary file was replaced during the rename; not renamed".into(),
+        ));
+    }
     Ok(true)
 }
 
