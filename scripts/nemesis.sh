@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# A longer nemesis run than CI's: FAULTS faults (default 400, about 80 of each kind:
-# leader kill -9, follower kill -9, leader SIGSTOP, symmetric and one-way partitions of
-# the leader) under three recording clients, then the checkers of tests/it/nemesis.rs.
-# Prints the seed (FERRY_NEMESIS_SEED replays a schedule), the operation counts, the
-# faults injected and the verdict. Needs root for the partitions (iptables).
+# The long nemesis run of tests/it/nemesis.rs: three nodes, each on its own small disk
+# and on storage that loses unsynced writes when killed, three recording clients and a
+# subscriber, under a fixed schedule of faults in a seeded random order (default: 100
+# leader kills, 50 symmetric and 50 one-way partitions, 50 pauses, 50 full disks, 40
+# dropped-reply windows, 20 follower kills, 20 failpoint crashes, 20 clock offsets).
+# Prints the seed (FERRY_NEMESIS_SEED replays it), the operation counts, the faults and
+# what became of them, and the verdicts. Needs root (iptables, tmpfs mounts).
 #
-#   scripts/nemesis.sh [FAULTS]
+#   scripts/nemesis.sh [SCHEDULE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+default="KillLeader=100,PartitionLeader=50,OneWayFromLeader=50,PauseLeader=50,DiskFull=50"
+default="$default,DropReplies=40,KillFollower=20,Failpoint=20,ClockOffset=20"
 cargo build --workspace --all-targets --locked
-FERRY_NEMESIS_FAULTS=${1:-400} cargo nextest run -p ferry-tests --profile long --no-capture \
-    -E 'test(a_short_nemesis_run_keeps_every_guarantee)'
+FERRY_NEMESIS_SCHEDULE=${1:-$default} cargo nextest run -p ferry-tests --profile long \
+    --no-capture -E 'test(a_short_nemesis_run_keeps_every_guarantee)'

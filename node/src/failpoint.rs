@@ -19,6 +19,11 @@ pub const ALL: &[&str] = &[
     "events.send",
 ];
 
+/// Not a place but a mode: `storage.lose_unsynced=return` puts the Raft databases on a
+/// backend that keeps every write in memory until redb syncs it, so that a `kill -9`
+/// loses what was written after the last fsync (as a power cut loses the page cache).
+pub const LOSE_UNSYNCED: &str = "storage.lose_unsynced";
+
 /// The error a failpoint's `return` action produces.
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
 pub(crate) fn error(name: &str) -> std::io::Error {

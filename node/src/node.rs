@@ -40,10 +40,11 @@ pub async fn run(
     for file in [files::RAFT_LOG, files::STATE] {
         raft::vet_database(&dir.path(file))?;
     }
-    let log = LogStore::open(&dir.path(files::RAFT_LOG))
-        .with_context(|| format!("cannot open {}", dir.path(files::RAFT_LOG).display()))?;
     let state = StateMachineStore::open(&dir.path(files::STATE), settings.retention())
         .with_context(|| format!("cannot open {}", dir.path(files::STATE).display()))?;
+    let log = LogStore::open(&dir.path(files::RAFT_LOG))
+        .with_context(|| format!("cannot open {}", dir.path(files::RAFT_LOG).display()))?
+        .purging_behind(state.purge_floor());
     let jobs_on_disk = state.read().queue.unfinished_jobs();
     // The databases are locked now: nothing else writes into this directory.
     membership::check(config)?;

@@ -393,3 +393,91 @@ async fn a_file_with_ranges_publishes_its_ranges_then_the_file_then_the_job() ->
     assert_eq!(kinds[0], EventKind::JobCreated);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_sending_an_event_leaves_the_stream_whole() -> anyhow::Result<()> {
+    // The node crashes while sending an event to a subscriber (events.send); the
+    // subscriber reconnects to the restarted node and resumes after the last event it
+    // got: every job's creation arrives once, in cursor order, and the stream is what a
+    // fresh replay from the start gives. Crossed at varied events per round
+    // (`FERRY_FAILPOINT_ROUNDS`, scripts/failpoints.sh).
+    const NAME: &str = "events.send";
+    const JOBS: usize = 60;
+    let rounds = crate::support::failpoint_rounds();
+    for round in 0..rounds {
+        let passes = 5 + (round * 7) % 40;
+        let options = ferry_tests::NodeOptions {
+            failpoints: Some(format!("{NAME}={passes}*off->panic")),
+            ..ferry_tests::NodeOptions::queue_only()
+        };
+        let mut node = Node::start(options).await?;
+        let every = EventFilter { all_users: true, ..Default::default() };
+        let mut follower =
+            watcher(&node, tokens::ADMIN, every.clone(), StartAt::Cursor(Cursor::START))?;
+        // A writer creates the jobs, retrying each with its key until it is acknowledged.
+        let url = format!("{}/v1/jobs", node.url()?);
+        let writer = tokio::spawn(async move {
+            let http = raw();
+            let mut ids = Vec::new();
+            for i in 0..JOBS {
+                let key = format!("job-{i}");
+                loop {
+                    let sent = http
+                        .post(&url)
+                        .bearer_auth(tokens::ALICE)
+                        .header("Idempotency-Key", &key)
+                        .json(&new_job(&key, JobType::Download, vec![]))
+                        .send()
+                        .await;
+                    if let Ok(answer) = sent
+                        && answer.status() == 201
+                    {
+                        ids.push(answer.json::<ferry_protocol::api::JobInfo>().await?.id);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            anyhow::Ok(ids)
+        });
+        // The node is restarted, without the failpoint, once it crashed.
+        let restarter = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !node.exited() {
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "{NAME} never fired");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            node.options.failpoints = None;
+            node.restart().await?;
+            anyhow::Ok(node)
+        });
+        let created = |events: &[Event]| {
+            events.iter().filter(|e| e.event.kind == EventKind::JobCreated).count()
+        };
+        let events = collect(&mut follower, |e| created(e) >= JOBS).await?;
+        let node = restarter.await??;
+        let log = std::fs::read_to_string(node.log_path())?;
+        anyhow::ensure!(log.contains(&format!("failpoint {NAME} panic")), "another crash");
+        let ids = writer.await??;
+        anyhow::ensure!(events.windows(2).all(|w| w[0].cursor < w[1].cursor), "cursor order");
+        let seen: std::collections::BTreeSet<JobId> = events
+            .iter()
+            .filter(|e| e.event.kind == EventKind::JobCreated)
+            .map(|e| e.event.job)
+            .collect();
+        anyhow::ensure!(
+            seen == ids.iter().copied().collect() && created(&events) == JOBS,
+            "round {round}: each job's creation once"
+        );
+        let mut replay = watcher(&node, tokens::ADMIN, every, StartAt::Cursor(Cursor::START))?;
+        let replayed = collect(&mut replay, |e| e.len() >= events.len()).await?;
+        anyhow::ensure!(replayed == events, "round {round}: the stream differs from a replay");
+        if rounds == 1 {
+            println!(
+                "crashed sending event {}; the subscriber resumed: {JOBS} creations once each, in order, as a replay gives them",
+                passes + 1
+            );
+        }
+    }
+    Ok(())
+}

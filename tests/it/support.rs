@@ -166,23 +166,12 @@ pub(crate) fn hash_file(path: &std::path::Path) -> anyhow::Result<blake3::Hash> 
     Ok(hasher.finalize())
 }
 
-/// A small deterministic generator (xorshift64*), so that a failing seeded run can be
-/// replayed.
-#[derive(Clone)]
-pub(crate) struct Rng(pub(crate) u64);
+pub(crate) use ferry_tests::Rng;
 
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number below `n`.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// Rounds of the failpoint crash tests: 1 in CI, `FERRY_FAILPOINT_ROUNDS` by hand
+/// (`scripts/failpoints.sh`).
+pub(crate) fn failpoint_rounds() -> u64 {
+    std::env::var("FERRY_FAILPOINT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1)
 }
 
 /// The temporary file of the first file of job `id`, as the files API names it.

@@ -19,6 +19,7 @@ use ferry_protocol::limits::QueuePolicy;
 use tokio::process::{Child, Command};
 
 pub mod backend;
+pub mod nemesis;
 pub mod nginx;
 pub mod origin;
 
@@ -62,7 +63,15 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
 /// the harness refuses a binary older than any source it was built from (cargo lists
 /// them in `<name>.d` beside the binary) and says how to build it; the workspace-wide
 /// test command builds every binary first.
+///
+/// `FERRY_BIN_DIR` names another directory to take the binaries from as they are (a
+/// build pinned for a long run, so that building meanwhile does not change them).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(pinned) = std::env::var_os("FERRY_BIN_DIR") {
+        let path = PathBuf::from(pinned).join(name);
+        anyhow::ensure!(path.is_file(), "FERRY_BIN_DIR has no {name}: {}", path.display());
+        return Ok(path);
+    }
     let dir = target_dir()?;
     let path = dir.join(name);
     let built = std::fs::metadata(&path)
@@ -125,6 +134,32 @@ mod tests {
     }
 }
 
+/// A small deterministic generator (xorshift64*), so that a failing seeded run can be
+/// replayed.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// A duration between `low` and `high` milliseconds.
+    pub fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.below(high.saturating_sub(low) + 1))
+    }
+}
+
 /// How to start a node.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -147,6 +182,8 @@ pub struct NodeOptions {
     pub extra_config: String,
     /// `FAILPOINTS` for the next starts (`name=action;...`, see `ferry_node::failpoint`).
     pub failpoints: Option<String>,
+    /// Extra environment for the next starts (a clock offset with libfaketime, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeOptions {
@@ -168,6 +205,7 @@ impl Default for NodeOptions {
             extra_config: String::new(),
             api_ca: None,
             failpoints: None,
+            env: Vec::new(),
         }
     }
 }
@@ -292,6 +330,7 @@ impl Node {
         if let Some(failpoints) = &self.options.failpoints {
             command.env("FAILPOINTS", failpoints);
         }
+        command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .arg("--config")
             .arg(self.config_path())
@@ -388,6 +427,12 @@ impl Node {
     /// The process id.
     pub fn pid(&self) -> anyhow::Result<u32> {
         self.child.as_ref().and_then(Child::id).context("the node is not running")
+    }
+
+    /// True if the process was started and has exited (a crash, or a stop on a
+    /// storage failure).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some())
     }
 
     /// `kill -9`: no chance to flush or shut down.
@@ -578,7 +623,8 @@ pub fn agree(all: &[ferry_protocol::api::ClusterStatus], voters: usize) -> bool 
 /// addresses of nodes, dropping their UDP (QUIC) traffic; the HTTP API (TCP) stays
 /// reachable for the test. The rules are removed when the value is dropped.
 pub struct Partition {
-    rules: Vec<[String; 2]>,
+    /// Each rule's `iptables` arguments after the action.
+    rules: Vec<Vec<String>>,
 }
 
 impl Partition {
@@ -595,9 +641,7 @@ impl Partition {
         let mut partition = Self { rules: Vec::new() };
         for other in others {
             for (src, dst) in [(node, *other), (*other, node)] {
-                let rule = [src.to_string(), dst.to_string()];
-                iptables("-I", &rule)?;
-                partition.rules.push(rule);
+                partition.insert(udp(src, dst))?;
             }
         }
         Ok(partition)
@@ -609,12 +653,38 @@ impl Partition {
     pub fn one_way(from: Ipv4Addr, to: &[Ipv4Addr]) -> anyhow::Result<Self> {
         let mut partition = Self { rules: Vec::new() };
         for dst in to {
-            let rule = [from.to_string(), dst.to_string()];
-            iptables("-I", &rule)?;
-            partition.rules.push(rule);
+            partition.insert(udp(from, *dst))?;
         }
         Ok(partition)
     }
+
+    /// Drops every TCP segment the API at `api` sends (its replies, and its side of
+    /// new connections): requests arrive and are carried out, their clients time out.
+    pub fn drop_replies(api: SocketAddr) -> anyhow::Result<Self> {
+        let mut partition = Self { rules: Vec::new() };
+        let rule = ["-p", "tcp", "-s", &api.ip().to_string(), "--sport", &api.port().to_string()];
+        partition.insert(rule.iter().map(|a| a.to_string()).chain(drop_rule()).collect())?;
+        Ok(partition)
+    }
+
+    fn insert(&mut self, rule: Vec<String>) -> anyhow::Result<()> {
+        iptables("-I", &rule)?;
+        self.rules.push(rule);
+        Ok(())
+    }
+}
+
+/// The rule dropping UDP from `src` to `dst`.
+fn udp(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<String> {
+    ["-p", "udp", "-s", &src.to_string(), "-d", &dst.to_string()]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(drop_rule())
+        .collect()
+}
+
+fn drop_rule() -> impl Iterator<Item = String> {
+    ["-j", "DROP"].into_iter().map(String::from)
 }
 
 impl Drop for Partition {
@@ -625,11 +695,88 @@ impl Drop for Partition {
     }
 }
 
-fn iptables(action: &str, [src, dst]: &[String; 2]) -> anyhow::Result<()> {
+fn iptables(action: &str, rule: &[String]) -> anyhow::Result<()> {
     let status = std::process::Command::new("iptables")
-        .args([action, "INPUT", "-p", "udp", "-s", src, "-d", dst, "-j", "DROP"])
+        .args([action, "INPUT"])
+        .args(rule)
         .status()
         .context("cannot run iptables")?;
-    anyhow::ensure!(status.success(), "iptables {action} {src} -> {dst} failed");
+    anyhow::ensure!(status.success(), "iptables {action} INPUT {} failed", rule.join(" "));
+    Ok(())
+}
+
+/// A tmpfs of a few MiB mounted on a directory (root only), for full-disk tests;
+/// unmounted when dropped.
+pub struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `mib` MiB on `dir`, keeping what `dir` held (copied over);
+    /// `None` where mounting is not allowed.
+    pub fn mount(dir: &Path, mib: u64) -> anyhow::Result<Option<Self>> {
+        let saved = tempfile::tempdir()?;
+        copy_dir(dir, saved.path())?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            return Ok(None);
+        }
+        let disk = Self { dir: dir.to_path_buf() };
+        copy_dir(saved.path(), dir)?;
+        Ok(Some(disk))
+    }
+
+    /// Fills the disk but for `spare` bytes with a file named `filler`; its path.
+    pub fn fill(&self, spare: u64) -> anyhow::Result<PathBuf> {
+        use std::io::Write as _;
+        let filler = self.dir.join("filler");
+        let mut file = std::fs::File::create(&filler)?;
+        let block = vec![0u8; 1 << 20];
+        loop {
+            let free = self.free()?;
+            if free <= spare {
+                break;
+            }
+            let n = usize::try_from(free - spare).unwrap_or(usize::MAX).min(block.len());
+            if file.write_all(&block[..n]).is_err() {
+                break;
+            }
+        }
+        Ok(filler)
+    }
+
+    /// Free bytes on the disk.
+    pub fn free(&self) -> anyhow::Result<u64> {
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.dir)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().nth(1).unwrap_or("0").trim().parse()?)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Copies the files and directories under `from` into `to`.
+pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
     Ok(())
 }

@@ -15,7 +15,9 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{LogId, META, StorageError, TypeConfig, blocking, io_error, open_database, put_meta};
+use super::{
+    LogId, META, PurgeFloor, StorageError, TypeConfig, blocking, io_error, open_database, put_meta,
+};
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -37,6 +39,8 @@ fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// When set, a purge waits until a stored snapshot covers it.
+    floor: Option<tokio::sync::watch::Receiver<PurgeFloor>>,
 }
 
 impl LogStore {
@@ -47,7 +51,14 @@ impl LogStore {
         txn.open_table(ENTRIES).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self { db: Arc::new(db), floor: None })
+    }
+
+    /// Purges only what a snapshot stored by the state machine covers (see
+    /// [`PurgeFloor`]), waiting for it.
+    pub fn purging_behind(mut self, floor: tokio::sync::watch::Receiver<PurgeFloor>) -> Self {
+        self.floor = Some(floor);
+        self
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -180,6 +191,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(floor) = &mut self.floor {
+            let covered = floor
+                .wait_for(|f| f.failed || f.snapshot >= Some(log_id))
+                .await
+                .map(|f| !f.failed)
+                .unwrap_or(false);
+            if !covered {
+                let why = std::io::Error::other("no stored snapshot covers the entries to purge");
+                return Err(write_err(why));
+            }
+        }
         let bytes = codec::encode(&log_id).map_err(write_err)?;
         let db = self.db.clone();
         blocking(ErrorSubject::Logs, move || {

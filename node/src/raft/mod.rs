@@ -8,6 +8,8 @@
 
 mod errors;
 mod log_store;
+#[cfg(feature = "failpoints")]
+mod lose_unsynced;
 mod network;
 mod snapshot_file;
 mod state_machine;
@@ -22,6 +24,20 @@ pub use log_store::LogStore;
 pub use network::Network;
 pub(crate) use network::serve_raft;
 pub use state_machine::{Machine, StateMachineStore};
+
+/// How far the log may be purged: the last log id of the snapshot the state machine
+/// holds on disk, or that storing one failed.
+///
+/// openraft 0.9 purges a follower's log as soon as it hands a received snapshot to the
+/// state machine, which installs it on another task. A crash between the two left a log
+/// purged past every stored snapshot, which openraft refuses at the next start, for good
+/// (found by the `raft.snapshot.install` crash test). So the log store waits for this
+/// floor to cover what it purges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeFloor {
+    snapshot: Option<LogId>,
+    failed: bool,
+}
 
 /// Where a member can be reached (replicated in Raft membership entries; a peer
 /// message too, so it lives with them).
@@ -232,7 +248,13 @@ fn open_database(path: &std::path::Path) -> Result<redb::Database, redb::Databas
         .truncate(false)
         .mode(0o600)
         .open(path)?;
-    redb::Database::builder().create_with_backend(redb::backends::FileBackend::new(file)?)
+    let backend = redb::backends::FileBackend::new(file)?;
+    #[cfg(feature = "failpoints")]
+    if fail::eval(crate::failpoint::LOSE_UNSYNCED, |_| ()).is_some() {
+        return redb::Database::builder()
+            .create_with_backend(lose_unsynced::LoseUnsynced::new(backend));
+    }
+    redb::Database::builder().create_with_backend(backend)
 }
 
 /// The small named values both databases keep (vote, applied id, snapshot...).

@@ -24,8 +24,8 @@ use crate::feed::ChangeFeed;
 
 use super::snapshot_file::{self, SnapshotDir};
 use super::{
-    JOBS, LogId, META, NodeAddr, REQUESTS, StorageError, StoredMembership, TypeConfig, UPLOADS,
-    blocking, io_error, open_database,
+    JOBS, LogId, META, NodeAddr, PurgeFloor, REQUESTS, StorageError, StoredMembership, TypeConfig,
+    UPLOADS, blocking, io_error, open_database,
 };
 
 const APPLIED: &str = "applied";
@@ -224,6 +224,8 @@ pub struct StateMachineStore {
     receiving: Arc<std::sync::Mutex<Option<PathBuf>>>,
     /// What each apply changed, for this node's components.
     feed: ChangeFeed,
+    /// The snapshot on disk, for the log store's purges.
+    floor: Arc<tokio::sync::watch::Sender<PurgeFloor>>,
 }
 
 impl StateMachineStore {
@@ -239,6 +241,11 @@ impl StateMachineStore {
         txn.open_table(events::EVENTS).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
         let machine = Self::load(&db)?;
+        let stored: Option<StoredSnapshot> = {
+            let txn = db.begin_read().map_err(read_err)?;
+            meta_row(&txn.open_table(META).map_err(read_err)?, SNAPSHOT)?
+        };
+        let floor = PurgeFloor { snapshot: stored.and_then(|s| s.meta.last_log_id), failed: false };
         let db = Arc::new(db);
         Ok(Self {
             feed: ChangeFeed::new(&machine.queue),
@@ -248,7 +255,21 @@ impl StateMachineStore {
             retention,
             snapshots: SnapshotDir::open(path).map_err(write_err)?,
             receiving: Arc::default(),
+            floor: Arc::new(tokio::sync::watch::Sender::new(floor)),
         })
+    }
+
+    /// The snapshot on disk, as it changes (see [`PurgeFloor`]).
+    pub fn purge_floor(&self) -> tokio::sync::watch::Receiver<PurgeFloor> {
+        self.floor.subscribe()
+    }
+
+    /// Records that a snapshot up to `stored` is on disk, or that storing one failed.
+    fn snapshot_stored(&self, stored: Result<Option<LogId>, ()>) {
+        self.floor.send_modify(|floor| match stored {
+            Ok(id) => floor.snapshot = floor.snapshot.max(id),
+            Err(()) => floor.failed = true,
+        });
     }
 
     /// The job event stream this state machine produces.
@@ -274,6 +295,90 @@ impl StateMachineStore {
 
     fn write(&self) -> RwLockWriteGuard<'_, Machine> {
         self.machine.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl StateMachineStore {
+    /// Installs a received snapshot: stores its file, then replaces the tables.
+    async fn install(
+        &mut self,
+        meta: &SnapshotMeta<u64, NodeAddr>,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        use tokio::io::AsyncWriteExt;
+        fail::fail_point!("raft.snapshot.install", |_| {
+            Err(write_err(crate::failpoint::error("raft.snapshot.install")))
+        });
+        snapshot.flush().await.map_err(write_err)?;
+        let received = snapshot.into_std().await;
+        let part = self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let (db, dir, meta_owned) = (self.db.clone(), self.snapshots.clone(), meta.clone());
+        let floor = EventCursor { index: meta.last_log_id.map_or(0, |id| id.index + 1), sub: 0 };
+        let image = blocking(ErrorSubject::StateMachine, move || {
+            let file = snapshot_file_name(&meta_owned.snapshot_id);
+            let path = dir.path(&file);
+            // Is the handle the file openraft received into (not some other snapshot)?
+            let same_file = |part: &PathBuf| {
+                use std::os::unix::fs::MetadataExt;
+                match (received.metadata(), std::fs::metadata(part)) {
+                    (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+                    _ => false,
+                }
+            };
+            match part {
+                // Already in place (a snapshot this store built).
+                _ if same_file(&path) => {}
+                // The file openraft wrote into: keep it as the stored snapshot.
+                Some(part) if same_file(&part) => {
+                    std::fs::rename(&part, &path).map_err(write_err)?;
+                }
+                // A snapshot handed over some other way: copy it, streaming.
+                other => {
+                    if let Some(unused) = other {
+                        let _ = std::fs::remove_file(unused);
+                    }
+                    let mut received = received;
+                    std::io::Seek::rewind(&mut received).map_err(read_err)?;
+                    let copy_path = dir.part("copy");
+                    let mut copy = std::fs::File::create(&copy_path).map_err(write_err)?;
+                    std::io::copy(&mut received, &mut copy).map_err(write_err)?;
+                    copy.sync_all().map_err(write_err)?;
+                    std::fs::rename(&copy_path, &path).map_err(write_err)?;
+                }
+            }
+            dir.sync().map_err(write_err)?;
+            // Replace the tables wholesale, in one transaction with the new rows, so a
+            // crash leaves either the old state or the new one.
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.delete_table(JOBS).map_err(write_err)?;
+            txn.delete_table(REQUESTS).map_err(write_err)?;
+            txn.delete_table(UPLOADS).map_err(write_err)?;
+            // The events the snapshot skips over were never seen here: the history
+            // starts again after it, and older cursors get a gap.
+            txn.delete_table(events::EVENTS).map_err(write_err)?;
+            events::set_floor(&txn, floor).map_err(write_err)?;
+            let image = snapshot_file::load(std::fs::File::open(&path).map_err(read_err)?, &txn)
+                .map_err(read_err)?;
+            let mut rows = Rows::default();
+            rows.meta.push((APPLIED, codec::encode(&meta_owned.last_log_id).map_err(write_err)?));
+            rows.meta
+                .push((MEMBERSHIP, codec::encode(&meta_owned.last_membership).map_err(write_err)?));
+            rows.meta.push((QUEUE_META, codec::encode(&image.meta).map_err(write_err)?));
+            rows.write_in(&txn)?;
+            store_snapshot(&txn, &StoredSnapshot { meta: meta_owned, file: file.clone() })?;
+            txn.commit().map_err(write_err)?;
+            dir.remove_others(&file);
+            Ok(image)
+        })
+        .await?;
+        *self.write() = Machine {
+            queue: Queue::from_image(image),
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        self.feed.reset(&self.read().queue);
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
     }
 }
 
@@ -311,6 +416,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Ok((meta, path, bytes))
         })
         .await?;
+        self.snapshot_stored(Ok(meta.last_log_id));
         tracing::info!(last_log_id = ?meta.last_log_id, bytes, "built snapshot");
         // Opened even if a newer snapshot replaced this one meanwhile (the open file
         // outlives its removal).
@@ -398,82 +504,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, NodeAddr>,
-        mut snapshot: Box<tokio::fs::File>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        use tokio::io::AsyncWriteExt;
-        fail::fail_point!("raft.snapshot.install", |_| {
-            Err(write_err(crate::failpoint::error("raft.snapshot.install")))
-        });
-        snapshot.flush().await.map_err(write_err)?;
-        let received = snapshot.into_std().await;
-        let part = self.receiving.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let (db, dir, meta_owned) = (self.db.clone(), self.snapshots.clone(), meta.clone());
-        let floor = EventCursor { index: meta.last_log_id.map_or(0, |id| id.index + 1), sub: 0 };
-        let image = blocking(ErrorSubject::StateMachine, move || {
-            let file = snapshot_file_name(&meta_owned.snapshot_id);
-            let path = dir.path(&file);
-            // Is the handle the file openraft received into (not some other snapshot)?
-            let same_file = |part: &PathBuf| {
-                use std::os::unix::fs::MetadataExt;
-                match (received.metadata(), std::fs::metadata(part)) {
-                    (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-                    _ => false,
-                }
-            };
-            match part {
-                // Already in place (a snapshot this store built).
-                _ if same_file(&path) => {}
-                // The file openraft wrote into: keep it as the stored snapshot.
-                Some(part) if same_file(&part) => {
-                    std::fs::rename(&part, &path).map_err(write_err)?;
-                }
-                // A snapshot handed over some other way: copy it, streaming.
-                other => {
-                    if let Some(unused) = other {
-                        let _ = std::fs::remove_file(unused);
-                    }
-                    let mut received = received;
-                    std::io::Seek::rewind(&mut received).map_err(read_err)?;
-                    let copy_path = dir.part("copy");
-                    let mut copy = std::fs::File::create(&copy_path).map_err(write_err)?;
-                    std::io::copy(&mut received, &mut copy).map_err(write_err)?;
-                    copy.sync_all().map_err(write_err)?;
-                    std::fs::rename(&copy_path, &path).map_err(write_err)?;
-                }
-            }
-            dir.sync().map_err(write_err)?;
-            // Replace the tables wholesale, in one transaction with the new rows, so a
-            // crash leaves either the old state or the new one.
-            let txn = db.begin_write().map_err(write_err)?;
-            txn.delete_table(JOBS).map_err(write_err)?;
-            txn.delete_table(REQUESTS).map_err(write_err)?;
-            txn.delete_table(UPLOADS).map_err(write_err)?;
-            // The events the snapshot skips over were never seen here: the history
-            // starts again after it, and older cursors get a gap.
-            txn.delete_table(events::EVENTS).map_err(write_err)?;
-            events::set_floor(&txn, floor).map_err(write_err)?;
-            let image = snapshot_file::load(std::fs::File::open(&path).map_err(read_err)?, &txn)
-                .map_err(read_err)?;
-            let mut rows = Rows::default();
-            rows.meta.push((APPLIED, codec::encode(&meta_owned.last_log_id).map_err(write_err)?));
-            rows.meta
-                .push((MEMBERSHIP, codec::encode(&meta_owned.last_membership).map_err(write_err)?));
-            rows.meta.push((QUEUE_META, codec::encode(&image.meta).map_err(write_err)?));
-            rows.write_in(&txn)?;
-            store_snapshot(&txn, &StoredSnapshot { meta: meta_owned, file: file.clone() })?;
-            txn.commit().map_err(write_err)?;
-            dir.remove_others(&file);
-            Ok(image)
-        })
-        .await?;
-        *self.write() = Machine {
-            queue: Queue::from_image(image),
-            applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        self.feed.reset(&self.read().queue);
-        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
-        Ok(())
+        let installed = self.install(meta, snapshot).await;
+        self.snapshot_stored(installed.as_ref().map(|()| meta.last_log_id).map_err(drop));
+        installed
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

@@ -10,6 +10,9 @@
 //!   with origin egress from nginx's log ([`fleet`]).
 //! - `ferry-bench shard`: one file from an nginx limiting each connection and each
 //!   client address: aria2c, Ferry on one node, Ferry on three helping nodes ([`shard`]).
+//! - `ferry-bench soak`: a cluster under steady traffic and a fault every 60-120 s for N
+//!   minutes: memory, open files, jobs/s and the checkers' verdicts per interval
+//!   ([`soak`]).
 //!
 //! Build in release first: `cargo build --release --workspace`, then
 //! `cargo run --release -p ferry-tests --bin ferry-bench -- <bench>`.
@@ -21,6 +24,7 @@ mod fleet;
 mod payload;
 mod report;
 mod shard;
+mod soak;
 mod submit;
 
 use std::path::PathBuf;
@@ -123,6 +127,22 @@ enum Bench {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Steady traffic and a random fault every 60-120 s for N minutes (root: the
+    /// faults use iptables and tmpfs mounts).
+    Soak {
+        /// How long, in minutes.
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Seconds between rows of the table.
+        #[arg(long, default_value_t = 60)]
+        interval_secs: u64,
+        /// Seed of the traffic and the faults (printed; replays a run).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 #[tokio::main]
@@ -195,6 +215,13 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout_secs),
             };
             shard::shard(&options).await?;
+        }
+        Bench::Soak { minutes, nodes, interval_secs, seed } => {
+            anyhow::ensure!(minutes > 0, "--minutes must be at least 1");
+            anyhow::ensure!(matches!(nodes, 3 | 5), "--nodes: 3 or 5");
+            anyhow::ensure!(interval_secs >= 10, "--interval-secs: at least 10");
+            let interval = Duration::from_secs(interval_secs);
+            soak::soak(&soak::Options { minutes, nodes, interval, seed }).await?;
         }
     }
     Ok(())

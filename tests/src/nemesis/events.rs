@@ -1,0 +1,161 @@
+//! The event stream under faults: one subscriber follows every job's events through
+//! reconnects (`Watcher`, as `ferry watch` does); afterwards what it received must be
+//! exactly what a fresh subscription replays over the same cursors, in order, with no
+//! gap, and must hold the creation of every acknowledged job.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ferry_coordinator::bus::{Watched, Watcher};
+use ferry_protocol::JobId;
+use ferry_protocol::event::{Cursor, Delivery, Event, EventFilter, EventKind, StartAt};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::Cluster;
+use crate::tokens;
+
+/// What the subscriber received.
+#[derive(Default)]
+struct Received {
+    /// Events since the last [`EventStream::take`].
+    events: Vec<(Cursor, EventKind, JobId)>,
+    /// The last cursor received.
+    last: Option<Cursor>,
+    /// Jobs whose creation was received.
+    created: HashSet<JobId>,
+    /// Reconnections (a node lost, the subscription resumed at another).
+    reconnects: usize,
+    /// The first thing that was wrong, as it was received.
+    violation: Option<String>,
+}
+
+/// A subscriber to every job's events, following the cluster through its faults.
+pub struct EventStream {
+    received: Arc<Mutex<Received>>,
+    task: JoinHandle<()>,
+}
+
+fn every_job() -> EventFilter {
+    EventFilter { all_users: true, ..Default::default() }
+}
+
+impl EventStream {
+    /// Subscribes at the first node from the start of the history.
+    pub fn start(cluster: &Cluster) -> anyhow::Result<Self> {
+        let received = Arc::new(Mutex::new(Received::default()));
+        let from = StartAt::Cursor(Cursor { index: 0, sub: 0 });
+        let mut watcher =
+            Watcher::new(cluster.urls[0].parse()?, tokens::ADMIN.into(), every_job(), from);
+        let shared = received.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = 0;
+            loop {
+                let next = watcher.next().await;
+                let mut received = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                match next {
+                    Ok(Watched::Delivery(Delivery::Event(event))) => received.push(&event),
+                    Ok(Watched::Delivery(gap)) => {
+                        received.violation.get_or_insert(format!("a gap: {gap:?}"));
+                    }
+                    Ok(Watched::Connected { .. }) => {
+                        connections += 1;
+                        received.reconnects = connections - 1;
+                    }
+                    Err(e) => {
+                        received.violation.get_or_insert(format!("the subscription ended: {e}"));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Self { received, task })
+    }
+
+    fn received(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.received.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reconnections so far.
+    pub fn reconnects(&self) -> usize {
+        self.received().reconnects
+    }
+
+    /// Checks what was received since the last check against a fresh replay of the same
+    /// cursors, and that every job of `acknowledged` was seen created (waiting up to
+    /// 30 s for the stream to catch up); how many events were checked.
+    pub async fn check(&self, cluster: &Cluster, acknowledged: &[JobId]) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let missing = {
+                let received = self.received();
+                if let Some(violation) = &received.violation {
+                    anyhow::bail!("event stream: {violation}");
+                }
+                acknowledged.iter().find(|id| !received.created.contains(id)).copied()
+            };
+            match missing {
+                None => break,
+                Some(id) if Instant::now() >= deadline => {
+                    anyhow::bail!("event stream: job {id} was acknowledged, never seen created")
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let events = std::mem::take(&mut self.received().events);
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(0) };
+        let from = StartAt::Cursor(first.0);
+        let mut replay =
+            Watcher::new(cluster.urls[0].parse()?, tokens::ADMIN.into(), every_job(), from);
+        let mut replayed = Vec::with_capacity(events.len());
+        while replayed.last().is_none_or(|(cursor, _, _)| cursor < &last.0) {
+            match tokio::time::timeout(Duration::from_secs(30), replay.next()).await {
+                Ok(Ok(Watched::Delivery(Delivery::Event(event)))) => {
+                    replayed.push((event.cursor, event.event.kind, event.event.job));
+                }
+                Ok(Ok(Watched::Connected { .. })) => {}
+                Ok(Ok(Watched::Delivery(gap))) => anyhow::bail!("the replay: {gap:?}"),
+                Ok(Err(e)) => anyhow::bail!("the replay: {e}"),
+                Err(_) => anyhow::bail!("the replay stopped short of {}", last.0),
+            }
+        }
+        if let Some(at) = events.iter().zip(&replayed).position(|(a, b)| a != b) {
+            anyhow::bail!(
+                "event stream: received {:?} where a replay has {:?}",
+                events[at],
+                replayed[at]
+            );
+        }
+        anyhow::ensure!(
+            events.len() == replayed.len(),
+            "event stream: {} events received, {} replayed over the same cursors",
+            events.len(),
+            replayed.len()
+        );
+        Ok(events.len())
+    }
+}
+
+impl Received {
+    fn push(&mut self, event: &Event) {
+        if self.last.is_some_and(|last| event.cursor <= last) {
+            self.violation.get_or_insert(format!(
+                "cursor {} after {}: out of order or repeated",
+                event.cursor,
+                self.last.map_or_else(String::new, |c| c.to_string())
+            ));
+        }
+        self.last = Some(event.cursor);
+        if event.event.kind == EventKind::JobCreated {
+            self.created.insert(event.event.job);
+        }
+        self.events.push((event.cursor, event.event.kind, event.event.job));
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
