@@ -26,4 +26,4 @@ mod transfer;
 mod upload_server;
 
 pub use error::{Error, Result};
-pub use node::run;
+pub use node::{Ended, ROOM_TO_RESTART, run};

@@ -99,7 +99,21 @@ fn start(args: Args) -> anyhow::Result<()> {
             .build()
             .expect("the tokio runtime can be built")
     });
-    Ok(system.block_on(ferry_node::run(settings, shutdown_signal()))?)
+    let ended = system.block_on(ferry_node::run(settings, shutdown_signal()))?;
+    drop(system);
+    if ended == ferry_node::Ended::Restart {
+        restart_in_place()?;
+    }
+    Ok(())
+}
+
+/// Executes this program again with the same arguments, in this process (the same
+/// process id, so a supervisor sees no exit). Returns only if that fails.
+fn restart_in_place() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let program = std::env::current_exe()?;
+    let error = std::process::Command::new(&program).args(std::env::args_os().skip(1)).exec();
+    Err(anyhow::anyhow!("cannot restart {}: {error}", program.display()))
 }
 
 fn init_tracing(log: &ferry_node::config::LogConfig) {

@@ -13,7 +13,7 @@ use ferry_coordinator::{ApiState, Auth, Limits, LocalRoots, TokenEntry};
 use ferry_protocol::Role;
 
 use crate::cluster::{NodeCluster, Parts};
-use crate::config::Settings;
+use crate::config::{OnStorageFailure, Settings};
 use crate::data_dir::{DataDir, files};
 use crate::egress::EgressPolicy;
 use crate::leader::LeaderDuties;
@@ -26,12 +26,26 @@ use crate::raft::{self, LogStore, Network, NodeAddr, StateMachineStore};
 use crate::scheduler::{Scheduler, SchedulerSettings};
 use crate::transfer::{EngineSettings, HttpTimeouts, Transfers};
 
+/// How [`run`] ended, when it ended well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// `shutdown` resolved.
+    Shutdown,
+    /// Raft had stopped on a storage failure and the data directory has room again
+    /// (`raft.on_storage_failure = "wait_for_space"`): the caller starts the node again,
+    /// in this process (`ferryd` executes itself).
+    Restart,
+}
+
+/// Free bytes the data directory needs before a node waiting for space restarts.
+pub const ROOM_TO_RESTART: u64 = 64 * 1024 * 1024;
+
 /// Runs a node until `shutdown` resolves. Must run inside an actix `System` (the
 /// proposer is an actor).
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
-) -> crate::error::Result<()> {
+) -> crate::error::Result<Ended> {
     let config = &settings.config;
     let dir = DataDir::open(&config.data_dir)?;
     let before = dir.entries()?;
@@ -270,11 +284,26 @@ pub async fn run(
 
     let server = crate::api_server::ApiServer::spawn(listener, app, server_auth, server_settings);
 
+    let mut shutdown = std::pin::pin!(shutdown);
     let outcome = tokio::select! {
-        () = shutdown => Ok(()),
-        error = raft::stopped_on_error(&raft) => {
-            tracing::error!(%error, "raft stopped on a fatal error; exiting");
-            Err(Error::Config(format!("raft stopped on a fatal error: {error}")))
+        () = &mut shutdown => Ok(Ended::Shutdown),
+        error = raft::stopped_on_error(&raft) => match config.raft.on_storage_failure {
+            OnStorageFailure::Exit => {
+                tracing::error!(%error, "raft stopped on a fatal error; exiting");
+                Err(Error::Config(format!("raft stopped on a fatal error: {error}")))
+            }
+            OnStorageFailure::WaitForSpace => {
+                tracing::error!(
+                    %error,
+                    room = ROOM_TO_RESTART,
+                    "raft stopped on a fatal error; writes are refused until the data \
+                     directory has room, then ferryd restarts"
+                );
+                tokio::select! {
+                    () = &mut shutdown => Ok(Ended::Shutdown),
+                    () = wait_for_room(&config.data_dir) => Ok(Ended::Restart),
+                }
+            }
         }
     };
     tracing::info!("shutting down");
@@ -290,6 +319,30 @@ pub async fn run(
     }
     peer_server.abort();
     outcome
+}
+
+/// Returns once `dir` has [`ROOM_TO_RESTART`] free bytes and takes a synced write,
+/// checking every second.
+async fn wait_for_room(dir: &std::path::Path) {
+    let probe = dir.join(".room-probe");
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let free = rustix::fs::statvfs(dir).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize));
+        if free < ROOM_TO_RESTART {
+            continue;
+        }
+        let written = std::fs::File::create(&probe)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &[0u8; 64 * 1024])?;
+                file.sync_all()
+            })
+            .is_ok();
+        let _ = std::fs::remove_file(&probe);
+        if written {
+            tracing::info!(free, "the data directory has room again; restarting");
+            return;
+        }
+    }
 }
 
 /// Once Raft stopped on a fatal error the node is about to exit: every answer says

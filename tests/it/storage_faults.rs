@@ -331,6 +331,66 @@ async fn a_full_disk_answers_every_write_within_2_s_and_loses_none() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waiting_for_space_refuses_writes_then_serves_again_in_the_same_process()
+-> anyhow::Result<()> {
+    // raft.on_storage_failure = "wait_for_space": the full disk stops Raft, every write
+    // is answered (503 at once), /healthz says degraded, the process stays; once there
+    // is room the node restarts itself in place and has every acknowledged write.
+    let options = NodeOptions {
+        policy: roomy(),
+        extra_config: "[raft]\non_storage_failure = \"wait_for_space\"\n".into(),
+        ..NodeOptions::queue_only()
+    };
+    let mut node = ferry_tests::Node::start(options).await?;
+    node.stop().await?;
+    let Some(disk) = ferry_tests::SmallDisk::mount(&node.data_dir(), 96)? else {
+        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return Ok(());
+    };
+    node.restart().await?;
+    let pid = node.pid()?;
+    let filler = disk.fill(2 << 20)?;
+    let writers = Writers::start(&node, 4, 100_000)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(node.log_path())?.contains("raft stopped on a fatal error") {
+        anyhow::ensure!(Instant::now() < deadline, "the disk never filled:\n{}", node.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = node.client(None)?.health().await?;
+    let history = writers.finish().await?;
+    anyhow::ensure!(health.status == "degraded", "/healthz said {health:?} while waiting");
+    anyhow::ensure!(!node.exited(), "the node exited:\n{}", node.log_tail());
+    anyhow::ensure!(
+        history.slowest <= Duration::from_secs(2),
+        "a write waited {:?} for its answer",
+        history.slowest
+    );
+    let refused = history.refused;
+    std::fs::remove_file(&filler)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match node.client(None)?.health().await {
+            Ok(health) if health.status == "ok" => break,
+            _ => {}
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never served again:\n{}", node.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(node.pid()? == pid && !node.exited(), "not the same process");
+    let log = std::fs::read_to_string(node.log_path())?;
+    anyhow::ensure!(log.contains("has room again; restarting"), "no restart in the log");
+    anyhow::ensure!(!log.contains("panicked"), "a panic:\n{log}");
+    let acked = history.acked.len();
+    let jobs = settle(&node, history).await?;
+    println!(
+        "disk full after {acked} acknowledged writes; {refused} answered 503 while waiting; room back: the same process serves again with {jobs} jobs, none lost or doubled"
+    );
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_raft_failpoint_loses_no_acknowledged_write() -> anyhow::Result<()> {
     // Each failpoint panics (the node aborts) after some passes, under three writers.
     // FERRY_FAILPOINT_ROUNDS=50 crosses each one with a crash 50 times, at varied passes

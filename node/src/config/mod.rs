@@ -11,8 +11,8 @@ mod sections;
 pub use self::api::{ApiConfig, ApiTls};
 pub use self::notify::{BackendMode, LogConfig, LogFormat, NotifyConfig, RunAs, UploadConfig};
 pub use self::sections::{
-    ClusterConfig, EventsConfig, PeerCacheConfig, PeerConfig, ProposalConfig, RaftConfig,
-    TransferConfig,
+    ClusterConfig, EventsConfig, OnStorageFailure, PeerCacheConfig, PeerConfig, ProposalConfig,
+    RaftConfig, TransferConfig,
 };
 
 use std::path::{Path, PathBuf};

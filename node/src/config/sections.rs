@@ -36,6 +36,23 @@ pub struct RaftConfig {
     pub snapshot_after_entries: u64,
     /// Entries kept in the log behind a snapshot, for followers that lag. Default 1000.
     pub keep_entries_after_snapshot: u64,
+    /// What the node does once Raft stopped on a storage failure (a full or failing
+    /// disk), after answering every waiting write: `exit` (default: a supervisor
+    /// restarts it) or `wait_for_space` (it keeps answering 503 and restarts itself once
+    /// the data directory has room again).
+    pub on_storage_failure: OnStorageFailure,
+}
+
+/// See [`RaftConfig::on_storage_failure`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStorageFailure {
+    /// Exit with a failure status.
+    #[default]
+    Exit,
+    /// Refuse writes until the data directory has room, then restart in place (the
+    /// same process id, for supervisors that do not restart).
+    WaitForSpace,
 }
 
 impl Default for RaftConfig {
@@ -47,6 +64,7 @@ impl Default for RaftConfig {
             election_timeout_max_ms: d.election_timeout_ms.1,
             snapshot_after_entries: d.snapshot_after_entries,
             keep_entries_after_snapshot: d.keep_entries_after_snapshot,
+            on_storage_failure: OnStorageFailure::default(),
         }
     }
 }

@@ -109,8 +109,8 @@ pub struct TrafficConfig {
     pub timeout: Duration,
     /// Attempts of one write (the same key each time) before it is left to the checker.
     pub attempts: usize,
-    /// Uncancelled jobs a client keeps; beyond this it cancels its oldest (a soak's
-    /// steady state). `usize::MAX` for no limit.
+    /// Uncancelled jobs a client keeps; at this many it cancels its oldest instead of
+    /// creating one (a soak's steady state). `usize::MAX` for no limit.
     pub live: usize,
     /// Pause after each operation.
     pub pace: Duration,
@@ -250,7 +250,8 @@ impl Client {
             n += 1;
             let live = mine.iter().filter(|m| !m.cancelling).count();
             let choice = self.rng.below(4);
-            if live > self.config.live {
+            if choice < 2 && live >= self.config.live {
+                // At the cap, a create becomes a cancel of the oldest live job.
                 let oldest = mine.iter().position(|m| !m.cancelling).unwrap_or(0);
                 self.cancel(&http, &mut mine[oldest], n).await;
             } else if choice < 2 || mine.is_empty() {
