@@ -347,6 +347,11 @@ pub enum EngineReport {
         /// The program exited with status 0.
         success: bool,
     },
+    /// Scheduler: the job's home node was removed from the cluster, with the job's
+    /// files. An unfinished job goes to ERROR saying so (`BG_E_NETWORK_DISCONNECTED`
+    /// would wait for a node that never returns); a cancelled or completed one is done
+    /// with its files (nothing this cluster can reach is left to delete or rename).
+    HomeNodeRemoved,
 }
 
 impl EngineReport {

@@ -232,3 +232,48 @@ async fn a_join_waits_for_its_member_and_a_refused_join_leaves_nothing() -> anyh
     assert!(left.is_empty(), "a failed join left {left:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_removed_member_end_with_a_clear_error_and_cancel_at_once() -> anyhow::Result<()>
+{
+    // Node 3 is removed from the cluster with jobs homed on it (their files were there).
+    // Found by the nemesis: a cancel of such a job waited for the home node to delete its
+    // files, which it never would, and an active one waited for it for ever. Now the
+    // leader ends them: the active job goes to ERROR saying why, the cancel returns.
+    use ferry_protocol::{JobAction, JobState, JobType};
+    let (mut nodes, _) = form_cluster(NodeOptions::queue_only()).await?;
+    let alice = nodes[2].client(Some(tokens::ALICE))?;
+    let new = |name: &str| {
+        crate::support::new_job(name, JobType::Download, vec![crate::support::file(1)])
+    };
+    let queued = alice.create_job(&new("queued")).await?.id;
+    alice.act(queued, JobAction::Resume).await?;
+    let suspended = alice.create_job(&new("suspended")).await?.id;
+    let home = alice.job(queued).await?.home_node;
+    let leader = nodes[0].client(Some(tokens::ADMIN))?.cluster().await?.leader;
+    anyhow::ensure!(leader != Some(home), "node {home} must not be the leader");
+    nodes[0].client(Some(tokens::ADMIN))?.remove_member(home).await?;
+    nodes[2].kill9().await?;
+
+    let alice = nodes[0].client(Some(tokens::ALICE))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let job = loop {
+        let job = alice.job(queued).await?;
+        if job.state == JobState::Error {
+            break job;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "still {:?}", job.state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let detail = job.error.map(|e| e.detail).unwrap_or_default();
+    anyhow::ensure!(detail.contains("removed from the cluster"), "error: {detail}");
+    let started = tokio::time::Instant::now();
+    let cancelled = alice.act(suspended, JobAction::Cancel).await?;
+    let took = started.elapsed();
+    anyhow::ensure!(cancelled.job.state == JobState::Cancelled);
+    anyhow::ensure!(took < Duration::from_secs(10), "the cancel took {took:?}");
+    println!(
+        "the removed member's active job: ERROR ({detail}); a cancel of its suspended job returned in {took:?}"
+    );
+    Ok(())
+}

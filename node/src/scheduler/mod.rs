@@ -43,6 +43,8 @@ pub(crate) struct Scheduler {
     idle: BTreeSet<(Timestamp, JobId)>,
     /// The key of each job in `idle`.
     modified: HashMap<JobId, Timestamp>,
+    /// When to look again for jobs whose home node left the cluster.
+    next_orphan_scan: Instant,
 }
 
 /// A proposal of the scheduler was answered.
@@ -71,7 +73,44 @@ impl Scheduler {
             tracked: HashSet::new(),
             idle: BTreeSet::new(),
             modified: HashMap::new(),
+            next_orphan_scan: Instant::now(),
         }
+    }
+
+    fn is_member(&self, node: NodeId) -> bool {
+        self.cluster.metrics().borrow().membership_config.membership().get_node(&node).is_some()
+    }
+
+    /// Jobs whose home node is no longer a member (it was removed, with the job's
+    /// files): tracked unfinished jobs, and finished ones whose files were never
+    /// finished (Complete and Cancel would wait for them). Looked for every
+    /// [`MAX_SLEEP`] at most: it reads every job.
+    fn orphans(&mut self, now: Instant) -> Vec<Report> {
+        if now < self.next_orphan_scan {
+            return Vec::new();
+        }
+        self.next_orphan_scan = now + MAX_SLEEP;
+        let members: HashSet<NodeId> = {
+            let metrics = self.cluster.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+        };
+        let machine = self.cluster.state.read();
+        machine
+            .queue
+            .jobs()
+            .filter(|job| {
+                !members.contains(&job.home_node()) && !self.in_flight.contains(&job.id())
+            })
+            .filter(|job| {
+                if job.state().is_final() {
+                    !job.activity().files_finished
+                } else {
+                    self.tracked.contains(&job.id())
+                }
+            })
+            .map(|job| (job.id(), job.run(), EngineReport::HomeNodeRemoved))
+            .collect()
     }
 
     fn leading(&self) -> bool {
@@ -106,7 +145,15 @@ impl Scheduler {
         }
         let waiting = |state: JobState| state.is_active() || state == JobState::TransientError;
         match job {
-            Some(job) if !job.state().is_final() => {
+            // A cancel or complete of a job whose home node left: look now (the call
+            // waits for its files).
+            Some(job) if job.state().is_final() => {
+                self.tracked.remove(&id);
+                if !job.activity().files_finished && !self.is_member(job.home_node()) {
+                    self.next_orphan_scan = Instant::now();
+                }
+            }
+            Some(job) => {
                 self.modified.insert(id, job.times().modified);
                 self.idle.insert((job.times().modified, id));
                 if waiting(job.state()) {
@@ -125,7 +172,8 @@ impl Scheduler {
     fn decide(&mut self, leading_since: Instant) -> (Vec<Report>, Instant) {
         let now = Instant::now();
         let wall = Timestamp::now();
-        let mut reports = Vec::new();
+        let mut reports = self.orphans(now);
+        let orphans: HashSet<JobId> = reports.iter().map(|(id, _, _)| *id).collect();
         let mut next = now + MAX_SLEEP;
         let jobs: Vec<JobView> = {
             let machine = self.cluster.state.read();
@@ -138,13 +186,15 @@ impl Scheduler {
                     next = next.min(now + (inactivity - idle_for));
                     break;
                 }
-                if let Some(job) = machine.queue.job(id).filter(|_| !self.in_flight.contains(id)) {
+                let free = !self.in_flight.contains(id) && !orphans.contains(id);
+                if let Some(job) = machine.queue.job(id).filter(|_| free) {
                     reports.push((job.id(), job.run(), EngineReport::InactivityTimeout));
                     timed_out.insert(*id);
                 }
             }
             (self.tracked.iter())
                 .filter(|id| !self.in_flight.contains(id) && !timed_out.contains(id))
+                .filter(|id| !orphans.contains(id))
                 .filter_map(|id| machine.queue.job(id))
                 .map(JobView::of)
                 .collect()

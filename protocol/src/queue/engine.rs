@@ -48,6 +48,9 @@ impl Queue {
             self.put_quietly(job);
             return Ok(Reply::Done(BitsCode::S_OK));
         }
+        if let [EngineReport::HomeNodeRemoved] = reports {
+            return self.home_node_removed(job);
+        }
         if let [EngineReport::NotifyRan { entry, attempt, success }] = reports {
             let owed = job.notify.run.filter(|r| (r.entry, r.attempt) == (*entry, *attempt));
             let Some(mut owed) = owed else {
@@ -328,7 +331,9 @@ fn apply_report(
             )?;
         }
         EngineReport::InactivityTimeout => transit(job, Operation::InactivityTimeout)?,
-        EngineReport::FilesFinished { .. } | EngineReport::NotifyRan { .. } => {
+        EngineReport::FilesFinished { .. }
+        | EngineReport::NotifyRan { .. }
+        | EngineReport::HomeNodeRemoved => {
             return Err(CommandError::new(
                 BitsCode::E_INVALIDARG,
                 "files finished and notify runs are reported on their own",
@@ -339,6 +344,42 @@ fn apply_report(
 }
 
 /// Moves the job through `op` with an error the queue manager raised (counted).
+impl Queue {
+    /// [`EngineReport::HomeNodeRemoved`].
+    fn home_node_removed(&mut self, mut job: Job) -> CommandResult {
+        if job.state.is_final() {
+            if job.activity.files_finished {
+                return Err(CommandError::new(
+                    BitsCode::BG_E_INVALID_STATE,
+                    "the job's files are finished already",
+                ));
+            }
+            job.activity.files_finished = true;
+            self.put_quietly(job);
+            return Ok(Reply::Done(BitsCode::S_OK));
+        }
+        if matches!(job.state, JobState::Queued | JobState::Connecting | JobState::Transferring) {
+            transit(&mut job, Operation::NetworkLost)?;
+        }
+        // TRANSIENT_ERROR → ERROR, as when the no-progress timeout ends the wait.
+        transit(&mut job, Operation::NoProgressTimeout)?;
+        job.error_count = job.error_count.saturating_add(1);
+        job.error = Some(JobError {
+            context: ErrorContext::GeneralQueueManager,
+            code: BitsCode::E_FAIL,
+            detail: format!(
+                "the job's home node {} was removed from the cluster, and its files with it; \
+                 cancel the job and submit it again",
+                job.placement.home_node
+            ),
+            file_index: None,
+            protocol: None,
+        });
+        self.store(job);
+        Ok(Reply::Done(BitsCode::S_OK))
+    }
+}
+
 fn queue_manager_error(
     job: &mut Job,
     op: Operation,

@@ -60,20 +60,27 @@ async fn resend(
     what: &str,
     request: impl Fn(&str) -> reqwest::RequestBuilder,
 ) -> anyhow::Result<reqwest::Response> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        for url in cluster.urls.iter() {
+        let mut failures = Vec::new();
+        for url in &cluster.urls.all() {
             match request(url).timeout(Duration::from_secs(10)).send().await {
                 Ok(answer) if answer.status().is_success() => return Ok(answer),
                 Ok(answer) if answer.status().is_client_error() => {
                     anyhow::bail!("{what}: answered {}", answer.status())
                 }
-                Ok(answer) => last = answer.status().to_string(),
-                Err(e) => last = e.to_string(),
+                Ok(answer) => {
+                    let status = answer.status();
+                    failures.push(format!("{url}: {status} {}", answer.text().await?));
+                }
+                Err(e) => failures.push(format!("{url}: {e:?}")),
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "{what}: no node took it ({last})");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: no node took it:\n{}",
+            failures.join("\n")
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

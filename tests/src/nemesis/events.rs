@@ -47,7 +47,7 @@ impl EventStream {
         let received = Arc::new(Mutex::new(Received::default()));
         let from = StartAt::Cursor(Cursor { index: 0, sub: 0 });
         let mut watcher =
-            Watcher::new(cluster.urls[0].parse()?, tokens::ADMIN.into(), every_job(), from);
+            Watcher::new(cluster.urls.get(0).parse()?, tokens::ADMIN.into(), every_job(), from);
         let shared = received.clone();
         let task = tokio::spawn(async move {
             let mut connections = 0;
@@ -107,7 +107,7 @@ impl EventStream {
         let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(0) };
         let from = StartAt::Cursor(first.0);
         let mut replay =
-            Watcher::new(cluster.urls[0].parse()?, tokens::ADMIN.into(), every_job(), from);
+            Watcher::new(cluster.urls.get(0).parse()?, tokens::ADMIN.into(), every_job(), from);
         let mut replayed = Vec::with_capacity(events.len());
         while replayed.last().is_none_or(|(cursor, _, _)| cursor < &last.0) {
             match tokio::time::timeout(Duration::from_secs(30), replay.next()).await {

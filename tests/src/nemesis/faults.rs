@@ -36,11 +36,14 @@ pub enum Fault {
     Failpoint,
     /// A node restarted with its wall clock off by up to 5 minutes, for 3-6 s.
     ClockOffset,
+    /// A follower removed from the cluster under load, and a new node with an empty
+    /// data directory joined in its place (a membership change each way).
+    ReplaceMember,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::KillLeader,
         Self::KillFollower,
         Self::PauseLeader,
@@ -50,6 +53,7 @@ impl Fault {
         Self::DiskFull,
         Self::Failpoint,
         Self::ClockOffset,
+        Self::ReplaceMember,
     ];
 }
 
@@ -86,7 +90,7 @@ impl Nemesis {
     /// A nemesis drawing from every fault `cluster` and this machine allow.
     pub fn new(rng: Rng, cluster: &Cluster) -> Self {
         let mut kinds = vec![Fault::KillLeader, Fault::KillFollower, Fault::PauseLeader];
-        kinds.push(Fault::Failpoint);
+        kinds.extend([Fault::Failpoint, Fault::ReplaceMember]);
         if Partition::available() {
             kinds.extend([Fault::PartitionLeader, Fault::OneWayFromLeader, Fault::DropReplies]);
         } else {
@@ -207,6 +211,9 @@ impl Nemesis {
                 drop(cut);
             }
             Fault::DiskFull => self.fill_disk(cluster, any).await?,
+            Fault::ReplaceMember => {
+                cluster.replace(follower, lead).await?;
+            }
             Fault::Failpoint => self.arm_failpoint(cluster, any).await?,
             Fault::ClockOffset => {
                 let seconds = 1 + self.rng.below(300);

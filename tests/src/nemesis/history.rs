@@ -11,6 +11,7 @@ use ferry_protocol::{JobId, JobState, JobType, NewJob};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::Urls;
 use crate::{Rng, tokens};
 
 /// What an operation was.
@@ -139,7 +140,7 @@ pub struct Traffic {
 impl Traffic {
     /// Starts `config.clients` clients on the nodes at `urls`, each with a generator
     /// seeded from `rng`.
-    pub fn start(urls: Arc<Vec<String>>, config: &TrafficConfig, rng: &mut Rng) -> Self {
+    pub fn start(urls: Urls, config: &TrafficConfig, rng: &mut Rng) -> Self {
         let history = Arc::new(History::default());
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..config.clients)
@@ -230,7 +231,7 @@ const REMEMBERED: usize = 2_000;
 
 struct Client {
     me: usize,
-    urls: Arc<Vec<String>>,
+    urls: Urls,
     history: Arc<History>,
     stop: Arc<AtomicBool>,
     rng: Rng,
@@ -277,7 +278,8 @@ impl Client {
     }
 
     fn url(&mut self) -> String {
-        self.urls[self.rng.below(self.urls.len() as u64) as usize].clone()
+        let all = self.urls.all();
+        all[self.rng.below(all.len() as u64) as usize].clone()
     }
 
     /// Sends a write until its outcome is known or its attempts run out, recording

@@ -15,7 +15,7 @@ mod events;
 mod faults;
 mod history;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 pub use check::{Ledger, Verdict, check};
@@ -24,7 +24,18 @@ pub use faults::{Fault, Nemesis};
 pub use history::{Call, History, Op, Seen, Traffic, TrafficConfig, cancel, create, job_for};
 use tokio::time::Instant;
 
+use anyhow::Context as _;
+
 use crate::{Node, NodeOptions, SmallDisk, tokens};
+
+/// Moves `node`'s data directory onto a tmpfs of `mib` MiB (stopping and restarting
+/// it); `None` where mounting is not allowed.
+async fn own_disk(node: &mut Node, mib: u64) -> anyhow::Result<Option<SmallDisk>> {
+    node.stop().await?;
+    let disk = SmallDisk::mount(&node.data_dir(), mib)?;
+    node.restart().await?;
+    Ok(disk)
+}
 
 /// How to set up the cluster a nemesis runs on.
 #[derive(Clone, Debug)]
@@ -45,14 +56,41 @@ impl Default for Setup {
     }
 }
 
+/// The API base URL of each node, shared with the clients: a restart keeps a node's
+/// ports, a member that replaces another has its own.
+#[derive(Clone, Debug, Default)]
+pub struct Urls(Arc<RwLock<Vec<String>>>);
+
+impl Urls {
+    /// Every node's URL, by index.
+    pub fn all(&self) -> Vec<String> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Node `i`'s URL.
+    pub fn get(&self, i: usize) -> String {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)[i].clone()
+    }
+
+    fn set(&self, i: usize, url: String) {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)[i] = url;
+    }
+}
+
 /// The cluster under test.
 pub struct Cluster {
-    /// Its nodes, node id `i + 1` at index `i`.
+    /// Its nodes, at fixed loopback addresses (index `i` on 127.0.0.`i + 1`).
     pub nodes: Vec<Node>,
-    /// The API base URL of each node (fixed: a restart keeps its ports).
-    pub urls: Arc<Vec<String>>,
+    /// The Raft node id of each.
+    ids: Vec<u64>,
+    /// The API base URL of each node.
+    pub urls: Urls,
     /// The tmpfs of each node, when [`Setup::disk_mib`] is set and mounting worked.
     disks: Vec<SmallDisk>,
+    /// How it was set up.
+    setup: Setup,
+    /// The cluster's join token (for members that replace others).
+    token: String,
     /// The failpoints every start carries.
     base_failpoints: Option<String>,
 }
@@ -73,27 +111,57 @@ impl Cluster {
             ..NodeOptions::queue_only()
         };
         let mut nodes = crate::start_cluster(options, setup.nodes).await?;
+        let token = nodes[0].join_token()?;
         let mut disks = Vec::new();
         if let Some(mib) = setup.disk_mib {
             for node in &mut nodes {
-                node.stop().await?;
-                match SmallDisk::mount(&node.data_dir(), mib)? {
+                match own_disk(node, mib).await? {
                     Some(disk) => disks.push(disk),
-                    None => println!("disk-full faults left out: cannot mount a tmpfs here"),
-                }
-                node.restart().await?;
-                if disks.is_empty() {
-                    break;
+                    None => {
+                        println!("disk-full faults left out: cannot mount a tmpfs here");
+                        break;
+                    }
                 }
             }
             if disks.len() < nodes.len() {
                 disks.clear();
             }
         }
-        let urls = Arc::new(nodes.iter().map(Node::url).collect::<anyhow::Result<_>>()?);
-        let cluster = Self { nodes, urls, disks, base_failpoints };
+        let mut ids = Vec::new();
+        for node in &nodes {
+            ids.push(node.client(Some(tokens::ADMIN))?.cluster().await?.node_id);
+        }
+        let urls = Urls(Arc::new(RwLock::new(
+            nodes.iter().map(Node::url).collect::<anyhow::Result<_>>()?,
+        )));
+        let setup = setup.clone();
+        let cluster = Self { nodes, ids, urls, disks, setup, token, base_failpoints };
         cluster.agreement(Duration::from_secs(60)).await?;
         Ok(cluster)
+    }
+
+    /// Removes node `i` from the cluster (its process killed, its data gone) and starts
+    /// a new node with an empty data directory on its address, which joins in its place.
+    async fn replace(&mut self, i: usize, through: usize) -> anyhow::Result<()> {
+        let id = self.ids[i];
+        self.nodes[through].client(Some(tokens::ADMIN))?.remove_member(id).await?;
+        self.nodes[i].kill9().await?;
+        let ip = self.nodes[i].options.ip;
+        let mut options = self.nodes[through].joiner(ip, &self.token)?;
+        options.failpoints = self.base_failpoints.clone();
+        options.env.clear();
+        let mut node = Node::start(options).await?;
+        if !self.disks.is_empty()
+            && let Some(mib) = self.setup.disk_mib
+        {
+            // The old disk goes first (unmounted), then the old node's directory.
+            let disk = own_disk(&mut node, mib).await?.context("the tmpfs mount failed")?;
+            self.disks[i] = disk;
+        }
+        self.ids[i] = node.client(Some(tokens::ADMIN))?.cluster().await?.node_id;
+        self.urls.set(i, node.url()?);
+        self.nodes[i] = node;
+        self.membership_settled(Duration::from_secs(60)).await
     }
 
     /// The index of the leader, asked of any node that answers.
@@ -103,7 +171,7 @@ impl Cluster {
             if let Ok(status) = client.cluster().await
                 && let Some(leader) = status.leader
             {
-                return usize::try_from(leader).ok().and_then(|l| l.checked_sub(1));
+                return self.ids.iter().position(|id| *id == leader);
             }
         }
         None
@@ -119,7 +187,35 @@ impl Cluster {
         self.agreement(Duration::from_secs(60)).await
     }
 
-    /// Waits until every member answers and they agree.
+    /// Waits until every member answers and they agree on the leader and the voters
+    /// (under traffic their applied indexes never stand still to be compared).
+    async fn membership_settled(&self, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        let voters = crate::default_voters(self.nodes.len());
+        loop {
+            let mut all = Vec::new();
+            for node in &self.nodes {
+                if let Ok(status) = node.client(Some(tokens::ADMIN))?.cluster().await {
+                    all.push(status);
+                }
+            }
+            let settled = all.len() == self.nodes.len()
+                && all.iter().all(|s| {
+                    s.leader.is_some()
+                        && s.leader == all[0].leader
+                        && s.members.iter().filter(|m| m.role == "voter").count() == voters
+                        && s.members.len() == self.nodes.len()
+                });
+            if settled {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the membership never settled: {all:#?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until every member answers and they agree, the same index applied by all
+    /// (traffic stopped).
     pub async fn agreement(&self, patience: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + patience;
         loop {
