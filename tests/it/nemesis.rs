@@ -1,7 +1,8 @@
 //! A short nemesis run (the CI size; `FERRY_NEMESIS_FAULTS=N` or
 //! `FERRY_NEMESIS_SCHEDULE=KillLeader=100,...` for longer ones, see `scripts/nemesis.sh`): three nodes on loopback, each on its own small disk and on
 //! storage that loses unsynced writes when killed, three clients creating, cancelling
-//! and reading jobs with Idempotency-Keys, one subscriber following every event, and
+//! and reading jobs with Idempotency-Keys, one subscriber following every event, one
+//! client downloading a file whose origin content keeps changing ([`Downloads`]), and
 //! faults drawn at random ([`ferry_tests::nemesis::Fault`]). Then every checker runs on
 //! the whole history ([`ferry_tests::nemesis::check`], [`EventStream::check`]).
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use ferry_tests::Rng;
 use ferry_tests::nemesis::{
-    Cluster, EventStream, Ledger, Nemesis, Seen, Setup, Traffic, TrafficConfig,
+    Cluster, Downloads, EventStream, Ledger, Nemesis, Seen, Setup, Traffic, TrafficConfig,
 };
 use tokio::time::Instant;
 
@@ -31,6 +32,7 @@ async fn a_short_nemesis_run_keeps_every_guarantee() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(&Setup::default()).await?;
     let events = EventStream::start(&cluster)?;
     let traffic = Traffic::start(cluster.urls.clone(), &TrafficConfig::default(), &mut rng);
+    let downloads = Downloads::start(cluster.urls.clone(), &mut rng).await?;
     // Enough traffic before the first fault, or the run proves nothing.
     let warmup = Instant::now();
     while traffic.history.acknowledged_creates() < 30 {
@@ -40,7 +42,8 @@ async fn a_short_nemesis_run_keeps_every_guarantee() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut nemesis = Nemesis::new(Rng(rng.next() | 1), &cluster);
+    let mut nemesis =
+        Nemesis::new(Rng(rng.next() | 1), &cluster).aiming_at(downloads.active.clone());
     println!("faults drawn from {:?}", nemesis.kinds());
     if let Ok(schedule) = std::env::var("FERRY_NEMESIS_SCHEDULE") {
         nemesis = nemesis.with_schedule(&schedule)?;
@@ -58,9 +61,10 @@ async fn a_short_nemesis_run_keeps_every_guarantee() -> anyhow::Result<()> {
         .filter_map(|o| if let Seen::Created(id) = o.seen { Some(id) } else { None })
         .collect();
     let checked = events.check(&cluster, &acknowledged).await?;
+    let files = downloads.check().await?;
     let count = |f: fn(&Seen) -> bool| ops.iter().filter(|o| f(&o.seen)).count();
     println!(
-        "nemesis: {} operations ({} acknowledged creates, {} acknowledged cancels, {} reads, {} unknown outcomes; {} timed-out writes retried with their keys) under {:?} ({:?}); {verdict}; event stream: {checked} events in order and gap-free over {} reconnects",
+        "nemesis: {} operations ({} acknowledged creates, {} acknowledged cancels, {} reads, {} unknown outcomes; {} timed-out writes retried with their keys) under {:?} ({:?}); {verdict}; event stream: {checked} events in order and gap-free over {} reconnects; downloads: {} completed, each file one of the {} versions the origin served, {} cancelled with no file at their names",
         ops.len(),
         count(|s| matches!(s, Seen::Created(_))),
         count(|s| *s == Seen::Cancelled),
@@ -70,6 +74,9 @@ async fn a_short_nemesis_run_keeps_every_guarantee() -> anyhow::Result<()> {
         nemesis.injected,
         nemesis.outcomes,
         events.reconnects(),
+        files.completed,
+        files.versions,
+        files.cancelled,
     );
     Ok(())
 }

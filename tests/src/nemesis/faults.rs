@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use ferry_protocol::JobId;
 
 use tokio::time::Instant;
 
@@ -39,11 +42,16 @@ pub enum Fault {
     /// A follower removed from the cluster under load, and a new node with an empty
     /// data directory joined in its place (a membership change each way).
     ReplaceMember,
+    /// `kill -9` of the home node of the download in progress, restarted 0.5-2 s later.
+    KillHome,
+    /// `kill -9` of another node than the home of the download in progress (a helper),
+    /// restarted 0.5-2 s later.
+    KillHelper,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::KillLeader,
         Self::KillFollower,
         Self::PauseLeader,
@@ -54,6 +62,8 @@ impl Fault {
         Self::Failpoint,
         Self::ClockOffset,
         Self::ReplaceMember,
+        Self::KillHome,
+        Self::KillHelper,
     ];
 }
 
@@ -80,6 +90,8 @@ pub struct Nemesis {
     schedule: Vec<Fault>,
     /// A node never restarted (a soak measures its memory over the whole run).
     spare: Option<usize>,
+    /// The download in progress, for [`Fault::KillHome`] and [`Fault::KillHelper`].
+    active: Option<Arc<Mutex<Option<JobId>>>>,
     /// Faults injected, by kind.
     pub injected: BTreeMap<Fault, usize>,
     /// What became of them ("disk full: node stopped", "failpoint fired"...).
@@ -109,6 +121,7 @@ impl Nemesis {
             kinds,
             schedule: Vec::new(),
             spare: None,
+            active: None,
             injected: BTreeMap::new(),
             outcomes: BTreeMap::new(),
         }
@@ -130,6 +143,13 @@ impl Nemesis {
         }
         self.schedule.reverse();
         Ok(self)
+    }
+
+    /// Aims [`Fault::KillHome`] and [`Fault::KillHelper`] at the download in `active`.
+    pub fn aiming_at(mut self, active: Arc<Mutex<Option<JobId>>>) -> Self {
+        self.kinds.extend([Fault::KillHome, Fault::KillHelper]);
+        self.active = Some(active);
+        self
     }
 
     /// Never restarts node index `node` (faults that would restart it hit another).
@@ -211,6 +231,22 @@ impl Nemesis {
                 drop(cut);
             }
             Fault::DiskFull => self.fill_disk(cluster, any).await?,
+            Fault::KillHome | Fault::KillHelper => {
+                let home = self.home_of_active(cluster).await;
+                let victim = match (fault, home) {
+                    (Fault::KillHome, Some(home)) if spare != Some(home) => home,
+                    (Fault::KillHelper, Some(home)) => {
+                        (0..n).find(|i| *i != home && Some(*i) != spare).unwrap_or(follower)
+                    }
+                    _ => {
+                        self.note("no download in progress: killed a follower");
+                        follower
+                    }
+                };
+                cluster.nodes[victim].kill9().await?;
+                tokio::time::sleep(self.rng.millis(500, 2000)).await;
+                cluster.restart(victim, None, Vec::new()).await?;
+            }
             Fault::ReplaceMember => {
                 cluster.replace(follower, lead).await?;
             }
@@ -229,6 +265,19 @@ impl Nemesis {
             }
         }
         Ok(())
+    }
+
+    /// The index of the home node of the download in progress, if any.
+    async fn home_of_active(&self, cluster: &Cluster) -> Option<usize> {
+        let active = self.active.as_ref()?;
+        let job = (*active.lock().unwrap_or_else(PoisonError::into_inner))?;
+        for node in &cluster.nodes {
+            let Ok(client) = node.client(Some(crate::tokens::ADMIN)) else { continue };
+            if let Ok(info) = client.job(job).await {
+                return cluster.index_of(info.home_node);
+            }
+        }
+        None
     }
 
     /// Fills node `i`'s disk for up to 5 s; the node either stops (and is restarted

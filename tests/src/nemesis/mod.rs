@@ -11,6 +11,7 @@
 //!   reconnects.
 
 mod check;
+mod downloads;
 mod events;
 mod faults;
 mod history;
@@ -19,6 +20,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 pub use check::{Ledger, Verdict, check};
+pub use downloads::{DownloadVerdict, Downloads};
 pub use events::EventStream;
 pub use faults::{Fault, Nemesis};
 pub use history::{Call, History, Op, Seen, Traffic, TrafficConfig, cancel, create, job_for};
@@ -48,11 +50,13 @@ pub struct Setup {
     /// Run every node on the storage backend that loses what was not synced when the
     /// node is killed (`storage.lose_unsynced`).
     pub lose_unsynced: bool,
+    /// Let the nodes transfer (for [`Downloads`]); otherwise they only queue.
+    pub transfers: bool,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { nodes: 3, disk_mib: Some(256), lose_unsynced: true }
+        Self { nodes: 3, disk_mib: Some(256), lose_unsynced: true, transfers: true }
     }
 }
 
@@ -105,10 +109,13 @@ impl Cluster {
         };
         let base_failpoints =
             setup.lose_unsynced.then(|| format!("{}=return", ferry_node::failpoint::LOSE_UNSYNCED));
+        let transfer =
+            if setup.transfers { downloads::TRANSFER.into() } else { "max_active_jobs = 0".into() };
         let options = NodeOptions {
             policy,
             failpoints: base_failpoints.clone(),
-            ..NodeOptions::queue_only()
+            transfer,
+            ..Default::default()
         };
         let mut nodes = crate::start_cluster(options, setup.nodes).await?;
         let token = nodes[0].join_token()?;
@@ -162,6 +169,11 @@ impl Cluster {
         self.urls.set(i, node.url()?);
         self.nodes[i] = node;
         self.membership_settled(Duration::from_secs(60)).await
+    }
+
+    /// The index of the node with Raft id `id`.
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.ids.iter().position(|i| *i == id)
     }
 
     /// The index of the leader, asked of any node that answers.
