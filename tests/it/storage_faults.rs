@@ -575,8 +575,20 @@ async fn a_crash_saving_a_vote_or_installing_a_snapshot_loses_no_acknowledged_wr
                 crashed_at(&mut nodes[f], name).await?;
                 nodes[lead].restart().await?;
             } else {
+                let behind = nodes[f].client(Some(tokens::ADMIN))?.cluster().await?.last_log_index;
                 nodes[f].kill9().await?;
                 writers.wait_for_more(150).await?;
+                // Only a snapshot can bring `f` back once the others purged past it.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let purged =
+                        nodes[lead].client(Some(tokens::ADMIN))?.cluster().await?.purged_index;
+                    if purged > behind {
+                        break;
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "never purged past {behind:?}");
+                    writers.wait_for_more(20).await?;
+                }
                 restart_armed(&mut nodes[f], name).await?;
                 crashed_at(&mut nodes[f], name).await?;
             }

@@ -45,6 +45,9 @@ pub(crate) struct Scheduler {
     modified: HashMap<JobId, Timestamp>,
     /// When to look again for jobs whose home node left the cluster.
     next_orphan_scan: Instant,
+    /// The home node of every job that could be left without one: the tracked ones,
+    /// and finished ones whose files are not finished yet.
+    homes: HashMap<JobId, NodeId>,
 }
 
 /// A proposal of the scheduler was answered.
@@ -74,6 +77,7 @@ impl Scheduler {
             idle: BTreeSet::new(),
             modified: HashMap::new(),
             next_orphan_scan: Instant::now(),
+            homes: HashMap::new(),
         }
     }
 
@@ -84,7 +88,7 @@ impl Scheduler {
     /// Jobs whose home node is no longer a member (it was removed, with the job's
     /// files): tracked unfinished jobs, and finished ones whose files were never
     /// finished (Complete and Cancel would wait for them). Looked for every
-    /// [`MAX_SLEEP`] at most: it reads every job.
+    /// [`MAX_SLEEP`] at most (from `homes`, kept from the change feed).
     fn orphans(&mut self, now: Instant) -> Vec<Report> {
         if now < self.next_orphan_scan {
             return Vec::new();
@@ -96,19 +100,9 @@ impl Scheduler {
             metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
         };
         let machine = self.cluster.state.read();
-        machine
-            .queue
-            .jobs()
-            .filter(|job| {
-                !members.contains(&job.home_node()) && !self.in_flight.contains(&job.id())
-            })
-            .filter(|job| {
-                if job.state().is_final() {
-                    !job.activity().files_finished
-                } else {
-                    self.tracked.contains(&job.id())
-                }
-            })
+        (self.homes.iter())
+            .filter(|(id, home)| !members.contains(home) && !self.in_flight.contains(id))
+            .filter_map(|(id, _)| machine.queue.job(id))
             .map(|job| (job.id(), job.run(), EngineReport::HomeNodeRemoved))
             .collect()
     }
@@ -124,6 +118,7 @@ impl Scheduler {
         match feed {
             Feed::Reset => {
                 self.tracked.clear();
+                self.homes.clear();
                 self.idle.clear();
                 self.modified.clear();
                 for job in state.feed().scan(&machine.queue) {
@@ -149,8 +144,13 @@ impl Scheduler {
             // waits for its files).
             Some(job) if job.state().is_final() => {
                 self.tracked.remove(&id);
-                if !job.activity().files_finished && !self.is_member(job.home_node()) {
-                    self.next_orphan_scan = Instant::now();
+                if job.activity().files_finished {
+                    self.homes.remove(&id);
+                } else {
+                    self.homes.insert(id, job.home_node());
+                    if !self.is_member(job.home_node()) {
+                        self.next_orphan_scan = Instant::now();
+                    }
                 }
             }
             Some(job) => {
@@ -158,12 +158,15 @@ impl Scheduler {
                 self.idle.insert((job.times().modified, id));
                 if waiting(job.state()) {
                     self.tracked.insert(id);
+                    self.homes.insert(id, job.home_node());
                 } else {
                     self.tracked.remove(&id);
+                    self.homes.remove(&id);
                 }
             }
             _ => {
                 self.tracked.remove(&id);
+                self.homes.remove(&id);
             }
         }
     }

@@ -174,7 +174,12 @@ impl Nemesis {
             Some(fault) => fault,
             None => self.kinds[self.rng.below(self.kinds.len() as u64) as usize],
         };
+        let before = self.injected.get(&fault).copied().unwrap_or(0);
         self.inject(cluster, fault).await?;
+        if self.injected.get(&fault).copied().unwrap_or(0) == before {
+            // Not injected (no leader to aim at): a scheduled fault waits its turn again.
+            self.schedule.push(fault);
+        }
         Ok(fault)
     }
 

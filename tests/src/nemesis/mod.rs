@@ -151,7 +151,20 @@ impl Cluster {
     /// a new node with an empty data directory on its address, which joins in its place.
     async fn replace(&mut self, i: usize, through: usize) -> anyhow::Result<()> {
         let id = self.ids[i];
-        self.nodes[through].client(Some(tokens::ADMIN))?.remove_member(id).await?;
+        // Through the leader first, then any member (a leader change may be under way).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let order: Vec<usize> = std::iter::once(through).chain(0..self.nodes.len()).collect();
+        'removed: loop {
+            let mut last = String::new();
+            for &n in order.iter().filter(|n| **n != i) {
+                match self.nodes[n].client(Some(tokens::ADMIN))?.remove_member(id).await {
+                    Ok(()) => break 'removed,
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "cannot remove node {id}: {last}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         self.nodes[i].kill9().await?;
         let ip = self.nodes[i].options.ip;
         let mut options = self.nodes[through].joiner(ip, &self.token)?;
