@@ -196,7 +196,7 @@ impl Nemesis {
         };
         *self.injected.entry(fault).or_default() += 1;
         let n = cluster.nodes.len();
-        let others: Vec<Ipv4Addr> = (0..n).filter(|i| *i != lead).map(ip).collect();
+        let others: Vec<Ipv4Addr> = (0..n).filter(|i| *i != lead).map(|i| ip(cluster, i)).collect();
         let spare = self.spare;
         let mut follower = (lead + 1 + self.rng.below(n as u64 - 1) as usize) % n;
         if Some(follower) == spare {
@@ -220,12 +220,12 @@ impl Nemesis {
                 cluster.nodes[lead].signal("CONT")?;
             }
             Fault::PartitionLeader => {
-                let cut = Partition::isolate(ip(lead), &others)?;
+                let cut = Partition::isolate(ip(cluster, lead), &others)?;
                 tokio::time::sleep(self.rng.millis(1500, 3500)).await;
                 drop(cut);
             }
             Fault::OneWayFromLeader => {
-                let cut = Partition::one_way(ip(lead), &others)?;
+                let cut = Partition::one_way(ip(cluster, lead), &others)?;
                 tokio::time::sleep(self.rng.millis(1500, 3500)).await;
                 drop(cut);
             }
@@ -335,6 +335,6 @@ fn log_count(node: &crate::Node, text: &str) -> usize {
 }
 
 /// The loopback address of node index `i`.
-fn ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, u8::try_from(i + 1).unwrap_or(1))
+fn ip(cluster: &Cluster, i: usize) -> Ipv4Addr {
+    cluster.nodes[i].options.ip
 }

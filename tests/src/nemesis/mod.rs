@@ -83,7 +83,7 @@ impl Urls {
 
 /// The cluster under test.
 pub struct Cluster {
-    /// Its nodes, at fixed loopback addresses (index `i` on 127.0.0.`i + 1`).
+    /// Its nodes, at fixed loopback addresses (index `i` on 127.0.0.`101 + i`).
     pub nodes: Vec<Node>,
     /// The Raft node id of each.
     ids: Vec<u64>,
@@ -111,7 +111,10 @@ impl Cluster {
             setup.lose_unsynced.then(|| format!("{}=return", ferry_node::failpoint::LOSE_UNSYNCED));
         let transfer =
             if setup.transfers { downloads::TRANSFER.into() } else { "max_active_jobs = 0".into() };
+        // Addresses of their own (127.0.0.101 up), so that the partitions drop no packet
+        // of another test's cluster running beside this one.
         let options = NodeOptions {
+            ip: std::net::Ipv4Addr::new(127, 0, 0, 101),
             policy,
             failpoints: base_failpoints.clone(),
             transfer,
