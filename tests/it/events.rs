@@ -415,20 +415,14 @@ async fn a_crash_while_sending_an_event_leaves_the_stream_whole() -> anyhow::Res
         let mut follower =
             watcher(&node, tokens::ADMIN, every.clone(), StartAt::Cursor(Cursor::START))?;
         // A writer creates the jobs, retrying each with its key until it is acknowledged.
-        let url = format!("{}/v1/jobs", node.url()?);
+        let url = node.url()?;
         let writer = tokio::spawn(async move {
             let http = raw();
             let mut ids = Vec::new();
             for i in 0..JOBS {
                 let key = format!("job-{i}");
                 loop {
-                    let sent = http
-                        .post(&url)
-                        .bearer_auth(tokens::ALICE)
-                        .header("Idempotency-Key", &key)
-                        .json(&new_job(&key, JobType::Download, vec![]))
-                        .send()
-                        .await;
+                    let sent = ferry_tests::nemesis::create(&http, &url, &key).send().await;
                     if let Ok(answer) = sent
                         && answer.status() == 201
                     {

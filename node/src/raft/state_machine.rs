@@ -296,9 +296,7 @@ impl StateMachineStore {
     fn write(&self) -> RwLockWriteGuard<'_, Machine> {
         self.machine.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
 
-impl StateMachineStore {
     /// Installs a received snapshot: stores its file, then replaces the tables.
     async fn install(
         &mut self,

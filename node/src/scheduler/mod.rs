@@ -45,9 +45,9 @@ pub(crate) struct Scheduler {
     modified: HashMap<JobId, Timestamp>,
     /// When to look again for jobs whose home node left the cluster.
     next_orphan_scan: Instant,
-    /// The home node of every job that could be left without one: the tracked ones,
-    /// and finished ones whose files are not finished yet.
-    homes: HashMap<JobId, NodeId>,
+    /// Finished jobs whose files the home node has not finished yet (with the tracked
+    /// ones, the jobs a removed home node would leave stuck).
+    files_pending: HashSet<JobId>,
 }
 
 /// A proposal of the scheduler was answered.
@@ -77,7 +77,7 @@ impl Scheduler {
             idle: BTreeSet::new(),
             modified: HashMap::new(),
             next_orphan_scan: Instant::now(),
-            homes: HashMap::new(),
+            files_pending: HashSet::new(),
         }
     }
 
@@ -88,7 +88,7 @@ impl Scheduler {
     /// Jobs whose home node is no longer a member (it was removed, with the job's
     /// files): tracked unfinished jobs, and finished ones whose files were never
     /// finished (Complete and Cancel would wait for them). Looked for every
-    /// [`MAX_SLEEP`] at most (from `homes`, kept from the change feed).
+    /// [`MAX_SLEEP`] at most.
     fn orphans(&mut self, now: Instant) -> Vec<Report> {
         if now < self.next_orphan_scan {
             return Vec::new();
@@ -100,9 +100,10 @@ impl Scheduler {
             metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect()
         };
         let machine = self.cluster.state.read();
-        (self.homes.iter())
-            .filter(|(id, home)| !members.contains(home) && !self.in_flight.contains(id))
-            .filter_map(|(id, _)| machine.queue.job(id))
+        (self.tracked.iter().chain(&self.files_pending))
+            .filter(|id| !self.in_flight.contains(id))
+            .filter_map(|id| machine.queue.job(id))
+            .filter(|job| !members.contains(&job.home_node()))
             .map(|job| (job.id(), job.run(), EngineReport::HomeNodeRemoved))
             .collect()
     }
@@ -118,7 +119,7 @@ impl Scheduler {
         match feed {
             Feed::Reset => {
                 self.tracked.clear();
-                self.homes.clear();
+                self.files_pending.clear();
                 self.idle.clear();
                 self.modified.clear();
                 for job in state.feed().scan(&machine.queue) {
@@ -145,9 +146,9 @@ impl Scheduler {
             Some(job) if job.state().is_final() => {
                 self.tracked.remove(&id);
                 if job.activity().files_finished {
-                    self.homes.remove(&id);
+                    self.files_pending.remove(&id);
                 } else {
-                    self.homes.insert(id, job.home_node());
+                    self.files_pending.insert(id);
                     if !self.is_member(job.home_node()) {
                         self.next_orphan_scan = Instant::now();
                     }
@@ -158,15 +159,13 @@ impl Scheduler {
                 self.idle.insert((job.times().modified, id));
                 if waiting(job.state()) {
                     self.tracked.insert(id);
-                    self.homes.insert(id, job.home_node());
                 } else {
                     self.tracked.remove(&id);
-                    self.homes.remove(&id);
                 }
             }
             _ => {
                 self.tracked.remove(&id);
-                self.homes.remove(&id);
+                self.files_pending.remove(&id);
             }
         }
     }

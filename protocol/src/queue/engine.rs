@@ -336,14 +336,13 @@ fn apply_report(
         | EngineReport::HomeNodeRemoved => {
             return Err(CommandError::new(
                 BitsCode::E_INVALIDARG,
-                "files finished and notify runs are reported on their own",
+                "files finished, notify runs and removed home nodes are reported on their own",
             ));
         }
     }
     Ok(())
 }
 
-/// Moves the job through `op` with an error the queue manager raised (counted).
 impl Queue {
     /// [`EngineReport::HomeNodeRemoved`].
     fn home_node_removed(&mut self, mut job: Job) -> CommandResult {
@@ -362,24 +361,18 @@ impl Queue {
             transit(&mut job, Operation::NetworkLost)?;
         }
         // TRANSIENT_ERROR → ERROR, as when the no-progress timeout ends the wait.
-        transit(&mut job, Operation::NoProgressTimeout)?;
-        job.error_count = job.error_count.saturating_add(1);
-        job.error = Some(JobError {
-            context: ErrorContext::GeneralQueueManager,
-            code: BitsCode::E_FAIL,
-            detail: format!(
-                "the job's home node {} was removed from the cluster, and its files with it; \
-                 cancel the job and submit it again",
-                job.placement.home_node
-            ),
-            file_index: None,
-            protocol: None,
-        });
+        let detail = format!(
+            "the job's home node {} was removed from the cluster, and its files with it; \
+             cancel the job and submit it again",
+            job.placement.home_node
+        );
+        queue_manager_error(&mut job, Operation::NoProgressTimeout, BitsCode::E_FAIL, detail)?;
         self.store(job);
         Ok(Reply::Done(BitsCode::S_OK))
     }
 }
 
+/// Moves the job through `op` with an error the queue manager raised (counted).
 fn queue_manager_error(
     job: &mut Job,
     op: Operation,

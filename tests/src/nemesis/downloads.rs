@@ -159,8 +159,7 @@ struct Client {
 
 impl Client {
     fn node(&mut self) -> String {
-        let all = self.urls.all();
-        all[self.rng.below(all.len() as u64) as usize].clone()
+        self.urls.pick(&mut self.rng)
     }
 
     /// Sends a keyed request to random nodes until one answers it with success (or the

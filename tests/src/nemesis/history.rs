@@ -278,8 +278,7 @@ impl Client {
     }
 
     fn url(&mut self) -> String {
-        let all = self.urls.all();
-        all[self.rng.below(all.len() as u64) as usize].clone()
+        self.urls.pick(&mut self.rng)
     }
 
     /// Sends a write until its outcome is known or its attempts run out, recording

@@ -76,6 +76,12 @@ impl Urls {
         self.0.read().unwrap_or_else(PoisonError::into_inner)[i].clone()
     }
 
+    /// A node's URL drawn by `rng`.
+    pub fn pick(&self, rng: &mut crate::Rng) -> String {
+        let all = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        all[rng.below(all.len() as u64) as usize].clone()
+    }
+
     fn set(&self, i: usize, url: String) {
         self.0.write().unwrap_or_else(PoisonError::into_inner)[i] = url;
     }
