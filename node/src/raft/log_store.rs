@@ -46,7 +46,7 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (or creates) the log database at `path`.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = open_database(path).map_err(write_err)?;
+        let db = open_database(path, super::LOG_CACHE_BYTES).map_err(write_err)?;
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(ENTRIES).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;

@@ -211,7 +211,7 @@ pub fn vet_database(path: &std::path::Path) -> crate::error::Result<()> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let checked = std::panic::catch_unwind(|| {
-        let mut db = open_database(path)?;
+        let mut db = open_database(path, LOG_CACHE_BYTES)?;
         db.check_integrity()
     });
     std::panic::set_hook(hook);
@@ -238,8 +238,21 @@ pub fn vet_database(path: &std::path::Path) -> crate::error::Result<()> {
     }
 }
 
-/// Opens (or creates) a redb database file readable by its owner only (0600).
-fn open_database(path: &std::path::Path) -> Result<redb::Database, redb::DatabaseError> {
+/// redb's page cache for `state.redb`. redb keeps every page it writes or reads in its
+/// cache, up to 1 GiB by default, so a node's memory would grow with its event history;
+/// the operating system's page cache already holds the file, and the hot pages (the
+/// upper levels of the trees, the newest events) fit in this.
+pub(crate) const STATE_CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// redb's page cache for `raft-log.redb`: the unpurged tail of the log, which a leader
+/// reads back to replicate.
+pub(crate) const LOG_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Opens (or creates) a redb database file readable by its owner only (0600), with a
+/// page cache of `cache_bytes`.
+fn open_database(
+    path: &std::path::Path,
+    cache_bytes: usize,
+) -> Result<redb::Database, redb::DatabaseError> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -252,9 +265,10 @@ fn open_database(path: &std::path::Path) -> Result<redb::Database, redb::Databas
     #[cfg(feature = "failpoints")]
     if fail::eval(crate::failpoint::LOSE_UNSYNCED, |_| ()).is_some() {
         return redb::Database::builder()
+            .set_cache_size(cache_bytes)
             .create_with_backend(lose_unsynced::LoseUnsynced::new(backend));
     }
-    redb::Database::builder().create_with_backend(backend)
+    redb::Database::builder().set_cache_size(cache_bytes).create_with_backend(backend)
 }
 
 /// The small named values both databases keep (vote, applied id, snapshot...).

@@ -232,7 +232,7 @@ impl StateMachineStore {
     /// Opens (or creates) the state database at `path` and loads the queue from it; the
     /// event history keeps what `retention` allows.
     pub fn open(path: &Path, retention: Retention) -> Result<Self, StorageError> {
-        let db = open_database(path).map_err(write_err)?;
+        let db = open_database(path, super::STATE_CACHE_BYTES).map_err(write_err)?;
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(JOBS).map_err(write_err)?;
         txn.open_table(REQUESTS).map_err(write_err)?;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::codes::BitsCode;
-use crate::command::{CommandError, CommandResult};
+use crate::command::{CommandError, CommandResult, Reply};
 use crate::event::JobEvent;
 use crate::ids::{Caller, JobId, Principal, RequestId};
 use crate::job::Job;
@@ -118,6 +118,11 @@ pub struct Queue {
     request_order: BTreeMap<u64, RequestKey>,
     /// Each principal's remembered requests, by sequence number.
     requests_of: HashMap<Principal, BTreeSet<u64>>,
+    /// Keys of creates whose job is unfinished, by job. They stay out of the eviction
+    /// order (neither age nor a principal's quota forgets them) until the job ends, so a
+    /// create sent again with its key never makes a second job while the first lives.
+    /// Bounded by the unfinished jobs ([`crate::limits::HARD_MAX_JOBS`]).
+    pinned_requests: HashMap<JobId, RequestKey>,
     /// Final jobs by the time they became final: the removal order.
     finished: BTreeSet<(Timestamp, JobId)>,
     /// Unfinished jobs per owner, for `MaxJobsPerUser`.
@@ -149,7 +154,7 @@ impl Queue {
             queue.jobs.insert(job.id, job);
         }
         for (key, record) in image.requests {
-            queue.index_request(&key, record.seq);
+            queue.index_request(&key, &record);
             queue.requests.insert(key, record);
         }
         for session in image.uploads {
@@ -328,6 +333,7 @@ impl Queue {
         self.index_peer_cache(job);
         if job.state.is_final() {
             self.finished.insert((job.times.modified, job.id));
+            self.unpin_request(job.id);
         } else {
             *self.unfinished_per_owner.entry(job.owner.clone()).or_default() += 1;
             self.unfinished += 1;
@@ -359,22 +365,41 @@ impl Queue {
         self.unfinished_per_owner.get(owner).copied().unwrap_or(0)
     }
 
-    fn index_request(&mut self, key: &RequestKey, seq: u64) {
-        self.request_order.insert(seq, key.clone());
-        self.requests_of.entry(key.principal.clone()).or_default().insert(seq);
+    /// Puts `key` in the eviction order, or pins it while the job it created is
+    /// unfinished.
+    fn index_request(&mut self, key: &RequestKey, record: &RequestRecord) {
+        if let Ok(Reply::Created(job)) = &record.result
+            && self.jobs.get(job).is_some_and(|j| !j.state.is_final())
+        {
+            self.pinned_requests.insert(*job, key.clone());
+            return;
+        }
+        self.request_order.insert(record.seq, key.clone());
+        self.requests_of.entry(key.principal.clone()).or_default().insert(record.seq);
+    }
+
+    /// Returns the create of `job`, now final, to the eviction order at its own age.
+    fn unpin_request(&mut self, job: JobId) {
+        let Some(key) = self.pinned_requests.remove(&job) else { return };
+        if let Some(record) = self.requests.get(&key) {
+            let seq = record.seq;
+            self.request_order.insert(seq, key.clone());
+            self.requests_of.entry(key.principal).or_default().insert(seq);
+        }
     }
 
     /// Remembers `record` under `key`; a principal over its quota forgets its oldest.
     fn remember(&mut self, key: RequestKey, record: RequestRecord) {
-        self.index_request(&key, record.seq);
-        let oldest_of_principal = self
-            .requests_of
-            .get(&key.principal)
-            .filter(|seqs| seqs.len() > MAX_REMEMBERED_REQUESTS_PER_PRINCIPAL)
-            .and_then(|seqs| seqs.first().copied());
+        self.index_request(&key, &record);
         self.changes.requests.insert(key.clone());
+        let principal = key.principal.clone();
         self.requests.insert(key, record);
-        if let Some(seq) = oldest_of_principal {
+        while let Some(seq) = self
+            .requests_of
+            .get(&principal)
+            .filter(|seqs| seqs.len() > MAX_REMEMBERED_REQUESTS_PER_PRINCIPAL)
+            .and_then(|seqs| seqs.first().copied())
+        {
             self.forget_request(seq);
         }
     }

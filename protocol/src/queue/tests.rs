@@ -412,6 +412,39 @@ fn one_principal_cannot_push_out_anothers_request_ids() {
 }
 
 #[test]
+fn a_create_retried_while_its_job_lives_never_makes_a_second_job() {
+    let mut h = Harness::new();
+    let spec = new_job(JobType::Download, 1);
+    let create = |id| Command::CreateJob {
+        id: JobId(uuid::Uuid::from_u128(id)),
+        home_node: 1,
+        spec: spec.clone(),
+    };
+    let first = h.run(&alice(), Some("create-1"), create(900)).expect("create");
+    let Reply::Created(job) = first else { panic!("created {first:?}") };
+    // More keyed requests than a principal's quota, and more than a day, later...
+    let suspend = Command::Lifecycle { job, action: JobAction::Suspend };
+    for n in 0..=MAX_REMEMBERED_REQUESTS_PER_PRINCIPAL {
+        h.run(&alice(), Some(&format!("s-{n}")), suspend.clone()).expect("suspend");
+    }
+    h.time += REQUEST_ID_TTL.as_millis() as u64;
+    // ...the create sent again (through another node: another id) finds its job.
+    let retry = h.run(&alice(), Some("create-1"), create(901)).expect("retry");
+    assert_eq!(retry, Reply::Created(job));
+    assert_eq!(h.queue.jobs().count(), 1, "no second job");
+    // The pin survives a snapshot.
+    let restored = Queue::from_image(h.queue.to_image());
+    let mut h2 = Harness { queue: restored, time: h.time, next_id: 100 };
+    assert_eq!(h2.run(&alice(), Some("create-1"), create(902)), Ok(Reply::Created(job)));
+    // Once the job ends, its key ages like any other.
+    h.act(&alice(), job, JobAction::Cancel).expect("cancel");
+    h.run(&alice(), Some("after"), suspend).expect_err("a cancelled job cannot be suspended");
+    let key =
+        RequestKey { principal: alice().principal, id: RequestId::new("create-1").expect("id") };
+    assert!(h.queue.request(&key).is_none(), "forgotten once its job ended");
+}
+
+#[test]
 fn retained_final_jobs_are_bounded() {
     let mut h = Harness::new();
     for _ in 0..MAX_RETAINED_FINAL_JOBS + 5 {

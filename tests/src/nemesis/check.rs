@@ -132,11 +132,16 @@ pub async fn check(cluster: &Cluster, ops: &[Op], ledger: &mut Ledger) -> anyhow
             verdict.settled += 1;
         }
     }
+    let admin = cluster.nodes[0].client(Some(tokens::ADMIN))?;
     for (job, key) in &unknown_cancels {
-        resend(cluster, key, |url| cancel(&http, url, *job, key)).await?;
+        // A job already cancelled settles it: sent again, a cancel whose key its
+        // principal's newer requests pushed out would be refused as a cancel of a
+        // cancelled job.
+        if !admin.job(*job).await.is_ok_and(|j| j.state == JobState::Cancelled) {
+            resend(cluster, key, |url| cancel(&http, url, *job, key)).await?;
+        }
         verdict.settled += 1;
     }
-    let admin = cluster.nodes[0].client(Some(tokens::ADMIN))?;
     let mut jobs: HashMap<JobId, JobInfo> = HashMap::new();
     for (key, seen) in &ids {
         anyhow::ensure!(seen.len() == 1, "key {key} made jobs {seen:?}");

@@ -52,11 +52,14 @@ pub struct Setup {
     pub lose_unsynced: bool,
     /// Let the nodes transfer (for [`Downloads`]); otherwise they only queue.
     pub transfers: bool,
+    /// Last byte of the first node's loopback address (node `i` on 127.0.0.`first_ip + i`):
+    /// clusters on different addresses can run side by side, each partitioned alone.
+    pub first_ip: u8,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { nodes: 3, disk_mib: Some(256), lose_unsynced: true, transfers: true }
+        Self { nodes: 3, disk_mib: Some(256), lose_unsynced: true, transfers: true, first_ip: 101 }
     }
 }
 
@@ -89,7 +92,7 @@ impl Urls {
 
 /// The cluster under test.
 pub struct Cluster {
-    /// Its nodes, at fixed loopback addresses (index `i` on 127.0.0.`101 + i`).
+    /// Its nodes, at fixed loopback addresses (index `i` on 127.0.0.`first_ip + i`).
     pub nodes: Vec<Node>,
     /// The Raft node id of each.
     ids: Vec<u64>,
@@ -117,10 +120,10 @@ impl Cluster {
             setup.lose_unsynced.then(|| format!("{}=return", ferry_node::failpoint::LOSE_UNSYNCED));
         let transfer =
             if setup.transfers { downloads::TRANSFER.into() } else { "max_active_jobs = 0".into() };
-        // Addresses of their own (127.0.0.101 up), so that the partitions drop no packet
-        // of another test's cluster running beside this one.
+        // Addresses of their own (127.0.0.101 up by default), so that the partitions
+        // drop no packet of another test's cluster running beside this one.
         let options = NodeOptions {
-            ip: std::net::Ipv4Addr::new(127, 0, 0, 101),
+            ip: std::net::Ipv4Addr::new(127, 0, 0, setup.first_ip),
             policy,
             failpoints: base_failpoints.clone(),
             transfer,

@@ -58,8 +58,14 @@ pub(crate) async fn soak(options: &Options) -> anyhow::Result<()> {
     });
     println!("soak: {} minutes, {} nodes, seed {seed}", options.minutes, options.nodes);
     let mut rng = Rng(seed);
-    let setup =
-        Setup { nodes: options.nodes, disk_mib: Some(512), lose_unsynced: false, transfers: false };
+    // On 127.0.0.121 up, so that a nemesis run (127.0.0.101 up) can go on beside it.
+    let setup = Setup {
+        nodes: options.nodes,
+        disk_mib: Some(512),
+        lose_unsynced: false,
+        transfers: false,
+        first_ip: 121,
+    };
     let mut cluster = Cluster::start(&setup).await?;
     let events = EventStream::start(&cluster)?;
     let config = TrafficConfig { live: 200, pace: Duration::from_millis(40), ..Default::default() };
