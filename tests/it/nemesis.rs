@@ -1,5 +1,7 @@
 //! A short nemesis run (the CI size; `FERRY_NEMESIS_FAULTS=N` or
-//! `FERRY_NEMESIS_SCHEDULE=KillLeader=100,...` for longer ones, see `scripts/nemesis.sh`): three nodes on loopback, each on its own small disk and on
+//! `FERRY_NEMESIS_SCHEDULE=KillLeader=100,...` for longer ones, see
+//! `scripts/nemesis.sh`): three nodes on loopback in a network namespace of their own
+//! ([`ferry_tests::nemesis::run_in_own_network`]), each on its own small disk and on
 //! storage that loses unsynced writes when killed, three clients creating, cancelling
 //! and reading jobs with Idempotency-Keys, one subscriber following every event, one
 //! client downloading a file whose origin content keeps changing ([`Downloads`]), and
@@ -16,6 +18,11 @@ use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_nemesis_run_keeps_every_guarantee() -> anyhow::Result<()> {
+    if ferry_tests::nemesis::run_in_own_network(
+        "nemesis::a_short_nemesis_run_keeps_every_guarantee",
+    )? {
+        return Ok(());
+    }
     let faults: usize =
         std::env::var("FERRY_NEMESIS_FAULTS").ok().and_then(|f| f.parse().ok()).unwrap_or(10);
     let seed = std::env::var("FERRY_NEMESIS_SEED")

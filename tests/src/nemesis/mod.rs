@@ -39,6 +39,42 @@ async fn own_disk(node: &mut Node, mib: u64) -> anyhow::Result<Option<SmallDisk>
     Ok(disk)
 }
 
+/// Set inside the network namespace [`run_in_own_network`] made.
+const IN_OWN_NETWORK: &str = "FERRY_NEMESIS_NETNS";
+
+/// Runs test `test` (its path inside the test binary, e.g. `nemesis::a_run`) again in
+/// a network namespace of its own, where its partitions and dropped packets cannot touch
+/// anything else on the machine, and returns whether it did: the caller returns at once
+/// when it did (the run there passed, or this fails), and goes on here when it did not.
+/// It does not when it already runs inside one, or when none can be made here (not
+/// root, or no `unshare`/`ip`): then the test runs on the host's loopback, on addresses
+/// of its own.
+pub fn run_in_own_network(test: &str) -> anyhow::Result<bool> {
+    use std::process::Command;
+    if std::env::var_os(IN_OWN_NETWORK).is_some() {
+        return Ok(false);
+    }
+    let usable = Command::new("unshare")
+        .args(["--net", "ip", "link", "set", "lo", "up"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        println!("no network namespace can be made here (unshare --net): on the host's loopback");
+        return Ok(false);
+    }
+    println!("in a network namespace of its own (unshare --net)");
+    let status = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
+        .arg(std::env::current_exe()?)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_OWN_NETWORK, "1")
+        .status()
+        .context("cannot run unshare")?;
+    anyhow::ensure!(status.success(), "the run in its own network namespace failed ({status})");
+    Ok(true)
+}
+
 /// How to set up the cluster a nemesis runs on.
 #[derive(Clone, Debug)]
 pub struct Setup {
