@@ -123,3 +123,42 @@ async fn a_data_directory_serves_one_node_at_a_time() -> anyhow::Result<()> {
     assert_eq!(node.client(None)?.health().await?.status, "ok");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_names_the_commit_and_the_build_date() -> anyhow::Result<()> {
+    // The commit the binaries were built from, where this is a git checkout.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    for program in ["ferryd", "ferry"] {
+        let output = Command::new(binary(program)?).arg("--version").output().await?;
+        assert!(output.status.success(), "{program} --version failed");
+        let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let rest = text
+            .strip_prefix(&format!("{program} {} (commit ", env!("CARGO_PKG_VERSION")))
+            .ok_or_else(|| anyhow::anyhow!("{program} --version printed {text:?}"))?;
+        let (commit, date) = rest
+            .strip_suffix(')')
+            .and_then(|r| r.split_once(", built "))
+            .ok_or_else(|| anyhow::anyhow!("{program} --version printed {text:?}"))?;
+        match &head {
+            Some(head) => assert_eq!(commit, head, "{program} names the commit built"),
+            None => assert!(!commit.is_empty(), "{program}: {text}"),
+        }
+        let fields: Vec<&str> = date.split('-').collect();
+        assert!(
+            fields.len() == 3
+                && [4, 2, 2]
+                    .iter()
+                    .zip(&fields)
+                    .all(|(n, f)| { f.len() == *n && f.chars().all(|c| c.is_ascii_digit()) }),
+            "{program}: the build date {date:?} is not YYYY-MM-DD"
+        );
+        let year: u32 = fields[0].parse()?;
+        assert!((2026..2100).contains(&year), "{program}: build year {year}");
+    }
+    Ok(())
+}
