@@ -16,8 +16,13 @@ use crate::routes::ApiState;
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenEntry {
-    /// The secret the client sends as `Authorization: Bearer <token>`.
+    /// The secret the client sends as `Authorization: Bearer <token>` (or `token_file`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
+    /// A file holding the token instead (a mounted secret): its content, without the
+    /// trailing newline, is read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
     /// The principal it authenticates.
     pub principal: String,
     /// `user` or `admin`.
@@ -43,6 +48,7 @@ impl TokenEntry {
     pub fn new(token: impl Into<String>, principal: impl Into<String>, role: Role) -> Self {
         Self {
             token: token.into(),
+            token_file: None,
             principal: principal.into(),
             role,
             roots: None,
@@ -56,6 +62,7 @@ impl std::fmt::Debug for TokenEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenEntry")
             .field("token", &"<redacted>")
+            .field("token_file", &self.token_file)
             .field("principal", &self.principal)
             .field("role", &self.role)
             .field("roots", &self.roots)

@@ -22,8 +22,16 @@ mod proposer;
 pub mod raft;
 mod replica;
 mod scheduler;
+mod sd_notify;
 mod transfer;
 mod upload_server;
 
 pub use error::{Error, Result};
 pub use node::{Ended, ROOM_TO_RESTART, run};
+
+/// What `ferryd check-config` checks beyond [`config::Config::validate`], without
+/// starting anything: the configured API certificate and key make a usable TLS
+/// configuration.
+pub fn check_settings(settings: &config::Settings) -> Result<()> {
+    api_server::check_tls(&settings.config.api)
+}

@@ -24,30 +24,47 @@ const VERSION: &str = concat!(
 #[command(name = "ferryd", version = VERSION)]
 struct Args {
     /// Data directory (Raft log, state, node id, generated token).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// HTTP API address (port 0 picks a free port; see <data-dir>/api.addr).
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
     /// QUIC address for peers and the event bus.
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     peer_listen: Option<SocketAddr>,
     /// Join a cluster through these peer addresses (first start only; a name may
     /// resolve to several).
-    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    #[arg(long, global = true, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
     join: Vec<String>,
     /// The cluster's join token (the first node's <data-dir>/join.token).
-    #[arg(long, value_name = "TOKEN", env = "FERRY_JOIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "FERRY_JOIN_TOKEN",
+        hide_env_values = true
+    )]
     join_token: Option<String>,
     /// Source address of connections to origins (`transfer.source_addr`).
-    #[arg(long, value_name = "IP")]
+    #[arg(long, global = true, value_name = "IP")]
     source_addr: Option<std::net::IpAddr>,
-    /// TOML configuration file (see deploy/ferryd.toml for every field).
-    #[arg(long, value_name = "FILE")]
+    /// TOML configuration file (see deploy/ferryd.toml for every field). Variables
+    /// `FERRYD_<SECTION>__<FIELD>` override its fields, and flags override both.
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Check the configuration (file, FERRYD_* variables and flags) as ferryd would at
+    /// start, without starting: print it (secrets redacted) and exit 0, or say what is
+    /// wrong and exit 1.
+    CheckConfig,
 }
 
 fn main() -> ExitCode {
@@ -64,10 +81,7 @@ fn main() -> ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
+    let (mut config, from_env) = Config::load(args.config.as_deref(), std::env::vars_os())?;
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
@@ -87,17 +101,21 @@ fn start(args: Args) -> anyhow::Result<()> {
         config.transfer.source_addr = Some(addr);
     }
     if args.print_config {
-        let mut shown = config.clone();
-        for entry in &mut shown.api.tokens {
-            entry.token = "<redacted>".into();
-        }
-        if shown.cluster.join_token.is_some() {
-            shown.cluster.join_token = Some("<redacted>".into());
-        }
-        print!("{}", toml::to_string_pretty(&shown)?);
+        print!("{}", shown(&config)?);
+        return Ok(());
+    }
+    if let Some(Sub::CheckConfig) = args.command {
+        let shown = shown(&config)?;
+        let settings = config.validate()?;
+        ferry_node::check_settings(&settings)?;
+        print!("{shown}");
+        let from_env = if from_env.is_empty() { "none".to_string() } else { from_env.join(", ") };
+        eprintln!("ferryd: the configuration is valid (FERRYD_* variables used: {from_env})");
         return Ok(());
     }
     let settings = config.validate()?;
+    // Before the data directory is touched: a refused start leaves nothing behind.
+    ferry_node::check_settings(&settings)?;
     init_tracing(&settings.config.log);
     // ring is the only TLS crypto provider in the build; make it the process default.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -115,6 +133,20 @@ fn start(args: Args) -> anyhow::Result<()> {
         restart_in_place()?;
     }
     Ok(())
+}
+
+/// `config` as TOML, secrets redacted.
+fn shown(config: &Config) -> anyhow::Result<String> {
+    let mut shown = config.clone();
+    for entry in &mut shown.api.tokens {
+        if !entry.token.is_empty() {
+            entry.token = "<redacted>".into();
+        }
+    }
+    if shown.cluster.join_token.is_some() {
+        shown.cluster.join_token = Some("<redacted>".into());
+    }
+    Ok(toml::to_string_pretty(&shown)?)
 }
 
 /// Executes this program again with the same arguments, in this process (the same

@@ -283,6 +283,10 @@ pub async fn run(
     tracing::info!(node_id, %api_addr, scheme, data_dir = %config.data_dir.display(), unfinished_jobs = jobs_on_disk, "ferryd is serving");
 
     let server = crate::api_server::ApiServer::spawn(listener, app, server_auth, server_settings);
+    crate::sd_notify::notify(&format!(
+        "READY=1\nMAINPID={}\nSTATUS=node {node_id} serving the API on {api_addr}",
+        std::process::id()
+    ));
 
     let mut shutdown = std::pin::pin!(shutdown);
     let outcome = tokio::select! {
@@ -293,6 +297,10 @@ pub async fn run(
                 Err(Error::Config(format!("raft stopped on a fatal error: {error}")))
             }
             OnStorageFailure::WaitForSpace => {
+                crate::sd_notify::notify(
+                    "STATUS=Raft stopped on a storage failure: writes are refused until the \
+                     data directory has room",
+                );
                 tracing::error!(
                     %error,
                     room = ROOM_TO_RESTART,
@@ -307,6 +315,7 @@ pub async fn run(
         }
     };
     tracing::info!("shutting down");
+    crate::sd_notify::notify("STOPPING=1");
     dir.clear_api_addr();
     if !server.stop(Duration::from_secs(10)).await {
         tracing::warn!("API server did not drain within 10 s");

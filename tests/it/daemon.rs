@@ -8,9 +8,19 @@ use ferry_tests::{Node, NodeOptions, binary};
 use tokio::process::Command;
 
 async fn run_to_end(args: &[&str]) -> anyhow::Result<(i32, String)> {
+    run_with_env(args, &[]).await
+}
+
+/// Runs ferryd with `args` and the environment variables `env` (beside the inherited
+/// ones) to its end: its exit code and what it printed.
+async fn run_with_env(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<(i32, String)> {
     let output = tokio::time::timeout(
         Duration::from_secs(20),
-        Command::new(binary("ferryd")?).args(args).stdin(Stdio::null()).output(),
+        Command::new(binary("ferryd")?)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output(),
     )
     .await??;
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
@@ -159,6 +169,120 @@ async fn version_names_the_commit_and_the_build_date() -> anyhow::Result<()> {
         );
         let year: u32 = fields[0].parse()?;
         assert!((2026..2100).contains(&year), "{program}: build year {year}");
+    }
+    Ok(())
+}
+
+/// Waits up to 30 s for a datagram on `socket` (ferryd's `sd_notify` messages).
+async fn next_notice(socket: &std::os::unix::net::UnixDatagram) -> anyhow::Result<String> {
+    let socket = socket.try_clone()?;
+    socket.set_read_timeout(Some(Duration::from_secs(30)))?;
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 4096];
+        let n = socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_alone_start_a_node_that_tells_systemd_when_it_serves()
+-> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let token_file = tmp.path().join("svc.token");
+    std::fs::write(&token_file, "svc-token-from-a-mounted-secret\n")?;
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
+    let env = [
+        ("FERRYD_DATA_DIR", data.display().to_string()),
+        ("FERRYD_API__LISTEN", "127.0.0.1:0".to_string()),
+        ("FERRYD_PEER__LISTEN", "127.0.0.1:0".to_string()),
+        (
+            "FERRYD_API__TOKENS",
+            format!(
+                "[{{ token_file = \"{}\", principal = \"svc\", role = \"admin\" }}]",
+                token_file.display()
+            ),
+        ),
+        ("FERRYD_RAFT__HEARTBEAT_MS", "100ms".to_string()),
+        ("FERRYD_EVENTS__HISTORY_MAX_AGE_SECS", "2d".to_string()),
+    ];
+    // check-config sees what ferryd would run with, the secret left out.
+    let (code, out) = run_with_env(&["check-config"], &env).await?;
+    assert_eq!(code, 0, "{out}");
+    for line in ["heartbeat_ms = 100", "history_max_age_secs = 172800", "principal = \"svc\""] {
+        assert!(out.contains(line), "check-config shows {line}: {out}");
+    }
+    assert!(!out.contains("svc-token-from"), "check-config printed the secret: {out}");
+
+    // No config file, no flags: the variables alone.
+    let mut child = Command::new(binary("ferryd")?)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let ready = next_notice(&socket).await?;
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    let pid = child.id().unwrap_or_default();
+    assert!(ready.lines().any(|l| l == format!("MAINPID={pid}")), "{ready}");
+    // Ready means serving, with the token from the file.
+    let addr = std::fs::read_to_string(data.join("api.addr"))?;
+    let client = ferry_coordinator::Client::new(
+        &format!("http://{}", addr.trim()),
+        Some("svc-token-from-a-mounted-secret".into()),
+    )?;
+    assert_eq!(client.cluster().await?.members.len(), 1);
+    assert!(!data.join("admin.token").exists(), "a configured token means no generated one");
+
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    assert!(status.success());
+    let stopping = next_notice(&socket).await?;
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await??;
+    assert!(exit.success(), "{exit}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_refuses_what_ferryd_refuses_and_names_the_cause() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = ("FERRYD_DATA_DIR", tmp.path().join("data").display().to_string());
+    let junk = tmp.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate")?;
+    let missing = tmp.path().join("missing.token");
+    let tokens = |file: &std::path::Path| {
+        format!("[{{ token_file = \"{}\", principal = \"svc\", role = \"user\" }}]", file.display())
+    };
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (vec![("FERRYD_RAFT__HEARTBEAT_MS", "abc".into())], "FERRYD_RAFT__HEARTBEAT_MS"),
+        (vec![("FERRYD_NOPE", "1".into())], "unknown field `nope`"),
+        (vec![("FERRYD_API__TOKENS", tokens(&missing))], "missing.token"),
+        (vec![("FERRYD_API__LISTEN", "0.0.0.0:0".into())], "loopback"),
+        (vec![("FERRYD_EVENTS__HISTORY_MAX_AGE_SECS", "5 minutes".into())], "unknown unit"),
+        (
+            vec![
+                ("FERRYD_API__TOKENS", tokens(&junk)),
+                ("FERRYD_API__TLS_CERT", junk.display().to_string()),
+                ("FERRYD_API__TLS_KEY", junk.display().to_string()),
+            ],
+            "junk.pem",
+        ),
+    ];
+    for (vars, cause) in cases {
+        let mut env = vars.clone();
+        env.push(data.clone());
+        let (code, out) = run_with_env(&["check-config"], &env).await?;
+        assert_eq!(code, 1, "check-config with {vars:?}: {out}");
+        assert!(out.contains(cause), "check-config with {vars:?} names {cause}: {out}");
+        // ferryd itself refuses the same, for the same reason.
+        let (code, out) = run_with_env(&[], &env).await?;
+        assert_eq!(code, 1, "ferryd with {vars:?}: {out}");
+        assert!(out.contains(cause), "ferryd with {vars:?} names {cause}: {out}");
+        assert!(!tmp.path().join("data").exists(), "a refused start left a data directory");
     }
     Ok(())
 }

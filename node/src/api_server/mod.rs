@@ -17,6 +17,8 @@ mod body;
 mod slots;
 mod tls;
 
+pub(crate) use tls::check_configured as check_tls;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;

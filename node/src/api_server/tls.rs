@@ -33,6 +33,22 @@ pub(super) fn server_config(
             (vec![cert], key)
         }
     };
+    Ok(Some(Arc::new(build(chain, key)?)))
+}
+
+/// Checks that the configured certificate and key, if any, make a usable server
+/// configuration (`ferryd check-config`).
+pub(crate) fn check_configured(api: &ApiConfig) -> crate::error::Result<()> {
+    if let (Some(cert), Some(key)) = (&api.tls_cert, &api.tls_key) {
+        build(read_chain(cert)?, read_key(key)?)?;
+    }
+    Ok(())
+}
+
+fn build(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> crate::error::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -40,7 +56,7 @@ pub(super) fn server_config(
         .with_single_cert(chain, key)
         .context("api.tls_cert and api.tls_key do not make a usable certificate and key")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(config)))
+    Ok(config)
 }
 
 /// The names of a cluster-CA-issued API certificate: the listen address (unless it is

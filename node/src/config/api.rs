@@ -34,10 +34,12 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Seconds a client has to send a request's headers (and to finish the TLS
     /// handshake); an idle keep-alive connection is closed after as long. Default 10.
+    #[serde(deserialize_with = "super::duration::secs")]
     pub header_timeout_secs: u64,
     /// Seconds a request body may take, plus one second per `body_min_bytes_per_sec`
     /// bytes received: a body that falls behind gets `408` and the connection closes.
     /// Also the longest wait for a request slot (`503` after it). Default 30.
+    #[serde(deserialize_with = "super::duration::secs")]
     pub body_timeout_secs: u64,
     /// The body rate that earns more time beyond `body_timeout_secs`, bytes per second
     /// (slow but steady uploads go on; a trickle does not). Default 4096.

@@ -5,6 +5,8 @@
 //! and equal to the defaults here.
 
 mod api;
+mod duration;
+mod env;
 mod notify;
 mod sections;
 
@@ -80,7 +82,7 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -89,7 +91,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for this structure.
-    #[error("config file {path} is not valid: {source}")]
+    #[error("config file {path} is not valid")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -111,8 +113,103 @@ impl Config {
             .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
     }
 
-    /// Checks the values and turns them into [`Settings`].
-    pub fn validate(self) -> Result<Settings, ConfigError> {
+    /// The configuration of the file at `path` (or the defaults), with the fields the
+    /// `FERRYD_*` variables among `vars` set ([`env`]); also the names of those
+    /// variables.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let (config, file) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                let parse_error =
+                    |source| ConfigError::Parse { path: path.into(), source: Box::new(source) };
+                // Parsed as the configuration first, for errors that point into the file.
+                let config: Self = toml::from_str(&text).map_err(parse_error)?;
+                (config, toml::from_str(&text).map_err(parse_error)?)
+            }
+            None => (Self::default(), toml::Table::new()),
+        };
+        let vars: Vec<_> = vars.into_iter().filter(|(name, _)| env::is_ours(name)).collect();
+        if vars.is_empty() {
+            return Ok((config, Vec::new()));
+        }
+        let with = |vars: &[(std::ffi::OsString, std::ffi::OsString)]| {
+            let mut doc = file.clone();
+            let used = env::overlay(&mut doc, vars.iter().cloned())?;
+            let config = toml::Value::Table(doc).try_into::<Self>();
+            Ok::<_, ConfigError>((config, used))
+        };
+        let (all, used) = with(&vars)?;
+        let error = match all {
+            Ok(config) => return Ok((config, used)),
+            Err(error) => error,
+        };
+        // Name the variable at fault: the first that fails applied alone.
+        for var in &vars {
+            if let (Err(alone), names) = with(std::slice::from_ref(var))? {
+                return Err(ConfigError::Invalid(format!(
+                    "environment variable {}: {}",
+                    names.join(""),
+                    alone.message()
+                )));
+            }
+        }
+        Err(ConfigError::Invalid(format!(
+            "the environment ({}) does not fit the configuration: {}",
+            used.join(", "),
+            error.message()
+        )))
+    }
+
+    /// Reads the secrets given as files (`token_file`, `join_token_file`) into their
+    /// fields.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        fn read(path: &Path, what: &str) -> Result<String, ConfigError> {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!("{what}: cannot read {}: {e}", path.display()))
+            })?;
+            let secret = text.trim_end_matches(['\n', '\r']).to_string();
+            if secret.is_empty() {
+                return Err(ConfigError::Invalid(format!("{what}: {} is empty", path.display())));
+            }
+            Ok(secret)
+        }
+        for entry in &mut self.api.tokens {
+            match (&entry.token_file, entry.token.is_empty()) {
+                (Some(path), true) => entry.token = read(path, "api.tokens.token_file")?,
+                (Some(_), false) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "api.tokens: the entry of {} has both token and token_file",
+                        entry.principal
+                    )));
+                }
+                (None, true) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "api.tokens: the entry of {} needs token or token_file",
+                        entry.principal
+                    )));
+                }
+                (None, false) => {}
+            }
+        }
+        if let Some(path) = &self.cluster.join_token_file {
+            if self.cluster.join_token.is_some() {
+                return Err(ConfigError::Invalid(
+                    "cluster.join_token and cluster.join_token_file are both set: keep one".into(),
+                ));
+            }
+            self.cluster.join_token = Some(read(path, "cluster.join_token_file")?);
+        }
+        Ok(())
+    }
+
+    /// Checks the values and turns them into [`Settings`] (reading the secrets given as
+    /// files).
+    pub fn validate(mut self) -> Result<Settings, ConfigError> {
+        self.read_secret_files()?;
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.api.tokens.is_empty() && !self.api.listen.ip().is_loopback() {
             return invalid(format!(

@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 pub struct NotifyConfig {
     /// A program still running after this is killed (and the run counts as failed),
     /// seconds. Default 300.
+    #[serde(deserialize_with = "super::duration::secs")]
     pub timeout_secs: u64,
     /// Wait before starting a program, milliseconds. Tests use it to crash a node
     /// between the commit of TRANSFERRED and the run. Default 0.
+    #[serde(deserialize_with = "super::duration::millis")]
     pub start_delay_ms: u64,
     /// Absolute paths of the programs users may name in a notify command line (as
     /// spelled here: no other spelling of the path matches). Administrators may name
@@ -100,11 +102,13 @@ pub struct UploadConfig {
     /// query string is appended.
     pub backend_url: Option<String>,
     /// Seconds the back end has to answer (then the client retries). Default 300.
+    #[serde(deserialize_with = "super::duration::secs")]
     pub backend_timeout_secs: u64,
     /// `BITS-Host-Id` sent on Create-Session: the host (and port) every later packet of
     /// the session goes to. Default none.
     pub host_id: Option<String>,
     /// `BITS-Host-Id-Fallback-Timeout`, seconds. Default 86,400 (IIS's).
+    #[serde(deserialize_with = "super::duration::secs")]
     pub host_id_fallback_timeout_secs: u64,
 }
 

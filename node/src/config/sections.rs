@@ -27,10 +27,13 @@ impl Default for PeerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RaftConfig {
     /// Leader heartbeat interval, milliseconds. Default 250.
+    #[serde(deserialize_with = "super::duration::millis")]
     pub heartbeat_ms: u64,
     /// Lower bound of the randomized election timeout, milliseconds. Default 1000.
+    #[serde(deserialize_with = "super::duration::millis")]
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout, milliseconds. Default 2000.
+    #[serde(deserialize_with = "super::duration::millis")]
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many entries since the last one. Default 5000.
     pub snapshot_after_entries: u64,
@@ -100,11 +103,14 @@ pub struct TransferConfig {
     pub max_active_jobs: usize,
     /// How long a background job keeps its slot while a job of the same priority
     /// waits (round robin), milliseconds. Default 60000.
+    #[serde(deserialize_with = "super::duration::millis")]
     pub time_slice_ms: u64,
     /// Seconds to establish a connection. Default 30.
+    #[serde(deserialize_with = "super::duration::secs")]
     pub connect_timeout_secs: u64,
     /// Seconds without a byte from the server before the request fails
     /// (`BG_E_TIMEOUT`, retried). Default 60.
+    #[serde(deserialize_with = "super::duration::secs")]
     pub read_timeout_secs: u64,
     /// Allow `file://` sources (read with this daemon's permissions). Default false.
     pub allow_file_urls: bool,
@@ -177,6 +183,8 @@ pub struct ClusterConfig {
     pub join: Vec<String>,
     /// The join token printed by the first node (its `join.token`). Default none.
     pub join_token: Option<String>,
+    /// A file holding the join token instead (a mounted secret), read at start.
+    pub join_token_file: Option<PathBuf>,
     /// Most voters: the cluster grows one voter at a time to 3, then two at a time (odd
     /// sizes only) up to this; later nodes stay learners (they still run transfers).
     /// Default 5.
@@ -184,12 +192,19 @@ pub struct ClusterConfig {
     /// How long a first start keeps trying to join, seconds: unreachable members and
     /// transient refusals (no leader, a membership change in progress) are retried
     /// with backoff; a wrong token is not. Default 120.
+    #[serde(deserialize_with = "super::duration::secs")]
     pub join_patience_secs: u64,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { join: Vec::new(), join_token: None, voters: 5, join_patience_secs: 120 }
+        Self {
+            join: Vec::new(),
+            join_token: None,
+            join_token_file: None,
+            voters: 5,
+            join_patience_secs: 120,
+        }
     }
 }
 
@@ -203,10 +218,12 @@ pub struct PeerCacheConfig {
     pub max_size_bytes: Option<u64>,
     /// Copies older than this (since their file was transferred) are withdrawn,
     /// seconds. Default 7776000 (90 days, BITS's `MaximumContentAge`).
+    #[serde(deserialize_with = "super::duration::secs")]
     pub max_age_secs: u64,
     /// Chunks read for peers at once. Default 4.
     pub max_serving: usize,
     /// How often the limits are checked, seconds. Default 60.
+    #[serde(deserialize_with = "super::duration::secs")]
     pub check_every_secs: u64,
     /// Test builds only (cargo feature `fault-injection`): serve wrong bytes, so that
     /// tests can show receivers catch them. Default false.
@@ -236,6 +253,7 @@ pub struct EventsConfig {
     /// Default 100000.
     pub history_max_events: u64,
     /// Events older than this are dropped, seconds. Default 604800 (7 days).
+    #[serde(deserialize_with = "super::duration::secs")]
     pub history_max_age_secs: u64,
 }
 
