@@ -110,6 +110,9 @@ pub trait Cluster: Send + Sync + 'static {
         from: StartAt,
     ) -> BoxFuture<'_, Result<Box<dyn EventStream>, SubscribeError>>;
 
+    /// Every metric of this node, in the Prometheus text format (`GET /metrics`).
+    fn metrics(&self) -> String;
+
     /// The cluster CA certificate (PEM): event bus clients verify nodes against it.
     fn cluster_ca(&self) -> String;
 

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod client;
 pub mod cluster;
 mod extract;
+pub mod metrics;
 pub mod notify_policy;
 pub mod problem;
 pub mod roots;

@@ -123,6 +123,11 @@ impl EventLog {
         let _ = self.live.send(events);
     }
 
+    /// Subscriptions open now.
+    pub(crate) fn subscribers(&self) -> usize {
+        self.limit.saturating_sub(self.slots.available_permits())
+    }
+
     /// Opens a subscription for `caller`: replay from `from`, then live events.
     pub async fn subscribe(
         &self,

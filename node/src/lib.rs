@@ -15,6 +15,7 @@ mod feed;
 mod fs;
 mod leader;
 mod membership;
+mod metrics;
 mod node;
 mod notify;
 mod peer;

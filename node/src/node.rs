@@ -153,6 +153,7 @@ pub async fn run(
         let (membership, me) = (cluster.membership(), me.clone());
         async move { membership.announce_address(me).await }
     });
+    tokio::spawn(crate::metrics::follow_errors(handle.clone()));
     tokio::spawn(crate::notify::run(
         handle.clone(),
         config.notify.clone(),
@@ -276,6 +277,10 @@ pub async fn run(
         limits,
     )
     .merge(crate::upload_server::router(uploads, config.upload.max_fragment_bytes))
+    .layer(axum::middleware::from_fn_with_state(
+        crate::metrics::get().api.clone(),
+        ferry_coordinator::metrics::record,
+    ))
     .layer(axum::middleware::map_response_with_state(stopped, close_when_stopped));
     dir.write_peer_addr(peer_addr)?;
     dir.write_api_addr(api_addr)?;

@@ -85,6 +85,7 @@ impl Proposer {
             return;
         }
         self.pending_bytes -= bytes;
+        crate::metrics::get().proposal_batch.observe(count as f64);
         let (proposals, replies): (Vec<Proposal>, Vec<ReplyTo>) =
             self.pending.drain(..count).map(|w| (w.proposal, w.reply)).unzip();
         self.in_flight = true;

@@ -86,6 +86,7 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(system::cluster_status))
         .routes(routes!(system::remove_member))
         .routes(routes!(system::health))
+        .routes(routes!(system::metrics))
         .routes(routes!(events::events))
         .routes(routes!(events::cluster_ca))
 }

@@ -92,3 +92,31 @@ pub(super) async fn health(State(state): State<ApiState>) -> (StatusCode, axum::
         ),
     }
 }
+
+/// Every metric of the node in the Prometheus text format (administrators): jobs, Raft,
+/// proposals, storage, transfers, the event bus and the API itself. See
+/// `docs/operations.md` for the families.
+#[utoipa::path(
+    get, path = "/metrics", tag = "system",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn metrics(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+) -> Result<([(axum::http::header::HeaderName, &'static str); 1], String), ApiError> {
+    if !caller.is_admin() {
+        return Err(ApiError::new(
+            403,
+            BitsCode::E_ACCESSDENIED,
+            "only administrators may read the metrics",
+        ));
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.cluster.metrics(),
+    ))
+}

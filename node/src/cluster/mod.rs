@@ -142,6 +142,10 @@ impl Cluster for NodeCluster {
         })
     }
 
+    fn metrics(&self) -> String {
+        crate::metrics::render(&self.handle, &self.raft)
+    }
+
     fn cluster_ca(&self) -> String {
         self.ca_pem.to_string()
     }

@@ -132,6 +132,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let index = committed.map_or(0, |id| id.index);
+        crate::metrics::get().commit_index.store(index, std::sync::atomic::Ordering::Relaxed);
         put_meta(&self.db, ErrorSubject::Logs, COMMITTED, &committed, Durability::None).await
     }
 
@@ -157,6 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             rows.push((entry.log_id.index, codec::encode(&entry).map_err(write_err)?));
         }
         let db = self.db.clone();
+        let started = std::time::Instant::now();
         let written = blocking(ErrorSubject::Logs, move || {
             let txn = db.begin_write().map_err(write_err)?;
             {
@@ -168,6 +171,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit().map_err(write_err)
         })
         .await;
+        crate::metrics::get().fsync("log", started.elapsed());
         // The entries are on disk (fsync'd by the Immediate commit) before openraft hears so.
         fail::fail_point!("raft.log.before_ack");
         match &written {

@@ -470,7 +470,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         fail::fail_point!("raft.apply", |_| Err(write_err(crate::failpoint::error("raft.apply"))));
         let db = self.db.clone();
         let retention = self.retention;
+        let started = std::time::Instant::now();
         blocking(ErrorSubject::StateMachine, move || rows.write(&db, retention)).await?;
+        crate::metrics::get().fsync("state", started.elapsed());
         if !published.is_empty() {
             self.events.publish(published.into());
         }

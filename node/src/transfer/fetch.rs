@@ -78,9 +78,11 @@ impl Fetch {
         if writer.len != piece.len {
             return Err(short_body(&self.url, self.file, writer.len, piece.len));
         }
-        writer.seal(piece.index, sync).await.map_err(|e| {
-            Failure::local(&e, "cannot write the temporary file", Some(self.file)).into()
-        })
+        let record = writer.seal(piece.index, sync).await.map_err(|e| {
+            Stop::from(Failure::local(&e, "cannot write the temporary file", Some(self.file)))
+        })?;
+        crate::metrics::get().received("origin", record.len);
+        Ok(record)
     }
 
     /// A piece of a `file://` source: positioned reads from the source file.
@@ -112,9 +114,11 @@ impl Fetch {
             })?;
             offset += len as u64;
         }
-        writer.seal(piece.index, false).await.map_err(|e| {
-            Failure::local(&e, "cannot write the temporary file", Some(self.file)).into()
-        })
+        let record = writer.seal(piece.index, false).await.map_err(|e| {
+            Stop::from(Failure::local(&e, "cannot write the temporary file", Some(self.file)))
+        })?;
+        crate::metrics::get().received("origin", record.len);
+        Ok(record)
     }
 }
 

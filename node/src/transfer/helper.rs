@@ -122,6 +122,7 @@ pub(crate) async fn serve(
     let _capped = context.settings.caps.acquire(&request.url).await;
     let piece =
         Piece { index: 0, local_offset: 0, remote_offset: request.offset, len: request.len };
+    let _helping = crate::metrics::Helping::start();
     // A piece for a run that ended (its home node died, or moved the job on) is dropped
     // at once rather than fetched for nobody.
     let fetched = tokio::select! {

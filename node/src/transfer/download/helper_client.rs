@@ -54,6 +54,7 @@ impl Helper {
                     writing = Some(scope::spawn(async move {
                         match write_piece(writer, piece, bytes).await {
                             Ok(record) => {
+                                crate::metrics::get().received("helper", record.len);
                                 let _ = done.send(record).await;
                             }
                             Err(e) => {

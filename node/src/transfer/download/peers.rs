@@ -62,6 +62,7 @@ pub(super) async fn from_peers(
                 let writer = ChunkWriter::new(fetch.temp.clone(), piece.local_offset);
                 match write_piece(writer, piece, bytes).await {
                     Ok(mut record) => {
+                        crate::metrics::get().received("peer", record.len);
                         record.from_peer = true;
                         let _ = done.send(record).await;
                     }

@@ -103,6 +103,7 @@ impl Run {
                     .into());
                 }
                 writer.push(&part).await.map_err(write_error)?;
+                crate::metrics::get().received("origin", part.len() as u64);
                 if offset == (u64::from(index) + 1) * chunk_size {
                     let record = writer.seal(index, true).await.map_err(write_error)?;
                     let report = EngineReport::Chunks { file: fetch.file, chunks: vec![record] };

@@ -1,0 +1,331 @@
+//! The node's metrics, served by `GET /metrics` in the Prometheus text format: one
+//! registry per process ([`get`]), with counters and histograms the components update
+//! as they work, and gauges read from the applied state and Raft at each scrape
+//! ([`render`]). `docs/operations.md` lists the families.
+
+use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
+
+use ferry_coordinator::metrics::ApiMetrics;
+use ferry_protocol::job::{JobState, Priority};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::raft::Raft;
+use crate::replica::ClusterView;
+
+/// Upper bounds of the fsync buckets, in seconds.
+const FSYNC_BUCKETS: [f64; 12] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+/// Upper bounds of the proposal batch buckets, in commands per entry.
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    state: &'static str,
+    priority: &'static str,
+}
+
+/// Which database a durable commit went to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Database {
+    /// `log` (raft-log.redb) or `state` (state.redb).
+    pub(crate) db: &'static str,
+}
+
+/// Where the bytes of this node's downloads came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Source {
+    /// `origin` (fetched here), `helper` (fetched by another member for this node) or
+    /// `peer` (copied from a member's finished copy).
+    pub(crate) source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Code {
+    /// The BITS code in hex (`0x80190194`).
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Follower {
+    follower: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetLabels {
+    fleet: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric of the node.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// The API's requests and latency.
+    pub(crate) api: ApiMetrics,
+    /// Commands per Raft entry the proposer wrote.
+    pub(crate) proposal_batch: Histogram,
+    /// Durable (fsync'd) commits of the databases, by database.
+    pub(crate) fsync: Histograms<Database>,
+    /// Bytes of this node's downloads, by where they came from.
+    pub(crate) transfer_bytes: Family<Source, Counter>,
+    /// Errors of this node's jobs (ERROR or TRANSIENT_ERROR), by BITS code.
+    job_errors: Family<Code, Counter>,
+    /// Transient errors of this node's jobs: each is retried after the retry delay.
+    retries: Counter,
+    /// Pieces this node is fetching for other members' jobs right now ([`Helping`]).
+    helping: Gauge,
+    /// The last commit index this node stored.
+    pub(crate) commit_index: AtomicU64,
+    jobs: Family<JobLabels, Gauge>,
+    upload_sessions: Gauge,
+    raft_term: Gauge,
+    raft_leader: Gauge,
+    raft_last_log_index: Gauge,
+    raft_commit_index: Gauge,
+    raft_applied_index: Gauge,
+    raft_follower_lag: Family<Follower, Gauge>,
+    bus_subscribers: Gauge,
+    fleet_bytes_transferred: Family<FleetLabels, Gauge>,
+    fleet_bytes_total: Family<FleetLabels, Gauge>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub(crate) fn get() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::default(),
+            api: ApiMetrics::default(),
+            proposal_batch: Histogram::new(BATCH_BUCKETS),
+            fsync: Family::new_with_constructor(|| Histogram::new(FSYNC_BUCKETS)),
+            transfer_bytes: Family::default(),
+            job_errors: Family::default(),
+            retries: Counter::default(),
+            helping: Gauge::default(),
+            commit_index: AtomicU64::new(0),
+            jobs: Family::default(),
+            upload_sessions: Gauge::default(),
+            raft_term: Gauge::default(),
+            raft_leader: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            raft_follower_lag: Family::default(),
+            bus_subscribers: Gauge::default(),
+            fleet_bytes_transferred: Family::default(),
+            fleet_bytes_total: Family::default(),
+        };
+        // Every source from the start, so that rates begin at zero.
+        for source in ["origin", "helper", "peer"] {
+            drop(m.transfer_bytes.get_or_create(&Source { source }));
+        }
+        let r = &mut m.registry;
+        m.api.register(r);
+        r.register("ferry_jobs", "Jobs in the cluster, by BITS state and priority", m.jobs.clone());
+        r.register("ferry_upload_sessions", "Open BITS upload sessions", m.upload_sessions.clone());
+        r.register(
+            "ferry_job_errors",
+            "Errors of this node's jobs (ERROR and TRANSIENT_ERROR), by BITS code",
+            m.job_errors.clone(),
+        );
+        r.register(
+            "ferry_job_retries",
+            "Transient errors of this node's jobs, each retried after the retry delay",
+            m.retries.clone(),
+        );
+        r.register_with_unit(
+            "ferry_transfer",
+            "Bytes of this node's downloads, by source: origin, helper (another member \
+             fetching for this node) or peer (a member's finished copy)",
+            Unit::Bytes,
+            m.transfer_bytes.clone(),
+        );
+        r.register(
+            "ferry_helper_pieces_in_flight",
+            "Pieces this node is fetching for other members' jobs",
+            m.helping.clone(),
+        );
+        r.register(
+            "ferry_fleet_transferred",
+            "Bytes transferred by the members of each fleet",
+            m.fleet_bytes_transferred.clone(),
+        );
+        r.register(
+            "ferry_fleet_size",
+            "Bytes each fleet transfers in all (once every size is known)",
+            m.fleet_bytes_total.clone(),
+        );
+        r.register("ferry_raft_term", "Raft term", m.raft_term.clone());
+        r.register(
+            "ferry_raft_leader",
+            "Node id of the leader (0: none known)",
+            m.raft_leader.clone(),
+        );
+        r.register(
+            "ferry_raft_last_log_index",
+            "Last index in this node's log",
+            m.raft_last_log_index.clone(),
+        );
+        r.register(
+            "ferry_raft_commit_index",
+            "Last committed index this node knows",
+            m.raft_commit_index.clone(),
+        );
+        r.register(
+            "ferry_raft_applied_index",
+            "Last index applied here",
+            m.raft_applied_index.clone(),
+        );
+        r.register(
+            "ferry_raft_follower_lag_entries",
+            "Entries each follower is behind the leader's log (on the leader only)",
+            m.raft_follower_lag.clone(),
+        );
+        r.register(
+            "ferry_raft_proposal_batch_commands",
+            "Commands in each Raft entry this node proposed",
+            m.proposal_batch.clone(),
+        );
+        r.register_with_unit(
+            "ferry_storage_fsync",
+            "Durable commits of the Raft log and the state database, and how long they took",
+            Unit::Seconds,
+            m.fsync.clone(),
+        );
+        r.register(
+            "ferry_bus_subscribers",
+            "Event subscriptions this node serves (HTTP and QUIC)",
+            m.bus_subscribers.clone(),
+        );
+        m
+    }
+
+    /// Counts a job of this node entering ERROR or TRANSIENT_ERROR with `code`.
+    pub(crate) fn job_error(&self, code: ferry_protocol::BitsCode, transient: bool) {
+        self.job_errors.get_or_create(&Code { code: code.to_string() }).inc();
+        if transient {
+            self.retries.inc();
+        }
+    }
+
+    /// Adds `bytes` of this node's downloads from `source`.
+    pub(crate) fn received(&self, source: &'static str, bytes: u64) {
+        self.transfer_bytes.get_or_create(&Source { source }).inc_by(bytes);
+    }
+
+    /// Times a durable commit of `db`.
+    pub(crate) fn fsync(&self, db: &'static str, took: std::time::Duration) {
+        self.fsync.get_or_create(&Database { db }).observe(took.as_secs_f64());
+    }
+}
+
+/// One piece fetched for another member's job, counted in
+/// `ferry_helper_pieces_in_flight` while it lives.
+pub(crate) struct Helping(());
+
+impl Helping {
+    /// Counts a piece until the value is dropped.
+    pub(crate) fn start() -> Self {
+        get().helping.inc();
+        Self(())
+    }
+}
+
+impl Drop for Helping {
+    fn drop(&mut self) {
+        get().helping.dec();
+    }
+}
+
+/// Every metric as of now, in the Prometheus text format: the gauges are read from
+/// `view`'s applied state and from `raft` first.
+pub(crate) fn render(view: &ClusterView, raft: &Raft) -> String {
+    let m = get();
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    {
+        let machine = view.state.read();
+        let mut counts = [[0i64; Priority::ALL.len()]; JobState::ALL.len()];
+        let mut fleets: std::collections::BTreeMap<String, (u64, Option<u64>)> =
+            std::collections::BTreeMap::new();
+        for job in machine.queue.jobs() {
+            let state = JobState::ALL.iter().position(|s| *s == job.state()).unwrap_or(0);
+            let priority =
+                Priority::ALL.iter().position(|p| *p == job.props().priority).unwrap_or(0);
+            counts[state][priority] += 1;
+            if let Some(member) = job.fleet() {
+                let progress = job.progress();
+                let entry = fleets.entry(member.fleet.to_string()).or_insert((0, Some(0)));
+                entry.0 += progress.bytes_transferred;
+                entry.1 = entry.1.zip(progress.bytes_total).map(|(a, b)| a + b);
+            }
+        }
+        for (s, state) in JobState::ALL.iter().enumerate() {
+            for (p, priority) in Priority::ALL.iter().enumerate() {
+                let labels = JobLabels { state: state.bits_name(), priority: priority.bits_name() };
+                m.jobs.get_or_create(&labels).set(counts[s][p]);
+            }
+        }
+        m.fleet_bytes_transferred.clear();
+        m.fleet_bytes_total.clear();
+        for (fleet, (transferred, total)) in fleets {
+            let labels = FleetLabels { fleet };
+            m.fleet_bytes_transferred.get_or_create(&labels).set(to_i64(transferred));
+            if let Some(total) = total {
+                m.fleet_bytes_total.get_or_create(&labels).set(to_i64(total));
+            }
+        }
+        m.upload_sessions.set(to_i64(machine.queue.upload_sessions().count() as u64));
+    }
+    let raft_metrics = raft.metrics().borrow().clone();
+    m.raft_term.set(to_i64(raft_metrics.current_term));
+    m.raft_leader.set(to_i64(raft_metrics.current_leader.unwrap_or(0)));
+    let last_log = raft_metrics.last_log_index.unwrap_or(0);
+    m.raft_last_log_index.set(to_i64(last_log));
+    m.raft_applied_index.set(to_i64(raft_metrics.last_applied.map_or(0, |id| id.index)));
+    let committed = m.commit_index.load(std::sync::atomic::Ordering::Relaxed);
+    m.raft_commit_index.set(to_i64(committed));
+    m.raft_follower_lag.clear();
+    for (follower, matched) in raft_metrics.replication.iter().flatten() {
+        let lag = last_log.saturating_sub(matched.map_or(0, |id| id.index));
+        m.raft_follower_lag.get_or_create(&Follower { follower: *follower }).set(to_i64(lag));
+    }
+    m.bus_subscribers.set(to_i64(view.state.events().subscribers() as u64));
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, &m.registry) {
+        tracing::warn!(error = %e, "cannot encode the metrics");
+    }
+    text
+}
+
+/// Counts the errors of this node's jobs as the change feed shows them entering ERROR
+/// or TRANSIENT_ERROR, until the state machine is gone.
+pub(crate) async fn follow_errors(view: ClusterView) {
+    let mut feed = view.state.feed().subscribe();
+    while let Some(delivery) = feed.next().await {
+        let crate::feed::Feed::Changed(batch) = delivery else { continue };
+        let machine = view.state.read();
+        for change in &batch.jobs {
+            let Some(after @ (JobState::Error | JobState::TransientError)) = change.after else {
+                continue;
+            };
+            if change.before == Some(after) {
+                continue;
+            }
+            let Some(job) = machine.queue.job(&change.job) else { continue };
+            if let Some(error) = job.error().filter(|_| job.home_node() == view.node_id) {
+                get().job_error(error.code, after == JobState::TransientError);
+            }
+        }
+    }
+}
