@@ -3,17 +3,19 @@
 //! the jobs created per second and the checkers' verdict on that interval's history.
 //!
 //! The clients keep a bounded number of live jobs (they cancel their oldest), so the
-//! queue reaches a steady state once the retention caps fill (10,000 finished jobs and
-//! 10,000 remembered request ids per principal): memory that still grows after that
-//! is a leak. Node 1 is never restarted (faults that would restart it hit another node),
-//! so its figures cover the whole run; the growth line compares its minute 10 with the
-//! end.
+//! queue is in a steady state once the retention caps are full (10,000 finished jobs
+//! and 10,000 remembered request ids per principal). A warm-up fills them before the
+//! clock starts (at the soak's pace they would fill only after minute 10): memory that
+//! still grows after that is a leak. Node 1 is never restarted (faults that would
+//! restart it hit another node), so its figures cover the whole run; the growth line
+//! compares its minute 10 with the end.
 
 use std::time::Duration;
 
 use ferry_tests::Rng;
 use ferry_tests::nemesis::{
-    Cluster, EventStream, Ledger, Nemesis, Seen, Setup, Traffic, TrafficConfig, check,
+    Cluster, EventStream, Ledger, Nemesis, Seen, Setup, Traffic, TrafficConfig, cancel, check,
+    create,
 };
 use tokio::time::Instant;
 
@@ -67,6 +69,12 @@ pub(crate) async fn soak(options: &Options) -> anyhow::Result<()> {
         first_ip: 121,
     };
     let mut cluster = Cluster::start(&setup).await?;
+    let (jobs, took) = warm_up(&cluster).await?;
+    println!(
+        "warm-up: {jobs} jobs created and cancelled with Idempotency-Keys in {:.0} s (the \
+         retention caps are full)",
+        took.as_secs_f64()
+    );
     let events = EventStream::start(&cluster)?;
     let config = TrafficConfig { live: 200, pace: Duration::from_millis(40), ..Default::default() };
     let traffic = Traffic::start(cluster.urls.clone(), &config, &mut rng);
@@ -124,6 +132,34 @@ pub(crate) async fn soak(options: &Options) -> anyhow::Result<()> {
         "a checker found a violation (see the table)"
     );
     Ok(())
+}
+
+/// Fills the retention caps before the clock starts: as many jobs as the queue keeps
+/// finished, each created and cancelled with keys (twice as many remembered requests as
+/// a principal keeps), by 16 writers spread over the nodes. The number of jobs and how
+/// long it took.
+async fn warm_up(cluster: &Cluster) -> anyhow::Result<(usize, Duration)> {
+    const WRITERS: usize = 16;
+    let jobs = ferry_protocol::queue::MAX_RETAINED_FINAL_JOBS;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let started = Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let (http, urls) = (http.clone(), cluster.urls.all());
+        writers.spawn(async move {
+            for i in (writer..jobs).step_by(WRITERS) {
+                let url = &urls[i % urls.len()];
+                let made = create(&http, url, &format!("w{i}")).send().await?;
+                let job: ferry_protocol::api::JobInfo = made.error_for_status()?.json().await?;
+                cancel(&http, url, job.id, &format!("wx{i}")).send().await?.error_for_status()?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done??;
+    }
+    Ok((jobs, started.elapsed()))
 }
 
 fn print_header(nodes: usize) {
