@@ -286,3 +286,40 @@ async fn check_config_refuses_what_ferryd_refuses_and_names_the_cause() -> anyho
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systemd_unit_verifies_and_starts_ferryd_the_way_it_accepts() -> anyhow::Result<()> {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let unit = std::fs::read_to_string(deploy.join("ferryd.service"))?;
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .ok_or_else(|| anyhow::anyhow!("no ExecStart"))?;
+    assert!(unit.contains("Type=notify"), "ferryd signals readiness: Type=notify");
+    // The command line, with the sample configuration: ferryd accepts it.
+    let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+    let sample = deploy.join("ferryd.toml").display().to_string();
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "/etc/ferry/ferryd.toml" { sample.as_str() } else { a })
+        .collect();
+    let (code, out) = run_to_end(&[args.as_slice(), &["check-config"]].concat()).await?;
+    assert_eq!(code, 0, "{exec}: {out}");
+    if std::process::Command::new("systemd-analyze").arg("--version").output().is_err() {
+        println!("SKIPPED the unit check: systemd-analyze is missing");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let local = tmp.path().join("ferryd.service");
+    let ferryd = binary("ferryd")?;
+    std::fs::write(&local, unit.replace("/usr/local/bin/ferryd", &ferryd.display().to_string()))?;
+    let verified =
+        std::process::Command::new("systemd-analyze").arg("verify").arg(&local).output()?;
+    let said = String::from_utf8_lossy(&verified.stderr).into_owned()
+        + &String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success() && !said.contains("ferryd.service"),
+        "systemd-analyze: {said}"
+    );
+    Ok(())
+}
