@@ -142,6 +142,10 @@ enum Bench {
         /// Seed of the traffic and the faults (printed; replays a run).
         #[arg(long)]
         seed: Option<u64>,
+        /// Last byte of the first node's address (127.0.0.N up): another soak or
+        /// nemesis run may go on beside this one on other addresses.
+        #[arg(long, default_value_t = 121)]
+        first_ip: u8,
     },
 }
 
@@ -216,12 +220,13 @@ async fn main() -> anyhow::Result<()> {
             };
             shard::shard(&options).await?;
         }
-        Bench::Soak { minutes, nodes, interval_secs, seed } => {
+        Bench::Soak { minutes, nodes, interval_secs, seed, first_ip } => {
             anyhow::ensure!(minutes > 0, "--minutes must be at least 1");
             anyhow::ensure!(matches!(nodes, 3 | 5), "--nodes: 3 or 5");
             anyhow::ensure!(interval_secs >= 10, "--interval-secs: at least 10");
+            anyhow::ensure!((2..=250).contains(&first_ip), "--first-ip: 2 to 250");
             let interval = Duration::from_secs(interval_secs);
-            soak::soak(&soak::Options { minutes, nodes, interval, seed }).await?;
+            soak::soak(&soak::Options { minutes, nodes, interval, seed, first_ip }).await?;
         }
     }
     Ok(())

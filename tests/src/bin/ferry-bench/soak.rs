@@ -25,6 +25,7 @@ pub(crate) struct Options {
     pub(crate) nodes: usize,
     pub(crate) interval: Duration,
     pub(crate) seed: Option<u64>,
+    pub(crate) first_ip: u8,
 }
 
 /// One interval's figures.
@@ -60,13 +61,14 @@ pub(crate) async fn soak(options: &Options) -> anyhow::Result<()> {
     });
     println!("soak: {} minutes, {} nodes, seed {seed}", options.minutes, options.nodes);
     let mut rng = Rng(seed);
-    // On 127.0.0.121 up, so that a nemesis run (127.0.0.101 up) can go on beside it.
+    // On 127.0.0.121 up by default, so that a nemesis run (127.0.0.101 up) can go on
+    // beside it.
     let setup = Setup {
         nodes: options.nodes,
         disk_mib: Some(512),
         lose_unsynced: false,
         transfers: false,
-        first_ip: 121,
+        first_ip: options.first_ip,
     };
     let mut cluster = Cluster::start(&setup).await?;
     let (jobs, took) = warm_up(&cluster).await?;
