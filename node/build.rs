@@ -1,6 +1,6 @@
-//! Build information for `--version`: the commit built and the build date, as the
-//! environment variables `FERRY_COMMIT` and `FERRY_BUILD_DATE` of the crate. `cli/`
-//! builds with this script too.
+//! Build information for `--version`: the release, the commit built and the build
+//! date, as the environment variable `FERRY_VERSION` of the crate (`0.1.0 (commit
+//! 0123456789ab, built 2026-12-05)`). `cli/` builds with this script too.
 //!
 //! The commit comes from `FERRY_COMMIT` when set (a build from a source archive or a
 //! container build without `.git`), else from git, else "unknown". The date is that of
@@ -60,6 +60,6 @@ fn main() {
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
         .unwrap_or(now);
-    println!("cargo:rustc-env=FERRY_COMMIT={commit}");
-    println!("cargo:rustc-env=FERRY_BUILD_DATE={}", date(built));
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    println!("cargo:rustc-env=FERRY_VERSION={version} (commit {commit}, built {})", date(built));
 }

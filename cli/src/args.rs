@@ -5,19 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_protocol::job::{JobType, Priority, ProxyUsage};
 
-/// `--version`: the release, the commit built and the build date (see `build.rs`).
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("FERRY_COMMIT"),
-    ", built ",
-    env!("FERRY_BUILD_DATE"),
-    ")"
-);
-
 /// Operate a Ferry cluster: BITS jobs, errors, cluster status.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version = VERSION, propagate_version = true)]
+#[command(name = "ferry", version = env!("FERRY_VERSION"), propagate_version = true)]
 pub(crate) struct Cli {
     /// Node API URL [default: $FERRY_NODE, else <data-dir>/api.addr (https:// with --ca), else http://127.0.0.1:7070]
     #[arg(long, global = true, env = "FERRY_NODE", value_name = "URL")]

@@ -9,19 +9,9 @@ use clap::Parser;
 use ferry_node::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// `--version`: the release, the commit built and the build date (see `build.rs`).
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("FERRY_COMMIT"),
-    ", built ",
-    env!("FERRY_BUILD_DATE"),
-    ")"
-);
-
 /// Ferry node: BITS-style background transfers as a cluster.
 #[derive(Debug, Parser)]
-#[command(name = "ferryd", version = VERSION)]
+#[command(name = "ferryd", version = env!("FERRY_VERSION"))]
 struct Args {
     /// Data directory (Raft log, state, node id, generated token).
     #[arg(long, global = true, value_name = "DIR")]
