@@ -170,6 +170,15 @@ impl Nemesis {
 
     /// Draws a fault, injects it and heals it; which it was.
     pub async fn strike(&mut self, cluster: &mut Cluster) -> anyhow::Result<Fault> {
+        // The supervisor first (systemd's Restart=on-failure): a node may stop on its
+        // own after its fault was healed (a storage failure is answered by exiting once
+        // the waiting writes are answered, which can outlast a disk-full window).
+        for i in 0..cluster.nodes.len() {
+            if cluster.nodes[i].exited() {
+                self.note("supervisor: restarted a node that had exited");
+                cluster.restart(i, None, Vec::new()).await?;
+            }
+        }
         let fault = match self.schedule.pop() {
             Some(fault) => fault,
             None => self.kinds[self.rng.below(self.kinds.len() as u64) as usize],
