@@ -1,22 +1,19 @@
 //! The node's metrics, served by `GET /metrics` in the Prometheus text format: one
 //! registry per process ([`get`]), with counters and histograms the components update
-//! as they work, and gauges read from the applied state and Raft at each scrape
-//! ([`render`]). `docs/operations.md` lists the families.
+//! as they work, and gauges the cluster module sets from the applied state and Raft at
+//! each scrape (`cluster/metrics.rs`). A leaf: it imports no other module of the node.
+//! `docs/operations.md` lists the families.
 
 use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
 
 use ferry_coordinator::metrics::ApiMetrics;
-use ferry_protocol::job::{JobState, Priority};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-
-use crate::raft::Raft;
-use crate::replica::ClusterView;
 
 /// Upper bounds of the fsync buckets, in seconds.
 const FSYNC_BUCKETS: [f64; 12] =
@@ -25,9 +22,9 @@ const FSYNC_BUCKETS: [f64; 12] =
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct JobLabels {
-    state: &'static str,
-    priority: &'static str,
+pub(crate) struct JobLabels {
+    pub(crate) state: &'static str,
+    pub(crate) priority: &'static str,
 }
 
 /// Which database a durable commit went to.
@@ -52,13 +49,13 @@ struct Code {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Follower {
-    follower: u64,
+pub(crate) struct Follower {
+    pub(crate) follower: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FleetLabels {
-    fleet: String,
+pub(crate) struct FleetLabels {
+    pub(crate) fleet: String,
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -82,17 +79,17 @@ pub(crate) struct Metrics {
     helping: Gauge,
     /// The last commit index this node stored.
     pub(crate) commit_index: AtomicU64,
-    jobs: Family<JobLabels, Gauge>,
-    upload_sessions: Gauge,
-    raft_term: Gauge,
-    raft_leader: Gauge,
-    raft_last_log_index: Gauge,
-    raft_commit_index: Gauge,
-    raft_applied_index: Gauge,
-    raft_follower_lag: Family<Follower, Gauge>,
-    bus_subscribers: Gauge,
-    fleet_bytes_transferred: Family<FleetLabels, Gauge>,
-    fleet_bytes_total: Family<FleetLabels, Gauge>,
+    pub(crate) jobs: Family<JobLabels, Gauge>,
+    pub(crate) upload_sessions: Gauge,
+    pub(crate) raft_term: Gauge,
+    pub(crate) raft_leader: Gauge,
+    pub(crate) raft_last_log_index: Gauge,
+    pub(crate) raft_commit_index: Gauge,
+    pub(crate) raft_applied_index: Gauge,
+    pub(crate) raft_follower_lag: Family<Follower, Gauge>,
+    pub(crate) bus_subscribers: Gauge,
+    pub(crate) fleet_bytes_transferred: Family<FleetLabels, Gauge>,
+    pub(crate) fleet_bytes_total: Family<FleetLabels, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -248,84 +245,12 @@ impl Drop for Helping {
     }
 }
 
-/// Every metric as of now, in the Prometheus text format: the gauges are read from
-/// `view`'s applied state and from `raft` first.
-pub(crate) fn render(view: &ClusterView, raft: &Raft) -> String {
-    let m = get();
-    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    {
-        let machine = view.state.read();
-        let mut counts = [[0i64; Priority::ALL.len()]; JobState::ALL.len()];
-        let mut fleets: std::collections::BTreeMap<String, (u64, Option<u64>)> =
-            std::collections::BTreeMap::new();
-        for job in machine.queue.jobs() {
-            let state = JobState::ALL.iter().position(|s| *s == job.state()).unwrap_or(0);
-            let priority =
-                Priority::ALL.iter().position(|p| *p == job.props().priority).unwrap_or(0);
-            counts[state][priority] += 1;
-            if let Some(member) = job.fleet() {
-                let progress = job.progress();
-                let entry = fleets.entry(member.fleet.to_string()).or_insert((0, Some(0)));
-                entry.0 += progress.bytes_transferred;
-                entry.1 = entry.1.zip(progress.bytes_total).map(|(a, b)| a + b);
-            }
-        }
-        for (s, state) in JobState::ALL.iter().enumerate() {
-            for (p, priority) in Priority::ALL.iter().enumerate() {
-                let labels = JobLabels { state: state.bits_name(), priority: priority.bits_name() };
-                m.jobs.get_or_create(&labels).set(counts[s][p]);
-            }
-        }
-        m.fleet_bytes_transferred.clear();
-        m.fleet_bytes_total.clear();
-        for (fleet, (transferred, total)) in fleets {
-            let labels = FleetLabels { fleet };
-            m.fleet_bytes_transferred.get_or_create(&labels).set(to_i64(transferred));
-            if let Some(total) = total {
-                m.fleet_bytes_total.get_or_create(&labels).set(to_i64(total));
-            }
-        }
-        m.upload_sessions.set(to_i64(machine.queue.upload_sessions().count() as u64));
-    }
-    let raft_metrics = raft.metrics().borrow().clone();
-    m.raft_term.set(to_i64(raft_metrics.current_term));
-    m.raft_leader.set(to_i64(raft_metrics.current_leader.unwrap_or(0)));
-    let last_log = raft_metrics.last_log_index.unwrap_or(0);
-    m.raft_last_log_index.set(to_i64(last_log));
-    m.raft_applied_index.set(to_i64(raft_metrics.last_applied.map_or(0, |id| id.index)));
-    let committed = m.commit_index.load(std::sync::atomic::Ordering::Relaxed);
-    m.raft_commit_index.set(to_i64(committed));
-    m.raft_follower_lag.clear();
-    for (follower, matched) in raft_metrics.replication.iter().flatten() {
-        let lag = last_log.saturating_sub(matched.map_or(0, |id| id.index));
-        m.raft_follower_lag.get_or_create(&Follower { follower: *follower }).set(to_i64(lag));
-    }
-    m.bus_subscribers.set(to_i64(view.state.events().subscribers() as u64));
+/// The registry's text, in the Prometheus text format (0.0.4).
+pub(crate) fn encode() -> String {
     let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, &m.registry) {
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, &get().registry)
+    {
         tracing::warn!(error = %e, "cannot encode the metrics");
     }
     text
-}
-
-/// Counts the errors of this node's jobs as the change feed shows them entering ERROR
-/// or TRANSIENT_ERROR, until the state machine is gone.
-pub(crate) async fn follow_errors(view: ClusterView) {
-    let mut feed = view.state.feed().subscribe();
-    while let Some(delivery) = feed.next().await {
-        let crate::feed::Feed::Changed(batch) = delivery else { continue };
-        let machine = view.state.read();
-        for change in &batch.jobs {
-            let Some(after @ (JobState::Error | JobState::TransientError)) = change.after else {
-                continue;
-            };
-            if change.before == Some(after) {
-                continue;
-            }
-            let Some(job) = machine.queue.job(&change.job) else { continue };
-            if let Some(error) = job.error().filter(|_| job.home_node() == view.node_id) {
-                get().job_error(error.code, after == JobState::TransientError);
-            }
-        }
-    }
 }

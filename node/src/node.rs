@@ -153,7 +153,7 @@ pub async fn run(
         let (membership, me) = (cluster.membership(), me.clone());
         async move { membership.announce_address(me).await }
     });
-    tokio::spawn(crate::metrics::follow_errors(handle.clone()));
+    tokio::spawn(crate::cluster::follow_errors(handle.clone()));
     tokio::spawn(crate::notify::run(
         handle.clone(),
         config.notify.clone(),

@@ -6,9 +6,12 @@
 //! this module.
 
 mod membership;
+mod metrics;
 mod replica;
 mod reply;
 mod status;
+
+pub(crate) use self::metrics::follow_errors;
 
 use std::sync::Arc;
 
@@ -143,7 +146,7 @@ impl Cluster for NodeCluster {
     }
 
     fn metrics(&self) -> String {
-        crate::metrics::render(&self.handle, &self.raft)
+        metrics::render(&self.handle, &self.raft)
     }
 
     fn cluster_ca(&self) -> String {
