@@ -5,7 +5,6 @@
 //! `docs/operations.md` lists the families.
 
 use std::sync::LazyLock;
-use std::sync::atomic::AtomicU64;
 
 use ferry_coordinator::metrics::ApiMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -77,13 +76,12 @@ pub(crate) struct Metrics {
     retries: Counter,
     /// Pieces this node is fetching for other members' jobs right now ([`Helping`]).
     helping: Gauge,
-    /// The last commit index this node stored.
-    pub(crate) commit_index: AtomicU64,
     pub(crate) jobs: Family<JobLabels, Gauge>,
     pub(crate) upload_sessions: Gauge,
     pub(crate) raft_term: Gauge,
     pub(crate) raft_leader: Gauge,
     pub(crate) raft_last_log_index: Gauge,
+    /// Set by the log store each time it saves the commit index.
     pub(crate) raft_commit_index: Gauge,
     pub(crate) raft_applied_index: Gauge,
     pub(crate) raft_follower_lag: Family<Follower, Gauge>,
@@ -110,7 +108,6 @@ impl Metrics {
             job_errors: Family::default(),
             retries: Counter::default(),
             helping: Gauge::default(),
-            commit_index: AtomicU64::new(0),
             jobs: Family::default(),
             upload_sessions: Gauge::default(),
             raft_term: Gauge::default(),

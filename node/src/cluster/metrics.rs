@@ -54,8 +54,6 @@ pub(super) fn render(view: &ClusterView, raft: &Raft) -> String {
     let last_log = raft_metrics.last_log_index.unwrap_or(0);
     m.raft_last_log_index.set(to_i64(last_log));
     m.raft_applied_index.set(to_i64(raft_metrics.last_applied.map_or(0, |id| id.index)));
-    let committed = m.commit_index.load(std::sync::atomic::Ordering::Relaxed);
-    m.raft_commit_index.set(to_i64(committed));
     m.raft_follower_lag.clear();
     for (follower, matched) in raft_metrics.replication.iter().flatten() {
         let lag = last_log.saturating_sub(matched.map_or(0, |id| id.index));

@@ -42,7 +42,6 @@ pub(super) fn overlay(
         set(doc, &keys, parse_value(&value)).map_err(invalid)?;
         used.push(name.to_string());
     }
-    used.sort();
     Ok(used)
 }
 

@@ -105,14 +105,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads a TOML file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
-    }
-
     /// The configuration of the file at `path` (or the defaults), with the fields the
     /// `FERRYD_*` variables among `vars` set ([`env`]); also the names of those
     /// variables.
@@ -120,22 +112,22 @@ impl Config {
         path: Option<&Path>,
         vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
     ) -> Result<(Self, Vec<String>), ConfigError> {
-        let (config, file) = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-                let parse_error =
-                    |source| ConfigError::Parse { path: path.into(), source: Box::new(source) };
-                // Parsed as the configuration first, for errors that point into the file.
-                let config: Self = toml::from_str(&text).map_err(parse_error)?;
-                (config, toml::from_str(&text).map_err(parse_error)?)
-            }
-            None => (Self::default(), toml::Table::new()),
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.into(), source })?,
+            None => String::new(),
         };
+        let parse_error = |source| ConfigError::Parse {
+            path: path.unwrap_or(Path::new("")).into(),
+            source: Box::new(source),
+        };
+        // Parsed as the configuration first, for errors that point into the file.
+        let config: Self = toml::from_str(&text).map_err(parse_error)?;
         let vars: Vec<_> = vars.into_iter().filter(|(name, _)| env::is_ours(name)).collect();
         if vars.is_empty() {
             return Ok((config, Vec::new()));
         }
+        let file: toml::Table = toml::from_str(&text).map_err(parse_error)?;
         let with = |vars: &[(std::ffi::OsString, std::ffi::OsString)]| {
             let mut doc = file.clone();
             let used = env::overlay(&mut doc, vars.iter().cloned())?;

@@ -133,7 +133,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let index = committed.map_or(0, |id| id.index);
-        crate::metrics::get().commit_index.store(index, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::get().raft_commit_index.set(i64::try_from(index).unwrap_or(i64::MAX));
         put_meta(&self.db, ErrorSubject::Logs, COMMITTED, &committed, Durability::None).await
     }
 
