@@ -32,7 +32,10 @@ pub use node::{Ended, ROOM_TO_RESTART, run};
 
 /// What `ferryd check-config` checks beyond [`config::Config::validate`], without
 /// starting anything: the configured API certificate and key make a usable TLS
-/// configuration.
+/// configuration, and a `cluster.identity_dir` holds a CA and the join token naming it.
 pub fn check_settings(settings: &config::Settings) -> Result<()> {
-    api_server::check_tls(&settings.config.api)
+    api_server::check_tls(&settings.config.api)?;
+    membership::check_identity(&settings.config.cluster)
 }
+
+pub use membership::init_cluster;

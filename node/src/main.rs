@@ -55,6 +55,15 @@ enum Sub {
     /// start, without starting: print it (secrets redacted) and exit 0, or say what is
     /// wrong and exit 1.
     CheckConfig,
+    /// Make a cluster identity before the cluster exists: a CA (ca.pem, ca.key) and a
+    /// join token naming it (join.token), written to DIR. Give DIR to every node as
+    /// `cluster.identity_dir` (a mounted secret): the founder uses that CA, the others
+    /// join with that token, and clients trust DIR/ca.pem.
+    InitCluster {
+        /// Directory to write (created 0700; existing identity files are not replaced).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +80,14 @@ fn main() -> ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
+    if let Some(Sub::InitCluster { out }) = &args.command {
+        let fingerprint = ferry_node::init_cluster(out)?;
+        println!(
+            "wrote {dir}/ca.pem, {dir}/ca.key and {dir}/join.token (CA fingerprint {fingerprint})",
+            dir = out.display()
+        );
+        return Ok(());
+    }
     let (mut config, from_env) = Config::load(args.config.as_deref(), std::env::vars_os())?;
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;

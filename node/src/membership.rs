@@ -37,6 +37,8 @@ pub(crate) struct Start {
     pub(crate) identity: NodeIdentity,
     /// The bound peer (QUIC) socket.
     pub(crate) socket: UdpSocket,
+    /// The peer address other members dial (`peer.advertise`).
+    pub(crate) peer_addr: SocketAddr,
     /// True when this start founded the cluster (it must bootstrap Raft).
     pub(crate) founder: bool,
     /// The CA and join token, with which this node admits new nodes.
@@ -51,7 +53,7 @@ pub(crate) async fn establish(
 ) -> crate::error::Result<Start> {
     let socket = UdpSocket::bind(config.peer.listen)
         .with_context(|| format!("cannot listen on {}/udp", config.peer.listen))?;
-    let peer_addr = socket.local_addr()?;
+    let peer_addr = advertised(&config.peer, socket.local_addr()?).await?;
     let root = dir.root();
     let known_id = read_id(&root.join(crate::data_dir::files::NODE_ID))?;
     if let Some(id) = known_id
@@ -61,6 +63,7 @@ pub(crate) async fn establish(
             node_id: id,
             identity,
             socket,
+            peer_addr,
             founder: false,
             admission: admission(root)?,
         });
@@ -77,41 +80,32 @@ pub(crate) async fn establish(
             secret: token.secret.clone(),
             public_key: key.public_key_raw().to_vec(),
             peer_addr: peer_addr.to_string(),
-            api_addr: api_addr.to_string(),
+            api_addr: advertised_api(api_addr, peer_addr).to_string(),
         };
-        let patience = Duration::from_secs(config.cluster.join_patience_secs);
-        let answer = join_any(&config.cluster.join, &token, &request, patience).await?;
-        if answer.secret_key.len() != ferry_coordinator::secrets::KEY_LEN {
-            return Err(Error::Config("the cluster sent no usable secret key".to_string()));
-        }
-        let ca = ClusterCa::from_parts(answer.ca.clone().into(), &answer.ca_key_pem)?;
-        if ca.fingerprint() != token.ca_fingerprint {
-            return Err(Error::Config(
-                "the cluster sent a CA that its join token does not name".to_string(),
-            ));
-        }
-        let identity =
-            NodeIdentity::new(answer.node_id, &key, answer.cert.into(), answer.ca.into());
-        identity.save(root)?;
-        // The cluster's key replaces any this data directory had: sealed secrets must
-        // open on every member.
-        write_private(&root.join(crate::data_dir::files::SECRET_KEY), &answer.secret_key)?;
-        // With the CA key and the token, this node admits joins in its turn.
-        ca.save(root)?;
-        let token: JoinToken = answer.token.parse()?;
-        write_private(&root.join(JOIN_TOKEN_FILE), format!("{token}\n").as_bytes())?;
-        dir.node_id(answer.node_id)?;
-        tracing::info!(node_id = answer.node_id, "joined the cluster");
-        return Ok(Start {
-            node_id: answer.node_id,
-            identity,
-            socket,
-            founder: false,
-            admission: Some((ca, token)),
+        let bootstrap = config.cluster.bootstrap;
+        let patience = Duration::from_secs(if bootstrap {
+            config.cluster.bootstrap_wait_secs
+        } else {
+            config.cluster.join_patience_secs
         });
+        match join_any(&config.cluster.join, &token, &request, patience).await {
+            Ok(answer) => return joined(dir, answer, &token, key, socket, peer_addr),
+            // Nobody admitted this node: it founds the cluster below.
+            Err(Error::Unavailable(why)) if bootstrap => {
+                tracing::info!(%why, "no member admitted this node; it founds the cluster");
+            }
+            Err(e) => return Err(e),
+        }
     }
     let node_id = known_id.unwrap_or(FIRST_NODE_ID);
-    let ca = ClusterCa::generate()?;
+    let (ca, token) = match &config.cluster.identity_dir {
+        Some(identity_dir) => read_identity(identity_dir)?,
+        None => {
+            let ca = ClusterCa::generate()?;
+            let token = JoinToken::generate(ca.fingerprint(), node_id)?;
+            (ca, token)
+        }
+    };
     ca.save(root)?;
     let key = NodeIdentity::new_key()?;
     let identity = NodeIdentity::new(
@@ -122,10 +116,144 @@ pub(crate) async fn establish(
     );
     identity.save(root)?;
     dir.node_id(node_id)?;
-    let token = JoinToken::generate(ca.fingerprint(), node_id)?;
     write_private(&root.join(JOIN_TOKEN_FILE), format!("{token}\n").as_bytes())?;
     tracing::info!(node_id, ca = %ca.fingerprint(), token_file = %root.join(JOIN_TOKEN_FILE).display(), "founded a new cluster; other nodes join with --join {peer_addr} --join-token <the token in token_file>");
-    Ok(Start { node_id, identity, socket, founder: true, admission: Some((ca, token)) })
+    Ok(Start { node_id, identity, socket, peer_addr, founder: true, admission: Some((ca, token)) })
+}
+
+/// Takes the identity a member handed out: certificate, CA, the cluster's secret key
+/// and join token.
+fn joined(
+    dir: &DataDir,
+    answer: JoinAnswer,
+    token: &JoinToken,
+    key: rcgen::KeyPair,
+    socket: UdpSocket,
+    peer_addr: SocketAddr,
+) -> crate::error::Result<Start> {
+    let root = dir.root();
+    if answer.secret_key.len() != ferry_coordinator::secrets::KEY_LEN {
+        return Err(Error::Config("the cluster sent no usable secret key".to_string()));
+    }
+    let ca = ClusterCa::from_parts(answer.ca.clone().into(), &answer.ca_key_pem)?;
+    if ca.fingerprint() != token.ca_fingerprint {
+        return Err(Error::Config(
+            "the cluster sent a CA that its join token does not name".into(),
+        ));
+    }
+    let identity = NodeIdentity::new(answer.node_id, &key, answer.cert.into(), answer.ca.into());
+    identity.save(root)?;
+    // The cluster's key replaces any this data directory had: sealed secrets must
+    // open on every member.
+    write_private(&root.join(crate::data_dir::files::SECRET_KEY), &answer.secret_key)?;
+    // With the CA key and the token, this node admits joins in its turn.
+    ca.save(root)?;
+    let token: JoinToken = answer.token.parse()?;
+    write_private(&root.join(JOIN_TOKEN_FILE), format!("{token}\n").as_bytes())?;
+    dir.node_id(answer.node_id)?;
+    tracing::info!(node_id = answer.node_id, "joined the cluster");
+    Ok(Start {
+        node_id: answer.node_id,
+        identity,
+        socket,
+        peer_addr,
+        founder: false,
+        admission: Some((ca, token)),
+    })
+}
+
+/// Makes a cluster identity in `out` (`ferryd init-cluster`): a new CA (`ca.pem`,
+/// `ca.key`) and a join token naming it (`join.token`), for a founder started with
+/// `cluster.identity_dir`. Returns the CA's fingerprint. Refuses to overwrite.
+pub fn init_cluster(out: &Path) -> crate::error::Result<String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let names = [
+        crate::peer::identity::files::CA_CERT,
+        crate::peer::identity::files::CA_KEY,
+        JOIN_TOKEN_FILE,
+    ];
+    if let Some(existing) = names.iter().map(|n| out.join(n)).find(|p| p.exists()) {
+        return Err(Error::Config(format!(
+            "{} exists: init-cluster does not replace a cluster identity",
+            existing.display()
+        )));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    let ca = ClusterCa::generate()?;
+    let token = JoinToken::generate(ca.fingerprint(), FIRST_NODE_ID)?;
+    ca.save(out)?;
+    write_private(&out.join(JOIN_TOKEN_FILE), format!("{token}\n").as_bytes())?;
+    Ok(ca.fingerprint())
+}
+
+/// Refuses a `cluster.identity_dir` whose CA and token cannot be read or do not belong
+/// together (`check-config`, and before a start touches the data directory).
+pub(crate) fn check_identity(cluster: &crate::config::ClusterConfig) -> crate::error::Result<()> {
+    match &cluster.identity_dir {
+        Some(dir) => read_identity(dir).map(drop),
+        None => Ok(()),
+    }
+}
+
+/// The CA and join token of `cluster.identity_dir`, checked to belong together.
+fn read_identity(dir: &Path) -> crate::error::Result<(ClusterCa, JoinToken)> {
+    let ca = ClusterCa::load(dir).context("cluster.identity_dir")?;
+    let path = dir.join(JOIN_TOKEN_FILE);
+    let token: JoinToken = std::fs::read_to_string(&path)
+        .with_context(|| format!("cluster.identity_dir: cannot read {}", path.display()))?
+        .parse()?;
+    if token.ca_fingerprint != ca.fingerprint() || token.issuer != FIRST_NODE_ID {
+        return Err(Error::Config(format!(
+            "cluster.identity_dir: {} does not belong to the CA beside it",
+            path.display()
+        )));
+    }
+    Ok((ca, token))
+}
+
+/// The peer address other members dial (see `peer.advertise`).
+async fn advertised(
+    config: &crate::config::PeerConfig,
+    local: SocketAddr,
+) -> crate::error::Result<SocketAddr> {
+    let (host, port) = match &config.advertise {
+        Some(advertise) => {
+            let (host, port) = advertise.rsplit_once(':').ok_or_else(|| {
+                Error::Config(format!("peer.advertise {advertise:?} is not host:port"))
+            })?;
+            let port = port.parse::<u16>().map_err(|_| {
+                Error::Config(format!("peer.advertise {advertise:?} has no valid port"))
+            })?;
+            (host.trim_matches(['[', ']']).to_string(), port)
+        }
+        None if !local.ip().is_unspecified() => return Ok(local),
+        None => {
+            let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("peer.listen is a wildcard address and this host's name is unknown: set peer.advertise")?;
+            (name.trim().to_string(), local.port())
+        }
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot resolve {host} (peer.advertise)"))?
+        .collect();
+    // The first address that is not loopback, unless the name means loopback only.
+    addrs
+        .iter()
+        .find(|a| !a.ip().is_loopback())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| Error::Config(format!("{host} resolves to no address (peer.advertise)")))
+}
+
+/// The API address announced to the other members: the bound one, or with a wildcard
+/// listen address, the advertised peer address's host.
+pub(crate) fn advertised_api(api: SocketAddr, peer: SocketAddr) -> SocketAddr {
+    if api.ip().is_unspecified() { SocketAddr::new(peer.ip(), api.port()) } else { api }
 }
 
 /// Tries each seed (addresses or names resolving to several) until one admits us,
@@ -139,6 +267,8 @@ async fn join_any(
     if seeds.is_empty() {
         return Err(Error::Config("no --join address given".to_string()));
     }
+    // Every node may be given the same seed list: a node does not ask itself.
+    let me: Option<SocketAddr> = request.peer_addr.parse().ok();
     with_patience(patience, || async {
         let mut last = None;
         for seed in seeds {
@@ -151,7 +281,7 @@ async fn join_any(
                     continue;
                 }
             };
-            for addr in addrs {
+            for addr in addrs.into_iter().filter(|a| Some(*a) != me) {
                 match request_join(addr, token, request).await {
                     Ok(answer) => return Ok(answer),
                     Err(e) if !e.is_transient() => return Err(e),
@@ -340,6 +470,27 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_advertised_address_is_the_listen_address_or_the_named_one() {
+        use crate::config::PeerConfig;
+        let bound: SocketAddr = "127.0.0.9:7171".parse().expect("address");
+        let plain = PeerConfig { listen: bound, advertise: None };
+        assert_eq!(advertised(&plain, bound).await.expect("listen address"), bound);
+        let named = PeerConfig { advertise: Some("localhost:7200".into()), ..plain.clone() };
+        let addr = advertised(&named, bound).await.expect("a name that resolves");
+        assert_eq!((addr.ip().is_loopback(), addr.port()), (true, 7200));
+        let wildcard: SocketAddr = "0.0.0.0:7171".parse().expect("address");
+        let host = PeerConfig { listen: wildcard, advertise: None };
+        let addr = advertised(&host, wildcard).await.expect("this host's name resolves");
+        assert!(!addr.ip().is_unspecified() && addr.port() == 7171, "{addr}");
+        assert_eq!(advertised_api("0.0.0.0:7070".parse().expect("a"), addr).ip(), addr.ip());
+        for bad in ["no-port", "host:port", "[::1]:99999"] {
+            let config = PeerConfig { advertise: Some(bad.into()), ..plain.clone() };
+            let error = advertised(&config, bound).await.expect_err(bad).to_string();
+            assert!(error.contains("peer.advertise"), "{bad}: {error}");
+        }
+    }
 
     fn busy() -> JoinFailure {
         JoinFailure::Refused(JoinRefusal::Busy("a membership change is in progress".into()))

@@ -99,7 +99,9 @@ pub async fn run(
     let server_settings =
         crate::api_server::ServerSettings::new(&config.api, dir.root(), node_id, api_addr)?;
     let endpoint = PeerEndpoint::from_socket(start.socket, &start.identity)?;
-    let peer_addr = endpoint.local_addr()?;
+    let bound_peer_addr = endpoint.local_addr()?;
+    let peer_addr = start.peer_addr;
+    let announced_api = membership::advertised_api(api_addr, peer_addr);
     let raft_config = raft::raft_config(&settings.raft)?;
     // Every subsystem registers the peer requests it serves on this router.
     let router = Arc::new(Router::default());
@@ -111,7 +113,7 @@ pub async fn run(
     raft::serve_raft(&raft, &router);
     tokio::spawn(track_addresses(raft.clone(), book));
     if start.founder && !raft.is_initialized().await? {
-        let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
+        let me = NodeAddr { api_addr: announced_api.to_string(), peer_addr: peer_addr.to_string() };
         raft.initialize(BTreeMap::from([(node_id, me)])).await?;
         tracing::info!(node_id, "bootstrapped a new one-node cluster");
     }
@@ -148,7 +150,7 @@ pub async fn run(
     });
     let events = crate::bus::handler(state.events().clone(), auth.clone(), node_id);
     let peer_server = endpoint.serve(router.handler(), admission, Some(events));
-    let me = NodeAddr { api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() };
+    let me = NodeAddr { api_addr: announced_api.to_string(), peer_addr: peer_addr.to_string() };
     tokio::spawn({
         let (membership, me) = (cluster.membership(), me.clone());
         async move { membership.announce_address(me).await }
@@ -282,7 +284,7 @@ pub async fn run(
         ferry_coordinator::metrics::record,
     ))
     .layer(axum::middleware::map_response_with_state(stopped, close_when_stopped));
-    dir.write_peer_addr(peer_addr)?;
+    dir.write_peer_addr(bound_peer_addr)?;
     dir.write_api_addr(api_addr)?;
     let scheme = server_settings.scheme();
     tracing::info!(node_id, %api_addr, scheme, data_dir = %config.data_dir.display(), unfinished_jobs = jobs_on_disk, "ferryd is serving");

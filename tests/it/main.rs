@@ -15,6 +15,7 @@ mod failover;
 mod faults;
 mod hostile;
 mod idempotency;
+mod identity;
 mod metrics;
 mod nemesis;
 mod nginx;

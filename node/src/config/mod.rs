@@ -195,6 +195,12 @@ impl Config {
             }
             self.cluster.join_token = Some(read(path, "cluster.join_token_file")?);
         }
+        if let Some(dir) = &self.cluster.identity_dir
+            && self.cluster.join_token.is_none()
+            && !self.cluster.join.is_empty()
+        {
+            self.cluster.join_token = Some(read(&dir.join("join.token"), "cluster.identity_dir")?);
+        }
         Ok(())
     }
 

@@ -12,13 +12,19 @@ use crate::raft::RaftSettings;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeerConfig {
-    /// UDP address for QUIC. Default `127.0.0.1:7071`. Recorded in the Raft membership.
+    /// UDP address for QUIC. Default `127.0.0.1:7071`.
     pub listen: SocketAddr,
+    /// The peer address other members dial, `host:port` (a name is resolved at each
+    /// start, and the address is announced again then, so a container whose address
+    /// changed is found again); recorded in the Raft membership. Default: `listen`, or
+    /// when that is a wildcard (`0.0.0.0`, `::`), the address this host's name
+    /// resolves to, with `listen`'s port.
+    pub advertise: Option<String>,
 }
 
 impl Default for PeerConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 7071)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 7071)), advertise: None }
     }
 }
 
@@ -185,6 +191,22 @@ pub struct ClusterConfig {
     pub join_token: Option<String>,
     /// A file holding the join token instead (a mounted secret), read at start.
     pub join_token_file: Option<PathBuf>,
+    /// A cluster identity made beforehand with `ferryd init-cluster --out DIR`: its
+    /// `ca.pem`, `ca.key` and `join.token`. The node that founds the cluster takes
+    /// that CA and token instead of generating them (so clients can trust `ca.pem`
+    /// and other nodes can hold the token before the cluster exists); a joining node
+    /// reads its join token there when `join_token` is not set. Default none.
+    pub identity_dir: Option<PathBuf>,
+    /// With `join` set: on its first start this node may found the cluster, after
+    /// trying to join through `join` for `bootstrap_wait_secs` without being admitted
+    /// (so a founder that lost its data directory joins the running cluster rather
+    /// than founding a second one). Set it on exactly one node. Without `join`, a
+    /// node founds a cluster on its first start whatever this says. Default false.
+    pub bootstrap: bool,
+    /// How long a bootstrapping node tries to join before it founds, seconds.
+    /// Default 10.
+    #[serde(deserialize_with = "super::duration::secs")]
+    pub bootstrap_wait_secs: u64,
     /// Most voters: the cluster grows one voter at a time to 3, then two at a time (odd
     /// sizes only) up to this; later nodes stay learners (they still run transfers).
     /// Default 5.
@@ -202,6 +224,9 @@ impl Default for ClusterConfig {
             join: Vec::new(),
             join_token: None,
             join_token_file: None,
+            identity_dir: None,
+            bootstrap: false,
+            bootstrap_wait_secs: 10,
             voters: 5,
             join_patience_secs: 120,
         }

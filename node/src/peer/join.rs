@@ -21,6 +21,9 @@ use super::identity::{MEMBER_NAME, fingerprint};
 
 /// The ALPN of joining (no client certificate yet; only a join request is served).
 pub(crate) const JOIN_ALPN: &[u8] = b"ferry-join/1";
+/// How long a join attempt waits for a member's handshake: a seed that is not serving
+/// (a node still starting, or this node itself) must not hold up the others.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Largest join request or answer.
 pub(crate) const MAX_JOIN_FRAME: usize = 64 * 1024;
 
@@ -193,7 +196,14 @@ async fn ask(
         QuicClientConfig::try_from(tls)?,
     )));
     let outcome = async {
-        let connection = match endpoint.connect(seed, MEMBER_NAME)?.await {
+        let connecting = endpoint.connect(seed, MEMBER_NAME)?;
+        let Ok(connected) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await else {
+            return Err(Error::Unavailable(format!(
+                "cannot reach the cluster at {seed}: no answer within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            )));
+        };
+        let connection = match connected {
             Ok(connection) => connection,
             // Our verifier refused the member's certificate: it is not of the cluster the
             // token pins, and asking again cannot change that.
