@@ -53,6 +53,9 @@ pub(crate) enum Noun {
     /// The cluster: leader, members, indexes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// API tokens of the cluster's principals (administrators): any member accepts them.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print job events as they happen, one line each (NDJSON with --json); follows the
     /// cluster: on the loss of its node, resumes at another from the last cursor.
     Watch(WatchArgs),
@@ -421,6 +424,49 @@ pub(crate) enum ClusterCommand {
         #[arg(value_name = "NODE")]
         node_id: u64,
     },
+}
+
+/// `ferry token`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create a principal's token, valid on every member at once; prints it (the only
+    /// time it is shown).
+    Create {
+        /// The principal (the owner of the jobs made with the token).
+        name: String,
+        /// `user` sees and changes only its own jobs; `admin` all.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Absolute directories its jobs may name local files in, on every member
+        /// (comma-separated); unset: each node's `transfer.destination_roots`.
+        #[arg(long, value_delimiter = ',', value_name = "DIR[,DIR...]")]
+        roots: Option<Vec<String>>,
+    },
+    /// The principals of the cluster, revoked ones included (never their tokens).
+    List,
+    /// Revoke a principal's token on every member; its open event streams end.
+    Revoke {
+        /// The principal.
+        name: String,
+    },
+}
+
+/// `--role`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum RoleArg {
+    /// Its own jobs only.
+    User,
+    /// Every job; manages tokens and members.
+    Admin,
+}
+
+impl From<RoleArg> for ferry_protocol::Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::User => Self::User,
+            RoleArg::Admin => Self::Admin,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -8,7 +8,8 @@ use ferry_protocol::job::{NotifyCmdLine, ProxySettings};
 use ferry_protocol::{FileRange, JobId, NewFile};
 
 use crate::args::{
-    ClusterCommand, CredentialsCommand, ErrorCommand, JobCommand, Noun, SetArgs, WatchArgs,
+    ClusterCommand, CredentialsCommand, ErrorCommand, JobCommand, Noun, SetArgs, TokenCommand,
+    WatchArgs,
 };
 use crate::{output, target};
 
@@ -51,6 +52,7 @@ pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
             let removed = serde_json::json!({ "removed": node_id });
             show(cli.json, &removed, |_| println!("Node {node_id} left the cluster."))
         }
+        Noun::Token(command) => tokens(&client, cli.json, command).await,
         Noun::Cluster(command) => {
             let status = client.cluster().await?;
             match command {
@@ -58,6 +60,28 @@ pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
                 ClusterCommand::Members => show(false, &status, output::members),
                 _ => show(cli.json, &status, output::cluster),
             }
+        }
+    }
+}
+
+/// `ferry token`.
+async fn tokens(client: &Client, json: bool, command: &TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { name, role, roots } => {
+            let created = client.create_token(name, (*role).into(), roots.clone()).await?;
+            show(json, &created, |c| {
+                eprintln!("Created a token for {} (shown once; every member accepts it):", c.name);
+                println!("{}", c.token);
+            })
+        }
+        TokenCommand::List => {
+            let list = client.tokens().await?;
+            show(json, &list, output::tokens)
+        }
+        TokenCommand::Revoke { name } => {
+            client.revoke_token(name).await?;
+            let revoked = serde_json::json!({ "revoked": name });
+            show(json, &revoked, |_| println!("The token of {name} is revoked on every member."))
         }
     }
 }

@@ -317,3 +317,18 @@ pub(crate) fn event_line(event: &ferry_protocol::event::Event) -> String {
     }
     line
 }
+
+/// `ferry token list`.
+pub(crate) fn tokens(list: &ferry_protocol::principals::TokenList) {
+    let mut t = table(&["PRINCIPAL", "ROLE", "ROOTS", "CREATED", "REVOKED"]);
+    for token in &list.tokens {
+        t.add_row(vec![
+            token.name.clone(),
+            format!("{:?}", token.role).to_lowercase(),
+            token.roots.as_ref().map_or_else(|| "(node default)".to_owned(), |r| r.join(",")),
+            token.created.to_string(),
+            token.revoked.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+        ]);
+    }
+    println!("{t}");
+}

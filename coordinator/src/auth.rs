@@ -1,8 +1,15 @@
 //! Bearer tokens mapped to principals. Tokens are looked up by their BLAKE3 digest, so a
 //! lookup does not compare secret bytes and the table holds no plaintext.
+//!
+//! Two sources answer, in order: the node's configured tokens (`[[api.tokens]]`, its
+//! own), then the cluster's principals in the replicated state (a [`Directory`]), which
+//! every member shares, so a token made through the API works on any member and its
+//! revocation reaches all of them with the next applied entry.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -92,11 +99,30 @@ pub enum AuthConfigError {
     ConflictingSandboxes(String),
 }
 
+/// The cluster's principals, as this node has applied them.
+pub trait Directory: Send + Sync + 'static {
+    /// The caller a live token's digest authenticates.
+    fn caller(&self, digest: &[u8; 32]) -> Option<Caller>;
+    /// The role and own roots (`None`: each node's default roots) of a principal of
+    /// the cluster, revoked or not (its jobs keep their roots); `None` if it is not one.
+    fn entry(&self, principal: &Principal) -> Option<(Role, Option<Vec<PathBuf>>)>;
+}
+
+impl std::fmt::Debug for dyn Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the cluster's principals")
+    }
+}
+
 /// Token digests to callers.
 #[derive(Clone, Default)]
 pub struct Auth {
     callers: HashMap<[u8; 32], Caller>,
+    directory: Option<Arc<dyn Directory>>,
 }
+
+/// How often an open event stream checks that its token still authenticates.
+pub const RECHECK_EVERY: Duration = Duration::from_millis(200);
 
 impl Auth {
     /// Builds the table, refusing weak or duplicate tokens and conflicting roles.
@@ -122,17 +148,45 @@ impl Auth {
                 return Err(AuthConfigError::DuplicateToken(entry.principal.clone()));
             }
         }
-        Ok(Self { callers })
+        Ok(Self { callers, directory: None })
     }
 
-    /// The caller a token authenticates.
-    pub fn caller(&self, token: &str) -> Option<&Caller> {
-        self.callers.get(blake3::hash(token.as_bytes()).as_bytes())
+    /// This table, falling back to the cluster's principals in `directory`.
+    pub fn with_directory(mut self, directory: Arc<dyn Directory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// The cluster's principals, if this table falls back to them.
+    pub fn directory(&self) -> Option<&Arc<dyn Directory>> {
+        self.directory.as_ref()
+    }
+
+    /// The caller a token authenticates: a configured one, else a live principal of
+    /// the cluster.
+    pub fn caller(&self, token: &str) -> Option<Caller> {
+        let digest = blake3::hash(token.as_bytes());
+        if let Some(caller) = self.callers.get(digest.as_bytes()) {
+            return Some(caller.clone());
+        }
+        self.directory.as_ref()?.caller(digest.as_bytes())
+    }
+
+    /// Resolves once `token` no longer authenticates `caller` (revoked in the cluster),
+    /// checking every [`RECHECK_EVERY`]: what an open event stream waits on beside its
+    /// events, so that a revocation ends it within a second.
+    pub async fn revoked(&self, token: &str, caller: &Caller) {
+        loop {
+            tokio::time::sleep(RECHECK_EVERY).await;
+            if self.caller(token).as_ref() != Some(caller) {
+                return;
+            }
+        }
     }
 
     /// The caller a request's token authenticates: `Authorization: Bearer TOKEN`, or
     /// Basic with the token as the password (what BITS clients send).
-    pub fn caller_of(&self, headers: &axum::http::HeaderMap) -> Option<&Caller> {
+    pub fn caller_of(&self, headers: &axum::http::HeaderMap) -> Option<Caller> {
         let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, rest) = value.split_once(' ')?;
         let token = if scheme.eq_ignore_ascii_case("bearer") {
@@ -147,7 +201,7 @@ impl Auth {
         self.caller(&token)
     }
 
-    /// True if no token is configured.
+    /// True if no token is configured (the cluster's principals are not counted).
     pub fn is_empty(&self) -> bool {
         self.callers.is_empty()
     }
@@ -168,22 +222,32 @@ impl FromRequestParts<ApiState> for Authenticated {
             let error = ApiError::unauthorized(detail);
             if has_body(parts) { error.closing_connection() } else { error }
         };
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
-            refused("this request needs an API token: send 'Authorization: Bearer <token>'")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
+        if !parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+            return Err(refused(
+                "this request needs an API token: send 'Authorization: Bearer <token>'",
+            ));
+        }
+        let token = bearer(&parts.headers)
             .ok_or_else(|| refused("the Authorization header must be 'Bearer <token>'"))?;
         state
             .auth
             .caller(token)
-            .cloned()
             .map(Authenticated)
             .ok_or_else(|| refused("the API token is not valid"))
     }
+}
+
+/// A new random API token: 32 bytes, hex.
+pub fn generate_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
 }
 
 /// True if the request announces a body.
@@ -220,8 +284,8 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(
-            auth.caller("alice-token-0123456789").map(|c| c.principal.as_str()),
-            Some("alice")
+            auth.caller("alice-token-0123456789").map(|c| c.principal.as_str().to_owned()),
+            Some("alice".to_owned())
         );
         assert!(auth.caller("alice-token-012345678").is_none());
         assert!(

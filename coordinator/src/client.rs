@@ -12,7 +12,8 @@ use ferry_protocol::api::{
 };
 use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
 use ferry_protocol::credentials::{AuthScheme, AuthTarget, CredentialInfo, Secret};
-use ferry_protocol::{BitsCode, JobId, NewFile, RequestId};
+use ferry_protocol::principals::{CreatedToken, NewToken, TokenList};
+use ferry_protocol::{BitsCode, JobId, NewFile, RequestId, Role};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -378,6 +379,36 @@ impl Client {
             .text()
             .await
             .map_err(|source| ClientError::Transport { url: url.to_string(), source })
+    }
+
+    /// `POST /v1/tokens`: a token for principal `name` of the cluster (administrators).
+    /// The token is made here, so that a retry after an unknown outcome creates the
+    /// same one.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        roots: Option<Vec<String>>,
+    ) -> Result<CreatedToken, ClientError> {
+        let token = crate::auth::generate_token()
+            .map_err(|e| ClientError::Encode(format!("no randomness for a token: {e}")))?;
+        let new = NewToken { name: name.to_owned(), role, roots, token: Some(token) };
+        self.call(Method::POST, "/v1/tokens", Some(&new), true).await
+    }
+
+    /// `GET /v1/tokens`: the cluster's principals (administrators).
+    pub async fn tokens(&self) -> Result<TokenList, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/tokens", None, false).await
+    }
+
+    /// `DELETE /v1/tokens/{name}`: revokes the token of principal `name` on every member.
+    pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/tokens/{}", urlencode(name));
+        let response = self.send::<()>(Method::DELETE, &path, None, true).await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        decode::<()>(response).await
     }
 
     /// `DELETE /v1/cluster/members/{node}`.

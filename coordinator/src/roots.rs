@@ -7,8 +7,10 @@
 //! when it touches the files (its directory capabilities); this check is the early,
 //! clear answer, not the guard.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ferry_protocol::NewFile;
 use ferry_protocol::command::{Command, PropertyChanges};
@@ -18,10 +20,11 @@ use crate::auth::TokenEntry;
 use crate::problem::ApiError;
 
 /// Each principal's roots.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct LocalRoots {
     own: HashMap<String, Vec<PathBuf>>,
     default: Vec<PathBuf>,
+    directory: Option<Arc<dyn crate::auth::Directory>>,
 }
 
 impl LocalRoots {
@@ -31,19 +34,33 @@ impl LocalRoots {
             .iter()
             .filter_map(|e| e.roots.clone().map(|roots| (e.principal.clone(), roots)))
             .collect();
-        Self { own, default }
+        Self { own, default, directory: None }
     }
 
-    /// The roots of `principal`.
-    pub fn of(&self, principal: &Principal) -> &[PathBuf] {
-        self.own.get(principal.as_str()).unwrap_or(&self.default)
+    /// These roots, with those of the cluster's principals from `directory` for
+    /// principals that no token entry of this node names.
+    pub fn with_directory(mut self, directory: Arc<dyn crate::auth::Directory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// The roots of `principal`: its token entry's, else its own as a principal of the
+    /// cluster, else the node's default.
+    pub fn of(&self, principal: &Principal) -> Cow<'_, [PathBuf]> {
+        if let Some(own) = self.own.get(principal.as_str()) {
+            return Cow::Borrowed(own);
+        }
+        match self.directory.as_ref().and_then(|d| d.entry(principal)).and_then(|(_, r)| r) {
+            Some(roots) => Cow::Owned(roots),
+            None => Cow::Borrowed(&self.default),
+        }
     }
 
     /// Refuses a command naming a local file outside the caller's roots.
     pub fn check(&self, caller: &Caller, command: &Command) -> Result<(), ApiError> {
         let roots = self.of(&caller.principal);
         for path in local_paths(command) {
-            check_path(&caller.principal, roots, path)?;
+            check_path(&caller.principal, &roots, path)?;
         }
         Ok(())
     }
@@ -133,14 +150,18 @@ mod tests {
         let roots = LocalRoots::new(&[alice], vec!["/srv/shared".into()]);
         let alice = caller("alice");
         let bob = caller("bob");
-        assert!(check_path(&alice.principal, roots.of(&alice.principal), "/srv/alice/f").is_ok());
-        assert!(check_path(&alice.principal, roots.of(&alice.principal), "/srv/alice").is_err());
-        assert!(check_path(&alice.principal, roots.of(&alice.principal), "/srv/alicex/f").is_err());
-        assert!(check_path(&alice.principal, roots.of(&alice.principal), "/srv/shared/f").is_err());
-        assert!(check_path(&bob.principal, roots.of(&bob.principal), "/srv/shared/f").is_ok());
+        assert!(check_path(&alice.principal, &roots.of(&alice.principal), "/srv/alice/f").is_ok());
+        assert!(check_path(&alice.principal, &roots.of(&alice.principal), "/srv/alice").is_err());
+        assert!(
+            check_path(&alice.principal, &roots.of(&alice.principal), "/srv/alicex/f").is_err()
+        );
+        assert!(
+            check_path(&alice.principal, &roots.of(&alice.principal), "/srv/shared/f").is_err()
+        );
+        assert!(check_path(&bob.principal, &roots.of(&bob.principal), "/srv/shared/f").is_ok());
         let none = LocalRoots::new(&[], Vec::new());
         let refused =
-            check_path(&bob.principal, none.of(&bob.principal), "/tmp/f").expect_err("no roots");
+            check_path(&bob.principal, &none.of(&bob.principal), "/tmp/f").expect_err("no roots");
         assert_eq!(refused.problem.status, 403);
     }
 }

@@ -40,10 +40,13 @@ async fn serve(
         return Ok(());
     };
     let refuse = |status: u16, detail: String| SubscribeAnswer::Refused { status, detail };
-    let Some(caller) = auth.caller(&request.token).cloned() else {
+    let Some(caller) = auth.caller(&request.token) else {
         let answer = refuse(401, "the API token is not valid".into());
         return bus::write_frame(&mut send, &answer).await;
     };
+    let subscriber = caller.clone();
+    let revoked = auth.revoked(&request.token, &subscriber);
+    tokio::pin!(revoked);
     let mut subscription = match events.subscribe(caller, request.filter, request.from).await {
         Ok(subscription) => subscription,
         Err(e) => {
@@ -57,6 +60,12 @@ async fn serve(
         let delivery = tokio::select! {
             next = subscription.next() => next.map_err(|e| BusError::Stream(e.to_string()))?,
             _ = send.stopped() => return Ok(()),
+            // A revoked token ends its subscriptions: the subscriber's next attempt is
+            // refused.
+            () = &mut revoked => {
+                send.reset(quinn::VarInt::from_u32(1)).ok();
+                return Err(BusError::Stream("the subscription's token was revoked".into()));
+            }
         };
         let Some(delivery) = delivery else {
             let _ = send.finish();

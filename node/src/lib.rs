@@ -19,6 +19,7 @@ mod metrics;
 mod node;
 mod notify;
 mod peer;
+mod principals;
 mod proposer;
 pub mod raft;
 mod replica;

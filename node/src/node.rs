@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::error::{Context as _, Error};
 use actix::Actor;
+use ferry_coordinator::auth::Directory;
 use ferry_coordinator::{ApiState, Auth, Limits, LocalRoots, TokenEntry};
 use ferry_protocol::Role;
 
@@ -62,21 +63,28 @@ pub async fn run(
     let jobs_on_disk = state.read().queue.unfinished_jobs();
     // The databases are locked now: nothing else writes into this directory.
     membership::check(config)?;
-    let (auth, principals) = if settings.auth.is_empty() {
+    // Tokens: the node's own (configured, or generated), then the cluster's principals.
+    let directory: Arc<dyn Directory> =
+        Arc::new(crate::principals::AppliedPrincipals(state.clone()));
+    let (auth, principals, generated) = if settings.auth.is_empty() {
         // The generated admin token is the one-node default's operator: full access.
-        let mut admin = TokenEntry::new(dir.admin_token()?, "admin", Role::Admin);
+        let token = dir.admin_token()?;
+        let mut admin = TokenEntry::new(token.clone(), "admin", Role::Admin);
         admin.roots = Some(vec!["/".into()]);
         let entries = vec![admin];
-        (Arc::new(Auth::new(&entries)?), entries)
+        (Auth::new(&entries)?, entries, Some(token))
     } else {
-        (Arc::new(settings.auth.clone()), config.api.tokens.clone())
+        (settings.auth.clone(), config.api.tokens.clone(), None)
     };
+    let auth = Arc::new(auth.with_directory(directory.clone()));
     let destination_roots = &config.transfer.destination_roots;
     let sandboxes = Arc::new(
         crate::fs::Sandboxes::open(&principals, destination_roots)
-            .context("the principals' roots ([[api.tokens]] roots, transfer.destination_roots)")?,
+            .context("the principals' roots ([[api.tokens]] roots, transfer.destination_roots)")?
+            .with_directory(directory.clone()),
     );
-    let local_roots = Arc::new(LocalRoots::new(&principals, destination_roots.clone()));
+    let local_roots =
+        Arc::new(LocalRoots::new(&principals, destination_roots.clone()).with_directory(directory));
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -137,6 +145,12 @@ pub async fn run(
         &router,
     );
     let handle = cluster.handle().clone();
+    if start.founder
+        && let Some(token) = &generated
+    {
+        let digest = ferry_protocol::principals::digest(token);
+        tokio::spawn(crate::principals::seed_admin(handle.clone(), digest));
+    }
     crate::upload_server::register(&router, dir.path(files::UPLOAD_PIECES));
     let admission = start.admission.map(|(ca, token)| {
         membership::admission_handler(

@@ -4,17 +4,53 @@
 //!
 //! Switching the encoding later (postcard is the planned exit, see rust-stack.md §5)
 //! touches only this file: bump [`FORMAT_VERSION`] and keep a decoder for the old one.
+//!
+//! # Versions and upgrades
+//! The version byte names the layout of the value behind it. A format change that only
+//! appends (a new enum variant last, a new table, a new trailing section of a snapshot
+//! file) leaves every older value readable as it is: the build reads each version from
+//! [`OLDEST_READABLE_VERSION`] to [`FORMAT_VERSION`], so a data directory of the
+//! previous format opens and its rows are rewritten in the new one as they change
+//! (`tests/fixtures/format-N` holds one per format; the upgrade test opens them).
+//!
+//! A value is written with the oldest version that has its layout: only values that
+//! contain something new (see [`needs_version`]) carry the new byte. So during a
+//! rolling upgrade the members still on the previous build read everything the
+//! upgraded ones write, except the new kinds of values, which arrive only once an
+//! operator uses the new feature (docs/operations.md, "Upgrading"). A change that is not
+//! append-only must bump [`OLDEST_READABLE_VERSION`] too, or keep a decoder for the old
+//! layout here.
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The version byte written in front of every encoded value. Version 2 (the download
+/// The newest version this build writes (and reads). Version 2 (the download
 /// engine: runs, chunks, credentials) does not read version 1 data: no release shipped it.
 /// Version 4 added the upload client's state to jobs and back-end outcomes to upload
 /// sessions; version 5 the jobs' helper cap; version 6 the peer cache and fleets;
-/// version 7 the remote file's declared SHA-256.
-pub const FORMAT_VERSION: u8 = 8;
+/// version 7 the remote file's declared SHA-256; version 9 the cluster's principals
+/// (their commands and rows: append-only, so version 8 values read as they are).
+pub const FORMAT_VERSION: u8 = 9;
+
+/// The oldest version this build reads: data written by builds of this format onwards
+/// opens without conversion.
+pub const OLDEST_READABLE_VERSION: u8 = 8;
+
+/// The version a value is written with when it contains nothing newer.
+const BASE_WRITE_VERSION: u8 = OLDEST_READABLE_VERSION;
+
+thread_local! {
+    /// The newest layout the value being encoded on this thread uses.
+    static NEEDED: std::cell::Cell<u8> = const { std::cell::Cell::new(BASE_WRITE_VERSION) };
+}
+
+/// Called by the `Serialize` impl of a type that appeared in format `version`: the
+/// value being encoded is written with at least that version byte, so a build that
+/// cannot read it refuses it as an unknown version instead of misreading it.
+pub fn needs_version(version: u8) {
+    NEEDED.with(|needed| needed.set(needed.get().max(version)));
+}
 
 /// Largest value [`decode`] accepts: control messages, log entries, stored rows.
 pub const FRAME_LIMIT: usize = 16 * 1024 * 1024;
@@ -38,7 +74,9 @@ pub enum CodecError {
         limit: usize,
     },
     /// The version byte is not one this build reads.
-    #[error("unknown format version {0} (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "unknown format version {0} (this build reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
+    )]
     UnknownVersion(u8),
     /// The bytes after the version do not form a value of the expected type.
     #[error("malformed input: {0}")]
@@ -58,9 +96,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 fn encode_within<T: Serialize + ?Sized>(value: &T, limit: usize) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, FRAME)
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let mut out = vec![BASE_WRITE_VERSION];
+    let outer = NEEDED.with(|needed| needed.replace(BASE_WRITE_VERSION));
+    let written = bincode::serde::encode_into_std_write(value, &mut out, FRAME);
+    out[0] = NEEDED.with(|needed| needed.replace(outer));
+    written.map_err(|e| CodecError::Encode(e.to_string()))?;
     if out.len() > limit.saturating_add(1) {
         return Err(CodecError::TooLarge { len: out.len(), limit });
     }
@@ -79,7 +119,9 @@ fn body(bytes: &[u8], limit: usize) -> Result<&[u8], CodecError> {
     }
     match bytes.split_first() {
         None => Err(CodecError::Empty),
-        Some((&FORMAT_VERSION, body)) => Ok(body),
+        Some((version, body)) if (OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(version) => {
+            Ok(body)
+        }
         Some((&other, _)) => Err(CodecError::UnknownVersion(other)),
     }
 }
@@ -108,11 +150,32 @@ mod tests {
     #[test]
     fn version_byte_leads_and_is_checked() {
         let bytes = encode(&"hello".to_string()).expect("encode");
-        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(bytes[0], OLDEST_READABLE_VERSION, "nothing new: the oldest layout");
+        let mut newest = bytes.clone();
+        newest[0] = FORMAT_VERSION;
+        assert_eq!(decode::<String>(&newest).expect("every readable version"), "hello");
         let mut wrong = bytes.clone();
         wrong[0] = 99;
         assert!(matches!(decode::<String>(&wrong), Err(CodecError::UnknownVersion(99))));
         assert!(matches!(decode::<String>(&[]), Err(CodecError::Empty)));
+    }
+
+    /// A type of a newer format.
+    struct Newer;
+
+    impl Serialize for Newer {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            needs_version(FORMAT_VERSION);
+            serializer.serialize_u8(1)
+        }
+    }
+
+    #[test]
+    fn a_value_holding_something_newer_carries_the_newer_version() {
+        assert_eq!(encode(&(7u32, Newer)).expect("encode")[0], FORMAT_VERSION);
+        assert_eq!(encode(&Some(Newer)).expect("encode")[0], FORMAT_VERSION);
+        // The mark belongs to one value: the next one is written as before.
+        assert_eq!(encode(&(7u32, None::<Newer>)).expect("encode")[0], OLDEST_READABLE_VERSION);
     }
 
     #[test]

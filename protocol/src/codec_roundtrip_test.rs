@@ -367,7 +367,7 @@ proptest! {
 
     #[test]
     fn images_round_trip(jobs in proptest::collection::vec(job(), 0..4), policy in policy(), clock in any::<u64>(), seq in any::<u64>()) {
-        round_trip(&QueueImage { meta: QueueMeta { policy, clock: Timestamp(clock), seq, batches: seq / 2, last_node_id: seq }, jobs, requests: vec![], uploads: vec![] })?;
+        round_trip(&QueueImage { meta: QueueMeta { policy, clock: Timestamp(clock), seq, batches: seq / 2, last_node_id: seq }, jobs, requests: vec![], uploads: vec![], principals: vec![] })?;
     }
 
     /// Arbitrary bytes never panic the decoder.

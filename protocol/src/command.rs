@@ -145,6 +145,9 @@ pub enum Command {
         /// What happened, applied in order, all or nothing.
         reports: Vec<EngineReport>,
     },
+    /// Create or revoke a token of the cluster's principals (format 9; appended last so
+    /// that every earlier variant keeps its number).
+    Principals(crate::principals::PrincipalCommand),
 }
 
 /// The state-changing job calls of `IBackgroundCopyJob`.

@@ -19,6 +19,7 @@ pub mod job;
 pub mod limits;
 pub mod peer;
 pub mod peer_cache;
+pub mod principals;
 pub mod queue;
 pub mod state;
 pub mod time;

@@ -81,6 +81,10 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
         | Command::AllocateNodeId { .. }
         | Command::WithdrawPeerCopy { .. }
         | Command::Upload(_) => Ok(()),
+        Command::Principals(crate::principals::PrincipalCommand::Create { roots, .. }) => {
+            crate::principals::check_roots(roots.as_deref())
+        }
+        Command::Principals(_) => Ok(()),
         Command::SetCredentials { credential, .. } => {
             credential.scheme.supported()?;
             if credential.sealed.len() > 2 * crate::credentials::MAX_PASSWORD_CHARS * 4 {

@@ -15,7 +15,7 @@ use utoipa::IntoParams;
 
 use super::ApiState;
 use crate::auth::Authenticated;
-use crate::cluster::{EventStream, SubscribeError};
+use crate::cluster::SubscribeError;
 use crate::problem::ApiError;
 
 /// Which events, from where.
@@ -86,11 +86,22 @@ pub(super) async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let (filter, from) = query.parse(&headers)?;
+    // The stream ends when its token is revoked in the cluster.
+    let token = crate::auth::bearer(&headers).unwrap_or_default().to_owned();
+    let (auth, subscriber) = (state.auth.clone(), caller.clone());
+    let revoked: RevokedWatch = Box::pin(async move { auth.revoked(&token, &subscriber).await });
     let stream = state.cluster.subscribe(caller, filter, from).await.map_err(refusal)?;
-    let events = futures_util::stream::unfold(Some(stream), |stream| async move {
-        let mut stream: Box<dyn EventStream> = stream?;
-        match stream.next().await {
-            Ok(Some(delivery)) => Some((Ok(sse(&delivery)), Some(stream))),
+    let events = futures_util::stream::unfold(Some((stream, revoked)), |open| async move {
+        let (mut stream, mut revoked) = open?;
+        let next = tokio::select! {
+            next = stream.next() => next,
+            () = &mut revoked => {
+                let why = "the token of this subscription was revoked";
+                return Some((Ok(SseEvent::default().event("error").data(why)), None));
+            }
+        };
+        match next {
+            Ok(Some(delivery)) => Some((Ok(sse(&delivery)), Some((stream, revoked)))),
             Ok(None) => None,
             // Say why the stream ends; the client resumes from its last id.
             Err(e) => Some((Ok(SseEvent::default().event("error").data(e.to_string())), None)),
@@ -98,6 +109,9 @@ pub(super) async fn events(
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
+
+/// Resolves when the subscriber's token stops authenticating it.
+type RevokedWatch = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 fn sse(delivery: &Delivery) -> SseEvent {
     match delivery {

@@ -9,6 +9,7 @@ mod files;
 mod fleets;
 mod jobs;
 mod system;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -85,6 +86,8 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(system::describe_error))
         .routes(routes!(system::cluster_status))
         .routes(routes!(system::remove_member))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_token))
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
         .routes(routes!(events::events))

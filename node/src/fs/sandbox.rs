@@ -39,6 +39,18 @@ pub(crate) struct Sandbox {
     admin: bool,
 }
 
+/// A sandbox of a principal of the cluster, with what it was opened for.
+type ClusterSandbox = ((Role, Option<Vec<PathBuf>>), Arc<Sandbox>);
+
+/// Opens a root directory.
+fn open_root(path: &Path) -> io::Result<Arc<Root>> {
+    let real = path.canonicalize().map_err(|e| {
+        io::Error::new(e.kind(), format!("the root {} cannot be used: {e}", path.display()))
+    })?;
+    let dir = Dir::open_root(&real)?;
+    Ok(Arc::new(Root { configured: path.to_path_buf(), real, dir }))
+}
+
 /// A file's place: its opened parent directory and its name there.
 pub(crate) struct Place {
     /// The parent directory.
@@ -165,6 +177,11 @@ impl Sandbox {
 pub(crate) struct Sandboxes {
     by_principal: HashMap<String, Arc<Sandbox>>,
     default_roots: Vec<Arc<Root>>,
+    /// The cluster's principals, for owners no token entry of this node names.
+    directory: Option<Arc<dyn ferry_coordinator::auth::Directory>>,
+    /// Their sandboxes, opened on first use, with the role and roots they were opened
+    /// for (a principal made again with other roots gets a new one).
+    cluster_sandboxes: Mutex<HashMap<String, ClusterSandbox>>,
     /// Device and inode of every temporary file this process created or verified,
     /// by path: a reopen must find the same file.
     known_temps: Mutex<HashMap<PathBuf, (u64, u64)>>,
@@ -182,11 +199,7 @@ impl Sandboxes {
             if let Some(root) = opened.get(path) {
                 return Ok(root.clone());
             }
-            let real = path.canonicalize().map_err(|e| {
-                io::Error::new(e.kind(), format!("the root {} cannot be used: {e}", path.display()))
-            })?;
-            let dir = Dir::open_root(&real)?;
-            let root = Arc::new(Root { configured: path.clone(), real, dir });
+            let root = open_root(path)?;
             opened.insert(path.clone(), root.clone());
             Ok(root)
         };
@@ -222,21 +235,66 @@ impl Sandboxes {
         Ok(Self {
             by_principal,
             default_roots: default,
+            directory: None,
+            cluster_sandboxes: Mutex::default(),
             known_temps: Mutex::default(),
             sealed_temps: Mutex::default(),
         })
     }
 
-    /// The sandbox of the principal owning a job.
+    /// These sandboxes, with those of the cluster's principals from `directory`.
+    pub(crate) fn with_directory(
+        mut self,
+        directory: Arc<dyn ferry_coordinator::auth::Directory>,
+    ) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// The sandbox of the principal owning a job: its token entry's on this node, else
+    /// its own as a principal of the cluster (no OS identity: those are per machine),
+    /// else the node's default roots, as a user.
     pub(crate) fn of(&self, owner: &Principal) -> Arc<Sandbox> {
-        self.by_principal.get(owner.as_str()).cloned().unwrap_or_else(|| {
+        if let Some(sandbox) = self.by_principal.get(owner.as_str()) {
+            return sandbox.clone();
+        }
+        let default = || {
             Arc::new(Sandbox {
                 principal: owner.as_str().to_owned(),
                 roots: self.default_roots.clone(),
                 identity: None,
                 admin: false,
             })
-        })
+        };
+        let Some(entry) = self.directory.as_ref().and_then(|d| d.entry(owner)) else {
+            return default();
+        };
+        let mut cache = lock(&self.cluster_sandboxes);
+        if let Some((opened_for, sandbox)) = cache.get(owner.as_str())
+            && *opened_for == entry
+        {
+            return sandbox.clone();
+        }
+        let roots = match &entry.1 {
+            // A root missing on this node is left out: paths beneath it are refused.
+            Some(list) => list
+                .iter()
+                .filter_map(|path| {
+                    open_root(path)
+                        .inspect_err(|e| tracing::warn!(principal = %owner, error = %e, "a root of a principal of the cluster cannot be opened on this node"))
+                        .ok()
+                })
+                .collect(),
+            None => self.default_roots.clone(),
+        };
+        let sandbox = Arc::new(Sandbox {
+            principal: owner.as_str().to_owned(),
+            roots,
+            identity: None,
+            admin: entry.0 == Role::Admin,
+        });
+        cache.insert(owner.as_str().to_owned(), (entry, sandbox.clone()));
+        sandbox
     }
 
     /// Remembers the identity of a temporary file.

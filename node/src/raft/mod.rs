@@ -279,6 +279,8 @@ const JOBS: redb::TableDefinition<'_, u128, &[u8]> = redb::TableDefinition::new(
 const REQUESTS: redb::TableDefinition<'_, &[u8], &[u8]> = redb::TableDefinition::new("requests");
 /// The state database's upload sessions (session id -> encoded session).
 const UPLOADS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("uploads");
+/// The state database's principals (name -> encoded record; format 9, absent before).
+const PRINCIPALS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("principals");
 
 /// Encodes `value` and stores it under `key` in `db`'s meta table, in a transaction of
 /// its own with `durability`.

@@ -3,15 +3,18 @@
 //! chunks read from and written to these files).
 //!
 //! A file is a header frame ([`Header`]: queue scalars and row counts), then one frame per
-//! job row, then two per request row (key, record), then one per upload session. A frame is a 4-byte big-endian length
+//! job row, then two per request row (key, record), then one per upload session, then
+//! (format 9, only when there are any) a frame with the number of principals and one
+//! frame per principal: a file of format 8 ends after the uploads. A frame is a 4-byte big-endian length
 //! and a `ferry_protocol::codec` value; rows are copied as stored, and checked by
 //! decoding when loaded.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufRead as _, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use ferry_protocol::Job;
 use ferry_protocol::codec;
+use ferry_protocol::principals::PrincipalRecord;
 use ferry_protocol::queue::{QueueImage, QueueMeta, RequestKey, RequestRecord, UploadSession};
 use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
@@ -149,6 +152,17 @@ pub(crate) fn write(
         let (_, value) = row.map_err(redb::Error::from)?;
         write_frame(&mut out, value.value())?;
     }
+    // Written only when there are principals, so that members still on format 8 (which
+    // expect the file to end here) install snapshots until the feature is used.
+    let principals = txn.open_table(super::PRINCIPALS).map_err(redb::Error::from)?;
+    let count = principals.len().map_err(redb::Error::from)?;
+    if count > 0 {
+        write_frame(&mut out, &codec::encode(&count)?)?;
+        for row in principals.iter().map_err(redb::Error::from)? {
+            let (_, value) = row.map_err(redb::Error::from)?;
+            write_frame(&mut out, value.value())?;
+        }
+    }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(file.metadata()?.len())
@@ -189,6 +203,18 @@ pub(crate) fn load(
         let session: UploadSession = codec::decode(&buf)?;
         uploads.insert(session.id.as_str(), buf.as_slice()).map_err(redb::Error::from)?;
         image.uploads.push(session);
+    }
+    drop(uploads);
+    if !input.fill_buf()?.is_empty() {
+        read_frame(&mut input, &mut buf)?;
+        let count: u64 = codec::decode(&buf)?;
+        let mut principals = txn.open_table(super::PRINCIPALS).map_err(redb::Error::from)?;
+        for _ in 0..count {
+            read_frame(&mut input, &mut buf)?;
+            let record: PrincipalRecord = codec::decode(&buf)?;
+            principals.insert(record.name.as_str(), buf.as_slice()).map_err(redb::Error::from)?;
+            image.principals.push(record);
+        }
     }
     if input.read(&mut [0u8; 1])? != 0 {
         return Err(SnapshotFileError::Damaged("bytes after the last row".into()));

@@ -24,8 +24,8 @@ use crate::feed::ChangeFeed;
 
 use super::snapshot_file::{self, SnapshotDir};
 use super::{
-    JOBS, LogId, META, NodeAddr, PurgeFloor, REQUESTS, StorageError, StoredMembership, TypeConfig,
-    UPLOADS, blocking, io_error, open_database,
+    JOBS, LogId, META, NodeAddr, PRINCIPALS, PurgeFloor, REQUESTS, StorageError, StoredMembership,
+    TypeConfig, UPLOADS, blocking, io_error, open_database,
 };
 
 const APPLIED: &str = "applied";
@@ -83,6 +83,10 @@ fn read_state(
         let (_, value) = row.map_err(read_err)?;
         image.uploads.push(codec::decode(value.value()).map_err(read_err)?);
     }
+    for row in txn.open_table(PRINCIPALS).map_err(read_err)?.iter().map_err(read_err)? {
+        let (_, value) = row.map_err(read_err)?;
+        image.principals.push(codec::decode(value.value()).map_err(read_err)?);
+    }
     Ok((image, applied, membership))
 }
 
@@ -135,6 +139,7 @@ struct Rows {
     jobs: Vec<(u128, Option<Vec<u8>>)>,
     requests: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     uploads: Vec<(String, Option<Vec<u8>>)>,
+    principals: Vec<(String, Vec<u8>)>,
     meta: Vec<(&'static str, Vec<u8>)>,
     /// The applied entries' events, encoded, in cursor order.
     events: Vec<(EventCursor, Vec<u8>)>,
@@ -162,6 +167,12 @@ impl Rows {
                 .transpose()
                 .map_err(write_err)?;
             rows.uploads.push((id, value));
+        }
+        for name in changes.principals {
+            if let Some(record) = machine.queue.principals().get(&name) {
+                let value = codec::encode(record).map_err(write_err)?;
+                rows.principals.push((name.as_str().to_owned(), value));
+            }
         }
         rows.meta.push((APPLIED, codec::encode(&machine.applied).map_err(write_err)?));
         rows.meta.push((MEMBERSHIP, codec::encode(&machine.membership).map_err(write_err)?));
@@ -203,6 +214,10 @@ impl Rows {
                 }
                 .map_err(write_err)?;
             }
+            let mut principals = txn.open_table(PRINCIPALS).map_err(write_err)?;
+            for (key, bytes) in &self.principals {
+                principals.insert(key.as_str(), bytes.as_slice()).map_err(write_err)?;
+            }
             let mut meta = txn.open_table(META).map_err(write_err)?;
             for (key, bytes) in &self.meta {
                 meta.insert(*key, bytes.as_slice()).map_err(write_err)?;
@@ -237,6 +252,8 @@ impl StateMachineStore {
         txn.open_table(JOBS).map_err(write_err)?;
         txn.open_table(REQUESTS).map_err(write_err)?;
         txn.open_table(UPLOADS).map_err(write_err)?;
+        // Absent from data directories of format 8: created empty on their first start.
+        txn.open_table(PRINCIPALS).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;
         txn.open_table(events::EVENTS).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
@@ -351,6 +368,7 @@ impl StateMachineStore {
             txn.delete_table(JOBS).map_err(write_err)?;
             txn.delete_table(REQUESTS).map_err(write_err)?;
             txn.delete_table(UPLOADS).map_err(write_err)?;
+            txn.delete_table(PRINCIPALS).map_err(write_err)?;
             // The events the snapshot skips over were never seen here: the history
             // starts again after it, and older cursors get a gap.
             txn.delete_table(events::EVENTS).map_err(write_err)?;

@@ -119,7 +119,7 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The caller, from `Authorization: Bearer TOKEN` or Basic with the token as password
 /// (what BITS clients send).
 fn caller(auth: &Auth, headers: &HeaderMap) -> Option<Caller> {
-    auth.caller_of(headers).cloned()
+    auth.caller_of(headers)
 }
 
 async fn handle(

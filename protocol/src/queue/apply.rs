@@ -100,6 +100,11 @@ impl Queue {
             Command::Engine { job, run, reports } => {
                 self.engine_reports(caller, *job, *run, reports)
             }
+            Command::Principals(command) => {
+                let (result, changed) = self.principals.apply(caller, command, self.meta.clock);
+                self.changes.principals.extend(changed);
+                result
+            }
             Command::SetCredentials { job, credential } => {
                 let mut job = self.accessible(caller, *job)?.clone();
                 check(&job, Operation::SetProperties, None)?;

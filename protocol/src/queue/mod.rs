@@ -95,6 +95,8 @@ pub struct QueueImage {
     pub requests: Vec<(RequestKey, RequestRecord)>,
     /// Every open upload session.
     pub uploads: Vec<UploadSession>,
+    /// The cluster's principals (format 9; none in older data).
+    pub principals: Vec<crate::principals::PrincipalRecord>,
 }
 
 /// What an apply touched, for the node to persist.
@@ -106,6 +108,8 @@ pub struct Changes {
     pub requests: BTreeSet<RequestKey>,
     /// Upload sessions written or removed, likewise.
     pub uploads: BTreeSet<String>,
+    /// Principals written (they are never removed).
+    pub principals: BTreeSet<Principal>,
 }
 
 /// The job queue.
@@ -135,6 +139,8 @@ pub struct Queue {
     content: BTreeMap<ContentKey, BTreeSet<(JobId, u32)>>,
     /// Fleet members' jobs, by fleet and member position (derived from the jobs).
     fleets: BTreeMap<JobId, BTreeMap<u32, JobId>>,
+    /// The cluster's principals and their token digests.
+    principals: crate::principals::Principals,
     changes: Changes,
     /// Events produced since the last [`Queue::take_events`], in order.
     events: Vec<JobEvent>,
@@ -160,6 +166,7 @@ impl Queue {
         for session in image.uploads {
             queue.uploads.insert(session.id.clone(), session);
         }
+        queue.principals = crate::principals::Principals::from_records(image.principals);
         queue
     }
 
@@ -170,6 +177,7 @@ impl Queue {
             jobs: self.jobs.values().cloned().collect(),
             requests: self.requests.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
             uploads: self.uploads.values().cloned().collect(),
+            principals: self.principals.records().cloned().collect(),
         }
     }
 
@@ -202,6 +210,11 @@ impl Queue {
     /// Every job, in id order.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values()
+    }
+
+    /// The cluster's principals.
+    pub fn principals(&self) -> &crate::principals::Principals {
+        &self.principals
     }
 
     /// A remembered request.
