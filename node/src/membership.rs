@@ -37,8 +37,11 @@ pub(crate) struct Start {
     pub(crate) identity: NodeIdentity,
     /// The bound peer (QUIC) socket.
     pub(crate) socket: UdpSocket,
-    /// The peer address other members dial (`peer.advertise`).
-    pub(crate) peer_addr: SocketAddr,
+    /// The peer address other members dial (`peer.advertise`): an address, or a name
+    /// they resolve.
+    pub(crate) peer_addr: String,
+    /// What it resolved to at start.
+    pub(crate) peer_ip: SocketAddr,
     /// True when this start founded the cluster (it must bootstrap Raft).
     pub(crate) founder: bool,
     /// The CA and join token, with which this node admits new nodes.
@@ -53,7 +56,7 @@ pub(crate) async fn establish(
 ) -> crate::error::Result<Start> {
     let socket = UdpSocket::bind(config.peer.listen)
         .with_context(|| format!("cannot listen on {}/udp", config.peer.listen))?;
-    let peer_addr = advertised(&config.peer, socket.local_addr()?).await?;
+    let (peer_addr, peer_ip) = advertised(&config.peer, socket.local_addr()?).await?;
     let root = dir.root();
     let known_id = read_id(&root.join(crate::data_dir::files::NODE_ID))?;
     if let Some(id) = known_id
@@ -64,6 +67,7 @@ pub(crate) async fn establish(
             identity,
             socket,
             peer_addr,
+            peer_ip,
             founder: false,
             admission: admission(root)?,
         });
@@ -79,8 +83,8 @@ pub(crate) async fn establish(
         let request = JoinRequest {
             secret: token.secret.clone(),
             public_key: key.public_key_raw().to_vec(),
-            peer_addr: peer_addr.to_string(),
-            api_addr: advertised_api(api_addr, peer_addr).to_string(),
+            peer_addr: peer_addr.clone(),
+            api_addr: advertised_api(api_addr, peer_ip).to_string(),
         };
         let bootstrap = config.cluster.bootstrap;
         let patience = Duration::from_secs(if bootstrap {
@@ -88,8 +92,8 @@ pub(crate) async fn establish(
         } else {
             config.cluster.join_patience_secs
         });
-        match join_any(&config.cluster.join, &token, &request, patience).await {
-            Ok(answer) => return joined(dir, answer, &token, key, socket, peer_addr),
+        match join_any(&config.cluster.join, &token, &request, peer_ip, patience).await {
+            Ok(answer) => return joined(dir, answer, &token, key, socket, (peer_addr, peer_ip)),
             // Nobody admitted this node: it founds the cluster below.
             Err(Error::Unavailable(why)) if bootstrap => {
                 tracing::info!(%why, "no member admitted this node; it founds the cluster");
@@ -118,7 +122,15 @@ pub(crate) async fn establish(
     dir.node_id(node_id)?;
     write_private(&root.join(JOIN_TOKEN_FILE), format!("{token}\n").as_bytes())?;
     tracing::info!(node_id, ca = %ca.fingerprint(), token_file = %root.join(JOIN_TOKEN_FILE).display(), "founded a new cluster; other nodes join with --join {peer_addr} --join-token <the token in token_file>");
-    Ok(Start { node_id, identity, socket, peer_addr, founder: true, admission: Some((ca, token)) })
+    Ok(Start {
+        node_id,
+        identity,
+        socket,
+        peer_addr,
+        peer_ip,
+        founder: true,
+        admission: Some((ca, token)),
+    })
 }
 
 /// Takes the identity a member handed out: certificate, CA, the cluster's secret key
@@ -129,7 +141,7 @@ fn joined(
     token: &JoinToken,
     key: rcgen::KeyPair,
     socket: UdpSocket,
-    peer_addr: SocketAddr,
+    (peer_addr, peer_ip): (String, SocketAddr),
 ) -> crate::error::Result<Start> {
     let root = dir.root();
     if answer.secret_key.len() != ferry_coordinator::secrets::KEY_LEN {
@@ -157,6 +169,7 @@ fn joined(
         identity,
         socket,
         peer_addr,
+        peer_ip,
         founder: false,
         admission: Some((ca, token)),
     })
@@ -215,12 +228,14 @@ fn read_identity(dir: &Path) -> crate::error::Result<(ClusterCa, JoinToken)> {
     Ok((ca, token))
 }
 
-/// The peer address other members dial (see `peer.advertise`).
+/// The peer address other members dial (see `peer.advertise`) and what it resolves to
+/// now: a name given in `peer.advertise` is announced as the name, which members
+/// resolve when they call, so that it may move.
 async fn advertised(
     config: &crate::config::PeerConfig,
     local: SocketAddr,
-) -> crate::error::Result<SocketAddr> {
-    let (host, port) = match &config.advertise {
+) -> crate::error::Result<(String, SocketAddr)> {
+    let (host, port, named) = match &config.advertise {
         Some(advertise) => {
             let (host, port) = advertise.rsplit_once(':').ok_or_else(|| {
                 Error::Config(format!("peer.advertise {advertise:?} is not host:port"))
@@ -228,13 +243,18 @@ async fn advertised(
             let port = port.parse::<u16>().map_err(|_| {
                 Error::Config(format!("peer.advertise {advertise:?} has no valid port"))
             })?;
-            (host.trim_matches(['[', ']']).to_string(), port)
+            let host = host.trim_matches(['[', ']']).to_string();
+            if host.is_empty() {
+                return Err(Error::Config(format!("peer.advertise {advertise:?} names no host")));
+            }
+            let named = host.parse::<std::net::IpAddr>().is_err();
+            (host, port, named)
         }
-        None if !local.ip().is_unspecified() => return Ok(local),
+        None if !local.ip().is_unspecified() => return Ok((local.to_string(), local)),
         None => {
             let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .context("peer.listen is a wildcard address and this host's name is unknown: set peer.advertise")?;
-            (name.trim().to_string(), local.port())
+            (name.trim().to_string(), local.port(), false)
         }
     };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -242,12 +262,28 @@ async fn advertised(
         .with_context(|| format!("cannot resolve {host} (peer.advertise)"))?
         .collect();
     // The first address that is not loopback, unless the name means loopback only.
-    addrs
-        .iter()
-        .find(|a| !a.ip().is_loopback())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| Error::Config(format!("{host} resolves to no address (peer.advertise)")))
+    let ip =
+        addrs.iter().find(|a| !a.ip().is_loopback()).or(addrs.first()).copied().ok_or_else(
+            || Error::Config(format!("{host} resolves to no address (peer.advertise)")),
+        )?;
+    let announced = if named { format!("{host}:{port}") } else { ip.to_string() };
+    Ok((announced, ip))
+}
+
+/// Checks a peer address a joining node announces: an address, or `name:port`.
+fn check_peer_addr(addr: &str) -> Result<(), JoinRefusal> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || JoinRefusal::BadRequest("the peer address is not an address or name:port".into());
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !name_ok || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// The API address announced to the other members: the bound one, or with a wildcard
@@ -262,13 +298,13 @@ async fn join_any(
     seeds: &[String],
     token: &JoinToken,
     request: &JoinRequest,
+    me: SocketAddr,
     patience: Duration,
 ) -> crate::error::Result<JoinAnswer> {
     if seeds.is_empty() {
         return Err(Error::Config("no --join address given".to_string()));
     }
     // Every node may be given the same seed list: a node does not ask itself.
-    let me: Option<SocketAddr> = request.peer_addr.parse().ok();
     with_patience(patience, || async {
         let mut last = None;
         for seed in seeds {
@@ -281,7 +317,7 @@ async fn join_any(
                     continue;
                 }
             };
-            for addr in addrs.into_iter().filter(|a| Some(*a) != me) {
+            for addr in addrs.into_iter().filter(|a| *a != me) {
                 match request_join(addr, token, request).await {
                     Ok(answer) => return Ok(answer),
                     Err(e) if !e.is_transient() => return Err(e),
@@ -397,10 +433,8 @@ impl Admit {
         if request.public_key.len() != 65 || request.public_key[0] != 4 {
             return Err(BadRequest("the public key is not an uncompressed P-256 point".into()));
         }
-        let peer_addr: SocketAddr = request
-            .peer_addr
-            .parse()
-            .map_err(|_| BadRequest("the peer address is not an address".into()))?;
+        check_peer_addr(&request.peer_addr)?;
+        let peer_addr = request.peer_addr.clone();
         let _serial = self.lock.lock().await;
         let node_id = self.next_node_id().await.map_err(|e| Busy(e.to_string()))?;
         let cert =
@@ -476,19 +510,31 @@ mod tests {
         use crate::config::PeerConfig;
         let bound: SocketAddr = "127.0.0.9:7171".parse().expect("address");
         let plain = PeerConfig { listen: bound, advertise: None };
-        assert_eq!(advertised(&plain, bound).await.expect("listen address"), bound);
+        let (announced, ip) = advertised(&plain, bound).await.expect("listen address");
+        assert_eq!((announced.as_str(), ip), ("127.0.0.9:7171", bound));
+        // A name is announced as the name (members resolve it when they call).
         let named = PeerConfig { advertise: Some("localhost:7200".into()), ..plain.clone() };
-        let addr = advertised(&named, bound).await.expect("a name that resolves");
-        assert_eq!((addr.ip().is_loopback(), addr.port()), (true, 7200));
+        let (announced, ip) = advertised(&named, bound).await.expect("a name that resolves");
+        assert_eq!(announced, "localhost:7200");
+        assert_eq!((ip.ip().is_loopback(), ip.port()), (true, 7200));
+        let literal = PeerConfig { advertise: Some("[::1]:7300".into()), ..plain.clone() };
+        assert_eq!(advertised(&literal, bound).await.expect("an address").0, "[::1]:7300");
         let wildcard: SocketAddr = "0.0.0.0:7171".parse().expect("address");
         let host = PeerConfig { listen: wildcard, advertise: None };
-        let addr = advertised(&host, wildcard).await.expect("this host's name resolves");
-        assert!(!addr.ip().is_unspecified() && addr.port() == 7171, "{addr}");
-        assert_eq!(advertised_api("0.0.0.0:7070".parse().expect("a"), addr).ip(), addr.ip());
-        for bad in ["no-port", "host:port", "[::1]:99999"] {
+        let (announced, ip) = advertised(&host, wildcard).await.expect("this host's name");
+        assert!(!ip.ip().is_unspecified() && ip.port() == 7171, "{ip}");
+        assert_eq!(announced, ip.to_string());
+        assert_eq!(advertised_api("0.0.0.0:7070".parse().expect("a"), ip).ip(), ip.ip());
+        for bad in ["no-port", "host:port", "[::1]:99999", ":7000"] {
             let config = PeerConfig { advertise: Some(bad.into()), ..plain.clone() };
             let error = advertised(&config, bound).await.expect_err(bad).to_string();
             assert!(error.contains("peer.advertise"), "{bad}: {error}");
+        }
+        for good in ["10.0.0.1:7071", "ferry-0.ferry-peers.ns.svc:7071", "[::1]:7071"] {
+            assert!(check_peer_addr(good).is_ok(), "{good}");
+        }
+        for bad in ["ferry-0", "a b:7071", "x:70000", ":7071", "evil/name:1"] {
+            assert!(check_peer_addr(bad).is_err(), "{bad}");
         }
     }
 

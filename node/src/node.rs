@@ -108,8 +108,8 @@ pub async fn run(
         crate::api_server::ServerSettings::new(&config.api, dir.root(), node_id, api_addr)?;
     let endpoint = PeerEndpoint::from_socket(start.socket, &start.identity)?;
     let bound_peer_addr = endpoint.local_addr()?;
-    let peer_addr = start.peer_addr;
-    let announced_api = membership::advertised_api(api_addr, peer_addr);
+    let peer_addr = start.peer_addr.clone();
+    let announced_api = membership::advertised_api(api_addr, start.peer_ip);
     let raft_config = raft::raft_config(&settings.raft)?;
     // Every subsystem registers the peer requests it serves on this router.
     let router = Arc::new(Router::default());
@@ -121,7 +121,7 @@ pub async fn run(
     raft::serve_raft(&raft, &router);
     tokio::spawn(track_addresses(raft.clone(), book));
     if start.founder && !raft.is_initialized().await? {
-        let me = NodeAddr { api_addr: announced_api.to_string(), peer_addr: peer_addr.to_string() };
+        let me = NodeAddr { api_addr: announced_api.to_string(), peer_addr: peer_addr.clone() };
         raft.initialize(BTreeMap::from([(node_id, me)])).await?;
         tracing::info!(node_id, "bootstrapped a new one-node cluster");
     }
@@ -164,7 +164,7 @@ pub async fn run(
     });
     let events = crate::bus::handler(state.events().clone(), auth.clone(), node_id);
     let peer_server = endpoint.serve(router.handler(), admission, Some(events));
-    let me = NodeAddr { api_addr: announced_api.to_string(), peer_addr: peer_addr.to_string() };
+    let me = NodeAddr { api_addr: announced_api.to_string(), peer_addr: peer_addr.clone() };
     tokio::spawn({
         let (membership, me) = (cluster.membership(), me.clone());
         async move { membership.announce_address(me).await }

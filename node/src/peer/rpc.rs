@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_coordinator::{BoxFuture, ClusterError};
 use ferry_protocol::NodeId;
@@ -124,23 +124,54 @@ fn refusal(error: RemoteError) -> Served {
 
 /// The members' current peer addresses, kept up to date from the membership (see
 /// `node.rs`): calls look the address up each time, so a member that restarted on
-/// another port is reached there.
+/// another port is reached there. An address may be a DNS name (`peer.advertise`):
+/// it is resolved when called, and again once [`RESOLVED_FOR`] has passed, so a member
+/// whose name now points elsewhere (a rescheduled pod) is found there.
 #[derive(Default)]
 pub(crate) struct AddressBook {
-    addrs: RwLock<HashMap<NodeId, SocketAddr>>,
+    addrs: RwLock<HashMap<NodeId, String>>,
+    resolved: RwLock<HashMap<String, (SocketAddr, Instant)>>,
 }
 
+/// How long a resolved name is used before it is resolved again.
+const RESOLVED_FOR: Duration = Duration::from_secs(5);
+/// Longest wait for a name's resolution.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl AddressBook {
-    /// Records the addresses of the membership's nodes (unparsable ones are left out).
+    /// Records the addresses of the membership's nodes.
     pub(crate) fn update(&self, nodes: impl Iterator<Item = (NodeId, String)>) {
-        let fresh: HashMap<NodeId, SocketAddr> =
-            nodes.filter_map(|(id, addr)| Some((id, addr.parse().ok()?))).collect();
+        let fresh: HashMap<NodeId, String> = nodes.collect();
         *self.addrs.write().unwrap_or_else(PoisonError::into_inner) = fresh;
     }
 
-    /// The address of `node`, if it is a member with a usable one.
-    pub(crate) fn get(&self, node: NodeId) -> Option<SocketAddr> {
-        self.addrs.read().unwrap_or_else(PoisonError::into_inner).get(&node).copied()
+    /// The address of `node`, if it is a member with a usable one: its address, or
+    /// what its name resolves to (the last answer while a resolution fails).
+    pub(crate) async fn get(&self, node: NodeId) -> Option<SocketAddr> {
+        let addr = self.addrs.read().unwrap_or_else(PoisonError::into_inner).get(&node)?.clone();
+        if let Ok(ip) = addr.parse() {
+            return Some(ip);
+        }
+        let known =
+            self.resolved.read().unwrap_or_else(PoisonError::into_inner).get(&addr).copied();
+        if let Some((ip, at)) = known
+            && at.elapsed() < RESOLVED_FOR
+        {
+            return Some(ip);
+        }
+        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(addr.as_str()));
+        let fresh = match lookup.await {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        };
+        match fresh {
+            Some(ip) => {
+                let mut resolved = self.resolved.write().unwrap_or_else(PoisonError::into_inner);
+                resolved.insert(addr, (ip, Instant::now()));
+                Some(ip)
+            }
+            None => known.map(|(ip, _)| ip),
+        }
     }
 
     /// The members, this node included.
@@ -205,7 +236,7 @@ impl Peers {
         let answer = if node == self.me {
             self.router.serve(node, &frame).await.bytes
         } else {
-            let addr = self.book.get(node).or(addr).ok_or_else(|| {
+            let addr = self.book.get(node).await.or(addr).ok_or_else(|| {
                 Error::Unavailable(format!("node {node} has no usable peer address"))
             })?;
             self.endpoint.call(node, addr, frame, timeout).await.map_err(|e| match e {

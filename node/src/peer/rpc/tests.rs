@@ -108,3 +108,17 @@ async fn what_cannot_be_decoded_or_encoded_is_refused_not_emptied() -> anyhow::R
     two.endpoint.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_address_book_resolves_names_when_called() {
+    let book = AddressBook::default();
+    book.update(
+        [(1, "127.0.0.7:7000".to_owned()), (2, "localhost:7100".to_owned()), (3, "x:1".to_owned())]
+            .into_iter(),
+    );
+    assert_eq!(book.get(1).await, Some(SocketAddr::from(([127, 0, 0, 7], 7000))));
+    let named = book.get(2).await.expect("localhost resolves");
+    assert!(named.ip().is_loopback() && named.port() == 7100, "{named}");
+    assert_eq!(book.get(4).await, None, "not a member");
+    assert_eq!(book.members(), vec![1, 2, 3]);
+}
