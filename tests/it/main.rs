@@ -16,6 +16,7 @@ mod faults;
 mod hostile;
 mod idempotency;
 mod identity;
+mod k8s_manifests;
 mod metrics;
 mod nemesis;
 mod nginx;
