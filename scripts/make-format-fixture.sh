@@ -53,4 +53,7 @@ for f in ca.pem ca.key node.pem node.key secret.key join.token admin.token; do
     [ -e "$work/data/$f" ] && cp "$work/data/$f" "$out/"
 done
 cp "$work/jobs.json" "$out/jobs.json"
+# The commit of the build that wrote it (scripts/previous-build.sh builds it again for
+# the rolling-upgrade test): the commit ferryd --version names.
+"$bin/ferryd" --version | grep -oP 'commit \K[0-9a-f]+' | xargs git rev-parse >"$out/BUILD"
 echo "wrote $out ($(du -sh "$out" | cut -f1)), $(grep -o '"id"' "$out/jobs.json" | wc -l) ids in jobs.json"

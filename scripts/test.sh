@@ -22,6 +22,14 @@ if cargo tree --workspace --locked -e normal -i aws-lc-sys >/dev/null 2>&1; then
 fi
 echo "ok: no aws-lc-sys"
 
+step "the previous format's ferryd, for the rolling-upgrade test"
+if previous=$(scripts/previous-build.sh); then
+    export FERRY_PREVIOUS_FERRYD="$previous"
+    echo "ok: $previous"
+else
+    echo "not built: the rolling-upgrade test will skip"
+fi
+
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --profile ci

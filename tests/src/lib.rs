@@ -184,6 +184,9 @@ pub struct NodeOptions {
     pub failpoints: Option<String>,
     /// Extra environment for the next starts (a clock offset with libfaketime, say).
     pub env: Vec<(String, String)>,
+    /// Another `ferryd` for the next starts (an earlier build, for upgrade tests);
+    /// unset: this build's.
+    pub ferryd: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -206,6 +209,7 @@ impl Default for NodeOptions {
             api_ca: None,
             failpoints: None,
             env: Vec::new(),
+            ferryd: None,
         }
     }
 }
@@ -326,7 +330,11 @@ impl Node {
         // A node killed with -9 leaves its old address behind.
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let mut command = Command::new(binary("ferryd")?);
+        let program = match &self.options.ferryd {
+            Some(path) => path.clone(),
+            None => binary("ferryd")?,
+        };
+        let mut command = Command::new(program);
         if let Some(failpoints) = &self.options.failpoints {
             command.env("FAILPOINTS", failpoints);
         }
