@@ -8,7 +8,7 @@
 //! no longer holds what it needs it says so with a [`Delivery::Gap`], never skipping
 //! silently.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +100,10 @@ pub struct EventLog {
     slots: Arc<tokio::sync::Semaphore>,
     /// How many permits there are.
     limit: usize,
+    /// Where each subscription replaying the history is (see [`EventLog::furthest_behind`]).
+    replaying: Arc<std::sync::Mutex<HashMap<u64, u64>>>,
+    /// The id of the next subscription.
+    next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EventLog {
@@ -114,6 +118,8 @@ impl EventLog {
             live: broadcast::channel(LIVE_BUFFER).0,
             slots: Arc::new(tokio::sync::Semaphore::new(subscriptions)),
             limit: subscriptions,
+            replaying: Arc::default(),
+            next_id: Arc::default(),
         }
     }
 
@@ -126,6 +132,13 @@ impl EventLog {
     /// Subscriptions open now.
     pub(crate) fn subscribers(&self) -> usize {
         self.limit.saturating_sub(self.slots.available_permits())
+    }
+
+    /// The log index the furthest-behind subscription is reading the history at, if any
+    /// is: subscriptions that caught up wait on the live channel and are not behind
+    /// (one too slow for it falls back to the history and shows here).
+    pub(crate) fn furthest_behind(&self) -> Option<u64> {
+        lock(&self.replaying).values().min().copied()
     }
 
     /// Opens a subscription for `caller`: replay from `from`, then live events.
@@ -155,6 +168,7 @@ impl EventLog {
             ready: VecDeque::new(),
             caught_up: false,
             _slot: slot,
+            id: self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -235,6 +249,18 @@ pub struct Subscription {
     caught_up: bool,
     /// Its place among the node's subscriptions, freed when it is dropped.
     _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Its id in [`EventLog`]'s record of replaying subscriptions.
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.log.replaying).remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Subscription {
@@ -253,6 +279,7 @@ impl Subscription {
                 }
                 continue;
             }
+            lock(&self.log.replaying).insert(self.id, self.next.index);
             let (events, floor) = self.log.read(self.next).await?;
             if self.next < floor {
                 // The oldest event held (the floor itself may fall between events).
@@ -262,6 +289,9 @@ impl Subscription {
                 continue;
             }
             self.caught_up = events.is_empty();
+            if self.caught_up {
+                lock(&self.log.replaying).remove(&self.id);
+            }
             self.take(events.into_iter());
         }
     }
@@ -362,7 +392,11 @@ mod tests {
         // Three times what the live channel buffers, while the subscriber reads nothing.
         let entries = 3 * LIVE_BUFFER as u64;
         commit(&db, &log, 1..entries + 1, Retention::default());
-        let got = take(&mut sub, entries as usize).await;
+        assert_eq!(log.furthest_behind(), None, "nobody replays yet");
+        let mut got = take(&mut sub, 1).await;
+        // It replays the history now, from its start (the lag metric shows it).
+        assert!(log.furthest_behind().is_some_and(|at| at <= 1), "{:?}", log.furthest_behind());
+        got.extend(take(&mut sub, entries as usize - 1).await);
         for (n, delivery) in got.iter().enumerate() {
             match delivery {
                 Delivery::Event(e) => assert_eq!(e.cursor, Cursor { index: n as u64 + 1, sub: 0 }),
@@ -373,6 +407,14 @@ mod tests {
         commit(&db, &log, entries + 1..entries + 2, Retention::default());
         let live = take(&mut sub, 1).await;
         assert!(matches!(&live[0], Delivery::Event(e) if e.cursor.index == entries + 1));
+        // At the head: nothing left to replay (lag 0 against the newest entry).
+        assert!(
+            log.furthest_behind().is_none_or(|at| at >= entries),
+            "{:?}",
+            log.furthest_behind()
+        );
+        drop(sub);
+        assert_eq!(log.furthest_behind(), None, "a closed subscription is forgotten");
     }
 
     #[tokio::test]

@@ -86,6 +86,7 @@ pub(crate) struct Metrics {
     pub(crate) raft_applied_index: Gauge,
     pub(crate) raft_follower_lag: Family<Follower, Gauge>,
     pub(crate) bus_subscribers: Gauge,
+    pub(crate) bus_lag: Gauge,
     pub(crate) fleet_bytes_transferred: Family<FleetLabels, Gauge>,
     pub(crate) fleet_bytes_total: Family<FleetLabels, Gauge>,
 }
@@ -117,6 +118,7 @@ impl Metrics {
             raft_applied_index: Gauge::default(),
             raft_follower_lag: Family::default(),
             bus_subscribers: Gauge::default(),
+            bus_lag: Gauge::default(),
             fleet_bytes_transferred: Family::default(),
             fleet_bytes_total: Family::default(),
         };
@@ -201,6 +203,12 @@ impl Metrics {
             "ferry_bus_subscribers",
             "Event subscriptions this node serves (HTTP and QUIC)",
             m.bus_subscribers.clone(),
+        );
+        r.register(
+            "ferry_bus_subscriber_lag_entries",
+            "Log entries the furthest-behind event subscription still has to replay (0 when \
+             every subscription is caught up and served live)",
+            m.bus_lag.clone(),
         );
         m
     }

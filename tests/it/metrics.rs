@@ -13,7 +13,7 @@ use crate::support::{raw, start_download, transfer_node, wait_for};
 const MIB: u64 = 1024 * 1024;
 
 /// Every family, by the name its `# TYPE` line gives, with its type.
-const FAMILIES: [(&str, &str); 18] = [
+const FAMILIES: [(&str, &str); 19] = [
     ("ferry_api_request_duration_seconds", "histogram"),
     ("ferry_jobs", "gauge"),
     ("ferry_upload_sessions", "gauge"),
@@ -32,6 +32,7 @@ const FAMILIES: [(&str, &str); 18] = [
     ("ferry_raft_proposal_batch_commands", "histogram"),
     ("ferry_storage_fsync_seconds", "histogram"),
     ("ferry_bus_subscribers", "gauge"),
+    ("ferry_bus_subscriber_lag_entries", "gauge"),
 ];
 
 /// One scrape: the declared families and every sample.
@@ -172,6 +173,7 @@ async fn metrics_name_every_family_and_move_with_a_download() -> anyhow::Result<
     assert!(from_origin > 0.0 && from_origin < SIZE as f64, "mid-download bytes {from_origin}");
     assert_eq!(during.value("ferry_jobs", &[("state", "TRANSFERRING")]), 1.0);
     assert_eq!(during.value("ferry_bus_subscribers", &[]), 1.0);
+    assert_eq!(during.value("ferry_bus_subscriber_lag_entries", &[]), 0.0, "served live");
     let created = [("route", "/v1/jobs"), ("method", "POST"), ("status", "201")];
     assert_eq!(during.value("ferry_api_request_duration_seconds_count", &created), 1.0);
     for moved in [

@@ -60,6 +60,9 @@ pub(super) fn render(view: &ClusterView, raft: &Raft) -> String {
         m.raft_follower_lag.get_or_create(&Follower { follower: *follower }).set(to_i64(lag));
     }
     m.bus_subscribers.set(to_i64(view.state.events().subscribers() as u64));
+    let applied = raft_metrics.last_applied.map_or(0, |id| id.index);
+    let behind = view.state.events().furthest_behind().map_or(0, |at| applied.saturating_sub(at));
+    m.bus_lag.set(to_i64(behind));
     metrics::encode()
 }
 
