@@ -8,6 +8,7 @@ mod bad_input;
 mod change_feed;
 mod cli;
 mod cluster;
+mod compose;
 mod daemon;
 mod download;
 mod events;
