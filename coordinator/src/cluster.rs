@@ -110,6 +110,11 @@ pub trait Cluster: Send + Sync + 'static {
         from: StartAt,
     ) -> BoxFuture<'_, Result<Box<dyn EventStream>, SubscribeError>>;
 
+    /// Succeeds if every member reads format `version`: what a command of a newer
+    /// format waits for during a rolling upgrade (a member that cannot read an entry
+    /// would stop). Fails naming the first member that does not, or does not answer.
+    fn check_format(&self, version: u8) -> BoxFuture<'_, Result<(), ClusterError>>;
+
     /// Every metric of this node, in the Prometheus text format (`GET /metrics`).
     fn metrics(&self) -> String;
 

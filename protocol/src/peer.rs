@@ -149,6 +149,16 @@ impl PeerRpc for Ping {
     type Answer = ();
 }
 
+/// Which formats do you read? The answer is the newest (`codec::FORMAT_VERSION`); a
+/// member of format 8 serves no request of this kind, which says as much.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct Formats;
+
+impl PeerRpc for Formats {
+    const NAME: &'static str = "formats";
+    type Answer = u8;
+}
+
 /// The leader's read index (ReadIndex), for a linearizable read on a follower.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReadIndex;

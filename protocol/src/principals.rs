@@ -16,7 +16,7 @@ use crate::ids::{Caller, Principal, Role};
 use crate::time::Timestamp;
 
 /// The format principals appeared in: values holding them carry this version byte.
-const FORMAT: u8 = 9;
+pub const FORMAT: u8 = 9;
 
 /// Most principals the table holds, revoked ones included.
 pub const MAX_PRINCIPALS: usize = 10_000;

@@ -95,7 +95,7 @@ async fn every_earlier_formats_data_directory_opens_with_all_its_jobs() -> anyho
 /// `ferryd` in `FERRY_PREVIOUS_FERRYD`; `scripts/rolling-upgrade.sh` builds it from the
 /// commit named in the newest fixture) are stopped and started on this build one at a
 /// time while a writer creates jobs, retrying with its request id only on 503 and
-/// connection errors. After each upgrade the writer pauses until all three members,
+/// connection errors. Tokens (format 9) are refused until every member is upgraded. After each upgrade the writer pauses until all three members,
 /// of both builds, have applied the same entries. Nothing acknowledged is lost and
 /// nothing else fails.
 /// Skipped (passing, with a notice) without that binary.
@@ -131,6 +131,21 @@ async fn a_rolling_upgrade_from_the_previous_build_loses_no_acknowledged_job() -
         let what = format!("the mixed cluster did not converge after upgrading node {}", i + 1);
         ferry_tests::await_agreement(&nodes, 3, &what).await?;
         paused.store(false, std::sync::atomic::Ordering::Relaxed);
+        if i + 1 < nodes.len() {
+            // The new feature waits for every member: a token is refused, saying why.
+            let early = crate::support::raw()
+                .post(format!("{}/v1/tokens", nodes[i].url()?))
+                .bearer_auth(tokens::ADMIN)
+                .json(&serde_json::json!({ "name": "early", "role": "user" }))
+                .send()
+                .await?;
+            let status = early.status();
+            let said = early.text().await?;
+            ensure!(
+                status == 503 && said.contains("format 8"),
+                "a token mid-upgrade: {status} {said}"
+            );
+        }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.await??;
@@ -160,6 +175,9 @@ async fn a_rolling_upgrade_from_the_previous_build_loses_no_acknowledged_job() -
         written.retried,
         written.errors.len()
     );
+    // Every member reads format 9 now: tokens work, on every member.
+    let made = nodes[2].client(Some(tokens::ADMIN))?.create_token("late", Role::User, None).await?;
+    ensure!(nodes[0].client(Some(&made.token))?.list_jobs(false).await.is_ok());
     ensure!(written.acked.len() > 50, "only {} writes went through", written.acked.len());
     Ok(())
 }

@@ -17,6 +17,9 @@ use crate::cluster::ReadAt;
 use crate::extract::{IdempotencyKey, Json, Path};
 use crate::problem::ApiError;
 
+/// The format of principals' commands.
+const PRINCIPALS_FORMAT: u8 = ferry_protocol::principals::FORMAT;
+
 /// Shortest token a client may choose.
 const MIN_CHOSEN_TOKEN: usize = 32;
 
@@ -81,6 +84,8 @@ pub(super) async fn create_token(
         roots: new.roots,
         digest: digest(&token),
     });
+    // Members still on format 8 could not read the entry: wait for the upgrade.
+    state.cluster.check_format(PRINCIPALS_FORMAT).await?;
     write(&state, &caller, request_id, command).await?;
     let created = CreatedToken { name: new.name, role: new.role, token };
     Ok((StatusCode::CREATED, axum::Json(created)))
@@ -128,6 +133,7 @@ pub(super) async fn revoke_token(
 ) -> Result<StatusCode, ApiError> {
     admin_only(&caller)?;
     let command = Command::Principals(PrincipalCommand::Revoke { name: principal(&name)? });
+    state.cluster.check_format(PRINCIPALS_FORMAT).await?;
     write(&state, &caller, request_id, command).await?;
     Ok(StatusCode::NO_CONTENT)
 }

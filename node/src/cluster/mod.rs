@@ -5,6 +5,7 @@
 //! cluster through [`ClusterView`] and the traits of `crate::replica`, never through
 //! this module.
 
+mod formats;
 mod membership;
 mod metrics;
 mod replica;
@@ -93,6 +94,7 @@ impl NodeCluster {
         let replies =
             Arc::new(Replies { node_id, state: state.clone(), sandboxes, peers: peers.clone() });
         replies.register(router);
+        formats::register(router);
         let handle = ClusterView::new(node_id, state, peers, liveness, replica as Arc<dyn Replica>);
         Self { handle, raft, membership, status, replies, ca_pem }
     }
@@ -155,5 +157,9 @@ impl Cluster for NodeCluster {
 
     fn reply_data(&self, job: JobId) -> BoxFuture<'_, Result<Vec<u8>, ClusterError>> {
         Box::pin(self.replies.reply_data(job))
+    }
+
+    fn check_format(&self, version: u8) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(formats::check(self.handle.clone(), version))
     }
 }
