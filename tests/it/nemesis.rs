@@ -71,10 +71,10 @@ async fn a_short_nemesis_run_keeps_every_guarantee() -> anyhow::Result<()> {
         .filter_map(|o| if let Seen::Created(id) = o.seen { Some(id) } else { None })
         .collect();
     let checked = events.check(&cluster, &acknowledged).await?;
-    let files = downloads.check().await?;
+    let files = downloads.check(cluster.member_ids()).await?;
     let count = |f: fn(&Seen) -> bool| ops.iter().filter(|o| f(&o.seen)).count();
     println!(
-        "nemesis: {} operations ({} acknowledged creates, {} acknowledged cancels, {} reads, {} unknown outcomes; {} timed-out writes retried with their keys) under {:?} ({:?}); {verdict}; event stream: {checked} events in order and gap-free over {} reconnects; downloads: {} completed, each file one of the {} versions the origin served, {} cancelled with no file at their names",
+        "nemesis: {} operations ({} acknowledged creates, {} acknowledged cancels, {} reads, {} unknown outcomes; {} timed-out writes retried with their keys) under {:?} ({:?}); {verdict}; event stream: {checked} events in order and gap-free over {} reconnects; downloads: {} completed, each file one of the {} versions the origin served ({} lost with their removed home node), {} cancelled with no file at their names",
         ops.len(),
         count(|s| matches!(s, Seen::Created(_))),
         count(|s| *s == Seen::Cancelled),
@@ -86,6 +86,7 @@ async fn a_short_nemesis_run_keeps_every_guarantee() -> anyhow::Result<()> {
         events.reconnects(),
         files.completed,
         files.versions,
+        files.lost_with_home,
         files.cancelled,
     );
     Ok(())

@@ -33,8 +33,8 @@ pub(super) const TRANSFER: &str = "chunk_size_bytes = 1048576\nread_timeout_secs
 /// What the client did.
 #[derive(Default)]
 struct Log {
-    /// Completed jobs and their final names.
-    completed: Vec<(JobId, PathBuf)>,
+    /// Completed jobs, their final names and their home nodes.
+    completed: Vec<(JobId, PathBuf, u64)>,
     /// Cancelled jobs (they took too long, or failed) and their final names.
     cancelled: Vec<(JobId, PathBuf)>,
     /// Violations seen while it ran.
@@ -59,6 +59,9 @@ pub struct Downloads {
 pub struct DownloadVerdict {
     /// Jobs completed, each file equal to one origin version.
     pub completed: usize,
+    /// Jobs completed whose home node was removed from the cluster (a replaced member)
+    /// before it placed the file: the file went with the node, as documented.
+    pub lost_with_home: usize,
     /// Jobs cancelled, none with a file at its final name.
     pub cancelled: usize,
     /// Versions the origin served.
@@ -104,8 +107,8 @@ impl Downloads {
     }
 
     /// Stops the client and the changes, then checks every job's file; call once the
-    /// cluster is healed.
-    pub async fn check(self) -> anyhow::Result<DownloadVerdict> {
+    /// cluster is healed, with its `members`.
+    pub async fn check(self, members: &[u64]) -> anyhow::Result<DownloadVerdict> {
         self.stop.store(true, Ordering::Relaxed);
         self.mutator.abort();
         let log = self.client.await??;
@@ -120,10 +123,18 @@ impl Downloads {
                 blake3::hash(&content.slice(0, SIZE))
             })
             .collect();
-        for (job, path) in &log.completed {
+        let mut lost_with_home = 0;
+        for (job, path, home) in &log.completed {
+            if !members.contains(home) && !path.exists() {
+                lost_with_home += 1;
+                continue;
+            }
             let deadline = Instant::now() + Duration::from_secs(60);
             while !path.exists() {
-                anyhow::ensure!(Instant::now() < deadline, "job {job}: completed, no file");
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "job {job}: completed, no file (home node {home}, members {members:?})"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let mut hasher = blake3::Hasher::new();
@@ -141,6 +152,7 @@ impl Downloads {
         drop((self.origin, self.dir));
         Ok(DownloadVerdict {
             completed: log.completed.len(),
+            lost_with_home,
             cancelled: log.cancelled.len(),
             versions: versions.len(),
         })
@@ -235,27 +247,31 @@ impl Client {
             }
             *self.active.lock().unwrap_or_else(PoisonError::into_inner) = Some(id);
             let deadline = Instant::now() + PATIENCE;
-            let mut transferred = false;
+            let mut transferred = None;
             while Instant::now() < deadline && !self.stop.load(Ordering::Relaxed) {
                 if local.exists() {
                     log.violations.push(format!("job {id}: a file at its name before Complete"));
                 }
-                match self.job(id).await.map(|j| j.state) {
-                    Some(JobState::Transferred) => {
-                        transferred = true;
+                match self.job(id).await.map(|j| (j.state, j.home_node)) {
+                    Some((JobState::Transferred, home)) => {
+                        transferred = Some(home);
                         break;
                     }
-                    Some(JobState::Error) => break,
+                    Some((JobState::Error, _)) => break,
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
             *self.active.lock().unwrap_or_else(PoisonError::into_inner) = None;
-            let (action, list) = if transferred {
-                ("complete", &mut log.completed)
-            } else {
-                ("cancel", &mut log.cancelled)
+            let action = match transferred {
+                Some(home) => {
+                    log.completed.push((id, local, home));
+                    "complete"
+                }
+                None => {
+                    log.cancelled.push((id, local));
+                    "cancel"
+                }
             };
-            list.push((id, local));
             // Sent even when stopping: every job ends completed or cancelled.
             let ended = self.send(&format!("d{n}-{action}"), true, act(action)).await;
             anyhow::ensure!(ended.is_some(), "job {id}: {action} never answered");

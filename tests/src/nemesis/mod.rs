@@ -232,6 +232,11 @@ impl Cluster {
         self.membership_settled(Duration::from_secs(60)).await
     }
 
+    /// The Raft ids of the nodes now.
+    pub fn member_ids(&self) -> &[u64] {
+        &self.ids
+    }
+
     /// The index of the node with Raft id `id`.
     pub fn index_of(&self, id: u64) -> Option<usize> {
         self.ids.iter().position(|i| *i == id)
