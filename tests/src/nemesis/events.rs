@@ -105,21 +105,23 @@ impl EventStream {
         }
         let events = std::mem::take(&mut self.received().events);
         let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(0) };
-        let from = StartAt::Cursor(first.0);
-        let mut replay =
-            Watcher::new(cluster.urls.get(0).parse()?, tokens::ADMIN.into(), every_job(), from);
-        let mut replayed = Vec::with_capacity(events.len());
-        while replayed.last().is_none_or(|(cursor, _, _)| cursor < &last.0) {
-            match tokio::time::timeout(Duration::from_secs(30), replay.next()).await {
-                Ok(Ok(Watched::Delivery(Delivery::Event(event)))) => {
-                    replayed.push((event.cursor, event.event.kind, event.event.job));
+        // A replay from a member that holds the history from the first cursor: one that
+        // joined later (ReplaceMember) started its history after the snapshot it
+        // installed, and answers with a gap, as documented.
+        let mut replayed = None;
+        let mut gaps = Vec::new();
+        for i in 0..cluster.nodes.len() {
+            match replay(&cluster.urls.get(i), first.0, last.0).await? {
+                Ok(events) => {
+                    replayed = Some(events);
+                    break;
                 }
-                Ok(Ok(Watched::Connected { .. })) => {}
-                Ok(Ok(Watched::Delivery(gap))) => anyhow::bail!("the replay: {gap:?}"),
-                Ok(Err(e)) => anyhow::bail!("the replay: {e}"),
-                Err(_) => anyhow::bail!("the replay stopped short of {}", last.0),
+                Err(gap) => gaps.push(format!("node at {}: {gap:?}", cluster.urls.get(i))),
             }
         }
+        let Some(replayed) = replayed else {
+            anyhow::bail!("the replay: no member holds the history from {}: {gaps:?}", first.0)
+        };
         if let Some(at) = events.iter().zip(&replayed).position(|(a, b)| a != b) {
             anyhow::bail!(
                 "event stream: received {:?} where a replay has {:?}",
@@ -135,6 +137,30 @@ impl EventStream {
         );
         Ok(events.len())
     }
+}
+
+/// The events from `first` to `last` as replayed through the node at `url` (a watcher
+/// follows the cluster if that node is lost), or the gap it answered with.
+async fn replay(
+    url: &str,
+    first: Cursor,
+    last: Cursor,
+) -> anyhow::Result<Result<Vec<(Cursor, EventKind, JobId)>, Delivery>> {
+    let mut watcher =
+        Watcher::new(url.parse()?, tokens::ADMIN.into(), every_job(), StartAt::Cursor(first));
+    let mut replayed: Vec<(Cursor, EventKind, JobId)> = Vec::new();
+    while replayed.last().is_none_or(|(cursor, _, _)| cursor < &last) {
+        match tokio::time::timeout(Duration::from_secs(30), watcher.next()).await {
+            Ok(Ok(Watched::Delivery(Delivery::Event(event)))) => {
+                replayed.push((event.cursor, event.event.kind, event.event.job));
+            }
+            Ok(Ok(Watched::Connected { .. })) => {}
+            Ok(Ok(Watched::Delivery(gap))) => return Ok(Err(gap)),
+            Ok(Err(e)) => anyhow::bail!("the replay: {e}"),
+            Err(_) => anyhow::bail!("the replay stopped short of {last}"),
+        }
+    }
+    Ok(Ok(replayed))
 }
 
 impl Received {
