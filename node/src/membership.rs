@@ -25,7 +25,7 @@ use crate::raft::NodeAddr;
 use crate::replica::{ClusterView, Membership};
 
 /// The id the first node of a cluster takes.
-const FIRST_NODE_ID: u64 = 1;
+pub(crate) const FIRST_NODE_ID: u64 = 1;
 /// The join token of the cluster (0600), beside the CA key.
 const JOIN_TOKEN_FILE: &str = "join.token";
 

@@ -145,7 +145,9 @@ pub async fn run(
         &router,
     );
     let handle = cluster.handle().clone();
-    if start.founder
+    // The first node's generated token (a cluster founded by this build, or one
+    // upgraded from format 8) becomes the cluster's first principal.
+    if node_id == membership::FIRST_NODE_ID
         && let Some(token) = &generated
     {
         let digest = ferry_protocol::principals::digest(token);

@@ -33,14 +33,24 @@ impl Directory for AppliedPrincipals {
 /// Attempts at seeding before giving up (about five minutes).
 const SEED_ATTEMPTS: u32 = 64;
 
-/// On the node that just founded the cluster: makes its generated admin token the
-/// cluster's first principal, so that it works on every member. Retries while the new
-/// cluster has no leader yet; a table that holds a principal already ends it.
+/// On the cluster's first node: makes its generated admin token the cluster's first
+/// principal, so that it works on every member. Retries while the cluster has no leader
+/// or a member still runs a build of format 8 (a rolling upgrade: the next start tries
+/// again after the attempts run out); a table that holds a principal, revoked ones
+/// included, ends it.
 pub(crate) async fn seed_admin(cluster: ClusterView, digest: TokenDigest) {
     let mut wait = Duration::from_millis(100);
     for _ in 0..SEED_ATTEMPTS {
         if cluster.state.read().queue.principals().records().next().is_some() {
             return;
+        }
+        if let Err(e) =
+            crate::cluster::check_formats(cluster.clone(), ferry_protocol::principals::FORMAT).await
+        {
+            tracing::debug!(error = %e, "seeding the admin token: waiting for the members");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            continue;
         }
         let proposal = Proposal {
             request_id: None,

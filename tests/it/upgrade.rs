@@ -56,8 +56,10 @@ async fn every_earlier_formats_data_directory_opens_with_all_its_jobs() -> anyho
             .with_context(|| format!("{}/jobs.json", fixture.display()))?;
         ensure!(!expected.jobs.is_empty(), "{} holds no jobs", fixture.display());
 
-        // A node whose data directory is a copy of the fixture.
-        let mut node = Node::start(NodeOptions::queue_only()).await?;
+        // A node whose data directory is a copy of the fixture, with no tokens
+        // configured: the fixture's generated admin.token is the node's.
+        let options = NodeOptions { tokens: Vec::new(), ..NodeOptions::queue_only() };
+        let mut node = Node::start(options).await?;
         node.stop().await?;
         std::fs::remove_dir_all(node.data_dir())?;
         std::fs::create_dir(node.data_dir())?;
@@ -65,7 +67,9 @@ async fn every_earlier_formats_data_directory_opens_with_all_its_jobs() -> anyho
         std::fs::remove_file(node.data_dir().join("jobs.json"))?;
         node.restart().await.with_context(|| format!("{} does not open", fixture.display()))?;
 
-        let admin = node.client(Some(tokens::ADMIN))?;
+        let token = std::fs::read_to_string(node.data_dir().join("admin.token"))?;
+        let token = token.trim().to_owned();
+        let admin = node.client(Some(&token))?;
         let found = admin.list_jobs(true).await?;
         ensure!(
             essences(&found) == essences(&expected.jobs),
@@ -75,13 +79,21 @@ async fn every_earlier_formats_data_directory_opens_with_all_its_jobs() -> anyho
             essences(&found)
         );
 
+        // The first node's generated token becomes the cluster's first principal once
+        // every member reads format 9 (here, at once).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !admin.tokens().await?.tokens.iter().any(|t| t.name == "admin") {
+            ensure!(std::time::Instant::now() < deadline, "the admin token was not seeded");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+
         // It goes on: new jobs and principals (format 9) are written beside the old
         // rows, and everything opens again.
         let job =
             admin.create_job(&new_job("after the upgrade", JobType::Download, vec![])).await?;
         let carol = admin.create_token("carol", Role::User, None).await?;
         node.restart().await?;
-        let admin = node.client(Some(tokens::ADMIN))?;
+        let admin = node.client(Some(&token))?;
         let after = admin.list_jobs(true).await?;
         ensure!(after.len() == expected.jobs.len() + 1, "{} jobs after a restart", after.len());
         ensure!(admin.job(job.id).await.is_ok());

@@ -12,6 +12,7 @@ mod replica;
 mod reply;
 mod status;
 
+pub(crate) use self::formats::check as check_formats;
 pub(crate) use self::metrics::follow_errors;
 
 use std::sync::Arc;
