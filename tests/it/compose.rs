@@ -559,9 +559,9 @@ async fn compose_cluster_survives_leader_loss_partition_and_rolling_restart() ->
     for (i, port) in ports.iter().enumerate() {
         env.push((format!("FERRY_API_PORT_{}", i + 1), port.to_string()));
     }
-    let mut project = Project { compose: docker.compose.clone(), name, env };
-    up(&mut project).await?;
-    let result = scenario(&project, &ports, &ca).await;
+    let project = Project { compose: docker.compose.clone(), name, env };
+    project.compose(&["up", "-d"], Duration::from_secs(120)).await?;
+    let result = scenario(&project, &ports, &ca, &docker.base).await;
     if result.is_err() {
         eprintln!("compose logs:\n{}", project.logs());
     }
@@ -571,28 +571,7 @@ async fn compose_cluster_survives_leader_loss_partition_and_rolling_restart() ->
     result
 }
 
-/// `up -d` on a /24 of its own (FERRY_NET): another one when docker says it overlaps
-/// a network it has.
-async fn up(project: &mut Project) -> anyhow::Result<()> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let n = uuid::Uuid::new_v4().as_u128();
-        let net = format!("10.{}.{}", 200 + n % 55, (n >> 8) % 256);
-        project.env.retain(|(k, _)| k != "FERRY_NET");
-        project.env.push(("FERRY_NET".into(), net));
-        match project.compose(&["up", "-d"], Duration::from_secs(120)).await {
-            Ok(_) => return Ok(()),
-            Err(e) if tries < 5 && format!("{e:#}").contains("overlap") => {
-                eprintln!("another network: {e:#}");
-                project.compose(&["down", "-v"], Duration::from_secs(60)).await?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn scenario(project: &Project, ports: &[u16], ca: &[u8]) -> anyhow::Result<()> {
+async fn scenario(project: &Project, ports: &[u16], ca: &[u8], base: &str) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for (service, port) in SERVICES.into_iter().zip(ports) {
         let url = format!("https://127.0.0.1:{port}");
@@ -687,6 +666,22 @@ async fn scenario(project: &Project, ports: &[u16], ca: &[u8]) -> anyhow::Result
         network.split_whitespace().next().context("the node is on no network")?.to_string();
     let ip_before = inspect("{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}").await?;
     run_docker(&["network", "disconnect", &network, container]).await?;
+    // Another container takes the address it left (docker hands out the lowest free
+    // one), so that it comes back with a new address, as a recreated container does.
+    let placeholder = Container { name: format!("{run}-placeholder") };
+    run_docker(&[
+        "run",
+        "-d",
+        "--name",
+        &placeholder.name,
+        "--network",
+        &network,
+        "--entrypoint",
+        "sleep",
+        base,
+        "300",
+    ])
+    .await?;
     let began = Instant::now();
     let more = create_many(&nodes[via].client, &format!("{run}-cut"), 100, 8).await?;
     acked.extend(&more);
@@ -696,18 +691,10 @@ async fn scenario(project: &Project, ports: &[u16], ca: &[u8]) -> anyhow::Result
         nodes[via].service,
         began.elapsed()
     );
-    // Back with its address (compose pins them: see deploy/compose.yaml) and its name.
-    run_docker(&[
-        "network",
-        "connect",
-        "--ip",
-        &ip_before,
-        "--alias",
-        nodes[cut].service,
-        &network,
-        container,
-    ])
-    .await?;
+    // Back under its name; its address may be another: the members resolve its name
+    // at each call.
+    run_docker(&["network", "connect", "--alias", nodes[cut].service, &network, container]).await?;
+    drop(placeholder);
     let reconnected = Instant::now();
     let ip_after = inspect("{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}").await?;
     let reference = listed(&http, &nodes[via], false).await?;
