@@ -157,11 +157,6 @@ impl Auth {
         self
     }
 
-    /// The cluster's principals, if this table falls back to them.
-    pub fn directory(&self) -> Option<&Arc<dyn Directory>> {
-        self.directory.as_ref()
-    }
-
     /// The caller a token authenticates: a configured one, else a live principal of
     /// the cluster.
     pub fn caller(&self, token: &str) -> Option<Caller> {

@@ -129,8 +129,17 @@ fn refusal(error: RemoteError) -> Served {
 /// whose name now points elsewhere (a rescheduled pod) is found there.
 #[derive(Default)]
 pub(crate) struct AddressBook {
-    addrs: RwLock<HashMap<NodeId, String>>,
+    addrs: RwLock<HashMap<NodeId, PeerAddr>>,
     resolved: RwLock<HashMap<String, (SocketAddr, Instant)>>,
+}
+
+/// A member's peer address as the membership records it, parsed once.
+#[derive(Clone)]
+enum PeerAddr {
+    /// An address.
+    Ip(SocketAddr),
+    /// A `name:port`, resolved when called.
+    Name(String),
 }
 
 /// How long a resolved name is used before it is resolved again.
@@ -141,17 +150,22 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 impl AddressBook {
     /// Records the addresses of the membership's nodes.
     pub(crate) fn update(&self, nodes: impl Iterator<Item = (NodeId, String)>) {
-        let fresh: HashMap<NodeId, String> = nodes.collect();
+        let fresh: HashMap<NodeId, PeerAddr> = nodes
+            .map(|(id, addr)| match addr.parse() {
+                Ok(ip) => (id, PeerAddr::Ip(ip)),
+                Err(_) => (id, PeerAddr::Name(addr)),
+            })
+            .collect();
         *self.addrs.write().unwrap_or_else(PoisonError::into_inner) = fresh;
     }
 
     /// The address of `node`, if it is a member with a usable one: its address, or
     /// what its name resolves to (the last answer while a resolution fails).
     pub(crate) async fn get(&self, node: NodeId) -> Option<SocketAddr> {
-        let addr = self.addrs.read().unwrap_or_else(PoisonError::into_inner).get(&node)?.clone();
-        if let Ok(ip) = addr.parse() {
-            return Some(ip);
-        }
+        let addr = match self.addrs.read().unwrap_or_else(PoisonError::into_inner).get(&node)? {
+            PeerAddr::Ip(ip) => return Some(*ip),
+            PeerAddr::Name(name) => name.clone(),
+        };
         let known =
             self.resolved.read().unwrap_or_else(PoisonError::into_inner).get(&addr).copied();
         if let Some((ip, at)) = known
