@@ -1,5 +1,6 @@
-//! BITS scheduling on a real node with one transfer slot: a foreground job pre-empts a
-//! low one at once, and two normal jobs take turns in time slices.
+//! BITS scheduling on a real node with its default single background slot: a
+//! foreground job transfers beside a low one, a high job pre-empts a normal one at
+//! once, and two normal jobs take turns in time slices.
 
 use std::time::Duration;
 
@@ -30,10 +31,36 @@ async fn slow_origin(files: &[&str]) -> anyhow::Result<Origin> {
     Ok(origin)
 }
 
+/// Both jobs hold a transfer state, `samples` times 100 ms apart; fails if either
+/// does not (or finished first).
+async fn both_transfer(
+    client: &ferry_coordinator::Client,
+    a: JobId,
+    b: JobId,
+    samples: u32,
+) -> anyhow::Result<()> {
+    for _ in 0..samples {
+        let (ja, jb) = (client.job(a).await?, client.job(b).await?);
+        anyhow::ensure!(
+            holds_slot(&ja) && holds_slot(&jb),
+            "both should transfer: {:?} is {:?}, {:?} is {:?}",
+            a,
+            ja.state,
+            b,
+            jb.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// With the default of one background slot, a LOW job keeps transferring while a
+/// FOREGROUND job resumed beside it starts at once: BITS runs every foreground job
+/// together with one background job.
 #[tokio::test]
-async fn foreground_preempts_low_at_once() -> anyhow::Result<()> {
+async fn foreground_runs_beside_low_at_once() -> anyhow::Result<()> {
     let origin = slow_origin(&["/low.bin", "/fg.bin"]).await?;
-    let node = transfer_node("max_active_jobs = 1").await?;
+    let node = transfer_node("").await?;
     let client = node.client(Some(tokens::ALICE))?;
     let out = tempfile::tempdir()?;
     let low = start_download(
@@ -51,26 +78,56 @@ async fn foreground_preempts_low_at_once() -> anyhow::Result<()> {
     )
     .await?;
     let started = std::time::Instant::now();
+    wait_for(&node, &client, fg, &[JobState::Transferring], Duration::from_secs(5)).await?;
+    println!("foreground job transferring {:?} after it was resumed", started.elapsed());
+    both_transfer(&client, low, fg, 10).await?;
+    let (before_low, before_fg) = (client.job(low).await?.progress, client.job(fg).await?.progress);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (after_low, after_fg) = (client.job(low).await?.progress, client.job(fg).await?.progress);
+    assert!(after_low.bytes_transferred > before_low.bytes_transferred, "low moved bytes");
+    assert!(after_fg.bytes_transferred > before_fg.bytes_transferred, "foreground moved bytes");
+    Ok(())
+}
+
+/// With one background slot, a HIGH job takes the slot of a running NORMAL one at
+/// once, and the NORMAL job waits until the HIGH one is done.
+#[tokio::test]
+async fn high_preempts_normal() -> anyhow::Result<()> {
+    let origin = slow_origin(&["/normal.bin", "/high.bin"]).await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let normal = start_download(
+        &client,
+        &[(origin.url("/normal.bin"), out.path().join("normal"))],
+        at(Priority::Normal),
+    )
+    .await?;
+    wait_for(&node, &client, normal, &[JobState::Transferring], Duration::from_secs(20)).await?;
+    let high = start_download(
+        &client,
+        &[(origin.url("/high.bin"), out.path().join("high"))],
+        at(Priority::High),
+    )
+    .await?;
+    let started = std::time::Instant::now();
     wait_for(
         &node,
         &client,
-        fg,
+        high,
         &[JobState::Connecting, JobState::Transferring],
         Duration::from_secs(5),
     )
     .await?;
-    let took = started.elapsed();
-    let low_job = client.job(low).await?;
-    assert_eq!(low_job.state, JobState::Queued, "the low job gave up its slot");
-    println!("foreground job got the slot {took:?} after it was resumed");
-    // While the foreground job runs, the low one waits.
-    for _ in 0..10 {
+    println!("high job got the slot {:?} after it was resumed", started.elapsed());
+    assert_eq!(client.job(normal).await?.state, JobState::Queued, "normal gave up its slot");
+    // While the high job runs, the normal one waits.
+    for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let fg_job = client.job(fg).await?;
-        if fg_job.state == JobState::Transferred {
+        if client.job(high).await?.state == JobState::Transferred {
             break;
         }
-        assert!(!holds_slot(&client.job(low).await?), "low ran beside the foreground job");
+        assert!(!holds_slot(&client.job(normal).await?), "normal ran beside the high job");
     }
     Ok(())
 }
@@ -78,7 +135,7 @@ async fn foreground_preempts_low_at_once() -> anyhow::Result<()> {
 #[tokio::test]
 async fn two_normal_jobs_take_turns() -> anyhow::Result<()> {
     let origin = slow_origin(&["/a.bin", "/b.bin"]).await?;
-    let node = transfer_node("max_active_jobs = 1\ntime_slice_ms = 1500").await?;
+    let node = transfer_node("time_slice_ms = 1500").await?;
     let client = node.client(Some(tokens::ALICE))?;
     let out = tempfile::tempdir()?;
     let a = start_download(

@@ -104,8 +104,10 @@ pub struct TransferConfig {
     /// Range connections per file for jobs that do not set `max_connections`. Several
     /// help only against a per-connection limit. Default 1.
     pub connections: u32,
-    /// Jobs transferring at once per home node (BITS priority rules decide which).
-    /// 0 pauses transfers: jobs are queued but never started. Default 4.
+    /// Background jobs transferring at once per home node, besides every foreground
+    /// job (which all run at once, as in BITS); the BITS priority rules decide which.
+    /// 0 pauses transfers, foreground ones too: jobs are queued but never started.
+    /// Default 1, as BITS.
     pub max_active_jobs: usize,
     /// How long a background job keeps its slot while a job of the same priority
     /// waits (round robin), milliseconds. Default 60000.
@@ -161,7 +163,7 @@ impl Default for TransferConfig {
         Self {
             chunk_size_bytes: ferry_protocol::transfer::DEFAULT_CHUNK_SIZE,
             connections: 1,
-            max_active_jobs: 4,
+            max_active_jobs: 1,
             time_slice_ms: 60_000,
             connect_timeout_secs: 30,
             read_timeout_secs: 60,

@@ -1,9 +1,9 @@
 //! The scheduler's decision, pure: from the jobs it tracks, which home nodes answer, the
 //! settings, this node's monotonic `now` and the wall clock `wall` (both given, never
-//! read here), the reports to propose and when to look again. BITS's rules: higher
-//! priority pre-empts lower, equal priorities take turns in time slices, foreground
-//! jobs are never sliced, at most `max_active_jobs` transfer per home node; plus the
-//! job timers (minimum retry delay, no-progress timeout, maximum download time) and the
+//! read here), the reports to propose and when to look again. BITS's rules: every
+//! foreground job transfers at once, never sliced; beside them at most
+//! `max_active_jobs` background jobs per home node, higher priority pre-empting lower,
+//! equal priorities taking turns in time slices; plus the job timers (minimum retry delay, no-progress timeout, maximum download time) and the
 //! wait for a lost home node.
 
 use std::collections::{HashMap, HashSet};
@@ -18,7 +18,8 @@ pub(super) const MAX_SLEEP: Duration = Duration::from_secs(5);
 /// Scheduling settings (from `[transfer]` in the configuration).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SchedulerSettings {
-    /// Jobs transferring at once per home node (0: none, transfers are paused).
+    /// Background jobs transferring at once per home node, beside every foreground
+    /// job (0: none, and no foreground job either: transfers are paused).
     pub(crate) max_active_jobs: usize,
     /// How long a background job keeps its slot while an equal-priority job waits.
     pub(crate) time_slice: Duration,
@@ -172,37 +173,47 @@ pub(super) fn plan(
     Plan { reports: out, next }
 }
 
-/// BITS's priority rules for the jobs of one home node.
+/// BITS's priority rules for the jobs of one home node: every foreground job runs
+/// (BITS lets them all transfer together); the background jobs share
+/// `max_active_jobs` slots, higher priority first, equal priorities in turns.
 fn assign_slots(
-    mut candidates: Vec<&JobView>,
+    candidates: Vec<&JobView>,
     settings: &SchedulerSettings,
     anchors: &mut Anchors,
     now: Instant,
     wall: Timestamp,
 ) -> (Vec<Report>, Option<Instant>) {
+    let (foreground, mut background): (Vec<&JobView>, Vec<&JobView>) =
+        candidates.into_iter().partition(|job| job.priority == Priority::Foreground);
+    // Foreground jobs are never queued (a cap of 0 pauses every transfer).
+    let paused = settings.max_active_jobs == 0;
+    let mut reports: Vec<Report> = foreground
+        .iter()
+        .filter_map(|job| match (job.state == JobState::Queued, paused) {
+            (true, false) => Some((job.id, job.run, EngineReport::Activate)),
+            (false, true) => Some((job.id, job.run, EngineReport::Preempt)),
+            _ => None,
+        })
+        .collect();
+
     let slice = settings.time_slice;
     let mut slice_ends = HashMap::new();
-    for job in &candidates {
+    for job in &background {
         if job.state != JobState::Queued
-            && job.priority != Priority::Foreground
             && let Some(at) = job.last_activated
         {
             slice_ends.insert(job.id, anchors.at(job.id, at, now, wall) + slice);
         }
     }
-    // Running jobs keep their slot while their slice lasts (foreground: always); then
-    // the job that waited longest since its last turn goes first.
+    // Running jobs keep their slot while their slice lasts; then the job that waited
+    // longest since its last turn goes first.
     let holds = |job: &JobView| {
-        job.state != JobState::Queued
-            && (job.priority == Priority::Foreground
-                || slice_ends.get(&job.id).is_none_or(|end| now < *end))
+        job.state != JobState::Queued && slice_ends.get(&job.id).is_none_or(|end| now < *end)
     };
-    candidates
+    background
         .sort_by_key(|job| (job.priority, !holds(job), job.last_activated, job.created, job.id));
     let cap = settings.max_active_jobs;
-    let mut reports = Vec::new();
-    let mut wake = None;
-    for (rank, job) in candidates.iter().enumerate() {
+    for (rank, job) in background.iter().enumerate() {
         let running = job.state != JobState::Queued;
         if rank < cap && !running {
             reports.push((job.id, job.run, EngineReport::Activate));
@@ -211,8 +222,9 @@ fn assign_slots(
         }
     }
     // Wake when a running job's slice ends while someone of its priority waits.
-    for job in candidates.iter().take(cap) {
-        let waiting = candidates.iter().skip(cap).any(|other| other.priority == job.priority);
+    let mut wake = None;
+    for job in background.iter().take(cap) {
+        let waiting = background.iter().skip(cap).any(|other| other.priority == job.priority);
         if let Some(end) = slice_ends.get(&job.id).filter(|_| waiting) {
             wake = Some(wake.map_or(*end, |w: Instant| w.min(*end)));
         }

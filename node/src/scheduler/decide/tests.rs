@@ -58,9 +58,10 @@ fn arb_active_state() -> impl Strategy<Value = JobState> {
 }
 
 proptest! {
-    /// Whatever holds the slots now, after the decision each home node runs at most
-    /// `cap` jobs, as many as it has candidates up to `cap`, and no waiting job has a
-    /// higher priority than a running one of the same node.
+    /// Whatever holds the slots now, after the decision each home node runs every
+    /// foreground job and at most `cap` background jobs, as many as it has candidates
+    /// up to `cap`, and no waiting background job has a higher priority than a running
+    /// one of the same node.
     #[test]
     fn higher_priority_pre_empts_lower_within_the_cap(
         specs in prop::collection::vec((1u64..=3, arb_active_state(), arb_priority()), 1..24),
@@ -79,9 +80,14 @@ proptest! {
         };
         for home in 1..=3 {
             let mine: Vec<&JobView> = jobs.iter().filter(|j| j.home_node == home).collect();
-            let running: Vec<&&JobView> = mine.iter().filter(|j| runs(j)).collect();
-            prop_assert_eq!(running.len(), mine.len().min(cap), "node {} uses its slots", home);
-            for waiting in mine.iter().filter(|j| !runs(j)) {
+            let (foreground, background): (Vec<&JobView>, Vec<&JobView>) =
+                mine.iter().partition(|j| j.priority == Priority::Foreground);
+            for job in &foreground {
+                prop_assert_eq!(runs(job), cap > 0, "foreground runs unless paused");
+            }
+            let running: Vec<&&JobView> = background.iter().filter(|j| runs(j)).collect();
+            prop_assert_eq!(running.len(), background.len().min(cap), "node {} uses its slots", home);
+            for waiting in background.iter().filter(|j| !runs(j)) {
                 for run in &running {
                     prop_assert!(run.priority <= waiting.priority,
                         "{:?} waits while {:?} runs", waiting.priority, run.priority);
@@ -90,8 +96,9 @@ proptest! {
         }
     }
 
-    /// A running foreground job keeps its slot however long it has had it, while an
-    /// equal-priority background job gives its slot up once its slice ended.
+    /// A running foreground job keeps running however long it has, and a waiting one
+    /// starts beside it; an equal-priority background job gives its slot up once its
+    /// slice ended.
     #[test]
     fn foreground_is_never_sliced_and_background_takes_turns(
         held_secs in 0u64..600,
@@ -105,7 +112,11 @@ proptest! {
         let plan = decide(&[running, waiting], 1, |_| true, now);
         let reports = reports_of(&plan);
         let slice_over = Duration::from_secs(held_secs) >= SLICE;
-        if priority == Priority::Foreground || !slice_over {
+        if priority == Priority::Foreground {
+            // Both run: foreground jobs take no background slot.
+            prop_assert_eq!(reports.get(&running.id), None);
+            prop_assert_eq!(reports.get(&waiting.id), Some(&EngineReport::Activate));
+        } else if !slice_over {
             prop_assert!(reports.is_empty(), "{:?}", reports);
         } else {
             prop_assert_eq!(reports.get(&running.id), Some(&EngineReport::Preempt));
