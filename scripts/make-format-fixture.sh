@@ -41,6 +41,10 @@ ferry job cancel "fixture cancelled"
 for i in $(seq 1 30); do
     ferry job create "fixture bulk $i" --priority low >/dev/null
 done
+# A principal of the cluster (format 9 on), for builds whose CLI has tokens.
+if ferry token --help >/dev/null 2>&1; then
+    ferry token create fixture-user --role user >/dev/null
+fi
 ferry --json job list --all-users >"$work/jobs.json"
 
 kill -TERM "$pid"

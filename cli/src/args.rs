@@ -56,6 +56,9 @@ pub(crate) enum Noun {
     /// API tokens of the cluster's principals (administrators): any member accepts them.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The node this command talks to (--node): its own settings, not the cluster's.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Print job events as they happen, one line each (NDJSON with --json); follows the
     /// cluster: on the loss of its node, resumes at another from the last cursor.
     Watch(WatchArgs),
@@ -200,10 +203,13 @@ pub(crate) enum JobCommand {
         #[arg(long)]
         all_users: bool,
     },
-    /// List a job's files with their progress.
+    /// List a job's files with their progress (one with --index).
     Files {
         /// The job.
         job: JobRef,
+        /// Only this file (its index, from 0).
+        #[arg(long)]
+        index: Option<u32>,
     },
     /// Show a job's error.
     Error {
@@ -224,6 +230,15 @@ pub(crate) enum JobCommand {
         /// Validation state (`SetValidationState`).
         #[arg(long)]
         valid: Option<bool>,
+    },
+    /// Replace the start of every remote URL (`ReplaceRemotePrefix`: the server moved).
+    ReplaceRemotePrefix {
+        /// The job.
+        job: JobRef,
+        /// The start of the remote URLs to replace.
+        old_prefix: String,
+        /// What replaces it.
+        new_prefix: String,
     },
     /// Queue the job for transfer.
     Resume {
@@ -449,6 +464,46 @@ pub(crate) enum TokenCommand {
         /// The principal.
         name: String,
     },
+}
+
+/// `ferry node`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// The node's bandwidth policy for background transfers and the rate it allows now.
+    Bandwidth,
+    /// Replace the node's bandwidth policy until it restarts (administrators; put it in
+    /// the node's [bandwidth] configuration to keep it). The work-hours window and its
+    /// rate are kept unless given or dropped.
+    SetBandwidth(SetBandwidthArgs),
+}
+
+/// `ferry node set-bandwidth` options.
+#[derive(Debug, Args)]
+pub(crate) struct SetBandwidthArgs {
+    /// Bytes per second for background jobs (outside work hours, if any): a number, or
+    /// with a unit such as 20MB or 2.5MiB; 0 for unlimited.
+    #[arg(value_name = "RATE", value_parser = parse_rate)]
+    pub(crate) rate: u64,
+    /// Bytes per second for background jobs inside work hours (0: unlimited).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub(crate) work_hours_rate: Option<u64>,
+    /// The work-hours window: days then times, e.g. "mon-fri 08:00-17:00".
+    #[arg(long, value_name = "DAYS FROM-TO", conflicts_with = "no_work_hours")]
+    pub(crate) work_hours: Option<String>,
+    /// Offset from UTC of the --work-hours times, e.g. +01:00 [default: the node's
+    /// current one, else +00:00].
+    #[arg(long, value_name = "+HH:MM", requires = "work_hours", allow_hyphen_values = true)]
+    pub(crate) utc_offset: Option<String>,
+    /// Drop the work-hours window.
+    #[arg(long)]
+    pub(crate) no_work_hours: bool,
+    /// Limit foreground jobs too (BITS exempts them).
+    #[arg(long)]
+    pub(crate) limit_foreground: bool,
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    ferry_coordinator::bandwidth::parse_rate(text)
 }
 
 /// `--role`.

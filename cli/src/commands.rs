@@ -5,7 +5,7 @@ use ferry_coordinator::Client;
 use ferry_protocol::api::{FileChanges, JobList};
 use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
 use ferry_protocol::job::{NotifyCmdLine, ProxySettings};
-use ferry_protocol::{FileRange, JobId, NewFile};
+use ferry_protocol::{BitsCode, FileRange, JobId, NewFile};
 
 use crate::args::{
     ClusterCommand, CredentialsCommand, ErrorCommand, JobCommand, Noun, SetArgs, TokenCommand,
@@ -53,6 +53,7 @@ pub(crate) async fn run(cli: &crate::args::Cli) -> anyhow::Result<()> {
             show(cli.json, &removed, |_| println!("Node {node_id} left the cluster."))
         }
         Noun::Token(command) => tokens(&client, cli.json, command).await,
+        Noun::Node(command) => crate::node::run(&client, cli.json, command).await,
         Noun::Cluster(command) => {
             let status = client.cluster().await?;
             match command {
@@ -207,9 +208,13 @@ async fn job(client: &Client, json: bool, command: &JobCommand) -> anyhow::Resul
             let list = JobList { jobs: client.list_jobs(*all_users).await? };
             show(json, &list, |l| output::jobs(&l.jobs))
         }
-        JobCommand::Files { job } => {
+        JobCommand::Files { job, index: None } => {
             let files = client.files(resolve(client, job).await?).await?;
             show(json, &files, |f| output::files(&f.files))
+        }
+        JobCommand::Files { job, index: Some(index) } => {
+            let file = client.file(resolve(client, job).await?, *index).await?;
+            show(json, &file, |f| output::files(std::slice::from_ref(f)))
         }
         JobCommand::Error { job } => {
             let error = client.job_error(resolve(client, job).await?).await?;
@@ -219,6 +224,16 @@ async fn job(client: &Client, json: bool, command: &JobCommand) -> anyhow::Resul
             let changes = property_changes(set)?;
             let info = client.set_properties(resolve(client, &set.job).await?, &changes).await?;
             show(json, &info, |i| println!("Job {} updated.", i.id))
+        }
+        JobCommand::ReplaceRemotePrefix { job, old_prefix, new_prefix } => {
+            let id = resolve(client, job).await?;
+            let replaced = client.replace_remote_prefix(id, old_prefix, new_prefix).await?;
+            show(json, &replaced, |r| match r.code {
+                BitsCode::S_FALSE => {
+                    println!("No remote URL of job {} starts with {old_prefix}.", r.job.id)
+                }
+                _ => println!("Job {}: remote URLs now start with {new_prefix}.", r.job.id),
+            })
         }
         JobCommand::SetFile { job, index, remote_url, valid } => {
             let changes = FileChanges { remote_url: remote_url.clone(), valid: *valid };

@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod fleet;
+mod node;
 mod output;
 mod target;
 mod transfer;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ferry_protocol::api::{
     ActionResult, AddFiles, ClusterStatus, ErrorDescription, ErrorInfo, FileChanges, FileInfo,
-    FileList, FleetInfo, Health, JobInfo, JobList, NewFleet, Problem,
+    FileList, FleetInfo, Health, JobInfo, JobList, NewFleet, PrefixReplaced, Problem,
 };
-use ferry_protocol::command::{JobAction, NewJob, PropertyChanges};
+use ferry_protocol::command::{JobAction, NewJob, PrefixChange, PropertyChanges};
 use ferry_protocol::credentials::{AuthScheme, AuthTarget, CredentialInfo, Secret};
 use ferry_protocol::principals::{CreatedToken, NewToken, TokenList};
 use ferry_protocol::{BitsCode, JobId, NewFile, RequestId, Role};
@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::IDEMPOTENCY_KEY;
+use crate::bandwidth::{BandwidthPolicy, BandwidthStatus};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +297,11 @@ impl Client {
         self.call::<(), _>(Method::GET, &format!("/v1/jobs/{id}/files"), None, false).await
     }
 
+    /// `GET /v1/jobs/{id}/files/{index}`: one file with its progress.
+    pub async fn file(&self, id: JobId, index: u32) -> Result<FileInfo, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/jobs/{id}/files/{index}"), None, false).await
+    }
+
     /// `PATCH /v1/jobs/{id}/files/{index}`.
     pub async fn set_file(
         &self,
@@ -310,6 +316,19 @@ impl Client {
     pub async fn act(&self, id: JobId, action: JobAction) -> Result<ActionResult, ClientError> {
         let path = format!("/v1/jobs/{id}/{}", action.as_str());
         self.call::<(), _>(Method::POST, &path, None, true).await
+    }
+
+    /// `POST /v1/jobs/{id}/replace-remote-prefix` (`ReplaceRemotePrefix`).
+    pub async fn replace_remote_prefix(
+        &self,
+        id: JobId,
+        old_prefix: &str,
+        new_prefix: &str,
+    ) -> Result<PrefixReplaced, ClientError> {
+        let change =
+            PrefixChange { old_prefix: old_prefix.to_owned(), new_prefix: new_prefix.to_owned() };
+        let path = format!("/v1/jobs/{id}/replace-remote-prefix");
+        self.call(Method::POST, &path, Some(&change), true).await
     }
 
     /// `PUT /v1/jobs/{id}/credentials` (`SetCredentials`). The password goes in the
@@ -409,6 +428,20 @@ impl Client {
             return Ok(());
         }
         decode::<()>(response).await
+    }
+
+    /// `GET /v1/node/bandwidth`: the bandwidth policy of the node this client talks to.
+    pub async fn bandwidth(&self) -> Result<BandwidthStatus, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/node/bandwidth", None, false).await
+    }
+
+    /// `PUT /v1/node/bandwidth`: puts `policy` in force on the node this client talks
+    /// to, until it restarts (administrators).
+    pub async fn set_bandwidth(
+        &self,
+        policy: &BandwidthPolicy,
+    ) -> Result<BandwidthStatus, ClientError> {
+        self.call(Method::PUT, "/v1/node/bandwidth", Some(policy), true).await
     }
 
     /// `DELETE /v1/cluster/members/{node}`.

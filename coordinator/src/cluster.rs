@@ -11,6 +11,8 @@ use ferry_protocol::{Caller, JobId, NodeId, Queue};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::bandwidth::{BandwidthPolicy, BandwidthStatus, InvalidPolicy};
+
 /// A boxed, sendable future (the trait is used as `dyn Cluster`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -48,7 +50,7 @@ impl From<Consistency> for ReadAt {
 
 // The answers of a write and the refusals of the cluster travel between members too:
 // they are defined with the peer messages.
-pub use ferry_protocol::peer::{ClusterError, Written};
+pub use ferry_protocol::peer::{ClusterError, FilesOutcome, Written};
 
 /// An open subscription to the job event stream (see `ferry_protocol::event`).
 pub trait EventStream: Send {
@@ -115,6 +117,20 @@ pub trait Cluster: Send + Sync + 'static {
     /// would stop). Fails naming the first member that does not, or does not answer.
     fn check_format(&self, version: u8) -> BoxFuture<'_, Result<(), ClusterError>>;
 
+    /// Complete's renames on the home node of job `job`, before the job is
+    /// acknowledged: [`FilesOutcome::Failed`] means a file could not be renamed into
+    /// place, and Complete must not be written.
+    fn place_files(&self, job: JobId) -> BoxFuture<'_, Result<FilesOutcome, ClusterError>>;
+
+    /// Waits for the end of Complete or Cancel of job `job` (final at log index
+    /// `applied`) on its home node: [`FilesOutcome::Failed`] names the temporary files
+    /// that could not be deleted.
+    fn finished_files(
+        &self,
+        job: JobId,
+        applied: u64,
+    ) -> BoxFuture<'_, Result<FilesOutcome, ClusterError>>;
+
     /// Every metric of this node, in the Prometheus text format (`GET /metrics`).
     fn metrics(&self) -> String;
 
@@ -125,4 +141,12 @@ pub trait Cluster: Send + Sync + 'static {
     /// of upload-reply job `job`, read by its home node (from the reply file after
     /// Complete, from its temporary file before).
     fn reply_data(&self, job: JobId) -> BoxFuture<'_, Result<Vec<u8>, ClusterError>>;
+
+    /// This node's bandwidth policy for background transfers and the rate it allows
+    /// now (`GET /v1/node/bandwidth`). Each node has its own.
+    fn bandwidth(&self) -> BandwidthStatus;
+
+    /// Puts `policy` in force on this node at once, until it restarts (the
+    /// configuration is the durable source; nothing is replicated or written).
+    fn set_bandwidth(&self, policy: BandwidthPolicy) -> Result<BandwidthStatus, InvalidPolicy>;
 }

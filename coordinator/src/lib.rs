@@ -4,6 +4,7 @@
 //! implements; this crate never touches Raft or disks itself.
 
 pub mod auth;
+pub mod bandwidth;
 pub mod bus;
 pub mod client;
 pub mod cluster;

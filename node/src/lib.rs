@@ -16,6 +16,7 @@ mod fs;
 mod leader;
 mod membership;
 mod metrics;
+mod netwatch;
 mod node;
 mod notify;
 mod peer;

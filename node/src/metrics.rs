@@ -76,6 +76,12 @@ pub(crate) struct Metrics {
     retries: Counter,
     /// Pieces this node is fetching for other members' jobs right now ([`Helping`]).
     helping: Gauge,
+    /// The bandwidth limit of background transfers in force, bytes/s (0: unlimited).
+    bandwidth_limit: Gauge,
+    /// Bytes that drew on the bandwidth limit.
+    bandwidth_throttled: Counter,
+    /// Seconds transfers waited for the bandwidth limit, added up over transfers.
+    bandwidth_wait: Counter<f64, std::sync::atomic::AtomicU64>,
     pub(crate) jobs: Family<JobLabels, Gauge>,
     pub(crate) upload_sessions: Gauge,
     pub(crate) raft_term: Gauge,
@@ -109,6 +115,9 @@ impl Metrics {
             job_errors: Family::default(),
             retries: Counter::default(),
             helping: Gauge::default(),
+            bandwidth_limit: Gauge::default(),
+            bandwidth_throttled: Counter::default(),
+            bandwidth_wait: Counter::default(),
             jobs: Family::default(),
             upload_sessions: Gauge::default(),
             raft_term: Gauge::default(),
@@ -151,6 +160,25 @@ impl Metrics {
             "ferry_helper_pieces_in_flight",
             "Pieces this node is fetching for other members' jobs",
             m.helping.clone(),
+        );
+        r.register(
+            "ferry_bandwidth_limit_bytes_per_second",
+            "Bandwidth limit of background transfers in force on this node (0: unlimited)",
+            m.bandwidth_limit.clone(),
+        );
+        r.register_with_unit(
+            "ferry_bandwidth_throttled",
+            "Bytes that drew on this node's bandwidth limit: background transfers (and \
+             foreground ones with limit_foreground) received from origins for this node's \
+             jobs and as a helper, and upload fragments sent",
+            Unit::Bytes,
+            m.bandwidth_throttled.clone(),
+        );
+        r.register_with_unit(
+            "ferry_bandwidth_wait",
+            "Time transfers waited for this node's bandwidth limit, added up over transfers",
+            Unit::Seconds,
+            m.bandwidth_wait.clone(),
         );
         r.register(
             "ferry_fleet_transferred",
@@ -224,6 +252,19 @@ impl Metrics {
     /// Adds `bytes` of this node's downloads from `source`.
     pub(crate) fn received(&self, source: &'static str, bytes: u64) {
         self.transfer_bytes.get_or_create(&Source { source }).inc_by(bytes);
+    }
+
+    /// Sets the bandwidth limit in force, bytes per second (0: unlimited).
+    pub(crate) fn bandwidth_limit(&self, rate: u64) {
+        self.bandwidth_limit.set(i64::try_from(rate).unwrap_or(i64::MAX));
+    }
+
+    /// Counts `bytes` that drew on the bandwidth limit and then waited `waited`.
+    pub(crate) fn bandwidth_drawn(&self, bytes: u64, waited: std::time::Duration) {
+        self.bandwidth_throttled.inc_by(bytes);
+        if !waited.is_zero() {
+            self.bandwidth_wait.inc_by(waited.as_secs_f64());
+        }
     }
 
     /// Times a durable commit of `db`.

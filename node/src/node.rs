@@ -130,6 +130,11 @@ pub async fn run(
     Liveness::register(&router);
     let liveness = Liveness::start(node_id, peers.clone());
     let stopped = raft::stop_token(&raft);
+    // One bandwidth limit for the node's background transfers; the API may replace its
+    // policy until the node restarts.
+    let bandwidth = crate::transfer::bandwidth::Bandwidth::new(config.bandwidth.clone())
+        .map_err(|e| Error::Config(format!("bandwidth: {e}")))?;
+    tokio::spawn(crate::transfer::bandwidth::keep_schedule(Arc::downgrade(&bandwidth)));
     let cluster = NodeCluster::new(
         Parts {
             node_id,
@@ -141,6 +146,7 @@ pub async fn run(
             ca_pem: start.identity.ca_pem().into(),
             sandboxes: sandboxes.clone(),
             stopped: stopped.clone(),
+            bandwidth: bandwidth.clone(),
         },
         &router,
     );
@@ -216,6 +222,8 @@ pub async fn run(
             t.max_origin_connections,
             t.max_connections_per_origin,
         )),
+        bandwidth,
+        network: crate::netwatch::NetWatch::start(),
     };
     // From now on this node fetches pieces for other members' jobs and serves its copies.
     crate::transfer::helper::register(
@@ -232,8 +240,10 @@ pub async fn run(
         handle.clone(),
         config.peer_cache.clone(),
     ));
+    // Network loss and return for the jobs homed here.
+    crate::transfer::Reachability::new(node_id, handle.clone(), &engine).start();
     // The actor lives on through its own subscription to the change feed.
-    Transfers::new(node_id, handle.clone(), engine, secrets.clone()).start();
+    Transfers::new(node_id, handle.clone(), engine, secrets.clone(), cluster.finisher()).start();
     let scheduler = Scheduler::new(
         node_id,
         handle.clone(),

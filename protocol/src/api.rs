@@ -204,6 +204,18 @@ pub struct ActionResult {
     pub job: JobInfo,
 }
 
+/// The answer to `POST /v1/jobs/{id}/replace-remote-prefix`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PrefixReplaced {
+    /// `S_OK` when some file changed, `S_FALSE` when none matched.
+    pub code: BitsCode,
+    /// The code's name.
+    pub code_name: String,
+    /// The job after the call.
+    pub job: JobInfo,
+}
+
 /// A job's error as `IBackgroundCopyError` describes it (`GET /v1/jobs/{id}/error`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

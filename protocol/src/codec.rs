@@ -30,8 +30,9 @@ use serde::de::DeserializeOwned;
 /// Version 4 added the upload client's state to jobs and back-end outcomes to upload
 /// sessions; version 5 the jobs' helper cap; version 6 the peer cache and fleets;
 /// version 7 the remote file's declared SHA-256; version 9 the cluster's principals
-/// (their commands and rows: append-only, so version 8 values read as they are).
-pub const FORMAT_VERSION: u8 = 9;
+/// (their commands and rows: append-only, so version 8 values read as they are);
+/// version 10 the `ReplaceRemotePrefix` command (append-only too).
+pub const FORMAT_VERSION: u8 = 10;
 
 /// The oldest version this build reads: data written by builds of this format onwards
 /// opens without conversion.

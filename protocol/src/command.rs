@@ -148,6 +148,48 @@ pub enum Command {
     /// Create or revoke a token of the cluster's principals (format 9; appended last so
     /// that every earlier variant keeps its number).
     Principals(crate::principals::PrincipalCommand),
+    /// `ReplaceRemotePrefix` (format 10, appended last).
+    ReplaceRemotePrefix(ReplacePrefix),
+}
+
+/// The format that brought [`ReplacePrefix`].
+pub const REPLACE_PREFIX_FORMAT: u8 = 10;
+
+/// `ReplaceRemotePrefix`: every file of a download job whose remote name starts with
+/// `old_prefix`, and that is not transferred yet, gets `new_prefix` instead (the server
+/// moved); each such file starts over, as with `SetRemoteName`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ReplacePrefix {
+    /// The job.
+    pub job: JobId,
+    /// The prefixes.
+    pub change: PrefixChange,
+}
+
+/// The body of `POST /v1/jobs/{id}/replace-remote-prefix`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PrefixChange {
+    /// The start of the remote names to replace (not empty).
+    pub old_prefix: String,
+    /// What replaces it (not a `file:` URL: use `SetRemoteName` for local sources).
+    pub new_prefix: String,
+}
+
+/// How [`ReplacePrefix`] is written: with the format it appeared in.
+#[derive(Serialize)]
+#[serde(rename = "ReplacePrefix")]
+struct ReplacePrefixRef<'a> {
+    job: &'a JobId,
+    change: &'a PrefixChange,
+}
+
+impl Serialize for ReplacePrefix {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::codec::needs_version(REPLACE_PREFIX_FORMAT);
+        ReplacePrefixRef { job: &self.job, change: &self.change }.serialize(serializer)
+    }
 }
 
 /// The state-changing job calls of `IBackgroundCopyJob`.

@@ -103,6 +103,17 @@ impl std::str::FromStr for AuthTarget {
     }
 }
 
+/// The refusal of NULL/NULL credentials: BITS takes them as the caller's implicit logon
+/// credentials for NTLM, Negotiate and Passport only, which Ferry does not support.
+pub fn implicit_credentials() -> CommandError {
+    CommandError::new(
+        BitsCode::E_INVALIDARG,
+        "no user name and no password (implicit logon credentials) are only for NTLM, \
+         Negotiate and Passport in BITS, which Ferry does not support; give a user name and \
+         password for Basic or Digest",
+    )
+}
+
 /// A password in memory. `Debug` prints `"<redacted>"`; it is never serialized back
 /// out by the API (only accepted).
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -148,6 +159,9 @@ impl NewCredentials {
     /// BITS's checks: supported scheme, name and password lengths.
     pub fn validate(&self) -> Result<(), CommandError> {
         self.scheme.supported()?;
+        if self.user_name.is_empty() && self.password.expose().is_empty() {
+            return Err(implicit_credentials());
+        }
         if self.user_name.chars().count() > MAX_USER_NAME_CHARS {
             return Err(CommandError::new(
                 BitsCode::BG_E_USERNAME_TOO_LARGE,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::MemberProbe;
 use crate::codec::ByteBuf;
-use crate::command::{CommandResult, Proposal};
+use crate::command::{CommandError, CommandResult, Proposal};
 use crate::job::JobError;
 use crate::transfer::{RemoteInfo, Severity};
 use crate::{JobId, NodeId};
@@ -293,6 +293,45 @@ impl PeerRpc for ReplyData {
     type Answer = ByteBuf;
 }
 
+/// Complete's renames, asked of the job's home node before the job is acknowledged:
+/// every transferred file of the job is renamed into place (a reply too), so that the
+/// job becomes ACKNOWLEDGED only once they all are.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlaceFiles {
+    /// The job (the home node reads it linearizably).
+    pub job: JobId,
+}
+
+impl PeerRpc for PlaceFiles {
+    const NAME: &'static str = "place-files";
+    type Answer = FilesOutcome;
+}
+
+/// The end of Complete or Cancel on the home node, asked for once the job is final:
+/// answered when the job's files are renamed or deleted, saying whether all were.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinishFiles {
+    /// The job.
+    pub job: JobId,
+    /// The log index at which the job became final.
+    pub applied: u64,
+}
+
+impl PeerRpc for FinishFiles {
+    const NAME: &'static str = "finish-files";
+    type Answer = FilesOutcome;
+}
+
+/// What the home node did with a job's files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FilesOutcome {
+    /// Every file was renamed into place or deleted, as asked.
+    Done,
+    /// Not every one: the BITS code and why (a file that could not be renamed leaves
+    /// the job where it was; one that could not be deleted leaves it cancelled).
+    Failed(CommandError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +361,8 @@ mod tests {
             ChunkRequest::NAME,
             CopyRequest::NAME,
             ReplyData::NAME,
+            PlaceFiles::NAME,
+            FinishFiles::NAME,
         ];
         let unique: std::collections::BTreeSet<&str> = names.into_iter().collect();
         assert_eq!(unique.len(), names.len());

@@ -111,7 +111,7 @@ impl PeerCopy<'_> {
 /// job that allows serving (`BG_JOB_ENABLE_PEERCACHING_SERVER`), a whole file (no
 /// ranges) probed with a size and validator or declared digest, with durable chunks,
 /// not withdrawn, and still on disk (not cancelled; after Complete only once renamed
-/// into place). Its version key from its first chunk on; its digest key only once the
+/// into place); with [`peer_caching::SERVE_VALIDATED_ONLY`], only once validated. Its version key from its first chunk on; its digest key only once the
 /// whole file is transferred, which it is only after it matched the declared digest,
 /// and only for content fetched without credentials, custom headers or a client
 /// certificate: a job reaches a digest copy through any origin that declares the
@@ -124,7 +124,10 @@ pub fn offered_keys(job: &Job, index: usize) -> Vec<ContentKey> {
         _ => true,
     };
     let holds_chunks = !file.withdrawn && file.chunk_size > 0 && !file.chunks.is_empty();
-    if !(serves(job, file) && on_disk && holds_chunks) {
+    let validated = file.validated
+        || job.state == JobState::Acknowledged
+        || job.props.peer_caching_flags & peer_caching::SERVE_VALIDATED_ONLY == 0;
+    if !(serves(job, file) && on_disk && holds_chunks && validated) {
         return Vec::new();
     }
     keys_of(job, file)

@@ -85,6 +85,7 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
             crate::principals::check_roots(roots.as_deref())
         }
         Command::Principals(_) => Ok(()),
+        Command::ReplaceRemotePrefix(replace) => prefix_change(&replace.change),
         Command::SetCredentials { credential, .. } => {
             credential.scheme.supported()?;
             if credential.sealed.len() > 2 * crate::credentials::MAX_PASSWORD_CHARS * 4 {
@@ -533,6 +534,26 @@ pub fn flag_bits(what: &str, flags: u32, valid: u32) -> Result<(), CommandError>
 /// Valid peer-caching flags.
 pub fn peer_caching_flags(flags: u32) -> Result<(), CommandError> {
     flag_bits("peer caching flags", flags, peer_caching::VALID)
+}
+
+/// `ReplaceRemotePrefix`'s prefixes: the old one not empty, neither longer than a
+/// remote URL, and the new one no `file:` URL (local sources are named one by one with
+/// `SetRemoteName`, where the caller's roots are checked).
+pub fn prefix_change(change: &crate::command::PrefixChange) -> Result<(), CommandError> {
+    if change.old_prefix.is_empty() {
+        return Err(invalid("old_prefix is empty"));
+    }
+    if change.old_prefix.len() > MAX_REMOTE_URL_CHARS
+        || change.new_prefix.len() > MAX_REMOTE_URL_CHARS
+    {
+        return Err(invalid(format!("a prefix is longer than {MAX_REMOTE_URL_CHARS} characters")));
+    }
+    if change.new_prefix.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("file:")) {
+        return Err(invalid(
+            "new_prefix may not be a file: URL; use SetRemoteName for local sources",
+        ));
+    }
+    Ok(())
 }
 
 /// Valid ACL flags.

@@ -255,3 +255,67 @@ async fn a_job_proxy_is_subject_to_the_egress_policy() -> anyhow::Result<()> {
     assert_eq!(job.error.map(|e| e.code), Some(BitsCode::BG_E_BLOCKED_BY_POLICY));
     Ok(())
 }
+
+/// `RemoveCredentials`: the job then sends nothing and is denied like a job that never
+/// had credentials; removing an absent one is a no-op; a target or scheme that is not
+/// one of BITS's is refused with `BG_E_INVALID_AUTH_TARGET` / `_SCHEME`.
+#[tokio::test]
+async fn removed_credentials_are_not_sent_and_bad_targets_are_refused() -> anyhow::Result<()> {
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/secret.bin", Content::Pattern { seed: 5, len: 64 * 1024 });
+    let auth = Auth::Basic { user: "ferry".into(), password: PASSWORD.into() };
+    origin.set_knobs(Knobs { auth: Some(auth), ..Knobs::default() });
+
+    let mut spec = new_job("removed", ferry_protocol::JobType::Download, vec![]);
+    spec.files.push(ferry_protocol::NewFile {
+        remote_url: origin.url("/secret.bin"),
+        local_path: out.path().join("removed").to_string_lossy().into(),
+        ranges: vec![],
+    });
+    let id = client.create_job(&spec).await?.id;
+    let set = client
+        .set_credentials(id, AuthTarget::Server, AuthScheme::Basic, "ferry", &Secret::new(PASSWORD))
+        .await?;
+    assert_eq!(set.len(), 1);
+    let left = client.remove_credentials(id, AuthTarget::Server, AuthScheme::Basic).await?;
+    assert!(left.is_empty(), "{left:?}");
+    let again = client.remove_credentials(id, AuthTarget::Proxy, AuthScheme::Digest).await?;
+    assert!(again.is_empty(), "removing an absent credential changes nothing");
+    client.act(id, JobAction::Resume).await?;
+    let job = wait_for(&node, &client, id, &[JobState::Error], Duration::from_secs(30)).await?;
+    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(401)));
+    assert!(origin.requests().iter().all(|r| r.authorization.is_none()), "nothing was sent");
+
+    let http = crate::support::raw();
+    for (path, code) in [
+        ("nowhere/basic", BitsCode::BG_E_INVALID_AUTH_TARGET),
+        ("server/kerberos", BitsCode::BG_E_INVALID_AUTH_SCHEME),
+    ] {
+        let url = format!("{}/v1/jobs/{id}/credentials/{path}", node.url()?);
+        let answer = http.delete(&url).bearer_auth(tokens::ALICE).send().await?;
+        assert_eq!(answer.status(), 400, "{path}");
+        let problem: ferry_protocol::api::Problem = answer.json().await?;
+        assert_eq!(problem.code, code, "{path}: {}", problem.detail);
+    }
+    let body = serde_json::json!({"target": "nowhere", "scheme": "basic", "user_name": "u", "password": "p"});
+    let url = format!("{}/v1/jobs/{id}/credentials", node.url()?);
+    let answer = http.put(&url).bearer_auth(tokens::ALICE).json(&body).send().await?;
+    assert_eq!(answer.status(), 400);
+    let problem: ferry_protocol::api::Problem = answer.json().await?;
+    assert_eq!(problem.code, BitsCode::BG_E_INVALID_AUTH_TARGET, "{}", problem.detail);
+    // NULL/NULL: implicit logon credentials, which BITS takes for NTLM/Negotiate only.
+    for body in [
+        serde_json::json!({"target": "server", "scheme": "basic", "user_name": null, "password": null}),
+        serde_json::json!({"target": "server", "scheme": "digest", "user_name": "", "password": ""}),
+    ] {
+        let answer = http.put(&url).bearer_auth(tokens::ALICE).json(&body).send().await?;
+        assert_eq!(answer.status(), 400);
+        let problem: ferry_protocol::api::Problem = answer.json().await?;
+        assert_eq!(problem.code, BitsCode::E_INVALIDARG);
+        assert!(problem.detail.contains("implicit"), "{}", problem.detail);
+    }
+    Ok(())
+}

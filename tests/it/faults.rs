@@ -280,13 +280,36 @@ async fn per_connection_rate_cap_is_beaten_by_several_connections() -> anyhow::R
     Ok(())
 }
 
+/// A job for `url` (a host only `proxy` reaches) through `proxy` (usage override), to
+/// `local`, created suspended.
+fn through_proxy(proxy: &Origin, url: &str, local: &std::path::Path) -> ferry_protocol::NewJob {
+    let settings = ferry_protocol::job::ProxySettings {
+        usage: ferry_protocol::job::ProxyUsage::Override,
+        list: Some(proxy.addr().to_string()),
+        bypass: None,
+    };
+    ferry_protocol::NewJob {
+        display_name: "via proxy".into(),
+        job_type: ferry_protocol::JobType::Download,
+        properties: PropertyChanges { proxy: Some(settings), ..PropertyChanges::default() },
+        files: vec![ferry_protocol::NewFile {
+            remote_url: url.into(),
+            local_path: local.to_string_lossy().into(),
+            ranges: vec![],
+        }],
+    }
+}
+
 #[tokio::test]
 async fn proxy_override_with_and_without_proxy_credentials() -> anyhow::Result<()> {
     let proxy = origin_with(
         "/p.bin",
         300 * KIB,
         Knobs {
-            proxy: Some(ProxyMode { require_auth: Some(("pu".into(), "proxy-pw-77".into())) }),
+            proxy: Some(ProxyMode {
+                require_auth: Some(("pu".into(), "proxy-pw-77".into())),
+                ..ProxyMode::default()
+            }),
             ..Knobs::default()
         },
     )
@@ -294,32 +317,16 @@ async fn proxy_override_with_and_without_proxy_credentials() -> anyhow::Result<(
     let node = transfer_node("").await?;
     let client = node.client(Some(tokens::ALICE))?;
     let out = tempfile::tempdir()?;
-    let settings = ferry_protocol::job::ProxySettings {
-        usage: ferry_protocol::job::ProxyUsage::Override,
-        list: Some(proxy.addr().to_string()),
-        bypass: None,
-    };
-    let props = PropertyChanges { proxy: Some(settings), ..PropertyChanges::default() };
     // A host only the proxy can reach.
-    let url = "http://files.invalid/p.bin".to_owned();
+    let url = "http://files.invalid/p.bin";
 
-    let id =
-        start_download(&client, &[(url.clone(), out.path().join("no"))], props.clone()).await?;
+    let id = client.create_job(&through_proxy(&proxy, url, &out.path().join("no"))).await?.id;
+    client.act(id, JobAction::Resume).await?;
     let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
     assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(407)));
 
     let local = out.path().join("yes");
-    let spec = ferry_protocol::NewJob {
-        display_name: "via proxy".into(),
-        job_type: ferry_protocol::JobType::Download,
-        properties: props,
-        files: vec![ferry_protocol::NewFile {
-            remote_url: url,
-            local_path: local.to_string_lossy().into(),
-            ranges: vec![],
-        }],
-    };
-    let id = client.create_job(&spec).await?.id;
+    let id = client.create_job(&through_proxy(&proxy, url, &local)).await?.id;
     let password = ferry_protocol::credentials::Secret::new("proxy-pw-77");
     use ferry_protocol::credentials::{AuthScheme, AuthTarget};
     client.set_credentials(id, AuthTarget::Proxy, AuthScheme::Basic, "pu", &password).await?;
@@ -352,7 +359,10 @@ async fn no_progress_for_the_timeout_turns_retries_into_error() -> anyhow::Resul
     assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(503)));
     let job = wait_for(&node, &client, id, &[JobState::Error], SHORT).await?;
     let took = started.elapsed();
-    assert_eq!(job.error.map(|e| e.code), Some(BitsCode::http(503)), "the last error is kept");
+    // BG_E_NO_PROGRESS, naming the last error.
+    let error = job.error.ok_or_else(|| anyhow::anyhow!("ERROR without an error"))?;
+    assert_eq!(error.code, BitsCode::BG_E_NO_PROGRESS);
+    assert!(error.detail.contains("503"), "the last error is named: {}", error.detail);
     assert!(job.error_count >= 2, "retried once before giving up: {}", job.error_count);
     assert!(took >= Duration::from_secs(6), "gave up after {took:?}, before the timeout");
     println!("ERROR after {took:?} and {} errors", job.error_count);
@@ -462,5 +472,123 @@ async fn the_egress_policy_refuses_addresses_before_connecting() -> anyhow::Resu
         assert!(error.detail.contains("egress policy"), "{}", error.detail);
     }
     assert_eq!(origin.stats().connections, 0, "nothing reached the refused origin");
+    Ok(())
+}
+
+/// Python's `http.server` (as users meet it): HTTP/1.0, no range support.
+struct PythonServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PythonServer {
+    fn start(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
+        use std::io::BufRead;
+        let python = std::path::Path::new("/usr/bin/python3");
+        if !python.exists() {
+            return Ok(None);
+        }
+        let mut child = std::process::Command::new(python)
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            anyhow::bail!("cannot read the port from {line:?}");
+        };
+        Ok(Some(Self { child, port }))
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1.0 server that ignores ranges: a background job fails with
+/// `BG_E_INSUFFICIENT_HTTP_SUPPORT` (BITS needs HTTP/1.1), naming the way out; a
+/// foreground job fetches the file in one stream.
+#[tokio::test]
+async fn an_http_1_0_server_needs_foreground_priority() -> anyhow::Result<()> {
+    let served = tempfile::tempdir()?;
+    let bytes = ferry_tests::origin::pattern_bytes(8, 0, 1024 * KIB);
+    std::fs::write(served.path().join("f.bin"), &bytes)?;
+    let Some(server) = PythonServer::start(served.path())? else {
+        println!("SKIPPED: /usr/bin/python3 is missing");
+        return Ok(());
+    };
+    let url = format!("http://127.0.0.1:{}/f.bin", server.port);
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+
+    let background = start_download(
+        &client,
+        &[(url.clone(), out.path().join("bg"))],
+        PropertyChanges::default(),
+    )
+    .await?;
+    let job = wait_for(&node, &client, background, &[JobState::Error], SHORT).await?;
+    let error = job.error.ok_or_else(|| anyhow::anyhow!("ERROR without an error"))?;
+    assert_eq!(error.code, BitsCode::BG_E_INSUFFICIENT_HTTP_SUPPORT, "{}", error.detail);
+    assert!(error.detail.contains("foreground"), "names the way out: {}", error.detail);
+
+    let props =
+        PropertyChanges { priority: Some(Priority::Foreground), ..PropertyChanges::default() };
+    let local = out.path().join("fg");
+    let foreground = start_download(&client, &[(url, local.clone())], props).await?;
+    wait_for(&node, &client, foreground, &[JobState::Transferred], SHORT).await?;
+    client.act(foreground, JobAction::Complete).await?;
+    assert_eq!(std::fs::read(&local)?, bytes);
+    drop(server);
+    Ok(())
+}
+
+/// Digest to a proxy: the job's proxy credential answers the proxy's `407` Digest
+/// challenge (`Proxy-Authenticate`), and the download goes through it.
+#[tokio::test]
+async fn digest_credentials_answer_a_proxys_challenge() -> anyhow::Result<()> {
+    use ferry_protocol::credentials::{AuthScheme, AuthTarget, Secret};
+    let proxy = origin_with(
+        "/d.bin",
+        300 * KIB,
+        Knobs {
+            proxy: Some(ProxyMode {
+                require_digest: Some(("du".into(), "digest-pw-42".into())),
+                ..ProxyMode::default()
+            }),
+            ..Knobs::default()
+        },
+    )
+    .await?;
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let local = out.path().join("d");
+    let spec = through_proxy(&proxy, "http://files.invalid/d.bin", &local);
+    let id = client.create_job(&spec).await?.id;
+    let password = Secret::new("digest-pw-42");
+    client.set_credentials(id, AuthTarget::Proxy, AuthScheme::Digest, "du", &password).await?;
+    client.act(id, JobAction::Resume).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&proxy, "/d.bin", &local)?);
+    let schemes: Vec<String> =
+        proxy.requests().iter().filter_map(|r| r.proxy_authorization.clone()).collect();
+    assert!(schemes.iter().any(|s| s.eq_ignore_ascii_case("digest")), "{schemes:?}");
+    assert!(proxy.requests().iter().any(|r| r.via_proxy && r.status == 407), "challenged first");
     Ok(())
 }

@@ -325,10 +325,16 @@ async fn a_temporary_file_swapped_for_a_symlink_is_never_written_or_re_moded() -
         "the symlink was replaced by a new temporary file"
     );
 
-    // Defect 3: the same swap right before Complete: nothing is re-moded or renamed.
+    // Defect 3: the same swap right before Complete: nothing is re-moded or renamed,
+    // and Complete says so (the job stays TRANSFERRED).
     std::fs::remove_file(&temp)?;
     symlink(tree.outside.join("victim"), &temp)?;
-    alice.act(id, JobAction::Complete).await?;
+    let refused = alice.act(id, JobAction::Complete).await;
+    let Err(ferry_coordinator::ClientError::Api(problem)) = refused else {
+        anyhow::bail!("Complete over a swapped temporary file answered {refused:?}");
+    };
+    anyhow::ensure!(problem.status == 409, "{problem:?}");
+    anyhow::ensure!(alice.job(id).await?.state == JobState::Transferred);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while std::fs::symlink_metadata(&temp).is_ok() {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the swapped name is still there");

@@ -1,13 +1,17 @@
 //! End-to-end tests: real `ferryd` processes on loopback, driven through the HTTP API,
 //! the typed client and the `ferry` CLI.
 
+mod acl;
 mod api_hardening;
 mod api_tls;
 mod auth;
 mod bad_input;
+mod bandwidth;
 mod change_feed;
 mod cli;
+mod clock;
 mod cluster;
+mod complete;
 mod compose;
 mod daemon;
 mod download;
@@ -20,6 +24,7 @@ mod identity;
 mod k8s_manifests;
 mod metrics;
 mod nemesis;
+mod netwatch;
 mod nginx;
 mod notify;
 mod openapi;
@@ -28,6 +33,7 @@ mod partition;
 mod peer_cache;
 mod principals;
 mod priority;
+mod remote_names;
 mod restart;
 mod shard;
 mod ssrf;

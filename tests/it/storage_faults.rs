@@ -470,7 +470,8 @@ async fn a_crash_at_a_transfer_failpoint_leaves_the_right_file() -> anyhow::Resu
             crate::support::start_download(&client, &files, PropertyChanges::default()).await?;
         if name == "complete.before_rename" {
             wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
-            // The node dies inside Complete, after the job was acknowledged.
+            // The node dies inside Complete, renaming the file before the job is
+            // acknowledged.
             let _ = client.act(id, JobAction::Complete).await;
         }
         // Wait for the crash.
@@ -487,11 +488,10 @@ async fn a_crash_at_a_transfer_failpoint_leaves_the_right_file() -> anyhow::Resu
         node.options.failpoints = None;
         node.restart().await?;
         let client = node.client(Some(tokens::ALICE))?;
-        if name == "chunk.before_fsync" {
-            wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
-            client.act(id, JobAction::Complete).await?;
-        }
-        // After a crash inside Complete the restarted node finishes the rename.
+        // After a crash inside Complete the job is still TRANSFERRED (Complete is
+        // transactional): Complete again places the file.
+        wait_for(&node, &client, id, &[JobState::Transferred], SHORT).await?;
+        client.act(id, JobAction::Complete).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !local.exists() {
             anyhow::ensure!(Instant::now() < deadline, "{name}: the file never reached its name");

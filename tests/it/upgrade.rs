@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, ensure};
 use ferry_protocol::api::{JobInfo, JobList};
+use ferry_protocol::command::JobAction;
 use ferry_protocol::{JobType, Role};
 use ferry_tests::{Node, NodeOptions, copy_dir, tokens};
 
@@ -25,6 +26,14 @@ fn fixtures() -> anyhow::Result<Vec<PathBuf>> {
         .collect();
     dirs.sort();
     Ok(dirs.into_iter().map(|(_, path)| path).collect())
+}
+
+/// The format of a fixture directory (`format-N`).
+fn fixture_format(dir: &Path) -> u32 {
+    (dir.file_name().and_then(|n| n.to_str()))
+        .and_then(|n| n.strip_prefix("format-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What must survive of a job.
@@ -87,11 +96,23 @@ async fn every_earlier_formats_data_directory_opens_with_all_its_jobs() -> anyho
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
 
-        // It goes on: new jobs and principals (format 9) are written beside the old
-        // rows, and everything opens again.
+        // A principal the previous format made still holds.
+        let names: Vec<String> =
+            admin.tokens().await?.tokens.into_iter().map(|t| t.name.to_string()).collect();
+        let had_tokens = fixture_format(&fixture) >= 9;
+        ensure!(
+            !had_tokens || names.iter().any(|n| n == "fixture-user"),
+            "{}: the fixture's principal is gone: {names:?}",
+            fixture.display()
+        );
+
+        // It goes on: new jobs, principals (format 9) and a replaced prefix (format 10)
+        // are written beside the old rows, and everything opens again.
         let job =
             admin.create_job(&new_job("after the upgrade", JobType::Download, vec![])).await?;
         let carol = admin.create_token("carol", Role::User, None).await?;
+        let moved = admin.replace_remote_prefix(job.id, "http", "https").await?;
+        ensure!(moved.code == ferry_protocol::BitsCode::S_FALSE, "{moved:?}");
         node.restart().await?;
         let admin = node.client(Some(&token))?;
         let after = admin.list_jobs(true).await?;
@@ -107,7 +128,8 @@ async fn every_earlier_formats_data_directory_opens_with_all_its_jobs() -> anyho
 /// `ferryd` in `FERRY_PREVIOUS_FERRYD`; `scripts/rolling-upgrade.sh` builds it from the
 /// commit named in the newest fixture) are stopped and started on this build one at a
 /// time while a writer creates jobs, retrying with its request id only on 503 and
-/// connection errors. Tokens (format 9) are refused until every member is upgraded. After each upgrade the writer pauses until all three members,
+/// connection errors. `ReplaceRemotePrefix` (format 10) is refused until every member
+/// is upgraded. After each upgrade the writer pauses until all three members,
 /// of both builds, have applied the same entries. Nothing acknowledged is lost and
 /// nothing else fails.
 /// Skipped (passing, with a notice) without that binary.
@@ -144,19 +166,25 @@ async fn a_rolling_upgrade_from_the_previous_build_loses_no_acknowledged_job() -
         ferry_tests::await_agreement(&nodes, 3, &what).await?;
         paused.store(false, std::sync::atomic::Ordering::Relaxed);
         if i + 1 < nodes.len() {
-            // The new feature waits for every member: a token is refused, saying why.
+            // The new feature waits for every member: it is refused, saying why.
+            let job = nodes[i]
+                .client(Some(tokens::ADMIN))?
+                .create_job(&new_job("mid-upgrade", JobType::Download, vec![]))
+                .await?;
             let early = crate::support::raw()
-                .post(format!("{}/v1/tokens", nodes[i].url()?))
+                .post(format!("{}/v1/jobs/{}/replace-remote-prefix", nodes[i].url()?, job.id))
                 .bearer_auth(tokens::ADMIN)
-                .json(&serde_json::json!({ "name": "early", "role": "user" }))
+                .json(&serde_json::json!({ "old_prefix": "http", "new_prefix": "https" }))
                 .send()
                 .await?;
             let status = early.status();
             let said = early.text().await?;
             ensure!(
-                status == 503 && said.contains("format 8"),
-                "a token mid-upgrade: {status} {said}"
+                status == 503 && said.contains("needs format 10"),
+                "ReplaceRemotePrefix mid-upgrade: {status} {said}"
             );
+            // Cancelled: not listed among the writer's jobs.
+            nodes[i].client(Some(tokens::ADMIN))?.act(job.id, JobAction::Cancel).await?;
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -187,8 +215,13 @@ async fn a_rolling_upgrade_from_the_previous_build_loses_no_acknowledged_job() -
         written.retried,
         written.errors.len()
     );
-    // Every member reads format 9 now: tokens work, on every member.
-    let made = nodes[2].client(Some(tokens::ADMIN))?.create_token("late", Role::User, None).await?;
+    // Every member reads format 10 now: the new command works, on every member.
+    let admin = nodes[2].client(Some(tokens::ADMIN))?;
+    let job = admin.create_job(&new_job("late", JobType::Download, vec![])).await?;
+    let moved = admin.replace_remote_prefix(job.id, "http", "https").await?;
+    ensure!(moved.code == ferry_protocol::BitsCode::S_FALSE, "{moved:?}");
+    admin.act(job.id, JobAction::Cancel).await?;
+    let made = admin.create_token("late", Role::User, None).await?;
     ensure!(nodes[0].client(Some(&made.token))?.list_jobs(false).await.is_ok());
     ensure!(written.acked.len() > 50, "only {} writes went through", written.acked.len());
     Ok(())

@@ -49,14 +49,33 @@ pub(super) async fn set_credentials(
     Authenticated(caller): Authenticated,
     IdempotencyKey(request_id): IdempotencyKey,
     Path(id): Path<String>,
-    Json(body): Json<NewCredentials>,
+    Json(body): Json<serde_json::Value>,
 ) -> Result<axum::Json<Vec<CredentialInfo>>, ApiError> {
     let id = job_id(&id)?;
+    let body = new_credentials(body)?;
     body.validate()?;
     let credential = seal(&state, id, &body)?;
     let (_, index) =
         write(&state, &caller, request_id, Command::SetCredentials { job: id, credential }).await?;
     Ok(axum::Json(credential_list(&state, &caller, id, index).await?))
+}
+
+/// The body of `SetCredentials`: an unknown target or scheme is refused with BITS's
+/// own codes (`BG_E_INVALID_AUTH_TARGET`, `BG_E_INVALID_AUTH_SCHEME`), anything else
+/// that does not fit with `E_INVALIDARG`.
+fn new_credentials(body: serde_json::Value) -> Result<NewCredentials, ApiError> {
+    let field = |name: &str| body.get(name).and_then(serde_json::Value::as_str);
+    if let Some(Err(e)) = field("target").map(str::parse::<AuthTarget>) {
+        return Err(ApiError::new(400, BitsCode::BG_E_INVALID_AUTH_TARGET, e));
+    }
+    if let Some(Err(e)) = field("scheme").map(str::parse::<AuthScheme>) {
+        return Err(ApiError::new(400, BitsCode::BG_E_INVALID_AUTH_SCHEME, e));
+    }
+    if field("user_name").is_none() && field("password").is_none() {
+        return Err(ferry_protocol::credentials::implicit_credentials().into());
+    }
+    serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("the credentials do not fit: {e}")))
 }
 
 /// `credential` with its password sealed for job `job` (bound to the job, target,

@@ -68,6 +68,45 @@ pub(super) async fn list_files(
     Ok(axum::Json(file_list(&state, &caller, job_id(&id)?, query.consistency.into()).await?))
 }
 
+/// The file at `index` of `list`, 404 when the job has no such file.
+fn nth_file(list: FileList, id: JobId, index: u32) -> Result<FileInfo, ApiError> {
+    list.files.into_iter().nth(index as usize).ok_or_else(|| {
+        ApiError::new(
+            404,
+            ferry_protocol::BitsCode::BG_E_NOT_FOUND,
+            format!("job {id} has no file {index}"),
+        )
+    })
+}
+
+/// A file index from the path.
+fn file_index(index: &str) -> Result<u32, ApiError> {
+    index.parse().map_err(|_| ApiError::bad_request(format!("{index:?} is not a file index")))
+}
+
+/// One file with its progress (`IBackgroundCopyFile`: `GetRemoteName`, `GetLocalName`,
+/// `GetProgress`, `GetValidationState`, ...).
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/files/{index}", tag = "files",
+    params(("id" = String, Path, description = "Job id"), ("index" = u32, Path, description = "File index"), ReadQuery),
+    responses(
+        (status = 200, body = FileInfo),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or no such file in it", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get_file(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    Path((id, index)): Path<(String, String)>,
+    Query(query): Query<ReadQuery>,
+) -> Result<axum::Json<FileInfo>, ApiError> {
+    let (id, index) = (job_id(&id)?, file_index(&index)?);
+    let list = file_list(&state, &caller, id, query.consistency.into()).await?;
+    Ok(axum::Json(nth_file(list, id, index)?))
+}
+
 /// Change one file: its remote name (`SetRemoteName`) and/or validation state
 /// (`SetValidationState`), all or nothing.
 #[utoipa::path(
@@ -87,17 +126,9 @@ pub(super) async fn set_file(
     Path((id, index)): Path<(String, String)>,
     Json(changes): Json<FileChanges>,
 ) -> Result<axum::Json<FileInfo>, ApiError> {
-    let id = job_id(&id)?;
-    let index: u32 = index
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("{index:?} is not a file index")))?;
+    let (id, index) = (job_id(&id)?, file_index(&index)?);
     let (_, index_applied) =
         write(&state, &caller, request_id, Command::ChangeFile { job: id, index, changes }).await?;
-    let at = ReadAt::Applied(index_applied);
-    let list = file_list(&state, &caller, id, at).await?;
-    list.files
-        .into_iter()
-        .nth(index as usize)
-        .map(axum::Json)
-        .ok_or_else(|| ApiError::bad_request(format!("file index {index} is out of range")))
+    let list = file_list(&state, &caller, id, ReadAt::Applied(index_applied)).await?;
+    Ok(axum::Json(nth_file(list, id, index)?))
 }

@@ -2,15 +2,18 @@
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use ferry_protocol::api::{ActionResult, ErrorInfo, JobInfo, JobList, Problem};
-use ferry_protocol::command::{Command, JobAction, NewJob, PropertyChanges, Reply};
+use ferry_protocol::api::{ActionResult, ErrorInfo, JobInfo, JobList, PrefixReplaced, Problem};
+use ferry_protocol::command::{
+    Command, JobAction, NewJob, PrefixChange, PropertyChanges, ReplacePrefix, Reply,
+};
+use ferry_protocol::queue::RequestKey;
 use ferry_protocol::{BitsCode, JobId};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::{ApiState, read, write};
 use crate::auth::Authenticated;
-use crate::cluster::{Consistency, ReadAt};
+use crate::cluster::{Consistency, FilesOutcome, ReadAt};
 use crate::extract::{IdempotencyKey, Json, Path, Query, job_id};
 use crate::problem::ApiError;
 
@@ -190,14 +193,17 @@ async fn act(
     action: JobAction,
 ) -> Result<axum::Json<ActionResult>, ApiError> {
     let id = job_id(id)?;
+    if action == JobAction::Complete {
+        place_files(&state, &caller, request_id.as_ref(), id).await?;
+    }
     let (reply, index) =
         write(&state, &caller, request_id, Command::Lifecycle { job: id, action }).await?;
-    let code = match reply {
+    let mut code = match reply {
         Reply::Done(code) => code,
         Reply::Created(_) | Reply::NodeId(_) | Reply::Fragment(_) => BitsCode::S_OK,
     };
     if matches!(action, JobAction::Complete | JobAction::Cancel) {
-        wait_for_files(&state, &caller, id).await;
+        code = files_finished(&state, id, index, code).await;
     }
     // After take-ownership the caller is the owner; after cancel/complete the job is
     // still readable by id until its retention ends.
@@ -210,30 +216,59 @@ async fn act(
     }))
 }
 
-/// How long Complete and Cancel wait for the home node to rename or delete the files.
-const FILES_FINISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Waits (bounded) until the home node has renamed the files of a completed job into
-/// place, or deleted those of a cancelled one, so that the files are there when the
-/// call returns, as with BITS.
-async fn wait_for_files(
+/// Complete's first step: the home node renames the job's files into place while the
+/// job is still TRANSFERRED, so that it is acknowledged only once every rename
+/// succeeded; a failure leaves the job as it was and is the answer (409, with the
+/// code BITS gives, e.g. `E_ACCESSDENIED`). A retry of a Complete that was applied
+/// already (same `Idempotency-Key`) goes straight to the write, which answers it.
+async fn place_files(
     state: &ApiState,
     caller: &ferry_protocol::Caller,
+    request_id: Option<&ferry_protocol::RequestId>,
     id: ferry_protocol::JobId,
-) {
-    let deadline = tokio::time::Instant::now() + FILES_FINISH_TIMEOUT;
-    while tokio::time::Instant::now() < deadline {
-        let done = read(state, ReadAt::Local, |q| {
-            q.visible_job(caller, &id).map_or(true, |job| job.activity().files_finished)
-        })
-        .await
-        .unwrap_or(true);
-        if done {
-            return;
+) -> Result<(), ApiError> {
+    let answered_before = read(state, ReadAt::Linearizable, |q| {
+        let answered = request_id.is_some_and(|r| {
+            let key = RequestKey { principal: caller.principal.clone(), id: r.clone() };
+            q.request(&key).is_some()
+        });
+        if answered {
+            return Ok(true);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        q.may_complete(caller, id).map(|_| false)
+    })
+    .await??;
+    if answered_before {
+        return Ok(());
     }
-    tracing::warn!(job = %id, "the home node has not finished the job's files yet");
+    match state.cluster.place_files(id).await? {
+        FilesOutcome::Done => Ok(()),
+        FilesOutcome::Failed(e) => Err(ApiError::new(409, e.code, e.detail)),
+    }
+}
+
+/// Waits (bounded) until the home node has renamed the files of a completed job into
+/// place, or deleted those of a cancelled one, so that the files are as BITS leaves
+/// them when the call returns. `BG_S_UNABLE_TO_DELETE_FILES` (the job is final all
+/// the same) when a temporary file could not be deleted, or the home node did not
+/// answer in time (it deletes them when it can).
+async fn files_finished(
+    state: &ApiState,
+    id: ferry_protocol::JobId,
+    index: u64,
+    code: BitsCode,
+) -> BitsCode {
+    match state.cluster.finished_files(id, index).await {
+        Ok(FilesOutcome::Done) => code,
+        Ok(FilesOutcome::Failed(e)) => {
+            tracing::warn!(job = %id, detail = %e.detail, "the job's temporary files were not all deleted");
+            BitsCode::BG_S_UNABLE_TO_DELETE_FILES
+        }
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "the home node has not finished the job's files");
+            BitsCode::BG_S_UNABLE_TO_DELETE_FILES
+        }
+    }
 }
 
 macro_rules! action_route {
@@ -284,6 +319,44 @@ action_route!(
     JobAction::Complete,
     "`Complete`: make transferred files visible; `BG_S_PARTIAL_COMPLETE` if some were not."
 );
+/// `ReplaceRemotePrefix`: every file not transferred yet whose remote name starts with
+/// `old_prefix` gets `new_prefix` instead, and starts over (the server moved). `S_OK`
+/// when a file changed, `S_FALSE` when none matched. Refused (503) until every member
+/// of the cluster reads format 10 (a rolling upgrade).
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/replace-remote-prefix", tag = "jobs", request_body = PrefixChange,
+    params(("id" = String, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    responses(
+        (status = 200, body = PrefixReplaced),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the job's state", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A member does not read format 10 yet", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn replace_remote_prefix(
+    State(state): State<ApiState>,
+    Authenticated(caller): Authenticated,
+    IdempotencyKey(request_id): IdempotencyKey,
+    Path(id): Path<String>,
+    Json(change): Json<PrefixChange>,
+) -> Result<axum::Json<PrefixReplaced>, ApiError> {
+    let id = job_id(&id)?;
+    let command = Command::ReplaceRemotePrefix(ReplacePrefix { job: id, change });
+    let (reply, index) = write(&state, &caller, request_id, command).await?;
+    let code = match reply {
+        Reply::Done(code) => code,
+        Reply::Created(_) | Reply::NodeId(_) | Reply::Fragment(_) => BitsCode::S_OK,
+    };
+    let job = job_info(&state, &caller, id, ReadAt::Applied(index)).await?;
+    Ok(axum::Json(PrefixReplaced {
+        code,
+        code_name: code.name().unwrap_or_default().into_owned(),
+        job,
+    }))
+}
+
 action_route!(
     take_ownership,
     "/v1/jobs/{id}/take-ownership",

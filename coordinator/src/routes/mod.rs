@@ -8,6 +8,7 @@ mod events;
 mod files;
 mod fleets;
 mod jobs;
+mod node;
 mod system;
 mod tokens;
 
@@ -49,7 +50,8 @@ pub struct ApiState {
         (name = "jobs", description = "BITS jobs: create, enumerate, properties, state changes"),
         (name = "files", description = "The files of a job"),
         (name = "events", description = "Job events: replay from a cursor, then live"),
-        (name = "system", description = "Error descriptions, cluster status, health")
+        (name = "system", description = "Error descriptions, cluster status, health"),
+        (name = "node", description = "Settings of the node that answers (its bandwidth policy)")
     )
 )]
 struct ApiDoc;
@@ -75,6 +77,7 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::complete))
         .routes(routes!(jobs::take_ownership))
+        .routes(routes!(jobs::replace_remote_prefix))
         .routes(routes!(jobs::get_error))
         .routes(routes!(jobs::get_reply))
         .routes(routes!(fleets::create_fleet))
@@ -82,12 +85,13 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(credentials::set_credentials))
         .routes(routes!(credentials::remove_credentials))
         .routes(routes!(files::add_files, files::list_files))
-        .routes(routes!(files::set_file))
+        .routes(routes!(files::get_file, files::set_file))
         .routes(routes!(system::describe_error))
         .routes(routes!(system::cluster_status))
         .routes(routes!(system::remove_member))
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_token))
+        .routes(routes!(node::get_bandwidth, node::set_bandwidth))
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
         .routes(routes!(events::events))
@@ -138,9 +142,30 @@ async fn write(
     ferry_protocol::validate::command_input(&command)?;
     state.roots.check(caller, &command)?;
     crate::notify_policy::check(&state.notify, caller, &command)?;
+    if let Some(format) = newer_format(&command) {
+        // Members still on an older format would apply it differently: wait for them.
+        state.cluster.check_format(format).await?;
+    }
     let written =
         state.cluster.write(Proposal { request_id, caller: caller.clone(), command }).await?;
     Ok((written.result?, written.index))
+}
+
+/// The format a command needs every member to read, when it is newer than what every
+/// supported build reads: `ReplaceRemotePrefix` and the `SERVE_VALIDATED_ONLY` peer
+/// caching flag (format 10).
+fn newer_format(command: &Command) -> Option<u8> {
+    use ferry_protocol::command::REPLACE_PREFIX_FORMAT;
+    use ferry_protocol::job::peer_caching::SERVE_VALIDATED_ONLY;
+    let flags = match command {
+        Command::ReplaceRemotePrefix(_) => return Some(REPLACE_PREFIX_FORMAT),
+        Command::CreateJob { spec, .. } | Command::CreateFleet { spec, .. } => {
+            spec.properties.peer_caching_flags
+        }
+        Command::SetProperties { changes, .. } => changes.peer_caching_flags,
+        _ => None,
+    };
+    flags.filter(|f| f & SERVE_VALIDATED_ONLY != 0).map(|_| REPLACE_PREFIX_FORMAT)
 }
 
 /// Reads from the queue once a read at `at` may start.

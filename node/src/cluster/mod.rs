@@ -18,11 +18,13 @@ pub(crate) use self::metrics::follow_errors;
 use std::sync::Arc;
 
 use actix::Addr;
+use ferry_coordinator::bandwidth::{BandwidthPolicy, BandwidthStatus, InvalidPolicy};
 use ferry_coordinator::{
     BoxFuture, Cluster, ClusterError, EventStream, ReadAt, SubscribeError, Written,
 };
 use ferry_protocol::api::ClusterStatus;
 use ferry_protocol::event::{EventFilter, StartAt};
+use ferry_protocol::peer::FilesOutcome;
 use ferry_protocol::{JobId, NodeId, Proposal, Queue};
 
 use self::membership::RaftMembership;
@@ -34,6 +36,7 @@ use crate::peer::rpc::{Peers, Router};
 use crate::proposer::Proposer;
 use crate::raft::{self, Raft, StateMachineStore};
 use crate::replica::{ClusterView, Membership, Replica};
+use crate::transfer::Finisher;
 
 /// What the parts are built from.
 pub(crate) struct Parts {
@@ -55,6 +58,9 @@ pub(crate) struct Parts {
     pub(crate) ca_pem: Arc<str>,
     /// Every principal's sandbox: replies are read through it.
     pub(crate) sandboxes: Arc<crate::fs::Sandboxes>,
+    /// The node's bandwidth limit of background transfers (its policy is this node's
+    /// own, read and changed through the API).
+    pub(crate) bandwidth: Arc<crate::transfer::bandwidth::Bandwidth>,
 }
 
 /// The node as the API sees it.
@@ -65,14 +71,26 @@ pub(crate) struct NodeCluster {
     membership: Arc<RaftMembership>,
     status: Arc<Status>,
     replies: Arc<Replies>,
+    finisher: Arc<Finisher>,
     ca_pem: Arc<str>,
+    bandwidth: Arc<crate::transfer::bandwidth::Bandwidth>,
 }
 
 impl NodeCluster {
     /// Builds the parts and registers their peer requests on `router`.
     pub(crate) fn new(parts: Parts, router: &Router) -> Self {
-        let Parts { node_id, raft, state, proposer, peers, liveness, ca_pem, sandboxes, stopped } =
-            parts;
+        let Parts {
+            node_id,
+            raft,
+            state,
+            proposer,
+            peers,
+            liveness,
+            ca_pem,
+            sandboxes,
+            stopped,
+            bandwidth,
+        } = parts;
         let replica = Arc::new(RaftReplica {
             node_id,
             raft: raft.clone(),
@@ -92,17 +110,28 @@ impl NodeCluster {
             peers: peers.clone(),
         });
         status.register(router);
-        let replies =
-            Arc::new(Replies { node_id, state: state.clone(), sandboxes, peers: peers.clone() });
+        let replies = Arc::new(Replies {
+            node_id,
+            state: state.clone(),
+            sandboxes: sandboxes.clone(),
+            peers: peers.clone(),
+        });
         replies.register(router);
         formats::register(router);
         let handle = ClusterView::new(node_id, state, peers, liveness, replica as Arc<dyn Replica>);
-        Self { handle, raft, membership, status, replies, ca_pem }
+        let finisher = Finisher::start(handle.clone(), sandboxes, router);
+        Self { handle, raft, membership, status, replies, finisher, ca_pem, bandwidth }
     }
 
     /// The handle the node's components use.
     pub(crate) fn handle(&self) -> &ClusterView {
         &self.handle
+    }
+
+    /// Complete's and Cancel's work on this node's files, shared with the transfer
+    /// engine.
+    pub(crate) fn finisher(&self) -> Arc<Finisher> {
+        self.finisher.clone()
     }
 
     /// Growing the cluster and announcing addresses.
@@ -160,7 +189,28 @@ impl Cluster for NodeCluster {
         Box::pin(self.replies.reply_data(job))
     }
 
+    fn place_files(&self, job: JobId) -> BoxFuture<'_, Result<FilesOutcome, ClusterError>> {
+        Box::pin(self.finisher.place(job))
+    }
+
+    fn finished_files(
+        &self,
+        job: JobId,
+        applied: u64,
+    ) -> BoxFuture<'_, Result<FilesOutcome, ClusterError>> {
+        Box::pin(self.finisher.finished(job, applied))
+    }
+
     fn check_format(&self, version: u8) -> BoxFuture<'_, Result<(), ClusterError>> {
         Box::pin(formats::check(self.handle.clone(), version))
+    }
+
+    fn bandwidth(&self) -> BandwidthStatus {
+        self.bandwidth.status(self.handle.node_id)
+    }
+
+    fn set_bandwidth(&self, policy: BandwidthPolicy) -> Result<BandwidthStatus, InvalidPolicy> {
+        self.bandwidth.set_policy(policy)?;
+        Ok(self.bandwidth())
     }
 }

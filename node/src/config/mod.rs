@@ -5,6 +5,7 @@
 //! and equal to the defaults here.
 
 mod api;
+pub(crate) mod bandwidth;
 mod duration;
 mod env;
 mod notify;
@@ -13,8 +14,8 @@ mod sections;
 pub use self::api::{ApiConfig, ApiTls};
 pub use self::notify::{BackendMode, LogConfig, LogFormat, NotifyConfig, RunAs, UploadConfig};
 pub use self::sections::{
-    ClusterConfig, EventsConfig, OnStorageFailure, PeerCacheConfig, PeerConfig, ProposalConfig,
-    RaftConfig, TransferConfig,
+    BandwidthConfig, ClusterConfig, EventsConfig, OnStorageFailure, PeerCacheConfig, PeerConfig,
+    ProposalConfig, RaftConfig, TransferConfig,
 };
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,9 @@ pub struct Config {
     pub upload: UploadConfig,
     /// What this node offers to other members' downloads (the peer cache).
     pub peer_cache: PeerCacheConfig,
+    /// This node's bandwidth limit of background transfers, and its work-hours
+    /// schedule.
+    pub bandwidth: BandwidthConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -73,6 +77,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             upload: UploadConfig::default(),
             peer_cache: PeerCacheConfig::default(),
+            bandwidth: BandwidthConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -287,6 +292,8 @@ impl Config {
         if t.connect_timeout_secs == 0 || t.read_timeout_secs == 0 {
             return invalid("transfer timeouts must be at least 1 second".into());
         }
+        bandwidth::Schedule::new(&self.bandwidth)
+            .map_err(|e| ConfigError::Invalid(format!("bandwidth: {e}")))?;
         if self.events.history_max_events == 0 || self.events.history_max_age_secs == 0 {
             return invalid("events: the history must keep at least 1 event for 1 second".into());
         }
@@ -358,6 +365,26 @@ mod tests {
     fn an_empty_file_is_the_default() {
         let parsed: Config = toml::from_str("").expect("empty parses");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn bandwidth_rates_take_units_and_bad_schedules_are_refused() {
+        let text = "[bandwidth]\nbackground_rate = \"20MB\"\nwork_hours_rate = \"2.5 MiB\"\n\
+            work_hours = { days = [\"mon\", \"fri\"], from = \"08:00\", to = \"17:00\" }";
+        let config: Config = toml::from_str(text).expect("parses");
+        assert_eq!(config.bandwidth.background_rate, 20_000_000);
+        assert_eq!(config.bandwidth.work_hours_rate, Some(2_621_440));
+        assert!(config.clone().validate().is_ok());
+        let printed = toml::to_string_pretty(&config).expect("prints");
+        assert_eq!(toml::from_str::<Config>(&printed).expect("reads back"), config, "{printed}");
+        let mut bad = config;
+        bad.bandwidth.work_hours_rate = None;
+        assert!(
+            matches!(bad.validate(), Err(ConfigError::Invalid(m)) if m.starts_with("bandwidth: "))
+        );
+        let vars = [("FERRYD_BANDWIDTH__BACKGROUND_RATE".into(), "512 KiB".into())];
+        let (config, _) = Config::load(None, vars).expect("loads");
+        assert_eq!(config.bandwidth.background_rate, 524_288);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `[peer]`, `[raft]`, `[proposals]`, `[transfer]`, `[cluster]`, `[peer_cache]` and
-//! `[events]`: the sections of the cluster and its transfers.
+//! `[peer]`, `[raft]`, `[proposals]`, `[transfer]`, `[cluster]`, `[peer_cache]`,
+//! `[bandwidth]` and `[events]`: the sections of the cluster and its transfers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -271,6 +271,13 @@ impl Default for PeerCacheConfig {
         }
     }
 }
+
+/// `[bandwidth]`: this node's limit on background transfers (BITS's
+/// `MaxInternetBandwidth` and `MaxTransferRateOnSchedule`), a rate with an optional
+/// weekly work-hours window of another rate. The API's `PUT /v1/node/bandwidth` takes
+/// the same fields and replaces the policy until the node restarts: this section is
+/// the durable source. Each field is documented on the type; all default to no limit.
+pub type BandwidthConfig = ferry_coordinator::bandwidth::BandwidthPolicy;
 
 /// `[events]`: the event history each node keeps for subscribers to replay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -232,6 +232,34 @@ pub(crate) fn read_xattr(file: &File, name: &str) -> Option<OsString> {
     Some(OsStr::from_bytes(&buffer[..len]).to_owned())
 }
 
+/// Reads an xattr of an open file of any length (`None`: absent or unsupported).
+pub(crate) fn read_xattr_bytes(file: &File, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    match rustix::fs::fgetxattr(file, name, &mut buffer[..]) {
+        Ok(len) => {
+            buffer.truncate(len);
+            Ok(Some(buffer))
+        }
+        Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The names of an open file's xattrs (none where they are unsupported).
+pub(crate) fn xattr_names(file: &File) -> io::Result<Vec<String>> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    let len = match rustix::fs::flistxattr(file, &mut buffer[..]) {
+        Ok(len) => len,
+        Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(buffer[..len]
+        .split(|b| *b == 0)
+        .filter(|name| !name.is_empty())
+        .filter_map(|name| std::str::from_utf8(name).ok().map(str::to_owned))
+        .collect())
+}
+
 /// Sets an xattr of an open file; filesystems without user xattrs are tolerated (the
 /// file then cannot be recognised later, which only ever refuses more).
 pub(crate) fn write_xattr(file: &File, name: &str, value: &str) -> io::Result<()> {

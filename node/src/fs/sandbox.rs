@@ -84,6 +84,13 @@ impl Sandbox {
         self.identity.is_none()
     }
 
+    /// Whether a file may be given another owner or group through this sandbox: for an
+    /// administrator, or as the OS user the principal acts as (the kernel then decides,
+    /// as for that user). Never for a principal that acts as ferryd itself.
+    pub(crate) fn may_chown(&self) -> bool {
+        self.admin || self.identity.is_some()
+    }
+
     /// The principal's name.
     pub(crate) fn principal(&self) -> &str {
         &self.principal

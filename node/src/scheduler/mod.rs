@@ -41,8 +41,10 @@ pub(crate) struct Scheduler {
     tracked: HashSet<JobId>,
     /// Every unfinished job by its last modification (the inactivity timeout).
     idle: BTreeSet<(Timestamp, JobId)>,
-    /// The key of each job in `idle`.
-    modified: HashMap<JobId, Timestamp>,
+    /// The key of each job in `idle`, and the instant on this node's monotonic clock
+    /// that corresponds to it (taken when first seen), so that a wall-clock jump does
+    /// not move the inactivity deadline (BITS's timers ignore clock changes).
+    modified: HashMap<JobId, (Timestamp, Instant)>,
     /// When to look again for jobs whose home node left the cluster.
     next_orphan_scan: Instant,
     /// Finished jobs whose files the home node has not finished yet (with the tracked
@@ -136,7 +138,7 @@ impl Scheduler {
 
     /// Tracks job `id` as it now is (`None`: removed).
     fn track(&mut self, id: JobId, job: Option<&Job>) {
-        if let Some(old) = self.modified.remove(&id) {
+        if let Some((old, _)) = self.modified.remove(&id) {
             self.idle.remove(&(old, id));
         }
         let waiting = |state: JobState| state.is_active() || state == JobState::TransientError;
@@ -155,8 +157,11 @@ impl Scheduler {
                 }
             }
             Some(job) => {
-                self.modified.insert(id, job.times().modified);
-                self.idle.insert((job.times().modified, id));
+                let modified = job.times().modified;
+                let now = Instant::now();
+                let anchored = now.checked_sub(Timestamp::now().since(modified)).unwrap_or(now);
+                self.modified.insert(id, (modified, anchored));
+                self.idle.insert((modified, id));
                 if waiting(job.state()) {
                     self.tracked.insert(id);
                 } else {
@@ -182,10 +187,11 @@ impl Scheduler {
             let inactivity =
                 Duration::from_secs(machine.queue.policy().job_inactivity_timeout_secs);
             let mut timed_out = HashSet::new();
-            for (modified, id) in &self.idle {
-                let idle_for = wall.since(*modified);
-                if idle_for < inactivity {
-                    next = next.min(now + (inactivity - idle_for));
+            for (_, id) in &self.idle {
+                let since = self.modified.get(id).map_or(now, |(_, since)| *since);
+                let Some(deadline) = since.checked_add(inactivity) else { break };
+                if now < deadline {
+                    next = next.min(deadline);
                     break;
                 }
                 let free = !self.in_flight.contains(id) && !orphans.contains(id);

@@ -71,6 +71,9 @@ impl Fetch {
                 )
                 .into());
             }
+            // Not reading while the limit makes this connection wait is what slows the
+            // server down.
+            self.http.throttle.take(bytes.len()).await;
             writer.push(&bytes).await.map_err(|e| {
                 Failure::local(&e, "cannot write the temporary file", Some(self.file))
             })?;
@@ -151,12 +154,7 @@ pub(super) async fn request_piece(
             return Err(Stop::RestartFile("the remote file changed".into()));
         }
         StatusCode::OK => {
-            return Err(Failure::fatal(transport_error(
-                BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT,
-                format!("{url}: the server ignored a range request (answered 200)"),
-                file,
-            ))
-            .into());
+            return Err(no_range_support(url, file, response.version()));
         }
         status => return Err(Failure::status(status.as_u16(), url, file).into()),
     }
@@ -325,6 +323,26 @@ pub(super) fn transport_error(
         error.context = ferry_protocol::ErrorContext::RemoteFile;
     }
     error
+}
+
+/// The server answered a range request with the whole file: `BG_E_INSUFFICIENT_RANGE_SUPPORT`,
+/// or `BG_E_INSUFFICIENT_HTTP_SUPPORT` when it speaks HTTP/1.0 (BITS needs HTTP/1.1).
+pub(super) fn no_range_support(url: &str, index: u32, version: reqwest::Version) -> Stop {
+    let way_out = "use foreground priority (files up to 2 GB) or dynamic content";
+    let (code, detail) = if version < reqwest::Version::HTTP_11 {
+        (
+            BitsCode::BG_E_INSUFFICIENT_HTTP_SUPPORT,
+            format!(
+                "{url}: the server speaks {version:?}, not HTTP/1.1, and ignores range requests; {way_out}"
+            ),
+        )
+    } else {
+        (
+            BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT,
+            format!("{url}: the server ignores range requests; {way_out}"),
+        )
+    };
+    Failure::fatal(transport_error(code, detail, index)).into()
 }
 
 pub(super) fn short_body(url: &str, file: u32, got: u64, wanted: u64) -> Stop {

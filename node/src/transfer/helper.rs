@@ -192,6 +192,8 @@ async fn fetch(http: &HttpSession, request: &ChunkRequest, piece: Piece) -> Resu
             )
             .into());
         }
+        // Pieces fetched for other members draw on this node's limit like its own.
+        http.throttle.take(more.len()).await;
         bytes.extend_from_slice(&more);
     }
     if bytes.len() as u64 != piece.len {

@@ -79,6 +79,9 @@ pub(crate) struct HttpSession {
     origins: Mutex<Vec<String>>,
     /// The origin whose challenge `server` answers.
     challenger: Mutex<Option<String>>,
+    /// The run's draw on the node's bandwidth limit (exempt or not by its job's priority
+    /// as the run started): body bytes read and upload fragments sent go through it.
+    pub(crate) throttle: super::bandwidth::Throttle,
 }
 
 /// What a run's HTTP session is made of besides the job.
@@ -144,6 +147,7 @@ impl HttpSession {
             origins: Mutex::new(job.files().iter().filter_map(|f| origin(&f.remote_url)).collect()),
             challenger: Mutex::new(None),
             preemptive_basic_over_http: settings.preemptive_basic_over_http,
+            throttle: settings.bandwidth.throttle(job.props().priority),
         }))
     }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use ferry_protocol::file::JobFile;
+use ferry_protocol::job::acl;
 use ferry_protocol::transfer::{ChunkRecord, content_digest, recorded_plan};
 use ferry_protocol::{Job, JobId, JobState, Principal};
 
@@ -303,12 +304,38 @@ pub(crate) fn read_range(
     })
 }
 
-/// What finishing a final job did.
+/// Which step of Complete or Cancel [`finish_job`] takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Before Complete is recorded: rename every transferred file (and a reply) into
+    /// place, as if the job were acknowledged, and touch nothing else. A file that
+    /// cannot be renamed keeps its temporary file, so a later Complete can retry.
+    Place,
+    /// The job is final: rename what Complete keeps (again: a file already in place
+    /// counts) and delete every other temporary file.
+    Finish,
+}
+
+/// One file that could not be renamed or deleted, and why.
+pub(crate) struct FileProblem {
+    /// The job file (1 for the reply of an upload-reply job).
+    pub(crate) file: u32,
+    /// What failed.
+    pub(crate) error: io::Error,
+}
+
+impl std::fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "file {}: {}", self.file, self.error)
+    }
+}
+
+/// What finishing a job did.
 pub(crate) struct Finished {
     /// Files renamed into place.
     pub(crate) completed: Vec<u32>,
-    /// Files whose rename or removal failed (the reason, for the log).
-    pub(crate) problems: Vec<String>,
+    /// Files whose rename or removal failed.
+    pub(crate) problems: Vec<FileProblem>,
 }
 
 /// One file to finish: its temporary file, and its destination if it is kept.
@@ -321,15 +348,19 @@ struct Ending {
     counts: bool,
     /// The file as recorded (a kept download): its content is checked before the rename.
     recorded: Option<JobFile>,
+    /// A kept file of a local (`file://`) source and the job's ACL flags: what of the
+    /// source's owner, group, mode and attributes the file takes (`SetFileACLFlags`).
+    acl: Option<(PathBuf, u32)>,
 }
 
 /// Complete: renames every transferred file into place and deletes the other temporary
 /// files. Cancel: deletes every temporary file. Safe to repeat after a crash: a file
 /// already renamed (temporary gone, destination present) counts as completed. An
 /// upload job's file is the owner's and stays as it is; the reply of an upload-reply
-/// job is renamed into place by Complete and deleted by Cancel.
-pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
-    let keep = job.state() == JobState::Acknowledged;
+/// job is renamed into place by Complete and deleted by Cancel. [`Step::Place`] does
+/// only the renames, before the job is acknowledged.
+pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job, step: Step) -> Finished {
+    let keep = step == Step::Place || job.state() == JobState::Acknowledged;
     let mut endings = Vec::new();
     let mut completed = Vec::new();
     if job.job_type().is_upload() {
@@ -344,6 +375,7 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
                 keep: (keep && job.upload().reply_done).then(|| reply.into()),
                 counts: false,
                 recorded: None,
+                acl: None,
             });
         }
     } else {
@@ -356,14 +388,18 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
                 keep: (keep && file.transferred).then(|| file.local_path.clone().into()),
                 counts: true,
                 recorded: (keep && file.transferred).then(|| file.clone()),
+                acl: acl_source(job, file).filter(|_| keep && file.transferred),
             });
         }
+    }
+    if step == Step::Place {
+        endings.retain(|e| e.keep.is_some());
     }
     let known: Vec<Option<(u64, u64)>> =
         endings.iter().map(|e| sandboxes.known_temp(&e.temp)).collect();
     let sealed: Vec<Option<Stamp>> =
         endings.iter().map(|e| sandboxes.sealed_temp(&e.temp)).collect();
-    let temps: Vec<PathBuf> = endings.iter().map(|e| e.temp.clone()).collect();
+    let temps: Vec<(u32, PathBuf)> = endings.iter().map(|e| (e.index, e.temp.clone())).collect();
     let ran = sandboxes.of(job.owner()).run(move |sandbox| {
         let mut done = Finished { completed, problems: Vec::new() };
         // Each directory is walked to once: the files of a job mostly share one.
@@ -372,29 +408,42 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job) -> Finished {
             let shown = ending.keep.as_ref().unwrap_or(&ending.temp);
             let place = match place_in(sandbox, &mut dirs, shown) {
                 Ok(place) => place,
-                Err(e) => {
-                    done.problems.push(format!("file {}: {e}", ending.index));
+                // No directory, so no temporary file to delete.
+                Err(error) if ending.keep.is_none() && error.kind() == io::ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(error) => {
+                    done.problems.push(FileProblem { file: ending.index, error });
                     continue;
                 }
             };
-            match finish_one(sandbox, &place, ending, known, sealed) {
+            match finish_one(sandbox, &place, ending, (known, sealed), step) {
                 Ok(true) if ending.counts => done.completed.push(ending.index),
                 Ok(_) => {}
-                Err(e) => done.problems.push(format!("file {}: {e}", ending.index)),
+                Err(error) => done.problems.push(FileProblem { file: ending.index, error }),
             }
         }
         // The renames are durable once their directories are.
         for (path, dir) in &dirs {
             if let Err(e) = dir.sync() {
-                done.problems.push(format!("cannot sync {}: {e}", path.display()));
+                let error =
+                    io::Error::new(e.kind(), format!("cannot sync {}: {e}", path.display()));
+                done.problems.push(FileProblem { file: u32::MAX, error });
             }
         }
         Ok(done)
     });
-    for temp in &temps {
-        sandboxes.forget_temp(temp);
+    let done = ran.unwrap_or_else(|error| Finished {
+        completed: Vec::new(),
+        problems: vec![FileProblem { file: u32::MAX, error }],
+    });
+    // A temporary file that stays (a failed rename) keeps what is known of it.
+    for (index, temp) in &temps {
+        if step == Step::Finish || !done.problems.iter().any(|p| p.file == *index) {
+            sandboxes.forget_temp(temp);
+        }
     }
-    ran.unwrap_or_else(|e| Finished { completed: Vec::new(), problems: vec![e.to_string()] })
+    done
 }
 
 /// The place of `path`, its directory opened once per `finish_job`.
@@ -414,8 +463,8 @@ fn finish_one(
     sandbox: &Sandbox,
     place: &Place,
     ending: &Ending,
-    known: Option<(u64, u64)>,
-    sealed: Option<Stamp>,
+    (known, sealed): (Option<(u64, u64)>, Option<Stamp>),
+    step: Step,
 ) -> io::Result<bool> {
     let Some(dest) = &ending.keep else {
         place.dir.remove(&place.name)?;
@@ -441,7 +490,11 @@ fn finish_one(
         return Err(refused("the temporary file was replaced; not renamed".into()));
     }
     if let Err(e) = sandbox.check_replaceable(place, dest) {
-        place.dir.remove(temp)?;
+        // Before Complete is recorded the file stays, so that Complete can be retried
+        // once the owner moved what is in the way; after, nothing will rename it.
+        if step == Step::Finish {
+            place.dir.remove(temp)?;
+        }
         return Err(e);
     }
     // A file whose bytes changed since they were recorded never reaches its name (G4).
@@ -454,11 +507,15 @@ fn finish_one(
         place.dir.remove(temp)?;
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "the temporary file no longer holds the content recorded for it; not renamed",
+            "the temporary file no longer holds the content recorded for it: it was deleted, \
+             not renamed (G4); cancel the job and download the file again",
         ));
     }
     // The temporary file was private while incomplete; the result is an ordinary file.
     rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o644))?;
+    if let Some((source, flags)) = &ending.acl {
+        copy_acl(sandbox, &file, source, *flags)?;
+    }
     if sandbox.marks_owner() {
         dir::write_xattr(&file, OWNER_XATTR, sandbox.principal())?;
     }
@@ -476,6 +533,63 @@ fn finish_one(
         ));
     }
     Ok(true)
+}
+
+/// The local source of `file` and the job's ACL flags, when both are there: BITS copies
+/// owner and ACL information only from file-system sources (SMB), never over HTTP.
+fn acl_source(job: &Job, file: &JobFile) -> Option<(PathBuf, u32)> {
+    let flags = job.props().acl_flags;
+    if flags == 0 {
+        return None;
+    }
+    let url = url::Url::parse(&file.remote_url).ok().filter(|u| u.scheme() == "file")?;
+    Some((url.to_file_path().ok()?, flags))
+}
+
+/// `SetFileACLFlags` for a file of a local source, before its rename: the source's
+/// owner (`BG_COPY_FILE_OWNER`) and group (`GROUP`) when the sandbox may give them,
+/// its permission bits and POSIX access ACL (`DACL`; never set-id or sticky bits), and
+/// its `user.*` extended attributes (`SACL`, the nearest POSIX has to other security
+/// information; `security.*` attributes such as file capabilities are never copied).
+fn copy_acl(sandbox: &Sandbox, file: &File, source: &Path, flags: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let place = sandbox.place(source, false)?;
+    let from = place.dir.open_file(&place.name, false)?;
+    let meta = from.metadata()?;
+    let (owner, group) = (flags & acl::OWNER != 0, flags & acl::GROUP != 0);
+    if owner || group {
+        if !sandbox.may_chown() {
+            return Err(refused(format!(
+                "{} may not give files another owner or group (BG_COPY_FILE_OWNER/GROUP): \
+                 that takes an administrator or a principal acting as an OS user",
+                sandbox.principal()
+            )));
+        }
+        rustix::fs::fchown(
+            file,
+            owner.then(|| rustix::fs::Uid::from_raw(meta.uid())),
+            group.then(|| rustix::fs::Gid::from_raw(meta.gid())),
+        )?;
+    }
+    if flags & acl::DACL != 0 {
+        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(meta.mode() & 0o777))?;
+        copy_xattr(&from, file, "system.posix_acl_access")?;
+    }
+    if flags & acl::SACL != 0 {
+        for name in dir::xattr_names(&from)? {
+            if name.starts_with("user.") && name != OWNER_XATTR && name != TEMP_XATTR {
+                copy_xattr(&from, file, &name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies extended attribute `name` of `from` to `to`, if `from` has it.
+fn copy_xattr(from: &File, to: &File, name: &str) -> io::Result<()> {
+    let Some(value) = dir::read_xattr_bytes(from, name)? else { return Ok(()) };
+    rustix::fs::fsetxattr(to, name, &value, rustix::fs::XattrFlags::empty())?;
+    Ok(())
 }
 
 fn refused(detail: String) -> io::Error {

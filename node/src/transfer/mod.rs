@@ -4,14 +4,17 @@
 //! job is no longer active, and after Complete or Cancel renames or deletes the job's
 //! files. The tasks own the I/O ([`download`]) and report through Raft ([`Reporter`]).
 
+pub(crate) mod bandwidth;
 mod caps;
 mod download;
 pub(crate) mod failure;
 mod fetch;
+mod finish;
 pub(crate) mod helper;
 mod http;
 mod local;
 pub(crate) mod peer_cache;
+mod reachability;
 mod router;
 mod scope;
 mod upload;
@@ -30,9 +33,11 @@ use tokio::task::JoinHandle;
 
 pub(crate) use self::caps::ConnectionCaps;
 use self::failure::{Failure, Stop};
+pub(crate) use self::finish::Finisher;
 pub(crate) use self::http::HttpTimeouts;
 use self::http::{HttpSession, OpenCredential, SessionParts};
 pub(crate) use self::local::read_start;
+pub(crate) use self::reachability::Reachability;
 use self::scope::RunScope;
 use crate::egress::EgressPolicy;
 use crate::feed::Feed;
@@ -71,6 +76,11 @@ pub(crate) struct EngineSettings {
     pub(crate) max_helpers: u32,
     /// Range requests in flight toward origins, in all and per origin.
     pub(crate) caps: Arc<ConnectionCaps>,
+    /// The node's bandwidth limit of background transfers: every run and every helped
+    /// run draws on it.
+    pub(crate) bandwidth: Arc<bandwidth::Bandwidth>,
+    /// The node's network: routes to origins, and when they change ([`Reachability`]).
+    pub(crate) network: crate::netwatch::NetWatch,
 }
 
 /// The node itself as a caller: engine reports are only accepted from it.
@@ -242,9 +252,9 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
     let outcome = async {
         let http = job_http(&job, &settings, &secrets).await?;
         if job.job_type().is_upload() {
-            Run::new(job, run, reporter.clone(), settings, http).upload().await
+            Run::new(job, run, reporter.clone(), settings.clone(), http).upload().await
         } else {
-            Run::new(job, run, reporter.clone(), settings, http).download().await
+            Run::new(job, run, reporter.clone(), settings.clone(), http).download().await
         }
     }
     .await;
@@ -258,6 +268,8 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
             Failure::fatal(failure::transport(BitsCode::BG_E_INVALID_SERVER_RESPONSE, why, None))
         }
     };
+    // A connect error with no route to the origin is the network's loss, not the server's.
+    let failure = reachability::explain(failure, id, &reporter, &settings).await;
     tracing::info!(job = %id, run, code = %failure.error.code, severity = ?failure.severity, detail = %failure.error.detail, "transfer failed");
     let report = EngineReport::Failed { error: failure.error, severity: failure.severity };
     let _ = reporter.report(id, run, vec![report]).await;
@@ -320,6 +332,9 @@ pub(crate) struct Transfers {
     /// The jobs homed here that need this actor: active, or final with files not yet
     /// finished. Kept from the change feed; [`Tick`] looks at these only.
     watched: HashSet<JobId>,
+    /// Serializes work on a job's files with Complete's renames, and tells the API
+    /// how finishing ended.
+    finisher: Arc<Finisher>,
 }
 
 impl Transfers {
@@ -329,6 +344,7 @@ impl Transfers {
         cluster: ClusterView,
         settings: EngineSettings,
         secrets: Arc<SecretKey>,
+        finisher: Arc<Finisher>,
     ) -> Self {
         Self {
             node_id,
@@ -339,6 +355,7 @@ impl Transfers {
             stopping: HashMap::new(),
             finishing: HashMap::new(),
             watched: HashSet::new(),
+            finisher,
         }
     }
 
@@ -424,6 +441,7 @@ impl Transfers {
         let me = ctx.address();
         let sandboxes = self.settings.sandboxes.clone();
         let (settings, secrets) = (self.settings.clone(), self.secrets.clone());
+        let finisher = self.finisher.clone();
         tokio::spawn(async move {
             if let Some(run) = stopped {
                 let _ = run.await;
@@ -431,18 +449,24 @@ impl Transfers {
             if job.state() == JobState::Cancelled && job.upload().session.is_some() {
                 cancel_upload(&job, &settings, &secrets).await;
             }
-            let finished =
-                tokio::task::spawn_blocking(move || local::finish_job(&sandboxes, &job)).await;
+            let _held = finisher.lock(id).await;
+            let finished = tokio::task::spawn_blocking(move || {
+                local::finish_job(&sandboxes, &job, local::Step::Finish)
+            })
+            .await;
             match finished {
                 Ok(done) => {
                     for problem in &done.problems {
                         tracing::warn!(job = %id, %problem, "finishing the job's files");
                     }
-                    let report = EngineReport::FilesFinished { completed: done.completed };
+                    let report = EngineReport::FilesFinished { completed: done.completed.clone() };
                     let command = Command::Engine { job: id, run: 0, reports: vec![report] };
                     let proposal = Proposal { request_id: None, caller: system_caller(), command };
-                    if let Err(e) = reporter.cluster.write(proposal).await {
-                        tracing::warn!(job = %id, error = %e, "cannot record the finished files");
+                    match reporter.cluster.write(proposal).await {
+                        Ok(_) => finisher.record(id, &done),
+                        Err(e) => {
+                            tracing::warn!(job = %id, error = %e, "cannot record the finished files")
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(job = %id, error = %e, "finishing the job's files failed"),

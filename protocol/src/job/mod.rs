@@ -190,8 +190,13 @@ pub mod peer_caching {
     pub const SERVER: u32 = 0x2;
     /// Do not use BranchCache.
     pub const DISABLE_BRANCH_CACHE: u32 = 0x4;
+    /// Ferry's own: serve a file to peers only once its owner validated it
+    /// (`SetValidationState(TRUE)`, or Complete, which validates implicitly), as BITS
+    /// shares content. Without it a file is offered from its first durable chunk on,
+    /// each chunk checked by its receiver against its recorded digest (fleets).
+    pub const SERVE_VALIDATED_ONLY: u32 = 0x100;
     /// Every defined flag.
-    pub const VALID: u32 = 0x7;
+    pub const VALID: u32 = 0x107;
 }
 
 /// `BG_SSL_*` security flags and the `BG_HTTP_REDIRECT_POLICY_*` bits
@@ -223,6 +228,14 @@ pub mod security {
 
 /// `BG_COPY_FILE_*` ACL flags.
 pub mod acl {
+    /// The source's owner (a local source: its user).
+    pub const OWNER: u32 = 0x1;
+    /// The source's group.
+    pub const GROUP: u32 = 0x2;
+    /// The source's discretionary ACL (POSIX: permission bits and access ACL).
+    pub const DACL: u32 = 0x4;
+    /// The source's system ACL (POSIX: its `user.*` extended attributes).
+    pub const SACL: u32 = 0x8;
     /// Every defined flag (`BG_COPY_FILE_ALL`).
     pub const VALID: u32 = 0xF;
 }

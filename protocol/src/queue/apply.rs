@@ -100,6 +100,7 @@ impl Queue {
             Command::Engine { job, run, reports } => {
                 self.engine_reports(caller, *job, *run, reports)
             }
+            Command::ReplaceRemotePrefix(replace) => self.replace_remote_prefix(caller, replace),
             Command::Principals(command) => {
                 let (result, changed) = self.principals.apply(caller, command, self.meta.clock);
                 self.changes.principals.extend(changed);
@@ -121,6 +122,49 @@ impl Queue {
                 Ok(Reply::Done(BitsCode::S_OK))
             }
         }
+    }
+
+    /// `ReplaceRemotePrefix`: `S_OK` when some file changed, `S_FALSE` when no file
+    /// that is not transferred yet starts with the old prefix.
+    fn replace_remote_prefix(
+        &mut self,
+        caller: &Caller,
+        replace: &crate::command::ReplacePrefix,
+    ) -> CommandResult {
+        let mut job = self.accessible(caller, replace.job)?.clone();
+        if job.job_type != crate::job::JobType::Download {
+            return Err(CommandError::new(
+                BitsCode::E_NOTIMPL,
+                "ReplaceRemotePrefix applies to download jobs only",
+            ));
+        }
+        check(&job, Operation::SetRemoteName, None)?;
+        let change = &replace.change;
+        let renamed: Vec<(u32, String)> = (job.files.iter().enumerate())
+            .filter(|(_, f)| !f.transferred)
+            .filter_map(|(i, f)| {
+                let rest = f.remote_url.strip_prefix(change.old_prefix.as_str())?;
+                Some((u32::try_from(i).ok()?, format!("{}{rest}", change.new_prefix)))
+            })
+            .collect();
+        if renamed.is_empty() {
+            return Ok(Reply::Done(BitsCode::S_FALSE));
+        }
+        for (index, url) in &renamed {
+            set_remote_name(&mut job, *index, url)?;
+        }
+        fits(&job)?;
+        self.store(job);
+        Ok(Reply::Done(BitsCode::S_OK))
+    }
+
+    /// Whether `caller` may `Complete` job `id` now, without changing anything: the
+    /// API asks before the home node renames the job's files (the write that follows
+    /// checks again).
+    pub fn may_complete(&self, caller: &Caller, id: JobId) -> Result<&Job, CommandError> {
+        let job = self.accessible(caller, id)?;
+        check(job, Operation::Complete, None)?;
+        Ok(job)
     }
 
     /// The job if the caller may act on it; `BG_E_NOT_FOUND` otherwise.
@@ -446,19 +490,35 @@ fn set_remote_name(job: &mut Job, index: u32, url: &str) -> Result<(), CommandEr
         // Bytes of two remote files must never be combined: start this file over.
         file.remote_url = url.to_owned();
         file.restart();
+        // A transferring job gets a new run: a late report of the old one (its probe,
+        // its chunks, all of the old URL) is refused as stale, never counted against
+        // the new URL, and the home node starts the new run at once.
+        if matches!(job.state, JobState::Connecting | JobState::Transferring) {
+            job.activity.run += 1;
+        }
     }
     Ok(())
 }
 
-/// `SetValidationState` on file `index` (known to exist): `false` puts the job in ERROR
-/// with `BG_E_VALIDATION_FAILED` and resets the file's progress.
+/// `SetValidationState` on file `index` (known to exist). `true` lets the file be
+/// offered to peers (with `SERVE_VALIDATED_ONLY`). `false` resets the file's progress:
+/// bytes that came from peers are evicted and fetched again from the origin alone (the
+/// job is queued again, as BITS does); bytes from the origin put the job in ERROR with
+/// `BG_E_VALIDATION_FAILED`.
 fn set_validation_state(job: &mut Job, index: u32, valid: bool) -> Result<(), CommandError> {
     let op = if valid { Operation::ValidateFile } else { Operation::InvalidateFile };
     let transferred = file_mut(job, index)?.transferred;
     let outcome = check(job, op, Some(transferred))?;
     let file = file_mut(job, index)?;
     file.validated = valid;
-    if !valid {
+    if !valid && file.bytes_from_peers > 0 {
+        file.restart();
+        // Withdrawn: not offered, and its next download takes nothing from peers.
+        file.withdrawn = true;
+        if job.state == JobState::Transferred {
+            job.state = JobState::Queued;
+        }
+    } else if !valid {
         file.restart();
         job.state = outcome.next;
         job.error_count = job.error_count.saturating_add(1);

@@ -292,6 +292,10 @@ fn apply_report(
                 let timeout = u64::from(job.props.no_progress_timeout_secs) * 1000;
                 if now.0.saturating_sub(since.0) >= timeout {
                     job.state = JobState::Error;
+                    // A timeout of 0 makes every error fatal: it stays what it was.
+                    if timeout > 0 {
+                        no_progress(job);
+                    }
                 }
             }
         }
@@ -317,7 +321,10 @@ fn apply_report(
             transit(job, Operation::NetworkRestored)?;
         }
         EngineReport::RetryDelayElapsed => transit(job, Operation::RetryDelayElapsed)?,
-        EngineReport::NoProgressTimeout => transit(job, Operation::NoProgressTimeout)?,
+        EngineReport::NoProgressTimeout => {
+            transit(job, Operation::NoProgressTimeout)?;
+            no_progress(job);
+        }
         EngineReport::MaxDownloadTimeExceeded => {
             let detail = format!(
                 "the job was active for longer than its maximum download time of {} s",
@@ -373,6 +380,23 @@ impl Queue {
 }
 
 /// Moves the job through `op` with an error the queue manager raised (counted).
+/// The job's error once its no-progress timeout ended the wait: `BG_E_NO_PROGRESS`,
+/// saying what the last transient error was (its context and file are kept).
+fn no_progress(job: &mut Job) {
+    let timeout = job.props.no_progress_timeout_secs;
+    let Some(error) = job.error.as_mut() else { return };
+    if error.code == BitsCode::BG_E_NO_PROGRESS {
+        return;
+    }
+    error.detail = format!(
+        "no progress for {timeout} s (the no-progress timeout); the last error was {} ({}): {}",
+        error.code.name().unwrap_or_default(),
+        error.code,
+        error.detail
+    );
+    error.code = BitsCode::BG_E_NO_PROGRESS;
+}
+
 fn queue_manager_error(
     job: &mut Job,
     op: Operation,

@@ -727,6 +727,97 @@ mod engine_reports {
             .expect("chunks");
     }
 
+    /// Runs the job's one file of 25 bytes to TRANSFERRED, chunk 1 from a peer if
+    /// `peer`.
+    fn transferred(h: &mut Harness, id: JobId, peer: bool) {
+        probed(h, id, 25);
+        let mut second = chunk(1, 10);
+        second.from_peer = peer;
+        let chunks = vec![chunk(0, 10), second, chunk(2, 5)];
+        report(h, id, EngineReport::Chunks { file: 0, chunks }).expect("chunks");
+        report(h, id, EngineReport::FileTransferred { file: 0, size: 25, headers: vec![] })
+            .expect("transferred");
+    }
+
+    fn set_valid(h: &mut Harness, id: JobId, valid: bool) -> CommandResult {
+        let changes = FileChanges { remote_url: None, valid: Some(valid) };
+        h.run(&alice(), None, Command::ChangeFile { job: id, index: 0, changes })
+    }
+
+    #[test]
+    fn set_remote_name_while_transferring_refuses_the_old_runs_late_reports() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        probed(&mut h, id, 25);
+        let old_run = h.queue.job(&id).expect("job").activity.run;
+        let moved =
+            FileChanges { remote_url: Some("https://mirror.example/f0".into()), valid: None };
+        h.run(&alice(), None, Command::ChangeFile { job: id, index: 0, changes: moved })
+            .expect("set remote name");
+        let job = h.queue.job(&id).expect("job");
+        assert_eq!(job.state, JobState::Transferring, "still transferring");
+        assert_eq!(job.activity.run, old_run + 1, "with a new run");
+        assert_eq!(job.files[0].remote, None, "the file starts over");
+        // The old run's late probe and chunks (of the old URL) are refused as stale.
+        let remote = RemoteInfo {
+            size: Some(25),
+            etag: Some("\"v1\"".into()),
+            last_modified: None,
+            ranges: true,
+            sha256: None,
+        };
+        let late = vec![
+            EngineReport::Probed { file: 0, remote, chunk_size: 10 },
+            EngineReport::Chunks { file: 0, chunks: vec![chunk(0, 10)] },
+        ];
+        let stale = h.run(&node(), None, Command::Engine { job: id, run: old_run, reports: late });
+        assert_eq!(code(stale), BitsCode::BG_E_INVALID_STATE);
+        let job = h.queue.job(&id).expect("job");
+        assert_eq!((job.files[0].remote.as_ref(), job.progress().bytes_transferred), (None, 0));
+    }
+
+    #[test]
+    fn invalid_peer_bytes_are_evicted_and_fetched_again_from_the_origin() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        transferred(&mut h, id, true);
+        set_valid(&mut h, id, false).expect("invalidate");
+        let job = h.queue.job(&id).expect("job");
+        assert_eq!(job.state, JobState::Queued, "re-fetched, no error");
+        assert!(job.error.is_none());
+        let file = &job.files[0];
+        assert!(file.withdrawn && !file.transferred && file.progress.bytes_transferred == 0);
+        assert!(h.queue.peer_copies(&key(25)).is_empty(), "not offered");
+
+        // Bytes from the origin alone: ERROR, as BITS.
+        let origin = queued_job(&mut h);
+        transferred(&mut h, origin, false);
+        set_valid(&mut h, origin, false).expect("invalidate");
+        let job = h.queue.job(&origin).expect("job");
+        assert_eq!(job.state, JobState::Error);
+        assert_eq!(job.error.as_ref().map(|e| e.code), Some(BitsCode::BG_E_VALIDATION_FAILED));
+    }
+
+    #[test]
+    fn serve_validated_only_offers_a_file_once_its_owner_validated_it() {
+        let mut h = Harness::new();
+        let id = queued_job(&mut h);
+        let flags = crate::job::peer_caching::CLIENT
+            | crate::job::peer_caching::SERVER
+            | crate::job::peer_caching::SERVE_VALIDATED_ONLY;
+        let changes = PropertyChanges { peer_caching_flags: Some(flags), ..Default::default() };
+        h.run(&alice(), None, Command::SetProperties { job: id, changes }).expect("flags");
+        half_done(&mut h, id);
+        assert!(h.queue.peer_copies(&key(25)).is_empty(), "not while unvalidated");
+        report(&mut h, id, EngineReport::Chunks { file: 0, chunks: vec![chunk(2, 5)] })
+            .expect("chunk");
+        report(&mut h, id, EngineReport::FileTransferred { file: 0, size: 25, headers: vec![] })
+            .expect("transferred");
+        assert!(h.queue.peer_copies(&key(25)).is_empty(), "not before validation");
+        set_valid(&mut h, id, true).expect("validate");
+        assert_eq!(h.queue.peer_copies(&key(25)).len(), 1, "offered once validated");
+    }
+
     #[test]
     fn durable_chunks_are_offered_to_peers_until_withdrawn_or_cancelled() {
         let mut h = Harness::new();

@@ -78,4 +78,7 @@ pub struct ProxyMode {
     /// `(user, password)` expected in `Proxy-Authorization: Basic`; requests through the
     /// proxy without them get `407` with `Proxy-Authenticate: Basic realm="ferry-proxy"`.
     pub require_auth: Option<(String, String)>,
+    /// Digest credentials expected in `Proxy-Authorization` instead (RFC 7616, as
+    /// [`Auth::Digest`]; the challenge comes in `Proxy-Authenticate` with `407`).
+    pub require_digest: Option<(String, String)>,
 }

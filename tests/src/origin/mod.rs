@@ -1,6 +1,7 @@
-//! The test origin: a real HTTP/1.1 server on `127.0.0.1` (never any other address)
-//! that serves deterministic files and misbehaves on request, for testing Ferry's
-//! download engine end to end.
+//! The test origin: a real HTTP/1.1 server on `127.0.0.1` (never any other address,
+//! but for a listener a test bound inside a network namespace of its own) that serves
+//! deterministic files and misbehaves on request, for testing Ferry's download engine
+//! end to end.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -80,6 +81,20 @@ impl Origin {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .context("cannot bind the test origin to 127.0.0.1")?;
+        Self::serve(listener, config)
+    }
+
+    /// Starts serving on `listener`, bound by the caller (on an address of a network
+    /// namespace the test made itself, never one outside this machine).
+    pub async fn start_on(
+        listener: std::net::TcpListener,
+        config: OriginConfig,
+    ) -> anyhow::Result<Self> {
+        listener.set_nonblocking(true).context("cannot make the origin's listener non-blocking")?;
+        Self::serve(TcpListener::from_std(listener)?, config)
+    }
+
+    fn serve(listener: TcpListener, config: OriginConfig) -> anyhow::Result<Self> {
         let addr = listener.local_addr().context("cannot read the origin's address")?;
         let tls = if config.tls { Some(tls::generate()?) } else { None };
         let shared = Arc::new(Shared::new(config.knobs));

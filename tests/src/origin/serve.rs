@@ -153,6 +153,29 @@ fn decide(state: &mut State, request: &Request<Incoming>, via_proxy: bool) -> Re
         return Reply::text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "proxy credentials\n")
             .with(header::PROXY_AUTHENTICATE, "Basic realm=\"ferry-proxy\"");
     }
+    if via_proxy
+        && let Some((user, password)) =
+            state.knobs.proxy.as_ref().and_then(|p| p.require_digest.clone())
+    {
+        let value = header(header::PROXY_AUTHORIZATION);
+        let uri = request.uri();
+        let full = uri.to_string();
+        let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let target = Target { full: &full, path_and_query };
+        let realm = "ferry-proxy";
+        let expected = Credentials { user: &user, password: &password, realm };
+        let stale = match state.nonces.verify(value, request.method().as_str(), &target, &expected)
+        {
+            DigestVerdict::Allowed => None,
+            DigestVerdict::Stale => Some(true),
+            DigestVerdict::Denied => Some(false),
+        };
+        if let Some(stale) = stale {
+            let challenge = state.nonces.challenge(realm, stale);
+            return Reply::text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "proxy credentials\n")
+                .with(header::PROXY_AUTHENTICATE, challenge);
+        }
+    }
     if let Some(status) = state.knobs.force_status {
         return Reply::text(status_code(status), "forced status\n");
     }

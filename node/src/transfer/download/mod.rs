@@ -38,7 +38,7 @@ use ferry_protocol::{BitsCode, Job, JobState, Priority};
 
 use super::Run;
 use super::failure::{Failure, Stop};
-use super::fetch::{Fetch, Probe, blocking, probe_local, transport_error};
+use super::fetch::{Fetch, Probe, blocking, no_range_support, probe_local, transport_error};
 use super::local::{self, TempFile};
 
 /// Largest file BITS fetches in one unranged GET when the server lacks ranges.
@@ -101,7 +101,11 @@ impl Run {
             };
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             let mut restarts = 0;
-            self.origin_only.store(false, Ordering::Relaxed);
+            // A file whose peer bytes its owner found invalid comes from the origin alone.
+            let withdrawn = self.reporter.read(self.job.id(), self.run, |job| {
+                job.files().get(index as usize).is_some_and(|f| f.withdrawn)
+            })?;
+            self.origin_only.store(withdrawn, Ordering::Relaxed);
             loop {
                 match self.download_file(index, &mut outbox).await {
                     Ok(()) => {
@@ -339,7 +343,7 @@ impl Run {
                 // The server ignored the range and sent the whole (larger) file.
                 _ if first.len == total && total > 0 => {
                     if !single_stream_allowed(&self.job, &file, total) {
-                        return Err(no_range_support(&url, index));
+                        return Err(no_range_support(&url, index, first.response.version()));
                     }
                     tracing::info!(job = %self.job.id(), file = index, "the server ignores ranges; fetching the file in one stream");
                     self.stream_into(&fetch, first.response, chunk_size, Some(total), None, outbox)
@@ -351,9 +355,7 @@ impl Run {
         }
         if !missing.is_empty() {
             match self.fetch_pieces(&fetch, chunk_size, missing, outbox).await {
-                Err(Stop::Failed(f))
-                    if f.error.code == BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT =>
-                {
+                Err(Stop::Failed(f)) if ranges_refused(f.error.code) => {
                     if !single_stream_allowed(&self.job, &file, total) {
                         return Err(Stop::Failed(f));
                     }
@@ -459,13 +461,12 @@ pub(super) fn single_stream_allowed(job: &Job, file: &JobFile, size: u64) -> boo
         && size <= SINGLE_STREAM_LIMIT
 }
 
-pub(super) fn no_range_support(url: &str, index: u32) -> Stop {
-    Failure::fatal(transport_error(
-        BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT,
-        format!("{url}: the server ignores range requests; use foreground priority (files up to 2 GB) or dynamic content"),
-        index,
-    ))
-    .into()
+/// Whether `code` says the server would not serve ranges (a single stream may do).
+fn ranges_refused(code: BitsCode) -> bool {
+    matches!(
+        code,
+        BitsCode::BG_E_INSUFFICIENT_RANGE_SUPPORT | BitsCode::BG_E_INSUFFICIENT_HTTP_SUPPORT
+    )
 }
 
 pub(super) fn missing_size(url: &str, index: u32) -> Stop {

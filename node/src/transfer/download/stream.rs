@@ -78,6 +78,7 @@ impl Run {
         while let Some(mut bytes) =
             response.chunk().await.map_err(|e| Failure::request(&e, &fetch.url, fetch.file))?
         {
+            fetch.http.throttle.take(bytes.len()).await;
             while !bytes.is_empty() {
                 let room = chunk_size - (offset - u64::from(index) * chunk_size);
                 let take = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());

@@ -276,6 +276,7 @@ impl Run {
                 (header::CONTENT_RANGE.as_str(), range.to_string()),
             ];
             let url = target.url().to_owned();
+            self.http.throttle.take(bytes.len()).await;
             let ack = self.packet(target, PacketType::Fragment, headers, bytes).await?;
             let status = ack.status;
             if ack.error_code() == Some(BitsCode::BG_E_SESSION_NOT_FOUND.0) {

@@ -92,7 +92,7 @@ async fn digest_auth_accepts_md5_and_sha256_with_increasing_nonce_counts() -> an
 
 #[tokio::test]
 async fn proxy_mode_serves_absolute_form_for_any_host() -> anyhow::Result<()> {
-    let proxy = ProxyMode { require_auth: None };
+    let proxy = ProxyMode::default();
     let origin = origin(Knobs { proxy: Some(proxy), ..Knobs::default() }).await?;
     let request = "GET http://files.invalid/small HTTP/1.1\r\nHost: files.invalid\r\n\
                    Connection: close\r\n\r\n";
@@ -112,7 +112,8 @@ async fn proxy_mode_serves_absolute_form_for_any_host() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn proxy_credentials_are_required_when_configured() -> anyhow::Result<()> {
-    let proxy = ProxyMode { require_auth: Some(("bob".into(), "hunter2".into())) };
+    let proxy =
+        ProxyMode { require_auth: Some(("bob".into(), "hunter2".into())), ..ProxyMode::default() };
     let origin = origin(Knobs { proxy: Some(proxy), ..Knobs::default() }).await?;
     install_ring();
     let proxy_url = format!("http://{}", origin.addr());
