@@ -113,10 +113,12 @@ async fn a_node_and_its_helpers_each_keep_to_their_limit() -> anyhow::Result<()>
         eprintln!("skipped: nginx is not installed");
         return Ok(());
     }
-    let names = ["a.bin", "b.bin", "c.bin"];
+    let names = ["a.bin", "b.bin", "c.bin", "d.bin"];
     let (_root, nginx) = origin(&names, 768 * MIB).await?;
     // Three nodes capped at 20 MB/s each; node 1 runs three background jobs at once,
-    // nodes 2 and 3 fetch pieces of them as its helpers.
+    // nodes 2 and 3 fetch pieces of them as its helpers; node 2 runs a job of its own
+    // too, which nodes 1 and 3 help: on nodes 1 and 2, own jobs and helper work share
+    // one limit.
     let options = NodeOptions { extra_config: capped("20MB"), ..NodeOptions::default() };
     let nodes = ferry_tests::start_cluster_each(options, 3, |_, options| {
         let source = ferry_tests::source_addr(options.ip);
@@ -128,13 +130,15 @@ async fn a_node_and_its_helpers_each_keep_to_their_limit() -> anyhow::Result<()>
     let client = nodes[0].client(Some(tokens::ALICE))?;
     let out = tempfile::tempdir()?;
     let mut jobs = Vec::new();
-    for name in names {
+    let second = nodes[1].client(Some(tokens::ALICE))?;
+    for (i, name) in names.iter().enumerate() {
+        let client = if i < 3 { &client } else { &second };
         let files = [(nginx.url(name), out.path().join(name))];
         // Two connections per file: on each helper, two pieces of each job on their way
         // at once (four asked), so that a slow moment of the home node starves no helper.
         let properties =
             PropertyChanges { max_connections: Some(Some(2)), ..props(Priority::Normal, 2) };
-        jobs.push(start_download(&client, &files, properties).await?);
+        jobs.push((client.clone(), start_download(client, &files, properties).await?));
     }
     let all: Vec<&Node> = nodes.iter().collect();
     until_all_draw(&all, Duration::from_secs(30)).await?;
@@ -159,14 +163,15 @@ async fn a_node_and_its_helpers_each_keep_to_their_limit() -> anyhow::Result<()>
     let served = (origin_after - origin_before) as f64 / seconds;
     let progress: u64 = {
         let mut sum = 0;
-        for id in &jobs {
+        for (client, id) in &jobs {
             sum += client.job(*id).await?.progress.bytes_transferred;
         }
         sum
     };
     println!(
-        "cap 20 MB/s per node, over {seconds:.1} s: node 1 (home, 3 background jobs) {:.2} MB/s, \
-         node 2 (helper) {:.2} MB/s, node 3 (helper) {:.2} MB/s; nginx served {:.2} MB/s in all; \
+        "cap 20 MB/s per node, over {seconds:.1} s: node 1 (3 background jobs, helping node 2) \
+         {:.2} MB/s, node 2 (1 job, helping node 1) {:.2} MB/s, node 3 (helping both) {:.2} MB/s; \
+         nginx served {:.2} MB/s in all; \
          {:.0} MB of the jobs transferred so far; transfers waited for the limit {:.1}, {:.1} and \
          {:.1} s per second",
         rates[0] / MB,
@@ -184,7 +189,7 @@ async fn a_node_and_its_helpers_each_keep_to_their_limit() -> anyhow::Result<()>
     // The origin's own count agrees: nothing reached the nodes around their limits.
     let drawn: f64 = rates.iter().sum();
     assert!(within(served, drawn, 0.10), "nginx served {served} B/s, the nodes drew {drawn} B/s");
-    for id in jobs {
+    for (client, id) in jobs {
         client.act(id, ferry_protocol::JobAction::Cancel).await?;
     }
     Ok(())
