@@ -239,7 +239,8 @@ async fn jobs_of_a_removed_member_end_with_a_clear_error_and_cancel_at_once() ->
     // Node 3 is removed from the cluster with jobs homed on it (their files were there).
     // Found by the nemesis: a cancel of such a job waited for the home node to delete its
     // files, which it never would, and an active one waited for it for ever. Now the
-    // leader ends them: the active job goes to ERROR saying why, the cancel returns.
+    // leader ends them: the active job goes to ERROR saying why, the cancel returns; a
+    // Complete is refused (its files cannot be placed).
     use ferry_protocol::{JobAction, JobState, JobType};
     let (mut nodes, _) = form_cluster(NodeOptions::queue_only()).await?;
     let alice = nodes[2].client(Some(tokens::ALICE))?;
@@ -267,6 +268,15 @@ async fn jobs_of_a_removed_member_end_with_a_clear_error_and_cancel_at_once() ->
     };
     let detail = job.error.map(|e| e.detail).unwrap_or_default();
     anyhow::ensure!(detail.contains("removed from the cluster"), "error: {detail}");
+    // Complete cannot place files that went with the node: refused, saying so, and the
+    // job is left as it was (never acknowledged without its files).
+    let refused = alice.act(queued, JobAction::Complete).await;
+    let Err(ferry_coordinator::ClientError::Api(problem)) = refused else {
+        anyhow::bail!("Complete of a removed member's job answered {refused:?}");
+    };
+    anyhow::ensure!(problem.status == 409, "{problem:?}");
+    anyhow::ensure!(problem.detail.contains("removed from the cluster"), "{}", problem.detail);
+    anyhow::ensure!(alice.job(queued).await?.state == JobState::Error);
     let started = tokio::time::Instant::now();
     let cancelled = alice.act(suspended, JobAction::Cancel).await?;
     let took = started.elapsed();

@@ -67,9 +67,17 @@ impl Finisher {
         finisher
     }
 
-    /// Complete's renames for job `job`, on its home node.
+    /// Complete's renames for job `job`, on its home node. A home node that is no
+    /// longer a member took the job's files with it: Complete cannot be done.
     pub(crate) async fn place(&self, job: JobId) -> Result<FilesOutcome, ClusterError> {
         match self.home_of(job) {
+            Some(home) if !self.is_member(home) => Ok(FilesOutcome::Failed(CommandError::new(
+                BitsCode::BG_E_INVALID_STATE,
+                format!(
+                    "the job's home node {home} was removed from the cluster, and the job's \
+                     files with it: Complete cannot place them; cancel the job and submit it again"
+                ),
+            ))),
             Some(home) if home != self.cluster.node_id => {
                 let asked = PlaceFiles { job };
                 older_home(self.cluster.peers.call(home, &asked, PLACE_TIMEOUT).await)
@@ -93,6 +101,10 @@ impl Finisher {
             }
             _ => self.finished_here(job, applied).await,
         }
+    }
+
+    fn is_member(&self, node: ferry_protocol::NodeId) -> bool {
+        self.cluster.metrics().borrow().membership_config.membership().get_node(&node).is_some()
     }
 
     fn home_of(&self, job: JobId) -> Option<ferry_protocol::NodeId> {

@@ -203,6 +203,18 @@ impl Client {
         None
     }
 
+    /// Whether Complete of job `id` is refused (409) rather than unanswered.
+    async fn refused(&mut self, id: JobId) -> bool {
+        let url = self.node();
+        let sent = self
+            .http
+            .post(format!("{url}/v1/jobs/{id}/complete"))
+            .bearer_auth(tokens::BOB)
+            .send()
+            .await;
+        sent.is_ok_and(|answer| answer.status() == reqwest::StatusCode::CONFLICT)
+    }
+
     async fn job(&mut self, id: JobId) -> Option<JobInfo> {
         let url = self.node();
         let sent =
@@ -274,6 +286,13 @@ impl Client {
             };
             // Sent even when stopping: every job ends completed or cancelled.
             let ended = self.send(&format!("d{n}-{action}"), true, act(action)).await;
+            if ended.is_none() && action == "complete" && self.refused(id).await {
+                // Complete is refused when the home node was removed with the files
+                // (the check below counts such a job as lost with its home): cancel it.
+                let cancelled = self.send(&format!("d{n}-cancel"), true, act("cancel")).await;
+                anyhow::ensure!(cancelled.is_some(), "job {id}: cancel never answered");
+                continue;
+            }
             anyhow::ensure!(ended.is_some(), "job {id}: {action} never answered");
         }
         Ok(log)
