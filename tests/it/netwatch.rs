@@ -174,6 +174,7 @@ async fn origin_across_a_veth() -> anyhow::Result<(Namespace, Origin)> {
     let origin =
         Origin::start_on(listener, OriginConfig { knobs, ..OriginConfig::default() }).await?;
     origin.add_file("/f.bin", Content::Pattern { seed: 201, len: SIZE });
+    origin.add_file("/g.bin", Content::Pattern { seed: 202, len: SIZE / 4 });
     Ok((ns, origin))
 }
 
@@ -219,6 +220,17 @@ async fn cut_and_restore(cut: Cut) -> anyhow::Result<(Duration, Duration)> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A second job waits QUEUED behind it (one background slot, lower priority).
+    let queued_local = out.path().join("g.bin");
+    let low = PropertyChanges {
+        minimum_retry_delay_secs: Some(600),
+        priority: Some(ferry_protocol::Priority::Low),
+        ..PropertyChanges::default()
+    };
+    let queued =
+        start_download(&client, &[(origin.url("/g.bin"), queued_local.clone())], low).await?;
+    anyhow::ensure!(client.job(queued).await?.state == JobState::Queued, "the second job waits");
+
     cut.set(&ns, "down")?;
     let cut_at = Instant::now();
     let job = wait_for(&node, &client, id, &[JobState::TransientError], LOSS_WITHIN * 3).await?;
@@ -233,6 +245,13 @@ async fn cut_and_restore(cut: Cut) -> anyhow::Result<(Duration, Duration)> {
     );
     println!("{cut:?}: TRANSIENT_ERROR after {lost_after:?}: {}", error.detail);
     anyhow::ensure!(job.progress.bytes_transferred < SIZE, "nothing left to transfer");
+    // The queued job too (BITS: QUEUED → TRANSIENT_ERROR when the network is lost).
+    let waiting =
+        wait_for(&node, &client, queued, &[JobState::TransientError], LOSS_WITHIN * 3).await?;
+    let queued_lost_after = cut_at.elapsed();
+    let code = waiting.error.map(|e| e.code);
+    anyhow::ensure!(code == Some(BitsCode::BG_E_NETWORK_DISCONNECTED), "queued job: {code:?}");
+    println!("{cut:?}: the queued job in TRANSIENT_ERROR after {queued_lost_after:?}");
     // It waits while the route is gone.
     tokio::time::sleep(Duration::from_millis(500)).await;
     anyhow::ensure!(client.job(id).await?.state == JobState::TransientError, "re-queued too soon");
@@ -253,6 +272,9 @@ async fn cut_and_restore(cut: Cut) -> anyhow::Result<(Duration, Duration)> {
         same_as_origin(&origin, "/f.bin", &local)?,
         "the file differs from the origin's"
     );
+    wait_for(&node, &client, queued, &[JobState::Transferred], RETURN_WITHIN * 3).await?;
+    client.act(queued, JobAction::Complete).await?;
+    anyhow::ensure!(same_as_origin(&origin, "/g.bin", &queued_local)?, "the queued job's file");
     drop(origin);
     drop(ns);
     Ok((lost_after, done_after))

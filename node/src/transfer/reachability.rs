@@ -3,12 +3,14 @@
 //! and they are queued again as soon as it returns, without the retry delay).
 //!
 //! The [`Reachability`] actor keeps, from the change feed, the jobs homed here that are
-//! connecting or transferring, and those waiting in TRANSIENT_ERROR for a lost network.
-//! On each change of the node's network ([`NetWatch`]), and when a job starts waiting
-//! (at start-up too), a check task looks for a route to the endpoints each job talks to
-//! (its current file's server, its upload's `BITS-Host-Id`, its proxies):
+//! queued, connecting or transferring, and those waiting in TRANSIENT_ERROR for a lost
+//! network. On each change of the node's network ([`NetWatch`]), and when a job starts
+//! waiting (at start-up too), a check task looks for a route to the endpoints each job
+//! talks to (its current file's server, its upload's `BITS-Host-Id`, its proxies):
 //! - a running job with a route to none of them fails at once, transient, with
 //!   `BG_E_NETWORK_DISCONNECTED`; the queue change stops its run (the `Transfers` actor);
+//! - a queued one goes to TRANSIENT_ERROR the same way: activated and failed in one
+//!   command (no run starts; the scheduler's own activation of it, if first, wins);
 //! - a waiting job with a route to one of them again is re-queued
 //!   ([`EngineReport::RetryDelayElapsed`]).
 //!
@@ -16,10 +18,6 @@
 //! retry delay stays the fallback (a node without netlink, a missed change). [`explain`]
 //! applies the same test to a run's own transport failure: one that happened while no
 //! route exists is `BG_E_NETWORK_DISCONNECTED` too.
-//!
-//! Not here: the QUEUED half of the BITS rule. No existing report moves a queued job to
-//! TRANSIENT_ERROR; such a job, once activated, fails at its first connect with this
-//! error and waits the same way.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +54,9 @@ const PROXY_VARIABLES: [&str; 6] =
 /// What a job homed here has at stake in the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stake {
+    /// Queued: it goes to TRANSIENT_ERROR when its route goes (activated and failed in
+    /// one command, so no run starts).
+    Queued,
     /// Connecting or transferring: it fails when its route goes.
     Running,
     /// In TRANSIENT_ERROR for a lost network: it is queued again when a route returns.
@@ -68,6 +69,7 @@ fn stake(job: &Job, node: NodeId) -> Option<Stake> {
         return None;
     }
     match job.state() {
+        JobState::Queued => Some(Stake::Queued),
         JobState::Connecting | JobState::Transferring => Some(Stake::Running),
         JobState::TransientError if job.error().is_some_and(lost_network) => Some(Stake::Waiting),
         _ => None,
@@ -202,12 +204,12 @@ fn disconnected(no_route: &NoRoute, file: Option<u32>) -> JobError {
 /// reached; `file` is the file it works on.
 fn verdict(stake: Stake, route: Result<(), NoRoute>, file: Option<u32>) -> Option<EngineReport> {
     match (stake, route) {
-        (Stake::Running, Err(no_route)) => Some(EngineReport::Failed {
+        (Stake::Running | Stake::Queued, Err(no_route)) => Some(EngineReport::Failed {
             error: disconnected(&no_route, file),
             severity: Severity::Transient,
         }),
         (Stake::Waiting, Ok(())) => Some(EngineReport::RetryDelayElapsed),
-        (Stake::Running, Ok(())) | (Stake::Waiting, Err(_)) => None,
+        (Stake::Running | Stake::Queued, Ok(())) | (Stake::Waiting, Err(_)) => None,
     }
 }
 
@@ -379,7 +381,14 @@ async fn settle(
         }
         _ => tracing::info!(job = %id, run, "network back: the job is queued again"),
     }
-    if let Err(e) = reporter.report(id, run, vec![report]).await {
+    // A queued job has no run to fail: it is activated and failed in one command (the
+    // failure then belongs to the run the activation starts), as BITS moves QUEUED jobs
+    // to TRANSIENT_ERROR when the network goes.
+    let (run, reports) = match was {
+        Stake::Queued => (run + 1, vec![EngineReport::Activate, report]),
+        Stake::Running | Stake::Waiting => (run, vec![report]),
+    };
+    if let Err(e) = reporter.report(id, run, reports).await {
         tracing::debug!(job = %id, run, outcome = ?e, "network report not applied");
     }
 }
