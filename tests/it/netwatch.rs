@@ -230,6 +230,19 @@ async fn cut_and_restore(cut: Cut) -> anyhow::Result<(Duration, Duration)> {
     let queued =
         start_download(&client, &[(origin.url("/g.bin"), queued_local.clone())], low).await?;
     anyhow::ensure!(client.job(queued).await?.state == JobState::Queued, "the second job waits");
+    // A third job in TRANSIENT_ERROR for another reason (nothing listens at its port),
+    // in the foreground so that it runs at once: retried only after 600 s, unless the
+    // network comes back.
+    let refused = PropertyChanges {
+        minimum_retry_delay_secs: Some(600),
+        priority: Some(ferry_protocol::Priority::Foreground),
+        ..PropertyChanges::default()
+    };
+    let nobody = format!("http://{ORIGIN_IP}:9/x.bin");
+    let other = start_download(&client, &[(nobody, out.path().join("x.bin"))], refused).await?;
+    let failed =
+        wait_for(&node, &client, other, &[JobState::TransientError], LOSS_WITHIN * 5).await?;
+    let errors_before = failed.error_count;
 
     cut.set(&ns, "down")?;
     let cut_at = Instant::now();
@@ -272,6 +285,14 @@ async fn cut_and_restore(cut: Cut) -> anyhow::Result<(Duration, Duration)> {
         same_as_origin(&origin, "/f.bin", &local)?,
         "the file differs from the origin's"
     );
+    // The network's return retried the other transient error at once (BITS re-queues
+    // every transient-error job on reconnect).
+    let retried = client.job(other).await?;
+    anyhow::ensure!(
+        retried.error_count > errors_before || retried.state != JobState::TransientError,
+        "the other transient error was not retried when the network returned: {retried:?}"
+    );
+    client.act(other, JobAction::Cancel).await?;
     wait_for(&node, &client, queued, &[JobState::Transferred], RETURN_WITHIN * 3).await?;
     client.act(queued, JobAction::Complete).await?;
     anyhow::ensure!(same_as_origin(&origin, "/g.bin", &queued_local)?, "the queued job's file");

@@ -12,7 +12,9 @@
 //! - a queued one goes to TRANSIENT_ERROR the same way: activated and failed in one
 //!   command (no run starts; the scheduler's own activation of it, if first, wins);
 //! - a waiting job with a route to one of them again is re-queued
-//!   ([`EngineReport::RetryDelayElapsed`]).
+//!   ([`EngineReport::RetryDelayElapsed`]); when one is (the network came back), so is
+//!   every other job homed here in TRANSIENT_ERROR that has a route, as BITS re-queues
+//!   every transient-error job on reconnect.
 //!
 //! A job whose endpoints resolve to no address is left alone, and the leader's minimum
 //! retry delay stays the fallback (a node without netlink, a missed change). [`explain`]
@@ -61,6 +63,10 @@ enum Stake {
     Running,
     /// In TRANSIENT_ERROR for a lost network: it is queued again when a route returns.
     Waiting,
+    /// In TRANSIENT_ERROR for another reason: queued again when the network returns
+    /// (a waiting job got its route back in the same check), as BITS re-queues every
+    /// transient-error job on reconnect; otherwise its retry delay stands.
+    Retrying,
 }
 
 /// The stake of `job` for node `node`, if it has one.
@@ -72,6 +78,9 @@ fn stake(job: &Job, node: NodeId) -> Option<Stake> {
         JobState::Queued => Some(Stake::Queued),
         JobState::Connecting | JobState::Transferring => Some(Stake::Running),
         JobState::TransientError if job.error().is_some_and(lost_network) => Some(Stake::Waiting),
+        JobState::TransientError if !job.error().is_some_and(is_home_node_lost) => {
+            Some(Stake::Retrying)
+        }
         _ => None,
     }
 }
@@ -210,6 +219,8 @@ fn verdict(stake: Stake, route: Result<(), NoRoute>, file: Option<u32>) -> Optio
         }),
         (Stake::Waiting, Ok(())) => Some(EngineReport::RetryDelayElapsed),
         (Stake::Running | Stake::Queued, Ok(())) | (Stake::Waiting, Err(_)) => None,
+        // Decided once the check knows whether the network returned (see `settle`).
+        (Stake::Retrying, _) => None,
     }
 }
 
@@ -342,30 +353,45 @@ impl Reachability {
         let reporter = Reporter::new(self.cluster.clone());
         let (me, node) = (ctx.address(), self.node_id);
         tokio::spawn(async move {
-            let checks = candidates.into_iter().map(|candidate| {
+            let (retrying, others): (Vec<Candidate>, Vec<Candidate>) =
+                candidates.into_iter().partition(|c| c.stake == Stake::Retrying);
+            let checks = others.into_iter().map(|candidate| {
                 let (net, reporter) = (&net, &reporter);
                 async move { settle(net, source, reporter, node, candidate).await }
             });
-            futures_util::stream::iter(checks)
+            let returned = futures_util::stream::iter(checks)
                 .buffer_unordered(CHECKS_AT_ONCE)
-                .collect::<Vec<()>>()
-                .await;
+                .collect::<Vec<bool>>()
+                .await
+                .contains(&true);
+            if returned {
+                // The network came back: every transient error is retried now.
+                let retries = retrying.into_iter().map(|candidate| {
+                    let (net, reporter) = (&net, &reporter);
+                    async move { retry(net, source, reporter, node, candidate).await }
+                });
+                futures_util::stream::iter(retries)
+                    .buffer_unordered(CHECKS_AT_ONCE)
+                    .collect::<Vec<()>>()
+                    .await;
+            }
             me.do_send(CheckEnded);
         });
     }
 }
 
-/// Checks one job and reports what its route calls for.
+/// Checks one job and reports what its route calls for; true if it was waiting for
+/// the network and is queued again (the network returned).
 async fn settle(
     net: &NetWatch,
     source: Option<IpAddr>,
     reporter: &Reporter,
     node: NodeId,
     candidate: Candidate,
-) {
+) -> bool {
     let Candidate { id, run, stake: was, file, endpoints } = candidate;
-    let Some(route) = reach(net, source, &endpoints).await else { return };
-    let Some(report) = verdict(was, route, file) else { return };
+    let Some(route) = reach(net, source, &endpoints).await else { return false };
+    let Some(report) = verdict(was, route, file) else { return false };
     // Still the same run with the same stake: a job re-queued and failed otherwise
     // meanwhile keeps its own retry delay.
     let unchanged = {
@@ -373,8 +399,9 @@ async fn settle(
         machine.queue.job(&id).is_some_and(|job| job.run() == run && stake(job, node) == Some(was))
     };
     if !unchanged {
-        return;
+        return false;
     }
+    let returned = report == EngineReport::RetryDelayElapsed;
     match &report {
         EngineReport::Failed { error, .. } => {
             tracing::info!(job = %id, run, detail = %error.detail, "network lost: the transfer stops")
@@ -386,9 +413,39 @@ async fn settle(
     // to TRANSIENT_ERROR when the network goes.
     let (run, reports) = match was {
         Stake::Queued => (run + 1, vec![EngineReport::Activate, report]),
-        Stake::Running | Stake::Waiting => (run, vec![report]),
+        Stake::Running | Stake::Waiting | Stake::Retrying => (run, vec![report]),
     };
-    if let Err(e) = reporter.report(id, run, reports).await {
+    match reporter.report(id, run, reports).await {
+        Ok(()) => returned,
+        Err(e) => {
+            tracing::debug!(job = %id, run, outcome = ?e, "network report not applied");
+            false
+        }
+    }
+}
+
+/// Queues a job in TRANSIENT_ERROR for another reason again once the network returned,
+/// if it has a route and is still as it was.
+async fn retry(
+    net: &NetWatch,
+    source: Option<IpAddr>,
+    reporter: &Reporter,
+    node: NodeId,
+    candidate: Candidate,
+) {
+    let Candidate { id, run, stake: was, endpoints, .. } = candidate;
+    if reach(net, source, &endpoints).await != Some(Ok(())) {
+        return;
+    }
+    let unchanged = {
+        let machine = reporter.cluster.state.read();
+        machine.queue.job(&id).is_some_and(|job| job.run() == run && stake(job, node) == Some(was))
+    };
+    if !unchanged {
+        return;
+    }
+    tracing::info!(job = %id, run, "network back: a job in a transient error is retried now");
+    if let Err(e) = reporter.report(id, run, vec![EngineReport::RetryDelayElapsed]).await {
         tracing::debug!(job = %id, run, outcome = ?e, "network report not applied");
     }
 }
