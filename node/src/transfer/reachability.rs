@@ -394,11 +394,7 @@ async fn settle(
     let Some(report) = verdict(was, route, file) else { return false };
     // Still the same run with the same stake: a job re-queued and failed otherwise
     // meanwhile keeps its own retry delay.
-    let unchanged = {
-        let machine = reporter.cluster.state.read();
-        machine.queue.job(&id).is_some_and(|job| job.run() == run && stake(job, node) == Some(was))
-    };
-    if !unchanged {
+    if !unchanged(reporter, node, id, run, was) {
         return false;
     }
     let returned = report == EngineReport::RetryDelayElapsed;
@@ -424,6 +420,12 @@ async fn settle(
     }
 }
 
+/// Whether job `id` is still at run `run` with stake `was` on node `node`.
+fn unchanged(reporter: &Reporter, node: NodeId, id: JobId, run: u64, was: Stake) -> bool {
+    let machine = reporter.cluster.state.read();
+    machine.queue.job(&id).is_some_and(|job| job.run() == run && stake(job, node) == Some(was))
+}
+
 /// Queues a job in TRANSIENT_ERROR for another reason again once the network returned,
 /// if it has a route and is still as it was.
 async fn retry(
@@ -437,11 +439,7 @@ async fn retry(
     if reach(net, source, &endpoints).await != Some(Ok(())) {
         return;
     }
-    let unchanged = {
-        let machine = reporter.cluster.state.read();
-        machine.queue.job(&id).is_some_and(|job| job.run() == run && stake(job, node) == Some(was))
-    };
-    if !unchanged {
+    if !unchanged(reporter, node, id, run, was) {
         return;
     }
     tracing::info!(job = %id, run, "network back: a job in a transient error is retried now");
