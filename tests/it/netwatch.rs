@@ -25,8 +25,6 @@ use tokio::time::Instant;
 use crate::download::same_as_origin;
 use crate::support::{start_download, transfer_node, wait_for};
 
-/// Set inside the namespace [`run_in_own_network`] made.
-const IN_OWN_NETWORK: &str = "FERRY_NETWATCH_NETNS";
 /// The node's end of the veth pair, and its address.
 const LINK: &str = "fw0";
 const HERE: &str = "10.201.0.1/30";
@@ -48,7 +46,7 @@ const RETURN_WITHIN: Duration = Duration::from_secs(5);
 /// nothing left to do: that run passed (or this fails), or no namespace with a veth
 /// pair can be made here (said so). False inside the namespace.
 fn run_in_own_network(test: &str) -> anyhow::Result<bool> {
-    if std::env::var_os(IN_OWN_NETWORK).is_some() {
+    if ferry_tests::in_own_network() {
         return Ok(false);
     }
     let usable = Command::new("unshare")
@@ -72,14 +70,7 @@ fn run_in_own_network(test: &str) -> anyhow::Result<bool> {
         );
         return Ok(true);
     }
-    let status = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
-        .arg(std::env::current_exe()?)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(IN_OWN_NETWORK, "1")
-        .status()
-        .context("cannot run unshare")?;
-    anyhow::ensure!(status.success(), "the run in its own network namespace failed ({status})");
+    ferry_tests::rerun_in_network_namespace(test)?;
     Ok(true)
 }
 

@@ -775,6 +775,30 @@ impl Drop for SmallDisk {
 }
 
 /// Copies the files and directories under `from` into `to`.
+/// Set inside a network namespace [`rerun_in_network_namespace`] made.
+const IN_OWN_NETWORK: &str = "FERRY_TEST_NETNS";
+
+/// Whether this process runs inside a network namespace [`rerun_in_network_namespace`]
+/// made.
+pub fn in_own_network() -> bool {
+    std::env::var_os(IN_OWN_NETWORK).is_some()
+}
+
+/// Runs test `test` (its path inside this test binary, e.g. `nemesis::a_run`) again in
+/// a new network namespace with its loopback up, and waits for it; fails if that run
+/// failed. The caller checks first that such a namespace can be made here.
+pub fn rerun_in_network_namespace(test: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
+        .arg(std::env::current_exe()?)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_OWN_NETWORK, "1")
+        .status()
+        .context("cannot run unshare")?;
+    anyhow::ensure!(status.success(), "the run in its own network namespace failed ({status})");
+    Ok(())
+}
+
 pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

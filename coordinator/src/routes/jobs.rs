@@ -198,10 +198,7 @@ async fn act(
     }
     let (reply, index) =
         write(&state, &caller, request_id, Command::Lifecycle { job: id, action }).await?;
-    let mut code = match reply {
-        Reply::Done(code) => code,
-        Reply::Created(_) | Reply::NodeId(_) | Reply::Fragment(_) => BitsCode::S_OK,
-    };
+    let mut code = success_code(reply);
     if matches!(action, JobAction::Complete | JobAction::Cancel) {
         code = files_finished(&state, id, index, code).await;
     }
@@ -214,6 +211,14 @@ async fn act(
         code_name: code.name().unwrap_or_default().into_owned(),
         job,
     }))
+}
+
+/// The success code of a command's reply (`S_OK` unless it says otherwise).
+fn success_code(reply: Reply) -> BitsCode {
+    match reply {
+        Reply::Done(code) => code,
+        Reply::Created(_) | Reply::NodeId(_) | Reply::Fragment(_) => BitsCode::S_OK,
+    }
 }
 
 /// Complete's first step: the home node renames the job's files into place while the
@@ -345,10 +350,7 @@ pub(super) async fn replace_remote_prefix(
     let id = job_id(&id)?;
     let command = Command::ReplaceRemotePrefix(ReplacePrefix { job: id, change });
     let (reply, index) = write(&state, &caller, request_id, command).await?;
-    let code = match reply {
-        Reply::Done(code) => code,
-        Reply::Created(_) | Reply::NodeId(_) | Reply::Fragment(_) => BitsCode::S_OK,
-    };
+    let code = success_code(reply);
     let job = job_info(&state, &caller, id, ReadAt::Applied(index)).await?;
     Ok(axum::Json(PrefixReplaced {
         code,

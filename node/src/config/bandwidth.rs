@@ -3,8 +3,8 @@
 //! `PUT /v1/node/bandwidth` is checked the same way), [`Schedule::at`] a pure function
 //! of the wall-clock time that says the rate, whether the work-hours window is open,
 //! and when the answer changes next. No clock is read here: the token bucket that
-//! enforces the rate and the task that follows the schedule are
-//! `crate::transfer::bandwidth`.
+//! enforces the rate and the task that follows the schedule belong to the transfer
+//! engine, which uses this module (and not the other way round).
 //!
 //! Local time is UTC shifted by the policy's fixed `utc_offset` (no time zone
 //! database, no daylight saving time): the simplest rule that is right everywhere,

@@ -151,6 +151,15 @@ impl Queue {
             return Ok(Reply::Done(BitsCode::S_FALSE));
         }
         for (index, url) in &renamed {
+            // The result is what counts: a prefix may complete a scheme ("fi" + "le:...").
+            if url.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("file:")) {
+                return Err(CommandError::new(
+                    BitsCode::E_INVALIDARG,
+                    format!(
+                        "file {index} would become the local file {url}; use SetRemoteName for local sources"
+                    ),
+                ));
+            }
             set_remote_name(&mut job, *index, url)?;
         }
         fits(&job)?;

@@ -517,6 +517,24 @@ fn complete_leaves_the_completed_flag_to_the_home_node() {
 }
 
 #[test]
+fn replace_remote_prefix_never_makes_a_local_file_url() {
+    let mut h = Harness::new();
+    let mut spec = new_job(JobType::Download, 1);
+    spec.files[0].remote_url = "http://a.example/xle:///etc/shadow".into();
+    let id = h.created(&alice(), spec);
+    let change = crate::command::PrefixChange {
+        old_prefix: "http://a.example/x".into(),
+        new_prefix: "fi".into(),
+    };
+    let replace = Command::ReplaceRemotePrefix(crate::command::ReplacePrefix { job: id, change });
+    assert_eq!(code(h.run(&alice(), None, replace)), BitsCode::E_INVALIDARG);
+    assert_eq!(
+        h.queue.job(&id).expect("job").files[0].remote_url,
+        "http://a.example/xle:///etc/shadow"
+    );
+}
+
+#[test]
 fn a_file_change_is_all_or_nothing() {
     let mut h = Harness::new();
     let id = h.created(&alice(), new_job(JobType::Download, 1));

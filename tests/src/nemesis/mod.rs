@@ -39,9 +39,6 @@ async fn own_disk(node: &mut Node, mib: u64) -> anyhow::Result<Option<SmallDisk>
     Ok(disk)
 }
 
-/// Set inside the network namespace [`run_in_own_network`] made.
-const IN_OWN_NETWORK: &str = "FERRY_NEMESIS_NETNS";
-
 /// Runs test `test` (its path inside the test binary, e.g. `nemesis::a_run`) again in
 /// a network namespace of its own, where its partitions and dropped packets cannot touch
 /// anything else on the machine, and returns whether it did: the caller returns at once
@@ -51,7 +48,7 @@ const IN_OWN_NETWORK: &str = "FERRY_NEMESIS_NETNS";
 /// of its own.
 pub fn run_in_own_network(test: &str) -> anyhow::Result<bool> {
     use std::process::Command;
-    if std::env::var_os(IN_OWN_NETWORK).is_some() {
+    if crate::in_own_network() {
         return Ok(false);
     }
     let usable = Command::new("unshare")
@@ -64,14 +61,7 @@ pub fn run_in_own_network(test: &str) -> anyhow::Result<bool> {
         return Ok(false);
     }
     println!("in a network namespace of its own (unshare --net)");
-    let status = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
-        .arg(std::env::current_exe()?)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(IN_OWN_NETWORK, "1")
-        .status()
-        .context("cannot run unshare")?;
-    anyhow::ensure!(status.success(), "the run in its own network namespace failed ({status})");
+    crate::rerun_in_network_namespace(test)?;
     Ok(true)
 }
 
