@@ -1,25 +1,57 @@
-//! The command line: nouns then verbs, as DESIGN §7 fixes them.
+//! The command line: global options and the nouns, as DESIGN §7 fixes them (the job
+//! verbs are in `job_args`). Names are a contract: options are added, never renamed.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_protocol::job::{JobType, Priority, ProxyUsage};
 
+pub(crate) use crate::job_args::{CredentialsCommand, JobCommand, SetArgs};
+use crate::output::Format;
+
+/// What `ferry --help` ends with: the exit codes and where settings come from.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  any other failure (a job that ended in ERROR, a refused request, a bad file...)
+  2  usage: bad options or arguments
+  3  not found: no such job, code or file (HTTP 404, BG_E_NOT_FOUND)
+  4  access denied: missing or wrong token, not your job (HTTP 401/403, E_ACCESSDENIED)
+  5  transient: no node answers, timeouts, the cluster is electing (HTTP 503); try again
+
+The node, token and CA come from the flags, else FERRY_NODE, FERRY_TOKEN (or
+FERRY_TOKEN_FILE) and FERRY_CA, else $XDG_CONFIG_HOME/ferry/config.toml (keys: node,
+token_file, ca), else a local node's data directory (--data-dir).";
+
 /// Operate a Ferry cluster: BITS jobs, errors, cluster status.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version = env!("FERRY_VERSION"), propagate_version = true)]
+#[command(
+    name = "ferry",
+    version = env!("FERRY_VERSION"),
+    propagate_version = true,
+    after_help = AFTER_HELP
+)]
 pub(crate) struct Cli {
-    /// Node API URL [default: $FERRY_NODE, else <data-dir>/api.addr (https:// with --ca), else http://127.0.0.1:7070]
+    /// Node API URL [default: $FERRY_NODE, else `node` in the config file, else
+    /// <data-dir>/api.addr (https:// with --ca), else http://127.0.0.1:7070]
     #[arg(long, global = true, env = "FERRY_NODE", value_name = "URL")]
     pub(crate) node: Option<String>,
-    /// API token [default: $FERRY_TOKEN, else <data-dir>/admin.token]
+    /// API token [default: $FERRY_TOKEN, else --token-file, else <data-dir>/admin.token]
     #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
+    /// A file holding the API token [default: $FERRY_TOKEN_FILE, else `token_file` in
+    /// the config file]
+    #[arg(long, global = true, env = "FERRY_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     /// PEM file of the CA that issued the node's API certificate (for https:// nodes;
     /// the cluster CA is <data-dir>/ca.pem on any member). Only that CA is trusted.
-    /// [default: $FERRY_CA, else the system's roots]
+    /// [default: $FERRY_CA, else `ca` in the config file, else the system's roots]
     #[arg(long, global = true, env = "FERRY_CA", value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
+    /// The client config file [default: $FERRY_CONFIG, else
+    /// $XDG_CONFIG_HOME/ferry/config.toml, else ~/.config/ferry/config.toml]
+    #[arg(long, global = true, env = "FERRY_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// Data directory of a local node, to find its token and address.
     #[arg(
         long,
@@ -29,11 +61,21 @@ pub(crate) struct Cli {
         value_name = "DIR"
     )]
     pub(crate) data_dir: PathBuf,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables (the same as -o json): one JSON object per command.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Output format: table, wide (every column, never wrapped), json or yaml.
+    #[arg(short = 'o', long = "format", global = true, value_enum, value_name = "FORMAT")]
+    pub(crate) format: Option<Format>,
     #[command(subcommand)]
     pub(crate) command: Noun,
+}
+
+impl Cli {
+    /// The output format: `--json` is `-o json`.
+    pub(crate) fn output(&self) -> Format {
+        if self.json { Format::Json } else { self.format.unwrap_or(Format::Table) }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +104,15 @@ pub(crate) enum Noun {
     /// Print job events as they happen, one line each (NDJSON with --json); follows the
     /// cluster: on the loss of its node, resumes at another from the last cursor.
     Watch(WatchArgs),
+    /// Print a shell completion script (e.g. `ferry completions bash >
+    /// /etc/bash_completion.d/ferry`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; e.g. `ferry man > /usr/local/share/man/man1/ferry.1`).
+    Man,
 }
 
 /// `ferry watch` options.
@@ -106,6 +157,9 @@ pub(crate) enum FleetCommand {
         /// Basic credentials for the server, this user; the password is read from stdin.
         #[arg(long, value_name = "USER")]
         server_user: Option<String>,
+        /// The SHA-256 the file must have (64 hex digits), checked on every node.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
     },
     /// Each node's progress in fleet ID.
     Status {
@@ -133,9 +187,17 @@ pub(crate) struct TransferArgs {
     /// Allow servers that give no size or ranges (no resume; restarts from zero).
     #[arg(long)]
     pub(crate) dynamic: bool,
+    /// The SHA-256 the downloaded file must have (64 hex digits; one file): checked
+    /// before it counts as transferred.
+    #[arg(long, value_name = "HEX")]
+    pub(crate) sha256: Option<String>,
     /// Do not draw the progress line.
     #[arg(long)]
     pub(crate) no_progress: bool,
+    /// Create and resume the job, print its id and return (no progress, no Complete:
+    /// finish it later with `ferry job complete JOB`).
+    #[arg(long, conflicts_with = "no_progress")]
+    pub(crate) no_wait: bool,
     /// An upload job: send LOCAL to the BITS upload server at REMOTE (one pair).
     #[arg(long, conflicts_with = "upload_reply")]
     pub(crate) upload: bool,
@@ -152,265 +214,6 @@ pub(crate) struct TransferArgs {
     /// REMOTE LOCAL [REMOTE LOCAL ...]: URLs and where to put them.
     #[arg(required = true, num_args = 2.., value_name = "REMOTE LOCAL")]
     pub(crate) pairs: Vec<String>,
-}
-
-/// A job, by id or by display name (unique among the caller's jobs).
-pub(crate) type JobRef = String;
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum JobCommand {
-    /// Create a job (it starts SUSPENDED); prints its id.
-    Create {
-        /// Display name.
-        name: String,
-        /// Job type.
-        #[arg(long = "type", value_enum, default_value = "download")]
-        job_type: TypeArg,
-        /// Priority.
-        #[arg(long, value_enum)]
-        priority: Option<PriorityArg>,
-        /// Description.
-        #[arg(long)]
-        description: Option<String>,
-    },
-    /// Add a file, optionally only some byte ranges of it (`AddFileWithRanges`).
-    AddFile {
-        /// The job.
-        job: JobRef,
-        /// Remote URL.
-        remote: String,
-        /// Absolute local path on the job's home node.
-        local: String,
-        /// OFFSET:LENGTH, LENGTH a byte count or `eof`; repeat or separate with commas.
-        #[arg(long = "range", value_name = "OFFSET:LENGTH", value_delimiter = ',')]
-        ranges: Vec<String>,
-    },
-    /// Add the files listed in a text file: one "REMOTE LOCAL" pair per line, `#` comments.
-    AddFileSet {
-        /// The job.
-        job: JobRef,
-        /// The list file.
-        list: PathBuf,
-    },
-    /// Show a job.
-    Info {
-        /// The job.
-        job: JobRef,
-    },
-    /// List your jobs (all users' with --all-users, administrators only).
-    List {
-        /// Every user's jobs.
-        #[arg(long)]
-        all_users: bool,
-    },
-    /// List a job's files with their progress (one with --index).
-    Files {
-        /// The job.
-        job: JobRef,
-        /// Only this file (its index, from 0).
-        #[arg(long)]
-        index: Option<u32>,
-    },
-    /// Show a job's error.
-    Error {
-        /// The job.
-        job: JobRef,
-    },
-    /// Change job properties.
-    Set(Box<SetArgs>),
-    /// Change one file: remote URL and/or validation state.
-    SetFile {
-        /// The job.
-        job: JobRef,
-        /// File index.
-        index: u32,
-        /// New remote URL (`SetRemoteName`).
-        #[arg(long)]
-        remote_url: Option<String>,
-        /// Validation state (`SetValidationState`).
-        #[arg(long)]
-        valid: Option<bool>,
-    },
-    /// Replace the start of every remote URL (`ReplaceRemotePrefix`: the server moved).
-    ReplaceRemotePrefix {
-        /// The job.
-        job: JobRef,
-        /// The start of the remote URLs to replace.
-        old_prefix: String,
-        /// What replaces it.
-        new_prefix: String,
-    },
-    /// Queue the job for transfer.
-    Resume {
-        /// The job.
-        job: JobRef,
-    },
-    /// Pause the job.
-    Suspend {
-        /// The job.
-        job: JobRef,
-    },
-    /// Cancel the job and delete its temporary files.
-    Cancel {
-        /// The job.
-        job: JobRef,
-    },
-    /// Make the transferred files visible and end the job.
-    Complete {
-        /// The job.
-        job: JobRef,
-    },
-    /// Take ownership of a job (administrators).
-    TakeOwnership {
-        /// The job.
-        job: JobRef,
-    },
-    /// Server or proxy credentials of a job.
-    #[command(subcommand)]
-    Credentials(CredentialsCommand),
-    /// The reply of an upload-reply job (`GetReplyData`, up to 1 MiB).
-    Reply {
-        /// The job.
-        job: JobRef,
-        /// Write it to this file instead of standard output.
-        #[arg(long, value_name = "FILE")]
-        output: Option<PathBuf>,
-    },
-}
-
-/// `ferry job credentials`.
-#[derive(Debug, Subcommand)]
-pub(crate) enum CredentialsCommand {
-    /// Set the credential for (target, scheme); the password is read from stdin (or a
-    /// prompt), never from the command line.
-    Set {
-        /// The job.
-        job: JobRef,
-        /// server or proxy.
-        #[arg(long)]
-        target: ferry_protocol::credentials::AuthTarget,
-        /// basic or digest.
-        #[arg(long)]
-        scheme: ferry_protocol::credentials::AuthScheme,
-        /// User name.
-        #[arg(long)]
-        user: String,
-    },
-    /// Remove the credential for (target, scheme).
-    Remove {
-        /// The job.
-        job: JobRef,
-        /// server or proxy.
-        #[arg(long)]
-        target: ferry_protocol::credentials::AuthTarget,
-        /// basic, digest, ntlm, negotiate or passport.
-        #[arg(long)]
-        scheme: ferry_protocol::credentials::AuthScheme,
-    },
-}
-
-/// `ferry job set` options.
-#[derive(Debug, Args)]
-pub(crate) struct SetArgs {
-    /// The job.
-    pub(crate) job: JobRef,
-    /// Display name.
-    #[arg(long)]
-    pub(crate) display_name: Option<String>,
-    /// Description.
-    #[arg(long)]
-    pub(crate) description: Option<String>,
-    /// Priority.
-    #[arg(long, value_enum)]
-    pub(crate) priority: Option<PriorityArg>,
-    /// Minimum retry delay after a transient error, seconds (at least 5).
-    #[arg(long, value_name = "SECONDS")]
-    pub(crate) min_retry_delay: Option<u32>,
-    /// No-progress timeout, seconds (0: every error is fatal).
-    #[arg(long, value_name = "SECONDS")]
-    pub(crate) no_progress_timeout: Option<u32>,
-    /// Maximum active download time, seconds.
-    #[arg(long, value_name = "SECONDS")]
-    pub(crate) max_download_time: Option<u32>,
-    /// BG_NOTIFY_* flags, decimal or 0x-hex.
-    #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]
-    pub(crate) notify_flags: Option<u32>,
-    /// Program (absolute path) run when the job enters TRANSFERRED or ERROR; no shell.
-    #[arg(long, value_name = "PROGRAM")]
-    pub(crate) notify_cmdline: Option<String>,
-    /// An argument for the notify program; repeat for more, in order.
-    #[arg(
-        long = "notify-arg",
-        value_name = "ARG",
-        allow_hyphen_values = true,
-        requires = "notify_cmdline"
-    )]
-    pub(crate) notify_args: Vec<String>,
-    /// Remove the notify command line.
-    #[arg(long, conflicts_with = "notify_cmdline")]
-    pub(crate) clear_notify_cmdline: bool,
-    /// "Name: value" header sent with every request of the job; repeat for more.
-    #[arg(long = "custom-header", value_name = "NAME: VALUE")]
-    pub(crate) custom_headers: Vec<String>,
-    /// Remove all custom headers.
-    #[arg(long, conflicts_with = "custom_headers")]
-    pub(crate) clear_custom_headers: bool,
-    /// Hide the custom headers for good.
-    #[arg(long)]
-    pub(crate) custom_headers_write_only: bool,
-    /// Proxy usage.
-    #[arg(long, value_enum)]
-    pub(crate) proxy_usage: Option<ProxyUsageArg>,
-    /// Proxy list (with --proxy-usage override).
-    #[arg(long)]
-    pub(crate) proxy_list: Option<String>,
-    /// Proxy bypass list (with --proxy-usage override).
-    #[arg(long)]
-    pub(crate) proxy_bypass: Option<String>,
-    /// Reply file of an upload-reply job.
-    #[arg(long, value_name = "PATH")]
-    pub(crate) reply_file_name: Option<String>,
-    /// Allow dynamic content (download jobs, before the first resume).
-    #[arg(long)]
-    pub(crate) dynamic_content: Option<bool>,
-    /// Cap on downloaded bytes (download jobs, before the first resume).
-    #[arg(long, value_name = "BYTES")]
-    pub(crate) max_download_size: Option<u64>,
-    /// BG_JOB_ENABLE_PEERCACHING_* flags: 1 the job may use helpers and peers' copies,
-    /// 2 its files are offered to peers (default 3).
-    #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]
-    pub(crate) peer_caching_flags: Option<u32>,
-    /// BG_COPY_FILE_* flags.
-    #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]
-    pub(crate) acl_flags: Option<u32>,
-    /// Minimum interval between modification notifications, milliseconds.
-    #[arg(long, value_name = "MS")]
-    pub(crate) min_notification_interval: Option<u32>,
-    /// Parallel range connections per file (1-16).
-    #[arg(long, value_name = "N")]
-    pub(crate) connections: Option<u32>,
-    /// Most other nodes fetching pieces for the job's home node (0-16; 0: none).
-    #[arg(long, value_name = "N")]
-    pub(crate) max_helpers: Option<u32>,
-    /// BG_SSL_* flags and redirect policy (0x100 report, 0x200 disallow, 0x800 allow
-    /// https to http), decimal or 0x-hex.
-    #[arg(long, value_parser = parse_flags, value_name = "FLAGS")]
-    pub(crate) security_flags: Option<u32>,
-    /// PEM file (certificate and private key) for TLS client authentication, on the
-    /// job's home node.
-    #[arg(long, value_name = "PATH")]
-    pub(crate) client_certificate: Option<String>,
-    /// Remove the client certificate.
-    #[arg(long, conflicts_with = "client_certificate")]
-    pub(crate) clear_client_certificate: bool,
-}
-
-fn parse_flags(text: &str) -> Result<u32, String> {
-    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|_| format!("{text:?} is not a number (decimal or 0x-hex)"))
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,32 +10,38 @@ use ferry_protocol::credentials::{AuthScheme, AuthTarget, NewCredentials};
 use ferry_protocol::{JobId, JobState};
 
 use crate::args::FleetCommand;
-use crate::output;
+use crate::output::{self, Format};
+use crate::signals::Terminations;
 
 /// How often a waiting `distribute` polls the fleet.
 const POLL: Duration = Duration::from_millis(200);
 
 /// Runs a `ferry fleet` command.
-pub(crate) async fn run(client: &Client, json: bool, command: &FleetCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    client: &Client,
+    format: Format,
+    command: &FleetCommand,
+) -> anyhow::Result<()> {
     match command {
         FleetCommand::Status { id } => {
             let id: JobId = id.parse().with_context(|| format!("{id:?} is not a fleet id"))?;
             let fleet = client.fleet(id).await?;
-            show(json, &fleet)
+            show(format, &fleet)
         }
-        FleetCommand::Distribute { url, path, nodes, priority, no_wait, server_user } => {
+        FleetCommand::Distribute { url, path, nodes, priority, no_wait, server_user, sha256 } => {
             let credentials = match server_user {
                 Some(user) => vec![NewCredentials {
                     target: AuthTarget::Server,
                     scheme: AuthScheme::Basic,
                     user_name: user.clone(),
-                    password: crate::commands::read_password()?,
+                    password: crate::password::read_password()?,
                 }],
                 None => Vec::new(),
             };
             let request = NewFleet {
                 remote_url: url.clone(),
                 local_path: crate::transfer::absolute(path)?,
+                sha256: sha256.clone(),
                 nodes: node_list(nodes)?,
                 display_name: None,
                 properties: PropertyChanges {
@@ -45,22 +51,25 @@ pub(crate) async fn run(client: &Client, json: bool, command: &FleetCommand) -> 
                 credentials,
             };
             let started = Instant::now();
+            let mut signals = Terminations::install()?;
             let fleet = client.create_fleet(&request).await?;
             if *no_wait {
-                return show(json, &fleet);
+                return show(format, &fleet);
             }
             eprintln!("ferry: fleet {} to {} node(s)", fleet.id, fleet.members.len());
             let fleet = tokio::select! {
                 result = wait(client, fleet.id) => result?,
-                _ = tokio::signal::ctrl_c() => {
+                signal = signals.recv() => {
                     for member in &fleet.members {
                         let _ = client.act(member.job, JobAction::Cancel).await;
                     }
-                    bail!("interrupted; the jobs of fleet {} were cancelled", fleet.id);
+                    bail!("interrupted by {signal}; the jobs of fleet {} were cancelled", fleet.id);
                 }
             };
             if let Some(failed) = fleet.members.iter().find(|m| m.state == JobState::Error) {
-                show(json, &fleet)?;
+                if !format.structured() {
+                    output::fleet(&fleet);
+                }
                 let detail = failed.error.as_ref().map_or(String::new(), |e| e.detail.clone());
                 bail!(
                     "node {} failed: {detail}; see `ferry fleet status {}` (the other jobs go on)",
@@ -72,8 +81,8 @@ pub(crate) async fn run(client: &Client, json: bool, command: &FleetCommand) -> 
                 client.act(member.job, JobAction::Complete).await?;
             }
             let fleet = client.fleet(fleet.id).await?;
-            if json {
-                return output::json(&fleet);
+            if output::structured(format, &fleet)? {
+                return Ok(());
             }
             output::fleet(&fleet);
             println!(
@@ -87,14 +96,9 @@ pub(crate) async fn run(client: &Client, json: bool, command: &FleetCommand) -> 
     }
 }
 
-/// Prints the fleet as JSON or as a table.
-fn show(json: bool, fleet: &FleetInfo) -> anyhow::Result<()> {
-    if json {
-        output::json(fleet)
-    } else {
-        output::fleet(fleet);
-        Ok(())
-    }
+/// Prints the fleet as `format` says.
+fn show(format: Format, fleet: &FleetInfo) -> anyhow::Result<()> {
+    output::show(format, fleet, |f, _| output::fleet(f))
 }
 
 /// `all` (every member) or comma-separated node ids.

@@ -9,10 +9,14 @@ use ferry_coordinator::bandwidth::{
 };
 
 use crate::args::{NodeCommand, SetBandwidthArgs};
-use crate::output;
+use crate::output::{self, Format};
 
 /// Runs `ferry node ...`.
-pub(crate) async fn run(client: &Client, json: bool, command: &NodeCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    client: &Client,
+    format: Format,
+    command: &NodeCommand,
+) -> anyhow::Result<()> {
     let status = match command {
         NodeCommand::Bandwidth => client.bandwidth().await?,
         NodeCommand::SetBandwidth(args) => {
@@ -20,11 +24,7 @@ pub(crate) async fn run(client: &Client, json: bool, command: &NodeCommand) -> a
             client.set_bandwidth(&policy(args, current)?).await?
         }
     };
-    if json {
-        return output::json(&status);
-    }
-    print(&status);
-    Ok(())
+    output::show(format, &status, |s, _| print(s))
 }
 
 /// The policy `args` ask for: the rates and `limit_foreground` as given, the work-hours

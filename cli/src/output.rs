@@ -1,23 +1,114 @@
-//! Rendering: human tables by default, JSON (the API's own types) with `--json`.
+//! Rendering: human tables by default (`-o wide`: every column, never wrapped), one
+//! JSON object per command with `--json`/`-o json` (the API's own types), or the same
+//! object as YAML (`-o yaml`).
+//!
+//! The JSON rule: a command prints exactly one object. A command that shows an API
+//! resource prints it as the API returns it (`JobInfo`, `FileList`, `ClusterStatus`);
+//! a list is an object holding one array named after what it lists (`{"jobs": [...]}`,
+//! `{"files": [...]}`, `{"members": [...]}`, `{"credentials": [...]}`), as the API's
+//! own list bodies are; a failure is `{"error": {...}}` (see `failure`). Streams
+//! (`ferry watch`, `ferry job list --watch`) print one such object per line.
 
+use clap::ValueEnum;
 use comfy_table::presets::UTF8_BORDERS_ONLY;
-use comfy_table::{ContentArrangement, Table};
+use comfy_table::{ColumnConstraint, ContentArrangement, Table};
 use ferry_protocol::api::{
     ClusterStatus, ErrorDescription, ErrorInfo, FileInfo, FleetInfo, JobInfo,
 };
 use ferry_protocol::file::LENGTH_TO_EOF;
 use serde::Serialize;
 
-/// Prints `value` as pretty JSON.
-pub(crate) fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+/// `-o FORMAT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// Tables sized to the terminal (ids are never wrapped).
+    Table,
+    /// Tables with every column, never wrapped.
+    Wide,
+    /// One JSON object (the same as --json).
+    Json,
+    /// The JSON object as YAML.
+    Yaml,
+}
+
+impl Format {
+    /// True for JSON and YAML: machine-readable output, no prose on stdout.
+    pub(crate) fn structured(self) -> bool {
+        matches!(self, Self::Json | Self::Yaml)
+    }
+}
+
+/// Prints `value` as `format` says if it is structured; false for the table formats
+/// (the caller then draws its human rendering).
+pub(crate) fn structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<bool> {
+    match format {
+        Format::Json => json(value)?,
+        Format::Yaml => print!("{}", crate::yaml::to_yaml(&object(value)?)),
+        Format::Table | Format::Wide => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Prints `value` in `format`: structured, or through `human` (told whether wide).
+pub(crate) fn show<T: Serialize>(
+    format: Format,
+    value: &T,
+    human: impl FnOnce(&T, bool),
+) -> anyhow::Result<()> {
+    if !structured(format, value)? {
+        human(value, format == Format::Wide);
+    }
     Ok(())
 }
 
+/// Prints `value` as pretty JSON (an object: see the module's rule), its fields in
+/// their declared order.
+pub(crate) fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    if text.starts_with('{') {
+        println!("{text}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&object(value)?)?);
+    }
+    Ok(())
+}
+
+/// Prints `value` as one line of JSON (streams).
+pub(crate) fn json_line<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(&object(value)?)?);
+    Ok(())
+}
+
+/// `value` as a JSON object. Every command passes an object; anything else is a bug,
+/// wrapped as `{"items": [...]}` or `{"value": ...}` rather than printed bare.
+fn object<T: Serialize>(value: &T) -> anyhow::Result<serde_json::Value> {
+    let value = serde_json::to_value(value)?;
+    debug_assert!(value.is_object(), "the CLI prints objects only: {value}");
+    Ok(match value {
+        serde_json::Value::Object(_) => value,
+        serde_json::Value::Array(_) => serde_json::json!({ "items": value }),
+        other => serde_json::json!({ "value": other }),
+    })
+}
+
 fn table(header: &[&str]) -> Table {
+    table_of(header, false)
+}
+
+/// A table; `wide`: never wrapped (every column at its content's width).
+pub(crate) fn table_of(header: &[&str], wide: bool) -> Table {
     let mut table = Table::new();
-    table.load_style(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    let arrangement = if wide { ContentArrangement::Disabled } else { ContentArrangement::Dynamic };
+    table.load_style(UTF8_BORDERS_ONLY).set_content_arrangement(arrangement);
     table.set_header(header.iter().copied());
+    // Ids are copied and pasted: never wrapped, whatever the width.
+    for (i, name) in header.iter().enumerate() {
+        if matches!(*name, "ID" | "JOB")
+            && let Some(column) = table.column_mut(i)
+        {
+            column.set_constraint(ColumnConstraint::ContentWidth);
+        }
+    }
     table
 }
 
@@ -54,14 +145,24 @@ fn bytes_of(done: u64, total: Option<u64>) -> String {
 }
 
 /// `ferry job list`.
-pub(crate) fn jobs(jobs: &[JobInfo]) {
+pub(crate) fn jobs(jobs: &[JobInfo], wide: bool) {
     if jobs.is_empty() {
         println!("No jobs.");
         return;
     }
-    let mut t = table(&["ID", "NAME", "TYPE", "STATE", "PRIORITY", "OWNER", "FILES", "BYTES"]);
+    println!("{}", jobs_table(jobs, wide));
+    println!("Listed {} job(s).", jobs.len());
+}
+
+/// The table of `ferry job list`; `wide` adds the error count, home node and times.
+pub(crate) fn jobs_table(jobs: &[JobInfo], wide: bool) -> Table {
+    let mut header = vec!["ID", "NAME", "TYPE", "STATE", "PRIORITY", "OWNER", "FILES", "BYTES"];
+    if wide {
+        header.extend(["ERRORS", "HOME NODE", "CREATED", "MODIFIED"]);
+    }
+    let mut t = table_of(&header, wide);
     for job in jobs {
-        t.add_row(vec![
+        let mut row = vec![
             job.id.to_string(),
             job.display_name.clone(),
             job.job_type.bits_name().to_owned(),
@@ -70,10 +171,18 @@ pub(crate) fn jobs(jobs: &[JobInfo]) {
             job.owner.to_string(),
             format!("{} / {}", job.progress.files_transferred, job.progress.files_total),
             progress(job),
-        ]);
+        ];
+        if wide {
+            row.extend([
+                job.error_count.to_string(),
+                job.home_node.to_string(),
+                job.times.created.to_string(),
+                job.times.modified.to_string(),
+            ]);
+        }
+        t.add_row(row);
     }
-    println!("{t}");
-    println!("Listed {} job(s).", jobs.len());
+    t
 }
 
 /// `ferry job info`.
@@ -116,9 +225,10 @@ pub(crate) fn job(job: &JobInfo) {
             .map(|c| format!("{} {}", c.program, c.args.join(" ")))
             .unwrap_or_else(|| "-".into()),
     );
-    row("min retry delay", format!("{} s", p.minimum_retry_delay_secs));
-    row("no-progress timeout", format!("{} s", p.no_progress_timeout_secs));
-    row("max download time", format!("{} s", p.max_download_time_secs));
+    let secs = |s: u32| format!("{s} s ({})", crate::duration::format_secs(u64::from(s)));
+    row("min retry delay", secs(p.minimum_retry_delay_secs));
+    row("no-progress timeout", secs(p.no_progress_timeout_secs));
+    row("max download time", secs(p.max_download_time_secs));
     row(
         "proxy",
         format!(
@@ -141,6 +251,12 @@ pub(crate) fn job(job: &JobInfo) {
         p.max_connections.map_or_else(|| "node default".to_owned(), |n| n.to_string()),
     );
     row("helpers", p.max_helpers.map_or_else(|| "node default".to_owned(), |n| n.to_string()));
+    if let Some(method) = p.custom_method() {
+        row("http method", method.to_owned());
+    }
+    if let Some(cap) = p.max_bandwidth {
+        row("bandwidth cap", ferry_coordinator::bandwidth::format_rate(cap));
+    }
     row("peer caching", format!("0x{:X} (1: use peers, 2: serve peers)", p.peer_caching_flags));
     if let Some(f) = job.fleet {
         row("fleet", format!("{} (member {} of {})", f.fleet, f.member + 1, f.members));
@@ -172,12 +288,12 @@ fn range_text(file: &FileInfo) -> String {
 }
 
 /// `ferry job files`.
-pub(crate) fn files(files: &[FileInfo]) {
+pub(crate) fn files(files: &[FileInfo], wide: bool) {
     if files.is_empty() {
         println!("No files.");
         return;
     }
-    let mut t = table(&["#", "STATE", "BYTES", "FROM PEERS", "REMOTE", "LOCAL", "RANGES"]);
+    let mut t = table_of(&["#", "STATE", "BYTES", "FROM PEERS", "REMOTE", "LOCAL", "RANGES"], wide);
     for f in files {
         let state = if f.progress.completed {
             "completed"
@@ -202,7 +318,8 @@ pub(crate) fn files(files: &[FileInfo]) {
 /// `ferry fleet status`: one row per node.
 pub(crate) fn fleet(fleet: &FleetInfo) {
     println!("Fleet {}", fleet.id);
-    let mut t = table(&["NODE", "JOB", "STATE", "BYTES", "FROM ORIGIN", "FROM PEERS", "ERROR"]);
+    let mut t =
+        table_of(&["NODE", "JOB", "STATE", "BYTES", "FROM ORIGIN", "FROM PEERS", "ERROR"], false);
     for m in &fleet.members {
         t.add_row(vec![
             m.node.to_string(),
@@ -232,6 +349,9 @@ pub(crate) fn error(e: &ErrorInfo) {
 pub(crate) fn description(d: &ErrorDescription) {
     println!("{} ({})", d.name, d.code);
     println!("{}", d.description);
+    if let Some(hint) = crate::failure::code_hint(d.code) {
+        println!("hint: {hint}");
+    }
 }
 
 /// `ferry cluster status`.
@@ -331,4 +451,40 @@ pub(crate) fn tokens(list: &ferry_protocol::principals::TokenList) {
         ]);
     }
     println!("{t}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jobs as a node answered them (the fixture of data format 9).
+    fn some_jobs() -> Vec<JobInfo> {
+        let text = include_str!("../../tests/fixtures/format-9/jobs.json");
+        let list: ferry_protocol::api::JobList = serde_json::from_str(text).expect("fixture");
+        list.jobs.into_iter().take(5).collect()
+    }
+
+    /// At 80 columns the other columns wrap, the id never does: it stays on one line,
+    /// whole, to be copied.
+    #[test]
+    fn ids_are_never_wrapped_at_80_columns() {
+        let mut jobs = some_jobs();
+        assert!(!jobs.is_empty());
+        for job in &mut jobs {
+            job.display_name = format!("{} with a name long enough to wrap", job.display_name);
+        }
+        let mut table = jobs_table(&jobs, false);
+        table.set_width(80);
+        let text = table.to_string();
+        for job in &jobs {
+            assert!(text.contains(&job.id.to_string()), "{} is cut:\n{text}", job.id);
+        }
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "wider than 80:\n{text}");
+    }
+
+    #[test]
+    fn json_output_is_always_an_object() -> anyhow::Result<()> {
+        assert!(object(&serde_json::json!({"jobs": []}))?.is_object());
+        Ok(())
+    }
 }

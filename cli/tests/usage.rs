@@ -8,6 +8,8 @@ fn ferry(args: &[&str]) -> std::process::Output {
         .args(args)
         .env_remove("FERRY_NODE")
         .env_remove("FERRY_TOKEN")
+        .env_remove("FERRY_CONFIG")
+        .env("XDG_CONFIG_HOME", "/nonexistent/xdg")
         .env("FERRY_DATA_DIR", "/nonexistent/ferry-data")
         .output()
         .expect("the ferry binary runs")
@@ -24,6 +26,15 @@ fn help_lists_the_nouns() {
 }
 
 #[test]
+fn help_ends_with_the_exit_codes() {
+    let out = ferry(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in ["3  not found", "4  access denied", "5  transient"] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}
+
+#[test]
 fn usage_errors_exit_2() {
     assert_eq!(ferry(&["job", "add-file", "only-one-arg"]).status.code(), Some(2));
     assert_eq!(ferry(&["job", "create", "x", "--priority", "urgent"]).status.code(), Some(2));
@@ -33,9 +44,10 @@ fn usage_errors_exit_2() {
 fn an_unreachable_node_is_a_clear_error() {
     // Port 9 on loopback: nothing listens there.
     let out = ferry(&["--node", "http://127.0.0.1:9", "job", "list"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5), "transient: try again");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot reach http://127.0.0.1:9"), "{err}");
+    assert!(err.starts_with("ferry: no node answers at http://127.0.0.1:9 (from --node)"), "{err}");
+    assert!(err.contains("\nhint: ") && err.lines().count() == 2, "{err}");
 }
 
 #[test]
@@ -51,6 +63,6 @@ fn bad_ranges_are_refused_before_sending() {
         "--range",
         "5",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("OFFSET:LENGTH"));
 }

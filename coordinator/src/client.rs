@@ -1,10 +1,18 @@
 //! The typed async Rust client of the HTTP API, used by the CLI and by services.
 //!
-//! Every mutating call carries an `Idempotency-Key`; when a call fails on the way
-//! (connection refused or reset, timeout, 503) it is retried with the same key, so a
-//! retry never applies twice.
+//! Every mutating call carries an `Idempotency-Key`, so every call the client retries
+//! is idempotent: a GET, or a write the cluster applies once per key. When a call fails
+//! on the way (connection refused or reset, timeout) or is told to come back (503
+//! during an election, 429, 502/504 from a proxy), it is sent again with the same key
+//! after a jittered exponential backoff — or after the server's `Retry-After` — until
+//! it succeeds or the retry budget (15 s by default, longer than an election) is spent
+//! (a call is tried at least four times, however long each try took).
+//! A node that has never answered this client is given only a few quick tries: a wrong
+//! address should fail fast, a node that was there and went away is waited for.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use ferry_protocol::api::{
     ActionResult, AddFiles, ClusterStatus, ErrorDescription, ErrorInfo, FileChanges, FileInfo,
@@ -13,67 +21,30 @@ use ferry_protocol::api::{
 use ferry_protocol::command::{JobAction, NewJob, PrefixChange, PropertyChanges};
 use ferry_protocol::credentials::{AuthScheme, AuthTarget, CredentialInfo, Secret};
 use ferry_protocol::principals::{CreatedToken, NewToken, TokenList};
-use ferry_protocol::{BitsCode, JobId, NewFile, RequestId, Role};
-use reqwest::{Method, StatusCode};
+use ferry_protocol::{JobId, NewFile, RequestId, Role};
+use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use self::error::ClientError;
+use self::error::certificate_failure;
+use self::retry::Backoff;
 use crate::IDEMPOTENCY_KEY;
 use crate::bandwidth::{BandwidthPolicy, BandwidthStatus};
 
-/// Why a client call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server answered with a problem document.
-    #[error("{}: {} ({})", .0.title, .0.detail, .0.code)]
-    Api(Problem),
-    /// The request did not complete (connection, TLS, timeout).
-    #[error("cannot reach {url}: {source}")]
-    Transport {
-        /// Where the request went.
-        url: String,
-        /// What failed.
-        #[source]
-        source: reqwest::Error,
-    },
-    /// The answer was not what the API promises.
-    #[error("unexpected answer from the server (HTTP {status}): {body}")]
-    Unexpected {
-        /// HTTP status.
-        status: u16,
-        /// The start of the body.
-        body: String,
-    },
-    /// The node's TLS certificate is not one the client trusts (a wrong `--ca`, or a
-    /// node that is not the one meant): nothing was sent, the token included.
-    #[error(
-        "the node at {url} presented a TLS certificate that the trusted CA did not issue \
-         (or one for another name); check --ca / FERRY_CA (the cluster CA is \
-         <data-dir>/ca.pem on any member) and the node URL: {detail}"
-    )]
-    UntrustedCertificate {
-        /// Where the request went.
-        url: String,
-        /// What the TLS library said.
-        detail: String,
-    },
-    /// The base URL is not usable.
-    #[error("invalid node URL {0:?}: {1}")]
-    BadUrl(String, String),
-    /// The request could not be encoded.
-    #[error("cannot encode the request: {0}")]
-    Encode(String),
-}
+mod error;
+mod retry;
 
-impl ClientError {
-    /// The BITS code of an API error.
-    pub fn code(&self) -> Option<BitsCode> {
-        match self {
-            Self::Api(problem) => Some(problem.code),
-            _ => None,
-        }
-    }
-}
+/// The default retry budget: the time a call may spend on retries, more than a Raft
+/// election and a node restart take.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(15);
+
+/// Tries of a call before the node has ever answered this client (connection errors).
+const FIRST_CONTACT_ATTEMPTS: u32 = 3;
+
+/// Tries a call gets even past its budget (each try of a slow write may take the
+/// server's whole commit timeout).
+const MIN_ATTEMPTS: u32 = 4;
 
 /// A client for one node's API.
 #[derive(Clone, Debug)]
@@ -81,35 +52,15 @@ pub struct Client {
     http: reqwest::Client,
     base: url::Url,
     token: Option<String>,
+    /// Most tries of one call (unbounded by default: the budget bounds them).
     attempts: u32,
+    /// The most time one call spends waiting to retry.
+    retry_budget: Duration,
+    /// Set once the node has answered (anything at all): connection errors are then
+    /// the node going away for a while, worth waiting for, not a wrong address.
+    answered: Arc<AtomicBool>,
     /// The only CA trusted for `https://` nodes, PEM; `None`: the system's roots.
     ca_pem: Option<Vec<u8>>,
-}
-
-/// What rustls said, if `error` is a refused server certificate.
-fn certificate_failure(error: &reqwest::Error) -> Option<String> {
-    let tls = rustls_error(error, 0)?;
-    matches!(tls, rustls::Error::InvalidCertificate(_)).then(|| tls.to_string())
-}
-
-/// The rustls error inside `error`: along its sources, and inside the I/O errors that
-/// wrap it (an `io::Error`'s `source` skips the error it wraps).
-fn rustls_error<'a>(
-    error: &'a (dyn std::error::Error + 'static),
-    depth: usize,
-) -> Option<&'a rustls::Error> {
-    if depth > 16 {
-        return None;
-    }
-    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-        return Some(tls);
-    }
-    if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref)
-        && let Some(tls) = rustls_error(inner, depth + 1)
-    {
-        return Some(tls);
-    }
-    rustls_error(error.source()?, depth + 1)
 }
 
 /// Installs ring as the process's TLS crypto provider if none is installed yet
@@ -163,7 +114,15 @@ impl Client {
         }
         let http =
             builder.build().map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?;
-        Ok(Self { http, base, token, attempts: 4, ca_pem })
+        Ok(Self {
+            http,
+            base,
+            token,
+            attempts: u32::MAX,
+            retry_budget: DEFAULT_RETRY_BUDGET,
+            answered: Arc::new(AtomicBool::new(false)),
+            ca_pem,
+        })
     }
 
     /// The CA given to [`Client::with_ca`], PEM.
@@ -171,9 +130,18 @@ impl Client {
         self.ca_pem.as_deref()
     }
 
-    /// How many times a call is tried before its error is returned (default 4).
+    /// How many times a call is tried at most before its error is returned (default:
+    /// as many as the retry budget allows).
     pub fn with_attempts(mut self, attempts: u32) -> Self {
         self.attempts = attempts.max(1);
+        self
+    }
+
+    /// The time within which a call may be tried again (default
+    /// [`DEFAULT_RETRY_BUDGET`]); a call is still tried four times at least (use
+    /// [`Client::with_attempts`] for fewer).
+    pub fn with_retry_budget(mut self, budget: Duration) -> Self {
+        self.retry_budget = budget;
         self
     }
 
@@ -197,7 +165,8 @@ impl Client {
         decode(self.send(method, path, body, mutating).await?).await
     }
 
-    /// Sends a request (retried while the node is unavailable) and returns the response.
+    /// Sends a request (retried while the node is unavailable, see the module doc) and
+    /// returns the response.
     async fn send<B: Serialize>(
         &self,
         method: Method,
@@ -208,7 +177,8 @@ impl Client {
         let url =
             self.base.join(path).map_err(|e| ClientError::BadUrl(path.into(), e.to_string()))?;
         let key = mutating.then(RequestId::new_random);
-        let mut delay = Duration::from_millis(100);
+        let started = Instant::now();
+        let mut backoff = Backoff::new();
         let mut attempt = 1;
         loop {
             let mut request = self.http.request(method.clone(), url.clone());
@@ -221,20 +191,51 @@ impl Client {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let last = attempt >= self.attempts;
-            match request.send().await {
-                Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && !last => {}
-                Ok(response) => return Ok(response),
-                // A certificate does not become trusted by trying again.
-                Err(e) if let Some(detail) = certificate_failure(&e) => {
-                    return Err(ClientError::UntrustedCertificate { url: url.to_string(), detail });
-                }
-                Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {}
-                Err(source) => return Err(ClientError::Transport { url: url.to_string(), source }),
+            let outcome = request.send().await;
+            if outcome.is_ok() {
+                self.answered.store(true, Ordering::Relaxed);
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
-            attempt += 1;
+            let wait = if attempt >= self.attempts {
+                None
+            } else {
+                self.retry_wait(&outcome, attempt, &mut backoff)
+            };
+            let within_budget = |wait: Duration| {
+                attempt < MIN_ATTEMPTS || started.elapsed() + wait <= self.retry_budget
+            };
+            match wait {
+                Some(wait) if within_budget(wait) => {
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                _ => return finish(outcome, &url),
+            }
+        }
+    }
+
+    /// How long to wait before trying again after `outcome`, or `None` not to.
+    fn retry_wait(
+        &self,
+        outcome: &Result<reqwest::Response, reqwest::Error>,
+        attempt: u32,
+        backoff: &mut Backoff,
+    ) -> Option<Duration> {
+        match outcome {
+            Ok(response) if retry::retried_status(response.status()) => {
+                match retry::retry_after(response) {
+                    Some(after) if after > retry::RETRY_AFTER_CAP => None,
+                    Some(after) => Some(after),
+                    None => Some(backoff.next()),
+                }
+            }
+            Ok(_) => None,
+            // A certificate does not become trusted by trying again.
+            Err(e) if certificate_failure(e).is_some() => None,
+            Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                let known = self.answered.load(Ordering::Relaxed);
+                (known || attempt < FIRST_CONTACT_ATTEMPTS).then(|| backoff.next())
+            }
+            Err(_) => None,
         }
     }
 
@@ -492,6 +493,17 @@ impl Client {
     }
 }
 
+/// The response, or the transport error as a [`ClientError`].
+fn finish(
+    outcome: Result<reqwest::Response, reqwest::Error>,
+    url: &url::Url,
+) -> Result<reqwest::Response, ClientError> {
+    outcome.map_err(|source| match certificate_failure(&source) {
+        Some(detail) => ClientError::UntrustedCertificate { url: url.to_string(), detail },
+        None => ClientError::Transport { url: url.to_string(), source },
+    })
+}
+
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
@@ -551,3 +563,6 @@ fn target_name(target: AuthTarget) -> &'static str {
         AuthTarget::Proxy => "proxy",
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -112,6 +112,14 @@ pub trait Cluster: Send + Sync + 'static {
         from: StartAt,
     ) -> BoxFuture<'_, Result<Box<dyn EventStream>, SubscribeError>>;
 
+    /// The bytes each of `jobs` (with their home nodes) has received so far on its home
+    /// node, durable or not, for the jobs running there; no Raft write. Best effort: a
+    /// home node that does not answer soon leaves its jobs out.
+    fn live_progress(
+        &self,
+        jobs: Vec<(JobId, NodeId)>,
+    ) -> BoxFuture<'_, Vec<ferry_protocol::peer::LiveFiles>>;
+
     /// Succeeds if every member reads format `version`: what a command of a newer
     /// format waits for during a rolling upgrade (a member that cannot read an entry
     /// would stop). Fails naming the first member that does not, or does not answer.

@@ -8,6 +8,7 @@ pub mod bandwidth;
 pub mod bus;
 pub mod client;
 pub mod cluster;
+pub mod console;
 mod extract;
 pub mod metrics;
 pub mod notify_policy;

@@ -135,6 +135,7 @@ pub async fn run(
     let bandwidth = crate::transfer::bandwidth::Bandwidth::new(config.bandwidth.clone())
         .map_err(|e| Error::Config(format!("bandwidth: {e}")))?;
     tokio::spawn(crate::transfer::bandwidth::keep_schedule(Arc::downgrade(&bandwidth)));
+    let live = Arc::new(crate::transfer::live::LiveProgress::default());
     let cluster = NodeCluster::new(
         Parts {
             node_id,
@@ -147,6 +148,7 @@ pub async fn run(
             sandboxes: sandboxes.clone(),
             stopped: stopped.clone(),
             bandwidth: bandwidth.clone(),
+            live: live.clone(),
         },
         &router,
     );
@@ -224,6 +226,7 @@ pub async fn run(
         )),
         bandwidth,
         network: crate::netwatch::NetWatch::start(),
+        live,
     };
     // From now on this node fetches pieces for other members' jobs and serves its copies.
     crate::transfer::helper::register(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferry_coordinator::auth::Directory;
 use ferry_protocol::command::{Command, Proposal};
-use ferry_protocol::principals::{PrincipalCommand, TokenDigest};
+use ferry_protocol::principals::{FORMAT, PrincipalCommand, TokenDigest};
 use ferry_protocol::{Caller, Principal, Role};
 
 use crate::raft::StateMachineStore;
@@ -45,7 +45,7 @@ pub(crate) async fn seed_admin(cluster: ClusterView, digest: TokenDigest) {
             return;
         }
         if let Err(e) =
-            crate::cluster::check_formats(cluster.clone(), ferry_protocol::principals::FORMAT).await
+            crate::cluster::check_formats(cluster.clone(), Default::default(), FORMAT).await
         {
             tracing::debug!(error = %e, "seeding the admin token: waiting for the members");
             tokio::time::sleep(wait).await;

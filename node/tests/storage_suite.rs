@@ -54,6 +54,7 @@ mod snapshot {
                     remote_url: format!("https://o.example/{index}"),
                     local_path: format!("/srv/{index}"),
                     ranges: vec![],
+                    sha256: None,
                 }],
             },
         };

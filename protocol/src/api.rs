@@ -68,6 +68,51 @@ pub struct ReplyInfo {
     pub progress: ReplyProgress,
 }
 
+/// What a view needs to show a running job's live progress: its home node and each
+/// file's durable progress ([`Liveness::of`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// The job.
+    pub job: JobId,
+    /// Its home node, which knows the bytes received so far.
+    pub home_node: NodeId,
+    /// Each file's durable progress, in order.
+    pub files: Vec<FileProgress>,
+}
+
+impl Liveness {
+    /// For a job whose home node is receiving bytes (CONNECTING or TRANSFERRING).
+    pub fn of(job: &Job) -> Option<Self> {
+        if !matches!(job.state, JobState::Connecting | JobState::Transferring) {
+            return None;
+        }
+        let files = job.files.iter().map(|f| f.progress).collect();
+        Some(Self { job: job.id, home_node: job.placement.home_node, files })
+    }
+
+    /// File `index`'s progress with `received` bytes so far: never less than the
+    /// durable bytes, never more than the size.
+    pub fn file_progress(&self, index: u32, received: u64) -> Option<FileProgress> {
+        let mut progress = *self.files.get(index as usize)?;
+        let received = progress.bytes_total.map_or(received, |total| received.min(total));
+        progress.bytes_transferred = progress.bytes_transferred.max(received);
+        Some(progress)
+    }
+
+    /// The job's bytes so far with `live` (received bytes by file index).
+    pub fn bytes_transferred(&self, live: &crate::peer::LiveFiles) -> u64 {
+        let mut total = 0u64;
+        for (index, durable) in self.files.iter().enumerate() {
+            let received = live.files.iter().find(|(i, _)| *i as usize == index).map(|f| f.1);
+            let bytes = received
+                .and_then(|r| self.file_progress(index as u32, r))
+                .map_or(durable.bytes_transferred, |p| p.bytes_transferred);
+            total = total.saturating_add(bytes);
+        }
+        total
+    }
+}
+
 impl From<&Job> for JobInfo {
     fn from(job: &Job) -> Self {
         let mut properties = job.props.clone();
@@ -136,6 +181,10 @@ pub struct FileInfo {
     pub peer_stats: PeerStats,
     /// `IsDownloadedFromPeer`: some of the file's bytes came from peers' copies.
     pub downloaded_from_peer: bool,
+    /// The SHA-256 the owner gave for the file (checked before it counts as
+    /// transferred), if any.
+    #[serde(default, with = "crate::codec::since_11")]
+    pub expected_sha256: Option<String>,
 }
 
 /// `IBackgroundCopyFile4::GetPeerDownloadStats`: bytes from the origin (the job's home
@@ -169,6 +218,7 @@ impl FileInfo {
                 from_peers: file.bytes_from_peers,
             },
             downloaded_from_peer: file.bytes_from_peers > 0,
+            expected_sha256: file.expected_sha256.clone(),
         }
     }
 }
@@ -405,6 +455,9 @@ pub struct NewFleet {
     /// The absolute path it gets on every node; `{node}` in it is replaced by each
     /// node's id (for nodes that share a file system).
     pub local_path: String,
+    /// The SHA-256 the file must have (64 hex digits), checked on every node.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// The member nodes; absent or empty: every member of the cluster.
     #[serde(default)]
     pub nodes: Vec<NodeId>,

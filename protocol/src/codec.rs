@@ -20,10 +20,21 @@
 //! operator uses the new feature (docs/operations.md, "Upgrading"). A change that is not
 //! append-only must bump [`OLDEST_READABLE_VERSION`] too, or keep a decoder for the old
 //! layout here.
+//!
+//! # Fields appended to a struct
+//! A field added to an existing struct (a new job property, say) is marked
+//! `#[serde(default, with = "codec::since_11")]` (one module per format, see
+//! [`since_11`]). Such a field is written only in values whose version byte is at least
+//! its format: a value holding it with its default value keeps the older layout and
+//! byte (encoded again in the newer layout if something else in it needs the newer
+//! byte), and a value of an older version decodes it as the default. JSON and other
+//! self-describing formats see an ordinary field.
+
+use std::cell::Cell;
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The newest version this build writes (and reads). Version 2 (the download
 /// engine: runs, chunks, credentials) does not read version 1 data: no release shipped it.
@@ -31,8 +42,10 @@ use serde::de::DeserializeOwned;
 /// sessions; version 5 the jobs' helper cap; version 6 the peer cache and fleets;
 /// version 7 the remote file's declared SHA-256; version 9 the cluster's principals
 /// (their commands and rows: append-only, so version 8 values read as they are);
-/// version 10 the `ReplaceRemotePrefix` command (append-only too).
-pub const FORMAT_VERSION: u8 = 10;
+/// version 10 the `ReplaceRemotePrefix` command (append-only too); version 11 the
+/// HTTP method and bandwidth cap of jobs and the expected SHA-256 of files (fields
+/// appended to structs, see [`since_11`]).
+pub const FORMAT_VERSION: u8 = 11;
 
 /// The oldest version this build reads: data written by builds of this format onwards
 /// opens without conversion.
@@ -43,7 +56,15 @@ const BASE_WRITE_VERSION: u8 = OLDEST_READABLE_VERSION;
 
 thread_local! {
     /// The newest layout the value being encoded on this thread uses.
-    static NEEDED: std::cell::Cell<u8> = const { std::cell::Cell::new(BASE_WRITE_VERSION) };
+    static NEEDED: Cell<u8> = const { Cell::new(BASE_WRITE_VERSION) };
+    /// The version byte the value being encoded on this thread is written with, once
+    /// known (its second pass); 0 while the first pass finds it out.
+    static WRITING: Cell<u8> = const { Cell::new(0) };
+    /// The oldest format of an appended field the first pass left out because it held
+    /// its default (`u8::MAX`: none).
+    static OMITTED: Cell<u8> = const { Cell::new(u8::MAX) };
+    /// The version byte of the value being decoded on this thread.
+    static READING: Cell<u8> = const { Cell::new(FORMAT_VERSION) };
 }
 
 /// Called by the `Serialize` impl of a type that appeared in format `version`: the
@@ -97,21 +118,135 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 fn encode_within<T: Serialize + ?Sized>(value: &T, limit: usize) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![BASE_WRITE_VERSION];
-    let outer = NEEDED.with(|needed| needed.replace(BASE_WRITE_VERSION));
-    let written = bincode::serde::encode_into_std_write(value, &mut out, FRAME);
-    out[0] = NEEDED.with(|needed| needed.replace(outer));
-    written.map_err(|e| CodecError::Encode(e.to_string()))?;
+    // An encode inside a `Serialize` impl has a state of its own.
+    let outer = (NEEDED.get(), WRITING.get(), OMITTED.get());
+    let out = encode_passes(value);
+    NEEDED.set(outer.0);
+    WRITING.set(outer.1);
+    OMITTED.set(outer.2);
+    let out = out?;
     if out.len() > limit.saturating_add(1) {
         return Err(CodecError::TooLarge { len: out.len(), limit });
     }
     Ok(out)
 }
 
+/// The version byte [`encode`] would write for `value`: the newest format whose layout
+/// it uses (what every reader of it must read), found without keeping the bytes.
+pub fn version_of<T: Serialize + ?Sized>(value: &T) -> Result<u8, CodecError> {
+    let outer = (NEEDED.get(), WRITING.get(), OMITTED.get());
+    NEEDED.set(BASE_WRITE_VERSION);
+    WRITING.set(0);
+    let written = bincode::serde::encode_into_std_write(value, &mut std::io::sink(), FRAME);
+    let version = NEEDED.get();
+    NEEDED.set(outer.0);
+    WRITING.set(outer.1);
+    OMITTED.set(outer.2);
+    written.map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(version)
+}
+
+/// The first pass finds the version byte the value needs; a second one is needed only
+/// if it left out an appended field that a value of that version holds.
+fn encode_passes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    NEEDED.set(BASE_WRITE_VERSION);
+    WRITING.set(0);
+    OMITTED.set(u8::MAX);
+    let mut out = vec![BASE_WRITE_VERSION];
+    bincode::serde::encode_into_std_write(value, &mut out, FRAME)
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let version = NEEDED.get();
+    if OMITTED.get() <= version {
+        WRITING.set(version);
+        out.truncate(1);
+        bincode::serde::encode_into_std_write(value, &mut out, FRAME)
+            .map_err(|e| CodecError::Encode(e.to_string()))?;
+    }
+    out[0] = version;
+    Ok(out)
+}
+
 /// Decodes a value of at most [`FRAME_LIMIT`] bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let body = body(bytes, FRAME_LIMIT)?;
-    finish(bincode::serde::decode_from_slice(body, FRAME), body.len())
+    let outer = READING.replace(bytes[0]);
+    let decoded = bincode::serde::decode_from_slice(body, FRAME);
+    READING.set(outer);
+    finish(decoded, body.len())
+}
+
+/// Writes a field appended to its struct in format `since` (see the module doc).
+fn serialize_since<T, S>(since: u8, value: &T, serializer: S) -> Result<S::Ok, S::Error>
+where
+    T: Serialize + Default + PartialEq,
+    S: Serializer,
+{
+    if serializer.is_human_readable() {
+        return value.serialize(serializer);
+    }
+    let writing = WRITING.get();
+    if writing == 0 && *value == T::default() {
+        // Left out: the older layout, unless the value turns out to need `since` anyway.
+        OMITTED.set(OMITTED.get().min(since));
+        return serializer.serialize_unit();
+    }
+    if writing != 0 && writing < since {
+        // The value's version predates the field, which holds its default here.
+        return serializer.serialize_unit();
+    }
+    needs_version(since);
+    value.serialize(serializer)
+}
+
+/// Reads a field appended to its struct in format `since`: the default in values of
+/// older versions.
+fn deserialize_since<'de, T, D>(since: u8, deserializer: D) -> Result<T, D::Error>
+where
+    T: Deserialize<'de> + Default,
+    D: Deserializer<'de>,
+{
+    if deserializer.is_human_readable() || READING.get() >= since {
+        T::deserialize(deserializer)
+    } else {
+        Ok(T::default())
+    }
+}
+
+/// Fields appended in format 11: `#[serde(default, with = "codec::since_11")]`.
+pub mod since_11 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// See [`super::serialize_since`].
+    pub fn serialize<T, S>(value: &T, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        T: Serialize + Default + PartialEq,
+        S: Serializer,
+    {
+        super::serialize_since(11, value, serializer)
+    }
+
+    /// See [`super::deserialize_since`].
+    pub fn deserialize<'de, T, D>(deserializer: D) -> Result<T, D::Error>
+    where
+        T: Deserialize<'de> + Default,
+        D: Deserializer<'de>,
+    {
+        super::deserialize_since(11, deserializer)
+    }
+
+    /// For a nullable field (`Option<Option<T>>`): JSON `null` reads as `Some(None)`
+    /// (clear), an absent field as `None` (through `#[serde(default)]`).
+    pub fn nullable<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        T: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        if deserializer.is_human_readable() {
+            Option::<T>::deserialize(deserializer).map(Some)
+        } else {
+            super::deserialize_since(11, deserializer)
+        }
+    }
 }
 
 fn body(bytes: &[u8], limit: usize) -> Result<&[u8], CodecError> {
@@ -165,7 +300,7 @@ mod tests {
     struct Newer;
 
     impl Serialize for Newer {
-        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             needs_version(FORMAT_VERSION);
             serializer.serialize_u8(1)
         }
@@ -177,6 +312,59 @@ mod tests {
         assert_eq!(encode(&Some(Newer)).expect("encode")[0], FORMAT_VERSION);
         // The mark belongs to one value: the next one is written as before.
         assert_eq!(encode(&(7u32, None::<Newer>)).expect("encode")[0], OLDEST_READABLE_VERSION);
+    }
+
+    /// A struct that gained `added` in format 11.
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct Grown {
+        kept: u32,
+        #[serde(default, with = "since_11")]
+        added: Option<String>,
+    }
+
+    /// The same struct before format 11.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Before {
+        kept: u32,
+    }
+
+    #[test]
+    fn an_appended_field_is_written_only_when_it_holds_something() {
+        let plain = encode(&Grown { kept: 7, added: None }).expect("encode");
+        assert_eq!(plain, encode(&Before { kept: 7 }).expect("encode"), "the older layout");
+        assert_eq!(decode::<Before>(&plain).expect("an older build reads it"), Before { kept: 7 });
+        let grown = Grown { kept: 7, added: Some("x".into()) };
+        let bytes = encode(&grown).expect("encode");
+        assert_eq!(bytes[0], 11);
+        assert_eq!(version_of(&grown).expect("version"), 11);
+        assert_eq!(version_of(&Grown::default()).expect("version"), BASE_WRITE_VERSION);
+        assert_eq!(decode::<Grown>(&bytes).expect("decode"), grown);
+        // A value of an older version reads the field as its default.
+        let mut old = encode(&Before { kept: 9 }).expect("encode");
+        old[0] = 10;
+        assert_eq!(decode::<Grown>(&old).expect("decode"), Grown { kept: 9, added: None });
+    }
+
+    #[test]
+    fn a_newer_value_writes_every_appended_field_even_the_default_ones() {
+        // The first element needs format 11, the second was left out in the first pass:
+        // both are written, so that a reader of version 11 finds every field.
+        let mixed = vec![
+            Grown { kept: 1, added: Some("a".into()) },
+            Grown { kept: 2, added: None },
+            Grown { kept: 3, added: Some(String::new()) },
+        ];
+        let bytes = encode(&mixed).expect("encode");
+        assert_eq!(bytes[0], 11);
+        assert_eq!(decode::<Vec<Grown>>(&bytes).expect("decode"), mixed);
+        let reversed: Vec<Grown> = mixed.into_iter().rev().collect();
+        assert_eq!(
+            decode::<Vec<Grown>>(&encode(&reversed).expect("encode")).expect("decode"),
+            reversed
+        );
+        // JSON sees an ordinary, optional field.
+        let json: Grown = serde_json::from_str(r#"{"kept":4}"#).expect("json");
+        assert_eq!(json, Grown { kept: 4, added: None });
     }
 
     #[test]

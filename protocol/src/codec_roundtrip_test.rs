@@ -41,8 +41,13 @@ fn range() -> impl Strategy<Value = FileRange> {
 }
 
 fn new_file() -> impl Strategy<Value = NewFile> {
-    (text(), text(), proptest::collection::vec(range(), 0..4))
-        .prop_map(|(remote_url, local_path, ranges)| NewFile { remote_url, local_path, ranges })
+    (text(), text(), proptest::collection::vec(range(), 0..4), proptest::option::of(text()))
+        .prop_map(|(remote_url, local_path, ranges, sha256)| NewFile {
+            remote_url,
+            local_path,
+            ranges,
+            sha256,
+        })
 }
 
 fn priority() -> impl Strategy<Value = Priority> {
@@ -95,7 +100,9 @@ prop_compose! {
             max_connections: flags.2.map(|o| o.map(|n| n as u32)),
             max_helpers: flags.2.map(|o| o.map(|n| (n % 17) as u32)),
             security_flags: bits.0,
-            client_certificate: reply_file_name,
+            client_certificate: reply_file_name.clone(),
+            http_method: reply_file_name.flatten(),
+            max_bandwidth: flags.2,
         }
     }
 }
@@ -269,7 +276,12 @@ fn job() -> impl Strategy<Value = Job> {
                 owner,
                 job_type,
                 state,
-                props: JobProperties::new(name, priority),
+                props: JobProperties {
+                    // Fields of format 11 in some jobs, not in others.
+                    http_method: ever_resumed.then(|| "POST".into()),
+                    max_bandwidth: (home_node % 2 == 0).then_some(home_node),
+                    ..JobProperties::new(name, priority)
+                },
                 files: files
                     .into_iter()
                     .enumerate()

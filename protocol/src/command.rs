@@ -326,6 +326,18 @@ pub struct PropertyChanges {
     #[serde(default, deserialize_with = "nullable")]
     #[cfg_attr(feature = "openapi", schema(nullable))]
     pub client_certificate: Option<Option<String>>,
+    /// `SetHttpMethod`: the verb of the job's requests (download jobs, before the first
+    /// resume; `GET` is the default). Another verb makes the job FOREGROUND for good.
+    #[serde(default, with = "crate::codec::since_11")]
+    pub http_method: Option<String>,
+    /// The job's own bandwidth cap, bytes per second (at least 1,024); `null` removes it.
+    #[serde(
+        default,
+        serialize_with = "crate::codec::since_11::serialize",
+        deserialize_with = "crate::codec::since_11::nullable"
+    )]
+    #[cfg_attr(feature = "openapi", schema(nullable))]
+    pub max_bandwidth: Option<Option<u64>>,
 }
 
 /// Writes the present fields of `changes` as map entries.
@@ -368,6 +380,8 @@ impl Serialize for PropertyChanges {
             max_helpers,
             security_flags,
             client_certificate,
+            http_method,
+            max_bandwidth,
         );
         serde::ser::SerializeMap::end(map)
     }

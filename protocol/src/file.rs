@@ -118,6 +118,11 @@ pub struct NewFile {
     /// Byte ranges to download, concatenated in this order; empty means the whole file.
     #[serde(default)]
     pub ranges: Vec<FileRange>,
+    /// The SHA-256 the downloaded file must have, 64 hex digits (download jobs without
+    /// ranges): checked before the file counts as transferred, and peers' verified
+    /// copies of the same content may serve it whatever their URL.
+    #[serde(default, with = "crate::codec::since_11")]
+    pub sha256: Option<String>,
 }
 
 /// `BG_FILE_PROGRESS`.
@@ -167,6 +172,9 @@ pub struct JobFile {
     pub content_digest: Option<[u8; 32]>,
     /// The last response's headers (`BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS`).
     pub response_headers: Vec<String>,
+    /// The SHA-256 the owner expects (lowercase hex), if given with the file.
+    #[serde(default, with = "crate::codec::since_11")]
+    pub expected_sha256: Option<String>,
 }
 
 impl JobFile {
@@ -188,6 +196,7 @@ impl JobFile {
             withdrawn: false,
             content_digest: None,
             response_headers: Vec::new(),
+            expected_sha256: spec.sha256.map(|hex| hex.to_ascii_lowercase()),
         }
     }
 

@@ -71,3 +71,9 @@ impl Default for QueuePolicy {
         }
     }
 }
+
+/// Longest HTTP method `SetHttpMethod` takes, in bytes.
+pub const MAX_HTTP_METHOD_BYTES: usize = 32;
+
+/// Smallest per-job bandwidth cap, bytes per second: below it a job would barely move.
+pub const MIN_JOB_BANDWIDTH: u64 = 1024;

@@ -307,6 +307,33 @@ impl PeerRpc for PlaceFiles {
     type Answer = FilesOutcome;
 }
 
+/// The live progress of jobs running on the asked member (their home node): bytes
+/// received so far per file, durable or not. Jobs not running there are left out; a
+/// member of an older build serves no request of this kind (the durable progress is
+/// shown then).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveProgressOf {
+    /// The jobs (at most [`MAX_LIVE_JOBS`]).
+    pub jobs: Vec<JobId>,
+}
+
+/// Most jobs one [`LiveProgressOf`] asks about.
+pub const MAX_LIVE_JOBS: usize = 1_000;
+
+/// One running job's received bytes, by file index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveFiles {
+    /// The job.
+    pub job: JobId,
+    /// `(file index, bytes received so far)` of the files its run has opened.
+    pub files: Vec<(u32, u64)>,
+}
+
+impl PeerRpc for LiveProgressOf {
+    const NAME: &'static str = "live-progress";
+    type Answer = Vec<LiveFiles>;
+}
+
 /// The end of Complete or Cancel on the home node, asked for once the job is final:
 /// answered when the job's files are renamed or deleted, saying whether all were.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -363,6 +390,7 @@ mod tests {
             ReplyData::NAME,
             PlaceFiles::NAME,
             FinishFiles::NAME,
+            LiveProgressOf::NAME,
         ];
         let unique: std::collections::BTreeSet<&str> = names.into_iter().collect();
         assert_eq!(unique.len(), names.len());

@@ -64,8 +64,9 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
                     "an upload job holds exactly one file",
                 ));
             }
-            let dynamic = spec.properties.dynamic_content == Some(true);
-            files(&spec.files, spec.job_type, dynamic, true)
+            let whole_streams = spec.properties.dynamic_content == Some(true)
+                || spec.properties.http_method.as_deref().is_some_and(|m| m != DEFAULT_METHOD);
+            files(&spec.files, spec.job_type, whole_streams, true)
         }
         Command::AddFiles { files: list, .. } => files(list, JobType::Download, false, false),
         Command::SetProperties { changes, .. } => property_changes(changes),
@@ -113,7 +114,7 @@ pub fn command_input(command: &Command) -> Result<(), CommandError> {
 fn files(
     list: &[NewFile],
     job_type: JobType,
-    dynamic: bool,
+    whole_streams: bool,
     may_be_empty: bool,
 ) -> Result<(), CommandError> {
     if list.is_empty() && !may_be_empty {
@@ -124,7 +125,7 @@ fn files(
             "at most {MAX_FILES_PER_REQUEST} files can be added in one request"
         )));
     }
-    list.iter().try_for_each(|file| new_file(file, job_type, dynamic, None))
+    list.iter().try_for_each(|file| new_file(file, job_type, whole_streams, None))
 }
 
 /// The property values themselves: lengths, flag bits, paths, header syntax.
@@ -177,6 +178,42 @@ pub fn property_changes(c: &PropertyChanges) -> Result<(), CommandError> {
         && n > MAX_HELPERS_PER_FILE
     {
         return Err(invalid(format!("max_helpers must be 0 to {}", MAX_HELPERS_PER_FILE)));
+    }
+    if let Some(method) = &c.http_method {
+        http_method(method)?;
+    }
+    if let Some(Some(rate)) = c.max_bandwidth
+        && rate < MIN_JOB_BANDWIDTH
+    {
+        return Err(invalid(format!(
+            "max_bandwidth is in bytes per second and must be at least {MIN_JOB_BANDWIDTH}"
+        )));
+    }
+    Ok(())
+}
+
+/// The verb of a download's requests when none is set.
+pub const DEFAULT_METHOD: &str = "GET";
+
+/// `SetHttpMethod`: an HTTP token (RFC 9110 §5.6.2) of at most 32 characters.
+pub fn http_method(method: &str) -> Result<(), CommandError> {
+    const TOKEN_SYMBOLS: &str = "!#$%&'*+-.^_`|~";
+    let token = !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || TOKEN_SYMBOLS.as_bytes().contains(&b));
+    if !token || method.len() > MAX_HTTP_METHOD_BYTES {
+        return Err(invalid(format!(
+            "{method:?} is not an HTTP method (a token of 1 to {MAX_HTTP_METHOD_BYTES} letters, digits or !#$%&'*+-.^_`|~)"
+        )));
+    }
+    Ok(())
+}
+
+/// A file's expected SHA-256: 64 hexadecimal digits.
+pub fn sha256_hex(hex: &str) -> Result<(), CommandError> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(format!("{hex:?} is not a SHA-256 (64 hexadecimal digits)")));
     }
     Ok(())
 }
@@ -350,11 +387,12 @@ pub fn ranges(ranges: &[FileRange], max: Option<u32>) -> Result<(), CommandError
     Ok(())
 }
 
-/// One file to add to a job of `job_type`.
+/// One file to add to a job of `job_type`; `whole_streams`: the job fetches each file
+/// in one request from its start (dynamic content, or an HTTP method of its own).
 pub fn new_file(
     file: &NewFile,
     job_type: JobType,
-    dynamic_content: bool,
+    whole_streams: bool,
     max_ranges: Option<u32>,
 ) -> Result<(), CommandError> {
     remote_url(&file.remote_url, job_type)?;
@@ -366,13 +404,28 @@ pub fn new_file(
                 "byte ranges can only be requested for download jobs",
             ));
         }
-        if dynamic_content {
+        if whole_streams {
             return Err(CommandError::new(
                 BitsCode::BG_E_UNSUPPORTED_JOB_CONFIGURATION,
-                "a job with dynamic content cannot download byte ranges",
+                "a job with dynamic content or an HTTP method of its own cannot download byte ranges",
             ));
         }
         ranges(&file.ranges, max_ranges)?;
+    }
+    if let Some(hex) = &file.sha256 {
+        sha256_hex(hex)?;
+        if job_type.is_upload() {
+            return Err(CommandError::new(
+                BitsCode::E_NOTIMPL,
+                "an expected SHA-256 can only be given for downloaded files",
+            ));
+        }
+        if !file.ranges.is_empty() {
+            return Err(CommandError::new(
+                BitsCode::BG_E_UNSUPPORTED_JOB_CONFIGURATION,
+                "an expected SHA-256 is checked against a whole file; this one asks for byte ranges",
+            ));
+        }
     }
     Ok(())
 }

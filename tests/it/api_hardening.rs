@@ -213,6 +213,7 @@ async fn passwords_in_urls_are_refused_and_never_stored() -> anyhow::Result<()> 
         remote_url: url.to_owned(),
         local_path: "/srv/ferry/u.bin".into(),
         ranges: vec![],
+        sha256: None,
     };
     let refused = |r: Result<(), ferry_coordinator::ClientError>| -> anyhow::Result<()> {
         let error = r.err().ok_or_else(|| anyhow::anyhow!("a URL with userinfo was accepted"))?;
@@ -239,6 +240,7 @@ async fn passwords_in_urls_are_refused_and_never_stored() -> anyhow::Result<()> 
         display_name: None,
         properties: PropertyChanges::default(),
         credentials: vec![],
+        sha256: None,
     };
     refused(alice.create_fleet(&fleet).await.map(drop))?;
 

@@ -33,6 +33,7 @@ async fn job_with_credentials(
         remote_url: url.into(),
         local_path: local.to_string_lossy().into(),
         ranges: vec![],
+        sha256: None,
     });
     spec.properties = PropertyChanges::default();
     let id = client.create_job(&spec).await?.id;
@@ -103,6 +104,7 @@ async fn basic_and_digest_against_the_test_origin() -> anyhow::Result<()> {
             remote_url: url.clone(),
             local_path: out.path().join("none").to_string_lossy().into(),
             ranges: vec![],
+            sha256: None,
         });
         let none = client.create_job(&spec).await?.id;
         client.act(none, JobAction::Resume).await?;
@@ -165,6 +167,7 @@ async fn basic_against_nginx_with_the_password_from_stdin() -> anyhow::Result<()
         remote_url: nginx.url("/guarded.bin"),
         local_path: local.to_string_lossy().into(),
         ranges: vec![],
+        sha256: None,
     });
     let id = client.create_job(&spec).await?.id;
 
@@ -274,6 +277,7 @@ async fn removed_credentials_are_not_sent_and_bad_targets_are_refused() -> anyho
         remote_url: origin.url("/secret.bin"),
         local_path: out.path().join("removed").to_string_lossy().into(),
         ranges: vec![],
+        sha256: None,
     });
     let id = client.create_job(&spec).await?.id;
     let set = client

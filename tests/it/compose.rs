@@ -303,6 +303,7 @@ fn job(name: &str) -> NewJob {
             remote_url: format!("https://origin.invalid/{name}.bin"),
             local_path: format!("/srv/ferry/{name}.bin"),
             ranges: vec![],
+            sha256: None,
         }],
     )
 }

@@ -207,6 +207,7 @@ async fn ranges_are_concatenated_in_order_and_eof_reads_to_the_end() -> anyhow::
             remote_url: origin.url("/r.bin"),
             local_path: local.to_string_lossy().into(),
             ranges,
+            sha256: None,
         }],
     );
     let id = client.create_job(&spec).await?.id;
@@ -227,6 +228,7 @@ async fn ranges_are_concatenated_in_order_and_eof_reads_to_the_end() -> anyhow::
             remote_url: origin.url("/r.bin"),
             local_path: out.path().join("bad.bin").to_string_lossy().into(),
             ranges: vec![FileRange { offset: 990, length: 20 }],
+            sha256: None,
         }],
     );
     let id = client.create_job(&bad).await?.id;

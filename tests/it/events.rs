@@ -300,6 +300,7 @@ async fn watch_follows_the_cluster_when_its_node_is_killed() -> anyhow::Result<(
             remote_url: origin.url(path),
             local_path: out.path().join(format!("f{n}")).to_string_lossy().into(),
             ranges: vec![],
+            sha256: None,
         };
         let id =
             client.create_job(&new_job(&format!("j{n}"), JobType::Download, vec![file])).await?.id;
@@ -374,6 +375,7 @@ async fn a_file_with_ranges_publishes_its_ranges_then_the_file_then_the_job() ->
             ferry_protocol::FileRange { offset: 0, length: 300_000 },
             ferry_protocol::FileRange { offset: 600_000, length: 300_000 },
         ],
+        sha256: None,
     };
     let mut spec = new_job("ranged", JobType::Download, vec![file]);
     spec.properties.notify_flags =

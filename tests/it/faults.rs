@@ -296,6 +296,7 @@ fn through_proxy(proxy: &Origin, url: &str, local: &std::path::Path) -> ferry_pr
             remote_url: url.into(),
             local_path: local.to_string_lossy().into(),
             ranges: vec![],
+            sha256: None,
         }],
     }
 }
@@ -389,6 +390,7 @@ async fn servers_refusing_head_are_probed_with_a_one_byte_range() -> anyhow::Res
                 offset: 1000,
                 length: ferry_protocol::file::LENGTH_TO_EOF,
             }],
+            sha256: None,
         }],
     };
     let id = client.create_job(&spec).await?.id;

@@ -155,6 +155,7 @@ fn download(name: &str, url: String, local: &Path) -> NewJob {
             remote_url: url,
             local_path: local.display().to_string(),
             ranges: vec![],
+            sha256: None,
         }],
     }
 }
@@ -203,6 +204,7 @@ async fn local_paths_outside_the_callers_roots_are_refused_at_the_api() -> anyho
         remote_url: url.clone(),
         local_path: outside.display().to_string(),
         ranges: vec![],
+        sha256: None,
     };
     assert_denied("an added file outside", alice.add_files(job.id, vec![file]).await)?;
     let certificate = PropertyChanges {
@@ -225,6 +227,7 @@ async fn local_paths_outside_the_callers_roots_are_refused_at_the_api() -> anyho
         display_name: None,
         properties: PropertyChanges::default(),
         credentials: Vec::new(),
+        sha256: None,
     };
     assert_denied("a fleet outside", alice.create_fleet(&fleet).await)?;
     // A file:// source names a local file too.

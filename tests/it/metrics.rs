@@ -207,6 +207,7 @@ async fn metrics_name_every_family_and_move_with_a_download() -> anyhow::Result<
             display_name: None,
             properties: PropertyChanges::default(),
             credentials: vec![],
+            sha256: None,
         })
         .await?;
     let member =

@@ -137,6 +137,7 @@ async fn notified_job(
         remote_url: origin.url("/f.bin"),
         local_path: dir.join(format!("out-{}", JobId::new_random())).to_string_lossy().into(),
         ranges: vec![],
+        sha256: None,
     };
     let id = client.create_job(&new_job("notified", JobType::Download, vec![file])).await?.id;
     let cmdline = cmdline(program, vec![id.to_string(), "transferred".into()]);
@@ -228,6 +229,7 @@ async fn users_cannot_run_programs_that_are_not_allowed() -> anyhow::Result<()> 
         remote_url: origin.url("/f.bin"),
         local_path: dir.path().join("out").to_string_lossy().into(),
         ranges: vec![],
+        sha256: None,
     };
     let mut spec = new_job("shell", JobType::Download, vec![file.clone()]);
     spec.properties = with_shell.clone();
@@ -243,6 +245,7 @@ async fn users_cannot_run_programs_that_are_not_allowed() -> anyhow::Result<()> 
         display_name: None,
         properties: with_shell.clone(),
         credentials: vec![],
+        sha256: None,
     };
     assert!(refused_by_policy(alice.create_fleet(&fleet).await), "POST /v1/fleets");
 

@@ -27,6 +27,7 @@ async fn replace_remote_prefix_moves_the_matching_files() -> anyhow::Result<()> 
         remote_url: url,
         local_path: out.path().join(name).to_string_lossy().into_owned(),
         ranges: vec![],
+        sha256: None,
     };
     let spec = NewJob {
         display_name: "moved".into(),

@@ -299,6 +299,7 @@ async fn large_concurrent_commands_never_make_the_log_unreadable() -> anyhow::Re
         remote_url: format!("https://origin.example/{}{n:06}", "segment-0123456789/".repeat(113)),
         local_path: format!("/tmp/srv/{}/{n:06}", "d/".repeat(2_030)),
         ranges: vec![],
+        sha256: None,
     };
     let mut tasks = Vec::new();
     for j in 0..30 {

@@ -49,6 +49,7 @@ async fn start_with_password(
             remote_url: url.into(),
             local_path: local.to_string_lossy().into_owned(),
             ranges: vec![],
+            sha256: None,
         }],
     };
     let job = client.create_job(&spec).await?;

@@ -425,6 +425,7 @@ async fn create(client: &Client, spec: &Spec, local: &Path) -> Result<JobId, Cli
             remote_url: spec.remote.clone(),
             local_path: local.to_string_lossy().into_owned(),
             ranges,
+            sha256: None,
         }],
     };
     let job = client.create_job(&new).await?;

@@ -11,6 +11,7 @@ pub(crate) fn file(n: usize) -> NewFile {
         remote_url: format!("https://origin.example/data/{n}.bin"),
         local_path: format!("/tmp/tmp/srv/ferry/{n}.bin"),
         ranges: vec![],
+        sha256: None,
     }
 }
 
@@ -100,6 +101,7 @@ pub(crate) async fn start_download(
             remote_url: url.clone(),
             local_path: path.to_string_lossy().into_owned(),
             ranges: vec![],
+            sha256: None,
         })
         .collect();
     let spec =
@@ -107,6 +109,31 @@ pub(crate) async fn start_download(
     let job = client.create_job(&spec).await?;
     client.act(job.id, ferry_protocol::JobAction::Resume).await?;
     Ok(job.id)
+}
+
+/// Creates and resumes a download of `url` to `local` whose file must have SHA-256
+/// `sha256` (hex).
+pub(crate) async fn download_expecting(
+    client: &Client,
+    url: &str,
+    local: &std::path::Path,
+    sha256: &str,
+) -> anyhow::Result<JobId> {
+    let file = NewFile {
+        remote_url: url.into(),
+        local_path: local.to_string_lossy().into_owned(),
+        ranges: vec![],
+        sha256: Some(sha256.into()),
+    };
+    let spec = NewJob {
+        display_name: "expecting a digest".into(),
+        job_type: JobType::Download,
+        properties: ferry_protocol::PropertyChanges::default(),
+        files: vec![file],
+    };
+    let id = client.create_job(&spec).await?.id;
+    client.act(id, ferry_protocol::JobAction::Resume).await?;
+    Ok(id)
 }
 
 /// Fails if `secret` appears in any file of `node`'s data directory or in its log.

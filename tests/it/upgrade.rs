@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, ensure};
 use ferry_protocol::api::{JobInfo, JobList};
 use ferry_protocol::command::JobAction;
-use ferry_protocol::{JobType, Role};
+use ferry_protocol::{JobId, JobType, NewFile, NewJob, Role};
 use ferry_tests::{Node, NodeOptions, copy_dir, tokens};
 
 use crate::support::new_job;
@@ -106,18 +106,21 @@ async fn every_earlier_formats_data_directory_opens_with_all_its_jobs() -> anyho
             fixture.display()
         );
 
-        // It goes on: new jobs, principals (format 9) and a replaced prefix (format 10)
-        // are written beside the old rows, and everything opens again.
+        // It goes on: new jobs, principals (format 9), a replaced prefix (format 10) and
+        // the fields of format 11 are written beside the old rows, and everything opens
+        // again.
         let job =
             admin.create_job(&new_job("after the upgrade", JobType::Download, vec![])).await?;
         let carol = admin.create_token("carol", Role::User, None).await?;
         let moved = admin.replace_remote_prefix(job.id, "http", "https").await?;
         ensure!(moved.code == ferry_protocol::BitsCode::S_FALSE, "{moved:?}");
+        let newer = admin.create_job(&format_11_job()).await?;
         node.restart().await?;
         let admin = node.client(Some(&token))?;
         let after = admin.list_jobs(true).await?;
-        ensure!(after.len() == expected.jobs.len() + 1, "{} jobs after a restart", after.len());
+        ensure!(after.len() == expected.jobs.len() + 2, "{} jobs after a restart", after.len());
         ensure!(admin.job(job.id).await.is_ok());
+        has_format_11_fields(&admin, newer.id).await?;
         ensure!(node.client(Some(&carol.token))?.list_jobs(false).await.is_ok());
         println!("{}: {} jobs opened and kept", fixture.display(), expected.jobs.len());
     }
@@ -128,7 +131,7 @@ async fn every_earlier_formats_data_directory_opens_with_all_its_jobs() -> anyho
 /// `ferryd` in `FERRY_PREVIOUS_FERRYD`; `scripts/rolling-upgrade.sh` builds it from the
 /// commit named in the newest fixture) are stopped and started on this build one at a
 /// time while a writer creates jobs, retrying with its request id only on 503 and
-/// connection errors. `ReplaceRemotePrefix` (format 10) is refused until every member
+/// connection errors. A job using the fields of format 11 is refused until every member
 /// is upgraded. After each upgrade the writer pauses until all three members,
 /// of both builds, have applied the same entries. Nothing acknowledged is lost and
 /// nothing else fails.
@@ -166,25 +169,19 @@ async fn a_rolling_upgrade_from_the_previous_build_loses_no_acknowledged_job() -
         ferry_tests::await_agreement(&nodes, 3, &what).await?;
         paused.store(false, std::sync::atomic::Ordering::Relaxed);
         if i + 1 < nodes.len() {
-            // The new feature waits for every member: it is refused, saying why.
-            let job = nodes[i]
-                .client(Some(tokens::ADMIN))?
-                .create_job(&new_job("mid-upgrade", JobType::Download, vec![]))
-                .await?;
+            // The new fields wait for every member: refused, saying why.
             let early = crate::support::raw()
-                .post(format!("{}/v1/jobs/{}/replace-remote-prefix", nodes[i].url()?, job.id))
+                .post(format!("{}/v1/jobs", nodes[i].url()?))
                 .bearer_auth(tokens::ADMIN)
-                .json(&serde_json::json!({ "old_prefix": "http", "new_prefix": "https" }))
+                .json(&format_11_job())
                 .send()
                 .await?;
             let status = early.status();
             let said = early.text().await?;
             ensure!(
-                status == 503 && said.contains("needs format 10"),
-                "ReplaceRemotePrefix mid-upgrade: {status} {said}"
+                status == 503 && said.contains("needs format 11"),
+                "a job of format 11 mid-upgrade: {status} {said}"
             );
-            // Cancelled: not listed among the writer's jobs.
-            nodes[i].client(Some(tokens::ADMIN))?.act(job.id, JobAction::Cancel).await?;
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -215,11 +212,12 @@ async fn a_rolling_upgrade_from_the_previous_build_loses_no_acknowledged_job() -
         written.retried,
         written.errors.len()
     );
-    // Every member reads format 10 now: the new command works, on every member.
+    // Every member reads format 11 now: the new fields work, read on every member.
     let admin = nodes[2].client(Some(tokens::ADMIN))?;
-    let job = admin.create_job(&new_job("late", JobType::Download, vec![])).await?;
-    let moved = admin.replace_remote_prefix(job.id, "http", "https").await?;
-    ensure!(moved.code == ferry_protocol::BitsCode::S_FALSE, "{moved:?}");
+    let job = admin.create_job(&format_11_job()).await?;
+    for node in &nodes {
+        has_format_11_fields(&node.client(Some(tokens::ADMIN))?, job.id).await?;
+    }
     admin.act(job.id, JobAction::Cancel).await?;
     let made = admin.create_token("late", Role::User, None).await?;
     ensure!(nodes[0].client(Some(&made.token))?.list_jobs(false).await.is_ok());
@@ -309,4 +307,37 @@ async fn write_until(
         }
     }
     Ok(written)
+}
+
+/// A job using every field of format 11: an HTTP method, a bandwidth cap, a file's
+/// expected SHA-256.
+fn format_11_job() -> NewJob {
+    let file = NewFile {
+        remote_url: "http://127.0.0.1:9/made.bin".into(),
+        local_path: "/tmp/ferry-upgrade/made.bin".into(),
+        ranges: vec![],
+        sha256: Some("5a".repeat(32)),
+    };
+    let properties = ferry_protocol::PropertyChanges {
+        http_method: Some("POST".into()),
+        max_bandwidth: Some(Some(123_456)),
+        ..Default::default()
+    };
+    NewJob {
+        display_name: "format 11".into(),
+        job_type: JobType::Download,
+        properties,
+        files: vec![file],
+    }
+}
+
+/// Fails unless job `id` holds what [`format_11_job`] gave it.
+async fn has_format_11_fields(client: &ferry_coordinator::Client, id: JobId) -> anyhow::Result<()> {
+    let job = client.job(id).await?;
+    let props = &job.properties;
+    ensure!(props.http_method.as_deref() == Some("POST"), "{props:?}");
+    ensure!(props.max_bandwidth == Some(123_456), "{props:?}");
+    let file = client.file(id, 0).await?;
+    ensure!(file.expected_sha256 == Some("5a".repeat(32)), "{file:?}");
+    Ok(())
 }

@@ -95,6 +95,7 @@ async fn start_upload(
             remote_url: remote.into(),
             local_path: local.to_string_lossy().into_owned(),
             ranges: vec![],
+            sha256: None,
         }],
     };
     let job = client.create_job(&spec).await?;

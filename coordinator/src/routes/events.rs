@@ -8,6 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use ferry_protocol::JobId;
+use ferry_protocol::api::{JobInfo, Liveness};
 use ferry_protocol::event::{Cursor, Delivery, EventFilter, EventKind, StartAt};
 use futures_util::Stream;
 use serde::Deserialize;
@@ -33,6 +34,10 @@ pub(super) struct EventsQuery {
     /// Every user's jobs (administrators only).
     #[serde(default)]
     all_users: bool,
+    /// With `job`: also an `event: progress` every this many milliseconds (250 to
+    /// 60,000) with each named job's state and bytes so far, received bytes not yet
+    /// durable included (not replayed, no id).
+    progress: Option<u64>,
 }
 
 impl EventsQuery {
@@ -64,7 +69,29 @@ impl EventsQuery {
         };
         Ok((EventFilter { jobs, kinds, all_users: self.all_users }, from))
     }
+
+    /// How often to send progress, for which jobs.
+    fn progress(&self, filter: &EventFilter) -> Result<Option<(Duration, Vec<JobId>)>, ApiError> {
+        let Some(ms) = self.progress else { return Ok(None) };
+        if !(MIN_PROGRESS_MS..=MAX_PROGRESS_MS).contains(&ms) {
+            return Err(ApiError::bad_request(format!(
+                "progress is in milliseconds, {MIN_PROGRESS_MS} to {MAX_PROGRESS_MS}"
+            )));
+        }
+        if filter.jobs.is_empty() || filter.jobs.len() > MAX_PROGRESS_JOBS {
+            return Err(ApiError::bad_request(format!(
+                "progress needs job=ID[,ID...] (1 to {MAX_PROGRESS_JOBS} jobs)"
+            )));
+        }
+        Ok(Some((Duration::from_millis(ms), filter.jobs.clone())))
+    }
 }
+
+/// Bounds of `progress`, milliseconds.
+const MIN_PROGRESS_MS: u64 = 250;
+const MAX_PROGRESS_MS: u64 = 60_000;
+/// Most jobs a stream with `progress` may name.
+const MAX_PROGRESS_JOBS: usize = 100;
 
 /// The job event stream (`text/event-stream`): replay from `from`, then live. Each
 /// event's `id` is its cursor and its `event` its kind; `event: gap` says the node no
@@ -86,28 +113,75 @@ pub(super) async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let (filter, from) = query.parse(&headers)?;
+    let progress = query.progress(&filter)?;
     // The stream ends when its token is revoked in the cluster.
     let token = crate::auth::bearer(&headers).unwrap_or_default().to_owned();
     let (auth, subscriber) = (state.auth.clone(), caller.clone());
     let revoked: RevokedWatch = Box::pin(async move { auth.revoked(&token, &subscriber).await });
-    let stream = state.cluster.subscribe(caller, filter, from).await.map_err(refusal)?;
-    let events = futures_util::stream::unfold(Some((stream, revoked)), |open| async move {
-        let (mut stream, mut revoked) = open?;
+    let stream = state.cluster.subscribe(caller.clone(), filter, from).await.map_err(refusal)?;
+    let ticker = progress.map(|(every, jobs)| {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker { interval, jobs, state: state.clone(), caller }
+    });
+    let open = Some((stream, revoked, ticker));
+    let events = futures_util::stream::unfold(open, |open| async move {
+        let (mut stream, mut revoked, mut ticker) = open?;
         let next = tokio::select! {
             next = stream.next() => next,
             () = &mut revoked => {
                 let why = "the token of this subscription was revoked";
                 return Some((Ok(SseEvent::default().event("error").data(why)), None));
             }
+            event = tick(&mut ticker) => {
+                return Some((Ok(event), Some((stream, revoked, ticker))));
+            }
         };
         match next {
-            Ok(Some(delivery)) => Some((Ok(sse(&delivery)), Some((stream, revoked)))),
+            Ok(Some(delivery)) => Some((Ok(sse(&delivery)), Some((stream, revoked, ticker)))),
             Ok(None) => None,
             // Say why the stream ends; the client resumes from its last id.
             Err(e) => Some((Ok(SseEvent::default().event("error").data(e.to_string())), None)),
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The progress events of a stream.
+struct Ticker {
+    interval: tokio::time::Interval,
+    jobs: Vec<JobId>,
+    state: ApiState,
+    caller: ferry_protocol::Caller,
+}
+
+/// The next progress event (never, without a ticker).
+async fn tick(ticker: &mut Option<Ticker>) -> SseEvent {
+    let Some(ticker) = ticker else { return std::future::pending().await };
+    ticker.interval.tick().await;
+    let (state, caller) = (&ticker.state, &ticker.caller);
+    let jobs = ticker.jobs.clone();
+    let views = super::read(state, crate::cluster::ReadAt::Local, |q| {
+        jobs.iter()
+            .filter_map(|id| q.visible_job(caller, id).ok())
+            .map(|job| (JobInfo::from(job), Liveness::of(job)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let jobs: Vec<_> = super::jobs::with_live_progress(state, views)
+        .await
+        .into_iter()
+        .map(|info| {
+            serde_json::json!({
+                "job": info.id,
+                "state": info.state,
+                "bytes_transferred": info.progress.bytes_transferred,
+                "bytes_total": info.progress.bytes_total,
+            })
+        })
+        .collect();
+    SseEvent::default().event("progress").data(serde_json::json!({ "jobs": jobs }).to_string())
 }
 
 /// Resolves when the subscriber's token stops authenticating it.

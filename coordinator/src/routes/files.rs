@@ -1,7 +1,7 @@
 //! `/v1/jobs/{id}/files`: add (single, set, with ranges), list, change one.
 
 use axum::extract::State;
-use ferry_protocol::api::{AddFiles, FileChanges, FileInfo, FileList, Problem};
+use ferry_protocol::api::{AddFiles, FileChanges, FileInfo, FileList, Liveness, Problem};
 use ferry_protocol::command::Command;
 use ferry_protocol::{Caller, JobId};
 
@@ -18,11 +18,25 @@ async fn file_list(
     id: JobId,
     at: ReadAt,
 ) -> Result<FileList, ApiError> {
-    let files = read(state, at, |q| {
-        q.visible_job(caller, &id)
-            .map(|job| job.files().iter().enumerate().map(|(i, f)| FileInfo::new(i, f)).collect())
+    let (mut files, live) = read(state, at, |q| {
+        q.visible_job(caller, &id).map(|job| {
+            let files: Vec<_> =
+                job.files().iter().enumerate().map(|(i, f)| FileInfo::new(i, f)).collect();
+            (files, Liveness::of(job))
+        })
     })
     .await??;
+    // A running job's files with the bytes received so far on its home node.
+    if let Some(live) = live {
+        let found = state.cluster.live_progress(vec![(live.job, live.home_node)]).await;
+        for (index, received) in found.iter().flat_map(|f| f.files.iter()) {
+            if let (Some(file), Some(progress)) =
+                (files.get_mut(*index as usize), live.file_progress(*index, *received))
+            {
+                file.progress = progress;
+            }
+        }
+    }
     Ok(FileList { files })
 }
 

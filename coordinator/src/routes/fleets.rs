@@ -36,8 +36,15 @@ pub(super) async fn create_fleet(
     IdempotencyKey(request_id): IdempotencyKey,
     Json(fleet): Json<NewFleet>,
 ) -> Result<(StatusCode, [(header::HeaderName, String); 1], axum::Json<FleetInfo>), ApiError> {
-    let NewFleet { remote_url, local_path, nodes, display_name, mut properties, credentials } =
-        fleet;
+    let NewFleet {
+        remote_url,
+        local_path,
+        sha256,
+        nodes,
+        display_name,
+        mut properties,
+        credentials,
+    } = fleet;
     seal_headers(&state, &caller, &mut properties)?;
     check_credentials(&credentials)?;
     let members: Vec<u64> =
@@ -67,7 +74,7 @@ pub(super) async fn create_fleet(
         display_name: display_name.unwrap_or_else(|| "fleet".into()),
         job_type: JobType::Download,
         properties,
-        files: vec![NewFile { remote_url, local_path, ranges: Vec::new() }],
+        files: vec![NewFile { remote_url, local_path, ranges: Vec::new(), sha256 }],
     };
     let members: Vec<(JobId, u64)> =
         nodes.into_iter().map(|node| (JobId::new_random(), node)).collect();

@@ -2,7 +2,9 @@
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use ferry_protocol::api::{ActionResult, ErrorInfo, JobInfo, JobList, PrefixReplaced, Problem};
+use ferry_protocol::api::{
+    ActionResult, ErrorInfo, JobInfo, JobList, Liveness, PrefixReplaced, Problem,
+};
 use ferry_protocol::command::{
     Command, JobAction, NewJob, PrefixChange, PropertyChanges, ReplacePrefix, Reply,
 };
@@ -45,10 +47,38 @@ pub(super) async fn job_info(
     id: JobId,
     at: ReadAt,
 ) -> Result<JobInfo, ApiError> {
-    let info = read(state, at, |q| q.visible_job(caller, &id).map(JobInfo::from))
-        .await?
-        .map_err(ApiError::from)?;
+    let info = read(state, at, |q| {
+        q.visible_job(caller, &id).map(|job| (JobInfo::from(job), Liveness::of(job)))
+    })
+    .await?
+    .map_err(ApiError::from)?;
+    let info = with_live_progress(state, vec![info]).await.pop();
+    let info = info.ok_or_else(|| ApiError::new(500, BitsCode::E_UNEXPECTED, "no job view"))?;
     Ok(reveal_headers(state, info))
+}
+
+/// The views with the bytes their running jobs received so far on their home nodes
+/// (durable or not), asked of those nodes without any write.
+pub(super) async fn with_live_progress(
+    state: &ApiState,
+    views: Vec<(JobInfo, Option<Liveness>)>,
+) -> Vec<JobInfo> {
+    let asked: Vec<_> =
+        views.iter().filter_map(|(_, live)| live.as_ref().map(|l| (l.job, l.home_node))).collect();
+    if asked.is_empty() {
+        return views.into_iter().map(|(info, _)| info).collect();
+    }
+    let found = state.cluster.live_progress(asked).await;
+    views
+        .into_iter()
+        .map(|(mut info, live)| {
+            let received = found.iter().find(|f| f.job == info.id);
+            if let (Some(live), Some(received)) = (live, received) {
+                info.progress.bytes_transferred = live.bytes_transferred(received);
+            }
+            info
+        })
+        .collect()
 }
 
 /// Opens sealed custom header values for the response (write-only headers are not
@@ -133,10 +163,12 @@ pub(super) async fn list_jobs(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<JobList>, ApiError> {
     let jobs = read(&state, query.consistency.into(), |q| {
-        q.list(&caller, query.all_users)
-            .map(|jobs| jobs.into_iter().map(JobInfo::from).collect::<Vec<_>>())
+        q.list(&caller, query.all_users).map(|jobs| {
+            jobs.into_iter().map(|job| (JobInfo::from(job), Liveness::of(job))).collect::<Vec<_>>()
+        })
     })
     .await??;
+    let jobs = with_live_progress(&state, jobs).await;
     let jobs = jobs.into_iter().map(|info| reveal_headers(&state, info)).collect();
     Ok(axum::Json(JobList { jobs }))
 }

@@ -123,6 +123,7 @@ pub fn router(state: ApiState, limits: Limits) -> axum::Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::new(404, BitsCode::E_INVALIDARG, "no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(405, BitsCode::E_INVALIDARG, "this route does not take that HTTP method")
@@ -152,20 +153,25 @@ async fn write(
 }
 
 /// The format a command needs every member to read, when it is newer than what every
-/// supported build reads: `ReplaceRemotePrefix` and the `SERVE_VALIDATED_ONLY` peer
-/// caching flag (format 10).
+/// supported build reads: what its encoding needs (`ReplaceRemotePrefix`, format 10;
+/// HTTP methods, job bandwidth caps and expected digests, format 11), and the
+/// `SERVE_VALIDATED_ONLY` peer caching flag, which older builds apply differently
+/// (format 10).
 fn newer_format(command: &Command) -> Option<u8> {
+    use ferry_protocol::codec::version_of;
     use ferry_protocol::command::REPLACE_PREFIX_FORMAT;
     use ferry_protocol::job::peer_caching::SERVE_VALIDATED_ONLY;
+    // Formats up to 9 are read by every build a cluster may still run.
+    let encoded = version_of(command).ok().filter(|v| *v >= REPLACE_PREFIX_FORMAT);
     let flags = match command {
-        Command::ReplaceRemotePrefix(_) => return Some(REPLACE_PREFIX_FORMAT),
         Command::CreateJob { spec, .. } | Command::CreateFleet { spec, .. } => {
             spec.properties.peer_caching_flags
         }
         Command::SetProperties { changes, .. } => changes.peer_caching_flags,
         _ => None,
     };
-    flags.filter(|f| f & SERVE_VALIDATED_ONLY != 0).map(|_| REPLACE_PREFIX_FORMAT)
+    let by_rule = flags.filter(|f| f & SERVE_VALIDATED_ONLY != 0).map(|_| REPLACE_PREFIX_FORMAT);
+    encoded.max(by_rule)
 }
 
 /// Reads from the queue once a read at `at` may start.

@@ -6,6 +6,7 @@
 //! this module.
 
 mod formats;
+mod live;
 mod membership;
 mod metrics;
 mod replica;
@@ -61,6 +62,8 @@ pub(crate) struct Parts {
     /// The node's bandwidth limit of background transfers (its policy is this node's
     /// own, read and changed through the API).
     pub(crate) bandwidth: Arc<crate::transfer::bandwidth::Bandwidth>,
+    /// The live progress of the downloads running here (served to other members).
+    pub(crate) live: Arc<crate::transfer::live::LiveProgress>,
 }
 
 /// The node as the API sees it.
@@ -74,6 +77,10 @@ pub(crate) struct NodeCluster {
     finisher: Arc<Finisher>,
     ca_pem: Arc<str>,
     bandwidth: Arc<crate::transfer::bandwidth::Bandwidth>,
+    /// What the downloads running here received so far.
+    live: Arc<crate::transfer::live::LiveProgress>,
+    /// What members said of the formats they read.
+    formats: Arc<formats::SeenFormats>,
 }
 
 impl NodeCluster {
@@ -90,6 +97,7 @@ impl NodeCluster {
             sandboxes,
             stopped,
             bandwidth,
+            live,
         } = parts;
         let replica = Arc::new(RaftReplica {
             node_id,
@@ -118,9 +126,22 @@ impl NodeCluster {
         });
         replies.register(router);
         formats::register(router);
+        live::register(router, live.clone());
         let handle = ClusterView::new(node_id, state, peers, liveness, replica as Arc<dyn Replica>);
         let finisher = Finisher::start(handle.clone(), sandboxes, router);
-        Self { handle, raft, membership, status, replies, finisher, ca_pem, bandwidth }
+        let formats = Arc::default();
+        Self {
+            handle,
+            raft,
+            membership,
+            status,
+            replies,
+            finisher,
+            ca_pem,
+            bandwidth,
+            live,
+            formats,
+        }
     }
 
     /// The handle the node's components use.
@@ -201,8 +222,15 @@ impl Cluster for NodeCluster {
         Box::pin(self.finisher.finished(job, applied))
     }
 
+    fn live_progress(
+        &self,
+        jobs: Vec<(JobId, NodeId)>,
+    ) -> BoxFuture<'_, Vec<ferry_protocol::peer::LiveFiles>> {
+        Box::pin(async move { live::gather(&self.handle, &self.live, jobs).await })
+    }
+
     fn check_format(&self, version: u8) -> BoxFuture<'_, Result<(), ClusterError>> {
-        Box::pin(formats::check(self.handle.clone(), version))
+        Box::pin(formats::check(self.handle.clone(), self.formats.clone(), version))
     }
 
     fn bandwidth(&self) -> BandwidthStatus {

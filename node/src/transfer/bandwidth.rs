@@ -78,9 +78,12 @@ impl Bandwidth {
         Ok(Arc::new(Self { inner: Mutex::new(inner), changed: Arc::new(Notify::new()) }))
     }
 
-    /// The handle of a run of a job of `priority`.
-    pub(crate) fn throttle(self: &Arc<Self>, priority: Priority) -> Throttle {
-        Throttle { bandwidth: self.clone(), foreground: priority == Priority::Foreground }
+    /// The handle of a run of a job of `priority`, with the job's own cap (bytes per
+    /// second) if it has one.
+    pub(crate) fn throttle(self: &Arc<Self>, priority: Priority, job_cap: Option<u64>) -> Throttle {
+        let job = job_cap
+            .map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now().into_std()))));
+        Throttle { bandwidth: self.clone(), foreground: priority == Priority::Foreground, job }
     }
 
     /// Puts `policy` in force at once (until the node restarts).
@@ -174,6 +177,9 @@ pub(crate) struct Throttle {
     /// A foreground job's: exempt unless the policy limits foreground jobs too (read at
     /// each draw, so a policy change applies at once).
     foreground: bool,
+    /// The job's own cap (`max_bandwidth`), shared by the run's connections, whatever
+    /// the job's priority.
+    job: Option<Arc<Mutex<TokenBucket>>>,
 }
 
 impl Throttle {
@@ -185,10 +191,22 @@ impl Throttle {
             let step = left.min(MAX_DRAW);
             left -= step;
             let step = step as u64;
-            let Some(wait) = self.bandwidth.draw(self.foreground, step, Instant::now()) else {
+            let now = Instant::now();
+            let node = self.bandwidth.draw(self.foreground, step, now);
+            if let Some(wait) = node {
+                crate::metrics::get().bandwidth_drawn(step, wait);
+            }
+            let job = self.job.as_ref().map(|bucket| {
+                bucket
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .draw(now.into_std(), step)
+            });
+            if node.is_none() && job.is_none() {
                 return;
-            };
-            crate::metrics::get().bandwidth_drawn(step, wait);
+            }
+            // Both limits hold once the longer of the two waits is over.
+            let wait = node.unwrap_or_default().max(job.unwrap_or_default());
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
@@ -224,13 +242,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn background_runs_share_the_rate_and_foreground_ones_are_exempt() {
         let bandwidth = limited(MB);
-        let (a, b) = (bandwidth.throttle(Priority::Normal), bandwidth.throttle(Priority::Low));
+        let (a, b) =
+            (bandwidth.throttle(Priority::Normal, None), bandwidth.throttle(Priority::Low, None));
         // Two runs of 1 MB each at 1 MB/s between them: 2 s.
         let (ta, tb) =
             tokio::join!(take_all(&a, 1_000_000, 16_384), take_all(&b, 1_000_000, 65_536));
         let slowest = ta.max(tb).as_secs_f64();
         assert!((1.9..=2.1).contains(&slowest), "took {slowest} s");
-        let foreground = bandwidth.throttle(Priority::Foreground);
+        let foreground = bandwidth.throttle(Priority::Foreground, None);
         assert_eq!(take_all(&foreground, 10_000_000, 65_536).await, Duration::ZERO);
         assert_eq!(bandwidth.status(1).throttled_bytes, 2_000_000, "foreground bytes not counted");
         // Unless the policy says so.
@@ -247,9 +266,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_jobs_own_cap_holds_whatever_its_priority_and_beside_the_nodes() {
+        let bandwidth = limited(4 * MB);
+        // A foreground job is exempt from the node's limit, not from its own cap.
+        let capped = bandwidth.throttle(Priority::Foreground, Some(MB));
+        let took = take_all(&capped, 2_000_000, 65_536).await.as_secs_f64();
+        assert!((1.9..=2.1).contains(&took), "2 MB at 1 MB/s took {took} s");
+        // A background job under a tighter node limit keeps to the node's.
+        let background = limited(MB / 2).throttle(Priority::Normal, Some(MB));
+        let took = take_all(&background, 1_000_000, 65_536).await.as_secs_f64();
+        assert!((1.9..=2.1).contains(&took), "1 MB at 0.5 MB/s took {took} s");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_new_policy_applies_to_transfers_in_progress() {
         let bandwidth = limited(4 * MB);
-        let throttle = bandwidth.throttle(Priority::High);
+        let throttle = bandwidth.throttle(Priority::High, None);
         let took = take_all(&throttle, 4_000_000, 65_536).await.as_secs_f64();
         assert!((0.9..=1.1).contains(&took), "4 MB at 4 MB/s took {took} s");
         bandwidth

@@ -229,6 +229,7 @@ impl ChunkWriter {
     }
 
     pub(super) async fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.temp.count_received(bytes.len());
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         self.buffer.extend_from_slice(bytes);

@@ -147,7 +147,7 @@ impl HttpSession {
             origins: Mutex::new(job.files().iter().filter_map(|f| origin(&f.remote_url)).collect()),
             challenger: Mutex::new(None),
             preemptive_basic_over_http: settings.preemptive_basic_over_http,
-            throttle: settings.bandwidth.throttle(job.props().priority),
+            throttle: settings.bandwidth.throttle(job.props().priority, job.props().max_bandwidth),
         }))
     }
 

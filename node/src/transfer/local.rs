@@ -2,8 +2,8 @@
 //! hidden temporary file beside the destination (created exclusively, mode 0600,
 //! tagged with its job file, written with positioned writes, fsynced before a chunk is
 //! reported), what Complete and Cancel do to it (re-mode it through its descriptor and
-//! rename it into place, or delete it), and reading an upload's source, a reply or a
-//! client certificate.
+//! rename it into place, or delete it; the ACL flags are `super::acl`'s), and reading
+//! an upload's source, a reply or a client certificate.
 //!
 //! A temporary file is reused by a later run only if it is still the file this node
 //! made: the same device and inode (remembered while the process lives), else — after
@@ -19,10 +19,10 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use ferry_protocol::file::JobFile;
-use ferry_protocol::job::acl;
 use ferry_protocol::transfer::{ChunkRecord, content_digest, recorded_plan};
 use ferry_protocol::{Job, JobId, JobState, Principal};
 
@@ -34,6 +34,8 @@ use crate::fs::{Dir, FileId, Place, Sandbox, Sandboxes, Stamp};
 pub(crate) struct TempFile {
     file: Arc<File>,
     path: Arc<Path>,
+    /// Bytes the run's writers received for this file (live progress).
+    received: Arc<AtomicU64>,
 }
 
 /// The tag of a job file's temporary file (`<job>/<index>`).
@@ -74,7 +76,7 @@ impl TempFile {
             Ok((file, id))
         })?;
         sandboxes.remember_temp(temp, id);
-        Ok(Self { file: Arc::new(file), path: temp.into() })
+        Ok(Self::opened(file, temp))
     }
 
     /// Opens the file an earlier run left; `None` if it is gone or is not the file
@@ -103,7 +105,21 @@ impl TempFile {
             return Ok(None);
         };
         sandboxes.remember_temp(temp, FileId::of(&file)?);
-        Ok(Some(Self { file: Arc::new(file), path: temp.into() }))
+        Ok(Some(Self::opened(file, temp)))
+    }
+
+    fn opened(file: File, path: &Path) -> Self {
+        Self { file: Arc::new(file), path: path.into(), received: Arc::default() }
+    }
+
+    /// Counts `bytes` just received for the file (written now or soon).
+    pub(crate) fn count_received(&self, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The counter of bytes received for the file, for the live progress.
+    pub(crate) fn received(&self) -> Arc<AtomicU64> {
+        self.received.clone()
     }
 
     /// Writes `bytes` at `offset`.
@@ -388,7 +404,7 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job, step: Step) -> F
                 keep: (keep && file.transferred).then(|| file.local_path.clone().into()),
                 counts: true,
                 recorded: (keep && file.transferred).then(|| file.clone()),
-                acl: acl_source(job, file).filter(|_| keep && file.transferred),
+                acl: super::acl::acl_source(job, file).filter(|_| keep && file.transferred),
             });
         }
     }
@@ -514,7 +530,7 @@ fn finish_one(
     // The temporary file was private while incomplete; the result is an ordinary file.
     rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o644))?;
     if let Some((source, flags)) = &ending.acl {
-        copy_acl(sandbox, &file, source, *flags)?;
+        super::acl::copy_acl(sandbox, &file, source, *flags)?;
     }
     if sandbox.marks_owner() {
         dir::write_xattr(&file, OWNER_XATTR, sandbox.principal())?;
@@ -533,63 +549,6 @@ fn finish_one(
         ));
     }
     Ok(true)
-}
-
-/// The local source of `file` and the job's ACL flags, when both are there: BITS copies
-/// owner and ACL information only from file-system sources (SMB), never over HTTP.
-fn acl_source(job: &Job, file: &JobFile) -> Option<(PathBuf, u32)> {
-    let flags = job.props().acl_flags;
-    if flags == 0 {
-        return None;
-    }
-    let url = url::Url::parse(&file.remote_url).ok().filter(|u| u.scheme() == "file")?;
-    Some((url.to_file_path().ok()?, flags))
-}
-
-/// `SetFileACLFlags` for a file of a local source, before its rename: the source's
-/// owner (`BG_COPY_FILE_OWNER`) and group (`GROUP`) when the sandbox may give them,
-/// its permission bits and POSIX access ACL (`DACL`; never set-id or sticky bits), and
-/// its `user.*` extended attributes (`SACL`, the nearest POSIX has to other security
-/// information; `security.*` attributes such as file capabilities are never copied).
-fn copy_acl(sandbox: &Sandbox, file: &File, source: &Path, flags: u32) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let place = sandbox.place(source, false)?;
-    let from = place.dir.open_file(&place.name, false)?;
-    let meta = from.metadata()?;
-    let (owner, group) = (flags & acl::OWNER != 0, flags & acl::GROUP != 0);
-    if owner || group {
-        if !sandbox.may_chown() {
-            return Err(refused(format!(
-                "{} may not give files another owner or group (BG_COPY_FILE_OWNER/GROUP): \
-                 that takes an administrator or a principal acting as an OS user",
-                sandbox.principal()
-            )));
-        }
-        rustix::fs::fchown(
-            file,
-            owner.then(|| rustix::fs::Uid::from_raw(meta.uid())),
-            group.then(|| rustix::fs::Gid::from_raw(meta.gid())),
-        )?;
-    }
-    if flags & acl::DACL != 0 {
-        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(meta.mode() & 0o777))?;
-        copy_xattr(&from, file, "system.posix_acl_access")?;
-    }
-    if flags & acl::SACL != 0 {
-        for name in dir::xattr_names(&from)? {
-            if name.starts_with("user.") && name != OWNER_XATTR && name != TEMP_XATTR {
-                copy_xattr(&from, file, &name)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Copies extended attribute `name` of `from` to `to`, if `from` has it.
-fn copy_xattr(from: &File, to: &File, name: &str) -> io::Result<()> {
-    let Some(value) = dir::read_xattr_bytes(from, name)? else { return Ok(()) };
-    rustix::fs::fsetxattr(to, name, &value, rustix::fs::XattrFlags::empty())?;
-    Ok(())
 }
 
 fn refused(detail: String) -> io::Error {

@@ -4,6 +4,7 @@
 //! job is no longer active, and after Complete or Cancel renames or deletes the job's
 //! files. The tasks own the I/O ([`download`]) and report through Raft ([`Reporter`]).
 
+mod acl;
 pub(crate) mod bandwidth;
 mod caps;
 mod download;
@@ -12,6 +13,7 @@ mod fetch;
 mod finish;
 pub(crate) mod helper;
 mod http;
+pub(crate) mod live;
 mod local;
 pub(crate) mod peer_cache;
 mod reachability;
@@ -27,7 +29,7 @@ use actix::prelude::*;
 use ferry_coordinator::{ClusterError, ReadAt, SecretKey};
 use ferry_protocol::command::Command;
 use ferry_protocol::credentials::SealedCredential;
-use ferry_protocol::transfer::EngineReport;
+use ferry_protocol::transfer::{EngineReport, Severity};
 use ferry_protocol::{BitsCode, Caller, Job, JobId, JobState, NodeId, Principal, Proposal, Role};
 use tokio::task::JoinHandle;
 
@@ -81,6 +83,8 @@ pub(crate) struct EngineSettings {
     pub(crate) bandwidth: Arc<bandwidth::Bandwidth>,
     /// The node's network: routes to origins, and when they change ([`Reachability`]).
     pub(crate) network: crate::netwatch::NetWatch,
+    /// Bytes the running downloads received so far, for the API between durable chunks.
+    pub(crate) live: Arc<live::LiveProgress>,
 }
 
 /// The node itself as a caller: engine reports are only accepted from it.
@@ -249,6 +253,7 @@ pub(crate) async fn job_http(
 async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets: Arc<SecretKey>) {
     let id = job.id();
     let run = job.run();
+    let custom_method = job.props().custom_method().is_some();
     let outcome = async {
         let http = job_http(&job, &settings, &secrets).await?;
         if job.job_type().is_upload() {
@@ -258,6 +263,7 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
         }
     }
     .await;
+    settings.live.end(id, run);
     let failure = match outcome {
         Ok(()) | Err(Stop::Stale) => return,
         Err(Stop::Failed(failure)) => failure,
@@ -269,7 +275,11 @@ async fn run_job(job: Job, reporter: Reporter, settings: EngineSettings, secrets
         }
     };
     // A connect error with no route to the origin is the network's loss, not the server's.
-    let failure = reachability::explain(failure, id, &reporter, &settings).await;
+    let mut failure = reachability::explain(failure, id, &reporter, &settings).await;
+    if custom_method {
+        // BITS: a job with its own HTTP method is not retried; Resume starts it over.
+        failure.severity = Severity::Fatal;
+    }
     tracing::info!(job = %id, run, code = %failure.error.code, severity = ?failure.severity, detail = %failure.error.detail, "transfer failed");
     let report = EngineReport::Failed { error: failure.error, severity: failure.severity };
     let _ = reporter.report(id, run, vec![report]).await;

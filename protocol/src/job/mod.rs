@@ -374,6 +374,15 @@ pub struct JobProperties {
     /// TLS client certificate: absolute path of a PEM file (certificate chain and
     /// private key) on the home node. Removed by TakeOwnership.
     pub client_certificate: Option<String>,
+    /// `SetHttpMethod`: the verb of a download job's requests; `None` is `GET`. Any
+    /// other verb makes the job FOREGROUND for good, sends one request per file with no
+    /// probe and no ranges, and makes every error fatal (BITS 10).
+    #[serde(default, with = "crate::codec::since_11")]
+    pub http_method: Option<String>,
+    /// The job's own bandwidth cap, bytes per second, whatever its priority (beside the
+    /// node's limit for background jobs); a capped job is not helped by other members.
+    #[serde(default, with = "crate::codec::since_11")]
+    pub max_bandwidth: Option<u64>,
 }
 
 /// BITS defaults for job properties.
@@ -391,6 +400,17 @@ pub mod defaults {
 }
 
 impl JobProperties {
+    /// The job's own HTTP method (`SetHttpMethod`), if it is not `GET`.
+    pub fn custom_method(&self) -> Option<&str> {
+        self.http_method.as_deref()
+    }
+
+    /// True if each file is fetched in one request from its start, with no probe and
+    /// no ranges: dynamic content, or an HTTP method of its own.
+    pub fn whole_streams(&self) -> bool {
+        self.dynamic_content || self.http_method.is_some()
+    }
+
     /// BITS's defaults for a new job with this display name and priority.
     pub fn new(display_name: String, priority: Priority) -> Self {
         Self {
@@ -417,6 +437,8 @@ impl JobProperties {
             max_helpers: None,
             security_flags: 0,
             client_certificate: None,
+            http_method: None,
+            max_bandwidth: None,
         }
     }
 }

@@ -389,7 +389,7 @@ impl Queue {
         }
         let max_ranges = (!caller.is_admin()).then_some(policy.max_ranges_per_file);
         for file in files {
-            validate::new_file(file, job.job_type, job.props.dynamic_content, max_ranges)?;
+            validate::new_file(file, job.job_type, job.props.whole_streams(), max_ranges)?;
         }
         for file in files {
             let index = job.files.len();
@@ -409,7 +409,15 @@ impl Queue {
         if changes.is_empty() {
             return Ok(Reply::Done(BitsCode::S_OK));
         }
-        job.props = self.changed_properties(caller, &job, changes)?;
+        let props = self.changed_properties(caller, &job, changes)?;
+        if props.max_bandwidth != job.props.max_bandwidth
+            && matches!(job.state, JobState::Connecting | JobState::Transferring)
+        {
+            // A new cap applies at once: the home node starts a new run under it
+            // (durable chunks stay), and the old run's late reports are stale.
+            job.activity.run += 1;
+        }
+        job.props = props;
         fleet_rules(&job)?;
         fits(&job)?;
         self.store(job);
@@ -609,8 +617,8 @@ fn fleet_rules(job: &Job) -> Result<(), CommandError> {
     let both = peer_caching::CLIENT | peer_caching::SERVER;
     let broken = if job.props.peer_caching_flags & both != both {
         "a fleet job keeps peer caching flags 3 (client and server): its members serve each other"
-    } else if job.props.dynamic_content {
-        "a fleet job cannot download dynamic content"
+    } else if job.props.whole_streams() {
+        "a fleet job cannot download dynamic content or use an HTTP method of its own"
     } else if job.files.len() != 1 || job.files.iter().any(|f| !f.ranges.is_empty()) {
         "a fleet job downloads exactly one whole file"
     } else {

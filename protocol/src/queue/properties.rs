@@ -5,8 +5,7 @@ use super::Queue;
 use crate::codes::BitsCode;
 use crate::command::{CommandError, PropertyChanges};
 use crate::ids::Caller;
-use crate::job::{Job, JobProperties, JobType, defaults};
-#[cfg(doc)]
+use crate::job::{Job, JobProperties, JobType, Priority, defaults};
 use crate::validate;
 
 impl Queue {
@@ -52,6 +51,9 @@ impl Queue {
         if changes.max_download_size.is_some() {
             download_only_before_resume(job, "maximum download size")?;
         }
+        if changes.http_method.is_some() {
+            download_only_before_resume(job, "an HTTP method")?;
+        }
 
         let mut p = job.props.clone();
         let c = changes.clone();
@@ -78,8 +80,44 @@ impl Queue {
         set(&mut p.max_helpers, c.max_helpers);
         set(&mut p.security_flags, c.security_flags);
         set(&mut p.client_certificate, c.client_certificate);
+        set(&mut p.max_bandwidth, c.max_bandwidth);
+        if let Some(method) = c.http_method {
+            // Setting the default verb changes nothing (BITS).
+            p.http_method = (method != validate::DEFAULT_METHOD).then_some(method);
+        }
+        custom_method_rules(job, changes, &mut p)?;
         Ok(p)
     }
+}
+
+/// `SetHttpMethod`'s consequences (BITS 10): the job becomes FOREGROUND for good, and
+/// dynamic content and byte ranges cannot go with it (one request per whole file).
+fn custom_method_rules(
+    job: &Job,
+    changes: &PropertyChanges,
+    p: &mut JobProperties,
+) -> Result<(), CommandError> {
+    let Some(method) = p.http_method.clone() else { return Ok(()) };
+    if p.dynamic_content {
+        return Err(CommandError::new(
+            BitsCode::BG_E_UNSUPPORTED_JOB_CONFIGURATION,
+            format!("a job with the HTTP method {method} cannot download dynamic content"),
+        ));
+    }
+    if job.files.iter().any(|f| !f.ranges.is_empty()) {
+        return Err(CommandError::new(
+            BitsCode::BG_E_UNSUPPORTED_JOB_CONFIGURATION,
+            format!("a job with the HTTP method {method} cannot download byte ranges"),
+        ));
+    }
+    if changes.priority.is_some_and(|priority| priority != Priority::Foreground) {
+        return Err(CommandError::new(
+            BitsCode::BG_E_READ_ONLY_PROPERTY,
+            format!("a job with the HTTP method {method} stays FOREGROUND"),
+        ));
+    }
+    p.priority = Priority::Foreground;
+    Ok(())
 }
 
 /// Replaces `field` when a new value is given.

@@ -29,6 +29,7 @@ fn file(n: usize) -> NewFile {
         remote_url: format!("https://origin.example/f{n}"),
         local_path: format!("/srv/out/f{n}"),
         ranges: vec![],
+        sha256: None,
     }
 }
 
@@ -262,6 +263,83 @@ fn property_rules() {
 }
 
 #[test]
+fn set_http_method_makes_the_job_foreground_for_good() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    let set = |changes: PropertyChanges| Command::SetProperties { job: id, changes };
+    let method = |m: &str| PropertyChanges { http_method: Some(m.into()), ..Default::default() };
+    // The default verb is no change at all.
+    assert_eq!(code(h.run(&alice(), None, set(method("GET")))), BitsCode::S_OK);
+    let props = h.queue.job(&id).expect("job").props.clone();
+    assert_eq!((props.http_method, props.priority), (None, Priority::Normal));
+    assert_eq!(code(h.run(&alice(), None, set(method("GET /x")))), BitsCode::E_INVALIDARG);
+    assert_eq!(code(h.run(&alice(), None, set(method("POST")))), BitsCode::S_OK);
+    let props = h.queue.job(&id).expect("job").props.clone();
+    assert_eq!((props.custom_method(), props.priority), (Some("POST"), Priority::Foreground));
+    let low = PropertyChanges { priority: Some(Priority::Low), ..Default::default() };
+    assert_eq!(code(h.run(&alice(), None, set(low))), BitsCode::BG_E_READ_ONLY_PROPERTY);
+    let dynamic = PropertyChanges { dynamic_content: Some(true), ..Default::default() };
+    assert_eq!(
+        code(h.run(&alice(), None, set(dynamic))),
+        BitsCode::BG_E_UNSUPPORTED_JOB_CONFIGURATION
+    );
+    let ranged = NewFile { ranges: vec![FileRange { offset: 0, length: 10 }], ..file(7) };
+    let add = Command::AddFiles { job: id, files: vec![ranged] };
+    assert_eq!(code(h.run(&alice(), None, add)), BitsCode::BG_E_UNSUPPORTED_JOB_CONFIGURATION);
+    h.act(&alice(), id, JobAction::Resume).expect("resume");
+    assert_eq!(
+        code(h.run(&alice(), None, set(method("PUT")))),
+        BitsCode::BG_E_READ_ONLY_PROPERTY_AFTER_RESUME
+    );
+    // Upload jobs keep BITS's own protocol.
+    let upload = h.created(&alice(), new_job(JobType::Upload, 1));
+    let changes = method("POST");
+    assert_eq!(
+        code(h.run(&alice(), None, Command::SetProperties { job: upload, changes })),
+        BitsCode::BG_E_PROPERTY_SUPPORTED_FOR_DOWNLOAD_JOBS_ONLY
+    );
+}
+
+#[test]
+fn a_files_expected_sha256_is_checked_and_kept_in_lowercase() {
+    let mut h = Harness::new();
+    let hex = "AB".repeat(32);
+    let mut spec = new_job(JobType::Download, 0);
+    spec.files = vec![NewFile { sha256: Some(hex.clone()), ..file(1) }];
+    let id = h.created(&alice(), spec);
+    let kept = h.queue.job(&id).expect("job").files[0].expected_sha256.clone();
+    assert_eq!(kept, Some("ab".repeat(32)));
+    let short = NewFile { sha256: Some("ab".into()), ..file(2) };
+    let add = Command::AddFiles { job: id, files: vec![short] };
+    assert_eq!(code(h.run(&alice(), None, add)), BitsCode::E_INVALIDARG);
+    let ranged = NewFile {
+        sha256: Some(hex.clone()),
+        ranges: vec![FileRange { offset: 0, length: 10 }],
+        ..file(3)
+    };
+    let add = Command::AddFiles { job: id, files: vec![ranged] };
+    assert_eq!(code(h.run(&alice(), None, add)), BitsCode::BG_E_UNSUPPORTED_JOB_CONFIGURATION);
+    let mut upload = new_job(JobType::Upload, 0);
+    upload.files = vec![NewFile { sha256: Some(hex), ..file(4) }];
+    assert_eq!(code(h.create(&alice(), upload)), BitsCode::E_NOTIMPL);
+}
+
+#[test]
+fn a_job_bandwidth_cap_is_set_and_removed() {
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    let cap = |rate| Command::SetProperties {
+        job: id,
+        changes: PropertyChanges { max_bandwidth: Some(rate), ..Default::default() },
+    };
+    assert_eq!(code(h.run(&alice(), None, cap(Some(10)))), BitsCode::E_INVALIDARG);
+    assert_eq!(code(h.run(&alice(), None, cap(Some(1_000_000)))), BitsCode::S_OK);
+    assert_eq!(h.queue.job(&id).expect("job").props.max_bandwidth, Some(1_000_000));
+    assert_eq!(code(h.run(&alice(), None, cap(None))), BitsCode::S_OK);
+    assert_eq!(h.queue.job(&id).expect("job").props.max_bandwidth, None);
+}
+
+#[test]
 fn a_retried_request_is_applied_once() {
     let mut h = Harness::new();
     let spec = new_job(JobType::Download, 1);
@@ -462,6 +540,7 @@ fn no_job_outgrows_a_stored_row_even_for_admins() {
         remote_url: format!("https://origin.example/{}/{n}", "p".repeat(200)),
         local_path: format!("/srv/{}/{n}", "d/".repeat(1_000)),
         ranges: vec![],
+        sha256: None,
     };
     let mut refused = None;
     for round in 0..20 {

@@ -239,6 +239,7 @@ impl Client {
                     remote_url: self.url.clone(),
                     local_path: local.to_string_lossy().into_owned(),
                     ranges: vec![],
+                    sha256: None,
                 }],
             };
             let create =

@@ -42,6 +42,9 @@ pub struct Knobs {
     pub proxy: Option<ProxyMode>,
     /// `302 Found` from a path to a URL (any origin), checked before files are served.
     pub redirects: Vec<(String, String)>,
+    /// Answer any method (`POST`, ...) as a GET of the file. Models a server that makes
+    /// a download for some other verb (BITS `SetHttpMethod`).
+    pub any_method: bool,
 }
 
 /// Credentials the origin requires (`401 Unauthorized` without them).

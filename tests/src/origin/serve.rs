@@ -194,7 +194,8 @@ fn decide(state: &mut State, request: &Request<Incoming>, via_proxy: bool) -> Re
         return Reply::text(StatusCode::FOUND, "moved\n").with(header::LOCATION, to);
     }
     let head = method == Method::HEAD;
-    if !(head || method == Method::GET) || (head && state.knobs.no_head) {
+    let served = head || method == Method::GET || state.knobs.any_method;
+    if !served || (head && state.knobs.no_head) {
         let allow = if state.knobs.no_head { "GET" } else { "GET, HEAD" };
         return Reply::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             .with(header::ALLOW, allow);

@@ -216,7 +216,8 @@ impl Run {
                 })
             },
         )?;
-        let dynamic = self.job.props().dynamic_content;
+        // Dynamic content, or an HTTP method of the job's own: one request per file.
+        let dynamic = self.job.props().whole_streams();
         // A fresh whole file is probed with a GET of its first chunk, unless its bytes
         // may come from peers: members hold copies of the URL or of some declared
         // digest (known after a HEAD), or another member of the job's fleet fetches the
@@ -243,6 +244,7 @@ impl Run {
         } else {
             (self.probe(&url, index).await?, None)
         };
+        let probe = expect_digest(probe, &file, &url, index)?;
         let same_version = file.remote.as_ref().is_some_and(|r| r.same_version(&probe.remote));
         let chunk_size = match probe.remote.size {
             // A resumed file keeps its plan (perhaps one adopted from peers' copies).
@@ -273,6 +275,11 @@ impl Run {
             return Err(Stop::RestartFile("dynamic content restarts from the beginning".into()));
         }
         outbox.push(EngineReport::Probed { file: index, remote: probe.remote.clone(), chunk_size });
+        if self.job.state() == JobState::Connecting && after_connected(outbox) {
+            // The server answered: the job is TRANSFERRING from now on, not once its
+            // first chunk is durable (which, on a slow link, takes a while).
+            self.send(outbox, Vec::new()).await?;
+        }
         // Redirected: pieces go straight to where the redirects led; with the "report"
         // policy that URL also becomes the file's remote name.
         let url = match &probe.moved_to {
@@ -287,6 +294,8 @@ impl Run {
         };
 
         let temp = self.temp_file(&file, index, durable.is_empty()).await?;
+        let base: u64 = durable.iter().map(|c| c.len).sum();
+        self.settings.live.track(self.job.id(), self.run, index, base, temp.received());
         if !durable.is_empty() {
             // Recorded chunks count only if their bytes are still what was recorded.
             let damaged = self.damaged_chunks(&temp, &file, index).await?;
@@ -433,9 +442,7 @@ impl Run {
             })?;
             if actual != *declared {
                 let url = &fetch.url;
-                let why = format!(
-                    "{url}: the file's SHA-256 is {actual}, the server declared {declared}"
-                );
+                let why = format!("{url}: the file's SHA-256 is {actual}, expected {declared}");
                 return Err(Stop::DigestMismatch(why));
             }
         }
@@ -452,6 +459,29 @@ impl Run {
         }
         if outbox.due() { self.send(outbox, Vec::new()).await } else { Ok(()) }
     }
+}
+
+/// True if `outbox` still holds the run's `Connected` report.
+fn after_connected(outbox: &Outbox) -> bool {
+    outbox.reports.iter().any(|r| matches!(r, EngineReport::Connected))
+}
+
+/// The probe with the SHA-256 the owner gave for the file, if any, in place of what
+/// the server declared: the finished file is checked against it, and peers' copies of
+/// that content may serve it. A server that declares another digest serves another
+/// file: a fatal error.
+fn expect_digest(mut probe: Probe, file: &JobFile, url: &str, index: u32) -> Result<Probe, Stop> {
+    let Some(expected) = &file.expected_sha256 else { return Ok(probe) };
+    if let Some(declared) = probe.remote.sha256.as_ref().filter(|d| *d != expected) {
+        return Err(Failure::fatal(transport_error(
+            BitsCode::BG_E_INVALID_SERVER_RESPONSE,
+            format!("{url}: the server declares SHA-256 {declared}; the file must have {expected}"),
+            index,
+        ))
+        .into());
+    }
+    probe.remote.sha256 = Some(expected.clone());
+    Ok(probe)
 }
 
 /// BITS allows one unranged GET for a foreground job's whole file up to 2 GB.

@@ -222,7 +222,11 @@ impl Run {
     /// members, or jobs that do not use the cluster).
     fn helpers(&self, fetch: &Fetch) -> Vec<Arc<Helper>> {
         let cluster = &self.reporter.cluster;
-        let most = self.job.props().max_helpers.unwrap_or(self.settings.max_helpers);
+        // A job with a cap of its own is not helped: the cap is the run's to keep.
+        let most = match self.job.props().max_bandwidth {
+            Some(_) => 0,
+            None => self.job.props().max_helpers.unwrap_or(self.settings.max_helpers),
+        };
         let fleet = self.job.fleet().is_some();
         if fetch.url.starts_with("file://") || most == 0 || fleet || !self.uses_cluster() {
             return Vec::new();

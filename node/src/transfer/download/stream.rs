@@ -46,7 +46,7 @@ impl Run {
     ) -> Result<u64, Stop> {
         let response = fetch
             .http
-            .send(Method::GET, &fetch.url, |r| r)
+            .send(self.method(fetch.file)?, &fetch.url, |r| r)
             .await
             .map_err(|e| Failure::request(&e, &fetch.url, fetch.file))?;
         if !response.status().is_success() {
@@ -54,6 +54,15 @@ impl Run {
         }
         let cap = self.job.props().max_download_size;
         self.stream_into(fetch, response, chunk_size, None, cap, outbox).await
+    }
+
+    /// The verb of a whole-file request: the job's own (`SetHttpMethod`), else `GET`.
+    fn method(&self, file: u32) -> Result<Method, Stop> {
+        let Some(verb) = self.job.props().custom_method() else { return Ok(Method::GET) };
+        Method::from_bytes(verb.as_bytes()).map_err(|_| {
+            let detail = format!("{verb:?} is not an HTTP method");
+            Failure::fatal(transport_error(BitsCode::E_INVALIDARG, detail, file)).into()
+        })
     }
 
     /// Writes a whole-file response from offset 0, reporting a chunk at every

@@ -100,6 +100,7 @@ fn job_spec(prefix: &str, i: usize) -> NewJob {
             remote_url: format!("https://origin.example/events/{i}.bin"),
             local_path: format!("/tmp/tmp/srv/ferry/bench/events/{i}.bin"),
             ranges: vec![],
+            sha256: None,
         }],
     }
 }

@@ -182,6 +182,7 @@ impl Run<'_> {
                     remote_url: url.to_owned(),
                     local_path: self.out.join(copy_name(i)).to_string_lossy().into_owned(),
                     ranges: Vec::new(),
+                    sha256: None,
                 }],
             };
             let job = client.create_job(&spec).await?;

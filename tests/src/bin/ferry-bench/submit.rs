@@ -48,6 +48,7 @@ fn job_spec(i: usize) -> NewJob {
             remote_url: format!("https://origin.example/files/{i}.bin"),
             local_path: format!("/tmp/tmp/srv/ferry/bench/{i}.bin"),
             ranges,
+            sha256: None,
         }],
     }
 }
