@@ -133,6 +133,10 @@ pub(crate) struct WatchArgs {
     /// Stop after this many events (default: run until interrupted).
     #[arg(long, value_name = "N")]
     pub(crate) count: Option<u64>,
+    /// Over the QUIC bus on the peer port (UDP) instead of `GET /v1/events` on the
+    /// API port.
+    #[arg(long)]
+    pub(crate) quic: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -92,7 +92,7 @@ async fn tokens(client: &Client, format: Format, command: &TokenCommand) -> anyh
 
 /// `ferry watch`: events until interrupted (or `--count`), across node losses.
 async fn watch(client: &Client, format: Format, args: &WatchArgs) -> anyhow::Result<()> {
-    use ferry_coordinator::bus::{Watched, Watcher};
+    use ferry_coordinator::bus::{Transport, Watched, Watcher};
     use ferry_protocol::event::{Delivery, EventFilter, StartAt};
 
     let jobs = match &args.job {
@@ -104,8 +104,10 @@ async fn watch(client: &Client, format: Format, args: &WatchArgs) -> anyhow::Res
     let from: StartAt = args.from.as_deref().unwrap_or("now").parse().map_err(usage)?;
     let token = client.token().unwrap_or_default().to_owned();
     let filter = EventFilter { jobs, kinds, all_users: args.all_users };
-    let mut watcher =
-        Watcher::new(client.base().clone(), token, filter, from).with_api_ca(client.ca_pem());
+    let transport = if args.quic { Transport::Quic } else { Transport::Http };
+    let mut watcher = Watcher::new(client.base().clone(), token, filter, from)
+        .with_api_ca(client.ca_pem())
+        .with_transport(transport);
     let mut printed = 0u64;
     while args.count.is_none_or(|n| printed < n) {
         match watcher.next().await? {

@@ -112,10 +112,20 @@ fn node_list(nodes: &str) -> anyhow::Result<Vec<u64>> {
         .collect()
 }
 
-/// Polls until every member is TRANSFERRED or one is in ERROR.
+/// Polls until every member is TRANSFERRED or one is in ERROR, saying on stderr how
+/// far the fleet got (at most every [`REPORT_EVERY`], when something moved).
 async fn wait(client: &Client, id: JobId) -> anyhow::Result<FleetInfo> {
+    let mut reported: Option<(Instant, String)> = None;
     loop {
         let fleet = client.fleet(id).await?;
+        let line = progress_line(&fleet);
+        let due = reported
+            .as_ref()
+            .is_none_or(|(at, last)| at.elapsed() >= REPORT_EVERY && *last != line);
+        if due {
+            eprintln!("ferry: fleet {id}: {line}");
+            reported = Some((Instant::now(), line));
+        }
         let states = || fleet.members.iter().map(|m| m.state);
         if states().all(|s| s == JobState::Transferred) || states().any(|s| s == JobState::Error) {
             return Ok(fleet);
@@ -127,4 +137,24 @@ async fn wait(client: &Client, id: JobId) -> anyhow::Result<FleetInfo> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// How often `fleet distribute` says how far the fleet got.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// `2/3 nodes transferred, 1.0 GiB / 1.5 GiB`.
+fn progress_line(fleet: &FleetInfo) -> String {
+    let done = fleet.members.iter().filter(|m| m.state == JobState::Transferred).count();
+    let bytes: u64 = fleet.members.iter().map(|m| m.progress.bytes_transferred).sum();
+    let total = fleet
+        .members
+        .iter()
+        .map(|m| m.progress.bytes_total)
+        .try_fold(0u64, |sum, t| t.map(|t| sum.saturating_add(t)));
+    format!(
+        "{done}/{} nodes transferred, {} / {}",
+        fleet.members.len(),
+        output::size(Some(bytes)),
+        output::size(total)
+    )
 }

@@ -105,34 +105,42 @@ fn note(info: &JobInfo) -> String {
     }
 }
 
-/// Throttled progress lines with a smoothed rate.
+/// The span the shown rate is measured over: bytes arrive in bursts (pieces, the
+/// bandwidth limit's steps), so a rate over a few seconds says what the transfer does.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+/// Throttled progress lines with a rate over the last [`RATE_WINDOW`].
 pub(crate) struct Lines {
     started: Instant,
     /// When the next line may be printed.
     next: Instant,
-    /// The last sample (time, bytes), for the rate.
-    last: Option<(Instant, u64)>,
-    /// Exponentially smoothed bytes per second.
+    /// Samples (time, bytes) of the last [`RATE_WINDOW`], oldest first.
+    samples: std::collections::VecDeque<(Instant, u64)>,
+    /// Bytes per second over the samples.
     rate: f64,
 }
 
 impl Lines {
     fn new(now: Instant) -> Self {
-        Self { started: now, next: now, last: None, rate: 0.0 }
+        Self { started: now, next: now, samples: Default::default(), rate: 0.0 }
     }
 
     /// Takes a sample at `now`; the line to print, if one is due.
     fn line(&mut self, info: &JobInfo, now: Instant) -> Option<String> {
         let done = info.progress.bytes_transferred;
-        if let Some((then, before)) = self.last {
-            let secs = now.duration_since(then).as_secs_f64();
+        self.samples.push_back((now, done));
+        while self.samples.len() > 2
+            && self.samples.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        if let (Some((first, from)), Some((last, to))) = (self.samples.front(), self.samples.back())
+        {
+            let secs = last.duration_since(*first).as_secs_f64();
             if secs > 0.0 {
-                let instant = done.saturating_sub(before) as f64 / secs;
-                self.rate =
-                    if self.rate == 0.0 { instant } else { 0.8 * self.rate + 0.2 * instant };
+                self.rate = to.saturating_sub(*from) as f64 / secs;
             }
         }
-        self.last = Some((now, done));
         if now < self.next {
             return None;
         }

@@ -20,8 +20,10 @@ use crate::output::{self, Format};
 use crate::progress::Progress;
 use crate::signals::Terminations;
 
-/// How often the job is polled.
-const POLL: Duration = Duration::from_millis(100);
+/// How often the node reports the job's progress on the event stream.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often the job is polled where the event stream cannot be had.
+const POLL: Duration = Duration::from_millis(250);
 
 /// Runs `ferry transfer`.
 pub(crate) async fn run(
@@ -138,22 +140,72 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Polls until the job is TRANSFERRED or ERROR.
+/// Follows the job until it is TRANSFERRED or ERROR: on the event stream (`GET
+/// /v1/events` with its progress), or by polling where the stream cannot be had or
+/// breaks.
 async fn watch(
     client: &Client,
     id: ferry_protocol::JobId,
     bar: &mut Progress,
 ) -> anyhow::Result<JobInfo> {
+    match follow(client, id, bar).await {
+        Ok(Some(info)) => return Ok(info),
+        Ok(None) => {}
+        Err(e) => eprintln!("ferry: the event stream broke ({e}); polling instead"),
+    }
     loop {
         let info = client.job(id).await?;
-        match info.state {
-            JobState::Transferred | JobState::Error => return Ok(info),
-            JobState::Cancelled | JobState::Acknowledged | JobState::Suspended => {
-                bail!("job {id} was {} by someone else", info.state.bits_name().to_lowercase())
-            }
-            _ => bar.show(&info),
+        if let Some(done) = ended(&info)? {
+            return Ok(done);
         }
+        bar.show(&info);
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The job, if it ended as `ferry transfer` waits for (TRANSFERRED or ERROR); an error
+/// if someone else ended or suspended it.
+fn ended(info: &JobInfo) -> anyhow::Result<Option<JobInfo>> {
+    match info.state {
+        JobState::Transferred | JobState::Error => Ok(Some(info.clone())),
+        JobState::Cancelled | JobState::Acknowledged | JobState::Suspended => {
+            bail!("job {} was {} by someone else", info.id, info.state.bits_name().to_lowercase())
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Follows the job on the event stream: the bar moves with the progress reports, and
+/// each event of the job is read back in full. `None` if the stream ended first.
+async fn follow(
+    client: &Client,
+    id: ferry_protocol::JobId,
+    bar: &mut Progress,
+) -> anyhow::Result<Option<JobInfo>> {
+    use ferry_coordinator::sse::{SseSubscription, Streamed};
+    let mut stream = SseSubscription::with_progress(client, &[id], PROGRESS_EVERY).await?;
+    // Read once subscribed, so that no end is missed between the two.
+    let mut info = client.job(id).await?;
+    loop {
+        if let Some(done) = ended(&info)? {
+            return Ok(Some(done));
+        }
+        bar.show(&info);
+        match stream.next_item().await? {
+            None => return Ok(None),
+            Some(Streamed::Progress(reports)) => {
+                for report in reports.into_iter().filter(|r| r.job == id) {
+                    info.state = report.state;
+                    info.progress.bytes_transferred = report.bytes_transferred;
+                    info.progress.bytes_total = report.bytes_total;
+                }
+                if !info.state.is_active() {
+                    // An end, or an error being retried: the whole job says more.
+                    info = client.job(id).await?;
+                }
+            }
+            Some(Streamed::Delivery(_)) => info = client.job(id).await?,
+        }
     }
 }
 

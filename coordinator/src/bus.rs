@@ -1,4 +1,6 @@
-//! The QUIC notification bus (ALPN `ferry-events/1`), client side and framing.
+//! The QUIC notification bus (ALPN `ferry-events/1`), client side and framing, and the
+//! [`Watcher`] that follows the event stream across node losses over HTTP (`crate::sse`,
+//! the default) or this bus.
 //!
 //! A subscriber opens one bidirectional stream to any node, sends a [`Subscribe`]
 //! frame (API token, filter, start), reads a [`SubscribeAnswer`], then reads
@@ -195,6 +197,46 @@ pub enum Watched {
     },
 }
 
+/// How a [`Watcher`] reaches the event stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// `GET /v1/events` on the API port (Server-Sent Events): works wherever the API
+    /// does.
+    #[default]
+    Http,
+    /// The QUIC bus on the peer port (UDP), for services that want it.
+    Quic,
+}
+
+/// An open subscription of either transport.
+enum Subscription {
+    Quic(BusSubscription),
+    Http(crate::sse::SseSubscription),
+}
+
+impl Subscription {
+    fn node(&self) -> u64 {
+        match self {
+            Self::Quic(s) => s.node,
+            Self::Http(s) => s.node,
+        }
+    }
+
+    fn position(&self) -> Cursor {
+        match self {
+            Self::Quic(s) => s.position,
+            Self::Http(s) => s.position,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
+        match self {
+            Self::Quic(s) => s.next().await,
+            Self::Http(s) => s.next().await,
+        }
+    }
+}
+
 /// A subscription that survives the loss of its node: it reconnects to another member
 /// and resumes after the last event it delivered (`ferry watch`). Events may repeat
 /// across a reconnect only if the new node replays what the old one already sent;
@@ -206,7 +248,9 @@ pub struct Watcher {
     resume: StartAt,
     /// API URLs of the members, the one to try first at the front.
     nodes: Vec<url::Url>,
-    current: Option<BusSubscription>,
+    current: Option<Subscription>,
+    /// Over HTTP (the default) or the QUIC bus.
+    transport: Transport,
     /// Give up when no member takes the subscription for this long.
     patience: Duration,
     /// The CA the members' `https://` APIs are verified with, PEM (see
@@ -225,7 +269,14 @@ impl Watcher {
             current: None,
             patience: Duration::from_secs(60),
             api_ca: None,
+            transport: Transport::default(),
         }
+    }
+
+    /// Watches over `transport` (HTTP unless told otherwise).
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// Verifies the members' `https://` APIs with `ca_pem` only.
@@ -240,9 +291,9 @@ impl Watcher {
         loop {
             let Some(subscription) = self.current.as_mut() else {
                 let subscription = self.connect().await?;
-                let watched =
-                    Watched::Connected { node: subscription.node, position: subscription.position };
-                self.resume = StartAt::Cursor(subscription.position);
+                let (node, position) = (subscription.node(), subscription.position());
+                let watched = Watched::Connected { node, position };
+                self.resume = StartAt::Cursor(position);
                 self.current = Some(subscription);
                 return Ok(watched);
             };
@@ -266,7 +317,7 @@ impl Watcher {
     }
 
     /// Subscribes at the first member that takes it, learning the members on the way.
-    async fn connect(&mut self) -> Result<BusSubscription, BusError> {
+    async fn connect(&mut self) -> Result<Subscription, BusError> {
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut last = String::from("no member answered");
         loop {
@@ -291,7 +342,7 @@ impl Watcher {
         }
     }
 
-    async fn subscribe_at(&mut self, url: &url::Url) -> Result<BusSubscription, BusError> {
+    async fn subscribe_at(&mut self, url: &url::Url) -> Result<Subscription, BusError> {
         // The API's refusal (a bad token) is final; anything else may pass at another node.
         let fail = |e: crate::ClientError| match e {
             crate::ClientError::Api(p) if (400..500).contains(&p.status) => {
@@ -307,7 +358,6 @@ impl Watcher {
         .map_err(fail)?
         .with_attempts(1);
         let status = client.cluster().await.map_err(fail)?;
-        let ca = client.cluster_ca().await.map_err(fail)?;
         // Remember every member's API, so that a later loss can go elsewhere.
         for member in &status.members {
             // Members serve their APIs alike: the scheme of this one is theirs.
@@ -317,12 +367,17 @@ impl Watcher {
                 self.nodes.push(api);
             }
         }
+        if self.transport == Transport::Http {
+            let opened = crate::sse::SseSubscription::open(&client, &self.filter, self.resume);
+            return opened.await.map(Subscription::Http);
+        }
+        let ca = client.cluster_ca().await.map_err(fail)?;
         let me = status.members.iter().find(|m| m.node_id == status.node_id);
         let peer: SocketAddr = me
             .and_then(|m| m.peer_addr.parse().ok())
             .ok_or_else(|| BusError::Stream(format!("{url}: no usable peer address")))?;
         let request =
             Subscribe { token: self.token.clone(), filter: self.filter.clone(), from: self.resume };
-        BusSubscription::open(peer, status.node_id, &ca, &request).await
+        BusSubscription::open(peer, status.node_id, &ca, &request).await.map(Subscription::Quic)
     }
 }

@@ -46,6 +46,10 @@ const FIRST_CONTACT_ATTEMPTS: u32 = 3;
 /// server's whole commit timeout).
 const MIN_ATTEMPTS: u32 = 4;
 
+/// How long one event stream may stay open: its reader reconnects from its last cursor
+/// afterwards (the client's own timeout, 60 s, is for ordinary calls).
+const EVENT_STREAM_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// A client for one node's API.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -453,6 +457,26 @@ impl Client {
             return Ok(());
         }
         decode::<()>(response).await
+    }
+
+    /// `GET /v1/events?{query}`: the open stream of Server-Sent Events (no retry; the
+    /// caller resumes from its last cursor). Read it with [`crate::sse::SseSubscription`].
+    pub async fn event_stream(&self, query: &str) -> Result<reqwest::Response, ClientError> {
+        let path = format!("/v1/events?{query}");
+        let url =
+            self.base.join(&path).map_err(|e| ClientError::BadUrl(path.clone(), e.to_string()))?;
+        let mut request = self.http.get(url.clone()).timeout(EVENT_STREAM_LIFETIME);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = finish(request.send().await, &url)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        match decode::<serde_json::Value>(response).await {
+            Err(e) => Err(e),
+            Ok(_) => Err(ClientError::Unexpected { status: 0, body: "not a stream".into() }),
+        }
     }
 
     /// Sends one bodiless request with the token (no retry); the URL and the response.

@@ -56,6 +56,10 @@ pub use ferry_protocol::peer::{ClusterError, FilesOutcome, Written};
 pub trait EventStream: Send {
     /// The next delivery, waiting for one; `Ok(None)` when the node shuts down.
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SubscribeError>>;
+
+    /// The cursor delivery resumes at: after the last event considered, or where the
+    /// subscription starts.
+    fn position(&self) -> ferry_protocol::event::Cursor;
 }
 
 /// Why a subscription cannot be opened or go on.

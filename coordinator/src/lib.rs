@@ -16,6 +16,7 @@ pub mod problem;
 pub mod roots;
 pub mod routes;
 pub mod secrets;
+pub mod sse;
 
 pub use auth::{Auth, TokenEntry};
 pub use client::{Client, ClientError};

@@ -318,6 +318,10 @@ impl EventStream for Subscription {
     fn next(&mut self) -> BoxFuture<'_, Result<Option<Delivery>, SubscribeError>> {
         Box::pin(Self::next(self))
     }
+
+    fn position(&self) -> Cursor {
+        Self::position(self)
+    }
 }
 
 #[cfg(test)]

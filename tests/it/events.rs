@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_coordinator::bus::{BusError, Watched, Watcher};
+use ferry_coordinator::bus::{BusError, Transport, Watched, Watcher};
 use ferry_protocol::event::{Cursor, Delivery, Event, EventFilter, EventKind, StartAt};
 use ferry_protocol::job::notify;
 use ferry_protocol::{JobAction, JobId, JobState, JobType, PropertyChanges};
@@ -14,14 +14,16 @@ use crate::support::{new_job, raw, start_download, transfer_node, wait_for};
 
 const MIB: u64 = 1024 * 1024;
 
-/// A watcher on `node` for `token`.
+/// A watcher on `node` for `token`, over the QUIC bus (`ferry watch` and the nemesis
+/// use HTTP, the default).
 fn watcher(
     node: &Node,
     token: &str,
     filter: EventFilter,
     from: StartAt,
 ) -> anyhow::Result<Watcher> {
-    Ok(Watcher::new(node.url()?.parse()?, token.into(), filter, from))
+    let watcher = Watcher::new(node.url()?.parse()?, token.into(), filter, from);
+    Ok(watcher.with_transport(Transport::Quic))
 }
 
 /// Events from `watcher` until `done` says enough (or 30 s pass).
@@ -475,5 +477,54 @@ async fn a_crash_while_sending_an_event_leaves_the_stream_whole() -> anyhow::Res
             );
         }
     }
+    Ok(())
+}
+
+/// `ferry watch` goes over `GET /v1/events` by default: it works where only the API
+/// port is reachable, and `--quic` (the bus on the peer port) does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_works_with_the_peer_port_firewalled() -> anyhow::Result<()> {
+    if !ferry_tests::Partition::available() {
+        eprintln!("skipped: iptables is not usable here");
+        return Ok(());
+    }
+    let options = ferry_tests::NodeOptions {
+        ip: "127.0.23.1".parse()?,
+        ..ferry_tests::NodeOptions::queue_only()
+    };
+    let node = Node::start(options).await?;
+    let firewall = ferry_tests::Partition::drop_udp_to(node.peer_addr()?)?;
+    let out = tempfile::tempdir()?;
+    let mut watch = spawn_watch(&node, out.path(), &["--all-users", "--count", "2"])?;
+    let quic_dir = tempfile::tempdir()?;
+    let mut quic = spawn_watch(&node, quic_dir.path(), &["--all-users", "--quic", "--count", "1"])?;
+    // Subscribed (`subscribed` came first), then a new job's two events.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(out.path().join("watch.err"))?.contains("watching events") {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "ferry watch did not subscribe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = node.client(Some(tokens::ADMIN))?;
+    let job = admin.create_job(&new_job("watched", JobType::Download, vec![])).await?;
+    admin.act(job.id, JobAction::Cancel).await?;
+    let status = loop {
+        if let Some(status) = watch.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "ferry watch printed too little");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{}", std::fs::read_to_string(out.path().join("watch.err"))?);
+    let lines = printed(out.path())?;
+    let kinds: Vec<EventKind> = lines.iter().map(|l| l.1).collect();
+    assert_eq!(kinds, [EventKind::JobCreated, EventKind::JobCancelled], "{lines:?}");
+    assert!(lines.iter().all(|l| l.2 == job.id));
+    // Over the bus, nothing gets through the firewall.
+    assert!(quic.try_wait()?.is_none(), "ferry watch --quic ended through a firewall");
+    assert!(printed(quic_dir.path())?.is_empty());
+    quic.kill()?;
+    let _ = quic.wait();
+    drop(firewall);
+    println!("ferry watch over HTTP with UDP to the peer port dropped: {lines:?}");
     Ok(())
 }

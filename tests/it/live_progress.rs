@@ -110,3 +110,83 @@ async fn job_info_and_events_show_bytes_before_they_are_durable() -> anyhow::Res
     client.act(id, ferry_protocol::JobAction::Cancel).await?;
     Ok(())
 }
+
+/// Bytes per second from the CLI's `1.2 MiB/s`.
+fn rate_of(text: &str) -> Option<f64> {
+    let (number, unit) = text.strip_suffix("/s")?.trim().split_once(' ')?;
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some(number.parse::<f64>().ok()? * scale)
+}
+
+/// The progress line `ferry transfer` prints when stderr is not a terminal shows the
+/// real rate (once 5 s have passed: its second line comes at 10 s), against nginx
+/// paced by the node's bandwidth limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transfer_lines_show_the_real_rate() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    if !Nginx::available() {
+        eprintln!("skipped: nginx is not installed");
+        return Ok(());
+    }
+    const LIMIT: u64 = 1_000_000;
+    let root = tempfile::tempdir()?;
+    std::fs::File::create(root.path().join("paced.bin"))?.set_len(30_000_000)?;
+    // nginx paces each connection, the node's limit all of them together: the real
+    // rate is the node's, whatever the connections.
+    let options = NginxOptions { limit_rate: Some(2 * LIMIT), ..NginxOptions::new(root.path()) };
+    let nginx = Nginx::start(options).await?;
+    let limited = format!("[bandwidth]\nbackground_rate = \"{LIMIT}\"\n");
+    let node =
+        ferry_tests::Node::start(NodeOptions { extra_config: limited, ..NodeOptions::default() })
+            .await?;
+    let dir = tempfile::tempdir()?;
+    let mut child = tokio::process::Command::new(ferry_tests::binary("ferry")?)
+        .args(["transfer", "--connections", "1", &nginx.url("/paced.bin")])
+        .arg(dir.path().join("paced.bin"))
+        .env("FERRY_NODE", node.url()?)
+        .env("FERRY_TOKEN", tokens::ALICE)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut printed = Vec::new();
+    let shown = tokio::time::timeout(Duration::from_secs(40), async {
+        while let Some(line) = lines.next_line().await? {
+            printed.push(line.clone());
+            let parts: Vec<&str> = line.split("  ").map(str::trim).collect();
+            let elapsed = parts
+                .iter()
+                .rev()
+                .find_map(|p| p.strip_suffix(" s").filter(|_| !p.starts_with("ETA")))
+                .and_then(|s| s.parse::<f64>().ok());
+            let rate = parts.iter().find_map(|p| rate_of(p));
+            if let (Some(elapsed), Some(rate)) = (elapsed, rate)
+                && elapsed >= 5.0
+            {
+                return Ok::<_, anyhow::Error>(Some(rate));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .context("no progress line within 40 s")??
+    .with_context(|| format!("no rate after 5 s in {printed:?}"))?;
+    println!("ferry transfer showed {shown:.0} B/s against nginx at {LIMIT} B/s: {printed:?}");
+    // SIGTERM cancels the job (and ends the test sooner).
+    if let Some(pid) = child.id() {
+        std::process::Command::new("kill").arg(pid.to_string()).status()?;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    let limit = LIMIT as f64;
+    assert!((shown - limit).abs() <= 0.25 * limit, "shown {shown:.0} B/s");
+    Ok(())
+}

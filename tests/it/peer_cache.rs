@@ -276,19 +276,19 @@ async fn copies_beyond_a_nodes_cache_size_are_no_longer_offered() -> anyhow::Res
 }
 
 /// Runs `ferry fleet distribute` through `node` with Basic credentials for the server
-/// (`user`, `password` on stdin) and returns the fleet it printed.
+/// (`user`, `password` on stdin) and returns the fleet it printed and its stderr.
 async fn distribute(
     node: &Node,
     url: &str,
     path: &str,
     (user, password): (&str, &str),
-) -> anyhow::Result<FleetInfo> {
+) -> anyhow::Result<(FleetInfo, String)> {
     let args = ["--json", "fleet", "distribute", url, path, "--server-user", user];
     let input = format!("{password}\n");
     let (code, stdout, stderr) =
         ferry_tests::ferry_with_input(node, tokens::ADMIN, &args, &input).await?;
     anyhow::ensure!(code == 0, "ferry fleet distribute failed ({code}): {stderr}");
-    Ok(serde_json::from_str(&stdout)?)
+    Ok((serde_json::from_str(&stdout)?, stderr))
 }
 
 fn fleet_path(dir: &Path, node: u64) -> PathBuf {
@@ -318,8 +318,10 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
     let started = Instant::now();
     let url = origin.url("/fleet.bin");
     let login = ("u", FLEET_PASSWORD);
-    let fleet = distribute(&nodes[0], &url, &template.to_string_lossy(), login).await?;
+    let (fleet, said) = distribute(&nodes[0], &url, &template.to_string_lossy(), login).await?;
     let took = started.elapsed();
+    // Not silent until the end: it says how far the fleet got.
+    assert!(said.contains("nodes transferred"), "no progress on stderr:\n{said}");
     let sent = egress(&origin, "/fleet.bin", 0);
     let ratio = sent as f64 / len as f64;
     println!(

@@ -666,6 +666,14 @@ impl Partition {
         Ok(partition)
     }
 
+    /// Drops all UDP to `addr` (a firewalled peer port: no QUIC reaches the node there).
+    pub fn drop_udp_to(addr: SocketAddr) -> anyhow::Result<Self> {
+        let mut partition = Self { rules: Vec::new() };
+        let rule = ["-p", "udp", "-d", &addr.ip().to_string(), "--dport", &addr.port().to_string()];
+        partition.insert(rule.iter().map(|a| a.to_string()).chain(drop_rule()).collect())?;
+        Ok(partition)
+    }
+
     /// Drops every TCP segment the API at `api` sends (its replies, and its side of
     /// new connections): requests arrive and are carried out, their clients time out.
     pub fn drop_replies(api: SocketAddr) -> anyhow::Result<Self> {

@@ -93,9 +93,11 @@ const MAX_PROGRESS_MS: u64 = 60_000;
 /// Most jobs a stream with `progress` may name.
 const MAX_PROGRESS_JOBS: usize = 100;
 
-/// The job event stream (`text/event-stream`): replay from `from`, then live. Each
-/// event's `id` is its cursor and its `event` its kind; `event: gap` says the node no
-/// longer holds some events (`data` names the first missed and the oldest held).
+/// The job event stream (`text/event-stream`): replay from `from`, then live. It opens
+/// with `event: subscribed` (`data`: the serving `node` and the `position` delivery
+/// starts at, the cursor to resume from elsewhere if nothing else arrives). Each event's
+/// `id` is its cursor and its `event` its kind; `event: gap` says the node no longer
+/// holds some events (`data` names the first missed and the oldest held).
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
     params(EventsQuery),
@@ -124,6 +126,10 @@ pub(super) async fn events(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ticker { interval, jobs, state: state.clone(), caller }
     });
+    let subscribed = SseEvent::default().event("subscribed").data(
+        serde_json::json!({ "node": state.cluster.node_id(), "position": stream.position() })
+            .to_string(),
+    );
     let open = Some((stream, revoked, ticker));
     let events = futures_util::stream::unfold(open, |open| async move {
         let (mut stream, mut revoked, mut ticker) = open?;
@@ -144,6 +150,8 @@ pub(super) async fn events(
             Err(e) => Some((Ok(SseEvent::default().event("error").data(e.to_string())), None)),
         }
     });
+    let first = futures_util::stream::iter([Ok::<_, Infallible>(subscribed)]);
+    let events = futures_util::StreamExt::chain(first, events);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use ferry_coordinator::Client;
-use ferry_coordinator::bus::{Watched, Watcher};
+use ferry_coordinator::bus::{Transport, Watched, Watcher};
 use ferry_protocol::JobId;
 use ferry_protocol::NewFile;
 use ferry_protocol::command::{NewJob, PropertyChanges};
@@ -116,7 +116,8 @@ async fn subscriber(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Received> {
     let filter = EventFilter { jobs: vec![], kinds: vec![EventKind::JobCreated], all_users: true };
-    let mut watcher = Watcher::new(url.clone(), tokens::ADMIN.into(), filter, StartAt::Now);
+    let mut watcher = Watcher::new(url.clone(), tokens::ADMIN.into(), filter, StartAt::Now)
+        .with_transport(Transport::Quic);
     match watcher.next().await.with_context(|| format!("subscribing at {url}"))? {
         Watched::Connected { .. } => {}
         Watched::Delivery(d) => bail!("{url}: a delivery before the connection: {d:?}"),
