@@ -205,4 +205,23 @@ mod tests {
         assert_eq!(printed.len(), 2, "{printed:#?}");
         assert!(printed[1].contains("1.0 MiB/s") && printed[1].contains("ETA"), "{printed:#?}");
     }
+
+    #[test]
+    fn a_thirty_second_transfer_prints_at_most_five_lines() {
+        let text = include_str!("../../tests/fixtures/format-9/jobs.json");
+        let list: ferry_protocol::api::JobList = serde_json::from_str(text).expect("fixture");
+        let mut info = list.jobs.into_iter().next().expect("a job");
+        info.progress.bytes_total = Some(30 << 20);
+        let start = Instant::now();
+        let mut lines = Lines::new(start);
+        let mut printed = 0;
+        // Polled every 250 ms for 30 s, then the closing line.
+        for tick in 0..=120u64 {
+            info.progress.bytes_transferred = tick * (1 << 20) / 4;
+            printed +=
+                usize::from(lines.line(&info, start + Duration::from_millis(tick * 250)).is_some());
+        }
+        let _last = lines.last_line(&info, start + Duration::from_secs(30));
+        assert!(printed < 5, "{} lines with the closing one", printed + 1);
+    }
 }
