@@ -58,7 +58,7 @@ pub(crate) async fn run(
             }
             eprintln!("ferry: fleet {} to {} node(s)", fleet.id, fleet.members.len());
             let fleet = tokio::select! {
-                result = wait(client, fleet.id) => result?,
+                result = wait(client, &fleet) => result?,
                 signal = signals.recv() => {
                     for member in &fleet.members {
                         let _ = client.act(member.job, JobAction::Cancel).await;
@@ -112,9 +112,15 @@ fn node_list(nodes: &str) -> anyhow::Result<Vec<u64>> {
         .collect()
 }
 
-/// Polls until every member is TRANSFERRED or one is in ERROR, saying on stderr how
-/// far the fleet got (at most every [`REPORT_EVERY`], when something moved).
-async fn wait(client: &Client, id: JobId) -> anyhow::Result<FleetInfo> {
+/// Follows the fleet until every member is TRANSFERRED or one is in ERROR, saying on
+/// stderr how far it got (at most every [`REPORT_EVERY`], when something moved). It is
+/// read again at each event or progress report of its jobs on the event stream, or
+/// polled where the stream cannot be had.
+async fn wait(client: &Client, started: &FleetInfo) -> anyhow::Result<FleetInfo> {
+    use ferry_coordinator::sse::SseSubscription;
+    let id = started.id;
+    let jobs: Vec<JobId> = started.members.iter().map(|m| m.job).collect();
+    let mut stream = SseSubscription::with_progress(client, &jobs, PROGRESS_EVERY).await.ok();
     let mut reported: Option<(Instant, String)> = None;
     loop {
         let fleet = client.fleet(id).await?;
@@ -135,9 +141,20 @@ async fn wait(client: &Client, id: JobId) -> anyhow::Result<FleetInfo> {
         {
             bail!("a job of fleet {id} was {} by someone else", gone.bits_name().to_lowercase());
         }
-        tokio::time::sleep(POLL).await;
+        match stream.as_mut() {
+            Some(events) => {
+                if !matches!(events.next_item().await, Ok(Some(_))) {
+                    eprintln!("ferry: the event stream ended; polling instead");
+                    stream = None;
+                }
+            }
+            None => tokio::time::sleep(POLL).await,
+        }
     }
 }
+
+/// How often the node reports the fleet's progress on the event stream.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// How often `fleet distribute` says how far the fleet got.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
