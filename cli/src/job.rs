@@ -114,7 +114,7 @@ pub(crate) async fn run(
             crate::job_watch::run(client, format, *all_users, *interval).await
         }
         JobCommand::List { all_users, watch: false, .. } => {
-            let list = JobList { jobs: client.list_jobs(*all_users).await? };
+            let list = JobList { jobs: client.list_jobs(*all_users).await?, next_cursor: None };
             show(format, &list, |l, wide| output::jobs(&l.jobs, wide))
         }
         JobCommand::Files { job, index: None } => {

@@ -48,7 +48,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let list = JobList { jobs };
+        let list = JobList { jobs, next_cursor: None };
         match format {
             Format::Json => output::json_line(&list)?,
             Format::Yaml => print!("---\n{}", crate::yaml::to_yaml(&serde_json::to_value(&list)?)),

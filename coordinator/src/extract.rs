@@ -5,6 +5,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use ferry_protocol::{JobId, RequestId};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::IDEMPOTENCY_KEY;
@@ -13,14 +14,49 @@ use crate::problem::ApiError;
 /// A JSON body; any rejection becomes a 400 (415 for a wrong content type) problem.
 pub(crate) struct Json<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+impl<T: DeserializeOwned + Serialize, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_problem(&rejection)),
+        let axum::Json(raw) = axum::Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(|rejection| json_problem(&rejection))?;
+        let value: T = T::deserialize(&raw).map_err(|e| {
+            ApiError::bad_request(format!("the body does not match the expected fields: {e}"))
+        })?;
+        // serde takes a struct's fields from an array too (the binary codec writes them
+        // so); a JSON client must send an object, as the document says.
+        let read = serde_json::to_value(&value).unwrap_or_default();
+        if let Some(path) = array_for_object(&raw, &read, "") {
+            return Err(ApiError::bad_request(format!(
+                "the body does not match the expected fields: {} must be an object, not an array",
+                if path.is_empty() { "the body" } else { path.as_str() }
+            )));
         }
+        Ok(Self(value))
+    }
+}
+
+/// Where `sent` holds an array at a place where `read` (the body as it was understood,
+/// serialized again) holds an object, as a JSON pointer; `None` if nowhere.
+fn array_for_object(
+    sent: &serde_json::Value,
+    read: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (sent, read) {
+        (Value::Array(_), Value::Object(_)) => Some(at.to_owned()),
+        (Value::Object(sent), Value::Object(read)) => sent.iter().find_map(|(key, value)| {
+            let inner = read.get(key)?;
+            array_for_object(value, inner, &format!("{at}/{key}"))
+        }),
+        (Value::Array(sent), Value::Array(read)) => sent
+            .iter()
+            .zip(read)
+            .enumerate()
+            .find_map(|(i, (s, r))| array_for_object(s, r, &format!("{at}/{i}"))),
+        _ => None,
     }
 }
 

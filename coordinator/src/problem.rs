@@ -1,5 +1,7 @@
 //! Errors as the API returns them: RFC 9457 `application/problem+json` carrying the
-//! BITS code, with the HTTP status derived from the code.
+//! BITS code, with the HTTP status derived from the code; and [`as_problem`], which
+//! turns any other error response (a rejection of an extractor a route uses directly)
+//! into one, so that every error the API answers is a problem document.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -97,5 +99,71 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+/// Largest body of a non-problem error response that is read to become the detail.
+const MAX_PLAIN_ERROR_BYTES: usize = 16 * 1024;
+
+/// Response middleware: an error response (4xx, 5xx) in plain text (an extractor's or
+/// the framework's refusal) becomes a problem document, with the same status and
+/// headers and its text as the detail (`E_INVALIDARG` for 4xx, `E_UNEXPECTED` for
+/// 5xx). Other responses pass unchanged, among them documents of their own (the JSON
+/// of `/healthz` when degraded).
+pub async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !plain || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_PLAIN_ERROR_BYTES).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => status.canonical_reason().unwrap_or("the request failed").to_owned(),
+    };
+    let code =
+        if status.is_server_error() { BitsCode::E_UNEXPECTED } else { BitsCode::E_INVALIDARG };
+    let problem = ApiError::new(status.as_u16(), code, text).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (problem_parts, body) = problem.into_parts();
+    for (name, value) in &problem_parts.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn plain_error_responses_become_problem_documents() {
+        let plain =
+            (StatusCode::BAD_REQUEST, [(header::ALLOW, "GET")], "bad query").into_response();
+        let response = as_problem(plain).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(response.headers()[header::ALLOW], "GET", "other headers are kept");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("body");
+        let problem: Problem = serde_json::from_slice(&body).expect("a problem");
+        assert_eq!((problem.status, problem.code), (400, BitsCode::E_INVALIDARG));
+        assert_eq!(problem.detail, "bad query");
+        // A document of its own passes unchanged.
+        let json = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"status":"degraded"}"#,
+        )
+            .into_response();
+        let response = as_problem(json).await;
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("body");
+        assert_eq!(&body[..], br#"{"status":"degraded"}"#);
+
+        let fine = as_problem((StatusCode::OK, "ok").into_response()).await;
+        assert_eq!(fine.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
     }
 }

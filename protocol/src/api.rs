@@ -145,12 +145,17 @@ impl From<&Job> for JobInfo {
     }
 }
 
-/// `GET /v1/jobs` answer.
+/// `GET /v1/jobs` answer: a page of jobs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct JobList {
     /// The jobs, in id order.
     pub jobs: Vec<JobInfo>,
+    /// More jobs match: send this as `cursor` (with the same filters) for the next
+    /// page. Absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = Uuid))]
+    pub next_cursor: Option<String>,
 }
 
 /// A file as the API shows it (`GET /v1/jobs/{id}/files`).
@@ -237,6 +242,7 @@ pub struct FileList {
 #[serde(deny_unknown_fields)]
 pub struct AddFiles {
     /// Files to append, in order.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 10_000))]
     pub files: Vec<NewFile>,
 }
 

@@ -172,6 +172,7 @@ pub struct ReplacePrefix {
 #[serde(deny_unknown_fields)]
 pub struct PrefixChange {
     /// The start of the remote names to replace (not empty).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub old_prefix: String,
     /// What replaces it (not a `file:` URL: use `SetRemoteName` for local sources).
     pub new_prefix: String,
@@ -232,6 +233,10 @@ impl JobAction {
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// Display name (not unique).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 256, pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$")
+    )]
     pub display_name: String,
     /// Download (default), upload or upload-reply.
     #[serde(rename = "type", default)]
@@ -256,15 +261,24 @@ pub struct NewJob {
 pub struct PropertyChanges {
     /// Display name.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 256, pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$")
+    )]
     pub display_name: Option<String>,
     /// Description (at most 1,024 characters).
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 1024, pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$")
+    )]
     pub description: Option<String>,
     /// Priority.
     #[serde(default)]
     pub priority: Option<Priority>,
     /// `BG_NOTIFY_*` flags.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 0x3F))]
     pub notify_flags: Option<u32>,
     /// Program to run on TRANSFERRED/ERROR; `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
@@ -300,12 +314,15 @@ pub struct PropertyChanges {
     /// Cap on downloaded bytes; `null` removes it (download jobs, before the first resume).
     #[serde(default, deserialize_with = "nullable")]
     #[cfg_attr(feature = "openapi", schema(nullable))]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_download_size: Option<Option<u64>>,
     /// `BG_JOB_ENABLE_PEERCACHING_*` flags.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::peer_caching_flags))]
     pub peer_caching_flags: Option<u32>,
     /// `BG_COPY_FILE_*` flags.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 0xF))]
     pub acl_flags: Option<u32>,
     /// Minimum interval between modification events, milliseconds.
     #[serde(default)]
@@ -313,14 +330,17 @@ pub struct PropertyChanges {
     /// Parallel range connections per file (1 to 16); `null` takes the node's setting.
     #[serde(default, deserialize_with = "nullable")]
     #[cfg_attr(feature = "openapi", schema(nullable))]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16))]
     pub max_connections: Option<Option<u32>>,
     /// Most helpers (other members fetching pieces for the home node), 0 to 16; `null`
     /// takes the node's setting.
     #[serde(default, deserialize_with = "nullable")]
     #[cfg_attr(feature = "openapi", schema(nullable))]
+    #[cfg_attr(feature = "openapi", schema(maximum = 16))]
     pub max_helpers: Option<Option<u32>>,
     /// `BG_SSL_*` flags and redirect policy bits.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::security_flags))]
     pub security_flags: Option<u32>,
     /// PEM file (certificate and key) for TLS client authentication; `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
@@ -329,6 +349,10 @@ pub struct PropertyChanges {
     /// `SetHttpMethod`: the verb of the job's requests (download jobs, before the first
     /// resume; `GET` is the default). Another verb makes the job FOREGROUND for good.
     #[serde(default, with = "crate::codec::since_11")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 32, pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    )]
     pub http_method: Option<String>,
     /// The job's own bandwidth cap, bytes per second (at least 1,024); `null` removes it.
     #[serde(
@@ -337,6 +361,7 @@ pub struct PropertyChanges {
         deserialize_with = "crate::codec::since_11::nullable"
     )]
     #[cfg_attr(feature = "openapi", schema(nullable))]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1024))]
     pub max_bandwidth: Option<Option<u64>>,
 }
 
@@ -418,13 +443,16 @@ where
 /// then the validation state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[cfg_attr(feature = "openapi", schema(min_properties = 1))]
 #[serde(deny_unknown_fields)]
 pub struct FileChanges {
     /// New remote URL (`SetRemoteName`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(nullable = false, max_length = 2200))]
     pub remote_url: Option<String>,
     /// Validation state (`SetValidationState`); `false` marks the content as bad.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub valid: Option<bool>,
 }
 

@@ -17,6 +17,8 @@ pub mod file;
 pub mod ids;
 pub mod job;
 pub mod limits;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod peer;
 pub mod peer_cache;
 pub mod principals;

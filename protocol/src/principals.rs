@@ -308,6 +308,10 @@ fn denied(detail: &str) -> CommandError {
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// The principal's name.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")
+    )]
     pub name: String,
     /// `user` or `admin`.
     pub role: Role,
@@ -318,6 +322,7 @@ pub struct NewToken {
     /// The token to use (at least 32 characters); unset: the node makes one. A client
     /// that makes its own can send the same request again after an unknown outcome.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 32, pattern = "^\\S+$"))]
     pub token: Option<String>,
 }
 

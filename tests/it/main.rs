@@ -27,6 +27,7 @@ mod http_method;
 mod idempotency;
 mod identity;
 mod job_bandwidth;
+mod job_list;
 mod k8s_manifests;
 mod live_progress;
 mod metrics;

@@ -36,11 +36,12 @@ async fn credential_list(
 /// `SetCredentials`: add or replace the credential for (target, scheme).
 #[utoipa::path(
     put, path = "/v1/jobs/{id}/credentials", tag = "jobs", request_body = NewCredentials,
-    params(("id" = String, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
     responses(
         (status = 200, description = "The job's credentials (targets and schemes; never secrets)", body = Vec<CredentialInfo>),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the job's state (e.g. BG_E_INVALID_STATE once it is final)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -97,7 +98,7 @@ pub(super) fn seal(
 #[utoipa::path(
     delete, path = "/v1/jobs/{id}/credentials/{target}/{scheme}", tag = "jobs",
     params(
-        ("id" = String, Path, description = "Job id"),
+        ("id" = ferry_protocol::JobId, Path, description = "Job id"),
         ("target" = AuthTarget, Path, description = "server or proxy"),
         ("scheme" = AuthScheme, Path, description = "basic, digest, ntlm, negotiate or passport"),
         ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id"),
@@ -106,6 +107,7 @@ pub(super) fn seal(
         (status = 200, description = "The job's remaining credentials", body = Vec<CredentialInfo>),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the job's state (e.g. BG_E_INVALID_STATE once it is final)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use ferry_protocol::JobId;
@@ -17,6 +17,7 @@ use utoipa::IntoParams;
 use super::ApiState;
 use crate::auth::Authenticated;
 use crate::cluster::SubscribeError;
+use crate::extract::Query;
 use crate::problem::ApiError;
 
 /// Which events, from where.
@@ -26,10 +27,13 @@ pub(super) struct EventsQuery {
     /// `now` (the default), or a cursor `INDEX[.SUB]` to replay from (inclusive); `0`
     /// replays all the history the node holds. A `Last-Event-ID` header resumes after
     /// that event instead.
+    #[param(pattern = "^(now|[0-9]+(\\.[0-9]+)?)$")]
     from: Option<String>,
     /// Comma-separated job ids (default: every job the caller may see).
+    #[param(value_type = Option<Vec<JobId>>, style = Form, explode = false)]
     job: Option<String>,
     /// Comma-separated kinds, e.g. `JobTransferred,JobError` (default: all).
+    #[param(value_type = Option<Vec<EventKind>>, style = Form, explode = false)]
     kinds: Option<String>,
     /// Every user's jobs (administrators only).
     #[serde(default)]
@@ -37,6 +41,7 @@ pub(super) struct EventsQuery {
     /// With `job`: also an `event: progress` every this many milliseconds (250 to
     /// 60,000) with each named job's state and bytes so far, received bytes not yet
     /// durable included (not replayed, no id).
+    #[param(minimum = 250, maximum = 60_000)]
     progress: Option<u64>,
 }
 

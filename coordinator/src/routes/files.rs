@@ -43,7 +43,7 @@ async fn file_list(
 /// Add files (`AddFile`, `AddFileSet`, `AddFileWithRanges`), all or nothing.
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/files", tag = "files", request_body = AddFiles,
-    params(("id" = String, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
     responses(
         (status = 200, description = "The job's files after the addition", body = FileList),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -69,7 +69,7 @@ pub(super) async fn add_files(
 /// List the job's files with their progress (`EnumFiles`).
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/files", tag = "files",
-    params(("id" = String, Path, description = "Job id"), ReadQuery),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ReadQuery),
     responses((status = 200, body = FileList), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
@@ -102,7 +102,7 @@ fn file_index(index: &str) -> Result<u32, ApiError> {
 /// `GetProgress`, `GetValidationState`, ...).
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/files/{index}", tag = "files",
-    params(("id" = String, Path, description = "Job id"), ("index" = u32, Path, description = "File index"), ReadQuery),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ("index" = u32, Path, description = "File index"), ReadQuery),
     responses(
         (status = 200, body = FileInfo),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -125,11 +125,12 @@ pub(super) async fn get_file(
 /// (`SetValidationState`), all or nothing.
 #[utoipa::path(
     patch, path = "/v1/jobs/{id}/files/{index}", tag = "files", request_body = FileChanges,
-    params(("id" = String, Path, description = "Job id"), ("index" = u32, Path, description = "File index"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ("index" = u32, Path, description = "File index"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
     responses(
         (status = 200, body = FileInfo),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the job's state (e.g. BG_E_INVALID_STATE once it is final)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

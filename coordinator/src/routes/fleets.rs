@@ -116,7 +116,7 @@ fn check_credentials(credentials: &[NewCredentials]) -> Result<(), ApiError> {
 /// A fleet and each member's progress.
 #[utoipa::path(
     get, path = "/v1/fleets/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "Fleet id"), ReadQuery),
+    params(("id" = ferry_protocol::JobId, Path, description = "Fleet id"), ReadQuery),
     responses(
         (status = 200, body = FleetInfo),
         (status = 404, body = Problem, content_type = "application/problem+json"),

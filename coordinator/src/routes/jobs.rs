@@ -1,10 +1,8 @@
-//! `/v1/jobs`: create, enumerate, read, set properties, state changes, error.
+//! `/v1/jobs`: create, read, set properties, state changes, error.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use ferry_protocol::api::{
-    ActionResult, ErrorInfo, JobInfo, JobList, Liveness, PrefixReplaced, Problem,
-};
+use ferry_protocol::api::{ActionResult, ErrorInfo, JobInfo, Liveness, PrefixReplaced, Problem};
 use ferry_protocol::command::{
     Command, JobAction, NewJob, PrefixChange, PropertyChanges, ReplacePrefix, Reply,
 };
@@ -22,22 +20,12 @@ use crate::problem::ApiError;
 /// `?consistency=` on reads.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReadQuery {
     /// `linearizable` (default) or `local`.
     #[serde(default)]
+    #[param(inline)]
     pub(super) consistency: Consistency,
-}
-
-/// `GET /v1/jobs` parameters.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
-    /// List every user's jobs (administrators only).
-    #[serde(default)]
-    all_users: bool,
-    /// `linearizable` (default) or `local`.
-    #[serde(default)]
-    consistency: Consistency,
 }
 
 /// The job as `caller` may see it, read at `at`.
@@ -83,7 +71,7 @@ pub(super) async fn with_live_progress(
 
 /// Opens sealed custom header values for the response (write-only headers are not
 /// in it at all). A value that cannot be opened is shown as `<sealed>`.
-fn reveal_headers(state: &ApiState, mut info: JobInfo) -> JobInfo {
+pub(super) fn reveal_headers(state: &ApiState, mut info: JobInfo) -> JobInfo {
     let lines = &mut info.properties.custom_headers;
     if lines.is_empty() {
         return info;
@@ -147,36 +135,10 @@ pub(super) async fn create_job(
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v1/jobs/{id}"))], axum::Json(info)))
 }
 
-/// Enumerate jobs (`EnumJobs`): the caller's, or everyone's with `all_users=true`
-/// (administrators). Jobs in a final state are not listed.
-#[utoipa::path(
-    get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
-    responses(
-        (status = 200, body = JobList),
-        (status = 403, description = "all_users without admin role", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(super) async fn list_jobs(
-    State(state): State<ApiState>,
-    Authenticated(caller): Authenticated,
-    Query(query): Query<ListQuery>,
-) -> Result<axum::Json<JobList>, ApiError> {
-    let jobs = read(&state, query.consistency.into(), |q| {
-        q.list(&caller, query.all_users).map(|jobs| {
-            jobs.into_iter().map(|job| (JobInfo::from(job), Liveness::of(job))).collect::<Vec<_>>()
-        })
-    })
-    .await??;
-    let jobs = with_live_progress(&state, jobs).await;
-    let jobs = jobs.into_iter().map(|info| reveal_headers(&state, info)).collect();
-    Ok(axum::Json(JobList { jobs }))
-}
-
 /// Read a job (`GetJob`).
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "Job id"), ReadQuery),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ReadQuery),
     responses(
         (status = 200, body = JobInfo),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -195,11 +157,12 @@ pub(super) async fn get_job(
 /// Set properties, all or nothing.
 #[utoipa::path(
     patch, path = "/v1/jobs/{id}", tag = "jobs", request_body = PropertyChanges,
-    params(("id" = String, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
     responses(
         (status = 200, body = JobInfo),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not allowed in the job's state (e.g. BG_E_INVALID_STATE once it is final)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -313,7 +276,7 @@ macro_rules! action_route {
         #[doc = $doc]
         #[utoipa::path(
             post, path = $path, tag = "jobs",
-            params(("id" = String, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+            params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
             responses(
                 (status = 200, body = ActionResult),
                 (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -362,7 +325,7 @@ action_route!(
 /// of the cluster reads format 10 (a rolling upgrade).
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/replace-remote-prefix", tag = "jobs", request_body = PrefixChange,
-    params(("id" = String, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id")),
     responses(
         (status = 200, body = PrefixReplaced),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -401,7 +364,7 @@ action_route!(
 /// The job's error (`GetError`), while it is in ERROR or TRANSIENT_ERROR.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/error", tag = "jobs",
-    params(("id" = String, Path, description = "Job id"), ReadQuery),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ReadQuery),
     responses(
         (status = 200, body = ErrorInfo),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -429,7 +392,7 @@ pub(super) async fn get_error(
 /// reply is read from the reply file), once every byte of it arrived.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/reply", tag = "jobs",
-    params(("id" = String, Path, description = "Job id"), ReadQuery),
+    params(("id" = ferry_protocol::JobId, Path, description = "Job id"), ReadQuery),
     responses(
         (status = 200, description = "The reply's bytes", content_type = "application/octet-stream"),
         (status = 404, body = Problem, content_type = "application/problem+json"),

@@ -3,10 +3,12 @@
 // utoipa's `path`/`IntoParams` expansions qualify paths that are already in scope.
 #![allow(unused_qualifications)]
 
+mod contract;
 mod credentials;
 mod events;
 mod files;
 mod fleets;
+mod job_list;
 mod jobs;
 mod node;
 mod system;
@@ -46,6 +48,8 @@ pub struct ApiState {
 #[openapi(
     info(title = "Ferry", description = "BITS as a cluster: jobs, files, errors, cluster status."),
     modifiers(&BearerAuth),
+    // Named only by query parameters (`kinds` of /v1/events), which do not register it.
+    components(schemas(ferry_protocol::event::EventKind)),
     tags(
         (name = "jobs", description = "BITS jobs: create, enumerate, properties, state changes"),
         (name = "files", description = "The files of a job"),
@@ -70,7 +74,7 @@ impl Modify for BearerAuth {
 
 fn api_router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(jobs::create_job, jobs::list_jobs))
+        .routes(routes!(jobs::create_job, job_list::list_jobs))
         .routes(routes!(jobs::get_job, jobs::set_properties))
         .routes(routes!(jobs::resume))
         .routes(routes!(jobs::suspend))
@@ -100,7 +104,7 @@ fn api_router() -> OpenApiRouter<ApiState> {
 
 /// The OpenAPI document of the API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    contract::complete(api_router().split_for_parts().1)
 }
 
 /// Bounds of the HTTP server.
@@ -114,7 +118,7 @@ pub struct Limits {
 /// The API router, with `GET /v1/openapi.json` serving [`openapi`].
 pub fn router(state: ApiState, limits: Limits) -> axum::Router {
     let (router, doc) = api_router().split_for_parts();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(contract::complete(doc));
     router
         .route(
             "/v1/openapi.json",
@@ -128,6 +132,7 @@ pub fn router(state: ApiState, limits: Limits) -> axum::Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(405, BitsCode::E_INVALIDARG, "this route does not take that HTTP method")
         })
+        .layer(axum::middleware::map_response(crate::problem::as_problem))
         .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state)
 }

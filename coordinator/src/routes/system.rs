@@ -13,7 +13,7 @@ use crate::problem::ApiError;
 /// Describe a BITS code (`GetErrorDescription`): hex (`0x80200001`) or name.
 #[utoipa::path(
     get, path = "/v1/errors/{code}", tag = "system",
-    params(("code" = String, Path, description = "Code in hex or by name")),
+    params(("code" = String, Path, description = "Code in hex (`0x80200001`, `80200001`); a symbolic name such as `BG_E_NOT_FOUND` is accepted too", pattern = "^(0[xX])?[0-9a-fA-F]{1,8}$")),
     responses((status = 200, body = ErrorDescription), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]

@@ -115,7 +115,7 @@ pub(super) async fn list_tokens(
 #[utoipa::path(
     delete, path = "/v1/tokens/{name}", tag = "system",
     params(
-        ("name" = String, Path, description = "Principal"),
+        ("name" = String, Path, description = "Principal", min_length = 1),
         ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe request id"),
     ),
     responses(
@@ -132,7 +132,11 @@ pub(super) async fn revoke_token(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     admin_only(&caller)?;
-    let command = Command::Principals(PrincipalCommand::Revoke { name: principal(&name)? });
+    // A name no principal can have has no live token either.
+    let name = Principal::new(&name).map_err(|_| {
+        ApiError::new(404, BitsCode::BG_E_NOT_FOUND, format!("no principal is named {name:?}"))
+    })?;
+    let command = Command::Principals(PrincipalCommand::Revoke { name });
     state.cluster.check_format(PRINCIPALS_FORMAT).await?;
     write(&state, &caller, request_id, command).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -9,6 +9,7 @@
 mod apply;
 mod engine;
 mod events;
+mod listing;
 mod properties;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ use crate::job::Job;
 use crate::limits::QueuePolicy;
 use crate::peer_cache::{self, ContentKey, PeerCopy};
 use crate::time::Timestamp;
+pub use listing::{JobPage, JobQuery, MAX_PAGE};
 pub use uploads::{
     FragmentAck, HeldReply, MAX_PIECES, MAX_SESSIONS_PER_USER, MAX_UPLOAD_PATH_LEN,
     SESSION_TIMEOUT, UploadCommand, UploadOutcome, UploadPiece, UploadSession, check_upload_path,

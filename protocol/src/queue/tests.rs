@@ -1,5 +1,7 @@
 //! Behaviour of apply: ownership, BITS rules, limits, request ids, expiry, determinism.
 
+mod listing;
+
 use super::*;
 use crate::command::{
     Batch, Command, FileChanges, JobAction, NewJob, PropertyChanges, Proposal, Reply,
