@@ -10,6 +10,8 @@
 //!   with origin egress from nginx's log ([`fleet`]).
 //! - `ferry-bench shard`: one file from an nginx limiting each connection and each
 //!   client address: aria2c, Ferry on one node, Ferry on three helping nodes ([`shard`]).
+//! - `ferry-bench scale`: a node's costs as its queue grows: submit rate and p99 on
+//!   top of 1k / 10k / 100k jobs, memory, listing, data size, restart time ([`scale`]).
 //! - `ferry-bench soak`: a cluster under steady traffic and a fault every 60-120 s for N
 //!   minutes: memory, open files, jobs/s and the checkers' verdicts per interval
 //!   ([`soak`]).
@@ -23,6 +25,7 @@ mod events;
 mod fleet;
 mod payload;
 mod report;
+mod scale;
 mod shard;
 mod soak;
 mod submit;
@@ -52,6 +55,13 @@ enum Bench {
         /// Nodes in the cluster (joined over QUIC); clients are spread over all.
         #[arg(long, default_value_t = 1)]
         nodes: usize,
+    },
+    /// A node's costs as its queue grows: submit rate, p99, memory, listing, data size
+    /// and restart time with 1k, 10k and 100k jobs queued.
+    Scale {
+        /// Jobs queued at each level, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        levels: Vec<usize>,
     },
     /// Latency from a job's creation being committed to bus subscribers receiving it.
     Events {
@@ -156,6 +166,14 @@ async fn main() -> anyhow::Result<()> {
         Bench::Submit { jobs, clients, nodes } => {
             let runs = submit::submit(jobs, &clients, nodes).await?;
             submit::print_submit(&runs, nodes);
+        }
+        Bench::Scale { levels } => {
+            anyhow::ensure!(
+                levels.iter().all(|l| (1..=1_000_000).contains(l)),
+                "--levels: each from 1 to 1,000,000 jobs"
+            );
+            let measured = scale::scale(&levels).await?;
+            scale::print_scale(&measured);
         }
         Bench::Events { jobs, rate, subscribers, nodes } => {
             anyhow::ensure!(jobs > 0, "--jobs must be at least 1");

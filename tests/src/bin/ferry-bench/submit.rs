@@ -30,7 +30,7 @@ impl Run {
     }
 }
 
-fn job_spec(i: usize) -> NewJob {
+pub(crate) fn job_spec(i: usize) -> NewJob {
     let job_type = JobType::ALL[i % 3];
     let ranges = if job_type == JobType::Download && i.is_multiple_of(2) {
         vec![FileRange { offset: 0, length: 4096 }, FileRange { offset: 65_536, length: u64::MAX }]
@@ -55,7 +55,7 @@ fn job_spec(i: usize) -> NewJob {
 
 /// Creates `jobs` jobs with `clients` concurrent clients, spread over `targets` (one
 /// client per node in turn).
-async fn submit_run(
+pub(crate) async fn submit_run(
     targets: &[Client],
     jobs: usize,
     clients: usize,
