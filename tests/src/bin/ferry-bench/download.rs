@@ -36,6 +36,9 @@ pub(crate) struct Options {
     pub(crate) timeout: Duration,
     /// Where the work directory is created; `None` for the system temporary directory.
     pub(crate) work_dir: Option<PathBuf>,
+    /// Suspended jobs each Ferry node holds before its run (created, not timed), so
+    /// that its memory is measured with a queue.
+    pub(crate) queued: usize,
 }
 
 /// What is downloaded, and from which server.
@@ -310,6 +313,12 @@ impl Bench<'_> {
                 node_options.policy.max_files_per_job =
                     node_options.policy.max_files_per_job.max(u32::try_from(files.len())?);
                 let mut node = Node::start(node_options).await.context("cannot start ferryd")?;
+                if self.options.queued > 0 {
+                    let admin = [node.client(Some(tokens::ADMIN))?];
+                    crate::submit::submit_run(&admin, self.options.queued, 64)
+                        .await
+                        .context("cannot fill the queue")?;
+                }
                 let command = self.ferry(program, &node, connections, nginx, files)?;
                 let elapsed = run_timed(command, &log, timeout).await;
                 let rss = node.pid().and_then(peak_rss);

@@ -104,6 +104,10 @@ enum Bench {
         /// temporary directory]; needs room for twice the large file.
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
+        /// Suspended jobs each ferryd holds before its runs (its memory is measured
+        /// with them in the queue).
+        #[arg(long, default_value_t = 10_000)]
+        queued: usize,
     },
     /// A file to every node of 3- and 5-node clusters: `ferry fleet distribute` vs every
     /// node downloading on its own (time to the last copy, origin egress / file size).
@@ -193,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
             repeat,
             timeout_secs,
             work_dir,
+            queued,
         } => {
             anyhow::ensure!(size_mib > 0, "--size-mib must be at least 1");
             anyhow::ensure!(rate_mbps > 0, "--rate-mbps must be at least 1");
@@ -206,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
                 repeat,
                 timeout: Duration::from_secs(timeout_secs),
                 work_dir,
+                queued,
             };
             let rows = download::download(&options).await?;
             report::print(&options, &rows);

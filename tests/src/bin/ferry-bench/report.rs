@@ -35,8 +35,9 @@ pub(crate) fn print(options: &Options, rows: &[Row]) {
     println!();
     println!(
         "ferry-bench download — local nginx (sendfile, 1 worker); seconds = wall time of the \
-         client process, best of {}; outputs checked with blake3",
-        options.repeat
+         client process, best of {}; outputs checked with blake3; each ferryd holds {} \
+         suspended jobs",
+        options.repeat, options.queued
     );
     let header = ["scenario", "client", "seconds", "rate", "vs aria2c", "ferryd RSS", "note"];
     let mut table = vec![header.map(str::to_owned)];
@@ -52,7 +53,7 @@ pub(crate) fn print(options: &Options, rows: &[Row]) {
     }
     println!();
     println!("targets");
-    for (claim, verdict, detail) in targets(rows) {
+    for (claim, verdict, detail) in targets(options, rows) {
         println!("  {:<4}  {claim:<62} {detail}", verdict.label());
     }
 }
@@ -106,7 +107,7 @@ fn print_aligned(table: &[[String; 7]]) {
 }
 
 /// The targets: what is claimed, whether it holds, and the figures behind it.
-fn targets(rows: &[Row]) -> Vec<(String, Verdict, String)> {
+fn targets(options: &Options, rows: &[Row]) -> Vec<(String, Verdict, String)> {
     let mut targets = Vec::new();
     let ferry16 = |t: Tool| t == Tool::Ferry { connections: 16 };
     let aria16 = |t: Tool| t == Tool::Aria2 { connections: 16, parallel: 1 };
@@ -135,7 +136,9 @@ fn targets(rows: &[Row]) -> Vec<(String, Verdict, String)> {
         ),
         None => (Verdict::Unknown, "no successful Ferry run".into()),
     };
-    targets.push((format!("ferryd peak RSS ≤ {} MiB", RSS_LIMIT >> 20), verdict, detail));
+    let claim =
+        format!("ferryd peak RSS ≤ {} MiB, {} jobs queued", RSS_LIMIT >> 20, options.queued);
+    targets.push((claim, verdict, detail));
 
     // files/s ≥ 0.5 × aria2c's ⇔ time ≤ 2 × aria2c's.
     let small_aria = |t: Tool| t == Tool::Aria2 { connections: 1, parallel: 16 };
