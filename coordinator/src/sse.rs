@@ -10,8 +10,10 @@
 
 use std::time::Duration;
 
+use ferry_protocol::JobId;
+pub use ferry_protocol::api::JobProgressReport;
+use ferry_protocol::api::ProgressReports;
 use ferry_protocol::event::{Cursor, Delivery, Event, EventFilter, JobEvent, StartAt};
-use ferry_protocol::{JobId, JobState};
 
 use crate::bus::BusError;
 use crate::client::{Client, ClientError};
@@ -141,26 +143,9 @@ pub enum Streamed {
     Progress(Vec<JobProgressReport>),
 }
 
-/// One job's state and bytes so far (received bytes not yet durable included).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-pub struct JobProgressReport {
-    /// The job.
-    pub job: JobId,
-    /// Its state.
-    pub state: JobState,
-    /// Bytes so far.
-    pub bytes_transferred: u64,
-    /// Total bytes, once known.
-    pub bytes_total: Option<u64>,
-}
-
 /// A progress report from its `data`.
 fn progress(data: &str) -> Result<Vec<JobProgressReport>, BusError> {
-    #[derive(serde::Deserialize)]
-    struct Reports {
-        jobs: Vec<JobProgressReport>,
-    }
-    let reports: Reports = serde_json::from_str(data)
+    let reports: ProgressReports = serde_json::from_str(data)
         .map_err(|e| BusError::Stream(format!("a bad progress event: {e}")))?;
     Ok(reports.jobs)
 }
@@ -318,7 +303,8 @@ mod tests {
             r#"{{"jobs":[{{"job":"{job}","state":"transferring","bytes_transferred":5,"bytes_total":null}}]}}"#
         );
         let reports = progress(&data).expect("progress");
-        assert_eq!((reports[0].state, reports[0].bytes_transferred), (JobState::Transferring, 5));
+        let state = ferry_protocol::JobState::Transferring;
+        assert_eq!((reports[0].state, reports[0].bytes_transferred), (state, 5));
         assert!(event("x", "{}").is_err());
         assert!(event("4", "not json").is_err());
     }

@@ -68,6 +68,38 @@ pub struct ReplyInfo {
     pub progress: ReplyProgress,
 }
 
+/// One job in an `event: progress` of `GET /v1/events?progress=`: its state and bytes
+/// so far (received bytes not yet durable included).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgressReport {
+    /// The job.
+    pub job: JobId,
+    /// Its state.
+    pub state: JobState,
+    /// Bytes so far.
+    pub bytes_transferred: u64,
+    /// Total bytes, once known.
+    pub bytes_total: Option<u64>,
+}
+
+/// The `data` of an `event: progress`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressReports {
+    /// The named jobs the caller may see.
+    pub jobs: Vec<JobProgressReport>,
+}
+
+impl From<&JobInfo> for JobProgressReport {
+    fn from(info: &JobInfo) -> Self {
+        Self {
+            job: info.id,
+            state: info.state,
+            bytes_transferred: info.progress.bytes_transferred,
+            bytes_total: info.progress.bytes_total,
+        }
+    }
+}
+
 /// What a view needs to show a running job's live progress: its home node and each
 /// file's durable progress ([`Liveness::of`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

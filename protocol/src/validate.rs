@@ -195,8 +195,13 @@ pub fn property_changes(c: &PropertyChanges) -> Result<(), CommandError> {
 /// The verb of a download's requests when none is set.
 pub const DEFAULT_METHOD: &str = "GET";
 
-/// `SetHttpMethod`: an HTTP token (RFC 9110 §5.6.2) of at most 32 characters.
+/// `SetHttpMethod`: an HTTP token (RFC 9110 §5.6.2) of at most 32 characters, and not
+/// `CONNECT` (a proxy would open a tunnel) or `TRACE` (a server echoes the request, its
+/// credentials and custom headers included), in any case.
 pub fn http_method(method: &str) -> Result<(), CommandError> {
+    if ["CONNECT", "TRACE"].iter().any(|refused| method.eq_ignore_ascii_case(refused)) {
+        return Err(invalid(format!("{method} cannot be a download's HTTP method")));
+    }
     const TOKEN_SYMBOLS: &str = "!#$%&'*+-.^_`|~";
     let token = !method.is_empty()
         && method

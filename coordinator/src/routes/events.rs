@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use ferry_protocol::JobId;
-use ferry_protocol::api::{JobInfo, Liveness};
+use ferry_protocol::api::{JobInfo, JobProgressReport, Liveness, ProgressReports};
 use ferry_protocol::event::{Cursor, Delivery, EventFilter, EventKind, StartAt};
 use futures_util::Stream;
 use serde::Deserialize;
@@ -182,19 +182,10 @@ async fn tick(ticker: &mut Option<Ticker>) -> SseEvent {
     })
     .await
     .unwrap_or_default();
-    let jobs: Vec<_> = super::jobs::with_live_progress(state, views)
-        .await
-        .into_iter()
-        .map(|info| {
-            serde_json::json!({
-                "job": info.id,
-                "state": info.state,
-                "bytes_transferred": info.progress.bytes_transferred,
-                "bytes_total": info.progress.bytes_total,
-            })
-        })
-        .collect();
-    SseEvent::default().event("progress").data(serde_json::json!({ "jobs": jobs }).to_string())
+    let views = super::jobs::with_live_progress(state, views).await;
+    let reports = ProgressReports { jobs: views.iter().map(JobProgressReport::from).collect() };
+    let data = serde_json::to_string(&reports).unwrap_or_else(|_| r#"{"jobs":[]}"#.into());
+    SseEvent::default().event("progress").data(data)
 }
 
 /// Resolves when the subscriber's token stops authenticating it.

@@ -275,6 +275,9 @@ fn set_http_method_makes_the_job_foreground_for_good() {
     let props = h.queue.job(&id).expect("job").props.clone();
     assert_eq!((props.http_method, props.priority), (None, Priority::Normal));
     assert_eq!(code(h.run(&alice(), None, set(method("GET /x")))), BitsCode::E_INVALIDARG);
+    for refused in ["CONNECT", "trace"] {
+        assert_eq!(code(h.run(&alice(), None, set(method(refused)))), BitsCode::E_INVALIDARG);
+    }
     assert_eq!(code(h.run(&alice(), None, set(method("POST")))), BitsCode::S_OK);
     let props = h.queue.job(&id).expect("job").props.clone();
     assert_eq!((props.custom_method(), props.priority), (Some("POST"), Priority::Foreground));
