@@ -51,8 +51,9 @@ async fn kill_9_mid_transfer_resumes_from_durable_chunks() -> anyhow::Result<()>
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let durable = loop {
         let job = client.job(id).await?;
-        if job.progress.bytes_transferred >= SIZE / 3 {
-            break job.progress.bytes_transferred;
+        let durable = crate::support::durable_bytes(&client, id).await?;
+        if durable >= SIZE / 3 {
+            break durable;
         }
         anyhow::ensure!(job.state != JobState::Transferred, "finished before the kill");
         anyhow::ensure!(
@@ -123,7 +124,7 @@ async fn damaged_durable_chunks_are_fetched_again_after_a_crash() -> anyhow::Res
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let job = client.job(id).await?;
-        if job.progress.bytes_transferred >= 16 * MIB {
+        if crate::support::durable_bytes(&client, id).await? >= 16 * MIB {
             break;
         }
         anyhow::ensure!(job.state != JobState::Transferred, "finished before the kill");

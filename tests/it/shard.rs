@@ -215,7 +215,7 @@ async fn a_killed_home_node_keeps_what_its_helpers_delivered() -> anyhow::Result
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let job = client.job(id).await?;
-        if job.progress.bytes_transferred >= len / 3 {
+        if crate::support::durable_bytes(&client, id).await? >= len / 3 {
             break;
         }
         anyhow::ensure!(job.state != JobState::Transferred, "finished before the kill");

@@ -136,6 +136,14 @@ pub(crate) async fn download_expecting(
     Ok(id)
 }
 
+/// The bytes of job `id` that are durable on its home node: its files' peer statistics
+/// count recorded chunks only, whereas a running job's `bytes_transferred` counts the
+/// bytes received so far too.
+pub(crate) async fn durable_bytes(client: &Client, id: JobId) -> anyhow::Result<u64> {
+    let files = client.files(id).await?.files;
+    Ok(files.iter().map(|f| f.peer_stats.from_origin + f.peer_stats.from_peers).sum())
+}
+
 /// Fails if `secret` appears in any file of `node`'s data directory or in its log.
 pub(crate) fn assert_no_secret(node: &Node, secret: &str) -> anyhow::Result<()> {
     let mut places = files_under(&node.data_dir())?;
