@@ -165,6 +165,60 @@ async fn a_killed_helper_gives_its_pieces_back() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The home node fetches every piece but the ones its helper holds (its path to the
+/// origin crawls), and its own workers end; then the helper dies. The pieces it held
+/// come back once the home node sees it gone, and are fetched: the file is never
+/// reported whole while one is missing (the round's last worker tells of the loss just
+/// before it ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_of_a_helper_lost_after_the_home_node_finished_are_fetched_again()
+-> anyhow::Result<()> {
+    let others: Vec<IpAddr> = vec!["127.0.0.2".parse()?, "127.0.0.3".parse()?];
+    let origin = Origin::start(OriginConfig {
+        knobs: Knobs {
+            trickle: Some((1024, Duration::from_millis(500))),
+            trickle_clients: others.clone(),
+            ..Knobs::default()
+        },
+        ..OriginConfig::default()
+    })
+    .await?;
+    let len = 24 * MIB;
+    origin.add_file("/h.bin", Content::Pattern { seed: 63, len });
+    let mut nodes = cluster().await?;
+    let client = nodes[0].client(Some(tokens::ALICE))?;
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join("h.bin");
+    let files = [(origin.url("/h.bin"), local.clone())];
+    let id = crate::support::start_download(&client, &files, helpers(1)).await?;
+    // The helper holds pieces, and the home node has every other piece.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let helper = loop {
+        let held = origin
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/h.bin" && r.client.is_some_and(|c| others.contains(&c)))
+            .map(|r| r.client)
+            .collect::<Vec<_>>();
+        let durable = crate::support::durable_bytes(&client, id).await?;
+        if let Some(Some(helper)) = held.first()
+            && durable + held.len() as u64 * MIB >= len
+        {
+            break *helper;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the home node never had all other pieces");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let index = others.iter().position(|ip| *ip == helper).map_or(2, |i| i + 1);
+    nodes[index].kill9().await?;
+    let job =
+        wait_for(&nodes[0], &client, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
+    assert_eq!(job.progress.bytes_transferred, len);
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/h.bin", &local)?, "the file differs after its helper died");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn home_node_and_helpers_keep_to_their_connection_caps() -> anyhow::Result<()> {
     let origin = Origin::start(OriginConfig {

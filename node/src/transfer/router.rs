@@ -210,6 +210,11 @@ impl PieceRouter {
         self.origin.len() + self.peers.len() + self.waiting.len()
     }
 
+    /// Pieces handed out and neither done nor given back.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Whether every piece is done.
     #[cfg(test)]
     pub(crate) fn is_complete(&self) -> bool {

@@ -29,6 +29,9 @@ pub struct Knobs {
     /// `(bytes, interval)`: send bodies `bytes` at a time with `interval` between
     /// pieces. Models a slow server.
     pub trickle: Option<(usize, Duration)>,
+    /// When not empty, `trickle` applies only to requests from these client addresses
+    /// (others are served at full speed). Models a slow path to one node.
+    pub trickle_clients: Vec<std::net::IpAddr>,
     /// Cap each connection's body bytes to this many per second (a token bucket
     /// holding 50 ms worth, shared by the responses on one connection).
     pub rate_limit_per_connection: Option<u64>,

@@ -112,7 +112,10 @@ fn respond(
         Plan::Text(text) => OriginBody::text(text),
         Plan::Content { content, start, len } => {
             let shaping = Shaping {
-                trickle: knobs.trickle,
+                trickle: knobs.trickle.filter(|_| {
+                    knobs.trickle_clients.is_empty()
+                        || client.is_some_and(|c| knobs.trickle_clients.contains(&c))
+                }),
                 rate: knobs.rate_limit_per_connection,
                 drop_after: knobs.drop_after_bytes,
             };

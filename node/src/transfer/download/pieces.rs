@@ -53,6 +53,15 @@ impl Run {
         loop {
             let left = routing.router().len();
             if left == 0 {
+                // Every worker of the last round ended: a piece still handed out would be
+                // missing from the file.
+                let handed_out = routing.router().in_flight();
+                if handed_out > 0 {
+                    return Err(internal(
+                        fetch.file,
+                        &format!("{handed_out} pieces were handed out to workers that ended"),
+                    ));
+                }
                 return Ok(());
             }
             let (done_tx, done_rx) = mpsc::channel::<ChunkRecord>(64);
@@ -123,9 +132,18 @@ impl Run {
             }
             if !records_open && workers.tasks.is_empty() && sending.is_none() && durable.is_empty()
             {
+                // A worker's last word (a helper lost, a piece given back) is sent before
+                // it ends, but may not have been read yet: without it the piece would be
+                // neither done nor queued, and the file reported whole without it.
+                while let Ok(ask) = asks.try_recv() {
+                    routing.answer(ask);
+                }
                 return Ok(());
             }
             tokio::select! {
+                // What workers tell comes before their end is seen.
+                biased;
+                Some(ask) = asks.recv() => routing.answer(ask),
                 record = done_rx.recv(), if records_open => match record {
                     Some(record) => {
                         routing.router().done(record.index);
@@ -133,7 +151,6 @@ impl Run {
                     }
                     None => records_open = false,
                 },
-                Some(ask) = asks.recv() => routing.answer(ask),
                 Some(joined) = workers.tasks.join_next_with_id() => {
                     let id = match &joined {
                         Ok((id, _)) => *id,
