@@ -453,3 +453,54 @@ async fn cancel_during_a_transfer_leaves_nothing_behind() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// Connections the origin opened for ranges of `path`.
+fn range_connections(origin: &Origin, path: &str) -> std::collections::BTreeSet<u64> {
+    origin
+        .requests()
+        .iter()
+        .filter(|r| r.path == path && r.range.is_some())
+        .map(|r| r.connection)
+        .collect()
+}
+
+/// By default the node picks each file's connections: against a server that limits
+/// each connection, it opens more while they add throughput; a job whose own cap one
+/// connection fills keeps one or two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_file_gets_connections_while_they_add_throughput() -> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/wide.bin", Content::Pattern { seed: 13, len: 16 * MIB });
+    origin.add_file("/capped.bin", Content::Pattern { seed: 14, len: 4 * MIB });
+    origin.set_knobs(Knobs { rate_limit_per_connection: Some(MIB), ..Knobs::default() });
+    let node = transfer_node("").await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+
+    let wide = out.path().join("wide.bin");
+    let files = [(origin.url("/wide.bin"), wide.clone())];
+    let id = start_download(&client, &files, PropertyChanges::default()).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/wide.bin", &wide)?);
+    let opened = range_connections(&origin, "/wide.bin").len();
+    // One at 1 MiB/s, then 2, 4, 8 and 16 while each step doubles the throughput.
+    assert!(opened >= 8, "{opened} connections against a per-connection limit");
+
+    let capped = out.path().join("capped.bin");
+    let files = [(origin.url("/capped.bin"), capped.clone())];
+    let props =
+        PropertyChanges { max_bandwidth: Some(Some(MIB / 2)), ..PropertyChanges::default() };
+    let id = start_download(&client, &files, props).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
+    client.act(id, JobAction::Complete).await?;
+    assert!(same_as_origin(&origin, "/capped.bin", &capped)?);
+    let opened = range_connections(&origin, "/capped.bin").len();
+    // The step to two adds nothing under the job's cap: no step after it.
+    assert!(opened <= 2, "{opened} connections for a job its cap limits to one's worth");
+    println!(
+        "connections opened: {} against 1 MiB/s each, {opened} under a 512 KiB/s cap",
+        range_connections(&origin, "/wide.bin").len()
+    );
+    Ok(())
+}

@@ -374,7 +374,8 @@ async fn a_fleet_goes_on_without_a_killed_member() -> anyhow::Result<()> {
         local_path: dir.path().join("lost.bin.{node}").to_string_lossy().into_owned(),
         nodes: Vec::new(),
         display_name: None,
-        properties: PropertyChanges::default(),
+        // One connection each: the killed member holds little of its share at the kill.
+        properties: PropertyChanges { max_connections: Some(Some(1)), ..Default::default() },
         credentials: Vec::new(),
         sha256: None,
     };

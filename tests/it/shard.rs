@@ -265,7 +265,9 @@ async fn a_killed_home_node_keeps_what_its_helpers_delivered() -> anyhow::Result
     let dir = tempfile::tempdir()?;
     let local = dir.path().join("h.bin");
     let files = [(origin.url("/h.bin"), local.clone())];
-    let id = crate::support::start_download(&client, &files, helpers(2)).await?;
+    // One origin connection at home: the bound of what is re-fetched counts it.
+    let props = PropertyChanges { max_connections: Some(Some(1)), ..helpers(2) };
+    let id = crate::support::start_download(&client, &files, props).await?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let job = client.job(id).await?;

@@ -14,8 +14,8 @@ mod sections;
 pub use self::api::{ApiConfig, ApiTls};
 pub use self::notify::{BackendMode, LogConfig, LogFormat, NotifyConfig, RunAs, UploadConfig};
 pub use self::sections::{
-    BandwidthConfig, ClusterConfig, EventsConfig, OnStorageFailure, PeerCacheConfig, PeerConfig,
-    ProposalConfig, RaftConfig, TransferConfig,
+    BandwidthConfig, ClusterConfig, Connections, EventsConfig, OnStorageFailure, PeerCacheConfig,
+    PeerConfig, ProposalConfig, RaftConfig, TransferConfig,
 };
 
 use std::path::{Path, PathBuf};
@@ -283,8 +283,10 @@ impl Config {
                 ferry_protocol::transfer::MIN_CHUNK_SIZE
             ));
         }
-        if !(1..=ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE).contains(&t.connections) {
-            return invalid("transfer.connections must be 1 to 16".into());
+        if let Connections::Fixed(n) = t.connections
+            && !(1..=ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE).contains(&n)
+        {
+            return invalid("transfer.connections must be 1 to 16, or \"auto\"".into());
         }
         if t.time_slice_ms == 0 {
             return invalid("transfer.time_slice_ms must be at least 1".into());

@@ -101,9 +101,10 @@ pub struct TransferConfig {
     /// Bytes per chunk: the unit of progress, integrity and resume (a file is never
     /// split into more than 2,048 chunks; larger files get larger ones). Default 8 MiB.
     pub chunk_size_bytes: u64,
-    /// Range connections per file for jobs that do not set `max_connections`. Several
-    /// help only against a per-connection limit. Default 1.
-    pub connections: u32,
+    /// Range connections per file for jobs that do not set `max_connections`: a count
+    /// (1 to 16), or `"auto"` (the default): start with one, and open more while each
+    /// step adds throughput (see `transfer::download::ramp`).
+    pub connections: Connections,
     /// Background jobs transferring at once per home node, besides every foreground
     /// job (which all run at once, as in BITS); the BITS priority rules decide which.
     /// 0 pauses transfers, foreground ones too: jobs are queued but never started.
@@ -162,7 +163,7 @@ impl Default for TransferConfig {
     fn default() -> Self {
         Self {
             chunk_size_bytes: ferry_protocol::transfer::DEFAULT_CHUNK_SIZE,
-            connections: 1,
+            connections: Connections::Auto,
             max_active_jobs: 1,
             time_slice_ms: 60_000,
             connect_timeout_secs: 30,
@@ -178,6 +179,60 @@ impl Default for TransferConfig {
             max_origin_connections: 64,
             max_connections_per_origin: 16,
         }
+    }
+}
+
+/// `transfer.connections`: how many range connections a file's download opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connections {
+    /// Exactly this many (while pieces are left for them).
+    Fixed(u32),
+    /// One at first, more while they add throughput, up to
+    /// [`ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE`].
+    Auto,
+}
+
+impl Serialize for Connections {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Fixed(n) => serializer.serialize_u32(*n),
+            Self::Auto => serializer.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Connections {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Connections;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of connections or \"auto\"")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Connections, E> {
+                u32::try_from(n)
+                    .map(Connections::Fixed)
+                    .map_err(|_| E::custom(format!("{n} connections is too many")))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Connections, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom("a number of connections is not negative"))
+                    .and_then(|n| self.visit_u64(n))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Connections, E> {
+                match text {
+                    "auto" => Ok(Connections::Auto),
+                    other => Err(E::custom(format!(
+                        "connections is a number or \"auto\", not {other:?}"
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 

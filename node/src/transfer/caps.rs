@@ -2,7 +2,8 @@
 //! requests in flight from this node in all, and at most `max_connections_per_origin`
 //! to one origin (scheme, host and port), whether the node fetches for its own jobs or
 //! helps another member. A request waits for both permits (per origin first, so that
-//! waiters for a busy origin do not hold node-wide permits others could use).
+//! waiters for a busy origin do not hold node-wide permits others could use). Also how
+//! many connections one file's download opens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,23 @@ fn origin_of(url: &str) -> String {
             parsed.port_or_known_default().unwrap_or(0)
         ),
         Err(_) => url.to_owned(),
+    }
+}
+
+impl super::EngineSettings {
+    /// Range connections per file of `job`, at first and at most: its own count or the
+    /// node's, or from one up to the most a file may have when the node picks them
+    /// (`transfer.connections = "auto"`, see `download::ramp`).
+    pub(crate) fn connections_of(&self, job: &ferry_protocol::Job) -> (usize, usize) {
+        use crate::config::Connections;
+        let most = ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE;
+        match (job.props().max_connections, self.connections) {
+            (Some(n), _) | (None, Connections::Fixed(n)) => {
+                let n = n.clamp(1, most) as usize;
+                (n, n)
+            }
+            (None, Connections::Auto) => (1, most as usize),
+        }
     }
 }
 

@@ -64,7 +64,7 @@ impl HelperContext {
         }
         let helped = Helped {
             http: job_http(job, &self.settings, &self.secrets).await?,
-            permits: Arc::new(tokio::sync::Semaphore::new(connections(job, &self.settings))),
+            permits: Arc::new(tokio::sync::Semaphore::new(self.settings.connections_of(job).0)),
         };
         let mut sessions = self.lock();
         if sessions.len() >= KEPT_SESSIONS {
@@ -205,14 +205,6 @@ async fn fetch(http: &HttpSession, request: &ChunkRequest, piece: Piece) -> Resu
 /// How long a helper (or another fleet member) may leave the node's pings unanswered
 /// (see `peer::liveness`) before its pieces are given to others.
 pub(crate) const SILENCE: Duration = Duration::from_millis(2500);
-
-/// Range connections per file of `job` (its own setting or the node's).
-pub(crate) fn connections(job: &ferry_protocol::Job, settings: &EngineSettings) -> usize {
-    job.props()
-        .max_connections
-        .unwrap_or(settings.connections)
-        .clamp(1, ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE) as usize
-}
 
 /// How long the home node waits for a helper's piece: a stalled or dead helper loses it
 /// after this (10 s, plus a second per 512 KiB).

@@ -100,7 +100,8 @@ impl HttpSession {
     /// A session for `job`.
     pub(crate) fn new(job: &Job, parts: SessionParts<'_>) -> Result<Arc<Self>, Failure> {
         let SessionParts { credentials, identity, secrets, settings } = parts;
-        let parallel = job.props().max_connections.unwrap_or(settings.connections) > 1;
+        // Several connections are several TCP connections: HTTP/2 would make them one.
+        let parallel = settings.connections_of(job).1 > 1;
         let flags = job.props().security_flags;
         let proxy = match job.props().proxy.usage {
             ProxyUsage::NoProxy => ProxyChoice::Direct,

@@ -57,8 +57,8 @@ pub(crate) struct EngineSettings {
     pub(crate) extra_roots: Arc<Vec<reqwest::Certificate>>,
     /// Default chunk size, bytes.
     pub(crate) chunk_size: u64,
-    /// Default connections per file.
-    pub(crate) connections: u32,
+    /// Range connections per file for jobs that do not set theirs.
+    pub(crate) connections: crate::config::Connections,
     /// HTTP client timeouts.
     pub(crate) timeouts: HttpTimeouts,
     /// Whether `file://` sources may be read.

@@ -21,6 +21,7 @@ mod helper_client;
 mod peers;
 mod pieces;
 mod probe;
+mod ramp;
 mod stream;
 
 use std::collections::VecDeque;

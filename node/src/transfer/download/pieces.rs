@@ -19,11 +19,12 @@ use tokio::task::JoinSet;
 use super::desk::{Ask, Desk, Routing, Sources};
 use super::helper_client::Helper;
 use super::peers::{PEER_WORKERS, from_peers, watch_fleet};
+use super::ramp::{self, Ramp};
 use super::{Outbox, internal};
 use crate::transfer::Run;
 use crate::transfer::failure::{Failure, Stop};
 use crate::transfer::fetch::{Fetch, blocking};
-use crate::transfer::helper::{self, MAX_HELPER_PIECE};
+use crate::transfer::helper::MAX_HELPER_PIECE;
 use crate::transfer::router::Worker;
 use crate::transfer::scope::scoped;
 
@@ -39,7 +40,8 @@ impl Run {
         missing: VecDeque<Piece>,
         outbox: &mut Outbox,
     ) -> Result<(), Stop> {
-        let connections = helper::connections(&self.job, &self.settings);
+        let (connections, most) = self.settings.connections_of(&self.job);
+        let mut ramp_allowed = most > connections;
         let sources = self.sources(fetch, chunk_size);
         let (mut routing, desk, mut asks) = Routing::new(missing, sources);
         let mut helpers = self.helpers(fetch);
@@ -65,7 +67,8 @@ impl Run {
                 return Ok(());
             }
             let (done_tx, done_rx) = mpsc::channel::<ChunkRecord>(64);
-            let mut workers = Workers { tasks: JoinSet::new(), peers: HashSet::new() };
+            let mut workers =
+                Workers { tasks: JoinSet::new(), peers: HashSet::new(), growth: None };
             // Peer workers first: counted before an origin worker looks at the queue.
             if routing.router().uses_peers() {
                 for _ in 0..PEER_WORKERS {
@@ -82,8 +85,14 @@ impl Run {
                 }
             }
             for _ in 0..connections.min(left) {
-                let (desk, done, fetch) = (desk.clone(), done_tx.clone(), fetch.clone());
-                workers.tasks.spawn(scoped(async move { from_origin(&fetch, &desk, &done).await }));
+                workers.add_origin(fetch, &desk, &done_tx);
+            }
+            // The node picks the count: more connections while they add throughput (in
+            // the first round only; later ones fetch what helpers gave back).
+            if std::mem::take(&mut ramp_allowed) && left > connections {
+                let received = fetch.temp.received().load(Ordering::Relaxed);
+                let ramp = Ramp::new(most, std::time::Instant::now(), received);
+                workers.growth = Some(Growth { ramp, desk: desk.clone(), done: done_tx.clone() });
             }
             // Twice the helper's connections: a piece travels here while the helper
             // fetches the next (it fetches `connections` at a time).
@@ -119,7 +128,11 @@ impl Run {
         let mut sending: Option<Sending<'_>> = None;
         let mut records_open = true;
         let mut outbox = Some(outbox);
+        let mut window = tokio::time::interval(ramp::WINDOW);
+        window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // No piece left to hand out: no connection is opened any more.
+            workers.stop_growing_if(routing.router().len() == 0);
             if sending.is_none() && !durable.is_empty() {
                 let report =
                     EngineReport::Chunks { file: fetch.file, chunks: std::mem::take(&mut durable) };
@@ -150,6 +163,9 @@ impl Run {
                         durable.push(record);
                     }
                     None => records_open = false,
+                },
+                _ = window.tick(), if workers.growth.is_some() => {
+                    workers.grow(fetch, routing.router().len());
                 },
                 Some(joined) = workers.tasks.join_next_with_id() => {
                     let id = match &joined {
@@ -273,6 +289,51 @@ impl Run {
 struct Workers {
     tasks: JoinSet<Result<(), Stop>>,
     peers: HashSet<tokio::task::Id>,
+    /// While the node picks the count of origin connections: how it grows them.
+    growth: Option<Growth>,
+}
+
+/// What opening more origin connections takes: the ramp deciding it, and the lines
+/// the new workers use (held only while the ramp may still grow).
+struct Growth {
+    ramp: Ramp,
+    desk: Desk,
+    done: mpsc::Sender<ChunkRecord>,
+}
+
+impl Workers {
+    /// Starts an origin worker of `fetch`.
+    fn add_origin(&mut self, fetch: &Fetch, desk: &Desk, done: &mpsc::Sender<ChunkRecord>) {
+        let (desk, done, fetch) = (desk.clone(), done.clone(), fetch.clone());
+        self.tasks.spawn(scoped(async move { from_origin(&fetch, &desk, &done).await }));
+    }
+
+    /// Opens the connections the ramp asks for after the window ending now; ends the
+    /// growth once the ramp settled or no piece is left for a new connection.
+    fn grow(&mut self, fetch: &Fetch, left: usize) {
+        let Some(growth) = &mut self.growth else { return };
+        let received = fetch.temp.received().load(Ordering::Relaxed);
+        let added = growth.ramp.tick(std::time::Instant::now(), received).min(left);
+        if added > 0 {
+            tracing::debug!(
+                file = fetch.file,
+                open = growth.ramp.open(),
+                "opening more connections: the last ones added throughput"
+            );
+            let (desk, done) = (growth.desk.clone(), growth.done.clone());
+            for _ in 0..added {
+                self.add_origin(fetch, &desk, &done);
+            }
+        }
+        self.stop_growing_if(left == 0);
+    }
+
+    /// Ends the growth if `done` or the ramp settled: its lines to the router close.
+    fn stop_growing_if(&mut self, done: bool) {
+        if done || self.growth.as_ref().is_some_and(|g| g.ramp.settled()) {
+            self.growth = None;
+        }
+    }
 }
 
 /// An origin worker: fetches pieces from the origin until none is left for it. A
