@@ -76,13 +76,13 @@ impl Scenario {
                 Tool::Curl,
                 Tool::Aria2 { connections: 1, parallel: 1 },
                 Tool::Aria2 { connections: 16, parallel: 1 },
-                Tool::Ferry { connections: 1 },
-                Tool::Ferry { connections: 16 },
+                Tool::Ferry { connections: None },
+                Tool::Ferry { connections: Some(16) },
             ],
             Self::SmallFiles => vec![
                 Tool::Curl,
                 Tool::Aria2 { connections: 1, parallel: 16 },
-                Tool::Ferry { connections: 1 },
+                Tool::Ferry { connections: None },
             ],
         }
     }
@@ -103,8 +103,9 @@ pub(crate) enum Tool {
     },
     /// `ferry transfer` (one job holding every file) against a fresh `ferryd`.
     Ferry {
-        /// Range connections per file (`--connections`).
-        connections: u32,
+        /// Range connections per file (`--connections`); `None`: no options at all,
+        /// what a user gets.
+        connections: Option<u32>,
     },
 }
 
@@ -124,7 +125,8 @@ impl Tool {
         match self {
             Self::Curl => "curl".into(),
             Self::Aria2 { connections, parallel } => format!("aria2c-x{connections}-j{parallel}"),
-            Self::Ferry { connections } => format!("ferry-c{connections}"),
+            Self::Ferry { connections: None } => "ferry-defaults".into(),
+            Self::Ferry { connections: Some(n) } => format!("ferry-c{n}"),
         }
     }
 }
@@ -135,7 +137,8 @@ impl fmt::Display for Tool {
             Self::Curl => f.write_str("curl"),
             Self::Aria2 { connections, parallel: 1 } => write!(f, "aria2c -x{connections}"),
             Self::Aria2 { parallel, .. } => write!(f, "aria2c -j{parallel}"),
-            Self::Ferry { connections } => write!(f, "ferry --connections {connections}"),
+            Self::Ferry { connections: None } => f.write_str("ferry (defaults)"),
+            Self::Ferry { connections: Some(n) } => write!(f, "ferry --connections {n}"),
         }
     }
 }
@@ -398,13 +401,14 @@ impl Bench<'_> {
         Ok(command)
     }
 
-    /// `ferry --node N --token T transfer --priority foreground --connections C
-    /// URL1 LOCAL1 URL2 LOCAL2 ...`: one job for all files.
+    /// `ferry --node N --token T transfer [--priority foreground --connections C]
+    /// URL1 LOCAL1 URL2 LOCAL2 ...`: one job for all files; without a count, no option
+    /// at all (a background job, the node picking its connections).
     fn ferry(
         &self,
         program: &Path,
         node: &Node,
-        connections: u32,
+        connections: Option<u32>,
         nginx: &Nginx,
         files: &[Expected],
     ) -> anyhow::Result<Command> {
@@ -412,13 +416,10 @@ impl Bench<'_> {
         for var in ["FERRY_NODE", "FERRY_TOKEN", "FERRY_DATA_DIR"] {
             command.env_remove(var);
         }
-        command
-            .arg("--node")
-            .arg(node.url()?)
-            .arg("--token")
-            .arg(tokens::ADMIN)
-            .args(["transfer", "--priority", "foreground", "--connections"])
-            .arg(connections.to_string());
+        command.arg("--node").arg(node.url()?).arg("--token").arg(tokens::ADMIN).arg("transfer");
+        if let Some(n) = connections {
+            command.args(["--priority", "foreground", "--connections"]).arg(n.to_string());
+        }
         for file in files {
             command.arg(nginx.url(&file.name)).arg(self.out.join(&file.name));
         }
