@@ -135,6 +135,11 @@ pub(crate) const BUSY: Duration = Duration::from_millis(20);
 /// at the end of an origin shared by every member at once.
 pub(crate) const ORIGIN_WINDOW: u64 = 64 * 1024 * 1024;
 
+/// How often a fleet member looks at the others' copies for growth: often enough
+/// beside [`FLEET_PATIENCE`], rarely enough that a view moving every few milliseconds
+/// (a large fleet's chunk reports) does not make every ask scan every member.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
 /// What a fleet member knows of the others: when each one's copy last grew, which
 /// nodes miss pings, which members it took for lost, and who fetches the pieces of
 /// the lost ones.
@@ -151,6 +156,8 @@ struct FleetWatch {
     /// Before this, no member waited for can be lost (its copy grew less than
     /// [`FLEET_PATIENCE`] ago): checks wait until then or the view's next position.
     calm_until: Option<Instant>,
+    /// When members' growth was last looked at (at most every [`WATCH_EVERY`]).
+    checked: Option<Instant>,
     /// Pieces of lost members given to another member: piece index → member.
     owner: HashMap<u32, u32>,
 }
@@ -555,23 +562,12 @@ impl PieceRouter {
                 .partition(|p| view.holder_count(p) > 0);
             self.peers.extend(now_held);
             self.waiting = still;
-            let watch = &self.watch;
-            let waited_for: BTreeSet<u32> = (self.waiting.iter())
-                .map(|p| watch.owner.get(&p.index).copied().unwrap_or(p.index % fleet.members))
-                .collect();
-            self.watch.members = view.members_of(&waited_for);
-            for job in &self.watch.members {
-                let grown = self.watch.grown.entry(job.member).or_insert((0, now));
-                // Growth, not a high-water mark: after a withdrawal, growth again counts.
-                if job.held > grown.0 {
-                    grown.1 = now;
-                }
-                grown.0 = job.held;
+            if self.watch.checked.is_none_or(|at| now >= at + WATCH_EVERY) {
+                self.watch.checked = Some(now);
+                self.watch_growth(view, fleet, now);
             }
-            let grown = &self.watch.grown;
-            let last = waited_for.iter().map(|m| grown.get(m).map_or(now, |g| g.1)).min();
-            self.watch.calm_until = last.map(|at| at + FLEET_PATIENCE);
-        } else if self.watch.calm_until.is_some_and(|calm| now < calm) {
+        }
+        if self.watch.calm_until.is_some_and(|calm| now < calm) {
             return;
         }
         let watch = &mut self.watch;
@@ -619,6 +615,29 @@ impl PieceRouter {
         self.origin.extend(mine);
         // In index order: the window lets the lowest go first.
         self.origin.make_contiguous().sort_by_key(|p| p.index);
+    }
+}
+
+impl PieceRouter {
+    /// Notes which members waited for grew since the last look (the view's copies),
+    /// and until when none of them can be lost.
+    fn watch_growth(&mut self, view: &impl CopyView, fleet: FleetMember, now: Instant) {
+        let watch = &self.watch;
+        let waited_for: BTreeSet<u32> = (self.waiting.iter())
+            .map(|p| watch.owner.get(&p.index).copied().unwrap_or(p.index % fleet.members))
+            .collect();
+        self.watch.members = view.members_of(&waited_for);
+        for job in &self.watch.members {
+            let grown = self.watch.grown.entry(job.member).or_insert((0, now));
+            // Growth, not a high-water mark: after a withdrawal, growth again counts.
+            if job.held > grown.0 {
+                grown.1 = now;
+            }
+            grown.0 = job.held;
+        }
+        let grown = &self.watch.grown;
+        let last = waited_for.iter().map(|m| grown.get(m).map_or(now, |g| g.1)).min();
+        self.watch.calm_until = last.map(|at| at + FLEET_PATIENCE);
     }
 }
 
