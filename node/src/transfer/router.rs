@@ -158,6 +158,8 @@ struct FleetWatch {
     calm_until: Option<Instant>,
     /// When members' growth was last looked at (at most every [`WATCH_EVERY`]).
     checked: Option<Instant>,
+    /// The members waited for at that look: only they are judged.
+    watched: BTreeSet<u32>,
     /// Pieces of lost members given to another member: piece index → member.
     owner: HashMap<u32, u32>,
 }
@@ -562,10 +564,13 @@ impl PieceRouter {
                 .partition(|p| view.holder_count(p) > 0);
             self.peers.extend(now_held);
             self.waiting = still;
-            if self.watch.checked.is_none_or(|at| now >= at + WATCH_EVERY) {
-                self.watch.checked = Some(now);
-                self.watch_growth(view, fleet, now);
+            if self.watch.checked.is_some_and(|at| now >= at + WATCH_EVERY) {
+                self.watch.checked = None;
             }
+        }
+        if self.watch.checked.is_none() {
+            self.watch.checked = Some(now);
+            self.watch_growth(view, fleet, now);
         }
         if self.watch.calm_until.is_some_and(|calm| now < calm) {
             return;
@@ -578,6 +583,8 @@ impl PieceRouter {
         let newly_lost: Vec<u32> = waited_for
             .into_iter()
             .filter(|m| *m != fleet.member && !watch.lost.contains(m))
+            // A member waited for since the last look is judged after the next.
+            .filter(|m| watch.watched.contains(m))
             .filter(|m| {
                 let job = watch.members.iter().find(|j| j.member == *m);
                 let since_growth = watch
@@ -596,7 +603,9 @@ impl PieceRouter {
             return;
         }
         watch.lost.extend(&newly_lost);
+        // Those inheriting the pieces are looked at on the next ask.
         watch.calm_until = None;
+        watch.checked = None;
         let mut mine = Vec::new();
         for piece in std::mem::take(&mut self.waiting) {
             if !watch.lost.contains(&owner(watch, &piece)) {
@@ -630,12 +639,14 @@ impl PieceRouter {
         for job in &self.watch.members {
             let grown = self.watch.grown.entry(job.member).or_insert((0, now));
             // Growth, not a high-water mark: after a withdrawal, growth again counts.
-            if job.held > grown.0 {
+            // A member waited for anew (it inherited pieces) is timed from now.
+            if job.held > grown.0 || !self.watch.watched.contains(&job.member) {
                 grown.1 = now;
             }
             grown.0 = job.held;
         }
-        let grown = &self.watch.grown;
+        self.watch.watched = waited_for;
+        let (grown, waited_for) = (&self.watch.grown, &self.watch.watched);
         let last = waited_for.iter().map(|m| grown.get(m).map_or(now, |g| g.1)).min();
         self.watch.calm_until = last.map(|at| at + FLEET_PATIENCE);
     }

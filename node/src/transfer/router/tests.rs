@@ -170,6 +170,30 @@ fn a_fleet_members_growing_copy_feeds_the_peers_and_keeps_it_alive() {
 }
 
 #[test]
+fn a_member_inheriting_a_share_is_not_lost_for_being_quiet_while_nobody_waited() {
+    // Member 2 of 3 (node 3); member 0 (node 1) fetched its pieces 0 and 3 early and
+    // stayed quiet since; member 1 (node 2) dies.
+    let fleet = FleetMember { fleet: JobId::new_random(), member: 2, members: 3 };
+    let mut view = fleet_view();
+    let start = Instant::now();
+    let mut router = PieceRouter::with_copies(pieces(0..6), Some(fleet), &view);
+    router.peer_worker_started();
+    assert_eq!(drain_origin(&mut router, &view, start), vec![2, 5]);
+    view.position = 2;
+    view.copies.insert(1, BTreeSet::from([0, 3]));
+    view.members[0].held = 2;
+    let early = start + Duration::from_secs(1);
+    assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, early), Next::Wait);
+    router.set_unreachable(BTreeSet::from([2]));
+    // Member 1 is lost: piece 1 goes to member 0, piece 4 to this member.
+    let lost = start + FLEET_PATIENCE + Duration::from_secs(2);
+    assert_eq!(drain_origin(&mut router, &view, lost), vec![4]);
+    // Member 0 has not grown for 6 s, but nobody waited for it then: not lost.
+    let after = lost + Duration::from_secs(1);
+    assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, after), Next::Wait);
+}
+
+#[test]
 fn a_lost_helper_is_not_asked_again() {
     let (view, now) = (View::default(), Instant::now());
     let mut router = PieceRouter::origin_only(pieces(0..3));
