@@ -128,7 +128,8 @@ pub fn run(swarm: &Swarm) -> Outcome {
         let tag = FleetMember { fleet, member: n as u32, members };
         let router = PieceRouter::with_copies(pieces.iter().copied().collect(), Some(tag), &view)
             .spread(mix(swarm.seed ^ node_id(n)))
-            .origin_window(swarm.window);
+            .origin_window(swarm.window)
+            .busy_for(swarm.busy);
         let mut workers = vec![(Kind::Origin, false); swarm.connections];
         workers.extend(vec![(Kind::Peer, false); swarm.peer_workers]);
         nodes.push(Node {

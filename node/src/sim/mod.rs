@@ -80,6 +80,8 @@ pub struct Swarm {
     pub idle: Duration,
     /// A fleet's origin window in bytes (the router's `ORIGIN_WINDOW`).
     pub window: u64,
+    /// How long a node passes over a holder that answered busy (the router's `BUSY`).
+    pub busy: Duration,
     /// The generator's seed.
     pub seed: u64,
     /// Simulated time after which the run stops, finished or not.
@@ -115,6 +117,7 @@ impl Swarm {
             dead_answer: Duration::from_secs(1),
             idle: crate::transfer::router::IDLE,
             window: crate::transfer::router::ORIGIN_WINDOW,
+            busy: crate::transfer::router::BUSY,
             seed: 1,
             horizon: Duration::from_secs(600),
         }

@@ -219,6 +219,8 @@ pub(crate) struct PieceRouter {
     window: u64,
     /// Holders that answered busy, until when they are passed over.
     busy: HashMap<NodeId, Instant>,
+    /// How long a busy holder is passed over ([`BUSY`] unless set).
+    busy_for: Duration,
 }
 
 impl PieceRouter {
@@ -241,7 +243,16 @@ impl PieceRouter {
             turn: 0,
             window: ORIGIN_WINDOW,
             busy: HashMap::new(),
+            busy_for: BUSY,
         }
+    }
+
+    /// The router passing over a busy holder for `wait` instead of [`BUSY`] (the
+    /// simulator's knob).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn busy_for(mut self, wait: Duration) -> Self {
+        self.busy_for = wait;
+        self
     }
 
     /// The router with a fleet origin window of `bytes` instead of [`ORIGIN_WINDOW`]
@@ -465,7 +476,7 @@ impl PieceRouter {
         if self.in_flight.remove(&piece.index).is_none() {
             return;
         }
-        self.busy.insert(node, now + BUSY);
+        self.busy.insert(node, now + self.busy_for);
         self.peers.push_back(piece);
     }
 

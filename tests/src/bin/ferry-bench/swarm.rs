@@ -39,6 +39,9 @@ pub(crate) struct Args {
     /// Tuning: the fleet's origin window, in MiB [default: the router's].
     #[arg(long, hide = true)]
     window_mib: Option<u64>,
+    /// Tuning: how long a busy holder is passed over, in ms [default: the router's].
+    #[arg(long, hide = true)]
+    busy_ms: Option<u64>,
     /// Tuning: pieces a holder serves at once [default: 4, as `[peer_cache] max_serving`].
     #[arg(long, hide = true)]
     max_serving: Option<usize>,
@@ -96,6 +99,9 @@ pub(crate) fn swarm(args: &Args) -> anyhow::Result<()> {
         swarm.seed = args.seed;
         if let Some(ms) = args.idle_ms {
             swarm.idle = Duration::from_millis(ms);
+        }
+        if let Some(ms) = args.busy_ms {
+            swarm.busy = Duration::from_millis(ms);
         }
         if let Some(mib) = args.window_mib {
             swarm.window = mib << 20;
