@@ -26,6 +26,8 @@ pub mod raft;
 mod replica;
 mod scheduler;
 mod sd_notify;
+#[doc(hidden)]
+pub mod sim;
 mod transfer;
 mod upload_server;
 

@@ -17,7 +17,7 @@ pub(crate) mod live;
 mod local;
 pub(crate) mod peer_cache;
 mod reachability;
-mod router;
+pub(crate) mod router;
 mod scope;
 mod upload;
 

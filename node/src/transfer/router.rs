@@ -3,6 +3,12 @@
 //! holding a copy, and which waits for the fleet member that fetches it; what happens
 //! when a helper or a peer is lost, a copy is withdrawn, or a fleet member stalls.
 //!
+//! Peer pieces spread as a swarm, not a star: a peer worker picks a holder at random
+//! among those holding pieces it needs (weighted by how many), least loaded by this
+//! node's own fetches first, then the rarest of that holder's pieces; a fleet keeps at
+//! most [`ORIGIN_WINDOW`] pieces missing from every copy ahead of the one a member
+//! fetches from the origin, so the origin sends pieces nearly in order, each once.
+//!
 //! A pure state machine: no lock, no clock, no I/O. Workers' requests and outcomes are
 //! method calls; the members' copies come in through a [`CopyView`] and time as a `now`
 //! argument. The I/O shell ([`super::download`]) owns the router and drives it.
@@ -63,6 +69,22 @@ pub(crate) trait CopyView {
     fn holders(&self, piece: &Piece) -> Vec<Holder>;
     /// The jobs of this file's fleet (fleet members only).
     fn members(&self) -> Vec<MemberState>;
+    /// How many copies hold `piece` (rarest first); a view with many copies answers
+    /// without listing them.
+    fn holder_count(&self, piece: &Piece) -> usize {
+        self.holders(piece).len()
+    }
+    /// Whether member `node`'s copy holds `piece`.
+    fn holds(&self, node: NodeId, piece: &Piece) -> bool {
+        self.holders(piece).iter().any(|h| h.node == node)
+    }
+    /// The jobs of this file's fleet that are members `wanted` (a view of a large
+    /// fleet answers without listing all of them).
+    fn members_of(&self, wanted: &BTreeSet<u32>) -> Vec<MemberState> {
+        let mut members = self.members();
+        members.retain(|m| wanted.contains(&m.member));
+        members
+    }
 }
 
 /// Who asks for a piece to fetch from the origin.
@@ -96,8 +118,27 @@ pub(crate) enum Next<T = Piece> {
     Done,
 }
 
+/// Holders a peer ask draws at most before it waits, when every one drawn is busy.
+const DRAWS: usize = 4;
+
 /// How long a worker with nothing to do waits before asking again.
-pub(crate) const IDLE: Duration = Duration::from_millis(100);
+pub(crate) const IDLE: Duration = Duration::from_millis(10);
+
+/// How long this node passes over a holder that answered busy (all its serving slots
+/// taken): long enough for one of its pieces to go, short enough to come back soon.
+pub(crate) const BUSY: Duration = Duration::from_millis(20);
+
+/// Most bytes of a fleet's file that may be missing from every copy (not yet fetched
+/// by any member) ahead of a piece a member fetches from the origin: members fetch
+/// their origin pieces nearly in order, a few at a time for the whole fleet (eight
+/// 8 MiB chunks), so that each reaches the swarm early instead of all arriving together
+/// at the end of an origin shared by every member at once.
+pub(crate) const ORIGIN_WINDOW: u64 = 64 * 1024 * 1024;
+
+/// How often a fleet member looks at the others' copies for growth: often enough
+/// beside [`FLEET_PATIENCE`], rarely enough that a view moving every few milliseconds
+/// (a large fleet's chunk reports) does not make every ask scan every member.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// What a fleet member knows of the others: when each one's copy last grew, which
 /// nodes miss pings, which members it took for lost, and who fetches the pieces of
@@ -110,6 +151,15 @@ struct FleetWatch {
     unreachable: BTreeSet<NodeId>,
     /// Members taken for lost, for good.
     lost: BTreeSet<u32>,
+    /// The members waited for, as the view showed them at its last position.
+    members: Vec<MemberState>,
+    /// Before this, no member waited for can be lost (its copy grew less than
+    /// [`FLEET_PATIENCE`] ago): checks wait until then or the view's next position.
+    calm_until: Option<Instant>,
+    /// When members' growth was last looked at (at most every [`WATCH_EVERY`]).
+    checked: Option<Instant>,
+    /// The members waited for at that look: only they are judged.
+    watched: BTreeSet<u32>,
     /// Pieces of lost members given to another member: piece index → member.
     owner: HashMap<u32, u32>,
 }
@@ -160,6 +210,17 @@ pub(crate) struct PieceRouter {
     done: BTreeSet<u32>,
     /// Helpers lost for this file: not asked again.
     lost_helpers: BTreeSet<NodeId>,
+    /// Spreads this node's choices of holders and pieces from other nodes' (its job's
+    /// id, say): nodes that see the same copies choose differently.
+    seed: u64,
+    /// Peer asks so far: each draws its holder afresh.
+    turn: u64,
+    /// A fleet's origin window in bytes ([`ORIGIN_WINDOW`] unless set).
+    window: u64,
+    /// Holders that answered busy, until when they are passed over.
+    busy: HashMap<NodeId, Instant>,
+    /// How long a busy holder is passed over ([`BUSY`] unless set).
+    busy_for: Duration,
 }
 
 impl PieceRouter {
@@ -178,7 +239,34 @@ impl PieceRouter {
             in_flight: HashMap::new(),
             done: BTreeSet::new(),
             lost_helpers: BTreeSet::new(),
+            seed: 0,
+            turn: 0,
+            window: ORIGIN_WINDOW,
+            busy: HashMap::new(),
+            busy_for: BUSY,
         }
+    }
+
+    /// The router passing over a busy holder for `wait` instead of [`BUSY`] (the
+    /// simulator's knob).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn busy_for(mut self, wait: Duration) -> Self {
+        self.busy_for = wait;
+        self
+    }
+
+    /// The router with a fleet origin window of `bytes` instead of [`ORIGIN_WINDOW`]
+    /// (the simulator's knob).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn origin_window(mut self, bytes: u64) -> Self {
+        self.window = bytes;
+        self
+    }
+
+    /// The router, its choices spread by `seed` (different on each node).
+    pub(crate) fn spread(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
     }
 
     /// A router of `missing` pieces that may also come from members' copies (and, for
@@ -194,7 +282,7 @@ impl PieceRouter {
         router.uses_copies = true;
         router.fleet = fleet;
         for piece in missing {
-            if !view.holders(&piece).is_empty() {
+            if view.holder_count(&piece) > 0 {
                 router.peers.push_back(piece);
             } else if fleet.is_some_and(|f| !f.fetches(piece.index)) {
                 router.waiting.push(piece);
@@ -269,21 +357,27 @@ impl PieceRouter {
             if piece.len > max_len {
                 return Next::Done;
             }
-            self.origin.pop_front();
-            let held = self.peer_workers > 0
-                && self.fleet.is_some()
-                && !self.holders(view, &piece).is_empty();
+            let held = self.peer_workers > 0 && self.fleet.is_some() && self.held(view, &piece);
             if held {
+                self.origin.pop_front();
                 self.peers.push_back(piece);
                 continue;
             }
+            if !self.in_origin_window(&piece) {
+                return Next::Wait;
+            }
+            self.origin.pop_front();
             return self.hand_out(piece, place);
         }
         if self.uses_peers() { Next::Wait } else { Next::Done }
     }
 
     /// The next piece to take from a peer, with its holders (best first; the piece is
-    /// counted as being fetched from the first).
+    /// counted as being fetched from the first). The holder is drawn at random among
+    /// those holding pieces this node needs (a holder of many is drawn more often),
+    /// the least busy with this node's own fetches first; the piece is the rarest of
+    /// those it holds. Every node drawing its own holder spreads the serving over the
+    /// swarm instead of lining up at the first holder of the rarest piece.
     pub(crate) fn next_peer(
         &mut self,
         view: &impl CopyView,
@@ -293,12 +387,51 @@ impl PieceRouter {
         if !self.uses_copies {
             return Next::Done;
         }
-        let Some(piece) = self.peers.pop_front() else {
+        if self.peers.is_empty() {
             return if self.waiting.is_empty() { Next::Done } else { Next::Wait };
+        }
+        self.busy.retain(|_, until| *until > now);
+        // A few draws: a drawn piece whose holders are all busy gives way to another.
+        let mut chosen = None;
+        for _ in 0..DRAWS {
+            self.turn += 1;
+            let draw = mix(self.seed ^ mix(self.turn));
+            let at = (draw % self.peers.len() as u64) as usize;
+            let drawn = self.peers[at];
+            let holders = self.holders(view, &drawn, draw);
+            let Some(first) = holders.first().copied() else {
+                // No holder left for it (all failed it): the origin fetches it.
+                self.peers.remove(at);
+                self.origin.push_back(drawn);
+                return Next::Wait;
+            };
+            if !self.busy.contains_key(&first.node) {
+                chosen = Some((draw, at, drawn, holders, first));
+                break;
+            }
+        }
+        let Some((draw, at, drawn, holders, first)) = chosen else { return Next::Wait };
+        let rarest = (0..self.peers.len())
+            .filter(|i| *i == at || self.can_serve(view, first.node, &self.peers[*i]))
+            .min_by_key(|i| {
+                let piece = &self.peers[*i];
+                (view.holder_count(piece), mix(draw ^ u64::from(piece.index)))
+            })
+            .unwrap_or(at);
+        let Some(piece) = self.peers.remove(rarest) else { return Next::Wait };
+        let holders = if piece.index == drawn.index {
+            holders
+        } else {
+            let mut others = self.holders(view, &piece, draw);
+            others.retain(|h| h.node != first.node);
+            let mut chosen = view.holders(&piece);
+            chosen.retain(|h| h.node == first.node);
+            chosen.truncate(1);
+            chosen.extend(others);
+            chosen
         };
-        let holders = self.holders(view, &piece);
         let Some(first) = holders.first() else {
-            self.origin.push_back(piece);
+            self.peers.push_back(piece);
             return Next::Wait;
         };
         self.in_flight.insert(piece.index, (piece, Place::Peer(first.node)));
@@ -342,6 +475,16 @@ impl PieceRouter {
         self.peers.push_back(piece);
     }
 
+    /// Holder `node` answered busy (every serving slot taken) for `piece`: the piece
+    /// goes back to the peers, and the holder is passed over for [`BUSY`].
+    pub(crate) fn peer_busy(&mut self, piece: Piece, node: NodeId, now: Instant) {
+        if self.in_flight.remove(&piece.index).is_none() {
+            return;
+        }
+        self.busy.insert(node, now + self.busy_for);
+        self.peers.push_back(piece);
+    }
+
     /// The nodes of fleet members that now miss pings.
     pub(crate) fn set_unreachable(&mut self, nodes: BTreeSet<NodeId>) {
         if self.uses_copies {
@@ -362,16 +505,53 @@ impl PieceRouter {
         all
     }
 
-    /// The holders of `piece` not yet failed for it, spread by piece index.
-    fn holders(&self, view: &impl CopyView, piece: &Piece) -> Vec<Holder> {
+    /// The holders of `piece` not yet failed for it, best first: those not busy, then
+    /// those serving fewer of this node's fetches, then in an order drawn from `draw`.
+    fn holders(&self, view: &impl CopyView, piece: &Piece, draw: u64) -> Vec<Holder> {
         let failed = self.failed.get(&piece.index);
         let mut holders = view.holders(piece);
         holders.retain(|h| failed.is_none_or(|nodes| !nodes.contains(&h.node)));
-        if !holders.is_empty() {
-            let turn = piece.index as usize % holders.len();
-            holders.rotate_left(turn);
-        }
+        holders.sort_by_cached_key(|h| {
+            let busy = self.busy.contains_key(&h.node);
+            (busy, self.fetching_from(h.node), mix(draw ^ mix(h.node)))
+        });
         holders
+    }
+
+    /// Whether a copy not failed for `piece` holds it.
+    fn held(&self, view: &impl CopyView, piece: &Piece) -> bool {
+        match self.failed.get(&piece.index) {
+            None => view.holder_count(piece) > 0,
+            Some(_) => !self.holders(view, piece, 0).is_empty(),
+        }
+    }
+
+    /// Whether `node`'s copy holds `piece` and has not failed it.
+    fn can_serve(&self, view: &impl CopyView, node: NodeId, piece: &Piece) -> bool {
+        let failed = self.failed.get(&piece.index).is_some_and(|nodes| nodes.contains(&node));
+        !failed && view.holds(node, piece)
+    }
+
+    /// Pieces this node fetches from `node`'s copy now.
+    fn fetching_from(&self, node: NodeId) -> usize {
+        self.in_flight.values().filter(|(_, place)| *place == Place::Peer(node)).count()
+    }
+
+    /// Whether a fleet member may fetch `piece` from the origin now: fewer than
+    /// [`ORIGIN_WINDOW`] bytes before it are missing from every copy (waiting for
+    /// their member, or on their way from the origin here). Not a fleet member's
+    /// piece, or a fleet of one: always.
+    fn in_origin_window(&self, piece: &Piece) -> bool {
+        if self.fleet.is_none_or(|f| f.members <= 1) {
+            return true;
+        }
+        let waiting: u64 =
+            self.waiting.iter().filter(|p| p.index < piece.index).map(|p| p.len).sum();
+        let fetching: u64 = (self.in_flight.values())
+            .filter(|(p, place)| p.index < piece.index && !matches!(place, Place::Peer(_)))
+            .map(|(p, _)| p.len)
+            .sum();
+        waiting + fetching < self.window
     }
 
     fn hand_out(&mut self, piece: Piece, place: Place) -> Next {
@@ -392,23 +572,24 @@ impl PieceRouter {
         if self.waiting.is_empty() {
             return;
         }
-        let members = view.members();
         let position = view.position();
         if self.seen != Some(position) {
             self.seen = Some(position);
-            for job in &members {
-                let grown = self.watch.grown.entry(job.member).or_insert((0, now));
-                // Growth, not a high-water mark: after a withdrawal, growth again counts.
-                if job.held > grown.0 {
-                    grown.1 = now;
-                }
-                grown.0 = job.held;
-            }
             let (now_held, still): (Vec<Piece>, Vec<Piece>) = std::mem::take(&mut self.waiting)
                 .into_iter()
-                .partition(|p| !view.holders(p).is_empty());
+                .partition(|p| view.holder_count(p) > 0);
             self.peers.extend(now_held);
             self.waiting = still;
+            if self.watch.checked.is_some_and(|at| now >= at + WATCH_EVERY) {
+                self.watch.checked = None;
+            }
+        }
+        if self.watch.checked.is_none() {
+            self.watch.checked = Some(now);
+            self.watch_growth(view, fleet, now);
+        }
+        if self.watch.calm_until.is_some_and(|calm| now < calm) {
+            return;
         }
         let watch = &mut self.watch;
         let owner = |watch: &FleetWatch, piece: &Piece| {
@@ -418,8 +599,10 @@ impl PieceRouter {
         let newly_lost: Vec<u32> = waited_for
             .into_iter()
             .filter(|m| *m != fleet.member && !watch.lost.contains(m))
+            // A member waited for since the last look is judged after the next.
+            .filter(|m| watch.watched.contains(m))
             .filter(|m| {
-                let job = members.iter().find(|j| j.member == *m);
+                let job = watch.members.iter().find(|j| j.member == *m);
                 let since_growth = watch
                     .grown
                     .get(m)
@@ -436,6 +619,9 @@ impl PieceRouter {
             return;
         }
         watch.lost.extend(&newly_lost);
+        // Those inheriting the pieces are looked at on the next ask.
+        watch.calm_until = None;
+        watch.checked = None;
         let mut mine = Vec::new();
         for piece in std::mem::take(&mut self.waiting) {
             if !watch.lost.contains(&owner(watch, &piece)) {
@@ -452,6 +638,33 @@ impl PieceRouter {
         }
         tracing::info!(lost = ?newly_lost, mine = mine.len(), "fleet members lost; fetching a part of their share");
         self.origin.extend(mine);
+        // In index order: the window lets the lowest go first.
+        self.origin.make_contiguous().sort_by_key(|p| p.index);
+    }
+}
+
+impl PieceRouter {
+    /// Notes which members waited for grew since the last look (the view's copies),
+    /// and until when none of them can be lost.
+    fn watch_growth(&mut self, view: &impl CopyView, fleet: FleetMember, now: Instant) {
+        let watch = &self.watch;
+        let waited_for: BTreeSet<u32> = (self.waiting.iter())
+            .map(|p| watch.owner.get(&p.index).copied().unwrap_or(p.index % fleet.members))
+            .collect();
+        self.watch.members = view.members_of(&waited_for);
+        for job in &self.watch.members {
+            let grown = self.watch.grown.entry(job.member).or_insert((0, now));
+            // Growth, not a high-water mark: after a withdrawal, growth again counts.
+            // A member waited for anew (it inherited pieces) is timed from now.
+            if job.held > grown.0 || !self.watch.watched.contains(&job.member) {
+                grown.1 = now;
+            }
+            grown.0 = job.held;
+        }
+        self.watch.watched = waited_for;
+        let (grown, waited_for) = (&self.watch.grown, &self.watch.watched);
+        let last = waited_for.iter().map(|m| grown.get(m).map_or(now, |g| g.1)).min();
+        self.watch.calm_until = last.map(|at| at + FLEET_PATIENCE);
     }
 }
 
@@ -463,4 +676,12 @@ pub(crate) fn new_owner(members: u32, lost: &BTreeSet<u32>, index: u32) -> Optio
         return None;
     }
     Some(alive[(index / members) as usize % alive.len()])
+}
+
+/// SplitMix64's finalizer: a well-spread 64-bit hash of `x` (the router's draws).
+pub(crate) fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

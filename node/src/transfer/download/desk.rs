@@ -136,7 +136,8 @@ impl Routing {
             Some(s) => {
                 let state = s.cluster.state.read();
                 let view = QueueView { queue: Some(&state.queue), applied: 0, sources: Some(s) };
-                PieceRouter::with_copies(missing, s.fleet, &view)
+                // Each node draws its own holders: the swarm spreads.
+                PieceRouter::with_copies(missing, s.fleet, &view).spread(s.cluster.node_id)
             }
         };
         let (tx, rx) = mpsc::channel(ASKS);

@@ -170,6 +170,30 @@ fn a_fleet_members_growing_copy_feeds_the_peers_and_keeps_it_alive() {
 }
 
 #[test]
+fn a_member_inheriting_a_share_is_not_lost_for_being_quiet_while_nobody_waited() {
+    // Member 2 of 3 (node 3); member 0 (node 1) fetched its pieces 0 and 3 early and
+    // stayed quiet since; member 1 (node 2) dies.
+    let fleet = FleetMember { fleet: JobId::new_random(), member: 2, members: 3 };
+    let mut view = fleet_view();
+    let start = Instant::now();
+    let mut router = PieceRouter::with_copies(pieces(0..6), Some(fleet), &view);
+    router.peer_worker_started();
+    assert_eq!(drain_origin(&mut router, &view, start), vec![2, 5]);
+    view.position = 2;
+    view.copies.insert(1, BTreeSet::from([0, 3]));
+    view.members[0].held = 2;
+    let early = start + Duration::from_secs(1);
+    assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, early), Next::Wait);
+    router.set_unreachable(BTreeSet::from([2]));
+    // Member 1 is lost: piece 1 goes to member 0, piece 4 to this member.
+    let lost = start + FLEET_PATIENCE + Duration::from_secs(2);
+    assert_eq!(drain_origin(&mut router, &view, lost), vec![4]);
+    // Member 0 has not grown for 6 s, but nobody waited for it then: not lost.
+    let after = lost + Duration::from_secs(1);
+    assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, after), Next::Wait);
+}
+
+#[test]
 fn a_lost_helper_is_not_asked_again() {
     let (view, now) = (View::default(), Instant::now());
     let mut router = PieceRouter::origin_only(pieces(0..3));
@@ -190,6 +214,122 @@ fn a_helper_takes_no_piece_too_large_for_it() {
     assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, now), Next::Piece(big));
 }
 
+fn peer(next: Next<(Piece, Vec<Holder>)>) -> Option<(u32, NodeId)> {
+    match next {
+        Next::Piece((piece, holders)) => Some((piece.index, holders[0].node)),
+        _ => None,
+    }
+}
+
+/// A view where `copies` hold pieces: node → indexes.
+fn copies(held: &[(NodeId, &[u32])]) -> View {
+    let mut view = View { position: 1, ..View::default() };
+    for (node, pieces) in held {
+        view.copies.insert(*node, pieces.iter().copied().collect());
+    }
+    view
+}
+
+#[test]
+fn nodes_seeing_the_same_copies_draw_different_holders() {
+    let holders: Vec<(NodeId, &[u32])> = (10..30).map(|n| (n, &[0u32][..])).collect();
+    let view = copies(&holders);
+    let now = Instant::now();
+    let firsts: BTreeSet<NodeId> = (0..20)
+        .filter_map(|seed| {
+            let mut router = PieceRouter::with_copies(pieces([0]), None, &view).spread(seed);
+            peer(router.next_peer(&view, now)).map(|(_, node)| node)
+        })
+        .collect();
+    // A star would give one holder to every node.
+    assert!(firsts.len() >= 8, "20 nodes drew only {firsts:?}");
+}
+
+#[test]
+fn a_nodes_own_fetches_spread_over_the_holders() {
+    let view = copies(&[(10, &[0, 1, 2, 3]), (11, &[0, 1, 2, 3])]);
+    let now = Instant::now();
+    let mut router = PieceRouter::with_copies(pieces(0..4), None, &view).spread(7);
+    let mut at = BTreeMap::<NodeId, usize>::new();
+    for _ in 0..4 {
+        let (_, node) = peer(router.next_peer(&view, now)).expect("a piece");
+        *at.entry(node).or_default() += 1;
+    }
+    assert_eq!(at.into_values().collect::<Vec<_>>(), vec![2, 2]);
+}
+
+#[test]
+fn the_drawn_holders_rarest_piece_comes_first() {
+    // Piece 2 is held by two copies, pieces 0 and 1 by three.
+    let view = copies(&[(10, &[0, 1, 2]), (11, &[0, 1, 2]), (12, &[0, 1])]);
+    let now = Instant::now();
+    for seed in 0..32 {
+        let mut router = PieceRouter::with_copies(pieces(0..3), None, &view).spread(seed);
+        let (index, node) = peer(router.next_peer(&view, now)).expect("a piece");
+        if node != 12 {
+            assert_eq!(index, 2, "holder {node} has piece 2, the rarest");
+        }
+    }
+}
+
+#[test]
+fn a_busy_holder_is_passed_over_for_a_while_and_its_piece_kept_for_peers() {
+    let view = copies(&[(10, &[0]), (11, &[0, 1])]);
+    let now = Instant::now();
+    let mut router = PieceRouter::with_copies(pieces(0..2), None, &view).spread(3);
+    router.peer_worker_started();
+    let Next::Piece((piece, holders)) = router.next_peer(&view, now) else { panic!("no piece") };
+    let busy = holders[0].node;
+    router.peer_busy(piece, busy, now);
+    // The other holder serves next; the busy one is not asked while BUSY lasts.
+    for _ in 0..2 {
+        if let Some((_, node)) = peer(router.next_peer(&view, now)) {
+            assert_ne!(node, busy);
+        }
+    }
+    // A busy answer sends nothing to the origin.
+    assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, now), Next::Wait);
+    let census = router.census();
+    assert_eq!(census, vec![0, 1]);
+}
+
+#[test]
+fn a_busy_holder_is_asked_again_once_busy_is_over() {
+    let view = copies(&[(10, &[0])]);
+    let now = Instant::now();
+    let mut router = PieceRouter::with_copies(pieces([0]), None, &view);
+    let Next::Piece((piece, _)) = router.next_peer(&view, now) else { panic!("no piece") };
+    router.peer_busy(piece, 10, now);
+    assert_eq!(router.next_peer(&view, now + BUSY / 2), Next::Wait);
+    assert_eq!(peer(router.next_peer(&view, now + BUSY)), Some((0, 10)));
+}
+
+#[test]
+fn a_fleet_member_fetches_its_origin_piece_once_the_window_reaches_it() {
+    let chunk = 8 << 20;
+    let pieces: VecDeque<Piece> = (0..30)
+        .map(|index| Piece { index, local_offset: 0, remote_offset: 0, len: chunk })
+        .collect();
+    // Member 9 of 10 fetches pieces 9, 19 and 29.
+    let fleet = FleetMember { fleet: JobId::new_random(), member: 9, members: 10 };
+    let member =
+        |member| MemberState { member, node: u64::from(member) + 100, stopped: false, held: 0 };
+    let mut view = View { position: 1, members: (0..10).map(member).collect(), ..View::default() };
+    let now = Instant::now();
+    let mut router = PieceRouter::with_copies(pieces, Some(fleet), &view);
+    router.peer_worker_started();
+    // Nine pieces (72 MiB) ahead of piece 9 are missing everywhere: it waits.
+    assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, now), Next::Wait);
+    // Pieces 0-2 reach copies: six pieces (48 MiB) ahead, within the window.
+    view.copies.insert(100, BTreeSet::from([0]));
+    view.copies.insert(101, BTreeSet::from([1]));
+    view.copies.insert(102, BTreeSet::from([2]));
+    view.position = 2;
+    assert_eq!(index(router.next_origin(Worker::Origin, u64::MAX, &view, now)), Some(9));
+    // Piece 19 has 15 missing ahead of it (piece 9 among them): it waits.
+    assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, now), Next::Wait);
+}
+
 /// One event of a random run.
 #[derive(Clone, Debug)]
 enum Op {
@@ -208,6 +348,8 @@ enum Op {
     Withdraw(u64),
     /// A peer worker ends.
     PeerWorkerEnds,
+    /// The `k`-th piece in flight from a peer is answered busy.
+    Busy(usize),
 }
 
 fn op(slow_origin: bool) -> impl Strategy<Value = Op> {
@@ -220,6 +362,7 @@ fn op(slow_origin: bool) -> impl Strategy<Value = Op> {
         (1 + fail) => (0usize..8).prop_map(Op::Fail),
         1 => (10u64..13).prop_map(Op::Withdraw),
         fail => Just(Op::PeerWorkerEnds),
+        1 => (0usize..8).prop_map(Op::Busy),
     ]
 }
 
@@ -341,6 +484,17 @@ impl Sim {
             Op::Finish(k) => self.finish(*k),
             Op::Fail(k) => self.fail(*k),
             Op::Withdraw(n) => self.withdraw(*n),
+            Op::Busy(k) => {
+                let peers: Vec<usize> = (0..self.flying.len())
+                    .filter(|i| matches!(self.flying[*i].1, Place::Peer(_)))
+                    .collect();
+                if !peers.is_empty() {
+                    let (piece, place) = self.flying.remove(peers[k % peers.len()]);
+                    if let Place::Peer(node) = place {
+                        self.router.peer_busy(piece, node, self.now);
+                    }
+                }
+            }
             Op::PeerWorkerEnds => {
                 if self.peer_workers > 0 {
                     self.peer_workers -= 1;

@@ -12,6 +12,8 @@
 //!   client address: aria2c, Ferry on one node, Ferry on three helping nodes ([`shard`]).
 //! - `ferry-bench scale`: a node's costs as its queue grows: submit rate and p99 on
 //!   top of 1k / 10k / 100k jobs, memory, listing, data size, restart time ([`scale`]).
+//! - `ferry-bench swarm`: one file to 10 to 2,600 simulated nodes, Ferry's piece
+//!   router on each, over a modelled network ([`swarm`]).
 //! - `ferry-bench soak`: a cluster under steady traffic and a fault every 60-120 s for N
 //!   minutes: memory, open files, jobs/s and the checkers' verdicts per interval
 //!   ([`soak`]).
@@ -29,6 +31,7 @@ mod scale;
 mod shard;
 mod soak;
 mod submit;
+mod swarm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -141,6 +144,9 @@ enum Bench {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// One file to 10, 100, 1,000 and 2,600 nodes in simulation (Ferry's piece router
+    /// over a modelled network): time to the last copy, origin egress, fan-out.
+    Swarm(swarm::Args),
     /// Steady traffic and a random fault every 60-120 s for N minutes (root: the
     /// faults use iptables and tmpfs mounts).
     Soak {
@@ -244,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
             };
             shard::shard(&options).await?;
         }
+        Bench::Swarm(args) => swarm::swarm(&args)?,
         Bench::Soak { minutes, nodes, interval_secs, seed, first_ip } => {
             anyhow::ensure!(minutes > 0, "--minutes must be at least 1");
             anyhow::ensure!(matches!(nodes, 3 | 5), "--nodes: 3 or 5");

@@ -1,0 +1,489 @@
+//! The event loop: nodes' workers asking their routers, requests reaching origin and
+//! holders, flows ending, pieces written and announced, nodes dying.
+
+use std::cell::Cell;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ferry_protocol::JobId;
+use ferry_protocol::NodeId;
+use ferry_protocol::peer_cache::FleetMember;
+use ferry_protocol::transfer::{Piece, plan};
+
+use super::net::{Ends, FlowId, Net, Src};
+use super::view::{Copies, View, node_id, node_index};
+use super::{Outcome, Swarm};
+use crate::transfer::router::{Next, PieceRouter, Worker, mix};
+
+/// A worker's kind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Origin,
+    Peer,
+}
+
+/// A piece requested by worker `worker` of node `node` from `src`.
+#[derive(Clone, Copy)]
+struct Req {
+    node: u32,
+    worker: u16,
+    piece: u32,
+    src: Src,
+}
+
+#[derive(Clone, Copy)]
+enum Event {
+    /// A worker asks its router for work.
+    Ask { node: u32, worker: u16 },
+    /// A request reaches its source.
+    Arrive(Req),
+    /// A flow may have ended (if its version is still current).
+    FlowEnd { flow: FlowId, version: u64 },
+    /// A piece's last byte reached its node.
+    Delivered(Req),
+    /// A piece is written and synced.
+    Durable(Req),
+    /// Others' views list node `node`'s piece `index`.
+    Announce { node: u32, index: u32 },
+    /// A request to a dead node failed.
+    Failed(Req),
+    /// A holder answered busy.
+    Busy(Req),
+    /// Node `node` dies.
+    Die { node: u32 },
+    /// Node `node` has missed pings long enough to be unreachable.
+    Unreachable { node: u32 },
+}
+
+/// An event at a time; the sequence number keeps equal times in order.
+struct At(u64, u64, Event);
+
+impl PartialEq for At {
+    fn eq(&self, other: &Self) -> bool {
+        (self.0, self.1) == (other.0, other.1)
+    }
+}
+impl Eq for At {}
+impl PartialOrd for At {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for At {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0, self.1).cmp(&(other.0, other.1))
+    }
+}
+
+/// One simulated node: its router and the shell around it.
+struct Node {
+    router: PieceRouter,
+    alive: bool,
+    /// Each worker's kind and whether it runs.
+    workers: Vec<(Kind, bool)>,
+    /// Pieces received and not yet written.
+    writing: usize,
+    /// Pieces done.
+    done: usize,
+    /// When it held the whole file (ns).
+    finished: Option<u64>,
+    /// Requests waiting for one of its serving slots.
+    queue: VecDeque<Req>,
+    /// Pieces it serves now.
+    serving: usize,
+    /// Nodes it served.
+    served: BTreeSet<u32>,
+}
+
+struct Engine<'s> {
+    swarm: &'s Swarm,
+    pieces: Vec<Piece>,
+    nodes: Vec<Node>,
+    copies: Copies,
+    net: Net,
+    by_flow: Vec<Option<Req>>,
+    events: BinaryHeap<Reverse<At>>,
+    seq: u64,
+    now: u64,
+    start: Instant,
+    rng: u64,
+    unreachable: BTreeSet<NodeId>,
+    outcome: Outcome,
+}
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+/// Runs `swarm` to the end (every surviving node holds the file, or the horizon).
+pub fn run(swarm: &Swarm) -> Outcome {
+    let pieces = plan(&[], swarm.file_bytes, swarm.chunk_size).unwrap_or_default();
+    let copies = Copies::new(swarm.nodes, pieces.len());
+    let fleet = JobId::new_random();
+    let members = swarm.nodes as u32;
+    let mut nodes = Vec::with_capacity(swarm.nodes);
+    for n in 0..swarm.nodes {
+        let view = View { copies: &copies, me: n, sample: swarm.sample, draw: Cell::new(0) };
+        let tag = FleetMember { fleet, member: n as u32, members };
+        let router = PieceRouter::with_copies(pieces.iter().copied().collect(), Some(tag), &view)
+            .spread(mix(swarm.seed ^ node_id(n)))
+            .origin_window(swarm.window)
+            .busy_for(swarm.busy);
+        let mut workers = vec![(Kind::Origin, false); swarm.connections];
+        workers.extend(vec![(Kind::Peer, false); swarm.peer_workers]);
+        nodes.push(Node {
+            router,
+            alive: true,
+            workers,
+            writing: 0,
+            done: 0,
+            finished: None,
+            queue: VecDeque::new(),
+            serving: 0,
+            served: BTreeSet::new(),
+        });
+    }
+    let mut engine = Engine {
+        swarm,
+        pieces,
+        nodes,
+        copies,
+        net: Net::new(swarm.nodes, swarm.link, swarm.origin),
+        by_flow: Vec::new(),
+        events: BinaryHeap::new(),
+        seq: 0,
+        now: 0,
+        start: Instant::now(),
+        rng: mix(swarm.seed),
+        unreachable: BTreeSet::new(),
+        outcome: Outcome::default(),
+    };
+    for n in 0..swarm.nodes {
+        engine.start_round(n);
+    }
+    for (node, at) in &swarm.failures {
+        if *node < swarm.nodes {
+            engine.at(ns(*at), Event::Die { node: *node as u32 });
+        }
+    }
+    engine.run();
+    engine.finish()
+}
+
+impl Engine<'_> {
+    fn at(&mut self, time: u64, event: Event) {
+        self.seq += 1;
+        self.events.push(Reverse(At(time, self.seq, event)));
+    }
+
+    fn after(&mut self, delay: Duration, event: Event) {
+        self.at(self.now + ns(delay), event);
+    }
+
+    fn run(&mut self) {
+        let horizon = ns(self.swarm.horizon);
+        while let Some(Reverse(At(time, _, event))) = self.events.pop() {
+            if time > horizon {
+                break;
+            }
+            self.now = time;
+            self.outcome.events += 1;
+            self.handle(event);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Ask { node, worker } => self.ask(node as usize, worker as usize),
+            Event::Arrive(req) => self.arrive(req),
+            Event::FlowEnd { flow, version } => self.flow_end(flow, version),
+            Event::Delivered(req) => self.delivered(req),
+            Event::Durable(req) => self.durable(req),
+            Event::Announce { node, index } => {
+                if self.nodes[node as usize].alive {
+                    self.copies.announce(node as usize, index, self.now);
+                }
+            }
+            Event::Failed(req) => self.failed(req),
+            Event::Busy(req) => self.busy(req),
+            Event::Die { node } => self.die(node as usize),
+            Event::Unreachable { node } => {
+                self.unreachable.insert(node_id(node as usize));
+                for n in 0..self.nodes.len() {
+                    if self.nodes[n].alive {
+                        self.nodes[n].router.set_unreachable(self.unreachable.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The shell's round: peer workers (if pieces may come from peers) and origin
+    /// workers start and ask.
+    fn start_round(&mut self, n: usize) {
+        let left = self.nodes[n].router.len();
+        if left == 0 {
+            return;
+        }
+        let peers = self.nodes[n].router.uses_peers();
+        let mut origin = self.swarm.connections.min(left);
+        for w in 0..self.nodes[n].workers.len() {
+            let run = match self.nodes[n].workers[w].0 {
+                Kind::Peer => peers,
+                Kind::Origin if origin > 0 => {
+                    origin -= 1;
+                    true
+                }
+                Kind::Origin => false,
+            };
+            if run {
+                if self.nodes[n].workers[w].0 == Kind::Peer {
+                    self.nodes[n].router.peer_worker_started();
+                }
+                self.nodes[n].workers[w].1 = true;
+                self.at(self.now, Event::Ask { node: n as u32, worker: w as u16 });
+            }
+        }
+    }
+
+    fn ask(&mut self, n: usize, w: usize) {
+        let node = &mut self.nodes[n];
+        if !node.alive || !node.workers[w].1 {
+            return;
+        }
+        self.rng = mix(self.rng);
+        let view = View {
+            copies: &self.copies,
+            me: n,
+            sample: self.swarm.sample,
+            draw: Cell::new(self.rng),
+        };
+        let now = self.start + Duration::from_nanos(self.now);
+        let (worker, kind) = (w as u16, node.workers[w].0);
+        let asked = match kind {
+            Kind::Origin => match node.router.next_origin(Worker::Origin, u64::MAX, &view, now) {
+                Next::Piece(p) => Next::Piece((p, Src::Origin)),
+                Next::Wait => Next::Wait,
+                Next::Done => Next::Done,
+            },
+            Kind::Peer => match node.router.next_peer(&view, now) {
+                Next::Piece((p, holders)) => match holders.first() {
+                    Some(h) => Next::Piece((p, Src::Node(node_index(h.node)))),
+                    None => Next::Wait,
+                },
+                Next::Wait => Next::Wait,
+                Next::Done => Next::Done,
+            },
+        };
+        match asked {
+            Next::Piece((piece, src)) => {
+                let req = Req { node: n as u32, worker, piece: piece.index, src };
+                self.after(self.swarm.latency, Event::Arrive(req));
+            }
+            Next::Wait => self.after(self.swarm.idle, Event::Ask { node: n as u32, worker }),
+            Next::Done => {
+                let node = &mut self.nodes[n];
+                node.workers[w].1 = false;
+                if kind == Kind::Peer {
+                    node.router.peer_worker_ended();
+                }
+                self.end_of_round(n);
+            }
+        }
+    }
+
+    /// Every worker ended and every piece is written: another round if pieces are
+    /// left (given back after the workers found nothing to do).
+    fn end_of_round(&mut self, n: usize) {
+        let node = &self.nodes[n];
+        if node.alive && node.writing == 0 && node.workers.iter().all(|(_, run)| !run) {
+            self.start_round(n);
+        }
+    }
+
+    fn arrive(&mut self, req: Req) {
+        if !self.nodes[req.node as usize].alive {
+            return;
+        }
+        match req.src {
+            Src::Origin => self.send(req),
+            Src::Node(h) if !self.nodes[h].alive => {
+                self.after(self.swarm.dead_answer, Event::Failed(req));
+            }
+            Src::Node(h) => {
+                if self.nodes[h].serving < self.swarm.max_serving {
+                    self.send(req);
+                } else if self.nodes[h].queue.len() < self.swarm.queue {
+                    self.nodes[h].queue.push_back(req);
+                } else {
+                    self.outcome.busy_answers += 1;
+                    self.after(self.swarm.latency, Event::Busy(req));
+                }
+            }
+        }
+    }
+
+    /// Starts the flow of `req`'s piece from its source.
+    fn send(&mut self, req: Req) {
+        if let Src::Node(h) = req.src {
+            let holder = &mut self.nodes[h];
+            holder.serving += 1;
+            holder.served.insert(req.node);
+            self.outcome.max_serving = self.outcome.max_serving.max(holder.serving);
+        }
+        let len = self.pieces[req.piece as usize].len;
+        let (id, changed) = self.net.start(req.src, req.node as usize, len, self.now);
+        if self.by_flow.len() <= id {
+            self.by_flow.resize(id + 1, None);
+        }
+        self.by_flow[id] = Some(req);
+        self.schedule(changed);
+    }
+
+    fn schedule(&mut self, changed: Ends) {
+        for (flow, version, end) in changed {
+            self.at(end, Event::FlowEnd { flow, version });
+        }
+    }
+
+    fn flow_end(&mut self, flow: FlowId, version: u64) {
+        if !self.net.current(flow, version) {
+            return;
+        }
+        let Some(req) = self.close(flow) else { return };
+        self.after(self.swarm.latency, Event::Delivered(req));
+    }
+
+    /// Ends flow `flow` (done or cut off): counts its bytes, frees its sender's slot.
+    fn close(&mut self, flow: FlowId) -> Option<Req> {
+        let (ended, changed) = self.net.end(flow, self.now)?;
+        self.schedule(changed);
+        let req = self.by_flow.get_mut(flow)?.take()?;
+        match ended.src {
+            Src::Origin => {
+                self.outcome.origin_bytes += ended.sent.round() as u64;
+                self.outcome.origin_last = Duration::from_nanos(self.now);
+            }
+            Src::Node(h) => {
+                self.outcome.peer_bytes += ended.sent.round() as u64;
+                self.nodes[h].serving -= 1;
+                self.serve_next(h);
+            }
+        }
+        Some(req)
+    }
+
+    /// Holder `h` has a free slot: the next waiting request of a live node.
+    fn serve_next(&mut self, h: usize) {
+        if !self.nodes[h].alive {
+            return;
+        }
+        while self.nodes[h].serving < self.swarm.max_serving {
+            let Some(req) = self.nodes[h].queue.pop_front() else { return };
+            if self.nodes[req.node as usize].alive {
+                self.send(req);
+            }
+        }
+    }
+
+    fn delivered(&mut self, req: Req) {
+        let n = req.node as usize;
+        if !self.nodes[n].alive {
+            return;
+        }
+        self.nodes[n].writing += 1;
+        self.after(self.swarm.write, Event::Durable(req));
+        // An origin worker fetches the next piece while this one is written.
+        if req.src == Src::Origin {
+            self.at(self.now, Event::Ask { node: req.node, worker: req.worker });
+        }
+    }
+
+    fn durable(&mut self, req: Req) {
+        let n = req.node as usize;
+        if !self.nodes[n].alive {
+            return;
+        }
+        let node = &mut self.nodes[n];
+        node.writing -= 1;
+        if node.router.done(req.piece) {
+            node.done += 1;
+            if node.done == self.pieces.len() {
+                node.finished = Some(self.now);
+            }
+        }
+        // Applied in batches, one per `announce` interval (Raft's apply).
+        let tick = ns(self.swarm.announce).max(1);
+        let applied = (self.now + tick).div_ceil(tick) * tick;
+        self.at(applied, Event::Announce { node: req.node, index: req.piece });
+        if req.src != Src::Origin {
+            self.at(self.now, Event::Ask { node: req.node, worker: req.worker });
+        }
+        self.end_of_round(n);
+    }
+
+    fn failed(&mut self, req: Req) {
+        let n = req.node as usize;
+        if !self.nodes[n].alive {
+            return;
+        }
+        self.outcome.failed_requests += 1;
+        if let Src::Node(h) = req.src {
+            let piece = self.pieces[req.piece as usize];
+            self.nodes[n].router.peer_failed(piece, node_id(h));
+        }
+        self.at(self.now, Event::Ask { node: req.node, worker: req.worker });
+    }
+
+    fn busy(&mut self, req: Req) {
+        let n = req.node as usize;
+        if !self.nodes[n].alive {
+            return;
+        }
+        if let Src::Node(h) = req.src {
+            let piece = self.pieces[req.piece as usize];
+            let now = self.start + Duration::from_nanos(self.now);
+            self.nodes[n].router.peer_busy(piece, node_id(h), now);
+        }
+        self.at(self.now, Event::Ask { node: req.node, worker: req.worker });
+    }
+
+    /// Node `n` dies: its transfers stop; those it served fail at their receivers.
+    fn die(&mut self, n: usize) {
+        if !self.nodes[n].alive {
+            return;
+        }
+        self.nodes[n].alive = false;
+        for flow in self.net.flows_of(n) {
+            if let Some(req) = self.close(flow)
+                && req.node as usize != n
+            {
+                self.after(self.swarm.dead_answer, Event::Failed(req));
+            }
+        }
+        for req in std::mem::take(&mut self.nodes[n].queue) {
+            self.after(self.swarm.dead_answer, Event::Failed(req));
+        }
+        self.after(self.swarm.silence, Event::Unreachable { node: n as u32 });
+    }
+
+    fn finish(mut self) -> Outcome {
+        let mut finished = Vec::new();
+        let mut served = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.alive) {
+            match node.finished {
+                Some(at) => finished.push(Duration::from_nanos(at)),
+                None => self.outcome.unfinished += 1,
+            }
+            served.push(node.served.len());
+        }
+        finished.sort_unstable();
+        self.outcome.finished = finished;
+        self.outcome.max_served_peers = served.iter().copied().max().unwrap_or(0);
+        self.outcome.mean_served_peers =
+            served.iter().sum::<usize>() as f64 / served.len().max(1) as f64;
+        self.outcome.idle_servers = served.iter().filter(|s| **s == 0).count();
+        self.outcome
+    }
+}

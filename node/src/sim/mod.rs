@@ -1,0 +1,170 @@
+//! A discrete-event simulator of a fleet distributing one file over a modelled
+//! network, driving Ferry's own [`PieceRouter`](crate::transfer::router::PieceRouter)
+//! on every simulated node: what `ferry-bench swarm` runs, at 10 to 2,600 nodes.
+//!
+//! The model: every node has an upload and a download link, shared fairly by its
+//! flows (a flow runs at the smaller of its sender's and its receiver's share); the
+//! origin has an egress limit shared the same way; every message takes one latency.
+//! Each node is a fleet member with the shell's workers (`connections` origin workers,
+//! four peer workers, idle workers asking again after the router's `IDLE`); a holder
+//! serves at most `max_serving` pieces at once and queues other requests; a piece is
+//! written (`write`), then reported, and other nodes' views list it `announce` later
+//! (the Raft commit). A node may die at a given time: its transfers stop, requests to
+//! it fail after `dead_answer`, and the others find it unreachable after `silence`.
+//!
+//! Not modelled: CPU, disks beyond a fixed write time, TCP/QUIC slow start, packet
+//! loss. Deterministic: the same [`Swarm`] gives the same [`Outcome`] (simulated time,
+//! a seeded generator; no clock is read and nothing sleeps).
+//!
+//! Not part of Ferry's API: a tool for benchmarks and tests.
+
+mod engine;
+mod net;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use engine::run;
+
+/// Bytes per megabyte in the simulator's rates and sizes (10^6, as link rates are
+/// quoted).
+pub const MB: u64 = 1_000_000;
+
+/// One simulated distribution: the fleet, the file, the network and its failures.
+#[derive(Clone, Debug)]
+pub struct Swarm {
+    /// Fleet members (nodes), each fetching the whole file.
+    pub nodes: usize,
+    /// The file's size in bytes.
+    pub file_bytes: u64,
+    /// The chunk size (Ferry's for the file: see `ferry_protocol::transfer::chunk_size_for`).
+    pub chunk_size: u64,
+    /// Each node's upload and download rate, in bytes per second.
+    pub link: f64,
+    /// The origin's egress limit, in bytes per second.
+    pub origin: f64,
+    /// One message's way between any two parties (origin included).
+    pub latency: Duration,
+    /// From a piece durable at a node to other nodes' views listing it (report and
+    /// Raft commit): pieces are applied in batches, one every `announce`, each at
+    /// least `announce` after it was durable.
+    pub announce: Duration,
+    /// Writing and syncing a received piece.
+    pub write: Duration,
+    /// Origin workers per node (`[transfer] connections`).
+    pub connections: usize,
+    /// Peer workers per node (the shell's `PEER_WORKERS`).
+    pub peer_workers: usize,
+    /// Pieces a holder serves at once (`[peer_cache] max_serving`).
+    pub max_serving: usize,
+    /// Requests a holder keeps waiting beyond those; more are answered busy (the
+    /// router's `peer_busy`). Ferry's holder does not answer busy yet: it queues every
+    /// request (`usize::MAX` models that).
+    pub queue: usize,
+    /// Holders a node's view lists for a piece: at most this many, drawn at random
+    /// per question (listing 2,600 copies per question would be the simulator's cost,
+    /// not Ferry's: a real fleet has at most 64 members).
+    pub sample: usize,
+    /// Nodes that die, and when (index, time after the start).
+    pub failures: Vec<(usize, Duration)>,
+    /// How long a dead node's pings go unanswered before others call it unreachable
+    /// (the shell's `helper::SILENCE`).
+    pub silence: Duration,
+    /// How long a request to a dead node takes to fail.
+    pub dead_answer: Duration,
+    /// How long a worker with nothing to do waits before asking again (the router's
+    /// `IDLE`, which the shell uses).
+    pub idle: Duration,
+    /// A fleet's origin window in bytes (the router's `ORIGIN_WINDOW`).
+    pub window: u64,
+    /// How long a node passes over a holder that answered busy (the router's `BUSY`).
+    pub busy: Duration,
+    /// The generator's seed.
+    pub seed: u64,
+    /// Simulated time after which the run stops, finished or not.
+    pub horizon: Duration,
+}
+
+impl Swarm {
+    /// `nodes` nodes fetching `file_bytes` over links of `link` bytes/s from an origin
+    /// limited to `origin` bytes/s, with Ferry's defaults for the rest: its chunk size,
+    /// one origin connection, four peer workers, four serves per holder, 0.5 ms
+    /// latency, 5 ms to announce a piece, 2 ms to write one.
+    pub fn new(nodes: usize, file_bytes: u64, link: f64, origin: f64) -> Self {
+        let chunk_size = ferry_protocol::transfer::chunk_size_for(
+            file_bytes,
+            ferry_protocol::transfer::DEFAULT_CHUNK_SIZE,
+        );
+        Self {
+            nodes,
+            file_bytes,
+            chunk_size,
+            link,
+            origin,
+            latency: Duration::from_micros(500),
+            announce: Duration::from_millis(5),
+            write: Duration::from_millis(2),
+            connections: 1,
+            peer_workers: 4,
+            max_serving: 4,
+            queue: 0,
+            sample: 8,
+            failures: Vec::new(),
+            silence: Duration::from_millis(2_500),
+            dead_answer: Duration::from_secs(1),
+            idle: crate::transfer::router::IDLE,
+            window: crate::transfer::router::ORIGIN_WINDOW,
+            busy: crate::transfer::router::BUSY,
+            seed: 1,
+            horizon: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a simulated distribution gave.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// When each surviving node held the whole file, sorted (time from the start).
+    pub finished: Vec<Duration>,
+    /// Surviving nodes that never held the whole file.
+    pub unfinished: usize,
+    /// Bytes the origin sent (pieces cut off by a death count as far as they went).
+    pub origin_bytes: u64,
+    /// When the origin sent its last byte.
+    pub origin_last: Duration,
+    /// Bytes nodes sent each other.
+    pub peer_bytes: u64,
+    /// Most pieces any node served at once.
+    pub max_serving: usize,
+    /// Most distinct nodes any one node served.
+    pub max_served_peers: usize,
+    /// Mean distinct nodes a node served.
+    pub mean_served_peers: f64,
+    /// Nodes that served nobody.
+    pub idle_servers: usize,
+    /// Requests answered busy.
+    pub busy_answers: u64,
+    /// Pieces requested from a node that had died.
+    pub failed_requests: u64,
+    /// Events processed (the simulator's own cost).
+    pub events: u64,
+}
+
+impl Outcome {
+    /// The `p`-th percentile (0-100) of the finishing times (nearest rank).
+    pub fn percentile(&self, p: f64) -> Option<Duration> {
+        if self.finished.is_empty() {
+            return None;
+        }
+        let rank = ((p / 100.0) * self.finished.len() as f64).ceil() as usize;
+        Some(self.finished[rank.clamp(1, self.finished.len()) - 1])
+    }
+
+    /// Origin egress over the file's size.
+    pub fn egress_ratio(&self, file_bytes: u64) -> f64 {
+        self.origin_bytes as f64 / file_bytes as f64
+    }
+}

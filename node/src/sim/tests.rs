@@ -1,0 +1,54 @@
+//! Swarm properties of the simulated fleet, small enough for debug builds: every
+//! node finishes, the origin sends the file about once, no holder serves more than
+//! its slots, pieces spread (most nodes serve others), and a node's death does not
+//! stop the others.
+
+use std::time::Duration;
+
+use super::{MB, Swarm, run};
+
+/// 50 nodes, 400 MB (48 chunks of 8 MiB), 100 MB/s links and origin.
+fn fleet() -> Swarm {
+    Swarm::new(50, 400 * MB, 100.0 * MB as f64, 100.0 * MB as f64)
+}
+
+#[test]
+fn a_fleet_is_served_by_a_swarm_not_a_star() {
+    let swarm = fleet();
+    let outcome = run(&swarm);
+    assert_eq!(outcome.unfinished, 0);
+    assert_eq!(outcome.finished.len(), 50);
+    let ratio = outcome.egress_ratio(swarm.file_bytes);
+    assert!(ratio <= 1.05, "origin egress {ratio:.3}× the file");
+    assert!(outcome.max_serving <= swarm.max_serving);
+    // A swarm: most nodes serve several others; no node serves everyone.
+    assert!(outcome.idle_servers <= 5, "{} nodes served nobody", outcome.idle_servers);
+    assert!(outcome.mean_served_peers >= 3.0, "{outcome:?}");
+    // The floor is 4 s (the file over one link); a star would take 50 × that.
+    let p99 = outcome.percentile(99.0).unwrap_or_default();
+    assert!(
+        p99 < Duration::from_secs(6),
+        "p99 {p99:?}: {:?}",
+        (outcome.percentile(50.0), outcome.origin_last, outcome.busy_answers)
+    );
+}
+
+#[test]
+fn a_dead_node_does_not_stop_the_others() {
+    let mut swarm = fleet();
+    // Two members die: one early (its origin share is still to fetch), one midway.
+    swarm.failures = vec![(20, Duration::from_millis(100)), (7, Duration::from_secs(2))];
+    let outcome = run(&swarm);
+    assert_eq!(outcome.unfinished, 0, "{outcome:?}");
+    assert_eq!(outcome.finished.len(), 48);
+    let ratio = outcome.egress_ratio(swarm.file_bytes);
+    assert!(ratio <= 1.1, "origin egress {ratio:.3}× the file");
+}
+
+#[test]
+fn the_same_swarm_gives_the_same_outcome() {
+    let swarm = Swarm::new(10, 80 * MB, 100.0 * MB as f64, 100.0 * MB as f64);
+    let (a, b) = (run(&swarm), run(&swarm));
+    assert_eq!(a.finished, b.finished);
+    assert_eq!(a.origin_bytes, b.origin_bytes);
+}
