@@ -17,6 +17,8 @@ use prometheus_client::registry::{Registry, Unit};
 /// Upper bounds of the fsync buckets, in seconds.
 const FSYNC_BUCKETS: [f64; 12] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+/// Upper bounds of the snapshot build buckets, in seconds.
+const SNAPSHOT_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// Upper bounds of the proposal batch buckets, in commands per entry.
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
@@ -68,6 +70,11 @@ pub(crate) struct Metrics {
     pub(crate) proposal_batch: Histogram,
     /// Durable (fsync'd) commits of the databases, by database.
     pub(crate) fsync: Histograms<Database>,
+    /// Snapshots built here and how long each took (reading the state, writing and
+    /// syncing the file, storing it): what a growing queue costs in the background.
+    snapshot_build: Histogram,
+    /// Size of the last snapshot built here, bytes.
+    snapshot_bytes: Gauge,
     /// Bytes of this node's downloads, by where they came from.
     pub(crate) transfer_bytes: Family<Source, Counter>,
     /// Errors of this node's jobs (ERROR or TRANSIENT_ERROR), by BITS code.
@@ -111,6 +118,8 @@ impl Metrics {
             api: ApiMetrics::default(),
             proposal_batch: Histogram::new(BATCH_BUCKETS),
             fsync: Family::new_with_constructor(|| Histogram::new(FSYNC_BUCKETS)),
+            snapshot_build: Histogram::new(SNAPSHOT_BUCKETS),
+            snapshot_bytes: Gauge::default(),
             transfer_bytes: Family::default(),
             job_errors: Family::default(),
             retries: Counter::default(),
@@ -227,6 +236,18 @@ impl Metrics {
             Unit::Seconds,
             m.fsync.clone(),
         );
+        r.register_with_unit(
+            "ferry_raft_snapshot_build",
+            "Snapshots built by this node, and how long each took",
+            Unit::Seconds,
+            m.snapshot_build.clone(),
+        );
+        r.register_with_unit(
+            "ferry_raft_snapshot_size",
+            "Size of the last snapshot this node built",
+            Unit::Bytes,
+            m.snapshot_bytes.clone(),
+        );
         r.register(
             "ferry_bus_subscribers",
             "Event subscriptions this node serves (HTTP and QUIC)",
@@ -270,6 +291,12 @@ impl Metrics {
     /// Times a durable commit of `db`.
     pub(crate) fn fsync(&self, db: &'static str, took: std::time::Duration) {
         self.fsync.get_or_create(&Database { db }).observe(took.as_secs_f64());
+    }
+
+    /// Records a snapshot built in `took`, of `bytes`.
+    pub(crate) fn snapshot_built(&self, took: std::time::Duration, bytes: u64) {
+        self.snapshot_build.observe(took.as_secs_f64());
+        self.snapshot_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 }
 

@@ -1,8 +1,14 @@
 //! Group commit. The [`Proposer`] actor owns the queue of proposals waiting to be
-//! written; a tokio task owns the Raft write of one batch at a time. Proposals that
-//! arrive while a batch is being written wait and leave together in the next batch, so
-//! under load many submissions share one log append, one state-machine commit and
-//! their fsyncs — without a timer, and with no delay when the node is idle.
+//! written ([`Outbox`]); tokio tasks own the Raft writes of the batches. Proposals that
+//! arrive while batches are being written wait and leave together in the next batch, so
+//! under load many submissions share one log append, one state-machine commit and its
+//! fsync — without a timer, and with no delay when the node is idle.
+//!
+//! Up to [`MAX_IN_FLIGHT`] batches are written at once: the next batch's log append
+//! (and, in a cluster, its replication) overlaps the previous one's apply and replies,
+//! instead of waiting for them. Batches in flight together carry proposals of
+//! different requests (a client waits for its answer before its next write), so their
+//! order in the log is free.
 
 use std::collections::VecDeque;
 
@@ -21,6 +27,10 @@ const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// Most encoded bytes in one batch: a Raft entry must stay well inside the decode limit
 /// (`codec::FRAME_LIMIT`), or no node could read the log back.
 pub(crate) const MAX_BATCH_BYTES: usize = ferry_protocol::codec::FRAME_LIMIT / 2;
+/// Most batches being written at once (see the module doc). Two keep the log busy while
+/// a batch applies; more would only split the waiting proposals into smaller batches,
+/// each costing its own log write.
+const MAX_IN_FLIGHT: usize = 2;
 
 /// The answer channel of one proposal.
 pub(crate) type ReplyTo = oneshot::Sender<Result<Written, ClusterError>>;
@@ -40,73 +50,109 @@ pub(crate) struct Propose {
 /// A proposal waiting for its batch.
 struct Waiting {
     proposal: Proposal,
-    bytes: usize,
     reply: ReplyTo,
+}
+
+/// The proposals waiting to be written and the count of batches being written: which
+/// proposals leave next, within the bounds above. No actor and no Raft in it.
+struct Outbox<T> {
+    /// Items waiting for a batch, oldest first, with their encoded sizes.
+    pending: VecDeque<(T, usize)>,
+    /// Encoded bytes in `pending`.
+    pending_bytes: usize,
+    /// Batches taken and not yet [`finished`](Self::finished).
+    in_flight: usize,
+    /// Most items in one batch.
+    max_batch: usize,
+}
+
+impl<T> Outbox<T> {
+    fn new(max_batch: usize) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            in_flight: 0,
+            max_batch: max_batch.max(1),
+        }
+    }
+
+    /// Queues `item` of `bytes`; gives it back when the queue is full.
+    fn admit(&mut self, item: T, bytes: usize) -> Result<(), T> {
+        if self.pending.len() >= MAX_PENDING || self.pending_bytes + bytes > MAX_PENDING_BYTES {
+            return Err(item);
+        }
+        self.pending_bytes += bytes;
+        self.pending.push_back((item, bytes));
+        Ok(())
+    }
+
+    /// The next batch to write, if fewer than [`MAX_IN_FLIGHT`] are being written and
+    /// items wait: the oldest ones, as many as fit in one batch (always at least one).
+    fn next_batch(&mut self) -> Option<Vec<T>> {
+        if self.in_flight >= MAX_IN_FLIGHT {
+            return None;
+        }
+        let mut count = 0;
+        let mut bytes = 0;
+        for (_, size) in self.pending.iter().take(self.max_batch) {
+            if count > 0 && bytes + size > MAX_BATCH_BYTES {
+                break;
+            }
+            count += 1;
+            bytes += size;
+        }
+        if count == 0 {
+            return None;
+        }
+        self.pending_bytes -= bytes;
+        self.in_flight += 1;
+        Some(self.pending.drain(..count).map(|(item, _)| item).collect())
+    }
+
+    /// A batch taken by [`next_batch`](Self::next_batch) was written (or failed).
+    fn finished(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
 }
 
 /// The batching actor.
 pub(crate) struct Proposer {
     /// Raft handle; writes go through `client_write` on the leader.
     raft: Raft,
-    /// Proposals waiting for the next batch, oldest first.
-    pending: VecDeque<Waiting>,
-    /// Encoded bytes in `pending`.
-    pending_bytes: usize,
-    /// True while a batch is being written: new proposals wait for it to finish.
-    in_flight: bool,
-    /// Most proposals in one batch.
-    max_batch: usize,
+    /// Proposals waiting, and how many batches are being written.
+    outbox: Outbox<Waiting>,
 }
 
 impl Proposer {
     /// A proposer writing through `raft`, at most `max_batch` commands per entry.
     pub(crate) fn new(raft: Raft, max_batch: usize) -> Self {
-        Self {
-            raft,
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-            in_flight: false,
-            max_batch: max_batch.max(1),
-        }
+        Self { raft, outbox: Outbox::new(max_batch) }
     }
 
+    /// Sends batches while the outbox gives them.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        // Take proposals while the batch stays within both bounds (always at least one).
-        let mut count = 0;
-        let mut bytes = 0;
-        for waiting in self.pending.iter().take(self.max_batch) {
-            if count > 0 && bytes + waiting.bytes > MAX_BATCH_BYTES {
-                break;
-            }
-            count += 1;
-            bytes += waiting.bytes;
+        while let Some(batch) = self.outbox.next_batch() {
+            crate::metrics::get().proposal_batch.observe(batch.len() as f64);
+            let (proposals, replies): (Vec<Proposal>, Vec<ReplyTo>) =
+                batch.into_iter().map(|w| (w.proposal, w.reply)).unzip();
+            let raft = self.raft.clone();
+            // The write runs on the worker pool; only its result comes back to the actor.
+            let write = tokio::spawn(async move {
+                raft.client_write(Batch { time: Timestamp::now(), proposals }).await
+            });
+            ctx.spawn(write.into_actor(self).map(move |joined, act, ctx| {
+                let outcome = match joined {
+                    Ok(Ok(response)) => Ok((response.log_id.index, response.data.0)),
+                    Ok(Err(e)) => Err(write_error(e)),
+                    Err(e) => Err(ClusterError::Unavailable(format!("the write task failed: {e}"))),
+                };
+                deliver(outcome, replies);
+                act.outbox.finished();
+                act.flush(ctx);
+            }));
         }
-        if count == 0 {
-            return;
-        }
-        self.pending_bytes -= bytes;
-        crate::metrics::get().proposal_batch.observe(count as f64);
-        let (proposals, replies): (Vec<Proposal>, Vec<ReplyTo>) =
-            self.pending.drain(..count).map(|w| (w.proposal, w.reply)).unzip();
-        self.in_flight = true;
-        let raft = self.raft.clone();
-        // The write runs on the worker pool; only its result comes back to the actor.
-        let write = tokio::spawn(async move {
-            raft.client_write(Batch { time: Timestamp::now(), proposals }).await
-        });
-        ctx.spawn(write.into_actor(self).map(move |joined, act, ctx| {
-            let outcome = match joined {
-                Ok(Ok(response)) => Ok((response.log_id.index, response.data.0)),
-                Ok(Err(e)) => Err(write_error(e)),
-                Err(e) => Err(ClusterError::Unavailable(format!("the write task failed: {e}"))),
-            };
-            deliver(outcome, replies);
-            act.in_flight = false;
-            act.flush(ctx);
-        }));
     }
 }
-
 fn deliver(
     outcome: Result<(u64, Vec<ferry_protocol::command::CommandResult>), ClusterError>,
     replies: Vec<ReplyTo>,
@@ -148,20 +194,81 @@ impl Handler<Propose> for Proposer {
     type Result = ();
 
     fn handle(&mut self, msg: Propose, ctx: &mut Self::Context) {
-        if self.pending.len() >= MAX_PENDING || self.pending_bytes + msg.bytes > MAX_PENDING_BYTES {
-            let _ = msg.reply.send(Err(ClusterError::Unavailable(
+        let waiting = Waiting { proposal: msg.proposal, reply: msg.reply };
+        if let Err(refused) = self.outbox.admit(waiting, msg.bytes) {
+            let _ = refused.reply.send(Err(ClusterError::Unavailable(
                 "too many writes are waiting; retry shortly".into(),
             )));
             return;
         }
-        self.pending_bytes += msg.bytes;
-        self.pending.push_back(Waiting {
-            proposal: msg.proposal,
-            bytes: msg.bytes,
-            reply: msg.reply,
-        });
-        if !self.in_flight {
-            self.flush(ctx);
+        self.flush(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_outbox_sends_a_proposal_at_once_alone() {
+        let mut outbox = Outbox::new(512);
+        outbox.admit(1, 10).expect("room");
+        assert_eq!(outbox.next_batch(), Some(vec![1]));
+        assert_eq!(outbox.next_batch(), None, "nothing waits");
+    }
+
+    #[test]
+    fn proposals_arriving_while_batches_are_written_leave_together() {
+        let mut outbox = Outbox::new(512);
+        for batch in 0..MAX_IN_FLIGHT {
+            outbox.admit(batch, 10).expect("room");
+            assert_eq!(outbox.next_batch(), Some(vec![batch]), "batch {batch} leaves at once");
         }
+        for item in 10..15 {
+            outbox.admit(item, 10).expect("room");
+        }
+        assert_eq!(outbox.next_batch(), None, "{MAX_IN_FLIGHT} batches are being written");
+        outbox.finished();
+        assert_eq!(outbox.next_batch(), Some(vec![10, 11, 12, 13, 14]), "in arrival order");
+        assert_eq!(outbox.next_batch(), None);
+        outbox.finished();
+        outbox.finished();
+        outbox.admit(20, 10).expect("room");
+        assert_eq!(outbox.next_batch(), Some(vec![20]));
+    }
+
+    #[test]
+    fn a_batch_keeps_within_its_count_and_byte_bounds() {
+        let mut outbox = Outbox::new(3);
+        for item in 0..5 {
+            outbox.admit(item, 10).expect("room");
+        }
+        assert_eq!(outbox.next_batch(), Some(vec![0, 1, 2]), "at most max_batch");
+        outbox.finished();
+        assert_eq!(outbox.next_batch(), Some(vec![3, 4]));
+
+        let mut outbox = Outbox::new(512);
+        let big = MAX_BATCH_BYTES / 2 + 1;
+        for item in 0..3 {
+            outbox.admit(item, big).expect("room");
+        }
+        assert_eq!(outbox.next_batch(), Some(vec![0]), "two would pass MAX_BATCH_BYTES");
+        assert_eq!(outbox.next_batch(), Some(vec![1]));
+        outbox.finished();
+        assert_eq!(outbox.next_batch(), Some(vec![2]));
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_and_takes_again_once_drained() {
+        let mut outbox = Outbox::new(512);
+        let share = MAX_PENDING_BYTES / 4;
+        for item in 0..4 {
+            outbox.admit(item, share).expect("room");
+        }
+        assert_eq!(outbox.admit(9, 1), Err(9), "over the byte bound");
+        while outbox.next_batch().is_some() {
+            outbox.finished();
+        }
+        outbox.admit(9, 1).expect("room again");
     }
 }

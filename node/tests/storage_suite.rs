@@ -74,6 +74,27 @@ mod snapshot {
         }
     }
 
+    /// Applies commit their rows without an fsync (the log holds the entries), so the
+    /// state a snapshot is built from must reach the disk before the log may be purged
+    /// behind the snapshot: a crash right after the build must find it there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_built_snapshot_is_covered_by_the_state_on_disk() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.redb");
+        let mut store = StateMachineStore::open(&path, Default::default())?;
+        store.apply((1..6).map(batch)).await?;
+        let built = store.get_snapshot_builder().await.build_snapshot().await?;
+        assert_eq!(built.meta.last_log_id, Some(log_id(5)));
+        // A crash now: the file as the disk has it, without what the process held.
+        let crashed = dir.path().join("crashed.redb");
+        std::fs::copy(&path, &crashed)?;
+        let mut reopened = StateMachineStore::open(&crashed, Default::default())?;
+        let (applied, _) = reopened.applied_state().await?;
+        assert_eq!(applied, built.meta.last_log_id, "the snapshot's state is on disk");
+        assert_eq!(reopened.read().queue.to_image(), store.read().queue.to_image());
+        Ok(())
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_installed_snapshot_survives_reopening() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;

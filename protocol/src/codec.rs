@@ -131,6 +131,49 @@ fn encode_within<T: Serialize + ?Sized>(value: &T, limit: usize) -> Result<Vec<u
     Ok(out)
 }
 
+/// The length of what [`encode`] would give for `value`, found without keeping the
+/// bytes (no buffer is allocated): what a proposal weighs in its batch.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    let outer = (NEEDED.get(), WRITING.get(), OMITTED.get());
+    let len = count_passes(value);
+    NEEDED.set(outer.0);
+    WRITING.set(outer.1);
+    OMITTED.set(outer.2);
+    len
+}
+
+/// [`encode_passes`] into a byte counter: the version byte and the body's length.
+fn count_passes<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    NEEDED.set(BASE_WRITE_VERSION);
+    WRITING.set(0);
+    OMITTED.set(u8::MAX);
+    let mut count = ByteCount(0);
+    bincode::serde::encode_into_std_write(value, &mut count, FRAME)
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let version = NEEDED.get();
+    if OMITTED.get() <= version {
+        WRITING.set(version);
+        count.0 = 0;
+        bincode::serde::encode_into_std_write(value, &mut count, FRAME)
+            .map_err(|e| CodecError::Encode(e.to_string()))?;
+    }
+    Ok(1 + count.0)
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The version byte [`encode`] would write for `value`: the newest format whose layout
 /// it uses (what every reader of it must read), found without keeping the bytes.
 pub fn version_of<T: Serialize + ?Sized>(value: &T) -> Result<u8, CodecError> {
@@ -365,6 +408,20 @@ mod tests {
         // JSON sees an ordinary, optional field.
         let json: Grown = serde_json::from_str(r#"{"kept":4}"#).expect("json");
         assert_eq!(json, Grown { kept: 4, added: None });
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_encode_gives() {
+        let same = |bytes: Vec<u8>, len: usize| assert_eq!(bytes.len(), len);
+        same(encode(&7u32).expect("encode"), encoded_len(&7u32).expect("len"));
+        let plain = Grown { kept: 300, added: None };
+        same(encode(&plain).expect("encode"), encoded_len(&plain).expect("len"));
+        let grown = Grown { kept: 1, added: Some("abc".into()) };
+        same(encode(&grown).expect("encode"), encoded_len(&grown).expect("len"));
+        // A second pass writes the fields the first one left out.
+        let mixed = vec![Grown { kept: 2, added: None }, grown, Grown::default()];
+        same(encode(&mixed).expect("encode"), encoded_len(&mixed).expect("len"));
+        assert!(encoded_len(&mixed).expect("len") > encode(&(2u32, 1u32, 0u32)).expect("e").len());
     }
 
     #[test]

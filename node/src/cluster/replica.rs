@@ -63,17 +63,10 @@ impl RaftReplica {
 
     /// Proposes through this node's proposer (it must lead).
     async fn write_here(&self, proposal: Proposal) -> Result<Written, ClusterError> {
-        let bytes = match codec::encode(&proposal) {
-            Ok(encoded) if encoded.len() <= MAX_BATCH_BYTES => encoded.len(),
-            Ok(encoded) => {
-                return Err(ClusterError::TooLarge {
-                    bytes: encoded.len(),
-                    limit: MAX_BATCH_BYTES,
-                });
-            }
-            Err(codec::CodecError::TooLarge { len, .. }) => {
-                return Err(ClusterError::TooLarge { bytes: len, limit: MAX_BATCH_BYTES });
-            }
+        // Measured, not encoded: the log store encodes the batch once.
+        let bytes = match codec::encoded_len(&proposal) {
+            Ok(len) if len <= MAX_BATCH_BYTES => len,
+            Ok(len) => return Err(ClusterError::TooLarge { bytes: len, limit: MAX_BATCH_BYTES }),
             Err(e) => {
                 return Err(ClusterError::Unavailable(format!("cannot encode the command: {e}")));
             }

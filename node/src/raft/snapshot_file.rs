@@ -121,7 +121,7 @@ fn read_frame(input: &mut impl Read, buf: &mut Vec<u8>) -> Result<(), SnapshotFi
     Ok(())
 }
 
-/// Writes the rows of `txn` (the durable state) to a new file at `path`, fsynced.
+/// Writes the rows of `txn` (the stored state) to a new file at `path`, fsynced.
 pub(crate) fn write(
     txn: &redb::ReadTransaction,
     queue: &QueueMeta,

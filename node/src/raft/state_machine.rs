@@ -4,6 +4,16 @@
 //!
 //! Apply is the pure [`Queue::apply_batch`] from `ferry-protocol`; this file only
 //! persists what it touched and keeps the applied id and membership beside it.
+//!
+//! Durability: an applied entry is already durable in the Raft log (fsync'd before it
+//! was acknowledged, and on a quorum before it was committed), and openraft applies the
+//! committed entries past the stored applied id again at start. So the rows an apply
+//! writes need no fsync of their own: they are committed without one
+//! ([`redb::Durability::None`]), and every [`DURABLE_EVERY`]-th commit, each snapshot
+//! build and each install is durable (and makes the commits before it durable too). A
+//! crash loses at most the rows of the entries since the last durable commit, which the
+//! log still holds: the log is purged only behind a stored snapshot, and storing one
+//! is a durable commit made after the snapshot's state was read.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -32,6 +42,11 @@ const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 const QUEUE_META: &str = "queue";
 const SNAPSHOT: &str = "snapshot";
+
+/// Every this many applies, the state commit is durable (fsync'd); the others are not
+/// (see the module doc). It bounds what a restart after a crash applies again from the
+/// log, and the pages redb keeps in memory for commits not yet on disk.
+const DURABLE_EVERY: u32 = 32;
 
 fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {
     io_error(ErrorVerb::Read, ErrorSubject::StateMachine, &e)
@@ -180,11 +195,15 @@ impl Rows {
         Ok(rows)
     }
 
-    fn write(self, db: &Database, retention: Retention) -> Result<(), StorageError> {
-        let txn = db.begin_write().map_err(write_err)?;
+    /// Writes the rows in one transaction, fsync'd only if `durable` (see the module
+    /// doc: the log already holds what they record).
+    fn write(self, db: &Database, retention: Retention, durable: bool) -> Result<(), StorageError> {
+        let mut txn = db.begin_write().map_err(write_err)?;
+        if !durable {
+            txn.set_durability(redb::Durability::None).map_err(write_err)?;
+        }
         self.write_in(&txn)?;
         events::append(&txn, &self.events, self.newest, retention).map_err(write_err)?;
-        // Durability::Immediate (redb's default): on disk before the reply leaves.
         txn.commit().map_err(write_err)
     }
 
@@ -241,6 +260,9 @@ pub struct StateMachineStore {
     feed: ChangeFeed,
     /// The snapshot on disk, for the log store's purges.
     floor: Arc<tokio::sync::watch::Sender<PurgeFloor>>,
+    /// Applies committed without an fsync since the last durable one (see
+    /// [`DURABLE_EVERY`]).
+    unsynced: u32,
 }
 
 impl StateMachineStore {
@@ -273,6 +295,7 @@ impl StateMachineStore {
             snapshots: SnapshotDir::open(path).map_err(write_err)?,
             receiving: Arc::default(),
             floor: Arc::new(tokio::sync::watch::Sender::new(floor)),
+            unsynced: 0,
         })
     }
 
@@ -399,14 +422,16 @@ impl StateMachineStore {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    /// Builds the snapshot from the *durable* state (a redb read transaction: one
-    /// consistent view of what is on disk), never from memory, which may be ahead of the
-    /// disk while an apply commits. The log may then be purged up to it safely.
+    /// Builds the snapshot from the stored state (a redb read transaction: one consistent
+    /// view of the rows), never from memory, which may be ahead of the rows while an
+    /// apply commits. The commit that stores the snapshot is durable, so the state it
+    /// was read from is on disk before the log may be purged up to it.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         fail::fail_point!("raft.snapshot.build", |_| {
             Err(write_err(crate::failpoint::error("raft.snapshot.build")))
         });
         let (db, dir) = (self.db.clone(), self.snapshots.clone());
+        let started = std::time::Instant::now();
         let (meta, path, bytes) = blocking(ErrorSubject::StateMachine, move || {
             let txn = db.begin_read().map_err(read_err)?;
             let (queue, applied, membership) = read_scalars(&txn)?;
@@ -425,15 +450,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
             let stored = StoredSnapshot { meta: meta.clone(), file: file.clone() };
             let txn = db.begin_write().map_err(write_err)?;
-            if store_snapshot(&txn, &stored)? {
-                txn.commit().map_err(write_err)?;
+            let replaced = store_snapshot(&txn, &stored)?;
+            // Durable (redb's default), as are the applies committed before it without an
+            // fsync: the state this snapshot was read from is on disk before the log is
+            // purged behind it.
+            txn.commit().map_err(write_err)?;
+            if replaced {
                 dir.remove_others(&file);
             }
             Ok((meta, path, bytes))
         })
         .await?;
         self.snapshot_stored(Ok(meta.last_log_id));
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "built snapshot");
+        let took = started.elapsed();
+        crate::metrics::get().snapshot_built(took, bytes);
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes, ?took, "built snapshot");
         // Opened even if a newer snapshot replaced this one meanwhile (the open file
         // outlives its removal).
         let file = tokio::fs::File::open(&path).await.map_err(read_err)?;
@@ -488,9 +519,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         fail::fail_point!("raft.apply", |_| Err(write_err(crate::failpoint::error("raft.apply"))));
         let db = self.db.clone();
         let retention = self.retention;
+        self.unsynced += 1;
+        let durable = self.unsynced >= DURABLE_EVERY;
+        if durable {
+            self.unsynced = 0;
+        }
         let started = std::time::Instant::now();
-        blocking(ErrorSubject::StateMachine, move || rows.write(&db, retention)).await?;
-        crate::metrics::get().fsync("state", started.elapsed());
+        blocking(ErrorSubject::StateMachine, move || rows.write(&db, retention, durable)).await?;
+        if durable {
+            crate::metrics::get().fsync("state", started.elapsed());
+        }
         if !published.is_empty() {
             self.events.publish(published.into());
         }

@@ -3,12 +3,17 @@
 //! each, the `submit` bench's mix) by 64 clients, then measured: the submit rate and
 //! p99 latency of more jobs on top, the node's resident memory (now and peak), the
 //! latency of listing every job and of a 1,000-job page, the data directory's size,
-//! and the time a restart takes to serve again. A level is capped so that the jobs
-//! measured on top still fit under the cluster's hard limit (`HARD_MAX_JOBS`, 100,000):
-//! the table shows the jobs actually queued.
+//! the time a restart takes to serve again, and the time and size of a snapshot of the
+//! whole queue. A level is capped so that the jobs measured on top still fit under the
+//! cluster's hard limit (`HARD_MAX_JOBS`, 100,000): the table shows the jobs actually
+//! queued.
 //!
-//! Not measured yet: a snapshot's build time (it happens inside the node, on its own
-//! schedule; its size shows in the data directory).
+//! The snapshot: a node builds one on its own schedule (`raft.snapshot_after_entries`),
+//! so the node is restarted once more with a snapshot due after every entry, one job is
+//! created (a lone voter resumes its leadership without writing an entry), and the
+//! node's metrics (`ferry_raft_snapshot_build_seconds`, `ferry_raft_snapshot_size_bytes`)
+//! say how long the build took and how large the snapshot is. Nothing but the
+//! configuration an operator sets is used.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,12 +40,15 @@ pub(crate) struct Level {
     list_page: Duration,
     data_bytes: u64,
     restart: Duration,
+    snapshot_build: Duration,
+    snapshot_bytes: u64,
 }
 
 /// Measures each of `levels`.
 pub(crate) async fn scale(levels: &[usize]) -> anyhow::Result<Vec<Level>> {
     let mut out = Vec::new();
-    let most = ferry_protocol::limits::HARD_MAX_JOBS as usize - MEASURED_JOBS;
+    // Room for the jobs measured on top and the one that starts the snapshot.
+    let most = ferry_protocol::limits::HARD_MAX_JOBS as usize - MEASURED_JOBS - 1;
     for &level in levels {
         let queued = level.min(most);
         let mut node = Node::start(NodeOptions::queue_only()).await?;
@@ -74,6 +82,7 @@ pub(crate) async fn scale(levels: &[usize]) -> anyhow::Result<Vec<Level>> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let restart = t.elapsed();
+        let (snapshot_build, snapshot_bytes) = snapshot(&mut node).await?;
         eprintln!("  {queued} jobs: done");
         out.push(Level {
             queued,
@@ -86,9 +95,44 @@ pub(crate) async fn scale(levels: &[usize]) -> anyhow::Result<Vec<Level>> {
             list_page,
             data_bytes,
             restart,
+            snapshot_build,
+            snapshot_bytes,
         });
     }
     Ok(out)
+}
+
+/// Restarts `node` with a snapshot due after every entry and waits for the first build:
+/// its time and size, as the node's metrics report them.
+async fn snapshot(node: &mut Node) -> anyhow::Result<(Duration, u64)> {
+    node.options.snapshot_after_entries = 1;
+    node.restart().await?;
+    let client = node.client(Some(tokens::ADMIN))?;
+    client.create_job(&crate::submit::job_spec(usize::MAX)).await?;
+    let url = format!("{}/metrics", node.url()?);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = http.get(&url).bearer_auth(tokens::ADMIN).send().await?.text().await?;
+        let count = sample(&text, "ferry_raft_snapshot_build_seconds_count").unwrap_or(0.0);
+        if count >= 1.0 {
+            let sum = sample(&text, "ferry_raft_snapshot_build_seconds_sum")
+                .context("no ferry_raft_snapshot_build_seconds_sum in /metrics")?;
+            let bytes = sample(&text, "ferry_raft_snapshot_size_bytes")
+                .context("no ferry_raft_snapshot_size_bytes in /metrics")?;
+            // Later entries may have built more: the mean of those built so far.
+            return Ok((Duration::from_secs_f64(sum / count), bytes as u64));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no snapshot was built within 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
 }
 
 /// A `Vm...:` line of `/proc/<pid>/status`, in bytes.
@@ -121,7 +165,7 @@ pub(crate) fn print_scale(levels: &[Level]) {
         "\nferry-bench scale — one node, {CLIENTS} clients, {MEASURED_JOBS} jobs measured on top of the queue"
     );
     println!(
-        "{:>8}  {:>8}  {:>9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>10}  {:>9}  {:>8}",
+        "{:>8}  {:>8}  {:>9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>10}  {:>9}  {:>8}  {:>9}  {:>9}",
         "queued",
         "fill s",
         "jobs/s",
@@ -131,11 +175,13 @@ pub(crate) fn print_scale(levels: &[Level]) {
         "list all",
         "list 1000",
         "data MiB",
-        "restart"
+        "restart",
+        "snap s",
+        "snap MiB"
     );
     for l in levels {
         println!(
-            "{:>8}  {:>8.1}  {:>9.0}  {:>8.1}  {:>8.0}  {:>9.0}  {:>8.0}ms  {:>8.0}ms  {:>9.1}  {:>7.2}s",
+            "{:>8}  {:>8.1}  {:>9.0}  {:>8.1}  {:>8.0}  {:>9.0}  {:>8.0}ms  {:>8.0}ms  {:>9.1}  {:>7.2}s  {:>8.2}s  {:>9.1}",
             l.queued,
             l.fill.as_secs_f64(),
             l.rate,
@@ -146,6 +192,8 @@ pub(crate) fn print_scale(levels: &[Level]) {
             l.list_page.as_secs_f64() * 1e3,
             l.data_bytes as f64 / MIB,
             l.restart.as_secs_f64(),
+            l.snapshot_build.as_secs_f64(),
+            l.snapshot_bytes as f64 / MIB,
         );
     }
     if let (Some(first), Some(last)) = (levels.first(), levels.last()) {
