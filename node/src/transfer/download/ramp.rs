@@ -1,6 +1,7 @@
 //! How many range connections a file's download opens when the node picks them
 //! (`transfer.connections = "auto"`, the default): one at first; then, every
-//! [`WINDOW`], the throughput of the last window decides. Each step doubles the
+//! [`WINDOW`] (and [`MIN_WINDOW_BYTES`]), the throughput of the last window decides (the first window only warms
+//! up: it holds the connection's start and a bandwidth bucket's first burst). Each step doubles the
 //! connections (1, 2, 4, 8, 16) as long as the step before raised the throughput by
 //! [`GAIN`] at least; once a step does not, the count stays. A link that one
 //! connection fills, a node or job bandwidth cap, or an origin that is slow for all
@@ -12,6 +13,11 @@ use std::time::{Duration, Instant};
 
 /// How long each count of connections is measured before the next step.
 pub(super) const WINDOW: Duration = Duration::from_millis(150);
+
+/// Bytes a window must hold besides lasting [`WINDOW`]: a bandwidth cap hands out
+/// bytes 64 KiB at a time, and a window of a few such draws would measure the draws,
+/// not the link. On a slow link the windows are longer.
+pub(super) const MIN_WINDOW_BYTES: u64 = 1024 * 1024;
 
 /// Throughput a step must add to be followed by another (1.2: a fifth more).
 const GAIN: f64 = 1.2;
@@ -25,6 +31,8 @@ pub(super) struct Ramp {
     mark: (Instant, u64),
     /// Throughput (bytes per second) of the window before the last step.
     before: Option<f64>,
+    /// The first window, which is not measured, is over.
+    warm: bool,
     settled: bool,
 }
 
@@ -32,7 +40,8 @@ impl Ramp {
     /// A ramp starting with one connection open, up to `max`, at `now` with
     /// `received` bytes so far.
     pub(super) fn new(max: usize, now: Instant, received: u64) -> Self {
-        Self { open: 1, max: max.max(1), mark: (now, received), before: None, settled: max <= 1 }
+        let settled = max <= 1;
+        Self { open: 1, max: max.max(1), mark: (now, received), before: None, warm: false, settled }
     }
 
     /// Connections open (or asked for).
@@ -53,11 +62,15 @@ impl Ramp {
             return 0;
         }
         let elapsed = now.saturating_duration_since(self.mark.0);
-        if elapsed < WINDOW {
+        let bytes = received.saturating_sub(self.mark.1);
+        if elapsed < WINDOW || bytes < MIN_WINDOW_BYTES {
             return 0;
         }
-        let rate = received.saturating_sub(self.mark.1) as f64 / elapsed.as_secs_f64();
+        let rate = bytes as f64 / elapsed.as_secs_f64();
         self.mark = (now, received);
+        if !std::mem::replace(&mut self.warm, true) {
+            return 0;
+        }
         if self.before.is_some_and(|before| rate < before * GAIN) {
             self.settled = true;
             return 0;
@@ -93,8 +106,24 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_start_does_not_count_as_a_gain() {
+        // The first window holds the connection's start (a tenth of the rate); the
+        // step after it would otherwise see a gain that a capped link does not give.
+        let start = Instant::now();
+        let mut ramp = Ramp::new(16, start, 0);
+        let window = WINDOW.as_secs_f64();
+        let mut received = 0.1 * 100e6 * window;
+        ramp.tick(start + WINDOW, received as u64);
+        for i in 2..10 {
+            received += 100e6 * window;
+            ramp.tick(start + WINDOW * i, received as u64);
+        }
+        assert_eq!(ramp.open(), 2);
+    }
+
+    #[test]
     fn a_server_limiting_each_connection_gets_every_connection() {
-        assert_eq!(drive(16, 2e6, f64::INFINITY, 10), 16);
+        assert_eq!(drive(16, 20e6, f64::INFINITY, 10), 16);
     }
 
     #[test]
@@ -112,12 +141,28 @@ mod tests {
     }
 
     #[test]
+    fn a_window_lasts_until_it_holds_enough_bytes() {
+        // 512 KiB/s: a window needs two seconds, not 150 ms, and the draws of a
+        // bandwidth cap (64 KiB at a time) do not sway it.
+        let start = Instant::now();
+        let mut ramp = Ramp::new(16, start, 0);
+        let mut received = 0;
+        for i in 1..=40 {
+            received += if i % 2 == 0 { 128 * 1024 } else { 0 };
+            ramp.tick(start + WINDOW * i, received);
+        }
+        assert_eq!(ramp.open(), 2, "one step, then no gain");
+    }
+
+    #[test]
     fn it_waits_a_window_between_steps_and_respects_its_maximum() {
         let start = Instant::now();
+        const MIB: u64 = 1024 * 1024;
         let mut ramp = Ramp::new(3, start, 0);
-        assert_eq!(ramp.tick(start + WINDOW / 2, 1_000), 0, "the window still runs");
-        assert_eq!(ramp.tick(start + WINDOW, 2_000), 1);
-        assert_eq!(ramp.tick(start + WINDOW * 2, 10_000), 1, "only up to the maximum");
+        assert_eq!(ramp.tick(start + WINDOW / 2, 2 * MIB), 0, "the window still runs");
+        assert_eq!(ramp.tick(start + WINDOW, 4 * MIB), 0, "the first window only warms up");
+        assert_eq!(ramp.tick(start + WINDOW * 2, 5 * MIB), 1);
+        assert_eq!(ramp.tick(start + WINDOW * 3, 7 * MIB), 1, "only up to the maximum");
         assert!(ramp.settled());
         assert_eq!(ramp.open(), 3);
         assert_eq!(ramp.tick(start + WINDOW * 10, 1_000_000), 0);
