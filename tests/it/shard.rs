@@ -64,6 +64,33 @@ fn helpers(n: u32) -> PropertyChanges {
     PropertyChanges { max_helpers: Some(Some(n)), ..PropertyChanges::default() }
 }
 
+/// A download of the origin's `path` (pattern `seed`, `len` bytes) with `properties`,
+/// started on node 1 of a fresh [`cluster`].
+struct Sharded {
+    nodes: Vec<Node>,
+    client: ferry_coordinator::Client,
+    dir: tempfile::TempDir,
+    local: std::path::PathBuf,
+    id: ferry_protocol::JobId,
+}
+
+async fn start_sharded(
+    origin: &Origin,
+    path: &str,
+    seed: u64,
+    len: u64,
+    properties: PropertyChanges,
+) -> anyhow::Result<Sharded> {
+    origin.add_file(path, Content::Pattern { seed, len });
+    let nodes = cluster().await?;
+    let client = nodes[0].client(Some(tokens::ALICE))?;
+    let dir = tempfile::tempdir()?;
+    let local = dir.path().join(path.trim_start_matches('/'));
+    let files = [(origin.url(path), local.clone())];
+    let id = crate::support::start_download(&client, &files, properties).await?;
+    Ok(Sharded { nodes, client, dir, local, id })
+}
+
 /// Clients the origin saw fetching ranges of `path`.
 fn range_clients(origin: &Origin, path: &str) -> BTreeSet<IpAddr> {
     origin
@@ -123,13 +150,8 @@ async fn a_killed_helper_gives_its_pieces_back() -> anyhow::Result<()> {
     })
     .await?;
     let len = 32 * MIB;
-    origin.add_file("/k.bin", Content::Pattern { seed: 62, len });
-    let mut nodes = cluster().await?;
-    let client = nodes[0].client(Some(tokens::ALICE))?;
-    let dir = tempfile::tempdir()?;
-    let local = dir.path().join("k.bin");
-    let files = [(origin.url("/k.bin"), local.clone())];
-    let id = crate::support::start_download(&client, &files, helpers(2)).await?;
+    let Sharded { mut nodes, client, local, id, dir: _dir } =
+        start_sharded(&origin, "/k.bin", 62, len, helpers(2)).await?;
     // Once a helper delivered, kill it (node 3) mid-transfer.
     let helper_ip: IpAddr = "127.0.0.3".parse()?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -184,13 +206,8 @@ async fn pieces_of_a_helper_lost_after_the_home_node_finished_are_fetched_again(
     })
     .await?;
     let len = 24 * MIB;
-    origin.add_file("/h.bin", Content::Pattern { seed: 63, len });
-    let mut nodes = cluster().await?;
-    let client = nodes[0].client(Some(tokens::ALICE))?;
-    let dir = tempfile::tempdir()?;
-    let local = dir.path().join("h.bin");
-    let files = [(origin.url("/h.bin"), local.clone())];
-    let id = crate::support::start_download(&client, &files, helpers(1)).await?;
+    let Sharded { mut nodes, client, local, id, dir: _dir } =
+        start_sharded(&origin, "/h.bin", 63, len, helpers(1)).await?;
     // The helper holds pieces, and the home node has every other piece.
     let deadline = Instant::now() + Duration::from_secs(60);
     let helper = loop {
@@ -259,15 +276,10 @@ async fn a_killed_home_node_keeps_what_its_helpers_delivered() -> anyhow::Result
     })
     .await?;
     let len = 48 * MIB;
-    origin.add_file("/h.bin", Content::Pattern { seed: 63, len });
-    let mut nodes = cluster().await?;
-    let client = nodes[0].client(Some(tokens::ALICE))?;
-    let dir = tempfile::tempdir()?;
-    let local = dir.path().join("h.bin");
-    let files = [(origin.url("/h.bin"), local.clone())];
     // One origin connection at home: the bound of what is re-fetched counts it.
     let props = PropertyChanges { max_connections: Some(Some(1)), ..helpers(2) };
-    let id = crate::support::start_download(&client, &files, props).await?;
+    let Sharded { mut nodes, client, local, id, dir: _dir } =
+        start_sharded(&origin, "/h.bin", 63, len, props).await?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let job = client.job(id).await?;

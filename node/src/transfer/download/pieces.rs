@@ -131,7 +131,8 @@ impl Run {
         let mut window = tokio::time::interval(ramp::WINDOW);
         window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // No piece left to hand out: no connection is opened any more.
+            // The ramp settled, or no piece is left to hand out: no connection is opened
+            // any more (and the growth's lines to the router close).
             workers.stop_growing_if(routing.router().len() == 0);
             if sending.is_none() && !durable.is_empty() {
                 let report =
@@ -308,8 +309,8 @@ impl Workers {
         self.tasks.spawn(scoped(async move { from_origin(&fetch, &desk, &done).await }));
     }
 
-    /// Opens the connections the ramp asks for after the window ending now; ends the
-    /// growth once the ramp settled or no piece is left for a new connection.
+    /// Opens the connections the ramp asks for after the window ending now (at most one
+    /// per piece `left`).
     fn grow(&mut self, fetch: &Fetch, left: usize) {
         let Some(growth) = &mut self.growth else { return };
         let received = fetch.temp.received().load(Ordering::Relaxed);
@@ -325,7 +326,6 @@ impl Workers {
                 self.add_origin(fetch, &desk, &done);
             }
         }
-        self.stop_growing_if(left == 0);
     }
 
     /// Ends the growth if `done` or the ramp settled: its lines to the router close.
