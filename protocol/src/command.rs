@@ -122,8 +122,8 @@ pub enum Command {
         credentials: Vec<Vec<SealedCredential>>,
     },
     /// Takes file `file` of `job` out of the peer cache: its copy served bytes that did
-    /// not match their digest, or its node's cache limits dropped it (the node itself
-    /// only).
+    /// not match their digest, its node's cache limits dropped it, or its file is gone
+    /// (the node itself only).
     WithdrawPeerCopy {
         /// The job holding the copy.
         job: JobId,

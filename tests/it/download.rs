@@ -504,3 +504,46 @@ async fn by_default_a_file_gets_connections_while_they_add_throughput() -> anyho
     );
     Ok(())
 }
+
+/// A job's small files (each whole in its probe's answer) are fetched several at once;
+/// a file of several chunks runs with no file after it started until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_overlap_and_a_large_file_keeps_the_order() -> anyhow::Result<()> {
+    const SMALL: u64 = 64 * 1024;
+    let origin = Origin::start(OriginConfig::default()).await?;
+    let paths: Vec<String> = (0..12)
+        .map(|i| if i == 6 { "/large.bin".to_owned() } else { format!("/small-{i}.bin") })
+        .collect();
+    for (i, path) in paths.iter().enumerate() {
+        let len = if i == 6 { 2 * MIB } else { SMALL };
+        origin.add_file(path, Content::Pattern { seed: 30 + i as u64, len });
+    }
+    // 64 KiB bodies take about 100 ms each.
+    let trickle = Some((16 * 1024, Duration::from_millis(25)));
+    origin.set_knobs(Knobs { trickle, ..Knobs::default() });
+    let node = transfer_node(&format!("chunk_size_bytes = {MIB}")).await?;
+    let client = node.client(Some(tokens::ALICE))?;
+    let out = tempfile::tempdir()?;
+    let files: Vec<_> = paths.iter().map(|p| (origin.url(p), out.path().join(&p[1..]))).collect();
+    // One connection per file: bodies in flight beyond one are files side by side.
+    let one = PropertyChanges { max_connections: Some(Some(1)), ..PropertyChanges::default() };
+    let id = start_download(&client, &files, one).await?;
+    wait_for(&node, &client, id, &[JobState::Transferred], Duration::from_secs(60)).await?;
+    client.act(id, JobAction::Complete).await?;
+    for (path, (_, local)) in paths.iter().zip(&files) {
+        assert!(same_as_origin(&origin, path, local)?, "{path} differs");
+    }
+    let stats = origin.stats();
+    assert!(stats.max_bodies_in_flight >= 3, "the small files came one by one: {stats:?}");
+    let requests = origin.requests();
+    let last_large = requests.iter().rposition(|r| r.path == "/large.bin");
+    let first_after =
+        requests.iter().position(|r| paths[7..].contains(&r.path)).unwrap_or(usize::MAX);
+    assert!(
+        last_large.is_some_and(|last| last < first_after),
+        "a file after the large one started before it ended: {:?}",
+        requests.iter().map(|r| (&r.path, &r.range)).collect::<Vec<_>>()
+    );
+    println!("{} bodies at most in flight", stats.max_bodies_in_flight);
+    Ok(())
+}

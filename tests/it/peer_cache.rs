@@ -236,6 +236,42 @@ async fn a_copy_damaged_on_its_holder_is_never_served_and_is_withdrawn() -> anyh
     Ok(())
 }
 
+/// A copy whose file its owner deleted is withdrawn by its holder when first asked for,
+/// and not asked for again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_file_is_gone_is_withdrawn_at_the_first_ask() -> anyhow::Result<()> {
+    const GONE: &str = "is gone from its path; withdrawing the copy";
+    let origin = Origin::start(OriginConfig::default()).await?;
+    origin.add_file("/gone.bin", Content::Pattern { seed: 76, len: 3 * MIB });
+    let nodes = cluster(1, no_cache_settings).await?;
+    let client = nodes[0].client(Some(tokens::ALICE))?;
+    let dir = tempfile::tempdir()?;
+    let url = origin.url("/gone.bin");
+    let first = dir.path().join("first.bin");
+    download(&nodes[0], &client, &url, &first, PropertyChanges::default()).await?;
+    std::fs::remove_file(&first)?;
+    let count = |node: &Node| {
+        std::fs::read_to_string(node.log_path()).unwrap_or_default().matches(GONE).count()
+    };
+    let mut asked = Vec::new();
+    for name in ["second.bin", "third.bin"] {
+        let local = dir.path().join(name);
+        download(&nodes[0], &client, &url, &local, PropertyChanges::default()).await?;
+        assert!(same_as_origin(&origin, "/gone.bin", &local)?, "{name} differs");
+        // The withdrawal is written after the answer: give it time to apply.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count(&nodes[0]) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        asked.push(count(&nodes[0]));
+    }
+    // The second download's pieces (up to 3) found the copy gone; the third asked none.
+    assert!(asked[0] >= 1, "the gone copy was not withdrawn");
+    assert_eq!(asked[1], asked[0], "the gone copy was asked for again");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_beyond_a_nodes_cache_size_are_no_longer_offered() -> anyhow::Result<()> {
     let origin = Origin::start(OriginConfig::default()).await?;

@@ -77,7 +77,9 @@ fn origin_of(url: &str) -> String {
 impl super::EngineSettings {
     /// Range connections per file of `job`, at first and at most: its own count or the
     /// node's, or from one up to the most a file may have when the node picks them
-    /// (`transfer.connections = "auto"`, see `download::ramp`).
+    /// (`transfer.connections = "auto"`, see `download::ramp`). A fleet member picks
+    /// one: the fleet's members are its parallel connections, and more per member
+    /// fetch more pieces from the origin twice.
     pub(crate) fn connections_of(&self, job: &ferry_protocol::Job) -> (usize, usize) {
         use crate::config::Connections;
         let most = ferry_protocol::limits::MAX_CONNECTIONS_PER_FILE;
@@ -86,6 +88,7 @@ impl super::EngineSettings {
                 let n = n.clamp(1, most) as usize;
                 (n, n)
             }
+            (None, Connections::Auto) if job.fleet().is_some() => (1, 1),
             (None, Connections::Auto) => (1, most as usize),
         }
     }

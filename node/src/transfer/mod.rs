@@ -21,8 +21,8 @@ pub(crate) mod router;
 mod scope;
 mod upload;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -190,9 +190,9 @@ pub(crate) struct Run {
     pub(crate) settings: EngineSettings,
     /// HTTP client and credentials of the run.
     pub(crate) http: Arc<HttpSession>,
-    /// The current file comes from the origin alone (no peers, no helpers): its first
-    /// try did not match the SHA-256 its origin declared.
-    pub(crate) origin_only: std::sync::atomic::AtomicBool,
+    /// Files that come from the origin alone (no peers, no helpers): their first try
+    /// did not match the SHA-256 their origin declared, or their owner withdrew them.
+    pub(crate) origin_only: Mutex<BTreeSet<u32>>,
 }
 
 impl Run {

@@ -109,6 +109,10 @@ async fn serve(
             });
             CopyAnswer::Missing(format!("chunk {} of the copy is damaged", chunk.index))
         }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            tokio::spawn(withdraw_if_gone(cluster.clone(), request.clone()));
+            CopyAnswer::Missing(format!("the copy is gone: {e}"))
+        }
         Ok(Err(e)) => CopyAnswer::Missing(format!("cannot read the copy: {e}")),
         Err(e) => CopyAnswer::Missing(e.to_string()),
     };
@@ -164,8 +168,26 @@ fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<Located, N
     Ok(Located { owner: job.owner().clone(), path: PathBuf::from(path), offset, chunk })
 }
 
+/// How long a copy found gone from its path may still be moving there (Complete renames
+/// the temporary file before the job's new state is applied).
+const GONE_AFTER: Duration = Duration::from_secs(1);
+
+/// Withdraws the copy `request` asked for if its file is still gone [`GONE_AFTER`]
+/// from now (its owner deleted or moved it): nobody should ask for it again.
+async fn withdraw_if_gone(cluster: ClusterView, request: CopyRequest) {
+    tokio::time::sleep(GONE_AFTER).await;
+    let located = locate(&cluster.state.read().queue, cluster.node_id, &request);
+    let Ok(Located { path, .. }) = located else { return };
+    let gone = tokio::fs::symlink_metadata(&path).await;
+    if gone.is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        tracing::info!(job = %request.job, file = request.file, path = %path.display(), "a copy held here is gone from its path; withdrawing the copy");
+        withdraw(&cluster, request.job, request.file, None).await;
+    }
+}
+
 /// Takes a copy out of the peer cache: it served bytes that did not match the digest of
-/// `mismatch` (chunk index, digest), or (`None`) this node's limits drop it.
+/// `mismatch` (chunk index, digest), or (`None`) this node's limits drop it or its file
+/// is gone.
 pub(crate) async fn withdraw(
     cluster: &ClusterView,
     job: JobId,

@@ -17,6 +17,7 @@
 //! download size enforced.
 
 mod desk;
+mod files;
 mod helper_client;
 mod peers;
 mod pieces;
@@ -26,7 +27,6 @@ mod stream;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,14 @@ impl Outbox {
         self.reports.is_empty()
     }
 
+    /// Takes `other`'s reports after this outbox's own.
+    pub(super) fn absorb(&mut self, other: Self) {
+        if let Some(since) = other.since {
+            self.since = Some(self.since.map_or(since, |s| s.min(since)));
+        }
+        self.reports.extend(other.reports);
+    }
+
     pub(super) fn due(&self) -> bool {
         self.reports.len() >= OUTBOX_REPORTS
             || self.since.is_some_and(|t| t.elapsed() >= OUTBOX_DELAY)
@@ -80,86 +88,6 @@ impl Outbox {
 }
 
 impl Run {
-    /// Transfers every pending file; returns why it stopped if it did not finish.
-    pub(crate) async fn download(&self) -> Result<(), Stop> {
-        let mut outbox = Outbox::default();
-        if self.job.state() == JobState::Connecting {
-            // Told once the server answered (the first probe), or at once without files.
-            outbox.push(EngineReport::Connected);
-        }
-        // Files finished in this run may not be recorded yet (their reports wait in
-        // the outbox): the next file is searched after the last one done.
-        let mut after = 0;
-        loop {
-            let next = self.reporter.read(self.job.id(), self.run, |job| {
-                job.files().iter().skip(after).position(|f| !f.transferred).map(|i| i + after)
-            })?;
-            let Some(index) = next else {
-                if !outbox.is_empty() {
-                    self.send(&mut outbox, Vec::new()).await?;
-                }
-                return Ok(());
-            };
-            let index = u32::try_from(index).unwrap_or(u32::MAX);
-            let mut restarts = 0;
-            // A file whose peer bytes its owner found invalid comes from the origin alone.
-            let withdrawn = self.reporter.read(self.job.id(), self.run, |job| {
-                job.files().get(index as usize).is_some_and(|f| f.withdrawn)
-            })?;
-            self.origin_only.store(withdrawn, Ordering::Relaxed);
-            loop {
-                match self.download_file(index, &mut outbox).await {
-                    Ok(()) => {
-                        after = index as usize + 1;
-                        break;
-                    }
-                    Err(Stop::DigestMismatch(why)) if !self.origin_only.load(Ordering::Relaxed) => {
-                        // Perhaps bytes from peers: once more, from the origin alone.
-                        restarts += 1;
-                        tracing::info!(job = %self.job.id(), file = index, %why, "starting the file over from the origin alone");
-                        self.origin_only.store(true, Ordering::Relaxed);
-                        self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
-                            .await?;
-                    }
-                    Err(Stop::DigestMismatch(why)) => {
-                        // The origin's own bytes do not match its declaration.
-                        self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
-                            .await?;
-                        return Err(Failure::fatal(transport_error(
-                            BitsCode::BG_E_INVALID_SERVER_RESPONSE,
-                            format!("{why} (twice, the second time from the origin alone)"),
-                            index,
-                        ))
-                        .into());
-                    }
-                    Err(Stop::RestartFile(why)) => {
-                        restarts += 1;
-                        tracing::info!(job = %self.job.id(), file = index, %why, "starting the file over");
-                        self.send(&mut outbox, vec![EngineReport::RestartFile { file: index }])
-                            .await?;
-                        if restarts >= MAX_RESTARTS_PER_RUN {
-                            return Err(Failure::protocol(
-                                BitsCode::BG_E_REMOTE_FILE_CHANGED,
-                                format!(
-                                    "the remote file kept changing during the download ({why})"
-                                ),
-                                index,
-                            )
-                            .into());
-                        }
-                    }
-                    Err(other) => {
-                        // Keep what earlier files achieved before the failure is reported.
-                        if matches!(other, Stop::Failed(_)) && !outbox.is_empty() {
-                            self.send(&mut outbox, Vec::new()).await?;
-                        }
-                        return Err(other);
-                    }
-                }
-            }
-        }
-    }
-
     /// Sends what waits in `outbox`, then `more`, as one command.
     pub(super) async fn send(
         &self,
@@ -178,7 +106,12 @@ impl Run {
     }
 
     /// Probe, plan, fetch what is missing, finish one file.
-    async fn download_file(&self, index: u32, outbox: &mut Outbox) -> Result<(), Stop> {
+    async fn download_file(
+        &self,
+        index: u32,
+        outbox: &mut Outbox,
+        lane: &files::Lane,
+    ) -> Result<(), Stop> {
         let file = self.file(index)?;
         let url = file.remote_url.clone();
         let local_source = url.starts_with("file://");
@@ -223,7 +156,7 @@ impl Run {
         // may come from peers: members hold copies of the URL or of some declared
         // digest (known after a HEAD), or another member of the job's fleet fetches the
         // first chunk.
-        let peers_may_serve = self.uses_cluster() && {
+        let peers_may_serve = self.uses_cluster(index) && {
             let queue = &self.reporter.cluster.state.read().queue;
             queue.offers_url(&url)
                 || queue.offers_digests()
@@ -251,7 +184,7 @@ impl Run {
             // A resumed file keeps its plan (perhaps one adopted from peers' copies).
             Some(_) if same_version && file.chunk_size != 0 => file.chunk_size,
             Some(size) => self
-                .copies_chunk_size(&file, &probe.remote, size)
+                .copies_chunk_size(&file, index, &probe.remote, size)
                 .unwrap_or_else(|| chunk_size_for(size, self.settings.chunk_size)),
             None => self.settings.chunk_size,
         };
@@ -265,6 +198,13 @@ impl Run {
             })?),
             None => None,
         };
+        if let (Some(first), Some([piece])) = (&first, pieces.as_deref())
+            && piece.local_offset == 0
+            && piece.len == first.len
+        {
+            // The probe's answer carries the whole file: the next file may start.
+            lane.small();
+        }
         // What the Probed report will do to the recorded chunks: same version and plan
         // keep them; anything else starts the file over (apply decides the same).
         let keeps_chunks = !file.chunks.is_empty()

@@ -205,10 +205,11 @@ impl Run {
     pub(super) fn copies_chunk_size(
         &self,
         file: &JobFile,
+        index: u32,
         remote: &RemoteInfo,
         size: u64,
     ) -> Option<u64> {
-        if !self.uses_cluster() || !file.ranges.is_empty() || !file.chunks.is_empty() {
+        if !self.uses_cluster(index) || !file.ranges.is_empty() || !file.chunks.is_empty() {
             return None;
         }
         let keys = ContentKey::all_of(&file.remote_url, remote);
@@ -221,10 +222,10 @@ impl Run {
     }
 
     /// Whether the job may use helpers and peers' copies (`BG_JOB_ENABLE_PEERCACHING_CLIENT`),
-    /// and the current file is not to come from the origin alone.
-    pub(super) fn uses_cluster(&self) -> bool {
+    /// and file `index` is not to come from the origin alone.
+    pub(super) fn uses_cluster(&self, index: u32) -> bool {
         self.job.props().peer_caching_flags & peer_caching::CLIENT != 0
-            && !self.origin_only.load(Ordering::Relaxed)
+            && !self.is_origin_only(index)
     }
 
     /// Where pieces of this file may come from besides the origin: members' copies of
@@ -241,7 +242,7 @@ impl Run {
                 .map(|f| f.remote_url.clone())
         });
         let Ok(Some(url)) = file else { return None };
-        if !self.uses_cluster() || fetch.url.starts_with("file://") {
+        if !self.uses_cluster(fetch.file) || fetch.url.starts_with("file://") {
             return None;
         }
         let keys = ContentKey::all_of(&url, &fetch.remote);
@@ -262,7 +263,8 @@ impl Run {
             None => self.job.props().max_helpers.unwrap_or(self.settings.max_helpers),
         };
         let fleet = self.job.fleet().is_some();
-        if fetch.url.starts_with("file://") || most == 0 || fleet || !self.uses_cluster() {
+        if fetch.url.starts_with("file://") || most == 0 || fleet || !self.uses_cluster(fetch.file)
+        {
             return Vec::new();
         }
         let applied = cluster.state.read().applied.map_or(0, |id| id.index);

@@ -5,9 +5,9 @@
 //! before any byte leaves, so a run that starts after a crash (or on a restarted node)
 //! continues the same session. It first sends one byte at the recorded offset: the
 //! Ack's `BITS-Received-Content-Range` tells where the server really is, and only what
-//! it lacks is sent again. Fragments follow in lock-step on the run's one HTTP/1.1
+//! it lacks is sent again. Fragments follow one at a time on the run's one HTTP/1.1
 //! client (a kept-alive connection, reopened only after a failure); each Ack is
-//! recorded. The final Ack of an upload-reply job names the reply, which is downloaded
+//! recorded while the next fragment travels, which was read from disk meanwhile. The final Ack of an upload-reply job names the reply, which is downloaded
 //! with ranges into a hidden file beside the reply file (renamed by Complete). Then
 //! Close-Session, retried on 5xx, and the job is TRANSFERRED.
 //!
@@ -222,7 +222,9 @@ impl Run {
         Ok(EngineReport::UploadSession { session, host_id, host_fallback_secs, local })
     }
 
-    /// Sends the file from `acked` on; every Ack is recorded.
+    /// Sends the file from `acked` on; every Ack is recorded, the last one before this
+    /// returns, the others while the next fragment travels (a crash may thus lose the
+    /// record of one Ack: the next run's one-byte question finds where the server is).
     #[allow(clippy::too_many_arguments)]
     async fn send_fragments(
         &self,
@@ -256,19 +258,24 @@ impl Run {
         let mut stalled = 0;
         let reply_wanted = self.job.job_type() == JobType::UploadReply;
         let mut reply_url = None;
+        // The fragment read while the last one travelled: its offset and bytes.
+        let mut ahead: Option<(u64, Bytes)> = None;
         loop {
             let done = next >= total;
             // A final Ack lost in a crash is asked for again with the last byte.
             let start = if done { total - 1 } else { next };
             if done && (!reply_wanted || reply_url.is_some() || self.has_reply_url()?) {
-                return Ok(());
+                return self.send_reports(pending, Vec::new()).await;
             }
             let len = if probe || done { 1 } else { size.min(total - start) };
             let current = stamp(source).map_err(|e| local_error(&e, "cannot read the file"))?;
             if current != local {
                 return Err(changed_file(path));
             }
-            let bytes = read_at(source, start, len).await?;
+            let bytes = match ahead.take() {
+                Some((at, bytes)) if at == start && bytes.len() as u64 == len => bytes,
+                _ => read_at(source, start, len).await?,
+            };
             let range = FragmentRange::new(start, len, total)
                 .ok_or_else(|| protocol_error(format!("a fragment at {start} of {total} bytes")))?;
             let headers = vec![
@@ -277,7 +284,31 @@ impl Run {
             ];
             let url = target.url().to_owned();
             self.http.throttle.take(bytes.len()).await;
-            let ack = self.packet(target, PacketType::Fragment, headers, bytes).await?;
+            // While the fragment travels: the last Ack's record is written (one write
+            // at a time, in order) and the next fragment is read.
+            let recording = std::mem::take(pending);
+            let record = async {
+                if recording.is_empty() {
+                    return Ok(());
+                }
+                self.reporter.report(self.job.id(), self.run, recording).await
+            };
+            let following = start + len;
+            let read_ahead = async {
+                if probe || done || following >= total {
+                    return None;
+                }
+                let len = size.min(total - following);
+                read_at(source, following, len).await.ok().map(|bytes| (following, bytes))
+            };
+            let (ack, recorded, read) = tokio::join!(
+                self.packet(target, PacketType::Fragment, headers, bytes),
+                record,
+                read_ahead
+            );
+            recorded?;
+            ahead = read;
+            let ack = ack?;
             let status = ack.status;
             if ack.error_code() == Some(BitsCode::BG_E_SESSION_NOT_FOUND.0) {
                 return Err(Stop::RestartFile(format!(
@@ -339,10 +370,9 @@ impl Run {
                 stalled = 0;
             }
             next = server_next;
-            let report = EngineReport::UploadAcked { next, reply_url: reply_url.clone() };
-            self.send_reports(pending, vec![report]).await?;
+            pending.push(EngineReport::UploadAcked { next, reply_url: reply_url.clone() });
             if next == total && !reply_wanted {
-                return Ok(());
+                return self.send_reports(pending, Vec::new()).await;
             }
         }
     }

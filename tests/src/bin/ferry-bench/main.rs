@@ -6,6 +6,9 @@
 //!   subscribers of the QUIC bus ([`events`]).
 //! - `ferry-bench download`: `ferry transfer` against curl and aria2c, all fetching the
 //!   same files from the same local nginx ([`download`]).
+//! - `ferry-bench upload`: one file downloaded by curl and `ferry transfer` from a
+//!   local nginx, then uploaded by `ferry transfer --upload` to another ferryd
+//!   ([`upload`]).
 //! - `ferry-bench fleet`: one file to every node, as a fleet and each node alone,
 //!   with origin egress from nginx's log ([`fleet`]).
 //! - `ferry-bench shard`: one file from an nginx limiting each connection and each
@@ -32,6 +35,7 @@ mod shard;
 mod soak;
 mod submit;
 mod swarm;
+mod upload;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -111,6 +115,16 @@ enum Bench {
         /// with them in the queue).
         #[arg(long, default_value_t = 10_000)]
         queued: usize,
+    },
+    /// One file both ways on loopback: downloaded (curl, ferry transfer) from nginx,
+    /// uploaded (ferry transfer --upload) to another ferryd's BITS upload server.
+    Upload {
+        /// Size of the file, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Longest any one client run may take before it is killed, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
     },
     /// A file to every node of 3- and 5-node clusters: `ferry fleet distribute` vs every
     /// node downloading on its own (time to the last copy, origin egress / file size).
@@ -221,6 +235,10 @@ async fn main() -> anyhow::Result<()> {
             };
             let rows = download::download(&options).await?;
             report::print(&options, &rows);
+        }
+        Bench::Upload { size_mib, timeout_secs } => {
+            anyhow::ensure!(size_mib > 0, "--size-mib must be at least 1");
+            upload::upload(size_mib << 20, Duration::from_secs(timeout_secs)).await?;
         }
         Bench::Fleet { size_mib, rate_mbps, nodes, timeout_secs } => {
             anyhow::ensure!(
