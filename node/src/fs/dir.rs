@@ -207,6 +207,16 @@ impl Dir {
         rustix::fs::renameat(&self.fd, from, &other.fd, to).map_err(Into::into)
     }
 
+    /// Makes `to` here a hard link of the file at `from` (a path, not followed if a
+    /// symlink); `false` if they lie on different file systems.
+    pub(crate) fn link_from(&self, from: &Path, to: &OsStr) -> io::Result<bool> {
+        match rustix::fs::linkat(rustix::fs::CWD, from, &self.fd, to, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::XDEV) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Another handle on the same opened directory.
     pub(crate) fn try_clone(&self) -> io::Result<Self> {
         Ok(Self { fd: self.fd.try_clone()? })

@@ -11,7 +11,9 @@ use ferry_protocol::queue::{HeldReply, UploadCommand, UploadOutcome, UploadSessi
 use ferry_protocol::upload::{self, header, notification};
 use ferry_protocol::{BitsCode, Caller, ErrorContext};
 
-use super::pieces::{GATHER_CHUNK, dir_name, durable_write_async, fetch_piece, piece_path};
+use super::pieces::{
+    GATHER_CHUNK, dir_name, durable_write_async, fetch_piece, piece_path, received_path,
+};
 use super::{DATA_FILE, REPLY_PIECE, UploadServer, ack, text};
 use crate::config::BackendMode;
 use crate::fs::dir::Dir;
@@ -179,17 +181,39 @@ impl UploadServer {
     }
 
     /// Joins a complete session's pieces, local or held by other members, into `name`
-    /// in `dir` (a temporary name beside it, then a rename).
+    /// in `dir` (a temporary name beside it, then a rename). When every piece came to
+    /// this node, its received file is the upload, durable already: it is linked into
+    /// place (copied where `dir` is on another file system).
     async fn assemble(
         &self,
         session: &UploadSession,
         dir: Dir,
         name: OsString,
     ) -> crate::error::Result<()> {
-        use tokio::io::AsyncWriteExt;
+        use std::io::Write as _;
         let dir = Arc::new(dir);
         let temporary: OsString = format!(".{}.ferry-upload", dir_name(&session.id)).into();
-        let out = {
+        let received = received_path(&self.pieces, &session.id);
+        let all_here = !session.pieces.is_empty()
+            && session.pieces.iter().all(|p| p.node == self.cluster.node_id);
+        if all_here {
+            let (dir, temporary, name, received) =
+                (dir.clone(), temporary.clone(), name.clone(), received.clone());
+            let linked = blocking(move || {
+                dir.remove(&temporary)?;
+                if !dir.link_from(&received, &temporary)? {
+                    return Ok(false);
+                }
+                dir.rename(&temporary, &name)?;
+                dir.sync()?;
+                Ok(true)
+            })
+            .await?;
+            if linked {
+                return Ok(());
+            }
+        }
+        let mut out = {
             let (dir, temporary) = (dir.clone(), temporary.clone());
             blocking(move || {
                 dir.remove(&temporary)?;
@@ -197,19 +221,14 @@ impl UploadServer {
             })
             .await?
         };
-        let mut out = tokio::fs::File::from_std(out);
-        for piece in &session.pieces {
+        for piece in session.pieces.clone() {
             if piece.node == self.cluster.node_id {
-                let mut input =
-                    tokio::fs::File::open(piece_path(&self.pieces, &session.id, piece.offset))
-                        .await?;
-                let copied = tokio::io::copy(&mut input, &mut out).await?;
-                if copied != piece.len {
-                    return Err(crate::Error::Unavailable(format!(
-                        "piece at {} has the wrong length",
-                        piece.offset
-                    )));
-                }
+                let received = received.clone();
+                out = blocking(move || {
+                    copy_range(&received, piece.offset, piece.len, &mut out)?;
+                    Ok(out)
+                })
+                .await?;
                 continue;
             }
             let mut from = 0u64;
@@ -226,18 +245,41 @@ impl UploadServer {
                         piece.offset
                     )));
                 }
-                out.write_all(&bytes).await?;
+                out = blocking(move || {
+                    out.write_all(&bytes)?;
+                    Ok(out)
+                })
+                .await?;
                 from += u64::from(want);
             }
         }
-        out.sync_all().await?;
-        drop(out);
         blocking(move || {
+            out.sync_all()?;
+            drop(out);
             dir.rename(&temporary, &name)?;
             Ok(dir.sync()?)
         })
         .await
     }
+}
+
+/// Appends bytes `offset..offset + len` of `from` to `out` (in the kernel where it can).
+fn copy_range(
+    from: &Path,
+    offset: u64,
+    len: u64,
+    out: &mut std::fs::File,
+) -> crate::error::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut input = std::fs::File::open(from)?;
+    input.seek(SeekFrom::Start(offset))?;
+    let copied = std::io::copy(&mut input.take(len), out)?;
+    if copied != len {
+        return Err(crate::Error::Unavailable(format!(
+            "the piece at {offset} is {copied} bytes, not {len}"
+        )));
+    }
+    Ok(())
 }
 
 /// Why a complete upload could not be handed over, as the client is told.

@@ -1,6 +1,8 @@
-//! The pieces of upload sessions this node received: one durable file per piece under
-//! `<data-dir>/upload-pieces/<session>/<offset>`, served to the member that gathers a
-//! session, and swept once their session ended.
+//! The pieces of upload sessions this node received: written durably at their offset
+//! into one file per session, `<data-dir>/upload-pieces/<session>/received` (so a
+//! session whose pieces all came here is whole in it, and is handed over by a link,
+//! not a copy), served to the member that gathers a session, and swept once their
+//! session ended. A session's reply is kept beside it as the piece `u64::MAX`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,6 +64,41 @@ pub(super) fn piece_path(pieces: &Path, session: &str, offset: u64) -> PathBuf {
     pieces.join(dir_name(session)).join(offset.to_string())
 }
 
+/// The file a session's pieces received here are written into, each at its offset.
+pub(super) fn received_path(pieces: &Path, session: &str) -> PathBuf {
+    pieces.join(dir_name(session)).join(RECEIVED)
+}
+
+/// Name of the file of [`received_path`] in a session's directory.
+const RECEIVED: &str = "received";
+
+/// Writes the piece `bytes` at `offset` of the session's received file (creating it and
+/// its directory) and makes it durable.
+pub(super) fn write_received(
+    pieces: &Path,
+    session: &str,
+    offset: u64,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let path = received_path(pieces, session);
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let open =
+        |create| std::fs::OpenOptions::new().write(true).create_new(create).mode(0o644).open(&path);
+    let (file, created) = match open(true) {
+        Ok(file) => (file, true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (open(false)?, false),
+        Err(e) => return Err(e),
+    };
+    file.write_all_at(bytes, offset)?;
+    file.sync_data()?;
+    if created {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` (creating its directory) and makes it durable.
 pub(super) fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -84,8 +121,14 @@ pub(crate) fn read_piece(
 ) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let len = len.min(GATHER_CHUNK);
-    let mut file = std::fs::File::open(piece_path(pieces, session, offset))?;
-    file.seek(SeekFrom::Start(from))?;
+    let (path, at) = if offset == super::REPLY_PIECE {
+        (piece_path(pieces, session, offset), from)
+    } else {
+        let at = offset.checked_add(from).ok_or_else(|| std::io::Error::other("past the end"))?;
+        (received_path(pieces, session), at)
+    };
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(at))?;
     let mut bytes = Vec::with_capacity(len as usize);
     file.take(u64::from(len)).read_to_end(&mut bytes)?;
     Ok(bytes)

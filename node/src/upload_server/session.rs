@@ -13,7 +13,7 @@ use ferry_protocol::upload::{
 use ferry_protocol::{BitsCode, Caller};
 
 use super::handover::place;
-use super::pieces::{dir_name, durable_write, piece_path};
+use super::pieces::{dir_name, write_received};
 use super::{UploadServer, ack, refuse, text};
 use crate::fs::dir::is_symlink_refusal;
 
@@ -170,8 +170,10 @@ impl UploadServer {
             let start = usize::try_from(plan.skip).unwrap_or(usize::MAX);
             let end = start.saturating_add(usize::try_from(plan.write).unwrap_or(usize::MAX));
             let bytes = body.slice(start.min(body.len())..end.min(body.len()));
-            let file = piece_path(&self.pieces, &session.id, plan.offset);
-            let stored = tokio::task::spawn_blocking(move || durable_write(&file, &bytes)).await;
+            let (pieces, id, offset) = (self.pieces.clone(), session.id.clone(), plan.offset);
+            let stored =
+                tokio::task::spawn_blocking(move || write_received(&pieces, &id, offset, &bytes))
+                    .await;
             if !matches!(stored, Ok(Ok(()))) {
                 return refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_UNEXPECTED, &[echo]);
             }
