@@ -82,6 +82,8 @@ struct Node {
     alive: bool,
     /// Each worker's kind and whether it runs.
     workers: Vec<(Kind, bool)>,
+    /// When each worker's last write ends (ns): it writes one piece at a time.
+    written: Vec<u64>,
     /// Pieces received and not yet written.
     writing: usize,
     /// Pieces done.
@@ -135,6 +137,7 @@ pub fn run(swarm: &Swarm) -> Outcome {
         nodes.push(Node {
             router,
             alive: true,
+            written: vec![0; workers.len()],
             workers,
             writing: 0,
             done: 0,
@@ -392,12 +395,14 @@ impl Engine<'_> {
         if !self.nodes[n].alive {
             return;
         }
-        self.nodes[n].writing += 1;
-        self.after(self.swarm.write, Event::Durable(req));
-        // An origin worker fetches the next piece while this one is written.
-        if req.src == Src::Origin {
-            self.at(self.now, Event::Ask { node: req.node, worker: req.worker });
-        }
+        // Origin and peer workers fetch their next piece while this one is written, one
+        // write at a time: a piece in before the last one's write ended waits for it.
+        let node = &mut self.nodes[n];
+        node.writing += 1;
+        let start = self.now.max(node.written[req.worker as usize]);
+        node.written[req.worker as usize] = start + ns(self.swarm.write);
+        self.at(start + ns(self.swarm.write), Event::Durable(req));
+        self.at(start, Event::Ask { node: req.node, worker: req.worker });
     }
 
     fn durable(&mut self, req: Req) {
@@ -417,9 +422,6 @@ impl Engine<'_> {
         let tick = ns(self.swarm.announce).max(1);
         let applied = (self.now + tick).div_ceil(tick) * tick;
         self.at(applied, Event::Announce { node: req.node, index: req.piece });
-        if req.src != Src::Origin {
-            self.at(self.now, Event::Ask { node: req.node, worker: req.worker });
-        }
         self.end_of_round(n);
     }
 

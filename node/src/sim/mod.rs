@@ -6,7 +6,9 @@
 //! flows (a flow runs at the smaller of its sender's and its receiver's share); the
 //! origin has an egress limit shared the same way; every message takes one latency.
 //! Each node is a fleet member with the shell's workers (`connections` origin workers,
-//! four peer workers, idle workers asking again after the router's `IDLE`); a holder
+//! four peer workers, idle workers asking again after the router's `IDLE`, every
+//! worker asking for its next piece once the last one's bytes are in, while that one
+//! is written); a holder
 //! serves at most `max_serving` pieces at once and queues other requests; a piece is
 //! written (`write`), then reported, and other nodes' views list it `announce` later
 //! (the Raft commit). A node may die at a given time: its transfers stop, requests to

@@ -39,17 +39,21 @@ pub(super) async fn watch_fleet(cluster: ClusterView, fleet: JobId, queue: Desk)
 
 /// A peer worker: takes pieces from members' copies until none is left for peers. A
 /// piece a holder cannot deliver goes to another holder or the origin; a holder whose
-/// bytes do not match the recorded digest has its copy withdrawn.
+/// bytes do not match the recorded digest has its copy withdrawn. Like an origin
+/// worker, it asks for its next piece as soon as the last one's bytes are checked and
+/// writes that one meanwhile (one write at a time): a worker waiting for its write
+/// leaves a quarter of the node's download idle for it, on every piece.
 pub(super) async fn from_peers(
     cluster: &ClusterView,
     fetch: &Fetch,
     queue: &Desk,
     done: &mpsc::Sender<ChunkRecord>,
 ) -> Result<(), Stop> {
-    loop {
+    let mut writing: Option<tokio::task::JoinHandle<Result<(), Stop>>> = None;
+    let outcome = loop {
         let next = queue.next_peer().await;
         let (piece, holders) = match next {
-            Next::Done => return Ok(()),
+            Next::Done => break Ok(()),
             Next::Wait => {
                 tokio::time::sleep(IDLE).await;
                 continue;
@@ -59,22 +63,26 @@ pub(super) async fn from_peers(
         let holder = holders[0];
         match fetch_copy(cluster, holder, piece).await {
             Ok(bytes) => {
+                if let Some(previous) = writing.take()
+                    && let Err(stop) = finished(previous, fetch).await
+                {
+                    break Err(stop);
+                }
                 let writer = ChunkWriter::new(fetch.temp.clone(), piece.local_offset);
-                match write_piece(writer, piece, bytes).await {
-                    Ok(mut record) => {
-                        crate::metrics::get().received("peer", record.len);
-                        record.from_peer = true;
-                        let _ = done.send(record).await;
-                    }
-                    Err(e) => {
-                        return Err(Failure::local(
+                let (done, file) = (done.clone(), fetch.file);
+                writing = Some(scope::spawn(async move {
+                    let mut record = write_piece(writer, piece, bytes).await.map_err(|e| {
+                        Stop::from(Failure::local(
                             &e,
                             "cannot write the temporary file",
-                            Some(fetch.file),
-                        )
-                        .into());
-                    }
-                }
+                            Some(file),
+                        ))
+                    })?;
+                    crate::metrics::get().received("peer", record.len);
+                    record.from_peer = true;
+                    let _ = done.send(record).await;
+                    Ok(())
+                }));
             }
             Err(CopyError::Missing(why)) => {
                 tracing::debug!(node = holder.node, piece = piece.index, %why, "a peer's copy did not deliver");
@@ -87,7 +95,19 @@ pub(super) async fn from_peers(
                 queue.tell(Ask::PeerFailed(piece, holder.node)).await;
             }
         }
+    };
+    if let Some(previous) = writing.take() {
+        finished(previous, fetch).await?;
     }
+    outcome
+}
+
+/// A peer worker's write, awaited.
+async fn finished(
+    write: tokio::task::JoinHandle<Result<(), Stop>>,
+    fetch: &Fetch,
+) -> Result<(), Stop> {
+    write.await.map_err(|_| super::internal(fetch.file, "a write failed"))?
 }
 
 /// How long a peer has to deliver a chunk: 5 s plus a second per 4 MiB.
