@@ -134,13 +134,30 @@ impl Run {
             // The ramp settled, or no piece is left to hand out: no connection is opened
             // any more (and the growth's lines to the router close).
             workers.stop_growing_if(routing.router().len() == 0);
-            if sending.is_none() && !durable.is_empty() {
+            if routing.router().len() == 0
+                && routing.router().in_flight() == 0
+                && !workers.tasks.is_empty()
+            {
+                // Every piece is durable: the workers left hold none and only wait to
+                // ask again (a peer worker sleeps `IDLE` between asks), so they end now,
+                // not one wait later: that wait was most of a small file's time.
+                workers.tasks.shutdown().await;
+                continue;
+            }
+            if sending.is_none()
+                && !durable.is_empty()
+                && let Some(waiting) = outbox.take()
+            {
                 let report =
                     EngineReport::Chunks { file: fetch.file, chunks: std::mem::take(&mut durable) };
-                if let Some(outbox) = outbox.take() {
+                if routing.router().len() == 0 && routing.router().in_flight() == 0 {
+                    // The file's last chunks wait for its end (one write with it).
+                    waiting.push(report);
+                    outbox = Some(waiting);
+                } else {
                     sending = Some(Box::pin(async move {
-                        let sent = self.send(outbox, vec![report]).await;
-                        (outbox, sent)
+                        let sent = self.send(waiting, vec![report]).await;
+                        (waiting, sent)
                     }));
                 }
             }
