@@ -29,6 +29,8 @@ pub(crate) struct Serving {
     permits: Arc<tokio::sync::Semaphore>,
     /// Every principal's sandbox: copies are read through their owner's.
     sandboxes: Arc<crate::fs::Sandboxes>,
+    /// Copies (job, file) found gone and being checked again: one check each at a time.
+    gone: std::sync::Mutex<HashSet<(JobId, u32)>>,
     #[cfg(feature = "fault-injection")]
     lie: bool,
 }
@@ -39,6 +41,7 @@ impl Serving {
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_serving.max(1))),
             sandboxes,
+            gone: std::sync::Mutex::default(),
             #[cfg(feature = "fault-injection")]
             lie: config.fault_serve_wrong_bytes,
         }
@@ -56,6 +59,12 @@ impl Serving {
 
     #[cfg(not(feature = "fault-injection"))]
     fn tamper(&self, _bytes: &mut [u8]) {}
+
+    /// Marks copy (`job`, `file`) as being checked; `false` if it already is.
+    fn check_gone(&self, job: JobId, file: u32, checking: bool) -> bool {
+        let mut gone = self.gone.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if checking { gone.insert((job, file)) } else { gone.remove(&(job, file)) }
+    }
 }
 
 /// Serves [`CopyRequest`]s of other members (and of this node's own downloads) on
@@ -76,7 +85,7 @@ pub(crate) fn register(router: &Router, cluster: ClusterView, serving: Serving) 
 /// max_serving` chunks are read or on their way at once).
 async fn serve(
     cluster: &ClusterView,
-    serving: &Serving,
+    serving: &Arc<Serving>,
     request: &CopyRequest,
 ) -> (CopyAnswer, Option<OwnedSemaphorePermit>) {
     let located = locate(&cluster.state.read().queue, cluster.node_id, request);
@@ -110,7 +119,9 @@ async fn serve(
             CopyAnswer::Missing(format!("chunk {} of the copy is damaged", chunk.index))
         }
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            tokio::spawn(withdraw_if_gone(cluster.clone(), request.clone()));
+            if serving.check_gone(request.job, request.file, true) {
+                tokio::spawn(withdraw_if_gone(cluster.clone(), serving.clone(), request.clone()));
+            }
             CopyAnswer::Missing(format!("the copy is gone: {e}"))
         }
         Ok(Err(e)) => CopyAnswer::Missing(format!("cannot read the copy: {e}")),
@@ -173,16 +184,23 @@ fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<Located, N
 const GONE_AFTER: Duration = Duration::from_secs(1);
 
 /// Withdraws the copy `request` asked for if its file is still gone [`GONE_AFTER`]
-/// from now (its owner deleted or moved it): nobody should ask for it again.
-async fn withdraw_if_gone(cluster: ClusterView, request: CopyRequest) {
+/// from now (its owner deleted or moved it): nobody should ask for it again. The file
+/// is looked for as it is served: through its owner's sandbox.
+async fn withdraw_if_gone(cluster: ClusterView, serving: Arc<Serving>, request: CopyRequest) {
     tokio::time::sleep(GONE_AFTER).await;
     let located = locate(&cluster.state.read().queue, cluster.node_id, &request);
-    let Ok(Located { path, .. }) = located else { return };
-    let gone = tokio::fs::symlink_metadata(&path).await;
-    if gone.is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
-        tracing::info!(job = %request.job, file = request.file, path = %path.display(), "a copy held here is gone from its path; withdrawing the copy");
-        withdraw(&cluster, request.job, request.file, None).await;
+    if let Ok(Located { owner, path, .. }) = located {
+        let sandboxes = serving.sandboxes.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            super::local::read_range(&sandboxes, &owner, path, 0, 0)
+        })
+        .await;
+        if matches!(opened, Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound) {
+            tracing::info!(job = %request.job, file = request.file, "a copy held here is gone from its path; withdrawing the copy");
+            withdraw(&cluster, request.job, request.file, None).await;
+        }
     }
+    serving.check_gone(request.job, request.file, false);
 }
 
 /// Takes a copy out of the peer cache: it served bytes that did not match the digest of

@@ -134,13 +134,12 @@ impl Run {
             // The ramp settled, or no piece is left to hand out: no connection is opened
             // any more (and the growth's lines to the router close).
             workers.stop_growing_if(routing.router().len() == 0);
-            if routing.router().len() == 0
-                && routing.router().in_flight() == 0
-                && !workers.tasks.is_empty()
-            {
-                // Every piece is durable: the workers left hold none and only wait to
-                // ask again (a peer worker sleeps `IDLE` between asks), so they end now,
-                // not one wait later: that wait was most of a small file's time.
+            // Every piece is durable (none left, none handed out).
+            let all_durable = routing.router().len() == 0 && routing.router().in_flight() == 0;
+            if all_durable && !workers.tasks.is_empty() {
+                // The workers left hold no piece and only wait to ask again (a peer
+                // worker sleeps `IDLE` between asks): they end now, not one wait later,
+                // which was most of a small file's time.
                 workers.tasks.shutdown().await;
                 continue;
             }
@@ -150,7 +149,7 @@ impl Run {
             {
                 let report =
                     EngineReport::Chunks { file: fetch.file, chunks: std::mem::take(&mut durable) };
-                if routing.router().len() == 0 && routing.router().in_flight() == 0 {
+                if all_durable {
                     // The file's last chunks wait for its end (one write with it).
                     waiting.push(report);
                     outbox = Some(waiting);

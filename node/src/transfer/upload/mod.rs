@@ -7,8 +7,9 @@
 //! Ack's `BITS-Received-Content-Range` tells where the server really is, and only what
 //! it lacks is sent again. Fragments follow one at a time on the run's one HTTP/1.1
 //! client (a kept-alive connection, reopened only after a failure); each Ack is
-//! recorded while the next fragment travels, which was read from disk meanwhile. The final Ack of an upload-reply job names the reply, which is downloaded
-//! with ranges into a hidden file beside the reply file (renamed by Complete). Then
+//! recorded while the next fragment travels, which was read from disk meanwhile. The
+//! final Ack of an upload-reply job names the reply, which is downloaded with ranges
+//! into a hidden file beside the reply file (renamed by Complete). Then
 //! Close-Session, retried on 5xx, and the job is TRANSFERRED.
 //!
 //! The local file must not change while it uploads (`BG_E_LOCAL_FILE_CHANGED`): its

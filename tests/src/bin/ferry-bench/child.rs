@@ -44,14 +44,24 @@ pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
 /// `timeout`. A non-zero exit is an error carrying the status and the most telling line
 /// of its output.
 pub(crate) async fn run_timed(
+    command: Command,
+    log: &Path,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    run_timed_from(command, Stdio::null(), log, timeout).await
+}
+
+/// As [`run_timed`], the child reading `stdin` (e.g. a password file).
+pub(crate) async fn run_timed_from(
     mut command: Command,
+    stdin: Stdio,
     log: &Path,
     timeout: Duration,
 ) -> anyhow::Result<Duration> {
     let out =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone().context("cannot share the log file")?;
-    command.stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    command.stdin(stdin).stdout(out).stderr(err).kill_on_drop(true);
     for var in PROXY_VARS {
         command.env_remove(var);
     }

@@ -13,7 +13,7 @@ use ferry_tests::nginx::{Nginx, NginxOptions};
 use ferry_tests::{Node, NodeOptions, tokens};
 use tokio::process::Command;
 
-use crate::child::{ferry_cli, find_program, run_timed};
+use crate::child::{ferry_cli, find_program, run_timed, run_timed_from};
 use crate::payload::{Expected, Workspace, verify};
 
 /// Upload rate / download rate that the upload must reach.
@@ -59,10 +59,13 @@ pub(crate) async fn upload(bytes: u64, timeout: Duration) -> anyhow::Result<()> 
     command.args(["transfer", "--no-progress", "--upload", "--server-user", "alice"]);
     command.arg(format!("{}/bits/in/{}", server.url()?, file.name));
     command.arg(work.root.join(&file.name));
-    // The server takes alice's API token as her Basic password.
+    // The server takes alice's API token as her Basic password (read from stdin).
+    let password = work.logs.join("password");
+    std::fs::write(&password, format!("{}\n", tokens::ALICE))?;
+    let stdin = std::fs::File::open(&password)?.into();
     let log = work.logs.join("ferry-upload.log");
     eprint!("  ferry upload: ");
-    let elapsed = run_timed(with_input(command, tokens::ALICE)?, &log, timeout).await?;
+    let elapsed = run_timed_from(command, stdin, &log, timeout).await?;
     eprintln!("{:.2} s", elapsed.as_secs_f64());
     check(&server.data_dir().join("uploads").join("in"), expected).await?;
     rows.push(Row { what: "ferry transfer --upload", elapsed });
@@ -83,21 +86,6 @@ async fn timed(
     let elapsed = run_timed(command, &log, timeout).await.with_context(|| what.to_owned())?;
     eprintln!("{:.2} s", elapsed.as_secs_f64());
     Ok(elapsed)
-}
-
-/// `command` reading `input` on its standard input (a shell feeds it: `run_timed`
-/// gives children no input of their own).
-fn with_input(command: Command, input: &str) -> anyhow::Result<Command> {
-    let command = command.as_std();
-    let mut line = format!("printf '%s\\n' '{input}' | exec '{}'", command.get_program().display());
-    for arg in command.get_args() {
-        let arg = arg.to_str().context("a non-UTF-8 argument")?;
-        anyhow::ensure!(!arg.contains('\''), "an argument with a quote: {arg}");
-        line.push_str(&format!(" '{arg}'"));
-    }
-    let mut shell = Command::new("sh");
-    shell.arg("-c").arg(line);
-    Ok(shell)
 }
 
 /// Empties `out` (not timed).
