@@ -24,8 +24,7 @@ use crate::peer::join::{
 use crate::raft::NodeAddr;
 use crate::replica::{ClusterView, Membership};
 
-/// The id the first node of a cluster takes.
-pub(crate) const FIRST_NODE_ID: u64 = 1;
+pub(crate) use ferry_protocol::ids::FIRST_NODE_ID;
 /// The join token of the cluster (0600), beside the CA key.
 const JOIN_TOKEN_FILE: &str = "join.token";
 

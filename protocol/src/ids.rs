@@ -158,6 +158,10 @@ impl Caller {
 /// A Raft node id. Ids are never reused within a cluster.
 pub type NodeId = u64;
 
+/// The id the node that founds a cluster takes; joining nodes get higher ones
+/// ([`crate::command::Command::AllocateNodeId`]).
+pub const FIRST_NODE_ID: NodeId = 1;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,7 +93,14 @@ impl Queue {
                         "node ids are handed out by the nodes themselves",
                     ));
                 }
-                let id = self.meta.last_node_id.max(*at_least).saturating_add(1);
+                // Above the founder's even when the admitting node does not know its
+                // members yet (a join answered just after the cluster was founded).
+                let id = self
+                    .meta
+                    .last_node_id
+                    .max(*at_least)
+                    .max(crate::ids::FIRST_NODE_ID)
+                    .saturating_add(1);
                 self.meta.last_node_id = id;
                 Ok(Reply::NodeId(id))
             }

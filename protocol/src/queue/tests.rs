@@ -1459,6 +1459,11 @@ fn node_ids_are_handed_out_once_by_the_nodes_only() {
     let allocate = |h: &mut Harness, who: &Caller, at_least| {
         h.run(who, None, Command::AllocateNodeId { at_least })
     };
+    assert_eq!(
+        allocate(&mut h, &system, 0),
+        Ok(Reply::NodeId(2)),
+        "never the founder's id, even from a node that knows no member yet"
+    );
     assert_eq!(allocate(&mut h, &system, 3), Ok(Reply::NodeId(4)));
     assert_eq!(allocate(&mut h, &system, 3), Ok(Reply::NodeId(5)), "never twice");
     assert_eq!(allocate(&mut h, &system, 9), Ok(Reply::NodeId(10)));
