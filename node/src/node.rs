@@ -297,6 +297,7 @@ pub async fn run(
                 .map(|host| (host, config.upload.host_id_fallback_timeout_secs)),
             public: api_addr.to_string(),
             scheme: if config.api.uses_tls() { "https" } else { "http" },
+            in_flight: crate::upload_server::InFlight::default(),
         };
     tokio::spawn(crate::upload_server::sweep_pieces(
         handle.clone(),

@@ -54,6 +54,10 @@ pub mod header {
     pub const ERROR_CONTEXT: &str = "BITS-Error-Context";
     /// Not Microsoft's: `POST` with this header set to `BITS_POST` (OneDrive clients).
     pub const METHOD_OVERRIDE: &str = "X-Http-Method-Override";
+    /// Not Microsoft's: on the Acks of a Ferry server, how many fragments of a session
+    /// a client may send (on other connections) beyond the one not yet acknowledged;
+    /// the server writes them at once and records them in order.
+    pub const FRAGMENTS_AHEAD: &str = "Ferry-Fragments-Ahead";
 }
 
 /// Headers between the upload server and its back end (bits-spec §5.6).

@@ -116,6 +116,70 @@ async fn a_raw_bits_client_uploads_with_overlaps_and_gaps_answered_by_the_spec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_sent_ahead_waits_for_the_one_before_it() -> anyhow::Result<()> {
+    // A pipelining client sends the next fragment before the last is acknowledged, on
+    // another connection: the server takes it when the one before it is recorded
+    // (without the gate it answered 416 at once).
+    let node = Node::start(NodeOptions::queue_only()).await?;
+    let bits = Bits { url: format!("{}/bits/in/ahead.bin", node.url()?), token: tokens::ALICE };
+    const PART: usize = 1 << 20;
+    let data: Vec<u8> = (0..3 * PART as u32).map(|i| (i * 13 % 251) as u8).collect();
+    let session = bits.create().await?;
+    let (status, headers) = bits.send("Ping", &[], vec![]).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(value(&headers, header::FRAGMENTS_AHEAD), "2", "advertised on every Ack");
+
+    // The first fragment's body trickles: it is in flight while the second arrives.
+    let (mut trickle, body) = http_body_util::channel::Channel::<bytes::Bytes>::new(1);
+    let first = tokio::spawn({
+        let request = raw()
+            .request(Method::from_bytes(b"BITS_POST")?, &bits.url)
+            .bearer_auth(bits.token)
+            .header(header::PACKET_TYPE, "Fragment")
+            .header(header::SESSION_ID, &session)
+            .header(header::CONTENT_RANGE, format!("bytes 0-{}/{}", PART - 1, data.len()))
+            .header("content-length", PART.to_string())
+            .body(reqwest::Body::wrap(body));
+        async move { request.send().await.map(|r| (r.status(), r.headers().clone())) }
+    });
+    trickle.send_data(bytes::Bytes::copy_from_slice(&data[..PART / 2])).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let second = tokio::spawn({
+        let bits = Bits { url: bits.url.clone(), token: bits.token };
+        let (session, data) = (session.clone(), data.clone());
+        async move { bits.fragment(&session, &data, PART, 2 * PART - 1).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "the second fragment was answered before the first");
+    trickle.send_data(bytes::Bytes::copy_from_slice(&data[PART / 2..PART])).await?;
+    drop(trickle);
+    let (status, headers) = first.await??;
+    assert_eq!(
+        (status, value(&headers, header::RECEIVED_CONTENT_RANGE)),
+        (StatusCode::OK, PART.to_string())
+    );
+    let (status, headers) = second.await??;
+    assert_eq!(
+        (status, value(&headers, header::RECEIVED_CONTENT_RANGE)),
+        (StatusCode::OK, (2 * PART).to_string()),
+        "the second fragment is taken after the first"
+    );
+
+    // A fragment ahead with none in flight before it is still a gap.
+    let (status, headers) = bits.fragment(&session, &data, 2 * PART + 10, 3 * PART - 1).await?;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(value(&headers, header::RECEIVED_CONTENT_RANGE), (2 * PART).to_string());
+    let (status, _) = bits.fragment(&session, &data, 2 * PART, 3 * PART - 1).await?;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) =
+        bits.send("Close-Session", &[(header::SESSION_ID, session.clone())], vec![]).await?;
+    assert_eq!(status, StatusCode::OK);
+    let stored = std::fs::read(node.data_dir().join("uploads/in/ahead.bin"))?;
+    assert!(stored == data, "the assembled file differs");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bits_requests_are_refused_with_the_right_code() -> anyhow::Result<()> {
     let node = Node::start(NodeOptions::queue_only()).await?;
     let url = |path: &str| Ok::<_, anyhow::Error>(format!("{}/bits/{path}", node.url()?));

@@ -2,9 +2,10 @@
 //! with `X-Http-Method-Override: BITS_POST`) on the API listener of every node.
 //!
 //! Sessions live in the replicated queue ([`UploadCommand`]); the bytes of a fragment
-//! stay on the node that received it, one file per piece under
-//! `<data-dir>/upload-pieces/<session>/<offset>`, made durable before the fragment is
-//! recorded. Close-Session assembles the pieces into `<upload root>/<path>` (a temporary
+//! stay on the node that received it, written at their offset as they arrive into
+//! `<data-dir>/upload-pieces/<session>/received` and made durable before the fragment
+//! is recorded; fragments sent ahead of their turn wait here for the one before
+//! (`ahead`). Close-Session assembles the pieces into `<upload root>/<path>` (a temporary
 //! name, then a rename) when the file is complete, and discards them otherwise.
 //!
 //! A session may go on at any node (server farm): the node that receives the final
@@ -17,6 +18,7 @@
 //! end failure is answered with its status and context `REMOTE_APPLICATION` (the client
 //! retries or gives up by that status). Close-Session releases everything.
 
+mod ahead;
 mod handover;
 mod pieces;
 mod reply;
@@ -25,7 +27,7 @@ mod session;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +39,7 @@ use crate::config::BackendMode;
 use crate::fs::dir::Dir;
 use crate::replica::ClusterView;
 
+pub(crate) use self::ahead::InFlight;
 pub(crate) use self::pieces::{register, sweep_pieces};
 use self::reply::serve_reply;
 
@@ -62,6 +65,8 @@ pub(crate) struct UploadServer {
     pub(crate) public: String,
     /// `https` when the API listener speaks TLS, else `http`: the scheme of reply URLs.
     pub(crate) scheme: &'static str,
+    /// Fragments in flight on this node, for those that arrive ahead of their turn.
+    pub(crate) in_flight: InFlight,
 }
 
 /// The back end of completed uploads (bits-spec §5.6).
@@ -81,13 +86,26 @@ const REPLY_PIECE: u64 = u64::MAX;
 /// The name of the assembled file handed to a back end, beside the pieces.
 const DATA_FILE: &str = "upload.data";
 
-/// The routes, with their own body limit (`max_fragment` bytes).
+/// The routes; a request body beyond `max_fragment` bytes is refused.
 pub(crate) fn router(server: UploadServer, max_fragment: usize) -> axum::Router {
+    let state = Served { server, max_fragment };
     axum::Router::new()
         .route("/bits/{*path}", axum::routing::any(handle))
         .route("/bits-reply/{session}", axum::routing::get(serve_reply))
-        .layer(axum::extract::DefaultBodyLimit::max(max_fragment))
-        .with_state(server)
+        .with_state(state)
+}
+
+/// The routes' state: the server and its body limit.
+#[derive(Clone)]
+struct Served {
+    server: UploadServer,
+    max_fragment: usize,
+}
+
+impl axum::extract::FromRef<Served> for UploadServer {
+    fn from_ref(served: &Served) -> Self {
+        served.server.clone()
+    }
 }
 
 /// An Ack: the status, `BITS-Packet-Type: Ack`, `Content-Length: 0`, and `headers`.
@@ -96,6 +114,7 @@ fn ack(status: StatusCode, headers: &[(&'static str, String)]) -> Response {
     let map = response.headers_mut();
     map.insert(header::PACKET_TYPE, HeaderValue::from_static("Ack"));
     map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    map.insert(header::FRAGMENTS_AHEAD, HeaderValue::from(ahead::FRAGMENTS_AHEAD));
     for (name, value) in headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             map.insert(*name, value);
@@ -123,12 +142,12 @@ fn caller(auth: &Auth, headers: &HeaderMap) -> Option<Caller> {
 }
 
 async fn handle(
-    State(server): State<UploadServer>,
+    State(Served { server, max_fragment }): State<Served>,
     method: Method,
     UrlPath(path): UrlPath<String>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     // The request's path and query: the remote name a back end is told.
     let target = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.to_string());
@@ -147,20 +166,37 @@ async fn handle(
         return response;
     };
     let packet = text(&headers, header::PACKET_TYPE).and_then(|p| p.parse::<PacketType>().ok());
+    if packet != Some(PacketType::Fragment) {
+        // Only fragments carry bytes (streamed to disk as they come); anything sent with
+        // another packet is read, so that the connection is kept, and ignored.
+        if axum::body::to_bytes(body, max_fragment).await.is_err() {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, BitsCode::E_INVALIDARG, &[]);
+        }
+        return other_packet(&server, &caller, packet, &path, &target, &headers).await;
+    }
+    let answer = server.fragment(&caller, &target, &headers, body, max_fragment).await;
+    // Stored, not yet acknowledged.
+    fail::fail_point!("upload.fragment.before_ack", |_| {
+        refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_FAIL, &[])
+    });
+    answer
+}
+
+/// The answer to a packet other than a fragment.
+async fn other_packet(
+    server: &UploadServer,
+    caller: &Caller,
+    packet: Option<PacketType>,
+    path: &str,
+    target: &str,
+    headers: &HeaderMap,
+) -> Response {
     match packet {
         Some(PacketType::Ping) => ack(StatusCode::OK, &[]),
-        Some(PacketType::CreateSession) => server.create(&caller, &path, &headers).await,
-        Some(PacketType::Fragment) => {
-            let answer = server.fragment(&caller, &target, &headers, &body).await;
-            // Stored, not yet acknowledged.
-            fail::fail_point!("upload.fragment.before_ack", |_| {
-                refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_FAIL, &[])
-            });
-            answer
-        }
-        Some(PacketType::CloseSession) => server.end(&caller, &target, &headers, true).await,
-        Some(PacketType::CancelSession) => server.end(&caller, &target, &headers, false).await,
-        Some(PacketType::Ack) | None => {
+        Some(PacketType::CreateSession) => server.create(caller, path, headers).await,
+        Some(PacketType::CloseSession) => server.end(caller, target, headers, true).await,
+        Some(PacketType::CancelSession) => server.end(caller, target, headers, false).await,
+        Some(PacketType::Ack | PacketType::Fragment) | None => {
             refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[])
         }
     }

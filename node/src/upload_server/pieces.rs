@@ -72,31 +72,45 @@ pub(super) fn received_path(pieces: &Path, session: &str) -> PathBuf {
 /// Name of the file of [`received_path`] in a session's directory.
 const RECEIVED: &str = "received";
 
-/// Writes the piece `bytes` at `offset` of the session's received file (creating it and
-/// its directory) and makes it durable.
-pub(super) fn write_received(
-    pieces: &Path,
-    session: &str,
-    offset: u64,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let path = received_path(pieces, session);
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent"))?;
-    std::fs::create_dir_all(dir)?;
-    let open =
-        |create| std::fs::OpenOptions::new().write(true).create_new(create).mode(0o644).open(&path);
-    let (file, created) = match open(true) {
-        Ok(file) => (file, true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (open(false)?, false),
-        Err(e) => return Err(e),
-    };
-    file.write_all_at(bytes, offset)?;
-    file.sync_data()?;
-    if created {
-        std::fs::File::open(dir)?.sync_all()?;
+/// A session's received file, open to write a fragment's bytes at their offsets.
+pub(super) struct Received {
+    file: std::fs::File,
+    /// The session's directory, if this opening created the file (synced with it).
+    created_in: Option<PathBuf>,
+}
+
+impl Received {
+    /// Opens (creating it and its directory) the received file of `session`.
+    pub(super) fn open(pieces: &Path, session: &str) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = received_path(pieces, session);
+        let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent"))?;
+        std::fs::create_dir_all(dir)?;
+        let open = |create| {
+            std::fs::OpenOptions::new().write(true).create_new(create).mode(0o644).open(&path)
+        };
+        match open(true) {
+            Ok(file) => Ok(Self { file, created_in: Some(dir.to_owned()) }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok(Self { file: open(false)?, created_in: None })
+            }
+            Err(e) => Err(e),
+        }
     }
-    Ok(())
+
+    /// Writes `bytes` at `offset` of the file.
+    pub(super) fn write_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.file, bytes, offset)
+    }
+
+    /// Makes what was written durable (and the file's name, if it was created).
+    pub(super) fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        match &self.created_in {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Writes `bytes` to `path` (creating its directory) and makes it durable.

@@ -1,21 +1,29 @@
 //! Create-Session, Fragment, Ping, Cancel-Session and Close-Session: the upload
 //! protocol's packets, recorded in the replicated queue.
 
-use axum::body::Bytes;
+use std::sync::Arc;
+
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use bytes::BytesMut;
 use ferry_coordinator::ReadAt;
 use ferry_protocol::command::{Command, Proposal, Reply};
 use ferry_protocol::queue::{UploadCommand, UploadSession, check_upload_path};
 use ferry_protocol::upload::{
-    self, FragmentRange, FragmentRefusal, IDENTITY, header, plan_fragment,
+    self, FragmentPlan, FragmentRange, FragmentRefusal, IDENTITY, header, plan_fragment,
 };
 use ferry_protocol::{BitsCode, Caller};
+use futures_util::StreamExt as _;
 
+use super::ahead;
 use super::handover::place;
-use super::pieces::{dir_name, write_received};
+use super::pieces::{Received, dir_name};
 use super::{UploadServer, ack, refuse, text};
 use crate::fs::dir::is_symlink_refusal;
+
+/// Bytes of a fragment's body gathered before they are written.
+const WRITE_CHUNK: usize = 1024 * 1024;
 
 impl UploadServer {
     pub(super) async fn propose(
@@ -127,12 +135,17 @@ impl UploadServer {
         ack(StatusCode::OK, &answer)
     }
 
+    /// A Fragment: its bytes are written at their offset as they arrive (those the
+    /// session has are skipped), made durable, then recorded; a fragment ahead of its
+    /// turn behind another in flight here is written at once and recorded after it
+    /// (see `ahead`).
     pub(super) async fn fragment(
         &self,
         caller: &Caller,
         target: &str,
         headers: &HeaderMap,
-        body: &Bytes,
+        body: Body,
+        max_fragment: usize,
     ) -> Response {
         let session = match self.session(caller, headers).await {
             Ok(session) => session,
@@ -141,43 +154,47 @@ impl UploadServer {
         let echo = (header::SESSION_ID, session.id.clone());
         let range =
             text(headers, header::CONTENT_RANGE).and_then(|r| r.parse::<FragmentRange>().ok());
-        let Some(range) = range.filter(|r| r.len() == body.len() as u64) else {
+        let length = text(headers, header::CONTENT_LENGTH).and_then(|l| l.trim().parse().ok());
+        let Some(range) = range.filter(|r| length.is_none_or(|l: u64| l == r.len())) else {
             return refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[echo]);
         };
+        if range.len() > max_fragment as u64 {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, BitsCode::E_INVALIDARG, &[echo]);
+        }
         if text(headers, header::CONTENT_ENCODING)
             .is_some_and(|e| !e.eq_ignore_ascii_case("identity"))
         {
             return refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[echo]);
         }
-        let plan = match plan_fragment(session.next, session.total, range, self.max_size) {
-            Ok(plan) => plan,
-            Err(FragmentRefusal::Gap { next }) => {
-                let next = (header::RECEIVED_CONTENT_RANGE, next.to_string());
-                return refuse(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    BitsCode::BG_E_INVALID_RANGE,
-                    &[echo, next],
-                );
+        // Until it leaves: the fragments after it may wait for it (see `ahead`).
+        let _entered = self.in_flight.enter(&session.id, range.start, range.end + 1);
+        let mut plan = plan_fragment(session.next, session.total, range, self.max_size);
+        // Where the body goes: the bytes from `skip` on, at `offset`.
+        let (skip, offset) = match &plan {
+            Ok(plan) => (plan.skip, plan.offset),
+            Err(FragmentRefusal::Gap { next })
+                if self.in_flight.wait_for_predecessor(&session.id, *next, range.start).await =>
+            {
+                (0, range.start)
             }
-            Err(FragmentRefusal::TooLarge { .. }) => {
-                return refuse(StatusCode::PAYLOAD_TOO_LARGE, BitsCode::BG_E_TOO_LARGE, &[echo]);
-            }
-            Err(FragmentRefusal::TotalChanged { .. }) => {
-                return refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[echo]);
-            }
+            Err(_) => (range.len(), range.start),
         };
-        if plan.write > 0 {
-            let start = usize::try_from(plan.skip).unwrap_or(usize::MAX);
-            let end = start.saturating_add(usize::try_from(plan.write).unwrap_or(usize::MAX));
-            let bytes = body.slice(start.min(body.len())..end.min(body.len()));
-            let (pieces, id, offset) = (self.pieces.clone(), session.id.clone(), plan.offset);
-            let stored =
-                tokio::task::spawn_blocking(move || write_received(&pieces, &id, offset, &bytes))
-                    .await;
-            if !matches!(stored, Ok(Ok(()))) {
-                return refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_UNEXPECTED, &[echo]);
-            }
+        let ahead = plan.is_err() && skip == 0;
+        if let Err(refused) = self.receive(&session.id, body, range.len(), skip, offset).await {
+            return refused;
         }
+        if ahead {
+            // Written ahead of its turn: recorded once the fragments before it are.
+            tracing::debug!(session = %session.id, start = range.start, "a fragment waits for its turn");
+            plan = match self.wait_turn(caller, &session.id, range).await {
+                Ok(plan) => plan,
+                Err(refused) => return refused,
+            };
+        }
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(refusal) => return refused_fragment(refusal, echo),
+        };
         let command = UploadCommand::Fragment {
             session: session.id.clone(),
             start: range.start,
@@ -213,6 +230,124 @@ impl UploadServer {
         }
     }
 
+    /// Reads a fragment's `body` of `len` bytes, writing those from `skip` on at
+    /// `offset` of the session's received file as they come (one write in flight while
+    /// the next bytes arrive), and makes them durable. An error Ack if the body is not
+    /// `len` bytes or cannot be written.
+    async fn receive(
+        &self,
+        session: &str,
+        body: Body,
+        len: u64,
+        skip: u64,
+        offset: u64,
+    ) -> Result<(), Response> {
+        let echo = || [(header::SESSION_ID, session.to_owned())];
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::warn!(session, error = %e, "cannot store an upload fragment");
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_UNEXPECTED, &echo())
+        };
+        let mut file: Option<Arc<Received>> = None;
+        let mut writing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+        let mut buffer = BytesMut::new();
+        // Body bytes seen; where the buffer's first byte goes in the file.
+        let (mut seen, mut at) = (0u64, offset);
+        let mut stream = body.into_data_stream();
+        loop {
+            let frame = match stream.next().await {
+                Some(Ok(frame)) => Some(frame),
+                Some(Err(e)) => {
+                    tracing::info!(session, error = %e, "a fragment's body ended early");
+                    return Err(refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &echo()));
+                }
+                None => None,
+            };
+            if let Some(frame) = &frame {
+                let from = seen;
+                seen += frame.len() as u64;
+                if seen > len {
+                    return Err(refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &echo()));
+                }
+                // The part of the frame at or after `skip`.
+                let keep = usize::try_from(skip.saturating_sub(from)).unwrap_or(usize::MAX);
+                if keep < frame.len() {
+                    buffer.extend_from_slice(&frame[keep..]);
+                }
+            }
+            let last = frame.is_none();
+            if buffer.len() >= WRITE_CHUNK || (last && !buffer.is_empty()) {
+                if let Some(previous) = writing.take() {
+                    previous.await.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
+                }
+                let received = match &file {
+                    Some(file) => file.clone(),
+                    None => {
+                        let (pieces, id) = (self.pieces.clone(), session.to_owned());
+                        let opened =
+                            tokio::task::spawn_blocking(move || Received::open(&pieces, &id))
+                                .await
+                                .map_err(|e| failed(&e))?
+                                .map_err(|e| failed(&e))?;
+                        file.insert(Arc::new(opened)).clone()
+                    }
+                };
+                let bytes = buffer.split().freeze();
+                let place = at;
+                at += bytes.len() as u64;
+                writing =
+                    Some(tokio::task::spawn_blocking(move || received.write_at(&bytes, place)));
+            }
+            if last {
+                break;
+            }
+        }
+        if seen != len {
+            return Err(refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &echo()));
+        }
+        if let Some(previous) = writing.take() {
+            previous.await.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
+        }
+        if let Some(file) = file {
+            tokio::task::spawn_blocking(move || file.sync())
+                .await
+                .map_err(|e| failed(&e))?
+                .map_err(|e| failed(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the fragments before `range` (in flight on this node) are recorded;
+    /// then the plan for `range` as the session stands. A refusal if one of them
+    /// failed (a gap), or 503 after [`ahead::WAIT`].
+    async fn wait_turn(
+        &self,
+        caller: &Caller,
+        session: &str,
+        range: FragmentRange,
+    ) -> Result<Result<FragmentPlan, FragmentRefusal>, Response> {
+        let deadline = tokio::time::Instant::now() + ahead::WAIT;
+        loop {
+            let mut left = self.in_flight.watch();
+            let now = self.session_named(caller, session).await?;
+            let plan = plan_fragment(now.next, now.total, range, self.max_size);
+            match plan {
+                Err(FragmentRefusal::Gap { next })
+                    if self.in_flight.may_wait(session, next, range.start) =>
+                {
+                    if tokio::time::timeout_at(deadline, left.changed()).await.is_err() {
+                        let echo = (header::SESSION_ID, session.to_owned());
+                        return Err(refuse(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            BitsCode::E_UNEXPECTED,
+                            &[echo],
+                        ));
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// Close-Session (`close`) or Cancel-Session.
     pub(super) async fn end(
         &self,
@@ -241,5 +376,21 @@ impl UploadServer {
         }
         let _ = std::fs::remove_dir_all(self.pieces.join(dir_name(&session.id)));
         ack(StatusCode::OK, &[echo])
+    }
+}
+
+/// The Ack refusing a fragment for `refusal` (`echo`: the session id header).
+fn refused_fragment(refusal: FragmentRefusal, echo: (&'static str, String)) -> Response {
+    match refusal {
+        FragmentRefusal::Gap { next } => {
+            let next = (header::RECEIVED_CONTENT_RANGE, next.to_string());
+            refuse(StatusCode::RANGE_NOT_SATISFIABLE, BitsCode::BG_E_INVALID_RANGE, &[echo, next])
+        }
+        FragmentRefusal::TooLarge { .. } => {
+            refuse(StatusCode::PAYLOAD_TOO_LARGE, BitsCode::BG_E_TOO_LARGE, &[echo])
+        }
+        FragmentRefusal::TotalChanged { .. } => {
+            refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[echo])
+        }
     }
 }

@@ -5,9 +5,11 @@
 //! before any byte leaves, so a run that starts after a crash (or on a restarted node)
 //! continues the same session. It first sends one byte at the recorded offset: the
 //! Ack's `BITS-Received-Content-Range` tells where the server really is, and only what
-//! it lacks is sent again. Fragments follow one at a time on the run's one HTTP/1.1
-//! client (a kept-alive connection, reopened only after a failure); each Ack is
-//! recorded while the next fragment travels, which was read from disk meanwhile. The
+//! it lacks is sent again. Fragments follow on the run's HTTP/1.1 client (kept-alive
+//! connections, reopened only after a failure): one at a time, or up to two more in
+//! flight where the server's Acks allow it (`Ferry-Fragments-Ahead`, a Ferry server);
+//! each Ack is recorded while the next fragment travels, which was read from disk
+//! meanwhile. The
 //! final Ack of an upload-reply job names the reply, which is downloaded with ranges
 //! into a hidden file beside the reply file (renamed by Complete). Then
 //! Close-Session, retried on 5xx, and the job is TRANSFERRED.
@@ -25,10 +27,11 @@
 
 mod ack;
 mod host;
+mod reply;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,14 +40,16 @@ use ferry_protocol::job::{JobError, LocalStamp};
 use ferry_protocol::transfer::EngineReport;
 use ferry_protocol::upload::{self, FragmentRange, PacketType, header as bits};
 use ferry_protocol::{BitsCode, ErrorContext, Job, JobState, JobType};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use reqwest::header::{self};
 use reqwest::{Method, Response, StatusCode};
 
 use super::Run;
 use super::failure::{Failure, Stop};
-use super::fetch::{blocking, content_length, content_range};
+use super::fetch::blocking;
 use super::http::{HttpSession, SendError};
-use super::local::{self, TempFile};
+use super::local;
 
 use self::ack::{Ack, changed_file, local_error, protocol_error, stamp};
 pub(crate) use self::host::HostIdRule;
@@ -56,8 +61,8 @@ const FRAGMENT_SIZE: u64 = 8 * 1024 * 1024;
 const MIN_FRAGMENT_SIZE: u64 = 64 * 1024;
 /// Times Close-Session is sent again after a 5xx within one run.
 const CLOSE_ATTEMPTS: u32 = 4;
-/// Reply bytes between two progress reports (each one fsynced first).
-const REPLY_REPORT_BYTES: u64 = 8 * 1024 * 1024;
+/// Most fragments sent beyond the one not yet acknowledged, whatever a server allows.
+const MAX_AHEAD: usize = 2;
 /// How often a run creates a new session after the server lost the old one.
 const MAX_NEW_SESSIONS: u32 = 3;
 
@@ -153,26 +158,7 @@ impl Run {
             url = target.url().to_owned();
             sent = send_packet(&self.http, &url, packet, &headers, body).await;
         }
-        let response: Response = match sent {
-            Ok(response) => response,
-            Err(e) => {
-                if e.is_connect() {
-                    target.connected(false);
-                }
-                return Err(Failure::request(&e, &url, 0).into());
-            }
-        };
-        target.connected(true);
-        let ack = Ack { status: response.status(), headers: response.headers().clone() };
-        // Acks carry no body worth reading; drain it so the connection is kept.
-        let _ = response.bytes().await;
-        let is_ack = ack.header(bits::PACKET_TYPE).is_some_and(|p| p.eq_ignore_ascii_case("Ack"));
-        if !is_ack && ack.ok() {
-            return Err(protocol_error(format!(
-                "{packet} to {url}: the answer is not a BITS Ack (is this a BITS upload server?)"
-            )));
-        }
-        Ok(ack)
+        answer(target, packet, &url, sent).await
     }
 
     /// Ping, then Create-Session; the report that records the session.
@@ -226,6 +212,11 @@ impl Run {
     /// Sends the file from `acked` on; every Ack is recorded, the last one before this
     /// returns, the others while the next fragment travels (a crash may thus lose the
     /// record of one Ack: the next run's one-byte question finds where the server is).
+    /// A server whose Acks name [`bits::FRAGMENTS_AHEAD`] gets that many fragments
+    /// (at most [`MAX_AHEAD`]) beyond the one not yet acknowledged, on other
+    /// connections; the first answer out of the ordinary ends that for the run: the
+    /// fragments in flight are awaited, and the run goes on one fragment at a time
+    /// from what the server said.
     #[allow(clippy::too_many_arguments)]
     async fn send_fragments(
         &self,
@@ -261,32 +252,42 @@ impl Run {
         let mut reply_url = None;
         // The fragment read while the last one travelled: its offset and bytes.
         let mut ahead: Option<(u64, Bytes)> = None;
+        // Fragments sent and not yet answered, oldest first; where the last one ends.
+        let mut flights = FuturesOrdered::new();
+        let mut sent_to = next;
+        // Fragments the server takes beyond the unacknowledged one; `None` once the run
+        // went back to one at a time.
+        let mut allowed: Option<usize> = Some(0);
         loop {
-            let done = next >= total;
-            // A final Ack lost in a crash is asked for again with the last byte.
-            let start = if done { total - 1 } else { next };
-            if done && (!reply_wanted || reply_url.is_some() || self.has_reply_url()?) {
-                return self.send_reports(pending, Vec::new()).await;
+            while flights.len() <= allowed.unwrap_or(0) {
+                let start = if flights.is_empty() { next } else { sent_to };
+                let done = start >= total;
+                if !flights.is_empty() && (done || probe) {
+                    break;
+                }
+                if done && (!reply_wanted || reply_url.is_some() || self.has_reply_url()?) {
+                    return self.send_reports(pending, Vec::new()).await;
+                }
+                // A final Ack lost in a crash is asked for again with the last byte.
+                let start = if done { total - 1 } else { start };
+                let len = if probe || done { 1 } else { size.min(total - start) };
+                let current = stamp(source).map_err(|e| local_error(&e, "cannot read the file"))?;
+                if current != local {
+                    return Err(changed_file(path));
+                }
+                let bytes = match ahead.take() {
+                    Some((at, bytes)) if at == start && bytes.len() as u64 == len => bytes,
+                    _ => read_at(source, start, len).await?,
+                };
+                let range = FragmentRange::new(start, len, total).ok_or_else(|| {
+                    protocol_error(format!("a fragment at {start} of {total} bytes"))
+                })?;
+                self.http.throttle.take(bytes.len()).await;
+                flights.push_back(self.fragment(target.url().to_owned(), session, range, bytes));
+                sent_to = start + len;
             }
-            let len = if probe || done { 1 } else { size.min(total - start) };
-            let current = stamp(source).map_err(|e| local_error(&e, "cannot read the file"))?;
-            if current != local {
-                return Err(changed_file(path));
-            }
-            let bytes = match ahead.take() {
-                Some((at, bytes)) if at == start && bytes.len() as u64 == len => bytes,
-                _ => read_at(source, start, len).await?,
-            };
-            let range = FragmentRange::new(start, len, total)
-                .ok_or_else(|| protocol_error(format!("a fragment at {start} of {total} bytes")))?;
-            let headers = vec![
-                (bits::SESSION_ID, session.to_owned()),
-                (header::CONTENT_RANGE.as_str(), range.to_string()),
-            ];
-            let url = target.url().to_owned();
-            self.http.throttle.take(bytes.len()).await;
-            // While the fragment travels: the last Ack's record is written (one write
-            // at a time, in order) and the next fragment is read.
+            // While the oldest fragment travels: the last Acks' record is written (one
+            // write at a time, in order) and the next fragment is read.
             let recording = std::mem::take(pending);
             let record = async {
                 if recording.is_empty() {
@@ -294,22 +295,39 @@ impl Run {
                 }
                 self.reporter.report(self.job.id(), self.run, recording).await
             };
-            let following = start + len;
             let read_ahead = async {
-                if probe || done || following >= total {
+                if probe || sent_to >= total {
                     return None;
                 }
-                let len = size.min(total - following);
-                read_at(source, following, len).await.ok().map(|bytes| (following, bytes))
+                let len = size.min(total - sent_to);
+                read_at(source, sent_to, len).await.ok().map(|bytes| (sent_to, bytes))
             };
-            let (ack, recorded, read) = tokio::join!(
-                self.packet(target, PacketType::Fragment, headers, bytes),
-                record,
-                read_ahead
-            );
+            let (answered, recorded, read) = tokio::join!(flights.next(), record, read_ahead);
             recorded?;
             ahead = read;
+            let Some(Flight { url, range, sent }) = answered else { continue };
+            let (start, len) = (range.start, range.len());
+            if sent.as_ref().is_err_and(|e| e.is_refused()) && url != target.original {
+                // A host id whose name resolves to a refused address: nothing was sent.
+                target.refuse_host();
+                drain(target, &mut flights).await;
+                (allowed, sent_to) = (None, next);
+                continue;
+            }
+            let ack = answer(target, PacketType::Fragment, &url, sent).await;
+            let in_order = ack.as_ref().is_ok_and(|a| a.ok() && a.received() == Some(start + len));
+            if !in_order && !flights.is_empty() {
+                tracing::info!(job = %self.job.id(), session, start, "a fragment answered out of the ordinary with more in flight: sending one at a time from here");
+                drain(target, &mut flights).await;
+                allowed = None;
+            }
             let ack = ack?;
+            if in_order && let Some(more) = allowed.as_mut() {
+                *more = ack
+                    .header(bits::FRAGMENTS_AHEAD)
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .map_or(0, |n| n.min(MAX_AHEAD));
+            }
             let status = ack.status;
             if ack.error_code() == Some(BitsCode::BG_E_SESSION_NOT_FOUND.0) {
                 return Err(Stop::RestartFile(format!(
@@ -321,6 +339,7 @@ impl Run {
                 && len > MIN_FRAGMENT_SIZE
             {
                 size = (len / 2).max(MIN_FRAGMENT_SIZE);
+                sent_to = next;
                 continue;
             }
             let gap = status == StatusCode::RANGE_NOT_SATISFIABLE;
@@ -371,6 +390,9 @@ impl Run {
                 stalled = 0;
             }
             next = server_next;
+            if !in_order {
+                sent_to = next;
+            }
             pending.push(EngineReport::UploadAcked { next, reply_url: reply_url.clone() });
             if next == total && !reply_wanted {
                 return self.send_reports(pending, Vec::new()).await;
@@ -378,96 +400,26 @@ impl Run {
         }
     }
 
-    fn has_reply_url(&self) -> Result<bool, Stop> {
-        self.reporter.read(self.job.id(), self.run, |job| job.upload().reply_url.is_some())
+    /// Sends the fragment `range` of the file, `bytes`, to `url`.
+    fn fragment<'a>(
+        &'a self,
+        url: String,
+        session: &str,
+        range: FragmentRange,
+        bytes: Bytes,
+    ) -> impl Future<Output = Flight> + Send + 'a {
+        let headers = vec![
+            (bits::SESSION_ID, session.to_owned()),
+            (header::CONTENT_RANGE.as_str(), range.to_string()),
+        ];
+        async move {
+            let sent = send_packet(&self.http, &url, PacketType::Fragment, &headers, bytes).await;
+            Flight { url, range, sent }
+        }
     }
 
-    /// Downloads the reply into its temporary file (resuming what is durable).
-    async fn receive_reply(&self, pending: &mut Vec<EngineReport>) -> Result<(), Stop> {
-        let (state, temp_path, reply_path) =
-            self.reporter.read(self.job.id(), self.run, |job| {
-                (job.upload().clone(), job.reply_temporary(), job.reply_path())
-            })?;
-        if state.reply_done {
-            return Ok(());
-        }
-        let (Some(url), Some(temp_path), Some(reply_path)) =
-            (state.reply_url, temp_path, reply_path)
-        else {
-            return Err(protocol_error("no reply URL was recorded".into()));
-        };
-        let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner().clone());
-        let mut from = state.reply.bytes_transferred;
-        let temp = {
-            let (temp, dest) = (PathBuf::from(&temp_path), PathBuf::from(&reply_path));
-            let tag = local::temp_tag(self.job.id(), 1);
-            blocking(move || match TempFile::reopen(&sandboxes, &owner, &temp, tag.clone())? {
-                Some(file) if from > 0 => Ok((file, from)),
-                _ => TempFile::create(&sandboxes, &owner, &dest, &temp, tag).map(|file| (file, 0)),
-            })
-            .await
-        };
-        let (temp, start) = temp.map_err(|e| local_error(&e, "cannot create the reply file"))?;
-        from = start;
-        let range = format!("bytes={from}-");
-        let response = self
-            .http
-            .send(Method::GET, &url, |r| if from > 0 { r.header(header::RANGE, &range) } else { r })
-            .await
-            .map_err(|e| Failure::request(&e, &url, 0))?;
-        let status = response.status();
-        let total = match status {
-            StatusCode::PARTIAL_CONTENT => {
-                let r = content_range(response.headers()).filter(|r| r.first == from).ok_or_else(
-                    || protocol_error(format!("{url}: a reply range that is not bytes {from}-")),
-                )?;
-                r.total
-            }
-            StatusCode::OK => {
-                from = 0;
-                content_length(response.headers())
-            }
-            other => return Err(Failure::status(other.as_u16(), &url, 0).into()),
-        };
-        let mut response = response;
-        let mut offset = from;
-        let mut reported = from;
-        while let Some(bytes) = response.chunk().await.map_err(|e| Failure::request(&e, &url, 0))? {
-            let at = offset;
-            offset += bytes.len() as u64;
-            if total.is_some_and(|t| offset > t) {
-                return Err(protocol_error(format!(
-                    "{url}: the reply is longer than its {total:?} bytes"
-                )));
-            }
-            let writer = temp.clone();
-            blocking(move || writer.write_at(&bytes, at))
-                .await
-                .map_err(|e| local_error(&e, "cannot write the reply file"))?;
-            if offset - reported >= REPLY_REPORT_BYTES {
-                let synced = temp.clone();
-                blocking(move || synced.sync())
-                    .await
-                    .map_err(|e| local_error(&e, "cannot write the reply file"))?;
-                reported = offset;
-                let report = EngineReport::ReplyReceived { total, received: offset, done: false };
-                self.send_reports(pending, vec![report]).await?;
-            }
-        }
-        if let Some(total) = total.filter(|t| offset != *t) {
-            return Err(super::fetch::short_body(&url, 0, offset, total));
-        }
-        let synced = temp.clone();
-        blocking(move || {
-            synced.set_len(offset)?;
-            synced.finish(None)
-        })
-        .await
-        .map_err(|e| local_error(&e, "cannot write the reply file"))?;
-        tracing::info!(job = %self.job.id(), bytes = offset, "reply received");
-        let report =
-            EngineReport::ReplyReceived { total: Some(offset), received: offset, done: true };
-        self.send_reports(pending, vec![report]).await
+    fn has_reply_url(&self) -> Result<bool, Stop> {
+        self.reporter.read(self.job.id(), self.run, |job| job.upload().reply_url.is_some())
     }
 
     /// Close-Session, sent again on 5xx; a session the server no longer knows is closed.
@@ -514,6 +466,50 @@ async fn send_packet(
         request.body(body.clone())
     })
     .await
+}
+
+/// The Ack of a packet sent to `url` (`sent`: the response, or why there is none).
+async fn answer(
+    target: &mut Target,
+    packet: PacketType,
+    url: &str,
+    sent: Result<Response, SendError>,
+) -> Result<Ack, Stop> {
+    let response: Response = match sent {
+        Ok(response) => response,
+        Err(e) => {
+            if e.is_connect() {
+                target.connected(false);
+            }
+            return Err(Failure::request(&e, url, 0).into());
+        }
+    };
+    target.connected(true);
+    let ack = Ack { status: response.status(), headers: response.headers().clone() };
+    // Acks carry no body worth reading; drain it so the connection is kept.
+    let _ = response.bytes().await;
+    let is_ack = ack.header(bits::PACKET_TYPE).is_some_and(|p| p.eq_ignore_ascii_case("Ack"));
+    if !is_ack && ack.ok() {
+        return Err(protocol_error(format!(
+            "{packet} to {url}: the answer is not a BITS Ack (is this a BITS upload server?)"
+        )));
+    }
+    Ok(ack)
+}
+
+/// A fragment sent: where, which bytes, and the server's response.
+struct Flight {
+    url: String,
+    range: FragmentRange,
+    sent: Result<Response, SendError>,
+}
+
+/// Awaits the fragments still in flight, ignoring their answers (the run goes on from
+/// the server's word on an earlier one; a fragment sent twice is taken once).
+async fn drain(target: &mut Target, flights: &mut FuturesOrdered<impl Future<Output = Flight>>) {
+    while let Some(Flight { url, sent, .. }) = flights.next().await {
+        let _ = answer(target, PacketType::Fragment, &url, sent).await;
+    }
 }
 
 /// `len` bytes of `file` at `offset`.

@@ -69,6 +69,10 @@ pub(crate) async fn upload(bytes: u64, timeout: Duration) -> anyhow::Result<()> 
     eprintln!("{:.2} s", elapsed.as_secs_f64());
     check(&server.data_dir().join("uploads").join("in"), expected).await?;
     rows.push(Row { what: "ferry transfer --upload", elapsed });
+    let client_log = std::fs::read_to_string(client_node.log_path()).unwrap_or_default();
+    if client_log.contains("sending one at a time") {
+        eprintln!("  note: the upload went back to one fragment at a time (see the client's log)");
+    }
 
     print(bytes, &rows);
     Ok(())
