@@ -169,17 +169,18 @@ impl UploadServer {
         // Until it leaves: the fragments after it may wait for it (see `ahead`).
         let _entered = self.in_flight.enter(&session.id, range.start, range.end + 1);
         let mut plan = plan_fragment(session.next, session.total, range, self.max_size);
-        // Where the body goes: the bytes from `skip` on, at `offset`.
-        let (skip, offset) = match &plan {
-            Ok(plan) => (plan.skip, plan.offset),
+        // Where the body goes (the bytes from `skip` on, at `offset`), and whether the
+        // fragment is ahead of its turn.
+        let (skip, offset, ahead) = match &plan {
+            Ok(plan) => (plan.skip, plan.offset, false),
             Err(FragmentRefusal::Gap { next })
                 if self.in_flight.wait_for_predecessor(&session.id, *next, range.start).await =>
             {
-                (0, range.start)
+                (0, range.start, true)
             }
-            Err(_) => (range.len(), range.start),
+            // Refused: the body is read (the connection is kept) and nothing written.
+            Err(_) => (range.len(), range.start, false),
         };
-        let ahead = plan.is_err() && skip == 0;
         if let Err(refused) = self.receive(&session.id, body, range.len(), skip, offset).await {
             return refused;
         }
