@@ -154,11 +154,15 @@ async fn handle(
     let overridden = method == Method::POST
         && text(&headers, header::METHOD_OVERRIDE).is_some_and(|m| m.eq_ignore_ascii_case(METHOD));
     if method.as_str() != METHOD && !overridden {
+        drain(body, max_fragment).await;
         let mut response = ack(StatusCode::METHOD_NOT_ALLOWED, &[]);
         response.headers_mut().insert("allow", HeaderValue::from_static(METHOD));
         return response;
     }
     let Some(caller) = caller(&server.auth, &headers) else {
+        // A client sends a fragment without credentials until challenged: it reads
+        // this answer once it has sent the body.
+        drain(body, max_fragment).await;
         let mut response = refuse(StatusCode::UNAUTHORIZED, BitsCode::E_ACCESSDENIED, &[]);
         response
             .headers_mut()
@@ -169,7 +173,7 @@ async fn handle(
     if packet != Some(PacketType::Fragment) {
         // Only fragments carry bytes (streamed to disk as they come); anything sent with
         // another packet is read, so that the connection is kept, and ignored.
-        if axum::body::to_bytes(body, max_fragment).await.is_err() {
+        if !drain(body, max_fragment).await {
             return refuse(StatusCode::PAYLOAD_TOO_LARGE, BitsCode::E_INVALIDARG, &[]);
         }
         return other_packet(&server, &caller, packet, &path, &target, &headers).await;
@@ -180,6 +184,23 @@ async fn handle(
         refuse(StatusCode::INTERNAL_SERVER_ERROR, BitsCode::E_FAIL, &[])
     });
     answer
+}
+
+/// Reads `body` to its end and drops it, so that a client still sending it reads the
+/// answer on a kept connection; false if it is longer than `limit` (or broken), where
+/// reading stops.
+async fn drain(body: Body, limit: usize) -> bool {
+    use futures_util::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(frame) = stream.next().await {
+        let Ok(frame) = frame else { return false };
+        seen = seen.saturating_add(frame.len());
+        if seen > limit {
+            return false;
+        }
+    }
+    true
 }
 
 /// The answer to a packet other than a fragment.

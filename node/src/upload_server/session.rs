@@ -147,25 +147,25 @@ impl UploadServer {
         body: Body,
         max_fragment: usize,
     ) -> Response {
-        let session = match self.session(caller, headers).await {
-            Ok(session) => session,
-            Err(refused) => return refused,
+        let checked = match self.session(caller, headers).await {
+            Ok(session) => match checked_range(headers, max_fragment) {
+                Ok(range) => Ok((session, range)),
+                Err((status, code)) => {
+                    Err(refuse(status, code, &[(header::SESSION_ID, session.id.clone())]))
+                }
+            },
+            Err(refused) => Err(refused),
+        };
+        let (session, range) = match checked {
+            Ok(checked) => checked,
+            Err(refused) => {
+                // The body is read first (up to the limit): a client still sending it
+                // would see its connection closed, not the answer.
+                super::drain(body, max_fragment).await;
+                return refused;
+            }
         };
         let echo = (header::SESSION_ID, session.id.clone());
-        let range =
-            text(headers, header::CONTENT_RANGE).and_then(|r| r.parse::<FragmentRange>().ok());
-        let length = text(headers, header::CONTENT_LENGTH).and_then(|l| l.trim().parse().ok());
-        let Some(range) = range.filter(|r| length.is_none_or(|l: u64| l == r.len())) else {
-            return refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[echo]);
-        };
-        if range.len() > max_fragment as u64 {
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, BitsCode::E_INVALIDARG, &[echo]);
-        }
-        if text(headers, header::CONTENT_ENCODING)
-            .is_some_and(|e| !e.eq_ignore_ascii_case("identity"))
-        {
-            return refuse(StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG, &[echo]);
-        }
         // Until it leaves: the fragments after it may wait for it (see `ahead`).
         let _entered = self.in_flight.enter(&session.id, range.start, range.end + 1);
         let mut plan = plan_fragment(session.next, session.total, range, self.max_size);
@@ -378,6 +378,28 @@ impl UploadServer {
         let _ = std::fs::remove_dir_all(self.pieces.join(dir_name(&session.id)));
         ack(StatusCode::OK, &[echo])
     }
+}
+
+/// The fragment's range from its headers, if they are acceptable: `Content-Range` (and
+/// `Content-Length`, when given, its length), at most `max_fragment` bytes, no content
+/// encoding but `identity`; else the refusal's status and code.
+fn checked_range(
+    headers: &HeaderMap,
+    max_fragment: usize,
+) -> Result<FragmentRange, (StatusCode, BitsCode)> {
+    let range = text(headers, header::CONTENT_RANGE).and_then(|r| r.parse::<FragmentRange>().ok());
+    let length = text(headers, header::CONTENT_LENGTH).and_then(|l| l.trim().parse().ok());
+    let Some(range) = range.filter(|r| length.is_none_or(|l: u64| l == r.len())) else {
+        return Err((StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG));
+    };
+    if range.len() > max_fragment as u64 {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, BitsCode::E_INVALIDARG));
+    }
+    if text(headers, header::CONTENT_ENCODING).is_some_and(|e| !e.eq_ignore_ascii_case("identity"))
+    {
+        return Err((StatusCode::BAD_REQUEST, BitsCode::E_INVALIDARG));
+    }
+    Ok(range)
 }
 
 /// The Ack refusing a fragment for `refusal` (`echo`: the session id header).
