@@ -128,7 +128,8 @@ impl Run {
         let mut sending: Option<Sending<'_>> = None;
         let mut records_open = true;
         let mut outbox = Some(outbox);
-        let mut window = tokio::time::interval(ramp::WINDOW);
+        // The ramp looks every FAST_WINDOW: a window ends after WINDOW, or sooner on a fast link.
+        let mut window = tokio::time::interval(ramp::FAST_WINDOW);
         window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // The ramp settled, or no piece is left to hand out: no connection is opened

@@ -1,6 +1,8 @@
 //! How many range connections a file's download opens when the node picks them
 //! (`transfer.connections = "auto"`, the default): one at first; then, every
-//! [`WINDOW`] (and [`MIN_WINDOW_BYTES`]), the throughput of the last window decides (the first window only warms
+//! [`WINDOW`] (and [`MIN_WINDOW_BYTES`]), or as soon as a window of at least
+//! [`FAST_WINDOW`] holds [`FAST_WINDOW_BYTES`] (a fast link), the throughput of the last
+//! window decides (the first window only warms
 //! up: it holds the connection's start and a bandwidth bucket's first burst). Each step doubles the
 //! connections (1, 2, 4, 8, 16) as long as the step before raised the throughput by
 //! [`GAIN`] at least; once a step does not, the count stays. A link that one
@@ -18,6 +20,14 @@ pub(super) const WINDOW: Duration = Duration::from_millis(150);
 /// bytes 64 KiB at a time, and a window of a few such draws would measure the draws,
 /// not the link. On a slow link the windows are longer.
 pub(super) const MIN_WINDOW_BYTES: u64 = 1024 * 1024;
+
+/// Bytes after which a window ends before [`WINDOW`]: at 1 GB/s a step every 150 ms
+/// would spend a third of a 1 GiB download ramping; this many bytes measure such a
+/// link as well as 150 ms measure a slow one.
+pub(super) const FAST_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Shortest window, however many bytes it holds.
+pub(super) const FAST_WINDOW: Duration = Duration::from_millis(25);
 
 /// Throughput a step must add to be followed by another (1.2: a fifth more).
 const GAIN: f64 = 1.2;
@@ -63,7 +73,9 @@ impl Ramp {
         }
         let elapsed = now.saturating_duration_since(self.mark.0);
         let bytes = received.saturating_sub(self.mark.1);
-        if elapsed < WINDOW || bytes < MIN_WINDOW_BYTES {
+        let full = elapsed >= WINDOW && bytes >= MIN_WINDOW_BYTES;
+        let fast = elapsed >= FAST_WINDOW && bytes >= FAST_WINDOW_BYTES;
+        if !(full || fast) {
             return 0;
         }
         let rate = bytes as f64 / elapsed.as_secs_f64();
@@ -119,6 +131,27 @@ mod tests {
             ramp.tick(start + WINDOW * i, received as u64);
         }
         assert_eq!(ramp.open(), 2);
+    }
+
+    #[test]
+    fn a_fast_link_steps_as_soon_as_a_window_holds_enough_bytes() {
+        // 1 GB/s per connection, no limit: a window ends at 32 MiB (about 34 ms), so
+        // the ramp reaches 16 connections within a fifth of a second, not 750 ms.
+        let start = Instant::now();
+        let mut ramp = Ramp::new(16, start, 0);
+        let (mut t, mut received) = (start, 0.0);
+        let tick = Duration::from_millis(5);
+        while t < start + Duration::from_millis(200) {
+            t += tick;
+            received += 1e9 * ramp.open() as f64 * tick.as_secs_f64();
+            ramp.tick(t, received as u64);
+        }
+        assert_eq!(ramp.open(), 16);
+        // However fast, a window lasts at least FAST_WINDOW.
+        let mut ramp = Ramp::new(16, start, 0);
+        assert_eq!(ramp.tick(start + Duration::from_millis(10), 1 << 30), 0);
+        assert_eq!(ramp.tick(start + Duration::from_millis(20), 2 << 30), 0);
+        assert_eq!(ramp.open(), 1);
     }
 
     #[test]
