@@ -78,26 +78,20 @@ impl RaftMembership {
         })?;
         let raft = self.raft.clone();
         tokio::spawn(async move {
-            // Promote once it has caught up, while the cluster wants more voters.
-            if let Err(e) = raft.add_learner(node, addr, true).await {
-                tracing::warn!(node, error = %e, "the new node did not catch up");
-                return;
+            // Promote once it has caught up, while the cluster wants more voters. Nodes
+            // that join together race: a promotion refused while another membership
+            // change is under way is tried again (it was given up, and the node stayed
+            // a learner for good).
+            let mut delay = Duration::from_millis(250);
+            for _ in 0..PROMOTE_ATTEMPTS {
+                match promote(&raft, node, &addr, voters).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::info!(node, error = %e, "cannot promote the new node yet"),
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
-            let (current, learners) = {
-                let metrics = raft.metrics().borrow().clone();
-                let membership = metrics.membership_config.membership();
-                let current: BTreeSet<NodeId> = membership.voter_ids().collect();
-                let learners: Vec<NodeId> =
-                    membership.learner_ids().filter(|id| *id != node).collect();
-                (current, learners)
-            };
-            let Some(next) = promotion(&current, node, &learners, voters as usize) else {
-                return;
-            };
-            match raft.change_membership(next.clone(), true).await {
-                Ok(_) => tracing::info!(?next, "promoted to voters"),
-                Err(e) => tracing::warn!(node, error = %e, "cannot promote to voter"),
-            }
+            tracing::warn!(node, "gave up promoting the new node to voter");
         });
         Ok(())
     }
@@ -177,6 +171,41 @@ impl Membership for RaftMembership {
 /// one voter at a time up to three, then two at a time (the new node and a waiting
 /// learner) up to `max`: an even number of voters tolerates no more failures than one
 /// fewer, so past three the count stays odd.
+/// Times a new node's promotion is tried (the last ones 5 s apart: about 2 minutes).
+const PROMOTE_ATTEMPTS: u32 = 28;
+
+/// Waits for `node` to catch up, then makes it a voter if the cluster wants more
+/// voters. Done (nothing to do) once this node no longer leads, or `node` is no
+/// longer a learner; an error if a step was refused (another membership change under
+/// way, say).
+async fn promote(raft: &Raft, node: NodeId, addr: &NodeAddr, voters: u32) -> Result<(), String> {
+    let still_to_do = || {
+        let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        metrics.state.is_leader() && membership.learner_ids().any(|id| id == node)
+    };
+    if !still_to_do() {
+        return Ok(());
+    }
+    raft.add_learner(node, addr.clone(), true).await.map_err(|e| e.to_string())?;
+    if !still_to_do() {
+        return Ok(());
+    }
+    let (current, learners) = {
+        let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let current: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().filter(|id| *id != node).collect();
+        (current, learners)
+    };
+    let Some(next) = promotion(&current, node, &learners, voters as usize) else {
+        return Ok(());
+    };
+    raft.change_membership(next.clone(), true).await.map_err(|e| e.to_string())?;
+    tracing::info!(?next, "promoted to voters");
+    Ok(())
+}
+
 fn promotion(
     current: &BTreeSet<NodeId>,
     node: NodeId,
