@@ -180,7 +180,7 @@ impl Client {
     ) -> Result<reqwest::Response, ClientError> {
         let url =
             self.base.join(path).map_err(|e| ClientError::BadUrl(path.into(), e.to_string()))?;
-        let key = mutating.then(RequestId::new_random);
+        let key = mutating.then(RequestId::generate);
         let started = Instant::now();
         let mut backoff = Backoff::new();
         let mut attempt = 1;

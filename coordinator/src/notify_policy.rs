@@ -86,7 +86,7 @@ mod tests {
     fn set(program: Option<&str>) -> Command {
         let cmdline = program.map(|p| NotifyCmdLine { program: p.into(), args: vec![] });
         let changes = PropertyChanges { notify_cmdline: Some(cmdline), ..Default::default() };
-        Command::SetProperties { job: JobId::new_random(), changes }
+        Command::SetProperties { job: JobId::generate(), changes }
     }
 
     fn create(program: &str, fleet: bool) -> Command {
@@ -101,13 +101,13 @@ mod tests {
         };
         if fleet {
             Command::CreateFleet {
-                fleet: JobId::new_random(),
+                fleet: JobId::generate(),
                 members: vec![],
                 spec,
                 credentials: vec![],
             }
         } else {
-            Command::CreateJob { id: JobId::new_random(), home_node: 1, spec }
+            Command::CreateJob { id: JobId::generate(), home_node: 1, spec }
         }
     }
 

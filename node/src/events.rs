@@ -343,7 +343,7 @@ mod tests {
     fn event(index: u64) -> Event {
         let event = JobEvent {
             kind: EventKind::JobCreated,
-            job: JobId::new_random(),
+            job: JobId::generate(),
             owner: Principal::new("alice").expect("name"),
             display_name: format!("job-{index}"),
             state: JobState::Suspended,

@@ -86,7 +86,7 @@ async fn exit_codes_json_errors_getters_and_formats() -> anyhow::Result<()> {
     assert_eq!(out, "5400\n");
 
     // Exit codes: not found 3, access denied 4, usage 2; JSON errors on stdout.
-    let missing = ferry_protocol::JobId::new_random().to_string();
+    let missing = ferry_protocol::JobId::generate().to_string();
     let (code, _, err) = ferry(&node, tokens::ALICE, &["job", "info", &missing]).await?;
     assert_eq!(code, 3, "{err}");
     let (code, out, _) = ferry(&node, tokens::ALICE, &["--json", "job", "info", &missing]).await?;

@@ -135,7 +135,7 @@ async fn notified_job(
     let client = node.client(Some(token))?;
     let file = NewFile {
         remote_url: origin.url("/f.bin"),
-        local_path: dir.join(format!("out-{}", JobId::new_random())).to_string_lossy().into(),
+        local_path: dir.join(format!("out-{}", JobId::generate())).to_string_lossy().into(),
         ranges: vec![],
         sha256: None,
     };

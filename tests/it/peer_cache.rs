@@ -385,7 +385,7 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
     for member in &fleet.members {
         assert!(stdout.contains(&member.job.to_string()), "status lacks node {}", member.node);
     }
-    let unknown = JobId::new_random().to_string();
+    let unknown = JobId::generate().to_string();
     let (code, _, stderr) =
         ferry_tests::ferry(&nodes[2], tokens::ADMIN, &["fleet", "status", &unknown]).await?;
     assert!(code != 0 && stderr.contains("BG_E_NOT_FOUND"), "{stderr}");

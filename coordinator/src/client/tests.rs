@@ -92,7 +92,7 @@ async fn a_write_is_retried_with_the_same_idempotency_key() {
     .await;
     let client = Client::new(&server.url, None).expect("client");
     // The body is not a JobInfo: what matters is what was sent.
-    let _ = client.act(JobId::new_random(), JobAction::Resume).await;
+    let _ = client.act(JobId::generate(), JobAction::Resume).await;
     let heads = server.heads();
     assert_eq!(heads.len(), 3, "{heads:#?}");
     let keys: Vec<&str> = heads

@@ -77,7 +77,7 @@ pub(super) async fn create_fleet(
         files: vec![NewFile { remote_url, local_path, ranges: Vec::new(), sha256 }],
     };
     let members: Vec<(JobId, u64)> =
-        nodes.into_iter().map(|node| (JobId::new_random(), node)).collect();
+        nodes.into_iter().map(|node| (JobId::generate(), node)).collect();
     let credentials = if credentials.is_empty() {
         Vec::new()
     } else {
@@ -86,7 +86,7 @@ pub(super) async fn create_fleet(
             .map(|(job, _)| credentials.iter().map(|c| seal(&state, *job, c)).collect())
             .collect::<Result<_, _>>()?
     };
-    let command = Command::CreateFleet { fleet: JobId::new_random(), members, spec, credentials };
+    let command = Command::CreateFleet { fleet: JobId::generate(), members, spec, credentials };
     let (reply, index) = write(&state, &caller, request_id, command).await?;
     let Reply::Created(id) = reply else {
         return Err(ApiError::new(500, BitsCode::E_UNEXPECTED, "create returned no fleet id"));

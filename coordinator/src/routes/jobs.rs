@@ -126,7 +126,7 @@ pub(super) async fn create_job(
 ) -> Result<(StatusCode, [(header::HeaderName, String); 1], axum::Json<JobInfo>), ApiError> {
     seal_headers(&state, &caller, &mut spec.properties)?;
     let command =
-        Command::CreateJob { id: JobId::new_random(), home_node: state.cluster.node_id(), spec };
+        Command::CreateJob { id: JobId::generate(), home_node: state.cluster.node_id(), spec };
     let (reply, index) = write(&state, &caller, request_id, command).await?;
     let Reply::Created(id) = reply else {
         return Err(ApiError::new(500, BitsCode::E_UNEXPECTED, "create returned no job id"));

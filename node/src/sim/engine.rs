@@ -122,7 +122,7 @@ fn ns(d: Duration) -> u64 {
 pub fn run(swarm: &Swarm) -> Outcome {
     let pieces = plan(&[], swarm.file_bytes, swarm.chunk_size).unwrap_or_default();
     let copies = Copies::new(swarm.nodes, pieces.len());
-    let fleet = JobId::new_random();
+    let fleet = JobId::generate();
     let members = swarm.nodes as u32;
     let mut nodes = Vec::with_capacity(swarm.nodes);
     for n in 0..swarm.nodes {

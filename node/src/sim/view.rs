@@ -34,7 +34,7 @@ impl Copies {
             held: vec![0; nodes],
             position: 0,
             applied_at: None,
-            job: JobId::new_random(),
+            job: JobId::generate(),
         }
     }
 

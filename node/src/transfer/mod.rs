@@ -130,7 +130,7 @@ impl Reporter {
         let command = Command::Engine { job: id, run, reports };
         // One request id for all attempts: a retry of a report that was applied after
         // all (its answer was lost) is answered from the request table, not re-applied.
-        let request_id = Some(ferry_protocol::RequestId::new_random());
+        let request_id = Some(ferry_protocol::RequestId::generate());
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=REPORT_ATTEMPTS {
             let proposal = Proposal {

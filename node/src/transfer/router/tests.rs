@@ -31,7 +31,7 @@ impl CopyView for View {
             .filter(|(_, held)| held.contains(&piece.index))
             .map(|(node, _)| Holder {
                 node: *node,
-                job: JobId::new_random(),
+                job: JobId::generate(),
                 file: 0,
                 digest: [0; 32],
             })
@@ -121,7 +121,7 @@ fn drain_origin(router: &mut PieceRouter, view: &View, now: Instant) -> Vec<u32>
 
 #[test]
 fn a_dead_fleet_members_share_comes_from_the_others_after_patience() {
-    let fleet = FleetMember { fleet: JobId::new_random(), member: 0, members: 3 };
+    let fleet = FleetMember { fleet: JobId::generate(), member: 0, members: 3 };
     let view = fleet_view();
     let start = Instant::now();
     let mut router = PieceRouter::with_copies(pieces(0..10), Some(fleet), &view);
@@ -143,7 +143,7 @@ fn a_dead_fleet_members_share_comes_from_the_others_after_patience() {
 
 #[test]
 fn a_fleet_members_growing_copy_feeds_the_peers_and_keeps_it_alive() {
-    let fleet = FleetMember { fleet: JobId::new_random(), member: 0, members: 2 };
+    let fleet = FleetMember { fleet: JobId::generate(), member: 0, members: 2 };
     let member = |member, node, held| MemberState { member, node, stopped: false, held };
     let mut view = View {
         position: 1,
@@ -173,7 +173,7 @@ fn a_fleet_members_growing_copy_feeds_the_peers_and_keeps_it_alive() {
 fn a_member_inheriting_a_share_is_not_lost_for_being_quiet_while_nobody_waited() {
     // Member 2 of 3 (node 3); member 0 (node 1) fetched its pieces 0 and 3 early and
     // stayed quiet since; member 1 (node 2) dies.
-    let fleet = FleetMember { fleet: JobId::new_random(), member: 2, members: 3 };
+    let fleet = FleetMember { fleet: JobId::generate(), member: 2, members: 3 };
     let mut view = fleet_view();
     let start = Instant::now();
     let mut router = PieceRouter::with_copies(pieces(0..6), Some(fleet), &view);
@@ -311,7 +311,7 @@ fn a_fleet_member_fetches_its_origin_piece_once_the_window_reaches_it() {
         .map(|index| Piece { index, local_offset: 0, remote_offset: 0, len: chunk })
         .collect();
     // Member 9 of 10 fetches pieces 9, 19 and 29.
-    let fleet = FleetMember { fleet: JobId::new_random(), member: 9, members: 10 };
+    let fleet = FleetMember { fleet: JobId::generate(), member: 9, members: 10 };
     let member =
         |member| MemberState { member, node: u64::from(member) + 100, stopped: false, held: 0 };
     let mut view = View { position: 1, members: (0..10).map(member).collect(), ..View::default() };
