@@ -17,7 +17,7 @@ use crate::transfer::failure::{Failure, Stop};
 use crate::transfer::fetch::{ChunkWriter, Fetch};
 use crate::transfer::helper;
 use crate::transfer::peer_cache::{self, CopyAnswer, CopyRequest};
-use crate::transfer::router::{Holder, IDLE, Next};
+use crate::transfer::router::Holder;
 use crate::transfer::scope;
 
 /// Peer fetches at once per file.
@@ -51,15 +51,7 @@ pub(super) async fn from_peers(
 ) -> Result<(), Stop> {
     let mut writing: Option<tokio::task::JoinHandle<Result<(), Stop>>> = None;
     let outcome = loop {
-        let next = queue.next_peer().await;
-        let (piece, holders) = match next {
-            Next::Done => break Ok(()),
-            Next::Wait => {
-                tokio::time::sleep(IDLE).await;
-                continue;
-            }
-            Next::Piece(next) => next,
-        };
+        let Some((piece, holders)) = queue.next_peer().await else { break Ok(()) };
         let holder = holders[0];
         match fetch_copy(cluster, holder, piece).await {
             Ok(bytes) => {
