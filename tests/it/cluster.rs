@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use ferry_protocol::api::ClusterStatus;
 use ferry_tests::{Node, NodeOptions, ferry, tokens};
 
@@ -285,5 +286,61 @@ async fn jobs_of_a_removed_member_end_with_a_clear_error_and_cancel_at_once() ->
     println!(
         "the removed member's active job: ERROR ({detail}); a cancel of its suspended job returned in {took:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_is_not_removed_while_the_voters_that_stay_cannot_commit_it() -> anyhow::Result<()>
+{
+    // Found by the nemesis (seed 1796541529888260773): a follower stopped on a full disk
+    // and the other follower was then removed. The joint configuration {1,2,3} + {1,2}
+    // needs both staying voters, one was down: the removal hung (the client gave up after
+    // 60 s) and every write with it, although two of three voters were up. The leader
+    // now refuses at once, and the cluster keeps serving; once the voter is back the same
+    // removal goes through.
+    use ferry_protocol::JobType;
+    let (mut nodes, all) = form_cluster(NodeOptions::queue_only()).await?;
+    let leader = all[0].leader.context("no leader")?;
+    let index = |id: u64| all.iter().position(|s| s.node_id == id).context("no such node");
+    let lead = index(leader)?;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != lead).collect();
+    let (down, leaving) = (followers[0], followers[1]);
+    let leaving_id = all[leaving].node_id;
+    nodes[down].kill9().await?;
+
+    let admin = nodes[lead].client(Some(tokens::ADMIN))?;
+    let started = tokio::time::Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(20), admin.remove_member(leaving_id))
+        .await
+        .context("the removal hung")?;
+    let took = started.elapsed();
+    let Err(ferry_coordinator::ClientError::Api(problem)) = refused else {
+        anyhow::bail!("the removal with a staying voter down answered {refused:?}");
+    };
+    anyhow::ensure!(problem.status == 409, "{problem:?}");
+    anyhow::ensure!(problem.detail.contains("bring them back"), "{}", problem.detail);
+    anyhow::ensure!(took < Duration::from_secs(5), "the refusal took {took:?}");
+    // Two of three voters are up and nothing was proposed: writes still commit.
+    let alice = nodes[lead].client(Some(tokens::ALICE))?;
+    let job = crate::support::new_job("after", JobType::Download, vec![crate::support::file(1)]);
+    tokio::time::timeout(Duration::from_secs(10), alice.create_job(&job))
+        .await
+        .context("a write after the refused removal hung")??;
+
+    nodes[down].restart().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.remove_member(leaving_id).await {
+            Ok(()) => break,
+            Err(e) => anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the removal was still refused with every voter back: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let status = admin.cluster().await?;
+    anyhow::ensure!(status.members.iter().all(|m| m.node_id != leaving_id), "{status:#?}");
+    println!("refused in {took:?} with a staying voter down: {}", problem.detail);
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! [`NodeCluster`]: the node's implementation of the API's [`Cluster`] trait, made of
 //! narrow parts, each serving its own peer requests: the replica (writes and read
-//! barriers, `replica.rs`), membership (`membership.rs`), the cluster status
+//! barriers, `replica.rs`), membership (`membership.rs`, `removal.rs`), the cluster status
 //! (`status.rs`) and reply reading (`reply.rs`). The node's other components reach the
 //! cluster through [`ClusterView`] and the traits of `crate::replica`, never through
 //! this module.
@@ -9,6 +9,7 @@ mod formats;
 mod live;
 mod membership;
 mod metrics;
+mod removal;
 mod replica;
 mod reply;
 mod status;
@@ -35,7 +36,7 @@ use self::status::Status;
 use crate::peer::liveness::Liveness;
 use crate::peer::rpc::{Peers, Router};
 use crate::proposer::Proposer;
-use crate::raft::{self, Raft, StateMachineStore};
+use crate::raft::{Raft, StateMachineStore};
 use crate::replica::{ClusterView, Membership, Replica};
 use crate::transfer::Finisher;
 
@@ -179,7 +180,8 @@ impl Cluster for NodeCluster {
     }
 
     fn remove_member(&self, node: NodeId) -> BoxFuture<'_, Result<(), ClusterError>> {
-        Box::pin(raft::remove_member(&self.raft, node))
+        let membership = &self.membership;
+        Box::pin(removal::remove_member(&self.raft, &membership.peers, membership.node_id, node))
     }
 
     fn status(&self) -> BoxFuture<'_, Result<ClusterStatus, ClusterError>> {

@@ -296,13 +296,30 @@ impl Nemesis {
 
     /// Fills node `i`'s disk for up to 5 s; the node either stops (and is restarted
     /// once there is room) or rides it out on the space its files already hold.
+    ///
+    /// A node whose Raft stopped on the full disk takes a while to exit (it drains its
+    /// API for up to 10 s first): it is waited for, not taken for one that rode it out,
+    /// or the next fault would find a voter down that the cluster was told is up.
     async fn fill_disk(&mut self, cluster: &mut Cluster, i: usize) -> anyhow::Result<()> {
+        let stops_before = log_count(&cluster.nodes[i], STOPPED);
         let filler = cluster.disks[i].fill(0)?;
         let deadline = Instant::now() + self.rng.millis(2000, 5000);
         while Instant::now() < deadline && !cluster.nodes[i].exited() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         std::fs::remove_file(&filler)?;
+        if log_count(&cluster.nodes[i], STOPPED) > stops_before {
+            let exiting = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < exiting && !cluster.nodes[i].exited() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            anyhow::ensure!(
+                cluster.nodes[i].exited(),
+                "node {} stopped its Raft on the full disk but did not exit within 30 s:\n{}",
+                i + 1,
+                cluster.nodes[i].log_tail()
+            );
+        }
         if cluster.nodes[i].exited() {
             self.note("disk full: the node stopped, restarted with room");
             cluster.restart(i, None, Vec::new()).await?;
@@ -337,6 +354,9 @@ impl Nemesis {
         Ok(())
     }
 }
+
+/// What a node logs when its Raft stopped on a storage failure and it is about to exit.
+const STOPPED: &str = "raft stopped on a fatal error; exiting";
 
 /// How often `text` is in `node`'s log.
 fn log_count(node: &crate::Node, text: &str) -> usize {

@@ -187,20 +187,33 @@ impl Cluster {
 
     /// Removes node `i` from the cluster (its process killed, its data gone) and starts
     /// a new node with an empty data directory on its address, which joins in its place.
+    ///
+    /// The leader refuses to remove a voter while the voters that stay could not commit
+    /// it (one of them down): a member that exited meanwhile is restarted between tries,
+    /// as its supervisor would.
     async fn replace(&mut self, i: usize, through: usize) -> anyhow::Result<()> {
         let id = self.ids[i];
         // Through the leader first, then any member (a leader change may be under way).
         let deadline = Instant::now() + Duration::from_secs(30);
         let order: Vec<usize> = std::iter::once(through).chain(0..self.nodes.len()).collect();
         'removed: loop {
-            let mut last = String::new();
+            let mut answers = Vec::new();
             for &n in order.iter().filter(|n| **n != i) {
                 match self.nodes[n].client(Some(tokens::ADMIN))?.remove_member(id).await {
                     Ok(()) => break 'removed,
-                    Err(e) => last = e.to_string(),
+                    Err(e) => answers.push(format!("node index {n}: {e}")),
                 }
             }
-            anyhow::ensure!(Instant::now() < deadline, "cannot remove node {id}: {last}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "cannot remove node {id}:\n{}",
+                answers.join("\n")
+            );
+            for n in (0..self.nodes.len()).filter(|n| *n != i) {
+                if self.nodes[n].exited() {
+                    self.restart(n, None, Vec::new()).await?;
+                }
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         self.nodes[i].kill9().await?;
