@@ -258,6 +258,11 @@ impl PieceRouter {
         self.origin.len() + self.peers.len() + self.waiting.len()
     }
 
+    /// Pieces ready to hand out: to origin workers, and to peer workers.
+    pub(crate) fn ready(&self) -> (usize, usize) {
+        (self.origin.len(), self.peers.len())
+    }
+
     /// Pieces handed out and neither done nor given back.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.len()

@@ -155,12 +155,13 @@ impl Routing {
 
     /// Answers one ask, with the applied queue's view and the time.
     pub(super) fn answer(&mut self, ask: Ask) {
-        // Anything but an origin worker's ask may free a piece for the origin: a piece
-        // given back or left by a lost helper, and a peer's piece with no holder left
-        // (moved to the origin when a peer worker asks next).
-        let frees = !matches!(ask, Ask::NextOrigin { .. });
+        let before = self.router.ready();
         self.route(ask);
-        if frees {
+        let after = self.router.ready();
+        // Only when pieces came free: waking on every ask made the waiting workers
+        // wake each other in turn (the fleets' origin egress rose from 1.04-1.12 to
+        // 1.16-1.33 x the file with a member killed).
+        if after.0 > before.0 || after.1 > before.1 {
             self.freed.notify_waiters();
         }
     }
@@ -202,9 +203,10 @@ fn answer(router: &mut PieceRouter, view: &QueueView<'_>, now: Instant, ask: Ask
 }
 
 /// A worker's line to the owner of its file's router. A worker told to wait
-/// ([`Next::Wait`]) asks again as soon as the owner has handled anything that may free
-/// a piece (any ask or news but an origin worker's ask), or after [`IDLE`] at the
-/// latest (the router's patience runs on time):
+/// ([`Next::Wait`]) asks again as soon as an ask or news freed a piece (a piece given
+/// back, one a peer failed, a peer's piece moved to the origin once no holder is left:
+/// [`PieceRouter::ready`] grew), or after [`IDLE`] at the latest (the router's
+/// patience runs on time):
 /// a piece a peer could not deliver goes to the origin at once, not one poll later,
 /// which cost every small file whose offered copy was gone 10 ms.
 #[derive(Clone)]
