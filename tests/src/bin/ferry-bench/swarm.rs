@@ -55,6 +55,9 @@ pub(crate) struct Args {
     /// Tuning: holders a view lists per piece.
     #[arg(long, hide = true)]
     sample: Option<usize>,
+    /// Tuning: the chunk size, in MiB [default: Ferry's for the file].
+    #[arg(long, hide = true)]
+    chunk_mib: Option<u64>,
 }
 
 /// Issue 20's acceptance, for the 2,600-node line.
@@ -110,6 +113,9 @@ pub(crate) fn swarm(args: &Args) -> anyhow::Result<()> {
         swarm.queue = args.queue.unwrap_or(swarm.queue);
         swarm.peer_workers = args.peer_workers.unwrap_or(swarm.peer_workers);
         swarm.sample = args.sample.unwrap_or(swarm.sample);
+        if let Some(mib) = args.chunk_mib {
+            swarm.chunk_size = mib << 20;
+        }
         swarm.failures = (0..args.failures.min(nodes / 2))
             .map(|k| (nodes - 1 - 2 * k, Duration::from_millis(500 + 1_000 * k as u64)))
             .collect();
