@@ -213,13 +213,13 @@ impl Queue {
             }
         }
         let old = self.jobs.remove(&job.id);
-        self.events.extend(events::derive(old.as_ref(), &mut job, now));
+        self.events.extend(events::derive(old.as_deref(), &mut job, now));
         if let Some(old) = old {
             self.unindex_job(&old);
         }
         self.index_job(&job);
         self.changes.jobs.insert(job.id);
-        self.jobs.insert(job.id, job);
+        self.jobs.insert(job.id, Box::new(job));
     }
 
     fn create_job(
@@ -398,6 +398,9 @@ impl Queue {
         for file in files {
             validate::new_file(file, job.job_type, job.props.whole_streams(), max_ranges)?;
         }
+        // Exactly: a first push would make room for 4 files (about 350 bytes each), and
+        // most jobs have one; a queue of 30,000 such jobs held 31 MB of empty room.
+        job.files.reserve_exact(files.len());
         for file in files {
             let index = job.files.len();
             job.files.push(JobFile::new(job.id, index, file.clone()));

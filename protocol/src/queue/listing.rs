@@ -95,7 +95,7 @@ impl Queue {
         let mut matching = self
             .jobs
             .range((start, Bound::Unbounded))
-            .map(|(_, job)| job)
+            .map(|(_, job)| &**job)
             .filter(|job| owner.is_none_or(|o| job.owner.as_str() == o))
             .filter(|job| query.selects(job));
         let limit = query.limit.unwrap_or(usize::MAX);

@@ -115,6 +115,17 @@ fn new_jobs_start_suspended_with_bits_defaults() {
 }
 
 #[test]
+fn a_stored_job_keeps_no_room_for_files_it_does_not_have() {
+    // A queue holds up to 100,000 jobs in memory: room for 3 more files (about 1 KiB)
+    // in a job of one file was a third of its memory.
+    let mut h = Harness::new();
+    let id = h.created(&alice(), new_job(JobType::Download, 1));
+    assert_eq!(h.queue.job(&id).expect("job").files.capacity(), 1);
+    h.run(&alice(), None, Command::AddFiles { job: id, files: vec![file(2)] }).expect("add");
+    assert_eq!(h.queue.job(&id).expect("job").files.capacity(), 2);
+}
+
+#[test]
 fn resume_without_files_is_empty_then_lifecycle_runs() {
     let mut h = Harness::new();
     let id = h.created(&alice(), new_job(JobType::Download, 0));
