@@ -372,7 +372,10 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
         assert!(same_as_origin(&origin, "/fleet.bin", &local)?, "node {} differs", member.node);
         assert!(member.peer_stats.from_peers > 0, "node {} took nothing from peers", member.node);
     }
-    assert!(ratio <= 1.2, "the origin sent {ratio:.2} x the file");
+    // 1.000 in 10 of 10 runs; 1.025-1.475 (3 of 10 over 1.2) while a holder that had
+    // not yet applied a chunk's report answered "missing" and the asker went to the
+    // origin.
+    assert!(ratio <= 1.05, "the origin sent {ratio:.2} x the file");
     // The password went to every member's job sealed: in no data file, in no log.
     for node in &nodes {
         crate::support::assert_no_secret(node, FLEET_PASSWORD)?;
