@@ -73,17 +73,22 @@ async fn kill_9_mid_transfer_resumes_from_durable_chunks() -> anyhow::Result<()>
     assert_eq!(job.progress.bytes_transferred, SIZE);
     let total_sent = origin.stats().body_bytes;
     let refetched = total_sent.saturating_sub(SIZE);
+    // What a kill may cost: per connection, the chunk being fetched and the one before
+    // it, still being synced and reported (a worker fetches the next chunk meanwhile).
+    // One chunk per connection was the bound before that overlap; under load it was
+    // exceeded (42.5 MiB against 32).
+    let bound = 2 * CHUNK * CONNECTIONS;
     println!(
-        "kill -9 after {:.0} MiB sent, at least {:.0} MiB durable; re-fetched {:.1} MiB (bound: chunk {} MiB x {} connections = {} MiB)",
+        "kill -9 after {:.0} MiB sent, at least {:.0} MiB durable; re-fetched {:.1} MiB (bound: 2 chunks of {} MiB x {} connections = {} MiB)",
         sent_before_kill as f64 / MIB as f64,
         durable as f64 / MIB as f64,
         refetched as f64 / MIB as f64,
         CHUNK / MIB,
         CONNECTIONS,
-        CHUNK * CONNECTIONS / MIB
+        bound / MIB
     );
     assert!(durable > 0, "chunks reported before the kill survive it");
-    assert!(refetched <= CHUNK * CONNECTIONS, "re-fetched {refetched} bytes");
+    assert!(refetched <= bound, "re-fetched {refetched} bytes");
     client.act(id, JobAction::Complete).await?;
     assert!(same_as_origin(&origin, "/big.bin", &local)?, "the result is byte-identical");
     Ok(())
