@@ -167,38 +167,52 @@ impl Membership for RaftMembership {
     }
 }
 
-/// The voters after `node` caught up, or `None` to leave it a learner. The cluster grows
-/// one voter at a time up to three, then two at a time (the new node and a waiting
-/// learner) up to `max`: an even number of voters tolerates no more failures than one
-/// fewer, so past three the count stays odd.
 /// Times a new node's promotion is tried (the last ones 5 s apart: about 2 minutes).
 const PROMOTE_ATTEMPTS: u32 = 28;
+
+/// The membership as this node's Raft sees it now.
+pub(super) struct Members {
+    /// This node leads.
+    pub(super) leading: bool,
+    /// The voters.
+    pub(super) voters: BTreeSet<NodeId>,
+    /// The learners.
+    pub(super) learners: Vec<NodeId>,
+}
+
+impl Members {
+    /// The membership in `raft`'s latest metrics.
+    pub(super) fn now(raft: &Raft) -> Self {
+        let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        Self {
+            leading: metrics.state.is_leader(),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
+    /// This node leads and `node` is a learner: its promotion is still this node's to do.
+    fn promotes(&self, node: NodeId) -> bool {
+        self.leading && self.learners.contains(&node)
+    }
+}
 
 /// Waits for `node` to catch up, then makes it a voter if the cluster wants more
 /// voters. Done (nothing to do) once this node no longer leads, or `node` is no
 /// longer a learner; an error if a step was refused (another membership change under
 /// way, say).
 async fn promote(raft: &Raft, node: NodeId, addr: &NodeAddr, voters: u32) -> Result<(), String> {
-    let still_to_do = || {
-        let metrics = raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        metrics.state.is_leader() && membership.learner_ids().any(|id| id == node)
-    };
-    if !still_to_do() {
+    if !Members::now(raft).promotes(node) {
         return Ok(());
     }
     raft.add_learner(node, addr.clone(), true).await.map_err(|e| e.to_string())?;
-    if !still_to_do() {
+    let members = Members::now(raft);
+    if !members.promotes(node) {
         return Ok(());
     }
-    let (current, learners) = {
-        let metrics = raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let current: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let learners: Vec<NodeId> = membership.learner_ids().filter(|id| *id != node).collect();
-        (current, learners)
-    };
-    let Some(next) = promotion(&current, node, &learners, voters as usize) else {
+    let others: Vec<NodeId> = members.learners.into_iter().filter(|id| *id != node).collect();
+    let Some(next) = promotion(&members.voters, node, &others, voters as usize) else {
         return Ok(());
     };
     raft.change_membership(next.clone(), true).await.map_err(|e| e.to_string())?;
@@ -206,6 +220,10 @@ async fn promote(raft: &Raft, node: NodeId, addr: &NodeAddr, voters: u32) -> Res
     Ok(())
 }
 
+/// The voters after `node` caught up, or `None` to leave it a learner. The cluster grows
+/// one voter at a time up to three, then two at a time (the new node and a waiting
+/// learner) up to `max`: an even number of voters tolerates no more failures than one
+/// fewer, so past three the count stays odd.
 fn promotion(
     current: &BTreeSet<NodeId>,
     node: NodeId,

@@ -19,6 +19,7 @@ use ferry_coordinator::ClusterError;
 use ferry_protocol::NodeId;
 use ferry_protocol::peer::Probe;
 
+use super::membership::Members;
 use crate::peer::rpc::Peers;
 use crate::raft::{self, Raft};
 
@@ -34,11 +35,7 @@ pub(super) async fn remove_member(
     me: NodeId,
     node: NodeId,
 ) -> Result<(), ClusterError> {
-    let (leading, voters) = {
-        let metrics = raft.metrics().borrow().clone();
-        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-        (metrics.current_leader == Some(me), voters)
-    };
+    let Members { leading, voters, .. } = Members::now(raft);
     // The last voter is refused by the Raft step, saying so.
     if leading && voters.contains(&node) && voters.len() > 1 {
         let up = voters_up(peers, me, &voters).await;

@@ -205,10 +205,9 @@ fn answer(router: &mut PieceRouter, view: &QueueView<'_>, now: Instant, ask: Ask
 /// A worker's line to the owner of its file's router. A worker told to wait
 /// ([`Next::Wait`]) asks again as soon as an ask or news freed a piece (a piece given
 /// back, one a peer failed, a peer's piece moved to the origin once no holder is left:
-/// [`PieceRouter::ready`] grew), or after [`IDLE`] at the latest (the router's
-/// patience runs on time):
-/// a piece a peer could not deliver goes to the origin at once, not one poll later,
-/// which cost every small file whose offered copy was gone 10 ms.
+/// [`PieceRouter::ready`] grew), or after [`IDLE`] at the latest (the router's patience
+/// runs on time). So a piece a peer could not deliver goes to the origin at once, not
+/// one poll later, which cost every small file whose offered copy was gone 10 ms.
 #[derive(Clone)]
 pub(super) struct Desk {
     tx: mpsc::Sender<Ask>,

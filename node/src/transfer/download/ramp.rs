@@ -2,8 +2,8 @@
 //! (`transfer.connections = "auto"`, the default): one at first; then, every
 //! [`WINDOW`] (and [`MIN_WINDOW_BYTES`]), or as soon as a window of at least
 //! [`FAST_WINDOW`] holds [`FAST_WINDOW_BYTES`] (a fast link), the throughput of the last
-//! window decides (the first window only warms
-//! up: it holds the connection's start and a bandwidth bucket's first burst). Each step doubles the
+//! window decides (the first window only warms up: it holds the connection's start and
+//! a bandwidth bucket's first burst). Each step doubles the
 //! connections (1, 2, 4, 8, 16) as long as the step before raised the throughput by
 //! [`GAIN`] at least; once a step does not, the count stays. A link that one
 //! connection fills, a node or job bandwidth cap, or an origin that is slow for all
