@@ -5,7 +5,8 @@
 //! window decides (the first window only warms up: it holds the connection's start and
 //! a bandwidth bucket's first burst). Each step doubles the
 //! connections (1, 2, 4, 8, 16) as long as the step before raised the throughput by
-//! [`GAIN`] at least; once a step does not, the count stays. A link that one
+//! [`GAIN`] at least; once a step does not, in two windows running (one window can
+//! be a scheduler's hiccup on a loaded host), the count stays. A link that one
 //! connection fills, a node or job bandwidth cap, or an origin that is slow for all
 //! alike stop the ramp at once; a server that limits each connection lets it grow.
 //!
@@ -43,6 +44,8 @@ pub(super) struct Ramp {
     before: Option<f64>,
     /// The first window, which is not measured, is over.
     warm: bool,
+    /// The last window at this count gained too little: one more like it settles.
+    doubt: bool,
     settled: bool,
 }
 
@@ -51,7 +54,15 @@ impl Ramp {
     /// `received` bytes so far.
     pub(super) fn new(max: usize, now: Instant, received: u64) -> Self {
         let settled = max <= 1;
-        Self { open: 1, max: max.max(1), mark: (now, received), before: None, warm: false, settled }
+        Self {
+            open: 1,
+            max: max.max(1),
+            mark: (now, received),
+            before: None,
+            warm: false,
+            doubt: false,
+            settled,
+        }
     }
 
     /// Connections open (or asked for).
@@ -84,9 +95,10 @@ impl Ramp {
             return 0;
         }
         if self.before.is_some_and(|before| rate < before * GAIN) {
-            self.settled = true;
+            self.settled = std::mem::replace(&mut self.doubt, true);
             return 0;
         }
+        self.doubt = false;
         self.before = Some(rate);
         let next = (self.open * 2).min(self.max);
         let added = next - self.open;
@@ -152,6 +164,22 @@ mod tests {
         assert_eq!(ramp.tick(start + Duration::from_millis(10), 1 << 30), 0);
         assert_eq!(ramp.tick(start + Duration::from_millis(20), 2 << 30), 0);
         assert_eq!(ramp.open(), 1);
+    }
+
+    #[test]
+    fn one_window_that_gains_nothing_does_not_settle_the_count() {
+        // A server limiting each connection to 100 MB/s; the window right after the
+        // step to two connections measures half of that (the host was busy).
+        let start = Instant::now();
+        let mut ramp = Ramp::new(16, start, 0);
+        let (mut t, mut received) = (start, 0.0);
+        for window in 0..12 {
+            let dip = if window == 2 { 0.5 } else { 1.0 };
+            t += WINDOW;
+            received += 100e6 * ramp.open() as f64 * dip * WINDOW.as_secs_f64();
+            ramp.tick(t, received as u64);
+        }
+        assert_eq!(ramp.open(), 16);
     }
 
     #[test]
