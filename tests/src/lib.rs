@@ -796,10 +796,18 @@ pub fn in_own_network() -> bool {
 /// a new network namespace with its loopback up, and waits for it; fails if that run
 /// failed. The caller checks first that such a namespace can be made here.
 pub fn rerun_in_network_namespace(test: &str) -> anyhow::Result<()> {
+    rerun_self_in_network_namespace([test, "--exact", "--nocapture", "--test-threads=1"])
+}
+
+/// Runs this program again with `args` in a new network namespace with its loopback up
+/// (where [`in_own_network`] is true), and waits for it; fails if that run failed.
+pub fn rerun_self_in_network_namespace<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> anyhow::Result<()> {
     let status = std::process::Command::new("unshare")
         .args(["--net", "--", "sh", "-c", r#"ip link set lo up && exec "$0" "$@""#])
         .arg(std::env::current_exe()?)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args(args)
         .env(IN_OWN_NETWORK, "1")
         .status()
         .context("cannot run unshare")?;

@@ -7,6 +7,7 @@
 //! after node 1 downloaded it: served from node 1's copy (the peer cache). Every copy
 //! is checked (size and BLAKE3) after the clock.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ pub(crate) struct Options {
 
 /// How the file reaches the nodes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Way {
+pub(crate) enum Way {
     /// `ferry fleet distribute`.
     Fleet,
     /// One job per node, no peers, no helpers.
@@ -79,7 +80,15 @@ pub(crate) async fn fleet(options: &Options) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (nodes, way) in runs {
         eprintln!("{}: {nodes} nodes", way.name());
-        let run = Run { nginx: &nginx, file: &file, out, logs, nodes, timeout: options.timeout };
+        let run = Run {
+            nginx: &nginx,
+            file: &file,
+            out,
+            logs,
+            nodes,
+            first_ip: Ipv4Addr::LOCALHOST,
+            timeout: options.timeout,
+        };
         let outcome = tokio::time::timeout(options.timeout, run.measure(way))
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {:?}", options.timeout)));
@@ -90,24 +99,26 @@ pub(crate) async fn fleet(options: &Options) -> anyhow::Result<()> {
 }
 
 /// One run's surroundings.
-struct Run<'a> {
-    nginx: &'a Nginx,
-    file: &'a Expected,
-    out: &'a Path,
-    logs: &'a Path,
-    nodes: u8,
-    timeout: Duration,
+pub(crate) struct Run<'a> {
+    pub(crate) nginx: &'a Nginx,
+    pub(crate) file: &'a Expected,
+    pub(crate) out: &'a Path,
+    pub(crate) logs: &'a Path,
+    pub(crate) nodes: u8,
+    /// The first node's address (each node's is the next one up).
+    pub(crate) first_ip: Ipv4Addr,
+    pub(crate) timeout: Duration,
 }
 
 impl Run<'_> {
     /// Starts a fresh cluster, brings the file to every node, checks every copy:
     /// (time to the last copy, origin egress in bytes of the timed part).
-    async fn measure(&self, way: Way) -> anyhow::Result<(Duration, u64)> {
+    pub(crate) async fn measure(&self, way: Way) -> anyhow::Result<(Duration, u64)> {
         if self.out.exists() {
             std::fs::remove_dir_all(self.out)?;
         }
         std::fs::create_dir_all(self.out)?;
-        let mut cluster = start(self.nodes).await?;
+        let mut cluster = start(self.nodes, self.first_ip).await?;
         let url = self.nginx.url(&self.file.name);
         let path = format!("/{}", self.file.name);
         let mut before = self.nginx.body_bytes_sent(&path);
@@ -215,9 +226,10 @@ async fn wait_transferred(client: &Client, id: ferry_protocol::JobId) -> anyhow:
     }
 }
 
-/// `n` fresh nodes on 127.0.0.1 up, each its own source address.
-async fn start(n: u8) -> anyhow::Result<Vec<Node>> {
-    ferry_tests::start_cluster_each(NodeOptions::default(), usize::from(n), |_, options| {
+/// `n` fresh nodes on `first_ip` up, each its own source address.
+async fn start(n: u8, first_ip: Ipv4Addr) -> anyhow::Result<Vec<Node>> {
+    let options = NodeOptions { ip: first_ip, ..NodeOptions::default() };
+    ferry_tests::start_cluster_each(options, usize::from(n), |_, options| {
         options.transfer = ferry_tests::source_addr(options.ip);
     })
     .await

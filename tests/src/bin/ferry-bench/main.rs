@@ -24,6 +24,7 @@
 //! Build in release first: `cargo build --release --workspace`, then
 //! `cargo run --release -p ferry-tests --bin ferry-bench -- <bench>`.
 
+mod calibrate;
 mod child;
 mod download;
 mod events;
@@ -158,6 +159,31 @@ enum Bench {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// The swarm simulator against real ferryd fleets of 5 and 10 nodes, on loopback
+    /// shaped with tc in a network namespace of its own (root): time to the last copy,
+    /// simulated vs real.
+    Calibrate {
+        /// Cluster sizes, comma-separated (2 to 20 nodes each).
+        #[arg(long, value_delimiter = ',', default_value = "5,10")]
+        nodes: Vec<u8>,
+        /// Size of the file, in MiB.
+        #[arg(long, default_value_t = 100)]
+        size_mib: u64,
+        /// Each node's upload and download rate, in MB/s (10^6 bytes/s). The simulator
+        /// leaves CPU out: at 20 MB/s, 10 nodes on 2 cores keep the CPU busy and the
+        /// real fleet falls behind the links.
+        #[arg(long, default_value_t = 10)]
+        link_mbps: u64,
+        /// The origin's egress limit, in MB/s.
+        #[arg(long, default_value_t = 10)]
+        origin_mbps: u64,
+        /// The simulator's one-way latency, in microseconds.
+        #[arg(long, default_value_t = 200)]
+        latency_us: u64,
+        /// Longest one real run may take, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
     /// One file to 10, 100, 1,000 and 2,600 nodes in simulation (Ferry's piece router
     /// over a modelled network): time to the last copy, origin egress, fan-out.
     Swarm(swarm::Args),
@@ -267,6 +293,22 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout_secs),
             };
             shard::shard(&options).await?;
+        }
+        Bench::Calibrate { nodes, size_mib, link_mbps, origin_mbps, latency_us, timeout_secs } => {
+            anyhow::ensure!(
+                size_mib > 0 && link_mbps > 0 && origin_mbps > 0,
+                "--size-mib, --link-mbps, --origin-mbps: at least 1"
+            );
+            anyhow::ensure!(nodes.iter().all(|n| (2..=20).contains(n)), "--nodes: 2 to 20 each");
+            let options = calibrate::Options {
+                sizes: nodes,
+                bytes: size_mib << 20,
+                link: link_mbps * 1_000_000,
+                origin: origin_mbps * 1_000_000,
+                latency: Duration::from_micros(latency_us),
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            calibrate::calibrate(&options).await?;
         }
         Bench::Swarm(args) => swarm::swarm(&args)?,
         Bench::Soak { minutes, nodes, interval_secs, seed, first_ip } => {
