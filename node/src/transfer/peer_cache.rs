@@ -168,11 +168,8 @@ struct Located {
 /// Where chunk `request.index` of a copy held here lies.
 fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<Located, NotServed> {
     let job = queue.job(&request.job).ok_or(NotServed::JobGone)?;
-    let index = request.file as usize;
-    if job.home_node() != me || offered_keys(job, index).is_empty() {
-        return Err(NotServed::NotOffered);
-    }
-    let file = &job.files()[index];
+    let (owner, path) = copy_file(job, me, request.file).ok_or(NotServed::NotOffered)?;
+    let file = &job.files()[request.file as usize];
     let chunk = file
         .chunks
         .binary_search_by_key(&request.index, |c| c.index)
@@ -181,12 +178,31 @@ fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<Located, N
     if chunk.len > super::helper::MAX_HELPER_PIECE {
         return Err(NotServed::TooLarge);
     }
-    // After Complete the bytes are at the destination; before, in the temporary file.
-    let path =
-        if job.state() == JobState::Acknowledged { &file.local_path } else { &file.temporary_name };
     // Copies are of whole files: chunk i starts at i chunk sizes.
     let offset = u64::from(request.index) * file.chunk_size;
-    Ok(Located { owner: job.owner().clone(), path: PathBuf::from(path), offset, chunk })
+    Ok(Located { owner, path, offset, chunk })
+}
+
+/// The owner and the path of copy `file` of `job` if node `me` holds and offers it: the
+/// destination after Complete, the temporary file before.
+pub(crate) fn copy_file(job: &Job, me: NodeId, file: u32) -> Option<(Principal, PathBuf)> {
+    let index = file as usize;
+    if job.home_node() != me || offered_keys(job, index).is_empty() {
+        return None;
+    }
+    let file = &job.files()[index];
+    let path =
+        if job.state() == JobState::Acknowledged { &file.local_path } else { &file.temporary_name };
+    Some((job.owner().clone(), PathBuf::from(path)))
+}
+
+/// Whether the file at `path` is gone (its owner deleted or moved it), looked for as
+/// copies are served: through `owner`'s sandbox. Blocking.
+pub(crate) fn is_gone(sandboxes: &crate::fs::Sandboxes, owner: &Principal, path: PathBuf) -> bool {
+    matches!(
+        super::local::read_range(sandboxes, owner, path, 0, 0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    )
 }
 
 /// How long a copy found gone from its path may still be moving there (Complete renames
@@ -194,23 +210,31 @@ fn locate(queue: &Queue, me: NodeId, request: &CopyRequest) -> Result<Located, N
 const GONE_AFTER: Duration = Duration::from_secs(1);
 
 /// Withdraws the copy `request` asked for if its file is still gone [`GONE_AFTER`]
-/// from now (its owner deleted or moved it): nobody should ask for it again. The file
-/// is looked for as it is served: through its owner's sandbox.
+/// from now (see [`withdraw_if_still_gone`]); one check per copy at a time.
 async fn withdraw_if_gone(cluster: ClusterView, serving: Arc<Serving>, request: CopyRequest) {
-    tokio::time::sleep(GONE_AFTER).await;
-    let located = locate(&cluster.state.read().queue, cluster.node_id, &request);
-    if let Ok(Located { owner, path, .. }) = located {
-        let sandboxes = serving.sandboxes.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            super::local::read_range(&sandboxes, &owner, path, 0, 0)
-        })
-        .await;
-        if matches!(opened, Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound) {
-            tracing::info!(job = %request.job, file = request.file, "a copy held here is gone from its path; withdrawing the copy");
-            withdraw(&cluster, request.job, request.file, None).await;
-        }
-    }
+    withdraw_if_still_gone(&cluster, serving.sandboxes.clone(), request.job, request.file).await;
     serving.check_gone(request.job, request.file, false);
+}
+
+/// Withdraws copy `file` of `job`, held here, if its file is still gone [`GONE_AFTER`]
+/// from now (its owner deleted or moved it): nobody should ask for it again.
+pub(crate) async fn withdraw_if_still_gone(
+    cluster: &ClusterView,
+    sandboxes: Arc<crate::fs::Sandboxes>,
+    job: JobId,
+    file: u32,
+) {
+    tokio::time::sleep(GONE_AFTER).await;
+    let held = {
+        let state = cluster.state.read();
+        state.queue.job(&job).and_then(|j| copy_file(j, cluster.node_id, file))
+    };
+    let Some((owner, path)) = held else { return };
+    let gone = tokio::task::spawn_blocking(move || is_gone(&sandboxes, &owner, path)).await;
+    if matches!(gone, Ok(true)) {
+        tracing::info!(%job, file, "a copy held here is gone from its path; withdrawing the copy");
+        withdraw(cluster, job, file, None).await;
+    }
 }
 
 /// Takes a copy out of the peer cache: it served bytes that did not match the digest of

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::codes::BitsCode;
 use crate::command::{CommandError, CommandResult, Reply};
 use crate::event::JobEvent;
-use crate::ids::{Caller, JobId, Principal, RequestId};
+use crate::ids::{Caller, JobId, NodeId, Principal, RequestId};
 use crate::job::Job;
 use crate::limits::QueuePolicy;
 use crate::peer_cache::{self, ContentKey, PeerCopy};
@@ -276,12 +276,19 @@ impl Queue {
             .collect()
     }
 
-    /// Whether any member offers content fetched from `url` (any version).
-    pub fn offers_url(&self, url: &str) -> bool {
-        self.content
+    /// Every copy offered of content fetched from `url` (any version), as (holder, job,
+    /// file).
+    pub fn url_copies(&self, url: &str) -> Vec<(NodeId, JobId, u32)> {
+        let files: BTreeSet<&(JobId, u32)> = self
+            .content
             .range(ContentKey::first_of(url)..)
-            .next()
-            .is_some_and(|(key, _)| key.is_of_url(url))
+            .take_while(|(key, _)| key.is_of_url(url))
+            .flat_map(|(_, files)| files)
+            .collect();
+        files
+            .into_iter()
+            .filter_map(|(id, file)| Some((self.job(id)?.placement.home_node, *id, *file)))
+            .collect()
     }
 
     /// Whether any member offers content under a declared digest (digest keys sort

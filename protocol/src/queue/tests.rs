@@ -943,7 +943,8 @@ mod engine_reports {
         assert_eq!(copies.len(), 1);
         assert_eq!((copies[0].node, copies[0].job, copies[0].file), (1, id, 0));
         assert!(copies[0].chunk(1).is_some() && copies[0].chunk(2).is_none());
-        assert!(h.queue.offers_url(&file(0).remote_url) && !h.queue.offers_url("https://x/"));
+        assert_eq!(h.queue.url_copies(&file(0).remote_url), vec![(1, id, 0)]);
+        assert!(h.queue.url_copies("https://x/").is_empty());
         assert!(h.queue.peer_copies(&key(26)).is_empty(), "another size is other content");
         // Only the node withdraws a copy.
         let withdraw = |mismatch| Command::WithdrawPeerCopy { job: id, file: 0, mismatch };

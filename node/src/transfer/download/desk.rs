@@ -28,6 +28,8 @@ pub(super) struct Sources {
     pub(super) chunk_size: u64,
     /// The job's place in its fleet, if it is a member.
     pub(super) fleet: Option<FleetMember>,
+    /// Copies held here whose files are gone (job, file): not sources.
+    pub(super) gone: Vec<(JobId, u32)>,
 }
 
 /// The applied queue's copies of one file's content, as the router reads them.
@@ -42,7 +44,11 @@ impl QueueView<'_> {
     fn copies(&self) -> Vec<PeerCopy<'_>> {
         let (Some(sources), Some(queue)) = (self.sources, self.queue) else { return Vec::new() };
         let mut copies = queue.peer_copies(&sources.keys);
-        copies.retain(|copy| copy.job != sources.job && copy.chunk_size == sources.chunk_size);
+        copies.retain(|copy| {
+            copy.job != sources.job
+                && copy.chunk_size == sources.chunk_size
+                && !sources.gone.contains(&(copy.job, copy.file))
+        });
         copies
     }
 }

@@ -153,17 +153,10 @@ impl Run {
         // Dynamic content, or an HTTP method of the job's own: one request per file.
         let dynamic = self.job.props().whole_streams();
         // A fresh whole file is probed with a GET of its first chunk, unless its bytes
-        // may come from peers: members hold copies of the URL or of some declared
-        // digest (known after a HEAD), or another member of the job's fleet fetches the
-        // first chunk.
-        let peers_may_serve = self.uses_cluster(index) && {
-            let queue = &self.reporter.cluster.state.read().queue;
-            queue.offers_url(&url)
-                || queue.offers_digests()
-                || self.job.fleet().is_some_and(|f| !f.fetches(0))
-        };
+        // may come from peers.
+        let prospects = self.peer_prospects(&url, index).await;
         let probe_with_data =
-            file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !peers_may_serve;
+            file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !prospects.may_serve;
         let mut source = None;
         let (probe, first) = if local_source {
             let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner().clone());
@@ -304,7 +297,7 @@ impl Run {
             }
         }
         if !missing.is_empty() {
-            match self.fetch_pieces(&fetch, chunk_size, missing, outbox).await {
+            match self.fetch_pieces(&fetch, chunk_size, missing, prospects.gone, outbox).await {
                 Err(Stop::Failed(f)) if ranges_refused(f.error.code) => {
                     if !single_stream_allowed(&self.job, &file, total) {
                         return Err(Stop::Failed(f));

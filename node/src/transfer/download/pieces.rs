@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use ferry_protocol::JobId;
 use ferry_protocol::file::JobFile;
 use ferry_protocol::job::peer_caching;
 use ferry_protocol::peer_cache::ContentKey;
@@ -21,12 +22,20 @@ use super::helper_client::Helper;
 use super::peers::{PEER_WORKERS, from_peers, watch_fleet};
 use super::ramp::{self, Ramp};
 use super::{Outbox, internal};
-use crate::transfer::Run;
 use crate::transfer::failure::{Failure, Stop};
 use crate::transfer::fetch::{Fetch, blocking};
 use crate::transfer::helper::MAX_HELPER_PIECE;
 use crate::transfer::router::Worker;
 use crate::transfer::scope::scoped;
+use crate::transfer::{Run, peer_cache};
+
+/// What members' copies promise for one file (see [`Run::peer_prospects`]).
+pub(super) struct Prospects {
+    /// Whether they may serve its bytes: if so, a fresh file is probed without data.
+    pub(super) may_serve: bool,
+    /// Copies held here whose files are gone: not asked for.
+    pub(super) gone: Vec<(JobId, u32)>,
+}
 
 impl Run {
     /// Fetches `missing` over the job's connections; chunks are reported as they
@@ -38,11 +47,12 @@ impl Run {
         fetch: &Fetch,
         chunk_size: u64,
         missing: VecDeque<Piece>,
+        gone: Vec<(JobId, u32)>,
         outbox: &mut Outbox,
     ) -> Result<(), Stop> {
         let (connections, most) = self.settings.connections_of(&self.job);
         let mut ramp_allowed = most > connections;
-        let sources = self.sources(fetch, chunk_size);
+        let sources = self.sources(fetch, chunk_size, gone);
         let (mut routing, desk, mut asks) = Routing::new(missing, sources);
         let mut helpers = self.helpers(fetch);
         // A fleet member pings the others while it downloads (stopped with the file).
@@ -238,6 +248,62 @@ impl Run {
         fits.then_some(chunk_size)
     }
 
+    /// Whether members' copies may serve file `index`, fetched from `url`: members hold
+    /// copies of the URL or of some declared digest (known after a HEAD), or another
+    /// member of the job's fleet fetches the first chunk. Copies held here are looked
+    /// for on disk first: one whose file its owner deleted is not asked for, and is
+    /// withdrawn a moment later (so a file downloaded again after the earlier downloads'
+    /// files were deleted is probed with data, as a fresh one, not asked of this node
+    /// first at a round trip and a HEAD per file).
+    pub(super) async fn peer_prospects(&self, url: &str, index: u32) -> Prospects {
+        if !self.uses_cluster(index) {
+            return Prospects { may_serve: false, gone: Vec::new() };
+        }
+        let cluster = &self.reporter.cluster;
+        let (elsewhere, here) = {
+            let state = cluster.state.read();
+            let queue = &state.queue;
+            if queue.offers_digests() || self.job.fleet().is_some_and(|f| !f.fetches(0)) {
+                return Prospects { may_serve: true, gone: Vec::new() };
+            }
+            let mut elsewhere = false;
+            let mut here = Vec::new();
+            for (node, job, file) in queue.url_copies(url) {
+                if job == self.job.id() {
+                    continue;
+                }
+                if node != cluster.node_id {
+                    elsewhere = true;
+                } else if let Some((owner, path)) =
+                    queue.job(&job).and_then(|j| peer_cache::copy_file(j, node, file))
+                {
+                    here.push((job, file, owner, path));
+                }
+            }
+            (elsewhere, here)
+        };
+        if here.is_empty() {
+            return Prospects { may_serve: elsewhere, gone: Vec::new() };
+        }
+        let (held, sandboxes) = (here.len(), self.settings.sandboxes.clone());
+        let gone: Vec<(JobId, u32)> = blocking(move || {
+            Ok(here
+                .into_iter()
+                .filter(|(_, _, owner, path)| peer_cache::is_gone(&sandboxes, owner, path.clone()))
+                .map(|(job, file, ..)| (job, file))
+                .collect())
+        })
+        .await
+        .unwrap_or_default();
+        for &(job, file) in &gone {
+            let (cluster, sandboxes) = (cluster.clone(), self.settings.sandboxes.clone());
+            tokio::spawn(async move {
+                peer_cache::withdraw_if_still_gone(&cluster, sandboxes, job, file).await;
+            });
+        }
+        Prospects { may_serve: elsewhere || gone.len() < held, gone }
+    }
+
     /// Whether the job may use helpers and peers' copies (`BG_JOB_ENABLE_PEERCACHING_CLIENT`),
     /// and file `index` is not to come from the origin alone.
     pub(super) fn uses_cluster(&self, index: u32) -> bool {
@@ -248,7 +314,7 @@ impl Run {
     /// Where pieces of this file may come from besides the origin: members' copies of
     /// the same content (none for local sources, ranges, jobs that do not use peers, or
     /// chunks too large to travel between members: files over 24 GiB).
-    fn sources(&self, fetch: &Fetch, chunk_size: u64) -> Option<Sources> {
+    fn sources(&self, fetch: &Fetch, chunk_size: u64, gone: Vec<(JobId, u32)>) -> Option<Sources> {
         if chunk_size > MAX_HELPER_PIECE {
             return None;
         }
@@ -267,7 +333,8 @@ impl Run {
             return None;
         }
         let cluster = self.reporter.cluster.clone();
-        Some(Sources { cluster, keys, job: self.job.id(), chunk_size, fleet: self.job.fleet() })
+        let job = self.job.id();
+        Some(Sources { cluster, keys, job, chunk_size, fleet: self.job.fleet(), gone })
     }
 
     /// The members that may fetch pieces of this file (none for local sources, fleet
