@@ -154,7 +154,7 @@ impl Run {
         let dynamic = self.job.props().whole_streams();
         // A fresh whole file is probed with a GET of its first chunk, unless its bytes
         // may come from peers.
-        let prospects = self.peer_prospects(&url, index).await;
+        let prospects = self.peer_prospects(&url, index, Path::new(&file.local_path)).await;
         let probe_with_data =
             file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !prospects.may_serve;
         let mut source = None;

@@ -3,8 +3,9 @@
 //! make durable are reported as they arrive. Also which sources and helpers a file may
 //! use.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -248,14 +249,17 @@ impl Run {
         fits.then_some(chunk_size)
     }
 
-    /// Whether members' copies may serve file `index`, fetched from `url`: members hold
-    /// copies of the URL or of some declared digest (known after a HEAD), or another
-    /// member of the job's fleet fetches the first chunk. Copies held here are looked
-    /// for on disk first: one whose file its owner deleted is not asked for, and is
-    /// withdrawn a moment later (so a file downloaded again after the earlier downloads'
-    /// files were deleted is probed with data, as a fresh one, not asked of this node
-    /// first at a round trip and a HEAD per file).
-    pub(super) async fn peer_prospects(&self, url: &str, index: u32) -> Prospects {
+    /// Whether members' copies may serve file `index`, fetched from `url` to `dest`:
+    /// members hold copies of the URL or of some declared digest (known after a HEAD),
+    /// or another member of the job's fleet fetches the first chunk. Copies held here
+    /// are looked for on disk first (each path once): one whose file its owner deleted
+    /// is not asked for, so a file downloaded again after the earlier downloads' files
+    /// were deleted is probed with data, as a fresh one, not asked of this node first at
+    /// a round trip and a HEAD per file. Such a copy is withdrawn a moment later unless
+    /// it lay at `dest`, which this download fills again with the same content (one
+    /// withdrawal per file of a large job, each rewriting the job's row, would cost
+    /// more than the download).
+    pub(super) async fn peer_prospects(&self, url: &str, index: u32, dest: &Path) -> Prospects {
         if !self.uses_cluster(index) {
             return Prospects { may_serve: false, gone: Vec::new() };
         }
@@ -286,22 +290,29 @@ impl Run {
             return Prospects { may_serve: elsewhere, gone: Vec::new() };
         }
         let (held, sandboxes) = (here.len(), self.settings.sandboxes.clone());
-        let gone: Vec<(JobId, u32)> = blocking(move || {
+        let gone: Vec<(JobId, u32, PathBuf)> = blocking(move || {
+            let mut seen: HashMap<PathBuf, bool> = HashMap::new();
             Ok(here
                 .into_iter()
-                .filter(|(_, _, owner, path)| peer_cache::is_gone(&sandboxes, owner, path.clone()))
-                .map(|(job, file, ..)| (job, file))
+                .filter(|(_, _, owner, path)| {
+                    *seen
+                        .entry(path.clone())
+                        .or_insert_with(|| peer_cache::is_gone(&sandboxes, owner, path.clone()))
+                })
+                .map(|(job, file, _, path)| (job, file, path))
                 .collect())
         })
         .await
         .unwrap_or_default();
-        for &(job, file) in &gone {
+        for (job, file, _) in gone.iter().filter(|(.., path)| path != dest) {
             let (cluster, sandboxes) = (cluster.clone(), self.settings.sandboxes.clone());
+            let (job, file) = (*job, *file);
             tokio::spawn(async move {
                 peer_cache::withdraw_if_still_gone(&cluster, sandboxes, job, file).await;
             });
         }
-        Prospects { may_serve: elsewhere || gone.len() < held, gone }
+        let may_serve = elsewhere || gone.len() < held;
+        Prospects { may_serve, gone: gone.into_iter().map(|(job, file, _)| (job, file)).collect() }
     }
 
     /// Whether the job may use helpers and peers' copies (`BG_JOB_ENABLE_PEERCACHING_CLIENT`),
