@@ -87,6 +87,8 @@ pub(crate) struct Metrics {
     bandwidth_limit: Gauge,
     /// Bytes that drew on the bandwidth limit.
     bandwidth_throttled: Counter,
+    /// Chunk requests to members' copies that this node's downloads saw answered busy.
+    peer_busy: Counter,
     /// Seconds transfers waited for the bandwidth limit, added up over transfers.
     bandwidth_wait: Counter<f64, std::sync::atomic::AtomicU64>,
     pub(crate) jobs: Family<JobLabels, Gauge>,
@@ -126,6 +128,7 @@ impl Metrics {
             helping: Gauge::default(),
             bandwidth_limit: Gauge::default(),
             bandwidth_throttled: Counter::default(),
+            peer_busy: Counter::default(),
             bandwidth_wait: Counter::default(),
             jobs: Family::default(),
             upload_sessions: Gauge::default(),
@@ -182,6 +185,12 @@ impl Metrics {
              jobs and as a helper, and upload fragments sent",
             Unit::Bytes,
             m.bandwidth_throttled.clone(),
+        );
+        r.register(
+            "ferry_peer_busy",
+            "Chunk requests of this node's downloads to members' copies answered busy (every \
+             serving slot of the holder taken: `[peer_cache] max_serving`)",
+            m.peer_busy.clone(),
         );
         r.register_with_unit(
             "ferry_bandwidth_wait",
@@ -273,6 +282,11 @@ impl Metrics {
     /// Adds `bytes` of this node's downloads from `source`.
     pub(crate) fn received(&self, source: &'static str, bytes: u64) {
         self.transfer_bytes.get_or_create(&Source { source }).inc_by(bytes);
+    }
+
+    /// Counts a chunk request to a member's copy answered busy.
+    pub(crate) fn peer_busy(&self) {
+        self.peer_busy.inc();
     }
 
     /// Sets the bandwidth limit in force, bytes per second (0: unlimited).

@@ -274,6 +274,11 @@ pub enum CopyAnswer {
     Bytes(ByteBuf),
     /// The holder no longer has them (or never had), and why.
     Missing(String),
+    /// Every serving slot of the holder is taken (`[peer_cache] max_serving`): ask
+    /// another holder, or this one a little later. A holder answers so at once instead
+    /// of keeping the request waiting: a new piece's first holder would otherwise
+    /// collect nearly every node's request and serve them in turn.
+    Busy,
 }
 
 impl PeerRpc for CopyRequest {

@@ -14,7 +14,7 @@ use ferry_tests::origin::{Auth, Content, Knobs, Origin, OriginConfig};
 use ferry_tests::{Node, NodeOptions, tokens};
 
 use crate::download::same_as_origin;
-use crate::support::{start_download, wait_for};
+use crate::support::{raw, start_download, wait_for};
 
 const MIB: u64 = 1024 * 1024;
 const SHORT: Duration = Duration::from_secs(60);
@@ -116,6 +116,40 @@ async fn a_second_job_for_the_same_content_is_served_by_peers() -> anyhow::Resul
         origin.requests()[before..].iter().filter_map(|r| r.client).collect();
     assert_eq!(clients, [std::net::IpAddr::from([127, 0, 0, 3])].into(), "helpers were asked");
     assert!(same_as_origin(&origin, "/same.bin", &third)?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_at_its_serving_limit_answers_busy_and_its_copy_still_serves_all()
+-> anyhow::Result<()> {
+    let origin = Origin::start(OriginConfig::default()).await?;
+    let len = 24 * MIB + 5;
+    origin.add_file("/busy.bin", Content::Pattern { seed: 79, len });
+    // Node 1 serves one chunk at a time; node 2's four peer workers ask it at once.
+    let nodes =
+        cluster(2, |i| if i == 1 { "[peer_cache]\nmax_serving = 1".into() } else { String::new() })
+            .await?;
+    let dir = tempfile::tempdir()?;
+    let url = origin.url("/busy.bin");
+    let client1 = nodes[0].client(Some(tokens::ALICE))?;
+    download(&nodes[0], &client1, &url, &dir.path().join("first"), PropertyChanges::default())
+        .await?;
+    let before = origin.requests().len();
+    let second = dir.path().join("second");
+    let client2 = nodes[1].client(Some(tokens::ALICE))?;
+    let file = download(&nodes[1], &client2, &url, &second, PropertyChanges::default()).await?;
+    // Busy answers send the piece back to the peers, never to the origin.
+    all_from_peers("busy holder", &file, egress(&origin, "/busy.bin", before), len);
+    assert!(same_as_origin(&origin, "/busy.bin", &second)?);
+    let metrics =
+        raw().get(format!("{}/metrics", nodes[1].url()?)).bearer_auth(tokens::ADMIN).send().await?;
+    let text = metrics.text().await?;
+    let busy: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("ferry_peer_busy_total ")?.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no ferry_peer_busy_total in {text}"))?;
+    println!("busy answers seen by node 2: {busy}");
+    assert!(busy > 0.0, "the holder never answered busy");
     Ok(())
 }
 

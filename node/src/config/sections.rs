@@ -302,7 +302,8 @@ pub struct PeerCacheConfig {
     /// seconds. Default 7776000 (90 days, BITS's `MaximumContentAge`).
     #[serde(deserialize_with = "super::duration::secs")]
     pub max_age_secs: u64,
-    /// Chunks read for peers at once. Default 4.
+    /// Chunks read for peers at once; a request beyond them is answered busy at once
+    /// (the asker takes another holder, or this one a little later). Default 4.
     pub max_serving: usize,
     /// How often the limits are checked, seconds. Default 60.
     #[serde(deserialize_with = "super::duration::secs")]

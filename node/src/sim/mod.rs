@@ -8,9 +8,9 @@
 //! Each node is a fleet member with the shell's workers (`connections` origin workers,
 //! four peer workers, idle workers asking again after the router's `IDLE`, every
 //! worker asking for its next piece once the last one's bytes are in, while that one
-//! is written); a holder
-//! serves at most `max_serving` pieces at once and queues other requests; a piece is
-//! written (`write`), then reported, and other nodes' views list it `announce` later
+//! is written); a holder serves at most
+//! `max_serving` pieces at once and answers others busy; a piece is written
+//! (`write`), then reported, and other nodes' views list it `announce` later
 //! (the Raft commit). A node may die at a given time: its transfers stop, requests to
 //! it fail after `dead_answer`, and the others find it unreachable after `silence`.
 //!
@@ -63,8 +63,7 @@ pub struct Swarm {
     /// Pieces a holder serves at once (`[peer_cache] max_serving`).
     pub max_serving: usize,
     /// Requests a holder keeps waiting beyond those; more are answered busy (the
-    /// router's `peer_busy`). Ferry's holder does not answer busy yet: it queues every
-    /// request (`usize::MAX` models that).
+    /// router's `peer_busy`). Ferry's holder keeps none: it answers busy at once (0).
     pub queue: usize,
     /// Holders a node's view lists for a piece: at most this many, drawn at random
     /// per question (listing 2,600 copies per question would be the simulator's cost,

@@ -83,7 +83,8 @@ pub(crate) fn register(router: &Router, cluster: ClusterView, serving: Serving) 
 
 /// Serves a chunk of one of this node's copies: the answer, and the serving permit it
 /// holds, to be released once the answer is written (at most `[peer_cache]
-/// max_serving` chunks are read or on their way at once).
+/// max_serving` chunks are read or on their way at once; beyond them the answer is
+/// [`CopyAnswer::Busy`], at once).
 async fn serve(
     cluster: &ClusterView,
     serving: &Arc<Serving>,
@@ -103,8 +104,12 @@ async fn serve(
         Ok(found) => found,
         Err(why) => return (CopyAnswer::Missing(why.to_string()), None),
     };
-    let Ok(permit) = serving.permits.clone().acquire_owned().await else {
-        return (CopyAnswer::Missing("the node is stopping".into()), None);
+    let permit = match serving.permits.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(tokio::sync::TryAcquireError::NoPermits) => return (CopyAnswer::Busy, None),
+        Err(tokio::sync::TryAcquireError::Closed) => {
+            return (CopyAnswer::Missing("the node is stopping".into()), None);
+        }
     };
     let sandboxes = serving.sandboxes.clone();
     let read = tokio::task::spawn_blocking(move || {

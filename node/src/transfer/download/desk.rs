@@ -117,6 +117,8 @@ pub(super) enum Ask {
     HelperLost(NodeId, Piece),
     /// Peer `NodeId` did not deliver the piece.
     PeerFailed(Piece, NodeId),
+    /// Peer `NodeId` answered busy (every serving slot taken) for the piece.
+    PeerBusy(Piece, NodeId),
     /// The nodes of fleet members that now miss pings.
     Unreachable(BTreeSet<NodeId>),
 }
@@ -204,6 +206,7 @@ fn answer(router: &mut PieceRouter, view: &QueueView<'_>, now: Instant, ask: Ask
         Ask::GiveBack(piece) => router.give_back(piece),
         Ask::HelperLost(node, piece) => router.helper_lost(node, piece),
         Ask::PeerFailed(piece, node) => router.peer_failed(piece, node),
+        Ask::PeerBusy(piece, node) => router.peer_busy(piece, node, now),
         Ask::Unreachable(nodes) => router.set_unreachable(nodes),
     }
 }

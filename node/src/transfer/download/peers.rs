@@ -76,6 +76,11 @@ pub(super) async fn from_peers(
                     Ok(())
                 }));
             }
+            Err(CopyError::Busy) => {
+                tracing::debug!(node = holder.node, piece = piece.index, "a peer is busy");
+                crate::metrics::get().peer_busy();
+                queue.tell(Ask::PeerBusy(piece, holder.node)).await;
+            }
             Err(CopyError::Missing(why)) => {
                 tracing::debug!(node = holder.node, piece = piece.index, %why, "a peer's copy did not deliver");
                 queue.tell(Ask::PeerFailed(piece, holder.node)).await;
@@ -111,6 +116,8 @@ fn copy_deadline(len: u64) -> Duration {
 pub(crate) enum CopyError {
     /// The holder is unreachable or no longer has it.
     Missing(String),
+    /// Every serving slot of the holder is taken: another holder, or this one later.
+    Busy,
     /// The bytes do not match the digest the holder recorded: its copy is withdrawn.
     Wrong(String),
 }
@@ -130,6 +137,7 @@ pub(crate) async fn fetch_copy(
     let bytes = match answer {
         CopyAnswer::Bytes(bytes) => bytes.into_vec(),
         CopyAnswer::Missing(why) => return Err(CopyError::Missing(why)),
+        CopyAnswer::Busy => return Err(CopyError::Busy),
     };
     // Hashing megabytes is CPU work: off the runtime threads Raft shares.
     let (bytes, actual) = scope::spawn_blocking(move || {

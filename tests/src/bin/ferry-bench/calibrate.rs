@@ -48,12 +48,12 @@ struct Row {
     nodes: u8,
     /// Time to the last copy and origin egress (bytes), of the real fleet.
     real: anyhow::Result<(Duration, u64)>,
-    /// The simulator's, for the same fleet, with holders that queue every request as
-    /// ferryd's do.
+    /// The simulator's, for the same fleet, with holders that answer busy beyond
+    /// their serving slots, as ferryd's do.
     simulated: sim::Outcome,
-    /// The simulator's with `ferry-bench swarm`'s default holders, which answer busy
-    /// beyond their serving slots (ferryd's do not).
-    busy: sim::Outcome,
+    /// The simulator's with holders that queue every request (ferryd's before they
+    /// answered busy), for comparison.
+    queued: sim::Outcome,
 }
 
 /// Runs every size (in a network namespace of its own: the process runs itself again
@@ -90,13 +90,13 @@ pub(crate) async fn calibrate(options: &Options) -> anyhow::Result<()> {
             options.origin as f64,
         );
         swarm.latency = options.latency;
-        let (simulated, busy) = tokio::task::spawn_blocking(move || {
-            let busy = sim::run(&swarm);
+        let (simulated, queued) = tokio::task::spawn_blocking(move || {
+            let simulated = sim::run(&swarm);
             swarm.queue = usize::MAX;
-            (sim::run(&swarm), busy)
+            (simulated, sim::run(&swarm))
         })
         .await?;
-        rows.push(Row { nodes, real, simulated, busy });
+        rows.push(Row { nodes, real, simulated, queued });
     }
     print(options, &rows);
     Ok(())
@@ -166,14 +166,14 @@ fn print(options: &Options, rows: &[Row]) {
         options.latency.as_micros()
     );
     println!(
-        "{:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>9} {:>12} {:>11} {:>8}",
+        "{:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>12} {:>11} {:>8}",
         "nodes",
         "floor s",
         "real s",
         "sim s",
         "sim/real",
-        "busy s",
-        "busy/real",
+        "queued s",
+        "queued/real",
         "real egress",
         "sim egress",
         "verdict"
@@ -181,20 +181,20 @@ fn print(options: &Options, rows: &[Row]) {
     let floor = options.bytes as f64 / options.link as f64;
     let last = |outcome: &sim::Outcome| outcome.finished.last().map(Duration::as_secs_f64);
     for row in rows {
-        match (&row.real, last(&row.simulated), last(&row.busy)) {
-            (Ok((real, egress)), Some(simulated), Some(busy)) => {
+        match (&row.real, last(&row.simulated), last(&row.queued)) {
+            (Ok((real, egress)), Some(simulated), Some(queued)) => {
                 let real_secs = real.as_secs_f64();
                 let ratio = simulated / real_secs;
                 let verdict = if (ratio - 1.0).abs() <= WITHIN { "PASS" } else { "FAIL" };
                 println!(
-                    "{:>6} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>9.2} {:>11.3}× {:>10.3}× {:>8}",
+                    "{:>6} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>11.2} {:>11.3}× {:>10.3}× {:>8}",
                     row.nodes,
                     floor,
                     real_secs,
                     simulated,
                     ratio,
-                    busy,
-                    busy / real_secs,
+                    queued,
+                    queued / real_secs,
                     *egress as f64 / options.bytes as f64,
                     row.simulated.egress_ratio(options.bytes),
                     verdict
@@ -206,8 +206,9 @@ fn print(options: &Options, rows: &[Row]) {
     }
     println!(
         "times to the last copy (real: `ferry fleet distribute` from start to exit); sim: \
-         holders queue every request, as ferryd's do; busy: `ferry-bench swarm`'s default \
-         holders, which answer busy beyond their slots; acceptance: sim within ±{:.0} % of real",
+         holders answer busy beyond their serving slots, as ferryd's do; queued: holders \
+         that queue every request instead (ferryd's before); acceptance: sim within ±{:.0} % \
+         of real",
         WITHIN * 100.0
     );
 }

@@ -46,7 +46,7 @@ pub(crate) struct Args {
     #[arg(long, hide = true)]
     max_serving: Option<usize>,
     /// Tuning: requests a holder keeps waiting beyond its slots; more are answered busy
-    /// [default: no bound, as ferryd].
+    /// [default: 0, as ferryd].
     #[arg(long, hide = true)]
     queue: Option<usize>,
     /// Tuning: peer workers per node [default: 4, as the shell].
