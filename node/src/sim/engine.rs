@@ -34,8 +34,9 @@ struct Req {
 
 #[derive(Clone, Copy)]
 enum Event {
-    /// A worker asks its router for work.
-    Ask { node: u32, worker: u16 },
+    /// A worker asks its router for work (ignored if the worker was woken since: its
+    /// wake counter is no longer `wake`).
+    Ask { node: u32, worker: u16, wake: u32 },
     /// A request reaches its source.
     Arrive(Req),
     /// A flow may have ended (if its version is still current).
@@ -82,6 +83,9 @@ struct Node {
     alive: bool,
     /// Each worker's kind and whether it runs.
     workers: Vec<(Kind, bool)>,
+    /// Each worker's wake counter, and whether it waits after a [`Next::Wait`] (the
+    /// shell's desk wakes such workers as soon as pieces come free).
+    parked: Vec<(u32, bool)>,
     /// When each worker's last write ends (ns): it writes one piece at a time.
     written: Vec<u64>,
     /// Pieces received and not yet written.
@@ -138,6 +142,7 @@ pub fn run(swarm: &Swarm) -> Outcome {
             router,
             alive: true,
             written: vec![0; workers.len()],
+            parked: vec![(0, false); workers.len()],
             workers,
             writing: 0,
             done: 0,
@@ -198,7 +203,13 @@ impl Engine<'_> {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Ask { node, worker } => self.ask(node as usize, worker as usize),
+            Event::Ask { node, worker, wake } => {
+                let (n, w) = (node as usize, worker as usize);
+                if self.nodes[n].parked[w].0 == wake {
+                    self.nodes[n].parked[w].1 = false;
+                    self.asked(n, |engine| engine.ask(n, w));
+                }
+            }
             Event::Arrive(req) => self.arrive(req),
             Event::FlowEnd { flow, version } => self.flow_end(flow, version),
             Event::Delivered(req) => self.delivered(req),
@@ -208,8 +219,8 @@ impl Engine<'_> {
                     self.copies.announce(node as usize, index, self.now);
                 }
             }
-            Event::Failed(req) => self.failed(req),
-            Event::Busy(req) => self.busy(req),
+            Event::Failed(req) => self.asked(req.node as usize, |engine| engine.failed(req)),
+            Event::Busy(req) => self.asked(req.node as usize, |engine| engine.busy(req)),
             Event::Die { node } => self.die(node as usize),
             Event::Unreachable { node } => {
                 self.unreachable.insert(node_id(node as usize));
@@ -245,8 +256,37 @@ impl Engine<'_> {
                     self.nodes[n].router.peer_worker_started();
                 }
                 self.nodes[n].workers[w].1 = true;
-                self.at(self.now, Event::Ask { node: n as u32, worker: w as u16 });
+                self.ask_now(n, w);
             }
+        }
+    }
+
+    /// Worker `w` of node `n` asks now.
+    fn ask_now(&mut self, n: usize, w: usize) {
+        let wake = self.nodes[n].parked[w].0;
+        self.at(self.now, Event::Ask { node: n as u32, worker: w as u16, wake });
+    }
+
+    /// Runs `step` (an ask of node `n`'s router, or news told to it) as the shell's
+    /// desk answers it: if pieces came free, the node's waiting workers ask again at
+    /// once instead of after `idle`.
+    fn asked(&mut self, n: usize, step: impl FnOnce(&mut Self)) {
+        let before = self.nodes[n].router.ready();
+        step(self);
+        let node = &mut self.nodes[n];
+        let after = node.router.ready();
+        if !node.alive || (after.0 <= before.0 && after.1 <= before.1) {
+            return;
+        }
+        let mut woken = Vec::new();
+        for (w, parked) in node.parked.iter_mut().enumerate() {
+            if parked.1 {
+                *parked = (parked.0.wrapping_add(1), false);
+                woken.push((w as u16, parked.0));
+            }
+        }
+        for (worker, wake) in woken {
+            self.at(self.now, Event::Ask { node: n as u32, worker, wake });
         }
     }
 
@@ -284,7 +324,12 @@ impl Engine<'_> {
                 let req = Req { node: n as u32, worker, piece: piece.index, src };
                 self.after(self.swarm.latency, Event::Arrive(req));
             }
-            Next::Wait => self.after(self.swarm.idle, Event::Ask { node: n as u32, worker }),
+            Next::Wait => {
+                let parked = &mut self.nodes[n].parked[w];
+                parked.1 = true;
+                let wake = parked.0;
+                self.after(self.swarm.idle, Event::Ask { node: n as u32, worker, wake });
+            }
             Next::Done => {
                 let node = &mut self.nodes[n];
                 node.workers[w].1 = false;
@@ -401,8 +446,9 @@ impl Engine<'_> {
         node.writing += 1;
         let start = self.now.max(node.written[req.worker as usize]);
         node.written[req.worker as usize] = start + ns(self.swarm.write);
+        let wake = node.parked[req.worker as usize].0;
         self.at(start + ns(self.swarm.write), Event::Durable(req));
-        self.at(start, Event::Ask { node: req.node, worker: req.worker });
+        self.at(start, Event::Ask { node: req.node, worker: req.worker, wake });
     }
 
     fn durable(&mut self, req: Req) {
@@ -435,7 +481,7 @@ impl Engine<'_> {
             let piece = self.pieces[req.piece as usize];
             self.nodes[n].router.peer_failed(piece, node_id(h));
         }
-        self.at(self.now, Event::Ask { node: req.node, worker: req.worker });
+        self.ask_now(req.node as usize, req.worker as usize);
     }
 
     fn busy(&mut self, req: Req) {
@@ -448,7 +494,7 @@ impl Engine<'_> {
             let now = self.start + Duration::from_nanos(self.now);
             self.nodes[n].router.peer_busy(piece, node_id(h), now);
         }
-        self.at(self.now, Event::Ask { node: req.node, worker: req.worker });
+        self.ask_now(req.node as usize, req.worker as usize);
     }
 
     /// Node `n` dies: its transfers stop; those it served fail at their receivers.

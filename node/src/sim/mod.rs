@@ -6,7 +6,8 @@
 //! flows (a flow runs at the smaller of its sender's and its receiver's share); the
 //! origin has an egress limit shared the same way; every message takes one latency.
 //! Each node is a fleet member with the shell's workers (`connections` origin workers,
-//! four peer workers, idle workers asking again after the router's `IDLE`, every
+//! four peer workers, idle workers asking again after the router's `IDLE` or, as the
+//! shell's desk wakes them, at once when an ask frees pieces, every
 //! worker asking for its next piece once the last one's bytes are in, while that one
 //! is written); a holder serves at most
 //! `max_serving` pieces at once and answers others busy; a piece is written

@@ -64,3 +64,16 @@ fn a_peer_worker_fetches_its_next_piece_while_the_last_is_written() {
     let p99 = outcome.percentile(99.0).unwrap_or_default();
     assert!(p99 < Duration::from_millis(5_500), "p99 {p99:?}");
 }
+
+#[test]
+fn waiting_workers_ask_again_as_soon_as_pieces_come_free() {
+    // Workers told to wait poll only every 200 ms here; the shell's desk wakes them as
+    // soon as an ask frees pieces (a member's origin piece reported, say), so the
+    // origin's window moves on at once instead of one poll later.
+    let mut swarm = Swarm::new(50, 400 * MB, 100.0 * MB as f64, 100.0 * MB as f64);
+    swarm.idle = Duration::from_millis(200);
+    let outcome = run(&swarm);
+    assert_eq!(outcome.unfinished, 0);
+    // The floor is 4 s: 4.37 s with the wake, 4.65 s waiting for the polls.
+    assert!(outcome.origin_last < Duration::from_millis(4_500), "{outcome:?}");
+}
