@@ -10,11 +10,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use ferry_protocol::JobId;
 use ferry_protocol::file::JobFile;
 use ferry_protocol::job::peer_caching;
 use ferry_protocol::peer_cache::ContentKey;
 use ferry_protocol::transfer::{self, ChunkRecord, EngineReport, Piece, RemoteInfo};
+use ferry_protocol::{JobId, Principal};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -256,9 +256,10 @@ impl Run {
     /// is not asked for, so a file downloaded again after the earlier downloads' files
     /// were deleted is probed with data, as a fresh one, not asked of this node first at
     /// a round trip and a HEAD per file. Such a copy is withdrawn a moment later unless
-    /// it lay at `dest`, which this download fills again with the same content (one
-    /// withdrawal per file of a large job, each rewriting the job's row, would cost
-    /// more than the download).
+    /// it was this job's owner's and lay at `dest`, which this download fills again with
+    /// the same content (one withdrawal per file of a large job, each rewriting the
+    /// job's row, would cost more than the download). Another user's copy is withdrawn
+    /// whatever `dest` the caller names.
     pub(super) async fn peer_prospects(&self, url: &str, index: u32, dest: &Path) -> Prospects {
         if !self.uses_cluster(index) {
             return Prospects { may_serve: false, gone: Vec::new() };
@@ -290,21 +291,23 @@ impl Run {
             return Prospects { may_serve: elsewhere, gone: Vec::new() };
         }
         let (held, sandboxes) = (here.len(), self.settings.sandboxes.clone());
-        let gone: Vec<(JobId, u32, PathBuf)> = blocking(move || {
-            let mut seen: HashMap<PathBuf, bool> = HashMap::new();
+        let gone: Vec<(JobId, u32, Principal, PathBuf)> = blocking(move || {
+            // Each path looked for once per owner (it is looked for through their sandbox).
+            let mut seen: HashMap<(Principal, PathBuf), bool> = HashMap::new();
             Ok(here
                 .into_iter()
                 .filter(|(_, _, owner, path)| {
                     *seen
-                        .entry(path.clone())
+                        .entry((owner.clone(), path.clone()))
                         .or_insert_with(|| peer_cache::is_gone(&sandboxes, owner, path.clone()))
                 })
-                .map(|(job, file, _, path)| (job, file, path))
                 .collect())
         })
         .await
         .unwrap_or_default();
-        for (job, file, _) in gone.iter().filter(|(.., path)| path != dest) {
+        let refilled =
+            |owner: &Principal, path: &PathBuf| owner == self.job.owner() && path == dest;
+        for (job, file, ..) in gone.iter().filter(|(_, _, owner, path)| !refilled(owner, path)) {
             let (cluster, sandboxes) = (cluster.clone(), self.settings.sandboxes.clone());
             let (job, file) = (*job, *file);
             tokio::spawn(async move {
@@ -312,7 +315,7 @@ impl Run {
             });
         }
         let may_serve = elsewhere || gone.len() < held;
-        Prospects { may_serve, gone: gone.into_iter().map(|(job, file, _)| (job, file)).collect() }
+        Prospects { may_serve, gone: gone.into_iter().map(|(job, file, ..)| (job, file)).collect() }
     }
 
     /// Whether the job may use helpers and peers' copies (`BG_JOB_ENABLE_PEERCACHING_CLIENT`),
