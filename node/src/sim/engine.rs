@@ -23,6 +23,18 @@ enum Kind {
     Peer,
 }
 
+/// What a worker does (see [`PeerTime`](super::PeerTime)).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Asking,
+    Busy,
+    Flowing,
+    Landing,
+    Waiting,
+    /// Not running, or its node finished: not counted.
+    Off,
+}
+
 /// A piece requested by worker `worker` of node `node` from `src`.
 #[derive(Clone, Copy)]
 struct Req {
@@ -86,6 +98,8 @@ struct Node {
     /// Each worker's wake counter, and whether it waits after a [`Next::Wait`] (the
     /// shell's desk wakes such workers as soon as pieces come free).
     parked: Vec<(u32, bool)>,
+    /// Each worker's phase and since when (ns).
+    phase: Vec<(Phase, u64)>,
     /// When each worker's last write ends (ns): it writes one piece at a time.
     written: Vec<u64>,
     /// Pieces received and not yet written.
@@ -143,6 +157,7 @@ pub fn run(swarm: &Swarm) -> Outcome {
             alive: true,
             written: vec![0; workers.len()],
             parked: vec![(0, false); workers.len()],
+            phase: vec![(Phase::Off, 0); workers.len()],
             workers,
             writing: 0,
             done: 0,
@@ -319,6 +334,12 @@ impl Engine<'_> {
                 Next::Done => Next::Done,
             },
         };
+        let phase = match asked {
+            Next::Piece(_) => Phase::Asking,
+            Next::Wait => Phase::Waiting,
+            Next::Done => Phase::Off,
+        };
+        self.enter(n, w, phase);
         match asked {
             Next::Piece((piece, src)) => {
                 let req = Req { node: n as u32, worker, piece: piece.index, src };
@@ -366,6 +387,7 @@ impl Engine<'_> {
                     self.nodes[h].queue.push_back(req);
                 } else {
                     self.outcome.busy_answers += 1;
+                    self.enter(req.node as usize, req.worker as usize, Phase::Busy);
                     self.after(self.swarm.latency, Event::Busy(req));
                 }
             }
@@ -374,6 +396,7 @@ impl Engine<'_> {
 
     /// Starts the flow of `req`'s piece from its source.
     fn send(&mut self, req: Req) {
+        self.enter(req.node as usize, req.worker as usize, Phase::Flowing);
         if let Src::Node(h) = req.src {
             let holder = &mut self.nodes[h];
             holder.serving += 1;
@@ -400,6 +423,7 @@ impl Engine<'_> {
             return;
         }
         let Some(req) = self.close(flow) else { return };
+        self.enter(req.node as usize, req.worker as usize, Phase::Landing);
         self.after(self.swarm.latency, Event::Delivered(req));
     }
 
@@ -461,7 +485,10 @@ impl Engine<'_> {
         if node.router.done(req.piece) {
             node.done += 1;
             if node.done == self.pieces.len() {
-                node.finished = Some(self.now);
+                for w in 0..node.workers.len() {
+                    self.enter(n, w, Phase::Off);
+                }
+                self.nodes[n].finished = Some(self.now);
             }
         }
         // Applied in batches, one per `announce` interval (Raft's apply).
@@ -495,6 +522,26 @@ impl Engine<'_> {
             self.nodes[n].router.peer_busy(piece, node_id(h), now);
         }
         self.ask_now(req.node as usize, req.worker as usize);
+    }
+
+    /// Worker `w` of node `n` enters `phase` now: the time in its last phase is
+    /// counted (a peer worker's, while its node does not hold the whole file yet).
+    fn enter(&mut self, n: usize, w: usize, phase: Phase) {
+        let node = &mut self.nodes[n];
+        let (last, since) = std::mem::replace(&mut node.phase[w], (phase, self.now));
+        if node.workers[w].0 != Kind::Peer || node.finished.is_some() || !node.alive {
+            return;
+        }
+        let spent = (self.now - since) as f64 / 1e9;
+        let time = &mut self.outcome.peer_time;
+        match last {
+            Phase::Asking => time.asking += spent,
+            Phase::Busy => time.busy += spent,
+            Phase::Flowing => time.flowing += spent,
+            Phase::Landing => time.landing += spent,
+            Phase::Waiting => time.waiting += spent,
+            Phase::Off => {}
+        }
     }
 
     /// Node `n` dies: its transfers stop; those it served fail at their receivers.

@@ -151,8 +151,36 @@ pub struct Outcome {
     pub busy_answers: u64,
     /// Pieces requested from a node that had died.
     pub failed_requests: u64,
+    /// Where the peer workers' time went, summed over every surviving node until it
+    /// held the file.
+    pub peer_time: PeerTime,
     /// Events processed (the simulator's own cost).
     pub events: u64,
+}
+
+/// Seconds of peer-worker time in each phase of fetching a piece, summed over workers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeerTime {
+    /// From the ask that handed a piece out until its bytes start (the request's way,
+    /// or a dead holder's silence).
+    pub asking: f64,
+    /// From a holder's busy answer until the worker asks again (the answer's way back).
+    pub busy: f64,
+    /// Bytes on their way.
+    pub flowing: f64,
+    /// From the last byte until the next ask (its way in, and a write still running).
+    pub landing: f64,
+    /// Told to wait, until the next ask.
+    pub waiting: f64,
+}
+
+impl PeerTime {
+    /// Each phase's share of the whole, in the order of the fields.
+    pub fn shares(&self) -> [f64; 5] {
+        let all = [self.asking, self.busy, self.flowing, self.landing, self.waiting];
+        let total: f64 = all.iter().sum();
+        all.map(|t| if total > 0.0 { t / total } else { 0.0 })
+    }
 }
 
 impl Outcome {

@@ -3,9 +3,10 @@
 //! holding a copy, and which waits for the fleet member that fetches it; what happens
 //! when a helper or a peer is lost, a copy is withdrawn, or a fleet member stalls.
 //!
-//! Peer pieces spread as a swarm, not a star: a peer worker picks a holder at random
-//! among those holding pieces it needs (weighted by how many), least loaded by this
-//! node's own fetches first, then the rarest of that holder's pieces; a fleet keeps at
+//! Peer pieces spread as a swarm, not a star: a peer worker draws a few holders at
+//! random among those holding pieces it needs (weighted by how many), least loaded by
+//! this node's own fetches first, keeps the one holding the fewest of those pieces (the
+//! one other nodes crowd least), then takes the rarest of its pieces; a fleet keeps at
 //! most [`ORIGIN_WINDOW`] pieces missing from every copy ahead of the one a member
 //! fetches from the origin, so the origin sends pieces nearly in order, each once.
 //!
@@ -83,6 +84,11 @@ pub(crate) trait CopyView {
     fn holds(&self, node: NodeId, piece: &Piece) -> bool {
         self.holders(piece).iter().any(|h| h.node == node)
     }
+    /// How many of `pieces` member `node`'s copy holds (a view over many copies finds
+    /// that copy once for all of them).
+    fn count_held<'p>(&self, node: NodeId, pieces: impl IntoIterator<Item = &'p Piece>) -> usize {
+        pieces.into_iter().filter(|piece| self.holds(node, piece)).count()
+    }
     /// The jobs of this file's fleet that are members `wanted` (a view of a large
     /// fleet answers without listing all of them).
     fn members_of(&self, wanted: &BTreeSet<u32>) -> Vec<MemberState> {
@@ -123,7 +129,8 @@ pub(crate) enum Next<T = Piece> {
     Done,
 }
 
-/// Holders a peer ask draws at most before it waits, when every one drawn is busy.
+/// Holders a peer ask draws at most: it keeps the one holding the fewest pieces this
+/// node needs, and waits when every one drawn is busy.
 const DRAWS: usize = 4;
 
 /// How long a worker with nothing to do waits before asking again.
@@ -338,11 +345,12 @@ impl PieceRouter {
     }
 
     /// The next piece to take from a peer, with its holders (best first; the piece is
-    /// counted as being fetched from the first). The holder is drawn at random among
+    /// counted as being fetched from the first). Holders are drawn at random among
     /// those holding pieces this node needs (a holder of many is drawn more often),
-    /// the least busy with this node's own fetches first; the piece is the rarest of
-    /// those it holds. Every node drawing its own holder spreads the serving over the
-    /// swarm instead of lining up at the first holder of the rarest piece.
+    /// the least busy with this node's own fetches first, up to [`DRAWS`] of them; the
+    /// one holding the fewest pieces this node needs is taken, and the piece is the
+    /// rarest of those it holds. Every node drawing its own holder spreads the serving
+    /// over the swarm instead of lining up at the first holder of the rarest piece.
     pub(crate) fn next_peer(
         &mut self,
         view: &impl CopyView,
@@ -356,8 +364,13 @@ impl PieceRouter {
             return if self.waiting.is_empty() { Next::Done } else { Next::Wait };
         }
         self.busy.retain(|_, until| *until > now);
-        // A few draws: a drawn piece whose holders are all busy gives way to another.
+        // A few draws, each giving a holder: the one holding the fewest pieces this node
+        // needs wins (ties: the first). A holder of many pieces others lack is the one
+        // every node draws most often, and the likeliest to answer busy; a busy answer
+        // costs the worker a round trip. A drawn piece whose holders are all busy gives
+        // way to another.
         let mut chosen = None;
+        let mut fewest = usize::MAX;
         for _ in 0..DRAWS {
             self.turn += 1;
             let draw = mix(self.seed ^ mix(self.turn));
@@ -370,8 +383,15 @@ impl PieceRouter {
                 self.origin.push_back(drawn);
                 return Next::Wait;
             };
-            if !self.busy.contains_key(&first.node) {
+            if self.busy.contains_key(&first.node) {
+                continue;
+            }
+            let needed = view.count_held(first.node, &self.peers);
+            if needed < fewest {
+                fewest = needed;
                 chosen = Some((draw, at, drawn, holders, first));
+            }
+            if fewest <= 1 {
                 break;
             }
         }

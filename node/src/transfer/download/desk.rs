@@ -73,6 +73,18 @@ impl CopyView for QueueView<'_> {
             .collect()
     }
 
+    fn count_held<'p>(&self, node: NodeId, pieces: impl IntoIterator<Item = &'p Piece>) -> usize {
+        let mut copies = self.copies();
+        copies.retain(|copy| copy.node == node);
+        (pieces.into_iter())
+            .filter(|piece| {
+                copies
+                    .iter()
+                    .any(|copy| copy.chunk(piece.index).is_some_and(|c| c.len == piece.len))
+            })
+            .count()
+    }
+
     fn members(&self) -> Vec<MemberState> {
         let Some(fleet) = self.sources.and_then(|s| s.fleet) else { return Vec::new() };
         let Some(queue) = self.queue else { return Vec::new() };

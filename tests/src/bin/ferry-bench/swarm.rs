@@ -167,6 +167,12 @@ pub(crate) fn swarm(args: &Args) -> anyhow::Result<()> {
             outcome.failed_requests,
             outcome.idle_servers
         );
+        let [asking, busy, flowing, landing, waiting] =
+            outcome.peer_time.shares().map(|share| share * 100.0);
+        eprintln!(
+            "       (peer workers' time: {flowing:.1} % bytes flowing, {asking:.1} % asking, \
+             {busy:.1} % busy answers on their way back, {landing:.1} % landing, {waiting:.1} % told to wait)"
+        );
     }
     println!(
         "fan-out = most pieces one node served at once / its slots; peers = distinct nodes \
