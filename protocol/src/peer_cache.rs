@@ -133,6 +133,55 @@ pub fn offered_keys(job: &Job, index: usize) -> Vec<ContentKey> {
     keys_of(job, file)
 }
 
+/// Everything [`offered_keys`] reads of a job and one of its files. Two equal inputs
+/// give equal keys, so the queue's index is updated only for files whose inputs
+/// changed (a report touches a few files of a job that may have thousands). Keep it
+/// in step with [`offered_keys`] and [`keys_of`].
+#[derive(PartialEq)]
+struct OfferInputs<'a> {
+    state: JobState,
+    job_type: JobType,
+    flags: u32,
+    public: bool,
+    url: &'a str,
+    remote: Option<&'a RemoteInfo>,
+    whole: bool,
+    completed: bool,
+    withdrawn: bool,
+    planned: bool,
+    holds_chunks: bool,
+    validated: bool,
+    transferred: bool,
+}
+
+impl<'a> OfferInputs<'a> {
+    fn of(job: &'a Job, index: usize) -> Option<Self> {
+        let file = job.files.get(index)?;
+        Some(Self {
+            state: job.state,
+            job_type: job.job_type,
+            flags: job.props.peer_caching_flags,
+            public: is_public(job),
+            url: &file.remote_url,
+            remote: file.remote.as_ref(),
+            whole: file.ranges.is_empty(),
+            completed: file.progress.completed,
+            withdrawn: file.withdrawn,
+            planned: file.chunk_size > 0,
+            holds_chunks: !file.chunks.is_empty(),
+            validated: file.validated,
+            transferred: file.transferred,
+        })
+    }
+}
+
+/// Whether file `index` is offered under the same keys in `old` and `new` (two
+/// versions of one job) without computing them: true only when nothing
+/// [`offered_keys`] reads differs.
+pub fn same_offer(old: &Job, new: &Job, index: usize) -> bool {
+    OfferInputs::of(old, index) == OfferInputs::of(new, index)
+}
+
 /// Whether `job` may offer `file` to peers at all: a download job that allows serving
 /// (`BG_JOB_ENABLE_PEERCACHING_SERVER`), a whole file (no ranges).
 fn serves(job: &Job, file: &JobFile) -> bool {
@@ -146,11 +195,15 @@ fn serves(job: &Job, file: &JobFile) -> bool {
 /// client certificate.
 fn keys_of(job: &Job, file: &JobFile) -> Vec<ContentKey> {
     let Some(remote) = file.remote.as_ref() else { return Vec::new() };
-    let public = job.credentials.is_empty()
-        && job.props.custom_headers.0.is_empty()
-        && job.props.client_certificate.is_none();
-    let digest = ContentKey::digest_of(remote).filter(|_| file.transferred && public);
+    let digest = ContentKey::digest_of(remote).filter(|_| file.transferred && is_public(job));
     ContentKey::of(&file.remote_url, remote).into_iter().chain(digest).collect()
+}
+
+/// Whether `job` fetches without credentials, custom headers or a client certificate.
+fn is_public(job: &Job) -> bool {
+    job.credentials.is_empty()
+        && job.props.custom_headers.0.is_empty()
+        && job.props.client_certificate.is_none()
 }
 
 /// Most chunk records a job keeps for peers over its transferred files (about 1 MiB of

@@ -214,9 +214,10 @@ impl Queue {
         }
         let old = self.jobs.remove(&job.id);
         self.events.extend(events::derive(old.as_deref(), &mut job, now));
-        if let Some(old) = old {
-            self.unindex_job(&old);
+        if let Some(old) = &old {
+            self.unindex_job(old);
         }
+        self.reindex_peer_cache(old.as_deref(), Some(&job));
         self.index_job(&job);
         self.changes.jobs.insert(job.id);
         self.jobs.insert(job.id, Box::new(job));

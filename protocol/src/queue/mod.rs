@@ -161,6 +161,7 @@ impl Queue {
     pub fn from_image(image: QueueImage) -> Self {
         let mut queue = Self { meta: image.meta, ..Self::default() };
         for job in image.jobs {
+            queue.reindex_peer_cache(None, Some(&job));
             queue.index_job(&job);
             queue.jobs.insert(job.id, Box::new(job));
         }
@@ -299,43 +300,63 @@ impl Queue {
             .is_some_and(|(key, _)| matches!(key, ContentKey::Digest { .. }))
     }
 
+    /// The derived peer cache indexes (offered files by content, fleets), to compare.
+    #[cfg(test)]
+    #[allow(clippy::type_complexity)]
+    fn peer_cache_indexes(
+        &self,
+    ) -> (&BTreeMap<ContentKey, BTreeSet<(JobId, u32)>>, &BTreeMap<JobId, BTreeMap<u32, JobId>>)
+    {
+        (&self.content, &self.fleets)
+    }
+
     /// Every job of fleet `fleet`, by member position.
     pub fn fleet_jobs(&self, fleet: &JobId) -> Vec<&Job> {
         let Some(members) = self.fleets.get(fleet) else { return Vec::new() };
         members.values().filter_map(|id| self.job(id)).collect()
     }
 
-    /// Indexes what `job` brings to the peer cache: its offered files, its fleet place.
-    fn index_peer_cache(&mut self, job: &Job) {
-        if let Some(tag) = job.placement.fleet {
-            self.fleets.entry(tag.fleet).or_default().insert(tag.member, job.id);
-        }
-        for index in 0..job.files.len() {
-            let file = u32::try_from(index).unwrap_or(u32::MAX);
-            for key in peer_cache::offered_keys(job, index) {
-                self.content.entry(key).or_default().insert((job.id, file));
+    /// Moves the peer cache indexes from `old` to `new` (two versions of one job; `None`
+    /// for a job that is new or gone): its fleet place, and the keys of each file whose
+    /// offer may have changed. A report touches a few files of a job, so the keys of
+    /// the others are not computed again ([`peer_cache::same_offer`]).
+    fn reindex_peer_cache(&mut self, old: Option<&Job>, new: Option<&Job>) {
+        let old_fleet = old.and_then(|job| Some((job.placement.fleet?, job.id)));
+        let new_fleet = new.and_then(|job| Some((job.placement.fleet?, job.id)));
+        if old_fleet != new_fleet {
+            if let Some((tag, _)) = old_fleet
+                && let Some(members) = self.fleets.get_mut(&tag.fleet)
+            {
+                members.remove(&tag.member);
+                if members.is_empty() {
+                    self.fleets.remove(&tag.fleet);
+                }
+            }
+            if let Some((tag, id)) = new_fleet {
+                self.fleets.entry(tag.fleet).or_default().insert(tag.member, id);
             }
         }
-    }
-
-    /// Undoes [`Self::index_peer_cache`].
-    fn unindex_peer_cache(&mut self, job: &Job) {
-        if let Some(tag) = job.placement.fleet
-            && let Some(members) = self.fleets.get_mut(&tag.fleet)
-        {
-            members.remove(&tag.member);
-            if members.is_empty() {
-                self.fleets.remove(&tag.fleet);
+        let files = old.map_or(0, |job| job.files.len()).max(new.map_or(0, |job| job.files.len()));
+        for index in 0..files {
+            if let (Some(old), Some(new)) = (old, new)
+                && peer_cache::same_offer(old, new, index)
+            {
+                continue;
             }
-        }
-        for index in 0..job.files.len() {
             let file = u32::try_from(index).unwrap_or(u32::MAX);
-            for key in peer_cache::offered_keys(job, index) {
-                if let Some(files) = self.content.get_mut(&key) {
-                    files.remove(&(job.id, file));
-                    if files.is_empty() {
-                        self.content.remove(&key);
+            if let Some(old) = old {
+                for key in peer_cache::offered_keys(old, index) {
+                    if let Some(files) = self.content.get_mut(&key) {
+                        files.remove(&(old.id, file));
+                        if files.is_empty() {
+                            self.content.remove(&key);
+                        }
                     }
+                }
+            }
+            if let Some(new) = new {
+                for key in peer_cache::offered_keys(new, index) {
+                    self.content.entry(key).or_default().insert((new.id, file));
                 }
             }
         }
@@ -344,16 +365,13 @@ impl Queue {
     /// Replaces job `job` in the table without the bookkeeping of [`Self::store`] (no
     /// modification time, no event), keeping the peer cache indexes right.
     fn put_quietly(&mut self, job: Job) {
-        if let Some(old) = self.jobs.remove(&job.id) {
-            self.unindex_peer_cache(&old);
-        }
-        self.index_peer_cache(&job);
+        let old = self.jobs.remove(&job.id);
+        self.reindex_peer_cache(old.as_deref(), Some(&job));
         self.changes.jobs.insert(job.id);
         self.jobs.insert(job.id, Box::new(job));
     }
 
     fn index_job(&mut self, job: &Job) {
-        self.index_peer_cache(job);
         if job.state.is_final() {
             self.finished.insert((job.times.modified, job.id));
             self.unpin_request(job.id);
@@ -364,7 +382,6 @@ impl Queue {
     }
 
     fn unindex_job(&mut self, job: &Job) {
-        self.unindex_peer_cache(job);
         if job.state.is_final() {
             self.finished.remove(&(job.times.modified, job.id));
         } else {
@@ -460,7 +477,7 @@ impl Queue {
             }
             self.finished.remove(&(finished_at, id));
             if let Some(job) = self.jobs.remove(&id) {
-                self.unindex_peer_cache(&job);
+                self.reindex_peer_cache(Some(&job), None);
             }
             self.changes.jobs.insert(id);
         }

@@ -420,14 +420,51 @@ fn image_round_trip_rebuilds_indexes() {
 
 mod determinism {
     use super::*;
+    use crate::transfer::{ChunkRecord, EngineReport, RemoteInfo};
     use proptest::prelude::*;
+
+    /// An engine report on file `n % 2` of a 25-byte file in chunks of 10, in one of two
+    /// versions (with or without a declared digest), as a run would send it.
+    fn any_report(n: u64) -> EngineReport {
+        let file = (n % 2) as u32;
+        match (n / 2) % 6 {
+            0 => EngineReport::Activate,
+            1 => EngineReport::Probed {
+                file,
+                remote: RemoteInfo {
+                    size: Some(25),
+                    etag: Some(format!("\"v{}\"", n % 3)),
+                    last_modified: None,
+                    ranges: true,
+                    sha256: n.is_multiple_of(5).then(|| "ab".repeat(32)),
+                },
+                chunk_size: 10,
+            },
+            2 => EngineReport::Chunks {
+                file,
+                chunks: vec![ChunkRecord {
+                    index: (n % 3) as u32,
+                    len: if n % 3 == 2 { 5 } else { 10 },
+                    digest: [n as u8; 32],
+                    from_peer: n.is_multiple_of(7),
+                }],
+            },
+            3 => EngineReport::FileTransferred { file, size: 25, headers: vec![] },
+            4 => EngineReport::RestartFile { file },
+            _ => EngineReport::Connected,
+        }
+    }
 
     fn any_command(jobs: Vec<JobId>) -> impl Strategy<Value = (usize, Command)> {
         let job = proptest::sample::select(jobs);
-        (0usize..3, job, 0u8..8, any::<u64>()).prop_map(|(who, job, kind, n)| {
+        (0usize..3, job, 0u8..14, any::<u64>()).prop_map(|(who, job, kind, n)| {
+            if kind >= 8 {
+                // The run is filled in when the command is applied.
+                return (3, Command::Engine { job, run: 0, reports: vec![any_report(n)] });
+            }
             let command = match kind {
                 0 => Command::CreateJob {
-                    id: JobId(uuid::Uuid::from_u64_pair(n, 1)),
+                    id: job,
                     home_node: 1,
                     spec: new_job(JobType::ALL[(n % 3) as usize], (n % 3) as usize),
                 },
@@ -458,16 +495,100 @@ mod determinism {
         })
     }
 
+    /// One step of a download's life: an engine report, a lifecycle action, a file
+    /// validated or not, or the peer caching flags changed.
+    fn any_step() -> impl Strategy<Value = (usize, Command)> {
+        let job = JobId(uuid::Uuid::from_u128(1));
+        (0u8..10, any::<u64>()).prop_map(move |(kind, n)| match kind {
+            0..6 => (3, Command::Engine { job, run: 0, reports: vec![any_report(n)] }),
+            6 => (0, Command::Lifecycle { job, action: JobAction::ALL[(n % 4) as usize] }),
+            7 => (
+                3,
+                Command::Engine {
+                    job,
+                    run: 0,
+                    reports: vec![EngineReport::FilesFinished { completed: vec![(n % 2) as u32] }],
+                },
+            ),
+            8 => (
+                0,
+                Command::ChangeFile {
+                    job,
+                    index: (n % 2) as u32,
+                    changes: FileChanges { remote_url: None, valid: Some(n % 3 != 0) },
+                },
+            ),
+            _ => (
+                0,
+                Command::SetProperties {
+                    job,
+                    changes: PropertyChanges {
+                        peer_caching_flags: Some(
+                            [0x3, 0x1, 0x2, 0x3 | crate::job::peer_caching::SERVE_VALIDATED_ONLY]
+                                [(n % 4) as usize],
+                        ),
+                        ..Default::default()
+                    },
+                },
+            ),
+        })
+    }
+
+    proptest! {
+        // Some inputs (validated files under SERVE_VALIDATED_ONLY) matter only after a
+        // few lucky steps: enough cases to reach them.
+        #![proptest_config(ProptestConfig { cases: 2_048, max_global_rejects: 16_384, ..ProptestConfig::default() })]
+
+        /// The peer cache indexes, kept up to date file by file as a download goes
+        /// through its life, are at every step what an image rebuilds from scratch.
+        #[test]
+        fn peer_cache_indexes_follow_every_change(steps in proptest::collection::vec(any_step(), 1..80)) {
+            let callers = [alice(), bob(), admin(), Caller { principal: Principal::system(), role: Role::Admin }];
+            let job = JobId(uuid::Uuid::from_u128(1));
+            let mut queue = Queue::new(QueuePolicy::default());
+            let mut time = 1_000;
+            let mut apply = |queue: &mut Queue, who: usize, command: Command| {
+                time += 10;
+                let proposal = Proposal { request_id: None, caller: callers[who].clone(), command };
+                queue.apply_batch(&Batch { time: Timestamp(time), proposals: vec![proposal] });
+            };
+            let create = Command::CreateJob { id: job, home_node: 1, spec: new_job(JobType::Download, 2) };
+            apply(&mut queue, 0, create);
+            apply(&mut queue, 0, Command::Lifecycle { job, action: JobAction::Resume });
+            // Running, both files probed (the steps may still restart or end it).
+            for n in [0, 2, 3] {
+                let run = queue.job(&job).map_or(0, |j| j.activity.run);
+                apply(&mut queue, 3, Command::Engine { job, run, reports: vec![any_report(n)] });
+            }
+            let mut offered = 0;
+            for (who, mut command) in steps {
+                if let Command::Engine { run, .. } = &mut command {
+                    *run = queue.job(&job).map_or(0, |j| j.activity.run);
+                }
+                apply(&mut queue, who, command);
+                let rebuilt = Queue::from_image(queue.to_image());
+                prop_assert_eq!(queue.peer_cache_indexes(), rebuilt.peer_cache_indexes());
+                offered += queue.peer_cache_indexes().0.len();
+            }
+            // Not a vacuous run: copies were offered on the way (most runs).
+            prop_assume!(offered > 0);
+        }
+    }
+
     proptest! {
         /// Two replicas applying the same batches end identical, also when one of them
         /// restarts from an image half-way (as a restarted node or a snapshot does).
         #[test]
         fn replicas_agree(commands in proptest::collection::vec(any_command((1..5u128).map(|n| JobId(uuid::Uuid::from_u128(n))).collect()), 1..60)) {
-            let callers = [alice(), bob(), admin()];
+            let system = Caller { principal: Principal::system(), role: Role::Admin };
+            let callers = [alice(), bob(), admin(), system];
             let mut a = Queue::new(QueuePolicy::default());
             let mut b = Queue::new(QueuePolicy::default());
             let half = commands.len() / 2;
-            for (i, (who, command)) in commands.into_iter().enumerate() {
+            for (i, (who, mut command)) in commands.into_iter().enumerate() {
+                if let Command::Engine { job, run, .. } = &mut command {
+                    *run = a.job(job).map_or(0, |j| j.activity.run);
+                }
                 let batch = Batch {
                     time: Timestamp(1_000 + i as u64),
                     proposals: vec![Proposal { request_id: None, caller: callers[who].clone(), command }],
@@ -480,6 +601,10 @@ mod determinism {
                 }
             }
             prop_assert_eq!(a.to_image(), b.to_image());
+            // The peer cache indexes, kept up to date file by file, are what an image
+            // rebuilds from scratch.
+            let rebuilt = Queue::from_image(a.to_image());
+            prop_assert_eq!(a.peer_cache_indexes(), rebuilt.peer_cache_indexes());
         }
     }
 }
