@@ -54,27 +54,52 @@ fn name_beside<'a>(place_of: &Path, path: &'a Path) -> io::Result<&'a OsStr> {
     }
 }
 
+/// Why [`TempFile::create`] made no file.
+#[derive(Debug)]
+pub(crate) enum CreateError {
+    /// The owner may not write the destination ([`check_destination`] refused it).
+    Refused(io::Error),
+    /// The destination may be written, but its temporary file could not be made.
+    Failed(io::Error),
+}
+
+impl From<CreateError> for io::Error {
+    fn from(error: CreateError) -> Self {
+        match error {
+            CreateError::Refused(e) | CreateError::Failed(e) => e,
+        }
+    }
+}
+
 impl TempFile {
-    /// Starts the file over: checks that `dest` may be written by the owner, removes
-    /// what is at the temporary name `temp` and creates it exclusively (0600).
+    /// Starts the file over: checks that `dest` may be written by the owner (as
+    /// [`check_destination`] does, in the same walk), removes what is at the temporary
+    /// name `temp` and creates it exclusively (0600).
     pub(crate) fn create(
         sandboxes: &Arc<Sandboxes>,
         owner: &Principal,
         dest: &Path,
         temp: &Path,
         tag: String,
-    ) -> io::Result<Self> {
+    ) -> Result<Self, CreateError> {
         let (dest, temp_path) = (dest.to_path_buf(), temp.to_path_buf());
-        let (file, id) = sandboxes.of(owner).run(move |sandbox| {
-            let place = sandbox.place(&dest, false)?;
-            sandbox.check_replaceable(&place, &dest)?;
+        let made = sandboxes.of(owner).run(move |sandbox| {
+            let checked = sandbox.place(&dest, false).and_then(|place| {
+                sandbox.check_replaceable(&place, &dest)?;
+                Ok(place)
+            });
+            let place = match checked {
+                Ok(place) => place,
+                Err(e) => return Ok(Err(CreateError::Refused(e))),
+            };
             let name = name_beside(&dest, &temp_path)?;
             place.dir.remove(name)?;
             let file = place.dir.create_new(name, 0o600)?;
             dir::write_xattr(&file, TEMP_XATTR, &tag)?;
             let id = FileId::of(&file)?;
-            Ok((file, id))
-        })?;
+            Ok(Ok((file, id)))
+        });
+        let (file, id) = made.map_err(CreateError::Failed)??;
         sandboxes.remember_temp(temp, id);
         Ok(Self::opened(file, temp))
     }

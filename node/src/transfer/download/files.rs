@@ -1,26 +1,30 @@
 //! The run's files: taken in order, several at once while they are small.
 //!
-//! A file starts once every file in flight has shown, by its probe, that the probe's
-//! `GET` carries it whole (a fresh file of one chunk from the origin alone): the rest
-//! of such a file is reading one body, an fsync and a Raft report, which overlap with
-//! the next files' requests. A file that needs more (chunks, peers, helpers, a stream)
-//! runs with no file started after it until it ends, so large files keep the order
-//! BITS gives them and their connections to themselves. At most [`FILES_IN_FLIGHT`]
-//! files are in flight.
+//! Up to [`PROBES_AHEAD`] files may wait for their probe's answer at once, so the
+//! requests of a run of small files overlap instead of each waiting for the one
+//! before. A probe that shows the file whole (a fresh file of one chunk from the origin
+//! alone) makes it small: the rest of such a file is reading one body and a Raft
+//! report, which overlap with the next files' requests. A file that needs more
+//! (chunks, peers, helpers, a stream) is large: no file starts after it until it ends,
+//! and before it fetches more than its first chunk it waits for every file started
+//! before it to end ([`Lane::wait_turn`]), so large files keep the order BITS gives
+//! them and their connections to themselves. At most [`FILES_IN_FLIGHT`] files are in
+//! flight.
 //!
 //! Each file has its own outbox while it runs (its reports stay in order); a finished
 //! file's reports join the run's, which go out together once due. When a file fails,
-//! the small files in flight are let finish (their bytes are all but durable), the
-//! rest is dropped, and the run reports what finished before the failure.
+//! no file starts any more; the files before it in flight are let finish, those after
+//! it are dropped (BITS transfers files in order, so the first failing file is the
+//! job's error), and the run reports what finished before it.
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ferry_protocol::transfer::EngineReport;
 use ferry_protocol::{BitsCode, JobState};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::{MAX_RESTARTS_PER_RUN, Outbox};
 use crate::transfer::Run;
@@ -29,18 +33,76 @@ use crate::transfer::fetch::transport_error;
 
 /// Most files of one run in flight at once (all of them small but the last).
 pub(super) const FILES_IN_FLIGHT: usize = 8;
+/// Most files of one run waiting for their probe's answer at once.
+const PROBES_AHEAD: usize = 4;
 
-/// How a file in flight tells the run it is small: its probe carries it whole.
+/// What a file in flight learned of itself from its probe.
+enum Kind {
+    /// The probe's answer carries it whole.
+    Small(u32),
+    /// It needs more than the probe's answer.
+    Large(u32),
+}
+
+/// The files of a run in flight, by index, shared with their lanes.
+#[derive(Default)]
+struct InFlight {
+    files: Mutex<BTreeSet<u32>>,
+    /// Notified when a file ends.
+    ended: Notify,
+}
+
+impl InFlight {
+    fn started(&self, file: u32) {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner).insert(file);
+    }
+
+    fn ended(&self, file: u32) {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner).remove(&file);
+        self.ended.notify_waiters();
+    }
+
+    fn first(&self) -> Option<u32> {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner).first().copied()
+    }
+}
+
+/// How a file in flight tells the run what it is, and waits for its turn.
 pub(super) struct Lane {
     file: u32,
-    small: mpsc::UnboundedSender<u32>,
+    kind: mpsc::UnboundedSender<Kind>,
+    in_flight: Arc<InFlight>,
 }
 
 impl Lane {
-    /// The probe's answer carries the whole file: the run may start the next one.
+    /// The probe's answer carries the whole file: the next file may start.
     pub(super) fn small(&self) {
         // The run may have stopped listening: it then starts nothing more anyway.
-        let _ = self.small.send(self.file);
+        let _ = self.kind.send(Kind::Small(self.file));
+    }
+
+    /// The file needs more than its probe's answer: no file starts after it until
+    /// it ends.
+    pub(super) fn large(&self) {
+        let _ = self.kind.send(Kind::Large(self.file));
+    }
+
+    /// Whether every file started before this one has ended.
+    pub(super) fn is_turn(&self) -> bool {
+        self.in_flight.first().is_none_or(|first| first >= self.file)
+    }
+
+    /// Waits until every file started before this one has ended (at once for the
+    /// first file in flight).
+    pub(super) async fn wait_turn(&self) {
+        loop {
+            // Registered before the look, so an end between the two is not missed.
+            let ended = self.in_flight.ended.notified();
+            if self.is_turn() {
+                return;
+            }
+            ended.await;
+        }
     }
 }
 
@@ -71,17 +133,22 @@ impl Run {
         }
         let mut first_outbox = Some(first_outbox);
         let finished = Finished::default();
-        let (small_tx, mut small_rx) = mpsc::unbounded_channel();
+        let (kind_tx, mut kind_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(InFlight::default());
         let mut in_flight = FuturesUnordered::new();
-        let (mut running, mut small) = (BTreeSet::new(), BTreeSet::new());
+        let (mut running, mut small, mut large) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         // Files finished in this run may not be recorded yet (their reports wait):
         // the next file is searched after the last one started.
         let mut after = 0;
-        let mut failed = None;
+        // The first failing file in order, and the cut: files after it end at once.
+        let mut failed: Option<(u32, Stop)> = None;
+        let (cut, cut_rx) = watch::channel(u32::MAX);
         loop {
             while failed.is_none()
                 && running.len() < FILES_IN_FLIGHT
-                && running.iter().all(|f| small.contains(f))
+                && large.is_empty()
+                && running.iter().filter(|f| !small.contains(*f)).count() < PROBES_AHEAD
             {
                 let next = self.reporter.read(self.job.id(), self.run, |job| {
                     job.files().iter().skip(after).position(|f| !f.transferred).map(|i| i + after)
@@ -89,10 +156,19 @@ impl Run {
                 let Some(index) = next else { break };
                 after = index + 1;
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
-                let lane = Lane { file: index, small: small_tx.clone() };
+                let lane = Lane { file: index, kind: kind_tx.clone(), in_flight: shared.clone() };
                 let outbox = first_outbox.take().unwrap_or_default();
                 running.insert(index);
-                in_flight.push(self.whole_file(index, outbox, lane, &finished));
+                shared.started(index);
+                let file = self.whole_file(index, outbox, lane, &finished);
+                let mut cut_rx = cut_rx.clone();
+                in_flight.push(async move {
+                    tokio::select! {
+                        (_, outcome) = file => (index, Some(outcome)),
+                        // Dropped: a file before it failed.
+                        _ = cut_rx.wait_for(|cut| *cut < index) => (index, None),
+                    }
+                });
             }
             if in_flight.is_empty() {
                 // Without files, the run's first outbox (Connected) was never handed out.
@@ -102,32 +178,36 @@ impl Run {
                     self.send(&mut outbox, Vec::new()).await?;
                 }
                 return match failed {
-                    Some(stop) => Err(stop),
+                    Some((_, stop)) => Err(stop),
                     None => Ok(()),
                 };
             }
             tokio::select! {
                 biased;
-                Some(file) = small_rx.recv() => {
-                    if running.contains(&file) {
+                Some(kind) = kind_rx.recv() => match kind {
+                    Kind::Small(file) if running.contains(&file) => {
                         small.insert(file);
                     }
-                }
+                    Kind::Large(file) if running.contains(&file) => {
+                        large.insert(file);
+                    }
+                    _ => {}
+                },
                 Some((file, outcome)) = in_flight.next() => {
                     running.remove(&file);
                     small.remove(&file);
+                    large.remove(&file);
+                    shared.ended(file);
                     match outcome {
-                        Ok(()) => {}
-                        Err(Stop::Stale) => return Err(Stop::Stale),
-                        Err(stop) => {
-                            if failed.is_none() && running.iter().all(|f| small.contains(f)) {
-                                // The files in flight are all but done: let them finish.
-                                failed = Some(stop);
-                            } else {
-                                // A file that needs more is dropped, with the rest; a
-                                // second failure while small files finish: the first counts.
-                                in_flight.clear();
-                                failed.get_or_insert(stop);
+                        None | Some(Ok(())) => {}
+                        Some(Err(Stop::Stale)) => return Err(Stop::Stale),
+                        Some(Err(stop)) => {
+                            // BITS transfers files in order: the first failing file
+                            // counts, the files before it are let finish, the files
+                            // after it are dropped.
+                            if failed.as_ref().is_none_or(|(at, _)| file < *at) {
+                                failed = Some((file, stop));
+                                cut.send_replace(file);
                             }
                         }
                     }

@@ -134,30 +134,29 @@ impl Run {
             crate::egress::check_url(self.settings.egress, &parsed)
                 .map_err(|refused| Failure::blocked(format!("{url}: {refused}"), index))?;
         }
-        let (dest, sandboxes, owner) = (
-            Path::new(&file.local_path).to_path_buf(),
-            self.settings.sandboxes.clone(),
-            self.job.owner().clone(),
-        );
-        blocking(move || local::check_destination(&sandboxes, &owner, &dest)).await.map_err(
-            |e| {
-                Failure::fatal(ferry_protocol::job::JobError {
-                    context: ferry_protocol::ErrorContext::LocalFile,
-                    code: BitsCode::E_ACCESSDENIED,
-                    detail: e.to_string(),
-                    file_index: Some(index),
-                    protocol: None,
-                })
-            },
-        )?;
         // Dynamic content, or an HTTP method of the job's own: one request per file.
         let dynamic = self.job.props().whole_streams();
         // A fresh whole file is probed with a GET of its first chunk, unless its bytes
         // may come from peers.
         let prospects = self.peer_prospects(&url, index, Path::new(&file.local_path)).await;
-        let probe_with_data =
-            file.chunks.is_empty() && file.ranges.is_empty() && !dynamic && !prospects.may_serve;
+        let probe_with_data = !local_source
+            && file.chunks.is_empty()
+            && file.ranges.is_empty()
+            && !dynamic
+            && !prospects.may_serve;
+        if !probe_with_data {
+            // Checked before any request; a fresh file's create checks it below.
+            let (dest, sandboxes, owner) = (
+                Path::new(&file.local_path).to_path_buf(),
+                self.settings.sandboxes.clone(),
+                self.job.owner().clone(),
+            );
+            blocking(move || local::check_destination(&sandboxes, &owner, &dest))
+                .await
+                .map_err(|e| refused_destination(&e, index))?;
+        }
         let mut source = None;
+        let mut fresh_temp = None;
         let (probe, first) = if local_source {
             let (sandboxes, owner) = (self.settings.sandboxes.clone(), self.job.owner().clone());
             let (probe, opened) = probe_local(&url, index, sandboxes, owner).await?;
@@ -167,7 +166,14 @@ impl Run {
             // BITS sends no HEAD for dynamic content: size and validators are unknown.
             (Probe { remote: RemoteInfo::default(), headers: Vec::new(), moved_to: None }, None)
         } else if probe_with_data {
-            self.probe_first_chunk(&url, index).await?
+            // The temporary file is made (its destination checked) while the request
+            // is on its way; the file is fresh, so the create is what comes next anyway.
+            let (temp, probe) = tokio::join!(
+                self.temp_file(&file, index, true),
+                self.probe_first_chunk(&url, index)
+            );
+            fresh_temp = Some(temp?);
+            probe?
         } else {
             (self.probe(&url, index).await?, None)
         };
@@ -197,6 +203,8 @@ impl Run {
         {
             // The probe's answer carries the whole file: the next file may start.
             lane.small();
+        } else {
+            lane.large();
         }
         // What the Probed report will do to the recorded chunks: same version and plan
         // keep them; anything else starts the file over (apply decides the same).
@@ -227,7 +235,10 @@ impl Run {
             None => url,
         };
 
-        let temp = self.temp_file(&file, index, durable.is_empty()).await?;
+        let temp = match fresh_temp {
+            Some(temp) => temp,
+            None => self.temp_file(&file, index, durable.is_empty()).await?,
+        };
         let base: u64 = durable.iter().map(|c| c.len).sum();
         self.settings.live.track(self.job.id(), self.run, index, base, temp.received());
         if !durable.is_empty() {
@@ -250,6 +261,7 @@ impl Run {
             source,
         };
         let Some(pieces) = pieces else {
+            lane.wait_turn().await;
             let size = self.stream_dynamic(&fetch, chunk_size, outbox).await?;
             return self.finish_file(&fetch, size, &probe, Vec::new(), outbox).await;
         };
@@ -283,8 +295,9 @@ impl Run {
                         self.send(outbox, vec![report]).await?;
                     }
                 }
-                // The server ignored the range and sent the whole (larger) file.
-                _ if first.len == total && total > 0 => {
+                // The server ignored the range and sent the whole (larger) file: read
+                // in its turn (or asked again then, through the ranges' path).
+                _ if first.len == total && total > 0 && lane.is_turn() => {
                     if !single_stream_allowed(&self.job, &file, total) {
                         return Err(no_range_support(&url, index, first.response.version()));
                     }
@@ -297,6 +310,7 @@ impl Run {
             }
         }
         if !missing.is_empty() {
+            lane.wait_turn().await;
             match self.fetch_pieces(&fetch, chunk_size, missing, prospects.gone, outbox).await {
                 Err(Stop::Failed(f)) if ranges_refused(f.error.code) => {
                     if !single_stream_allowed(&self.job, &file, total) {
@@ -320,11 +334,17 @@ impl Run {
             // The destination is checked again right before the create: the directory
             // may have been swapped for a symlink while the probe ran.
             let dest = Path::new(&file.local_path).to_path_buf();
-            return blocking(move || TempFile::create(&sandboxes, &owner, &dest, &temp, tag))
-                .await
-                .map_err(|e| {
+            let made =
+                blocking(move || Ok(TempFile::create(&sandboxes, &owner, &dest, &temp, tag)))
+                    .await
+                    .map_err(local::CreateError::Failed)
+                    .and_then(|made| made);
+            return made.map_err(|e| match e {
+                local::CreateError::Refused(e) => refused_destination(&e, index),
+                local::CreateError::Failed(e) => {
                     Failure::local(&e, "cannot create the temporary file", Some(index)).into()
-                });
+                }
+            });
         }
         match blocking(move || TempFile::reopen(&sandboxes, &owner, &temp, tag)).await {
             Ok(Some(temp)) => Ok(temp),
@@ -393,6 +413,18 @@ impl Run {
         }
         if outbox.due() { self.send(outbox, Vec::new()).await } else { Ok(()) }
     }
+}
+
+/// A destination the job's owner may not write: a fatal `E_ACCESSDENIED`.
+fn refused_destination(error: &std::io::Error, index: u32) -> Stop {
+    Failure::fatal(ferry_protocol::job::JobError {
+        context: ferry_protocol::ErrorContext::LocalFile,
+        code: BitsCode::E_ACCESSDENIED,
+        detail: error.to_string(),
+        file_index: Some(index),
+        protocol: None,
+    })
+    .into()
 }
 
 /// True if `outbox` still holds the run's `Connected` report.

@@ -38,7 +38,7 @@ impl Run {
             let tag = local::temp_tag(self.job.id(), 1);
             blocking(move || match TempFile::reopen(&sandboxes, &owner, &temp, tag.clone())? {
                 Some(file) if from > 0 => Ok((file, from)),
-                _ => TempFile::create(&sandboxes, &owner, &dest, &temp, tag).map(|file| (file, 0)),
+                _ => Ok((TempFile::create(&sandboxes, &owner, &dest, &temp, tag)?, 0)),
             })
             .await
         };
