@@ -47,14 +47,18 @@ const SINGLE_STREAM_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
 /// How often a file may be started over within one run before the run gives up.
 const MAX_RESTARTS_PER_RUN: u32 = 3;
 
-/// Reports that may wait (connected, probed, a small file done): they go out with the
-/// next report that must, or once [`OUTBOX_REPORTS`] wait or the oldest has waited
-/// [`OUTBOX_DELAY`]. Their bytes are durable already; a crash before they are sent
-/// costs a re-fetch of those files, never a wrong file. Many small files thus share
-/// one Raft write.
+/// Reports that may wait (connected, probed, a file done): they go out with the next
+/// report that must, or once [`OUTBOX_REPORTS`] wait or the oldest has waited
+/// [`OUTBOX_DELAY`]. A finished file's last bytes are made durable right before its
+/// report goes ([`Run::send`]), together with the other files of the batch (a
+/// journaling file system commits once for fsyncs that arrive together); a crash before
+/// the report costs a re-fetch of those files, never a wrong file. Many small files
+/// thus share one Raft write and one round of fsyncs.
 #[derive(Default)]
 pub(super) struct Outbox {
     reports: Vec<EngineReport>,
+    /// Finished files whose reports are here, by index, not fsynced yet.
+    unsynced: Vec<(u32, TempFile)>,
     since: Option<Instant>,
 }
 
@@ -69,8 +73,17 @@ impl Outbox {
         self.reports.push(report);
     }
 
+    /// Pushes the report of finished file `index`, whose last bytes `temp` must make
+    /// durable before it goes.
+    fn push_finished(&mut self, index: u32, temp: TempFile, reports: Vec<EngineReport>) {
+        for report in reports {
+            self.push(report);
+        }
+        self.unsynced.push((index, temp));
+    }
+
     pub(super) fn is_empty(&self) -> bool {
-        self.reports.is_empty()
+        self.reports.is_empty() && self.unsynced.is_empty()
     }
 
     /// Takes `other`'s reports after this outbox's own.
@@ -79,6 +92,7 @@ impl Outbox {
             self.since = Some(self.since.map_or(since, |s| s.min(since)));
         }
         self.reports.extend(other.reports);
+        self.unsynced.extend(other.unsynced);
     }
 
     pub(super) fn due(&self) -> bool {
@@ -88,13 +102,21 @@ impl Outbox {
 }
 
 impl Run {
-    /// Sends what waits in `outbox`, then `more`, as one command.
+    /// Sends what waits in `outbox`, then `more`, as one command, once the finished
+    /// files it reports are durable.
     pub(super) async fn send(
         &self,
         outbox: &mut Outbox,
         more: Vec<EngineReport>,
     ) -> Result<(), Stop> {
-        let mut reports = std::mem::take(outbox).reports;
+        let Outbox { mut reports, unsynced, .. } = std::mem::take(outbox);
+        if !unsynced.is_empty() {
+            let first = unsynced.first().map(|(index, _)| *index);
+            let temps: Vec<TempFile> = unsynced.into_iter().map(|(_, temp)| temp).collect();
+            blocking(move || local::sync_files(&temps))
+                .await
+                .map_err(|e| Failure::local(&e, "cannot write the temporary file", first))?;
+        }
         reports.extend(more);
         self.reporter.report(self.job.id(), self.run, reports).await
     }
@@ -366,7 +388,8 @@ impl Run {
             .map_err(|e| Failure::local(&e, "cannot read the temporary file", Some(index)).into())
     }
 
-    /// Sets the length and mtime, fsyncs, and reports the file with its last chunks.
+    /// Sets the length and mtime and reports the file with its last chunks (fsynced
+    /// when the report goes).
     async fn finish_file(
         &self,
         fetch: &Fetch,
@@ -383,7 +406,7 @@ impl Run {
         let (t, sandboxes) = (fetch.temp.clone(), self.settings.sandboxes.clone());
         blocking(move || {
             t.set_len(size)?;
-            t.finish(modified)?;
+            t.set_modified(modified)?;
             t.seal(&sandboxes)
         })
         .await
@@ -408,9 +431,7 @@ impl Run {
         }
         let headers = transfer::bounded_headers(&headers);
         reports.push(EngineReport::FileTransferred { file: fetch.file, size, headers });
-        for report in reports {
-            outbox.push(report);
-        }
+        outbox.push_finished(fetch.file, fetch.temp.clone(), reports);
         if outbox.due() { self.send(outbox, Vec::new()).await } else { Ok(()) }
     }
 }
