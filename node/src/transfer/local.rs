@@ -205,28 +205,6 @@ impl TempFile {
     }
 }
 
-/// Most fsyncs [`sync_files`] has in flight at once.
-const SYNCS_AT_ONCE: usize = 8;
-
-/// Makes `files` durable (data and metadata), up to [`SYNCS_AT_ONCE`] at a time: a
-/// journaling file system commits once for the fsyncs that arrive together, where one
-/// after another would each wait for a commit of their own.
-pub(crate) fn sync_files(files: &[TempFile]) -> io::Result<()> {
-    if files.len() <= 1 {
-        return files.iter().try_for_each(|temp| temp.file.sync_all());
-    }
-    let share = files.len().div_ceil(SYNCS_AT_ONCE);
-    std::thread::scope(|scope| {
-        let syncing: Vec<_> = files
-            .chunks(share)
-            .map(|some| scope.spawn(|| some.iter().try_for_each(|temp| temp.file.sync_all())))
-            .collect();
-        syncing.into_iter().try_for_each(|thread| {
-            thread.join().unwrap_or_else(|_| Err(io::Error::other("an fsync thread panicked")))
-        })
-    })
-}
-
 /// The chunks of `spans` (local offset, record) whose bytes in `file` do not match
 /// their digests (a chunk cut short by the file's end counts as damaged), in order.
 fn damaged_chunks(file: &File, spans: &[(u64, ChunkRecord)]) -> io::Result<Vec<u32>> {
