@@ -18,13 +18,13 @@
 //! job's error), and the run reports what finished before it.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use ferry_protocol::transfer::EngineReport;
 use ferry_protocol::{BitsCode, JobState};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::{MAX_RESTARTS_PER_RUN, Outbox};
 use crate::transfer::Run;
@@ -44,34 +44,12 @@ enum Kind {
     Large(u32),
 }
 
-/// The files of a run in flight, by index, shared with their lanes.
-#[derive(Default)]
-struct InFlight {
-    files: Mutex<BTreeSet<u32>>,
-    /// Notified when a file ends.
-    ended: Notify,
-}
-
-impl InFlight {
-    fn started(&self, file: u32) {
-        self.files.lock().unwrap_or_else(PoisonError::into_inner).insert(file);
-    }
-
-    fn ended(&self, file: u32) {
-        self.files.lock().unwrap_or_else(PoisonError::into_inner).remove(&file);
-        self.ended.notify_waiters();
-    }
-
-    fn first(&self) -> Option<u32> {
-        self.files.lock().unwrap_or_else(PoisonError::into_inner).first().copied()
-    }
-}
-
 /// How a file in flight tells the run what it is, and waits for its turn.
 pub(super) struct Lane {
     file: u32,
     kind: mpsc::UnboundedSender<Kind>,
-    in_flight: Arc<InFlight>,
+    /// The lowest index of the files in flight.
+    first: watch::Receiver<Option<u32>>,
 }
 
 impl Lane {
@@ -89,20 +67,15 @@ impl Lane {
 
     /// Whether every file started before this one has ended.
     pub(super) fn is_turn(&self) -> bool {
-        self.in_flight.first().is_none_or(|first| first >= self.file)
+        self.first.borrow().is_none_or(|first| first >= self.file)
     }
 
     /// Waits until every file started before this one has ended (at once for the
     /// first file in flight).
     pub(super) async fn wait_turn(&self) {
-        loop {
-            // Registered before the look, so an end between the two is not missed.
-            let ended = self.in_flight.ended.notified();
-            if self.is_turn() {
-                return;
-            }
-            ended.await;
-        }
+        let file = self.file;
+        // The run keeps the sender while its files run.
+        let _ = self.first.clone().wait_for(|first| first.is_none_or(|first| first >= file)).await;
     }
 }
 
@@ -134,7 +107,7 @@ impl Run {
         let mut first_outbox = Some(first_outbox);
         let finished = Finished::default();
         let (kind_tx, mut kind_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(InFlight::default());
+        let (first, first_rx) = watch::channel(None);
         let mut in_flight = FuturesUnordered::new();
         let (mut running, mut small, mut large) =
             (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
@@ -156,10 +129,10 @@ impl Run {
                 let Some(index) = next else { break };
                 after = index + 1;
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
-                let lane = Lane { file: index, kind: kind_tx.clone(), in_flight: shared.clone() };
+                let lane = Lane { file: index, kind: kind_tx.clone(), first: first_rx.clone() };
                 let outbox = first_outbox.take().unwrap_or_default();
                 running.insert(index);
-                shared.started(index);
+                first.send_replace(running.first().copied());
                 let file = self.whole_file(index, outbox, lane, &finished);
                 let mut cut_rx = cut_rx.clone();
                 in_flight.push(async move {
@@ -197,7 +170,7 @@ impl Run {
                     running.remove(&file);
                     small.remove(&file);
                     large.remove(&file);
-                    shared.ended(file);
+                    first.send_replace(running.first().copied());
                     match outcome {
                         None | Some(Ok(())) => {}
                         Some(Err(Stop::Stale)) => return Err(Stop::Stale),
