@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_coordinator::{Client, ClientError, TokenEntry};
+use ferry_protocol::limits::QueuePolicy;
 use ferry_protocol::{BitsCode, JobAction, JobId, JobState, PropertyChanges, Role};
 use ferry_tests::origin::{Content, Origin, OriginConfig, file_matches_pattern};
 use ferry_tests::{Node, NodeOptions, tokens};
@@ -31,6 +32,11 @@ struct Setup {
 
 impl Setup {
     async fn new() -> anyhow::Result<Self> {
+        Self::with_files_per_job(QueuePolicy::default().max_files_per_job).await
+    }
+
+    /// As [`Setup::new`], with jobs of up to `max_files` files.
+    async fn with_files_per_job(max_files: u32) -> anyhow::Result<Self> {
         let base = tempfile::Builder::new().prefix("ferry-complete-").tempdir()?;
         std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755))?;
         let dest = base.path().join("dest");
@@ -41,7 +47,7 @@ impl Setup {
             alice.uid = Some(NOBODY);
             alice.gid = Some(NOBODY);
         }
-        let options = NodeOptions {
+        let mut options = NodeOptions {
             tokens: vec![alice],
             transfer: format!(
                 "destination_roots = [{:?}]\nread_timeout_secs = 10",
@@ -49,6 +55,7 @@ impl Setup {
             ),
             ..NodeOptions::default()
         };
+        options.policy.max_files_per_job = max_files;
         let node = Node::start(options).await?;
         let client = node.client(Some(tokens::ALICE))?;
         let origin = Origin::start(OriginConfig::default()).await?;
@@ -139,5 +146,50 @@ async fn complete_answers_once_the_files_are_in_place() -> anyhow::Result<()> {
     assert_eq!(done.code, BitsCode::S_OK);
     assert!(file_matches_pattern(&path, 4, 48 * KIB)?);
     assert_eq!(setup.names()?, vec!["g.bin".to_owned()]);
+    Ok(())
+}
+
+/// A job of many files is completed by several threads at once: what each of them
+/// could not rename is answered together (files in both halves of the job), every
+/// other file is in place, and a later Complete places the rest.
+#[tokio::test]
+async fn a_complete_of_many_files_answers_every_file_it_could_not_place() -> anyhow::Result<()> {
+    const FILES: usize = 300;
+    let setup = Setup::with_files_per_job(FILES as u32).await?;
+    let files: Vec<(String, PathBuf)> = (0..FILES)
+        .map(|i| (setup.origin.url("/f.bin"), setup.dest.join(format!("f{i:03}.bin"))))
+        .collect();
+    let id = start_download(&setup.client, &files, PropertyChanges::default()).await?;
+    wait_for(&setup.node, &setup.client, id, &[JobState::Transferred], Duration::from_secs(60))
+        .await?;
+    // A directory where a file goes cannot be replaced: one in each half of the job.
+    let blocked = [7, 290];
+    for i in blocked {
+        std::fs::create_dir(&files[i].1)?;
+    }
+    let refused = setup.client.act(id, JobAction::Complete).await;
+    let Err(ClientError::Api(problem)) = refused else {
+        panic!("Complete answered {refused:?} though two files cannot be placed");
+    };
+    assert_eq!((problem.status, problem.code), (409, BitsCode::E_ACCESSDENIED));
+    for i in blocked {
+        assert!(problem.detail.contains(&format!("file {i}:")), "file {i}: {}", problem.detail);
+    }
+    assert_eq!(setup.client.job(id).await?.state, JobState::Transferred);
+    for (i, (_, path)) in files.iter().enumerate().filter(|(i, _)| !blocked.contains(i)) {
+        assert!(file_matches_pattern(path, 4, 48 * KIB)?, "file {i} is not in place");
+    }
+    assert_eq!(setup.names()?.len(), FILES + blocked.len(), "the two temporary files are kept");
+
+    for i in blocked {
+        std::fs::remove_dir(&files[i].1)?;
+    }
+    let done = setup.client.act(id, JobAction::Complete).await?;
+    assert_eq!((done.code, done.job.state), (BitsCode::S_OK, JobState::Acknowledged));
+    assert_eq!(done.job.progress.files_transferred, FILES as u32);
+    for (i, (_, path)) in files.iter().enumerate() {
+        assert!(file_matches_pattern(path, 4, 48 * KIB)?, "file {i} is not in place");
+    }
+    assert_eq!(setup.names()?.len(), FILES, "no temporary file is left");
     Ok(())
 }

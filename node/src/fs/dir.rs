@@ -56,21 +56,34 @@ pub(crate) struct Stamp {
 impl Stamp {
     /// The stamp of an open file now.
     pub(crate) fn of(file: &File) -> io::Result<Self> {
-        let stat = rustix::fs::fstat(file)?;
-        Ok(Self {
+        Ok(Self::from_stat(&rustix::fs::fstat(file)?))
+    }
+
+    fn from_stat(stat: &rustix::fs::Stat) -> Self {
+        Self {
             dev: stat.st_dev,
             ino: stat.st_ino,
             size: stat.st_size,
             ctime: stat.st_ctime,
             ctime_nsec: stat.st_ctime_nsec,
-        })
+        }
     }
 }
 
 impl FileId {
     /// The identity of an open file; an error unless it is a regular file.
     pub(crate) fn of(file: &File) -> io::Result<Self> {
+        Self::from_stat(&rustix::fs::fstat(file)?)
+    }
+
+    /// The identity and the stamp of an open file, from one look at it; an error unless
+    /// it is a regular file.
+    pub(crate) fn with_stamp(file: &File) -> io::Result<(Self, Stamp)> {
         let stat = rustix::fs::fstat(file)?;
+        Ok((Self::from_stat(&stat)?, Stamp::from_stat(&stat)))
+    }
+
+    fn from_stat(stat: &rustix::fs::Stat) -> io::Result<Self> {
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(not_regular());
         }
@@ -215,11 +228,6 @@ impl Dir {
             Err(rustix::io::Errno::XDEV) => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Another handle on the same opened directory.
-    pub(crate) fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self { fd: self.fd.try_clone()? })
     }
 
     /// Makes the directory's entries durable.

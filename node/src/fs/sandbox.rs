@@ -7,7 +7,7 @@
 //! identity, as users.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -148,8 +148,13 @@ impl Sandbox {
     /// Refuses to replace what is at `place` unless it is a regular file of this
     /// principal (its owner uid, or its owner xattr for principals without an OS
     /// identity); administrators may replace any regular file.
-    pub(crate) fn check_replaceable(&self, place: &Place, shown: &Path) -> io::Result<()> {
-        let Some((kind, uid)) = place.dir.stat(&place.name)? else {
+    pub(crate) fn check_replaceable(
+        &self,
+        dir: &Dir,
+        name: &OsStr,
+        shown: &Path,
+    ) -> io::Result<()> {
+        let Some((kind, uid)) = dir.stat(name)? else {
             return Ok(());
         };
         if kind != rustix::fs::FileType::RegularFile {
@@ -161,7 +166,7 @@ impl Sandbox {
         let theirs = match self.identity {
             Some(identity) => uid == identity.uid,
             None => {
-                let file = place.dir.open_file(&place.name, false)?;
+                let file = dir.open_file(name, false)?;
                 FileId::of(&file)?;
                 dir::read_xattr(&file, OWNER_XATTR).is_some_and(|o| o == self.principal.as_str())
             }

@@ -51,12 +51,37 @@ impl Fetch {
     pub(super) async fn receive(
         &self,
         piece: Piece,
-        mut response: Response,
+        response: Response,
         sync: bool,
     ) -> Result<ChunkRecord, Stop> {
+        let writer = self.read_body(piece, response).await?;
+        let record = writer.seal(piece.index, sync).await.map_err(|e| {
+            Stop::from(Failure::local(&e, "cannot write the temporary file", Some(self.file)))
+        })?;
+        crate::metrics::get().received("origin", record.len);
+        Ok(record)
+    }
+
+    /// Reads the body of a checked response for `piece`, the file's last: its record,
+    /// and what of it is still to be written (by the file's finish, in the same trip
+    /// to the blocking pool).
+    pub(super) async fn receive_last(
+        &self,
+        piece: Piece,
+        response: Response,
+    ) -> Result<(ChunkRecord, Unwritten), Stop> {
+        let writer = self.read_body(piece, response).await?;
+        let (record, rest) = writer.into_unwritten(piece.index);
+        crate::metrics::get().received("origin", record.len);
+        Ok((record, rest))
+    }
+
+    /// The body of a checked response for `piece`, hashed and written but for the
+    /// last buffer; an error if it is not exactly the piece's length.
+    async fn read_body(&self, piece: Piece, mut response: Response) -> Result<ChunkWriter, Stop> {
         *self.headers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             header_lines(response.headers());
-        let mut writer = ChunkWriter::new(self.temp.clone(), piece.local_offset);
+        let mut writer = ChunkWriter::new(self.temp.clone(), piece.local_offset, piece.len);
         while let Some(bytes) =
             response.chunk().await.map_err(|e| Failure::request(&e, &self.url, self.file))?
         {
@@ -81,11 +106,7 @@ impl Fetch {
         if writer.len != piece.len {
             return Err(short_body(&self.url, self.file, writer.len, piece.len));
         }
-        let record = writer.seal(piece.index, sync).await.map_err(|e| {
-            Stop::from(Failure::local(&e, "cannot write the temporary file", Some(self.file)))
-        })?;
-        crate::metrics::get().received("origin", record.len);
-        Ok(record)
+        Ok(writer)
     }
 
     /// A piece of a `file://` source: positioned reads from the source file.
@@ -97,7 +118,7 @@ impl Fetch {
                 self.file,
             ))
         })?;
-        let mut writer = ChunkWriter::new(self.temp.clone(), piece.local_offset);
+        let mut writer = ChunkWriter::new(self.temp.clone(), piece.local_offset, piece.len);
         let mut offset = piece.remote_offset;
         let end = piece.remote_offset + piece.len;
         while offset < end {
@@ -218,11 +239,14 @@ pub(super) struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    pub(super) fn new(temp: TempFile, offset: u64) -> Self {
+    /// A writer of the chunk at `offset`, of about `len` bytes (its buffer holds at
+    /// most [`WRITE_BUFFER`]).
+    pub(super) fn new(temp: TempFile, offset: u64, len: u64) -> Self {
+        let capacity = usize::try_from(len).unwrap_or(WRITE_BUFFER).min(WRITE_BUFFER);
         Self {
             temp,
             offset,
-            buffer: Vec::with_capacity(WRITE_BUFFER),
+            buffer: Vec::with_capacity(capacity),
             hasher: blake3::Hasher::new(),
             len: 0,
         }
@@ -253,22 +277,46 @@ impl ChunkWriter {
         Ok(())
     }
 
-    /// Writes the rest, fsyncs (unless the caller will), and returns the chunk's record.
-    pub(super) async fn seal(mut self, index: u32, sync: bool) -> std::io::Result<ChunkRecord> {
-        self.flush().await?;
+    /// Writes the rest and fsyncs (unless the caller will), in one trip to the
+    /// blocking pool; returns the chunk's record.
+    pub(super) async fn seal(self, index: u32, sync: bool) -> std::io::Result<ChunkRecord> {
+        let temp = self.temp.clone();
+        let (record, rest) = self.into_unwritten(index);
         fail::fail_point!("chunk.before_fsync", |_| Err(crate::failpoint::error(
             "chunk.before_fsync"
         )));
-        if sync {
-            let temp = self.temp.clone();
-            blocking(move || temp.sync()).await?;
+        if sync || !rest.buffer.is_empty() {
+            blocking(move || {
+                rest.write(&temp)?;
+                if sync { temp.sync() } else { Ok(()) }
+            })
+            .await?;
         }
-        Ok(ChunkRecord {
+        Ok(record)
+    }
+
+    /// The chunk's record, and its bytes not written yet.
+    pub(super) fn into_unwritten(self, index: u32) -> (ChunkRecord, Unwritten) {
+        let record = ChunkRecord {
             index,
             len: self.len,
             digest: *self.hasher.finalize().as_bytes(),
             from_peer: false,
-        })
+        };
+        (record, Unwritten { offset: self.offset, buffer: self.buffer })
+    }
+}
+
+/// The last bytes of a chunk, received and hashed but not yet written.
+pub(super) struct Unwritten {
+    offset: u64,
+    buffer: Vec<u8>,
+}
+
+impl Unwritten {
+    /// Writes them at their place in `temp` (blocking).
+    pub(super) fn write(self, temp: &TempFile) -> std::io::Result<()> {
+        if self.buffer.is_empty() { Ok(()) } else { temp.write_at(&self.buffer, self.offset) }
     }
 }
 

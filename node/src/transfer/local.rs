@@ -12,7 +12,6 @@
 //!
 //! Blocking file system calls; callers run them on the blocking pool.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -24,10 +23,14 @@ use std::time::SystemTime;
 
 use ferry_protocol::file::JobFile;
 use ferry_protocol::transfer::{ChunkRecord, content_digest, recorded_plan};
-use ferry_protocol::{Job, JobId, JobState, Principal};
+use ferry_protocol::{JobId, Principal};
 
-use crate::fs::dir::{self, OWNER_XATTR, TEMP_XATTR};
-use crate::fs::{Dir, FileId, Place, Sandbox, Sandboxes, Stamp};
+use crate::fs::dir::{self, TEMP_XATTR};
+use crate::fs::{FileId, Sandbox, Sandboxes, Stamp};
+
+mod ending;
+
+pub(crate) use self::ending::{FileProblem, Finished, Step, finish_job};
 
 /// A temporary file being written by one run, shared by its connections.
 #[derive(Clone)]
@@ -85,7 +88,7 @@ impl TempFile {
         let (dest, temp_path) = (dest.to_path_buf(), temp.to_path_buf());
         let made = sandboxes.of(owner).run(move |sandbox| {
             let checked = sandbox.place(&dest, false).and_then(|place| {
-                sandbox.check_replaceable(&place, &dest)?;
+                sandbox.check_replaceable(&place.dir, &place.name, &dest)?;
                 Ok(place)
             });
             let place = match checked {
@@ -117,19 +120,22 @@ impl TempFile {
         let found = sandboxes.of(owner).run(move |sandbox| {
             let place = sandbox.place(&path, false)?;
             match place.dir.open_file(&place.name, true) {
-                Ok(file) => Ok(is_ours(sandbox, &file, known, &tag)?.then_some(file)),
+                Ok(file) => {
+                    let id = FileId::of(&file)?;
+                    Ok(is_ours(sandbox, &file, id, known, &tag)?.then_some((file, id)))
+                }
                 // Gone, or a symlink or something else put in its place.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(None),
                 Err(e) => Err(e),
             }
         })?;
-        let Some(file) = found else {
+        let Some((file, id)) = found else {
             tracing::info!(path = %temp.display(), "the temporary file is gone or was replaced; starting the file over");
             sandboxes.forget_temp(temp);
             return Ok(None);
         };
-        sandboxes.remember_temp(temp, FileId::of(&file)?);
+        sandboxes.remember_temp(temp, id);
         Ok(Some(Self::opened(file, temp)))
     }
 
@@ -261,13 +267,15 @@ fn chunk_digest(
 }
 
 /// True if `file` is the temporary file this node made for `tag`.
+/// Whether `file` (of identity `id`) is the temporary file this node made for the
+/// job file tagged `tag`.
 fn is_ours(
     sandbox: &Sandbox,
     file: &File,
+    id: FileId,
     known: Option<(u64, u64)>,
     tag: &str,
 ) -> io::Result<bool> {
-    let id = FileId::of(file)?;
     if id.nlink != 1 || id.uid != sandbox.file_owner() {
         return Ok(false);
     }
@@ -288,7 +296,7 @@ pub(crate) fn check_destination(
     let dest = dest.to_path_buf();
     sandboxes.of(owner).run(move |sandbox| {
         let place = sandbox.place(&dest, false)?;
-        sandbox.check_replaceable(&place, &dest)
+        sandbox.check_replaceable(&place.dir, &place.name, &dest)
     })
 }
 
@@ -349,239 +357,4 @@ pub(crate) fn read_range(
         file.read_exact_at(&mut bytes, offset)?;
         Ok(bytes)
     })
-}
-
-/// Which step of Complete or Cancel [`finish_job`] takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// Before Complete is recorded: rename every transferred file (and a reply) into
-    /// place, as if the job were acknowledged, and touch nothing else. A file that
-    /// cannot be renamed keeps its temporary file, so a later Complete can retry.
-    Place,
-    /// The job is final: rename what Complete keeps (again: a file already in place
-    /// counts) and delete every other temporary file.
-    Finish,
-}
-
-/// One file that could not be renamed or deleted, and why.
-pub(crate) struct FileProblem {
-    /// The job file (1 for the reply of an upload-reply job).
-    pub(crate) file: u32,
-    /// What failed.
-    pub(crate) error: io::Error,
-}
-
-impl std::fmt::Display for FileProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "file {}: {}", self.file, self.error)
-    }
-}
-
-/// What finishing a job did.
-pub(crate) struct Finished {
-    /// Files renamed into place.
-    pub(crate) completed: Vec<u32>,
-    /// Files whose rename or removal failed.
-    pub(crate) problems: Vec<FileProblem>,
-}
-
-/// One file to finish: its temporary file, and its destination if it is kept.
-struct Ending {
-    index: u32,
-    temp: PathBuf,
-    tag: String,
-    keep: Option<PathBuf>,
-    /// Renaming it counts as completing file `index` (not so for a reply).
-    counts: bool,
-    /// The file as recorded (a kept download): its content is checked before the rename.
-    recorded: Option<JobFile>,
-    /// A kept file of a local (`file://`) source and the job's ACL flags: what of the
-    /// source's owner, group, mode and attributes the file takes (`SetFileACLFlags`).
-    acl: Option<(PathBuf, u32)>,
-}
-
-/// Complete: renames every transferred file into place and deletes the other temporary
-/// files. Cancel: deletes every temporary file. Safe to repeat after a crash: a file
-/// already renamed (temporary gone, destination present) counts as completed. An
-/// upload job's file is the owner's and stays as it is; the reply of an upload-reply
-/// job is renamed into place by Complete and deleted by Cancel. [`Step::Place`] does
-/// only the renames, before the job is acknowledged.
-pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job, step: Step) -> Finished {
-    let keep = step == Step::Place || job.state() == JobState::Acknowledged;
-    let mut endings = Vec::new();
-    let mut completed = Vec::new();
-    if job.job_type().is_upload() {
-        if keep && job.files().first().is_some_and(|f| f.transferred) {
-            completed.push(0);
-        }
-        if let (Some(temp), Some(reply)) = (job.reply_temporary(), job.reply_path()) {
-            endings.push(Ending {
-                index: 1,
-                temp: temp.into(),
-                tag: temp_tag(job.id(), 1),
-                keep: (keep && job.upload().reply_done).then(|| reply.into()),
-                counts: false,
-                recorded: None,
-                acl: None,
-            });
-        }
-    } else {
-        for (index, file) in job.files().iter().enumerate() {
-            let index = u32::try_from(index).unwrap_or(u32::MAX);
-            endings.push(Ending {
-                index,
-                temp: file.temporary_name.clone().into(),
-                tag: temp_tag(job.id(), index),
-                keep: (keep && file.transferred).then(|| file.local_path.clone().into()),
-                counts: true,
-                recorded: (keep && file.transferred).then(|| file.clone()),
-                acl: super::acl::acl_source(job, file).filter(|_| keep && file.transferred),
-            });
-        }
-    }
-    if step == Step::Place {
-        endings.retain(|e| e.keep.is_some());
-    }
-    let known: Vec<Option<(u64, u64)>> =
-        endings.iter().map(|e| sandboxes.known_temp(&e.temp)).collect();
-    let sealed: Vec<Option<Stamp>> =
-        endings.iter().map(|e| sandboxes.sealed_temp(&e.temp)).collect();
-    let temps: Vec<(u32, PathBuf)> = endings.iter().map(|e| (e.index, e.temp.clone())).collect();
-    let ran = sandboxes.of(job.owner()).run(move |sandbox| {
-        let mut done = Finished { completed, problems: Vec::new() };
-        // Each directory is walked to once: the files of a job mostly share one.
-        let mut dirs: HashMap<PathBuf, Dir> = HashMap::new();
-        for ((ending, known), sealed) in endings.iter().zip(known).zip(sealed) {
-            let shown = ending.keep.as_ref().unwrap_or(&ending.temp);
-            let place = match place_in(sandbox, &mut dirs, shown) {
-                Ok(place) => place,
-                // No directory, so no temporary file to delete.
-                Err(error) if ending.keep.is_none() && error.kind() == io::ErrorKind::NotFound => {
-                    continue;
-                }
-                Err(error) => {
-                    done.problems.push(FileProblem { file: ending.index, error });
-                    continue;
-                }
-            };
-            match finish_one(sandbox, &place, ending, (known, sealed), step) {
-                Ok(true) if ending.counts => done.completed.push(ending.index),
-                Ok(_) => {}
-                Err(error) => done.problems.push(FileProblem { file: ending.index, error }),
-            }
-        }
-        // The renames are durable once their directories are.
-        for (path, dir) in &dirs {
-            if let Err(e) = dir.sync() {
-                let error =
-                    io::Error::new(e.kind(), format!("cannot sync {}: {e}", path.display()));
-                done.problems.push(FileProblem { file: u32::MAX, error });
-            }
-        }
-        Ok(done)
-    });
-    let done = ran.unwrap_or_else(|error| Finished {
-        completed: Vec::new(),
-        problems: vec![FileProblem { file: u32::MAX, error }],
-    });
-    // A temporary file that stays (a failed rename) keeps what is known of it.
-    for (index, temp) in &temps {
-        if step == Step::Finish || !done.problems.iter().any(|p| p.file == *index) {
-            sandboxes.forget_temp(temp);
-        }
-    }
-    done
-}
-
-/// The place of `path`, its directory opened once per `finish_job`.
-fn place_in(sandbox: &Sandbox, dirs: &mut HashMap<PathBuf, Dir>, path: &Path) -> io::Result<Place> {
-    let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-    if let (Some(dir), Some(name)) = (dirs.get(&parent), path.file_name()) {
-        return Ok(Place { dir: dir.try_clone()?, name: name.to_owned() });
-    }
-    let place = sandbox.place(path, false)?;
-    dirs.insert(parent, place.dir.try_clone()?);
-    Ok(place)
-}
-
-/// Renames one kept temporary file into place (re-moded through its descriptor, its
-/// owner recorded) or deletes one that is not kept; true if it is in place.
-fn finish_one(
-    sandbox: &Sandbox,
-    place: &Place,
-    ending: &Ending,
-    (known, sealed): (Option<(u64, u64)>, Option<Stamp>),
-    step: Step,
-) -> io::Result<bool> {
-    let Some(dest) = &ending.keep else {
-        place.dir.remove(&place.name)?;
-        return Ok(false);
-    };
-    let temp = name_beside(dest, &ending.temp)?;
-    let file = match place.dir.open_file(temp, false) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // Renamed before a crash, or never made.
-            return match place.dir.stat(&place.name)? {
-                Some(_) => Ok(true),
-                None => Err(io::Error::new(e.kind(), "the temporary file is gone")),
-            };
-        }
-        Err(e) => {
-            place.dir.remove(temp)?;
-            return Err(refused(format!("the temporary file was replaced ({e}); not renamed")));
-        }
-    };
-    if !is_ours(sandbox, &file, known, &ending.tag)? {
-        place.dir.remove(temp)?;
-        return Err(refused("the temporary file was replaced; not renamed".into()));
-    }
-    if let Err(e) = sandbox.check_replaceable(place, dest) {
-        // Before Complete is recorded the file stays, so that Complete can be retried
-        // once the owner moved what is in the way; after, nothing will rename it.
-        if step == Step::Finish {
-            place.dir.remove(temp)?;
-        }
-        return Err(e);
-    }
-    // A file whose bytes changed since they were recorded never reaches its name (G4).
-    // One this process finished and nothing wrote since is not read again.
-    let untouched = sealed.is_some() && sealed == Some(Stamp::of(&file)?);
-    if let Some(recorded) = &ending.recorded
-        && !untouched
-        && !holds_recorded_content(&file, recorded)?
-    {
-        place.dir.remove(temp)?;
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the temporary file no longer holds the content recorded for it: it was deleted, \
-             not renamed (G4); cancel the job and download the file again",
-        ));
-    }
-    // The temporary file was private while incomplete; the result is an ordinary file.
-    rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o644))?;
-    if let Some((source, flags)) = &ending.acl {
-        super::acl::copy_acl(sandbox, &file, source, *flags)?;
-    }
-    if sandbox.marks_owner() {
-        dir::write_xattr(&file, OWNER_XATTR, sandbox.principal())?;
-    }
-    fail::fail_point!("complete.before_rename", |_| {
-        Err(crate::failpoint::error("complete.before_rename"))
-    });
-    place.dir.rename(temp, &place.name)?;
-    // The rename went by name: if the name was swapped after the checks above, what
-    // moved into place is not the checked file. It is taken out again (G4, G11).
-    let checked = FileId::of(&file)?;
-    if place.dir.identity(&place.name)? != Some((checked.dev, checked.ino)) {
-        place.dir.remove(&place.name)?;
-        return Err(refused(
-            "the temporary file was replaced during the rename; not renamed".into(),
-        ));
-    }
-    Ok(true)
-}
-
-fn refused(detail: String) -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, detail)
 }

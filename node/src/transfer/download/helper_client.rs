@@ -49,7 +49,8 @@ impl Helper {
             }
             match asked {
                 Ok(bytes) => {
-                    let writer = ChunkWriter::new(self.fetch.temp.clone(), piece.local_offset);
+                    let writer =
+                        ChunkWriter::new(self.fetch.temp.clone(), piece.local_offset, piece.len);
                     let (queue, done, job) = (queue.clone(), done.clone(), self.job);
                     writing = Some(scope::spawn(async move {
                         match write_piece(writer, piece, bytes).await {

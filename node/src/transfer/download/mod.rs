@@ -39,7 +39,9 @@ use ferry_protocol::{BitsCode, Job, JobState, Priority};
 
 use super::Run;
 use super::failure::{Failure, Stop};
-use super::fetch::{Fetch, Probe, blocking, no_range_support, probe_local, transport_error};
+use super::fetch::{
+    Fetch, Probe, Unwritten, blocking, no_range_support, probe_local, transport_error,
+};
 use super::local::{self, TempFile};
 
 /// Largest file BITS fetches in one unranged GET when the server lacks ranges.
@@ -113,7 +115,7 @@ impl Run {
         if !unsynced.is_empty() {
             let first = unsynced.first().map(|(index, _)| *index);
             let temps: Vec<TempFile> = unsynced.into_iter().map(|(_, temp)| temp).collect();
-            blocking(move || sync_files(&temps))
+            sync_files(temps)
                 .await
                 .map_err(|e| Failure::local(&e, "cannot write the temporary file", first))?;
         }
@@ -285,7 +287,7 @@ impl Run {
         let Some(pieces) = pieces else {
             lane.wait_turn().await;
             let size = self.stream_dynamic(&fetch, chunk_size, outbox).await?;
-            return self.finish_file(&fetch, size, &probe, Vec::new(), outbox).await;
+            return self.finish_file(&fetch, size, &probe, Last::default(), outbox).await;
         };
         let total = transfer::planned_bytes(&pieces);
         if let Some(cap) = self.job.props().max_download_size.filter(|cap| total > *cap) {
@@ -302,17 +304,20 @@ impl Run {
             .copied()
             .collect();
         let mut unreported = Vec::new();
+        let mut unwritten = None;
         if let Some(first) = first {
             match missing.front() {
                 Some(piece) if piece.local_offset == 0 && piece.len == first.len => {
                     let piece = *piece;
                     missing.pop_front();
-                    // A file's last chunk is made durable by the file's final fsync.
-                    let record = fetch.receive(piece, first.response, !missing.is_empty()).await?;
                     if missing.is_empty() {
-                        // A one-chunk file: reported whole in a single command.
+                        // A one-chunk file: written by its finish, made durable by its
+                        // final fsync, reported whole in a single command.
+                        let (record, rest) = fetch.receive_last(piece, first.response).await?;
                         unreported.push(record);
+                        unwritten = Some(rest);
                     } else {
+                        let record = fetch.receive(piece, first.response, true).await?;
                         let report = EngineReport::Chunks { file: index, chunks: vec![record] };
                         self.send(outbox, vec![report]).await?;
                     }
@@ -344,7 +349,8 @@ impl Run {
                 other => other?,
             }
         }
-        self.finish_file(&fetch, total, &probe, unreported, outbox).await
+        let last = Last { chunks: unreported, unwritten };
+        self.finish_file(&fetch, total, &probe, last, outbox).await
     }
 
     /// The temporary file: created afresh, or reopened to add to its durable chunks.
@@ -388,14 +394,14 @@ impl Run {
             .map_err(|e| Failure::local(&e, "cannot read the temporary file", Some(index)).into())
     }
 
-    /// Sets the length and mtime and reports the file with its last chunks (fsynced
-    /// when the report goes).
+    /// Writes what is left of the file, sets its length and mtime and reports it with
+    /// its last chunks (fsynced when the report goes).
     async fn finish_file(
         &self,
         fetch: &Fetch,
         size: u64,
         probe: &Probe,
-        chunks: Vec<ChunkRecord>,
+        Last { chunks, unwritten }: Last,
         outbox: &mut Outbox,
     ) -> Result<(), Stop> {
         let modified = probe
@@ -405,6 +411,9 @@ impl Run {
             .and_then(|text| httpdate::parse_http_date(text).ok());
         let (t, sandboxes) = (fetch.temp.clone(), self.settings.sandboxes.clone());
         blocking(move || {
+            if let Some(rest) = unwritten {
+                rest.write(&t)?;
+            }
             t.set_len(size)?;
             t.set_modified(modified)?;
             t.seal(&sandboxes)
@@ -436,26 +445,32 @@ impl Run {
     }
 }
 
+/// What a file's finish writes and reports with it: its last chunks' records, and the
+/// last bytes of a file fetched in one request, not yet written.
+#[derive(Default)]
+struct Last {
+    chunks: Vec<ChunkRecord>,
+    unwritten: Option<Unwritten>,
+}
+
 /// Most fsyncs [`sync_files`] has in flight at once.
 const SYNCS_AT_ONCE: usize = 8;
 
-/// Makes `files` durable (data and metadata), up to [`SYNCS_AT_ONCE`] at a time: a
-/// journaling file system commits once for the fsyncs that arrive together, where one
-/// after another would each wait for a commit of their own.
-fn sync_files(files: &[TempFile]) -> std::io::Result<()> {
-    if files.len() <= 1 {
-        return files.iter().try_for_each(|temp| temp.finish(None));
+/// Makes `files` durable (data and metadata), up to [`SYNCS_AT_ONCE`] at a time on the
+/// blocking pool: a journaling file system commits once for the fsyncs that arrive
+/// together, where one after another would each wait for a commit of their own.
+async fn sync_files(files: Vec<TempFile>) -> std::io::Result<()> {
+    let share = files.len().div_ceil(SYNCS_AT_ONCE).max(1);
+    let mut files = files.into_iter();
+    let mut syncing = Vec::with_capacity(SYNCS_AT_ONCE);
+    loop {
+        let some: Vec<TempFile> = files.by_ref().take(share).collect();
+        if some.is_empty() {
+            break;
+        }
+        syncing.push(blocking(move || some.iter().try_for_each(|temp| temp.finish(None))));
     }
-    let share = files.len().div_ceil(SYNCS_AT_ONCE);
-    std::thread::scope(|scope| {
-        let syncing: Vec<_> = files
-            .chunks(share)
-            .map(|some| scope.spawn(|| some.iter().try_for_each(|temp| temp.finish(None))))
-            .collect();
-        syncing.into_iter().try_for_each(|thread| {
-            thread.join().unwrap_or_else(|_| Err(std::io::Error::other("an fsync thread panicked")))
-        })
-    })
+    futures_util::future::try_join_all(syncing).await.map(drop)
 }
 
 /// A destination the job's owner may not write: a fatal `E_ACCESSDENIED`.

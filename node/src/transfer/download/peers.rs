@@ -60,7 +60,7 @@ pub(super) async fn from_peers(
                 {
                     break Err(stop);
                 }
-                let writer = ChunkWriter::new(fetch.temp.clone(), piece.local_offset);
+                let writer = ChunkWriter::new(fetch.temp.clone(), piece.local_offset, piece.len);
                 let (done, file) = (done.clone(), fetch.file);
                 writing = Some(scope::spawn(async move {
                     let mut record = write_piece(writer, piece, bytes).await.map_err(|e| {

@@ -81,7 +81,7 @@ impl Run {
         };
         *fetch.headers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             header_lines(response.headers());
-        let mut writer = ChunkWriter::new(fetch.temp.clone(), 0);
+        let mut writer = ChunkWriter::new(fetch.temp.clone(), 0, chunk_size);
         let mut index = 0u32;
         let mut offset = 0u64;
         while let Some(mut bytes) =
@@ -118,7 +118,7 @@ impl Run {
                     let record = writer.seal(index, true).await.map_err(write_error)?;
                     let report = EngineReport::Chunks { file: fetch.file, chunks: vec![record] };
                     self.send(outbox, vec![report]).await?;
-                    writer = ChunkWriter::new(fetch.temp.clone(), offset);
+                    writer = ChunkWriter::new(fetch.temp.clone(), offset, chunk_size);
                     index += 1;
                 }
             }

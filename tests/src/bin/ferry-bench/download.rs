@@ -7,6 +7,7 @@
 //! Every Ferry run gets a fresh `ferryd`, so its peak RSS (`VmHWM`) is that run's.
 //! Printing the table and the targets is [`crate::report`]'s job.
 
+use std::cell::Cell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -185,6 +186,8 @@ pub(crate) async fn download(options: &Options) -> anyhow::Result<Vec<Row>> {
     let bench = Bench {
         options,
         out: work.path().join("out"),
+        set_aside: Cell::new(0),
+        last_files: Cell::new(0),
         logs: work.path().join("logs"),
         work: work.path().to_path_buf(),
     };
@@ -249,6 +252,10 @@ struct Bench<'a> {
     options: &'a Options,
     /// The clients' output directory, emptied before every run.
     out: PathBuf,
+    /// Outputs set aside so far (see [`Bench::prepare_output`]).
+    set_aside: Cell<u32>,
+    /// How many files the last run wrote.
+    last_files: Cell<usize>,
     /// One log per client (its stdout and stderr), overwritten by every run.
     logs: PathBuf,
     /// The work directory: clients run in it.
@@ -336,11 +343,24 @@ impl Bench<'_> {
 
     /// Empties the output directory and creates the directories outputs go into (not
     /// timed: not every client creates them).
+    ///
+    /// The last run's output of many files is set aside in the work directory (removed
+    /// with it at the end), not deleted: on ext4, creating files shortly after many
+    /// were deleted scans past the recently freed inodes, which would slow whichever
+    /// client runs after another and bias the comparison.
     fn prepare_output(&self, files: &[Expected]) -> anyhow::Result<()> {
         if self.out.exists() {
-            std::fs::remove_dir_all(&self.out)
-                .with_context(|| format!("cannot empty {}", self.out.display()))?;
+            if self.last_files.replace(files.len()) > 1 {
+                self.set_aside.set(self.set_aside.get() + 1);
+                let aside = self.work.join(format!("out-{}", self.set_aside.get()));
+                std::fs::rename(&self.out, &aside)
+                    .with_context(|| format!("cannot move {} aside", self.out.display()))?;
+            } else {
+                std::fs::remove_dir_all(&self.out)
+                    .with_context(|| format!("cannot empty {}", self.out.display()))?;
+            }
         }
+        self.last_files.set(files.len());
         for file in files {
             let parent = self.out.join(&file.name);
             let parent = parent.parent().unwrap_or(&self.out);
