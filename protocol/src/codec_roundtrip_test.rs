@@ -307,7 +307,7 @@ fn job() -> impl Strategy<Value = Job> {
                         f.validated = validated;
                         f.progress =
                             FileProgress { bytes_total: total, bytes_transferred: done, completed };
-                        f
+                        std::sync::Arc::new(f)
                     })
                     .collect(),
                 times: JobTimes {

@@ -2,6 +2,8 @@
 //! notify runner's bookkeeping, and an upload's session. Only the state machine in this
 //! crate changes it; other crates read it through the accessors.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -28,7 +30,7 @@ pub struct Job {
     /// Settable properties.
     pub(crate) props: JobProperties,
     /// Files in order; transferred one after another.
-    pub(crate) files: Vec<JobFile>,
+    pub(crate) files: Vec<Arc<JobFile>>,
     /// Creation, modification and completion times.
     pub(crate) times: JobTimes,
     /// The last error; kept while the job is in ERROR or TRANSIENT_ERROR.
@@ -199,7 +201,7 @@ impl Job {
     }
 
     /// Files in order.
-    pub fn files(&self) -> &[JobFile] {
+    pub fn files(&self) -> &[Arc<JobFile>] {
         &self.files
     }
 

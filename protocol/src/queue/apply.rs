@@ -1,6 +1,8 @@
 //! Applying commands to the queue: ownership, BITS state rules, limits, and the
 //! recent-request table.
 
+use std::sync::Arc;
+
 use super::{Queue, RequestKey, RequestRecord, events};
 use crate::codec;
 use crate::codes::{BitsCode, ErrorContext};
@@ -404,7 +406,7 @@ impl Queue {
         job.files.reserve_exact(files.len());
         for file in files {
             let index = job.files.len();
-            job.files.push(JobFile::new(job.id, index, file.clone()));
+            job.files.push(Arc::new(JobFile::new(job.id, index, file.clone())));
         }
         Ok(())
     }
@@ -640,7 +642,7 @@ fn fleet_rules(job: &Job) -> Result<(), CommandError> {
 
 pub(super) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, CommandError> {
     let count = job.files.len();
-    job.files.get_mut(index as usize).ok_or_else(|| {
+    job.files.get_mut(index as usize).map(Arc::make_mut).ok_or_else(|| {
         CommandError::new(
             BitsCode::E_INVALIDARG,
             format!("file index {index} is out of range; the job has {count} files"),

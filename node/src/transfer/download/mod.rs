@@ -123,7 +123,7 @@ impl Run {
         self.reporter.report(self.job.id(), self.run, reports).await
     }
 
-    fn file(&self, index: u32) -> Result<JobFile, Stop> {
+    fn file(&self, index: u32) -> Result<Arc<JobFile>, Stop> {
         self.reporter
             .read(self.job.id(), self.run, |job| job.files().get(index as usize).cloned())?
             .ok_or(Stop::Stale)

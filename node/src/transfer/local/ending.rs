@@ -64,7 +64,7 @@ struct Ending {
     /// Renaming it counts as completing file `index` (not so for a reply).
     counts: bool,
     /// The file as recorded (a kept download): its content is checked before the rename.
-    recorded: Option<JobFile>,
+    recorded: Option<Arc<JobFile>>,
     /// A kept file of a local (`file://`) source and the job's ACL flags: what of the
     /// source's owner, group, mode and attributes the file takes (`SetFileACLFlags`).
     acl: Option<(PathBuf, u32)>,
