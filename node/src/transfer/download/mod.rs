@@ -461,15 +461,10 @@ const SYNCS_AT_ONCE: usize = 8;
 /// together, where one after another would each wait for a commit of their own.
 async fn sync_files(files: Vec<TempFile>) -> std::io::Result<()> {
     let share = files.len().div_ceil(SYNCS_AT_ONCE).max(1);
-    let mut files = files.into_iter();
-    let mut syncing = Vec::with_capacity(SYNCS_AT_ONCE);
-    loop {
-        let some: Vec<TempFile> = files.by_ref().take(share).collect();
-        if some.is_empty() {
-            break;
-        }
-        syncing.push(blocking(move || some.iter().try_for_each(|temp| temp.finish(None))));
-    }
+    let syncing = files.chunks(share).map(|some| {
+        let some = some.to_vec();
+        blocking(move || some.iter().try_for_each(|temp| temp.finish(None)))
+    });
     futures_util::future::try_join_all(syncing).await.map(drop)
 }
 

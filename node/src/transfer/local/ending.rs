@@ -160,8 +160,13 @@ pub(crate) fn finish_job(sandboxes: &Arc<Sandboxes>, job: &Job, step: Step) -> F
 /// Runs `f` on `work`: on this thread, or split in order among a few threads when it
 /// is long (the threads' results in the order of their shares).
 fn in_threads<T: Send>(work: Work, f: impl Fn(Work) -> T + Sync) -> Vec<T> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let threads = (work.len() / FILES_PER_THREAD).clamp(1, MAX_THREADS.min(cores));
+    let wanted = (work.len() / FILES_PER_THREAD).min(MAX_THREADS);
+    // Asked only for a long job: it reads the process's CPU quota from /proc.
+    let threads = if wanted < 2 {
+        1
+    } else {
+        wanted.min(std::thread::available_parallelism().map_or(1, usize::from))
+    };
     if threads == 1 {
         return vec![f(work)];
     }
