@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use ferry_coordinator::ClusterError;
 use ferry_protocol::codec::ByteBuf;
 use ferry_protocol::peer::UploadPiece;
@@ -98,9 +99,13 @@ impl Received {
         }
     }
 
-    /// Writes `bytes` at `offset` of the file.
-    pub(super) fn write_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(&self.file, bytes, offset)
+    /// Writes `frames`, one after another, from `offset` of the file.
+    pub(super) fn write_all_at(&self, frames: &[Bytes], mut offset: u64) -> std::io::Result<()> {
+        for frame in frames {
+            std::os::unix::fs::FileExt::write_all_at(&self.file, frame, offset)?;
+            offset += frame.len() as u64;
+        }
+        Ok(())
     }
 
     /// Makes what was written durable (and the file's name, if it was created).

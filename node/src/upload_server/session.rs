@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use bytes::BytesMut;
+use bytes::Bytes;
 use ferry_coordinator::ReadAt;
 use ferry_protocol::command::{Command, Proposal, Reply};
 use ferry_protocol::queue::{UploadCommand, UploadSession, check_upload_path};
@@ -250,8 +250,9 @@ impl UploadServer {
         };
         let mut file: Option<Arc<Received>> = None;
         let mut writing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
-        let mut buffer = BytesMut::new();
-        // Body bytes seen; where the buffer's first byte goes in the file.
+        // Frames gathered for the next write (not copied: written one after another).
+        let (mut frames, mut gathered) = (Vec::<Bytes>::new(), 0usize);
+        // Body bytes seen; where the first gathered byte goes in the file.
         let (mut seen, mut at) = (0u64, offset);
         let mut stream = body.into_data_stream();
         loop {
@@ -272,11 +273,12 @@ impl UploadServer {
                 // The part of the frame at or after `skip`.
                 let keep = usize::try_from(skip.saturating_sub(from)).unwrap_or(usize::MAX);
                 if keep < frame.len() {
-                    buffer.extend_from_slice(&frame[keep..]);
+                    gathered += frame.len() - keep;
+                    frames.push(frame.slice(keep..));
                 }
             }
             let last = frame.is_none();
-            if buffer.len() >= WRITE_CHUNK || (last && !buffer.is_empty()) {
+            if gathered >= WRITE_CHUNK || (last && gathered > 0) {
                 if let Some(previous) = writing.take() {
                     previous.await.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
                 }
@@ -292,11 +294,10 @@ impl UploadServer {
                         file.insert(Arc::new(opened)).clone()
                     }
                 };
-                let bytes = buffer.split().freeze();
-                let place = at;
-                at += bytes.len() as u64;
+                let (bytes, place) = (std::mem::take(&mut frames), at);
+                at += std::mem::take(&mut gathered) as u64;
                 writing =
-                    Some(tokio::task::spawn_blocking(move || received.write_at(&bytes, place)));
+                    Some(tokio::task::spawn_blocking(move || received.write_all_at(&bytes, place)));
             }
             if last {
                 break;

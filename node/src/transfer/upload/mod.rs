@@ -30,7 +30,6 @@ mod host;
 mod reply;
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -512,13 +511,19 @@ async fn drain(target: &mut Target, flights: &mut FuturesOrdered<impl Future<Out
     }
 }
 
-/// `len` bytes of `file` at `offset`.
+/// `len` bytes of `file` at `offset`, read into memory that is not zeroed first (a
+/// fragment is 8 MiB: zeroing it cost a seventh of the uploading node's CPU).
 async fn read_at(file: &Arc<File>, offset: u64, len: u64) -> Result<Bytes, Stop> {
     let file = file.clone();
     let len = usize::try_from(len).map_err(|_| protocol_error("a fragment too large".into()))?;
     blocking(move || {
-        let mut buffer = vec![0; len];
-        file.read_exact_at(&mut buffer, offset)?;
+        let mut buffer = Vec::with_capacity(len);
+        while buffer.len() < len {
+            let at = offset + buffer.len() as u64;
+            if rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buffer), at)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
         Ok(Bytes::from(buffer))
     })
     .await

@@ -309,13 +309,17 @@ impl Bench<'_> {
         files: &[Expected],
     ) -> anyhow::Result<(Duration, Option<u64>)> {
         self.prepare_output(files)?;
-        settle().await;
         let log = self.logs.join(format!("{}.log", tool.slug()));
         let timeout = self.options.timeout;
+        let output = files.iter().map(|f| f.size).sum::<u64>();
         let (elapsed, rss) = match tool {
-            Tool::Curl => (run_timed(self.curl(program, nginx, files), &log, timeout).await?, None),
+            Tool::Curl => {
+                settle(output).await;
+                (run_timed(self.curl(program, nginx, files), &log, timeout).await?, None)
+            }
             Tool::Aria2 { connections, parallel } => {
                 let command = self.aria2(program, connections, parallel, nginx, files)?;
+                settle(output).await;
                 (run_timed(command, &log, timeout).await?, None)
             }
             Tool::Ferry { connections } => {
@@ -330,6 +334,7 @@ impl Bench<'_> {
                         .context("cannot fill the queue")?;
                 }
                 let command = self.ferry(program, &node, connections, nginx, files)?;
+                settle(output).await;
                 let elapsed = run_timed(command, &log, timeout).await;
                 let rss = node.pid().and_then(peak_rss);
                 node.kill9().await.context("cannot stop ferryd")?;
@@ -467,8 +472,10 @@ fn program(tool: Tool) -> Result<PathBuf, String> {
     }
 }
 
-/// Lets the previous run's writes reach the disk, so that their write-back does not
-/// slow down the next run. Best effort.
-async fn settle() {
+/// Readies the machine for a run writing `output` bytes: lets the previous writes
+/// reach the disk, so that their write-back does not slow the run down, and touches
+/// the memory the run will use ([`crate::warm`]). Best effort.
+async fn settle(output: u64) {
     let _ = Command::new("sync").status().await;
+    crate::warm::before_run(crate::warm::for_output(output)).await;
 }

@@ -37,6 +37,7 @@ mod soak;
 mod submit;
 mod swarm;
 mod upload;
+mod warm;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -36,7 +36,7 @@ pub(crate) fn print(options: &Options, rows: &[Row]) {
     println!(
         "ferry-bench download — local nginx (sendfile, 1 worker); seconds = wall time of the \
          client process, best of {}; outputs checked with blake3; each ferryd holds {} \
-         suspended jobs",
+         suspended jobs; before each run, sync and the memory it will use touched (warm.rs)",
         options.repeat, options.queued
     );
     let header = ["scenario", "client", "seconds", "rate", "vs aria2c", "ferryd RSS", "note"];
