@@ -2,10 +2,10 @@
 //!
 //! Up to [`PROBES_AHEAD`] files may wait for their probe's answer at once, so the
 //! requests of a run of small files overlap instead of each waiting for the one
-//! before. A probe that shows the file whole (a fresh file of one chunk from the origin
-//! alone) makes it small: the rest of such a file is reading one body and a Raft
-//! report, which overlap with the next files' requests. A file that needs more
-//! (chunks, peers, helpers, a stream) is large: no file starts after it until it ends,
+//! before. A probe that shows the file to be one piece makes it small: the rest of
+//! such a file is one body (the probe's, or one request to a copy or the origin) and
+//! a Raft report, which overlap with the next files' requests. A file that needs more
+//! (several chunks, a stream) is large: no file starts after it until it ends,
 //! and before it fetches more than its first chunk it waits for every file started
 //! before it to end ([`Lane::wait_turn`]), so large files keep the order BITS gives
 //! them and their connections to themselves. At most [`FILES_IN_FLIGHT`] files are in
@@ -38,9 +38,9 @@ const PROBES_AHEAD: usize = 4;
 
 /// What a file in flight learned of itself from its probe.
 enum Kind {
-    /// The probe's answer carries it whole.
+    /// It is one piece.
     Small(u32),
-    /// It needs more than the probe's answer.
+    /// It needs more than one piece.
     Large(u32),
 }
 
@@ -53,14 +53,13 @@ pub(super) struct Lane {
 }
 
 impl Lane {
-    /// The probe's answer carries the whole file: the next file may start.
+    /// The file is one piece: the next file may start.
     pub(super) fn small(&self) {
         // The run may have stopped listening: it then starts nothing more anyway.
         let _ = self.kind.send(Kind::Small(self.file));
     }
 
-    /// The file needs more than its probe's answer: no file starts after it until
-    /// it ends.
+    /// The file needs more than one piece: no file starts after it until it ends.
     pub(super) fn large(&self) {
         let _ = self.kind.send(Kind::Large(self.file));
     }

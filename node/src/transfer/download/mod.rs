@@ -221,11 +221,13 @@ impl Run {
             })?),
             None => None,
         };
-        if let (Some(first), Some([piece])) = (&first, pieces.as_deref())
-            && piece.local_offset == 0
-            && piece.len == first.len
-        {
-            // The probe's answer carries the whole file: the next file may start.
+        // A file of one piece (carried by the probe's answer, or taken from a copy or
+        // the origin in one request) keeps nothing in order and no connections to
+        // itself: the next file may start. Files downloaded again from the node's own
+        // copies went one at a time before: 1,000 × 64 KiB took 1.0-1.4 s, against
+        // 0.4 s the first time.
+        let one_piece = matches!(pieces.as_deref(), Some([_]));
+        if one_piece {
             lane.small();
         } else {
             lane.large();
@@ -337,7 +339,9 @@ impl Run {
             }
         }
         if !missing.is_empty() {
-            lane.wait_turn().await;
+            if !one_piece {
+                lane.wait_turn().await;
+            }
             match self.fetch_pieces(&fetch, chunk_size, missing, prospects.gone, outbox).await {
                 Err(Stop::Failed(f)) if ranges_refused(f.error.code) => {
                     if !single_stream_allowed(&self.job, &file, total) {
