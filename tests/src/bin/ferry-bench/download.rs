@@ -314,12 +314,12 @@ impl Bench<'_> {
         let output = files.iter().map(|f| f.size).sum::<u64>();
         let (elapsed, rss) = match tool {
             Tool::Curl => {
-                settle(output).await;
+                crate::warm::settle(output).await;
                 (run_timed(self.curl(program, nginx, files), &log, timeout).await?, None)
             }
             Tool::Aria2 { connections, parallel } => {
                 let command = self.aria2(program, connections, parallel, nginx, files)?;
-                settle(output).await;
+                crate::warm::settle(output).await;
                 (run_timed(command, &log, timeout).await?, None)
             }
             Tool::Ferry { connections } => {
@@ -334,7 +334,7 @@ impl Bench<'_> {
                         .context("cannot fill the queue")?;
                 }
                 let command = self.ferry(program, &node, connections, nginx, files)?;
-                settle(output).await;
+                crate::warm::settle(output).await;
                 let elapsed = run_timed(command, &log, timeout).await;
                 let rss = node.pid().and_then(peak_rss);
                 node.kill9().await.context("cannot stop ferryd")?;
@@ -470,12 +470,4 @@ fn program(tool: Tool) -> Result<PathBuf, String> {
             .and_then(|_| ferry_tests::binary("ferry"))
             .map_err(|e| format!("not built: {e:#}")),
     }
-}
-
-/// Readies the machine for a run writing `output` bytes: lets the previous writes
-/// reach the disk, so that their write-back does not slow the run down, and touches
-/// the memory the run will use ([`crate::warm`]). Best effort.
-async fn settle(output: u64) {
-    let _ = Command::new("sync").status().await;
-    crate::warm::before_run(crate::warm::for_output(output)).await;
 }

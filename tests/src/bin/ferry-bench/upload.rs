@@ -2,8 +2,10 @@
 //! one run: curl and `ferry transfer` downloading it from a local nginx (the raw
 //! speed of the path, and Ferry's), then `ferry transfer --upload` sending it to another
 //! `ferryd`'s BITS upload server. Each run is timed from process start to exit, with
-//! no options beyond what the job needs, right after the memory it will use was
-//! touched ([`crate::warm`]); the outputs are checked outside the timed region. Issue 20's target: the upload's rate at least 0.8 × Ferry's download rate.
+//! no options beyond what the job needs, right after a `sync` and a touch of the
+//! memory it will use ([`crate::warm::settle`]); the outputs are checked outside the
+//! timed region. Issue 20's target: the upload's rate at least 0.8 × Ferry's download
+//! rate.
 
 use std::path::Path;
 use std::time::Duration;
@@ -39,7 +41,7 @@ pub(crate) async fn upload(bytes: u64, timeout: Duration) -> anyhow::Result<()> 
 
     if let Some(curl) = find_program("curl") {
         prepare(&work.out)?;
-        crate::warm::before_run(crate::warm::for_output(bytes)).await;
+        crate::warm::settle(bytes).await;
         let mut command = Command::new(curl);
         command.args(["-q", "--silent", "--show-error", "--fail"]);
         command.arg(nginx.url(&file.name)).arg("-o").arg(work.out.join(&file.name));
@@ -49,7 +51,7 @@ pub(crate) async fn upload(bytes: u64, timeout: Duration) -> anyhow::Result<()> 
     }
 
     prepare(&work.out)?;
-    crate::warm::before_run(crate::warm::for_output(bytes)).await;
+    crate::warm::settle(bytes).await;
     let mut command = ferry_cli(&client_node)?;
     command.args(["transfer", "--no-progress"]);
     command.arg(nginx.url(&file.name)).arg(work.out.join(&file.name));
@@ -66,7 +68,7 @@ pub(crate) async fn upload(bytes: u64, timeout: Duration) -> anyhow::Result<()> 
     std::fs::write(&password, format!("{}\n", tokens::ALICE))?;
     let stdin = std::fs::File::open(&password)?.into();
     let log = work.logs.join("ferry-upload.log");
-    crate::warm::before_run(crate::warm::for_output(bytes)).await;
+    crate::warm::settle(bytes).await;
     eprint!("  ferry upload: ");
     let elapsed = run_timed_from(command, stdin, &log, timeout).await?;
     eprintln!("{:.2} s", elapsed.as_secs_f64());

@@ -21,21 +21,13 @@ const BLOCK: usize = 64 << 20;
 /// Memory left untouched: this much at least, or a tenth of the machine's.
 const MIN_RESERVE: u64 = 1 << 30;
 
-/// Touches `bytes` of free memory (at most what is free less a reserve, and within the
-/// cgroup's limit), then frees it: the pages the next run allocates are then backed.
-/// Best effort: returns why nothing was touched.
-pub(crate) fn touch_free_memory(bytes: u64) -> Result<(), String> {
-    let bytes = bytes.min(touchable().map_err(|e| format!("{e:#}"))?);
-    if bytes < BLOCK as u64 {
-        return Err("too little memory is free".into());
-    }
-    let blocks: Vec<Vec<u8>> = (0..bytes / BLOCK as u64).map(|_| touched_block()).collect();
-    drop(blocks);
-    Ok(())
-}
-
-/// [`touch_free_memory`] on the blocking pool, saying on stderr when it could not.
-pub(crate) async fn before_run(bytes: u64) {
+/// Readies the machine for a run writing `output` bytes: lets earlier writes reach the
+/// disk (so that their write-back does not slow the run down), then touches the memory
+/// the run will use (twice its output, for its page cache and the writers' buffers,
+/// and 512 MiB besides). Best effort: says on stderr what it could not do.
+pub(crate) async fn settle(output: u64) {
+    let _ = tokio::process::Command::new("sync").status().await;
+    let bytes = output.saturating_mul(2).saturating_add(512 << 20);
     match tokio::task::spawn_blocking(move || touch_free_memory(bytes)).await {
         Ok(Ok(())) => {}
         Ok(Err(why)) => eprintln!("(free memory not touched: {why})"),
@@ -43,10 +35,17 @@ pub(crate) async fn before_run(bytes: u64) {
     }
 }
 
-/// What a run writing `bytes` touches first: twice its output (its page cache and the
-/// writers' buffers), and 512 MiB besides.
-pub(crate) fn for_output(bytes: u64) -> u64 {
-    bytes.saturating_mul(2).saturating_add(512 << 20)
+/// Touches `bytes` of free memory (at most what is free less a reserve, and within the
+/// cgroup's limit), then frees it: the pages the next run allocates are then backed.
+/// Returns why nothing was touched.
+fn touch_free_memory(bytes: u64) -> Result<(), String> {
+    let bytes = bytes.min(touchable().map_err(|e| format!("{e:#}"))?);
+    if bytes < BLOCK as u64 {
+        return Err("too little memory is free".into());
+    }
+    let blocks: Vec<Vec<u8>> = (0..bytes / BLOCK as u64).map(|_| touched_block()).collect();
+    drop(blocks);
+    Ok(())
 }
 
 /// One block with a byte written on each of its pages.
