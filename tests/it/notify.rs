@@ -391,11 +391,13 @@ async fn nothing_runs_after_take_ownership() -> anyhow::Result<()> {
 async fn a_timed_out_program_is_killed_with_its_children() -> anyhow::Result<()> {
     let origin = origin().await?;
     let dir = shared_dir()?;
-    // Starts a grandchild that would sleep for a minute, records its pid, then waits.
+    // Starts a grandchild that would sleep for a minute, records its pid (all at
+    // once: the shell creates a redirect's file before it writes), then waits.
     let program = script(
         dir.path(),
         "lingers.sh",
-        "sleep 60 &\necho $! > \"$(dirname \"$0\")/child-$2\"\nwait\n",
+        "out=\"$(dirname \"$0\")/child-$2\"\nsleep 60 &\necho $! > \"$out.tmp\"\n\
+         mv \"$out.tmp\" \"$out\"\nwait\n",
     )?;
     let options = NodeOptions {
         extra_config: notify_config(&[&program], "timeout_secs = 1\n"),
@@ -408,6 +410,8 @@ async fn a_timed_out_program_is_killed_with_its_children() -> anyhow::Result<()>
     let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
     let alive = || Path::new(&format!("/proc/{pid}")).exists();
     wait_until(&node, "the timeout to kill the child", || !alive()).await?;
-    assert!(!log_lines(&node, id, "timed out").is_empty(), "the timeout is logged");
+    // The node logs the timeout after the kill, so the line may come a moment later.
+    let logged = || !log_lines(&node, id, "timed out").is_empty();
+    wait_until(&node, "the timeout to be logged", logged).await?;
     Ok(())
 }
