@@ -210,6 +210,33 @@ pub(crate) fn is_gone(sandboxes: &crate::fs::Sandboxes, owner: &Principal, path:
     )
 }
 
+/// A copy held here: its job, file, owner and path.
+pub(crate) type HeldCopy = (JobId, u32, Principal, PathBuf);
+
+/// Looks for `copies` on disk newest first (job ids sort by creation), each owner's
+/// path once, until one is there: the copies found gone before it, and whether one is
+/// there. A live copy is all a download needs to know that it may be served here; an
+/// older copy gone unnoticed is withdrawn when first asked for. So a file's cost stays
+/// one look however many earlier downloads of its URL the node keeps.
+pub(crate) fn gone_until_live(
+    mut copies: Vec<HeldCopy>,
+    mut is_gone: impl FnMut(&Principal, &PathBuf) -> bool,
+) -> (Vec<HeldCopy>, bool) {
+    copies.sort_unstable_by_key(|copy| std::cmp::Reverse(copy.0));
+    let mut gone_paths: HashSet<(Principal, PathBuf)> = HashSet::new();
+    let mut gone = Vec::new();
+    for copy in copies {
+        let (_, _, owner, path) = &copy;
+        let key = (owner.clone(), path.clone());
+        if !gone_paths.contains(&key) && !is_gone(owner, path) {
+            return (gone, true);
+        }
+        gone_paths.insert(key);
+        gone.push(copy);
+    }
+    (gone, false)
+}
+
 /// How long a copy found gone from its path may still be moving there (Complete renames
 /// the temporary file before the job's new state is applied).
 const GONE_AFTER: Duration = Duration::from_secs(1);
@@ -352,6 +379,43 @@ fn over_limits<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_are_looked_for_newest_first_until_one_is_there() {
+        let alice = Principal::new("alice".to_owned()).expect("name");
+        let bob = Principal::new("bob".to_owned()).expect("name");
+        let ids: Vec<JobId> = (0..4).map(|_| JobId::generate()).collect();
+        let copy = |i: usize, owner: &Principal, path: &str| {
+            (ids[i], 0, owner.clone(), PathBuf::from(path))
+        };
+        // Oldest first, as the queue lists them; /b is gone, /a and /c are there.
+        let copies = vec![
+            copy(0, &alice, "/a"),
+            copy(1, &bob, "/b"),
+            copy(2, &alice, "/c"),
+            copy(3, &bob, "/b"),
+        ];
+        let mut looked = Vec::new();
+        let (gone, live) = gone_until_live(copies.clone(), |_, path| {
+            looked.push(path.clone());
+            path == &PathBuf::from("/b")
+        });
+        assert!(live);
+        // The newest, /b, is gone, the next, /c, is there: the older ones are not looked
+        // for (bob's older copy at /b is left to be withdrawn when asked for).
+        assert_eq!(looked, [PathBuf::from("/b"), PathBuf::from("/c")]);
+        let gone: Vec<JobId> = gone.iter().map(|c| c.0).collect();
+        assert_eq!(gone, [ids[3]]);
+        // All gone: each path looked for once (/b for both of bob's copies), every copy
+        // answered gone.
+        let mut looks = 0;
+        let (gone, live) = gone_until_live(copies, |_, _| {
+            looks += 1;
+            true
+        });
+        assert!(!live);
+        assert_eq!((gone.len(), looks), (4, 3));
+    }
 
     #[test]
     fn a_holder_reads_regular_files_only_never_through_a_symlink() {

@@ -3,7 +3,7 @@
 //! make durable are reported as they arrive. Also which sources and helpers a file may
 //! use.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -252,7 +252,8 @@ impl Run {
     /// Whether members' copies may serve file `index`, fetched from `url` to `dest`:
     /// members hold copies of the URL or of some declared digest (known after a HEAD),
     /// or another member of the job's fleet fetches the first chunk. Copies held here
-    /// are looked for on disk first (each path once): one whose file its owner deleted
+    /// are looked for on disk first, newest first until one is there
+    /// ([`peer_cache::gone_until_live`]): one whose file its owner deleted
     /// is not asked for, so a file downloaded again after the earlier downloads' files
     /// were deleted is probed with data, as a fresh one, not asked of this node first at
     /// a round trip and a HEAD per file. Such a copy is withdrawn a moment later unless
@@ -290,21 +291,14 @@ impl Run {
         if here.is_empty() {
             return Prospects { may_serve: elsewhere, gone: Vec::new() };
         }
-        let (held, sandboxes) = (here.len(), self.settings.sandboxes.clone());
-        let gone: Vec<(JobId, u32, Principal, PathBuf)> = blocking(move || {
-            // Each path looked for once per owner (it is looked for through their sandbox).
-            let mut seen: HashMap<(Principal, PathBuf), bool> = HashMap::new();
-            Ok(here
-                .into_iter()
-                .filter(|(_, _, owner, path)| {
-                    *seen
-                        .entry((owner.clone(), path.clone()))
-                        .or_insert_with(|| peer_cache::is_gone(&sandboxes, owner, path.clone()))
-                })
-                .collect())
+        let sandboxes = self.settings.sandboxes.clone();
+        let (gone, live) = blocking(move || {
+            Ok(peer_cache::gone_until_live(here, |owner, path| {
+                peer_cache::is_gone(&sandboxes, owner, path.clone())
+            }))
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or((Vec::new(), true));
         let refilled =
             |owner: &Principal, path: &PathBuf| owner == self.job.owner() && path == dest;
         for (job, file, ..) in gone.iter().filter(|(_, _, owner, path)| !refilled(owner, path)) {
@@ -314,7 +308,7 @@ impl Run {
                 peer_cache::withdraw_if_still_gone(&cluster, sandboxes, job, file).await;
             });
         }
-        let may_serve = elsewhere || gone.len() < held;
+        let may_serve = elsewhere || live;
         Prospects { may_serve, gone: gone.into_iter().map(|(job, file, ..)| (job, file)).collect() }
     }
 

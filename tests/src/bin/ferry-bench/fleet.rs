@@ -111,13 +111,15 @@ pub(crate) struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Starts a fresh cluster, brings the file to every node, checks every copy:
+    /// Starts a fresh cluster (after [`crate::warm::settle`]), brings the file to every
+    /// node, checks every copy:
     /// (time to the last copy, origin egress in bytes of the timed part).
     pub(crate) async fn measure(&self, way: Way) -> anyhow::Result<(Duration, u64)> {
         if self.out.exists() {
             std::fs::remove_dir_all(self.out)?;
         }
         std::fs::create_dir_all(self.out)?;
+        crate::warm::settle(self.file.size.saturating_mul(u64::from(self.nodes))).await;
         let mut cluster = start(self.nodes, self.first_ip).await?;
         let url = self.nginx.url(&self.file.name);
         let path = format!("/{}", self.file.name);

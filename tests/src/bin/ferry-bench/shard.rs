@@ -85,13 +85,14 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Times `command` on an empty output directory, then checks the file.
+    /// Times `command` on an empty output directory, after [`crate::warm::settle`],
+    /// then checks the file.
     async fn timed(&self, command: Command, slug: &str) -> anyhow::Result<Duration> {
         if self.out.exists() {
             std::fs::remove_dir_all(self.out)?;
         }
         std::fs::create_dir_all(self.out)?;
-        let _ = Command::new("sync").status().await;
+        crate::warm::settle(self.file.size).await;
         let elapsed =
             run_timed(command, &self.logs.join(format!("{slug}.log")), self.timeout).await?;
         let (out, expected) = (self.out.to_path_buf(), vec![self.file.clone()]);
