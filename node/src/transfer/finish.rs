@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_coordinator::{ClusterError, ReadAt};
+use ferry_protocol::file::JobFile;
 use ferry_protocol::peer::{FilesOutcome, FinishFiles, PlaceFiles, RemoteError};
-use ferry_protocol::{BitsCode, CommandError, Job, JobId};
+use ferry_protocol::{BitsCode, CommandError, Job, JobId, JobState};
 
 use super::local::{self, FileProblem, Finished, Step};
 use crate::error::Error;
@@ -37,7 +38,13 @@ pub(crate) struct Finisher {
     outcomes: Mutex<HashMap<JobId, (Instant, FilesOutcome)>>,
     /// Wakes callers when an outcome is recorded.
     recorded: tokio::sync::Notify,
+    /// Download jobs whose every file Complete's renames placed, with the files as
+    /// they were placed: the pass after the job is final has nothing left to do.
+    placed: Mutex<HashMap<JobId, (Instant, Files)>>,
 }
+
+/// A job's files as a pass saw them.
+type Files = Vec<Arc<JobFile>>;
 
 impl Finisher {
     /// The finisher of the node that `cluster` is a view of; serves [`PlaceFiles`] and
@@ -53,6 +60,7 @@ impl Finisher {
             locks: Mutex::default(),
             outcomes: Mutex::default(),
             recorded: tokio::sync::Notify::new(),
+            placed: Mutex::default(),
         });
         let me = finisher.clone();
         router.add_handler::<PlaceFiles, _, _>(move |_, PlaceFiles { job }| {
@@ -133,6 +141,7 @@ impl Finisher {
         }
         let _held = self.lock(id).await;
         let sandboxes = self.sandboxes.clone();
+        let files = places_every_file(&job).then(|| job.files().to_vec());
         let placed =
             tokio::task::spawn_blocking(move || local::finish_job(&sandboxes, &job, Step::Place))
                 .await
@@ -140,7 +149,38 @@ impl Finisher {
         for problem in &placed.problems {
             tracing::warn!(job = %id, %problem, "Complete: cannot rename a file into place");
         }
+        let mut all = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|other, (at, _)| *other != id && at.elapsed() < OUTCOME_KEPT);
+        if let Some(files) = files.filter(|_| placed.problems.is_empty()) {
+            all.insert(id, (Instant::now(), files));
+        }
+        drop(all);
         Ok(outcome(&placed, Step::Place))
+    }
+
+    /// Renames or deletes what is left of the final job `job`'s files (the caller holds
+    /// its [`lock`](Self::lock)). No pass is made over the files when Complete's renames
+    /// placed every one of them, as they still are: each counts as completed, and no
+    /// temporary file is left to delete (a file its owner moved away since counts all
+    /// the same: Complete placed it). After a restart, a rename that failed, or files
+    /// that changed since, the pass is made.
+    pub(crate) async fn finish_files(&self, job: Job) -> Result<Finished, tokio::task::JoinError> {
+        if let Some(done) = self.placed_before(&job) {
+            return Ok(done);
+        }
+        let sandboxes = self.sandboxes.clone();
+        tokio::task::spawn_blocking(move || local::finish_job(&sandboxes, &job, Step::Finish)).await
+    }
+
+    /// What finishing `job` does when Complete's renames placed all its files (see
+    /// [`Self::finish_files`]); `None` when a pass is needed.
+    fn placed_before(&self, job: &Job) -> Option<Finished> {
+        let (_, files) = self.placed.lock().unwrap_or_else(|e| e.into_inner()).remove(&job.id())?;
+        let unchanged = job.state() == JobState::Acknowledged
+            && places_every_file(job)
+            && same_files(&files, job.files());
+        let completed = (0..job.files().len()).map(|i| u32::try_from(i).unwrap_or(u32::MAX));
+        unchanged.then(|| Finished { completed: completed.collect(), problems: Vec::new() })
     }
 
     async fn finished_here(&self, id: JobId, applied: u64) -> Result<FilesOutcome, ClusterError> {
@@ -195,6 +235,24 @@ impl Finisher {
     }
 }
 
+/// Whether Complete's renames place every file of `job`: a download job whose files
+/// are all transferred (then no temporary file is left for the final pass to delete).
+fn places_every_file(job: &Job) -> bool {
+    !job.job_type().is_upload() && job.files().iter().all(|file| file.transferred)
+}
+
+/// Whether `now` are the files `placed` were: the same temporary files at the same
+/// destinations, each transferred.
+fn same_files(placed: &[Arc<JobFile>], now: &[Arc<JobFile>]) -> bool {
+    let same = |placed: &Arc<JobFile>, now: &Arc<JobFile>| {
+        now.transferred
+            && (Arc::ptr_eq(placed, now)
+                || (placed.local_path == now.local_path
+                    && placed.temporary_name == now.temporary_name))
+    };
+    placed.len() == now.len() && placed.iter().zip(now).all(|(placed, now)| same(placed, now))
+}
+
 /// A home node of an older build serves neither call: its files are finished after
 /// the job is final, as that build did.
 fn older_home(answer: Result<FilesOutcome, Error>) -> Result<FilesOutcome, ClusterError> {
@@ -240,5 +298,45 @@ fn code_of(error: &io::Error) -> BitsCode {
         io::ErrorKind::AlreadyExists | io::ErrorKind::IsADirectory => BitsCode::ERROR_FILE_EXISTS,
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => BitsCode::ERROR_DISK_FULL,
         _ => BitsCode::E_FAIL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_protocol::{JobId, NewFile};
+
+    use super::*;
+
+    fn file(job: JobId, index: usize, path: &str) -> Arc<JobFile> {
+        let spec = NewFile {
+            remote_url: format!("http://127.0.0.1/{index}"),
+            local_path: path.to_owned(),
+            ranges: Vec::new(),
+            sha256: None,
+        };
+        let mut file = JobFile::new(job, index, spec);
+        file.transferred = true;
+        Arc::new(file)
+    }
+
+    #[test]
+    fn only_the_files_complete_placed_skip_the_final_pass() {
+        let job = JobId::generate();
+        let placed = vec![file(job, 0, "/d/a"), file(job, 1, "/d/b")];
+        // The same files, shared or equal (a command rewrote one's record).
+        assert!(same_files(&placed, &placed));
+        let rewritten = vec![placed[0].clone(), Arc::new((*placed[1]).clone())];
+        assert!(same_files(&placed, &rewritten));
+        // A file more, another destination, another temporary file, or one no longer
+        // transferred: the pass is needed.
+        let more = vec![placed[0].clone(), placed[1].clone(), file(job, 2, "/d/c")];
+        assert!(!same_files(&placed, &more));
+        assert!(!same_files(&placed, &[placed[0].clone(), file(job, 1, "/d/elsewhere")]));
+        let mut renamed = (*placed[1]).clone();
+        renamed.temporary_name.push('x');
+        assert!(!same_files(&placed, &[placed[0].clone(), Arc::new(renamed)]));
+        let mut undone = (*placed[1]).clone();
+        undone.transferred = false;
+        assert!(!same_files(&placed, &[placed[0].clone(), Arc::new(undone)]));
     }
 }

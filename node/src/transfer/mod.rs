@@ -449,7 +449,6 @@ impl Transfers {
         self.finishing.insert(id, None);
         let reporter = Reporter::new(self.cluster.clone());
         let me = ctx.address();
-        let sandboxes = self.settings.sandboxes.clone();
         let (settings, secrets) = (self.settings.clone(), self.secrets.clone());
         let finisher = self.finisher.clone();
         tokio::spawn(async move {
@@ -460,10 +459,7 @@ impl Transfers {
                 cancel_upload(&job, &settings, &secrets).await;
             }
             let _held = finisher.lock(id).await;
-            let finished = tokio::task::spawn_blocking(move || {
-                local::finish_job(&sandboxes, &job, local::Step::Finish)
-            })
-            .await;
+            let finished = finisher.finish_files(job).await;
             match finished {
                 Ok(done) => {
                     for problem in &done.problems {
