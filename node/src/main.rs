@@ -124,6 +124,7 @@ fn start(args: Args) -> anyhow::Result<()> {
     // Before the data directory is touched: a refused start leaves nothing behind.
     ferry_node::check_settings(&settings)?;
     init_tracing(&settings.config.log);
+    raise_open_files_limit();
     // ring is the only TLS crypto provider in the build; make it the process default.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -140,6 +141,27 @@ fn start(args: Args) -> anyhow::Result<()> {
         restart_in_place()?;
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one (the usual soft limit, 1,024,
+/// is kept low for programs that use `select`): each connection is a descriptor, and a
+/// download keeps up to 64 finished files open until their batch is synced, so a node
+/// running many jobs at once would otherwise fail to create files. Programs that ferryd
+/// runs (notify command lines) inherit the raised limit.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // Linux's default ceiling (fs.nr_open) when the hard limit is unlimited.
+    const NR_OPEN: u64 = 1 << 20;
+    let limit = getrlimit(Resource::Nofile);
+    let most = limit.maximum.unwrap_or(NR_OPEN);
+    if limit.current.is_none_or(|soft| soft >= most) {
+        return;
+    }
+    let raised = Rlimit { current: Some(most), maximum: limit.maximum };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = ?limit.current, to = most, "raised the open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
 }
 
 /// `config` as TOML, secrets redacted.

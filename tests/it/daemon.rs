@@ -323,3 +323,28 @@ async fn the_systemd_unit_verifies_and_starts_ferryd_the_way_it_accepts() -> any
     );
     Ok(())
 }
+
+/// ferryd raises its soft limit on open files to the hard one: connections and the
+/// files a download holds until their batch is synced are descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_limit_is_raised_to_the_hard_one() -> anyhow::Result<()> {
+    // Started with the soft limit lowered, as a login shell or systemd would give it.
+    let tmp = tempfile::tempdir()?;
+    let wrapper = tmp.path().join("ferryd");
+    let ferryd = binary("ferryd")?;
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nulimit -Sn 256\nexec '{}' \"$@\"\n", ferryd.display()),
+    )?;
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let options = NodeOptions { ferryd: Some(wrapper), ..NodeOptions::default() };
+    let node = Node::start(options).await?;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid()?))?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"));
+    let line = line.ok_or_else(|| anyhow::anyhow!("no open files line in:\n{limits}"))?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files  <soft>  <hard>  files"
+    let [.., soft, hard, _] = fields[..] else { anyhow::bail!("unexpected line {line:?}") };
+    assert_eq!(soft, hard, "the soft limit is not the hard one: {line}");
+    Ok(())
+}
