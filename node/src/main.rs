@@ -145,7 +145,7 @@ fn start(args: Args) -> anyhow::Result<()> {
 
 /// Raises the soft limit on open files to the hard one (the usual soft limit, 1,024,
 /// is kept low for programs that use `select`): each connection is a descriptor, and a
-/// download keeps up to 64 finished files open until their batch is synced, so a node
+/// download keeps its finished files open until their batch is synced, so a node
 /// running many jobs at once would otherwise fail to create files. Programs that ferryd
 /// runs (notify command lines) inherit the raised limit.
 fn raise_open_files_limit() {
