@@ -27,6 +27,17 @@ pub(crate) const EVENTS: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinitio
 /// The meta row holding the oldest cursor from which the history is complete.
 pub(crate) const FLOOR: &str = "events_floor";
 
+/// What the live channel carries.
+#[derive(Clone)]
+enum Live {
+    /// An applied entry's events.
+    Events(Arc<[Event]>),
+    /// The history was replaced (a snapshot was installed): the events a subscriber
+    /// waiting here expects next may never come, so it reads the history again, where
+    /// the new floor tells it what was skipped.
+    Replaced,
+}
+
 /// How many entries' events the live channel buffers for slow subscribers before they
 /// fall back to reading the history.
 const LIVE_BUFFER: usize = 1024;
@@ -95,7 +106,7 @@ pub(crate) fn set_floor(txn: &redb::WriteTransaction, floor: Cursor) -> Result<(
 #[derive(Clone)]
 pub struct EventLog {
     db: Arc<Database>,
-    live: broadcast::Sender<Arc<[Event]>>,
+    live: broadcast::Sender<Live>,
     /// One permit per open subscription.
     slots: Arc<tokio::sync::Semaphore>,
     /// How many permits there are.
@@ -126,7 +137,15 @@ impl EventLog {
     /// Hands an applied entry's events, already durable, to live subscribers.
     pub(crate) fn publish(&self, events: Arc<[Event]>) {
         // No receiver is not an error: nobody is watching.
-        let _ = self.live.send(events);
+        let _ = self.live.send(Live::Events(events));
+    }
+
+    /// Tells live subscribers that the history was replaced (a snapshot installed, its
+    /// floor committed): each goes back to the history, and one whose next event the
+    /// snapshot skipped over is told so with a [`Delivery::Gap`] instead of going on
+    /// after the hole.
+    pub(crate) fn history_replaced(&self) {
+        let _ = self.live.send(Live::Replaced);
     }
 
     /// Subscriptions open now.
@@ -242,7 +261,7 @@ pub struct Subscription {
     filter: EventFilter,
     /// The next cursor to deliver.
     next: Cursor,
-    live: broadcast::Receiver<Arc<[Event]>>,
+    live: broadcast::Receiver<Live>,
     /// Deliveries read but not yet handed out.
     ready: VecDeque<Delivery>,
     /// The history has nothing at or after `next`: wait on the live channel.
@@ -272,9 +291,12 @@ impl Subscription {
             }
             if self.caught_up {
                 match self.live.recv().await {
-                    Ok(events) => self.take(events.iter().cloned()),
-                    // Fell behind the channel: read what was missed from the history.
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.caught_up = false,
+                    Ok(Live::Events(events)) => self.take(events.iter().cloned()),
+                    // Fell behind the channel, or the history was replaced: read what
+                    // was missed (or where it now starts) from the history.
+                    Ok(Live::Replaced) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.caught_up = false;
+                    }
                     Err(broadcast::error::RecvError::Closed) => return Ok(None),
                 }
                 continue;

@@ -136,4 +136,57 @@ mod snapshot {
         let _: Option<NodeAddr> = members.membership().get_node(&1).cloned();
         Ok(())
     }
+
+    /// A subscriber waiting for the next entry's events on a node that then installs a
+    /// snapshot must be told that the events the snapshot skipped over are not there
+    /// (a gap), not be handed the next entry's events as if nothing were missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_installed_under_a_live_subscriber_is_a_gap_in_its_stream()
+    -> anyhow::Result<()> {
+        use ferry_protocol::event::{Cursor, Delivery, EventFilter, StartAt};
+        let dir = tempfile::tempdir()?;
+        let mut leader = StateMachineStore::open(&dir.path().join("a.redb"), Default::default())?;
+        leader.apply((1..40).map(batch)).await?;
+        let built = leader.get_snapshot_builder().await.build_snapshot().await?;
+
+        let mut follower = StateMachineStore::open(&dir.path().join("b.redb"), Default::default())?;
+        follower.apply((1..3).map(batch)).await?;
+        let admin = Caller { principal: Principal::new("root").expect("name"), role: Role::Admin };
+        let everything = EventFilter { all_users: true, ..EventFilter::default() };
+        // Caught up: it waits for the next entry's events.
+        let mut subscription = follower.events().subscribe(admin, everything, StartAt::Now).await?;
+        let waiting_at = subscription.position();
+        assert!(waiting_at > Cursor { index: 2, sub: 0 }, "{waiting_at}");
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(300), subscription.next());
+        assert!(wait.await.is_err(), "a delivery although nothing was applied");
+
+        let mut receiving = follower.begin_receiving_snapshot().await?;
+        let mut data = built.snapshot;
+        tokio::io::copy(&mut *data, &mut *receiving).await?;
+        follower.install_snapshot(&built.meta, receiving).await?;
+        follower.apply([batch(40)]).await?;
+        match next(&mut subscription).await? {
+            Delivery::Gap { from, oldest } => {
+                assert_eq!(from, waiting_at);
+                assert_eq!(oldest.index, 40, "the history starts after the snapshot");
+            }
+            Delivery::Event(event) => {
+                anyhow::bail!("entry {} was delivered over the hole of 3..39", event.cursor)
+            }
+        }
+        match next(&mut subscription).await? {
+            Delivery::Event(event) => assert_eq!(event.cursor, Cursor { index: 40, sub: 0 }),
+            gap => anyhow::bail!("a second gap: {gap:?}"),
+        }
+        Ok(())
+    }
+
+    /// The subscription's next delivery, within 10 s.
+    async fn next(
+        subscription: &mut ferry_node::events::Subscription,
+    ) -> anyhow::Result<ferry_protocol::event::Delivery> {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), subscription.next());
+        let next = next.await.map_err(|_| anyhow::anyhow!("no delivery in 10 s"))??;
+        next.ok_or_else(|| anyhow::anyhow!("the stream ended"))
+    }
 }

@@ -416,6 +416,9 @@ impl StateMachineStore {
             membership: meta.last_membership.clone(),
         };
         self.feed.reset(&self.read().queue);
+        // Subscribers waiting for the next entry's events would otherwise go on after
+        // the hole the snapshot left, as if nothing were missing.
+        self.events.history_replaced();
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
