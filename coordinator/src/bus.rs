@@ -237,17 +237,26 @@ impl Subscription {
     }
 }
 
+/// How often a subscribed [`Watcher`] asks the cluster who its members are, so that it
+/// can resume at members that joined since it connected (a fleet replaced node by node
+/// would otherwise leave it only addresses of nodes that are gone).
+const MEMBER_REFRESH: Duration = Duration::from_secs(10);
+
 /// A subscription that survives the loss of its node: it reconnects to another member
 /// and resumes after the last event it delivered (`ferry watch`). Events may repeat
 /// across a reconnect only if the new node replays what the old one already sent;
-/// none are skipped without a [`Delivery::Gap`].
+/// none are skipped without a [`Delivery::Gap`]. While subscribed it keeps learning the
+/// members (every [`MEMBER_REFRESH`]), so that a member that joined later can take it.
 pub struct Watcher {
     token: String,
     filter: EventFilter,
     /// Where to resume: the first subscription's start, then after the last event.
     resume: StartAt,
-    /// API URLs of the members, the one to try first at the front.
-    nodes: Vec<url::Url>,
+    /// The members' API URLs, the one to try first at the front; shared with the task
+    /// that refreshes them.
+    nodes: Arc<std::sync::Mutex<Members>>,
+    /// The task refreshing `nodes` (started at the first connection).
+    refresher: Option<tokio::task::JoinHandle<()>>,
     current: Option<Subscription>,
     /// Over HTTP (the default) or the QUIC bus.
     transport: Transport,
@@ -258,14 +267,75 @@ pub struct Watcher {
     api_ca: Option<Vec<u8>>,
 }
 
+/// The API URLs a [`Watcher`] may subscribe at.
+struct Members {
+    /// The URL the watcher was given: never forgotten (it may name the cluster rather
+    /// than one node).
+    first: url::Url,
+    /// Every URL to try, in order.
+    urls: Vec<url::Url>,
+}
+
+impl Members {
+    /// Learns the members `status` lists (it came from `url`): new ones are tried last,
+    /// and when the answer comes from a member that knows a leader, URLs of nodes that
+    /// are no longer members are forgotten.
+    fn learn(&mut self, url: &url::Url, status: &ferry_protocol::api::ClusterStatus) {
+        // Members serve their APIs alike: the scheme of this one is theirs.
+        let apis: Vec<url::Url> = status
+            .members
+            .iter()
+            .filter_map(|m| url::Url::parse(&format!("{}://{}", url.scheme(), m.api_addr)).ok())
+            .collect();
+        let authoritative =
+            status.leader.is_some() && status.members.iter().any(|m| m.node_id == status.node_id);
+        if authoritative {
+            let first = self.first.clone();
+            self.urls.retain(|u| *u == first || *u == *url || apis.contains(u));
+        }
+        for api in apis {
+            if !self.urls.contains(&api) {
+                self.urls.push(api);
+            }
+        }
+    }
+
+    /// Puts `url` first (it took the subscription).
+    fn prefer(&mut self, url: &url::Url) {
+        self.urls.retain(|u| u != url);
+        self.urls.insert(0, url.clone());
+    }
+
+    /// Puts the first URL last (its node went away).
+    fn demote_first(&mut self) {
+        if !self.urls.is_empty() {
+            self.urls.rotate_left(1);
+        }
+    }
+}
+
+fn members(nodes: &std::sync::Mutex<Members>) -> std::sync::MutexGuard<'_, Members> {
+    nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(refresher) = &self.refresher {
+            refresher.abort();
+        }
+    }
+}
+
 impl Watcher {
     /// A watcher starting at `first` (an API URL), with `token`, `filter` and `from`.
     pub fn new(first: url::Url, token: String, filter: EventFilter, from: StartAt) -> Self {
+        let members = Members { urls: vec![first.clone()], first };
         Self {
             token,
             filter,
             resume: from,
-            nodes: vec![first],
+            nodes: Arc::new(std::sync::Mutex::new(members)),
+            refresher: None,
             current: None,
             patience: Duration::from_secs(60),
             api_ca: None,
@@ -295,6 +365,13 @@ impl Watcher {
                 let watched = Watched::Connected { node, position };
                 self.resume = StartAt::Cursor(position);
                 self.current = Some(subscription);
+                if self.refresher.is_none() {
+                    self.refresher = Some(tokio::spawn(refresh_members(
+                        self.nodes.clone(),
+                        self.token.clone(),
+                        self.api_ca.clone(),
+                    )));
+                }
                 return Ok(watched);
             };
             match subscription.next().await {
@@ -310,7 +387,7 @@ impl Watcher {
                 Ok(None) | Err(_) => {
                     // The node went away: try the others first.
                     self.current = None;
-                    self.nodes.rotate_left(1);
+                    members(&self.nodes).demote_first();
                 }
             }
         }
@@ -321,11 +398,11 @@ impl Watcher {
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut last = String::from("no member answered");
         loop {
-            for index in 0..self.nodes.len() {
-                let url = self.nodes[index].clone();
+            let urls = members(&self.nodes).urls.clone();
+            for url in urls {
                 match self.subscribe_at(&url).await {
                     Ok(subscription) => {
-                        self.nodes.rotate_left(index);
+                        members(&self.nodes).prefer(&url);
                         return Ok(subscription);
                     }
                     Err(e @ BusError::Refused { .. }) => return Err(e),
@@ -350,23 +427,10 @@ impl Watcher {
             }
             e => BusError::Stream(format!("{url}: {e}")),
         };
-        let token = Some(self.token.clone());
-        let client = match &self.api_ca {
-            Some(ca) => crate::Client::with_ca(url.as_str(), token, ca),
-            None => crate::Client::new(url.as_str(), token),
-        }
-        .map_err(fail)?
-        .with_attempts(1);
+        let client = api_client(url, &self.token, self.api_ca.as_deref()).map_err(fail)?;
         let status = client.cluster().await.map_err(fail)?;
         // Remember every member's API, so that a later loss can go elsewhere.
-        for member in &status.members {
-            // Members serve their APIs alike: the scheme of this one is theirs.
-            if let Ok(api) = url::Url::parse(&format!("{}://{}", url.scheme(), member.api_addr))
-                && !self.nodes.contains(&api)
-            {
-                self.nodes.push(api);
-            }
-        }
+        members(&self.nodes).learn(url, &status);
         if self.transport == Transport::Http {
             let opened = crate::sse::SseSubscription::open(&client, &self.filter, self.resume);
             return opened.await.map(Subscription::Http);
@@ -379,5 +443,39 @@ impl Watcher {
         let request =
             Subscribe { token: self.token.clone(), filter: self.filter.clone(), from: self.resume };
         BusSubscription::open(peer, status.node_id, &ca, &request).await.map(Subscription::Quic)
+    }
+}
+
+/// A client of the API at `url` that makes one attempt per call.
+fn api_client(
+    url: &url::Url,
+    token: &str,
+    api_ca: Option<&[u8]>,
+) -> Result<crate::Client, crate::ClientError> {
+    let token = Some(token.to_owned());
+    let client = match api_ca {
+        Some(ca) => crate::Client::with_ca(url.as_str(), token, ca),
+        None => crate::Client::new(url.as_str(), token),
+    };
+    Ok(client?.with_attempts(1))
+}
+
+/// Every [`MEMBER_REFRESH`], asks the members in `nodes` (in order, until one answers)
+/// who the members are now.
+async fn refresh_members(
+    nodes: Arc<std::sync::Mutex<Members>>,
+    token: String,
+    api_ca: Option<Vec<u8>>,
+) {
+    loop {
+        tokio::time::sleep(MEMBER_REFRESH).await;
+        let urls = members(&nodes).urls.clone();
+        for url in urls {
+            let Ok(client) = api_client(&url, &token, api_ca.as_deref()) else { continue };
+            if let Ok(Ok(status)) = tokio::time::timeout(CONNECT_TIMEOUT, client.cluster()).await {
+                members(&nodes).learn(&url, &status);
+                break;
+            }
+        }
     }
 }

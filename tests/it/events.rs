@@ -528,3 +528,70 @@ async fn watch_works_with_the_peer_port_firewalled() -> anyhow::Result<()> {
     println!("ferry watch over HTTP with UDP to the peer port dropped: {lines:?}");
     Ok(())
 }
+
+/// A watcher keeps learning the members while it is subscribed: when every node it knew
+/// of is gone (a fleet replaced node by node), it resumes at a node that joined after it
+/// connected, and goes on from where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_at_members_that_joined_after_it_connected() -> anyhow::Result<()> {
+    let mut nodes = vec![Node::start(ferry_tests::NodeOptions::default()).await?];
+    let every_job = EventFilter { all_users: true, ..EventFilter::default() };
+    let mut watcher =
+        Watcher::new(nodes[0].url()?.parse()?, tokens::ADMIN.into(), every_job, StartAt::Now);
+    // Subscribed while the cluster is this one node: the only member it learns then.
+    let connected = tokio::time::timeout(Duration::from_secs(10), watcher.next()).await??;
+    let Watched::Connected { node: first_id, .. } = connected else {
+        anyhow::bail!("{connected:?}")
+    };
+    let token = nodes[0].join_token()?;
+    let base = nodes[0].options.ip.octets();
+    for i in 1..3 {
+        let ip = std::net::Ipv4Addr::new(base[0], base[1], base[2], base[3] + i);
+        let joiner = nodes[0].joiner(ip, &token)?;
+        nodes.push(Node::start(joiner).await?);
+    }
+    ferry_tests::await_agreement(&nodes, 3, "the two nodes did not join").await?;
+    // Long enough for the watcher's refresh of the members (every 10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    // The first node leaves the cluster and stops.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    'removed: loop {
+        // Through the leader, whichever it is.
+        for node in &nodes {
+            match node.client(Some(tokens::ADMIN))?.remove_member(first_id).await {
+                Ok(()) => break 'removed,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    anyhow::bail!("cannot remove the first node: {e}")
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    nodes[0].kill9().await?;
+    let client = nodes[1].client(Some(tokens::ADMIN))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let created = loop {
+        match client.create_job(&new_job("after", JobType::Download, vec![])).await {
+            Ok(job) => break job.id,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+
+    // It resumes at one of the nodes that joined later, and delivers the new job.
+    let mut resumed_at = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let next = tokio::time::timeout_at(deadline, watcher.next()).await;
+        match next.map_err(|_| anyhow::anyhow!("no new job seen; resumed at {resumed_at:?}"))?? {
+            Watched::Connected { node, .. } => resumed_at = Some(node),
+            Watched::Delivery(Delivery::Event(e)) if e.event.job == created => break,
+            Watched::Delivery(Delivery::Event(_)) => {}
+            Watched::Delivery(gap) => anyhow::bail!("unexpected {gap:?}"),
+        }
+    }
+    assert!(resumed_at.is_some_and(|n| n != first_id), "resumed at {resumed_at:?}");
+    Ok(())
+}

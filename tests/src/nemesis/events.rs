@@ -27,6 +27,8 @@ struct Received {
     created: HashSet<JobId>,
     /// Reconnections (a node lost, the subscription resumed at another).
     reconnects: usize,
+    /// Where the subscription was last (re)opened: the node and the cursor.
+    connected: Option<(u64, Cursor)>,
     /// The first thing that was wrong, as it was received.
     violation: Option<String>,
 }
@@ -59,7 +61,8 @@ impl EventStream {
                     Ok(Watched::Delivery(gap)) => {
                         received.violation.get_or_insert(format!("a gap: {gap:?}"));
                     }
-                    Ok(Watched::Connected { .. }) => {
+                    Ok(Watched::Connected { node, position }) => {
+                        received.connected = Some((node, position));
                         connections += 1;
                         received.reconnects = connections - 1;
                     }
@@ -87,6 +90,7 @@ impl EventStream {
     /// 30 s for the stream to catch up); how many events were checked.
     pub async fn check(&self, cluster: &Cluster, acknowledged: &[JobId]) -> anyhow::Result<usize> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut never_created = None;
         loop {
             let missing = {
                 let received = self.received();
@@ -98,13 +102,25 @@ impl EventStream {
             match missing {
                 None => break,
                 Some(id) if Instant::now() >= deadline => {
-                    anyhow::bail!("event stream: job {id} was acknowledged, never seen created")
+                    // Compared with a replay below, which tells a stream that skipped
+                    // events from one that stopped.
+                    let received = self.received();
+                    never_created = Some(format!(
+                        "event stream: job {id} was acknowledged, never seen created (the last \
+                         event received: {:?}; subscribed last at node {:?}; {} reconnects)",
+                        received.last.map(|c| c.to_string()),
+                        received.connected.map(|(node, at)| format!("{node} from {at}")),
+                        received.reconnects,
+                    ));
+                    break;
                 }
                 Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
         let mut events = std::mem::take(&mut self.received().events);
-        let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(0) };
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return never_created.map_or(Ok(0), |e| Err(anyhow::anyhow!(e)));
+        };
         let (mut from, last) = (first.0, last.0);
         // A replay from a member that holds the history from the first cursor: one that
         // joined later (ReplaceMember) started its history after the snapshot it
@@ -146,7 +162,8 @@ impl EventStream {
         let Some(replayed) = replayed else { anyhow::bail!("the replay: nothing replayed") };
         if let Some(at) = events.iter().zip(&replayed).position(|(a, b)| a != b) {
             anyhow::bail!(
-                "event stream: received {:?} where a replay has {:?}",
+                "{}event stream: received {:?} where a replay has {:?}",
+                never_created.map_or_else(String::new, |e| format!("{e}; ")),
                 events[at],
                 replayed[at]
             );
@@ -157,6 +174,9 @@ impl EventStream {
             events.len(),
             replayed.len()
         );
+        if let Some(e) = never_created {
+            anyhow::bail!("{e}; what it received up to then matches a replay");
+        }
         Ok(events.len())
     }
 }
