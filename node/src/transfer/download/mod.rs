@@ -50,12 +50,12 @@ const SINGLE_STREAM_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
 const MAX_RESTARTS_PER_RUN: u32 = 3;
 
 /// Reports that may wait (connected, probed, a file done): they go out with the next
-/// report that must, or once [`OUTBOX_REPORTS`] wait or the oldest has waited
-/// [`OUTBOX_DELAY`]. A finished file's last bytes are made durable right before its
-/// report goes ([`Run::send`]), together with the other files of the batch (a
-/// journaling file system commits once for fsyncs that arrive together); a crash before
-/// the report costs a re-fetch of those files, never a wrong file. Many small files
-/// thus share one Raft write and one round of fsyncs.
+/// report that must, or once [`OUTBOX_REPORTS`] or [`OUTBOX_FILES`] wait or the oldest
+/// has waited [`OUTBOX_DELAY`]. A finished file's last bytes are made durable right
+/// before its report goes ([`Run::send`]), together with the other files of the batch
+/// (a journaling file system commits once for fsyncs that arrive together); a crash
+/// before the report costs a re-fetch of those files, never a wrong file. Many small
+/// files thus share one Raft write and one round of fsyncs.
 #[derive(Default)]
 pub(super) struct Outbox {
     reports: Vec<EngineReport>,
@@ -64,8 +64,12 @@ pub(super) struct Outbox {
     since: Option<Instant>,
 }
 
-/// Most reports waiting in the outbox.
-const OUTBOX_REPORTS: usize = 64;
+/// Most reports waiting in the outbox. Each batch rewrites the job's row, all its
+/// files, so a job of many small files pays per batch: 1,000 x 64 KiB took 0.35-0.42 s
+/// with batches of 64 reports, 0.32-0.34 s with these (means of runs alternated).
+const OUTBOX_REPORTS: usize = 256;
+/// Most finished files waiting in the outbox (each holds its descriptor open).
+const OUTBOX_FILES: usize = 64;
 /// Longest wait of a report in the outbox (checked when reports are added).
 const OUTBOX_DELAY: Duration = Duration::from_millis(200);
 
@@ -99,6 +103,7 @@ impl Outbox {
 
     pub(super) fn due(&self) -> bool {
         self.reports.len() >= OUTBOX_REPORTS
+            || self.unsynced.len() >= OUTBOX_FILES
             || self.since.is_some_and(|t| t.elapsed() >= OUTBOX_DELAY)
     }
 }
