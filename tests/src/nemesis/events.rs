@@ -160,17 +160,18 @@ impl EventStream {
             }
         }
         let Some(replayed) = replayed else { anyhow::bail!("the replay: nothing replayed") };
+        // Whatever else is wrong, a job never seen created is said first.
+        let context = never_created.as_deref().map_or_else(String::new, |e| format!("{e}; "));
         if let Some(at) = events.iter().zip(&replayed).position(|(a, b)| a != b) {
             anyhow::bail!(
-                "{}event stream: received {:?} where a replay has {:?}",
-                never_created.map_or_else(String::new, |e| format!("{e}; ")),
+                "{context}event stream: received {:?} where a replay has {:?}",
                 events[at],
                 replayed[at]
             );
         }
         anyhow::ensure!(
             events.len() == replayed.len(),
-            "event stream: {} events received, {} replayed over the same cursors",
+            "{context}event stream: {} events received, {} replayed over the same cursors",
             events.len(),
             replayed.len()
         );
