@@ -242,10 +242,16 @@ impl Subscription {
 /// would otherwise leave it only addresses of nodes that are gone).
 const MEMBER_REFRESH: Duration = Duration::from_secs(10);
 
+/// How long a [`Watcher`] given a gap waits for each other member to subscribe and
+/// deliver its first event, when it looks for one that still holds the missing events.
+const GAP_PROBE: Duration = Duration::from_secs(2);
+
 /// A subscription that survives the loss of its node: it reconnects to another member
 /// and resumes after the last event it delivered (`ferry watch`). Events may repeat
 /// across a reconnect only if the new node replays what the old one already sent;
-/// none are skipped without a [`Delivery::Gap`]. While subscribed it keeps learning the
+/// none are skipped without a [`Delivery::Gap`], and a gap is delivered only when no
+/// other member holds the missing events either (a node that installed a snapshot or
+/// joined late lacks what the others still hold: the watcher moves to one of those). While subscribed it keeps learning the
 /// members (every [`MEMBER_REFRESH`]), so that a member that joined later can take it.
 pub struct Watcher {
     token: String,
@@ -258,6 +264,9 @@ pub struct Watcher {
     /// The task refreshing `nodes` (started at the first connection).
     refresher: Option<tokio::task::JoinHandle<()>>,
     current: Option<Subscription>,
+    /// A delivery read ahead from a member that took over (see [`Watcher::elsewhere`]),
+    /// delivered next.
+    ahead: Option<Delivery>,
     /// Over HTTP (the default) or the QUIC bus.
     transport: Transport,
     /// Give up when no member takes the subscription for this long.
@@ -337,6 +346,7 @@ impl Watcher {
             nodes: Arc::new(std::sync::Mutex::new(members)),
             refresher: None,
             current: None,
+            ahead: None,
             patience: Duration::from_secs(60),
             api_ca: None,
             transport: Transport::default(),
@@ -358,6 +368,9 @@ impl Watcher {
     /// The next delivery or connection change; an error once no member has taken the
     /// subscription for a minute, or when a node refuses it.
     pub async fn next(&mut self) -> Result<Watched, BusError> {
+        if let Some(delivery) = self.ahead.take() {
+            return Ok(self.delivered(delivery));
+        }
         loop {
             let Some(subscription) = self.current.as_mut() else {
                 let subscription = self.connect().await?;
@@ -375,15 +388,22 @@ impl Watcher {
                 return Ok(watched);
             };
             match subscription.next().await {
-                Ok(Some(delivery)) => {
-                    match &delivery {
-                        Delivery::Event(event) => {
-                            self.resume = StartAt::Cursor(event.cursor.next());
-                        }
-                        Delivery::Gap { oldest, .. } => self.resume = StartAt::Cursor(*oldest),
-                    }
-                    return Ok(Watched::Delivery(delivery));
+                Ok(Some(gap @ Delivery::Gap { .. })) => {
+                    // Another member may still hold what this one lacks (it installed a
+                    // snapshot, or joined after the events): a gap only if none does.
+                    let node = subscription.node();
+                    let Some((subscription, first)) = self.elsewhere(node).await else {
+                        return Ok(self.delivered(gap));
+                    };
+                    let watched = Watched::Connected {
+                        node: subscription.node(),
+                        position: subscription.position(),
+                    };
+                    self.current = Some(subscription);
+                    self.ahead = Some(first);
+                    return Ok(watched);
                 }
+                Ok(Some(delivery)) => return Ok(self.delivered(delivery)),
                 Ok(None) | Err(_) => {
                     // The node went away: try the others first.
                     self.current = None;
@@ -391,6 +411,39 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// Hands `delivery` out, moving the resume point past it.
+    fn delivered(&mut self, delivery: Delivery) -> Watched {
+        self.resume = match &delivery {
+            Delivery::Event(event) => StartAt::Cursor(event.cursor.next()),
+            Delivery::Gap { oldest, .. } => StartAt::Cursor(*oldest),
+        };
+        Watched::Delivery(delivery)
+    }
+
+    /// A subscription at another member than `node` that delivers from the resume
+    /// point without a gap, with its first delivery; `None` if no member does within
+    /// [`GAP_PROBE`] each.
+    async fn elsewhere(&mut self, node: u64) -> Option<(Subscription, Delivery)> {
+        let urls = members(&self.nodes).urls.clone();
+        for url in urls {
+            let Ok(Ok(mut other)) = tokio::time::timeout(GAP_PROBE, self.subscribe_at(&url)).await
+            else {
+                continue;
+            };
+            if other.node() == node {
+                continue;
+            }
+            // Dropped whole on a timeout: a half-read frame goes with it.
+            if let Ok(Ok(Some(first @ Delivery::Event(_)))) =
+                tokio::time::timeout(GAP_PROBE, other.next()).await
+            {
+                members(&self.nodes).prefer(&url);
+                return Some((other, first));
+            }
+        }
+        None
     }
 
     /// Subscribes at the first member that takes it, learning the members on the way.

@@ -602,3 +602,70 @@ async fn watch_resumes_at_members_that_joined_after_it_connected() -> anyhow::Re
     assert!(resumed_at.is_some_and(|n| n != first_id), "resumed at {resumed_at:?}");
     Ok(())
 }
+
+/// A watcher that asks a member for events its history no longer starts at (the member
+/// caught up by installing a snapshot) takes them from a member that still holds them,
+/// instead of passing the hole on as a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_given_a_gap_takes_the_events_from_a_member_that_holds_them() -> anyhow::Result<()>
+{
+    // Snapshots every 50 entries: the leader purges its log past the paused follower,
+    // which catches up by installing a snapshot and so holds no history before it.
+    let options = ferry_tests::NodeOptions {
+        snapshot_after_entries: 50,
+        ..ferry_tests::NodeOptions::queue_only()
+    };
+    let nodes = ferry_tests::start_cluster(options, 3).await?;
+    let agreed = ferry_tests::await_agreement(&nodes, 3, "the cluster did not form").await?;
+    let follower = (agreed.iter().position(|s| s.role == "follower"))
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let leader = (agreed.iter().position(|s| s.role == "leader"))
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    nodes[follower].signal("STOP")?;
+    let client = nodes[leader].client(Some(tokens::ADMIN))?;
+    let mut created = std::collections::BTreeSet::new();
+    for n in 0..200 {
+        created.insert(
+            client
+                .create_job(&new_job(&format!("paused-{n}"), JobType::Download, vec![]))
+                .await?
+                .id,
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while client.cluster().await?.purged_index.is_none_or(|p| p <= 100) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the leader purged no log");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    nodes[follower].signal("CONT")?;
+    ferry_tests::await_agreement(&nodes, 3, "the follower did not catch up").await?;
+    let caught_up = nodes[follower].client(Some(tokens::ADMIN))?.cluster().await?;
+    anyhow::ensure!(caught_up.snapshot_index.is_some(), "the follower installed no snapshot");
+
+    // From the start, at the follower: its history begins at its snapshot.
+    let every_job = EventFilter { all_users: true, ..EventFilter::default() };
+    let start = StartAt::Cursor(Cursor::START);
+    let url = nodes[follower].url()?.parse()?;
+    let mut watcher = Watcher::new(url, tokens::ADMIN.into(), every_job, start);
+    let mut connected = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !created.is_empty() {
+        let next = tokio::time::timeout_at(deadline, watcher.next()).await;
+        let next = next.map_err(|_| anyhow::anyhow!("{} creations not seen", created.len()))??;
+        match next {
+            Watched::Connected { node, .. } => connected.push(node),
+            Watched::Delivery(Delivery::Event(e)) => {
+                if e.event.kind == EventKind::JobCreated {
+                    created.remove(&e.event.job);
+                }
+            }
+            Watched::Delivery(gap) => {
+                anyhow::bail!("{gap:?} after connecting to {connected:?}")
+            }
+        }
+    }
+    let follower_id = agreed[follower].node_id;
+    assert_eq!(connected.first(), Some(&follower_id), "it connected at the follower first");
+    assert!(connected.len() >= 2, "it moved to a member holding the events: {connected:?}");
+    Ok(())
+}
