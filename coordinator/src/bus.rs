@@ -251,8 +251,9 @@ const GAP_PROBE: Duration = Duration::from_secs(2);
 /// across a reconnect only if the new node replays what the old one already sent;
 /// none are skipped without a [`Delivery::Gap`], and a gap is delivered only when no
 /// other member holds the missing events either (a node that installed a snapshot or
-/// joined late lacks what the others still hold: the watcher moves to one of those). While subscribed it keeps learning the
-/// members (every [`MEMBER_REFRESH`]), so that a member that joined later can take it.
+/// joined late lacks what the others still hold: the watcher moves to one of those).
+/// While subscribed it keeps learning the members (every [`MEMBER_REFRESH`]), so that a
+/// member that joined later can take it.
 pub struct Watcher {
     token: String,
     filter: EventFilter,
