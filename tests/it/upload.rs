@@ -127,7 +127,7 @@ async fn a_fragment_sent_ahead_waits_for_the_one_before_it() -> anyhow::Result<(
     let session = bits.create().await?;
     let (status, headers) = bits.send("Ping", &[], vec![]).await?;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(value(&headers, header::FRAGMENTS_AHEAD), "2", "advertised on every Ack");
+    assert_eq!(value(&headers, header::FRAGMENTS_AHEAD), "4", "advertised on every Ack");
 
     // The first fragment's body trickles: it is in flight while the second arrives.
     let (mut trickle, body) = http_body_util::channel::Channel::<bytes::Bytes>::new(1);

@@ -482,9 +482,9 @@ async fn a_session_keeps_its_http_connections() -> anyhow::Result<()> {
     wait_transferred(&s.node, &s.client, id, 60).await?;
     assert_eq!(hash_file(&s.uploaded("one.bin"))?, sent);
     // Ping, Create-Session, 5 fragments and Close-Session on kept-alive connections:
-    // one, and one more per fragment the server lets travel ahead (two).
+    // one, and one more per fragment the server lets travel ahead (four).
     let connections = accepted.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(connections <= 3, "the session's 8 requests used {connections} connections");
+    assert!(connections <= 5, "the session's 8 requests used {connections} connections");
     Ok(())
 }
 
@@ -506,7 +506,7 @@ async fn fragments_travel_ahead_of_their_acks_where_the_server_allows_it() -> an
             assert_eq!(most, 1, "{name}: a server that does not say so gets one at a time");
         } else {
             assert!(most >= 2, "{name}: at most {most} fragment in flight at once");
-            assert!(most <= 3, "{name}: {most} fragments in flight at once, beyond 1 + 2 ahead");
+            assert!(most <= 5, "{name}: {most} fragments in flight at once, beyond 1 + 4 ahead");
         }
     }
     Ok(())

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 /// Fragments a client may send beyond the one not yet acknowledged (advertised on every
 /// Ack), and the most that wait at once per session on this node.
-pub(crate) const FRAGMENTS_AHEAD: usize = 2;
+pub(crate) const FRAGMENTS_AHEAD: usize = 4;
 /// Longest a fragment ahead waits for the one before it to arrive.
 const GRACE: Duration = Duration::from_millis(250);
 /// Longest a fragment ahead waits for the one before it (which is being written and

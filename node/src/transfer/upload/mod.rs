@@ -28,8 +28,8 @@
 mod ack;
 mod host;
 mod reply;
+mod source;
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +53,7 @@ use super::local;
 use self::ack::{Ack, changed_file, local_error, protocol_error, stamp};
 pub(crate) use self::host::HostIdRule;
 use self::host::{Target, with_host};
+use self::source::Source;
 
 /// Bytes per fragment at first (a server answering 413 gets smaller ones).
 const FRAGMENT_SIZE: u64 = 8 * 1024 * 1024;
@@ -61,7 +62,7 @@ const MIN_FRAGMENT_SIZE: u64 = 64 * 1024;
 /// Times Close-Session is sent again after a 5xx within one run.
 const CLOSE_ATTEMPTS: u32 = 4;
 /// Most fragments sent beyond the one not yet acknowledged, whatever a server allows.
-const MAX_AHEAD: usize = 2;
+const MAX_AHEAD: usize = 4;
 /// How often a run creates a new session after the server lost the old one.
 const MAX_NEW_SESSIONS: u32 = 3;
 
@@ -77,8 +78,8 @@ impl Run {
             blocking(move || local::open_source(&sandboxes, &owner, &path)).await
         }
         .map_err(|e| local_error(&e, &format!("cannot open {path} to upload it")))?;
-        let source = Arc::new(source);
-        let now = stamp(&source).map_err(|e| local_error(&e, "cannot read the file"))?;
+        let source = Source::new(source);
+        let now = stamp(source.file()).map_err(|e| local_error(&e, "cannot read the file"))?;
         let mut pending = if self.job.state() == JobState::Connecting {
             vec![EngineReport::Connected]
         } else {
@@ -221,7 +222,7 @@ impl Run {
         &self,
         target: &mut Target,
         session: &str,
-        source: &Arc<File>,
+        source: &Source,
         local: LocalStamp,
         acked: u64,
         path: &str,
@@ -270,13 +271,14 @@ impl Run {
                 // A final Ack lost in a crash is asked for again with the last byte.
                 let start = if done { total - 1 } else { start };
                 let len = if probe || done { 1 } else { size.min(total - start) };
-                let current = stamp(source).map_err(|e| local_error(&e, "cannot read the file"))?;
+                let current =
+                    stamp(source.file()).map_err(|e| local_error(&e, "cannot read the file"))?;
                 if current != local {
                     return Err(changed_file(path));
                 }
                 let bytes = match ahead.take() {
                     Some((at, bytes)) if at == start && bytes.len() as u64 == len => bytes,
-                    _ => read_at(source, start, len).await?,
+                    _ => source.read_at(start, len).await?,
                 };
                 let range = FragmentRange::new(start, len, total).ok_or_else(|| {
                     protocol_error(format!("a fragment at {start} of {total} bytes"))
@@ -299,7 +301,7 @@ impl Run {
                     return None;
                 }
                 let len = size.min(total - sent_to);
-                read_at(source, sent_to, len).await.ok().map(|bytes| (sent_to, bytes))
+                source.read_at(sent_to, len).await.ok().map(|bytes| (sent_to, bytes))
             };
             let (answered, recorded, read) = tokio::join!(flights.next(), record, read_ahead);
             recorded?;
@@ -509,25 +511,6 @@ async fn drain(target: &mut Target, flights: &mut FuturesOrdered<impl Future<Out
     while let Some(Flight { url, sent, .. }) = flights.next().await {
         let _ = answer(target, PacketType::Fragment, &url, sent).await;
     }
-}
-
-/// `len` bytes of `file` at `offset`, read into memory that is not zeroed first (a
-/// fragment is 8 MiB: zeroing it cost a seventh of the uploading node's CPU).
-async fn read_at(file: &Arc<File>, offset: u64, len: u64) -> Result<Bytes, Stop> {
-    let file = file.clone();
-    let len = usize::try_from(len).map_err(|_| protocol_error("a fragment too large".into()))?;
-    blocking(move || {
-        let mut buffer = Vec::with_capacity(len);
-        while buffer.len() < len {
-            let at = offset + buffer.len() as u64;
-            if rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buffer), at)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        Ok(Bytes::from(buffer))
-    })
-    .await
-    .map_err(|e| local_error(&e, "cannot read the file to upload"))
 }
 
 /// Cancel-Session for a cancelled job's open session (best effort: the server drops
