@@ -106,6 +106,8 @@ struct Node {
     writing: usize,
     /// Pieces done.
     done: usize,
+    /// Their bytes.
+    done_bytes: u64,
     /// When it held the whole file (ns).
     finished: Option<u64>,
     /// Requests waiting for one of its serving slots.
@@ -161,6 +163,7 @@ pub fn run(swarm: &Swarm) -> Outcome {
             workers,
             writing: 0,
             done: 0,
+            done_bytes: 0,
             finished: None,
             queue: VecDeque::new(),
             serving: 0,
@@ -206,9 +209,17 @@ impl Engine<'_> {
 
     fn run(&mut self) {
         let horizon = ns(self.swarm.horizon);
+        let mut marks: Vec<u64> = self.swarm.marks.iter().map(|m| ns(*m)).collect();
+        marks.sort_unstable_by(|a, b| b.cmp(a));
         while let Some(Reverse(At(time, _, event))) = self.events.pop() {
             if time > horizon {
                 break;
+            }
+            while let Some(&mark) = marks.last()
+                && mark <= time
+            {
+                marks.pop();
+                self.note_held(mark);
             }
             self.now = time;
             self.outcome.events += 1;
@@ -484,6 +495,7 @@ impl Engine<'_> {
         node.writing -= 1;
         if node.router.done(req.piece) {
             node.done += 1;
+            node.done_bytes += self.pieces[req.piece as usize].len;
             if node.done == self.pieces.len() {
                 for w in 0..node.workers.len() {
                     self.enter(n, w, Phase::Off);
@@ -561,6 +573,18 @@ impl Engine<'_> {
             self.after(self.swarm.dead_answer, Event::Failed(req));
         }
         self.after(self.swarm.silence, Event::Unreachable { node: n as u32 });
+    }
+
+    /// Notes what the live nodes hold at `mark` (no event changed it since `now`).
+    fn note_held(&mut self, mark: u64) {
+        let mut held: Vec<u64> =
+            self.nodes.iter().filter(|n| n.alive).map(|n| n.done_bytes).collect();
+        held.sort_unstable();
+        if let (Some(min), Some(max)) = (held.first(), held.last()) {
+            let at = Duration::from_nanos(mark);
+            let p50 = held[held.len() / 2];
+            self.outcome.held.push(super::Held { at, min: *min, p50, max: *max });
+        }
     }
 
     fn finish(mut self) -> Outcome {

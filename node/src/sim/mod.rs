@@ -88,6 +88,8 @@ pub struct Swarm {
     pub seed: u64,
     /// Simulated time after which the run stops, finished or not.
     pub horizon: Duration,
+    /// Times at which the run notes how many bytes the nodes hold ([`Outcome::held`]).
+    pub marks: Vec<Duration>,
 }
 
 impl Swarm {
@@ -122,6 +124,7 @@ impl Swarm {
             busy: crate::transfer::router::BUSY,
             seed: 1,
             horizon: Duration::from_secs(600),
+            marks: [1, 2, 5, 10].map(Duration::from_secs).to_vec(),
         }
     }
 }
@@ -156,6 +159,22 @@ pub struct Outcome {
     pub peer_time: PeerTime,
     /// Events processed (the simulator's own cost).
     pub events: u64,
+    /// At each of the swarm's marks (that the run reached), the bytes the live nodes
+    /// held durably: where a fleet falls behind its link, early or late.
+    pub held: Vec<Held>,
+}
+
+/// The bytes live nodes held at one time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Held {
+    /// Time from the start.
+    pub at: Duration,
+    /// The least any node held.
+    pub min: u64,
+    /// The median node's.
+    pub p50: u64,
+    /// The most any node held.
+    pub max: u64,
 }
 
 /// Seconds of peer-worker time in each phase of fetching a piece, summed over workers.

@@ -77,3 +77,21 @@ fn waiting_workers_ask_again_as_soon_as_pieces_come_free() {
     // The floor is 4 s: 4.37 s with the wake, 4.65 s waiting for the polls.
     assert!(outcome.origin_last < Duration::from_millis(4_500), "{outcome:?}");
 }
+
+#[test]
+fn no_node_holds_more_than_its_link_carried() {
+    let mut swarm = fleet();
+    swarm.marks = [1, 2, 3].map(Duration::from_secs).to_vec();
+    let outcome = run(&swarm);
+    assert_eq!(outcome.held.len(), 3, "one note per mark: {:?}", outcome.held);
+    let mut before = 0;
+    for held in &outcome.held {
+        let carried = swarm.link * held.at.as_secs_f64();
+        assert!(held.max as f64 <= carried, "{held:?}: more than the link carried");
+        assert!(held.min <= held.p50 && held.p50 <= held.max, "{held:?}");
+        assert!(held.p50 >= before, "{held:?}: the median node held less than before");
+        before = held.p50;
+    }
+    // By 3 s (the file takes 4 s over one link) every node holds pieces.
+    assert!(outcome.held[2].min > 0, "{:?}", outcome.held[2]);
+}

@@ -167,6 +167,23 @@ pub(crate) fn swarm(args: &Args) -> anyhow::Result<()> {
             outcome.failed_requests,
             outcome.idle_servers
         );
+        let held: Vec<String> = (outcome.held.iter())
+            .map(|h| {
+                let carried = (link * h.at.as_secs_f64()).min(swarm.file_bytes as f64);
+                format!(
+                    "{:.0} s: p50 {:.0} MB (min {:.0}, max {:.0}) of {:.0}",
+                    h.at.as_secs_f64(),
+                    h.p50 as f64 / MB as f64,
+                    h.min as f64 / MB as f64,
+                    h.max as f64 / MB as f64,
+                    carried / MB as f64
+                )
+            })
+            .collect();
+        eprintln!(
+            "       (held by the nodes, against what a link carries by then: {})",
+            held.join("; ")
+        );
         let [asking, busy, flowing, landing, waiting] =
             outcome.peer_time.shares().map(|share| share * 100.0);
         eprintln!(
