@@ -13,7 +13,7 @@ use ferry_protocol::transfer::{Piece, plan};
 
 use super::net::{Ends, FlowId, Net, Src};
 use super::view::{Copies, View, node_id, node_index};
-use super::{Outcome, Swarm};
+use super::{Held, Outcome, Swarm};
 use crate::transfer::router::{Next, PieceRouter, Worker, mix};
 
 /// A worker's kind.
@@ -219,7 +219,8 @@ impl Engine<'_> {
                 && mark <= time
             {
                 marks.pop();
-                self.note_held(mark);
+                let held = self.nodes.iter().filter(|n| n.alive).map(|n| n.done_bytes);
+                self.outcome.held.extend(Held::of(Duration::from_nanos(mark), held));
             }
             self.now = time;
             self.outcome.events += 1;
@@ -573,18 +574,6 @@ impl Engine<'_> {
             self.after(self.swarm.dead_answer, Event::Failed(req));
         }
         self.after(self.swarm.silence, Event::Unreachable { node: n as u32 });
-    }
-
-    /// Notes what the live nodes hold at `mark` (no event changed it since `now`).
-    fn note_held(&mut self, mark: u64) {
-        let mut held: Vec<u64> =
-            self.nodes.iter().filter(|n| n.alive).map(|n| n.done_bytes).collect();
-        held.sort_unstable();
-        if let (Some(min), Some(max)) = (held.first(), held.last()) {
-            let at = Duration::from_nanos(mark);
-            let p50 = held[held.len() / 2];
-            self.outcome.held.push(super::Held { at, min: *min, p50, max: *max });
-        }
     }
 
     fn finish(mut self) -> Outcome {

@@ -177,6 +177,16 @@ pub struct Held {
     pub max: u64,
 }
 
+impl Held {
+    /// What nodes holding `bytes` each hold at `at` (`None` without nodes).
+    fn of(at: Duration, bytes: impl Iterator<Item = u64>) -> Option<Self> {
+        let mut held: Vec<u64> = bytes.collect();
+        held.sort_unstable();
+        let (min, max) = (*held.first()?, *held.last()?);
+        Some(Self { at, min, p50: held[held.len() / 2], max })
+    }
+}
+
 /// Seconds of peer-worker time in each phase of fetching a piece, summed over workers.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PeerTime {
