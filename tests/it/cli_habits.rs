@@ -277,13 +277,16 @@ async fn the_password_prompt_does_not_echo() -> anyhow::Result<()> {
     let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
     let mut stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let mut shown = String::new();
-    // Type only once the prompt is up (echo is off by then).
+    // Type only once the prompt is up and the terminal no longer echoes: the prompt is
+    // written a moment before echo is turned off, and a typist that fast would see
+    // the password.
     while !shown.contains("Password:") {
         let mut buffer = [0u8; 1024];
         let n = tokio::time::timeout(Duration::from_secs(20), stdout.read(&mut buffer)).await??;
         anyhow::ensure!(n > 0, "no prompt: {shown}");
         shown.push_str(&String::from_utf8_lossy(&buffer[..n]));
     }
+    wait_for_no_echo(&job.id.to_string()).await?;
     stdin.write_all(format!("{PASSWORD}\r").as_bytes()).await?;
     stdin.flush().await?;
     let mut rest = String::new();
@@ -295,6 +298,34 @@ async fn the_password_prompt_does_not_echo() -> anyhow::Result<()> {
     assert!(shown.contains("Credentials set"), "{shown}");
     assert_eq!(alice.job(job.id).await?.credentials.len(), 1);
     Ok(())
+}
+
+/// Waits until the terminal of the process whose command line names `marker` has echo
+/// off (as `stty -a` shows it), for at most 20 s.
+async fn wait_for_no_echo(marker: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(tty) = terminal_of(marker) {
+            let out = Command::new("stty").arg("-F").arg(&tty).arg("-a").output().await?;
+            let settings = String::from_utf8_lossy(&out.stdout).into_owned();
+            if settings.split_whitespace().any(|flag| flag == "-echo") {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the terminal of {marker} kept echoing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The terminal on the standard input of the process whose command line names `marker`.
+fn terminal_of(marker: &str) -> Option<std::path::PathBuf> {
+    let processes = std::fs::read_dir("/proc").ok()?;
+    processes.flatten().find_map(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let named = String::from_utf8_lossy(&cmdline).contains(marker);
+        let tty = std::fs::read_link(entry.path().join("fd/0")).ok()?;
+        (named && tty.starts_with("/dev/pts")).then_some(tty)
+    })
 }
 
 /// A node and an origin serving `/slow.bin` (`len` bytes) at `rate` bytes/s per
