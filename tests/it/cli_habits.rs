@@ -247,21 +247,20 @@ async fn the_config_file_offline_commands_and_the_unreachable_line() -> anyhow::
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_password_prompt_does_not_echo() -> anyhow::Result<()> {
-    const PASSWORD: &str = "n0-echo-pa55word";
+/// `ferry job credentials set` on a terminal (script(1)), for a fresh job of Alice's,
+/// with `after` run on the same terminal once ferry ends; returns once the prompt is
+/// up and the terminal no longer echoes (`None` without script(1)).
+async fn password_prompt(after: &str) -> anyhow::Result<Option<Prompt>> {
     if std::process::Command::new("script").arg("--version").output().is_err() {
         eprintln!("skipped: script(1) is not installed");
-        return Ok(());
+        return Ok(None);
     }
     let node = Node::start(NodeOptions::queue_only()).await?;
-    let alice = node.client(Some(tokens::ALICE))?;
     let (_, out, _) = ferry(&node, tokens::ALICE, &["--json", "job", "create", "secret"]).await?;
     let job: JobInfo = serde_json::from_str(&out)?;
-    let ferry_path = binary("ferry")?;
     let line = format!(
-        "{} job credentials set {} --target server --scheme basic --user u",
-        ferry_path.display(),
+        "{} job credentials set {} --target server --scheme basic --user u; {after}",
+        binary("ferry")?.display(),
         job.id
     );
     // script(1) gives ferry a terminal; what the terminal shows comes back on stdout.
@@ -274,47 +273,81 @@ async fn the_password_prompt_does_not_echo() -> anyhow::Result<()> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
     let mut stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let mut shown = String::new();
-    // Type only once the prompt is up and the terminal no longer echoes: the prompt is
-    // written a moment before echo is turned off, and a typist that fast would see
-    // the password.
     while !shown.contains("Password:") {
         let mut buffer = [0u8; 1024];
         let n = tokio::time::timeout(Duration::from_secs(20), stdout.read(&mut buffer)).await??;
         anyhow::ensure!(n > 0, "no prompt: {shown}");
         shown.push_str(&String::from_utf8_lossy(&buffer[..n]));
     }
-    wait_for_no_echo(&job.id.to_string()).await?;
-    stdin.write_all(format!("{PASSWORD}\r").as_bytes()).await?;
-    stdin.flush().await?;
-    let mut rest = String::new();
-    tokio::time::timeout(Duration::from_secs(30), stdout.read_to_string(&mut rest)).await??;
-    shown.push_str(&rest);
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
-    assert!(status.success(), "{shown}");
+    // Echo goes off before the prompt is written: it is off by now.
+    let tty = terminal_of(&job.id.to_string())
+        .ok_or_else(|| anyhow::anyhow!("ferry has no terminal: {shown}"))?;
+    let out = Command::new("stty").arg("-F").arg(&tty).arg("-a").output().await?;
+    let settings = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        settings.split_whitespace().any(|flag| flag == "-echo"),
+        "the terminal echoes at the prompt: {settings}"
+    );
+    Ok(Some(Prompt { node, job, child, stdin, stdout, shown }))
+}
+
+/// A password prompt waiting on a terminal.
+struct Prompt {
+    node: Node,
+    job: JobInfo,
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    /// What the terminal showed so far.
+    shown: String,
+}
+
+impl Prompt {
+    /// Types `keys`; everything the terminal shows until the session ends.
+    async fn type_keys(mut self, keys: &str) -> anyhow::Result<(Self, String)> {
+        self.stdin.write_all(keys.as_bytes()).await?;
+        self.stdin.flush().await?;
+        let mut rest = String::new();
+        tokio::time::timeout(Duration::from_secs(30), self.stdout.read_to_string(&mut rest))
+            .await??;
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await??;
+        anyhow::ensure!(status.success(), "{}{rest}", self.shown);
+        let shown = format!("{}{rest}", self.shown);
+        Ok((self, shown))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_prompt_does_not_echo() -> anyhow::Result<()> {
+    const PASSWORD: &str = "n0-echo-pa55word";
+    let Some(prompt) = password_prompt("echo \"status=$?\"").await? else { return Ok(()) };
+    let (prompt, shown) = prompt.type_keys(&format!("{PASSWORD}\r")).await?;
+    assert!(shown.contains("status=0"), "{shown}");
     assert!(!shown.contains(PASSWORD), "the password was echoed: {shown:?}");
     assert!(shown.contains("Credentials set"), "{shown}");
-    assert_eq!(alice.job(job.id).await?.credentials.len(), 1);
+    let alice = prompt.node.client(Some(tokens::ALICE))?;
+    assert_eq!(alice.job(prompt.job.id).await?.credentials.len(), 1);
     Ok(())
 }
 
-/// Waits until the terminal of the process whose command line names `marker` has echo
-/// off (as `stty -a` shows it), for at most 20 s.
-async fn wait_for_no_echo(marker: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(tty) = terminal_of(marker) {
-            let out = Command::new("stty").arg("-F").arg(&tty).arg("-a").output().await?;
-            let settings = String::from_utf8_lossy(&out.stdout).into_owned();
-            if settings.split_whitespace().any(|flag| flag == "-echo") {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the terminal of {marker} kept echoing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_at_the_password_prompt_gives_the_terminal_back() -> anyhow::Result<()> {
+    let Some(prompt) = password_prompt("echo \"status=$?\"; stty -a").await? else {
+        return Ok(());
+    };
+    let (prompt, shown) = prompt.type_keys("half-typed\x03").await?;
+    // Killed by SIGINT, as without the prompt; the shell after it finds echo on.
+    assert!(shown.contains("status=130"), "{shown}");
+    let settings = shown.rsplit("status=").next().unwrap_or_default();
+    assert!(settings.split_whitespace().any(|flag| flag == "echo"), "{shown}");
+    assert!(settings.split_whitespace().any(|flag| flag == "icanon"), "{shown}");
+    assert!(!shown.contains("half-typed"), "{shown}");
+    let alice = prompt.node.client(Some(tokens::ALICE))?;
+    assert!(alice.job(prompt.job.id).await?.credentials.is_empty());
+    Ok(())
 }
 
 /// The terminal on the standard input of the process whose command line names `marker`.
