@@ -258,6 +258,13 @@ pub const FLEET_NODE_PLACEHOLDER: &str = "{node}";
 /// Most nodes one fleet reaches.
 pub const MAX_FLEET_MEMBERS: usize = 64;
 
+/// The chunk size a fleet member plans its file with (grown for a huge file as any
+/// is: [`crate::transfer::chunk_size_for`]), unless a copy of the file already has a
+/// plan: the same on every member, whatever its node's `[transfer] chunk_size_bytes`,
+/// so that members' copies fit each other's plans; and small, so that a piece reaches
+/// the swarm soon after its member starts fetching it.
+pub const FLEET_CHUNK_SIZE: u64 = 2 * 1024 * 1024;
+
 /// Most credentials a fleet's jobs take: one per target (server, proxy) and scheme.
 pub const MAX_FLEET_CREDENTIALS: usize = 4;
 

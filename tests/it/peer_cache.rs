@@ -502,6 +502,21 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
     // not yet applied a chunk's report answered "missing" and the asker went to the
     // origin.
     assert!(ratio <= 1.05, "the origin sent {ratio:.2} x the file");
+    // Every member plans the file in the fleet's 2 MiB pieces, though its node is
+    // configured for 1 MiB chunks.
+    let spans: Vec<u64> = (origin.requests().iter())
+        .filter(|r| r.path == "/fleet.bin")
+        .filter_map(|r| {
+            r.range
+                .as_deref()?
+                .strip_prefix("bytes=")?
+                .split_once('-')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        })
+        .filter_map(|(a, b)| Some(b.parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?))
+        .collect();
+    assert!(spans.iter().all(|&span| span <= 2 * MIB), "ranges over 2 MiB: {spans:?}");
+    assert!(spans.iter().filter(|&&span| span == 2 * MIB).count() >= 15, "{spans:?}");
     // The password went to every member's job sealed: in no data file, in no log.
     for node in &nodes {
         crate::support::assert_no_secret(node, FLEET_PASSWORD)?;

@@ -303,7 +303,9 @@ pub struct PeerCacheConfig {
     #[serde(deserialize_with = "super::duration::secs")]
     pub max_age_secs: u64,
     /// Chunks read for peers at once; a request beyond them is answered busy at once
-    /// (the asker takes another holder, or this one a little later). Default 4.
+    /// (the asker takes another holder, or this one a little later). Default 10: as
+    /// many as a fleet member's peer workers fetch at once (a fleet's pieces are
+    /// 2 MiB), so that a fleet's links run full.
     pub max_serving: usize,
     /// How often the limits are checked, seconds. Default 60.
     #[serde(deserialize_with = "super::duration::secs")]
@@ -320,7 +322,7 @@ impl Default for PeerCacheConfig {
         Self {
             max_size_bytes: None,
             max_age_secs: 7_776_000,
-            max_serving: 4,
+            max_serving: 10,
             check_every_secs: 60,
             #[cfg(feature = "fault-injection")]
             fault_serve_wrong_bytes: false,

@@ -6,7 +6,7 @@
 //! flows (a flow runs at the smaller of its sender's and its receiver's share); the
 //! origin has an egress limit shared the same way; every message takes one latency.
 //! Each node is a fleet member with the shell's workers (`connections` origin workers,
-//! four peer workers, idle workers asking again after the router's `IDLE` or, as the
+//! [`peer_workers`] peer workers, idle workers asking again after the router's `IDLE` or, as the
 //! shell's desk wakes them, at once when an ask frees pieces, every
 //! worker asking for its next piece once the last one's bytes are in, while that one
 //! is written); a holder serves at most
@@ -43,7 +43,8 @@ pub struct Swarm {
     pub nodes: usize,
     /// The file's size in bytes.
     pub file_bytes: u64,
-    /// The chunk size (Ferry's for the file: see `ferry_protocol::transfer::chunk_size_for`).
+    /// The chunk size (a fleet's for the file: `ferry_protocol::peer_cache::FLEET_CHUNK_SIZE`,
+    /// grown as `ferry_protocol::transfer::chunk_size_for` grows it).
     pub chunk_size: u64,
     /// Each node's upload and download rate, in bytes per second.
     pub link: f64,
@@ -80,8 +81,8 @@ pub struct Swarm {
     /// How long a worker with nothing to do waits before asking again (the router's
     /// `IDLE`, which the shell uses).
     pub idle: Duration,
-    /// A fleet's origin window in bytes (the router's `ORIGIN_WINDOW`).
-    pub window: u64,
+    /// A fleet's origin window in pieces (the router's `ORIGIN_WINDOW`).
+    pub window: usize,
     /// How long a node passes over a holder that answered busy (the router's `BUSY`).
     pub busy: Duration,
     /// The generator's seed.
@@ -94,13 +95,14 @@ pub struct Swarm {
 
 impl Swarm {
     /// `nodes` nodes fetching `file_bytes` over links of `link` bytes/s from an origin
-    /// limited to `origin` bytes/s, with Ferry's defaults for the rest: its chunk size,
-    /// one origin connection, four peer workers, four serves per holder, 0.5 ms
+    /// limited to `origin` bytes/s, with Ferry's defaults for the rest: a fleet's chunk
+    /// size, one origin connection, the peer workers of that size (ten for 2 MiB), the
+    /// default `[peer_cache] max_serving` (ten) serves per holder, 0.5 ms
     /// latency, 5 ms to announce a piece, 2 ms to write one.
     pub fn new(nodes: usize, file_bytes: u64, link: f64, origin: f64) -> Self {
         let chunk_size = ferry_protocol::transfer::chunk_size_for(
             file_bytes,
-            ferry_protocol::transfer::DEFAULT_CHUNK_SIZE,
+            ferry_protocol::peer_cache::FLEET_CHUNK_SIZE,
         );
         Self {
             nodes,
@@ -112,8 +114,8 @@ impl Swarm {
             announce: Duration::from_millis(5),
             write: Duration::from_millis(2),
             connections: 1,
-            peer_workers: 4,
-            max_serving: 4,
+            peer_workers: peer_workers(chunk_size),
+            max_serving: crate::config::PeerCacheConfig::default().max_serving,
             queue: 0,
             sample: 8,
             failures: Vec::new(),
@@ -127,6 +129,11 @@ impl Swarm {
             marks: [1, 2, 5, 10].map(Duration::from_secs).to_vec(),
         }
     }
+}
+
+/// Ferry's peer workers for a file of `chunk_size` pieces (the router's rule).
+pub fn peer_workers(chunk_size: u64) -> usize {
+    crate::transfer::router::peer_workers(chunk_size)
 }
 
 /// What a simulated distribution gave.

@@ -53,11 +53,21 @@ fn the_same_swarm_gives_the_same_outcome() {
     assert_eq!(a.origin_bytes, b.origin_bytes);
 }
 
+/// `swarm` in the pieces its figures below were taken with: 8 MiB, four peer workers
+/// and serves, an origin window of eight pieces (64 MiB).
+fn eight_mib(mut swarm: Swarm) -> Swarm {
+    swarm.chunk_size = 8 << 20;
+    swarm.peer_workers = 4;
+    swarm.max_serving = 4;
+    swarm.window = 8;
+    swarm
+}
+
 #[test]
 fn a_peer_worker_fetches_its_next_piece_while_the_last_is_written() {
     // Writes of 300 ms, pieces of 84 ms at full link: four nodes whose peer workers
     // waited for each write before asking again took 6.55 s; fetching meanwhile, 4.91 s.
-    let mut swarm = Swarm::new(4, 400 * MB, 100.0 * MB as f64, 100.0 * MB as f64);
+    let mut swarm = eight_mib(Swarm::new(4, 400 * MB, 100.0 * MB as f64, 100.0 * MB as f64));
     swarm.write = Duration::from_millis(300);
     let outcome = run(&swarm);
     assert_eq!(outcome.unfinished, 0);
@@ -70,7 +80,7 @@ fn waiting_workers_ask_again_as_soon_as_pieces_come_free() {
     // Workers told to wait poll only every 200 ms here; the shell's desk wakes them as
     // soon as an ask frees pieces (a member's origin piece reported, say), so the
     // origin's window moves on at once instead of one poll later.
-    let mut swarm = Swarm::new(50, 400 * MB, 100.0 * MB as f64, 100.0 * MB as f64);
+    let mut swarm = eight_mib(Swarm::new(50, 400 * MB, 100.0 * MB as f64, 100.0 * MB as f64));
     swarm.idle = Duration::from_millis(200);
     let outcome = run(&swarm);
     assert_eq!(outcome.unfinished, 0);

@@ -213,8 +213,8 @@ impl Run {
             Some(_) if same_version && file.chunk_size != 0 => file.chunk_size,
             Some(size) => self
                 .copies_chunk_size(&file, index, &probe.remote, size)
-                .unwrap_or_else(|| chunk_size_for(size, self.settings.chunk_size)),
-            None => self.settings.chunk_size,
+                .unwrap_or_else(|| chunk_size_for(size, self.chunk_size_setting())),
+            None => self.chunk_size_setting(),
         };
         let pieces = match probe.remote.size {
             Some(size) => Some(transfer::plan(&file.ranges, size, chunk_size).map_err(|code| {

@@ -20,9 +20,6 @@ use crate::transfer::peer_cache::{self, CopyAnswer, CopyRequest};
 use crate::transfer::router::Holder;
 use crate::transfer::scope;
 
-/// Peer fetches at once per file.
-pub(super) const PEER_WORKERS: usize = 4;
-
 /// Tells `queue`, every [`PING_EVERY`], which other members of fleet `fleet` left pings
 /// unanswered for [`helper::SILENCE`] (see `peer::liveness`), until aborted.
 pub(super) async fn watch_fleet(cluster: ClusterView, fleet: JobId, queue: Desk) {

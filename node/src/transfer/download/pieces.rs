@@ -20,13 +20,13 @@ use tokio::task::JoinSet;
 
 use super::desk::{Ask, Desk, Routing, Sources};
 use super::helper_client::Helper;
-use super::peers::{PEER_WORKERS, from_peers, watch_fleet};
+use super::peers::{from_peers, watch_fleet};
 use super::ramp::{self, Ramp};
 use super::{Outbox, internal};
 use crate::transfer::failure::{Failure, Stop};
 use crate::transfer::fetch::{Fetch, blocking};
 use crate::transfer::helper::MAX_HELPER_PIECE;
-use crate::transfer::router::Worker;
+use crate::transfer::router::{Worker, peer_workers};
 use crate::transfer::scope::scoped;
 use crate::transfer::{Run, peer_cache};
 
@@ -82,7 +82,7 @@ impl Run {
                 Workers { tasks: JoinSet::new(), peers: HashSet::new(), growth: None };
             // Peer workers first: counted before an origin worker looks at the queue.
             if routing.router().uses_peers() {
-                for _ in 0..PEER_WORKERS {
+                for _ in 0..peer_workers(chunk_size) {
                     let (done, fetch, desk) = (done_tx.clone(), fetch.clone(), desk.clone());
                     let cluster = self.reporter.cluster.clone();
                     routing.router().peer_worker_started();

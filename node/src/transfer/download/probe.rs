@@ -3,6 +3,7 @@
 //! GET where HEAD is refused).
 
 use ferry_protocol::BitsCode;
+use ferry_protocol::peer_cache::FLEET_CHUNK_SIZE;
 use ferry_protocol::transfer::RemoteInfo;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, Response, StatusCode};
@@ -29,7 +30,7 @@ impl Run {
         url: &str,
         index: u32,
     ) -> Result<(Probe, Option<FirstPiece>), Stop> {
-        let asked = self.settings.chunk_size;
+        let asked = self.chunk_size_setting();
         let response = self
             .http
             .send(Method::GET, url, |r| r.header(header::RANGE, format!("bytes=0-{}", asked - 1)))
@@ -70,6 +71,16 @@ impl Run {
         let probe = Probe::new(remote, url, &response);
         let first = (len > 0).then_some(FirstPiece { response, len });
         Ok((probe, first))
+    }
+
+    /// The chunk size a fresh file is planned with (grown for a huge file), unless
+    /// copies have a plan: a fleet member's [`FLEET_CHUNK_SIZE`], the same on every
+    /// member whatever its node's configuration; else `[transfer] chunk_size_bytes`.
+    pub(super) fn chunk_size_setting(&self) -> u64 {
+        match self.job.fleet() {
+            Some(_) => FLEET_CHUNK_SIZE,
+            None => self.settings.chunk_size,
+        }
     }
 
     /// `HEAD` (or a `bytes=0-0` GET where HEAD is refused) for size and validators.

@@ -323,28 +323,36 @@ fn a_busy_holder_is_asked_again_once_busy_is_over() {
 
 #[test]
 fn a_fleet_member_fetches_its_origin_piece_once_the_window_reaches_it() {
-    let chunk = 8 << 20;
-    let pieces: VecDeque<Piece> = (0..30)
+    let chunk = 2 << 20;
+    let pieces: VecDeque<Piece> = (0..40)
         .map(|index| Piece { index, local_offset: 0, remote_offset: 0, len: chunk })
         .collect();
-    // Member 9 of 10 fetches pieces 9, 19 and 29.
-    let fleet = FleetMember { fleet: JobId::generate(), member: 9, members: 10 };
+    // Member 19 of 20 fetches pieces 19 and 39.
+    let fleet = FleetMember { fleet: JobId::generate(), member: 19, members: 20 };
     let member =
         |member| MemberState { member, node: u64::from(member) + 100, stopped: false, held: 0 };
-    let mut view = View { position: 1, members: (0..10).map(member).collect(), ..View::default() };
+    let mut view = View { position: 1, members: (0..20).map(member).collect(), ..View::default() };
     let now = Instant::now();
     let mut router = PieceRouter::with_copies(pieces, Some(fleet), &view);
     router.peer_worker_started();
-    // Nine pieces (72 MiB) ahead of piece 9 are missing everywhere: it waits.
+    // Nineteen pieces ahead of piece 19 are missing everywhere: it waits.
     assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, now), Next::Wait);
-    // Pieces 0-2 reach copies: six pieces (48 MiB) ahead, within the window.
+    // Pieces 0-3 reach copies: fifteen ahead, within the window of sixteen.
     view.copies.insert(100, BTreeSet::from([0]));
     view.copies.insert(101, BTreeSet::from([1]));
     view.copies.insert(102, BTreeSet::from([2]));
+    view.copies.insert(103, BTreeSet::from([3]));
     view.position = 2;
-    assert_eq!(index(router.next_origin(Worker::Origin, u64::MAX, &view, now)), Some(9));
-    // Piece 19 has 15 missing ahead of it (piece 9 among them): it waits.
+    assert_eq!(index(router.next_origin(Worker::Origin, u64::MAX, &view, now)), Some(19));
+    // Piece 39 has 35 missing ahead of it (piece 19 among them): it waits.
     assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, now), Next::Wait);
+    // The window counts pieces, not bytes: pieces four times larger go as soon.
+    let big: VecDeque<Piece> = (0..40)
+        .map(|index| Piece { index, local_offset: 0, remote_offset: 0, len: 4 * chunk })
+        .collect();
+    let mut router = PieceRouter::with_copies(big, Some(fleet), &view);
+    router.peer_worker_started();
+    assert_eq!(index(router.next_origin(Worker::Origin, u64::MAX, &view, now)), Some(19));
 }
 
 /// One event of a random run.

@@ -36,26 +36,26 @@ pub(crate) struct Args {
     /// Tuning: a worker's wait before asking again, in ms [default: the router's].
     #[arg(long, hide = true)]
     idle_ms: Option<u64>,
-    /// Tuning: the fleet's origin window, in MiB [default: the router's].
+    /// Tuning: the fleet's origin window, in pieces [default: the router's].
     #[arg(long, hide = true)]
-    window_mib: Option<u64>,
+    window: Option<usize>,
     /// Tuning: how long a busy holder is passed over, in ms [default: the router's].
     #[arg(long, hide = true)]
     busy_ms: Option<u64>,
-    /// Tuning: pieces a holder serves at once [default: 4, as `[peer_cache] max_serving`].
+    /// Tuning: pieces a holder serves at once [default: `[peer_cache] max_serving`'s].
     #[arg(long, hide = true)]
     max_serving: Option<usize>,
     /// Tuning: requests a holder keeps waiting beyond its slots; more are answered busy
     /// [default: 0, as ferryd].
     #[arg(long, hide = true)]
     queue: Option<usize>,
-    /// Tuning: peer workers per node [default: 4, as the shell].
+    /// Tuning: peer workers per node [default: the shell's for the chunk size].
     #[arg(long, hide = true)]
     peer_workers: Option<usize>,
     /// Tuning: holders a view lists per piece.
     #[arg(long, hide = true)]
     sample: Option<usize>,
-    /// Tuning: the chunk size, in MiB [default: Ferry's for the file].
+    /// Tuning: the chunk size, in MiB [default: a fleet's for the file].
     #[arg(long, hide = true)]
     chunk_mib: Option<u64>,
 }
@@ -106,16 +106,15 @@ pub(crate) fn swarm(args: &Args) -> anyhow::Result<()> {
         if let Some(ms) = args.busy_ms {
             swarm.busy = Duration::from_millis(ms);
         }
-        if let Some(mib) = args.window_mib {
-            swarm.window = mib << 20;
+        swarm.window = args.window.unwrap_or(swarm.window);
+        if let Some(mib) = args.chunk_mib {
+            swarm.chunk_size = mib << 20;
+            swarm.peer_workers = sim::peer_workers(swarm.chunk_size);
         }
         swarm.max_serving = args.max_serving.unwrap_or(swarm.max_serving);
         swarm.queue = args.queue.unwrap_or(swarm.queue);
         swarm.peer_workers = args.peer_workers.unwrap_or(swarm.peer_workers);
         swarm.sample = args.sample.unwrap_or(swarm.sample);
-        if let Some(mib) = args.chunk_mib {
-            swarm.chunk_size = mib << 20;
-        }
         swarm.failures = (0..args.failures.min(nodes / 2))
             .map(|k| (nodes - 1 - 2 * k, Duration::from_millis(500 + 1_000 * k as u64)))
             .collect();
