@@ -104,9 +104,13 @@ async fn finished(
     write.await.map_err(|_| super::internal(fetch.file, "a write failed"))?
 }
 
-/// How long a peer has to deliver a chunk: 5 s plus a second per 4 MiB.
+/// How long a peer has to deliver a chunk: 5 s plus a second per 256 KiB. A holder
+/// sends up to `max_serving` (10) chunks at once over its upload, and the asker takes
+/// up to ten at once over its download: on 5 MB/s links a chunk flows at about
+/// 0.5 MB/s. A second per 4 MiB (the deadline before) cut such chunks off, and they
+/// went to the origin again (calibrate at 5 MB/s: origin egress 1.14-2.44 × the file).
 fn copy_deadline(len: u64) -> Duration {
-    Duration::from_secs(5 + len / (4 * 1024 * 1024))
+    Duration::from_secs(5 + len / (256 * 1024))
 }
 
 /// Why a copy's chunk did not arrive.
@@ -162,4 +166,20 @@ async fn ask_copy(
     len: u64,
 ) -> crate::error::Result<CopyAnswer> {
     cluster.call(node, &request, copy_deadline(len)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::copy_deadline;
+
+    #[test]
+    fn a_chunk_shared_ten_ways_over_a_slow_link_is_not_cut_off() {
+        // Ten serves over a holder's 2.5 MB/s upload: 250 KB/s for each chunk.
+        for len in [2 << 20, 8 << 20, 12 << 20] {
+            let takes = Duration::from_secs_f64(len as f64 / 250_000.0);
+            assert!(copy_deadline(len) > takes, "{len} bytes: {:?}", copy_deadline(len));
+        }
+    }
 }
