@@ -175,7 +175,7 @@ pub fn run(swarm: &Swarm) -> Outcome {
         pieces,
         nodes,
         copies,
-        net: Net::new(swarm.nodes, swarm.link, swarm.origin),
+        net: Net::new(swarm.nodes, swarm.link, swarm.origin, swarm.sharing),
         by_flow: Vec::new(),
         events: BinaryHeap::new(),
         seq: 0,
@@ -532,7 +532,8 @@ impl Engine<'_> {
         if let Src::Node(h) = req.src {
             let piece = self.pieces[req.piece as usize];
             let now = self.start + Duration::from_nanos(self.now);
-            self.nodes[n].router.peer_busy(piece, node_id(h), now);
+            let took = 2 * self.swarm.latency;
+            self.nodes[n].router.peer_busy(piece, node_id(h), now, took);
         }
         self.ask_now(req.node as usize, req.worker as usize);
     }

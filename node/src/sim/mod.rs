@@ -50,6 +50,8 @@ pub struct Swarm {
     pub link: f64,
     /// The origin's egress limit, in bytes per second.
     pub origin: f64,
+    /// How a link's rate is divided among its flows.
+    pub sharing: Sharing,
     /// One message's way between any two parties (origin included).
     pub latency: Duration,
     /// From a piece durable at a node to other nodes' views listing it (report and
@@ -110,6 +112,7 @@ impl Swarm {
             chunk_size,
             link,
             origin,
+            sharing: Sharing::Equal,
             latency: Duration::from_micros(500),
             announce: Duration::from_millis(5),
             write: Duration::from_millis(2),
@@ -129,6 +132,19 @@ impl Swarm {
             marks: [1, 2, 5, 10].map(Duration::from_secs).to_vec(),
         }
     }
+}
+
+/// How a link (a node's upload or download, the origin's egress) divides its rate
+/// among the flows on it. Either way a flow runs at the smaller of its two shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sharing {
+    /// Equal shares: a share its flow cannot use (held back at its other end) is lost.
+    Equal,
+    /// Water-filling: a flow held back at its other end leaves the rest of its share
+    /// to the others (max-min fairness at each link, as TCP's and QUIC's congestion
+    /// control tend to; each link is divided anew whenever a flow starts or ends on
+    /// it, from its flows' shares at their other ends).
+    Fill,
 }
 
 /// Ferry's peer workers for a file of `chunk_size` pieces (the router's rule).

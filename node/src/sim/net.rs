@@ -1,6 +1,8 @@
 //! The simulated network: flows between the origin and nodes, each running at the
-//! smaller of its sender's and its receiver's fair share of their links, and the
-//! times they end.
+//! smaller of its sender's and its receiver's share of their links (as [`Sharing`]
+//! divides a link), and the times they end.
+
+use super::Sharing;
 
 /// One end of a flow's sending side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +22,10 @@ pub(super) struct Flow {
     remaining: f64,
     /// Bytes per second since `since`.
     rate: f64,
+    /// Its share of its sender's upload (or the origin's egress), and of its
+    /// receiver's download, as last divided: it runs at the smaller.
+    up: f64,
+    down: f64,
     /// Simulated nanoseconds.
     since: u64,
     /// Set anew (from the net's counter) at each change of rate: an end scheduled
@@ -37,6 +43,7 @@ pub(super) type Ends = Vec<(FlowId, u64, u64)>;
 
 /// Every link and the flows on them.
 pub(super) struct Net {
+    sharing: Sharing,
     link: f64,
     origin: f64,
     flows: Vec<Option<Flow>>,
@@ -52,9 +59,11 @@ pub(super) struct Net {
 }
 
 impl Net {
-    /// `nodes` nodes with links of `link` bytes/s each way, an origin of `origin`.
-    pub(super) fn new(nodes: usize, link: f64, origin: f64) -> Self {
+    /// `nodes` nodes with links of `link` bytes/s each way, an origin of `origin`,
+    /// each divided among its flows by `sharing`.
+    pub(super) fn new(nodes: usize, link: f64, origin: f64, sharing: Sharing) -> Self {
         Self {
+            sharing,
             link,
             origin,
             flows: Vec::new(),
@@ -74,6 +83,8 @@ impl Net {
             dst,
             remaining: bytes as f64,
             rate: 0.0,
+            up: f64::INFINITY,
+            down: f64::INFINITY,
             since: now,
             version: 0,
             sent: 0.0,
@@ -124,25 +135,28 @@ impl Net {
         }
     }
 
-    /// New rates for the flows of `src` and of `dst`.
+    /// Divides `src`'s upload and `dst`'s download anew; new rates for their flows.
+    /// Each link's shares add up to the link, and a flow runs at the smaller of its
+    /// two: every link stays within its rate, whatever shares were divided at other
+    /// links before.
     fn rebalance(&mut self, src: Src, dst: usize, now: u64) -> Ends {
-        let mut touched = self.senders(src).clone();
-        touched.extend(&self.down[dst]);
+        let sent = self.senders(src).clone();
+        let capacity = match src {
+            Src::Origin => self.origin,
+            Src::Node(_) => self.link,
+        };
+        self.divide(&sent, capacity, Side::Up);
+        let received = self.down[dst].clone();
+        self.divide(&received, self.link, Side::Down);
+        let mut touched = sent;
+        touched.extend(received);
         touched.sort_unstable();
         touched.dedup();
         let mut changed = Vec::with_capacity(touched.len());
         for id in touched {
-            let (src, dst) = match &self.flows[id] {
-                Some(f) => (f.src, f.dst),
-                None => continue,
-            };
-            let up = match src {
-                Src::Origin => self.origin / self.origin_up.len() as f64,
-                Src::Node(n) => self.link / self.up[n].len() as f64,
-            };
-            let rate = up.min(self.link / self.down[dst].len() as f64);
             let fresh = self.versions + 1;
             let Some(flow) = self.flows[id].as_mut() else { continue };
+            let rate = flow.up.min(flow.down);
             settle(flow, now);
             if (flow.rate - rate).abs() > f64::EPSILON || flow.version == 0 {
                 self.versions = fresh;
@@ -154,6 +168,61 @@ impl Net {
         }
         changed
     }
+
+    /// Divides `capacity` among the flows `ids` (running, as a link's lists hold) on
+    /// one side of theirs.
+    fn divide(&mut self, ids: &[FlowId], capacity: f64, side: Side) {
+        let flows = || ids.iter().filter_map(|id| self.flows[*id].as_ref());
+        let shares = match self.sharing {
+            Sharing::Equal => vec![capacity / ids.len().max(1) as f64; ids.len()],
+            Sharing::Fill => fill(capacity, &flows().map(|f| side.other(f)).collect::<Vec<_>>()),
+        };
+        for (id, share) in ids.iter().zip(shares) {
+            let Some(flow) = self.flows[*id].as_mut() else { continue };
+            match side {
+                Side::Up => flow.up = share,
+                Side::Down => flow.down = share,
+            }
+        }
+    }
+}
+
+/// A link's side of its flows.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The sender's upload (or the origin's egress).
+    Up,
+    /// The receiver's download.
+    Down,
+}
+
+impl Side {
+    /// What `flow` may get at its other end.
+    fn other(self, flow: &Flow) -> f64 {
+        match self {
+            Self::Up => flow.down,
+            Self::Down => flow.up,
+        }
+    }
+}
+
+/// Water-filling: `capacity` divided among flows that may use at most `wants` each
+/// (their shares at their other ends): a flow wanting less than an equal share of
+/// what is left gets what it wants, the others divide the rest equally. What nobody
+/// wants is spread equally on top, so that a flow held back elsewhere can grow when
+/// that end is divided again.
+fn fill(capacity: f64, wants: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..wants.len()).collect();
+    order.sort_unstable_by(|a, b| wants[*a].total_cmp(&wants[*b]));
+    let mut shares = vec![0.0; wants.len()];
+    let mut left = capacity;
+    for (placed, &i) in order.iter().enumerate() {
+        let equal = left / (wants.len() - placed) as f64;
+        shares[i] = wants[i].min(equal);
+        left -= shares[i];
+    }
+    let spare = left.max(0.0) / wants.len().max(1) as f64;
+    shares.iter().map(|share| share + spare).collect()
 }
 
 /// Counts the bytes sent since the flow's last change.
@@ -162,4 +231,75 @@ fn settle(flow: &mut Flow, now: u64) {
     flow.remaining -= sent;
     flow.sent += sent;
     flow.since = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FlowId, Net, Sharing, Src, fill};
+    use crate::transfer::router::mix;
+
+    const LINK: f64 = 300.0;
+
+    fn rate(net: &Net, id: FlowId) -> f64 {
+        net.flows[id].as_ref().map_or(0.0, |flow| flow.rate)
+    }
+
+    #[test]
+    fn water_filling_leaves_what_a_flow_cannot_use_to_the_others() {
+        assert_eq!(fill(300.0, &[10.0, f64::INFINITY, f64::INFINITY]), [10.0, 145.0, 145.0]);
+        assert_eq!(fill(300.0, &[200.0, 40.0, f64::INFINITY]), [130.0, 40.0, 130.0]);
+        // Nobody can use it all: the spare goes on top, for when the other ends grow.
+        assert_eq!(fill(300.0, &[50.0, 70.0]), [140.0, 160.0]);
+    }
+
+    #[test]
+    fn a_flow_held_back_at_its_receiver_leaves_the_senders_upload_to_the_other() {
+        // Node 0 sends to nodes 1 and 2; node 2 also receives from nodes 3, 4 and 5.
+        for (sharing, to_one) in [(Sharing::Equal, 150.0), (Sharing::Fill, 225.0)] {
+            let mut net = Net::new(6, LINK, LINK, sharing);
+            for src in 3..6 {
+                net.start(Src::Node(src), 2, 1 << 30, 0);
+            }
+            let (crowded, _) = net.start(Src::Node(0), 2, 1 << 30, 0);
+            let (free, _) = net.start(Src::Node(0), 1, 1 << 30, 0);
+            assert_eq!((rate(&net, crowded), rate(&net, free)), (75.0, to_one), "{sharing:?}");
+        }
+    }
+
+    #[test]
+    fn no_link_ever_carries_more_than_its_rate() {
+        for sharing in [Sharing::Equal, Sharing::Fill] {
+            let (nodes, mut draw) = (12, 7);
+            let mut net = Net::new(nodes, LINK, 2.0 * LINK, sharing);
+            let mut running: Vec<FlowId> = Vec::new();
+            for step in 0..5_000u64 {
+                draw = mix(draw);
+                if running.len() > 40 || (draw % 3 == 0 && !running.is_empty()) {
+                    let id = running.swap_remove((draw >> 8) as usize % running.len());
+                    assert!(net.end(id, step).is_some());
+                } else {
+                    let dst = (draw >> 8) as usize % nodes;
+                    let src = match (draw >> 16) as usize % (nodes + 1) {
+                        n if n == nodes || n == dst => Src::Origin,
+                        n => Src::Node(n),
+                    };
+                    running.push(net.start(src, dst, 1 << 30, step).0);
+                }
+                let mut up = vec![0.0; nodes + 1];
+                let mut down = vec![0.0; nodes];
+                for &id in &running {
+                    let flow = net.flows[id].as_ref().expect("a running flow");
+                    up[match flow.src {
+                        Src::Node(n) => n,
+                        Src::Origin => nodes,
+                    }] += flow.rate;
+                    down[flow.dst] += flow.rate;
+                }
+                let over = |used: f64, cap: f64| used > cap * (1.0 + 1e-9);
+                assert!(!over(up[nodes], 2.0 * LINK), "{sharing:?} step {step}: origin {up:?}");
+                let links = up[..nodes].iter().chain(&down);
+                assert!(!links.clone().any(|used| over(*used, LINK)), "{sharing:?} step {step}");
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferry_protocol::peer_cache::{ContentKey, FleetMember, PeerCopy};
 use ferry_protocol::transfer::Piece;
@@ -129,8 +129,9 @@ pub(super) enum Ask {
     HelperLost(NodeId, Piece),
     /// Peer `NodeId` did not deliver the piece.
     PeerFailed(Piece, NodeId),
-    /// Peer `NodeId` answered busy (every serving slot taken) for the piece.
-    PeerBusy(Piece, NodeId),
+    /// Peer `NodeId` answered busy (every serving slot taken) for the piece, this
+    /// long after it was asked.
+    PeerBusy(Piece, NodeId, Duration),
     /// The nodes of fleet members that now miss pings.
     Unreachable(BTreeSet<NodeId>),
 }
@@ -218,7 +219,7 @@ fn answer(router: &mut PieceRouter, view: &QueueView<'_>, now: Instant, ask: Ask
         Ask::GiveBack(piece) => router.give_back(piece),
         Ask::HelperLost(node, piece) => router.helper_lost(node, piece),
         Ask::PeerFailed(piece, node) => router.peer_failed(piece, node),
-        Ask::PeerBusy(piece, node) => router.peer_busy(piece, node, now),
+        Ask::PeerBusy(piece, node, took) => router.peer_busy(piece, node, now, took),
         Ask::Unreachable(nodes) => router.set_unreachable(nodes),
     }
 }

@@ -50,6 +50,7 @@ pub(super) async fn from_peers(
     let outcome = loop {
         let Some((piece, holders)) = queue.next_peer().await else { break Ok(()) };
         let holder = holders[0];
+        let asked = tokio::time::Instant::now();
         match fetch_copy(cluster, holder, piece).await {
             Ok(bytes) => {
                 if let Some(previous) = writing.take()
@@ -76,7 +77,7 @@ pub(super) async fn from_peers(
             Err(CopyError::Busy) => {
                 tracing::debug!(node = holder.node, piece = piece.index, "a peer is busy");
                 crate::metrics::get().peer_busy();
-                queue.tell(Ask::PeerBusy(piece, holder.node)).await;
+                queue.tell(Ask::PeerBusy(piece, holder.node, asked.elapsed())).await;
             }
             Err(CopyError::Missing(why)) => {
                 tracing::debug!(node = holder.node, piece = piece.index, %why, "a peer's copy did not deliver");

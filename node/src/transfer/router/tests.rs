@@ -297,7 +297,7 @@ fn a_busy_holder_is_passed_over_for_a_while_and_its_piece_kept_for_peers() {
     router.peer_worker_started();
     let Next::Piece((piece, holders)) = router.next_peer(&view, now) else { panic!("no piece") };
     let busy = holders[0].node;
-    router.peer_busy(piece, busy, now);
+    router.peer_busy(piece, busy, now, Duration::from_millis(1));
     // The other holder serves next; the busy one is not asked while BUSY lasts.
     for _ in 0..2 {
         if let Some((_, node)) = peer(router.next_peer(&view, now)) {
@@ -316,9 +316,29 @@ fn a_busy_holder_is_asked_again_once_busy_is_over() {
     let now = Instant::now();
     let mut router = PieceRouter::with_copies(pieces([0]), None, &view);
     let Next::Piece((piece, _)) = router.next_peer(&view, now) else { panic!("no piece") };
-    router.peer_busy(piece, 10, now);
+    router.peer_busy(piece, 10, now, Duration::from_millis(1));
     assert_eq!(router.next_peer(&view, now + BUSY / 2), Next::Wait);
     assert_eq!(peer(router.next_peer(&view, now + BUSY)), Some((0, 10)));
+}
+
+#[test]
+fn a_holder_whose_busy_answer_was_slow_is_passed_over_for_twice_its_round_trip() {
+    let view = copies(&[(10, &[0])]);
+    let now = Instant::now();
+    let mut router = PieceRouter::with_copies(pieces([0]), None, &view);
+    let Next::Piece((piece, _)) = router.next_peer(&view, now) else { panic!("no piece") };
+    let took = Duration::from_millis(300);
+    router.peer_busy(piece, 10, now, took);
+    assert_eq!(router.next_peer(&view, now + BUSY * 2), Next::Wait);
+    assert_eq!(router.next_peer(&view, now + took * 2 - BUSY), Next::Wait);
+    let Next::Piece((piece, holders)) = router.next_peer(&view, now + took * 2) else {
+        panic!("the holder is not asked again after twice the round trip")
+    };
+    assert_eq!(holders[0].node, 10);
+    // However slow the answer, the holder comes back after `BUSY_MAX`.
+    router.peer_busy(piece, 10, now, Duration::from_secs(60));
+    assert_eq!(router.next_peer(&view, now + BUSY_MAX - BUSY), Next::Wait);
+    assert_eq!(peer(router.next_peer(&view, now + BUSY_MAX)), Some((0, 10)));
 }
 
 #[test]
@@ -516,7 +536,7 @@ impl Sim {
                 if !peers.is_empty() {
                     let (piece, place) = self.flying.remove(peers[k % peers.len()]);
                     if let Place::Peer(node) = place {
-                        self.router.peer_busy(piece, node, self.now);
+                        self.router.peer_busy(piece, node, self.now, Duration::ZERO);
                     }
                 }
             }

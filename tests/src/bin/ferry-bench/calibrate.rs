@@ -48,12 +48,11 @@ struct Row {
     nodes: u8,
     /// Time to the last copy and origin egress (bytes), of the real fleet.
     real: anyhow::Result<(Duration, u64)>,
-    /// The simulator's, for the same fleet, with holders that answer busy beyond
-    /// their serving slots, as ferryd's do.
+    /// The simulator's, for the same fleet (its default links: equal shares).
     simulated: sim::Outcome,
-    /// The simulator's with holders that queue every request (ferryd's before they
-    /// answered busy), for comparison.
-    queued: sim::Outcome,
+    /// The simulator's with links divided by water-filling ([`sim::Sharing::Fill`]),
+    /// for comparison.
+    filled: sim::Outcome,
 }
 
 /// Runs every size (in a network namespace of its own: the process runs itself again
@@ -90,13 +89,13 @@ pub(crate) async fn calibrate(options: &Options) -> anyhow::Result<()> {
             options.origin as f64,
         );
         swarm.latency = options.latency;
-        let (simulated, queued) = tokio::task::spawn_blocking(move || {
+        let (simulated, filled) = tokio::task::spawn_blocking(move || {
             let simulated = sim::run(&swarm);
-            swarm.queue = usize::MAX;
+            swarm.sharing = sim::Sharing::Fill;
             (simulated, sim::run(&swarm))
         })
         .await?;
-        rows.push(Row { nodes, real, simulated, queued });
+        rows.push(Row { nodes, real, simulated, filled });
     }
     print(options, &rows);
     Ok(())
@@ -172,8 +171,8 @@ fn print(options: &Options, rows: &[Row]) {
         "real s",
         "sim s",
         "sim/real",
-        "queued s",
-        "queued/real",
+        "fill s",
+        "fill/real",
         "real egress",
         "sim egress",
         "verdict"
@@ -181,8 +180,8 @@ fn print(options: &Options, rows: &[Row]) {
     let floor = options.bytes as f64 / options.link as f64;
     let last = |outcome: &sim::Outcome| outcome.finished.last().map(Duration::as_secs_f64);
     for row in rows {
-        match (&row.real, last(&row.simulated), last(&row.queued)) {
-            (Ok((real, egress)), Some(simulated), Some(queued)) => {
+        match (&row.real, last(&row.simulated), last(&row.filled)) {
+            (Ok((real, egress)), Some(simulated), Some(filled)) => {
                 let real_secs = real.as_secs_f64();
                 let ratio = simulated / real_secs;
                 let verdict = if (ratio - 1.0).abs() <= WITHIN { "PASS" } else { "FAIL" };
@@ -193,8 +192,8 @@ fn print(options: &Options, rows: &[Row]) {
                     real_secs,
                     simulated,
                     ratio,
-                    queued,
-                    queued / real_secs,
+                    filled,
+                    filled / real_secs,
                     *egress as f64 / options.bytes as f64,
                     row.simulated.egress_ratio(options.bytes),
                     verdict
@@ -206,9 +205,8 @@ fn print(options: &Options, rows: &[Row]) {
     }
     println!(
         "times to the last copy (real: `ferry fleet distribute` from start to exit); sim: \
-         holders answer busy beyond their serving slots, as ferryd's do; queued: holders \
-         that queue every request instead (ferryd's before); acceptance: sim within ±{:.0} % \
-         of real",
+         links divided in equal shares (a share a flow cannot use is lost); fill: links \
+         divided by water-filling (max-min fair); acceptance: sim within ±{:.0} % of real",
         WITHIN * 100.0
     );
 }

@@ -171,12 +171,12 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         size_mib: u64,
         /// Each node's upload and download rate, in MB/s (10^6 bytes/s). The simulator
-        /// leaves CPU out: at 20 MB/s, 10 nodes on 2 cores keep the CPU busy and the
-        /// real fleet falls behind the links.
-        #[arg(long, default_value_t = 10)]
+        /// leaves CPU out: at 10 MB/s, 10 nodes on 2 cores keep the CPU 89-95 % busy
+        /// (fleets of 2 MiB pieces) and the real fleet falls behind its links.
+        #[arg(long, default_value_t = 5)]
         link_mbps: u64,
         /// The origin's egress limit, in MB/s.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 5)]
         origin_mbps: u64,
         /// The simulator's one-way latency, in microseconds.
         #[arg(long, default_value_t = 200)]

@@ -27,6 +27,9 @@ pub(crate) struct Args {
     /// One-way latency between any two parties, in microseconds.
     #[arg(long, default_value_t = 500)]
     latency_us: u64,
+    /// How a link divides its rate among its flows [default: the simulator's].
+    #[arg(long, value_enum)]
+    sharing: Option<sim::Sharing>,
     /// Nodes that die during each run (spread over the first seconds).
     #[arg(long, default_value_t = 0)]
     failures: usize,
@@ -100,6 +103,7 @@ pub(crate) fn swarm(args: &Args) -> anyhow::Result<()> {
         let mut swarm = Swarm::new(nodes, args.size_mb * MB, link, origin);
         swarm.latency = Duration::from_micros(args.latency_us);
         swarm.seed = args.seed;
+        swarm.sharing = args.sharing.unwrap_or(swarm.sharing);
         if let Some(ms) = args.idle_ms {
             swarm.idle = Duration::from_millis(ms);
         }
