@@ -172,10 +172,12 @@ impl Net {
     /// Divides `capacity` among the flows `ids` (running, as a link's lists hold) on
     /// one side of theirs.
     fn divide(&mut self, ids: &[FlowId], capacity: f64, side: Side) {
-        let flows = || ids.iter().filter_map(|id| self.flows[*id].as_ref());
         let shares = match self.sharing {
             Sharing::Equal => vec![capacity / ids.len().max(1) as f64; ids.len()],
-            Sharing::Fill => fill(capacity, &flows().map(|f| side.other(f)).collect::<Vec<_>>()),
+            Sharing::Fill => {
+                let other = |id: &FlowId| self.flows[*id].as_ref().map_or(0.0, |f| side.other(f));
+                fill(capacity, &ids.iter().map(other).collect::<Vec<_>>())
+            }
         };
         for (id, share) in ids.iter().zip(shares) {
             let Some(flow) = self.flows[*id].as_mut() else { continue };

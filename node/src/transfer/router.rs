@@ -492,7 +492,7 @@ impl PieceRouter {
         if self.in_flight.remove(&piece.index).is_none() {
             return;
         }
-        let pass = self.busy_for.max(took.saturating_mul(2)).min(BUSY_MAX.max(self.busy_for));
+        let pass = took.saturating_mul(2).clamp(self.busy_for, BUSY_MAX.max(self.busy_for));
         self.busy.insert(node, now + pass);
         self.peers.push_back(piece);
     }
