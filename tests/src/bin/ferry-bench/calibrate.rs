@@ -4,7 +4,9 @@
 //! loopback's egress by source address, and on an IFB device fed by loopback's ingress
 //! by destination address) and the origin, a local nginx, an egress limit of
 //! `--origin-mbps`. Then, for each cluster size, `ferry fleet distribute` brings one
-//! file to every real node, and the simulator runs the same fleet, file and rates. It
+//! file to every real node, and the simulator runs the same fleet and file over links
+//! of `tc`'s rates less what the real run's packets carried besides the file (headers,
+//! acknowledgements, retransmissions: `tc`'s byte counters, read around the run). It
 //! prints both times to the last copy and both origin egresses, and whether the
 //! simulator's time is within ±20 % of the real one (issue 20's calibration line).
 
@@ -48,6 +50,8 @@ struct Row {
     nodes: u8,
     /// Time to the last copy and origin egress (bytes), of the real fleet.
     real: anyhow::Result<(Duration, u64)>,
+    /// Bytes the real run put on the shaped links per byte of the file.
+    wire: Wire,
     /// The simulator's, for the same fleet (its default links: equal shares).
     simulated: sim::Outcome,
     /// The simulator's with links divided by water-filling ([`sim::Sharing::Fill`]),
@@ -79,14 +83,19 @@ pub(crate) async fn calibrate(options: &Options) -> anyhow::Result<()> {
             first_ip: FIRST_NODE,
             timeout: options.timeout,
         };
+        let before = Counters::read(nodes)?;
         let real = tokio::time::timeout(options.timeout, run.measure(Way::Fleet))
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {:?}", options.timeout)));
+        let wire = match &real {
+            Ok(_) => Counters::read(nodes)?.wire_since(&before, nodes, options.bytes),
+            Err(_) => Wire::NONE,
+        };
         let mut swarm = Swarm::new(
             usize::from(nodes),
             options.bytes,
-            options.link as f64,
-            options.origin as f64,
+            options.link as f64 / wire.link,
+            options.origin as f64 / wire.origin,
         );
         swarm.latency = options.latency;
         let (simulated, filled) = tokio::task::spawn_blocking(move || {
@@ -95,10 +104,74 @@ pub(crate) async fn calibrate(options: &Options) -> anyhow::Result<()> {
             (simulated, sim::run(&swarm))
         })
         .await?;
-        rows.push(Row { nodes, real, simulated, filled });
+        rows.push(Row { nodes, real, wire, simulated, filled });
     }
     print(options, &rows);
     Ok(())
+}
+
+/// Bytes a run put on the shaped links (IP packets, as `tc` counts them) per byte of
+/// the file: the headers of every packet, the acknowledgements and requests that share
+/// a link, and retransmissions. The simulator's links carry the file's bytes only, so
+/// its rates are `tc`'s over these: what the links delivered of the file, measured.
+#[derive(Clone, Copy, Debug)]
+struct Wire {
+    /// On the nodes' downloads (every byte a node receives crosses one).
+    link: f64,
+    /// On the origin's egress.
+    origin: f64,
+}
+
+impl Wire {
+    /// Nothing measured: the simulator runs at `tc`'s rates.
+    const NONE: Self = Self { link: 1.0, origin: 1.0 };
+}
+
+/// `tc`'s byte counters of the shaped links, read between runs.
+struct Counters {
+    /// The first `nodes` nodes' downloads, summed.
+    downloads: u64,
+    /// The origin's egress.
+    origin: u64,
+}
+
+impl Counters {
+    /// The counters of the links of `nodes` nodes and the origin's.
+    fn read(nodes: u8) -> anyhow::Result<Self> {
+        let mut downloads = 0;
+        for i in 0..nodes {
+            downloads += sent("ifb0", 10 + u32::from(i))?;
+        }
+        Ok(Self { downloads, origin: sent("lo", 1)? })
+    }
+
+    /// The bytes on the wire per byte of the file since `before`, over a run that brought
+    /// `bytes` to each of `nodes` nodes (never below 1: a link carries the file at least).
+    fn wire_since(&self, before: &Self, nodes: u8, bytes: u64) -> Wire {
+        let per_byte = |now: u64, then: u64, of: u64| {
+            (now.saturating_sub(then) as f64 / of.max(1) as f64).max(1.0)
+        };
+        Wire {
+            link: per_byte(self.downloads, before.downloads, u64::from(nodes) * bytes),
+            origin: per_byte(self.origin, before.origin, bytes),
+        }
+    }
+}
+
+/// Bytes class `1:{class}` of `dev` has sent (`tc -s class show`: "Sent N bytes").
+fn sent(dev: &str, class: u32) -> anyhow::Result<u64> {
+    let classid = format!("1:{class}");
+    let shown = Command::new("tc")
+        .args(["-s", "class", "show", "dev", dev, "classid", &classid])
+        .output()
+        .with_context(|| format!("tc -s class show dev {dev} classid {classid}"))?;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    sent_bytes(&text).with_context(|| format!("no byte count for {dev} {classid} in: {text}"))
+}
+
+/// The byte count in `tc -s class show`'s output for one class.
+fn sent_bytes(text: &str) -> Option<u64> {
+    text.split_whitespace().skip_while(|word| *word != "Sent").nth(1)?.parse().ok()
 }
 
 /// Shapes loopback for `nodes` nodes from [`FIRST_NODE`] up: each node's sending (by
@@ -165,9 +238,11 @@ fn print(options: &Options, rows: &[Row]) {
         options.latency.as_micros()
     );
     println!(
-        "{:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11} {:>12} {:>11} {:>8}",
+        "{:>6} {:>8} {:>6} {:>6} {:>8} {:>8} {:>9} {:>8} {:>11} {:>12} {:>11} {:>8}",
         "nodes",
         "floor s",
+        "wire",
+        "o.wire",
         "real s",
         "sim s",
         "sim/real",
@@ -186,9 +261,12 @@ fn print(options: &Options, rows: &[Row]) {
                 let ratio = simulated / real_secs;
                 let verdict = if (ratio - 1.0).abs() <= WITHIN { "PASS" } else { "FAIL" };
                 println!(
-                    "{:>6} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>11.2} {:>11.3}× {:>10.3}× {:>8}",
+                    "{:>6} {:>8.2} {:>6.3} {:>6.3} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>11.2} {:>11.3}× \
+                     {:>10.3}× {:>8}",
                     row.nodes,
                     floor,
+                    row.wire.link,
+                    row.wire.origin,
                     real_secs,
                     simulated,
                     ratio,
@@ -204,9 +282,40 @@ fn print(options: &Options, rows: &[Row]) {
         }
     }
     println!(
-        "times to the last copy (real: `ferry fleet distribute` from start to exit); sim: \
-         links divided in equal shares (a share a flow cannot use is lost); fill: links \
-         divided by water-filling (max-min fair); acceptance: sim within ±{:.0} % of real",
+        "times to the last copy (real: `ferry fleet distribute` from start to exit); wire, \
+         o.wire: bytes the real run put on the nodes' download links and on the origin's \
+         per byte of the file (tc's counters: headers, acknowledgements, requests, \
+         retransmissions); the simulator's links run at tc's rates over these; sim: links \
+         divided in equal shares (a share a flow cannot use is lost); fill: links divided \
+         by water-filling (max-min fair); acceptance: sim within ±{:.0} % of real",
         WITHIN * 100.0
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Counters, sent_bytes};
+
+    #[test]
+    fn the_sent_bytes_of_a_class_are_read_from_tc_s_statistics() {
+        let shown = "class htb 1:11 root prio 0 rate 40Mbit ceil 40Mbit burst 256Kb cburst 256Kb \n \
+                     Sent 110332483 bytes 83371 pkt (dropped 0, overlimits 9787 requeues 0) \n \
+                     backlog 0b 0p requeues 0\n";
+        assert_eq!(sent_bytes(shown), Some(110_332_483));
+        assert_eq!(sent_bytes("class htb 1:11 root"), None);
+        assert_eq!(sent_bytes("Sent many bytes"), None);
+    }
+
+    #[test]
+    fn wire_bytes_are_counted_per_byte_of_the_file_delivered_and_never_below_one() {
+        let before = Counters { downloads: 1_000, origin: 500 };
+        let after = Counters { downloads: 1_000 + 2 * 1_060, origin: 500 + 1_030 };
+        let wire = after.wire_since(&before, 2, 1_000);
+        assert!((wire.link - 1.06).abs() < 1e-9, "{wire:?}");
+        assert!((wire.origin - 1.03).abs() < 1e-9, "{wire:?}");
+        // Counters that moved less than the file (reset, or another run's) are no
+        // reason to run the simulator faster than tc's rate.
+        let short = Counters { downloads: 1_500, origin: 600 }.wire_since(&before, 2, 1_000);
+        assert_eq!((short.link, short.origin), (1.0, 1.0));
+    }
 }
