@@ -120,4 +120,16 @@ impl ClusterView {
     ) -> Result<R::Answer> {
         self.peers.call(node, request, timeout).await
     }
+
+    /// As [`call`](Self::call), telling `near` when the answer is a round trip from its
+    /// end (see [`Peers::call_near`]).
+    pub(crate) async fn call_near<R: PeerRpc>(
+        &self,
+        node: NodeId,
+        request: &R,
+        timeout: Duration,
+        near: crate::peer::endpoint::NearEnd,
+    ) -> Result<R::Answer> {
+        self.peers.call_near(node, request, timeout, near).await
+    }
 }

@@ -262,8 +262,9 @@ pub const MAX_FLEET_MEMBERS: usize = 64;
 /// is: [`crate::transfer::chunk_size_for`]), unless a copy of the file already has a
 /// plan: the same on every member, whatever its node's `[transfer] chunk_size_bytes`,
 /// so that members' copies fit each other's plans; and small, so that a piece reaches
-/// the swarm soon after its member starts fetching it.
-pub const FLEET_CHUNK_SIZE: u64 = 2 * 1024 * 1024;
+/// the swarm soon after its member starts fetching it (1 MiB since the peer workers
+/// pipeline; 2 MiB before).
+pub const FLEET_CHUNK_SIZE: u64 = 1024 * 1024;
 
 /// Most credentials a fleet's jobs take: one per target (server, proxy) and scheme.
 pub const MAX_FLEET_CREDENTIALS: usize = 4;

@@ -19,8 +19,9 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 /// Smallest chunk size accepted in configuration.
 pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
 /// Most chunks one file is split into: larger files get larger chunks, so the
-/// replicated chunk records of a file stay small (at most this many).
-pub const MAX_CHUNKS_PER_FILE: u64 = 2_048;
+/// replicated chunk records of a file stay small (at most this many). 4,096 since
+/// fleets move in 1 MiB pieces, so that a 3 GB fleet file keeps them (2,048 before).
+pub const MAX_CHUNKS_PER_FILE: u64 = 4_096;
 /// Most bytes of response headers kept per file (`BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS`).
 pub const MAX_RESPONSE_HEADER_BYTES: usize = 8 * 1024;
 /// Most bytes of response headers kept per job, over its files: a job of thousands of

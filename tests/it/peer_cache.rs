@@ -25,9 +25,18 @@ pub(crate) async fn cluster(
     n: usize,
     cache: impl Fn(usize) -> String,
 ) -> anyhow::Result<Vec<Node>> {
+    cluster_of_chunks(n, MIB, cache).await
+}
+
+/// As [`cluster`], with chunks of `chunk` bytes.
+async fn cluster_of_chunks(
+    n: usize,
+    chunk: u64,
+    cache: impl Fn(usize) -> String,
+) -> anyhow::Result<Vec<Node>> {
     ferry_tests::start_cluster_each(NodeOptions::default(), n, |i, options| {
         options.transfer = format!(
-            "chunk_size_bytes = 1048576\nread_timeout_secs = 10\n{}",
+            "chunk_size_bytes = {chunk}\nread_timeout_secs = 10\n{}",
             ferry_tests::source_addr(options.ip)
         );
         options.extra_config = cache(i + 1);
@@ -474,7 +483,7 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
     .await?;
     let len = 40 * MIB + 11;
     origin.add_file("/fleet.bin", Content::Pattern { seed: 75, len });
-    let nodes = cluster(5, no_cache_settings).await?;
+    let nodes = cluster_of_chunks(5, 4 * MIB, no_cache_settings).await?;
     let dir = tempfile::tempdir()?;
     let template = dir.path().join("fleet.bin.{node}");
     let started = Instant::now();
@@ -502,8 +511,8 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
     // not yet applied a chunk's report answered "missing" and the asker went to the
     // origin.
     assert!(ratio <= 1.05, "the origin sent {ratio:.2} x the file");
-    // Every member plans the file in the fleet's 2 MiB pieces, though its node is
-    // configured for 1 MiB chunks.
+    // Every member plans the file in the fleet's 1 MiB pieces, though its node is
+    // configured for 4 MiB chunks.
     let spans: Vec<u64> = (origin.requests().iter())
         .filter(|r| r.path == "/fleet.bin")
         .filter_map(|r| {
@@ -515,8 +524,8 @@ async fn a_fleet_fetches_each_chunk_from_the_origin_about_once() -> anyhow::Resu
         })
         .filter_map(|(a, b)| Some(b.parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?))
         .collect();
-    assert!(spans.iter().all(|&span| span <= 2 * MIB), "ranges over 2 MiB: {spans:?}");
-    assert!(spans.iter().filter(|&&span| span == 2 * MIB).count() >= 15, "{spans:?}");
+    assert!(spans.iter().all(|&span| span <= MIB), "ranges over 1 MiB: {spans:?}");
+    assert!(spans.iter().filter(|&&span| span == MIB).count() >= 30, "{spans:?}");
     // The password went to every member's job sealed: in no data file, in no log.
     for node in &nodes {
         crate::support::assert_no_secret(node, FLEET_PASSWORD)?;

@@ -99,7 +99,7 @@ impl Default for ProposalConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TransferConfig {
     /// Bytes per chunk: the unit of progress, integrity and resume (a file is never
-    /// split into more than 2,048 chunks; larger files get larger ones). Default 8 MiB.
+    /// split into more than 4,096 chunks; larger files get larger ones). Default 8 MiB.
     pub chunk_size_bytes: u64,
     /// Range connections per file for jobs that do not set `max_connections`: a count
     /// (1 to 16), or `"auto"` (the default): start with one, and open more while each
@@ -302,10 +302,11 @@ pub struct PeerCacheConfig {
     /// seconds. Default 7776000 (90 days, BITS's `MaximumContentAge`).
     #[serde(deserialize_with = "super::duration::secs")]
     pub max_age_secs: u64,
-    /// Chunks read for peers at once; a request beyond them is answered busy at once
-    /// (the asker takes another holder, or this one a little later). Default 10: as
-    /// many as a fleet member's peer workers fetch at once (a fleet's pieces are
-    /// 2 MiB), so that a fleet's links run full.
+    /// Serving slots: chunks read for peers at once, each slot holding up to 2 MiB of
+    /// one (a fleet's 1 MiB piece takes one slot, an 8 MiB chunk four); a request
+    /// beyond them is answered busy at once (the asker takes another holder, or this
+    /// one a little later). Default 20: as many as a fleet member's peer workers
+    /// fetch at once, so that a fleet's links run full; at most 40 MiB in memory.
     pub max_serving: usize,
     /// How often the limits are checked, seconds. Default 60.
     #[serde(deserialize_with = "super::duration::secs")]
@@ -322,7 +323,7 @@ impl Default for PeerCacheConfig {
         Self {
             max_size_bytes: None,
             max_age_secs: 7_776_000,
-            max_serving: 10,
+            max_serving: 20,
             check_every_secs: 60,
             #[cfg(feature = "fault-injection")]
             fault_serve_wrong_bytes: false,

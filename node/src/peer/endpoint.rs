@@ -57,6 +57,19 @@ impl From<Vec<u8>> for Served {
         Self { bytes, hold: None }
     }
 }
+/// Tells a caller when the answer it awaits is about a round trip from its last byte:
+/// a caller that pipelines sends its next request then, and that request reaches the
+/// peer as this answer's last bytes leave it.
+pub(crate) struct NearEnd {
+    /// The answer's expected size in bytes (its framing adds a few).
+    pub(crate) expected: usize,
+    /// How many round trips from its end the answer is when `tell` is told.
+    pub(crate) round_trips: u32,
+    /// Told once, if the answer flows long enough to tell (a dropped sender is no
+    /// signal).
+    pub(crate) tell: tokio::sync::oneshot::Sender<()>,
+}
+
 /// Serves a whole connection of another protocol (the event bus).
 pub(crate) type ConnectionHandler =
     Arc<dyn Fn(quinn::Connection) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -216,14 +229,16 @@ impl PeerEndpoint {
 
     /// Sends `body` to node `node` at `addr` and returns its answer, giving up after
     /// `timeout` (a dead peer does not answer; QUIC would wait for its idle timeout).
+    /// `near`, if given, is told when the answer is a round trip from its end.
     pub(crate) async fn call(
         &self,
         node: u64,
         addr: SocketAddr,
         body: Vec<u8>,
         timeout: Duration,
+        near: Option<NearEnd>,
     ) -> Result<Vec<u8>, PeerError> {
-        match tokio::time::timeout(timeout, self.call_unbounded(node, addr, body)).await {
+        match tokio::time::timeout(timeout, self.call_unbounded(node, addr, body, near)).await {
             Ok(result) => result,
             // The connection stays: a slow answer is not a dead peer (QUIC's idle
             // timeout and stateless resets tell those).
@@ -236,10 +251,11 @@ impl PeerEndpoint {
         node: u64,
         addr: SocketAddr,
         body: Vec<u8>,
+        mut near: Option<NearEnd>,
     ) -> Result<Vec<u8>, PeerError> {
         let frame = codec::encode(&Envelope { from: self.node_id, body: ByteBuf::from(body) })?;
         let mut connection = self.connection(node, addr).await?;
-        let mut result = exchange(&connection, &frame).await;
+        let mut result = exchange(&connection, &frame, &mut near).await;
         if result.is_err() {
             // Reconnect on the next call.
             self.connections.lock().await.remove(&node);
@@ -247,7 +263,7 @@ impl PeerEndpoint {
             // connection: the request never reached it, so it goes once more, at once.
             if matches!(connection.close_reason(), Some(quinn::ConnectionError::Reset)) {
                 connection = self.connection(node, addr).await?;
-                result = exchange(&connection, &frame).await;
+                result = exchange(&connection, &frame, &mut near).await;
                 if result.is_err() {
                     self.connections.lock().await.remove(&node);
                 }
@@ -354,12 +370,44 @@ impl PeerEndpoint {
     }
 }
 
-/// One request/answer exchange on a new stream.
-async fn exchange(connection: &quinn::Connection, frame: &[u8]) -> Result<Vec<u8>, String> {
+/// One request/answer exchange on a new stream; `near` is told (and taken) when the
+/// answer is a round trip from its end.
+async fn exchange(
+    connection: &quinn::Connection,
+    frame: &[u8],
+    near: &mut Option<NearEnd>,
+) -> Result<Vec<u8>, String> {
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(frame).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
-    recv.read_to_end(MAX_FRAME + 64).await.map_err(|e| e.to_string())
+    let Some((expected, round_trips)) = near.as_ref().map(|n| (n.expected, n.round_trips)) else {
+        return recv.read_to_end(MAX_FRAME + 64).await.map_err(|e| e.to_string());
+    };
+    let mut answer = Vec::with_capacity(expected.min(MAX_FRAME) + 64);
+    // When the first bytes came, and how many: the rate is measured from there.
+    let mut first: Option<(std::time::Instant, usize)> = None;
+    while let Some(chunk) = recv.read_chunk(MAX_FRAME, true).await.map_err(|e| e.to_string())? {
+        if answer.len() + chunk.bytes.len() > MAX_FRAME + 64 {
+            return Err(format!("the answer is larger than {} bytes", MAX_FRAME + 64));
+        }
+        answer.extend_from_slice(&chunk.bytes);
+        let (since, at_first) = *first.get_or_insert((std::time::Instant::now(), answer.len()));
+        let left = expected.saturating_sub(answer.len());
+        let lead = connection.rtt() * round_trips;
+        if near_end(left, answer.len() - at_first, since.elapsed(), lead)
+            && let Some(near) = near.take()
+        {
+            let _ = near.tell.send(());
+        }
+    }
+    Ok(answer)
+}
+
+/// Whether an answer with `left` bytes to come is within `lead` of its end, `arrived`
+/// bytes having come in the `elapsed` time since its first bytes (those not counted).
+fn near_end(left: usize, arrived: usize, elapsed: Duration, lead: Duration) -> bool {
+    let rate = arrived as f64 / elapsed.as_secs_f64().max(1e-9);
+    left as f64 <= rate * lead.as_secs_f64()
 }
 
 /// Serves the streams of one authenticated connection.

@@ -20,7 +20,7 @@ use ferry_protocol::codec::{self, ByteBuf};
 use ferry_protocol::peer::{Call, PeerRpc, RemoteError};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::endpoint::{Handler, PeerEndpoint, PeerError, Served};
+use super::endpoint::{Handler, NearEnd, PeerEndpoint, PeerError, Served};
 use crate::error::{Error, Result};
 
 /// A handler with its request type erased: (caller, encoded request) -> encoded answer.
@@ -236,6 +236,20 @@ impl Peers {
         self.call_to(node, None, request, timeout).await.map_err(|e| e.from_peer(node))
     }
 
+    /// As [`call`](Self::call), telling `near` when the answer is a round trip from
+    /// its end (never, for a call to this node: its router answers at once).
+    pub(crate) async fn call_near<R: PeerRpc>(
+        &self,
+        node: NodeId,
+        request: &R,
+        timeout: Duration,
+        near: NearEnd,
+    ) -> Result<R::Answer> {
+        self.call_with(node, None, request, timeout, Some(near))
+            .await
+            .map_err(|e| e.from_peer(node))
+    }
+
     /// As [`call`](Self::call), at `addr` if given (openraft names the address of the
     /// member it replicates to), else at the member's address in the book.
     pub(crate) async fn call_to<R: PeerRpc>(
@@ -245,6 +259,17 @@ impl Peers {
         request: &R,
         timeout: Duration,
     ) -> Result<R::Answer> {
+        self.call_with(node, addr, request, timeout, None).await
+    }
+
+    async fn call_with<R: PeerRpc>(
+        &self,
+        node: NodeId,
+        addr: Option<SocketAddr>,
+        request: &R,
+        timeout: Duration,
+        near: Option<NearEnd>,
+    ) -> Result<R::Answer> {
         let body = codec::encode(request)?;
         let frame = codec::encode(&Call { kind: R::NAME.to_owned(), body: ByteBuf::from(body) })?;
         let answer = if node == self.me {
@@ -253,7 +278,7 @@ impl Peers {
             let addr = self.book.get(node).await.or(addr).ok_or_else(|| {
                 Error::Unavailable(format!("node {node} has no usable peer address"))
             })?;
-            self.endpoint.call(node, addr, frame, timeout).await.map_err(|e| match e {
+            self.endpoint.call(node, addr, frame, timeout, near).await.map_err(|e| match e {
                 PeerError::Timeout { after, .. } => Error::Timeout { what: R::NAME, after },
                 PeerError::Frame(e) => Error::Codec(e),
                 other => Error::transport(format!("calling {}", R::NAME), other),

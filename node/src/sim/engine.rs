@@ -11,83 +11,11 @@ use ferry_protocol::NodeId;
 use ferry_protocol::peer_cache::FleetMember;
 use ferry_protocol::transfer::{Piece, plan};
 
+use super::event::{At, Event, Kind, Phase, Req};
 use super::net::{Ends, FlowId, Net, Src};
 use super::view::{Copies, View, node_id, node_index};
 use super::{Held, Outcome, Swarm};
 use crate::transfer::router::{Next, PieceRouter, Worker, mix};
-
-/// A worker's kind.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Origin,
-    Peer,
-}
-
-/// What a worker does (see [`PeerTime`](super::PeerTime)).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Asking,
-    Busy,
-    Flowing,
-    Landing,
-    Waiting,
-    /// Not running, or its node finished: not counted.
-    Off,
-}
-
-/// A piece requested by worker `worker` of node `node` from `src`.
-#[derive(Clone, Copy)]
-struct Req {
-    node: u32,
-    worker: u16,
-    piece: u32,
-    src: Src,
-}
-
-#[derive(Clone, Copy)]
-enum Event {
-    /// A worker asks its router for work (ignored if the worker was woken since: its
-    /// wake counter is no longer `wake`).
-    Ask { node: u32, worker: u16, wake: u32 },
-    /// A request reaches its source.
-    Arrive(Req),
-    /// A flow may have ended (if its version is still current).
-    FlowEnd { flow: FlowId, version: u64 },
-    /// A piece's last byte reached its node.
-    Delivered(Req),
-    /// A piece is written and synced.
-    Durable(Req),
-    /// Others' views list node `node`'s piece `index`.
-    Announce { node: u32, index: u32 },
-    /// A request to a dead node failed.
-    Failed(Req),
-    /// A holder answered busy.
-    Busy(Req),
-    /// Node `node` dies.
-    Die { node: u32 },
-    /// Node `node` has missed pings long enough to be unreachable.
-    Unreachable { node: u32 },
-}
-
-/// An event at a time; the sequence number keeps equal times in order.
-struct At(u64, u64, Event);
-
-impl PartialEq for At {
-    fn eq(&self, other: &Self) -> bool {
-        (self.0, self.1) == (other.0, other.1)
-    }
-}
-impl Eq for At {}
-impl PartialOrd for At {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for At {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.0, self.1).cmp(&(other.0, other.1))
-    }
-}
 
 /// One simulated node: its router and the shell around it.
 struct Node {
@@ -102,6 +30,11 @@ struct Node {
     phase: Vec<(Phase, u64)>,
     /// When each worker's last write ends (ns): it writes one piece at a time.
     written: Vec<u64>,
+    /// Each worker's requests on their way (asked, not yet delivered or refused; two
+    /// at most, as the shell's), and whether it owes an ask: its last one found
+    /// nothing while a request was on its way, or a request neared its end while two
+    /// were. Either way it asks once one lands.
+    flying: Vec<(u8, bool)>,
     /// Pieces received and not yet written.
     writing: usize,
     /// Pieces done.
@@ -160,6 +93,7 @@ pub fn run(swarm: &Swarm) -> Outcome {
             written: vec![0; workers.len()],
             parked: vec![(0, false); workers.len()],
             phase: vec![(Phase::Off, 0); workers.len()],
+            flying: vec![(0, false); workers.len()],
             workers,
             writing: 0,
             done: 0,
@@ -239,6 +173,7 @@ impl Engine<'_> {
             }
             Event::Arrive(req) => self.arrive(req),
             Event::FlowEnd { flow, version } => self.flow_end(flow, version),
+            Event::NearEnd { flow, version } => self.near_end(flow, version),
             Event::Delivered(req) => self.delivered(req),
             Event::Durable(req) => self.durable(req),
             Event::Announce { node, index } => {
@@ -354,7 +289,9 @@ impl Engine<'_> {
         self.enter(n, w, phase);
         match asked {
             Next::Piece((piece, src)) => {
-                let req = Req { node: n as u32, worker, piece: piece.index, src };
+                self.nodes[n].flying[w].0 += 1;
+                let req =
+                    Req { node: n as u32, worker, piece: piece.index, src, next_asked: false };
                 self.after(self.swarm.latency, Event::Arrive(req));
             }
             Next::Wait => {
@@ -363,6 +300,7 @@ impl Engine<'_> {
                 let wake = parked.0;
                 self.after(self.swarm.idle, Event::Ask { node: n as u32, worker, wake });
             }
+            Next::Done if self.nodes[n].flying[w].0 > 0 => self.nodes[n].flying[w].1 = true,
             Next::Done => {
                 let node = &mut self.nodes[n];
                 node.workers[w].1 = false;
@@ -425,9 +363,37 @@ impl Engine<'_> {
     }
 
     fn schedule(&mut self, changed: Ends) {
+        // k round trips before the last byte reaches its node: 2k - 1 latencies before
+        // it leaves the holder.
+        let lead = ns(self.swarm.latency) * (2 * u64::from(self.swarm.pipeline)).saturating_sub(1);
         for (flow, version, end) in changed {
             self.at(end, Event::FlowEnd { flow, version });
+            let from_node = self.by_flow.get(flow).and_then(Option::as_ref);
+            if self.swarm.pipeline > 0 && from_node.is_some_and(|r| matches!(r.src, Src::Node(_))) {
+                let near = end.saturating_sub(lead).max(self.now);
+                self.at(near, Event::NearEnd { flow, version });
+            }
         }
+    }
+
+    /// A pipelining worker's flow is a latency from its end at the holder: the worker
+    /// asks for its next piece, whose request reaches the holder as this one ends.
+    fn near_end(&mut self, flow: FlowId, version: u64) {
+        if !self.net.current(flow, version) {
+            return;
+        }
+        let Some(req) = self.by_flow.get_mut(flow).and_then(Option::as_mut) else { return };
+        if req.next_asked || !self.nodes[req.node as usize].alive {
+            return;
+        }
+        req.next_asked = true;
+        let (n, w) = (req.node as usize, req.worker as usize);
+        let flying = &mut self.nodes[n].flying[w];
+        if flying.0 >= 2 {
+            flying.1 = true;
+            return;
+        }
+        self.ask_now(n, w);
     }
 
     fn flow_end(&mut self, flow: FlowId, version: u64) {
@@ -435,7 +401,9 @@ impl Engine<'_> {
             return;
         }
         let Some(req) = self.close(flow) else { return };
-        self.enter(req.node as usize, req.worker as usize, Phase::Landing);
+        if !req.next_asked {
+            self.enter(req.node as usize, req.worker as usize, Phase::Landing);
+        }
         self.after(self.swarm.latency, Event::Delivered(req));
     }
 
@@ -484,7 +452,18 @@ impl Engine<'_> {
         node.written[req.worker as usize] = start + ns(self.swarm.write);
         let wake = node.parked[req.worker as usize].0;
         self.at(start + ns(self.swarm.write), Event::Durable(req));
-        self.at(start, Event::Ask { node: req.node, worker: req.worker, wake });
+        if self.landed(req) {
+            self.at(start, Event::Ask { node: req.node, worker: req.worker, wake });
+        }
+    }
+
+    /// `req` is no longer on its way (delivered, or refused): whether its worker asks
+    /// again (it has not asked already, or owes an ask).
+    fn landed(&mut self, req: Req) -> bool {
+        let flying = &mut self.nodes[req.node as usize].flying[req.worker as usize];
+        flying.0 = flying.0.saturating_sub(1);
+        let owed = std::mem::take(&mut flying.1);
+        !req.next_asked || owed
     }
 
     fn durable(&mut self, req: Req) {
@@ -521,7 +500,9 @@ impl Engine<'_> {
             let piece = self.pieces[req.piece as usize];
             self.nodes[n].router.peer_failed(piece, node_id(h));
         }
-        self.ask_now(req.node as usize, req.worker as usize);
+        if self.landed(req) {
+            self.ask_now(req.node as usize, req.worker as usize);
+        }
     }
 
     fn busy(&mut self, req: Req) {
@@ -535,7 +516,9 @@ impl Engine<'_> {
             let took = 2 * self.swarm.latency;
             self.nodes[n].router.peer_busy(piece, node_id(h), now, took);
         }
-        self.ask_now(req.node as usize, req.worker as usize);
+        if self.landed(req) {
+            self.ask_now(req.node as usize, req.worker as usize);
+        }
     }
 
     /// Worker `w` of node `n` enters `phase` now: the time in its last phase is

@@ -8,8 +8,9 @@
 //! Each node is a fleet member with the shell's workers (`connections` origin workers,
 //! [`peer_workers`] peer workers, idle workers asking again after the router's `IDLE` or, as the
 //! shell's desk wakes them, at once when an ask frees pieces, every
-//! worker asking for its next piece once the last one's bytes are in, while that one
-//! is written); a holder serves at most
+//! origin worker asking for its next piece once the last one's bytes are in, every
+//! peer worker [`Swarm::pipeline`] round trips before, while that one is written); a
+//! holder serves at most
 //! `max_serving` pieces at once and answers others busy; a piece is written
 //! (`write`), then reported, and other nodes' views list it `announce` later
 //! (the Raft commit). A node may die at a given time: its transfers stop, requests to
@@ -22,6 +23,7 @@
 //! Not part of Ferry's API: a tool for benchmarks and tests.
 
 mod engine;
+mod event;
 mod net;
 mod view;
 
@@ -64,7 +66,14 @@ pub struct Swarm {
     pub connections: usize,
     /// Peer workers per node (the shell's `PEER_WORKERS`).
     pub peer_workers: usize,
-    /// Pieces a holder serves at once (`[peer_cache] max_serving`).
+    /// Peer workers pipeline: each asks for its next piece when its current one is
+    /// this many round trips from its last byte (the shell's near-end signal, the
+    /// router's `PIPELINE_ROUND_TRIPS`; at one,
+    /// the next request reaches the holder as the current piece leaves it). 0: a
+    /// worker asks once its piece is in.
+    pub pipeline: u32,
+    /// Pieces a holder serves at once (as many as `[peer_cache] max_serving`'s slots
+    /// hold: [`served_at_once`]).
     pub max_serving: usize,
     /// Requests a holder keeps waiting beyond those; more are answered busy (the
     /// router's `peer_busy`). Ferry's holder keeps none: it answers busy at once (0).
@@ -98,9 +107,10 @@ pub struct Swarm {
 impl Swarm {
     /// `nodes` nodes fetching `file_bytes` over links of `link` bytes/s from an origin
     /// limited to `origin` bytes/s, with Ferry's defaults for the rest: a fleet's chunk
-    /// size, one origin connection, the peer workers of that size (ten for 2 MiB), the
-    /// default `[peer_cache] max_serving` (ten) serves per holder, 0.5 ms
-    /// latency, 5 ms to announce a piece, 2 ms to write one.
+    /// size, one origin connection, the peer workers of that size (twenty for 1 MiB,
+    /// pipelined), the pieces a holder serves at once with the default `[peer_cache]
+    /// max_serving` (twenty of 1 MiB), 0.5 ms latency, 5 ms to announce a piece, 2 ms
+    /// to write one.
     pub fn new(nodes: usize, file_bytes: u64, link: f64, origin: f64) -> Self {
         let chunk_size = ferry_protocol::transfer::chunk_size_for(
             file_bytes,
@@ -118,7 +128,8 @@ impl Swarm {
             write: Duration::from_millis(2),
             connections: 1,
             peer_workers: peer_workers(chunk_size),
-            max_serving: crate::config::PeerCacheConfig::default().max_serving,
+            pipeline: crate::transfer::router::PIPELINE_ROUND_TRIPS,
+            max_serving: served_at_once(chunk_size),
             queue: 0,
             sample: 8,
             failures: Vec::new(),
@@ -145,6 +156,13 @@ pub enum Sharing {
     /// control tend to; each link is divided anew whenever a flow starts or ends on
     /// it, from its flows' shares at their other ends).
     Fill,
+}
+
+/// Pieces of `chunk_size` a holder with the default `[peer_cache] max_serving` serves
+/// at once (each takes `peer_cache::slots_for` its slots).
+pub fn served_at_once(chunk_size: u64) -> usize {
+    let slots = crate::config::PeerCacheConfig::default().max_serving;
+    slots / crate::transfer::peer_cache::slots_for(chunk_size, slots)
 }
 
 /// Ferry's peer workers for a file of `chunk_size` pieces (the router's rule).

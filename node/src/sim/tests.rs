@@ -105,3 +105,23 @@ fn no_node_holds_more_than_its_link_carried() {
     // By 3 s (the file takes 4 s over one link) every node holds pieces.
     assert!(outcome.held[2].min > 0, "{:?}", outcome.held[2]);
 }
+
+#[test]
+fn pipelined_peer_workers_hide_the_round_trip_before_each_piece() {
+    // One peer worker and one serve per node, 5 ms each way: a worker that asks only
+    // once its piece is in leaves its download idle for 10 ms per 21 ms piece, and for
+    // every busy answer after it (3.97 s pipelined, 4.21 s one piece at a time).
+    let mut swarm = Swarm::new(8, 200 * MB, 100.0 * MB as f64, 100.0 * MB as f64);
+    (swarm.peer_workers, swarm.max_serving) = (1, 1);
+    swarm.latency = Duration::from_millis(5);
+    let pipelined = run(&swarm);
+    swarm.pipeline = 0;
+    let one_at_a_time = run(&swarm);
+    for outcome in [&pipelined, &one_at_a_time] {
+        assert_eq!(outcome.unfinished, 0, "{outcome:?}");
+        assert!(outcome.egress_ratio(swarm.file_bytes) <= 1.05, "{outcome:?}");
+    }
+    let (fast, slow) = (pipelined.percentile(50.0), one_at_a_time.percentile(50.0));
+    let (fast, slow) = (fast.unwrap_or_default(), slow.unwrap_or_default());
+    assert!(fast.as_secs_f64() < 0.97 * slow.as_secs_f64(), "{fast:?} against {slow:?}");
+}

@@ -28,6 +28,8 @@ use crate::replica::ClusterView;
 /// builds only) the switch that makes it serve wrong bytes.
 pub(crate) struct Serving {
     permits: Arc<tokio::sync::Semaphore>,
+    /// Its slots in all (`[peer_cache] max_serving`).
+    slots: usize,
     /// Every principal's sandbox: copies are read through their owner's.
     sandboxes: Arc<crate::fs::Sandboxes>,
     /// Copies (job, file) found gone and being checked again: one check each at a time.
@@ -41,6 +43,7 @@ impl Serving {
     pub(crate) fn new(config: &PeerCacheConfig, sandboxes: Arc<crate::fs::Sandboxes>) -> Self {
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_serving.max(1))),
+            slots: config.max_serving.max(1),
             sandboxes,
             gone: std::sync::Mutex::default(),
             #[cfg(feature = "fault-injection")]
@@ -68,6 +71,18 @@ impl Serving {
     }
 }
 
+/// Bytes of a chunk one serving slot holds: a fleet's piece takes one slot, an 8 MiB
+/// chunk four, so that `max_serving` bounds the bytes a holder has in memory for
+/// others (`max_serving` × 2 MiB, or one chunk larger than that).
+const SLOT_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Serving slots a chunk of `len` bytes takes, of a holder's `slots`: at least one,
+/// at most all of them.
+pub(crate) fn slots_for(len: u64, slots: usize) -> usize {
+    let wanted = usize::try_from(len.div_ceil(SLOT_BYTES)).unwrap_or(usize::MAX);
+    wanted.clamp(1, slots.max(1))
+}
+
 /// Serves [`CopyRequest`]s of other members (and of this node's own downloads) on
 /// `router` with `serving`; each answer holds its serving permit until it is written.
 pub(crate) fn register(router: &Router, cluster: ClusterView, serving: Serving) {
@@ -83,8 +98,8 @@ pub(crate) fn register(router: &Router, cluster: ClusterView, serving: Serving) 
 
 /// Serves a chunk of one of this node's copies: the answer, and the serving permit it
 /// holds, to be released once the answer is written (at most `[peer_cache]
-/// max_serving` chunks are read or on their way at once; beyond them the answer is
-/// [`CopyAnswer::Busy`], at once).
+/// max_serving` slots' worth of chunks, see [`slots_for`], are read or on their way at
+/// once; beyond them the answer is [`CopyAnswer::Busy`], at once).
 async fn serve(
     cluster: &ClusterView,
     serving: &Arc<Serving>,
@@ -104,7 +119,8 @@ async fn serve(
         Ok(found) => found,
         Err(why) => return (CopyAnswer::Missing(why.to_string()), None),
     };
-    let permit = match serving.permits.clone().try_acquire_owned() {
+    let slots = u32::try_from(slots_for(chunk.len, serving.slots)).unwrap_or(u32::MAX);
+    let permit = match serving.permits.clone().try_acquire_many_owned(slots) {
         Ok(permit) => permit,
         Err(tokio::sync::TryAcquireError::NoPermits) => return (CopyAnswer::Busy, None),
         Err(tokio::sync::TryAcquireError::Closed) => {
@@ -379,6 +395,19 @@ fn over_limits<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_serving_slot_holds_two_mib_of_a_chunk() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(slots_for(MIB, 20), 1, "a fleet's piece");
+        assert_eq!(slots_for(2 * MIB, 20), 1);
+        assert_eq!(slots_for(2 * MIB + 1, 20), 2);
+        assert_eq!(slots_for(8 * MIB, 20), 4, "a default chunk");
+        assert_eq!(slots_for(0, 20), 1);
+        // Larger than every slot together: served alone, never refused for good.
+        assert_eq!(slots_for(64 * MIB, 20), 20);
+        assert_eq!(slots_for(8 * MIB, 1), 1);
+    }
 
     #[test]
     fn copies_are_looked_for_newest_first_until_one_is_there() {

@@ -33,7 +33,7 @@ async fn members_of_one_cluster_call_each_other() -> anyhow::Result<()> {
     let two = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
     let _served = two.serve(echo(), None, None);
     for _ in 0..3 {
-        let answer = one.call(2, two.local_addr()?, b"hello".to_vec(), SECOND).await?;
+        let answer = one.call(2, two.local_addr()?, b"hello".to_vec(), SECOND, None).await?;
         assert_eq!(answer, b"from 1: hello");
     }
     one.close().await;
@@ -92,7 +92,7 @@ async fn strangers_and_impostors_are_refused() -> anyhow::Result<()> {
     // A node with a certificate from another CA cannot connect.
     let other_ca = ClusterCa::generate()?;
     let stranger = PeerEndpoint::bind(loopback(), &identity(&other_ca, 5))?;
-    let refused = stranger.call(2, addr, b"let me in".to_vec(), SECOND).await;
+    let refused = stranger.call(2, addr, b"let me in".to_vec(), SECOND, None).await;
     assert!(
         matches!(refused, Err(PeerError::Connect { .. }) | Err(PeerError::Stream(..))),
         "{refused:?}"
@@ -102,12 +102,12 @@ async fn strangers_and_impostors_are_refused() -> anyhow::Result<()> {
     let mut impostor_identity = identity(&ca, 3);
     impostor_identity.node_id = 4;
     let impostor = PeerEndpoint::bind(loopback(), &impostor_identity)?;
-    let refused = impostor.call(2, addr, b"i am 4".to_vec(), SECOND).await;
+    let refused = impostor.call(2, addr, b"i am 4".to_vec(), SECOND, None).await;
     assert!(matches!(refused, Err(PeerError::Refused { .. })), "{refused:?}");
 
     // A server whose certificate names another node is not trusted as that node.
     let one = PeerEndpoint::bind(loopback(), &identity(&ca, 1))?;
-    let wrong = one.call(9, addr, b"are you 9?".to_vec(), SECOND).await;
+    let wrong = one.call(9, addr, b"are you 9?".to_vec(), SECOND, None).await;
     assert!(matches!(wrong, Err(PeerError::Connect { .. })), "{wrong:?}");
     Ok(())
 }
@@ -150,4 +150,41 @@ async fn a_client_without_a_certificate_is_refused() -> anyhow::Result<()> {
     assert!(outcome.is_err(), "served a client without a certificate: {outcome:?}");
     assert!(!served.load(std::sync::atomic::Ordering::SeqCst), "the handler ran");
     Ok(())
+}
+
+#[tokio::test]
+async fn a_pipelining_caller_is_told_before_its_answer_returns_and_gets_it_whole()
+-> anyhow::Result<()> {
+    const ANSWER: usize = 8 * 1024 * 1024;
+    let ca = ClusterCa::generate()?;
+    let one = PeerEndpoint::bind(loopback(), &identity(&ca, 1))?;
+    let two = PeerEndpoint::bind(loopback(), &identity(&ca, 2))?;
+    let _served = two.serve(
+        Arc::new(|_, _| {
+            Box::pin(async { Served::from((0..ANSWER).map(|i| i as u8).collect::<Vec<u8>>()) })
+        }),
+        None,
+        None,
+    );
+    let (tell, mut told) = tokio::sync::oneshot::channel();
+    let near = NearEnd { expected: ANSWER, round_trips: 1, tell };
+    let bytes = one.call(2, two.local_addr()?, Vec::new(), 10 * SECOND, Some(near)).await?;
+    assert!(bytes.iter().enumerate().all(|(i, b)| *b == i as u8), "the answer is not whole");
+    assert_eq!(bytes.len(), ANSWER);
+    assert_eq!(told.try_recv(), Ok(()), "never told the answer was near its end");
+    one.close().await;
+    two.close().await;
+    Ok(())
+}
+
+#[test]
+fn an_answer_is_near_its_end_when_what_is_left_would_take_a_round_trip() {
+    let ms = Duration::from_millis;
+    // 1 MB in 10 ms: 100 MB/s, or 100 KB per millisecond.
+    assert!(near_end(100_000, 1_000_000, ms(10), ms(1)));
+    assert!(!near_end(100_001, 1_000_000, ms(10), ms(1)));
+    assert!(near_end(200_000, 1_000_000, ms(10), ms(2)));
+    // Nothing measured yet: near only once nothing is left.
+    assert!(!near_end(1, 0, Duration::ZERO, ms(100)));
+    assert!(near_end(0, 0, Duration::ZERO, ms(1)));
 }

@@ -3,21 +3,25 @@
 //! the fleet watcher that tells the router which fleet members miss pings.
 
 use std::collections::BTreeSet;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use ferry_protocol::transfer::{ChunkRecord, Piece};
 use ferry_protocol::{JobId, NodeId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::desk::{Ask, Desk};
 use super::helper_client::write_piece;
+use crate::peer::endpoint::NearEnd;
 use crate::peer::liveness::PING_EVERY;
 use crate::replica::ClusterView;
 use crate::transfer::failure::{Failure, Stop};
 use crate::transfer::fetch::{ChunkWriter, Fetch};
 use crate::transfer::helper;
 use crate::transfer::peer_cache::{self, CopyAnswer, CopyRequest};
-use crate::transfer::router::Holder;
+use crate::transfer::router::{Holder, PIPELINE_ROUND_TRIPS};
 use crate::transfer::scope;
 
 /// Tells `queue`, every [`PING_EVERY`], which other members of fleet `fleet` left pings
@@ -36,10 +40,11 @@ pub(super) async fn watch_fleet(cluster: ClusterView, fleet: JobId, queue: Desk)
 
 /// A peer worker: takes pieces from members' copies until none is left for peers. A
 /// piece a holder cannot deliver goes to another holder or the origin; a holder whose
-/// bytes do not match the recorded digest has its copy withdrawn. Like an origin
-/// worker, it asks for its next piece as soon as the last one's bytes are checked and
-/// writes that one meanwhile (one write at a time): a worker waiting for its write
-/// leaves a quarter of the node's download idle for it, on every piece.
+/// bytes do not match the recorded digest has its copy withdrawn. It pipelines: when
+/// its current piece is [`PIPELINE_ROUND_TRIPS`] from its last byte, it asks for the
+/// next one (a worker that asked only once its piece was in left its share of the
+/// node's download idle for a round trip per piece, and for every busy answer after).
+/// It writes each piece while it fetches the next, one write at a time.
 pub(super) async fn from_peers(
     cluster: &ClusterView,
     fetch: &Fetch,
@@ -47,11 +52,31 @@ pub(super) async fn from_peers(
     done: &mpsc::Sender<ChunkRecord>,
 ) -> Result<(), Stop> {
     let mut writing: Option<tokio::task::JoinHandle<Result<(), Stop>>> = None;
+    // At most two fetches at once: the current one, and the next once the current
+    // one nears its end; none started once the desk has no piece left for peers.
+    let mut flights: Vec<Flight> = Vec::with_capacity(2);
+    let mut exhausted = false;
     let outcome = loop {
-        let Some((piece, holders)) = queue.next_peer().await else { break Ok(()) };
-        let holder = holders[0];
-        let asked = tokio::time::Instant::now();
-        match fetch_copy(cluster, holder, piece).await {
+        if !exhausted && flights.len() < 2 && flights.iter().all(|f| f.told) {
+            flights.push(Flight::start(cluster, queue));
+        }
+        if flights.is_empty() {
+            break Ok(());
+        }
+        let (i, landed) = match turn(&mut flights).await {
+            Turn::Near => continue,
+            Turn::Landed(i, landed) => (i, landed),
+        };
+        flights.swap_remove(i);
+        let Fetched { piece, holder, asked, result } = match landed {
+            Ok(Some(fetched)) => fetched,
+            Ok(None) => {
+                exhausted = true;
+                continue;
+            }
+            Err(_) => break Err(super::internal(fetch.file, "a peer fetch failed")),
+        };
+        match result {
             Ok(bytes) => {
                 if let Some(previous) = writing.take()
                     && let Err(stop) = finished(previous, fetch).await
@@ -91,10 +116,79 @@ pub(super) async fn from_peers(
             }
         }
     };
+    // Stopped: the download ends, and the pieces still on their way with it.
+    for flight in flights {
+        flight.task.abort();
+    }
     if let Some(previous) = writing.take() {
         finished(previous, fetch).await?;
     }
     outcome
+}
+
+/// A peer worker's fetch on its way, in a task of its own (so that the worker's next
+/// fetch can run beside it), and whether its answer was told to near its end.
+struct Flight {
+    task: tokio::task::JoinHandle<Option<Fetched>>,
+    /// Until told, or until the fetch ends without telling (a busy answer, this
+    /// node's own copy).
+    near: Option<oneshot::Receiver<()>>,
+    told: bool,
+}
+
+/// A piece asked of a holder, and what came of it.
+struct Fetched {
+    piece: Piece,
+    holder: Holder,
+    asked: tokio::time::Instant,
+    result: Result<Vec<u8>, CopyError>,
+}
+
+impl Flight {
+    /// Asks the desk for a piece and fetches it from its best holder; the task ends
+    /// with `None` once no piece is left for peers.
+    fn start(cluster: &ClusterView, queue: &Desk) -> Self {
+        let (tell, near) = oneshot::channel();
+        let (cluster, queue) = (cluster.clone(), queue.clone());
+        let task = scope::spawn(async move {
+            let (piece, holders) = queue.next_peer().await?;
+            let holder = *holders.first()?;
+            let asked = tokio::time::Instant::now();
+            let result = fetch_copy(&cluster, holder, piece, tell).await;
+            Some(Fetched { piece, holder, asked, result })
+        });
+        Self { task, near: Some(near), told: false }
+    }
+}
+
+/// What happened next to a worker's flights.
+enum Turn {
+    /// One was told its answer nears its end.
+    Near,
+    /// One (by index) ended.
+    Landed(usize, Result<Option<Fetched>, tokio::task::JoinError>),
+}
+
+/// Waits for the next [`Turn`] of `flights`.
+async fn turn(flights: &mut [Flight]) -> Turn {
+    std::future::poll_fn(|cx| {
+        for (i, flight) in flights.iter_mut().enumerate() {
+            if let Poll::Ready(landed) = Pin::new(&mut flight.task).poll(cx) {
+                return Poll::Ready(Turn::Landed(i, landed));
+            }
+            if let Some(near) = &mut flight.near
+                && let Poll::Ready(told) = Pin::new(near).poll(cx)
+            {
+                flight.near = None;
+                if told.is_ok() {
+                    flight.told = true;
+                    return Poll::Ready(Turn::Near);
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A peer worker's write, awaited.
@@ -105,17 +199,18 @@ async fn finished(
     write.await.map_err(|_| super::internal(fetch.file, "a write failed"))?
 }
 
-/// How long a peer has to deliver a chunk: 5 s plus a second per 256 KiB. A holder
-/// sends up to `max_serving` (10) chunks at once over its upload, and the asker takes
-/// up to ten at once over its download: on 5 MB/s links a chunk flows at about
-/// 0.5 MB/s. A second per 4 MiB (the deadline before) cut such chunks off, and they
-/// went to the origin again (calibrate at 5 MB/s: origin egress 1.14-2.44 × the file).
+/// How long a peer has to deliver a chunk: 5 s plus a second per 128 KiB. A holder
+/// sends up to twenty of a fleet's pieces at once over its upload (`max_serving`),
+/// and the asker takes up to twenty at once over its download: on 5 MB/s links a
+/// piece flows at about 0.25 MB/s. A second per 4 MiB (the deadline before) cut such
+/// chunks off, and they went to the origin again (calibrate at 5 MB/s: origin egress
+/// 1.14-2.44 × the file).
 fn copy_deadline(len: u64) -> Duration {
-    Duration::from_secs(5 + len / (256 * 1024))
+    Duration::from_secs(5 + len / (128 * 1024))
 }
 
 /// Why a copy's chunk did not arrive.
-pub(crate) enum CopyError {
+enum CopyError {
     /// The holder is unreachable or no longer has it.
     Missing(String),
     /// Every serving slot of the holder is taken: another holder, or this one later.
@@ -125,15 +220,17 @@ pub(crate) enum CopyError {
 }
 
 /// Fetches `piece` from `holder` (through the peer link, or read here when this node
-/// holds it) and checks length and digest.
-pub(crate) async fn fetch_copy(
+/// holds it) and checks length and digest; `near` is told when the bytes are a round
+/// trip from their end.
+async fn fetch_copy(
     cluster: &ClusterView,
     holder: Holder,
     piece: Piece,
+    near: oneshot::Sender<()>,
 ) -> Result<Vec<u8>, CopyError> {
     let request = CopyRequest { job: holder.job, file: holder.file, index: piece.index };
     // A holder that is this node answers through its own router, like any other.
-    let answer = ask_copy(cluster, holder.node, request, piece.len)
+    let answer = ask_copy(cluster, holder.node, request, piece.len, near)
         .await
         .map_err(|e| CopyError::Missing(e.to_string()))?;
     let bytes = match answer {
@@ -159,14 +256,18 @@ pub(crate) async fn fetch_copy(
     Ok(bytes)
 }
 
-/// Asks member `node` for a chunk of its copy.
+/// Asks member `node` for a chunk of its copy (`len` bytes), telling `near` when the
+/// bytes are a round trip from their end.
 async fn ask_copy(
     cluster: &ClusterView,
     node: NodeId,
     request: CopyRequest,
     len: u64,
+    tell: oneshot::Sender<()>,
 ) -> crate::error::Result<CopyAnswer> {
-    cluster.call(node, &request, copy_deadline(len)).await
+    let expected = usize::try_from(len).unwrap_or(usize::MAX);
+    let near = NearEnd { expected, round_trips: PIPELINE_ROUND_TRIPS, tell };
+    cluster.call_near(node, &request, copy_deadline(len), near).await
 }
 
 #[cfg(test)]
@@ -176,10 +277,10 @@ mod tests {
     use super::copy_deadline;
 
     #[test]
-    fn a_chunk_shared_ten_ways_over_a_slow_link_is_not_cut_off() {
-        // Ten serves over a holder's 2.5 MB/s upload: 250 KB/s for each chunk.
-        for len in [2 << 20, 8 << 20, 12 << 20] {
-            let takes = Duration::from_secs_f64(len as f64 / 250_000.0);
+    fn a_chunk_shared_twenty_ways_over_a_slow_link_is_not_cut_off() {
+        // Twenty serves over a holder's 2.5 MB/s upload: 125 KB/s for each chunk.
+        for len in [1 << 20, 2 << 20, 8 << 20, 12 << 20] {
+            let takes = Duration::from_secs_f64(len as f64 / 125_000.0);
             assert!(copy_deadline(len) > takes, "{len} bytes: {:?}", copy_deadline(len));
         }
     }

@@ -343,36 +343,38 @@ fn a_holder_whose_busy_answer_was_slow_is_passed_over_for_twice_its_round_trip()
 
 #[test]
 fn a_fleet_member_fetches_its_origin_piece_once_the_window_reaches_it() {
-    let chunk = 2 << 20;
-    let pieces: VecDeque<Piece> = (0..40)
-        .map(|index| Piece { index, local_offset: 0, remote_offset: 0, len: chunk })
-        .collect();
-    // Member 19 of 20 fetches pieces 19 and 39.
-    let fleet = FleetMember { fleet: JobId::generate(), member: 19, members: 20 };
+    let chunk = 1 << 20;
+    // The last of `members` members fetches pieces `last` and `last + members`.
+    let members = ORIGIN_WINDOW as u32 + 4;
+    let last = members - 1;
+    let pieces = |len| -> VecDeque<Piece> {
+        (0..2 * members)
+            .map(|index| Piece { index, local_offset: 0, remote_offset: 0, len })
+            .collect()
+    };
+    let fleet = FleetMember { fleet: JobId::generate(), member: last, members };
     let member =
         |member| MemberState { member, node: u64::from(member) + 100, stopped: false, held: 0 };
-    let mut view = View { position: 1, members: (0..20).map(member).collect(), ..View::default() };
+    let mut view =
+        View { position: 1, members: (0..members).map(member).collect(), ..View::default() };
     let now = Instant::now();
-    let mut router = PieceRouter::with_copies(pieces, Some(fleet), &view);
+    let mut router = PieceRouter::with_copies(pieces(chunk), Some(fleet), &view);
     router.peer_worker_started();
-    // Nineteen pieces ahead of piece 19 are missing everywhere: it waits.
+    // Every piece ahead of its first is missing everywhere, more than the window: it
+    // waits.
     assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, now), Next::Wait);
-    // Pieces 0-3 reach copies: fifteen ahead, within the window of sixteen.
-    view.copies.insert(100, BTreeSet::from([0]));
-    view.copies.insert(101, BTreeSet::from([1]));
-    view.copies.insert(102, BTreeSet::from([2]));
-    view.copies.insert(103, BTreeSet::from([3]));
+    // Pieces 0-3 reach copies: one fewer than the window ahead of it.
+    for held in 0..4 {
+        view.copies.insert(100 + u64::from(held), BTreeSet::from([held]));
+    }
     view.position = 2;
-    assert_eq!(index(router.next_origin(Worker::Origin, u64::MAX, &view, now)), Some(19));
-    // Piece 39 has 35 missing ahead of it (piece 19 among them): it waits.
+    assert_eq!(index(router.next_origin(Worker::Origin, u64::MAX, &view, now)), Some(last));
+    // Its second has far more missing ahead of it (its first among them): it waits.
     assert_eq!(router.next_origin(Worker::Origin, u64::MAX, &view, now), Next::Wait);
     // The window counts pieces, not bytes: pieces four times larger go as soon.
-    let big: VecDeque<Piece> = (0..40)
-        .map(|index| Piece { index, local_offset: 0, remote_offset: 0, len: 4 * chunk })
-        .collect();
-    let mut router = PieceRouter::with_copies(big, Some(fleet), &view);
+    let mut router = PieceRouter::with_copies(pieces(4 * chunk), Some(fleet), &view);
     router.peer_worker_started();
-    assert_eq!(index(router.next_origin(Worker::Origin, u64::MAX, &view, now)), Some(19));
+    assert_eq!(index(router.next_origin(Worker::Origin, u64::MAX, &view, now)), Some(last));
 }
 
 /// One event of a random run.

@@ -55,6 +55,10 @@ pub(crate) struct Args {
     /// Tuning: peer workers per node [default: the shell's for the chunk size].
     #[arg(long, hide = true)]
     peer_workers: Option<usize>,
+    /// Tuning: round trips before its last byte a peer worker asks for its next piece
+    /// (0: once it is in) [default: the shell's].
+    #[arg(long, hide = true)]
+    pipeline: Option<u32>,
     /// Tuning: holders a view lists per piece.
     #[arg(long, hide = true)]
     sample: Option<usize>,
@@ -114,11 +118,13 @@ pub(crate) fn swarm(args: &Args) -> anyhow::Result<()> {
         if let Some(mib) = args.chunk_mib {
             swarm.chunk_size = mib << 20;
             swarm.peer_workers = sim::peer_workers(swarm.chunk_size);
+            swarm.max_serving = sim::served_at_once(swarm.chunk_size);
         }
         swarm.max_serving = args.max_serving.unwrap_or(swarm.max_serving);
         swarm.queue = args.queue.unwrap_or(swarm.queue);
         swarm.peer_workers = args.peer_workers.unwrap_or(swarm.peer_workers);
         swarm.sample = args.sample.unwrap_or(swarm.sample);
+        swarm.pipeline = args.pipeline.unwrap_or(swarm.pipeline);
         swarm.failures = (0..args.failures.min(nodes / 2))
             .map(|k| (nodes - 1 - 2 * k, Duration::from_millis(500 + 1_000 * k as u64)))
             .collect();
