@@ -42,8 +42,9 @@ pub(super) async fn watch_fleet(cluster: ClusterView, fleet: JobId, queue: Desk)
 /// piece a holder cannot deliver goes to another holder or the origin; a holder whose
 /// bytes do not match the recorded digest has its copy withdrawn. It pipelines: when
 /// its current piece is [`PIPELINE_ROUND_TRIPS`] from its last byte, it asks for the
-/// next one (a worker that asked only once its piece was in left its share of the
-/// node's download idle for a round trip per piece, and for every busy answer after).
+/// next one, and asks again at once if that one is answered busy (a worker that asked
+/// only once its piece was in left its share of the node's download idle for a round
+/// trip per piece, and for every busy answer after).
 /// It writes each piece while it fetches the next, one write at a time.
 pub(super) async fn from_peers(
     cluster: &ClusterView,
