@@ -154,14 +154,11 @@ pub(crate) const BUSY_MAX: Duration = Duration::from_secs(2);
 /// Counted in pieces, not bytes: a huge file's larger pieces keep as many on their way.
 pub(crate) const ORIGIN_WINDOW: usize = 32;
 
-/// How many round trips before its piece's last byte a peer worker asks for its next
-/// piece (the shell's near-end signal): one hides the request's own way; more leave
-/// time to ask again elsewhere when the first holder answers busy, while the piece
-/// still flows. In the simulator (3 GB, 0.5 ms one way, 1 MiB pieces) four give
-/// 1,000 nodes 10.63 s against one's 10.68, but 5 and 10 nodes 11.47 and 10.73 s
-/// against 10.62 and 10.48; real 10-node fleets at 5 MB/s (`ferry-bench calibrate`,
-/// whose round trips queue behind slow links) took 27.5-28.5 s with four, 31.1-31.7 s
-/// with one.
+/// Round trips before its piece's last byte a peer worker asks for its next (the
+/// near-end signal): more than one leave time to ask elsewhere after a busy answer.
+/// Four, not one: real 10-node fleets at 5 MB/s (`ferry-bench calibrate`) took
+/// 27.5-28.5 s against 31.1-31.7 s; simulated 1,000 nodes 10.63 s against 10.68 s
+/// (but 5 and 10 nodes 11.47 and 10.73 s against 10.62 and 10.48 s).
 pub(crate) const PIPELINE_ROUND_TRIPS: u32 = 4;
 
 /// Bytes of pieces a file's peer workers fetch at once (each may also have its next
